@@ -1,0 +1,1 @@
+../src/jobcast/server/static/jobcast.js

@@ -1,0 +1,266 @@
+"""Credentials: verifying and minting JWTs, and who a request is (its :class:`Principal`).
+
+Three kinds of JWT reach the server, told apart by the ``typ`` claim so one can never stand in
+for another:
+
+- bearer tokens (no ``typ``): from an identity provider (RS256/ES256 with a public key or a
+  JWKS URL) or minted by ``jobcast token`` (HS256 with the shared secret);
+- stream tickets (``typ: ticket``): minted by ``POST /api/auth/ticket``, valid for a minute,
+  for one use, on the topics they name only; they keep long-lived tokens out of URLs;
+- sessions (``typ: session``): the value of the HttpOnly cookie set by ``POST /api/auth/session``.
+
+Tickets and sessions are always signed with the local secret (HS256), whatever signs bearers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from jobcast.errors import Unauthorized
+
+SECRET_FILE = "jwt_secret"
+TICKET = "ticket"
+SESSION = "session"
+
+
+class Role(StrEnum):
+    ADMIN = "admin"  # everything
+    SERVICE = "service"  # publish anywhere, read anything: workers and other backends
+    USER = "user"  # their own jobs, public topics and what they are granted
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    subject: str
+    role: Role
+    #: Topic patterns the token grants beyond the role (claim ``topics``).
+    grants: tuple[str, ...] = ()
+    expires_at: float | None = None
+    #: For a stream ticket: the only topic patterns it may open; ``None`` for other credentials.
+    ticket_topics: tuple[str, ...] | None = None
+    #: How the credential arrived: ``bearer``, ``query``, ``ticket`` or ``cookie``.
+    via: str = "bearer"
+
+    @property
+    def is_privileged(self) -> bool:
+        return self.role in (Role.ADMIN, Role.SERVICE)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyConfig:
+    """How bearer tokens are verified. HS256 with ``secret`` always works (tokens minted by
+    ``jobcast token``); an identity provider's tokens need ``public_key`` or ``jwks_url``."""
+
+    secret: str
+    public_key: str | None = None
+    jwks_url: str | None = None
+    algorithms: tuple[str, ...] = ("HS256",)
+    issuer: str | None = None
+    audience: str | None = None
+    leeway: float = 30.0
+
+
+_ASYMMETRIC = {"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "EdDSA"}
+
+
+class TokenAuthority:
+    """Verifies and mints every credential jobcast accepts."""
+
+    def __init__(self, keys: KeyConfig | str, **options: Any) -> None:
+        if isinstance(keys, str):
+            keys = KeyConfig(secret=keys, **options)
+        self.keys = keys
+        self._jwks = jwt.PyJWKClient(keys.jwks_url, lifespan=300) if keys.jwks_url else None
+
+    # -- verifying -------------------------------------------------------------------------
+
+    async def verify(self, token: str, *, via: str = "bearer") -> Principal:
+        """Verify a bearer token (fetching JWKS keys off the event loop when needed)."""
+        key = await self._bearer_key(token)
+        claims = self._decode(token, key, self._bearer_algorithms(key))
+        if claims.get("typ") in (TICKET, SESSION):
+            raise Unauthorized(
+                f"a {claims['typ']} is not a bearer token", reason="wrong_credential_type"
+            )
+        return replace(principal_from_claims(claims), via=via)
+
+    def verify_ticket(self, ticket: str) -> tuple[Principal, str, float]:
+        """Verify a stream ticket: its principal, its id and its expiry. The caller spends
+        the id (a ticket opens one stream), see ``server/tickets.py``."""
+        claims = self._decode(ticket, self.keys.secret, ["HS256"])
+        if claims.get("typ") != TICKET or not isinstance(claims.get("jti"), str):
+            raise Unauthorized("this is not a stream ticket", reason="wrong_credential_type")
+        scope = claims.get("scope")
+        if not isinstance(scope, list) or not all(isinstance(t, str) for t in scope):
+            raise Unauthorized("the ticket names no topics", reason="invalid_claim")
+        principal = principal_from_claims(claims)
+        ticket_principal = replace(principal, ticket_topics=tuple(scope), via="ticket")
+        return ticket_principal, claims["jti"], float(claims["exp"])
+
+    def verify_session(self, value: str) -> Principal:
+        claims = self._decode(value, self.keys.secret, ["HS256"])
+        if claims.get("typ") != SESSION:
+            raise Unauthorized("this is not a session", reason="wrong_credential_type")
+        return replace(principal_from_claims(claims), via="cookie")
+
+    async def _bearer_key(self, token: str) -> Any:
+        try:
+            alg = jwt.get_unverified_header(token).get("alg")
+        except jwt.PyJWTError:
+            raise Unauthorized("the token is malformed", reason="malformed_token") from None
+        if alg not in _ASYMMETRIC:
+            return self.keys.secret
+        if self._jwks is not None:
+            jwks = self._jwks
+            try:
+                signing_key = await asyncio.to_thread(jwks.get_signing_key_from_jwt, token)
+            except jwt.PyJWKClientConnectionError:
+                raise Unauthorized(
+                    "the identity provider's keys could not be fetched", reason="jwks_unavailable"
+                ) from None
+            except jwt.PyJWTError:
+                raise Unauthorized(
+                    "no key of the identity provider matches the token", reason="unknown_key"
+                ) from None
+            return signing_key.key
+        if self.keys.public_key is not None:
+            return self.keys.public_key
+        return self.keys.secret  # decoding fails with "algorithm not accepted"
+
+    def _bearer_algorithms(self, key: Any) -> list[str]:
+        symmetric = isinstance(key, str) and key == self.keys.secret
+        # A shared secret never verifies an asymmetric algorithm and vice versa: the classic
+        # "RS256 public key used as an HS256 secret" confusion is impossible.
+        return [a for a in self.keys.algorithms if (a not in _ASYMMETRIC) == symmetric]
+
+    def _decode(self, token: str, key: Any, algorithms: list[str]) -> dict[str, Any]:
+        keys = self.keys
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=algorithms,
+                issuer=keys.issuer,
+                audience=keys.audience,
+                leeway=keys.leeway,
+                options={"require": ["exp", "sub"], "verify_aud": keys.audience is not None},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("the token has expired", reason="token_expired") from None
+        except jwt.ImmatureSignatureError:
+            raise Unauthorized("the token is not valid yet", reason="token_not_yet_valid") from None
+        except jwt.InvalidAlgorithmError:
+            raise Unauthorized(
+                f"the token's algorithm is not accepted (use {', '.join(algorithms) or 'none'})",
+                reason="invalid_algorithm",
+            ) from None
+        except jwt.InvalidSignatureError:
+            raise Unauthorized(
+                "the token's signature does not verify", reason="bad_signature"
+            ) from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise Unauthorized(
+                f"the token lacks the {exc.claim!r} claim", reason="missing_claim"
+            ) from None
+        except (jwt.InvalidIssuerError, jwt.InvalidAudienceError) as exc:
+            raise Unauthorized(
+                f"the token is not for this service: {exc}", reason="wrong_audience"
+            ) from None
+        except jwt.PyJWTError:
+            raise Unauthorized("the token is malformed", reason="malformed_token") from None
+        return claims
+
+    # -- minting ---------------------------------------------------------------------------
+
+    def mint(
+        self,
+        subject: str,
+        *,
+        role: Role | str = Role.USER,
+        ttl: float = 3600.0,
+        grants: list[str] | None = None,
+        **claims: Any,
+    ) -> str:
+        """An HS256 bearer token (what ``jobcast token`` prints)."""
+        now = int(time.time())
+        payload: dict[str, Any] = {"sub": subject, "role": Role(role).value, "iat": now}
+        payload["exp"] = now + int(ttl)
+        if grants:
+            payload["topics"] = list(grants)
+        if self.keys.issuer:
+            payload["iss"] = self.keys.issuer
+        if self.keys.audience:
+            payload["aud"] = self.keys.audience
+        payload.update(claims)
+        return jwt.encode(payload, self.keys.secret, algorithm="HS256")
+
+    def mint_ticket(self, principal: Principal, topics: list[str], ttl: float) -> str:
+        """A one-use ticket for ``topics``, never outliving the credential it came from."""
+        return self._mint_derived(principal, ttl, typ=TICKET, scope=topics, jti=_nonce())
+
+    def mint_session(self, principal: Principal, ttl: float) -> str:
+        return self._mint_derived(principal, ttl, typ=SESSION)
+
+    def _mint_derived(self, principal: Principal, ttl: float, **claims: Any) -> str:
+        expires = time.time() + ttl
+        if principal.expires_at is not None:
+            expires = min(expires, principal.expires_at)
+        return self.mint(
+            principal.subject,
+            role=principal.role,
+            ttl=expires - time.time(),
+            grants=list(principal.grants),
+            **claims,
+        )
+
+
+def principal_from_claims(claims: dict[str, Any]) -> Principal:
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not subject:
+        raise Unauthorized("the token's 'sub' claim must be a string", reason="missing_claim")
+    try:
+        role = Role(claims.get("role", Role.USER.value))
+    except ValueError:
+        raise Unauthorized(f"unknown role {claims.get('role')!r}", reason="invalid_claim") from None
+    topics = claims.get("topics", [])
+    if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
+        raise Unauthorized("the 'topics' claim must be a list of patterns", reason="invalid_claim")
+    exp = claims.get("exp")
+    return Principal(subject, role, tuple(topics), float(exp) if exp is not None else None)
+
+
+def _nonce() -> str:
+    return secrets.token_urlsafe(12)
+
+
+def load_or_create_secret(data_dir: Path) -> str:
+    """The data directory's HS256 secret, created (mode 0600) on first use."""
+    path = data_dir / SECRET_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    # Write a private temporary file, then link it into place: a concurrent starter either
+    # wins the link or reads a complete file, never a half-written one.
+    temporary = path.with_name(f".{SECRET_FILE}.{os.getpid()}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(secret + "\n")
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        secret = path.read_text().strip()
+    finally:
+        temporary.unlink()
+    return secret

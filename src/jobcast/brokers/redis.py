@@ -1,0 +1,316 @@
+"""The scale-out broker: history and fan-out in Redis Streams, shared by every instance.
+
+Decisions (cited as X1..X6):
+
+X1. Order: one Lua script per publish INCRs a global position counter and XADDs each event to
+    the global stream ``log`` with the stream id ``{position}-0`` (and to its topic's stream).
+    Positions are integers, strictly increasing in stream order, exactly like SQLite's.
+X2. Delivery: each instance runs one ``XREAD BLOCK`` loop on ``log`` and hands batches to its hub
+    in stream order. Its replay ``head`` is the last position it delivered, so everything above
+    the head reaches a subscription registered before the replay (hub.H2). ``publish`` returns
+    once this instance delivered its events (read-your-writes for job snapshots), and a replay
+    whose id this instance has not delivered yet waits briefly for the loop to catch up, so a
+    client moving from a faster instance is not reset.
+X3. History: exact topics replay from their own stream ``t:{topic}`` (cost proportional to the
+    topic); wildcard patterns replay from the global stream, filtered. Retention per topic: at
+    most ``max_events_per_topic`` (trimmed when publishing), none older than ``max_age_seconds``
+    (a periodic script), except job topics, kept until their terminal event plus
+    ``job_grace_seconds``. What retention dropped is recorded per topic, as in SQLite, so a
+    resume across a trim is a ``trimmed`` reset, never a silent gap.
+X4. Epoch: a key created with ``SET NX``. A flushed or restarted-empty Redis loses it; the next
+    publish or read notices, a new epoch starts, and this instance ends its streams with a retry
+    hint (``on_history_lost``), so clients resume with their old id and get ``history_lost``.
+X5. Redis down: ``publish`` and ``replay`` raise :class:`Unavailable` (503), nothing is
+    acknowledged unless it is in Redis. The read loop retries with backoff and resumes after
+    the last id it delivered; streams stay open meanwhile (heartbeats continue).
+X6. Foreign errors stop here: every redis-py error becomes :class:`Unavailable`.
+X7. Calls made on behalf of a caller run shielded (``shielded``): redis-py on Python 3.11 can
+    swallow a cancellation that arrives mid-command, which would leave the caller's task hung
+    (a job's progress pump being stopped, a client going away during a replay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from jobcast.brokers import _redis_scripts as lua
+from jobcast.brokers.base import Deliver, Gap, Replay, Retention, check_position, new_epoch
+from jobcast.errors import Unavailable
+from jobcast.events import Event, EventDraft, EventId
+from jobcast.topics import TopicPattern
+
+logger = logging.getLogger("jobcast.brokers.redis")
+T = TypeVar("T")
+
+TERMINAL_JOB_TYPES = frozenset({"succeeded", "failed", "cancelled"})
+_READ_BATCH = 1000
+_CATCH_UP_SECONDS = 2.0  # X2: how long a publish or replay waits for this instance's loop
+
+
+def split_url(url: str) -> tuple[str, str, int]:
+    """``redis://h/0?prefix=app&max_log=N`` -> (URL for redis-py, key prefix, log cap)."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    prefix = query.pop("prefix", "jobcast")
+    max_log = int(query.pop("max_log", "100000"))
+    return urlunsplit(parts._replace(query=urlencode(query))), f"{prefix}:", max_log
+
+
+async def shielded(call: Awaitable[T]) -> T:
+    """Await a Redis call that the caller's cancellation cannot wedge (X7)."""
+    task = asyncio.ensure_future(call)
+    task.add_done_callback(_retrieve)
+    return await asyncio.shield(task)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # a cancelled caller no longer wants it: do not warn about it
+
+
+def _position(stream_id: bytes) -> int:
+    return int(stream_id.split(b"-", 1)[0])
+
+
+class RedisBroker:
+    def __init__(self, url: str, retention: Retention, *, trim_interval: float = 5.0) -> None:
+        redis_url, self.prefix, self.max_log = split_url(url)
+        self.retention = retention
+        self.epoch = ""
+        #: Called when the history was lost (X4); the hub ends its streams with a retry hint.
+        self.on_history_lost: Callable[[], None] | None = None
+        self._redis: aioredis.Redis = aioredis.from_url(redis_url, socket_timeout=5)
+        self._publish = self._redis.register_script(lua.PUBLISH)
+        self._trim = self._redis.register_script(lua.TRIM)
+        self._trim_interval = trim_interval
+        self._deliver: Deliver | None = None
+        self._delivered = 0
+        self._last_id = b"0-0"
+        self._caught_up = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+
+    def _key(self, name: str) -> str:
+        return self.prefix + name
+
+    async def connect(self) -> None:
+        """Join (or create) the history without reading it: for publish-only processes."""
+        try:
+            await shielded(self._adopt_epoch())
+        except RedisError as exc:
+            raise Unavailable(f"cannot reach the Redis event broker: {exc}") from exc
+
+    async def start(self, deliver: Deliver) -> None:
+        await self.connect()
+        self._deliver = deliver
+        try:  # start at the end: earlier events are history, reached by replay
+            last = await self._redis.xrevrange(self._key("log"), count=1)
+        except RedisError as exc:
+            raise Unavailable(f"cannot reach the Redis event broker: {exc}") from exc
+        if last:
+            self._last_id = last[0][0]
+            self._delivered = _position(self._last_id)
+        self._tasks = [asyncio.create_task(self._read_forever(), name="jobcast-redis-read")]
+        if self.retention.max_age_seconds > 0:
+            self._tasks.append(asyncio.create_task(self._trim_forever(), name="jobcast-trim"))
+
+    async def close(self) -> None:
+        self._closing = True  # redis-py may turn a cancelled read into a connection error
+        for task in self._tasks:
+            task.cancel()
+        await self._redis.connection_pool.disconnect()  # interrupts a blocked XREAD at once
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._redis.aclose()
+
+    async def _adopt_epoch(self) -> bool:
+        """Read (or create) the epoch; True when it differs from the one this broker had."""
+        key = self._key("epoch")
+        await self._redis.set(key, new_epoch(), nx=True)
+        current = (await self._redis.get(key) or b"").decode()
+        changed = bool(self.epoch) and current != self.epoch
+        self.epoch = current
+        return changed
+
+    def _history_lost(self) -> None:  # X4
+        logger.warning("the Redis event history was lost; new epoch %s", self.epoch)
+        self._last_id, self._delivered = b"0-0", 0
+        self._caught_up.set()
+        if self.on_history_lost is not None:
+            self.on_history_lost()
+
+    async def publish(self, drafts: Sequence[EventDraft]) -> list[Event]:
+        now = time.time()
+        events: list[Event] = []
+        for attempt in range(2):
+            args: list[str | bytes | float] = [
+                self.prefix,
+                self.epoch,
+                self.retention.max_events_per_topic,
+                self.max_log,
+                int(self.retention.job_grace_seconds * 1000),
+                int(now * 1000),
+            ]
+            for d in drafts:
+                terminal = d.topic.startswith("jobs/") and d.type in TERMINAL_JOB_TYPES
+                args += [d.topic, d.type, d.data_json, repr(now), "1" if terminal else "0"]
+            try:
+                positions = await shielded(self._publish(args=args))
+            except ResponseError as exc:
+                if "JOBCAST_EPOCH" not in str(exc) or attempt:
+                    raise Unavailable(f"the Redis event broker refused the events: {exc}") from exc
+                try:
+                    await shielded(self._adopt_epoch())  # the read loop notices it too (X4)
+                except RedisError as again:
+                    raise Unavailable(f"the Redis event broker failed: {again}") from again
+                continue
+            except RedisError as exc:  # X5, X6
+                raise Unavailable(f"the Redis event broker is unavailable: {exc}") from exc
+            events = [
+                Event(self.epoch, int(pos), d.topic, d.type, d.data_json, now)
+                for pos, d in zip(positions, drafts, strict=True)
+            ]
+            break
+        if self._deliver is not None:  # a publish-only process has no read loop to wait for
+            await self._catch_up(events[-1].position)
+        return events
+
+    async def _catch_up(self, position: int) -> None:
+        """Wait (bounded) until this instance delivered ``position`` (X2)."""
+        deadline = time.monotonic() + _CATCH_UP_SECONDS
+        while self._delivered < position and time.monotonic() < deadline:
+            self._caught_up.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._caught_up.wait(), deadline - time.monotonic())
+
+    async def _read_forever(self) -> None:
+        backoff = 0.05
+        log = self._key("log")
+        while not self._closing:
+            try:
+                reply = await self._redis.xread({log: self._last_id}, count=_READ_BATCH, block=1000)
+                if not reply:  # idle, or a flushed Redis that will never pass our id (X4)
+                    if await self._adopt_epoch():
+                        self._history_lost()
+                    continue
+                self._deliver_entries(reply[0][1])
+                backoff = 0.05
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:  # X5: retry, resume after the last id
+                if self._closing:
+                    return
+                logger.warning("Redis read failed (%s); retrying in %.2f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                with contextlib.suppress(RedisError, OSError):
+                    if await self._adopt_epoch():
+                        self._history_lost()
+
+    def _deliver_entries(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        batch = []
+        for stream_id, f in entries:
+            epoch = f[b"e"].decode()
+            if epoch != self.epoch:  # written under another epoch: the history changed (X4)
+                self.epoch = epoch
+                self._history_lost()
+                return
+            topic, type_ = f[b"t"].decode(), f[b"y"].decode()
+            batch.append(Event(epoch, _position(stream_id), topic, type_, f[b"d"], float(f[b"s"])))
+        self._last_id = entries[-1][0]
+        self._delivered = batch[-1].position
+        if self._deliver is not None:
+            self._deliver(batch)
+        self._caught_up.set()
+
+    async def replay(self, patterns: Sequence[TopicPattern], after: EventId, limit: int) -> Replay:
+        if after.epoch == self.epoch and after.position > self._delivered:
+            try:  # published (on another instance), or an id from nowhere?
+                newest = int(await shielded(self._redis.get(self._key("position"))) or 0)
+            except RedisError as exc:
+                raise Unavailable(f"could not read the Redis event history: {exc}") from exc
+            if after.position <= newest:
+                await self._catch_up(after.position)
+        head = EventId(self.epoch, self._delivered)
+        gap = check_position(self.epoch, head.position, after)
+        if gap is not None:
+            return Replay([], head, gap)
+        try:
+            return await shielded(self._replay(patterns, after, head, limit))
+        except RedisError as exc:
+            raise Unavailable(f"could not read the Redis event history: {exc}") from exc
+
+    async def _replay(
+        self, patterns: Sequence[TopicPattern], after: EventId, head: EventId, limit: int
+    ) -> Replay:
+        r, wild = self._redis, [p for p in patterns if p.prefix is not None]
+        exact = [p.text for p in patterns if p.prefix is None]
+        jobs = any(
+            (p.prefix is None and p.text.startswith("jobs/"))
+            or (p.prefix is not None and (p.prefix == "" or p.prefix.startswith("jobs/")))
+            for p in patterns
+        )
+        others = any(not (p.prefix or p.text).startswith("jobs/") for p in patterns)
+        pipe = r.pipeline(transaction=False)  # every watermark in one round trip
+        pipe.get(self._key("jobs_expired_through") if jobs else self._key("-"))
+        pipe.get(self._key("expired_through") if others else self._key("-"))
+        pipe.get(self._key("log_trimmed") if wild else self._key("-"))
+        pipe.hmget(self._key("trimmed"), exact or ["-"])
+        if wild:
+            pipe.hgetall(self._key("trimmed"))
+        jobs_mark, others_mark, log_mark, topic_marks, *all_marks = await pipe.execute()
+        marks = [jobs_mark, others_mark, log_mark, *topic_marks]
+        for topic, mark in (all_marks[0] if all_marks else {}).items():
+            if any(p.matches(topic.decode()) for p in wild):
+                marks.append(mark)
+        if max(int(m or 0) for m in marks) > after.position:
+            return Replay([], head, Gap.TRIMMED)
+        start, end = f"({after.position}-0", f"{head.position}-0"
+        events: list[Event] = []
+        if wild:  # X3: the global stream, filtered
+            while len(events) <= limit:
+                chunk = await r.xrange(self._key("log"), start, end, count=_READ_BATCH)
+                for stream_id, f in chunk:
+                    topic = f[b"t"].decode()
+                    if any(p.matches(topic) for p in patterns):
+                        events.append(self._event(stream_id, topic, f))
+                if len(chunk) < _READ_BATCH:
+                    break
+                start = f"({chunk[-1][0].decode()}"
+        else:
+            for topic in exact:
+                chunk = await r.xrange(self._key(f"t:{topic}"), start, end, count=limit + 1)
+                events += [self._event(stream_id, topic, f) for stream_id, f in chunk]
+            events.sort(key=lambda e: e.position)
+        if len(events) > limit:
+            return Replay([], head, Gap.TOO_FAR_BEHIND)
+        return Replay(events, head)
+
+    def _event(self, stream_id: bytes, topic: str, f: dict[bytes, bytes]) -> Event:
+        return Event(
+            self.epoch, _position(stream_id), topic, f[b"y"].decode(), f[b"d"], float(f[b"s"])
+        )
+
+    async def trim(self) -> None:
+        """Apply age retention and the job-topic grace (X3); any instance may run it."""
+        cutoff = time.time() - self.retention.max_age_seconds
+        while await self._trim(args=[self.prefix, repr(cutoff), int(time.time() * 1000), 1000]):
+            pass  # a full batch was dropped: there may be more
+
+    async def _trim_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._trim_interval)
+            try:
+                await self.trim()
+            except RedisError as exc:  # retried on the next tick; publishing is unaffected
+                logger.warning("Redis retention failed: %s", exc)

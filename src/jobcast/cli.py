@@ -1,0 +1,154 @@
+"""The ``jobcast`` command: run the server, mint tokens; client commands in ``cli_client``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from jobcast.auth import Role
+from jobcast.cli_client import register as register_client_commands
+
+app = typer.Typer(
+    help="jobcast: real-time job progress and event streaming.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+
+
+@app.command(
+    epilog="Examples:\n\n  jobcast serve\n\n  jobcast serve --port 9000 --data-dir /var/lib/jobcast"
+    "\n\n  jobcast serve --handlers mypkg.jobs,mypkg.more_jobs"
+)
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="State directory (default: $JOBCAST_DATA_DIR, else ./.jobcast)."),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    handlers: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated modules whose job handlers to load (default: "
+            "$JOBCAST_HANDLERS; the built-in kinds demo and ingest are always there)."
+        ),
+    ] = None,
+) -> None:
+    """Run the jobcast server (embedded default: SQLite in the data directory, no other service)."""
+    import uvicorn
+
+    from jobcast.config import Settings
+    from jobcast.server.app import create_app
+
+    if data_dir is not None:
+        os.environ["JOBCAST_DATA_DIR"] = str(data_dir)
+    if handlers is not None:
+        os.environ["JOBCAST_HANDLERS"] = handlers
+    settings = Settings()
+    typer.echo(
+        f"jobcast {_version()} on http://{host}:{port} (data: {settings.data_dir}, "
+        f"events: {settings.resolved_broker_url}); API docs at /docs"
+    )
+    try:
+        app_ = create_app(settings)
+    except ValueError as exc:  # a --handlers module that cannot be loaded
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    config = uvicorn.Config(
+        app_,
+        host=host,
+        port=port,
+        log_level=log_level,
+        proxy_headers=True,
+        timeout_graceful_shutdown=30,
+    )
+    # uvicorn re-raises the signal that stopped it once shutdown is complete; a SIGTERM that
+    # led to a clean, graceful shutdown is a successful exit for a service manager.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    uvicorn.Server(config).run()
+
+
+@app.command(
+    epilog="Examples:\n\n  JOBCAST_QUEUE_URL=redis://127.0.0.1:6379/0 "
+    "JOBCAST_BROKER_URL=redis://127.0.0.1:6379/0 \\\n"
+    "  JOBCAST_STORE_URL=postgresql://app@db/jobs jobcast worker --handlers mypkg.jobs"
+)
+def worker(
+    handlers: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated modules whose job handlers to load (default: "
+            "$JOBCAST_HANDLERS; the built-in kinds are always there)."
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Jobs run at once (default: $JOBCAST_JOB_CONCURRENCY).")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run queued jobs (needs JOBCAST_QUEUE_URL and a Redis JOBCAST_BROKER_URL)."""
+    import logging
+
+    from jobcast.config import Settings
+    from jobcast.errors import JobcastError
+
+    if handlers is not None:
+        os.environ["JOBCAST_HANDLERS"] = handlers
+    if concurrency is not None:
+        os.environ["JOBCAST_JOB_CONCURRENCY"] = str(concurrency)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    try:
+        from jobcast.jobs.worker import run_worker
+
+        run_worker(Settings())
+    except ImportError as exc:
+        typer.echo(
+            f"error: workers need the queue extra: pip install 'jobcast[queue]' ({exc})", err=True
+        )
+        raise typer.Exit(2) from None
+    except (JobcastError, ValueError) as exc:  # bad settings or an unloadable handler module
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command(
+    epilog="Examples:\n\n  jobcast token --sub alice\n\n"
+    "  jobcast token --sub worker-1 --role service --ttl 86400"
+)
+def token(
+    sub: Annotated[str, typer.Option(help="The subject (user or service name).")],
+    role: Annotated[Role, typer.Option(help="user, service or admin.")] = Role.USER,
+    ttl: Annotated[float, typer.Option(help="Lifetime in seconds.")] = 3600.0,
+    topic: Annotated[
+        list[str] | None, typer.Option(help="A topic pattern to grant; repeat for several.")
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="State directory of the server.")] = None,
+) -> None:
+    """Mint a bearer token signed with the server's secret (for curl, scripts and tests)."""
+    from jobcast.config import Settings
+    from jobcast.server.app import make_token_authority
+
+    if data_dir is not None:
+        os.environ["JOBCAST_DATA_DIR"] = str(data_dir)
+    authority = make_token_authority(Settings())
+    typer.echo(authority.mint(sub, role=role, ttl=ttl, grants=topic))
+
+
+def _version() -> str:
+    from jobcast import __version__
+
+    return __version__
+
+
+register_client_commands(app)  # submit, watch, jobs, cancel, publish, tail
+
+
+def main() -> None:
+    app()

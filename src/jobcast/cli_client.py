@@ -1,0 +1,241 @@
+"""The client commands: ``submit``, ``watch``, ``jobs``, ``cancel``, ``publish``, ``tail``.
+
+Each command talks to a server through :mod:`jobcast.client`; where the server and token come
+from, and the exit statuses, are in :mod:`jobcast.cli_context`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+
+from jobcast.cli_context import (
+    EXIT_JOB_CANCELLED,
+    EXIT_JOB_FAILED,
+    EXIT_USAGE,
+    Target,
+    fail,
+    friendly_errors,
+)
+from jobcast.cli_render import JobProgress, item_json, jobs_table, outcome
+
+if TYPE_CHECKING:
+    from jobcast.client import Client, Job
+
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url", envvar="JOBCAST_URL", help="Server URL (default: config file, else :8000)."
+    ),
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option("--token", envvar="JOBCAST_TOKEN", help="Bearer token (default: config file)."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (one object per line).")]
+
+_EXITS = (
+    "Exit status: 0 succeeded, 1 failed, 3 cancelled, 4 server unreachable or request refused, "
+    "5 --timeout ran out."
+)
+
+
+def _epilog(*examples: str) -> str:
+    return "Examples:\n\n" + "\n\n".join(f"  {example}" for example in examples)
+
+
+def parse_value(text: str) -> Any:
+    """A ``--param`` value or ``DATA``: JSON if it parses (numbers, true, lists), else text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_params(pairs: list[str], params_json: str | None) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if params_json:
+        loaded = parse_value(params_json)
+        if not isinstance(loaded, dict):
+            fail("--params must be a JSON object", EXIT_USAGE)
+        params.update(loaded)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            fail(f"--param wants KEY=VALUE, got {pair!r}", EXIT_USAGE)
+        params[key] = parse_value(value)
+    return params
+
+
+def _watch(client: Client, job_id: str, as_json: bool, timeout: float | None) -> None:
+    from jobcast.client import Event
+
+    final: Job | None = None
+    console = Console()
+    if as_json:
+        for item in client.watch(job_id, timeout=timeout):
+            typer.echo(item_json(item))
+            if isinstance(item, Event) and item.terminal:
+                final = item.job
+    else:
+        with JobProgress(console, job_id) as bar:
+            for item in client.watch(job_id, timeout=timeout):
+                bar.update(item)
+                if isinstance(item, Event) and item.terminal:
+                    final = item.job
+        if final is not None:
+            outcome(console, final)
+    state = final.state.value if final is not None else client.get(job_id).state.value
+    if state == "failed":
+        raise typer.Exit(EXIT_JOB_FAILED)
+    if state == "cancelled":
+        raise typer.Exit(EXIT_JOB_CANCELLED)
+
+
+def submit(
+    kind: Annotated[str, typer.Argument(help="The job kind, e.g. demo or ingest.")],
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="KEY=VALUE; repeat for several.")
+    ] = None,
+    params: Annotated[str | None, typer.Option(help="All params as one JSON object.")] = None,
+    file: Annotated[
+        Path | None, typer.Option(exists=True, dir_okay=False, help="A file to upload.")
+    ] = None,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Then watch it.")] = False,
+    as_json: JsonOption = False,
+    url: UrlOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Submit a job; prints its id (with --watch, follows it like `jobcast watch`)."""
+    target = Target.resolve(url, token)
+    values = parse_params(param or [], params)
+    with friendly_errors(target), target.client() as client:
+        job = client.submit(kind, values, file=file)
+        if as_json and not watch:
+            typer.echo(json.dumps({"id": job.id, "kind": job.kind, "state": job.state.value}))
+        elif not as_json:
+            typer.echo(job.id)
+        if watch:
+            _watch(client, job.id, as_json, None)
+
+
+def watch(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    as_json: JsonOption = False,
+    timeout: Annotated[
+        float | None, typer.Option(help="Give up after this many seconds (exit 5).")
+    ] = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Follow a job live: progress, stage, message, elapsed and ETA, until it ends.
+
+    Reconnects by itself (and polls if streaming is impossible).
+    """
+    target = Target.resolve(url, token)
+    with friendly_errors(target), target.client() as client:
+        _watch(client, job_id, as_json, timeout)
+
+
+def jobs(
+    state: Annotated[
+        list[str] | None, typer.Option(help="queued, running, succeeded, failed, cancelled.")
+    ] = None,
+    kind: Annotated[str | None, typer.Option(help="Only jobs of this kind.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=200, help="At most this many.")] = 50,
+    as_json: JsonOption = False,
+    url: UrlOption = None,
+    token: TokenOption = None,
+) -> None:
+    """List jobs, newest first."""
+    target = Target.resolve(url, token)
+    with friendly_errors(target), target.client() as client:
+        page = client.list(state=state, kind=kind, limit=limit)
+    if as_json:
+        for job in page.jobs:
+            typer.echo(json.dumps({"id": job.id, "kind": job.kind, "state": job.state.value}))
+    elif not page.jobs:
+        typer.echo("no jobs")
+    else:
+        Console().print(jobs_table(page.jobs))
+
+
+def cancel(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    url: UrlOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Cancel a queued or running job."""
+    target = Target.resolve(url, token)
+    with friendly_errors(target), target.client() as client:
+        job = client.cancel(job_id)
+    typer.echo(f"cancel requested: {job.id} ({job.state.value})")
+
+
+def publish(
+    topic: Annotated[str, typer.Argument(help="e.g. videos/42")],
+    type: Annotated[str, typer.Argument(help="The event type, e.g. video.status.")],
+    data: Annotated[str, typer.Argument(help="JSON (anything else is sent as a string).")] = "null",
+    url: UrlOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Publish one event (needs a service or admin token); prints its id."""
+    target = Target.resolve(url, token)
+    with friendly_errors(target), target.client() as client:
+        typer.echo(client.publish(topic, type, parse_value(data)))
+
+
+def tail(
+    topics: Annotated[list[str], typer.Argument(help="Topics or prefix/* patterns.")],
+    last_event_id: Annotated[str | None, typer.Option(help="Resume after this event id.")] = None,
+    as_json: JsonOption = False,
+    url: UrlOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Print events on TOPICS as they arrive, until interrupted (reconnects by itself)."""
+    from jobcast.client import Event, Reset
+
+    target = Target.resolve(url, token)
+    with friendly_errors(target), target.client() as client:
+        for item in client.subscribe(topics, last_event_id=last_event_id):
+            if as_json:
+                typer.echo(item_json(item))
+            elif isinstance(item, Event):
+                typer.echo(f"{item.id}  {item.type}  {json.dumps(item.data)}")
+            elif isinstance(item, Reset):
+                typer.echo(f"-- reset ({item.reason}): events were missed", err=True)
+            else:
+                typer.echo(f"-- reauth ({item.reason}): the token expired", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the client commands to the ``jobcast`` command."""
+    app.command(
+        epilog=_epilog(
+            "jobcast submit demo --param steps=5 --param delay=0.2 --watch",
+            "jobcast submit ingest --file recording.wav",
+            "jobcast submit demo --params '{\"steps\": 3}' --json",
+        )
+        + "\n\n"
+        + _EXITS
+    )(submit)
+    app.command(
+        epilog=_epilog("jobcast watch 18ea3c2d39569917be5249", "jobcast watch JOB_ID --json | jq .")
+        + "\n\n"
+        + _EXITS
+    )(watch)
+    app.command(
+        epilog=_epilog("jobcast jobs", "jobcast jobs --state running --state queued --kind demo")
+    )(jobs)
+    app.command(epilog=_epilog("jobcast cancel 18ea3c2d39569917be5249"))(cancel)
+    app.command(
+        epilog=_epilog(
+            'jobcast publish videos/42 video.status \'{"status": "PROCESSING"}\'',
+            "JOBCAST_TOKEN=$(jobcast token --sub svc --role service) jobcast publish a/b ping",
+        )
+    )(publish)
+    app.command(epilog=_epilog("jobcast tail videos/42", "jobcast tail 'jobs/*' --json"))(tail)

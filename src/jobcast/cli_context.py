@@ -1,0 +1,140 @@
+"""Where the client commands get the server and token from, and how their errors read.
+
+The server URL and token come from, in order: ``--url``/``--token``, the environment
+(``JOBCAST_URL``, ``JOBCAST_TOKEN``), the config file, then the default URL. The config file is
+``$JOBCAST_CONFIG`` if set, else ``$XDG_CONFIG_HOME/jobcast/config.toml`` (``~/.config/...``)::
+
+    url = "https://jobs.example.com"
+    token = "eyJ..."
+
+Exit statuses of every client command (``watch`` adds the job's outcome):
+
+    0  success (for ``watch``: the job succeeded)
+    1  the job failed
+    2  usage error (a bad option or argument)
+    3  the job was cancelled
+    4  the server could not be reached, refused the request, or the job does not exist
+    5  ``--timeout`` ran out before the job finished
+    130 interrupted (Ctrl-C)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import typer
+
+if TYPE_CHECKING:
+    from jobcast.client import Client
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+EXIT_OK = 0
+EXIT_JOB_FAILED = 1
+EXIT_USAGE = 2
+EXIT_JOB_CANCELLED = 3
+EXIT_CLIENT_ERROR = 4
+EXIT_TIMEOUT = 5
+EXIT_INTERRUPTED = 130
+
+
+def config_path() -> Path:
+    explicit = os.environ.get("JOBCAST_CONFIG")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "jobcast" / "config.toml"
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        fail(f"cannot read the config file {path}: {exc}", EXIT_USAGE)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The server and credential one command talks to."""
+
+    url: str
+    token: str | None
+
+    @classmethod
+    def resolve(cls, url: str | None, token: str | None) -> Target:
+        """Flags and environment (typer fills both in), then the config file, then defaults."""
+        if url is None or token is None:
+            config = read_config(config_path())
+            url = url or _text(config.get("url"))
+            token = token or _text(config.get("token"))
+        return cls((url or DEFAULT_URL).rstrip("/"), token or None)
+
+    def client(self) -> Client:
+        from jobcast.client import Client
+
+        return Client(self.url, token=self.token)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def fail(message: str, code: int) -> NoReturn:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def friendly_errors(target: Target) -> Iterator[None]:
+    """Turn client errors into one helpful line and an exit status; never a traceback."""
+    from jobcast.client import (
+        AuthError,
+        ClientError,
+        ConnectionFailed,
+        ForbiddenError,
+        HTTPStatusError,
+        WaitTimeout,
+    )
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except ConnectionFailed as exc:
+        why = str(exc.__cause__ or "") or exc.message
+        fail(
+            f"cannot reach the jobcast server at {target.url} ({why}).\n"
+            "Start it with `jobcast serve`, or point to it with --url or JOBCAST_URL.",
+            EXIT_CLIENT_ERROR,
+        )
+    except AuthError as exc:
+        if target.token is None:
+            hint = "no token was given"
+        else:
+            hint = f"the server refused the token ({exc.reason or exc.message})"
+        fail(
+            f"{hint}.\nMint one with `jobcast token --sub NAME` and pass it with --token "
+            "or JOBCAST_TOKEN.",
+            EXIT_CLIENT_ERROR,
+        )
+    except ForbiddenError as exc:
+        fail(
+            f"{exc.message}.\nPublishing needs a service token: "
+            "`jobcast token --sub NAME --role service`.",
+            EXIT_CLIENT_ERROR,
+        )
+    except HTTPStatusError as exc:
+        fail(f"{exc.message} ({exc.status} {exc.error})", EXIT_CLIENT_ERROR)
+    except WaitTimeout:
+        fail("the job did not finish within --timeout", EXIT_TIMEOUT)
+    except ClientError as exc:
+        fail(exc.message, EXIT_CLIENT_ERROR)

@@ -1,0 +1,255 @@
+"""The asyncio (and trio, through anyio) client: the twin of ``Client``."""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from types import TracebackType
+from typing import Any
+
+import anyio
+import httpx
+
+from jobcast.client._base import (
+    BaseClient,
+    Call,
+    FileSource,
+    TokenSource,
+    check_deadline,
+    deadline_after,
+    until,
+)
+from jobcast.client._errors import (
+    ClientError,
+    ConnectionFailed,
+    ServerUnavailable,
+    status_error,
+    translate_transport,
+)
+from jobcast.client._models import Event, Job, JobPage, StreamItem
+from jobcast.client._policy import ReconnectPolicy
+from jobcast.client._stream import StreamState
+
+
+class AsyncClient(BaseClient):
+    """An async jobcast client. Use it as an async context manager, or ``await aclose()``.
+
+    >>> async with AsyncClient("http://127.0.0.1:8000", token=token) as client:
+    ...     job = await client.submit("demo", {"steps": 3})
+    ...     async for event in client.watch(job.id):
+    ...         print(event)
+    """
+
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8000",
+        *,
+        token: TokenSource = None,
+        timeout: float = 10.0,
+        reconnect: ReconnectPolicy | None = None,
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(url, token=token, timeout=timeout, reconnect=reconnect, headers=headers)
+        self._http = httpx.AsyncClient(transport=transport, **self._client_options())
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _call(self, call: Call) -> Any:
+        to_close = None
+        files = None
+        if call.file is not None:
+            name, content, to_close = self._open_file(call.file)
+            files = {"file": (name, content)}
+        try:
+            with translate_transport(self.url):
+                response = await self._http.request(
+                    call.method,
+                    call.path,
+                    params=tuple(call.params),
+                    json=call.json,
+                    data=call.data,
+                    files=files,
+                    headers=self._auth(),
+                )
+        finally:
+            if to_close is not None:
+                to_close.close()
+        return self._read(response)
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    async def submit(
+        self, kind: str, params: Mapping[str, Any] | None = None, *, file: FileSource | None = None
+    ) -> Job:
+        """Submit a job of ``kind``; with ``file``, upload it (multipart) as the job's input."""
+        return Job.from_dict(await self._call(self._submit(kind, params, file)))
+
+    async def get(self, job_id: str) -> Job:
+        """The job's current snapshot."""
+        return Job.from_dict(await self._call(Call("GET", f"/api/jobs/{job_id}")))
+
+    async def list(
+        self,
+        *,
+        state: str | Iterable[str] | None = None,
+        kind: str | None = None,
+        owner: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """One page of jobs, newest first, filtered by state(s), kind and owner."""
+        return self._page(await self._call(self._list(state, kind, owner, limit, cursor)))
+
+    async def cancel(self, job_id: str) -> Job:
+        """Ask a queued or running job to stop (``ConflictError`` once it has finished)."""
+        return Job.from_dict(await self._call(Call("POST", f"/api/jobs/{job_id}/cancel")))
+
+    async def delete(self, job_id: str) -> None:
+        """Delete a finished job and its upload."""
+        await self._call(Call("DELETE", f"/api/jobs/{job_id}"))
+
+    # A cancel scope cannot span an async generator's yields, hence a deadline, not fail_after.
+    async def watch(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> AsyncGenerator[StreamItem, None]:
+        """A job's events, from its snapshot to its terminal event; reconnects and polls.
+
+        With ``timeout``, raises :class:`WaitTimeout` if the job has not finished by then.
+        """
+        deadline = deadline_after(timeout)
+        state = StreamState(self.reconnect, job=True)
+        path = f"/api/jobs/{job_id}/events"
+        async with contextlib.aclosing(self._stream(path, [], state, deadline)) as items:
+            async for item in items:
+                yield item
+                if not state.finished:
+                    check_deadline(deadline)  # reads are bounded too: silence cannot overrun it
+        if state.polling:
+            async with contextlib.aclosing(self._poll(job_id, deadline)) as polled:
+                async for item in polled:
+                    yield item
+
+    # Mirrors Client.wait(): reads and sleeps are bounded by the deadline (see watch()).
+    async def wait(self, job_id: str, timeout: float | None = None) -> Job:  # noqa: ASYNC109
+        """Wait until the job finishes and return its final snapshot.
+
+        Raises :class:`WaitTimeout` after ``timeout`` seconds (``None``: wait for ever).
+        """
+        async with contextlib.aclosing(self.watch(job_id, timeout=timeout)) as items:
+            async for item in items:
+                if isinstance(item, Event) and item.terminal and item.job is not None:
+                    return item.job
+        return await self.get(job_id)  # not reached: the stream ends with the terminal event
+
+    # -- events -----------------------------------------------------------------------------
+
+    async def publish(self, topic: str, type: str, data: Any = None) -> str:
+        """Publish one event (needs a service or admin token); returns its id."""
+        return str((await self._call(self._publish(topic, type, data)))["id"])
+
+    async def subscribe(
+        self, topics: str | Iterable[str], *, last_event_id: str | None = None
+    ) -> AsyncGenerator[StreamItem, None]:
+        """Iterate events on ``topics`` (names or ``prefix/*`` patterns) for ever.
+
+        Resumes after ``last_event_id`` if given; reconnects by itself (see ``ReconnectPolicy``).
+        """
+        params = self._subscribe_params(topics)
+        state = StreamState(self.reconnect, job=False, last_event_id=last_event_id)
+        async with contextlib.aclosing(self._stream("/api/events", params, state, None)) as items:
+            async for item in items:
+                yield item
+
+    # -- the read loops -----------------------------------------------------------------------
+
+    async def _stream(
+        self,
+        path: str,
+        params: builtins.list[tuple[str, str]],
+        state: StreamState,
+        deadline: float | None,
+    ) -> AsyncGenerator[StreamItem, None]:
+        policy = self.reconnect
+        while not state.finished and not state.polling:
+            headers = {**state.connecting(), **self._auth()}
+            opened = buffered = False
+            error: ClientError | None = None
+            response: httpx.Response | None = None
+            try:
+                with translate_transport(self.url):
+                    request = self._http.build_request(
+                        "GET",
+                        path,
+                        params=tuple(params),
+                        headers=headers,
+                        timeout=self._stream_timeout(until(deadline, policy.read_timeout)),
+                    )
+                    # No yield inside a cancel scope: open and read the first chunk in it.
+                    chunks: AsyncIterator[str] | None = None
+                    first = ""
+                    with anyio.move_on_after(until(deadline, policy.first_byte_timeout)) as scope:
+                        response = await self._http.send(request, stream=True)
+                        if response.status_code >= 400:
+                            raise status_error(response, await response.aread())
+                        opened = True
+                        chunks = response.aiter_text()
+                        first = await anext(chunks, "")
+                    buffered = scope.cancelled_caught
+                    if chunks is not None and not buffered:
+                        for item in state.feed(first):
+                            yield item
+                        async for text in chunks:
+                            for item in state.feed(text):
+                                yield item
+                            if state.finished:
+                                return
+            except ClientError as exc:
+                error = exc
+            finally:
+                if response is not None:
+                    await response.aclose()
+            if state.finished:  # the terminal event came in the first chunk
+                return
+            check_deadline(deadline)
+            delay = state.ended(error, opened=opened, first_byte_timeout=buffered)
+            if delay:
+                await anyio.sleep(until(deadline, delay))
+
+    async def _poll(self, job_id: str, deadline: float | None) -> AsyncGenerator[StreamItem, None]:
+        previous: Job | None = None
+        failures = 0
+        while True:
+            try:
+                body = await self._call(Call("GET", f"/api/jobs/{job_id}"))
+            except (ConnectionFailed, ServerUnavailable):
+                failures += 1
+                delay = self.reconnect.delay(failures, None)
+            else:
+                failures = 0
+                job = Job.from_dict(body)
+                event = self._polled(previous, job, body)
+                previous = job
+                if event is not None:
+                    yield event
+                    if event.terminal:
+                        return
+                delay = self.reconnect.poll_interval
+            check_deadline(deadline)
+            await anyio.sleep(until(deadline, delay))

@@ -1,0 +1,162 @@
+"""What both clients share: configuration, request building, response reading, polling."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from jobcast.client._errors import ProtocolError, WaitTimeout, status_error
+from jobcast.client._models import Event, Job, JobPage
+from jobcast.client._policy import ReconnectPolicy
+
+#: A bearer token, or a function returning a fresh one (called for every request).
+TokenSource = str | Callable[[], str] | None
+#: A file to upload: a path, an open binary file, or ``(filename, content)``.
+FileSource = str | os.PathLike[str] | IO[bytes] | tuple[str, bytes | IO[bytes]]
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A request, built once; the twins only send it."""
+
+    method: str
+    path: str
+    params: list[tuple[str, str]] = field(default_factory=list)
+    json: Any = None
+    data: dict[str, str] | None = None
+    file: FileSource | None = None
+
+
+class BaseClient:
+    """Configuration and the I/O-free half of every method; subclasses do the I/O."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        token: TokenSource = None,
+        timeout: float = 10.0,
+        reconnect: ReconnectPolicy | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        #: Assign a fresh token at any time (after a ``Reauth``, say); the next request uses it.
+        self.token: TokenSource = token
+        self.timeout = timeout
+        self.reconnect = reconnect or ReconnectPolicy()
+        self._headers = dict(headers or {})
+
+    def _client_options(self) -> dict[str, Any]:
+        return {"base_url": self.url, "timeout": self.timeout, "headers": self._headers}
+
+    def _auth(self) -> dict[str, str]:
+        token = self.token() if callable(self.token) else self.token
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _stream_timeout(self, first: float) -> httpx.Timeout:
+        return httpx.Timeout(self.timeout, read=first)
+
+    # -- building requests ------------------------------------------------------------------
+
+    @staticmethod
+    def _submit(kind: str, params: Mapping[str, Any] | None, file: FileSource | None) -> Call:
+        if file is None:
+            return Call("POST", "/api/jobs", json={"kind": kind, "params": dict(params or {})})
+        data = {"kind": kind, "params": json.dumps(dict(params or {}))}
+        return Call("POST", "/api/jobs", data=data, file=file)
+
+    @staticmethod
+    def _list(
+        state: str | Iterable[str] | None,
+        kind: str | None,
+        owner: str | None,
+        limit: int | None,
+        cursor: str | None,
+    ) -> Call:
+        params: list[tuple[str, str]] = []
+        states = [state] if isinstance(state, str) else list(state or ())
+        params.extend(("state", str(value)) for value in states)
+        for name, value in (("kind", kind), ("owner", owner), ("limit", limit), ("cursor", cursor)):
+            if value is not None:
+                params.append((name, str(value)))
+        return Call("GET", "/api/jobs", params)
+
+    @staticmethod
+    def _publish(topic: str, type: str, data: Any) -> Call:
+        return Call("POST", "/api/events", json={"topic": topic, "type": type, "data": data})
+
+    @staticmethod
+    def _subscribe_params(topics: str | Iterable[str]) -> list[tuple[str, str]]:
+        names = [topics] if isinstance(topics, str) else list(topics)
+        if not names:
+            raise ValueError("subscribe to at least one topic")
+        return [("topic", name) for name in names]
+
+    @staticmethod
+    def _open_file(file: FileSource) -> tuple[str, bytes | IO[bytes], IO[bytes] | None]:
+        """``(filename, content, file to close afterwards)`` for a multipart upload."""
+        if isinstance(file, tuple):
+            return file[0], file[1], None
+        if isinstance(file, (str, os.PathLike)):
+            path = Path(file)
+            handle = path.open("rb")
+            return path.name, handle, handle
+        return Path(getattr(file, "name", "upload")).name, file, None
+
+    # -- reading responses --------------------------------------------------------------------
+
+    @staticmethod
+    def _read(response: httpx.Response) -> Any:
+        """The JSON body of a response that was read, or the typed error it stands for."""
+        if response.status_code >= 400:
+            raise status_error(response, response.content)
+        if response.status_code == 204 or not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise ProtocolError(
+                f"{response.request.method} {response.request.url.path} answered "
+                f"{response.status_code} with a body that is not JSON"
+            ) from None
+
+    @staticmethod
+    def _page(body: Any) -> JobPage:
+        return JobPage([Job.from_dict(job) for job in body["jobs"]], body.get("next_cursor"))
+
+    @staticmethod
+    def _polled(previous: Job | None, job: Job, body: dict[str, Any]) -> Event | None:
+        """The event a poll stands for: the snapshot when anything changed, terminal last."""
+        if job.terminal:
+            return Event(job.state.value, body, None, polled=True)
+        if previous is None or (previous.seq, previous.state) != (job.seq, job.state):
+            return Event("snapshot", body, None, polled=True)
+        return None
+
+
+# -- deadlines (watch(timeout=...), wait()) ------------------------------------------------------
+
+
+def deadline_after(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def until(deadline: float | None, seconds: float) -> float:
+    """``seconds``, shortened so that a read or a sleep cannot overrun ``deadline``."""
+    if deadline is None:
+        return seconds
+    return max(0.001, min(seconds, deadline - time.monotonic()))
+
+
+def check_deadline(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() >= deadline:
+        raise WaitTimeout("the job did not finish in time")

@@ -1,0 +1,286 @@
+"""The blocking client."""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from jobcast.client._base import (
+    BaseClient,
+    Call,
+    FileSource,
+    TokenSource,
+    check_deadline,
+    deadline_after,
+    until,
+)
+from jobcast.client._errors import (
+    ClientError,
+    ConnectionFailed,
+    ServerUnavailable,
+    status_error,
+    translate_transport,
+)
+from jobcast.client._models import Event, Job, JobPage, StreamItem
+from jobcast.client._policy import ReconnectPolicy
+from jobcast.client._stream import StreamState
+
+
+class Client(BaseClient):
+    """A blocking jobcast client. Use it as a context manager, or call ``close()``.
+
+    >>> with Client("http://127.0.0.1:8000", token=token) as client:
+    ...     job = client.submit("demo", {"steps": 3})
+    ...     for event in client.watch(job.id):
+    ...         print(event.type, event.data)
+    """
+
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8000",
+        *,
+        token: TokenSource = None,
+        timeout: float = 10.0,
+        reconnect: ReconnectPolicy | None = None,
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        super().__init__(url, token=token, timeout=timeout, reconnect=reconnect, headers=headers)
+        self._http = httpx.Client(transport=transport, **self._client_options())
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, call: Call) -> Any:
+        to_close = None
+        files = None
+        if call.file is not None:
+            name, content, to_close = self._open_file(call.file)
+            files = {"file": (name, content)}
+        try:
+            with translate_transport(self.url):
+                response = self._http.request(
+                    call.method,
+                    call.path,
+                    params=tuple(call.params),
+                    json=call.json,
+                    data=call.data,
+                    files=files,
+                    headers=self._auth(),
+                )
+        finally:
+            if to_close is not None:
+                to_close.close()
+        return self._read(response)
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def submit(
+        self, kind: str, params: Mapping[str, Any] | None = None, *, file: FileSource | None = None
+    ) -> Job:
+        """Submit a job of ``kind``; with ``file``, upload it (multipart) as the job's input."""
+        return Job.from_dict(self._call(self._submit(kind, params, file)))
+
+    def get(self, job_id: str) -> Job:
+        """The job's current snapshot."""
+        return Job.from_dict(self._call(Call("GET", f"/api/jobs/{job_id}")))
+
+    def list(
+        self,
+        *,
+        state: str | Iterable[str] | None = None,
+        kind: str | None = None,
+        owner: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """One page of jobs, newest first, filtered by state(s), kind and owner."""
+        return self._page(self._call(self._list(state, kind, owner, limit, cursor)))
+
+    def cancel(self, job_id: str) -> Job:
+        """Ask a queued or running job to stop (``ConflictError`` once it has finished)."""
+        return Job.from_dict(self._call(Call("POST", f"/api/jobs/{job_id}/cancel")))
+
+    def delete(self, job_id: str) -> None:
+        """Delete a finished job and its upload."""
+        self._call(Call("DELETE", f"/api/jobs/{job_id}"))
+
+    def watch(self, job_id: str, *, timeout: float | None = None) -> Iterator[StreamItem]:
+        """A job's events, from its snapshot to its terminal event; reconnects and polls.
+
+        With ``timeout``, raises :class:`WaitTimeout` if the job has not finished by then.
+        """
+        return self._job_stream(job_id, deadline_after(timeout))
+
+    def wait(self, job_id: str, timeout: float | None = None) -> Job:
+        """Block until the job finishes and return its final snapshot.
+
+        Raises :class:`WaitTimeout` after ``timeout`` seconds (``None``: wait for ever).
+        """
+        for item in self.watch(job_id, timeout=timeout):
+            if isinstance(item, Event) and item.terminal and item.job is not None:
+                return item.job
+        return self.get(job_id)  # not reached: the stream ends with the terminal event
+
+    # -- events -----------------------------------------------------------------------------
+
+    def publish(self, topic: str, type: str, data: Any = None) -> str:
+        """Publish one event (needs a service or admin token); returns its id."""
+        return str(self._call(self._publish(topic, type, data))["id"])
+
+    def subscribe(
+        self, topics: str | Iterable[str], *, last_event_id: str | None = None
+    ) -> Iterator[StreamItem]:
+        """Iterate events on ``topics`` (names or ``prefix/*`` patterns) for ever.
+
+        Resumes after ``last_event_id`` if given; reconnects by itself (see ``ReconnectPolicy``).
+        """
+        params = self._subscribe_params(topics)
+        state = StreamState(self.reconnect, job=False, last_event_id=last_event_id)
+        return self._stream("/api/events", params, state, None)
+
+    # -- the read loops -----------------------------------------------------------------------
+
+    def _job_stream(self, job_id: str, deadline: float | None) -> Iterator[StreamItem]:
+        state = StreamState(self.reconnect, job=True)
+        for item in self._stream(f"/api/jobs/{job_id}/events", [], state, deadline):
+            yield item
+            if not state.finished:
+                check_deadline(deadline)  # reads are bounded too: silence cannot overrun it
+        if state.polling:
+            yield from self._poll(job_id, deadline)
+
+    def _stream(
+        self,
+        path: str,
+        params: builtins.list[tuple[str, str]],
+        state: StreamState,
+        deadline: float | None,
+    ) -> Iterator[StreamItem]:
+        policy = self.reconnect
+        while not state.finished and not state.polling:
+            headers = {**state.connecting(), **self._auth()}
+            opened = False
+            watchdog = _Watchdog()
+            error: ClientError | None = None
+            try:
+                with translate_transport(self.url):
+                    request = self._http.build_request(
+                        "GET",
+                        path,
+                        params=tuple(params),
+                        headers=headers,
+                        timeout=self._stream_timeout(until(deadline, policy.first_byte_timeout)),
+                    )
+                    response = self._http.send(request, stream=True)
+                    try:
+                        if response.status_code >= 400:
+                            raise status_error(response, response.read())
+                        opened = True
+                        # The headers had to come within first_byte_timeout. The transport
+                        # reads the request's timeout when the body's first read starts, so
+                        # the body may be silent up to read_timeout (heartbeats); its first
+                        # byte is held to first_byte_timeout by the watchdog instead.
+                        read = until(deadline, policy.read_timeout)
+                        request.extensions["timeout"] = {
+                            **request.extensions["timeout"],
+                            "read": read,
+                        }
+                        watchdog.start(response, until(deadline, policy.first_byte_timeout))
+                        for text in response.iter_text():
+                            watchdog.cancel()
+                            yield from state.feed(text)
+                            if state.finished:
+                                return
+                    finally:
+                        watchdog.cancel()
+                        response.close()
+            except ClientError as exc:
+                error = exc
+            buffered = watchdog.fired or (not state.got_bytes and _timed_out(error))
+            check_deadline(deadline)
+            delay = state.ended(error, opened=opened, first_byte_timeout=buffered)
+            if delay:
+                time.sleep(until(deadline, delay))
+
+    def _poll(self, job_id: str, deadline: float | None) -> Iterator[StreamItem]:
+        previous: Job | None = None
+        failures = 0
+        while True:
+            try:
+                body = self._call(Call("GET", f"/api/jobs/{job_id}"))
+            except (ConnectionFailed, ServerUnavailable):
+                failures += 1
+                delay = self.reconnect.delay(failures, None)
+            else:
+                failures = 0
+                job = Job.from_dict(body)
+                event = self._polled(previous, job, body)
+                previous = job
+                if event is not None:
+                    yield event
+                    if event.terminal:
+                        return
+                delay = self.reconnect.poll_interval
+            check_deadline(deadline)
+            time.sleep(until(deadline, delay))
+
+
+class _Watchdog:
+    """Ends a response whose first body byte does not come in time (a buffering proxy).
+
+    A blocking read cannot be given a separate timeout for its first byte, so a timer shuts
+    the socket down, which wakes the read.
+    """
+
+    def __init__(self) -> None:
+        self.fired = False
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+
+    def start(self, response: httpx.Response, seconds: float) -> None:
+        stream = response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if not isinstance(sock, socket.socket):
+            return  # not a socket (an in-process transport): nothing can buffer it
+
+        def fire() -> None:
+            with self._lock:  # a byte that arrived just now wins over the timer
+                if self._timer is None:
+                    return
+                self.fired = True
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+        self._timer = threading.Timer(seconds, fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            with self._lock:
+                self._timer.cancel()
+                self._timer = None
+
+
+def _timed_out(error: ClientError | None) -> bool:
+    return isinstance(error, ConnectionFailed) and isinstance(error.__cause__, httpx.ReadTimeout)

@@ -1,0 +1,198 @@
+"""Settings, read from ``JOBCAST_*`` environment variables (and a ``.env`` file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from jobcast.brokers.base import Retention
+from jobcast.hub import HubOptions
+from jobcast.topics import TopicPattern
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Every knob of a jobcast server. Each field is ``JOBCAST_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="JOBCAST_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path(".jobcast"), description="Where the embedded default keeps state.")
+    broker_url: str | None = Field(
+        None,
+        description="memory://, sqlite:///path or redis://host:port/db; default: SQLite file "
+        "events.db in the data directory.",
+    )
+
+    jwt_secret: SecretStr | None = Field(
+        None,
+        description="HS256 secret for bearer tokens; default: a random secret created in "
+        "the data directory (file jwt_secret, mode 0600).",
+    )
+    jwt_issuer: str | None = Field(None, description="Required `iss` claim, if set.")
+    jwt_audience: str | None = Field(None, description="Required `aud` claim, if set.")
+    jwt_leeway_seconds: float = Field(30.0, ge=0, description="Clock skew allowed on exp/nbf.")
+    jwt_public_key: str | None = Field(
+        None, description="PEM public key for RS256/ES256 tokens of an identity provider."
+    )
+    jwt_jwks_url: str | None = Field(
+        None, description="JWKS URL of an identity provider (keys cached and refreshed)."
+    )
+    jwt_algorithms: CommaList = Field(
+        default_factory=list,
+        description="Accepted algorithms; default HS256, plus RS256 and ES256 when a public "
+        "key or JWKS URL is set. 'none' is never accepted.",
+    )
+    ticket_ttl_seconds: float = Field(60.0, gt=0, le=3600, description="Stream ticket lifetime.")
+    session_ttl_seconds: float = Field(8 * 3600.0, gt=0, description="Cookie session lifetime.")
+    session_cookie_secure: bool = Field(
+        False, description="Mark session cookies Secure (set it when serving over HTTPS)."
+    )
+    cors_origins: CommaList = Field(
+        default_factory=list,
+        description="Origins allowed to call the API from a browser, comma-separated; 'dev' "
+        "adds the usual local dev servers (localhost:5173, :3000, ...).",
+    )
+    csrf_exempt_paths: CommaList = Field(
+        default_factory=list, description="Path prefixes exempt from the CSRF check."
+    )
+    rate_limit_publish: str = Field("1200/minute", description="Per subject and per IP.")
+    rate_limit_submit: str = Field("300/minute", description="Job submissions, per subject and IP.")
+    rate_limit_ticket: str = Field("120/minute", description="Ticket and session issues.")
+    max_stream_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="End each stream cleanly after this long, with a retry hint, for hosts "
+        "that cut long responses (e.g. 280 where the limit is 300 s); 0: never.",
+    )
+    max_streams_per_subject: int = Field(100, ge=1, description="Concurrent streams per subject.")
+    max_streams_total: int = Field(50_000, ge=1, description="Concurrent streams per process.")
+    public_topics: CommaList = Field(
+        default_factory=list,
+        description="Comma-separated patterns anyone may subscribe to without a token.",
+    )
+
+    heartbeat_interval: float = Field(15.0, gt=0, description="Seconds between heartbeats.")
+    retry_ms: int = Field(3000, ge=0, description="The SSE retry hint sent at stream start.")
+    send_timeout: float = Field(30.0, gt=0, description="A write stuck longer ends the stream.")
+    max_pending_events: int = Field(1000, ge=1, description="Per-subscriber buffer bound.")
+    conflate_types: CommaList = Field(
+        default_factory=lambda: ["progress"],
+        description="Event types where a slow subscriber gets only the latest per topic.",
+    )
+    max_topics_per_subscription: int = Field(50, ge=1)
+    max_replay_events: int = Field(10_000, ge=1, description="Beyond this a resume is a reset.")
+
+    history_max_events_per_topic: int = Field(1000, ge=1)
+    history_max_age_seconds: float = Field(86_400.0, gt=0)
+    history_job_grace_seconds: float = Field(
+        3600.0, ge=0, description="Redis: a job topic's history is kept this long after it ends."
+    )
+
+    max_event_bytes: int = Field(64 * 1024, ge=1, description="Largest `data` of one event.")
+    max_batch_events: int = Field(100, ge=1, description="Most events in one publish call.")
+    max_body_bytes: int = Field(1024 * 1024, ge=1, description="Largest JSON request body.")
+
+    store_url: str | None = Field(
+        None,
+        description="Job store (SQLAlchemy async URL); default: SQLite file jobs.db in the data "
+        "directory (sqlite+aiosqlite:///<data_dir>/jobs.db).",
+    )
+    handlers: CommaList = Field(
+        default_factory=list,
+        description="Comma-separated modules whose job handlers to load (built-ins always are).",
+    )
+    job_concurrency: int = Field(4, ge=1, description="Jobs the embedded runner runs at once.")
+    queue_url: str | None = Field(
+        None,
+        description="redis://host:port/db: run jobs on `jobcast worker` processes (SAQ queue) "
+        "instead of the embedded runner.",
+    )
+    worker_heartbeat_seconds: int = Field(
+        10, ge=1, description="A worker silent this long is presumed dead; its job is retried."
+    )
+    job_timeout_seconds: float = Field(
+        3600.0, gt=0, description="Default per-job time limit; a handler may declare its own."
+    )
+    job_max_queued: int = Field(10_000, ge=1, description="Queued jobs beyond this get 503.")
+    job_max_attempts: int = Field(
+        3, ge=1, description="Most runs of a retry-safe job that restarts keep interrupting."
+    )
+    job_progress_interval: float = Field(
+        0.1, ge=0, description="Least seconds between two progress events of one job."
+    )
+    job_store_interval: float = Field(
+        0.25, ge=0, description="Least seconds between two progress writes of one job."
+    )
+    max_upload_bytes: int = Field(
+        1024 * 1024 * 1024, ge=1, description="Largest uploaded file of a job (413 past it)."
+    )
+    upload_content_types: CommaList = Field(
+        default_factory=list,
+        description="Comma-separated content types an upload may have (empty: any).",
+    )
+    ws_max_message_bytes: int = Field(
+        64 * 1024, ge=1, description="Largest WebSocket message a client may send."
+    )
+    ws_max_messages_per_second: int = Field(
+        50, ge=1, description="A WebSocket client sending faster is closed (code 1008)."
+    )
+    ws_auth_timeout: float = Field(
+        10.0, gt=0, description="Seconds a WebSocket client has to send its token message."
+    )
+
+    @field_validator(
+        "public_topics",
+        "conflate_types",
+        "handlers",
+        "upload_content_types",
+        "jwt_algorithms",
+        "cors_origins",
+        "csrf_exempt_paths",
+        mode="before",
+    )
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("public_topics")
+    @classmethod
+    def _valid_patterns(cls, value: list[str]) -> list[str]:
+        for text in value:
+            TopicPattern.parse(text)
+        return value
+
+    @property
+    def resolved_broker_url(self) -> str:
+        if self.broker_url:
+            return self.broker_url
+        return f"sqlite:///{self.data_dir / 'events.db'}"
+
+    @property
+    def resolved_store_url(self) -> str:
+        if self.store_url:
+            return self.store_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'jobs.db'}"
+
+    def retention(self) -> Retention:
+        return Retention(
+            self.history_max_events_per_topic,
+            self.history_max_age_seconds,
+            self.history_job_grace_seconds,
+        )
+
+    def hub_options(self) -> HubOptions:
+        return HubOptions(
+            heartbeat_interval=self.heartbeat_interval,
+            max_pending=self.max_pending_events,
+            conflate_types=frozenset(self.conflate_types),
+            max_replay=self.max_replay_events,
+            max_stream_seconds=self.max_stream_seconds,
+            max_per_owner=self.max_streams_per_subject,
+            max_total=self.max_streams_total,
+        )

@@ -1,0 +1,276 @@
+"""The hub: local fan-out from the broker to this process's subscribers.
+
+Data flow: ``publish`` -> broker (assigns ids, stores history, delivers to every instance) ->
+``_deliver`` -> topic index -> ``Subscription.offer`` -> the connection's writer -> the wire.
+
+Decisions (cited in the code as H1..H4):
+
+H1. A topic index, not a scan: exact topics map to their subscribers, and each wildcard prefix
+    to its subscribers; an event costs one lookup per segment of its topic, whatever the total
+    number of subscribers.
+H2. Replay, then live, with no gap and no duplicate: a subscription is registered before the
+    history is read, so everything committed after the read arrives live; the history answer
+    carries the head position it covers, and live events up to that head are skipped.
+H3. One timer for the whole hub, not one per connection: it sends heartbeats (see
+    subscription.S4) and ends streams whose credential expired (``reauth``).
+H4. Draining (shutdown) ends every stream with a ``retry`` hint spread over a window, so the
+    clients of a stopping instance do not reconnect to the next one all at the same moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobcast.brokers.base import Broker, Gap, Replay, ReportsHistoryLoss
+from jobcast.errors import RateLimited, Unavailable
+from jobcast.events import Event, EventDraft, EventId
+from jobcast.subscription import CloseReason, Subscription
+from jobcast.topics import TopicPattern, wildcard_prefixes
+
+
+@dataclass(slots=True)
+class HubStats:
+    """Counters since start; exported as metrics."""
+
+    published: int = 0
+    delivered: int = 0
+    conflated: int = 0
+    evicted: int = 0
+    replays: int = 0
+    resets: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class HubOptions:
+    heartbeat_interval: float = 15.0
+    #: Events a subscriber may have pending before it is evicted (subscription.S3).
+    max_pending: int = 1000
+    conflate_types: frozenset[str] = frozenset({"progress"})
+    #: The most events one replay may send; a client further behind gets a reset.
+    max_replay: int = 10_000
+    #: End every stream after this many seconds (for hosts that cut long responses); 0: never.
+    max_stream_seconds: float = 0.0
+    #: Concurrent subscriptions allowed per owner (429 beyond) and in all (503 beyond).
+    max_per_owner: int = 100
+    max_total: int = 50_000
+    #: Drain: clients are told to reconnect after a random delay in this window (ms).
+    drain_retry_ms: tuple[int, int] = (500, 5000)
+
+
+class Hub:
+    def __init__(self, broker: Broker, options: HubOptions | None = None) -> None:
+        self.broker = broker
+        self.options = options or HubOptions()
+        self.stats = HubStats()
+        self.draining = False
+        self._exact: dict[str, set[Subscription]] = {}
+        self._prefixes: dict[str, set[Subscription]] = {}
+        self._subscriptions: set[Subscription] = set()
+        self._per_owner: dict[str, int] = {}
+        self._ticker: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if isinstance(self.broker, ReportsHistoryLoss):
+            self.broker.on_history_lost = self.end_streams
+        await self.broker.start(self._deliver)
+        self._ticker = asyncio.create_task(self._heartbeat_forever())
+
+    async def close(self) -> None:
+        self.drain()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        await self.broker.close()
+
+    def drain(self) -> None:
+        """Refuse new subscriptions and end every stream with a spread-out retry (H4)."""
+        self.draining = True
+        for subscription in list(self._subscriptions):
+            subscription.close(CloseReason.DRAIN)
+            self.unsubscribe(subscription)
+
+    def end_streams(self) -> None:
+        """End every stream with a spread-out retry, still accepting new ones.
+
+        A shared broker calls this when its history was lost: live events of the new history
+        must not follow ids of the old one on the same stream, so each client reconnects with
+        its last id and is told ``history_lost`` in-band.
+        """
+        for subscription in list(self._subscriptions):
+            subscription.close(CloseReason.DRAIN)
+            self.unsubscribe(subscription)
+
+    def drain_retry_ms(self) -> int:
+        low, high = self.options.drain_retry_ms
+        return random.randint(low, high)
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscriptions)
+
+    # -- publishing ------------------------------------------------------------------------
+
+    async def publish(self, topic: str, type: str, data: Any = None) -> Event:
+        """Publish one event and return it with its id, once it is stored and delivered."""
+        (event,) = await self.publish_many([EventDraft.create(topic, type, data)])
+        return event
+
+    async def publish_many(self, drafts: Sequence[EventDraft]) -> list[Event]:
+        if not drafts:
+            return []
+        return await self.broker.publish(drafts)
+
+    def _deliver(self, events: list[Event]) -> None:
+        exact, prefixes, stats = self._exact, self._prefixes, self.stats
+        evicted: list[Subscription] = []
+        stats.published += len(events)
+        for event in events:
+            targets: Collection[Subscription] | None = exact.get(event.topic)  # H1
+            if prefixes:
+                for prefix in wildcard_prefixes(event.topic):
+                    more = prefixes.get(prefix)
+                    if more:
+                        targets = more if not targets else set(targets).union(more)
+            if not targets:
+                continue
+            topic = event.topic
+            for subscription in targets:
+                if subscription.allow is not None and not subscription.allows(topic):
+                    continue
+                outcome = subscription.offer(event)
+                if outcome < 0:
+                    evicted.append(subscription)
+                else:
+                    stats.delivered += 1
+                    stats.conflated += outcome
+        for subscription in evicted:
+            stats.evicted += 1
+            self.unsubscribe(subscription)
+
+    # -- subscribing -----------------------------------------------------------------------
+
+    async def subscribe(
+        self,
+        patterns: tuple[TopicPattern, ...],
+        *,
+        last_event_id: str | None = None,
+        allow: Callable[[str], bool] | None = None,
+        owner: str | None = None,
+        expires_at: float | None = None,
+    ) -> tuple[Subscription, Replay | None]:
+        """Register a subscription and, when resuming, the replay that precedes live events.
+
+        ``owner`` counts against the per-owner cap; at ``expires_at`` (epoch seconds, the
+        credential's expiry) the subscription is closed as expired so the client re-authenticates.
+        """
+        if self.draining:
+            raise Unavailable("the server is shutting down; reconnect to another instance")
+        options = self.options
+        if len(self._subscriptions) >= options.max_total:
+            raise Unavailable("this server has reached its stream limit; retry later")
+        if owner is not None and self._per_owner.get(owner, 0) >= options.max_per_owner:
+            raise RateLimited(
+                f"at most {options.max_per_owner} concurrent streams per subject", retry_after=5
+            )
+        subscription = Subscription(
+            patterns,
+            max_pending=options.max_pending,
+            conflate_types=options.conflate_types,
+            allow=allow,
+            owner=owner,
+            expires_at=expires_at,
+        )
+        if options.max_stream_seconds:
+            subscription.ends_at = time.time() + options.max_stream_seconds
+        self._register(subscription)  # before reading history (H2)
+        if last_event_id is None:
+            return subscription, None
+        try:
+            replay = await self._replay(subscription, last_event_id)
+        except BaseException:
+            self.unsubscribe(subscription)
+            raise
+        subscription.skip_through = replay.head.position
+        return subscription, replay
+
+    async def _replay(self, subscription: Subscription, last_event_id: str) -> Replay:
+        self.stats.replays += 1
+        after = EventId.parse(last_event_id)
+        replay = await self.broker.replay(
+            subscription.patterns,
+            after or EventId(self.broker.epoch, 0),
+            self.options.max_replay,
+        )
+        if after is None:
+            replay = Replay([], replay.head, Gap.UNKNOWN_ID)
+        if replay.gap is not None:
+            self.stats.resets[replay.gap] = self.stats.resets.get(replay.gap, 0) + 1
+        elif subscription.allow is not None:
+            events = [e for e in replay.events if subscription.allows(e.topic)]
+            replay = Replay(events, replay.head)
+        return replay
+
+    def _register(self, subscription: Subscription) -> None:
+        self._subscriptions.add(subscription)
+        if subscription.owner is not None:
+            self._per_owner[subscription.owner] = self._per_owner.get(subscription.owner, 0) + 1
+        for pattern in subscription.patterns:
+            if pattern.prefix is None:
+                self._exact.setdefault(pattern.text, set()).add(subscription)
+            else:
+                self._prefixes.setdefault(pattern.prefix, set()).add(subscription)
+
+    def forget_access(self) -> None:
+        """Drop every cached per-topic authorisation answer (after a grant changed)."""
+        for subscription in self._subscriptions:
+            subscription.forget_access()
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        if subscription not in self._subscriptions:
+            return
+        self._subscriptions.discard(subscription)
+        owner = subscription.owner
+        if owner is not None:
+            remaining = self._per_owner[owner] - 1
+            if remaining:
+                self._per_owner[owner] = remaining
+            else:
+                del self._per_owner[owner]
+        for pattern in subscription.patterns:
+            index = self._exact if pattern.prefix is None else self._prefixes
+            key = pattern.text if pattern.prefix is None else pattern.prefix
+            members = index.get(key)
+            if members is not None:
+                members.discard(subscription)
+                if not members:
+                    del index[key]
+
+    # -- heartbeats ------------------------------------------------------------------------
+
+    async def _heartbeat_forever(self) -> None:
+        interval = self.options.heartbeat_interval
+        tick = min(1.0, interval / 4)
+        while True:
+            await asyncio.sleep(tick)
+            quiet_since = time.monotonic() - interval
+            now = time.time()
+            ending: list[tuple[Subscription, CloseReason]] = []
+            for subscription in self._subscriptions:
+                if subscription.expires_at is not None and subscription.expires_at <= now:
+                    ending.append((subscription, CloseReason.EXPIRED))  # renew, then resume
+                elif subscription.ends_at is not None and subscription.ends_at <= now:
+                    ending.append((subscription, CloseReason.TIME_LIMIT))  # just resume
+                elif subscription.last_write <= quiet_since:
+                    subscription.request_heartbeat()
+            for subscription, reason in ending:
+                subscription.close(reason)
+                self.unsubscribe(subscription)

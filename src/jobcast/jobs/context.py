@@ -1,0 +1,95 @@
+"""What a handler receives: :class:`JobContext`, its window onto the job it runs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Protocol
+
+from jobcast.jobs.model import InputFile
+
+
+class JobCancelled(Exception):
+    """Raised inside a handler once its job was cancelled (or is over, e.g. timed out)."""
+
+
+class JobSink(Protocol):
+    """Where a context's reports go: the embedded runner's live job, or a remote worker's."""
+
+    @property
+    def cancel_requested(self) -> bool: ...
+
+    def report_progress(self, progress: float, message: str | None, stage: str | None) -> None: ...
+
+    def report_event(self, event_type: str, data: Any) -> None: ...
+
+
+class JobContext:
+    """A running job, as its handler sees it. Every method is safe from any thread.
+
+    ``progress()`` is cheap enough to call in a tight loop: it only records the latest report;
+    the runner publishes and stores the latest one at a bounded rate.
+    """
+
+    def __init__(
+        self,
+        sink: JobSink,
+        *,
+        job_id: str,
+        kind: str,
+        owner: str,
+        params: dict[str, Any],
+        input: InputFile | None = None,
+        input_path: Path | None = None,
+    ) -> None:
+        self._sink = sink
+        self.job_id = job_id
+        self.kind = kind
+        self.owner = owner
+        #: The params as submitted (validated); the handler's second argument may be a model.
+        self.params = params
+        #: The uploaded file's description, when the job was submitted with one.
+        self.input = input
+        #: Where the uploaded file lies on disk, when there is one. Read it; do not move it.
+        self.input_path = input_path
+
+    @property
+    def cancelled(self) -> bool:
+        """True once cancellation was requested; long loops should check it and stop."""
+        return self._sink.cancel_requested
+
+    def check_cancelled(self) -> None:
+        """Raise :class:`JobCancelled` if the job was cancelled."""
+        if self._sink.cancel_requested:
+            raise JobCancelled(f"job {self.job_id} was cancelled")
+
+    def progress(
+        self, percent: float, message: str | None = None, stage: str | None = None
+    ) -> None:
+        """Report progress (0-100; it never goes backwards), with an optional message and stage.
+
+        Raises :class:`JobCancelled` once the job was cancelled, so a handler that reports
+        progress stops at its next report even if it never checks.
+        """
+        if isinstance(percent, bool) or not isinstance(percent, int | float):
+            raise TypeError("progress must be a number from 0 to 100")
+        if not math.isfinite(percent) or not 0 <= percent <= 100:
+            raise ValueError(f"progress must be from 0 to 100, not {percent!r}")
+        self.check_cancelled()
+        self._sink.report_progress(float(percent), _text(message, 1000), _text(stage, 200))
+
+    def publish(self, event_type: str, data: Any = None) -> None:
+        """Publish a custom event on the job's topic (``jobs/{id}``), after earlier reports.
+
+        ``data`` must be JSON-serialisable; subscribers receive ``{"id", "seq", "data"}``.
+        """
+        self.check_cancelled()
+        self._sink.report_event(event_type, data)
+
+
+def _text(value: str | None, limit: int) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError("message and stage must be strings")
+    return value[:limit]

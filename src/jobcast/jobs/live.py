@@ -1,0 +1,231 @@
+"""One queued or running job in the embedded runner: its state, events and store writes.
+
+Decisions (cited in the code as L1..L4):
+
+L1. Every change to a job goes through ``_emit`` under one lock: bump ``seq``, publish the
+    event, then remember the published copy together with its event id. A stream that starts
+    from that pair and resumes the hub after that id sees every later event exactly once
+    (``server/job_streams.py``).
+L2. Progress reports are coalesced: ``report_progress`` only stores the latest report (from any
+    thread) and wakes the pump at most once; the pump publishes at most one ``progress`` event
+    per ``progress_interval`` (latest wins) and writes the store at most every
+    ``store_interval``. A handler may report thousands of times a second at no cost.
+L3. Before any state change, pending custom events and progress are flushed, so the terminal
+    event is always the last event of a job and its snapshot carries the last progress.
+L4. The terminal event is never dropped: if the broker refuses it, it is retried; the store
+    write that follows records the terminal state whatever happens to the event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from jobcast.errors import InvalidInput, JobcastError, Unavailable
+from jobcast.events import EventDraft, dumps, validate_type
+from jobcast.jobs.model import JOB_EVENT_TYPES, Job, JobState, job_topic
+
+if TYPE_CHECKING:
+    from jobcast.hub import Hub
+    from jobcast.stores.base import JobStore
+
+logger = logging.getLogger("jobcast.jobs")
+
+#: Custom events a handler may have waiting to be published before ``publish`` refuses more.
+MAX_OUTBOX = 10_000
+
+
+class LiveJob:
+    """The runner's live copy of a job, and the :class:`~jobcast.jobs.context.JobSink` of it."""
+
+    def __init__(
+        self,
+        job: Job,
+        *,
+        hub: Hub,
+        store: JobStore,
+        progress_interval: float,
+        store_interval: float,
+        max_event_bytes: int,
+    ) -> None:
+        self.job = job
+        self.published = job.copy()
+        self.hub = hub
+        self.store = store
+        self.progress_interval = progress_interval
+        self.store_interval = store_interval
+        self.max_event_bytes = max_event_bytes
+        self.topic = job_topic(job.id)
+        self.task: asyncio.Task[None] | None = None
+        #: Why the job's task was cancelled: "cancel" (a user), "shutdown" or None.
+        self.stop_reason: str | None = None
+        self._cancel = threading.Event()
+        self._lock = asyncio.Lock()
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._mutex = threading.Lock()
+        self._pending: tuple[float, str | None, str | None] | None = None
+        self._outbox: collections.deque[tuple[str, bytes]] = collections.deque()
+        self._armed = False
+        self._wake = asyncio.Event()
+        self._pump: asyncio.Task[None] | None = None
+        self._last_progress = 0.0
+        self._last_save = 0.0
+
+    # -- JobSink: called by the handler's context, from any thread ------------------------
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel.is_set()
+
+    def request_cancel(self) -> None:
+        self._cancel.set()
+
+    def report_progress(self, progress: float, message: str | None, stage: str | None) -> None:
+        with self._mutex:  # L2
+            self._pending = (progress, message, stage)
+            if self._armed:
+                return
+            self._armed = True
+        self._signal()
+
+    def report_event(self, event_type: str, data: Any) -> None:
+        validate_type(event_type)
+        if event_type in JOB_EVENT_TYPES:
+            raise InvalidInput(f"event type {event_type!r} is reserved for job lifecycle events")
+        data_json = dumps(data)
+        if len(data_json) > self.max_event_bytes:
+            raise InvalidInput(
+                f"event data is {len(data_json)} bytes; the limit is {self.max_event_bytes}"
+            )
+        with self._mutex:
+            if len(self._outbox) >= MAX_OUTBOX:
+                raise Unavailable("the job publishes events faster than they can be stored")
+            self._outbox.append((event_type, data_json))
+            if self._armed:
+                return
+            self._armed = True
+        self._signal()
+
+    def _signal(self) -> None:
+        if threading.get_ident() == self._loop_thread:
+            self._wake.set()
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: the job is over anyway
+                self._loop.call_soon_threadsafe(self._wake.set)
+
+    # -- the pump (L2) --------------------------------------------------------------------
+
+    def start_pump(self) -> None:
+        self._pump = asyncio.create_task(self._pump_forever(), name=f"job-pump-{self.job.id}")
+
+    async def stop_pump(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
+            self._pump = None
+
+    async def _pump_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            delay = self._last_progress + self.progress_interval - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                async with self._lock:
+                    await self._flush_locked()
+            except JobcastError as exc:  # the broker or store is down: retry on the next report
+                logger.warning("job %s: could not publish progress: %s", self.job.id, exc)
+
+    async def _flush_locked(self) -> None:
+        with self._mutex:
+            pending, self._pending = self._pending, None
+            outbox, self._outbox = self._outbox, collections.deque()
+            self._armed = False
+        if not pending and not outbox:
+            return
+        job = self.job
+        now = time.time()
+        drafts = []
+        for event_type, data_json in outbox:
+            job.seq += 1
+            body = b'{"id":"%s","seq":%d,"data":%s}' % (job.id.encode(), job.seq, data_json)
+            drafts.append(EventDraft(self.topic, event_type, body))
+        if pending is not None:
+            job.apply_progress(*pending, now)
+            job.seq += 1
+            drafts.append(EventDraft(self.topic, "progress", dumps(job.progress_dict())))
+            self._last_progress = time.monotonic()
+        events = await self.hub.publish_many(drafts)
+        self._published(events[-1].id)
+        if time.monotonic() - self._last_save >= self.store_interval:
+            await self._save()
+
+    # -- state changes (L1, L3) -----------------------------------------------------------
+
+    async def transition(
+        self,
+        state: JobState,
+        *,
+        message: str | None = None,
+        result: Any = None,
+        error: dict[str, str] | None = None,
+    ) -> None:
+        """Move to ``state``, publishing ``state`` (or the terminal event) with the snapshot."""
+        async with self._lock:
+            with contextlib.suppress(JobcastError):
+                await self._flush_locked()  # L3
+            job = self.job
+            now = time.time()
+            job.state = state
+            job.updated_at = now
+            if message is not None:
+                job.message = message
+            if state is JobState.RUNNING:
+                job.started_at = now
+                job.attempts += 1
+            elif state is JobState.QUEUED:
+                job.started_at = None
+                job.progress = 0.0
+                job.eta_seconds = None
+            else:
+                job.finished_at = now
+                job.eta_seconds = None if state is not JobState.SUCCEEDED else 0.0
+                if state is JobState.SUCCEEDED:
+                    job.progress = 100.0
+                job.result = result
+                job.error = error
+            job.seq += 1
+            event_type = state.value if job.terminal else "state"
+            draft = EventDraft(self.topic, event_type, dumps(job.to_dict()))
+            await self._publish_state(draft, retries=5 if job.terminal else 0)
+            await self._save()
+
+    async def _publish_state(self, draft: EventDraft, *, retries: int) -> None:
+        for attempt in range(retries + 1):
+            try:
+                (event,) = await self.hub.publish_many([draft])
+            except JobcastError as exc:
+                if attempt == retries:
+                    logger.error("job %s: could not publish %s: %s", self.job.id, draft.type, exc)
+                    self.published = self.job.copy()
+                    return
+                await asyncio.sleep(0.2 * 2**attempt)  # L4: the broker may come back
+            else:
+                self._published(event.id)
+                return
+
+    def _published(self, event_id: str) -> None:
+        self.job.last_event_id = event_id
+        self.published = self.job.copy()  # L1
+
+    async def _save(self) -> None:
+        self._last_save = time.monotonic()
+        await self.store.save(self.published)

@@ -1,0 +1,183 @@
+"""The job: its lifecycle states and its snapshot, the one shape every surface shows.
+
+States, and how common vocabularies map onto them::
+
+    queued     PENDING, QUEUED, SUBMITTED, SCHEDULED, WAITING
+    running    PROCESSING, STARTED, IN_PROGRESS, ACTIVE
+    succeeded  PROCESSED, DONE, COMPLETED, SUCCESS, FINISHED
+    failed     FAILED, ERROR, TIMED_OUT, CRASHED
+    cancelled  CANCELLED, CANCELED, ABORTED, REVOKED
+
+``queued -> running -> succeeded | failed | cancelled``; a queued job may also be cancelled
+directly, and a running job that was interrupted by a restart may go back to ``queued`` when its
+handler is declared safe to retry. Terminal states are final.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+#: Event types a job's topic carries. The terminal ones are named after the terminal state.
+JOB_EVENT_TYPES = frozenset({"snapshot", "progress", "state", *(s.value for s in TERMINAL_STATES)})
+
+
+def job_topic(job_id: str) -> str:
+    """The hub topic on which every event of a job is published."""
+    return f"jobs/{job_id}"
+
+
+def new_job_id() -> str:
+    """A new id: 16 hex digits of the time in nanoseconds, then 6 random ones.
+
+    Ids sort by creation time, so "newest first" is ``ORDER BY id DESC`` and a page cursor is
+    simply the last id seen. They are valid topic segments and never need escaping.
+    """
+    return f"{time.time_ns():016x}{os.urandom(3).hex()}"
+
+
+@dataclass(frozen=True, slots=True)
+class InputFile:
+    """An uploaded file. ``filename`` is what the client called it: shown, never used as a path."""
+
+    filename: str
+    size: int
+    sha256: str
+    content_type: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> InputFile:
+        return cls(
+            str(value["filename"]),
+            int(value["size"]),
+            str(value["sha256"]),
+            str(value["content_type"]),
+        )
+
+
+@dataclass(slots=True)
+class Job:
+    """A job's state. The runner owns the live instance; everyone else sees copies."""
+
+    id: str
+    kind: str
+    owner: str
+    params: dict[str, Any] = field(default_factory=dict)
+    state: JobState = JobState.QUEUED
+    progress: float = 0.0
+    stage: str | None = None
+    message: str | None = None
+    eta_seconds: float | None = None
+    #: Sequence number of the newest event published for this job (0: none yet).
+    seq: int = 0
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    updated_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+    input: InputFile | None = None
+    result: Any = None
+    #: ``{"type": ..., "message": ...}`` when the job failed.
+    error: dict[str, str] | None = None
+    attempts: int = 0
+    #: The hub id of the newest event published for this job, to resume its stream exactly.
+    last_event_id: str | None = None
+    #: Subjects the owner (or an admin) granted read access to: they may read and watch it.
+    readers: list[str] = field(default_factory=list)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    def copy(self) -> Job:
+        return dataclasses.replace(self, readers=list(self.readers))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The public snapshot (API responses and event data)."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "state": self.state.value,
+            "progress": self.progress,
+            "stage": self.stage,
+            "message": self.message,
+            "eta_seconds": self.eta_seconds,
+            "seq": self.seq,
+            "owner": self.owner,
+            "params": self.params,
+            "created_at": _iso(self.created_at),
+            "started_at": _iso(self.started_at),
+            "updated_at": _iso(self.updated_at),
+            "finished_at": _iso(self.finished_at),
+            "input": self.input.to_dict() if self.input else None,
+            "result": self.result,
+            "error": self.error,
+            "attempts": self.attempts,
+            "readers": self.readers,
+        }
+
+    def progress_dict(self) -> dict[str, Any]:
+        """The data of a ``progress`` event: only what progress changes."""
+        return {
+            "id": self.id,
+            "seq": self.seq,
+            "progress": self.progress,
+            "stage": self.stage,
+            "message": self.message,
+            "eta_seconds": self.eta_seconds,
+            "updated_at": _iso(self.updated_at),
+        }
+
+    def apply_progress(
+        self, progress: float, message: str | None, stage: str | None, now: float
+    ) -> None:
+        """Record a progress report (never backwards) and re-estimate the ETA."""
+        self.progress = max(self.progress, min(100.0, progress))
+        if message is not None:
+            self.message = message
+        if stage is not None:
+            self.stage = stage
+        self.updated_at = now
+        self.eta_seconds = estimate_eta(self.progress, self.started_at, now)
+
+
+def estimate_eta(progress: float, started_at: float | None, now: float) -> float | None:
+    """Seconds left at the average rate since the job started; ``None`` while unknown.
+
+    The average over the whole run is steadier than the latest rate, which jumps with every
+    uneven step; handlers with a slow start can report a stage instead of a misleading ETA.
+    """
+    if started_at is None or progress <= 0.0:
+        return None
+    if progress >= 100.0:
+        return 0.0
+    elapsed = max(0.0, now - started_at)
+    return round(elapsed * (100.0 - progress) / progress, 3)
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,406 @@
+"""The embedded runner: runs handlers in this process, at most ``concurrency`` at a time.
+
+Decisions (cited as R1..R4):
+
+R1. Each running job is two tasks: an outer one that owns the job's lifecycle and an inner one
+    that runs the handler. Cancellation, timeouts and shutdown only ever cancel the inner task,
+    so the outer one always gets to publish the terminal event and write the store.
+R2. Sync handlers run in a thread pool of ``concurrency`` threads. A thread cannot be killed:
+    cancelling one sets the context's flag, which makes its next ``progress()`` or
+    ``check_cancelled()`` raise; the job is reported cancelled at once.
+R3. Recovery at startup: a job found ``running`` was interrupted by a crash. It is re-queued
+    when its handler is ``retry_safe`` (up to ``max_attempts`` runs), else failed with an
+    ``Interrupted`` error. Queued jobs resume in submission order. A graceful shutdown applies
+    the same rule to the jobs it interrupts. Nothing is ever left ``running``.
+R4. The runner keeps every queued and running job in memory (bounded by ``max_queued`` plus
+    ``concurrency``): reads of live jobs never touch the store, and the owner of any job that
+    can still publish is known without a query (``owner_of``, used by stream filters).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from jobcast._lock import ProcessLock
+from jobcast.errors import Conflict, InvalidInput, JobcastError, NotFound, Unavailable
+from jobcast.events import dumps
+from jobcast.jobs.context import JobCancelled, JobContext
+from jobcast.jobs.live import LiveJob
+from jobcast.jobs.model import InputFile, Job, JobState, new_job_id
+from jobcast.jobs.registry import HandlerSpec, Registry
+from jobcast.stores.base import JobPage, JobQuery, JobStore
+
+if TYPE_CHECKING:
+    from jobcast.hub import Hub
+
+logger = logging.getLogger("jobcast.jobs")
+
+#: How many owners of finished jobs to remember for stream filters (R4).
+OWNER_CACHE_SIZE = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerOptions:
+    uploads_dir: Path
+    concurrency: int = 4
+    default_timeout: float | None = 3600.0
+    progress_interval: float = 0.1
+    store_interval: float = 0.25
+    max_queued: int = 10_000
+    max_attempts: int = 3
+    max_event_bytes: int = 64 * 1024
+    #: How long ``cancel`` waits for a running handler to stop before answering.
+    cancel_wait: float = 5.0
+
+
+class EmbeddedRunner:
+    """Submits, runs, cancels and reports jobs. Create it in a lifespan; ``start``; ``close``."""
+
+    def __init__(self, store: JobStore, hub: Hub, registry: Registry, options: RunnerOptions):
+        self.store = store
+        self.hub = hub
+        self.registry = registry
+        self.options = options
+        self._live: dict[str, LiveJob] = {}
+        self._queue: collections.deque[str] = collections.deque()
+        self._work = asyncio.Event()
+        self._slots = asyncio.Semaphore(options.concurrency)
+        self._owners: collections.OrderedDict[str, tuple[str, tuple[str, ...]]] = (
+            collections.OrderedDict()
+        )
+        self._executor = ThreadPoolExecutor(options.concurrency, thread_name_prefix="jobcast-job")
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._handler_tasks: dict[str, asyncio.Future[Any]] = {}
+        self._lock = ProcessLock(options.uploads_dir.parent / "runner.lock", "the job runner")
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.options.uploads_dir.mkdir(parents=True, exist_ok=True)
+        self._lock.acquire()  # a second process would run the same queued jobs again
+        try:
+            await self._recover()
+        except BaseException:
+            self._lock.release()
+            raise
+        self._dispatcher = asyncio.create_task(self._dispatch_forever(), name="jobcast-dispatch")
+
+    async def close(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
+        running = [live for live in self._live.values() if live.task is not None]
+        for live in running:
+            self._stop(live, "shutdown")
+        tasks = [live.task for live in running if live.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._lock.release()
+
+    async def _recover(self) -> None:  # R3
+        for job in await self.store.in_states([JobState.RUNNING], limit=1_000_000):
+            live = self._track(job)
+            await self._interrupted(live, "the server stopped while the job was running")
+        for job in await self.store.in_states([JobState.QUEUED], limit=1_000_000):
+            self._track(job)
+            self._queue.append(job.id)
+        self._work.set()
+
+    # -- requests --------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        kind: str,
+        params: Any,
+        owner: str,
+        *,
+        input: InputFile | None = None,
+        upload: Path | None = None,
+    ) -> Job:
+        """Validate and queue a job; ``upload`` (a temporary file) becomes its input file."""
+        spec = self.registry.get(kind)
+        if spec.needs_input and input is None:
+            raise InvalidInput(f"jobs of kind {kind!r} need an uploaded file (multipart 'file')")
+        valid_params = spec.validate_params(params)
+        if len(self._queue) >= self.options.max_queued:
+            raise Unavailable("too many queued jobs; try again later")
+        job = Job(id=new_job_id(), kind=kind, owner=owner, params=valid_params, input=input)
+        if upload is not None:
+            await asyncio.to_thread(upload.rename, self.upload_path(job.id))
+        try:
+            await self.store.create(job)
+        except BaseException:
+            self.upload_path(job.id).unlink(missing_ok=True)
+            raise
+        live = self._track(job)
+        await live.transition(JobState.QUEUED)
+        await self._enqueue(live)
+        return live.published.copy()
+
+    async def _enqueue(self, live: LiveJob) -> None:
+        """Hand a new queued job to what runs it: here, this runner's dispatcher."""
+        self._queue.append(live.job.id)
+        self._work.set()
+
+    async def get(self, job_id: str) -> Job | None:
+        """The freshest state of a job (live jobs from memory)."""
+        live = self._live.get(job_id)
+        if live is not None:
+            return live.published.copy()
+        job = await self.store.get(job_id)
+        if job is not None:
+            self._remember_owner(job)
+        return job
+
+    async def list_jobs(self, query: JobQuery) -> JobPage:
+        page = await self.store.list_jobs(query)
+        jobs = []
+        for job in page.jobs:
+            live = self._live.get(job.id)
+            jobs.append(live.published.copy() if live is not None else job)
+            self._remember_owner(job)
+        return JobPage(jobs, page.next_cursor)
+
+    async def cancel(self, job_id: str) -> Job:
+        live = self._live.get(job_id)
+        if live is None:
+            job = await self.get(job_id)
+            if job is None:
+                raise NotFound(f"no job {job_id!r}")
+            raise Conflict(f"job {job_id} is already {job.state.value}")
+        if live.task is None:  # still queued: nothing runs yet
+            live.request_cancel()
+            await live.transition(JobState.CANCELLED, message="cancelled before it started")
+            self._untrack(live)
+        else:
+            self._stop(live, "cancel")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(live.task), self.options.cancel_wait)
+        return live.published.copy()
+
+    async def delete(self, job_id: str) -> None:
+        job = await self.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}")
+        if not job.terminal:
+            raise Conflict(f"job {job_id} is {job.state.value}; cancel it before deleting it")
+        await self.store.delete(job_id)
+        self.upload_path(job_id).unlink(missing_ok=True)
+        self._owners.pop(job_id, None)
+
+    async def set_readers(self, job_id: str, readers: list[str]) -> Job:
+        """Replace the subjects granted read access to a job, live or finished."""
+        live = self._live.get(job_id)
+        if live is not None:
+            live.job.readers = list(readers)
+            live.published.readers = list(readers)
+            await self.store.save(live.published)
+            job = live.published.copy()
+        else:
+            stored = await self.store.get(job_id)
+            if stored is None:
+                raise NotFound(f"no job {job_id!r}")
+            stored.readers = list(readers)
+            await self.store.save(stored)
+            job = stored
+        self._remember_owner(job)
+        self.hub.forget_access()  # open wildcard streams must see the new grant at once
+        return job
+
+    def owner_of(self, job_id: str) -> str | None:
+        """The owner of a job, when known without a query (R4); ``None`` otherwise."""
+        access = self.access_of(job_id)
+        return access[0] if access is not None else None
+
+    def access_of(self, job_id: str) -> tuple[str, tuple[str, ...]] | None:
+        """A job's owner and granted readers, when known without a query (R4)."""
+        live = self._live.get(job_id)
+        if live is not None:
+            return live.job.owner, tuple(live.job.readers)
+        return self._owners.get(job_id)
+
+    def upload_path(self, job_id: str) -> Path:
+        return self.options.uploads_dir / job_id
+
+    @property
+    def kinds(self) -> Collection[str]:
+        return self.registry.kinds
+
+    # -- queue workers (jobs/worker.py) run dequeued jobs through the same path ----------
+
+    def claim(self, job: Job) -> LiveJob:
+        """Run a job that a queue worker dequeued, exactly as this runner runs its own (R1)."""
+        live = self._track(job)
+        live.task = asyncio.create_task(self._run_claimed(live), name=f"job-{job.id}")
+        return live
+
+    async def _run_claimed(self, live: LiveJob) -> None:
+        await self._slots.acquire()  # released by _run
+        await self._run(live)
+
+    def stop(self, live: LiveJob, reason: str) -> None:
+        """Cancel a running job: ``reason`` is "cancel" (a user) or "shutdown" (R3 applies)."""
+        self._stop(live, reason)
+
+    async def resume_interrupted(self, job: Job, why: str) -> bool:
+        """Apply R3 to a job found ``running`` whose process died; True if it may run again."""
+        live = self._track(job)
+        await self._interrupted(live, why)
+        self._untrack(live)
+        return live.job.state is JobState.QUEUED
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def _dispatch_forever(self) -> None:
+        while True:
+            await self._slots.acquire()
+            while not self._queue:
+                await self._work.wait()
+                self._work.clear()
+            live = self._live.get(self._queue.popleft())
+            if live is None or live.job.state is not JobState.QUEUED or live.task is not None:
+                self._slots.release()  # cancelled while queued
+                continue
+            live.task = asyncio.create_task(self._run(live), name=f"job-{live.job.id}")
+
+    async def _run(self, live: LiveJob) -> None:  # R1
+        try:
+            spec = self.registry.find(live.job.kind)
+            if spec is None:
+                await self._finish(
+                    live,
+                    JobState.FAILED,
+                    error=_error("UnknownKind", f"no handler for kind {live.job.kind!r} is loaded"),
+                )
+                return
+            await live.transition(JobState.RUNNING)
+            live.start_pump()
+            await self._execute(live, spec)
+        except JobcastError as exc:  # the broker or store failed around the handler
+            logger.error("job %s: %s", live.job.id, exc)
+        except Exception:
+            logger.exception("job %s: the runner failed", live.job.id)
+            if not live.job.terminal:
+                with contextlib.suppress(Exception):
+                    error = _error("InternalError", "the job runner failed; see the server log")
+                    await self._finish(live, JobState.FAILED, error=error)
+        finally:
+            self._untrack(live)
+            self._slots.release()
+
+    async def _execute(self, live: LiveJob, spec: HandlerSpec) -> None:
+        job = live.job
+        ctx = JobContext(
+            live,
+            job_id=job.id,
+            kind=job.kind,
+            owner=job.owner,
+            params=job.params,
+            input=job.input,
+            input_path=self.upload_path(job.id) if job.input else None,
+        )
+        args = (ctx, spec.handler_params(job.params))
+        if live.cancel_requested:
+            task: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            task.cancel()
+        elif spec.is_async:
+            task = asyncio.ensure_future(spec.fn(*args))
+        else:  # R2
+            task = asyncio.get_running_loop().run_in_executor(self._executor, spec.fn, *args)
+        self._handler_tasks[job.id] = task
+        timeout = spec.timeout or self.options.default_timeout
+        try:
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+        finally:
+            self._handler_tasks.pop(job.id, None)
+        live.request_cancel()  # whatever happened, the handler's later reports are refused
+        if not done:
+            task.cancel()
+            message = f"the job did not finish within its {timeout:g} s timeout"
+            await self._finish(live, JobState.FAILED, error=_error("Timeout", message))
+        elif task.cancelled() or isinstance(task.exception(), JobCancelled):
+            if live.stop_reason == "shutdown":
+                await self._interrupted(live, "the server shut down while the job was running")
+            else:
+                await self._finish(live, JobState.CANCELLED, message="cancelled")
+        elif (exc := task.exception()) is not None:
+            if not isinstance(exc, Exception):
+                raise exc
+            logger.info("job %s failed", job.id, exc_info=exc)
+            await self._finish(live, JobState.FAILED, error=_error(type(exc).__name__, str(exc)))
+        else:
+            result = task.result()
+            try:
+                dumps(result)
+            except InvalidInput as bad:
+                error = _error("InvalidResult", f"the handler's result is not JSON: {bad}")
+                await self._finish(live, JobState.FAILED, error=error)
+                return
+            await self._finish(live, JobState.SUCCEEDED, result=result)
+
+    def _stop(self, live: LiveJob, reason: str) -> None:
+        live.stop_reason = live.stop_reason or reason
+        live.request_cancel()
+        task = self._handler_tasks.get(live.job.id)
+        if task is not None:
+            task.cancel()
+
+    async def _finish(self, live: LiveJob, state: JobState, **fields: Any) -> None:
+        await live.stop_pump()
+        await live.transition(state, **fields)
+
+    async def _interrupted(self, live: LiveJob, why: str) -> None:  # R3
+        spec = self.registry.find(live.job.kind)
+        attempts = live.job.attempts
+        if spec is not None and spec.retry_safe and attempts < self.options.max_attempts:
+            await self._finish(live, JobState.QUEUED, message=f"re-queued: {why}")
+            return
+        reason = (
+            "its handler is not marked retry_safe"
+            if spec is None or not spec.retry_safe
+            else f"it was already tried {attempts} times"
+        )
+        error = _error("Interrupted", f"{why} (attempt {attempts}); not retried: {reason}")
+        await self._finish(live, JobState.FAILED, error=error)
+
+    # -- bookkeeping (R4) ------------------------------------------------------------------
+
+    def _track(self, job: Job) -> LiveJob:
+        options = self.options
+        live = LiveJob(
+            job,
+            hub=self.hub,
+            store=self.store,
+            progress_interval=options.progress_interval,
+            store_interval=options.store_interval,
+            max_event_bytes=options.max_event_bytes,
+        )
+        self._live[job.id] = live
+        return live
+
+    def _untrack(self, live: LiveJob) -> None:
+        if live.job.state is JobState.QUEUED and live.stop_reason == "shutdown":
+            return  # re-queued by a shutdown: it runs after the next start
+        if self._live.get(live.job.id) is live:
+            del self._live[live.job.id]
+        self._remember_owner(live.job)
+
+    def _remember_owner(self, job: Job) -> None:
+        self._owners[job.id] = (job.owner, tuple(job.readers))
+        self._owners.move_to_end(job.id)
+        if len(self._owners) > OWNER_CACHE_SIZE:
+            self._owners.popitem(last=False)
+
+
+def _error(kind: str, message: str) -> dict[str, str]:
+    return {"type": kind, "message": message}

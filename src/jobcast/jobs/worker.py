@@ -1,0 +1,145 @@
+"""``jobcast worker``: run queued jobs from any machine, publishing through the shared broker.
+
+A worker takes "run job X" from the SAQ queue (``worker_queue.py``), loads X from the shared
+store and runs it through the embedded runner's own path (``EmbeddedRunner.claim``): the same
+handler registry, timeouts, cancellation and coalesced progress (``LiveJob``), so a job behaves
+the same wherever it runs. Its events go to the shared Redis broker, so every server instance
+streams them.
+
+Decisions (cited as K1..K3):
+
+K1. A heartbeat task touches the SAQ job every third of ``worker_heartbeat_seconds``; a worker
+    that dies stops touching it, SAQ's sweep (run by every other worker) re-queues it, and the
+    next worker finds it ``running`` in the store and applies runner.R3: re-run when its
+    handler is ``retry_safe`` and attempts remain, else fail it as ``Interrupted``.
+K2. When SAQ cancels our task, the SAQ job's status tells why: ``aborting`` means a user
+    cancelled (the job ends ``cancelled``); anything else is this worker shutting down (R3).
+    Either way the runner's own task publishes the terminal event before we return.
+K3. A job already terminal when it is dequeued (cancelled while queued, or finished by a
+    previous attempt) is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from saq import Worker
+from saq.job import Status
+from saq.types import PartialTimersDict
+
+from jobcast.brokers.redis import RedisBroker, shielded
+from jobcast.config import Settings
+from jobcast.errors import InvalidInput
+from jobcast.hub import Hub
+from jobcast.jobs import builtin
+from jobcast.jobs.model import JobState
+from jobcast.jobs.registry import Registry
+from jobcast.jobs.runner import EmbeddedRunner, RunnerOptions
+from jobcast.jobs.worker_queue import TASK, open_queue
+from jobcast.stores import open_store
+
+logger = logging.getLogger("jobcast.worker")
+
+
+def runner_options(settings: Settings) -> RunnerOptions:
+    return RunnerOptions(
+        uploads_dir=settings.data_dir / "uploads",
+        concurrency=settings.job_concurrency,
+        default_timeout=settings.job_timeout_seconds,
+        progress_interval=settings.job_progress_interval,
+        store_interval=settings.job_store_interval,
+        max_queued=settings.job_max_queued,
+        max_attempts=settings.job_max_attempts,
+        max_event_bytes=settings.max_event_bytes,
+    )
+
+
+def load_registry(settings: Settings) -> Registry:
+    registry = Registry()
+    registry.update(builtin.registry)  # the built-in kinds are always available
+    for module in settings.handlers:
+        registry.load_module(module)
+    return registry
+
+
+class JobWorker:
+    """One worker process: a SAQ worker whose single function runs jobcast jobs."""
+
+    def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
+        if not settings.queue_url:
+            raise InvalidInput("set JOBCAST_QUEUE_URL=redis://host:port/db to run a worker")
+        if not settings.resolved_broker_url.startswith(("redis://", "rediss://")):
+            raise InvalidInput(
+                "workers publish through the shared broker: set JOBCAST_BROKER_URL=redis://..."
+            )
+        self.settings = settings
+        self.registry = registry or load_registry(settings)
+
+    async def run(self) -> None:
+        """Run until SIGTERM/SIGINT (a graceful stop: running jobs are handed back, R3)."""
+        settings = self.settings
+        broker = RedisBroker(settings.resolved_broker_url, settings.retention())
+        await broker.connect()  # publish-only: no fan-out in a worker
+        hub = Hub(broker, settings.hub_options())
+        store = open_store(settings.resolved_store_url)
+        try:
+            await store.open()
+            self.runner = EmbeddedRunner(store, hub, self.registry, runner_options(settings))
+            queue = open_queue(settings.queue_url or "")
+            beat = settings.worker_heartbeat_seconds
+            timers: PartialTimersDict = {
+                "sweep": beat,
+                "abort": 1,
+                "schedule": 1,
+                "worker_info": 10,
+            }
+            worker: Worker[Any] = Worker(
+                queue,
+                functions=[(TASK, self._run_job)],
+                concurrency=settings.job_concurrency,
+                timers=timers,
+                cancellation_hard_deadline_s=15.0,
+            )
+            logger.info("worker ready: kinds %s", ", ".join(self.registry.kinds))
+            await worker.start()
+        finally:
+            await store.close()
+            await broker.close()
+
+    async def _run_job(self, ctx: dict[str, Any], *, job_id: str) -> None:
+        runner, queued = self.runner, ctx["job"]
+        job = await runner.store.get(job_id)
+        if job is None or job.terminal:  # K3
+            return
+        if job.state is JobState.RUNNING:  # K1: its previous worker died
+            why = "the worker running it stopped"
+            if not await runner.resume_interrupted(job, why):
+                return
+        live = runner.claim(job)
+        task = live.task
+        if task is None:  # claim always starts one; nothing to wait for otherwise
+            return
+        beat = asyncio.create_task(self._heartbeat(queued))
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:  # K2
+            current = await shielded(queued.get_queue().job(queued.key))
+            aborted = current is not None and current.status in (Status.ABORTING, Status.ABORTED)
+            runner.stop(live, "cancel" if aborted else "shutdown")
+            await task
+        finally:
+            beat.cancel()
+
+    async def _heartbeat(self, queued: Any) -> None:  # K1
+        while True:
+            await asyncio.sleep(self.settings.worker_heartbeat_seconds / 3)
+            with contextlib.suppress(Exception):  # a missed beat only risks an early sweep
+                await shielded(queued.update())  # so that beat.cancel() always lands
+
+
+def run_worker(settings: Settings) -> None:
+    """The ``jobcast worker`` command's body."""
+    asyncio.run(JobWorker(settings).run())

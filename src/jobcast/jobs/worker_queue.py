@@ -1,0 +1,146 @@
+"""The server side of distributed jobs: submit to a SAQ queue on Redis, read, cancel.
+
+With ``JOBCAST_QUEUE_URL`` set, a server does not run jobs itself. It validates and stores a
+job exactly as the embedded runner does (the same ``submit``), then enqueues a SAQ job whose key
+is the job id; ``jobcast worker`` processes on any machine run it (``worker.py``). Reads come
+from the shared store, which the workers keep current, and events from the shared broker.
+
+Decisions (cited as W1..W3):
+
+W1. The store is the truth about a job; SAQ only carries "run job X" to some worker, with a
+    heartbeat so a dead worker's job is swept and handed to another one, which then applies
+    the embedded runner's restart rule (runner.R3): re-run when ``retry_safe``, else fail.
+    SAQ's own retry count is set above ``job_max_attempts`` so SAQ never gives up first.
+W2. Cancelling a queued job removes it from the queue and cancels it here; cancelling a
+    running one asks SAQ to abort it, and the worker running it reports ``cancelled``.
+W3. Redis errors become :class:`Unavailable` (503); a job that cannot be queued is failed at
+    once, so nothing waits forever in ``queued``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from redis.exceptions import RedisError
+from saq import Job as QueueJob
+from saq import Queue
+from saq.job import TERMINAL_STATUSES, Status
+
+from jobcast.brokers.redis import shielded
+from jobcast.errors import Conflict, NotFound, Unavailable
+from jobcast.jobs.live import LiveJob
+from jobcast.jobs.model import Job, JobState
+from jobcast.jobs.registry import Registry
+from jobcast.jobs.runner import EmbeddedRunner, RunnerOptions
+from jobcast.stores.base import JobStore
+
+if TYPE_CHECKING:
+    from jobcast.hub import Hub
+
+T = TypeVar("T")
+
+#: The one SAQ function every jobcast job goes through (the kind is in the store).
+TASK = "jobcast.run"
+QUEUE_NAME = "jobcast"
+
+
+def open_queue(url: str) -> Queue:
+    """``redis://host:port/db`` (``?queue=name`` to share one Redis between deployments)."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    name = query.pop("queue", QUEUE_NAME)
+    return Queue.from_url(urlunsplit(parts._replace(query=urlencode(query))), name=name)
+
+
+async def queue_call(call: Awaitable[T]) -> T:
+    """Await a SAQ call, translating Redis failures (W3)."""
+    try:
+        return await shielded(call)  # brokers.redis.X7
+    except (RedisError, OSError) as exc:
+        raise Unavailable(f"the job queue is unavailable: {exc}") from exc
+
+
+class QueueRunner(EmbeddedRunner):
+    """An :class:`EmbeddedRunner` whose jobs run on queue workers instead of in-process."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        hub: Hub,
+        registry: Registry,
+        options: RunnerOptions,
+        *,
+        queue_url: str,
+        heartbeat: int,
+    ) -> None:
+        super().__init__(store, hub, registry, options)
+        self.queue = open_queue(queue_url)
+        self.heartbeat = heartbeat
+
+    async def start(self) -> None:
+        # No lock and no recovery: any number of servers share the queue, and jobs that were
+        # running belong to the workers (W1).
+        self.options.uploads_dir.mkdir(parents=True, exist_ok=True)
+        await queue_call(self.queue.connect())
+
+    async def close(self) -> None:
+        await super().close()
+        with contextlib.suppress(RedisError, OSError):
+            await self.queue.disconnect()
+
+    async def _enqueue(self, live: LiveJob) -> None:
+        job = live.job
+        spec = self.registry.get(job.kind)
+        limit = spec.timeout or self.options.default_timeout
+        try:
+            await queue_call(
+                self.queue.enqueue(
+                    QueueJob(
+                        function=TASK,
+                        kwargs={"job_id": job.id},
+                        key=job.id,
+                        # our runner enforces the handler's limit; SAQ's is a backstop
+                        timeout=int(limit + 60) if limit else 0,
+                        heartbeat=self.heartbeat,
+                        retries=self.options.max_attempts + 2,  # W1
+                    )
+                )
+            )
+        except Unavailable as exc:  # W3
+            error = {"type": "Unavailable", "message": f"could not queue the job: {exc}"}
+            await live.transition(JobState.FAILED, error=error)
+            raise
+        finally:
+            self._untrack(live)  # the worker owns it from here
+
+    async def cancel(self, job_id: str) -> Job:  # W2
+        job = await self.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}")
+        if job.terminal:
+            raise Conflict(f"job {job_id} is already {job.state.value}")
+        queued = await queue_call(self.queue.job(job_id))
+        if queued is not None and queued.status not in TERMINAL_STATUSES:
+            await queue_call(self.queue.abort(queued, "cancelled"))
+            await queue_call(queued.refresh())
+            if queued.status is not Status.ABORTED:  # running: its worker reports the end
+                with contextlib.suppress(TimeoutError):
+                    await queue_call(queued.refresh(until_complete=self.options.cancel_wait))
+                return await self._fresh(job_id)
+        fresh = await self._fresh(job_id)
+        if not fresh.terminal:  # never started (or its queue entry is gone): end it here
+            live = self._track(fresh)
+            live.request_cancel()
+            await live.transition(JobState.CANCELLED, message="cancelled before it started")
+            self._untrack(live)
+            return live.published.copy()
+        return fresh
+
+    async def _fresh(self, job_id: str) -> Job:
+        job = await self.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}")
+        return job

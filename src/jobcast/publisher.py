@@ -1,0 +1,132 @@
+"""Publish events from processes that are not jobcast: a Celery task, a cron script, a service.
+
+::
+
+    from jobcast.publisher import Publisher
+
+    with Publisher("redis://127.0.0.1:6379/0") as publisher:
+        publisher.publish("videos/42", "video.status", {"status": "PROCESSING", "progress": 40})
+
+``AsyncPublisher`` is the asyncio twin (``await publisher.publish(...)``). Both write straight
+into the shared Redis broker, so every jobcast instance delivers the event, with an id, to its
+subscribers and keeps it in the history for ``Last-Event-ID`` replay. Retention follows the same
+``JOBCAST_HISTORY_*`` settings as the servers. A process that cannot reach Redis can use the
+HTTP endpoint instead (``POST /api/events`` with a ``service`` token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from jobcast.errors import InvalidInput, PayloadTooLarge
+
+__all__ = ["AsyncPublisher", "Publisher"]
+
+T = TypeVar("T")
+
+
+class AsyncPublisher:
+    """Publishes to a Redis broker from asyncio code; ``await close()`` (or ``async with``)."""
+
+    def __init__(self, broker_url: str | None = None) -> None:
+        from jobcast.config import Settings
+
+        settings = Settings()
+        url = broker_url or settings.broker_url or ""
+        if urlsplit(url).scheme not in ("redis", "rediss"):
+            raise InvalidInput(
+                "the publisher writes to a shared Redis broker (redis://host:port/db); with the "
+                "embedded default, publish over HTTP: POST /api/events"
+            )
+        from jobcast.brokers.redis import RedisBroker
+
+        self._broker = RedisBroker(url, settings.retention())
+        self._max_event_bytes = settings.max_event_bytes
+        self._connected = False
+
+    async def publish(self, topic: str, type: str, data: Any = None) -> str:
+        """Publish one event; returns its id once Redis has stored it (else raises
+        :class:`~jobcast.errors.Unavailable`: never acknowledged and lost)."""
+        (event_id,) = await self.publish_many([(topic, type, data)])
+        return event_id
+
+    async def publish_many(self, events: Sequence[tuple[str, str, Any]]) -> list[str]:
+        """Publish several events atomically, in order; returns their ids."""
+        from jobcast.events import EventDraft
+
+        drafts = [EventDraft.create(topic, type_, data) for topic, type_, data in events]
+        for draft in drafts:
+            if len(draft.data_json) > self._max_event_bytes:
+                raise PayloadTooLarge(f"event data is over {self._max_event_bytes} bytes")
+        if not self._connected:
+            await self._broker.connect()
+            self._connected = True
+        return [event.id for event in await self._broker.publish(drafts)]
+
+    async def close(self) -> None:
+        await self._broker.close()
+
+    async def __aenter__(self) -> AsyncPublisher:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class Publisher:
+    """The blocking twin, for sync code (Celery, RQ, scripts): one private event loop thread.
+
+    Thread-safe: several threads may publish through one instance.
+    """
+
+    def __init__(self, broker_url: str | None = None) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="jobcast-publisher", daemon=True
+        )
+        self._thread.start()
+        try:
+            self._async = self._run(_create(broker_url))
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def publish(self, topic: str, type: str, data: Any = None) -> str:
+        """Publish one event and return its id (see :meth:`AsyncPublisher.publish`)."""
+        return self._run(self._async.publish(topic, type, data))
+
+    def publish_many(self, events: Sequence[tuple[str, str, Any]]) -> list[str]:
+        return self._run(self._async.publish_many(events))
+
+    def close(self) -> None:
+        if self._loop.is_running():
+            self._run(self._async.close())
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+async def _create(broker_url: str | None) -> AsyncPublisher:
+    return AsyncPublisher(broker_url)  # created on the loop that will use its connections

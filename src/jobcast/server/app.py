@@ -1,0 +1,340 @@
+"""The jobcast runtime (:class:`Jobcast`) and the standalone app (:func:`create_app`).
+
+Nothing lives at module level: a :class:`Jobcast` holds its settings, and its hub and token
+authority are created in its lifespan, so one process may run several independent instances
+(tests do). Routes are closures over their instance, not globals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
+from types import FrameType
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from jobcast import __version__
+from jobcast.auth import KeyConfig, Principal, TokenAuthority, load_or_create_secret
+from jobcast.brokers import Replay, open_broker
+from jobcast.config import Settings
+from jobcast.events import Event
+from jobcast.hub import Hub
+from jobcast.jobs import builtin
+from jobcast.jobs.registry import Registry
+from jobcast.jobs.runner import EmbeddedRunner, RunnerOptions
+from jobcast.policy import Policy
+from jobcast.server.auth_api import auth_router
+from jobcast.server.browser import install_cors
+from jobcast.server.credentials import resolve_principal, stream_owner
+from jobcast.server.dashboard import dashboard_router
+from jobcast.server.errors import install_error_handlers
+from jobcast.server.events_api import events_router
+from jobcast.server.jobs_api import jobs_router
+from jobcast.server.limits import BodyLimitMiddleware
+from jobcast.server.logs import install_log_redaction
+from jobcast.server.metrics import Metrics, metrics_router
+from jobcast.server.ratelimit import RateLimiter
+from jobcast.server.shared_state import spent_tickets
+from jobcast.server.sse import EventStreamResponse
+from jobcast.server.ws_api import ws_router
+from jobcast.stores import JobStore, open_store
+from jobcast.subscription import CloseReason, Subscription
+from jobcast.topics import TopicPattern
+from jobcast.wire import ServerSentEvent, retry_frame
+
+_bearer = HTTPBearer(auto_error=False, description="A JWT minted by `jobcast token`.")
+
+
+class Jobcast:
+    """One jobcast service: mount it into a FastAPI app, or use :func:`create_app`.
+
+    ::
+
+        jc = Jobcast(Settings())
+        app = FastAPI(lifespan=jc.lifespan)
+        jc.install(app)
+        ...
+        await jc.hub.publish("videos/42", "video.status", {"status": "PROCESSING"})
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.policy = Policy(self.settings.public_topics)
+        self.limiter = RateLimiter(self.settings)
+        self.spent_tickets = spent_tickets(self.settings)
+        self.metrics = Metrics(self)
+        self._hub: Hub | None = None
+        self._tokens: TokenAuthority | None = None
+        self._store: JobStore | None = None
+        self._runner: EmbeddedRunner | None = None
+        #: Job handlers by kind: the built-ins, the ``handlers`` modules, and any added here.
+        self.registry = Registry()
+        self.registry.update(builtin.registry)
+        for module in self.settings.handlers:
+            self.registry.load_module(module)
+
+    @property
+    def hub(self) -> Hub:
+        if self._hub is None:
+            raise RuntimeError("jobcast is not running: use it inside its lifespan")
+        return self._hub
+
+    @property
+    def store(self) -> JobStore:
+        if self._store is None:
+            raise RuntimeError("jobcast is not running: use it inside its lifespan")
+        return self._store
+
+    @property
+    def runner(self) -> EmbeddedRunner:
+        if self._runner is None:
+            raise RuntimeError("jobcast is not running: use it inside its lifespan")
+        return self._runner
+
+    @property
+    def tokens(self) -> TokenAuthority:
+        if self._tokens is None:
+            self._tokens = make_token_authority(self.settings)
+        return self._tokens
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
+        settings = self.settings
+        _ = self.tokens  # create the secret now, not on the first request
+        install_log_redaction()
+        hub = Hub(
+            open_broker(settings.resolved_broker_url, settings.retention()), settings.hub_options()
+        )
+        await hub.start()
+        self._hub = hub
+        try:
+            store = self._store = open_store(settings.resolved_store_url)
+            await store.open()
+            try:
+                runner = self._runner = _make_runner(store, hub, self.registry, settings)
+                await runner.start()
+                self.policy.job_access = runner.access_of
+                try:
+                    with _drain_on_exit_signals(hub):
+                        yield
+                finally:
+                    await runner.close()
+                    self._runner = None
+            finally:
+                await store.close()
+                self._store = None
+        finally:
+            await hub.close()
+            self._hub = None
+
+    def install(self, app: FastAPI) -> None:
+        """Add jobcast's routes, error handlers and body limits to ``app``."""
+        app.state.jobcast = self
+        app.include_router(self.router())
+        install_error_handlers(app)
+        app.add_middleware(
+            BodyLimitMiddleware,
+            max_bytes=self.settings.max_body_bytes,
+            exempt_prefixes=("/api/jobs",),  # job submission enforces its own (upload) limits
+        )
+        install_cors(app, self.settings)
+
+    def router(self) -> Any:
+        from fastapi import APIRouter
+
+        router = APIRouter()
+        router.include_router(auth_router(self))
+        router.include_router(metrics_router(self))
+        router.include_router(events_router(self))
+        router.include_router(jobs_router(self))
+        router.include_router(ws_router(self))
+        router.include_router(dashboard_router())
+
+        @router.get("/health", tags=["service"], summary="Liveness and connection count")
+        async def health() -> dict[str, Any]:
+            hub = self.hub
+            return {
+                "status": "draining" if hub.draining else "ok",
+                "version": __version__,
+                "connected_clients": hub.subscriber_count,
+                "epoch": hub.broker.epoch,
+            }
+
+        @router.get(
+            "/ready",
+            tags=["service"],
+            summary="Readiness: 503 once the server drains, so a load balancer stops routing here",
+            responses={503: {"description": "Draining or not started"}},
+        )
+        async def ready() -> JSONResponse:
+            hub = self._hub
+            if hub is None or hub.draining:
+                return JSONResponse({"ready": False, "reason": "draining"}, status_code=503)
+            return JSONResponse({"ready": True})
+
+        return router
+
+    # -- request helpers -------------------------------------------------------------------
+
+    async def principal(
+        self,
+        request: Request,
+        _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],  # for the docs
+    ) -> Principal | None:
+        """The caller (see ``credentials.py``); ``None`` when the request carries none."""
+        return await resolve_principal(self, request)
+
+    async def open_stream(
+        self,
+        patterns: tuple[TopicPattern, ...],
+        last_event_id: str | None,
+        allow: Callable[[str], bool] | None,
+        *,
+        principal: Principal | None = None,
+        prelude: bytes = b"",
+        final: Callable[[Event], bool] | None = None,
+    ) -> EventStreamResponse:
+        subscription, replay = await self.hub.subscribe(
+            patterns, last_event_id=last_event_id, allow=allow, **stream_owner(principal)
+        )
+        return self.stream_response(subscription, replay, last_event_id, prelude, final)
+
+    def stream_response(
+        self,
+        subscription: Subscription,
+        replay: Replay | None,
+        last_event_id: str | None,
+        prelude: bytes = b"",
+        final: Callable[[Event], bool] | None = None,
+    ) -> EventStreamResponse:
+        """The SSE response for a subscription the caller already holds."""
+        return EventStreamResponse(
+            subscription,
+            replay=replay,
+            last_event_id=last_event_id,
+            retry_ms=self.settings.retry_ms,
+            send_timeout=self.settings.send_timeout,
+            on_close=self.hub.unsubscribe,
+            on_write=self.metrics.observe_write,
+            closing_frame=self._closing_frame,
+            prelude=prelude,
+            final=final,
+        )
+
+    def _closing_frame(self, reason: CloseReason) -> bytes:
+        if reason is CloseReason.DRAIN:
+            return retry_frame(self.hub.drain_retry_ms())
+        if reason is CloseReason.EXPIRED:
+            return ServerSentEvent(
+                event="reauth", data='{"reason":"credential_expired"}', retry=self.settings.retry_ms
+            ).encode()
+        return ServerSentEvent(
+            comment=f"closed: {reason.value}; resume with Last-Event-ID",
+            retry=self.settings.retry_ms,
+        ).encode()
+
+
+def _runner_options(settings: Settings) -> RunnerOptions:
+    return RunnerOptions(
+        uploads_dir=settings.data_dir / "uploads",
+        concurrency=settings.job_concurrency,
+        default_timeout=settings.job_timeout_seconds,
+        progress_interval=settings.job_progress_interval,
+        store_interval=settings.job_store_interval,
+        max_queued=settings.job_max_queued,
+        max_attempts=settings.job_max_attempts,
+        max_event_bytes=settings.max_event_bytes,
+    )
+
+
+def _make_runner(
+    store: JobStore, hub: Hub, registry: Registry, settings: Settings
+) -> EmbeddedRunner:
+    """The embedded runner, or with ``queue_url`` the runner that hands jobs to workers."""
+    if not settings.queue_url:
+        return EmbeddedRunner(store, hub, registry, _runner_options(settings))
+    from jobcast.jobs.worker_queue import QueueRunner  # needs the 'queue' extra
+
+    return QueueRunner(
+        store,
+        hub,
+        registry,
+        _runner_options(settings),
+        queue_url=settings.queue_url,
+        heartbeat=settings.worker_heartbeat_seconds,
+    )
+
+
+def make_token_authority(settings: Settings) -> TokenAuthority:
+    if settings.jwt_secret is not None:
+        secret = settings.jwt_secret.get_secret_value()
+    else:
+        secret = load_or_create_secret(settings.data_dir)
+    algorithms = settings.jwt_algorithms or ["HS256"]
+    if not settings.jwt_algorithms and (settings.jwt_public_key or settings.jwt_jwks_url):
+        algorithms = ["HS256", "RS256", "ES256"]
+    return TokenAuthority(
+        KeyConfig(
+            secret=secret,
+            public_key=settings.jwt_public_key,
+            jwks_url=settings.jwt_jwks_url,
+            algorithms=tuple(a for a in algorithms if a.lower() != "none"),
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            leeway=settings.jwt_leeway_seconds,
+        )
+    )
+
+
+@contextlib.contextmanager
+def _drain_on_exit_signals(hub: Hub) -> Any:
+    """Drain the hub when the server is told to stop, then let the server's handler run.
+
+    Servers (uvicorn among them) wait for open responses before shutting down, and an event
+    stream never ends by itself; chaining onto the SIGTERM/SIGINT handler ends the streams at
+    once (with spread-out retry hints) so the server can finish its graceful shutdown.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(hub.drain)
+        chained = previous.get(signum)
+        if callable(chained):
+            chained(signum, frame)
+        elif chained == signal.SIG_DFL:  # nobody else listens: behave as if we were not here
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+
+    for exit_signal in (signal.SIGINT, signal.SIGTERM):
+        previous[exit_signal] = signal.signal(exit_signal, handler)
+    try:
+        yield
+    finally:
+        for signum, chained in previous.items():
+            if signal.getsignal(signum) is handler:
+                signal.signal(signum, chained)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The standalone jobcast server."""
+    jc = Jobcast(settings)
+    app = FastAPI(
+        title="jobcast",
+        version=__version__,
+        summary="Real-time job progress and event streaming",
+        lifespan=jc.lifespan,
+    )
+    jc.install(app)
+    return app

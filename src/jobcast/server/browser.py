@@ -1,0 +1,80 @@
+"""Browser protection: CORS, CSRF for cookie sessions, and Origin checks on WebSockets.
+
+CSRF uses the double-submit pattern: the session login sets a readable ``jobcast_csrf`` cookie
+and returns its value; a state-changing request authenticated by the session cookie must echo it
+in ``X-CSRF-Token`` and come from an allowed origin. Bearer and ticket requests are exempt: a
+browser never attaches those by itself. (A small check of our own rather than asgi-csrf: it has
+to know which credential authenticated the request, which only this layer knows.)
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import HTTPConnection
+
+from jobcast.config import Settings
+from jobcast.errors import Forbidden
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+#: ``JOBCAST_CORS_ORIGINS=dev``: the usual front-end dev servers on this machine.
+DEV_ORIGINS = tuple(
+    f"http://{host}:{port}"
+    for host in ("localhost", "127.0.0.1")
+    for port in (3000, 4200, 5173, 8080)
+)
+
+
+def allowed_origins(settings: Settings) -> tuple[str, ...]:
+    origins: list[str] = []
+    for origin in settings.cors_origins:
+        origins.extend(DEV_ORIGINS if origin == "dev" else [origin.rstrip("/")])
+    return tuple(dict.fromkeys(origins))
+
+
+def install_cors(app: FastAPI, settings: Settings) -> None:
+    origins = allowed_origins(settings)
+    if not origins:
+        return
+    wildcard = "*" in origins
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=list(origins),
+        # Never "*" together with credentials: a wildcard origin gets no cookies.
+        allow_credentials=not wildcard,
+        allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-CSRF-Token"],
+        expose_headers=["X-CSRF-Token", "Retry-After"],
+        max_age=600,
+    )
+
+
+def origin_allowed(settings: Settings, connection: HTTPConnection) -> bool:
+    """Whether the request's Origin (if any) is this server itself or an allowed origin."""
+    origin = connection.headers.get("origin")
+    if origin is None:  # not a browser, or a same-origin GET: nothing to check
+        return True
+    origin = origin.rstrip("/")
+    own = f"{connection.url.scheme.replace('ws', 'http')}://{connection.url.netloc}"
+    return origin == own or origin in allowed_origins(settings)
+
+
+def check_csrf(settings: Settings, connection: HTTPConnection) -> None:
+    """Refuse a cookie-authenticated, state-changing request without the CSRF proof."""
+    if connection.scope["type"] == "websocket":
+        if not origin_allowed(settings, connection):
+            raise Forbidden("this origin may not open WebSockets here")
+        return
+    method = connection.scope.get("method", "GET")
+    path = connection.url.path
+    if method in SAFE_METHODS or path.startswith(tuple(settings.csrf_exempt_paths)):
+        return
+    if not origin_allowed(settings, connection):
+        raise Forbidden("cross-site request refused (Origin not allowed)")
+    expected = connection.cookies.get("jobcast_csrf", "")
+    presented = connection.headers.get("x-csrf-token", "")
+    if not expected or not hmac.compare_digest(expected, presented):
+        raise Forbidden("missing or wrong X-CSRF-Token header for this cookie session")

@@ -1,0 +1,58 @@
+"""Who is calling: one resolution for HTTP requests and WebSocket handshakes.
+
+Order: ``Authorization: Bearer``, then ``?ticket=`` (a one-use stream ticket), then ``?token=``
+(kept for ``EventSource``; tokens in URLs end up in logs, so prefer tickets), then the session
+cookie. A cookie is the only credential a browser sends by itself, so only cookie-authenticated
+requests are subject to the CSRF check (see ``browser.py``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import HTTPConnection
+
+from jobcast.auth import Principal
+from jobcast.errors import Unauthorized
+from jobcast.server.browser import check_csrf
+
+if TYPE_CHECKING:
+    from jobcast.server.app import Jobcast
+
+SESSION_COOKIE = "jobcast_session"
+CSRF_COOKIE = "jobcast_csrf"
+CSRF_HEADER = "x-csrf-token"
+
+
+async def resolve_principal(jc: Jobcast, connection: HTTPConnection) -> Principal | None:
+    """The caller of ``connection``, or ``None`` when it carries no credential at all."""
+    tokens = jc.tokens
+    header = connection.headers.get("authorization")
+    if header is not None:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise Unauthorized("use 'Authorization: Bearer <token>'", reason="malformed_header")
+        return await tokens.verify(value.strip())
+    query = connection.query_params
+    ticket = query.get("ticket")
+    if ticket is not None:
+        principal, ticket_id, expires_at = tokens.verify_ticket(ticket)
+        if not await jc.spent_tickets.spend(ticket_id, expires_at):
+            raise Unauthorized("the ticket was already used", reason="ticket_used")
+        return principal
+    token = query.get("token")
+    if token is not None:
+        return await tokens.verify(token, via="query")
+    session = connection.cookies.get(SESSION_COOKIE)
+    if session is not None:
+        principal = tokens.verify_session(session)
+        check_csrf(jc.settings, connection)
+        return principal
+    return None
+
+
+def stream_owner(principal: Principal | None) -> dict[str, Any]:
+    """The ``owner`` and ``expires_at`` arguments of ``Hub.subscribe`` for ``principal``."""
+    if principal is None:
+        return {}
+    return {"owner": principal.subject, "expires_at": principal.expires_at}

@@ -1,0 +1,107 @@
+"""``/api/events``: publish over HTTP, subscribe over SSE."""
+
+# No ``from __future__ import annotations``: FastAPI reads these signatures at runtime.
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from jobcast.auth import Principal
+from jobcast.errors import InvalidInput, PayloadTooLarge
+from jobcast.events import EventDraft
+from jobcast.server.sse import EventStreamResponse
+from jobcast.topics import parse_patterns
+
+if TYPE_CHECKING:
+    from jobcast.server.app import Jobcast
+
+
+class PublishRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    topic: str = Field(description="Topic name, e.g. `jobs/8f3c` or `videos/42`.")
+    type: str = Field(description="Event type, e.g. `video.status`; sent as the SSE `event:`.")
+    data: Any = Field(None, description="Any JSON value; sent verbatim as the SSE `data:`.")
+
+
+class Published(BaseModel):
+    id: str
+
+
+class PublishedBatch(BaseModel):
+    ids: list[str]
+
+
+SSE_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "A Server-Sent Events stream. Each frame has `id:`, `event:` (the type) "
+        "and `data:` (the published JSON). Heartbeats are `: ping` comments; a resume that "
+        "history cannot cover starts with `event: reset`.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
+
+def events_router(jc: "Jobcast") -> APIRouter:
+    router = APIRouter(tags=["events"])
+    principal_dep = Annotated[Principal | None, Depends(jc.principal)]
+
+    @router.post(
+        "/api/events",
+        status_code=202,
+        response_model=Published | PublishedBatch,
+        summary="Publish one event, or a batch (a JSON list) atomically",
+    )
+    async def publish(
+        body: PublishRequest | list[PublishRequest], request: Request, principal: principal_dep
+    ) -> Published | PublishedBatch:
+        if principal is not None:
+            await jc.limiter.hit("publish", principal.subject, request)
+        items = body if isinstance(body, list) else [body]
+        settings = jc.settings
+        if not items:
+            raise InvalidInput("the batch is empty")
+        if len(items) > settings.max_batch_events:
+            raise PayloadTooLarge(f"at most {settings.max_batch_events} events per batch")
+        drafts = []
+        for index, item in enumerate(items):
+            draft = EventDraft.create(item.topic, item.type, item.data)
+            if len(draft.data_json) > settings.max_event_bytes:
+                where = f"event {index}" if isinstance(body, list) else "the event"
+                raise PayloadTooLarge(
+                    f"{where} has {len(draft.data_json)} bytes of data; the limit is "
+                    f"{settings.max_event_bytes}"
+                )
+            jc.policy.check_publish(principal, draft.topic)
+            drafts.append(draft)
+        events = await jc.hub.publish_many(drafts)
+        if isinstance(body, list):
+            return PublishedBatch(ids=[event.id for event in events])
+        return Published(id=events[0].id)
+
+    @router.get(
+        "/api/events",
+        status_code=200,
+        response_class=EventStreamResponse,
+        responses=SSE_DOC,
+        summary="Subscribe to topics as a Server-Sent Events stream",
+    )
+    async def subscribe(
+        request: Request,
+        principal: principal_dep,
+        topic: Annotated[
+            list[str], Query(description="Topic or `prefix/*` pattern; repeat for several.")
+        ],
+        last_event_id: Annotated[
+            str | None,
+            Query(description="Resume after this id (for clients that cannot set headers)."),
+        ] = None,
+        last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    ) -> EventStreamResponse:
+        patterns = parse_patterns(topic, limit=jc.settings.max_topics_per_subscription)
+        allow = jc.policy.subscription_filter(principal, patterns)
+        resume_from = last_event_id_header or last_event_id
+        return await jc.open_stream(patterns, resume_from, allow, principal=principal)
+
+    return router

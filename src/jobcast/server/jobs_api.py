@@ -1,0 +1,311 @@
+"""``/api/jobs``: submit, poll, list, cancel, delete and watch jobs (SSE)."""
+
+# No ``from __future__ import annotations``: FastAPI reads these signatures at runtime.
+
+import re
+from typing import TYPE_CHECKING, Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from jobcast.auth import Principal
+from jobcast.errors import InvalidInput, NotFound, PayloadTooLarge
+from jobcast.jobs.model import Job, JobState
+from jobcast.server.job_streams import (
+    is_terminal_event,
+    plan_job_stream,
+    sse_snapshot,
+    sse_terminal,
+)
+from jobcast.server.sse import SSE_HEADERS, EventStreamResponse
+from jobcast.server.uploads import Received, receive_multipart
+from jobcast.stores.base import JobQuery
+from jobcast.wire import retry_frame
+
+if TYPE_CHECKING:
+    from jobcast.server.app import Jobcast
+
+_CURSOR = re.compile(r"[0-9a-f]{1,40}")
+
+
+#: Subjects one job may be shared with.
+MAX_READERS = 100
+
+
+class JobLinks(BaseModel):
+    self: str
+    events: str = Field(description="SSE stream of the job's events.")
+    ws: str = Field(description="WebSocket stream of the job's events.")
+    cancel: str
+
+
+class JobSnapshot(BaseModel):
+    """A job as every surface shows it (timestamps are ISO 8601, UTC)."""
+
+    id: str
+    kind: str
+    state: JobState
+    progress: float = Field(description="0 to 100; never goes backwards.")
+    stage: str | None
+    message: str | None
+    eta_seconds: float | None = Field(description="Estimated from the progress rate.")
+    seq: int = Field(description="Sequence number of the job's newest event.")
+    owner: str
+    params: dict[str, Any]
+    created_at: str
+    started_at: str | None
+    updated_at: str
+    finished_at: str | None
+    input: dict[str, Any] | None = Field(description="filename, size, sha256, content_type.")
+    result: Any = None
+    error: dict[str, str] | None = Field(description="type and message, when failed.")
+    attempts: int
+    readers: list[str] = Field(default_factory=list, description="Subjects granted read access.")
+    links: JobLinks
+
+
+class JobList(BaseModel):
+    jobs: list[JobSnapshot]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page.")
+
+
+SUBMIT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["kind"],
+                    "properties": {
+                        "kind": {"type": "string", "examples": ["demo"]},
+                        "params": {"type": "object", "examples": [{"steps": 5, "delay": 0.2}]},
+                    },
+                }
+            },
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["kind", "file"],
+                    "properties": {
+                        "kind": {"type": "string", "examples": ["ingest"]},
+                        "params": {"type": "string", "description": "JSON object, as text."},
+                        "file": {"type": "string", "format": "binary"},
+                    },
+                }
+            },
+        },
+    }
+}
+
+SSE_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Server-Sent Events: `snapshot` first, then `progress`, `state` and "
+        "custom events, then `succeeded`, `failed` or `cancelled` with the final snapshot; "
+        "then the stream ends. Resume with `Last-Event-ID`.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
+
+def job_links(request: Request, job_id: str) -> dict[str, str]:
+    root = request.scope.get("root_path", "")
+    base = f"{root}/api/jobs/{job_id}"
+    return {
+        "self": base,
+        "events": f"{base}/events",
+        "ws": f"{root}/ws/jobs/{job_id}",
+        "cancel": f"{base}/cancel",
+    }
+
+
+def job_body(request: Request, job: Job) -> dict[str, Any]:
+    return {**job.to_dict(), "links": job_links(request, job.id)}
+
+
+async def _read_json(request: Request, limit: int) -> Any:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"the request body is over {limit} bytes")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"the body is not valid JSON: {exc}") from None
+
+
+def _submission(value: Any) -> tuple[str, Any]:
+    if not isinstance(value, dict) or not isinstance(value.get("kind"), str):
+        raise InvalidInput('send {"kind": "...", "params": {...}}')
+    extra = set(value) - {"kind", "params"}
+    if extra:
+        raise InvalidInput(f"unexpected fields: {', '.join(sorted(extra))}")
+    return value["kind"], value.get("params")
+
+
+def jobs_router(jc: "Jobcast") -> APIRouter:
+    router = APIRouter(tags=["jobs"])
+    principal_dep = Annotated[Principal | None, Depends(jc.principal)]
+
+    async def readable(job_id: str, principal: Principal | None, action: Any) -> Job:
+        job = await jc.runner.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}")
+        jc.policy.check_job(principal, job, action)
+        return job
+
+    @router.post(
+        "/api/jobs",
+        status_code=202,
+        response_model=JobSnapshot,
+        summary="Submit a job (JSON, or multipart with a file)",
+        openapi_extra=SUBMIT_BODY,
+    )
+    async def submit(request: Request, principal: principal_dep) -> Response:
+        subject = principal.subject if principal else ""
+        jc.policy.check_job(principal, Job(id="new", kind="", owner=subject), "submit")
+        await jc.limiter.hit("submit", subject, request)
+        settings = jc.settings
+        content_type = request.headers.get("content-type", "").lower()
+        received = Received()
+        if content_type.startswith("multipart/form-data"):
+            received = await receive_multipart(
+                request,
+                jc.runner.options.uploads_dir,
+                max_file=settings.max_upload_bytes,
+                max_fields=settings.max_body_bytes,
+                content_types=settings.upload_content_types,
+            )
+            try:
+                kind = received.fields.get("kind", "")
+                params_text = received.fields.get("params", "").strip()
+                params = orjson.loads(params_text) if params_text else {}
+            except orjson.JSONDecodeError as exc:
+                received.discard()
+                raise InvalidInput(f"the 'params' field is not valid JSON: {exc}") from None
+        elif content_type.startswith("application/json") or not content_type:
+            kind, params = _submission(await _read_json(request, settings.max_body_bytes))
+        else:
+            raise InvalidInput("send application/json or multipart/form-data")
+        try:
+            job = await jc.runner.submit(
+                kind, params, subject, input=received.input, upload=received.upload
+            )
+        finally:
+            received.discard()  # a no-op once the runner took the file
+        links = job_links(request, job.id)
+        return JSONResponse(
+            {**job.to_dict(), "links": links}, 202, headers={"Location": links["self"]}
+        )
+
+    @router.get("/api/jobs", response_model=JobList, summary="List jobs, newest first")
+    async def list_jobs(
+        request: Request,
+        principal: principal_dep,
+        state: Annotated[list[JobState] | None, Query(description="Repeat for several.")] = None,
+        kind: Annotated[str | None, Query(max_length=64)] = None,
+        owner: Annotated[
+            str | None, Query(max_length=255, description="service/admin only.")
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+        cursor: Annotated[str | None, Query(description="`next_cursor` of the last page.")] = None,
+    ) -> Response:
+        scope = jc.policy.job_list_owner(principal)
+        if cursor is not None and _CURSOR.fullmatch(cursor) is None:
+            raise InvalidInput("invalid cursor")
+        query = JobQuery(scope or owner, tuple(state or ()), kind, limit, cursor)
+        page = await jc.runner.list_jobs(query)
+        return JSONResponse(
+            {
+                "jobs": [job_body(request, job) for job in page.jobs],
+                "next_cursor": page.next_cursor,
+            }
+        )
+
+    @router.get("/api/jobs/{job_id}", response_model=JobSnapshot, summary="Poll a job")
+    async def get_job(job_id: str, request: Request, principal: principal_dep) -> Response:
+        return JSONResponse(job_body(request, await readable(job_id, principal, "read")))
+
+    @router.post(
+        "/api/jobs/{job_id}/cancel",
+        response_model=JobSnapshot,
+        summary="Cancel a queued or running job (409 once it has finished)",
+    )
+    async def cancel_job(job_id: str, request: Request, principal: principal_dep) -> Response:
+        await readable(job_id, principal, "cancel")
+        return JSONResponse(job_body(request, await jc.runner.cancel(job_id)))
+
+    @router.put(
+        "/api/jobs/{job_id}/readers/{subject}",
+        response_model=JobSnapshot,
+        summary="Let another subject read and watch this job (owner or admin only)",
+    )
+    async def grant_reader(
+        job_id: str, subject: str, request: Request, principal: principal_dep
+    ) -> Response:
+        job = await readable(job_id, principal, "grant")
+        if not subject or len(subject) > 255:
+            raise InvalidInput("the subject must be 1 to 255 characters")
+        readers = job.readers if subject in job.readers else [*job.readers, subject]
+        if len(readers) > MAX_READERS:
+            raise InvalidInput(f"a job may have at most {MAX_READERS} readers")
+        return JSONResponse(job_body(request, await jc.runner.set_readers(job_id, readers)))
+
+    @router.delete(
+        "/api/jobs/{job_id}/readers/{subject}",
+        response_model=JobSnapshot,
+        summary="Withdraw a subject's read access to this job (owner or admin only)",
+    )
+    async def revoke_reader(
+        job_id: str, subject: str, request: Request, principal: principal_dep
+    ) -> Response:
+        job = await readable(job_id, principal, "grant")
+        readers = [reader for reader in job.readers if reader != subject]
+        return JSONResponse(job_body(request, await jc.runner.set_readers(job_id, readers)))
+
+    @router.delete(
+        "/api/jobs/{job_id}",
+        status_code=204,
+        summary="Delete a finished job and its upload (409 while it is queued or running)",
+    )
+    async def delete_job(job_id: str, principal: principal_dep) -> Response:
+        await readable(job_id, principal, "delete")
+        await jc.runner.delete(job_id)
+        return Response(status_code=204)
+
+    @router.get(
+        "/api/jobs/{job_id}/events",
+        status_code=200,
+        response_class=EventStreamResponse,
+        responses=SSE_DOC,
+        summary="Watch a job as a Server-Sent Events stream",
+    )
+    async def job_events(
+        job_id: str,
+        principal: principal_dep,
+        last_event_id: Annotated[
+            str | None, Query(description="Resume after this id (if headers cannot be set).")
+        ] = None,
+        last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    ) -> Response:
+        resume = last_event_id_header or last_event_id
+        plan = await plan_job_stream(jc, job_id, principal, resume)
+        prelude = sse_snapshot(plan) if plan.snapshot else b""
+        if plan.subscription is None:  # finished: answer at once and end
+            parts = [retry_frame(jc.settings.retry_ms), prelude]
+            parts.extend(event.sse_frame for event in plan.events)
+            if plan.terminal:
+                parts.append(sse_terminal(plan))
+            return Response(b"".join(parts), headers=dict(_sse_headers()))
+        return jc.stream_response(
+            plan.subscription, plan.replay, resume, prelude, is_terminal_event
+        )
+
+    return router
+
+
+def _sse_headers() -> list[tuple[str, str]]:
+    return [(name.decode(), value.decode()) for name, value in SSE_HEADERS]

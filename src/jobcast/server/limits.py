@@ -1,0 +1,73 @@
+"""Request size limits: headers (431) and bodies (413, enforced while the body streams in,
+before anything parses it). The HTTP parser accepts headers of any size, so we check them."""
+
+from __future__ import annotations
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from jobcast.server.errors import error_response
+
+
+class BodyLimitMiddleware:
+    """Answer 413 to a request whose body exceeds ``max_bytes``.
+
+    A declared ``Content-Length`` over the limit is refused before the app runs; a chunked body
+    is counted as it arrives and the read that crosses the limit fails with 413. Paths under
+    ``exempt_prefixes`` (streamed uploads with their own limit) are left alone.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        exempt_prefixes: tuple[str, ...] = (),
+        max_header_bytes: int = 16 * 1024,
+        max_headers: int = 100,
+    ) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.exempt_prefixes = exempt_prefixes
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            headers = scope["headers"]
+            size = sum(len(name) + len(value) for name, value in headers)
+            if len(headers) > self.max_headers or size > self.max_header_bytes:
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1009})
+                    return
+                response = error_response(
+                    431,
+                    "headers_too_large",
+                    f"at most {self.max_headers} headers and {self.max_header_bytes} bytes of them",
+                )
+                await response(scope, receive, send)
+                return
+        if scope["type"] != "http" or scope["path"].startswith(self.exempt_prefixes):
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if not value.isdigit() or int(value) > limit:
+                    response = error_response(
+                        413, "payload_too_large", f"the request body is over {limit} bytes"
+                    )
+                    await response(scope, receive, send)
+                    return
+                break
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise HTTPException(413, f"the request body is over {limit} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)

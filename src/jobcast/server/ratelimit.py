@@ -1,0 +1,44 @@
+"""Rate limits on the costly write paths: publishing, job submission, ticket and session issue.
+
+Each action has one limit (``"1200/minute"``-style, from settings), counted separately per
+subject and per client IP, in a moving window (the ``limits`` library). Over the limit: 429 with
+``Retry-After``. Counters live in memory, or in Redis when the broker is Redis (shared_state).
+"""
+
+from __future__ import annotations
+
+import time
+
+from limits import RateLimitItem, parse
+from limits.aio.storage import Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+from starlette.requests import HTTPConnection
+
+from jobcast.config import Settings
+from jobcast.errors import RateLimited
+from jobcast.server.shared_state import rate_limit_storage
+
+
+class RateLimiter:
+    def __init__(self, settings: Settings, storage: Storage | None = None) -> None:
+        self._limiter = MovingWindowRateLimiter(storage or rate_limit_storage(settings))
+        self._limits: dict[str, RateLimitItem] = {
+            "publish": parse(settings.rate_limit_publish),
+            "submit": parse(settings.rate_limit_submit),
+            "ticket": parse(settings.rate_limit_ticket),
+        }
+
+    async def hit(self, action: str, subject: str | None, connection: HTTPConnection) -> None:
+        """Count one ``action``; raise :class:`RateLimited` when a limit is exceeded."""
+        item = self._limits[action]
+        client = connection.client.host if connection.client else "unknown"
+        for key in (f"ip:{client}", f"sub:{subject}" if subject else None):
+            if key is None:
+                continue
+            if not await self._limiter.hit(item, action, key):
+                stats = await self._limiter.get_window_stats(item, action, key)
+                retry_after = max(1.0, stats.reset_time - time.time())
+                raise RateLimited(
+                    f"too many {action} requests ({item}); retry in {retry_after:.0f} s",
+                    retry_after=retry_after,
+                )

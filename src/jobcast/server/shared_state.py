@@ -1,0 +1,80 @@
+"""State that must be shared by every instance: rate-limit counters and spent tickets.
+
+One process keeps both in memory. When the broker is Redis (several instances), both live in
+the same Redis, so a limit is a limit for the whole deployment and a ticket opens one stream
+anywhere, once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+from limits.aio.storage import MemoryStorage, Storage
+
+from jobcast.config import Settings
+from jobcast.errors import Unavailable
+
+
+class SpentTickets(Protocol):
+    async def spend(self, ticket_id: str, expires_at: float) -> bool:
+        """Record a ticket as used; ``False`` if it already was."""
+        ...
+
+
+class MemorySpentTickets:
+    def __init__(self) -> None:
+        self._spent: dict[str, float] = {}
+
+    async def spend(self, ticket_id: str, expires_at: float) -> bool:
+        now = time.time()
+        if len(self._spent) > 1024:  # forget tickets that can no longer be presented
+            self._spent = {t: exp for t, exp in self._spent.items() if exp > now}
+        if ticket_id in self._spent:
+            return False
+        self._spent[ticket_id] = expires_at
+        return True
+
+
+class RedisSpentTickets:
+    def __init__(self, url: str) -> None:
+        import redis.asyncio as redis
+
+        from jobcast.brokers.redis import split_url
+
+        redis_url, self._prefix, _ = split_url(url)
+        self._redis = redis.from_url(redis_url)
+
+    async def spend(self, ticket_id: str, expires_at: float) -> bool:
+        import redis.exceptions
+
+        ttl = max(1, int(expires_at - time.time()) + 1)
+        try:
+            key = f"{self._prefix}ticket:{ticket_id}"
+            return bool(await self._redis.set(key, 1, nx=True, ex=ttl))
+        except redis.exceptions.RedisError as exc:
+            raise Unavailable(f"cannot check the ticket: {exc}") from exc
+
+
+def _redis_url(settings: Settings) -> str | None:
+    url = settings.broker_url
+    return url if url and url.startswith(("redis://", "rediss://")) else None
+
+
+def spent_tickets(settings: Settings) -> SpentTickets:
+    url = _redis_url(settings)
+    return RedisSpentTickets(url) if url else MemorySpentTickets()
+
+
+def rate_limit_storage(settings: Settings) -> Storage:
+    url = _redis_url(settings)
+    if url is None:
+        return MemoryStorage()
+    from limits.aio.storage import RedisStorage
+
+    from jobcast.brokers.redis import split_url
+
+    redis_url, prefix, _ = split_url(url)
+    return RedisStorage(
+        f"async+{redis_url}", implementation="redispy", key_prefix=f"{prefix}limits"
+    )

@@ -1,0 +1,136 @@
+"""The SSE response: writes one subscription to one HTTP connection.
+
+Decisions (cited as E1..E4):
+
+E1. One coroutine per connection writes; a second, tiny task waits on ``receive()`` only to
+    learn that the client went away, so a vanished client is unsubscribed at once instead of
+    at the next write. No other per-connection task, timer or queue exists.
+E2. Everything pending is written as one chunk per wake-up, and a stuck write is abandoned
+    after ``send_timeout``: a client that stopped reading cannot hold a writer forever.
+E3. The stream starts with ``retry:``, then (when resuming) the replay or a ``reset`` frame
+    whose id is the head the client may resume from, then live events.
+E4. How a stream ends says what to do next: evicted or time-limited streams get a ``retry``
+    hint, draining streams a randomised one, an expired credential an ``event: reauth``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+import orjson
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from jobcast.brokers.base import Replay
+from jobcast.events import Event
+from jobcast.subscription import CloseReason, Subscription
+from jobcast.wire import HEARTBEAT, ServerSentEvent, retry_frame
+
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+def reset_frame(replay: Replay, last_event_id: str) -> bytes:
+    data = orjson.dumps({"reason": replay.gap, "last_event_id": last_event_id}).decode()
+    return ServerSentEvent(data=data, event="reset", id=str(replay.head)).encode()
+
+
+class EventStreamResponse(Response):
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        subscription: Subscription,
+        *,
+        replay: Replay | None,
+        last_event_id: str | None,
+        retry_ms: int,
+        send_timeout: float,
+        on_close: Callable[[Subscription], None],
+        closing_frame: Callable[[CloseReason], bytes],
+        prelude: bytes = b"",
+        final: Callable[[Event], bool] | None = None,
+        on_write: Callable[[float], None] | None = None,
+    ) -> None:
+        super().__init__(status_code=200)
+        self.subscription = subscription
+        self.replay = replay
+        self.last_event_id = last_event_id
+        self.retry_ms = retry_ms
+        self.send_timeout = send_timeout
+        self.on_close = on_close
+        self.closing_frame = closing_frame
+        #: Frames sent right after ``retry:``, before any replay (a job's snapshot, say).
+        self.prelude = prelude
+        #: The stream ends after the first event for which this is true (a job's terminal event).
+        self.final = final
+        #: Told the commit time of the first event of each written batch (latency metric).
+        self.on_write = on_write
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        subscription = self.subscription
+        watcher = asyncio.ensure_future(_wait_for_disconnect(receive))  # E1
+        watcher.add_done_callback(lambda _: subscription.close(CloseReason.CLIENT))
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            opening, finished = self._opening()
+            await self._write(send, opening)
+            while not finished:
+                await subscription.wait()
+                if subscription.close_reason is not None:
+                    break
+                events, finished = self._until_final(subscription.take())
+                chunk = b"".join([event.sse_frame for event in events])
+                if not chunk:
+                    if not subscription.heartbeat_due:
+                        continue  # everything pending was a replayed duplicate
+                    chunk = HEARTBEAT
+                await self._write(send, chunk)
+                if events and self.on_write is not None:
+                    self.on_write(events[0].ts)
+                subscription.mark_written()
+            reason = subscription.close_reason
+            if finished:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            elif reason is not CloseReason.CLIENT and reason is not None:
+                await self._write(send, self.closing_frame(reason))
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except (TimeoutError, OSError):
+            pass  # the client stopped reading or vanished: nothing more can reach it
+        finally:
+            watcher.cancel()
+            self.on_close(subscription)
+
+    def _opening(self) -> tuple[bytes, bool]:
+        parts = [retry_frame(self.retry_ms), self.prelude]
+        replay, finished = self.replay, False
+        if replay is not None:
+            if replay.gap is not None:
+                parts.append(reset_frame(replay, self.last_event_id or ""))
+            else:
+                events, finished = self._until_final(replay.events)
+                parts.extend(event.sse_frame for event in events)
+        return b"".join(parts), finished
+
+    def _until_final(self, events: list[Event]) -> tuple[list[Event], bool]:
+        if self.final is not None:
+            for index, event in enumerate(events):
+                if self.final(event):
+                    return events[: index + 1], True
+        return events, False
+
+    async def _write(self, send: Send, body: bytes) -> None:
+        message: Message = {"type": "http.response.body", "body": body, "more_body": True}
+        async with asyncio.timeout(self.send_timeout):  # E2
+            await send(message)
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    with contextlib.suppress(Exception):
+        while (await receive())["type"] != "http.disconnect":
+            pass

@@ -1,0 +1,356 @@
+// The jobcast dashboard: plain DOM code over the client module, no framework, no build step.
+import { State, api, cancelJob, listJobs, submitJob, subscribe, watchJob } from "./jobcast.js";
+
+const $ = (id) => document.getElementById(id);
+const store = window.sessionStorage;
+const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const BACKOFF = { initialMs: 500, maxMs: 5000 };
+
+/** Client options for the signed-in user: a bearer token, or a cookie session + CSRF token. */
+const auth = {
+  token: () => store.getItem("jobcast.token"),
+  csrfToken: () => store.getItem("jobcast.csrf"),
+  backoff: BACKOFF,
+};
+const signedIn = () => Boolean(auth.token() || auth.csrfToken());
+
+const jobs = new Map(); // id -> latest snapshot
+let jobsStream = null;
+let jobStream = null;
+let inspectStream = null;
+
+// -- connection indicator: the hub stream's state, which the job page shares --------------
+
+function showConnection(state) {
+  const el = $("connection");
+  el.dataset.state = state;
+  $("connection-text").textContent = state === State.CLOSED ? "offline" : state;
+}
+
+// -- formatting -----------------------------------------------------------------------------
+
+function duration(seconds) {
+  if (seconds == null) return "—";
+  if (seconds < 60) return `${Math.round(seconds)} s`;
+  if (seconds < 3600) return `${Math.round(seconds / 60)} min`;
+  return `${(seconds / 3600).toFixed(1)} h`;
+}
+const age = (iso) => duration((Date.now() - Date.parse(iso)) / 1000);
+const percent = (job) => `${Math.floor(job.progress ?? 0)}%`;
+
+function badge(state) {
+  const span = document.createElement("span");
+  span.className = `badge ${state}`;
+  span.textContent = state;
+  return span;
+}
+
+// -- jobs table: rows are updated in place --------------------------------------------------
+
+/** Merge an update; snapshots and progress carry `seq`, so stale updates are ignored. */
+function mergeJob(update, full) {
+  const known = jobs.get(update.id);
+  if (!known && !full) {
+    api(`/api/jobs/${encodeURIComponent(update.id)}`, auth).then((job) => mergeJob(job, true), () => {});
+    return;
+  }
+  if (known && update.seq < known.seq) return;
+  const job = full ? update : { ...known, ...update };
+  jobs.set(job.id, job);
+  renderRow(job);
+}
+
+function cell(row, name) {
+  let td = row.querySelector(`td.${name}`);
+  if (!td) {
+    td = document.createElement("td");
+    td.className = name;
+    row.append(td);
+  }
+  return td;
+}
+
+function renderRow(job) {
+  const body = $("jobs-body");
+  let row = body.querySelector(`tr[data-job-id="${CSS.escape(job.id)}"]`);
+  if (!row) {
+    row = document.createElement("tr");
+    row.dataset.jobId = job.id;
+    const link = document.createElement("a");
+    link.href = `#/jobs/${job.id}`;
+    link.textContent = job.id.slice(-8);
+    link.title = job.id;
+    cell(row, "id").append(link);
+    cell(row, "kind").textContent = job.kind;
+    for (const name of ["state", "progress", "stage", "eta", "age"]) cell(row, name);
+    const bar = document.createElement("progress");
+    bar.max = 100;
+    bar.setAttribute("aria-label", `Progress of job ${job.id.slice(-8)}`);
+    const text = document.createElement("span");
+    text.className = "progress-text";
+    cell(row, "progress").append(bar, " ", text);
+    // Newest first: ids sort by creation time.
+    const after = [...body.rows].find((r) => r.dataset.jobId < job.id);
+    body.insertBefore(row, after || null);
+  }
+  row.dataset.state = job.state;
+  cell(row, "state").replaceChildren(badge(job.state));
+  row.querySelector("progress").value = job.progress ?? 0;
+  row.querySelector(".progress-text").textContent = percent(job);
+  cell(row, "stage").textContent = job.stage || "";
+  cell(row, "eta").textContent = TERMINAL.has(job.state) ? "—" : duration(job.eta_seconds);
+  cell(row, "age").textContent = age(job.created_at);
+  $("jobs-empty").hidden = true;
+}
+
+async function loadJobs() {
+  try {
+    const page = await listJobs({ limit: 50 }, auth);
+    for (const job of page.jobs) mergeJob(job, true);
+  } catch (error) {
+    if (error.status === 401) signOut("Your token was refused; sign in again.");
+  }
+}
+
+function startJobsStream() {
+  // The server lets through only the jobs this user may see.
+  jobsStream = subscribe(
+    ["jobs/*"],
+    {
+      onConnection: showConnection,
+      onEvent: (event) => {
+        if (event.data && typeof event.data === "object" && event.data.id) {
+          mergeJob(event.data, event.type !== "progress");
+        }
+      },
+      onReset: () => loadJobs(), // the history has a gap: reload instead of guessing
+      onError: (error) => {
+        if (error.status === 401) signOut("Your token was refused; sign in again.");
+      },
+    },
+    auth,
+  );
+  loadJobs();
+}
+
+// -- submit -----------------------------------------------------------------------------------
+
+async function onSubmit(event) {
+  event.preventDefault();
+  const status = $("submit-status");
+  let params;
+  try {
+    params = JSON.parse($("params").value || "{}");
+  } catch (error) {
+    status.textContent = `Parameters are not valid JSON: ${error.message}`;
+    status.className = "error";
+    return;
+  }
+  const file = $("file").files[0];
+  $("upload").hidden = !file;
+  const onUploadProgress = ({ fraction }) => {
+    $("upload-progress").value = Math.round(fraction * 100);
+    $("upload-text").textContent = `${Math.round(fraction * 100)}%`;
+  };
+  status.className = "";
+  status.textContent = file ? "Uploading…" : "Submitting…";
+  try {
+    const job = await submitJob($("kind").value.trim(), params, { ...auth, file, onUploadProgress });
+    mergeJob(job, true);
+    status.textContent = "";
+    const link = document.createElement("a");
+    link.href = `#/jobs/${job.id}`;
+    link.textContent = job.id;
+    status.append("Submitted job ", link);
+  } catch (error) {
+    status.className = "error";
+    status.textContent = `Not submitted: ${error.message}`;
+  }
+}
+
+// -- job page ---------------------------------------------------------------------------------
+
+function renderJob(job) {
+  $("job-title").textContent = `Job ${job.id}`;
+  const facts = $("job-facts");
+  facts.replaceChildren();
+  const rows = [
+    ["Kind", job.kind],
+    ["State", badge(job.state)],
+    ["Stage", job.stage || "—"],
+    ["Message", job.message || "—"],
+    ["ETA", TERMINAL.has(job.state) ? "—" : duration(job.eta_seconds)],
+    ["Created", job.created_at],
+    ["Finished", job.finished_at || "—"],
+    ["Input", job.input ? `${job.input.filename} (${job.input.size} bytes)` : "—"],
+  ];
+  for (const [name, value] of rows) {
+    const dt = document.createElement("dt");
+    dt.textContent = name;
+    const dd = document.createElement("dd");
+    dd.append(value ?? "—");
+    facts.append(dt, dd);
+  }
+  $("job-progress").value = job.progress ?? 0;
+  $("job-progress-text").textContent = percent(job);
+  $("job-cancel").hidden = TERMINAL.has(job.state) || !job.state;
+  const result = $("job-result");
+  result.className = job.state === "failed" ? "failed" : "";
+  if (job.error) result.textContent = `${job.error.type}: ${job.error.message}`;
+  else if (job.state === "succeeded") result.textContent = JSON.stringify(job.result, null, 2);
+  else result.textContent = "—";
+}
+
+function logLine(text) {
+  const li = document.createElement("li");
+  li.textContent = text;
+  $("job-log").append(li);
+}
+
+function openJob(id) {
+  $("job-log").replaceChildren();
+  $("job-result").textContent = "—";
+  $("job-title").textContent = `Job ${id}`;
+  $("job-cancel").dataset.jobId = id;
+  jobStream = watchJob(
+    id,
+    {
+      onEvent: (e) => {
+        const d = e.data || {};
+        const detail = e.type === "progress" ? `${percent(d)} ${d.stage || ""}` : d.state || "";
+        logLine(`${new Date().toLocaleTimeString()}  ${e.type}  ${detail}`.trim());
+      },
+      onJob: (job) => {
+        renderJob(job);
+        mergeJob(job, true);
+      },
+      onReset: () => logLine("reset: the history had a gap; reloaded the job"),
+      onError: (error) => {
+        if (error.fatal) logLine(`error: ${error.message}`);
+      },
+    },
+    auth,
+  );
+}
+
+// -- stream inspector ---------------------------------------------------------------------
+
+function startInspector(event) {
+  event.preventDefault();
+  stopInspector();
+  const topics = $("topics").value.split(/[\s,]+/).filter(Boolean);
+  const frames = $("frames");
+  const append = (text) => {
+    frames.append(`${text}\n\n`);
+    while (frames.childNodes.length > 500) frames.firstChild.remove(); // bounded
+    frames.scrollTop = frames.scrollHeight;
+  };
+  inspectStream = subscribe(
+    topics,
+    {
+      onFrame: append,
+      onConnection: (state) => append(`# ${state}`),
+      onError: (error) => append(`# error: ${error.message}`),
+    },
+    { ...auth, transport: "fetch" }, // fetch sees every frame: comments, retry, any type
+  );
+}
+
+function stopInspector() {
+  inspectStream?.close();
+  inspectStream = null;
+}
+
+// -- sign in, routing -------------------------------------------------------------------------
+
+function subjectOf(token) {
+  try {
+    const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(payload)).sub;
+  } catch {
+    return "?";
+  }
+}
+
+async function onSignIn(event) {
+  event.preventDefault();
+  const token = $("token").value.trim();
+  $("signin-error").textContent = "";
+  try {
+    if ($("use-cookie").checked) {
+      const session = await api("/api/auth/session", { token, method: "POST" });
+      store.setItem("jobcast.csrf", session.csrf_token);
+      store.setItem("jobcast.subject", session.subject);
+    } else {
+      await listJobs({ limit: 1 }, { token }); // check the token before keeping it
+      store.setItem("jobcast.token", token);
+      store.setItem("jobcast.subject", subjectOf(token));
+    }
+  } catch (error) {
+    $("signin-error").textContent = `Sign-in failed: ${error.message}`;
+    return;
+  }
+  $("token").value = "";
+  start();
+}
+
+function signOut(message = "") {
+  if (store.getItem("jobcast.csrf")) {
+    api("/api/auth/session", { ...auth, method: "DELETE" }).catch(() => {});
+  }
+  for (const key of ["jobcast.token", "jobcast.csrf", "jobcast.subject"]) store.removeItem(key);
+  for (const stream of [jobsStream, jobStream, inspectStream]) stream?.close();
+  jobsStream = jobStream = inspectStream = null;
+  jobs.clear();
+  $("jobs-body").replaceChildren();
+  $("signin-error").textContent = message;
+  route();
+}
+
+function route(event) {
+  const views = ["signin-view", "jobs-view", "job-view", "inspect-view"];
+  let view = "signin-view";
+  const hash = location.hash || "#/jobs";
+  if (signedIn()) {
+    if (hash.startsWith("#/jobs/")) view = "job-view";
+    else if (hash === "#/inspect") view = "inspect-view";
+    else view = "jobs-view";
+  }
+  for (const id of views) $(id).hidden = id !== view;
+  $("nav").hidden = $("who").hidden = !signedIn();
+  $("who-name").textContent = store.getItem("jobcast.subject") || "";
+  for (const a of $("nav").querySelectorAll("a")) {
+    const current = hash.startsWith(a.getAttribute("href"));
+    if (current) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
+  }
+  jobStream?.close();
+  jobStream = null;
+  if (view === "job-view") openJob(decodeURIComponent(hash.slice("#/jobs/".length)));
+  if (view !== "inspect-view") stopInspector();
+  if (event) $("main").focus({ preventScroll: true }); // a new view: start reading there
+}
+
+function start() {
+  if (!jobsStream) startJobsStream();
+  route();
+}
+
+$("signin-form").addEventListener("submit", onSignIn);
+$("submit-form").addEventListener("submit", onSubmit);
+$("inspect-form").addEventListener("submit", startInspector);
+$("inspect-stop").addEventListener("click", stopInspector);
+$("inspect-clear").addEventListener("click", () => $("frames").replaceChildren());
+$("sign-out").addEventListener("click", () => signOut());
+$("job-cancel").addEventListener("click", (e) =>
+  cancelJob(e.target.dataset.jobId, auth).catch((error) => logLine(`cancel: ${error.message}`)),
+);
+window.addEventListener("hashchange", route);
+setInterval(() => {
+  for (const job of jobs.values()) {
+    const row = $("jobs-body").querySelector(`tr[data-job-id="${CSS.escape(job.id)}"] td.age`);
+    if (row) row.textContent = age(job.created_at);
+  }
+}, 1000);
+if (signedIn()) start();
+else route();

@@ -1,0 +1,141 @@
+// Types for jobcast.js, the browser client (served at /static/jobcast.js).
+
+export declare const State: Readonly<{
+  CONNECTING: "connecting";
+  OPEN: "open";
+  RECONNECTING: "reconnecting";
+  CLOSED: "closed";
+}>;
+export type ConnectionState = (typeof State)[keyof typeof State];
+
+export declare const JOB_EVENT_TYPES: string[];
+
+export type JobState = "queued" | "running" | "succeeded" | "failed" | "cancelled";
+
+export interface Job {
+  id: string;
+  kind: string;
+  state: JobState;
+  progress: number;
+  stage: string | null;
+  message: string | null;
+  eta_seconds: number | null;
+  seq: number;
+  owner: string;
+  params: Record<string, unknown>;
+  created_at: string;
+  started_at: string | null;
+  updated_at: string;
+  finished_at: string | null;
+  input: { filename: string; size: number; sha256: string; content_type: string } | null;
+  result: unknown;
+  error: { type: string; message: string } | null;
+  attempts: number;
+  readers: string[];
+  links?: { self: string; events: string; ws: string; cancel: string };
+}
+
+export interface Backoff {
+  initialMs?: number;
+  maxMs?: number;
+  factor?: number;
+}
+
+export interface ClientOptions {
+  baseUrl?: string;
+  token?: string | null | (() => string | null | Promise<string | null>);
+  csrfToken?: string | null | (() => string | null);
+  withCredentials?: boolean;
+  transport?: "sse" | "fetch" | "ws";
+  types?: string[];
+  lastEventId?: string;
+  backoff?: Backoff;
+  random?: () => number;
+  EventSource?: typeof EventSource;
+  WebSocket?: typeof WebSocket;
+  fetch?: typeof fetch;
+}
+
+export interface StreamEvent<T = any> {
+  id: string | null;
+  type: string;
+  data: T;
+  raw: string;
+  topic?: string;
+  ts?: number;
+}
+
+export interface StreamHandlers {
+  onEvent?(event: StreamEvent): void;
+  onOpen?(): void;
+  onConnection?(state: ConnectionState): void;
+  onReset?(data: { reason: string; last_event_id: string | null }, event: StreamEvent): void;
+  onReauth?(data: { reason: string }, event: StreamEvent): void;
+  onError?(error: Error | JobcastError): void;
+  onFrame?(text: string): void;
+}
+
+export interface JobHandlers extends StreamHandlers {
+  onJob?(job: Job, event: StreamEvent): void;
+  onDone?(job: Job): void;
+}
+
+export interface UploadProgress {
+  loaded: number;
+  total: number;
+  fraction: number;
+}
+
+export declare class JobcastError extends Error {
+  status: number;
+  body: { error?: string; message?: string } | null;
+  fatal: boolean;
+}
+
+export declare class Stream extends EventTarget {
+  readonly state: ConnectionState;
+  readonly lastEventId: string | null;
+  readonly attempt: number;
+  readonly connections: number;
+  close(): void;
+}
+
+export declare function backoffDelay(attempt: number, backoff?: Backoff, random?: () => number): number;
+export declare function sseParser(): (chunk: string) => Array<{
+  type: string;
+  id: string | null;
+  data: string[];
+  retry: number | null;
+  comments: string[];
+  lines: string[];
+}>;
+export declare function api<T = any>(
+  path: string,
+  options?: ClientOptions & { method?: string; body?: unknown },
+): Promise<T>;
+export declare function getJob(id: string, options?: ClientOptions): Promise<Job>;
+export declare function cancelJob(id: string, options?: ClientOptions): Promise<Job>;
+export declare function listJobs(
+  query?: { state?: JobState | JobState[]; kind?: string; limit?: number; cursor?: string },
+  options?: ClientOptions,
+): Promise<{ jobs: Job[]; next_cursor: string | null }>;
+export declare function submitJob(
+  kind: string,
+  params?: Record<string, unknown>,
+  options?: ClientOptions & { file?: Blob; onUploadProgress?(progress: UploadProgress): void },
+): Promise<Job>;
+export declare function watchJob(id: string, handlers?: JobHandlers, options?: ClientOptions): Stream;
+export declare function subscribe(
+  topics: string[],
+  handlers?: StreamHandlers,
+  options?: ClientOptions,
+): Stream;
+export declare function createClient(defaults?: ClientOptions): {
+  api: typeof api;
+  getJob: typeof getJob;
+  listJobs: typeof listJobs;
+  cancelJob: typeof cancelJob;
+  submitJob: typeof submitJob;
+  watchJob: typeof watchJob;
+  subscribe: typeof subscribe;
+};

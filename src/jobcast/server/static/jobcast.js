@@ -1,0 +1,591 @@
+/**
+ * jobcast.js: the browser client for jobcast. One dependency-free ES module, no build step.
+ *
+ *   import { watchJob, subscribe, submitJob } from "/static/jobcast.js";
+ *   const opts = { token: () => localStorage.getItem("token") };
+ *   const job = await submitJob("demo", { steps: 5 }, opts);
+ *   watchJob(job.id, { onJob: (j) => render(j), onDone: (j) => done(j) }, opts);
+ *
+ * Decisions (cited as J1..J5 by the code below):
+ *
+ * J1. EventSource retries by itself only on network errors, and with the same URL: it gives
+ *     up for good on an HTTP error, and a one-use ticket in its URL is spent. So every lost
+ *     connection is closed here and reopened by us, with a fresh ticket and `last_event_id`.
+ * J2. Reconnect delays are exponential with full jitter and a cap (`backoffDelay`), so the
+ *     clients of a restarted server do not all come back at the same moment. A connection that
+ *     opened resets the attempt count.
+ * J3. With a token, every connection first exchanges it for a one-use stream ticket, so the
+ *     long-lived token never appears in a URL. Without one, the browser's cookies go along
+ *     (cookie sessions from `POST /api/auth/session`).
+ * J4. Failures that retrying cannot fix (401, 403, 404, 422 on the ticket or on the job) end
+ *     the stream with `onError` and the state `closed`; everything else is retried forever.
+ * J5. `reset` (the history could not cover the gap) and `reauth` (the credential expired) are
+ *     surfaced to handlers; after `reauth` the stream reconnects at once with a fresh ticket.
+ */
+
+/** Connection states, for status indicators. */
+export const State = Object.freeze({
+  CONNECTING: "connecting",
+  OPEN: "open",
+  RECONNECTING: "reconnecting",
+  CLOSED: "closed",
+});
+
+/** The event types of a job's stream; the last three are terminal. */
+export const JOB_EVENT_TYPES = ["snapshot", "progress", "state", "succeeded", "failed", "cancelled"];
+const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const FATAL_STATUS = new Set([401, 403, 404, 422]);
+
+/** An HTTP error from the API; `status` and the server's `{error, message}` body are kept. */
+export class JobcastError extends Error {
+  constructor(message, status = 0, body = null) {
+    super(message);
+    this.name = "JobcastError";
+    this.status = status;
+    this.body = body;
+    this.fatal = FATAL_STATUS.has(status); // J4
+  }
+}
+
+/**
+ * The delay before reconnect attempt `attempt` (0-based): full jitter, `random() * min(cap,
+ * initial * factor ** attempt)` (J2).
+ * @param {number} attempt
+ * @param {{initialMs?: number, maxMs?: number, factor?: number}} [backoff]
+ * @param {() => number} [random]
+ * @returns {number} milliseconds
+ */
+export function backoffDelay(attempt, backoff = {}, random = Math.random) {
+  const { initialMs = 1000, maxMs = 15000, factor = 2 } = backoff;
+  const ceiling = Math.min(maxMs, initialMs * factor ** Math.max(0, attempt));
+  return Math.floor(random() * ceiling);
+}
+
+// -- HTTP -------------------------------------------------------------------------------------
+
+async function resolve(value) {
+  return typeof value === "function" ? await value() : value;
+}
+
+function absolute(path, options) {
+  const base = options.baseUrl || globalThis.location?.href;
+  return new URL(path, base).toString();
+}
+
+async function authHeaders(options, method) {
+  const headers = {};
+  const token = await resolve(options.token);
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const csrf = await resolve(options.csrfToken);
+  if (!token && csrf && method !== "GET") headers["X-CSRF-Token"] = csrf;
+  return headers;
+}
+
+function errorFrom(status, text) {
+  let body = null;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    body = null;
+  }
+  return new JobcastError(body?.message || `HTTP ${status}`, status, body);
+}
+
+/**
+ * Call the API: JSON in, JSON out; a non-2xx answer throws a {@link JobcastError}.
+ * @param {string} path e.g. "/api/jobs"
+ * @param {{method?: string, body?: any} & ClientOptions} [options]
+ */
+export async function api(path, options = {}) {
+  const method = options.method || "GET";
+  const headers = await authHeaders(options, method);
+  let body;
+  if (options.body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    body = JSON.stringify(options.body);
+  }
+  const doFetch = options.fetch || globalThis.fetch.bind(globalThis);
+  const response = await doFetch(absolute(path, options), {
+    method,
+    headers,
+    body,
+    credentials: options.withCredentials ? "include" : "same-origin",
+  });
+  const text = await response.text();
+  if (!response.ok) throw errorFrom(response.status, text);
+  return text ? JSON.parse(text) : null;
+}
+
+export const getJob = (id, options) => api(`/api/jobs/${encodeURIComponent(id)}`, options);
+export const cancelJob = (id, options) =>
+  api(`/api/jobs/${encodeURIComponent(id)}/cancel`, { ...options, method: "POST" });
+export function listJobs(query = {}, options = {}) {
+  const params = new URLSearchParams();
+  for (const [key, value] of Object.entries(query)) {
+    for (const item of [].concat(value)) if (item != null) params.append(key, item);
+  }
+  return api(`/api/jobs?${params}`, options);
+}
+
+/**
+ * Submit a job. With `options.file` it is a multipart upload sent with XMLHttpRequest, so
+ * `options.onUploadProgress({loaded, total, fraction})` can follow it; otherwise JSON.
+ * Resolves to the job's snapshot (with `links`).
+ * @param {string} kind
+ * @param {object} [params]
+ * @param {ClientOptions & {file?: Blob, onUploadProgress?: (p: UploadProgress) => void}} [options]
+ */
+export async function submitJob(kind, params = {}, options = {}) {
+  if (!options.file) return api("/api/jobs", { ...options, method: "POST", body: { kind, params } });
+  const headers = await authHeaders(options, "POST");
+  const form = new FormData();
+  form.append("kind", kind);
+  form.append("params", JSON.stringify(params));
+  form.append("file", options.file, options.file.name || "upload");
+  return new Promise((done, fail) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", absolute("/api/jobs", options));
+    xhr.withCredentials = Boolean(options.withCredentials);
+    for (const [name, value] of Object.entries(headers)) xhr.setRequestHeader(name, value);
+    xhr.upload.onprogress = (e) => {
+      const total = e.lengthComputable ? e.total : options.file.size;
+      options.onUploadProgress?.({ loaded: e.loaded, total, fraction: total ? e.loaded / total : 0 });
+    };
+    xhr.onload = () => {
+      if (xhr.status >= 200 && xhr.status < 300) done(JSON.parse(xhr.responseText));
+      else fail(errorFrom(xhr.status, xhr.responseText));
+    };
+    xhr.onerror = () => fail(new JobcastError("the upload failed: network error"));
+    xhr.send(form);
+  });
+}
+
+// -- Streams ----------------------------------------------------------------------------------
+
+/**
+ * One logical stream over many connections: reconnects, resumes and renews tickets (J1..J5).
+ * Dispatches a `state` event (EventTarget) and calls `handlers.onConnection(state)`.
+ */
+export class Stream extends EventTarget {
+  /** @param {StreamTarget} target @param {StreamHandlers} handlers @param {ClientOptions} options */
+  constructor(target, handlers = {}, options = {}) {
+    super();
+    this.target = target;
+    this.handlers = handlers;
+    this.options = options;
+    /** @type {string | null} the id to resume after */
+    this.lastEventId = options.lastEventId || null;
+    /** @type {string} one of {@link State} */
+    this.state = State.CONNECTING;
+    this.attempt = 0;
+    this.connections = 0;
+    /** @type {number | null} the server's last `retry:` hint (fetch transport) */
+    this.serverRetryMs = null;
+    this._conn = null;
+    this._timer = null;
+    this._closed = false;
+    queueMicrotask(() => {
+      if (this._closed) return;
+      this._notify(); // handlers see the first state too
+      this._connect();
+    });
+  }
+
+  /** Stop for good. */
+  close() {
+    this._closed = true;
+    clearTimeout(this._timer);
+    this._drop();
+    this._setState(State.CLOSED);
+  }
+
+  _setState(state) {
+    if (this.state === state) return;
+    this.state = state;
+    this._notify();
+  }
+
+  _notify() {
+    this.handlers.onConnection?.(this.state);
+    this.dispatchEvent(new CustomEvent("state", { detail: this.state }));
+  }
+
+  _drop() {
+    const conn = this._conn;
+    this._conn = null;
+    if (conn) conn.close();
+  }
+
+  async _connect() {
+    if (this._closed) return;
+    this._setState(this.connections || this.attempt ? State.RECONNECTING : State.CONNECTING);
+    const options = this.options;
+    const transport = options.transport || "sse";
+    const query = new URLSearchParams(this.target.query || []);
+    let headers = {};
+    try {
+      if (transport === "fetch") {
+        headers = await authHeaders(options, "GET"); // fetch can send the token as a header
+      } else if (await resolve(options.token)) {
+        const { ticket } = await api("/api/auth/ticket", {
+          ...options,
+          method: "POST",
+          body: { topics: this.target.topics },
+        }); // J3: a fresh one-use ticket for every connection
+        query.set("ticket", ticket);
+      }
+    } catch (error) {
+      return this._lost(false, error);
+    }
+    if (this._closed) return;
+    this.connections += 1;
+    const path = transport === "ws" ? this.target.wsPath : this.target.ssePath;
+    if (this.lastEventId && !(transport === "ws" && this.target.wsSubscribe)) {
+      query.set("last_event_id", this.lastEventId); // J1: resume where we were
+    }
+    const url = new URL(absolute(`${path}?${query}`, options));
+    const open = { sse: openEventSource, fetch: openFetch, ws: openSocket }[transport];
+    if (!open) throw new TypeError(`unknown transport ${transport}`);
+    this._conn = open(this, url, headers);
+  }
+
+  /** A connection opened (called by the transports). */
+  _opened() {
+    this.attempt = 0; // J2
+    this._setState(State.OPEN);
+    this.handlers.onOpen?.();
+  }
+
+  /** An event arrived (called by the transports). */
+  _receive(type, raw, id, extra = {}) {
+    if (this._closed) return;
+    if (id) this.lastEventId = id;
+    let data = raw;
+    try {
+      data = JSON.parse(raw);
+    } catch {
+      // not JSON: hand over the text as it is
+    }
+    const event = { id: id || null, type, data, raw, ...extra };
+    if (type === "reset") {
+      this.handlers.onReset?.(data, event); // J5: reload state; live events follow
+      return;
+    }
+    if (type === "reauth") {
+      this.handlers.onReauth?.(data, event); // J5: renew the credential and resume at once
+      this._drop();
+      this.attempt = 0;
+      this._connect();
+      return;
+    }
+    this.handlers.onEvent?.(event);
+    if (this.target.final?.(event)) this.close();
+  }
+
+  /** The connection ended or could not be made (called by the transports). */
+  async _lost(wasOpen, error = null) {
+    this._drop();
+    if (this._closed) return;
+    if (!error && !wasOpen && this.target.probe) {
+      // EventSource hides the HTTP status; ask the API why the stream was refused (J4).
+      try {
+        await this.target.probe(this.options);
+      } catch (probeError) {
+        if (probeError instanceof JobcastError && probeError.fatal) error = probeError;
+      }
+    }
+    if (error) this.handlers.onError?.(error);
+    if (error?.fatal) {
+      this.close();
+      return;
+    }
+    this._setState(State.RECONNECTING);
+    let delay = backoffDelay(this.attempt, this.options.backoff, this.options.random);
+    if (wasOpen && this.serverRetryMs != null) {
+      // The stream ended with a `retry:` hint (fetch transport): a draining server spreads
+      // its clients' returns by sending each a different one, so use it for the first attempt.
+      delay = this.serverRetryMs;
+      this.serverRetryMs = null;
+    }
+    this.attempt += 1;
+    this._timer = setTimeout(() => this._connect(), delay);
+  }
+}
+
+function openEventSource(stream, url, _headers) {
+  const ES = stream.options.EventSource || globalThis.EventSource;
+  const source = new ES(url, { withCredentials: Boolean(stream.options.withCredentials) });
+  let wasOpen = false;
+  let live = true;
+  source.onopen = () => {
+    wasOpen = true;
+    stream._opened();
+  };
+  // EventSource delivers named events only to listeners of that name.
+  const types = new Set(["message", "reset", "reauth", ...(stream.target.types || [])]);
+  for (const type of stream.options.types || []) types.add(type);
+  for (const type of types) {
+    source.addEventListener(type, (e) => live && stream._receive(type, e.data, e.lastEventId));
+  }
+  source.onerror = () => {
+    // J1: whatever EventSource would do next, we reconnect ourselves.
+    if (!live) return;
+    live = false;
+    source.close();
+    stream._lost(wasOpen);
+  };
+  return {
+    close() {
+      live = false;
+      source.close();
+    },
+  };
+}
+
+/**
+ * Parse Server-Sent Events from text chunks (the WHATWG algorithm, minus BOM handling).
+ * Returns a function taking a chunk and returning the complete frames it finished.
+ */
+export function sseParser() {
+  let buffer = "";
+  let frame = { data: [], type: "", id: null, retry: null, comments: [], lines: [] };
+  const fresh = () => ({ data: [], type: "", id: null, retry: null, comments: [], lines: [] });
+  return (chunk) => {
+    buffer += chunk;
+    const done = [];
+    const lines = buffer.split(/\r\n|\r|\n/);
+    buffer = lines.pop();
+    for (const line of lines) {
+      if (line === "") {
+        if (frame.lines.length) done.push(frame);
+        frame = fresh();
+        continue;
+      }
+      frame.lines.push(line);
+      const colon = line.indexOf(":");
+      const field = colon === -1 ? line : line.slice(0, colon);
+      let value = colon === -1 ? "" : line.slice(colon + 1);
+      if (value.startsWith(" ")) value = value.slice(1);
+      if (field === "") frame.comments.push(value);
+      else if (field === "data") frame.data.push(value);
+      else if (field === "event") frame.type = value;
+      else if (field === "id" && !value.includes("\0")) frame.id = value;
+      else if (field === "retry" && /^\d+$/.test(value)) frame.retry = Number(value);
+    }
+    return done;
+  };
+}
+
+function openFetch(stream, url, headers) {
+  // Sees every event type, comments and retry hints: what a stream inspector needs.
+  const controller = new AbortController();
+  const doFetch = stream.options.fetch || globalThis.fetch.bind(globalThis);
+  let wasOpen = false;
+  (async () => {
+    let error = null;
+    try {
+      const response = await doFetch(url, {
+        headers: { ...headers, Accept: "text/event-stream" },
+        credentials: stream.options.withCredentials ? "include" : "same-origin",
+        signal: controller.signal,
+        cache: "no-store",
+      });
+      if (!response.ok) throw errorFrom(response.status, await response.text());
+      wasOpen = true;
+      stream._opened();
+      const parse = sseParser();
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        for (const frame of parse(value)) {
+          stream.handlers.onFrame?.(frame.lines.join("\n"));
+          stream.serverRetryMs = frame.retry; // kept only if the stream's last frame has one
+          if (frame.data.length) {
+            stream._receive(frame.type || "message", frame.data.join("\n"), frame.id);
+          }
+        }
+      }
+    } catch (caught) {
+      if (controller.signal.aborted) return;
+      if (caught instanceof JobcastError) error = caught;
+    }
+    if (!controller.signal.aborted) stream._lost(wasOpen, error);
+  })();
+  return { close: () => controller.abort() };
+}
+
+function openSocket(stream, url, _headers) {
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  const WS = stream.options.WebSocket || globalThis.WebSocket;
+  const socket = new WS(url);
+  const target = stream.target;
+  let wasOpen = false;
+  let live = true;
+  socket.onopen = () => {
+    if (target.wsSubscribe) {
+      const op = { op: "subscribe", topics: target.wsSubscribe };
+      if (stream.lastEventId) op.last_event_id = stream.lastEventId;
+      socket.send(JSON.stringify(op));
+    } else {
+      wasOpen = true;
+      stream._opened();
+    }
+  };
+  socket.onmessage = (message) => {
+    const m = JSON.parse(message.data);
+    if (m.op === "subscribed") {
+      wasOpen = true;
+      stream._opened();
+    } else if (m.op === "reset") {
+      stream._receive("reset", JSON.stringify(m), m.id);
+    } else if (m.op === "error") {
+      stream.handlers.onError?.(new JobcastError(m.message || m.error, 0, m));
+    } else if (!m.op) {
+      stream._receive(m.type, JSON.stringify(m.data), m.id, { topic: m.topic, ts: m.ts });
+    }
+  };
+  socket.onclose = (e) => {
+    if (!live) return;
+    live = false;
+    if (e.code === 4401) stream._receive("reauth", '{"reason":"credential_expired"}', null);
+    else stream._lost(wasOpen);
+  };
+  return {
+    close() {
+      live = false;
+      socket.close();
+    },
+  };
+}
+
+/**
+ * Follow one job until it finishes. `onJob(job, event)` gets the job as it is now after every
+ * event (snapshots replace it, progress updates merge into it); `onDone(job)` the final job.
+ * @param {string} id
+ * @param {JobHandlers} handlers
+ * @param {ClientOptions} [options]
+ * @returns {Stream}
+ */
+export function watchJob(id, handlers = {}, options = {}) {
+  const path = encodeURIComponent(id);
+  let job = null;
+  const wrapped = {
+    ...handlers,
+    onEvent(event) {
+      if (event.type === "progress") job = { ...job, ...event.data };
+      else if (JOB_EVENT_TYPES.includes(event.type)) job = event.data;
+      handlers.onEvent?.(event);
+      if (job) handlers.onJob?.(job, event);
+      if (TERMINAL.has(event.type)) handlers.onDone?.(job);
+    },
+    async onReset(data, event) {
+      handlers.onReset?.(data, event);
+      try {
+        job = await getJob(id, options); // the history has a gap: reload the snapshot
+        handlers.onJob?.(job, event);
+        if (TERMINAL.has(job.state)) handlers.onDone?.(job);
+      } catch (error) {
+        handlers.onError?.(error);
+      }
+    },
+  };
+  return new Stream(
+    {
+      ssePath: `/api/jobs/${path}/events`,
+      wsPath: `/ws/jobs/${path}`,
+      topics: [`jobs/${id}`],
+      types: JOB_EVENT_TYPES,
+      final: (event) => TERMINAL.has(event.type),
+      probe: (opts) => getJob(id, opts),
+    },
+    wrapped,
+    options,
+  );
+}
+
+/**
+ * Follow topics (and `prefix/*` patterns) forever. With the default EventSource transport,
+ * name the custom event types to receive in `options.types`; the job types are always
+ * included. The `fetch` and `ws` transports deliver every type.
+ * @param {string[]} topics
+ * @param {StreamHandlers} handlers
+ * @param {ClientOptions} [options]
+ * @returns {Stream}
+ */
+export function subscribe(topics, handlers = {}, options = {}) {
+  return new Stream(
+    {
+      ssePath: "/api/events",
+      wsPath: "/ws/events",
+      wsSubscribe: topics,
+      query: topics.map((topic) => ["topic", topic]),
+      topics,
+      types: JOB_EVENT_TYPES,
+    },
+    handlers,
+    options,
+  );
+}
+
+/** Bind options once: `const jc = createClient({token}); jc.watchJob(id, {...})`. */
+export function createClient(defaults = {}) {
+  const merge = (options) => ({ ...defaults, ...options });
+  return {
+    api: (path, options) => api(path, merge(options)),
+    getJob: (id, options) => getJob(id, merge(options)),
+    listJobs: (query, options) => listJobs(query, merge(options)),
+    cancelJob: (id, options) => cancelJob(id, merge(options)),
+    submitJob: (kind, params, options) => submitJob(kind, params, merge(options)),
+    watchJob: (id, handlers, options) => watchJob(id, handlers, merge(options)),
+    subscribe: (topics, handlers, options) => subscribe(topics, handlers, merge(options)),
+  };
+}
+
+/**
+ * @typedef {object} ClientOptions
+ * @property {string} [baseUrl] the server, e.g. "https://jobs.example.com" (default: this page)
+ * @property {string | (() => string | null | Promise<string | null>)} [token] a bearer token or
+ *   a function returning a current one; streams exchange it for a ticket per connection
+ * @property {string | (() => string | null)} [csrfToken] for cookie sessions: sent on POST/DELETE
+ * @property {boolean} [withCredentials] send cookies cross-origin
+ * @property {"sse" | "fetch" | "ws"} [transport] default "sse" (EventSource)
+ * @property {string[]} [types] extra event types for the EventSource transport
+ * @property {string} [lastEventId] resume after this id
+ * @property {{initialMs?: number, maxMs?: number, factor?: number}} [backoff] J2
+ * @property {() => number} [random] for tests
+ * @property {typeof EventSource} [EventSource]
+ * @property {typeof WebSocket} [WebSocket]
+ * @property {typeof fetch} [fetch]
+ *
+ * @typedef {object} StreamEvent
+ * @property {string | null} id
+ * @property {string} type
+ * @property {any} data the JSON-decoded data (the text when it is not JSON)
+ * @property {string} raw
+ * @property {string} [topic] WebSocket transport only
+ *
+ * @typedef {object} StreamHandlers
+ * @property {(event: StreamEvent) => void} [onEvent]
+ * @property {() => void} [onOpen]
+ * @property {(state: string) => void} [onConnection]
+ * @property {(data: any, event: StreamEvent) => void} [onReset]
+ * @property {(data: any, event: StreamEvent) => void} [onReauth]
+ * @property {(error: Error) => void} [onError]
+ * @property {(text: string) => void} [onFrame] fetch transport: each raw frame
+ *
+ * @typedef {StreamHandlers & {onJob?: (job: any, event: StreamEvent) => void,
+ *   onDone?: (job: any) => void}} JobHandlers
+ *
+ * @typedef {{loaded: number, total: number, fraction: number}} UploadProgress
+ *
+ * @typedef {object} StreamTarget
+ * @property {string} ssePath
+ * @property {string} wsPath
+ * @property {string[]} topics
+ * @property {string[][]} [query]
+ * @property {string[]} [types]
+ * @property {string[]} [wsSubscribe]
+ * @property {(event: StreamEvent) => boolean} [final]
+ * @property {(options: ClientOptions) => Promise<any>} [probe]
+ */

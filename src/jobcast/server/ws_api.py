@@ -1,0 +1,146 @@
+"""WebSocket routes: ``/ws/jobs/{id}`` (one job's events) and ``/ws/events`` (the hub).
+
+Messages to the client are JSON text frames. Events have the shape of ``Event.ws_message``
+(``{"id", "topic", "type", "data", "ts"}``); the job socket starts with a ``snapshot`` message
+of the same shape. Control messages carry an ``op`` (``ping``, ``error``, ``subscribed``, ...).
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads these signatures at runtime.
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter, WebSocket
+
+from jobcast.errors import JobcastError
+from jobcast.events import Event
+from jobcast.server.browser import origin_allowed
+from jobcast.server.job_streams import (
+    JobStreamPlan,
+    is_terminal_event,
+    plan_job_stream,
+    ws_snapshot,
+    ws_terminal,
+)
+from jobcast.server.ws_base import (
+    CLOSE_NORMAL,
+    Channel,
+    SocketClosed,
+    subscription_close_code,
+)
+from jobcast.server.ws_events import EventSocket
+from jobcast.subscription import CloseReason, Subscription
+
+if TYPE_CHECKING:
+    from jobcast.server.app import Jobcast
+
+PING = '{"op":"ping"}'
+
+
+async def accept_from_allowed_origin(jc: "Jobcast", websocket: WebSocket) -> bool:
+    """Accept the handshake, or refuse it (HTTP 403) when a browser sent a foreign Origin:
+    cookies ride along on cross-site WebSocket handshakes, and CORS does not apply to them."""
+    if not origin_allowed(jc.settings, websocket):
+        await websocket.close(code=1008)
+        return False
+    await websocket.accept()
+    return True
+
+
+def ws_router(jc: "Jobcast") -> APIRouter:
+    router = APIRouter(tags=["websocket"])
+
+    @router.websocket("/ws/jobs/{job_id}")
+    async def job_socket(websocket: WebSocket, job_id: str) -> None:
+        """One job's events, then close 1000 after the terminal event."""
+        if not await accept_from_allowed_origin(jc, websocket):
+            return
+        channel = Channel(jc, websocket)
+        try:
+            principal, _ = await channel.authenticate(required=True)
+            resume = websocket.query_params.get("last_event_id")
+            plan = await plan_job_stream(jc, job_id, principal, resume)
+        except JobcastError as exc:
+            await channel.fail(exc)
+            return
+        except SocketClosed:
+            return
+        await _stream_job(jc, channel, plan)
+
+    @router.websocket("/ws/events")
+    async def events_socket(websocket: WebSocket) -> None:
+        """Subscribe, unsubscribe and acknowledge with JSON ops; events and pings come back."""
+        if not await accept_from_allowed_origin(jc, websocket):
+            return
+        channel = Channel(jc, websocket)
+        try:
+            principal, first = await channel.authenticate(required=False)
+        except JobcastError as exc:
+            await channel.fail(exc)
+            return
+        except SocketClosed:
+            return
+        client_id = websocket.query_params.get("client_id")
+        await EventSocket(jc, channel, principal, client_id).run(first)
+
+    return router
+
+
+async def _stream_job(jc: "Jobcast", channel: Channel, plan: JobStreamPlan) -> None:
+    subscription = plan.subscription
+    reader: asyncio.Task[None] | None = None
+    try:
+        if plan.snapshot:
+            await channel.send(ws_snapshot(plan))
+        if subscription is None:
+            for event in plan.events:
+                await channel.send(event.ws_message.decode())
+            if plan.terminal:
+                await channel.send(ws_terminal(plan))
+            await channel.close(CLOSE_NORMAL, "job finished")
+            return
+        reader = asyncio.create_task(_ignore_incoming(channel, subscription))
+        replayed = plan.replay.events if plan.replay is not None else []
+        finished = await _send_until_terminal(channel, replayed)
+        while not finished:
+            await subscription.wait()
+            if subscription.close_reason is not None:
+                break
+            events = subscription.take()
+            if events:
+                finished = await _send_until_terminal(channel, events)
+            elif subscription.heartbeat_due:
+                await channel.send(PING)
+            subscription.mark_written()
+        reason = subscription.close_reason
+        if finished:
+            await channel.close(CLOSE_NORMAL, "job finished")
+        elif reason is not None and reason is not CloseReason.CLIENT:
+            await channel.error(f"stream closed: {reason.value}; resume with last_event_id")
+            await channel.close(subscription_close_code(reason), reason.value)
+    except SocketClosed:
+        pass
+    finally:
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        if subscription is not None:
+            jc.hub.unsubscribe(subscription)
+
+
+async def _send_until_terminal(channel: Channel, events: list[Event]) -> bool:
+    for event in events:
+        await channel.send(event.ws_message.decode())
+        if is_terminal_event(event):
+            return True
+    return False
+
+
+async def _ignore_incoming(channel: Channel, subscription: Subscription) -> None:
+    """Read (and drop) what the client sends, to notice it leaving or flooding."""
+    with contextlib.suppress(SocketClosed):
+        while True:
+            await channel.receive()
+    subscription.close(CloseReason.CLIENT)

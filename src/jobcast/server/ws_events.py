@@ -1,0 +1,272 @@
+"""``/ws/events``: one client's subscriptions to the hub over a WebSocket.
+
+Client ops: ``{"op": "subscribe", "topics": [...], "last_event_id": ...}``,
+``{"op": "unsubscribe", "topics": [...]}``, ``{"op": "ack", "id": ...}``, ``{"op": "ping"}``.
+Server messages: events, and ``subscribed``, ``unsubscribed``, ``reset``, ``ping``, ``pong``,
+``error`` ops.
+
+Decisions (cited as W1..W4):
+
+W1. One hub subscription per pattern, so ``unsubscribe`` closes exactly what it names and a
+    later ``subscribe`` resumes its own pattern without disturbing the others. Events taken
+    from several subscriptions at once are merged in position order; an event matched by two
+    overlapping patterns is sent once.
+W2. One writer coroutine per socket; the reader only queues control replies and replays into a
+    bounded outbox and wakes the writer. A client whose outbox overflows is closed (1008).
+W3. Acknowledgements are durable per ``client_id`` (scoped to the token's subject): a
+    ``subscribe`` without ``last_event_id`` resumes after the last acknowledged event. Acks are
+    cumulative by id and written at most once a second and when the socket closes, so a crash
+    can replay up to a second of acknowledged events (at-least-once, never a loss).
+W4. Malformed or refused ops get an ``error`` message and the connection stays open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from jobcast.auth import Principal
+from jobcast.brokers.base import Replay
+from jobcast.errors import InvalidInput, JobcastError
+from jobcast.events import Event, EventId
+from jobcast.server.credentials import stream_owner
+from jobcast.server.ws_base import (
+    CLOSE_POLICY,
+    CLOSE_RESTART,
+    Channel,
+    SocketClosed,
+    subscription_close_code,
+)
+from jobcast.subscription import CloseReason, Subscription
+from jobcast.topics import parse_patterns
+
+if TYPE_CHECKING:
+    from jobcast.server.app import Jobcast
+
+MAX_OUTBOX = 20_000
+MAX_CLIENT_ID = 128
+ACK_SAVE_INTERVAL = 1.0
+PING = '{"op":"ping"}'
+
+
+class EventSocket:
+    def __init__(
+        self, jc: Jobcast, channel: Channel, principal: Principal | None, client_id: str | None
+    ) -> None:
+        self.jc = jc
+        self.channel = channel
+        self.principal = principal
+        self.subject = principal.subject if principal else ""
+        self.client_id = client_id[:MAX_CLIENT_ID] if client_id else None
+        self.subscriptions: dict[str, Subscription] = {}
+        self.outbox: collections.deque[str | Event] = collections.deque()
+        self.wake = asyncio.Event()
+        self.closing: tuple[int, str] | None = None
+        self._recent: collections.deque[int] = collections.deque(maxlen=4096)
+        self._recent_set: set[int] = set()
+        self._ack: str | None = None
+        self._ack_saved: str | None = None
+        self._ack_saved_at = 0.0
+
+    async def run(self, first: Any) -> None:
+        writer = asyncio.create_task(self._write_forever())
+        try:
+            with contextlib.suppress(SocketClosed):
+                if first is not None:
+                    await self._handle(first)
+                while not writer.done():
+                    await self._handle(await self.channel.receive())
+        finally:
+            for subscription in self.subscriptions.values():
+                subscription.close(CloseReason.CLIENT)
+                self.jc.hub.unsubscribe(subscription)
+            self.wake.set()
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, SocketClosed):
+                await writer
+            await self._save_ack(force=True)
+
+    # -- ops (W4) --------------------------------------------------------------------------
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        op = message.get("op")
+        try:
+            if op == "subscribe":
+                await self._subscribe(message.get("topics"), message.get("last_event_id"))
+            elif op == "unsubscribe":
+                self._unsubscribe(message.get("topics"))
+            elif op == "ack":
+                await self._acknowledge(message.get("id"))
+            elif op == "ping":
+                self._queue('{"op":"pong"}')
+            else:
+                raise InvalidInput("unknown op; use subscribe, unsubscribe, ack or ping")
+        except JobcastError as exc:
+            self._queue_json({"op": "error", "error": exc.code, "message": exc.message, "for": op})
+
+    async def _subscribe(self, topics: Any, last_event_id: Any) -> None:
+        if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
+            raise InvalidInput("'topics' must be a list of topic patterns")
+        if last_event_id is not None and not isinstance(last_event_id, str):
+            raise InvalidInput("'last_event_id' must be a string")
+        limit = self.jc.settings.max_topics_per_subscription
+        patterns = parse_patterns(topics, limit=limit)
+        new = [p for p in patterns if p.text not in self.subscriptions]
+        if len(self.subscriptions) + len(new) > limit:
+            raise InvalidInput(f"at most {limit} topics per socket")
+        allow = self.jc.policy.subscription_filter(self.principal, patterns)
+        if last_event_id is None and self.client_id is not None:
+            last_event_id = self._ack or await self.jc.store.load_ack(self.subject, self.client_id)
+        opened: list[tuple[str, Subscription, Replay | None]] = []
+        try:
+            for pattern in new:
+                subscription, replay = await self.jc.hub.subscribe(
+                    (pattern,),
+                    last_event_id=last_event_id,
+                    allow=allow,
+                    **stream_owner(self.principal),
+                )
+                opened.append((pattern.text, subscription, replay))
+        except BaseException:
+            for _, subscription, _ in opened:
+                self.jc.hub.unsubscribe(subscription)
+            raise
+        # From here on nothing awaits: the reply, then each replay, go to the outbox before the
+        # writer can see the subscriptions, so every replayed event precedes every live one.
+        self._queue_json({"op": "subscribed", "topics": [p.text for p in patterns]})
+        for text, subscription, replay in opened:
+            if replay is not None and replay.gap is not None:
+                self._queue_json(
+                    {
+                        "op": "reset",
+                        "topic": text,
+                        "reason": replay.gap,
+                        "id": str(replay.head),
+                        "last_event_id": last_event_id,
+                    }
+                )
+            elif replay is not None:
+                for event in replay.events:
+                    self._queue(event)
+            self.subscriptions[text] = subscription
+
+    def _unsubscribe(self, topics: Any) -> None:
+        if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
+            raise InvalidInput("'topics' must be a list of topic patterns")
+        for text in topics:
+            subscription = self.subscriptions.pop(text, None)
+            if subscription is not None:
+                subscription.close(CloseReason.CLIENT)
+                self.jc.hub.unsubscribe(subscription)
+        self._queue_json({"op": "unsubscribed", "topics": topics})
+
+    async def _acknowledge(self, event_id: Any) -> None:
+        if self.client_id is None:
+            raise InvalidInput("acks need a client id: connect with ?client_id=...")
+        if not isinstance(event_id, str) or EventId.parse(event_id) is None:
+            raise InvalidInput("'id' must be an event id")
+        current = EventId.parse(self._ack) if self._ack else None
+        new = EventId.parse(event_id)
+        assert new is not None
+        if current is None or current.epoch != new.epoch or new.position > current.position:
+            self._ack = event_id  # cumulative: an older ack never moves it back (W3)
+        await self._save_ack(force=False)
+
+    async def _save_ack(self, *, force: bool) -> None:
+        if self.client_id is None or self._ack is None or self._ack == self._ack_saved:
+            return
+        if not force and time.monotonic() - self._ack_saved_at < ACK_SAVE_INTERVAL:
+            return
+        ack = self._ack
+        with contextlib.suppress(JobcastError):  # best effort at close; retried on next ack
+            await self.jc.store.save_ack(self.subject, self.client_id, ack)
+            self._ack_saved = ack
+        self._ack_saved_at = time.monotonic()
+
+    def _queue_json(self, value: dict[str, Any]) -> None:
+        self._queue(orjson.dumps(value).decode())
+
+    def _queue(self, item: str | Event) -> None:
+        if len(self.outbox) >= MAX_OUTBOX:  # W2
+            self.closing = (CLOSE_POLICY, "outbox overflow")
+        else:
+            self.outbox.append(item)
+        self.wake.set()
+
+    # -- the writer (W2) -------------------------------------------------------------------
+
+    async def _write_forever(self) -> None:
+        channel = self.channel
+        interval = self.jc.settings.heartbeat_interval
+        while True:
+            if self.closing is not None:
+                await channel.close(*self.closing)
+                return
+            while self.outbox:
+                item = self.outbox.popleft()
+                if isinstance(item, Event):
+                    await self._send_event(item)
+                else:
+                    await channel.send(item)
+            events: list[Event] = []
+            heartbeat = False
+            for subscription in list(self.subscriptions.values()):
+                reason = subscription.close_reason
+                if reason is not None and reason is not CloseReason.CLIENT:
+                    await channel.error(f"stream closed: {reason.value}; subscribe again")
+                    await channel.close(subscription_close_code(reason), reason.value)
+                    return
+                events.extend(subscription.take())
+                heartbeat = heartbeat or subscription.heartbeat_due
+            if events:
+                events.sort(key=lambda e: e.position)
+                for event in events:
+                    await self._send_event(event)
+            elif heartbeat:
+                await channel.send(PING)
+            for subscription in self.subscriptions.values():
+                subscription.mark_written()
+            if not await self._wait(interval):
+                if self.jc.hub.draining:
+                    await channel.close(CLOSE_RESTART, "draining")
+                    return
+                if not self.subscriptions:
+                    await channel.send(PING)
+
+    async def _send_event(self, event: Event) -> None:
+        position = event.position
+        if position in self._recent_set:
+            return  # matched by two overlapping patterns (W1)
+        if len(self._recent) == self._recent.maxlen:
+            self._recent_set.discard(self._recent[0])
+        self._recent.append(position)
+        self._recent_set.add(position)
+        await self.channel.send(event.ws_message.decode())
+
+    async def _wait(self, seconds: float) -> bool:
+        """Wait for work; False on timeout."""
+        subscriptions = list(self.subscriptions.values())
+        if (
+            self.outbox
+            or self.closing
+            or any(s.pending_count or s.heartbeat_due or s.closed for s in subscriptions)
+        ):
+            return True
+        self.wake.clear()
+        waiters: list[asyncio.Future[Any]] = [
+            asyncio.ensure_future(s.wait()) for s in subscriptions
+        ]
+        waiters.append(asyncio.ensure_future(self.wake.wait()))
+        try:
+            done, _ = await asyncio.wait(
+                waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        return bool(done)

@@ -1,0 +1,62 @@
+"""The job store contract: where jobs and WebSocket acknowledgements persist.
+
+One implementation (``sql.py``, SQLAlchemy Core) serves SQLite now and PostgreSQL later; the
+contract tests in ``tests/test_store_contract.py`` run over every store URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Protocol
+
+from jobcast.jobs.model import Job, JobState
+
+
+@dataclass(frozen=True, slots=True)
+class JobQuery:
+    """A page of jobs, newest first. ``cursor`` is the ``next_cursor`` of the previous page."""
+
+    owner: str | None = None
+    states: Collection[JobState] = ()
+    kind: str | None = None
+    limit: int = 50
+    cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    jobs: list[Job]
+    #: Pass as ``cursor`` to get the next page; ``None`` on the last page.
+    next_cursor: str | None
+
+
+class JobStore(Protocol):
+    """Persistence for jobs; every method raises :class:`~jobcast.errors.Unavailable` when
+    the backend fails."""
+
+    async def open(self) -> None:
+        """Connect, and create or check the schema."""
+
+    async def close(self) -> None: ...
+
+    async def create(self, job: Job) -> None:
+        """Insert a new job (its id is new)."""
+
+    async def get(self, job_id: str) -> Job | None: ...
+
+    async def save(self, job: Job) -> None:
+        """Write every mutable field of an existing job."""
+
+    async def list_jobs(self, query: JobQuery) -> JobPage: ...
+
+    async def delete(self, job_id: str) -> bool:
+        """Remove a job; False if there was none."""
+
+    async def in_states(self, states: Collection[JobState], limit: int) -> list[Job]:
+        """Jobs in any of ``states``, oldest first (recovery at startup)."""
+
+    async def save_ack(self, subject: str, client_id: str, event_id: str) -> None:
+        """Remember the newest event a WebSocket client acknowledged."""
+
+    async def load_ack(self, subject: str, client_id: str) -> str | None: ...

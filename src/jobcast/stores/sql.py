@@ -1,0 +1,359 @@
+"""The SQL job store: SQLAlchemy 2 Core over asyncio, on SQLite and PostgreSQL.
+
+Decisions (cited as Q1..Q6):
+
+Q1. Portable columns only: times are epoch seconds (floats), JSON values are text written by
+    orjson. The same statements run on SQLite (aiosqlite) and PostgreSQL (asyncpg).
+Q2. SQLite runs in WAL mode (readers never wait for the writer) and this store serialises its
+    own writes with a lock, so concurrent jobs never hit "database is locked".
+Q3. A ``schema_version`` row in ``jobcast_meta``: a newer database is refused with a clear
+    message, an older one is brought forward by the steps in ``MIGRATIONS``.
+Q4. Foreign errors stop here: every database error becomes :class:`Unavailable`.
+Q5. Group commit: ``create`` and ``save`` calls that arrive while a write is in progress are
+    written together in the next transaction (the newest ``save`` of a job wins), so a thousand
+    concurrent jobs cost a few transactions, not thousands. Each caller returns once its write
+    is committed.
+Q6. PostgreSQL (asyncpg, or psycopg 3): the same statements; ``?schema=name`` in the URL puts
+    the tables in that schema (created if missing), so several deployments or test runs can
+    share one database. Schema creation and migration hold an advisory lock, so instances and
+    workers starting together do not race. Migrations are the few statements in
+    ``MIGRATIONS`` (no Alembic): the schema is one table of jobs and one of acknowledgements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import AsyncIterator, Collection
+from pathlib import Path
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from jobcast.errors import Unavailable
+from jobcast.jobs.model import InputFile, Job, JobState
+from jobcast.stores.base import JobPage, JobQuery
+
+SCHEMA_VERSION = 2
+#: ``{from_version: [statements]}`` that bring a database from that version to the next (Q3).
+MIGRATIONS: dict[int, list[str]] = {
+    1: ["ALTER TABLE jobs ADD COLUMN readers TEXT NOT NULL DEFAULT '[]'"],  # job read grants
+}
+
+metadata = sa.MetaData()
+
+meta_table = sa.Table(
+    "jobcast_meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(255), nullable=False),
+)
+
+jobs_table = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("owner", sa.String(255), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("params", sa.Text, nullable=False),
+    sa.Column("progress", sa.Float, nullable=False),
+    sa.Column("stage", sa.String(200)),
+    sa.Column("message", sa.Text),
+    sa.Column("eta_seconds", sa.Float),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float),
+    sa.Column("input", sa.Text),
+    sa.Column("result", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("last_event_id", sa.String(64)),
+    sa.Column("readers", sa.Text, nullable=False, server_default="[]"),
+    sa.Index("jobs_by_owner", "owner", "id"),
+    sa.Index("jobs_by_state", "state", "id"),
+    sa.Index("jobs_by_kind", "kind", "id"),
+)
+
+acks_table = sa.Table(
+    "ws_acks",
+    metadata,
+    sa.Column("subject", sa.String(255), primary_key=True),
+    sa.Column("client_id", sa.String(128), primary_key=True),
+    sa.Column("event_id", sa.String(64), nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+
+_UPDATE_JOB = jobs_table.update().where(jobs_table.c.id == sa.bindparam("job_id"))
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def _row_values(job: Job) -> dict[str, Any]:
+    return {
+        "kind": job.kind,
+        "owner": job.owner,
+        "state": job.state.value,
+        "params": orjson.dumps(job.params).decode(),
+        "progress": job.progress,
+        "stage": job.stage,
+        "message": job.message,
+        "eta_seconds": job.eta_seconds,
+        "seq": job.seq,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "updated_at": job.updated_at,
+        "finished_at": job.finished_at,
+        "input": _json(job.input.to_dict()) if job.input else None,
+        "result": _json(job.result),
+        "error": _json(job.error),
+        "attempts": job.attempts,
+        "last_event_id": job.last_event_id,
+        "readers": orjson.dumps(job.readers).decode(),
+    }
+
+
+def _job(row: sa.Row[Any]) -> Job:
+    m = row._mapping
+    return Job(
+        id=m["id"],
+        kind=m["kind"],
+        owner=m["owner"],
+        params=orjson.loads(m["params"]),
+        state=JobState(m["state"]),
+        progress=m["progress"],
+        stage=m["stage"],
+        message=m["message"],
+        eta_seconds=m["eta_seconds"],
+        seq=m["seq"],
+        created_at=m["created_at"],
+        started_at=m["started_at"],
+        updated_at=m["updated_at"],
+        finished_at=m["finished_at"],
+        input=InputFile.from_dict(orjson.loads(m["input"])) if m["input"] else None,
+        result=orjson.loads(m["result"]) if m["result"] is not None else None,
+        error=orjson.loads(m["error"]) if m["error"] else None,
+        attempts=m["attempts"],
+        last_event_id=m["last_event_id"],
+        readers=orjson.loads(m["readers"]) if m["readers"] else [],
+    )
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+#: The advisory lock that serialises schema creation on PostgreSQL ("jobc").
+_SCHEMA_LOCK = 0x6A6F6263
+
+
+def _engine_options(url: sa.URL) -> tuple[sa.URL, str | None, dict[str, Any]]:
+    """The engine's arguments (Q6): PostgreSQL gets a connect timeout, pre-ping (connections
+    broken by a database restart are replaced, not handed out) and an optional ``?schema=``."""
+    if not url.drivername.startswith("postgresql"):
+        return url, None, {}
+    schema = url.query.get("schema")
+    if isinstance(schema, tuple):
+        schema = schema[-1]
+    if schema is not None and not _IDENTIFIER.fullmatch(schema):
+        raise Unavailable(f"invalid schema name {schema!r} in the job store URL")
+    url = url.difference_update_query(["schema"])
+    connect_args: dict[str, Any] = {}
+    if url.drivername == "postgresql+asyncpg":
+        connect_args["timeout"] = 5
+        if schema is not None:
+            connect_args["server_settings"] = {"search_path": schema}
+    else:
+        connect_args["connect_timeout"] = 5
+        if schema is not None:
+            connect_args["options"] = f"-csearch_path={schema}"
+    return url, schema, {"connect_args": connect_args, "pool_pre_ping": True}
+
+
+class SQLJobStore:
+    """A :class:`~jobcast.stores.base.JobStore` over any SQLAlchemy async URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine: AsyncEngine | None = None
+        self._sqlite = url.startswith("sqlite")
+        self._write_lock = asyncio.Lock()  # Q2
+        self._inserts: list[dict[str, Any]] = []
+        self._updates: dict[str, dict[str, Any]] = {}
+        self._batch: asyncio.Future[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        url, schema, options = _engine_options(sa.engine.make_url(self.url))
+        if self._sqlite and url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._engine = engine = create_async_engine(url, **options)
+        except (SQLAlchemyError, ImportError) as exc:
+            raise Unavailable(f"cannot use the job store {url!r}: {exc}") from exc
+        if self._sqlite:
+            sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        try:
+            async with self._write() as conn:
+                if not self._sqlite:  # Q6: instances starting together create it once
+                    await conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})"))
+                if schema is not None:  # Q6
+                    await conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+                await conn.run_sync(metadata.create_all)
+                await self._check_version(conn)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            with contextlib.suppress(Exception):
+                await self._flusher
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    async def _check_version(self, conn: AsyncConnection) -> None:
+        key = meta_table.c.key == "schema_version"
+        found = (await conn.execute(sa.select(meta_table.c.value).where(key))).scalar()
+        if found is None:  # a new database: create_all just made the current schema
+            found = str(SCHEMA_VERSION)
+            await conn.execute(meta_table.insert().values(key="schema_version", value=found))
+        version = int(found)
+        if version > SCHEMA_VERSION:
+            raise Unavailable(
+                f"the job store was written by a newer jobcast (schema {version}; this one "
+                f"knows {SCHEMA_VERSION}): upgrade jobcast"
+            )
+        while version < SCHEMA_VERSION:
+            for statement in MIGRATIONS[version]:
+                await conn.execute(sa.text(statement))
+            version += 1
+            await conn.execute(meta_table.update().where(key).values(value=str(version)))
+
+    @contextlib.asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        if self._engine is None:
+            raise Unavailable("the job store is closed")
+        try:
+            async with self._engine.connect() as conn:
+                yield conn
+        except SQLAlchemyError as exc:  # Q4
+            raise Unavailable(f"the job store failed: {exc.__class__.__name__}: {exc}") from exc
+        except OSError as exc:  # a database server that cannot be reached
+            raise Unavailable(f"the job store is unreachable: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        if self._engine is None:
+            raise Unavailable("the job store is closed")
+        async with self._write_lock:
+            try:
+                async with self._engine.begin() as conn:
+                    yield conn
+            except SQLAlchemyError as exc:  # Q4
+                raise Unavailable(f"the job store failed: {exc.__class__.__name__}: {exc}") from exc
+            except OSError as exc:
+                raise Unavailable(f"the job store failed: {exc}") from exc
+
+    async def create(self, job: Job) -> None:
+        self._inserts.append({"id": job.id, **_row_values(job)})
+        await self._commit_batch()
+
+    async def get(self, job_id: str) -> Job | None:
+        async with self._read() as conn:
+            result = await conn.execute(jobs_table.select().where(jobs_table.c.id == job_id))
+            row = result.first()
+        return None if row is None else _job(row)
+
+    async def save(self, job: Job) -> None:
+        self._updates[job.id] = {"job_id": job.id, **_row_values(job)}
+        await self._commit_batch()
+
+    async def _commit_batch(self) -> None:  # Q5
+        if self._engine is None:
+            raise Unavailable("the job store is closed")
+        if self._batch is None:
+            self._batch = asyncio.get_running_loop().create_future()
+        batch = self._batch
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_batches())
+        await asyncio.shield(batch)
+
+    async def _flush_batches(self) -> None:
+        while self._batch is not None:
+            inserts, updates, batch = self._inserts, self._updates, self._batch
+            self._inserts, self._updates, self._batch = [], {}, None
+            try:
+                async with self._write() as conn:
+                    if inserts:
+                        await conn.execute(jobs_table.insert(), inserts)
+                    if updates:
+                        await conn.execute(_UPDATE_JOB, list(updates.values()))
+            except Unavailable as exc:
+                batch.set_exception(exc)
+            else:
+                batch.set_result(None)
+
+    async def list_jobs(self, query: JobQuery) -> JobPage:
+        c = jobs_table.c
+        statement = jobs_table.select().order_by(c.id.desc()).limit(query.limit + 1)
+        if query.owner is not None:
+            statement = statement.where(c.owner == query.owner)
+        if query.states:
+            statement = statement.where(c.state.in_([s.value for s in query.states]))
+        if query.kind is not None:
+            statement = statement.where(c.kind == query.kind)
+        if query.cursor is not None:
+            statement = statement.where(c.id < query.cursor)
+        async with self._read() as conn:
+            rows = (await conn.execute(statement)).all()
+        jobs = [_job(row) for row in rows[: query.limit]]
+        more = len(rows) > query.limit
+        return JobPage(jobs, jobs[-1].id if more and jobs else None)
+
+    async def delete(self, job_id: str) -> bool:
+        async with self._write() as conn:
+            result = await conn.execute(jobs_table.delete().where(jobs_table.c.id == job_id))
+        return bool(result.rowcount)
+
+    async def in_states(self, states: Collection[JobState], limit: int) -> list[Job]:
+        c = jobs_table.c
+        statement = (
+            jobs_table.select()
+            .where(c.state.in_([s.value for s in states]))
+            .order_by(c.id)
+            .limit(limit)
+        )
+        async with self._read() as conn:
+            return [_job(row) for row in (await conn.execute(statement)).all()]
+
+    async def save_ack(self, subject: str, client_id: str, event_id: str) -> None:
+        where = (acks_table.c.subject == subject) & (acks_table.c.client_id == client_id)
+        values = {"event_id": event_id, "updated_at": time.time()}
+        async with self._write() as conn:
+            result = await conn.execute(acks_table.update().where(where).values(**values))
+            if not result.rowcount:
+                insert = acks_table.insert().values(subject=subject, client_id=client_id, **values)
+                await conn.execute(insert)
+
+    async def load_ack(self, subject: str, client_id: str) -> str | None:
+        where = (acks_table.c.subject == subject) & (acks_table.c.client_id == client_id)
+        async with self._read() as conn:
+            value = (await conn.execute(sa.select(acks_table.c.event_id).where(where))).scalar()
+        return None if value is None else str(value)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # Q2
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()

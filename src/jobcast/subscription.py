@@ -1,0 +1,197 @@
+"""One subscriber's bounded buffer between the hub and its connection.
+
+Decisions (cited in the code as S1..S4):
+
+S1. The publisher never waits for a subscriber. ``offer`` appends to a list and, if the writer
+    is asleep, wakes it; it never awaits. The writer takes everything pending in one go and
+    writes it as one chunk, so a burst costs one wake-up and one ``send`` per subscriber.
+S2. Conflation: an event whose type is conflatable (``progress`` by default) replaces a pending,
+    not yet written event of the same type on the same topic. Only a subscriber that is behind
+    has something pending, so fast subscribers see every update and slow ones see the latest.
+    The replaced slot is blanked and the new event appended, keeping ids strictly increasing.
+S3. Every other event is kept. A subscriber whose buffer passes its limit is evicted: its
+    buffer is dropped, and its connection ends with a ``retry`` hint; the client reconnects
+    with ``Last-Event-ID`` and replay fills the gap from history. Nothing is dropped silently.
+S4. Heartbeats are requested by the hub's ticker (one timer for all subscribers) and written
+    only when the connection has been quiet for a whole interval, so real traffic resets them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Collection
+from enum import StrEnum
+
+from jobcast.events import Event
+from jobcast.topics import TopicPattern
+
+
+class CloseReason(StrEnum):
+    """Why a subscription ended, as reported to the connection that carried it."""
+
+    CLIENT = "client"  # the client went away or unsubscribed
+    SLOW = "slow_consumer"  # evicted: too far behind (S3)
+    DRAIN = "draining"  # the server is shutting down or draining
+    EXPIRED = "expired"  # the credential ran out: the client must re-authenticate
+    TIME_LIMIT = "time_limit"  # the stream reached JOBCAST_MAX_STREAM_SECONDS: just reconnect
+
+
+class Subscription:
+    """A bounded, conflating event buffer with a single waiting reader."""
+
+    __slots__ = (
+        "_allowed",
+        "_conflatable",
+        "_loop",
+        "_waiter",
+        "allow",
+        "close_reason",
+        "conflate_types",
+        "ends_at",
+        "expires_at",
+        "heartbeat_due",
+        "last_write",
+        "max_pending",
+        "owner",
+        "patterns",
+        "pending",
+        "pending_count",
+        "skip_through",
+    )
+
+    def __init__(
+        self,
+        patterns: tuple[TopicPattern, ...],
+        *,
+        max_pending: int,
+        conflate_types: Collection[str] = (),
+        allow: Callable[[str], bool] | None = None,
+        owner: str | None = None,
+        expires_at: float | None = None,
+    ) -> None:
+        self.patterns = patterns
+        #: Whose stream this is (for per-subject caps), and when its credential expires.
+        self.owner = owner
+        self.expires_at = expires_at
+        #: When the stream must end anyway (hosts that cut long responses), in epoch seconds.
+        self.ends_at: float | None = None
+        self.max_pending = max_pending
+        self.conflate_types = conflate_types
+        #: Per-topic authorisation, asked once per topic (wildcards see new topics too).
+        self.allow = allow
+        self._allowed: dict[str, bool] = {}
+        self.pending: list[Event | None] = []
+        self.pending_count = 0
+        self._conflatable: dict[tuple[str, str], int] = {}
+        self._loop = asyncio.get_running_loop()
+        self._waiter: asyncio.Future[None] | None = None
+        self.close_reason: CloseReason | None = None
+        self.heartbeat_due = False
+        self.last_write = time.monotonic()
+        #: After a replay, live events up to this position are duplicates (hub.H2).
+        self.skip_through = 0
+
+    @property
+    def closed(self) -> bool:
+        return self.close_reason is not None
+
+    def allows(self, topic: str) -> bool:
+        if self.allow is None:
+            return True
+        allowed = self._allowed.get(topic)
+        if allowed is None:
+            if len(self._allowed) >= 4096:
+                self._allowed.clear()  # bound the cache; answers are cheap to recompute
+            allowed = self._allowed[topic] = self.allow(topic)
+        return allowed
+
+    def forget_access(self) -> None:
+        self._allowed.clear()
+
+    def offer(self, event: Event) -> int:
+        """Queue ``event``; return how many pending events it conflated (0 or 1).
+
+        Returns -1 when the subscription had to be evicted instead (S3).
+        """
+        if self.close_reason is not None:
+            return 0
+        conflated = 0
+        key: tuple[str, str] | None = None
+        if event.type in self.conflate_types:  # S2
+            key = (event.topic, event.type)
+            index = self._conflatable.get(key)
+            if index is not None:
+                self.pending[index] = None
+                self.pending_count -= 1
+                conflated = 1
+        if not conflated and self.pending_count >= self.max_pending:  # S3
+            self.close(CloseReason.SLOW)
+            return -1
+        pending = self.pending
+        if key is not None:
+            if len(pending) > 2 * self.pending_count + 64:
+                self._compact()
+                pending = self.pending
+            self._conflatable[key] = len(pending)
+        pending.append(event)
+        self.pending_count += 1
+        self._wake()
+        return conflated
+
+    def _compact(self) -> None:
+        """Drop blanked slots so conflation keeps the list as bounded as the count."""
+        pending: list[Event | None] = [event for event in self.pending if event is not None]
+        self.pending = pending
+        self._conflatable = {
+            (event.topic, event.type): index
+            for index, event in enumerate(pending)
+            if event is not None and event.type in self.conflate_types
+        }
+
+    def request_heartbeat(self) -> None:
+        self.heartbeat_due = True
+        self._wake()
+
+    def close(self, reason: CloseReason) -> None:
+        if self.close_reason is not None:
+            return
+        self.close_reason = reason
+        self.pending = []
+        self.pending_count = 0
+        self._conflatable.clear()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Return once there is something to write, a heartbeat is due, or it was closed."""
+        if self.pending_count or self.heartbeat_due or self.close_reason is not None:
+            return
+        waiter = self._waiter = self._loop.create_future()
+        await waiter
+
+    def take(self) -> list[Event]:
+        """Take every pending event, oldest first (S1)."""
+        pending = self.pending
+        if not pending:
+            return []
+        self.pending = []
+        self.pending_count = 0
+        self._conflatable.clear()
+        events = [event for event in pending if event is not None]
+        if self.skip_through:
+            skip = self.skip_through
+            events = [event for event in events if event.position > skip]
+            if events:
+                self.skip_through = 0  # positions only grow: nothing later can be a duplicate
+        return events
+
+    def mark_written(self) -> None:
+        self.heartbeat_due = False
+        self.last_write = time.monotonic()

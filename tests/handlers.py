@@ -1,0 +1,55 @@
+"""Job handlers for the tests, loaded like a user's module (``handlers=["tests.handlers"]``)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from jobcast.jobs import JobContext, Registry
+
+registry = Registry()
+
+
+@registry.handler("spin")
+def spin(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+    """A sync handler that reports progress as fast as it can."""
+    count = int(params.get("n", 100_000))
+    for index in range(1, count + 1):
+        ctx.progress(100 * index / count, stage="spinning")
+    return {"n": count}
+
+
+@registry.handler("wait_cancel")
+async def wait_cancel(ctx: JobContext, params: dict[str, Any]) -> None:
+    """Runs until cancelled (or its 30 s run out): for cancellation and restart tests."""
+    ctx.progress(10, stage="waiting")
+    await asyncio.sleep(30)
+
+
+@registry.handler("sync_wait")
+def sync_wait(ctx: JobContext, params: dict[str, Any]) -> None:
+    """A sync handler that stops cooperatively once cancelled."""
+    ctx.progress(10, stage="waiting")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ctx.check_cancelled()
+        time.sleep(0.005)  # simulated work between checks
+
+
+@registry.handler("slow", timeout=0.3)
+async def slow(ctx: JobContext, params: dict[str, Any]) -> None:
+    await asyncio.sleep(10)
+
+
+@registry.handler("chatty")
+async def chatty(ctx: JobContext, params: dict[str, Any]) -> str:
+    for index in range(3):
+        ctx.publish("note", {"index": index})
+        ctx.progress(30 * (index + 1))
+    return "done"
+
+
+@registry.handler("bad_result")
+async def bad_result(ctx: JobContext, params: dict[str, Any]) -> object:
+    return object()

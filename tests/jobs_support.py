@@ -1,0 +1,83 @@
+"""Helpers for the job tests: submit, poll and watch jobs on a live server."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import orjson
+
+from tests.support import EventStream, LiveServer
+
+
+async def submit(
+    client: httpx.AsyncClient,
+    server: LiveServer,
+    kind: str = "demo",
+    params: dict[str, Any] | None = None,
+    *,
+    sub: str = "alice",
+    role: str = "user",
+) -> dict[str, Any]:
+    response = await client.post(
+        f"{server.url}/api/jobs",
+        json={"kind": kind, "params": params or {}},
+        headers=server.auth(sub, role),
+    )
+    assert response.status_code == 202, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def watch(
+    client: httpx.AsyncClient,
+    server: LiveServer,
+    job_id: str,
+    *,
+    sub: str = "alice",
+    timeout: float = 10.0,
+    headers: dict[str, str] | None = None,
+) -> list[tuple[str, Any]]:
+    """Every (type, data) of a job's SSE stream until the server ends it."""
+    async with EventStream(
+        client,
+        f"{server.url}/api/jobs/{job_id}/events",
+        headers=headers or server.auth(sub),
+    ) as stream:
+        events = await stream.until_end(timeout)
+    return [(event.event or "", orjson.loads(event.data or "null")) for event in events]
+
+
+async def wait_running(
+    client: httpx.AsyncClient, server: LiveServer, job_id: str, *, sub: str = "alice"
+) -> None:
+    """Return once the job's stream reports it running (no sleeping)."""
+    async with EventStream(
+        client, f"{server.url}/api/jobs/{job_id}/events", headers=server.auth(sub)
+    ) as stream:
+        async with asyncio.timeout(10):
+            while True:
+                event = await stream.next()
+                data = orjson.loads(event.data or "null")
+                if event.event in ("snapshot", "state") and data["state"] == "running":
+                    return
+
+
+async def poll_until_done(
+    client: httpx.AsyncClient, server: LiveServer, job_id: str, *, sub: str = "alice"
+) -> list[dict[str, Any]]:
+    """Poll like a client without streams would: every snapshot until a terminal state."""
+    snapshots = []
+    async with asyncio.timeout(15):
+        while True:
+            response = await client.get(f"{server.url}/api/jobs/{job_id}", headers=server.auth(sub))
+            assert response.status_code == 200, response.text
+            snapshots.append(response.json())
+            if snapshots[-1]["state"] in ("succeeded", "failed", "cancelled"):
+                return snapshots
+            await asyncio.sleep(0.02)  # the poll interval of a polling client
+
+
+def assert_monotonic(values: list[float]) -> None:
+    assert values == sorted(values), values

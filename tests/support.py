@@ -1,0 +1,162 @@
+"""Test support: a real uvicorn server in a background thread, and an SSE reader."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from jobcast.config import Settings
+from jobcast.server.app import Jobcast
+from jobcast.wire import ServerSentEvent, SSEDecoder
+
+SECRET = "test-secret-that-is-long-enough-for-hs256"
+
+
+def make_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {"jwt_secret": SECRET}
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+@dataclass
+class LiveServer:
+    """A jobcast app served by a real uvicorn on 127.0.0.1, in its own thread and loop."""
+
+    app: FastAPI
+    host: str = "127.0.0.1"
+    port: int = 0
+    _server: uvicorn.Server | None = None
+    _thread: threading.Thread | None = None
+    _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
+
+    @property
+    def jc(self) -> Jobcast:
+        jc: Jobcast = self.app.state.jobcast
+        return jc
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> LiveServer:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="on")
+        server = self._server = uvicorn.Server(config)
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            loop.call_soon(ready.set)
+            loop.run_until_complete(server.serve(sockets=[sock]))
+            loop.close()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        for _ in range(500):
+            if server.started:
+                return self
+            if not self._thread.is_alive():
+                raise RuntimeError("server failed to start")
+            threading.Event().wait(0.01)
+        raise RuntimeError("server did not start within 5 s")
+
+    def call(self, fn: Any, *args: Any) -> None:
+        """Run ``fn(*args)`` on the server's event loop."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(fn, *args)
+
+    def run(self, coroutine: Any) -> Any:
+        """Run a coroutine on the server's loop; returns a concurrent future."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+
+    def stop(self) -> None:
+        if self._server is None or self._thread is None:
+            return
+        if self._server.started:
+            self.call(self.jc.hub.drain)  # end streams, as a SIGTERM would
+        self._server.should_exit = True
+        self._thread.join(15)
+        assert not self._thread.is_alive(), "server did not stop within 15 s"
+        self._server = None
+
+    def token(self, sub: str = "alice", role: str = "user", **kwargs: Any) -> str:
+        return self.jc.tokens.mint(sub, role=role, **kwargs)
+
+    def auth(self, sub: str = "alice", role: str = "user", **kwargs: Any) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(sub, role, **kwargs)}"}
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait for a condition that has no event to await (server state seen from a test)."""
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 - polling server state is the point
+            await asyncio.sleep(0.01)
+
+
+class EventStream:
+    """Reads an SSE response event by event; every read has a timeout."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        *,
+        params: Any = None,
+        headers: dict[str, str] | None = None,
+        comments: bool = False,
+    ) -> None:
+        self._request = client.stream("GET", url, params=params, headers=headers)
+        self.decoder = SSEDecoder(keep_comments=comments)
+        self._ready: list[ServerSentEvent] = []
+        self.response: httpx.Response | None = None
+        self._chunks: AsyncIterator[str] | None = None
+        self.ended = False
+
+    async def __aenter__(self) -> EventStream:
+        self.response = await self._request.__aenter__()
+        self._chunks = self.response.aiter_text()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._request.__aexit__(*exc)
+
+    async def next(self, timeout: float = 5.0) -> ServerSentEvent:
+        async with asyncio.timeout(timeout):
+            while not self._ready:
+                assert self._chunks is not None
+                try:
+                    chunk = await anext(self._chunks)
+                except StopAsyncIteration:
+                    self.ended = True
+                    raise EOFError("the stream ended") from None
+                self._ready.extend(self.decoder.feed(chunk))
+            return self._ready.pop(0)
+
+    async def take(self, count: int, timeout: float = 5.0) -> list[ServerSentEvent]:
+        async with asyncio.timeout(timeout):
+            return [await self.next(timeout) for _ in range(count)]
+
+    async def until_end(self, timeout: float = 5.0) -> list[ServerSentEvent]:
+        """Every remaining event until the server ends the stream."""
+        events = []
+        async with asyncio.timeout(timeout):
+            while True:
+                try:
+                    events.append(await self.next(timeout))
+                except EOFError:
+                    return events

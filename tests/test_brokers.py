@@ -1,0 +1,173 @@
+"""One contract, every broker: ids, history, replay and the gap reasons."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from jobcast.brokers import Gap, Retention
+from jobcast.brokers.base import Broker
+from jobcast.brokers.memory import MemoryBroker
+from jobcast.brokers.sqlite import SQLiteBroker
+from jobcast.events import Event, EventDraft, EventId
+from jobcast.topics import TopicPattern
+from tests.services import delete_prefix, needs_services, redis_url, unique_prefix
+
+BrokerFactory = Callable[[Retention], Broker]
+
+
+@pytest.fixture(
+    params=["memory", "sqlite", pytest.param("redis", marks=needs_services)],
+)
+def make_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BrokerFactory]:
+    if request.param == "memory":
+        yield lambda retention: MemoryBroker(retention)
+    elif request.param == "sqlite":
+        yield lambda retention: SQLiteBroker(tmp_path / "events.db", retention)
+    else:
+        from jobcast.brokers.redis import RedisBroker
+
+        prefix = unique_prefix()
+        yield lambda retention: RedisBroker(redis_url(prefix), retention)
+        delete_prefix(prefix)
+
+
+@pytest.fixture
+async def started(make_broker: BrokerFactory) -> AsyncIterator[tuple[Broker, list[Event]]]:
+    delivered: list[Event] = []
+    broker = make_broker(Retention(max_events_per_topic=5))
+    await broker.start(delivered.extend)
+    yield broker, delivered
+    await broker.close()
+
+
+def drafts(topic: str, count: int, type_: str = "t") -> list[EventDraft]:
+    return [EventDraft.create(topic, type_, {"n": n}) for n in range(count)]
+
+
+def patterns(*texts: str) -> list[TopicPattern]:
+    return [TopicPattern.parse(text) for text in texts]
+
+
+async def trim(broker: Broker) -> None:
+    trim = getattr(broker, "trim", None)
+    if trim is not None:
+        await trim()
+
+
+async def test_positions_increase_and_every_event_is_delivered(
+    started: tuple[Broker, list[Event]],
+) -> None:
+    broker, delivered = started
+    first = await broker.publish(drafts("a", 3))
+    second = await broker.publish(drafts("b", 2))
+    positions = [e.position for e in first + second]
+    assert positions == sorted(positions) and len(set(positions)) == 5
+    assert [e.id for e in delivered] == [e.id for e in first + second]
+    assert {e.epoch for e in delivered} == {broker.epoch}
+
+
+async def test_replay_returns_what_was_missed_on_the_requested_topics(
+    started: tuple[Broker, list[Event]],
+) -> None:
+    broker, _ = started
+    events = await broker.publish([*drafts("jobs/1", 2), *drafts("jobs/2", 2), *drafts("other", 2)])
+    after = EventId(broker.epoch, events[0].position)
+    replay = await broker.replay(patterns("jobs/*"), after, limit=100)
+    assert replay.gap is None
+    assert [e.id for e in replay.events] == [e.id for e in events[1:4]]
+    assert replay.head == EventId(broker.epoch, events[-1].position)
+    exact = await broker.replay(patterns("other"), after, limit=100)
+    assert [e.data for e in exact.events] == [{"n": 0}, {"n": 1}]
+
+
+async def test_replay_from_the_head_is_empty_and_complete(
+    started: tuple[Broker, list[Event]],
+) -> None:
+    broker, _ = started
+    events = await broker.publish(drafts("a", 2))
+    replay = await broker.replay(patterns("a"), EventId(broker.epoch, events[-1].position), 10)
+    assert replay.events == [] and replay.gap is None
+
+
+async def test_replay_reports_trimmed_history(started: tuple[Broker, list[Event]]) -> None:
+    broker, _ = started
+    events = await broker.publish(drafts("a", 8))  # retention keeps 5
+    await broker.publish(drafts("b", 1))
+    await trim(broker)
+    too_old = EventId(broker.epoch, events[0].position)
+    assert (await broker.replay(patterns("a"), too_old, 100)).gap == Gap.TRIMMED
+    assert (await broker.replay(patterns("*"), too_old, 100)).gap == Gap.TRIMMED
+    # topic b lost nothing: a client of b alone resumes normally
+    replay_b = await broker.replay(patterns("b"), too_old, 100)
+    assert replay_b.gap is None and len(replay_b.events) == 1
+    covered = EventId(broker.epoch, events[2].position)
+    replay = await broker.replay(patterns("a"), covered, 100)
+    assert replay.gap is None
+    assert [e.position for e in replay.events] == [e.position for e in events[3:]]
+
+
+async def test_replay_reports_foreign_and_future_ids(started: tuple[Broker, list[Event]]) -> None:
+    broker, _ = started
+    await broker.publish(drafts("a", 1))
+    assert (await broker.replay(patterns("a"), EventId("other", 1), 10)).gap == Gap.HISTORY_LOST
+    assert (await broker.replay(patterns("a"), EventId(broker.epoch, 99), 10)).gap == Gap.UNKNOWN_ID
+
+
+async def test_replay_larger_than_the_limit_is_a_gap(started: tuple[Broker, list[Event]]) -> None:
+    broker, _ = started
+    await broker.publish(drafts("a", 4))
+    assert (
+        await broker.replay(patterns("a"), EventId(broker.epoch, 0), 3)
+    ).gap == Gap.TOO_FAR_BEHIND
+
+
+async def test_sqlite_history_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    first = SQLiteBroker(path, Retention())
+    await first.start(lambda events: None)
+    published = await first.publish(drafts("a", 3))
+    await first.close()
+
+    second = SQLiteBroker(path, Retention())
+    await second.start(lambda events: None)
+    try:
+        assert second.epoch == first.epoch
+        replay = await second.replay(patterns("a"), EventId(first.epoch, published[0].position), 10)
+        assert [e.data for e in replay.events] == [{"n": 1}, {"n": 2}]
+        (later,) = await second.publish(drafts("a", 1))
+        assert later.position > published[-1].position  # positions are never reused
+    finally:
+        await second.close()
+
+
+async def test_sqlite_positions_are_not_reused_after_every_event_is_trimmed(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    broker = SQLiteBroker(path, Retention(max_events_per_topic=1, max_age_seconds=0.0001))
+    await broker.start(lambda events: None)
+    published = await broker.publish(drafts("a", 3))
+    await broker.trim()
+    await broker.close()
+    again = SQLiteBroker(path, Retention())
+    await again.start(lambda events: None)
+    try:
+        (event,) = await again.publish(drafts("a", 1))
+        assert event.position == published[-1].position + 1
+        gap = await again.replay(patterns("a"), EventId(again.epoch, published[0].position), 10)
+        assert gap.gap == Gap.TRIMMED
+    finally:
+        await again.close()
+
+
+async def test_memory_age_retention_expires_topics() -> None:
+    broker = MemoryBroker(Retention(max_age_seconds=0.0))
+    await broker.start(lambda events: None)
+    try:
+        events = await broker.publish(drafts("a", 2))
+        broker.trim_expired()
+        replay = await broker.replay(patterns("a"), EventId(broker.epoch, events[0].position), 10)
+        assert replay.gap == Gap.TRIMMED
+    finally:
+        await broker.close()

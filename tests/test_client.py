@@ -1,0 +1,183 @@
+"""``jobcast.client``: both clients end to end against a real server, and the typed errors."""
+
+from __future__ import annotations
+
+import ast
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+import jobcast.client as client_module
+from jobcast.client import (
+    AsyncClient,
+    AuthError,
+    BadRequest,
+    Client,
+    ConflictError,
+    ConnectionFailed,
+    Event,
+    ForbiddenError,
+    JobState,
+    NotFoundError,
+    WaitTimeout,
+)
+from jobcast.server.app import create_app
+from tests.support import LiveServer, make_settings
+
+DEMO = {"steps": 4, "delay": 0.05}
+
+
+def events_of(items: list[object]) -> list[Event]:
+    return [item for item in items if isinstance(item, Event)]
+
+
+def test_public_api_is_sorted_and_complete() -> None:
+    assert client_module.__all__ == sorted(client_module.__all__)
+    for name in client_module.__all__:
+        assert hasattr(client_module, name)
+
+
+def test_the_client_never_imports_the_server() -> None:
+    for path in Path(client_module.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert not (node.module or "").startswith("jobcast.server"), path.name
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("jobcast.server") for a in node.names), path.name
+
+
+def test_sync_client_submits_watches_and_lists(server: LiveServer) -> None:
+    with Client(server.url, token=server.token("alice")) as client:
+        job = client.submit("demo", DEMO)
+        assert job.kind == "demo"
+        assert job.state in (JobState.QUEUED, JobState.RUNNING)
+        events = events_of(list(client.watch(job.id)))
+        assert events[0].type == "snapshot"
+        assert events[-1].type == "succeeded"
+        assert events[-1].job is not None
+        assert events[-1].job.result == {"steps": 4}
+        ids = [event.id for event in events if event.id and event.type != "snapshot"]
+        assert len(ids) == len(set(ids))
+        progress = [event.data["progress"] for event in events if event.type == "progress"]
+        assert progress == sorted(progress)
+        assert client.get(job.id).state is JobState.SUCCEEDED
+        assert client.wait(job.id, timeout=5).state is JobState.SUCCEEDED
+        page = client.list(state="succeeded", kind="demo")
+        assert [listed.id for listed in page.jobs] == [job.id]
+        assert client.list(state=["running", "queued"]).jobs == []
+        with pytest.raises(ConflictError) as caught:
+            client.cancel(job.id)
+        assert caught.value.status == 409
+        client.delete(job.id)
+        with pytest.raises(NotFoundError):
+            client.get(job.id)
+
+
+def test_sync_cancel_and_wait_timeout(server: LiveServer) -> None:
+    with Client(server.url, token=server.token("alice")) as client:
+        job = client.submit("demo", {"steps": 50, "delay": 0.2})
+        with pytest.raises(WaitTimeout):
+            client.wait(job.id, timeout=0.3)
+        assert client.cancel(job.id).id == job.id
+        assert client.wait(job.id, timeout=5).state is JobState.CANCELLED
+
+
+def test_sync_upload(server: LiveServer, tmp_path: Path) -> None:
+    path = tmp_path / "recording.bin"
+    path.write_bytes(b"x" * 100_000)
+    with Client(server.url, token=server.token("alice")) as client:
+        job = client.submit("ingest", file=path)
+        assert job.input is not None
+        assert job.input["filename"] == "recording.bin"
+        assert job.input["size"] == 100_000
+        assert client.wait(job.id, timeout=10).state is JobState.SUCCEEDED
+        other = client.submit("ingest", file=("inline.bin", b"abc"))
+        assert other.input is not None and other.input["size"] == 3
+
+
+def test_sync_publish_and_subscribe(server: LiveServer) -> None:
+    with Client(server.url, token=server.token("svc", "service")) as client:
+        first = client.publish("videos/1", "video.status", {"n": 0})
+        stream = client.subscribe(["videos/1"], last_event_id=first)
+        ids = [client.publish("videos/1", "video.status", {"n": n}) for n in (1, 2)]
+        got = [next(stream), next(stream)]
+        stream.close()
+        assert [event.id for event in events_of(got)] == ids
+        assert [event.data for event in events_of(got)] == [{"n": 1}, {"n": 2}]
+
+
+async def test_async_client_end_to_end(server: LiveServer) -> None:
+    async with AsyncClient(server.url, token=server.token("svc", "service")) as client:
+        job = await client.submit("demo", DEMO)
+        items = [item async for item in client.watch(job.id)]
+        events = events_of(items)
+        assert (events[0].type, events[-1].type) == ("snapshot", "succeeded")
+        assert (await client.wait(job.id, timeout=5)).result == {"steps": 4}
+        assert (await client.get(job.id)).progress == 100.0
+        assert [j.id for j in (await client.list(kind="demo")).jobs] == [job.id]
+        first = await client.publish("videos/2", "video.status", {"n": 0})
+        stream = client.subscribe("videos/2", last_event_id=first)
+        published = await client.publish("videos/2", "video.status", {"n": 1})
+        item = await anext(stream)
+        await stream.aclose()
+        assert isinstance(item, Event)
+        assert (item.id, item.type, item.data) == (published, "video.status", {"n": 1})
+        slow = await client.submit("demo", {"steps": 20, "delay": 0.2})
+        with pytest.raises(WaitTimeout):
+            await client.wait(slow.id, timeout=0.2)
+        assert (await client.cancel(slow.id)).id == slow.id
+
+
+def test_typed_errors(server: LiveServer) -> None:
+    with Client(server.url) as anonymous, pytest.raises(AuthError) as unauthorized:
+        anonymous.list()
+    assert unauthorized.value.status == 401
+    assert unauthorized.value.error == "unauthorized"
+    with Client(server.url, token="not-a-jwt") as bad, pytest.raises(AuthError) as invalid:
+        bad.list()
+    assert invalid.value.reason
+    with Client(server.url, token=server.token("alice")) as client:
+        with pytest.raises(ForbiddenError) as forbidden:
+            client.publish("videos/1", "video.status", {})
+        assert (forbidden.value.status, forbidden.value.error) == (403, "forbidden")
+        with pytest.raises(NotFoundError) as missing:
+            client.get("ffffffffffffffff000000")
+        assert missing.value.status == 404
+        assert missing.value.message
+        with pytest.raises(BadRequest) as invalid_kind:
+            client.submit("no-such-kind", {})
+        assert (invalid_kind.value.status, invalid_kind.value.error) == (422, "invalid_input")
+        with pytest.raises(NotFoundError):
+            next(iter(client.watch("ffffffffffffffff000000")))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with Client(f"http://127.0.0.1:{port}", token="t") as nowhere, pytest.raises(ConnectionFailed):
+        nowhere.get("x")
+
+
+async def test_in_process_app_through_an_injected_transport(tmp_path: Path) -> None:
+    app = create_app(make_settings(data_dir=tmp_path))
+    async with app.router.lifespan_context(app):
+        token = app.state.jobcast.tokens.mint("alice", role="user")
+        transport = httpx.ASGITransport(app=app)
+        async with AsyncClient("http://jobcast", token=token, transport=transport) as client:
+            job = await client.submit("demo", {"steps": 1, "delay": 0})
+            assert (await client.get(job.id)).id == job.id
+
+
+def test_token_may_be_a_function(server: LiveServer) -> None:
+    calls: list[int] = []
+
+    def token() -> str:
+        calls.append(1)
+        return server.token("alice")
+
+    make: Callable[[], Client] = lambda: Client(server.url, token=token)  # noqa: E731
+    with make() as client:
+        client.list()
+        client.list()
+    assert len(calls) == 2

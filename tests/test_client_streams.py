@@ -1,0 +1,213 @@
+"""Client streams against real servers: resume across a restart, reset, reauth, polling."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from jobcast.client import (
+    AsyncClient,
+    Client,
+    Event,
+    JobState,
+    Reauth,
+    ReconnectPolicy,
+    Reset,
+    StreamItem,
+)
+from jobcast.server.app import create_app
+from tests.support import LiveServer, make_settings
+
+T = TypeVar("T")
+FAST = ReconnectPolicy(initial_delay=0.05, max_delay=0.5, read_timeout=5)
+
+
+def take(items: Iterator[T], count: int, timeout: float = 10.0) -> list[T]:
+    """The next ``count`` items of a blocking iterator, or a failure after ``timeout``."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: [next(items) for _ in range(count)]).result(timeout)
+
+
+def start(data_dir: Path, port: int = 0) -> LiveServer:
+    settings = make_settings(data_dir=data_dir, heartbeat_interval=0.2)
+    return LiveServer(create_app(settings), port=port).start()
+
+
+def test_subscribe_resumes_across_a_restart_without_loss_or_duplicates(tmp_path: Path) -> None:
+    first = start(tmp_path)
+    second: LiveServer | None = None
+    token = first.token("svc", "service")
+    client = Client(first.url, token=token, reconnect=FAST)
+    try:
+        seed = client.publish("videos/9", "status", {"n": 0})
+        stream = client.subscribe("videos/9", last_event_id=seed)
+        ids = [client.publish("videos/9", "status", {"n": n}) for n in (1, 2, 3)]
+        got = take(stream, 3)
+        first.stop()  # drains: the stream ends with a retry hint, then the port refuses
+        second = start(tmp_path, first.port)
+        ids += [client.publish("videos/9", "status", {"n": n}) for n in (4, 5, 6)]
+        got += take(stream, 3)
+        ids.append(client.publish("videos/9", "status", {"n": 7}))
+        got += take(stream, 1)
+        stream.close()
+    finally:
+        client.close()
+        first.stop()
+        if second is not None:
+            second.stop()
+    events = [item for item in got if isinstance(item, Event)]
+    assert [event.id for event in events] == ids
+    assert [event.data["n"] for event in events] == [1, 2, 3, 4, 5, 6, 7]
+
+
+async def test_watch_resumes_across_a_restart(tmp_path: Path) -> None:
+    first = start(tmp_path)
+    second: LiveServer | None = None
+    items: list[StreamItem] = []
+    try:
+        async with AsyncClient(first.url, token=first.token(), reconnect=FAST) as client:
+            job = await client.submit("demo", {"steps": 8, "delay": 0.15})
+            async with asyncio.timeout(30):
+                stream = client.watch(job.id)
+                async for item in stream:
+                    items.append(item)
+                    if isinstance(item, Event) and item.type == "progress" and second is None:
+                        await asyncio.to_thread(first.stop)
+                        second = await asyncio.to_thread(start, tmp_path, first.port)
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+    events = [item for item in items if isinstance(item, Event)]
+    assert events[-1].type == "succeeded"
+    assert sum(event.terminal for event in events) == 1
+    ids = [event.id for event in events if event.id and event.type != "snapshot"]
+    assert len(ids) == len(set(ids))
+
+
+def test_reset_is_surfaced(server: LiveServer) -> None:
+    with Client(server.url, token=server.token("svc", "service"), reconnect=FAST) as client:
+        client.publish("videos/3", "status", {"n": 0})
+        stream = client.subscribe(["videos/3"], last_event_id="another-history-5")
+        (reset,) = take(stream, 1)
+        assert isinstance(reset, Reset)
+        assert reset.reason == "history_lost"
+        assert reset.last_event_id == "another-history-5"
+        published = client.publish("videos/3", "status", {"n": 1})
+        (event,) = take(stream, 1)
+        stream.close()
+    assert isinstance(event, Event)
+    assert event.id == published
+
+
+async def test_reauth_is_surfaced_and_a_fresh_token_resumes(server: LiveServer) -> None:
+    tokens = iter([server.token("alice", ttl=1.0)])
+    fresh = server.token("alice", ttl=600)
+    publisher = server.token("svc", "service")
+
+    async with (
+        AsyncClient(server.url, token=lambda: next(tokens, fresh), reconnect=FAST) as client,
+        AsyncClient(server.url, token=publisher) as service,
+    ):
+        seed = await service.publish("public/1", "status", {"n": 0})
+        stream = client.subscribe("public/1", last_event_id=seed)
+        async with asyncio.timeout(10):
+            assert isinstance(await anext(stream), Reauth)
+            published = await service.publish("public/1", "status", {"n": 1})
+            event = await anext(stream)
+        await stream.aclose()
+    assert isinstance(event, Event)
+    assert event.id == published
+
+
+# -- polling when streaming is impossible ----------------------------------------------------
+
+
+class Proxy(LiveServer):
+    """A proxy that forwards everything but job streams, which it buffers or breaks."""
+
+    def stop(self) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(15)
+            self._server = None
+
+
+def buffering_proxy(upstream: str, mode: str) -> Starlette:
+    async def until_disconnect(request: Request) -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    async def job_events(request: Request) -> Response:
+        if mode == "no-headers":  # holds the whole response
+            await until_disconnect(request)
+            return Response(status_code=504)
+        if mode == "empty":  # the stream ends at once, every time
+            return Response(b"", media_type="text/event-stream")
+
+        async def body() -> Any:  # headers go out, the body is held back
+            await until_disconnect(request)
+            yield b""
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    async def forward(request: Request) -> Response:
+        async with httpx.AsyncClient(base_url=upstream) as http:
+            answer = await http.request(
+                request.method,
+                request.url.path,
+                params=request.query_params,
+                headers={"authorization": request.headers.get("authorization", "")},
+                content=await request.body(),
+            )
+        return Response(answer.content, answer.status_code, media_type="application/json")
+
+    methods = ["GET", "POST", "DELETE"]
+    return Starlette(
+        routes=[
+            Route("/api/jobs/{job_id}/events", job_events),
+            Route("/{path:path}", forward, methods=methods),
+        ]
+    )
+
+
+@pytest.fixture(params=["no-headers", "no-body", "empty"])
+def proxy(request: pytest.FixtureRequest, server: LiveServer) -> Iterator[Proxy]:
+    running = Proxy(buffering_proxy(server.url, request.param)).start()  # type: ignore[arg-type]
+    yield running
+    running.stop()
+
+
+POLLING = ReconnectPolicy(
+    first_byte_timeout=0.5, initial_delay=0.05, max_delay=0.2, poll_interval=0.1
+)
+
+
+def test_sync_watch_falls_back_to_polling(server: LiveServer, proxy: Proxy) -> None:
+    with Client(proxy.url, token=server.token(), reconnect=POLLING) as client:
+        job = client.submit("demo", {"steps": 3, "delay": 0.1})
+        items = take(client.watch(job.id), 1, timeout=15)
+        final = client.wait(job.id, timeout=15)
+    assert isinstance(items[0], Event) and items[0].polled
+    assert final.state is JobState.SUCCEEDED
+
+
+async def test_async_watch_falls_back_to_polling(server: LiveServer, proxy: Proxy) -> None:
+    async with AsyncClient(proxy.url, token=server.token(), reconnect=POLLING) as client:
+        job = await client.submit("demo", {"steps": 3, "delay": 0.1})
+        async with asyncio.timeout(15):
+            events = [item async for item in client.watch(job.id)]
+    assert all(isinstance(item, Event) and item.polled for item in events)
+    assert isinstance(events[0], Event) and isinstance(events[-1], Event)
+    assert events[0].type in ("snapshot", "succeeded")
+    assert events[-1].type == "succeeded"

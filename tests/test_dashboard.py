@@ -1,0 +1,195 @@
+"""The dashboard in a real browser (Chromium through Playwright) against real servers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from tests.browser_support import chromium, open_page, screenshot, sign_in, start_server
+from tests.support import LiveServer
+
+# Playwright's sync API runs its own event loop; these tests are synchronous on purpose.
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium() as browser:
+        yield browser
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    with open_page(browser, viewport={"width": 1100, "height": 700}) as page:
+        yield page
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[LiveServer]:
+    server = start_server(tmp_path / "data")
+    yield server
+    server.stop()
+
+
+def submitted_job_id(page: Page) -> str:
+    link = page.locator("#submit-status a")
+    expect(link).to_be_visible()
+    return link.inner_text()
+
+
+def test_routes_are_served_and_not_in_the_schema(server: LiveServer) -> None:
+    index = httpx.get(server.url + "/")
+    assert index.status_code == 200
+    assert index.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in index.headers["content-security-policy"]
+    client = httpx.get(server.url + "/static/jobcast.js")
+    assert client.headers["content-type"].startswith("text/javascript")
+    assert "export function watchJob" in client.text
+    assert httpx.get(server.url + "/static/..%2Fapp.py").status_code == 404
+    assert httpx.get(server.url + "/static/nothing.js").status_code == 404
+    paths = httpx.get(server.url + "/openapi.json").json()["paths"]
+    assert "/" not in paths
+    assert not any(path.startswith("/static") for path in paths)
+
+
+def test_an_upload_submitted_from_the_page_reaches_100_percent(
+    page: Page, server: LiveServer, tmp_path: Path
+) -> None:
+    sign_in(page, server)
+    expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+    page.get_by_label("Kind").fill("ingest")
+    page.get_by_label("Parameters (JSON)").fill("{}")
+    content = b"line of text\n" * 200_000  # 2.6 MB: the upload bar has something to show
+    page.get_by_label("File (optional").set_input_files(
+        {"name": "data.txt", "mimeType": "text/plain", "buffer": content}
+    )
+    page.get_by_role("button", name="Submit").click()
+    job_id = submitted_job_id(page)
+    expect(page.locator("#upload-text")).to_have_text("100%")
+    job_row = page.locator(f'tr[data-job-id="{job_id}"]')
+    expect(job_row.locator(".progress-text")).to_have_text("100%")
+    expect(job_row.locator(".badge")).to_have_text("succeeded")
+    screenshot(page, "jobs", tmp_path)
+
+    job_row.get_by_role("link").click()
+    expect(page.locator("#job-title")).to_have_text(f"Job {job_id}")
+    expect(page.locator("#job-result")).to_contain_text('"lines": 200000')
+    expect(page.locator("#job-log")).to_contain_text("succeeded")
+    screenshot(page, "job", tmp_path)
+
+
+def test_the_page_reconnects_after_a_restart_and_shows_the_final_state(
+    page: Page, server: LiveServer, tmp_path: Path
+) -> None:
+    sign_in(page, server)
+    page.evaluate("window.notReloaded = true")
+    page.get_by_label("Parameters (JSON)").fill('{"steps": 40, "delay": 0.1}')
+    page.get_by_role("button", name="Submit").click()
+    job_id = submitted_job_id(page)
+    job_row = page.locator(f'tr[data-job-id="{job_id}"]')
+    expect(job_row.locator(".badge")).to_have_text("running")
+    expect(job_row.locator(".progress-text")).not_to_have_text("0%")
+
+    port = server.port
+    server.stop()
+    expect(page.locator("#connection-text")).to_have_text("reconnecting")
+    screenshot(page, "reconnecting", tmp_path)
+    restarted = start_server(tmp_path / "data", port=port)
+    try:
+        expect(page.locator("#connection-text")).to_have_text("open")
+        expect(job_row.locator(".badge")).to_have_text("succeeded")
+        expect(job_row.locator(".progress-text")).to_have_text("100%")
+        assert page.evaluate("window.notReloaded") is True
+    finally:
+        restarted.stop()
+
+
+def test_another_users_job_never_appears(page: Page, server: LiveServer) -> None:
+    sign_in(page, server, "alice")
+    bobs = httpx.post(
+        server.url + "/api/jobs",
+        json={"kind": "demo", "params": {"steps": 3, "delay": 0.05}},
+        headers=server.auth("bob"),
+    ).json()
+    page.get_by_label("Parameters (JSON)").fill('{"steps": 3, "delay": 0.05}')
+    page.get_by_role("button", name="Submit").click()
+    alices = submitted_job_id(page)
+    # Bob's job was published before Alice's finished: had it leaked, it would be here by now.
+    expect(page.locator(f'tr[data-job-id="{alices}"] .badge')).to_have_text("succeeded")
+    expect(page.locator(f'tr[data-job-id="{bobs["id"]}"]')).to_have_count(0)
+    expect(page.locator("#jobs-body tr")).to_have_count(1)
+    page.goto(f"{server.url}/#/jobs/{bobs['id']}")
+    expect(page.locator("#job-log")).to_contain_text("error")
+
+
+def test_the_stream_inspector_shows_raw_frames(
+    page: Page, server: LiveServer, tmp_path: Path
+) -> None:
+    sign_in(page, server)
+    page.get_by_role("link", name="Stream inspector").click()
+    page.get_by_label("Topics").fill("videos/42")
+    page.get_by_role("button", name="Tail").click()
+    frames = page.locator("#frames")
+    expect(frames).to_contain_text("# open")
+    httpx.post(
+        server.url + "/api/events",
+        json={"topic": "videos/42", "type": "video.status", "data": {"progress": 40}},
+        headers=server.auth("worker", "service"),
+    ).raise_for_status()
+    expect(frames).to_contain_text("event: video.status")
+    expect(frames).to_contain_text('data: {"progress":40}')
+    screenshot(page, "inspector", tmp_path)
+
+
+def test_keyboard_and_phone_sized_screen(
+    browser: Browser, server: LiveServer, tmp_path: Path
+) -> None:
+    with open_page(browser, viewport={"width": 375, "height": 700}, is_mobile=True) as page:
+        page.goto(server.url + "/")
+        page.keyboard.press("Tab")  # the skip link first
+        expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+        token = page.get_by_label("Access token")
+        token.focus()
+        token.fill(server.token("alice"))
+        page.keyboard.press("Enter")
+        expect(page.get_by_role("heading", name="Jobs")).to_be_visible()
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 375, f"the page scrolls sideways on a phone: {width}px"
+        screenshot(page, "phone", tmp_path)
+
+
+def test_cookie_session_sign_in(page: Page, server: LiveServer) -> None:
+    page.goto(server.url + "/")
+    page.get_by_label("Access token").fill(server.token("carol"))
+    page.get_by_label("Use a cookie session").check()
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+    assert page.evaluate("sessionStorage.getItem('jobcast.token')") is None
+    page.get_by_label("Parameters (JSON)").fill('{"steps": 2, "delay": 0.05}')
+    page.get_by_role("button", name="Submit").click()  # a POST with the CSRF header
+    job_id = submitted_job_id(page)
+    expect(page.locator(f'tr[data-job-id="{job_id}"] .badge')).to_have_text("succeeded")
+
+
+def test_a_failed_job_shows_its_error_and_a_running_one_can_be_cancelled(
+    page: Page, server: LiveServer
+) -> None:
+    sign_in(page, server)
+    page.get_by_label("Parameters (JSON)").fill('{"steps": 3, "delay": 0.05, "fail_at": 2}')
+    page.get_by_role("button", name="Submit").click()
+    page.locator("#submit-status a").click()
+    expect(page.locator("#job-result")).to_contain_text("demo failure at step 2")
+    expect(page.locator("#job-result")).to_have_class("failed")
+
+    page.get_by_role("link", name="All jobs").click()
+    page.get_by_label("Parameters (JSON)").fill('{"steps": 100, "delay": 0.2}')
+    page.get_by_role("button", name="Submit").click()
+    job_id = submitted_job_id(page)
+    page.locator("#submit-status a").click()
+    page.get_by_role("button", name="Cancel job").click()
+    expect(page.locator("#job-log")).to_contain_text("cancelled")
+    page.get_by_role("link", name="All jobs").click()
+    expect(page.locator(f'tr[data-job-id="{job_id}"] .badge')).to_have_text("cancelled")

@@ -1,0 +1,139 @@
+"""Job submissions with files: limits enforced while streaming, and nothing left behind."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from jobcast.server.uploads import display_filename
+from tests.support import LiveServer
+
+BOUNDARY = "jobcast-test-boundary"
+
+
+def leftovers(server: LiveServer) -> list[Path]:
+    uploads = server.jc.settings.data_dir / "uploads"
+    return sorted(uploads.iterdir()) if uploads.exists() else []
+
+
+async def multipart_stream(size: int, chunk: bytes, kind: str = "ingest") -> AsyncIterator[bytes]:
+    """A multipart body with a ``size``-byte file, generated as it is sent (never in memory)."""
+    yield (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="kind"\r\n\r\n{kind}\r\n'
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="big.bin"'
+        "\r\nContent-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    sent = 0
+    while sent < size:
+        piece = chunk if size - sent >= len(chunk) else chunk[: size - sent]
+        sent += len(piece)
+        yield piece
+    yield f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+async def post_stream(
+    client: httpx.AsyncClient, server: LiveServer, body: AsyncIterator[bytes]
+) -> httpx.Response:
+    return await client.post(
+        f"{server.url}/api/jobs",
+        content=body,
+        headers={
+            **server.auth(),
+            "Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
+        },
+    )
+
+
+async def test_a_2gb_limit_is_enforced_while_streaming(
+    make_server: Callable[..., LiveServer],
+) -> None:
+    limit = 2 * 1024**3
+    server = make_server(max_upload_bytes=limit)
+    chunk = bytes(1024 * 1024)
+    async with httpx.AsyncClient(timeout=120) as client:
+        response = await post_stream(client, server, multipart_stream(limit + len(chunk), chunk))
+    assert response.status_code == 413
+    assert response.json()["error"] == "payload_too_large"
+    assert leftovers(server) == []
+
+
+async def test_a_declared_length_over_the_limit_is_refused_before_reading(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    server = make_server(max_upload_bytes=1000)
+    response = await client.post(
+        f"{server.url}/api/jobs",
+        data={"kind": "ingest"},
+        files={"file": ("a.bin", bytes(200_000), "application/octet-stream")},
+        headers=server.auth(),
+    )
+    assert response.status_code == 413
+    assert leftovers(server) == []
+
+
+async def test_a_chunked_body_over_a_small_limit_is_413(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    server = make_server(max_upload_bytes=100_000)
+    response = await post_stream(client, server, multipart_stream(300_000, bytes(16_384)))
+    assert response.status_code == 413
+    assert leftovers(server) == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "content_type", "fragment"),
+    [
+        ({"kind": "nope"}, "text/plain", "unknown job kind"),
+        ({"kind": "ingest", "params": "{not json"}, "text/plain", "not valid JSON"),
+        ({"kind": "ingest", "params": '{"x": 1}'}, "text/plain", "invalid params"),
+        ({"kind": "ingest"}, "image/png", "not accepted"),
+    ],
+)
+async def test_refused_uploads_leave_nothing_behind(
+    make_server: Callable[..., LiveServer],
+    client: httpx.AsyncClient,
+    fields: dict[str, str],
+    content_type: str,
+    fragment: str,
+) -> None:
+    server = make_server(upload_content_types=["text/plain", "text/csv"])
+    response = await client.post(
+        f"{server.url}/api/jobs",
+        data=fields,
+        files={"file": ("a.txt", b"hello", content_type)},
+        headers=server.auth(),
+    )
+    assert response.status_code == 422
+    assert fragment in response.json()["message"]
+    assert leftovers(server) == []
+
+
+async def test_a_json_body_over_the_body_limit_is_413(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    server = make_server(max_body_bytes=1000)
+    response = await client.post(
+        f"{server.url}/api/jobs",
+        json={"kind": "demo", "params": {"pad": "x" * 5000}},
+        headers=server.auth(),
+    )
+    assert response.status_code == 413
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("report.pdf", "report.pdf"),
+        ("../../etc/passwd", "passwd"),
+        ("C:\\Users\\me\\a.txt", "a.txt"),
+        ("a\x00b\r\nc.txt", "abc.txt"),
+        ("", "upload"),
+        ("..", ".."),
+        ("x" * 300, "x" * 255),
+    ],
+)
+def test_display_filenames_are_never_paths(raw: str, shown: str) -> None:
+    assert display_filename(raw) == shown

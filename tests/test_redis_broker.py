@@ -1,0 +1,115 @@
+"""The Redis broker beyond the shared contract: instances, retention, lost history, outages."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis
+
+from jobcast.brokers import Gap, Retention
+from jobcast.brokers.redis import RedisBroker
+from jobcast.errors import Unavailable
+from jobcast.events import Event, EventDraft, EventId
+from jobcast.topics import TopicPattern
+from tests.services import REDIS_URL, needs_services, redis_prefix, redis_url
+
+pytestmark = needs_services
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    yield from redis_prefix()
+
+
+@pytest.fixture
+async def pair(prefix: str) -> AsyncIterator[tuple[RedisBroker, RedisBroker, list[Event]]]:
+    """Two instances sharing one Redis; the second one's deliveries are recorded."""
+    first = RedisBroker(redis_url(prefix), Retention())
+    second = RedisBroker(redis_url(prefix), Retention())
+    seen: list[Event] = []
+    await first.start(lambda events: None)
+    await second.start(seen.extend)
+    yield first, second, seen
+    await first.close()
+    await second.close()
+
+
+def draft(topic: str, type_: str = "t", n: int = 0) -> EventDraft:
+    return EventDraft.create(topic, type_, {"n": n})
+
+
+async def until(predicate: object, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():  # type: ignore[operator]  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+async def test_events_published_on_one_instance_reach_the_other_in_order(
+    pair: tuple[RedisBroker, RedisBroker, list[Event]],
+) -> None:
+    first, second, seen = pair
+    assert first.epoch == second.epoch
+    published = []
+    for n in range(20):
+        published += await (first if n % 2 else second).publish([draft("a", n=n)])
+    await until(lambda: len(seen) == 20)
+    assert [e.id for e in seen] == [e.id for e in published]
+    # the other instance answers a resume from an id it delivered itself
+    replay = await first.replay([TopicPattern.parse("a")], EventId.parse(seen[4].id), 100)  # type: ignore[arg-type]
+    assert [e.id for e in replay.events] == [e.id for e in published[5:]]
+
+
+async def test_job_topics_outlive_the_age_limit_until_their_grace_ends(prefix: str) -> None:
+    broker = RedisBroker(
+        redis_url(prefix),
+        Retention(max_age_seconds=0.0001, job_grace_seconds=0.0),
+        trim_interval=3600,
+    )
+    await broker.start(lambda events: None)
+    try:
+        job = await broker.publish([draft("jobs/1", "progress"), draft("news")])
+        await asyncio.sleep(0.01)  # the age limit is 0.1 ms: let the events age past it
+        await broker.trim()
+        start = EventId(broker.epoch, 0)
+        kept = await broker.replay([TopicPattern.parse("jobs/1")], start, 10)
+        assert kept.gap is None and [e.id for e in kept.events] == [job[0].id]
+        gone = await broker.replay([TopicPattern.parse("news")], start, 10)
+        assert gone.gap == Gap.TRIMMED
+        await broker.publish([draft("jobs/1", "succeeded")])
+        await broker.trim()  # grace 0: the finished job's history goes
+        after_end = await broker.replay([TopicPattern.parse("jobs/1")], start, 10)
+        assert after_end.gap == Gap.TRIMMED
+    finally:
+        await broker.close()
+
+
+async def test_a_flushed_history_starts_a_new_epoch_and_ends_streams(
+    pair: tuple[RedisBroker, RedisBroker, list[Event]], prefix: str
+) -> None:
+    first, second, seen = pair
+    lost = asyncio.Event()
+    second.on_history_lost = lost.set
+    (old,) = await first.publish([draft("a")])
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"{prefix}*"))
+    client.delete(*keys)  # what a Redis restart without persistence does to us
+    client.close()
+    (new,) = await first.publish([draft("a", n=1)])
+    assert new.epoch != old.epoch
+    async with asyncio.timeout(5):
+        await lost.wait()
+    await until(lambda: seen[-1].id == new.id)
+    replay = await second.replay([TopicPattern.parse("a")], EventId.parse(old.id), 10)  # type: ignore[arg-type]
+    assert replay.gap == Gap.HISTORY_LOST
+    assert replay.head.epoch == new.epoch
+
+
+async def test_publishing_without_redis_is_refused_not_acknowledged() -> None:
+    broker = RedisBroker("redis://127.0.0.1:1/0", Retention())
+    with pytest.raises(Unavailable):
+        await broker.start(lambda events: None)
+    with pytest.raises(Unavailable, match="unavailable"):
+        await broker.publish([draft("a")])
+    await broker.close()

@@ -1,0 +1,242 @@
+"""Stream tickets, cookie sessions with CSRF, CORS, WebSocket origins, rate limits, stream caps,
+credential expiry and log redaction, against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import httpx
+import pytest
+import websockets
+
+from jobcast.server.logs import RedactSecrets
+from tests.support import EventStream, LiveServer
+from tests.ws_support import receive_until_closed
+
+LiveServerFactory = Callable[..., LiveServer]
+
+
+async def ticket_for(server: LiveServer, client: httpx.AsyncClient, *topics: str) -> str:
+    response = await client.post(
+        f"{server.url}/api/auth/ticket", json={"topics": list(topics)}, headers=server.auth()
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["expires_in"] == 60
+    return str(response.json()["ticket"])
+
+
+async def test_a_ticket_opens_one_stream_once(
+    server: LiveServer, client: httpx.AsyncClient
+) -> None:
+    ticket = await ticket_for(server, client, "videos/*")
+    url = f"{server.url}/api/events"
+    async with EventStream(client, url, params={"topic": "videos/1", "ticket": ticket}) as events:
+        assert events.response is not None and events.response.status_code == 200
+        await client.post(
+            url,
+            json={"topic": "videos/1", "type": "t", "data": 1},
+            headers=server.auth("w", "service"),
+        )
+        assert (await events.next()).data == "1"
+    again = await client.get(url, params={"topic": "videos/1", "ticket": ticket})
+    assert (again.status_code, again.json()["reason"]) == (401, "ticket_used")
+
+
+async def test_a_ticket_is_bound_to_its_topics_and_to_streams(
+    server: LiveServer, client: httpx.AsyncClient
+) -> None:
+    url = f"{server.url}/api/events"
+    ticket = await ticket_for(server, client, "videos/1")
+    outside = await client.get(url, params={"topic": "videos/2", "ticket": ticket})
+    assert outside.status_code == 403
+    ticket = await ticket_for(server, client, "videos/1")
+    as_bearer = await client.get(
+        url, params={"topic": "videos/1"}, headers={"Authorization": f"Bearer {ticket}"}
+    )
+    assert (as_bearer.status_code, as_bearer.json()["reason"]) == (401, "wrong_credential_type")
+    ticket = await ticket_for(server, client, "videos/1")
+    publish = await client.post(f"{url}?ticket={ticket}", json={"topic": "videos/1", "type": "t"})
+    assert publish.status_code == 403
+    ticket = await ticket_for(server, client, "videos/1")
+    jobs = await client.get(f"{server.url}/api/jobs", params={"ticket": ticket})
+    assert jobs.status_code == 403
+
+
+async def test_a_ticket_opens_its_jobs_stream(
+    server: LiveServer, client: httpx.AsyncClient
+) -> None:
+    submitted = await client.post(
+        f"{server.url}/api/jobs",
+        json={"kind": "demo", "params": {"steps": 2, "delay": 0}},
+        headers=server.auth(),
+    )
+    job_id = submitted.json()["id"]
+    ticket = await ticket_for(server, client, f"jobs/{job_id}")
+    async with EventStream(
+        client, f"{server.url}/api/jobs/{job_id}/events", params={"ticket": ticket}
+    ) as events:
+        assert (await events.until_end())[-1].event == "succeeded"
+    someone_else = await client.post(
+        f"{server.url}/api/auth/ticket", json={"topics": ["jobs/*"]}, headers=server.auth("mallory")
+    )
+    ticket = someone_else.json()["ticket"]
+    denied = await client.get(f"{server.url}/api/jobs/{job_id}/events", params={"ticket": ticket})
+    assert denied.status_code == 404
+
+
+async def test_cookie_session_needs_csrf_proof_for_changes(
+    make_server: LiveServerFactory, client: httpx.AsyncClient
+) -> None:
+    server = make_server(cors_origins="http://localhost:5173")
+    login = await client.post(f"{server.url}/api/auth/session", headers=server.auth())
+    assert login.status_code == 200
+    set_cookie = " ".join(login.headers.get_list("set-cookie"))
+    assert (
+        "jobcast_session=" in set_cookie
+        and "HttpOnly" in set_cookie
+        and "SameSite=lax" in set_cookie
+    )
+    csrf = login.json()["csrf_token"]
+    assert login.headers["x-csrf-token"] == csrf
+    cookies = {"jobcast_session": login.cookies["jobcast_session"], "jobcast_csrf": csrf}
+    async with httpx.AsyncClient(cookies=cookies, timeout=10) as browser:
+        assert (await browser.get(f"{server.url}/api/jobs")).status_code == 200  # reads are safe
+        body = {"kind": "demo", "params": {"steps": 1, "delay": 0}}
+        missing = await browser.post(f"{server.url}/api/jobs", json=body)
+        assert missing.status_code == 403 and "X-CSRF-Token" in missing.json()["message"]
+        wrong = await browser.post(
+            f"{server.url}/api/jobs", json=body, headers={"X-CSRF-Token": "nope"}
+        )
+        assert wrong.status_code == 403
+        evil = await browser.post(
+            f"{server.url}/api/jobs",
+            json=body,
+            headers={"X-CSRF-Token": csrf, "Origin": "https://evil.example"},
+        )
+        assert evil.status_code == 403 and "Origin" in evil.json()["message"]
+        good = await browser.post(
+            f"{server.url}/api/jobs",
+            json=body,
+            headers={"X-CSRF-Token": csrf, "Origin": "http://localhost:5173"},
+        )
+        assert good.status_code == 202 and good.json()["owner"] == "alice"
+        async with EventStream(
+            browser, f"{server.url}/api/events", params={"topic": "news"}
+        ) as events:
+            assert events.response is not None and events.response.status_code == 200
+    # a bearer request needs no CSRF token: browsers never attach bearer tokens by themselves
+    bearer = await client.post(f"{server.url}/api/jobs", json=body, headers=server.auth())
+    assert bearer.status_code == 202
+
+
+async def test_cors_allows_configured_origins_only(
+    make_server: LiveServerFactory, client: httpx.AsyncClient
+) -> None:
+    server = make_server(cors_origins="dev")
+    preflight = await client.options(
+        f"{server.url}/api/jobs",
+        headers={
+            "Origin": "http://localhost:5173",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type,x-csrf-token",
+        },
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "http://localhost:5173"
+    assert preflight.headers["access-control-allow-credentials"] == "true"
+    other = await client.get(f"{server.url}/health", headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in other.headers
+
+
+async def test_wildcard_cors_never_allows_credentials(
+    make_server: LiveServerFactory, client: httpx.AsyncClient
+) -> None:
+    server = make_server(cors_origins="*")
+    response = await client.get(f"{server.url}/health", headers={"Origin": "https://any.example"})
+    assert response.headers["access-control-allow-origin"] == "*"
+    assert "access-control-allow-credentials" not in response.headers
+
+
+async def test_websocket_handshakes_check_origin(make_server: LiveServerFactory) -> None:
+    server = make_server(cors_origins="http://localhost:5173")
+    url = f"ws://{server.host}:{server.port}/ws/events?token={server.token()}"
+    async with asyncio.timeout(5):
+        async with websockets.connect(url, origin="http://localhost:5173") as ws:  # type: ignore[arg-type]
+            await ws.send('{"op": "subscribe", "topics": ["a"]}')
+            assert "subscribed" in str(await ws.recv())
+        with pytest.raises(websockets.exceptions.WebSocketException):
+            async with websockets.connect(url, origin="https://evil.example") as ws:  # type: ignore[arg-type]
+                await ws.recv()
+
+
+async def test_publishing_is_rate_limited_with_retry_after(
+    make_server: LiveServerFactory, client: httpx.AsyncClient
+) -> None:
+    server = make_server(rate_limit_publish="3/minute")
+    headers = server.auth("w", "service")
+    body = {"topic": "a", "type": "t"}
+    codes = [
+        (await client.post(f"{server.url}/api/events", json=body, headers=headers)).status_code
+        for _ in range(4)
+    ]
+    assert codes == [202, 202, 202, 429]
+    limited = await client.post(f"{server.url}/api/events", json=body, headers=headers)
+    assert int(limited.headers["retry-after"]) >= 1
+    assert limited.json()["error"] == "rate_limited"
+
+
+async def test_concurrent_streams_per_subject_are_capped(
+    make_server: LiveServerFactory, client: httpx.AsyncClient
+) -> None:
+    server = make_server(max_streams_per_subject=2)
+    url = f"{server.url}/api/events"
+    first = EventStream(client, url, params={"topic": "a"}, headers=server.auth())
+    second = EventStream(client, url, params={"topic": "b"}, headers=server.auth())
+    async with first, second:
+        third = await client.get(url, params={"topic": "c"}, headers=server.auth())
+        assert third.status_code == 429 and "retry-after" in third.headers
+        other_user = EventStream(client, url, params={"topic": "c"}, headers=server.auth("bob"))
+        async with other_user as events:
+            assert events.response is not None and events.response.status_code == 200
+
+
+async def test_a_stream_whose_token_expires_asks_to_reauthenticate(
+    make_server: LiveServerFactory, client: httpx.AsyncClient
+) -> None:
+    server = make_server(jwt_leeway_seconds=0, heartbeat_interval=0.2)
+    token = server.token(ttl=1)
+    async with EventStream(
+        client, f"{server.url}/api/events", params={"topic": "a", "token": token}
+    ) as events:
+        frames = await events.until_end(timeout=5)
+    assert frames[-1].event == "reauth"
+    assert events.decoder.retry is not None
+
+
+def test_tokens_and_tickets_are_redacted_from_logs() -> None:
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:1", "GET", "/api/events?topic=a&token=eyJsecret.x.y&ticket=abc", "1.1", 200),
+        None,
+    )
+    RedactSecrets().filter(record)
+    message = record.getMessage()
+    assert "eyJsecret" not in message and "abc" not in message
+    assert "token=REDACTED" in message and "ticket=REDACTED" in message and "topic=a" in message
+
+
+async def test_a_socket_whose_token_expires_is_closed_with_4401(
+    make_server: LiveServerFactory,
+) -> None:
+    server = make_server(jwt_leeway_seconds=0, heartbeat_interval=0.2)
+    url = f"ws://{server.host}:{server.port}/ws/events?token={server.token(ttl=1)}"
+    async with asyncio.timeout(10), websockets.connect(url) as ws:
+        await ws.send('{"op": "subscribe", "topics": ["a"]}')
+        await receive_until_closed(ws)
+    assert ws.close_code == 4401

@@ -1,0 +1,162 @@
+"""The JobStore contract, run over every store URL (add PostgreSQL URLs to STORE_URLS)."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from jobcast.errors import Unavailable
+from jobcast.jobs.model import InputFile, Job, JobState, new_job_id
+from jobcast.stores import JobQuery, JobStore, open_store
+from jobcast.stores.sql import SQLJobStore
+from tests.services import POSTGRES_URL, drop_schema, needs_services
+
+STORE_URLS: dict[str, Callable[[Path], str]] = {
+    "sqlite": lambda tmp: f"sqlite+aiosqlite:///{tmp / 'jobs.db'}",
+    # a fresh schema per test: runs never see each other's tables
+    "postgresql": lambda tmp: f"{POSTGRES_URL}?schema=t_{uuid.uuid4().hex[:12]}",
+}
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(name, marks=needs_services) if name == "postgresql" else name
+        for name in sorted(STORE_URLS)
+    ]
+)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    url = STORE_URLS[request.param](tmp_path)
+    yield url
+    if request.param == "postgresql":
+        drop_schema(url)
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[JobStore]:
+    store = open_store(store_url)
+    await store.open()
+    yield store
+    await store.close()
+
+
+def make_job(owner: str = "alice", kind: str = "demo", **fields: object) -> Job:
+    return dataclasses.replace(Job(id=new_job_id(), kind=kind, owner=owner), **fields)
+
+
+async def test_create_then_get_round_trips_every_field(store: JobStore) -> None:
+    job = make_job(
+        params={"steps": 3},
+        state=JobState.FAILED,
+        progress=42.5,
+        stage="stage",
+        message="message",
+        eta_seconds=1.5,
+        seq=7,
+        started_at=2.0,
+        finished_at=3.0,
+        input=InputFile("a.txt", 3, "ab" * 32, "text/plain"),
+        result={"x": [1, 2]},
+        error={"type": "Boom", "message": "it broke"},
+        attempts=2,
+        last_event_id="abc-12",
+    )
+    await store.create(job)
+    assert await store.get(job.id) == job
+    assert await store.get("missing") is None
+
+
+async def test_save_overwrites_mutable_fields(store: JobStore) -> None:
+    job = make_job()
+    await store.create(job)
+    job.state, job.progress, job.result, job.seq = JobState.SUCCEEDED, 100.0, [1], 4
+    await store.save(job)
+    assert await store.get(job.id) == job
+
+
+async def test_list_is_newest_first_with_filters_and_cursor(store: JobStore) -> None:
+    jobs = [make_job(owner="alice" if i % 2 else "bob") for i in range(7)]
+    jobs[0].state = JobState.SUCCEEDED
+    jobs[1] = dataclasses.replace(jobs[1], kind="ingest")
+    for job in jobs:
+        await store.create(job)
+    newest_first = sorted((j.id for j in jobs), reverse=True)
+
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = await store.list_jobs(JobQuery(limit=3, cursor=cursor))
+        seen.extend(job.id for job in page.jobs)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == newest_first
+
+    alice = await store.list_jobs(JobQuery(owner="alice"))
+    assert {j.owner for j in alice.jobs} == {"alice"} and len(alice.jobs) == 3
+    done = await store.list_jobs(JobQuery(states=[JobState.SUCCEEDED]))
+    assert [j.id for j in done.jobs] == [jobs[0].id]
+    ingest = await store.list_jobs(JobQuery(kind="ingest"))
+    assert [j.id for j in ingest.jobs] == [jobs[1].id]
+    assert (await store.list_jobs(JobQuery(limit=7))).next_cursor is None
+
+
+async def test_delete(store: JobStore) -> None:
+    job = make_job()
+    await store.create(job)
+    assert await store.delete(job.id) is True
+    assert await store.get(job.id) is None
+    assert await store.delete(job.id) is False
+
+
+async def test_in_states_is_oldest_first(store: JobStore) -> None:
+    jobs = [make_job(state=state) for state in (JobState.RUNNING, JobState.QUEUED)]
+    jobs.append(make_job(state=JobState.SUCCEEDED))
+    jobs.append(make_job(state=JobState.RUNNING))
+    for job in jobs:
+        await store.create(job)
+    found = await store.in_states([JobState.RUNNING, JobState.QUEUED], limit=10)
+    assert [j.id for j in found] == [jobs[0].id, jobs[1].id, jobs[3].id]
+
+
+async def test_acks_are_per_subject_and_client(store: JobStore) -> None:
+    assert await store.load_ack("alice", "tab-1") is None
+    await store.save_ack("alice", "tab-1", "e-1")
+    await store.save_ack("alice", "tab-1", "e-5")
+    await store.save_ack("bob", "tab-1", "e-2")
+    assert await store.load_ack("alice", "tab-1") == "e-5"
+    assert await store.load_ack("bob", "tab-1") == "e-2"
+
+
+async def test_reopening_keeps_jobs(store_url: str) -> None:
+    first = open_store(store_url)
+    await first.open()
+    job = make_job()
+    await first.create(job)
+    await first.close()
+    second = open_store(store_url)
+    await second.open()
+    assert await second.get(job.id) == job
+    await second.close()
+
+
+async def test_a_newer_schema_is_refused(store_url: str) -> None:
+    store = SQLJobStore(store_url)
+    await store.open()
+    engine = store._engine
+    assert engine is not None
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("UPDATE jobcast_meta SET value = '999'"))
+    await store.close()
+    with pytest.raises(Unavailable, match="newer jobcast"):
+        await SQLJobStore(store_url).open()
+
+
+async def test_a_closed_store_is_unavailable(store: JobStore) -> None:
+    await store.close()
+    with pytest.raises(Unavailable):
+        await store.get("x")

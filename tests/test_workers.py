@@ -1,0 +1,124 @@
+"""Jobs on `jobcast worker` processes: progress, cancellation, timeouts, a worker killed mid-job.
+
+Servers run in-process; workers are real subprocesses sharing Redis (queue and broker) and a
+PostgreSQL store with the server, as they would on other machines.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.jobs_support import submit, wait_running, watch
+from tests.scale_support import Processes, poll_json, processes
+from tests.services import (
+    POSTGRES_URL,
+    REDIS_URL,
+    drop_schema,
+    needs_services,
+    redis_prefix,
+    redis_url,
+)
+from tests.support import LiveServer
+
+pytestmark = needs_services
+
+
+@pytest.fixture
+def shared(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """Settings every process of one deployment shares: broker, queue and store."""
+    for prefix in redis_prefix():
+        store_url = f"{POSTGRES_URL}?schema=w_{prefix[-12:]}"
+        yield {
+            "broker_url": redis_url(prefix),
+            "queue_url": f"{REDIS_URL}?queue={prefix}",
+            "store_url": store_url,
+            "worker_heartbeat_seconds": 1,
+            "handlers": "tests.worker_handlers",
+        }
+        drop_schema(store_url)
+        from tests.services import delete_prefix
+
+        delete_prefix(f"saq:{prefix}")
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Processes]:
+    with processes(tmp_path) as procs:
+        yield procs
+
+
+def terminal(job: dict[str, Any]) -> bool:
+    return job["state"] in ("succeeded", "failed", "cancelled")
+
+
+async def test_jobs_run_on_workers_with_progress_cancellation_and_timeouts(
+    make_server: Callable[..., LiveServer],
+    procs: Processes,
+    shared: dict[str, Any],
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    procs.worker("worker", data_dir=tmp_path / "worker", **shared)
+    server = make_server(**shared)
+
+    job = await submit(client, server, "demo", {"steps": 3, "delay": 0.05})
+    events = await watch(client, server, job["id"], timeout=15)
+    types = [t for t, _ in events]
+    assert types[-1] == "succeeded" and "progress" in types, types
+    assert events[-1][1]["result"] == {"steps": 3}
+
+    hanging = await submit(client, server, "hang")
+    await wait_running(client, server, hanging["id"])
+    cancelled = await client.post(
+        f"{server.url}/api/jobs/{hanging['id']}/cancel", headers=server.auth()
+    )
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["state"] == "cancelled"
+    assert [t for t, _ in await watch(client, server, hanging["id"])][-1] == "cancelled"
+
+    timed = await submit(client, server, "quick_timeout")
+    events = await watch(client, server, timed["id"], timeout=15)
+    assert events[-1][0] == "failed" and events[-1][1]["error"]["type"] == "Timeout"
+
+
+async def test_a_queued_job_is_cancelled_before_any_worker_takes_it(
+    make_server: Callable[..., LiveServer], shared: dict[str, Any], client: httpx.AsyncClient
+) -> None:
+    server = make_server(**shared)  # no worker yet: the job waits in the queue
+    job = await submit(client, server, "demo")
+    cancelled = await client.post(
+        f"{server.url}/api/jobs/{job['id']}/cancel", headers=server.auth()
+    )
+    assert cancelled.json()["state"] == "cancelled"
+
+
+async def test_a_killed_worker_s_jobs_are_retried_or_failed_never_left_running(
+    make_server: Callable[..., LiveServer],
+    procs: Processes,
+    shared: dict[str, Any],
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    first = procs.worker("first", data_dir=tmp_path / "w1", job_concurrency=2, **shared)
+    server = make_server(**shared)
+    unsafe = await submit(client, server, "hang")
+    safe = await submit(client, server, "resumable", {"marker": str(tmp_path / "marker")})
+    await wait_running(client, server, unsafe["id"])
+    await wait_running(client, server, safe["id"])
+
+    procs.stop(first, signal.SIGKILL)  # no goodbye: only the heartbeat stops
+    procs.worker("second", data_dir=tmp_path / "w2", **shared)
+
+    url = f"{server.url}/api/jobs"
+    failed = await poll_json(client, f"{url}/{unsafe['id']}", terminal, headers=server.auth())
+    assert failed["state"] == "failed"
+    assert failed["error"]["type"] == "Interrupted", failed["error"]
+    resumed = await poll_json(client, f"{url}/{safe['id']}", terminal, headers=server.auth())
+    assert resumed["state"] == "succeeded" and resumed["result"] == "resumed"
+    assert resumed["attempts"] == 2

@@ -1,0 +1,37 @@
+"""Job handlers for the worker tests (``--handlers tests.worker_handlers``)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from jobcast.jobs import JobContext, Registry
+
+registry = Registry()
+
+
+@registry.handler("hang")
+async def hang(ctx: JobContext, params: dict[str, Any]) -> None:
+    """Reports progress, then waits until cancelled or killed."""
+    ctx.progress(10, stage="hanging")
+    await asyncio.sleep(60)
+
+
+@registry.handler("resumable", retry_safe=True)
+def resumable(ctx: JobContext, params: dict[str, Any]) -> str:
+    """Hangs on its first attempt (leaving a marker file), succeeds on the next."""
+    marker = Path(params["marker"])
+    if not marker.exists():
+        marker.touch()
+        ctx.progress(10, stage="first attempt")
+        for _ in range(600):  # until the worker is killed (or the job cancelled)
+            ctx.check_cancelled()
+            time.sleep(0.1)
+    return "resumed"
+
+
+@registry.handler("quick_timeout", timeout=0.5)
+async def quick_timeout(ctx: JobContext, params: dict[str, Any]) -> None:
+    await asyncio.sleep(60)
