@@ -173,9 +173,11 @@ class TcpProxy:
         self._loop.close()
 
 
-async def poll_json(client: httpx.AsyncClient, url: str, predicate: Any, **kwargs: Any) -> Any:
-    """GET ``url`` until ``predicate(json)`` holds (10 s): for state seen from outside."""
-    async with asyncio.timeout(10):
+async def poll_json(
+    client: httpx.AsyncClient, url: str, predicate: Any, *, timeout: float = 10, **kwargs: Any
+) -> Any:
+    """GET ``url`` until ``predicate(json)`` holds: for state seen from outside."""
+    async with asyncio.timeout(timeout):
         while True:
             response = await client.get(url, **kwargs)
             if response.status_code == 200 and predicate(body := response.json()):

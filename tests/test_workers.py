@@ -115,10 +115,12 @@ async def test_a_killed_worker_s_jobs_are_retried_or_failed_never_left_running(
     procs.stop(first, signal.SIGKILL)  # no goodbye: only the heartbeat stops
     procs.worker("second", data_dir=tmp_path / "w2", **shared)
 
-    url = f"{server.url}/api/jobs"
-    failed = await poll_json(client, f"{url}/{unsafe['id']}", terminal, headers=server.auth())
+    # Recovery takes a heartbeat, the second worker's start and its sweep, which waits for an
+    # abort acknowledgement (jobs.worker.K4) per stuck job, one after another.
+    url, auth = f"{server.url}/api/jobs", server.auth()
+    failed = await poll_json(client, f"{url}/{unsafe['id']}", terminal, timeout=30, headers=auth)
     assert failed["state"] == "failed"
     assert failed["error"]["type"] == "Interrupted", failed["error"]
-    resumed = await poll_json(client, f"{url}/{safe['id']}", terminal, headers=server.auth())
+    resumed = await poll_json(client, f"{url}/{safe['id']}", terminal, timeout=30, headers=auth)
     assert resumed["state"] == "succeeded" and resumed["result"] == "resumed"
     assert resumed["attempts"] == 2

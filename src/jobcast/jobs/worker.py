@@ -17,12 +17,16 @@ K2. When SAQ cancels our task, the SAQ job's status tells why: ``aborting`` mean
     Either way the runner's own task publishes the terminal event before we return.
 K3. A job already terminal when it is dequeued (cancelled while queued, or finished by a
     previous attempt) is skipped.
+K4. SAQ's sweep asks a stuck job's worker to abort it and waits up to 5 s for an answer, one
+    job after another: a dead worker that held 20 jobs would delay recovery by 100 s. Live
+    workers poll for aborts every second (the ``abort`` timer), so two seconds is enough.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from typing import Any
 
@@ -42,6 +46,9 @@ from jobcast.jobs.worker_queue import TASK, open_queue
 from jobcast.stores import open_store
 
 logger = logging.getLogger("jobcast.worker")
+
+#: Seconds the sweep waits for a stuck job's worker to acknowledge an abort (K4).
+SWEEP_ABORT_WAIT = 2.0
 
 
 def runner_options(settings: Settings) -> RunnerOptions:
@@ -89,6 +96,8 @@ class JobWorker:
             await store.open()
             self.runner = EmbeddedRunner(store, hub, self.registry, runner_options(settings))
             queue = open_queue(settings.queue_url or "")
+            sweep = queue.sweep
+            queue.sweep = functools.partial(sweep, abort=SWEEP_ABORT_WAIT)  # type: ignore[method-assign]  # K4
             beat = settings.worker_heartbeat_seconds
             timers: PartialTimersDict = {
                 "sweep": beat,
