@@ -166,10 +166,17 @@ async def test_redis_restarting_under_connected_clients(
         assert (await stream.next()).id == first
 
         procs.stop(procs.started[-1])  # Redis goes away
-        # refused, never acknowledged and lost (through the hub: the HTTP route adds a rate
-        # limiter in front, whose own Redis errors are not this test's subject)
+        # refused, never acknowledged and lost: by the hub, and over HTTP, where the Redis rate
+        # limiter in front of publishing and submission answers 503 too (it was a 500)
         with pytest.raises(Unavailable):
             await asyncio.wrap_future(server.run(server.jc.hub.publish("r", "n", {})))
+        for path, body in [
+            ("/api/events", {"topic": "r", "type": "n", "data": {}}),
+            ("/api/jobs", {"kind": "demo"}),
+        ]:
+            refused = await client.post(f"{server.url}{path}", json=body, headers=auth())
+            assert refused.status_code == 503, refused.text
+            assert "rate limit" in refused.json()["message"]
 
         private_redis(persist=persist)
         if persist:  # same history: the same stream carries on

@@ -3,6 +3,8 @@
 Each action has one limit (``"1200/minute"``-style, from settings), counted separately per
 subject and per client IP, in a moving window (the ``limits`` library). Over the limit: 429 with
 ``Retry-After``. Counters live in memory, or in Redis when the broker is Redis (shared_state).
+When that Redis cannot be reached, the request is refused with 503: the limiter is the first
+thing a write meets, and its storage error is translated here, at its seam, like the broker's.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import time
 from limits import RateLimitItem, parse
 from limits.aio.storage import Storage
 from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
 from starlette.requests import HTTPConnection
 
 from jobcast.config import Settings
-from jobcast.errors import RateLimited
+from jobcast.errors import RateLimited, Unavailable
 from jobcast.server.shared_state import rate_limit_storage
 
 
@@ -35,8 +38,14 @@ class RateLimiter:
         for key in (f"ip:{client}", f"sub:{subject}" if subject else None):
             if key is None:
                 continue
-            if not await self._limiter.hit(item, action, key):
-                stats = await self._limiter.get_window_stats(item, action, key)
+            try:
+                allowed = await self._limiter.hit(item, action, key)
+                stats = None if allowed else await self._limiter.get_window_stats(item, action, key)
+            except StorageError as exc:  # storages are built with wrap_exceptions=True
+                raise Unavailable(
+                    f"cannot check the {action} rate limit: its Redis is unreachable; retry later"
+                ) from exc
+            if stats is not None:
                 retry_after = max(1.0, stats.reset_time - time.time())
                 raise RateLimited(
                     f"too many {action} requests ({item}); retry in {retry_after:.0f} s",

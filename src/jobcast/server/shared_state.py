@@ -75,6 +75,11 @@ def rate_limit_storage(settings: Settings) -> Storage:
     from jobcast.brokers.redis import split_url
 
     redis_url, prefix, _ = split_url(url)
+    # wrap_exceptions: every Redis failure arrives as limits' StorageError, which the rate
+    # limiter turns into Unavailable (503) instead of letting redis' own errors become a 500.
     return RedisStorage(
-        f"async+{redis_url}", implementation="redispy", key_prefix=f"{prefix}limits"
+        f"async+{redis_url}",
+        implementation="redispy",
+        key_prefix=f"{prefix}limits",
+        wrap_exceptions=True,
     )
