@@ -55,6 +55,15 @@ def test_routes_are_served_and_not_in_the_schema(server: LiveServer) -> None:
     assert not any(path.startswith("/static") for path in paths)
 
 
+def test_the_js_folder_holds_the_served_module(server: LiveServer) -> None:
+    # js/ is where front-end developers look for the client; it must be the module itself.
+    folder = Path(__file__).parent.parent / "js"
+    for name in ("jobcast.js", "jobcast.d.ts"):
+        served = httpx.get(f"{server.url}/static/{name}")
+        assert served.status_code == 200
+        assert (folder / name).read_bytes() == served.content, name
+
+
 def test_an_upload_submitted_from_the_page_reaches_100_percent(
     page: Page, server: LiveServer, tmp_path: Path
 ) -> None:
