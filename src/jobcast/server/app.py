@@ -11,12 +11,12 @@ import asyncio
 import contextlib
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import FrameType
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI, Request, WebSocket
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from jobcast import __version__
@@ -35,6 +35,7 @@ from jobcast.server.credentials import resolve_principal, stream_owner
 from jobcast.server.dashboard import dashboard_router
 from jobcast.server.errors import install_error_handlers
 from jobcast.server.events_api import events_router
+from jobcast.server.job_streams import SseRender, WsRender, job_event_stream
 from jobcast.server.jobs_api import jobs_router
 from jobcast.server.limits import BodyLimitMiddleware
 from jobcast.server.logs import install_log_redaction
@@ -42,7 +43,8 @@ from jobcast.server.metrics import Metrics, metrics_router
 from jobcast.server.ratelimit import RateLimiter
 from jobcast.server.shared_state import spent_tickets
 from jobcast.server.sse import EventStreamResponse
-from jobcast.server.ws_api import ws_router
+from jobcast.server.uploads import Received, receive_multipart
+from jobcast.server.ws_api import serve_job_socket, ws_router
 from jobcast.stores import JobStore, open_store
 from jobcast.subscription import CloseReason, Subscription
 from jobcast.topics import TopicPattern
@@ -63,9 +65,11 @@ class Jobcast:
         await jc.hub.publish("videos/42", "video.status", {"status": "PROCESSING"})
     """
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, *, policy: Policy | None = None) -> None:
         self.settings = settings or Settings()
-        self.policy = Policy(self.settings.public_topics)
+        #: Every allow/deny decision. Pass a :class:`Policy` subclass for your own rules (say,
+        #: who besides a job's owner may watch it); it must honour the settings' public topics.
+        self.policy = policy or Policy(self.settings.public_topics)
         self.limiter = RateLimiter(self.settings)
         self.spent_tickets = spent_tickets(self.settings)
         self.metrics = Metrics(self)
@@ -135,15 +139,20 @@ class Jobcast:
             await hub.close()
             self._hub = None
 
-    def install(self, app: FastAPI) -> None:
-        """Add jobcast's routes, error handlers and body limits to ``app``."""
+    def install(self, app: FastAPI, *, upload_paths: Sequence[str] = ()) -> None:
+        """Add jobcast's routes, error handlers and body limits to ``app``.
+
+        ``upload_paths``: path prefixes of your own upload routes, which take their bodies with
+        :meth:`receive_upload` (limited by ``max_upload_bytes``) instead of the JSON body limit.
+        """
         app.state.jobcast = self
         app.include_router(self.router())
         install_error_handlers(app)
         app.add_middleware(
             BodyLimitMiddleware,
             max_bytes=self.settings.max_body_bytes,
-            exempt_prefixes=("/api/jobs",),  # job submission enforces its own (upload) limits
+            # Job submission and upload routes enforce their own (upload) limits.
+            exempt_prefixes=("/api/jobs", *upload_paths),
         )
         install_cors(app, self.settings)
 
@@ -201,11 +210,29 @@ class Jobcast:
         principal: Principal | None = None,
         prelude: bytes = b"",
         final: Callable[[Event], bool] | None = None,
+        event_frame: Callable[[Event], bytes] | None = None,
+        heartbeat: Callable[[], bytes] | None = None,
     ) -> EventStreamResponse:
+        """An SSE stream of ``patterns``, for routes at your own URLs (see ``/api/events``).
+
+        ``allow`` is the per-topic filter from ``policy.subscription_filter``. ``prelude`` is
+        written first (a ``connected`` event, say); the stream ends after the first event for
+        which ``final`` is true. ``event_frame`` writes an event in your own wire format
+        (``b""`` skips it) and ``heartbeat`` returns the heartbeat to write, such as a named
+        event; by default events are jobcast's shared frames and heartbeats ``: ping``.
+        """
         subscription, replay = await self.hub.subscribe(
             patterns, last_event_id=last_event_id, allow=allow, **stream_owner(principal)
         )
-        return self.stream_response(subscription, replay, last_event_id, prelude, final)
+        return self.stream_response(
+            subscription,
+            replay,
+            last_event_id,
+            prelude,
+            final,
+            event_frame=event_frame,
+            heartbeat=heartbeat,
+        )
 
     def stream_response(
         self,
@@ -214,6 +241,9 @@ class Jobcast:
         last_event_id: str | None,
         prelude: bytes = b"",
         final: Callable[[Event], bool] | None = None,
+        *,
+        event_frame: Callable[[Event], bytes] | None = None,
+        heartbeat: Callable[[], bytes] | None = None,
     ) -> EventStreamResponse:
         """The SSE response for a subscription the caller already holds."""
         return EventStreamResponse(
@@ -227,6 +257,66 @@ class Jobcast:
             closing_frame=self._closing_frame,
             prelude=prelude,
             final=final,
+            event_frame=event_frame,
+            heartbeat=heartbeat,
+        )
+
+    async def job_stream(
+        self,
+        job_id: str,
+        principal: Principal | None,
+        last_event_id: str | None = None,
+        *,
+        kind: str | None = None,
+        render: SseRender | None = None,
+        heartbeat: Callable[[], bytes] | None = None,
+    ) -> Response:
+        """A job's SSE stream (what ``/api/jobs/{id}/events`` answers), for your own URLs.
+
+        The caller must be allowed to read the job (``policy.check_job``); with ``kind``, a job
+        of another kind is a 404. ``render`` turns each :class:`JobUpdate` (the whole job after
+        each event) into ``(event name, data)`` for your front end's format, or ``None`` to
+        skip it; ids, resume, the snapshot and the end after the terminal event stay jobcast's.
+        """
+        return await job_event_stream(
+            self,
+            job_id,
+            principal,
+            last_event_id,
+            kind=kind,
+            render=render,
+            heartbeat=heartbeat,
+        )
+
+    async def job_socket(
+        self,
+        websocket: WebSocket,
+        job_id: str,
+        *,
+        kind: str | None = None,
+        render: WsRender | None = None,
+    ) -> None:
+        """Serve a job's WebSocket (what ``/ws/jobs/{id}`` does) on your own route: accept,
+        authenticate (``?token=``, ``?ticket=``, header or first message), send the job's
+        messages (``render``: the JSON value for each :class:`JobUpdate`, or ``None``), close
+        1000 after the terminal one. Errors close with ``4000 + status``."""
+        await serve_job_socket(self, websocket, job_id, kind=kind, render=render)
+
+    async def receive_upload(self, request: Request) -> Received:
+        """Stream a multipart body to disk: its ``file`` part hashed (SHA-256) as it arrives,
+        within ``max_upload_bytes`` (413 and nothing kept past it), and its text fields.
+
+        Hand ``received.input`` and ``received.upload`` to ``runner.submit``, and call
+        ``received.discard()`` afterwards (a no-op once the runner took the file). List the
+        route in ``install(app, upload_paths=...)`` so the JSON body limit leaves it alone.
+        """
+        settings = self.settings
+        return await receive_multipart(
+            request,
+            self.runner.options.uploads_dir,
+            max_file=settings.max_upload_bytes,
+            max_fields=settings.max_body_bytes,
+            content_types=settings.upload_content_types,
         )
 
     def _closing_frame(self, reason: CloseReason) -> bytes:

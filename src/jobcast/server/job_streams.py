@@ -12,14 +12,21 @@ J2. A resume (``Last-Event-ID``) sends no snapshot, only what the client missed.
 J3. A finished job is answered at once without a subscription: the snapshot and the terminal
     event (a fresh client), or what the client missed up to the terminal event (a resume).
     Either way the stream then ends.
+J4. An application may render a job's stream in its own format (``SseRender``, ``WsRender``):
+    each step is handed over as a :class:`JobUpdate` carrying the whole job as it is after that
+    event (a ``progress`` event only carries what changed, so :class:`JobView` merges it into
+    the last snapshot, as the JavaScript client's ``watchJob`` does). Ids, replay, the snapshot
+    and the end after the terminal event stay jobcast's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
+from starlette.responses import Response
 
 from jobcast.auth import Principal
 from jobcast.brokers.base import Replay
@@ -27,14 +34,17 @@ from jobcast.errors import NotFound
 from jobcast.events import Event, EventId
 from jobcast.jobs.model import TERMINAL_STATES, Job, job_topic
 from jobcast.server.credentials import stream_owner
+from jobcast.server.sse import SSE_HEADERS
 from jobcast.subscription import CloseReason, Subscription
 from jobcast.topics import TopicPattern
-from jobcast.wire import ServerSentEvent
+from jobcast.wire import ServerSentEvent, retry_frame
 
 if TYPE_CHECKING:
     from jobcast.server.app import Jobcast
 
 TERMINAL_TYPES = frozenset(state.value for state in TERMINAL_STATES)
+#: Event types whose data is the whole job (a ``progress`` event's data is only what changed).
+WHOLE_JOB_TYPES = frozenset({"snapshot", "state", *TERMINAL_TYPES})
 
 
 def is_terminal_event(event: Event) -> bool:
@@ -66,11 +76,16 @@ class JobStreamPlan:
 
 
 async def plan_job_stream(
-    jc: Jobcast, job_id: str, principal: Principal | None, last_event_id: str | None
+    jc: Jobcast,
+    job_id: str,
+    principal: Principal | None,
+    last_event_id: str | None,
+    *,
+    kind: str | None = None,
 ) -> JobStreamPlan:
-    """Authorise the caller and set up the stream of job ``job_id``."""
+    """Authorise the caller and set up the stream of job ``job_id`` (of ``kind``, if given)."""
     job = await jc.runner.get(job_id)
-    if job is None:
+    if job is None or (kind is not None and job.kind != kind):
         raise NotFound(f"no job {job_id!r}")
     jc.policy.check_job(principal, job, "read")
     hub = jc.hub
@@ -151,3 +166,112 @@ def _ws_message(plan: JobStreamPlan, event_type: str) -> str:
         "data": job.to_dict(),
     }
     return orjson.dumps(message).decode()
+
+
+# -- rendering in an application's own format (J4) ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JobUpdate:
+    """One step of a job's stream, as handed to an application's renderer."""
+
+    #: ``snapshot``, ``progress``, ``state``, ``succeeded``, ``failed``, ``cancelled`` or a
+    #: custom type published by the handler.
+    type: str
+    #: The whole job after this step (the shape of ``GET /api/jobs/{id}``, without ``links``).
+    job: dict[str, Any]
+    #: The event's own data.
+    data: Any
+    #: The id to resume after (``None`` for a snapshot of a job with no event yet).
+    id: str | None
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL_TYPES
+
+
+#: An SSE rendering: ``(event name, JSON data)``, or ``None`` to send nothing for this step.
+SseRender = Callable[[JobUpdate], "tuple[str, Any] | None"]
+#: A WebSocket rendering: the JSON value to send as a text message, or ``None`` for nothing.
+WsRender = Callable[[JobUpdate], Any]
+
+
+class JobView:
+    """Follows a job's events and knows the whole job after each one (J4)."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        self.job = job
+
+    def apply(self, event_type: str, data: Any, event_id: str | None) -> JobUpdate:
+        if event_type in WHOLE_JOB_TYPES and isinstance(data, dict):
+            self.job = data
+        elif event_type == "progress" and isinstance(data, dict):
+            self.job = {**self.job, **data}
+        return JobUpdate(event_type, self.job, data, event_id)
+
+
+class SseJobFrames:
+    """The frames of a job's SSE stream: jobcast's own, or an application's rendering."""
+
+    def __init__(self, plan: JobStreamPlan, render: SseRender | None = None) -> None:
+        self.plan = plan
+        self.render = render
+        self.view = JobView(plan.job.to_dict())
+
+    def snapshot(self) -> bytes:
+        if self.render is None:
+            return sse_snapshot(self.plan)
+        plan = self.plan
+        return self._rendered(self.render, "snapshot", plan.job.to_dict(), plan.snapshot_id)
+
+    def terminal(self) -> bytes:
+        if self.render is None:
+            return sse_terminal(self.plan)
+        job = self.plan.job
+        return self._rendered(self.render, job.state.value, job.to_dict(), self.plan.snapshot_id)
+
+    def event(self, event: Event) -> bytes:
+        if self.render is None:
+            return event.sse_frame
+        return self._rendered(self.render, event.type, event.data, event.id)
+
+    def _rendered(
+        self, render: SseRender, event_type: str, data: Any, event_id: str | None
+    ) -> bytes:
+        rendered = render(self.view.apply(event_type, data, event_id))
+        if rendered is None:
+            return b""
+        name, value = rendered
+        return ServerSentEvent(data=orjson.dumps(value).decode(), event=name, id=event_id).encode()
+
+
+async def job_event_stream(
+    jc: Jobcast,
+    job_id: str,
+    principal: Principal | None,
+    last_event_id: str | None,
+    *,
+    kind: str | None = None,
+    render: SseRender | None = None,
+    heartbeat: Callable[[], bytes] | None = None,
+) -> Response:
+    """The SSE response for a job's stream: snapshot, replay, live, end after the terminal."""
+    plan = await plan_job_stream(jc, job_id, principal, last_event_id, kind=kind)
+    frames = SseJobFrames(plan, render)
+    prelude = frames.snapshot() if plan.snapshot else b""
+    if plan.subscription is None:  # finished: answer at once and end (J3)
+        parts = [retry_frame(jc.settings.retry_ms), prelude]
+        parts.extend(frames.event(event) for event in plan.events)
+        if plan.terminal:
+            parts.append(frames.terminal())
+        headers = {name.decode(): value.decode() for name, value in SSE_HEADERS}
+        return Response(b"".join(parts), headers=headers)
+    return jc.stream_response(
+        plan.subscription,
+        plan.replay,
+        last_event_id,
+        prelude,
+        is_terminal_event,
+        event_frame=None if render is None else frames.event,
+        heartbeat=heartbeat,
+    )

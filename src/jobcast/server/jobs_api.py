@@ -13,16 +13,9 @@ from pydantic import BaseModel, Field
 from jobcast.auth import Principal
 from jobcast.errors import InvalidInput, NotFound, PayloadTooLarge
 from jobcast.jobs.model import Job, JobState
-from jobcast.server.job_streams import (
-    is_terminal_event,
-    plan_job_stream,
-    sse_snapshot,
-    sse_terminal,
-)
-from jobcast.server.sse import SSE_HEADERS, EventStreamResponse
-from jobcast.server.uploads import Received, receive_multipart
+from jobcast.server.sse import EventStreamResponse
+from jobcast.server.uploads import Received
 from jobcast.stores.base import JobQuery
-from jobcast.wire import retry_frame
 
 if TYPE_CHECKING:
     from jobcast.server.app import Jobcast
@@ -172,13 +165,7 @@ def jobs_router(jc: "Jobcast") -> APIRouter:
         content_type = request.headers.get("content-type", "").lower()
         received = Received()
         if content_type.startswith("multipart/form-data"):
-            received = await receive_multipart(
-                request,
-                jc.runner.options.uploads_dir,
-                max_file=settings.max_upload_bytes,
-                max_fields=settings.max_body_bytes,
-                content_types=settings.upload_content_types,
-            )
+            received = await jc.receive_upload(request)
             try:
                 kind = received.fields.get("kind", "")
                 params_text = received.fields.get("params", "").strip()
@@ -291,21 +278,6 @@ def jobs_router(jc: "Jobcast") -> APIRouter:
         ] = None,
         last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     ) -> Response:
-        resume = last_event_id_header or last_event_id
-        plan = await plan_job_stream(jc, job_id, principal, resume)
-        prelude = sse_snapshot(plan) if plan.snapshot else b""
-        if plan.subscription is None:  # finished: answer at once and end
-            parts = [retry_frame(jc.settings.retry_ms), prelude]
-            parts.extend(event.sse_frame for event in plan.events)
-            if plan.terminal:
-                parts.append(sse_terminal(plan))
-            return Response(b"".join(parts), headers=dict(_sse_headers()))
-        return jc.stream_response(
-            plan.subscription, plan.replay, resume, prelude, is_terminal_event
-        )
+        return await jc.job_stream(job_id, principal, last_event_id_header or last_event_id)
 
     return router
-
-
-def _sse_headers() -> list[tuple[str, str]]:
-    return [(name.decode(), value.decode()) for name, value in SSE_HEADERS]

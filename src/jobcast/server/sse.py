@@ -11,6 +11,10 @@ E3. The stream starts with ``retry:``, then (when resuming) the replay or a ``re
     whose id is the head the client may resume from, then live events.
 E4. How a stream ends says what to do next: evicted or time-limited streams get a ``retry``
     hint, draining streams a randomised one, an expired credential an ``event: reauth``.
+E5. An application may write events and heartbeats in its own format (``event_frame``,
+    ``heartbeat``) to keep the wire its front end already parses. The default path writes each
+    event's shared, encoded-once frame; a custom ``event_frame`` runs once per event and
+    subscriber, so it should be cheap (formatting bytes, no I/O).
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ class EventStreamResponse(Response):
         prelude: bytes = b"",
         final: Callable[[Event], bool] | None = None,
         on_write: Callable[[float], None] | None = None,
+        event_frame: Callable[[Event], bytes] | None = None,
+        heartbeat: Callable[[], bytes] | None = None,
     ) -> None:
         super().__init__(status_code=200)
         self.subscription = subscription
@@ -71,6 +77,10 @@ class EventStreamResponse(Response):
         self.final = final
         #: Told the commit time of the first event of each written batch (latency metric).
         self.on_write = on_write
+        #: The bytes written for an event (b"": skip it); default: its shared frame (E5).
+        self.event_frame = event_frame
+        #: The bytes written as a heartbeat; default: the ``: ping`` comment (E5).
+        self.heartbeat = heartbeat
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         subscription = self.subscription
@@ -85,11 +95,11 @@ class EventStreamResponse(Response):
                 if subscription.close_reason is not None:
                     break
                 events, finished = self._until_final(subscription.take())
-                chunk = b"".join([event.sse_frame for event in events])
+                chunk = self._frames(events)
                 if not chunk:
                     if not subscription.heartbeat_due:
-                        continue  # everything pending was a replayed duplicate
-                    chunk = HEARTBEAT
+                        continue  # everything pending was a replayed duplicate (or skipped)
+                    chunk = self.heartbeat() if self.heartbeat is not None else HEARTBEAT
                 await self._write(send, chunk)
                 if events and self.on_write is not None:
                     self.on_write(events[0].ts)
@@ -114,8 +124,13 @@ class EventStreamResponse(Response):
                 parts.append(reset_frame(replay, self.last_event_id or ""))
             else:
                 events, finished = self._until_final(replay.events)
-                parts.extend(event.sse_frame for event in events)
+                parts.append(self._frames(events))
         return b"".join(parts), finished
+
+    def _frames(self, events: list[Event]) -> bytes:
+        if self.event_frame is None:
+            return b"".join([event.sse_frame for event in events])
+        return b"".join([self.event_frame(event) for event in events])
 
     def _until_final(self, events: list[Event]) -> tuple[list[Event], bool]:
         if self.final is not None:

@@ -9,8 +9,9 @@ of the same shape. Control messages carry an ``op`` (``ping``, ``error``, ``subs
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import orjson
 from fastapi import APIRouter, WebSocket
 
 from jobcast.errors import JobcastError
@@ -18,6 +19,8 @@ from jobcast.events import Event
 from jobcast.server.browser import origin_allowed
 from jobcast.server.job_streams import (
     JobStreamPlan,
+    JobView,
+    WsRender,
     is_terminal_event,
     plan_job_stream,
     ws_snapshot,
@@ -54,19 +57,7 @@ def ws_router(jc: "Jobcast") -> APIRouter:
     @router.websocket("/ws/jobs/{job_id}")
     async def job_socket(websocket: WebSocket, job_id: str) -> None:
         """One job's events, then close 1000 after the terminal event."""
-        if not await accept_from_allowed_origin(jc, websocket):
-            return
-        channel = Channel(jc, websocket)
-        try:
-            principal, _ = await channel.authenticate(required=True)
-            resume = websocket.query_params.get("last_event_id")
-            plan = await plan_job_stream(jc, job_id, principal, resume)
-        except JobcastError as exc:
-            await channel.fail(exc)
-            return
-        except SocketClosed:
-            return
-        await _stream_job(jc, channel, plan)
+        await jc.job_socket(websocket, job_id)
 
     @router.websocket("/ws/events")
     async def events_socket(websocket: WebSocket) -> None:
@@ -87,31 +78,99 @@ def ws_router(jc: "Jobcast") -> APIRouter:
     return router
 
 
-async def _stream_job(jc: "Jobcast", channel: Channel, plan: JobStreamPlan) -> None:
+async def serve_job_socket(
+    jc: "Jobcast",
+    websocket: WebSocket,
+    job_id: str,
+    *,
+    kind: str | None = None,
+    render: WsRender | None = None,
+) -> None:
+    """Accept, authenticate and stream one job's events; close 1000 after the terminal one."""
+    if not await accept_from_allowed_origin(jc, websocket):
+        return
+    channel = Channel(jc, websocket)
+    try:
+        principal, _ = await channel.authenticate(required=True)
+        resume = websocket.query_params.get("last_event_id")
+        plan = await plan_job_stream(jc, job_id, principal, resume, kind=kind)
+    except JobcastError as exc:
+        await channel.fail(exc)
+        return
+    except SocketClosed:
+        return
+    await _stream_job(jc, channel, WsJobMessages(plan, render))
+
+
+class WsJobMessages:
+    """The messages of a job's socket: jobcast's own, or an application's rendering (J4)."""
+
+    def __init__(self, plan: JobStreamPlan, render: WsRender | None) -> None:
+        self.plan = plan
+        self.render = render
+        self.view = JobView(plan.job.to_dict())
+
+    def snapshot(self) -> str | None:
+        if self.render is None:
+            return ws_snapshot(self.plan)
+        plan = self.plan
+        return self._rendered(self.render, "snapshot", plan.job.to_dict(), plan.snapshot_id)
+
+    def terminal(self) -> str | None:
+        if self.render is None:
+            return ws_terminal(self.plan)
+        job = self.plan.job
+        return self._rendered(self.render, job.state.value, job.to_dict(), self.plan.snapshot_id)
+
+    def event(self, event: Event) -> str | None:
+        if self.render is None:
+            return event.ws_message.decode()
+        return self._rendered(self.render, event.type, event.data, event.id)
+
+    @property
+    def ping(self) -> str | None:
+        # A rendered socket speaks the application's protocol, which may have no ping message:
+        # the server's WebSocket protocol pings keep it alive instead.
+        return PING if self.render is None else None
+
+    def _rendered(
+        self, render: WsRender, event_type: str, data: Any, event_id: str | None
+    ) -> str | None:
+        value = render(self.view.apply(event_type, data, event_id))
+        return None if value is None else orjson.dumps(value).decode()
+
+
+async def _send(channel: Channel, message: str | None) -> None:
+    if message is not None:
+        await channel.send(message)
+
+
+async def _stream_job(jc: "Jobcast", channel: Channel, messages: WsJobMessages) -> None:
+    plan = messages.plan
     subscription = plan.subscription
     reader: asyncio.Task[None] | None = None
     try:
         if plan.snapshot:
-            await channel.send(ws_snapshot(plan))
+            await _send(channel, messages.snapshot())
         if subscription is None:
             for event in plan.events:
-                await channel.send(event.ws_message.decode())
+                await _send(channel, messages.event(event))
             if plan.terminal:
-                await channel.send(ws_terminal(plan))
+                await _send(channel, messages.terminal())
             await channel.close(CLOSE_NORMAL, "job finished")
             return
         reader = asyncio.create_task(_ignore_incoming(channel, subscription))
         replayed = plan.replay.events if plan.replay is not None else []
-        finished = await _send_until_terminal(channel, replayed)
+        finished = await _send_until_terminal(channel, messages, replayed)
         while not finished:
             await subscription.wait()
             if subscription.close_reason is not None:
                 break
             events = subscription.take()
             if events:
-                finished = await _send_until_terminal(channel, events)
+                finished = await _send_until_terminal(channel, messages, events)
             elif subscription.heartbeat_due:
-                await channel.send(PING)
+                await _send(channel, messages.ping)
             subscription.mark_written()
         reason = subscription.close_reason
         if finished:
@@ -130,9 +189,11 @@ async def _stream_job(jc: "Jobcast", channel: Channel, plan: JobStreamPlan) -> N
             jc.hub.unsubscribe(subscription)
 
 
-async def _send_until_terminal(channel: Channel, events: list[Event]) -> bool:
+async def _send_until_terminal(
+    channel: Channel, messages: WsJobMessages, events: list[Event]
+) -> bool:
     for event in events:
-        await channel.send(event.ws_message.decode())
+        await _send(channel, messages.event(event))
         if is_terminal_event(event):
             return True
     return False

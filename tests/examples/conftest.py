@@ -1,0 +1,43 @@
+"""Fixtures for the example backends' tests: real uvicorn servers on loopback."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from tests.support import LiveServer
+
+Serve = Callable[..., LiveServer]
+
+
+def free_port() -> int:
+    """A port nobody listens on now, for an app that must know its own URL before it starts."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def serve() -> Iterator[Serve]:
+    """Serve an example app with a real uvicorn; every server is stopped at teardown."""
+    servers: list[LiveServer] = []
+
+    def start(app: FastAPI, port: int = 0) -> LiveServer:
+        server = LiveServer(app, port=port).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=10) as client:
+        yield client
