@@ -22,9 +22,7 @@ def free_port() -> int:
         return port
 
 
-@pytest.fixture
-def serve() -> Iterator[Serve]:
-    """Serve an example app with a real uvicorn; every server is stopped at teardown."""
+def _serve() -> Iterator[Serve]:
     servers: list[LiveServer] = []
 
     def start(app: FastAPI, port: int = 0) -> LiveServer:
@@ -35,6 +33,18 @@ def serve() -> Iterator[Serve]:
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def serve() -> Iterator[Serve]:
+    """Serve an example app with a real uvicorn; every server is stopped at teardown."""
+    yield from _serve()
+
+
+@pytest.fixture(scope="module")
+def serve_shared() -> Iterator[Serve]:
+    """The same, for a server that a module's tests share (each uses its own ids)."""
+    yield from _serve()
 
 
 @pytest.fixture

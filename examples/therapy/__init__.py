@@ -1,0 +1,1 @@
+"""Therapy session processing: status over SSE and WebSocket, with patient/therapist rules."""
