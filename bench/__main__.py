@@ -1,0 +1,302 @@
+"""``python -m bench``: run every scenario against jobcast and the references, print the table.
+
+    python -m bench                      # the published numbers (about half an hour)
+    python -m bench --scale quick        # a one-minute smoke run at toy sizes
+    python -m bench --rows fanout-5000-burst,idle-10000 --repeat 5
+
+Each (row, target, repeat) runs against a freshly started server, targets interleaved within
+each repeat so that a machine getting busier affects every target alike. The table gives the
+median of the repeats, the ratio of jobcast to the reference measured in the same run, the
+target from the performance issue and whether it was met. JSON and a PNG chart go to
+``--out`` (``bench/results/`` by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shlex
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import scenarios
+from bench.report import Check, Figures, Results, chart, machine, table, write_json
+from bench.scenarios import QUICK, Scale
+from bench.targets import (
+    HOST,
+    BaselineTarget,
+    JobcastTarget,
+    NchanTarget,
+    Target,
+    nchan_available,
+)
+
+REDIS = "redis://127.0.0.1:6379/14"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One scenario at one size, and which targets it runs against."""
+
+    name: str
+    run: Callable[[Target, Scale], Figures]
+    targets: tuple[str, ...] = ("jobcast", "baseline", "nchan")
+    #: Builds the jobcast target for this row (the Redis row runs two instances).
+    jobcast: Callable[[], Target] = JobcastTarget
+
+
+def rows(scale: Scale) -> list[Row]:
+    found: list[Row] = []
+    for n in scale.fanout:
+        found.append(
+            Row(f"fanout-{n}-burst", lambda t, s, n=n: scenarios.fanout(t, s, n, paced=False))
+        )
+    for n in scale.fanout:
+        found.append(
+            Row(f"fanout-{n}-paced", lambda t, s, n=n: scenarios.fanout(t, s, n, paced=True))
+        )
+    middle = scale.fanout[len(scale.fanout) // 2]
+    found += [
+        Row(f"topics-{scale.topics}", scenarios.per_topic),
+        Row(f"idle-{scale.idle}", scenarios.idle),
+        Row(f"connect-{scale.connect}", scenarios.connect),
+        Row(f"jobs-{scale.jobs}", scenarios.jobs, ("jobcast", "baseline")),
+        Row(f"slow-{scale.slow}", scenarios.slow_consumers),
+        Row(
+            f"fanout-{scale.redis_subscribers}-burst-redis2",
+            lambda t, s: scenarios.fanout(t, s, s.redis_subscribers, paced=False),
+            ("jobcast",),
+            jobcast=lambda: JobcastTarget(
+                instances=2, redis_url=f"{REDIS}?prefix=bench-{uuid.uuid4().hex[:8]}"
+            ),
+        ),
+        Row(
+            f"fanout-{middle}-burst-scraped",
+            lambda t, s: _while_scraping(t, lambda: scenarios.fanout(t, s, middle, paced=False)),
+            ("jobcast",),
+        ),
+    ]
+    return found
+
+
+def checks(scale: Scale) -> list[Check]:
+    fan = scale.fanout
+    middle, top = fan[len(fan) // 2], fan[-1]
+    burst = f"fanout-{middle}-burst"
+
+    def ratio(
+        row: str, metric: str, reference: tuple[str, str] | None = None
+    ) -> Callable[[Results], float]:
+        ref_row, ref_target = reference or (row, "baseline")
+        return lambda r: r.median(row, "jobcast", metric) / r.median(ref_row, ref_target, metric)
+
+    def no_loss(r: Results) -> bool:
+        return all(
+            r.worst(row, target, metric) == 0
+            for row, by_target in r.runs.items()
+            for target in by_target
+            for metric in ("lost", "duplicates", "refused_streams", "publish_failures")
+            if metric in by_target[target][0]
+        )
+
+    def beats_nchan(r: Results) -> bool:
+        nchan = r.median(burst, "nchan", "delivered_per_s")
+        return ratio(burst, "delivered_per_s")(r) >= 3 and not (
+            nchan == nchan and r.median(burst, "jobcast", "delivered_per_s") < nchan
+        )
+
+    found = [
+        Check(
+            burst, "delivered_per_s", "delivered events/s", ">= 3x baseline, >= nchan", beats_nchan
+        ),
+    ]
+    for n in sorted({middle, top}):
+        row = f"fanout-{n}-burst"
+        found.append(
+            Check(
+                row,
+                "p99_ms",
+                "p99 ms",
+                "<= 1/5 baseline",
+                lambda r, row=row: ratio(row, "p99_ms")(r) <= 0.2,
+            )
+        )
+    for n in fan:
+        if n != middle:
+            found.append(Check(f"fanout-{n}-burst", "delivered_per_s", "delivered events/s"))
+    for n in fan:
+        found.append(Check(f"fanout-{n}-paced", "p99_ms", "p99 ms"))
+    idle, connect, topics = (
+        f"idle-{scale.idle}",
+        f"connect-{scale.connect}",
+        f"topics-{scale.topics}",
+    )
+    jobs, slow = f"jobs-{scale.jobs}", f"slow-{scale.slow}"
+    redis = f"fanout-{scale.redis_subscribers}-burst-redis2"
+    scraped = f"fanout-{middle}-burst-scraped"
+    found += [
+        Check(
+            idle,
+            "kb_per_connection",
+            "KB per connection",
+            "<= 10 KB",
+            lambda r: r.median(idle, "jobcast", "kb_per_connection") <= 10,
+        ),
+        Check(
+            connect,
+            "connections_per_s",
+            "connections/s",
+            ">= 5x baseline",
+            lambda r: ratio(connect, "connections_per_s")(r) >= 5,
+        ),
+        Check(connect, "first_event_p99_ms", "first event p99 ms"),
+        Check(
+            topics,
+            "server_cpu_s",
+            "server CPU s",
+            "<= 1/10 baseline",
+            lambda r: ratio(topics, "server_cpu_s")(r) <= 0.1,
+        ),
+        Check(topics, "p99_ms", "p99 ms"),
+        Check(
+            jobs,
+            "terminal_missing",
+            "terminal events missing",
+            "0",
+            lambda r: r.worst(jobs, "jobcast", "terminal_missing") == 0,
+        ),
+        Check(jobs, "seconds", "seconds to last terminal"),
+        Check(jobs, "server_cpu_s", "server CPU s"),
+        Check(
+            jobs,
+            "store_writes_per_update",
+            "store writes per progress update",
+            "coalesced (< 1)",
+            lambda r: r.median(jobs, "jobcast", "store_writes_per_update") < 1,
+        ),
+        Check(
+            slow,
+            "p99_ms",
+            "fast subscribers' p99 ms",
+            "<= 2x own no-slow p99",
+            lambda r: (
+                r.median(slow, "jobcast", "p99_ms")
+                <= 2 * r.median(f"fanout-{middle}-burst", "jobcast", "p99_ms")
+            ),
+            reference=(slow, "baseline"),
+        ),
+        Check(slow, "server_rss_mb", "server RSS MB after"),
+        Check(
+            redis,
+            "delivered_per_s",
+            "events/s vs embedded",
+            ">= 0.7x embedded",
+            lambda r: ratio(redis, "delivered_per_s", (burst, "jobcast"))(r) >= 0.7,
+            reference=(burst, "jobcast"),
+        ),
+        Check(
+            scraped,
+            "delivered_per_s",
+            "events/s vs unscraped",
+            ">= 0.95x unscraped",
+            lambda r: ratio(scraped, "delivered_per_s", (burst, "jobcast"))(r) >= 0.95,
+            reference=(burst, "jobcast"),
+        ),
+        Check("all rows", "lost", "lost + duplicated + refused", "0", no_loss),
+    ]
+    return found
+
+
+def _while_scraping(target: Target, run: Callable[[], Figures]) -> Figures:
+    """Run a scenario while a Prometheus-like scraper reads ``/metrics`` every 200 ms."""
+    stop = threading.Event()
+
+    def scrape() -> None:
+        while not stop.wait(0.2):
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(f"http://{HOST}:{target.ports[0]}/metrics", timeout=5).read()
+
+    scraper = threading.Thread(target=scrape, daemon=True)
+    scraper.start()
+    try:
+        return run()
+    finally:
+        stop.set()
+        scraper.join()
+
+
+@contextlib.contextmanager
+def started(target: Target) -> Iterator[Target]:
+    target.start()
+    try:
+        yield target
+    finally:
+        target.stop()
+
+
+def build(name: str, row: Row) -> Target:
+    return {"jobcast": row.jobcast, "baseline": BaselineTarget, "nchan": NchanTarget}[name]()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--scale", choices=("full", "quick"), default="full")
+    parser.add_argument("--repeat", type=int, default=0, help="runs per row (full 3, quick 1)")
+    parser.add_argument("--rows", default="", help="comma-separated row names (default: all)")
+    parser.add_argument("--targets", default="jobcast,baseline,nchan")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--no-chart", action="store_true")
+    args = parser.parse_args(argv)
+
+    scale = QUICK if args.scale == "quick" else Scale()
+    repeat = args.repeat or (1 if args.scale == "quick" else 3)
+    wanted = set(filter(None, args.rows.split(",")))
+    targets = [t for t in args.targets.split(",") if t != "nchan" or nchan_available()]
+    selected = [row for row in rows(scale) if not wanted or row.name in wanted]
+    results = Results(
+        command=shlex.join(["python", "-m", "bench", *sys.argv[1:]]), scale=args.scale
+    )
+
+    for attempt in range(repeat):
+        for row in selected:
+            for name in (t for t in targets if t in row.targets):
+                began = time.monotonic()
+                with started(build(name, row)) as target:
+                    figures = row.run(target, scale)
+                results.add(row.name, name, figures)
+                brief = ", ".join(f"{k}={v:.4g}" for k, v in list(figures.items())[:4])
+                took = time.monotonic() - began
+                print(f"[{attempt + 1}/{repeat}] {row.name} {name} ({took:.0f} s): {brief}")
+
+    info = machine()
+    print()
+    print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+    print(f"command: {results.command}  (medians of {repeat} run(s) per cell)")
+    print()
+    print(
+        table(
+            results,
+            [c for c in checks(scale) if c.row in results.runs or c.row == "all rows"],
+            targets,
+        )
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    write_json(results, args.out / f"bench-{stamp}.json", info)
+    if not args.no_chart:
+        chart(results, scale.fanout, targets, args.out / f"fanout-{stamp}.png")
+    print(
+        f"\nwrote {args.out}/bench-{stamp}.json"
+        + ("" if args.no_chart else f" and fanout-{stamp}.png")
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

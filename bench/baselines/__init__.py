@@ -1,0 +1,1 @@
+"""Reference servers the benchmark compares jobcast against, in the same run."""

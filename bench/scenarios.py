@@ -1,0 +1,289 @@
+"""The benchmark scenarios: each runs against one started target and returns its figures.
+
+Every scenario follows the same steps: open the streams (all load processes at once), read the
+server's CPU and memory, publish, wait until every stream has what it expects (or a deadline),
+read the server again. Figures are plain floats keyed by metric name, so the runner can take
+medians over repeats and ratios between targets without knowing what they mean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+from bench.loadgen import LoadGenerator, Merged, StreamSpec
+from bench.publisher import HTTPConnection, publish
+from bench.targets import HOST, BaselineTarget, JobcastTarget, ProcessStats, Target, mint
+
+Figures = dict[str, float]
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big the scenarios are: ``full`` for the published numbers, ``quick`` for a smoke run."""
+
+    fanout: tuple[int, ...] = (1000, 5000, 10_000)
+    fanout_deliveries: int = 500_000  # per burst run; events = deliveries / subscribers
+    paced_deliveries_per_second: int = 20_000
+    paced_seconds: float = 5.0
+    topics: int = 2000
+    events_per_topic: int = 5
+    idle: int = 10_000
+    connect: int = 2000
+    jobs: int = 1000
+    job_steps: int = 100
+    job_delay: float = 0.02
+    slow: int = 5000
+    slow_events: int = 200
+    redis_subscribers: int = 5000
+    processes: int = 4
+    deadline: float = 180.0
+
+
+QUICK = Scale(
+    fanout=(100,),
+    fanout_deliveries=5000,
+    paced_deliveries_per_second=1000,
+    paced_seconds=1.0,
+    topics=50,
+    idle=200,
+    connect=100,
+    jobs=20,
+    job_steps=10,
+    slow=100,
+    slow_events=50,
+    redis_subscribers=100,
+    processes=2,
+    deadline=60.0,
+)
+
+
+def percentiles(merged: Merged) -> Figures:
+    if not merged.latencies:
+        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan")}
+    values = np.frombuffer(merged.latencies, dtype=np.float64) * 1000
+    p50, p99 = np.percentile(values, [50, 99])
+    return {"p50_ms": float(p50), "p99_ms": float(p99), "max_ms": float(values.max())}
+
+
+def stream_and_publish(
+    target: Target,
+    specs: list[StreamSpec],
+    plan: list[tuple[str, int]],
+    scale: Scale,
+    *,
+    rate: float = 0.0,
+    publishers: int = 4,
+) -> tuple[Figures, Merged]:
+    """Open ``specs``, publish ``plan``, wait for delivery; the common figures."""
+    load = LoadGenerator(HOST, target.ports, specs, processes=scale.processes)
+    try:
+        opened_in, statuses = load.connect(timeout=scale.deadline)
+        refused = sum(status != 200 for status in statuses)
+        before = target.stats()
+        sent = asyncio.run(
+            publish(target.ports, target.publish_request, plan, rate=rate, connections=publishers)
+        )
+        merged = load.collect(timeout=scale.deadline)
+        after = target.stats()
+    finally:
+        load.close()
+    expected = sum(spec.expect for spec in specs)
+    elapsed = max(1e-9, merged.last_receive - sent.started)
+    figures: Figures = {
+        "delivered_per_s": merged.received / elapsed,
+        "expected": float(expected),
+        "delivered": float(merged.received),
+        "lost": float(merged.missing),
+        "duplicates": float(merged.duplicates),
+        "refused_streams": float(refused),
+        "publish_failures": float(sent.failed),
+        "server_cpu_s": after.cpu_seconds - before.cpu_seconds,
+        "server_system_s": after.system_seconds - before.system_seconds,
+        "server_rss_mb": after.rss_bytes / 2**20,
+        "connect_s": opened_in,
+        **percentiles(merged),
+    }
+    return figures, merged
+
+
+def one_topic_plan(topic: str, events: int) -> list[tuple[str, int]]:
+    return [(topic, seq) for seq in range(events)]
+
+
+def fanout(target: Target, scale: Scale, subscribers: int, *, paced: bool) -> Figures:
+    """``subscribers`` streams on one topic; a burst as fast as it goes, or a paced rate."""
+    topic = "bench/fanout"
+    if paced:
+        rate = max(1.0, scale.paced_deliveries_per_second / subscribers)
+        events = max(2, int(rate * scale.paced_seconds))
+    else:
+        rate, events = 0.0, max(2, scale.fanout_deliveries // subscribers)
+    specs = [
+        StreamSpec(target.stream_request([topic], i), expect=events) for i in range(subscribers)
+    ]
+    figures, _ = stream_and_publish(target, specs, one_topic_plan(topic, events), scale, rate=rate)
+    return figures
+
+
+def per_topic(target: Target, scale: Scale) -> Figures:
+    """One stream per topic (a watcher per job, say), every topic published to."""
+    topics = [f"tasks/{i}" for i in range(scale.topics)]
+    specs = [
+        StreamSpec(target.stream_request([topic], i), expect=scale.events_per_topic)
+        for i, topic in enumerate(topics)
+    ]
+    plan = [(topic, seq) for seq in range(scale.events_per_topic) for topic in topics]
+    figures, _ = stream_and_publish(target, specs, plan, scale)
+    return figures
+
+
+def idle(target: Target, scale: Scale) -> Figures:
+    """Open ``idle`` streams that receive nothing: memory per connection."""
+    specs = [StreamSpec(target.stream_request(["bench/idle"], i)) for i in range(scale.idle)]
+    before = target.stats()
+    load = LoadGenerator(HOST, target.ports, specs, processes=scale.processes)
+    try:
+        opened_in, statuses = load.connect(timeout=scale.deadline)
+        time.sleep(1.0)  # let the server finish its per-connection allocations
+        after = target.stats()
+    finally:
+        load.close()
+    return {
+        "kb_per_connection": (after.rss_bytes - before.rss_bytes) / 1024 / scale.idle,
+        "server_rss_mb": after.rss_bytes / 2**20,
+        "refused_streams": float(sum(status != 200 for status in statuses)),
+        "connect_s": opened_in,
+    }
+
+
+def connect(target: Target, scale: Scale) -> Figures:
+    """Open ``connect`` streams as fast as they are accepted, then time one event to all."""
+    topic = "bench/connect"
+    specs = [StreamSpec(target.stream_request([topic], i), expect=1) for i in range(scale.connect)]
+    figures, _ = stream_and_publish(target, specs, one_topic_plan(topic, 1), scale)
+    figures["connections_per_s"] = scale.connect / figures["connect_s"]
+    figures["first_event_p99_ms"] = figures["p99_ms"]
+    return figures
+
+
+def slow_consumers(target: Target, scale: Scale) -> Figures:
+    """1% of the subscribers stop reading; how the others fare and what memory does."""
+    topic = "bench/slow"
+    stalled = max(1, scale.slow // 100)
+    specs = [
+        StreamSpec(target.stream_request([topic], i), expect=scale.slow_events)
+        for i in range(scale.slow - stalled)
+    ]
+    specs += [
+        StreamSpec(target.stream_request([topic], scale.slow + i), stall=True)
+        for i in range(stalled)
+    ]
+    figures, _ = stream_and_publish(target, specs, one_topic_plan(topic, scale.slow_events), scale)
+    return figures
+
+
+def jobs(target: Target, scale: Scale) -> Figures:
+    """``jobs`` concurrent jobs of ``job_steps`` progress updates, one watcher per job."""
+    if isinstance(target, JobcastTarget):
+        return _jobcast_jobs(target, scale)
+    assert isinstance(target, BaselineTarget)
+    return _baseline_jobs(target, scale)
+
+
+def _jobcast_jobs(target: JobcastTarget, scale: Scale) -> Figures:
+    token = mint("bench-jobs")
+    writes_before = _store_writes(target)
+    before = target.stats()
+    started = time.time()
+    requests = [target.job_request(scale.job_steps, scale.job_delay, token)] * scale.jobs
+    ids = [orjson.loads(body)["id"] for body in asyncio.run(_send_all(target.ports, requests))]
+    specs = [StreamSpec(target.watch_request(job_id, token)) for job_id in ids]
+    return _watch_jobs(target, scale, specs, started, before, writes_before)
+
+
+def _baseline_jobs(target: BaselineTarget, scale: Scale) -> Figures:
+    ids = [uuid.uuid4().hex for _ in range(scale.jobs)]
+    specs = [StreamSpec(target.stream_request([f"jobs/{job_id}"], 0)) for job_id in ids]
+    requests = [target.job_request(job_id, scale.job_steps, scale.job_delay) for job_id in ids]
+    before = target.stats()
+    # The seed design has no history: watchers must be connected before their job starts.
+    load = LoadGenerator(HOST, target.ports, specs, processes=scale.processes)
+    try:
+        load.connect(timeout=scale.deadline)
+        started = time.time()
+        asyncio.run(_send_all(target.ports, requests))
+        merged = load.collect(timeout=scale.deadline)
+        after = target.stats()
+    finally:
+        load.close()
+    return _job_figures(scale, merged, started, after.cpu_seconds - before.cpu_seconds)
+
+
+def _watch_jobs(
+    target: JobcastTarget,
+    scale: Scale,
+    specs: list[StreamSpec],
+    started: float,
+    before: ProcessStats,
+    writes_before: float,
+) -> Figures:
+    load = LoadGenerator(HOST, target.ports, specs, processes=scale.processes)
+    try:
+        load.connect(timeout=scale.deadline)
+        merged = load.collect(timeout=scale.deadline)
+        after = target.stats()
+    finally:
+        load.close()
+    figures = _job_figures(scale, merged, started, after.cpu_seconds - before.cpu_seconds)
+    updates = scale.jobs * scale.job_steps
+    figures["store_writes_per_update"] = (_store_writes(target) - writes_before) / updates
+    return figures
+
+
+def _job_figures(scale: Scale, merged: Merged, started: float, cpu: float) -> Figures:
+    terminal = sum(min(1, stream.terminal) for stream in merged.streams)
+    return {
+        "terminal_delivered": float(terminal),
+        "terminal_missing": float(scale.jobs - terminal),
+        "seconds": merged.last_receive - started,
+        "server_cpu_s": cpu,
+    }
+
+
+async def _send_all(ports: list[int], requests: Iterable[bytes], parallel: int = 8) -> list[bytes]:
+    """Send raw requests over ``parallel`` keep-alive connections; the bodies, in order."""
+    pending = list(enumerate(requests))
+    answers: list[bytes] = [b""] * len(pending)
+    pool = [HTTPConnection(ports[i % len(ports)]) for i in range(parallel)]
+
+    async def run(connection: HTTPConnection) -> None:
+        while pending:
+            index, raw = pending.pop()
+            status, body = await connection.request(raw)
+            if status >= 300:
+                raise RuntimeError(f"request refused: {status} {body[:200]!r}")
+            answers[index] = body
+
+    try:
+        await asyncio.gather(*(run(connection) for connection in pool))
+    finally:
+        for connection in pool:
+            await connection.close()
+    return answers
+
+
+def _store_writes(target: JobcastTarget) -> float:
+    """Job rows written by the store so far, from ``/metrics``."""
+    with urllib.request.urlopen(f"http://{HOST}:{target.ports[0]}/metrics", timeout=5) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith("jobcast_store_rows_written_total"):
+                return float(line.split()[-1])
+    return float("nan")
