@@ -25,13 +25,13 @@ import random
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from jobcast.brokers.base import Broker, Gap, Replay, ReportsHistoryLoss
 from jobcast.errors import RateLimited, Unavailable
 from jobcast.events import Event, EventDraft, EventId
 from jobcast.subscription import CloseReason, Subscription
-from jobcast.topics import TopicPattern, wildcard_prefixes
+from jobcast.topics import CONTROL_PREFIX, TopicPattern, wildcard_prefixes
 
 
 @dataclass(slots=True)
@@ -63,6 +63,16 @@ class HubOptions:
     drain_retry_ms: tuple[int, int] = (500, 5000)
 
 
+class Observer(Protocol):
+    """Sees events before the per-topic filters do (jobs/access.py keeps job access current)."""
+
+    def delivered(self, events: Sequence[Event]) -> None:
+        """Every delivered batch, control events included, before it is fanned out."""
+
+    async def replaying(self, events: Sequence[Event]) -> None:
+        """A replay about to be filtered for a subscription that has a per-topic filter."""
+
+
 class Hub:
     def __init__(self, broker: Broker, options: HubOptions | None = None) -> None:
         self.broker = broker
@@ -74,6 +84,7 @@ class Hub:
         self._subscriptions: set[Subscription] = set()
         self._per_owner: dict[str, int] = {}
         self._ticker: asyncio.Task[None] | None = None
+        self.observer: Observer | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -133,6 +144,8 @@ class Hub:
         exact, prefixes, stats = self._exact, self._prefixes, self.stats
         evicted: list[Subscription] = []
         stats.published += len(events)
+        if self.observer is not None:
+            self.observer.delivered(events)
         for event in events:
             targets: Collection[Subscription] | None = exact.get(event.topic)  # H1
             if prefixes:
@@ -143,6 +156,8 @@ class Hub:
             if not targets:
                 continue
             topic = event.topic
+            if topic.startswith(CONTROL_PREFIX):  # for the observer only; "*" would match it
+                continue
             for subscription in targets:
                 if subscription.allow is not None and not subscription.allows(topic):
                     continue
@@ -215,8 +230,13 @@ class Hub:
         if replay.gap is not None:
             self.stats.resets[replay.gap] = self.stats.resets.get(replay.gap, 0) + 1
         elif subscription.allow is not None:
+            if self.observer is not None:
+                await self.observer.replaying(replay.events)
             events = [e for e in replay.events if subscription.allows(e.topic)]
             replay = Replay(events, replay.head)
+        if any(p.prefix == "" for p in subscription.patterns):  # only "*" matches control topics
+            events = [e for e in replay.events if not e.topic.startswith(CONTROL_PREFIX)]
+            replay = Replay(events, replay.head, replay.gap)
         return replay
 
     def _register(self, subscription: Subscription) -> None:

@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from jobcast.errors import InvalidInput
 
 MAX_TOPIC_LENGTH = 200
+#: Topics of the service's own control events between instances (jobs/access.py). No valid
+#: topic starts with ``$``, so no client can publish or subscribe to them, and the hub never
+#: fans them out nor replays them (only ``*`` could match them).
+CONTROL_PREFIX = "$jobcast/"
 
 _SEGMENT = r"(?!\.\.?(?:/|$))[A-Za-z0-9_\-.:@]+"
 _TOPIC_RE = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})*")

@@ -14,7 +14,8 @@ R3. Recovery at startup: a job found ``running`` was interrupted by a crash. It 
     the same rule to the jobs it interrupts. Nothing is ever left ``running``.
 R4. The runner keeps every queued and running job in memory (bounded by ``max_queued`` plus
     ``concurrency``): reads of live jobs never touch the store, and the owner of any job that
-    can still publish is known without a query (``owner_of``, used by stream filters).
+    can still publish is known without a query (``owner_of``, used by stream filters), on
+    every instance (``access.py``: jobs created or shared elsewhere are announced).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from jobcast._lock import ProcessLock
 from jobcast.errors import Conflict, InvalidInput, JobcastError, NotFound, Unavailable
 from jobcast.events import dumps
+from jobcast.jobs.access import Access, JobAccess
 from jobcast.jobs.context import JobCancelled, JobContext
 from jobcast.jobs.live import LiveJob
 from jobcast.jobs.model import InputFile, Job, JobState, new_job_id
@@ -42,9 +44,6 @@ if TYPE_CHECKING:
     from jobcast.hub import Hub
 
 logger = logging.getLogger("jobcast.jobs")
-
-#: How many owners of finished jobs to remember for stream filters (R4).
-OWNER_CACHE_SIZE = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +72,7 @@ class EmbeddedRunner:
         self._queue: collections.deque[str] = collections.deque()
         self._work = asyncio.Event()
         self._slots = asyncio.Semaphore(options.concurrency)
-        self._owners: collections.OrderedDict[str, tuple[str, tuple[str, ...]]] = (
-            collections.OrderedDict()
-        )
+        self.access = JobAccess(store, hub, self._live.get)  # R4
         self._executor = ThreadPoolExecutor(options.concurrency, thread_name_prefix="jobcast-job")
         self._dispatcher: asyncio.Task[None] | None = None
         self._handler_tasks: dict[str, asyncio.Future[Any]] = {}
@@ -105,6 +102,7 @@ class EmbeddedRunner:
         if tasks:
             await asyncio.wait(tasks, timeout=10)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        await self.access.close()
         self._lock.release()
 
     async def _recover(self) -> None:  # R3
@@ -142,6 +140,10 @@ class EmbeddedRunner:
         except BaseException:
             self.upload_path(job.id).unlink(missing_ok=True)
             raise
+        try:  # before the job's first event, so every instance's filters know its owner
+            await self.access.announce(job)
+        except JobcastError as exc:  # as for the queued event: the job is stored, it runs
+            logger.warning("job %s: could not announce it to other instances: %s", job.id, exc)
         live = self._track(job)
         await live.transition(JobState.QUEUED)
         await self._enqueue(live)
@@ -196,7 +198,7 @@ class EmbeddedRunner:
             raise Conflict(f"job {job_id} is {job.state.value}; cancel it before deleting it")
         await self.store.delete(job_id)
         self.upload_path(job_id).unlink(missing_ok=True)
-        self._owners.pop(job_id, None)
+        self.access.forget(job_id)
 
     async def set_readers(self, job_id: str, readers: list[str]) -> Job:
         """Replace the subjects granted read access to a job, live or finished."""
@@ -215,6 +217,7 @@ class EmbeddedRunner:
             job = stored
         self._remember_owner(job)
         self.hub.forget_access()  # open wildcard streams must see the new grant at once
+        await self.access.announce(job)  # and those on other instances (a 503 here: retry)
         return job
 
     def owner_of(self, job_id: str) -> str | None:
@@ -222,12 +225,9 @@ class EmbeddedRunner:
         access = self.access_of(job_id)
         return access[0] if access is not None else None
 
-    def access_of(self, job_id: str) -> tuple[str, tuple[str, ...]] | None:
+    def access_of(self, job_id: str) -> Access | None:
         """A job's owner and granted readers, when known without a query (R4)."""
-        live = self._live.get(job_id)
-        if live is not None:
-            return live.job.owner, tuple(live.job.readers)
-        return self._owners.get(job_id)
+        return self.access.get(job_id)
 
     def upload_path(self, job_id: str) -> Path:
         return self.options.uploads_dir / job_id
@@ -396,10 +396,7 @@ class EmbeddedRunner:
         self._remember_owner(live.job)
 
     def _remember_owner(self, job: Job) -> None:
-        self._owners[job.id] = (job.owner, tuple(job.readers))
-        self._owners.move_to_end(job.id)
-        if len(self._owners) > OWNER_CACHE_SIZE:
-            self._owners.popitem(last=False)
+        self.access.remember(job)
 
 
 def _error(kind: str, message: str) -> dict[str, str]:

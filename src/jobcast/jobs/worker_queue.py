@@ -85,6 +85,7 @@ class QueueRunner(EmbeddedRunner):
         # running belong to the workers (W1).
         self.options.uploads_dir.mkdir(parents=True, exist_ok=True)
         await queue_call(self.queue.connect())
+        await self.access.warm()  # jobs submitted before this server started (access.A2)
 
     async def close(self) -> None:
         await super().close()
