@@ -13,8 +13,9 @@ class BodyLimitMiddleware:
     """Answer 413 to a request whose body exceeds ``max_bytes``.
 
     A declared ``Content-Length`` over the limit is refused before the app runs; a chunked body
-    is counted as it arrives and the read that crosses the limit fails with 413. Paths under
-    ``exempt_prefixes`` (streamed uploads with their own limit) are left alone.
+    is counted as it arrives and the read that crosses the limit fails with 413. Multipart
+    bodies on paths under ``exempt_prefixes`` (streamed uploads, limited as they stream) are
+    left alone; any other body there is limited like everywhere else.
     """
 
     def __init__(
@@ -46,7 +47,9 @@ class BodyLimitMiddleware:
                 )
                 await response(scope, receive, send)
                 return
-        if scope["type"] != "http" or scope["path"].startswith(self.exempt_prefixes):
+        if scope["type"] != "http" or (
+            scope["path"].startswith(self.exempt_prefixes) and _is_multipart(scope)
+        ):
             await self.app(scope, receive, send)
             return
         limit = self.max_bytes
@@ -71,3 +74,10 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+def _is_multipart(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return bytes(value).lower().startswith(b"multipart/form-data")
+    return False

@@ -1,0 +1,1 @@
+"""File ingest API: JSON or multipart ingestion, status polling and a WebSocket status feed."""
