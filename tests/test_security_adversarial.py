@@ -178,3 +178,37 @@ async def test_oversized_request_headers_are_431(server: LiveServer, headers: by
         assert status.startswith(b"HTTP/1.1 431")
     finally:
         writer.close()
+
+
+def multipart(*part_headers: bytes) -> bytes:
+    """A job submission whose file part has these header lines."""
+    kind = b'--B\r\nContent-Disposition: form-data; name="kind"\r\n\r\ningest\r\n'
+    file = b"--B\r\n" + b"".join(h + b"\r\n" for h in part_headers) + b"\r\ndata\r\n--B--\r\n"
+    return kind + file
+
+
+FILE_PART = b'Content-Disposition: form-data; name="file"; filename="a.csv"'
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        multipart(FILE_PART[:-1] + b"; x=" + b"a" * 8000 + b'"'),
+        multipart(FILE_PART, *(b"X-%d: a" % n for n in range(20))),
+        multipart(b"Content-Disposition form-data"),
+        b'--B\r\nContent-Disposition: form-data; name="file"\r\n\r\ndata\r\n--X',
+    ],
+    ids=["over-long-part-header", "too-many-part-headers", "header-without-colon", "truncated"],
+)
+async def test_malformed_multipart_bodies_are_422(
+    server: LiveServer, client: httpx.AsyncClient, body: bytes
+) -> None:
+    response = await client.post(
+        f"{server.url}/api/jobs",
+        content=body,
+        headers={**server.auth(), "Content-Type": "multipart/form-data; boundary=B"},
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["message"].startswith("malformed multipart body"), response.text
+    uploads = server.jc.settings.data_dir / "uploads"
+    assert not list(uploads.glob(".incoming-*"))  # nothing of the refused upload is kept

@@ -12,6 +12,10 @@ U3. Before answering 413, up to ``DRAIN_BYTES`` more of the body are read and di
     client that overshot by a little receives the answer instead of a reset connection.
 U4. The client's filename is kept for display only (its last path segment, without control
     characters); files on disk are named by job id.
+U5. A body the parser refuses (a header line over ``MAX_HEADER_BYTES``, more than
+    ``MAX_HEADERS`` headers in a part, a header without a colon, a broken boundary) is the
+    client's error: 422 with the parser's reason, and nothing is kept. So is a body that ends
+    before its closing boundary, which the parser accepts silently: its file would be partial.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from python_multipart import MultipartParser
-from python_multipart.multipart import parse_options_header
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartState, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from jobcast.errors import InvalidInput, PayloadTooLarge
@@ -38,6 +43,9 @@ DRAIN_SECONDS = 5.0
 #: Flush the file to disk once this much has accumulated (one thread hop per flush).
 FLUSH_BYTES = 1024 * 1024
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Per part: the most header lines, and the longest one (U5; python-multipart enforces them).
+MAX_HEADERS = 8
+MAX_HEADER_BYTES = 4096 + 128
 
 
 @dataclass(slots=True)
@@ -171,7 +179,12 @@ async def receive_multipart(
         raise PayloadTooLarge(f"the upload is over the {max_file} byte limit")
     await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
     parts = _Parts(directory, max_file, max_fields, content_types)
-    parser = MultipartParser(boundary, parts.callbacks())
+    parser = MultipartParser(
+        boundary,
+        parts.callbacks(),
+        max_header_count=MAX_HEADERS,
+        max_header_size=MAX_HEADER_BYTES,
+    )
     chunks = request.stream()
     try:
         try:
@@ -180,6 +193,8 @@ async def receive_multipart(
                 if parts.file is not None and len(parts.buffer) >= FLUSH_BYTES:
                     await _flush(parts)
             parser.finalize()
+            if parser.state != MultipartState.END:  # U5
+                raise MultipartParseError("the body ends before its closing boundary")
             if parts.file is not None:
                 await _flush(parts)
         except PayloadTooLarge:
@@ -187,6 +202,8 @@ async def receive_multipart(
             raise
         except ClientDisconnect:
             raise InvalidInput("the client went away during the upload") from None
+        except MultipartParseError as exc:  # U5
+            raise InvalidInput(f"malformed multipart body: {exc}") from None
         finally:
             if parts.file is not None:
                 parts.file.close()
