@@ -8,10 +8,13 @@ import hashlib
 import re
 from collections.abc import Iterator
 
+import httpx
 import pytest
-from examples.ingest.app import create_app as create_ingest_app
 from playwright.sync_api import Browser, WebSocketRoute, expect
 
+from examples.ingest.app import create_app as create_ingest_app
+from examples.workitems.app import create_app as create_workitems_app
+from examples.workitems.app import settings_from_env
 from tests.browser_support import chromium, open_page
 from tests.examples.conftest import Serve
 from tests.support import SECRET, LiveServer
@@ -82,3 +85,43 @@ def test_ingest_falls_back_to_polling_when_the_websocket_fails(
             page.get_by_role("button", name="Poll Status").click()
         expect(page.locator("#status")).to_have_text("completed")
     assert polls and all("/api/status/" in url for url in polls)
+
+
+@pytest.fixture(scope="module")
+def workitems(serve_shared: Serve, tmp_path_factory: pytest.TempPathFactory) -> LiveServer:
+    settings = settings_from_env(
+        data_dir=tmp_path_factory.mktemp("workitems"), jwt_secret=SECRET, _env_file=None
+    )
+    return serve_shared(create_workitems_app(settings))
+
+
+def post_email(server: LiveServer, subject: str) -> str:
+    response = httpx.post(
+        f"{server.url}/api/email/intake",
+        json={"from": "broker@example.com", "subject": subject, "body": "Insured: Acme Ltd"},
+        headers=server.auth("mail-gateway", role="service"),
+        timeout=10,
+    )
+    response.raise_for_status()
+    workitem_id: str = response.json()["workitem_id"]
+    return workitem_id
+
+
+def test_the_dashboard_lists_work_items_as_they_arrive(
+    browser: Browser, workitems: LiveServer
+) -> None:
+    earlier = post_email(workitems, "Submission received yesterday")
+    with open_page(browser) as page:
+        page.goto(f"{workitems.url}/")
+        expect(page.locator("#connection")).to_have_text("open")
+        expect(page.locator("#connection-id")).to_have_text(re.compile(r"^[0-9a-f-]{36}$"))
+        items = page.locator("#workitems > li")
+        expect(items).to_have_count(1)
+        expect(items.first).to_have_attribute("data-id", earlier)
+        live = post_email(workitems, "New submission SUB-2025-000777")
+        expect(items).to_have_count(2)
+        newest = items.first
+        expect(newest).to_have_attribute("data-id", live)
+        expect(newest.locator(".subject")).to_have_text("New submission SUB-2025-000777")
+        expect(newest.locator(".ref")).to_have_text("SUB-2025-000777")
+        expect(newest.locator(".fields")).to_contain_text("Acme Ltd")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from examples.ingest.app import create_app
 from websockets.asyncio.client import connect
 
+from examples.ingest.app import create_app
 from tests.examples.conftest import Serve
 from tests.support import SECRET, LiveServer
 from tests.ws_support import receive_until_closed

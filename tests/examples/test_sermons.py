@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+
 from examples.sermons.app import create_app
 from examples.sermons.config import SermonsConfig
-
 from jobcast.wire import ServerSentEvent
 from tests.examples.conftest import Serve, free_port
 from tests.support import SECRET, EventStream, LiveServer, wait_until

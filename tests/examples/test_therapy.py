@@ -10,10 +10,10 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from examples.therapy.app import create_app
-from examples.therapy.config import TherapyConfig, parse_assignments
 from websockets.asyncio.client import connect
 
+from examples.therapy.app import create_app
+from examples.therapy.config import TherapyConfig, parse_assignments
 from jobcast.wire import ServerSentEvent
 from tests.examples.conftest import Serve
 from tests.support import SECRET, EventStream, LiveServer

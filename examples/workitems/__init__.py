@@ -1,0 +1,1 @@
+"""Work-item inbox: e-mail intake that broadcasts work items to a live dashboard."""
