@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 import httpx
+import jwt
 import pytest
 import websockets
 
@@ -213,6 +215,55 @@ async def test_a_stream_whose_token_expires_asks_to_reauthenticate(
         frames = await events.until_end(timeout=5)
     assert frames[-1].event == "reauth"
     assert events.decoder.retry is not None
+
+
+async def test_a_ticket_s_stream_lasts_as_long_as_the_token_not_the_ticket(
+    make_server: LiveServerFactory, client: httpx.AsyncClient
+) -> None:
+    server = make_server(ticket_ttl_seconds=1, jwt_leeway_seconds=0, heartbeat_interval=0.2)
+    issued = await client.post(
+        f"{server.url}/api/auth/ticket", json={"topics": ["a"]}, headers=server.auth()
+    )
+    ticket = issued.json()["ticket"]
+    ticket_expiry = jwt.decode(ticket, options={"verify_signature": False})["exp"]
+    url = f"{server.url}/api/events"
+    params = {"topic": "a", "ticket": ticket}
+    async with EventStream(client, url, params=params, comments=True) as events:
+        async with asyncio.timeout(5):  # the ticket's expiry passes while the stream is read
+            while time.time() < ticket_expiry + 0.5:
+                assert (await events.next()).event != "reauth"
+        await client.post(
+            url, json={"topic": "a", "type": "t", "data": 1}, headers=server.auth("w", "service")
+        )
+        while (event := await events.next()).data is None:  # heartbeats, as comments
+            pass
+        assert (event.event, event.data) == ("t", "1")
+
+
+async def test_a_token_expired_within_the_leeway_opens_no_stream(
+    make_server: LiveServerFactory, client: httpx.AsyncClient
+) -> None:
+    # Verification tolerates 30 s of clock skew, but a stream opened with this token would end
+    # with `reauth` at once, and a client that came back with it would loop.
+    server = make_server(jwt_leeway_seconds=30)
+    stale = {"Authorization": f"Bearer {server.token(ttl=-1)}"}
+    submitted = await client.post(f"{server.url}/api/jobs", json={"kind": "demo"}, headers=stale)
+    assert submitted.status_code == 202  # ordinary requests keep the leeway
+    job_id = submitted.json()["id"]
+    issued = await client.post(
+        f"{server.url}/api/auth/ticket", json={"topics": ["a"]}, headers=stale
+    )
+    for path, params, headers in [
+        ("/api/events", {"topic": "a"}, stale),
+        (f"/api/jobs/{job_id}/events", {}, stale),
+        ("/api/events", {"topic": "a", "ticket": issued.json()["ticket"]}, {}),
+    ]:
+        response = await client.get(f"{server.url}{path}", params=params, headers=headers)
+        assert (response.status_code, response.json()["reason"]) == (401, "token_expired"), path
+    url = f"ws://{server.host}:{server.port}/ws/jobs/{job_id}?token={server.token(ttl=-1)}"
+    async with asyncio.timeout(10), websockets.connect(url) as ws:
+        await receive_until_closed(ws)
+    assert ws.close_code == 4401
 
 
 def test_tokens_and_tickets_are_redacted_from_logs() -> None:

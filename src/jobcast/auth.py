@@ -5,8 +5,10 @@ for another:
 
 - bearer tokens (no ``typ``): from an identity provider (RS256/ES256 with a public key or a
   JWKS URL) or minted by ``jobcast token`` (HS256 with the shared secret);
-- stream tickets (``typ: ticket``): minted by ``POST /api/auth/ticket``, valid for a minute,
-  for one use, on the topics they name only; they keep long-lived tokens out of URLs;
+- stream tickets (``typ: ticket``): minted by ``POST /api/auth/ticket``, redeemable for a
+  minute, for one use, on the topics they name only; they keep long-lived tokens out of URLs.
+  The stream a ticket opens lasts as long as the credential it was issued from (``cred_exp``),
+  not the ticket: otherwise every browser stream would end, and spend a ticket, each minute;
 - sessions (``typ: session``): the value of the HttpOnly cookie set by ``POST /api/auth/session``.
 
 Tickets and sessions are always signed with the local secret (HS256), whatever signs bearers.
@@ -15,6 +17,7 @@ Tickets and sessions are always signed with the local secret (HS256), whatever s
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import secrets
 import time
@@ -30,6 +33,8 @@ from jobcast.errors import Unauthorized
 SECRET_FILE = "jwt_secret"
 TICKET = "ticket"
 SESSION = "session"
+#: The ticket claim carrying the expiry of the credential the ticket was issued from.
+CREDENTIAL_EXP = "cred_exp"
 
 
 class Role(StrEnum):
@@ -103,6 +108,11 @@ class TokenAuthority:
         if not isinstance(scope, list) or not all(isinstance(t, str) for t in scope):
             raise Unauthorized("the ticket names no topics", reason="invalid_claim")
         principal = principal_from_claims(claims)
+        # The ticket's own exp only bounds when it may be redeemed; its stream ends with the
+        # credential it came from. (A ticket without the claim keeps its own exp.)
+        stream_exp = claims.get(CREDENTIAL_EXP)
+        if isinstance(stream_exp, int | float) and not isinstance(stream_exp, bool):
+            principal = replace(principal, expires_at=float(stream_exp))
         ticket_principal = replace(principal, ticket_topics=tuple(scope), via="ticket")
         return ticket_principal, claims["jti"], float(claims["exp"])
 
@@ -205,21 +215,26 @@ class TokenAuthority:
 
     def mint_ticket(self, principal: Principal, topics: list[str], ttl: float) -> str:
         """A one-use ticket for ``topics``, never outliving the credential it came from."""
-        return self._mint_derived(principal, ttl, typ=TICKET, scope=topics, jti=_nonce())
+        claims: dict[str, Any] = {"typ": TICKET, "scope": topics, "jti": _nonce()}
+        if principal.expires_at is not None:
+            claims[CREDENTIAL_EXP] = principal.expires_at
+        return self._mint_derived(principal, ttl, **claims)
 
     def mint_session(self, principal: Principal, ttl: float) -> str:
         return self._mint_derived(principal, ttl, typ=SESSION)
 
     def _mint_derived(self, principal: Principal, ttl: float, **claims: Any) -> str:
-        expires = time.time() + ttl
+        # Whole seconds: rounded up for the ttl (a truncated fraction made a 1 s ticket expire
+        # as it was issued), down for the credential's expiry (never outlive it).
+        expires = math.ceil(time.time() + ttl)
         if principal.expires_at is not None:
-            expires = min(expires, principal.expires_at)
+            expires = min(expires, math.floor(principal.expires_at))
         return self.mint(
             principal.subject,
             role=principal.role,
-            ttl=expires - time.time(),
             grants=list(principal.grants),
             **claims,
+            exp=expires,  # overrides mint's own, from its ttl
         )
 
 

@@ -8,6 +8,7 @@ requests are subject to the CSRF check (see ``browser.py``).
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import HTTPConnection
@@ -52,7 +53,18 @@ async def resolve_principal(jc: Jobcast, connection: HTTPConnection) -> Principa
 
 
 def stream_owner(principal: Principal | None) -> dict[str, Any]:
-    """The ``owner`` and ``expires_at`` arguments of ``Hub.subscribe`` for ``principal``."""
+    """The ``owner`` and ``expires_at`` arguments of ``Hub.subscribe`` for ``principal``.
+
+    Refuses a credential already past its expiry: verification tolerates clock skew
+    (``jwt_leeway_seconds``), but a stream opened with such a credential would end with
+    ``reauth`` at the hub's next tick, and a client that reconnected with it would loop until
+    the leeway ran out. A 401 ``token_expired`` tells it to renew first.
+    """
     if principal is None:
         return {}
+    if principal.expires_at is not None and principal.expires_at <= time.time():
+        raise Unauthorized(
+            "the credential has expired; renew it before opening a stream",
+            reason="token_expired",
+        )
     return {"owner": principal.subject, "expires_at": principal.expires_at}
