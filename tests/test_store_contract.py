@@ -160,3 +160,16 @@ async def test_a_closed_store_is_unavailable(store: JobStore) -> None:
     await store.close()
     with pytest.raises(Unavailable):
         await store.get("x")
+
+
+async def test_database_errors_quote_neither_sql_nor_data(
+    store: JobStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    job = make_job(params={"card": "4111-1111-1111-1111"})
+    await store.create(job)
+    with pytest.raises(Unavailable) as refused:
+        await store.create(job)  # the same id again: the database refuses the insert
+    assert refused.value.message == "the job store is unavailable; retry later"  # a 503 body
+    logged = caplog.text
+    assert "IntegrityError" in logged  # the detail is logged for the operator...
+    assert "4111" not in logged and job.id not in logged  # ...without the statement's values

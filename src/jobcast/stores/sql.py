@@ -8,7 +8,10 @@ Q2. SQLite runs in WAL mode (readers never wait for the writer) and this store s
     own writes with a lock, so concurrent jobs never hit "database is locked".
 Q3. A ``schema_version`` row in ``jobcast_meta``: a newer database is refused with a clear
     message, an older one is brought forward by the steps in ``MIGRATIONS``.
-Q4. Foreign errors stop here: every database error becomes :class:`Unavailable`.
+Q4. Foreign errors stop here: every database error becomes :class:`Unavailable`, with a
+    generic message; the detail goes to the log. A driver's message can quote the statement
+    and its parameters (job data), so clients never see it, and the engine is created with
+    ``hide_parameters`` so the log does not carry the parameters either.
 Q5. Group commit: ``create`` and ``save`` calls that arrive while a write is in progress are
     written together in the next transaction (the newest ``save`` of a job wins), so a thousand
     concurrent jobs cost a few transactions, not thousands. Each caller returns once its write
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Collection
@@ -38,6 +42,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from jobcast.errors import Unavailable
 from jobcast.jobs.model import InputFile, Job, JobState
 from jobcast.stores.base import JobPage, JobQuery
+
+logger = logging.getLogger("jobcast.stores")
 
 SCHEMA_VERSION = 2
 #: ``{from_version: [statements]}`` that bring a database from that version to the next (Q3).
@@ -195,7 +201,7 @@ class SQLJobStore:
         if self._sqlite and url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._engine = engine = create_async_engine(url, **options)
+            self._engine = engine = create_async_engine(url, hide_parameters=True, **options)  # Q4
         except (SQLAlchemyError, ImportError) as exc:
             raise Unavailable(f"cannot use the job store {url!r}: {exc}") from exc
         if self._sqlite:
@@ -245,10 +251,8 @@ class SQLJobStore:
         try:
             async with self._engine.connect() as conn:
                 yield conn
-        except SQLAlchemyError as exc:  # Q4
-            raise Unavailable(f"the job store failed: {exc.__class__.__name__}: {exc}") from exc
-        except OSError as exc:  # a database server that cannot be reached
-            raise Unavailable(f"the job store is unreachable: {exc}") from exc
+        except (SQLAlchemyError, OSError) as exc:  # Q4; OSError: a server that cannot be reached
+            raise _unavailable(exc) from exc
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
@@ -258,10 +262,8 @@ class SQLJobStore:
             try:
                 async with self._engine.begin() as conn:
                     yield conn
-            except SQLAlchemyError as exc:  # Q4
-                raise Unavailable(f"the job store failed: {exc.__class__.__name__}: {exc}") from exc
-            except OSError as exc:
-                raise Unavailable(f"the job store failed: {exc}") from exc
+            except (SQLAlchemyError, OSError) as exc:  # Q4
+                raise _unavailable(exc) from exc
 
     async def create(self, job: Job) -> None:
         self._inserts.append({"id": job.id, **_row_values(job)})
@@ -349,6 +351,12 @@ class SQLJobStore:
         async with self._read() as conn:
             value = (await conn.execute(sa.select(acks_table.c.event_id).where(where))).scalar()
         return None if value is None else str(value)
+
+
+def _unavailable(exc: BaseException) -> Unavailable:
+    """The client's side of a database error: no detail, which may quote data (Q4)."""
+    logger.error("job store error: %s: %s", exc.__class__.__name__, exc)
+    return Unavailable("the job store is unavailable; retry later")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
