@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -14,8 +15,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+import websockets
 
-from tests.support import EventStream
+from jobcast.auth import TokenAuthority
+from tests.scale_support import wait_for_port
+from tests.support import SECRET, EventStream
+from tests.ws_support import receive_until_closed
 
 
 def free_port() -> int:
@@ -125,3 +130,71 @@ def test_help_lists_the_commands(tmp_path: Path) -> None:
     result = jobcast("--help", cwd=tmp_path)
     assert result.returncode == 0
     assert "serve" in result.stdout and "token" in result.stdout
+
+
+def serve_env(**settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBCAST_")}
+    env.update({f"JOBCAST_{name.upper()}": value for name, value in settings.items()})
+    return env
+
+
+def test_serve_prints_the_broker_url_without_its_password(tmp_path: Path) -> None:
+    # Nothing listens on that port: the server prints its banner, then fails to start.
+    url = f"redis://:s3cret@127.0.0.1:{free_port()}/0?password=s3cret"
+    result = subprocess.run(
+        [sys.executable, "-m", "jobcast", "serve", "--port", str(free_port())],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=serve_env(broker_url=url),
+    )
+    assert "events: redis://:***@127.0.0.1:" in result.stdout
+    assert "s3cret" not in result.stdout + result.stderr
+
+
+async def test_websocket_messages_far_over_the_limit_are_cut_off_unread(
+    served: tuple[subprocess.Popen[str], str, Path],
+) -> None:
+    # The app would read the whole message, answer with an error, then close; uvicorn's own
+    # limit (ws_max_size) closes first, without buffering a message that large.
+    url = served[1].replace("http://", "ws://") + "/ws/events"
+    async with asyncio.timeout(10), websockets.connect(url, max_size=None) as ws:
+        await ws.send("x" * (1024 * 1024))
+        assert await receive_until_closed(ws) == []
+    assert ws.close_code == 1009
+
+
+def test_forwarded_for_counts_only_from_the_configured_proxies(tmp_path: Path) -> None:
+    port = free_port()
+    env = serve_env(jwt_secret=SECRET, rate_limit_publish="1/minute")
+    env["JOBCAST_FORWARDED_ALLOW_IPS"] = "10.9.9.9"  # the proxy; the test client is not it
+    log = (tmp_path / "server.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jobcast", "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(port, process)
+        tokens = TokenAuthority(SECRET)
+        codes = []
+        for n, address in enumerate(["192.0.2.1", "192.0.2.2"]):
+            headers = {
+                "Authorization": f"Bearer {tokens.mint(f'svc{n}', role='service')}",
+                "X-Forwarded-For": address,
+            }
+            response = httpx.post(
+                f"http://127.0.0.1:{port}/api/events",
+                json={"topic": "a", "type": "t"},
+                headers=headers,
+            )
+            codes.append(response.status_code)
+        # two subjects, two claimed addresses, but one real peer: the second is over its limit
+        assert codes == [202, 429]
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()

@@ -40,12 +40,23 @@ def serve(
             "$JOBCAST_HANDLERS; the built-in kinds demo and ingest are always there)."
         ),
     ] = None,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            envvar="JOBCAST_FORWARDED_ALLOW_IPS",
+            help="Comma-separated addresses of the reverse proxies (or '*') whose "
+            "X-Forwarded-For and X-Forwarded-Proto are trusted: per-IP rate limits count the "
+            "client address they report (default: uvicorn's $FORWARDED_ALLOW_IPS, else "
+            "127.0.0.1).",
+        ),
+    ] = None,
 ) -> None:
     """Run the jobcast server (embedded default: SQLite in the data directory, no other service)."""
     import uvicorn
 
     from jobcast.config import Settings
     from jobcast.server.app import create_app
+    from jobcast.server.logs import hide_password
 
     if data_dir is not None:
         os.environ["JOBCAST_DATA_DIR"] = str(data_dir)
@@ -54,7 +65,7 @@ def serve(
     settings = Settings()
     typer.echo(
         f"jobcast {_version()} on http://{host}:{port} (data: {settings.data_dir}, "
-        f"events: {settings.resolved_broker_url}); API docs at /docs"
+        f"events: {hide_password(settings.resolved_broker_url)}); API docs at /docs"
     )
     try:
         app_ = create_app(settings)
@@ -67,6 +78,11 @@ def serve(
         port=port,
         log_level=log_level,
         proxy_headers=True,
+        forwarded_allow_ips=forwarded_allow_ips,
+        # uvicorn buffers a whole WebSocket message (16 MiB by default) before the app can
+        # refuse it: cap it near our limit. The headroom lets a message a little over the limit
+        # be refused by the app with its explanatory error; larger ones are cut off unread.
+        ws_max_size=2 * settings.ws_max_message_bytes,
         timeout_graceful_shutdown=30,
     )
     # uvicorn re-raises the signal that stopped it once shutdown is complete; a SIGTERM that

@@ -1,15 +1,27 @@
-"""Keep credentials out of logs: ``?token=`` and ``?ticket=`` values are redacted."""
+"""Keep credentials out of logs: ``?token=`` and ``?ticket=`` values are redacted, and so are
+passwords in the service URLs ``jobcast serve`` prints."""
 
 from __future__ import annotations
 
 import logging
 import re
+from urllib.parse import urlsplit, urlunsplit
 
 _SECRET_PARAMS = re.compile(r"(?<=[?&])(token|ticket|access_token)=[^&\s\"]*", re.IGNORECASE)
+_PASSWORD_PARAM = re.compile(r"(?<=[?&])password=[^&]*", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
     return _SECRET_PARAMS.sub(r"\1=REDACTED", text)
+
+
+def hide_password(url: str) -> str:
+    """``url`` with its password (``redis://:pw@host``, ``?password=pw``) shown as ``***``."""
+    parts = urlsplit(url)
+    if parts.password is not None:  # rebuilt only then: urlunsplit drops sqlite:////'s slashes
+        userinfo, _, host = parts.netloc.rpartition("@")
+        url = urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{host}"))
+    return _PASSWORD_PARAM.sub("password=***", url)
 
 
 class RedactSecrets(logging.Filter):
