@@ -152,6 +152,44 @@ async def test_cors_allows_configured_origins_only(
     assert "access-control-allow-origin" not in other.headers
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("PUT", "/api/jobs/j1/readers/bob"),
+        ("DELETE", "/api/jobs/j1/readers/bob"),
+        ("POST", "/api/jobs/j1/cancel"),
+        ("DELETE", "/api/jobs/j1"),
+    ],
+)
+async def test_cors_preflight_allows_every_method_the_api_uses(
+    make_server: LiveServerFactory, client: httpx.AsyncClient, method: str, path: str
+) -> None:
+    server = make_server(cors_origins="http://localhost:5173")
+    preflight = await client.options(
+        f"{server.url}{path}",
+        headers={
+            "Origin": "http://localhost:5173",
+            "Access-Control-Request-Method": method,
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
+    assert preflight.status_code == 200, preflight.text
+    assert method in preflight.headers["access-control-allow-methods"].split(", ")
+
+
+async def test_csrf_exempt_paths_need_no_token(
+    make_server: LiveServerFactory, client: httpx.AsyncClient
+) -> None:
+    server = make_server(csrf_exempt_paths="/api/events")
+    login = await client.post(f"{server.url}/api/auth/session", headers=server.auth("w", "service"))
+    cookies = {"jobcast_session": login.cookies["jobcast_session"]}  # and no CSRF proof
+    async with httpx.AsyncClient(cookies=cookies, timeout=10) as browser:
+        body = {"topic": "a", "type": "t"}
+        assert (await browser.post(f"{server.url}/api/events", json=body)).status_code == 202
+        refused = await browser.post(f"{server.url}/api/jobs", json={"kind": "demo"})
+        assert refused.status_code == 403  # every other path still needs it
+
+
 async def test_wildcard_cors_never_allows_credentials(
     make_server: LiveServerFactory, client: httpx.AsyncClient
 ) -> None:

@@ -45,7 +45,7 @@ def install_cors(app: FastAPI, settings: Settings) -> None:
         allow_origins=list(origins),
         # Never "*" together with credentials: a wildcard origin gets no cookies.
         allow_credentials=not wildcard,
-        allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+        allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],  # PUT: sharing a job
         allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-CSRF-Token"],
         expose_headers=["X-CSRF-Token", "Retry-After"],
         max_age=600,
