@@ -4,6 +4,7 @@ credential expiry and log redaction, against a real server."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -302,6 +303,48 @@ async def test_a_token_expired_within_the_leeway_opens_no_stream(
     async with asyncio.timeout(10), websockets.connect(url) as ws:
         await receive_until_closed(ws)
     assert ws.close_code == 4401
+
+
+async def wait_past(epoch_seconds: float) -> None:
+    """Let the wall clock pass an expiry: the subject of the test, not a synchronisation."""
+    await asyncio.sleep(max(0.0, epoch_seconds - time.time()) + 0.1)
+
+
+async def test_an_expired_ticket_is_refused(
+    make_server: LiveServerFactory, client: httpx.AsyncClient
+) -> None:
+    server = make_server(ticket_ttl_seconds=1, jwt_leeway_seconds=0)
+    issued = await client.post(
+        f"{server.url}/api/auth/ticket", json={"topics": ["a"]}, headers=server.auth()
+    )
+    ticket = issued.json()["ticket"]
+    await wait_past(jwt.decode(ticket, options={"verify_signature": False})["exp"])
+    late = await client.get(f"{server.url}/api/events", params={"topic": "a", "ticket": ticket})
+    assert (late.status_code, late.json()["reason"]) == (401, "token_expired")
+
+
+async def test_a_spent_ticket_stays_spent_while_the_leeway_accepts_it(
+    make_server: LiveServerFactory, client: httpx.AsyncClient
+) -> None:
+    server = make_server(ticket_ttl_seconds=1, jwt_leeway_seconds=30)
+    url, topic = f"{server.url}/api/events", {"topic": "a"}
+
+    async def ticket() -> str:
+        issued = await client.post(
+            f"{server.url}/api/auth/ticket", json={"topics": ["a"]}, headers=server.auth()
+        )
+        return str(issued.json()["ticket"])
+
+    first = await ticket()
+    async with EventStream(client, url, params={**topic, "ticket": first}) as used:
+        assert used.response is not None and used.response.status_code == 200
+    await wait_past(jwt.decode(first, options={"verify_signature": False})["exp"])
+    # another spend prunes the records of expired tickets; the first is still presentable
+    async with EventStream(client, url, params={**topic, "ticket": await ticket()}) as other:
+        assert other.response is not None and other.response.status_code == 200
+    async with client.stream("GET", url, params={**topic, "ticket": first}) as again:
+        assert again.status_code == 401  # not a stream
+        assert json.loads(await again.aread())["reason"] == "ticket_used"
 
 
 def test_tokens_and_tickets_are_redacted_from_logs() -> None:

@@ -38,7 +38,9 @@ async def resolve_principal(jc: Jobcast, connection: HTTPConnection) -> Principa
     ticket = query.get("ticket")
     if ticket is not None:
         principal, ticket_id, expires_at = tokens.verify_ticket(ticket)
-        if not await jc.spent_tickets.spend(ticket_id, expires_at):
+        # Verification accepts a ticket up to the leeway past its exp: remember it that long.
+        usable_until = expires_at + jc.settings.jwt_leeway_seconds
+        if not await jc.spent_tickets.spend(ticket_id, usable_until):
             raise Unauthorized("the ticket was already used", reason="ticket_used")
         return principal
     token = query.get("token")

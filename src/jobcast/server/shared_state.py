@@ -7,6 +7,7 @@ anywhere, once.
 
 from __future__ import annotations
 
+import heapq
 import time
 from typing import Protocol
 
@@ -18,22 +19,30 @@ from jobcast.errors import Unavailable
 
 class SpentTickets(Protocol):
     async def spend(self, ticket_id: str, expires_at: float) -> bool:
-        """Record a ticket as used; ``False`` if it already was."""
+        """Record a ticket as used until ``expires_at``, when it can no longer be presented
+        (its exp plus the clock-skew leeway); ``False`` if it already was."""
         ...
 
 
 class MemorySpentTickets:
     def __init__(self) -> None:
-        self._spent: dict[str, float] = {}
+        self._spent: set[str] = set()
+        #: (expiry, ticket id), soonest first: pruning pops only what expired, so each record
+        #: is pushed and popped once and a spend costs O(log n), however many are held.
+        self._expiries: list[tuple[float, str]] = []
 
     async def spend(self, ticket_id: str, expires_at: float) -> bool:
-        now = time.time()
-        if len(self._spent) > 1024:  # forget tickets that can no longer be presented
-            self._spent = {t: exp for t, exp in self._spent.items() if exp > now}
+        now, expiries = time.time(), self._expiries
+        while expiries and expiries[0][0] <= now:  # forget tickets that can no longer be used
+            self._spent.discard(heapq.heappop(expiries)[1])
         if ticket_id in self._spent:
             return False
-        self._spent[ticket_id] = expires_at
+        self._spent.add(ticket_id)
+        heapq.heappush(expiries, (expires_at, ticket_id))
         return True
+
+    def __len__(self) -> int:
+        return len(self._spent)
 
 
 class RedisSpentTickets:
