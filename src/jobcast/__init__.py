@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from jobcast.events import Event, EventId
     from jobcast.hub import Hub
     from jobcast.server.app import Jobcast, create_app
+    from jobcast.server.job_streams import JobUpdate
 
 _LOCATIONS = {
     "Conflict": "jobcast.errors",
@@ -38,6 +39,7 @@ _LOCATIONS = {
     "InvalidInput": "jobcast.errors",
     "Jobcast": "jobcast.server.app",
     "JobcastError": "jobcast.errors",
+    "JobUpdate": "jobcast.server.job_streams",
     "NotFound": "jobcast.errors",
     "PayloadTooLarge": "jobcast.errors",
     "Principal": "jobcast.auth",
@@ -57,6 +59,7 @@ __all__ = [
     "Forbidden",
     "Hub",
     "InvalidInput",
+    "JobUpdate",
     "Jobcast",
     "JobcastError",
     "NotFound",
