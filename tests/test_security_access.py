@@ -228,6 +228,46 @@ async def test_publishing_is_rate_limited_with_retry_after(
     assert limited.json()["error"] == "rate_limited"
 
 
+@pytest.mark.parametrize(
+    ("setting", "path", "body", "ok"),
+    [
+        ("rate_limit_submit", "/api/jobs", {"kind": "demo"}, 202),
+        ("rate_limit_ticket", "/api/auth/ticket", {"topics": ["a"]}, 200),
+        ("rate_limit_ticket", "/api/auth/session", None, 200),
+    ],
+    ids=["submit", "ticket", "session"],
+)
+async def test_submission_and_ticket_issue_are_rate_limited(
+    make_server: LiveServerFactory,
+    client: httpx.AsyncClient,
+    setting: str,
+    path: str,
+    body: object,
+    ok: int,
+) -> None:
+    server = make_server(**{setting: "2/minute"})
+    codes = []
+    for _ in range(3):
+        response = await client.post(f"{server.url}{path}", json=body, headers=server.auth())
+        codes.append(response.status_code)
+    assert codes == [ok, ok, 429]
+    assert int(response.headers["retry-after"]) >= 1
+
+
+async def test_the_total_stream_cap_is_503(
+    make_server: LiveServerFactory, client: httpx.AsyncClient
+) -> None:
+    server = make_server(max_streams_total=2)
+    url = f"{server.url}/api/events"
+    first = EventStream(client, url, params={"topic": "a"}, headers=server.auth())
+    second = EventStream(client, url, params={"topic": "a"}, headers=server.auth("bob"))
+    async with first, second:
+        third = await client.get(url, params={"topic": "a"}, headers=server.auth("carol"))
+        assert third.status_code == 503 and "stream limit" in third.json()["message"]
+    async with EventStream(client, url, params={"topic": "a"}, headers=server.auth()) as again:
+        assert again.response is not None and again.response.status_code == 200  # room again
+
+
 async def test_concurrent_streams_per_subject_are_capped(
     make_server: LiveServerFactory, client: httpx.AsyncClient
 ) -> None:
@@ -361,6 +401,23 @@ def test_tokens_and_tickets_are_redacted_from_logs() -> None:
     message = record.getMessage()
     assert "eyJsecret" not in message and "abc" not in message
     assert "token=REDACTED" in message and "ticket=REDACTED" in message and "topic=a" in message
+
+
+async def test_a_job_socket_whose_token_expires_is_closed_with_4401(
+    make_server: LiveServerFactory, client: httpx.AsyncClient
+) -> None:
+    server = make_server(jwt_leeway_seconds=0, heartbeat_interval=0.2)
+    submitted = await client.post(
+        f"{server.url}/api/jobs",
+        json={"kind": "demo", "params": {"steps": 200, "delay": 0.1}},  # outlives the token
+        headers=server.auth(),
+    )
+    job_id = submitted.json()["id"]
+    url = f"ws://{server.host}:{server.port}/ws/jobs/{job_id}?token={server.token(ttl=1)}"
+    async with asyncio.timeout(10), websockets.connect(url) as ws:
+        messages = await receive_until_closed(ws)
+    assert ws.close_code == 4401
+    assert messages[0]["type"] == "snapshot" and messages[-1]["op"] == "error"
 
 
 async def test_a_socket_whose_token_expires_is_closed_with_4401(
