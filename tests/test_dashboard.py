@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, Route, expect
 
 from tests.browser_support import chromium, open_page, screenshot, sign_in, start_server
 from tests.support import LiveServer
@@ -202,3 +202,44 @@ def test_a_failed_job_shows_its_error_and_a_running_one_can_be_cancelled(
     expect(page.locator("#job-log")).to_contain_text("cancelled")
     page.get_by_role("link", name="All jobs").click()
     expect(page.locator(f'tr[data-job-id="{job_id}"] .badge')).to_have_text("cancelled")
+
+
+def test_progress_of_an_unknown_job_fetches_it_once(page: Page, server: LiveServer) -> None:
+    page.goto(server.url + "/")
+    page.get_by_label("Access token").fill(server.token("root", "admin"))
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+    job_id = "ffffffffffffffff00000a"
+    held: list[Route] = []  # the snapshot requests, answered only at the end
+    page.route(f"**/api/jobs/{job_id}", lambda route: held.append(route))
+
+    def publish(type_: str, data: dict[str, object]) -> None:
+        httpx.post(
+            server.url + "/api/events",
+            json={"topic": f"jobs/{job_id}", "type": type_, "data": {"id": job_id, **data}},
+            headers=server.auth("worker", "service"),
+        ).raise_for_status()
+
+    for seq in (1, 2, 3):
+        publish("progress", {"seq": seq, "progress": 10 * seq})
+    # A full update after them: once its row shows, every progress update was handled.
+    created = "2030-01-01T00:00:00Z"
+    publish("state", {"seq": 4, "kind": "demo", "state": "running", "created_at": created})
+    expect(page.locator(f'tr[data-job-id="{job_id}"] .badge')).to_have_text("running")
+    assert len(held) == 1
+    for route in held:
+        route.fulfill(status=404, json={"error": "not_found", "message": "no such job"})
+
+
+def test_an_expired_cookie_session_signs_out(page: Page, tmp_path: Path) -> None:
+    strict = start_server(tmp_path / "strict", jwt_leeway_seconds=0)
+    try:
+        page.goto(strict.url + "/")
+        page.get_by_label("Access token").fill(strict.token("carol", ttl=2))
+        page.get_by_label("Use a cookie session").check()
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+        expect(page.locator("#signin-error")).to_have_text("Your token was refused; sign in again.")
+        expect(page.get_by_label("Access token")).to_be_visible()
+    finally:
+        strict.stop()

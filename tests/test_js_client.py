@@ -147,14 +147,20 @@ def test_a_restart_resumes_after_the_last_event_with_a_fresh_ticket(
 def test_reauth_is_surfaced_and_the_stream_resumes_with_a_new_credential(
     page: Page, server: LiveServer
 ) -> None:
-    page.evaluate("t => { window.token = t }", server.token("alice", ttl=2))
     page.evaluate(
-        """() => { window.stream = jc.subscribe(['notes/2'], handlers, {
+        "([t, fresh]) => { window.token = t; window.fresh = fresh; }",
+        [server.token("alice", ttl=2), server.token("alice", ttl=3600)],
+    )
+    # The handler renews the token, as an application would (setting it after 'open' instead
+    # races the short token's expiry on a busy machine).
+    page.evaluate(
+        """() => { window.stream = jc.subscribe(['notes/2'], {
+             ...handlers, onReauth: () => { reauths += 1; window.token = window.fresh; },
+           }, {
              token: () => window.token, types: ['note'], EventSource: RecordingEventSource,
            }); }"""
     )
     wait_for(page, "stream.state === 'open'")
-    page.evaluate("t => { window.token = t }", server.token("alice", ttl=3600))
     wait_for(page, "reauths === 1 && urls.length === 2 && stream.state === 'open'")
     publish(server, "notes/2", {"after": "reauth"})
     assert wait_for(page, "events.length === 1 && events[0][2].after") == "reauth"
@@ -263,3 +269,170 @@ def test_the_fetch_transport_honours_a_closing_retry_hint(page: Page) -> None:
     assert calls[1][0] - calls[0][0] >= 1150  # the server's closing hint
     assert calls[2][0] - calls[1][0] < 1000  # no hint: the backoff (0 here)
     assert "last_event_id=e-2" in calls[2][1]
+
+
+def test_an_expired_cookie_session_ends_the_subscription(page: Page, server: LiveServer) -> None:
+    # EventSource hides the 401 of the expired session: the probe must find it (J4).
+    page.evaluate(
+        """async (t) => {
+             const answer = await fetch('/api/auth/session', {
+               method: 'POST', headers: {Authorization: `Bearer ${t}`} });
+             const {csrf_token} = await answer.json();
+             window.stream = jc.subscribe(['notes/6'], handlers, {
+               csrfToken: csrf_token, backoff: {initialMs: 100, maxMs: 100} });
+           }""",
+        server.token("alice", ttl=2),
+    )
+    wait_for(page, "stream.state === 'open'")
+    wait_for(page, "stream.state === 'closed'")
+    assert page.evaluate("errors")[-1][:2] == [401, True]
+
+
+def test_a_websocket_watch_of_another_users_job_ends_at_once(
+    page: Page, server: LiveServer
+) -> None:
+    job = httpx.post(
+        server.url + "/api/jobs",
+        json={"kind": "demo", "params": {"steps": 1, "delay": 0}},
+        headers=server.auth("bob"),
+    ).json()
+    page.evaluate(
+        """([id, t]) => {
+             window.stream = jc.watchJob(id, handlers, {token: t, transport: 'ws'});
+           }""",
+        [job["id"], server.token("alice")],
+    )
+    wait_for(page, "stream.state === 'closed'")
+    assert page.evaluate("errors") == [[404, True, f"no job '{job['id']}'"]]
+    assert page.evaluate("stream.connections") == 1
+    assert "reconnecting" not in page.evaluate("states")
+
+
+def test_a_refused_websocket_subscription_ends_the_stream(page: Page) -> None:
+    # No credential at all: the hub socket opens, and refuses the subscription in a reply.
+    page.evaluate("window.stream = jc.subscribe(['notes/7'], handlers, {transport: 'ws'})")
+    wait_for(page, "stream.state === 'closed'")
+    assert page.evaluate("errors")[-1][:2] == [401, True]
+    assert page.evaluate("stream.connections") == 1
+
+
+def test_an_expired_token_that_is_not_renewed_ends_the_stream(
+    browser: Browser, tmp_path: Path
+) -> None:
+    # The server's clock-skew leeway still accepts the expired token for tickets, so
+    # reconnecting with it at once after `reauth` used to loop for as long as the leeway.
+    lenient = start_server(tmp_path / "lenient", jwt_leeway_seconds=30)
+    try:
+        with open_page(browser) as page:
+            page.goto(lenient.url + "/static/jobcast.js")
+            page.evaluate(SETUP)
+            page.evaluate(
+                """(t) => { window.stream = jc.subscribe(['notes/8'], handlers, {
+                     token: t, fetch: countingFetch, backoff: {initialMs: 100, maxMs: 100},
+                   }); }""",
+                lenient.token("alice", ttl=2),
+            )
+            wait_for(page, "stream.state === 'open'")
+            wait_for(page, "stream.state === 'closed'")
+            assert page.evaluate("errors")[-1][:2] == [401, True]
+            assert 1 <= page.evaluate("reauths") <= 2
+            assert page.evaluate("tickets") <= 3
+    finally:
+        lenient.stop()
+
+
+def test_a_second_reauth_with_the_same_token_ends_the_stream(page: Page) -> None:
+    # A server that ends every stream with `reauth` at once: without a new token, one backed-off
+    # retry, then a 401.
+    page.evaluate(
+        """() => {
+             window.calls = 0;
+             const reauthing = async () => {
+               calls += 1;
+               return new Response('event: reauth\\ndata: {"reason":"credential_expired"}\\n\\n',
+                                   {headers: {'content-type': 'text/event-stream'}});
+             };
+             window.stream = jc.subscribe(['notes/9'], handlers, {
+               token: 'same', transport: 'fetch', fetch: reauthing, random: () => 0 });
+           }"""
+    )
+    wait_for(page, "stream.state === 'closed'")
+    assert page.evaluate("[calls, reauths]") == [2, 2]
+    assert page.evaluate("errors") == [[401, True, "the credential expired and was not renewed"]]
+
+
+def test_a_stream_closed_during_the_probe_stays_closed(page: Page) -> None:
+    # An EventSource that fails before opening, and a probe answered only when the test says.
+    page.evaluate(
+        """() => {
+             window.opened = 0;
+             window.FailingEventSource = class {
+               constructor() { opened += 1; setTimeout(() => this.onerror?.(), 0); }
+               addEventListener() {}
+               close() {}
+             };
+             window.probes = [];
+             const heldFetch = () => new Promise((answer) => probes.push(answer));
+             window.stream = jc.watchJob('j1', handlers, {
+               EventSource: FailingEventSource, fetch: heldFetch, random: () => 0 });
+           }"""
+    )
+    wait_for(page, "probes.length === 1")
+    page.evaluate(
+        """async () => {
+             stream.close();
+             probes[0](new Response('{"id": "j1"}', {status: 200}));
+             // A task boundary: every promise continuation of the probe has run by then.
+             await new Promise((done) => setTimeout(done, 0));
+             await new Promise((done) => setTimeout(done, 0));
+           }"""
+    )
+    assert page.evaluate("stream.state") == "closed"
+    assert page.evaluate("states") == ["connecting", "closed"]
+    assert page.evaluate("opened") == 1
+
+
+def test_submit_job_rejects_an_answer_that_is_not_json(page: Page) -> None:
+    page.route(
+        "**/api/jobs",
+        lambda route: route.fulfill(status=200, body="<html>a proxy page</html>"),
+    )
+    outcome = page.evaluate(
+        """async () => {
+             const file = new File(['x'], 'x.txt', {type: 'text/plain'});
+             const hung = new Promise((done) => setTimeout(() => done('hung'), 5000));
+             const sent = jc.submitJob('ingest', {}, {token: 't', file}).then(
+               () => 'resolved', (e) => [e.name, e.status, e.message]);
+             return Promise.race([sent, hung]);
+           }"""
+    )
+    assert outcome[:2] == ["JobcastError", 200]
+
+
+def test_only_a_connection_that_delivered_an_event_resets_the_backoff(page: Page) -> None:
+    # Sockets that open and then close at once: opening alone must not reset the attempt count,
+    # or a server that accepts and then refuses is retried without any delay, for ever.
+    page.evaluate(
+        """() => {
+             window.attempts = [];
+             window.FlakySocket = class {
+               constructor() {
+                 attempts.push(stream.attempt);
+                 const third = attempts.length === 3;
+                 setTimeout(() => {
+                   this.onopen?.();
+                   const event = {id: 'e-1', type: 'progress', data: {progress: 5}};
+                   if (third) this.onmessage?.({data: JSON.stringify(event)});
+                   this.onclose?.({code: 1011});
+                 }, 0);
+               }
+               send() {}
+               close() {}
+             };
+             window.stream = jc.watchJob('j2', handlers, {
+               transport: 'ws', WebSocket: FlakySocket, random: () => 0 });
+           }"""
+    )
+    wait_for(page, "attempts.length >= 5")
+    page.evaluate("stream.close()")
+    assert page.evaluate("attempts.slice(0, 5)") == [0, 1, 2, 1, 2]

@@ -15,6 +15,7 @@ const auth = {
 const signedIn = () => Boolean(auth.token() || auth.csrfToken());
 
 const jobs = new Map(); // id -> latest snapshot
+const fetching = new Set(); // ids of unknown jobs whose snapshot is being fetched
 let jobsStream = null;
 let jobStream = null;
 let inspectStream = null;
@@ -51,7 +52,12 @@ function badge(state) {
 function mergeJob(update, full) {
   const known = jobs.get(update.id);
   if (!known && !full) {
-    api(`/api/jobs/${encodeURIComponent(update.id)}`, auth).then((job) => mergeJob(job, true), () => {});
+    // A progress update of a job not seen yet: fetch it once, however many updates arrive.
+    if (fetching.has(update.id)) return;
+    fetching.add(update.id);
+    api(`/api/jobs/${encodeURIComponent(update.id)}`, auth)
+      .then((job) => mergeJob(job, true), () => {})
+      .finally(() => fetching.delete(update.id));
     return;
   }
   if (known && update.seq < known.seq) return;

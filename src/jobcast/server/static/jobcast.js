@@ -12,15 +12,26 @@
  *     up for good on an HTTP error, and a one-use ticket in its URL is spent. So every lost
  *     connection is closed here and reopened by us, with a fresh ticket and `last_event_id`.
  * J2. Reconnect delays are exponential with full jitter and a cap (`backoffDelay`), so the
- *     clients of a restarted server do not all come back at the same moment. A connection that
- *     opened resets the attempt count.
+ *     clients of a restarted server do not all come back at the same moment. Only a connection
+ *     that delivered an event resets the attempt count: a socket that opens and is then
+ *     refused would otherwise be retried at once, for ever.
  * J3. With a token, every connection first exchanges it for a one-use stream ticket, so the
  *     long-lived token never appears in a URL. Without one, the browser's cookies go along
  *     (cookie sessions from `POST /api/auth/session`).
- * J4. Failures that retrying cannot fix (401, 403, 404, 422 on the ticket or on the job) end
- *     the stream with `onError` and the state `closed`; everything else is retried forever.
- * J5. `reset` (the history could not cover the gap) and `reauth` (the credential expired) are
- *     surfaced to handlers; after `reauth` the stream reconnects at once with a fresh ticket.
+ * J4. Failures that retrying cannot fix (401, 403, 404, 422 on the ticket, the job or the
+ *     subscription) end the stream with `onError` and the state `closed`; everything else is
+ *     retried forever. EventSource hides the status of a refused stream, so a connection that
+ *     never opened is followed by a probe: the same stream requested with `fetch`, which shows
+ *     the status and is abandoned as soon as it has (another route, such as the job or a
+ *     ticket, may accept what the stream refuses: a token just past its expiry). WebSockets
+ *     carry the status: close codes 4403, 4404 and 4422, and an `{"op": "error"}` reply to a
+ *     subscription.
+ * J5. `reset` (the history could not cover the gap) and `reauth` (the credential expired; a
+ *     WebSocket closed with 4401) are surfaced to handlers. After `reauth` the stream
+ *     reconnects at once if the credential changed (the token, or for a cookie session its
+ *     CSRF token); if not, it backs off, and a second `reauth` in a row with the same
+ *     credential ends the stream with a 401: an expired credential the server still accepts
+ *     for a moment (clock-skew leeway) must not cause a reconnect storm.
  */
 
 /** Connection states, for status indicators. */
@@ -35,6 +46,10 @@ export const State = Object.freeze({
 export const JOB_EVENT_TYPES = ["snapshot", "progress", "state", "succeeded", "failed", "cancelled"];
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const FATAL_STATUS = new Set([401, 403, 404, 422]);
+/** `reauth`s in a row with an unchanged credential that end the stream (J5). */
+const STALE_REAUTH_LIMIT = 2;
+/** The status behind a WebSocket `{"op": "error"}` code (J4). */
+const ERROR_STATUS = { unauthorized: 401, forbidden: 403, not_found: 404, invalid_input: 422 };
 
 /** An HTTP error from the API; `status` and the server's `{error, message}` body are kept. */
 export class JobcastError extends Error {
@@ -152,8 +167,17 @@ export async function submitJob(kind, params = {}, options = {}) {
       options.onUploadProgress?.({ loaded: e.loaded, total, fraction: total ? e.loaded / total : 0 });
     };
     xhr.onload = () => {
-      if (xhr.status >= 200 && xhr.status < 300) done(JSON.parse(xhr.responseText));
-      else fail(errorFrom(xhr.status, xhr.responseText));
+      if (xhr.status < 200 || xhr.status >= 300) {
+        fail(errorFrom(xhr.status, xhr.responseText));
+        return;
+      }
+      try {
+        done(JSON.parse(xhr.responseText));
+      } catch {
+        // A proxy's HTML page, say: reject rather than throw where nobody catches it.
+        const message = `the server answered ${xhr.status} with a body that is not JSON`;
+        fail(new JobcastError(message, xhr.status));
+      }
     };
     xhr.onerror = () => fail(new JobcastError("the upload failed: network error"));
     xhr.send(form);
@@ -184,6 +208,9 @@ export class Stream extends EventTarget {
     this._conn = null;
     this._timer = null;
     this._closed = false;
+    this._gotEvent = false; // on the current connection (J2)
+    this._credential = null; // what the current connection authenticated with (J5)
+    this._staleReauths = 0;
     queueMicrotask(() => {
       if (this._closed) return;
       this._notify(); // handlers see the first state too
@@ -223,12 +250,16 @@ export class Stream extends EventTarget {
     const transport = options.transport || "sse";
     const query = new URLSearchParams(this.target.query || []);
     let headers = {};
+    let credential = null;
     try {
+      const token = await resolve(options.token); // once: a function may return a new one
+      credential = token || (await resolve(options.csrfToken)) || null;
       if (transport === "fetch") {
-        headers = await authHeaders(options, "GET"); // fetch can send the token as a header
-      } else if (await resolve(options.token)) {
+        if (token) headers.Authorization = `Bearer ${token}`; // fetch can send it as a header
+      } else if (token) {
         const { ticket } = await api("/api/auth/ticket", {
           ...options,
+          token,
           method: "POST",
           body: { topics: this.target.topics },
         }); // J3: a fresh one-use ticket for every connection
@@ -239,6 +270,9 @@ export class Stream extends EventTarget {
     }
     if (this._closed) return;
     this.connections += 1;
+    if (credential !== this._credential) this._staleReauths = 0; // renewed while backing off
+    this._credential = credential;
+    this._gotEvent = false;
     const path = transport === "ws" ? this.target.wsPath : this.target.ssePath;
     if (this.lastEventId && !(transport === "ws" && this.target.wsSubscribe)) {
       query.set("last_event_id", this.lastEventId); // J1: resume where we were
@@ -249,9 +283,14 @@ export class Stream extends EventTarget {
     this._conn = open(this, url, headers);
   }
 
+  /** The credential a connection would use now: the token, else the cookie session's CSRF. */
+  async _currentCredential() {
+    return (await resolve(this.options.token)) || (await resolve(this.options.csrfToken)) || null;
+  }
+
   /** A connection opened (called by the transports). */
   _opened() {
-    this.attempt = 0; // J2
+    if (this._closed) return;
     this._setState(State.OPEN);
     this.handlers.onOpen?.();
   }
@@ -259,6 +298,10 @@ export class Stream extends EventTarget {
   /** An event arrived (called by the transports). */
   _receive(type, raw, id, extra = {}) {
     if (this._closed) return;
+    if (type !== "reauth" && !this._gotEvent) {
+      this._gotEvent = true;
+      this.attempt = 0; // J2: this connection worked
+    }
     if (id) this.lastEventId = id;
     let data = raw;
     try {
@@ -272,33 +315,85 @@ export class Stream extends EventTarget {
       return;
     }
     if (type === "reauth") {
-      this.handlers.onReauth?.(data, event); // J5: renew the credential and resume at once
+      this.handlers.onReauth?.(data, event); // J5: the handler may renew the credential now
       this._drop();
-      this.attempt = 0;
-      this._connect();
+      this._reauthenticate();
       return;
     }
     this.handlers.onEvent?.(event);
     if (this.target.final?.(event)) this.close();
   }
 
+  /** After `reauth`: resume at once with a renewed credential, else back off, then give up (J5). */
+  async _reauthenticate() {
+    let credential = null;
+    try {
+      credential = await this._currentCredential();
+    } catch {
+      credential = null; // a token function that failed renewed nothing
+    }
+    if (this._closed) return;
+    if (credential !== this._credential) {
+      this._staleReauths = 0;
+      this.attempt = 0;
+      this._connect();
+      return;
+    }
+    this._staleReauths += 1;
+    if (this._staleReauths >= STALE_REAUTH_LIMIT) {
+      const message = "the credential expired and was not renewed";
+      const body = { error: "unauthorized", reason: "token_expired", message };
+      this.handlers.onError?.(new JobcastError(message, 401, body));
+      this.close();
+      return;
+    }
+    this._retryLater(true);
+  }
+
   /** The connection ended or could not be made (called by the transports). */
   async _lost(wasOpen, error = null) {
     this._drop();
     if (this._closed) return;
-    if (!error && !wasOpen && this.target.probe) {
-      // EventSource hides the HTTP status; ask the API why the stream was refused (J4).
+    if (!error && !wasOpen) {
+      // EventSource hides the HTTP status; ask for the stream again to see why (J4).
       try {
-        await this.target.probe(this.options);
+        await this._probe();
       } catch (probeError) {
         if (probeError instanceof JobcastError && probeError.fatal) error = probeError;
       }
+      if (this._closed) return; // closed while the probe was out: stay closed
     }
     if (error) this.handlers.onError?.(error);
     if (error?.fatal) {
       this.close();
       return;
     }
+    this._retryLater(wasOpen);
+  }
+
+  /** Request the stream with `fetch` for its status only: throws a JobcastError if refused. */
+  async _probe() {
+    const options = this.options;
+    const query = new URLSearchParams(this.target.query || []);
+    if (this.lastEventId) query.set("last_event_id", this.lastEventId);
+    const headers = { ...(await authHeaders(options, "GET")), Accept: "text/event-stream" };
+    const doFetch = options.fetch || globalThis.fetch.bind(globalThis);
+    const controller = new AbortController();
+    try {
+      const response = await doFetch(absolute(`${this.target.ssePath}?${query}`, options), {
+        headers,
+        credentials: options.withCredentials ? "include" : "same-origin",
+        signal: controller.signal,
+        cache: "no-store",
+      });
+      if (!response.ok) throw errorFrom(response.status, await response.text());
+    } finally {
+      controller.abort(); // the status was all we wanted
+    }
+  }
+
+  /** Reconnect after a backoff delay, or the server's closing `retry:` hint. */
+  _retryLater(wasOpen) {
     this._setState(State.RECONNECTING);
     let delay = backoffDelay(this.attempt, this.options.backoff, this.options.random);
     if (wasOpen && this.serverRetryMs != null) {
@@ -422,6 +517,12 @@ function openSocket(stream, url, _headers) {
   const target = stream.target;
   let wasOpen = false;
   let live = true;
+  let refusal = null; // the {"op": "error"} the server sends before closing with a code
+  const end = (error) => {
+    live = false;
+    socket.close();
+    stream._lost(wasOpen, error);
+  };
   socket.onopen = () => {
     if (target.wsSubscribe) {
       const op = { op: "subscribe", topics: target.wsSubscribe };
@@ -440,7 +541,10 @@ function openSocket(stream, url, _headers) {
     } else if (m.op === "reset") {
       stream._receive("reset", JSON.stringify(m), m.id);
     } else if (m.op === "error") {
-      stream.handlers.onError?.(new JobcastError(m.message || m.error, 0, m));
+      const error = new JobcastError(m.message || m.error, ERROR_STATUS[m.error] || 0, m);
+      if (m.for === "subscribe" && !wasOpen) end(error); // refused; the socket stays open (J4)
+      else if (m.for) stream.handlers.onError?.(error); // another op failed; the stream goes on
+      else refusal = error; // a close follows: reported with its code
     } else if (!m.op) {
       stream._receive(m.type, JSON.stringify(m.data), m.id, { topic: m.topic, ts: m.ts });
     }
@@ -448,8 +552,15 @@ function openSocket(stream, url, _headers) {
   socket.onclose = (e) => {
     if (!live) return;
     live = false;
-    if (e.code === 4401) stream._receive("reauth", '{"reason":"credential_expired"}', null);
-    else stream._lost(wasOpen);
+    const status = e.code >= 4000 && e.code < 5000 ? e.code - 4000 : 0; // 4000 + HTTP status
+    if (status === 401) {
+      stream._receive("reauth", '{"reason":"credential_expired"}', null); // J5: renew once
+    } else if (FATAL_STATUS.has(status)) {
+      const message = refusal?.message || `the server closed the stream (${e.code})`;
+      stream._lost(wasOpen, new JobcastError(message, status, refusal?.body ?? null)); // J4
+    } else {
+      stream._lost(wasOpen, refusal);
+    }
   };
   return {
     close() {
@@ -497,7 +608,6 @@ export function watchJob(id, handlers = {}, options = {}) {
       topics: [`jobs/${id}`],
       types: JOB_EVENT_TYPES,
       final: (event) => TERMINAL.has(event.type),
-      probe: (opts) => getJob(id, opts),
     },
     wrapped,
     options,
@@ -587,5 +697,4 @@ export function createClient(defaults = {}) {
  * @property {string[]} [types]
  * @property {string[]} [wsSubscribe]
  * @property {(event: StreamEvent) => boolean} [final]
- * @property {(options: ClientOptions) => Promise<any>} [probe]
  */
