@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobcast.server.job_streams import JobUpdate
+from jobcast import JobUpdate
 
 STATUS_OF_STATE = {
     "queued": "queued",

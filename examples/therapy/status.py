@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from jobcast.server.job_streams import JobUpdate
+from jobcast import JobUpdate
 
 HEARTBEAT = b": heartbeat\n\n"
 JOB_TYPES = frozenset({"snapshot", "progress", "state", "succeeded", "failed", "cancelled"})
