@@ -57,7 +57,36 @@ def test_reset_and_reauth_become_notices() -> None:
     )
     assert items == [Reset("e-9", "trimmed", "old-1"), Reauth("credential_expired")]
     assert state.last_event_id == "e-9"
-    assert state.ended(None, opened=True) == 0.0  # reconnect at once with the new token
+    renewed = {"Authorization": "Bearer new"}
+    assert state.ended(None, opened=True, credentials=lambda: renewed) == 0.0  # R5: at once
+
+
+REAUTH = 'event: reauth\ndata: {"reason":"credential_expired"}\n\n'
+
+
+def test_a_reauth_without_a_new_token_backs_off_then_raises() -> None:
+    old = {"Authorization": "Bearer old"}
+    state = StreamState(POLICY, job=False)
+    assert state.connecting(old)["Authorization"] == "Bearer old"
+    state.feed("retry: 3000\n\n" + REAUTH)
+    assert state.ended(None, opened=True, credentials=lambda: old) >= 3.0  # R5: backs off
+    state.connecting(old)
+    state.feed(REAUTH)
+    with pytest.raises(AuthError) as caught:
+        state.ended(None, opened=True, credentials=lambda: old)
+    assert caught.value.reason == "token_expired"
+
+
+def test_a_token_renewed_while_backing_off_starts_the_count_again() -> None:
+    state = StreamState(POLICY, job=False)
+    state.connecting({"Authorization": "Bearer old"})
+    state.feed("retry: 3000\n\n" + REAUTH)
+    assert state.ended(None, opened=True) >= 3.0  # no credentials given: unchanged
+    new = {"Authorization": "Bearer new"}
+    state.connecting(new)
+    assert state.stale_reauths == 0
+    state.feed(REAUTH)  # the new one expires in its turn
+    assert state.ended(None, opened=True, credentials=lambda: new) >= 3.0  # not raised
 
 
 def error(status: int, body: bytes = b"{}", headers: dict[str, str] | None = None) -> Exception:

@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from jobcast.client import (
     AsyncClient,
+    AuthError,
     Client,
     Event,
     JobState,
@@ -186,6 +187,64 @@ def proxy(request: pytest.FixtureRequest, server: LiveServer) -> Iterator[Proxy]
     running = Proxy(buffering_proxy(server.url, request.param)).start()  # type: ignore[arg-type]
     yield running
     running.stop()
+
+
+def reauthing_server() -> Starlette:
+    """Every stream opens, then ends with ``reauth``: an expired token the server still takes."""
+
+    async def events(request: Request) -> Response:
+        request.app.state.streams += 1
+        body = 'event: reauth\ndata: {"reason":"credential_expired"}\n\n'
+        return Response(body, media_type="text/event-stream")
+
+    app = Starlette(routes=[Route("/api/events", events)])
+    app.state.streams = 0
+    return app
+
+
+@pytest.fixture
+def reauthing() -> Iterator[Proxy]:
+    running = Proxy(reauthing_server()).start()  # type: ignore[arg-type]
+    yield running
+    running.stop()
+
+
+def test_sync_reauth_without_a_new_token_backs_off_then_fails(reauthing: Proxy) -> None:
+    items: list[StreamItem] = []
+
+    def consume() -> None:
+        with Client(reauthing.url, token="expired", reconnect=FAST) as client:
+            items.extend(client.subscribe("videos/1"))
+
+    with ThreadPoolExecutor(1) as pool, pytest.raises(AuthError) as caught:
+        pool.submit(consume).result(10)
+    assert caught.value.reason == "token_expired"
+    assert items == [Reauth("credential_expired")] * 2
+    assert reauthing.app.state.streams == 2
+
+
+async def test_async_reauth_with_a_new_token_resumes_at_once(reauthing: Proxy) -> None:
+    tokens = iter(["a", "b", "c"])
+    async with AsyncClient(reauthing.url, token="a", reconnect=FAST) as client:
+        seen = 0
+        async with asyncio.timeout(10):
+            async for item in client.subscribe("videos/1"):
+                assert isinstance(item, Reauth)
+                seen += 1
+                if seen == 3:
+                    break
+                client.token = next(tokens)  # renewed on every notice: never gives up
+    assert reauthing.app.state.streams == 3
+
+
+async def test_async_reauth_without_a_new_token_fails(reauthing: Proxy) -> None:
+    async with AsyncClient(reauthing.url, token="expired", reconnect=FAST) as client:
+        items = client.subscribe("videos/1")
+        async with asyncio.timeout(10):
+            assert [await anext(items), await anext(items)] == [Reauth("credential_expired")] * 2
+            with pytest.raises(AuthError):
+                await anext(items)
+    assert reauthing.app.state.streams == 2
 
 
 POLLING = ReconnectPolicy(

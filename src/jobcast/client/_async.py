@@ -188,7 +188,7 @@ class AsyncClient(BaseClient):
     ) -> AsyncGenerator[StreamItem, None]:
         policy = self.reconnect
         while not state.finished and not state.polling:
-            headers = {**state.connecting(), **self._auth()}
+            headers = state.connecting(self._auth())
             opened = buffered = False
             error: ClientError | None = None
             response: httpx.Response | None = None
@@ -228,7 +228,9 @@ class AsyncClient(BaseClient):
             if state.finished:  # the terminal event came in the first chunk
                 return
             check_deadline(deadline)
-            delay = state.ended(error, opened=opened, first_byte_timeout=buffered)
+            delay = state.ended(
+                error, opened=opened, first_byte_timeout=buffered, credentials=self._auth
+            )
             if delay:
                 await anyio.sleep(until(deadline, delay))
 

@@ -16,6 +16,11 @@ R3. A job stream that is impossible falls back to polling ``GET /api/jobs/{id}``
 R4. Errors that a retry cannot fix (401, 403, 404, 422) end the stream at once; 429 waits at
     least the server's ``Retry-After``; transport errors and 5xx are retried with backoff
     (forever unless ``max_attempts`` is set).
+R5. After ``reauth`` the stream resumes at once if the token changed (the caller renewed it on
+    the notice). With the same token it backs off like a failure, and ``max_stale_reauths``
+    in a row end it with ``AuthError``: a server that still accepts an expired token for its
+    clock-skew leeway would otherwise be asked again and again, with no pause, until the
+    leeway ran out.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ class ReconnectPolicy:
     poll_interval: float = 1.0
     #: Consecutive failed attempts before giving up; ``None`` retries forever (R4).
     max_attempts: int | None = None
+    #: ``reauth`` notices in a row with an unchanged token before ``AuthError`` (R5).
+    max_stale_reauths: int = 2
     #: How many event ids are remembered to drop duplicates after a resume.
     dedupe_window: int = 10_000
 

@@ -3,7 +3,7 @@
 The twins open connections and read bytes; this class decides everything else: the
 ``Last-Event-ID`` to resume from, which frames become which items, which events are duplicates
 (D1), when the stream is over, and how long to wait or whether to poll after a connection ends
-(``_policy`` R1..R4).
+(``_policy`` R1..R5).
 
 D1. Duplicates are dropped by id: a bounded window of recently seen ids. A job's ``snapshot``
     is a state, not an event, and carries the id of the newest event it reflects, which the
@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from jobcast.client._errors import (
+    AuthError,
     ClientError,
     ConnectionFailed,
     HTTPStatusError,
@@ -46,6 +48,9 @@ class StreamState:
         #: Consecutive attempts that reached the server yet delivered nothing (R3).
         self.stream_failures = 0
         self.attempts = 0
+        #: ``reauth`` notices in a row answered with an unchanged token (R5).
+        self.stale_reauths = 0
+        self._credentials: dict[str, str] = {}
         self._seen: set[str] = set()
         self._order: deque[str] = deque()
         self._decoder = SSEDecoder()
@@ -55,15 +60,19 @@ class StreamState:
 
     # -- one connection ------------------------------------------------------------------
 
-    def connecting(self) -> dict[str, str]:
-        """Start a connection; returns the headers to send."""
+    def connecting(self, credentials: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Start a connection with ``credentials`` (auth headers); returns the headers to send."""
         self.attempts += 1
         self._decoder = SSEDecoder()
         self._got_bytes = self._got_event = self._reauth = False
+        credentials = dict(credentials or {})
+        if credentials != self._credentials:
+            self.stale_reauths = 0  # renewed, perhaps while we backed off (R5)
+        self._credentials = credentials
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
         if self.last_event_id:
             headers["Last-Event-ID"] = self.last_event_id
-        return headers
+        return {**headers, **credentials}
 
     @property
     def got_bytes(self) -> bool:
@@ -107,6 +116,21 @@ class StreamState:
             self.server_retry_ms = self._decoder.retry
         return items
 
+    def _after_reauth(self, credentials: Callable[[], Mapping[str, str]] | None) -> float:
+        # The caller was told, and may have renewed the token on the notice (R5).
+        if credentials is not None and dict(credentials()) != self._credentials:
+            self.stale_reauths = 0
+            return 0.0
+        self.stale_reauths += 1
+        if self.stale_reauths >= self.policy.max_stale_reauths:
+            raise AuthError(
+                401,
+                "unauthorized",
+                "the token expired and no new one was given (assign client.token on Reauth)",
+                reason="token_expired",
+            )
+        return self.policy.delay(self.stale_reauths, self.server_retry_ms)
+
     def _first_sight(self, event_id: str | None) -> bool:
         if not event_id:
             return True
@@ -119,13 +143,20 @@ class StreamState:
         return True
 
     def ended(
-        self, error: BaseException | None, *, opened: bool, first_byte_timeout: bool = False
+        self,
+        error: BaseException | None,
+        *,
+        opened: bool,
+        first_byte_timeout: bool = False,
+        credentials: Callable[[], Mapping[str, str]] | None = None,
     ) -> float:
         """The current connection is over: seconds to wait before the next one.
 
         ``opened`` says the server answered 200 (an unreachable server is not a reason to
         poll). Raises the error when retrying cannot help (R4); sets ``polling`` when a job
-        stream should fall back to polling (R3); returns 0 once ``finished``.
+        stream should fall back to polling (R3); returns 0 once ``finished``. After a
+        ``reauth``, ``credentials()`` gives the auth headers the next connection would send
+        (without it, the token counts as unchanged) (R5).
         """
         if self.finished:
             return 0.0
@@ -135,7 +166,7 @@ class StreamState:
             raise error
         if self._reauth:
             self.failures = 0
-            return 0.0  # the caller was told; reconnect with whatever token it has now
+            return self._after_reauth(credentials)
         if self._got_event or (self._got_bytes and error is None):
             self.failures = self.stream_failures = 0
             return self.policy.delay(0, self.server_retry_ms)

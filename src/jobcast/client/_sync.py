@@ -178,7 +178,7 @@ class Client(BaseClient):
     ) -> Iterator[StreamItem]:
         policy = self.reconnect
         while not state.finished and not state.polling:
-            headers = {**state.connecting(), **self._auth()}
+            headers = state.connecting(self._auth())
             opened = False
             watchdog = _Watchdog()
             error: ClientError | None = None
@@ -218,7 +218,9 @@ class Client(BaseClient):
                 error = exc
             buffered = watchdog.fired or (not state.got_bytes and _timed_out(error))
             check_deadline(deadline)
-            delay = state.ended(error, opened=opened, first_byte_timeout=buffered)
+            delay = state.ended(
+                error, opened=opened, first_byte_timeout=buffered, credentials=self._auth
+            )
             if delay:
                 time.sleep(until(deadline, delay))
 
