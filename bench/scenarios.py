@@ -44,6 +44,8 @@ class Scale:
     slow_events: int = 200
     redis_subscribers: int = 5000
     processes: int = 4
+    #: Keep-alive connections publishing at once (each sends its next event on the answer).
+    publishers: int = 4
     deadline: float = 180.0
 
 
@@ -80,7 +82,6 @@ def stream_and_publish(
     scale: Scale,
     *,
     rate: float = 0.0,
-    publishers: int = 4,
 ) -> tuple[Figures, Merged]:
     """Open ``specs``, publish ``plan``, wait for delivery; the common figures."""
     load = LoadGenerator(HOST, target.ports, specs, processes=scale.processes)
@@ -89,7 +90,9 @@ def stream_and_publish(
         refused = sum(status != 200 for status in statuses)
         before = target.stats()
         sent = asyncio.run(
-            publish(target.ports, target.publish_request, plan, rate=rate, connections=publishers)
+            publish(
+                target.ports, target.publish_request, plan, rate=rate, connections=scale.publishers
+            )
         )
         merged = load.collect(timeout=scale.deadline)
         after = target.stats()
@@ -158,6 +161,7 @@ def idle(target: Target, scale: Scale) -> Figures:
         load.close()
     return {
         "kb_per_connection": (after.rss_bytes - before.rss_bytes) / 1024 / scale.idle,
+        "cpu_us_per_connection": (after.cpu_seconds - before.cpu_seconds) / scale.idle * 1e6,
         "server_rss_mb": after.rss_bytes / 2**20,
         "refused_streams": float(sum(status != 200 for status in statuses)),
         "connect_s": opened_in,

@@ -17,6 +17,7 @@ Tickets and sessions are always signed with the local secret (HS256), whatever s
 from __future__ import annotations
 
 import asyncio
+import base64
 import math
 import os
 import secrets
@@ -74,6 +75,7 @@ class KeyConfig:
     leeway: float = 30.0
 
 
+_HMAC = ("HS256", "HS384", "HS512")
 _ASYMMETRIC = {"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "EdDSA"}
 
 
@@ -85,6 +87,13 @@ class TokenAuthority:
             keys = KeyConfig(secret=keys, **options)
         self.keys = keys
         self._jwks = jwt.PyJWKClient(keys.jwks_url, lifespan=300) if keys.jwks_url else None
+        # The shared secret as prepared keys, one per HMAC algorithm: PyJWT re-inspects a raw
+        # secret on every decode (is it PEM, JWK JSON, ...?), which cost more than the
+        # signature check itself on every stream a client opens.
+        secret = base64.urlsafe_b64encode(keys.secret.encode()).rstrip(b"=").decode()
+        self._hmac = {
+            alg: jwt.PyJWK({"kty": "oct", "k": secret}, algorithm=alg) for alg in _HMAC
+        }
 
     # -- verifying -------------------------------------------------------------------------
 
@@ -101,7 +110,7 @@ class TokenAuthority:
     def verify_ticket(self, ticket: str) -> tuple[Principal, str, float]:
         """Verify a stream ticket: its principal, its id and its expiry. The caller spends
         the id (a ticket opens one stream), see ``server/tickets.py``."""
-        claims = self._decode(ticket, self.keys.secret, ["HS256"])
+        claims = self._decode(ticket, self._hmac["HS256"], ["HS256"])
         if claims.get("typ") != TICKET or not isinstance(claims.get("jti"), str):
             raise Unauthorized("this is not a stream ticket", reason="wrong_credential_type")
         scope = claims.get("scope")
@@ -117,7 +126,7 @@ class TokenAuthority:
         return ticket_principal, claims["jti"], float(claims["exp"])
 
     def verify_session(self, value: str) -> Principal:
-        claims = self._decode(value, self.keys.secret, ["HS256"])
+        claims = self._decode(value, self._hmac["HS256"], ["HS256"])
         if claims.get("typ") != SESSION:
             raise Unauthorized("this is not a session", reason="wrong_credential_type")
         return replace(principal_from_claims(claims), via="cookie")
@@ -128,7 +137,7 @@ class TokenAuthority:
         except jwt.PyJWTError:
             raise Unauthorized("the token is malformed", reason="malformed_token") from None
         if alg not in _ASYMMETRIC:
-            return self.keys.secret
+            return self._hmac.get(str(alg), self._hmac["HS256"])
         if self._jwks is not None:
             jwks = self._jwks
             try:
@@ -144,10 +153,10 @@ class TokenAuthority:
             return signing_key.key
         if self.keys.public_key is not None:
             return self.keys.public_key
-        return self.keys.secret  # decoding fails with "algorithm not accepted"
+        return self._hmac["HS256"]  # decoding fails with "algorithm not accepted"
 
     def _bearer_algorithms(self, key: Any) -> list[str]:
-        symmetric = isinstance(key, str) and key == self.keys.secret
+        symmetric = isinstance(key, jwt.PyJWK) and key.algorithm_name in _HMAC
         # A shared secret never verifies an asymmetric algorithm and vice versa: the classic
         # "RS256 public key used as an HS256 secret" confusion is impossible.
         return [a for a in self.keys.algorithms if (a not in _ASYMMETRIC) == symmetric]

@@ -35,6 +35,7 @@ class CloseReason(StrEnum):
     DRAIN = "draining"  # the server is shutting down or draining
     EXPIRED = "expired"  # the credential ran out: the client must re-authenticate
     TIME_LIMIT = "time_limit"  # the stream reached JOBCAST_MAX_STREAM_SECONDS: just reconnect
+    STUCK = "stuck"  # a write did not complete within send_timeout (hub.H6)
 
 
 class Subscription:
@@ -58,6 +59,9 @@ class Subscription:
         "pending",
         "pending_count",
         "skip_through",
+        "write_aborted",
+        "writer",
+        "writing_since",
     )
 
     def __init__(
@@ -91,6 +95,11 @@ class Subscription:
         self.last_write = time.monotonic()
         #: After a replay, live events up to this position are duplicates (hub.H2).
         self.skip_through = 0
+        #: The task writing this subscription to its connection, and when (monotonic) its
+        #: current write began, 0 when it is not writing: how the hub finds stuck writes (H6).
+        self.writer: asyncio.Task[None] | None = None
+        self.writing_since = 0.0
+        self.write_aborted = False
 
     @property
     def closed(self) -> bool:
@@ -161,6 +170,13 @@ class Subscription:
         self.pending_count = 0
         self._conflatable.clear()
         self._wake()
+
+    def abort_write(self) -> None:
+        """End a write that will not complete (hub.H6), whether or not it was closed already."""
+        self.close(CloseReason.STUCK)
+        self.write_aborted = True
+        if self.writer is not None:
+            self.writer.cancel()
 
     def _wake(self) -> None:
         waiter = self._waiter

@@ -41,6 +41,11 @@ def error_response(
 
 async def _jobcast_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, JobcastError)
+    return jobcast_error_response(exc)
+
+
+def jobcast_error_response(exc: JobcastError) -> JSONResponse:
+    """The response for one of our own errors (also used outside the framework's handlers)."""
     extra: dict[str, Any] = {}
     headers: dict[str, str] = {}
     if isinstance(exc, Unauthorized):

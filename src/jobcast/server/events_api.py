@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import HTTPConnection
 
 from jobcast.auth import Principal
 from jobcast.errors import InvalidInput, PayloadTooLarge
@@ -99,9 +100,19 @@ def events_router(jc: "Jobcast") -> APIRouter:
         ] = None,
         last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     ) -> EventStreamResponse:
-        patterns = parse_patterns(topic, limit=jc.settings.max_topics_per_subscription)
-        allow = jc.policy.subscription_filter(principal, patterns)
-        resume_from = last_event_id_header or last_event_id
-        return await jc.open_stream(patterns, resume_from, allow, principal=principal)
+        # Normally answered by fast_streams.FastStreams before reaching here; the parameters
+        # above document the route and validate it when the fast path is not installed.
+        return await open_events_stream(jc, request, principal)
 
     return router
+
+
+async def open_events_stream(
+    jc: "Jobcast", connection: HTTPConnection, principal: Principal | None
+) -> EventStreamResponse:
+    """``GET /api/events`` from a request's query and headers (one place for both paths)."""
+    query = connection.query_params
+    patterns = parse_patterns(query.getlist("topic"), limit=jc.settings.max_topics_per_subscription)
+    allow = jc.policy.subscription_filter(principal, patterns)
+    resume_from = connection.headers.get("last-event-id") or query.get("last_event_id")
+    return await jc.open_stream(patterns, resume_from, allow, principal=principal)

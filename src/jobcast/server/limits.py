@@ -47,8 +47,10 @@ class BodyLimitMiddleware:
                 )
                 await response(scope, receive, send)
                 return
-        if scope["type"] != "http" or (
-            scope["path"].startswith(self.exempt_prefixes) and _is_multipart(scope)
+        if (
+            scope["type"] != "http"
+            or scope["method"] in ("GET", "HEAD")  # no body is read: streams stay lean
+            or (scope["path"].startswith(self.exempt_prefixes) and _is_multipart(scope))
         ):
             await self.app(scope, receive, send)
             return

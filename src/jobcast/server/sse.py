@@ -6,7 +6,8 @@ E1. One coroutine per connection writes; a second, tiny task waits on ``receive(
     learn that the client went away, so a vanished client is unsubscribed at once instead of
     at the next write. No other per-connection task, timer or queue exists.
 E2. Everything pending is written as one chunk per wake-up, and a stuck write is abandoned
-    after ``send_timeout``: a client that stopped reading cannot hold a writer forever.
+    after ``send_timeout`` (the hub's ticker cancels it, hub.H6): a client that stopped
+    reading cannot hold a writer forever.
 E3. The stream starts with ``retry:``, then (when resuming) the replay or a ``reset`` frame
     whose id is the head the client may resume from, then live events.
 E4. How a stream ends says what to do next: evicted or time-limited streams get a ``retry``
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 
 import orjson
@@ -54,7 +56,6 @@ class EventStreamResponse(Response):
         replay: Replay | None,
         last_event_id: str | None,
         retry_ms: int,
-        send_timeout: float,
         on_close: Callable[[Subscription], None],
         closing_frame: Callable[[CloseReason], bytes],
         prelude: bytes = b"",
@@ -68,7 +69,6 @@ class EventStreamResponse(Response):
         self.replay = replay
         self.last_event_id = last_event_id
         self.retry_ms = retry_ms
-        self.send_timeout = send_timeout
         self.on_close = on_close
         self.closing_frame = closing_frame
         #: Frames sent right after ``retry:``, before any replay (a job's snapshot, say).
@@ -84,6 +84,7 @@ class EventStreamResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         subscription = self.subscription
+        subscription.writer = asyncio.current_task()
         watcher = asyncio.ensure_future(_wait_for_disconnect(receive))  # E1
         watcher.add_done_callback(lambda _: subscription.close(CloseReason.CLIENT))
         try:
@@ -110,9 +111,16 @@ class EventStreamResponse(Response):
             elif reason is not CloseReason.CLIENT and reason is not None:
                 await self._write(send, self.closing_frame(reason))
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except (TimeoutError, OSError):
-            pass  # the client stopped reading or vanished: nothing more can reach it
+        except OSError:
+            pass  # the client vanished: nothing more can reach it
+        except asyncio.CancelledError:
+            if not subscription.write_aborted:
+                raise
+            # E2: the hub ended a write the client stopped reading; this is not a shutdown.
+            if (task := asyncio.current_task()) is not None:
+                task.uncancel()
         finally:
+            subscription.writer = None
             watcher.cancel()
             self.on_close(subscription)
 
@@ -141,8 +149,10 @@ class EventStreamResponse(Response):
 
     async def _write(self, send: Send, body: bytes) -> None:
         message: Message = {"type": "http.response.body", "body": body, "more_body": True}
-        async with asyncio.timeout(self.send_timeout):  # E2
-            await send(message)
+        subscription = self.subscription
+        subscription.writing_since = time.monotonic()  # E2
+        await send(message)
+        subscription.writing_since = 0.0
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:
