@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import queue
@@ -10,12 +11,17 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from jobcast.cli import app
+from jobcast.cli_render import JobProgress, jobs_table
+from jobcast.client import Event, Job
 from tests.support import LiveServer
+from tests.test_client_streams import Proxy, reauthing_server
 
 
 @pytest.fixture
@@ -141,6 +147,7 @@ def test_helpful_errors_without_tracebacks(env: dict[str, str], tmp_path: Path) 
     assert "jobcast token --sub" in bad.stderr
     missing = jobcast(env, "watch", "ffffffffffffffff000000")
     assert missing.returncode == 4
+    assert "connecting" not in missing.stdout  # no progress bar for a job that is not there
     forbidden = jobcast(env, "publish", "videos/1", "status")
     assert forbidden.returncode == 4
     assert "--role service" in forbidden.stderr
@@ -158,7 +165,126 @@ def test_url_and_token_from_the_config_file(env: dict[str, str], tmp_path: Path)
 
 def test_every_command_has_help_with_examples() -> None:
     runner = CliRunner()  # in-process: help text needs no server, and processes are slow
-    for command in ("submit", "watch", "jobs", "cancel", "publish", "tail", "token", "serve"):
-        shown = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    commands = ("submit", "watch", "jobs", "cancel", "publish", "tail", "token", "serve")
+    for command in (*[[name, "--help"] for name in commands], ["--help"]):
+        shown = runner.invoke(app, command, env={"COLUMNS": "200"})
         assert shown.exit_code == 0
         assert "Examples" in shown.output, command
+
+
+def test_an_unknown_state_is_a_usage_error() -> None:
+    shown = CliRunner().invoke(app, ["jobs", "--state", "bogus"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 2
+    assert "queued, running, succeeded, failed, cancelled" in shown.output
+
+
+def test_url_and_token_flags_win_over_the_environment(
+    env: dict[str, str], server: LiveServer
+) -> None:
+    plain = {k: v for k, v in env.items() if k not in ("JOBCAST_URL", "JOBCAST_TOKEN")}
+    listed = jobcast(plain, "jobs", "--url", server.url, "--token", server.token("alice"))
+    assert (listed.returncode, listed.stdout.strip()) == (0, "no jobs"), listed.stderr
+    elsewhere = jobcast({**env, "JOBCAST_URL": "http://127.0.0.1:9"}, "jobs", "--url", server.url)
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    refused = jobcast(env, "jobs", "--token", "not-a-token")
+    assert refused.returncode == 4
+    assert "refused the token" in refused.stderr
+
+
+def test_submit_a_file_from_the_command_line(env: dict[str, str], tmp_path: Path) -> None:
+    path = tmp_path / "lines.txt"
+    path.write_text("one\ntwo\nthree\n")
+    done = jobcast(env, "submit", "ingest", "--file", str(path), "--watch", "--json")
+    assert done.returncode == 0, done.stderr
+    last = json.loads(done.stdout.splitlines()[-1])
+    assert last["type"] == "succeeded"
+    assert last["data"]["input"]["filename"] == "lines.txt"
+    assert last["data"]["input"]["size"] == path.stat().st_size
+    assert last["data"]["result"]["lines"] == 3
+    missing = jobcast(env, "submit", "ingest", "--file", str(tmp_path / "absent.txt"))
+    assert missing.returncode == 2
+
+
+def test_tail_gives_up_on_a_token_that_is_never_renewed(env: dict[str, str]) -> None:
+    # A server that ends every stream with `reauth` (an expired token it still accepts).
+    fake = Proxy(reauthing_server()).start()  # type: ignore[arg-type]
+    try:
+        tailed = jobcast(env, "tail", "videos/1", "--url", fake.url, "--token", "expired")
+    finally:
+        fake.stop()
+    assert tailed.returncode == 4
+    assert tailed.stderr.count("-- reauth") == 2
+    assert "jobcast token --sub" in tailed.stderr
+
+
+# -- what the commands draw ----------------------------------------------------------------
+
+
+def rendered(renderable: Any, width: int) -> str:
+    console = Console(file=io.StringIO(), width=width, color_system=None)
+    console.print(renderable)
+    text: str = console.file.getvalue()  # type: ignore[attr-defined]
+    return text
+
+
+def job_data(**fields: Any) -> dict[str, Any]:
+    job = {
+        "id": "18ea3c2d39569917be5249",
+        "kind": "transcribe",
+        "state": "running",
+        "progress": 0.0,
+        "stage": None,
+        "message": None,
+        "eta_seconds": None,
+        "seq": 1,
+        "owner": "alice",
+        "params": {},
+        "created_at": "2030-01-02T03:04:05.678Z",
+        "started_at": "2030-01-02T03:04:05Z",
+        "updated_at": "2030-01-02T03:04:05Z",
+        "finished_at": None,
+        "input": None,
+        "result": None,
+        "error": None,
+        "attempts": 1,
+        "readers": [],
+    }
+    return {**job, **fields}
+
+
+def test_the_progress_bar_shows_percentage_stage_message_elapsed_and_eta() -> None:
+    bar = JobProgress(Console(file=io.StringIO()), "18ea3c2d39569917be5249")
+    bar.update(Event("snapshot", job_data(progress=10.0, stage="downloading"), "e-1"))
+    assert "10%" in rendered(bar.progress, 120)
+    assert "downloading" in rendered(bar.progress, 120)
+    update = {"progress": 42.4, "stage": "transcribing", "message": "12/30", "eta_seconds": 83}
+    bar.update(Event("progress", {"id": "18ea3c2d39569917be5249", **update}, "e-2"))
+    text = rendered(bar.progress, 120)
+    assert "42%" in text
+    assert "transcribing" in text
+    assert "12/30" in text
+    assert "ETA 1:23" in text
+    final = job_data(
+        state="succeeded", progress=100.0, finished_at="2030-01-02T03:06:10Z", eta_seconds=None
+    )
+    bar.update(Event("succeeded", final, "e-3"))
+    text = rendered(bar.progress, 120)
+    assert "100%" in text
+    assert "succeeded" in text
+    assert "2:05" in text  # elapsed: from started_at to finished_at
+    assert "ETA -:--" in text
+
+
+def test_the_jobs_table_fits_80_columns() -> None:
+    jobs = [
+        Job.from_dict(job_data(stage="downloading", owner="worker-service-1")),
+        Job.from_dict(job_data(id="18ea3c2d39569917be5250", kind="demo", stage="parse")),
+    ]
+    text = rendered(jobs_table(jobs), 80)
+    lines = text.splitlines()
+    assert all(len(line.rstrip()) <= 80 for line in lines)
+    header = lines[0].split()
+    assert header == ["ID", "KIND", "STATE", "DONE", "STAGE", "OWNER", "CREATED"]
+    assert "18ea3c2d39569917be5249" in lines[1]  # whole: it is pasted into other commands
+    assert "2030-01-02 03:04" in lines[1]
+    assert lines[2].split()[4:6] == ["parse", "alice"]

@@ -15,6 +15,9 @@ from jobcast.cli_client import register as register_client_commands
 
 app = typer.Typer(
     help="jobcast: real-time job progress and event streaming.",
+    epilog="Examples:\n\n  jobcast serve\n\n  export JOBCAST_TOKEN=$(jobcast token --sub alice)\n\n"
+    "  jobcast submit demo --param steps=5 --watch\n\n  jobcast jobs --state running\n\n"
+    "Run `jobcast COMMAND --help` for each command's options and examples.",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",

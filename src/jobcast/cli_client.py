@@ -6,6 +6,7 @@ from, and the exit statuses, are in :mod:`jobcast.cli_context`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -82,8 +83,11 @@ def _watch(client: Client, job_id: str, as_json: bool, timeout: float | None) ->
             if isinstance(item, Event) and item.terminal:
                 final = item.job
     else:
-        with JobProgress(console, job_id) as bar:
+        with contextlib.ExitStack() as stack:
+            bar: JobProgress | None = None
             for item in client.watch(job_id, timeout=timeout):
+                if bar is None:  # not before: a job that cannot be watched shows no empty bar
+                    bar = stack.enter_context(JobProgress(console, job_id))
                 bar.update(item)
                 if isinstance(item, Event) and item.terminal:
                     final = item.job
@@ -152,6 +156,12 @@ def jobs(
     token: TokenOption = None,
 ) -> None:
     """List jobs, newest first."""
+    from jobcast.client import JobState
+
+    states = [each.value for each in JobState]
+    for value in state or []:
+        if value not in states:  # a usage error, found without asking the server
+            fail(f"--state {value!r}: use one of {', '.join(states)}", EXIT_USAGE)
     target = Target.resolve(url, token)
     with friendly_errors(target), target.client() as client:
         page = client.list(state=state, kind=kind, limit=limit)

@@ -129,12 +129,18 @@ def outcome(console: Console, job: Job) -> None:
 
 
 def jobs_table(jobs: Iterable[Job]) -> Table:
-    table = Table(box=None, header_style="bold", pad_edge=False)
+    """The ``jobcast jobs`` table. Its columns fit an 80-column terminal: the id (needed whole,
+    to paste into other commands), state, progress and date never shrink; kind, stage and
+    owner keep a readable minimum and end in an ellipsis when they must."""
+    table = Table(
+        box=None, header_style="bold", pad_edge=False, padding=(0, 1), collapse_padding=True
+    )
     table.add_column("ID", no_wrap=True, min_width=22)
-    for column in ("KIND", "STATE", "PROGRESS"):
-        table.add_column(column, no_wrap=True, justify="right" if column == "PROGRESS" else "left")
-    table.add_column("STAGE")
-    table.add_column("OWNER")
+    table.add_column("KIND", min_width=6, overflow="ellipsis")
+    table.add_column("STATE", no_wrap=True)
+    table.add_column("DONE", no_wrap=True, justify="right")
+    table.add_column("STAGE", min_width=8, overflow="ellipsis")
+    table.add_column("OWNER", min_width=6, overflow="ellipsis")
     table.add_column("CREATED", no_wrap=True)  # UTC, as the API gives it
     for job in jobs:
         state = job.state.value
@@ -145,6 +151,6 @@ def jobs_table(jobs: Iterable[Job]) -> Table:
             f"{job.progress:.0f}%",
             job.stage or "",
             job.owner,
-            (job.created_at or "")[:19].replace("T", " "),
+            (job.created_at or "")[:16].replace("T", " "),
         )
     return table
