@@ -59,6 +59,7 @@ def serve(
 
     from jobcast.config import Settings
     from jobcast.server.app import create_app
+    from jobcast.server.gc_tuning import tune_for_serving
     from jobcast.server.logs import hide_password
 
     if data_dir is not None:
@@ -91,6 +92,7 @@ def serve(
     # uvicorn re-raises the signal that stopped it once shutdown is complete; a SIGTERM that
     # led to a clean, graceful shutdown is a successful exit for a service manager.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    tune_for_serving()  # the app is built: see server/gc_tuning.py
     uvicorn.Server(config).run()
 
 
