@@ -195,4 +195,5 @@ class Settings(BaseSettings):
             max_stream_seconds=self.max_stream_seconds,
             max_per_owner=self.max_streams_per_subject,
             max_total=self.max_streams_total,
+            send_timeout=self.send_timeout,
         )

@@ -15,6 +15,11 @@ H3. One timer for the whole hub, not one per connection: it sends heartbeats (se
     subscription.S4) and ends streams whose credential expired (``reauth``).
 H4. Draining (shutdown) ends every stream with a ``retry`` hint spread over a window, so the
     clients of a stopping instance do not reconnect to the next one all at the same moment.
+H6. A write that does not complete (the client stopped reading and the socket buffers are
+    full) is found by the same ticker: each stream notes when its current write began, and
+    the ticker ends writes older than ``send_timeout``, also for streams already closed (an
+    evicted one may still be blocked in its last write). No timer per write: arming and
+    cancelling one cost more than the write itself.
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ class HubOptions:
     #: Concurrent subscriptions allowed per owner (429 beyond) and in all (503 beyond).
     max_per_owner: int = 100
     max_total: int = 50_000
+    #: A write to a stream that has not completed after this many seconds ends it (H6).
+    send_timeout: float = 30.0
     #: Drain: clients are told to reconnect after a random delay in this window (ms).
     drain_retry_ms: tuple[int, int] = (500, 5000)
 
@@ -82,6 +89,8 @@ class Hub:
         self._exact: dict[str, set[Subscription]] = {}
         self._prefixes: dict[str, set[Subscription]] = {}
         self._subscriptions: set[Subscription] = set()
+        #: Closed subscriptions whose connection is still in a write (H6).
+        self._closed_writing: set[Subscription] = set()
         self._per_owner: dict[str, int] = {}
         self._ticker: asyncio.Task[None] | None = None
         self.observer: Observer | None = None
@@ -256,8 +265,11 @@ class Hub:
 
     def unsubscribe(self, subscription: Subscription) -> None:
         if subscription not in self._subscriptions:
+            self._closed_writing.discard(subscription)  # its writer has finished
             return
         self._subscriptions.discard(subscription)
+        if subscription.writing_since:
+            self._closed_writing.add(subscription)  # H6
         owner = subscription.owner
         if owner is not None:
             remaining = self._per_owner[owner] - 1
@@ -281,11 +293,18 @@ class Hub:
         tick = min(1.0, interval / 4)
         while True:
             await asyncio.sleep(tick)
-            quiet_since = time.monotonic() - interval
+            monotonic = time.monotonic()
+            quiet_since = monotonic - interval
+            stuck_since = monotonic - self.options.send_timeout
             now = time.time()
             ending: list[tuple[Subscription, CloseReason]] = []
-            for subscription in self._subscriptions:
-                if subscription.expires_at is not None and subscription.expires_at <= now:
+            for subscription in [*self._subscriptions, *self._closed_writing]:
+                if 0 < subscription.writing_since <= stuck_since:  # H6
+                    subscription.abort_write()
+                    self.unsubscribe(subscription)
+                elif subscription.close_reason is not None:
+                    continue
+                elif subscription.expires_at is not None and subscription.expires_at <= now:
                     ending.append((subscription, CloseReason.EXPIRED))  # renew, then resume
                 elif subscription.ends_at is not None and subscription.ends_at <= now:
                     ending.append((subscription, CloseReason.TIME_LIMIT))  # just resume

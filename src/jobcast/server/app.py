@@ -34,6 +34,7 @@ from jobcast.server.browser import install_cors
 from jobcast.server.credentials import resolve_principal, stream_owner
 from jobcast.server.dashboard import dashboard_router
 from jobcast.server.errors import install_error_handlers
+from jobcast.server.fast_streams import FastStreams
 from jobcast.server.events_api import events_router
 from jobcast.server.job_streams import SseRender, WsRender, job_event_stream
 from jobcast.server.jobs_api import jobs_router
@@ -148,6 +149,7 @@ class Jobcast:
         app.state.jobcast = self
         app.include_router(self.router())
         install_error_handlers(app)
+        app.add_middleware(FastStreams, jc=self)  # innermost of ours: see fast_streams.py
         app.add_middleware(
             BodyLimitMiddleware,
             max_bytes=self.settings.max_body_bytes,
@@ -251,7 +253,6 @@ class Jobcast:
             replay=replay,
             last_event_id=last_event_id,
             retry_ms=self.settings.retry_ms,
-            send_timeout=self.settings.send_timeout,
             on_close=self.hub.unsubscribe,
             on_write=self.metrics.observe_write,
             closing_frame=self._closing_frame,
