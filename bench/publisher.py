@@ -46,11 +46,17 @@ class HTTPConnection:
         self.writer.write(raw)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
-        length = 0
+        length, close = 0, False
         for line in head.split(b"\r\n"):
-            if line[:15].lower() == b"content-length:":
+            name = line[:16].lower()
+            if name.startswith(b"content-length:"):
                 length = int(line[15:])
+            elif name.startswith(b"connection:"):
+                close = b"close" in line.lower()
         body = await self.reader.readexactly(length) if length else b""
+        if close:  # the server ends keep-alive here: the next request opens a new connection
+            await self.close()
+            self.writer = self.reader = None
         return status, body
 
     async def close(self) -> None:

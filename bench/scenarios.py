@@ -44,8 +44,9 @@ class Scale:
     slow_events: int = 200
     redis_subscribers: int = 5000
     processes: int = 4
-    #: Keep-alive connections publishing at once (each sends its next event on the answer).
-    publishers: int = 4
+    #: Keep-alive connections publishing at once (each sends its next event on the answer):
+    #: a burst is many workers reporting at the same moment.
+    publishers: int = 16
     deadline: float = 180.0
 
 

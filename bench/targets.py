@@ -229,6 +229,7 @@ error_log $workdir/nginx-error.log warn;
 events { worker_connections 30000; }
 http {
     access_log off;
+    keepalive_requests 1000000;
     client_body_temp_path $workdir/body;
     server {
         listen 127.0.0.1:$port;

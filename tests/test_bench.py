@@ -1,0 +1,33 @@
+"""The benchmark suite still runs: one quick fan-out row against jobcast and the baseline.
+
+The numbers of a run this small mean nothing (the published ones come from ``python -m bench``
+on a quiet machine, see docs/benchmarks.md); this checks that every piece works end to end:
+servers start, the load processes connect, every event arrives exactly once, the table and
+the JSON file are written.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_a_quick_benchmark_run_delivers_everything_and_writes_its_table(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "bench", "--scale", "quick", "--no-chart"]
+    command += ["--rows", "fanout-100-burst", "--targets", "jobcast,baseline"]
+    command += ["--out", str(tmp_path)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "| fanout-100-burst | delivered events/s |" in result.stdout
+    assert "machine: cpu" in result.stdout
+
+    (written,) = tmp_path.glob("bench-*.json")
+    medians = json.loads(written.read_text())["medians"]["fanout-100-burst"]
+    for target in ("jobcast", "baseline"):
+        figures = medians[target]
+        assert figures["delivered"] == figures["expected"] > 0, (target, figures)
+        assert figures["lost"] == figures["duplicates"] == figures["refused_streams"] == 0
