@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import inspect
+import json
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -181,3 +183,93 @@ def test_token_may_be_a_function(server: LiveServer) -> None:
         client.list()
         client.list()
     assert len(calls) == 2
+
+
+def public_methods(cls: type) -> dict[str, inspect.Signature]:
+    return {
+        name: inspect.signature(member)
+        for name, member in inspect.getmembers(cls, inspect.isfunction)
+        if not name.startswith("_")
+    }
+
+
+def test_the_twins_expose_the_same_public_methods() -> None:
+    sync, asynchronous = public_methods(Client), public_methods(AsyncClient)
+    assert sync.pop("close") and asynchronous.pop("aclose")  # the one name that differs
+    assert sorted(sync) == sorted(asynchronous)
+    for name, signature in sync.items():
+        twin = asynchronous[name]
+        shape = [(p.name, p.kind, p.default) for p in signature.parameters.values()]
+        assert shape == [(p.name, p.kind, p.default) for p in twin.parameters.values()], name
+
+
+async def test_async_upload(server: LiveServer, tmp_path: Path) -> None:
+    path = tmp_path / "recording.bin"
+    path.write_bytes(b"y" * 50_000)
+    async with AsyncClient(server.url, token=server.token("alice")) as client:
+        job = await client.submit("ingest", file=path)
+        assert job.input is not None
+        assert (job.input["filename"], job.input["size"]) == ("recording.bin", 50_000)
+        with path.open("rb") as handle:
+            opened = await client.submit("ingest", {}, file=handle)
+        assert opened.input is not None and opened.input["filename"] == "recording.bin"
+        inline = await client.submit("ingest", file=("inline.txt", b"a\nb\n"))
+        assert inline.input is not None and inline.input["size"] == 4
+        result = (await client.wait(inline.id, timeout=10)).result
+        assert result is not None
+        assert (result["lines"], result["size"]) == (2, 4)
+
+
+def fake_api(seen: list[httpx.Request]) -> httpx.MockTransport:
+    """Just enough of the API, in process, for the blocking client."""
+    job = {
+        "id": "j1",
+        "kind": "demo",
+        "state": "queued",
+        "progress": 0.0,
+        "seq": 1,
+        "owner": "alice",
+        "params": {"steps": 1},
+        "created_at": "2030-01-01T00:00:00Z",
+        "updated_at": "2030-01-01T00:00:00Z",
+    }
+    done = {**job, "state": "succeeded", "progress": 100.0, "seq": 3, "result": {"steps": 1}}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        route = (request.method, request.url.path)
+        if route == ("POST", "/api/jobs"):
+            return httpx.Response(
+                201, json={**job, "params": json.loads(request.content)["params"]}
+            )
+        if route == ("GET", "/api/jobs"):
+            return httpx.Response(200, json={"jobs": [done], "next_cursor": None})
+        if route == ("GET", "/api/jobs/j1"):
+            return httpx.Response(200, json=done)
+        if route == ("GET", "/api/jobs/j1/events"):
+            body = (
+                f"id: e-1\nevent: snapshot\ndata: {json.dumps(job)}\n\n"
+                f"id: e-3\nevent: succeeded\ndata: {json.dumps(done)}\n\n"
+            )
+            return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+        return httpx.Response(404, json={"error": "not_found", "message": "no such thing"})
+
+    return httpx.MockTransport(handle)
+
+
+def test_sync_client_through_an_injected_transport() -> None:
+    seen: list[httpx.Request] = []
+    with Client("http://jobcast", token="tok", transport=fake_api(seen)) as client:
+        job = client.submit("demo", {"steps": 1})
+        assert (job.id, job.state, job.params) == ("j1", JobState.QUEUED, {"steps": 1})
+        assert [item.type for item in events_of(list(client.watch("j1")))] == [
+            "snapshot",
+            "succeeded",
+        ]
+        assert client.wait("j1", timeout=5).result == {"steps": 1}
+        assert [listed.id for listed in client.list(state="succeeded").jobs] == ["j1"]
+        with pytest.raises(NotFoundError) as missing:
+            client.get("nope")
+        assert missing.value.message == "no such thing"
+    assert all(request.headers["authorization"] == "Bearer tok" for request in seen)
+    assert seen[3].url.params.get_list("state") == ["succeeded"]

@@ -247,6 +247,58 @@ async def test_async_reauth_without_a_new_token_fails(reauthing: Proxy) -> None:
     assert reauthing.app.state.streams == 2
 
 
+def quiet_server(silence: float) -> Starlette:
+    """A stream whose first event comes at once and whose second comes after ``silence``."""
+
+    async def events(request: Request) -> Response:
+        request.app.state.streams += 1
+
+        async def body() -> Any:
+            yield b"id: e-1\nevent: note\ndata: 1\n\n"
+            await asyncio.sleep(silence)  # the quiet spell under test, not a synchronisation
+            yield b"id: e-2\nevent: note\ndata: 2\n\n"
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    app = Starlette(routes=[Route("/api/events", events)])
+    app.state.streams = 0
+    return app
+
+
+# The first byte must come within first_byte_timeout, later reads only within read_timeout.
+QUIET = ReconnectPolicy(first_byte_timeout=0.3, read_timeout=10, initial_delay=0.05)
+
+
+@pytest.fixture
+def quiet() -> Iterator[Proxy]:
+    running = Proxy(quiet_server(silence=1.0)).start()  # type: ignore[arg-type]
+    yield running
+    running.stop()
+
+
+def test_sync_stream_may_be_quiet_longer_than_the_first_byte_timeout(quiet: Proxy) -> None:
+    # The blocking client relies on httpcore reading the request's read timeout when the body
+    # is read, not when it was sent (_sync.py sets it in between): this pins that behaviour.
+    with Client(quiet.url, token="t", reconnect=QUIET) as client:
+        stream = client.subscribe("notes/1")
+        items = take(stream, 2)
+        stream.close()
+    assert [item.id for item in items if isinstance(item, Event)] == ["e-1", "e-2"]
+    assert quiet.app.state.streams == 1  # no read timed out on the way
+
+
+async def test_async_stream_may_be_quiet_longer_than_the_first_byte_timeout(
+    quiet: Proxy,
+) -> None:
+    async with AsyncClient(quiet.url, token="t", reconnect=QUIET) as client:
+        stream = client.subscribe("notes/1")
+        async with asyncio.timeout(10):
+            items = [await anext(stream), await anext(stream)]
+        await stream.aclose()
+    assert [item.id for item in items if isinstance(item, Event)] == ["e-1", "e-2"]
+    assert quiet.app.state.streams == 1
+
+
 POLLING = ReconnectPolicy(
     first_byte_timeout=0.5, initial_delay=0.05, max_delay=0.2, poll_interval=0.1
 )

@@ -199,7 +199,10 @@ class Client(BaseClient):
                         # The headers had to come within first_byte_timeout. The transport
                         # reads the request's timeout when the body's first read starts, so
                         # the body may be silent up to read_timeout (heartbeats); its first
-                        # byte is held to first_byte_timeout by the watchdog instead.
+                        # byte is held to first_byte_timeout by the watchdog instead. httpx
+                        # has no per-read timeout; httpcore reads this extension on every
+                        # body read, and tests/test_client_streams.py pins that (a sync
+                        # stream quiet for longer than first_byte_timeout).
                         read = until(deadline, policy.read_timeout)
                         request.extensions["timeout"] = {
                             **request.extensions["timeout"],
