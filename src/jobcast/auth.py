@@ -91,9 +91,7 @@ class TokenAuthority:
         # secret on every decode (is it PEM, JWK JSON, ...?), which cost more than the
         # signature check itself on every stream a client opens.
         secret = base64.urlsafe_b64encode(keys.secret.encode()).rstrip(b"=").decode()
-        self._hmac = {
-            alg: jwt.PyJWK({"kty": "oct", "k": secret}, algorithm=alg) for alg in _HMAC
-        }
+        self._hmac = {alg: jwt.PyJWK({"kty": "oct", "k": secret}, algorithm=alg) for alg in _HMAC}
 
     # -- verifying -------------------------------------------------------------------------
 
