@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
+import aiosqlite
 import pytest
 
 from jobcast.brokers import Gap, Retention
 from jobcast.brokers.base import Broker
 from jobcast.brokers.memory import MemoryBroker
 from jobcast.brokers.sqlite import SQLiteBroker
+from jobcast.errors import Unavailable
 from jobcast.events import Event, EventDraft, EventId
 from jobcast.topics import TopicPattern
 from tests.services import delete_prefix, needs_services, redis_url, unique_prefix
@@ -169,5 +173,125 @@ async def test_memory_age_retention_expires_topics() -> None:
         broker.trim_expired()
         replay = await broker.replay(patterns("a"), EventId(broker.epoch, events[0].position), 10)
         assert replay.gap == Gap.TRIMMED
+    finally:
+        await broker.close()
+
+
+async def test_replay_beyond_the_byte_budget_is_a_gap(started: tuple[Broker, list[Event]]) -> None:
+    broker, _ = started
+    await broker.publish([EventDraft.create("a", "t", "x" * 100) for _ in range(4)])
+    start = EventId(broker.epoch, 0)
+    for texts in (("a",), ("*",)):
+        assert (await broker.replay(patterns(*texts), start, 100, 250)).gap == Gap.TOO_FAR_BEHIND
+        full = await broker.replay(patterns(*texts), start, 100, 4 * 102)
+        assert full.gap is None and len(full.events) == 4
+
+
+async def test_sqlite_close_commits_the_batch_being_written(tmp_path: Path) -> None:
+    # Regression: close() cancelled the writer in the middle of a batch's INSERT, so that
+    # batch's publishers waited forever and its events were never stored.
+    path = tmp_path / "events.db"
+    broker = SQLiteBroker(path, Retention())
+    await broker.start(lambda events: None)
+    assert broker._db is not None
+    insert, writing, proceed = broker._db.executemany, asyncio.Event(), asyncio.Event()
+
+    async def gated_insert(sql: str, rows: Any) -> Any:
+        writing.set()
+        await proceed.wait()
+        return await insert(sql, rows)
+
+    broker._db.executemany = gated_insert  # type: ignore[method-assign]
+    first = asyncio.create_task(broker.publish(drafts("a", 3)))
+    async with asyncio.timeout(5):
+        await writing.wait()  # the writer is inside the first batch's INSERT
+        second = asyncio.create_task(broker.publish(drafts("b", 2)))  # the next batch
+        await asyncio.sleep(0)
+        closing = asyncio.create_task(broker.close())
+        await asyncio.sleep(0)  # close() has begun while the INSERT is in progress
+        proceed.set()
+        await closing
+        written = await first + await second
+    with pytest.raises(Unavailable):
+        await broker.publish(drafts("c", 1))
+
+    again = SQLiteBroker(path, Retention())
+    await again.start(lambda events: None)
+    try:
+        replay = await again.replay(patterns("a", "b"), EventId(again.epoch, 0), 100)
+        assert [e.id for e in replay.events] == [e.id for e in written]
+    finally:
+        await again.close()
+
+
+class _Interleaved:
+    """The broker's connection, running ``between()`` before each of a trim's statements."""
+
+    def __init__(self, db: aiosqlite.Connection, between: Callable[[], Awaitable[None]]) -> None:
+        self.db, self.between, self.inside = db, between, False
+
+    def execute(self, sql: str, parameters: Any = ()) -> _Statement:
+        return _Statement(self, sql, parameters)
+
+    async def commit(self) -> None:
+        await self.step()
+        await self.db.commit()
+
+    async def step(self) -> None:
+        if not self.inside:  # the replay's own statements run straight through
+            self.inside = True
+            try:
+                await self.between()
+            finally:
+                self.inside = False
+
+
+class _Statement:
+    def __init__(self, conn: _Interleaved, sql: str, parameters: Any) -> None:
+        self.conn, self.sql, self.parameters = conn, sql, parameters
+        self.cursor: aiosqlite.Cursor | None = None
+
+    async def run(self) -> aiosqlite.Cursor:
+        await self.conn.step()
+        return await self.conn.db.execute(self.sql, self.parameters)
+
+    def __await__(self) -> Generator[Any, None, aiosqlite.Cursor]:
+        return self.run().__await__()
+
+    async def __aenter__(self) -> aiosqlite.Cursor:
+        self.cursor = await self.run()
+        return self.cursor
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.cursor is not None
+        await self.cursor.close()
+
+
+@pytest.mark.parametrize("retention", ["count", "age"])
+async def test_sqlite_replay_during_a_trim_never_has_a_silent_gap(
+    tmp_path: Path, retention: str
+) -> None:
+    # Regression: trim() deleted events before recording the mark, and replay() read the marks
+    # before the events, so a replay running between the two returned a silent gap.
+    keep = Retention(max_events_per_topic=3) if retention == "count" else Retention(0.0)
+    broker = SQLiteBroker(tmp_path / "events.db", keep)
+    await broker.start(lambda events: None)
+    try:
+        events = await broker.publish(drafts("a", 10))
+        after = EventId(broker.epoch, events[1].position)
+        missed = [e.position for e in events[2:]]
+        answers: list[tuple[str | None, list[int]]] = []
+
+        async def replay() -> None:
+            answer = await broker.replay(patterns("a"), after, 100)
+            answers.append((answer.gap, [e.position for e in answer.events]))
+
+        assert broker._db is not None
+        broker._db = _Interleaved(broker._db, replay)  # type: ignore[assignment]
+        await broker.trim()
+        broker._db = broker._db.db  # type: ignore[attr-defined]
+        await replay()
+        assert answers[-1][0] == Gap.TRIMMED
+        assert all(answer in ((None, missed), (Gap.TRIMMED, [])) for answer in answers), answers
     finally:
         await broker.close()

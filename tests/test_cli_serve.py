@@ -82,8 +82,11 @@ def test_serve_uses_the_embedded_default_in_the_data_directory(
     _, url, cwd = served
     data = cwd / ".jobcast"
     assert (data / "events.db").exists()
-    secret = data / "jwt_secret"
-    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    private = [data / "jwt_secret", *data.glob("*.db*")]  # with SQLite's -wal and -shm files
+    assert {p.name for p in private} >= {"jwt_secret", "events.db", "jobs.db"}
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in private} == dict.fromkeys(
+        [p.name for p in private], 0o600
+    )
     token = jobcast("token", "--sub", "svc", "--role", "service", cwd=cwd).stdout.strip()
     response = httpx.post(
         f"{url}/api/events",

@@ -113,3 +113,27 @@ async def test_publishing_without_redis_is_refused_not_acknowledged() -> None:
     with pytest.raises(Unavailable, match="unavailable"):
         await broker.publish([draft("a")])
     await broker.close()
+
+
+@pytest.mark.parametrize("pattern", ["a", "*"])
+async def test_a_trim_during_a_replay_is_a_reset_not_a_silent_gap(
+    prefix: str, pattern: str
+) -> None:
+    # Regression: replay read the trim marks before the history, so events trimmed between the
+    # two reads were missing from the replay with no reset.
+    broker = RedisBroker(redis_url(prefix), Retention(max_events_per_topic=5))
+    await broker.start(lambda events: None)
+    try:
+        events = await broker.publish([draft("a", n=n) for n in range(5)])
+        read = broker._redis.xrange
+
+        async def trim_first(*args: object, **kwargs: object) -> object:
+            await broker.publish([draft("a", n=n) for n in range(5, 10)])  # trims all of the 5
+            return await read(*args, **kwargs)  # type: ignore[arg-type]
+
+        broker._redis.xrange = trim_first  # type: ignore[method-assign]
+        after = EventId(broker.epoch, events[0].position)
+        replay = await broker.replay([TopicPattern.parse(pattern)], after, 100)
+        assert (replay.gap, replay.events) == (Gap.TRIMMED, [])
+    finally:
+        await broker.close()

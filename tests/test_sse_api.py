@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import httpx
 import pytest
@@ -369,3 +369,87 @@ def test_openapi_documents_the_surface(server: LiveServer) -> None:
     )
     assert "post" in schema["paths"]["/api/events"]
     assert httpx.get(f"{server.url}/docs").status_code == 200
+
+
+async def read_raw(
+    client: httpx.AsyncClient,
+    server: LiveServer,
+    topic: str,
+    on_open: Callable[[], Awaitable[httpx.Response]],
+    done: Callable[[str], bool] = lambda text: False,
+) -> str:
+    """A stream's raw text: its opening, then ``on_open()``, then until ``done`` or its end."""
+    params, headers = {"topic": topic}, server.auth()
+    url = f"{server.url}/api/events"
+    async with client.stream("GET", url, params=params, headers=headers) as response:
+        chunks = response.aiter_text()
+        async with asyncio.timeout(5):
+            text = await anext(chunks)  # the opening: the stream is subscribed
+            assert (await on_open()).status_code == 202
+            async for chunk in chunks:
+                text += chunk
+                if done(text):
+                    break
+    return text
+
+
+async def test_retry_is_sent_once_at_the_start(
+    server: LiveServer, client: httpx.AsyncClient
+) -> None:
+    text = await read_raw(
+        client,
+        server,
+        "once",
+        lambda: publish(
+            client, server, [{"topic": "once", "type": "t", "data": n} for n in range(3)]
+        ),
+        lambda text: text.count(": ping") >= 2 and text.count("event: t") == 3,
+    )
+    assert text.startswith("retry: 3000\n\n")
+    assert text.count("retry:") == 1  # never repeated with events or heartbeats
+
+
+async def test_an_evicted_stream_ends_with_a_retry_hint(
+    make_server: LiveServerFactory, client: httpx.AsyncClient
+) -> None:
+    server = make_server(max_pending_events=5)
+    # one batch of more events than the subscriber may have pending: it is evicted at once
+    flood = [{"topic": "f", "type": "t", "data": n} for n in range(50)]
+    text = await read_raw(client, server, "f", lambda: publish(client, server, flood))
+    closing = text.removeprefix("retry: 3000\n\n")
+    assert closing.startswith(": closed: slow_consumer")
+    assert closing.endswith("retry: 3000\n\n")
+    assert server.jc.hub.stats.evicted == 1
+
+
+async def test_real_traffic_resets_the_heartbeat_clock(
+    make_server: LiveServerFactory, client: httpx.AsyncClient
+) -> None:
+    server = make_server(heartbeat_interval=1.0)
+    url = f"{server.url}/api/events"
+    params = {"topic": "busy"}
+    async with EventStream(client, url, params=params, headers=server.auth(), comments=True) as s:
+        loop = asyncio.get_running_loop()
+        until, n = loop.time() + 2.5, 0  # events for two and a half heartbeat intervals
+        while loop.time() < until:
+            await publish(client, server, {"topic": "busy", "type": "t", "data": n})
+            event = await s.next()
+            assert (event.comment, event.data) == (None, str(n)), "a heartbeat amid traffic"
+            n += 1
+        assert (await s.next(timeout=3)).comment == "ping"  # quiet again: heartbeats resume
+
+
+async def test_a_replay_over_the_byte_budget_is_a_reset(
+    make_server: LiveServerFactory, client: httpx.AsyncClient
+) -> None:
+    server = make_server(max_replay_bytes=1000)
+    body = [{"topic": "big", "type": "t", "data": "x" * 298} for _ in range(5)]  # 300 bytes each
+    ids = (await publish(client, server, body)).json()["ids"]
+    headers = {**server.auth(), "Last-Event-ID": ids[0]}  # 1200 bytes missed
+    async with stream(client, server, "big", headers=headers) as events:
+        reset = await events.next()
+    assert reset.event == "reset" and reset.id == ids[-1]
+    assert '"reason":"too_far_behind"' in (reset.data or "")
+    headers = {**server.auth(), "Last-Event-ID": ids[2]}  # 600 bytes: replayed
+    async with stream(client, server, "big", headers=headers) as events:
+        assert [e.id for e in await events.take(2)] == ids[3:]

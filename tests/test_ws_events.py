@@ -9,6 +9,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from jobcast.server import ws_events
 from tests.support import LiveServer
 from tests.ws_support import receive, receive_until_closed, send
 
@@ -144,3 +145,56 @@ async def test_users_see_only_their_own_jobs_on_jobs_wildcards(
             assert event["topic"] == f"jobs/{mine}"
             if event["type"] == "succeeded":
                 break
+
+
+async def test_subscribe_with_last_event_id_resumes_after_it(
+    ws_server: LiveServer, client: httpx.AsyncClient
+) -> None:
+    ids = [await publish(client, ws_server, "resume", n) for n in range(3)]
+    async with connect(ws_url(ws_server)) as ws:
+        await subscribe(ws, "resume", last_event_id=ids[0])
+        assert [(await next_event(ws))["id"] for _ in range(2)] == ids[1:]
+        live = await publish(client, ws_server, "resume", 3)
+        assert (await next_event(ws))["id"] == live
+
+
+async def test_a_socket_without_subscriptions_gets_pings(ws_server: LiveServer) -> None:
+    async with connect(ws_url(ws_server)) as ws:
+        for _ in range(2):
+            assert await receive(ws, timeout=1) == {"op": "ping"}
+
+
+async def test_a_replay_too_big_for_the_outbox_is_a_reset_not_a_1008(
+    ws_server: LiveServer, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: a resume whose replay overflowed the outbox closed the socket with 1008.
+    monkeypatch.setattr(ws_events, "MAX_OUTBOX", 60)
+    monkeypatch.setattr(ws_events, "CONTROL_ROOM", 10)
+    response = await client.post(
+        f"{ws_server.url}/api/events",
+        json=[{"topic": "far", "type": "t", "data": n} for n in range(80)],
+        headers=ws_server.auth("worker", "service"),
+    )
+    ids = response.json()["ids"]
+    async with connect(ws_url(ws_server)) as ws:
+        await subscribe(ws, "far", last_event_id=ids[0])
+        reset = await next_event(ws)
+        assert reset["op"] == "reset" and reset["reason"] == "too_far_behind"
+        assert reset["id"] == ids[-1] and reset["topic"] == "far"
+        live = await publish(client, ws_server, "far", "live")
+        assert (await next_event(ws))["id"] == live  # the socket stays open
+
+
+async def test_replays_of_one_subscribe_share_the_byte_budget(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    server = make_server(max_replay_bytes=1000)
+    start = await publish(client, server, "other", 0)
+    for topic in ("p1", "p2"):
+        for _ in range(3):
+            await publish(client, server, topic, "x" * 298)  # 300 bytes: 900 per topic
+    async with connect(ws_url(server)) as ws:
+        await subscribe(ws, "p1", "p2", last_event_id=start)
+        assert [(await next_event(ws))["topic"] for _ in range(3)] == ["p1"] * 3
+        reset = await next_event(ws)
+        assert (reset["op"], reset["topic"], reset["reason"]) == ("reset", "p2", "too_far_behind")

@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     )
     max_topics_per_subscription: int = Field(50, ge=1)
     max_replay_events: int = Field(10_000, ge=1, description="Beyond this a resume is a reset.")
+    max_replay_bytes: int = Field(
+        4 * 1024 * 1024, ge=1, description="Event data one resume may replay; beyond: a reset."
+    )
 
     history_max_events_per_topic: int = Field(1000, ge=1)
     history_max_age_seconds: float = Field(86_400.0, gt=0)
@@ -192,6 +195,7 @@ class Settings(BaseSettings):
             max_pending=self.max_pending_events,
             conflate_types=frozenset(self.conflate_types),
             max_replay=self.max_replay_events,
+            max_replay_bytes=self.max_replay_bytes,
             max_stream_seconds=self.max_stream_seconds,
             max_per_owner=self.max_streams_per_subject,
             max_total=self.max_streams_total,

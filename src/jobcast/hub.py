@@ -59,6 +59,8 @@ class HubOptions:
     conflate_types: frozenset[str] = frozenset({"progress"})
     #: The most events one replay may send; a client further behind gets a reset.
     max_replay: int = 10_000
+    #: The most event data (bytes) one replay may load; beyond it, a reset (too_far_behind).
+    max_replay_bytes: int = 4 * 1024 * 1024
     #: End every stream after this many seconds (for hosts that cut long responses); 0: never.
     max_stream_seconds: float = 0.0
     #: Concurrent subscriptions allowed per owner (429 beyond) and in all (503 beyond).
@@ -233,6 +235,7 @@ class Hub:
             subscription.patterns,
             after or EventId(self.broker.epoch, 0),
             self.options.max_replay,
+            self.options.max_replay_bytes,
         )
         if after is None:
             replay = Replay([], replay.head, Gap.UNKNOWN_ID)

@@ -59,8 +59,15 @@ class Broker(Protocol):
     async def publish(self, drafts: Sequence[EventDraft]) -> list[Event]: ...
 
     async def replay(
-        self, patterns: Sequence[TopicPattern], after: EventId, limit: int
-    ) -> Replay: ...
+        self,
+        patterns: Sequence[TopicPattern],
+        after: EventId,
+        limit: int,
+        max_bytes: int | None = None,
+    ) -> Replay:
+        """What was missed on ``patterns`` since ``after``: at most ``limit`` events and
+        ``max_bytes`` of event data, else a ``too_far_behind`` gap (read no further)."""
+        ...
 
     async def close(self) -> None: ...
 

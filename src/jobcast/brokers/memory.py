@@ -56,7 +56,13 @@ class MemoryBroker:
         self._deliver(events)
         return events
 
-    async def replay(self, patterns: Sequence[TopicPattern], after: EventId, limit: int) -> Replay:
+    async def replay(
+        self,
+        patterns: Sequence[TopicPattern],
+        after: EventId,
+        limit: int,
+        max_bytes: int | None = None,
+    ) -> Replay:
         head = EventId(self.epoch, self._position)
         gap = check_position(self.epoch, self._position, after)
         if gap is not None:
@@ -78,7 +84,9 @@ class MemoryBroker:
             for topic in topics
         ]
         events = list(heapq.merge(*streams, key=lambda e: e.position))
-        if len(events) > limit:
+        if len(events) > limit or (
+            max_bytes is not None and sum(len(e.data_json) for e in events) > max_bytes
+        ):
             return Replay([], head, Gap.TOO_FAR_BEHIND)
         return Replay(events, head)
 

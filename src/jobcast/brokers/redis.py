@@ -16,7 +16,10 @@ X3. History: exact topics replay from their own stream ``t:{topic}`` (cost propo
     most ``max_events_per_topic`` (trimmed when publishing), none older than ``max_age_seconds``
     (a periodic script), except job topics, kept until their terminal event plus
     ``job_grace_seconds``. What retention dropped is recorded per topic, as in SQLite, so a
-    resume across a trim is a ``trimmed`` reset, never a silent gap.
+    resume across a trim is a ``trimmed`` reset, never a silent gap. Each trim script records
+    and drops in one atomic step, and a replay reads the events before the marks, so a trim
+    that runs between the replay's reads is seen (never a gap). A replay reads at most
+    ``max_bytes`` of event data (beyond it: ``too_far_behind``).
 X4. Epoch: a key created with ``SET NX``. A flushed or restarted-empty Redis loses it; the next
     publish or read notices, a new epoch starts, and this instance ends its streams with a retry
     hint (``on_history_lost``), so clients resume with their old id and get ``history_lost``.
@@ -233,7 +236,13 @@ class RedisBroker:
             self._deliver(batch)
         self._caught_up.set()
 
-    async def replay(self, patterns: Sequence[TopicPattern], after: EventId, limit: int) -> Replay:
+    async def replay(
+        self,
+        patterns: Sequence[TopicPattern],
+        after: EventId,
+        limit: int,
+        max_bytes: int | None = None,
+    ) -> Replay:
         if after.epoch == self.epoch and after.position > self._delivered:
             try:  # published (on another instance), or an id from nowhere?
                 newest = int(await shielded(self._redis.get(self._key("position"))) or 0)
@@ -246,13 +255,63 @@ class RedisBroker:
         if gap is not None:
             return Replay([], head, gap)
         try:
-            return await shielded(self._replay(patterns, after, head, limit))
+            return await shielded(self._replay(patterns, after, head, limit, max_bytes))
         except RedisError as exc:
             raise Unavailable(f"could not read the Redis event history: {exc}") from exc
 
     async def _replay(
-        self, patterns: Sequence[TopicPattern], after: EventId, head: EventId, limit: int
+        self,
+        patterns: Sequence[TopicPattern],
+        after: EventId,
+        head: EventId,
+        limit: int,
+        max_bytes: int | None,
     ) -> Replay:
+        budget = max_bytes if max_bytes is not None else float("inf")
+        events, size = await self._read_history(patterns, after, head, limit, budget)
+        # X3: the marks after the events, so a trim between our reads is seen, never a gap
+        if await self._trimmed_after(patterns, after):
+            return Replay([], head, Gap.TRIMMED)
+        if len(events) > limit or size > budget:
+            return Replay([], head, Gap.TOO_FAR_BEHIND)
+        return Replay(events, head)
+
+    async def _read_history(
+        self,
+        patterns: Sequence[TopicPattern],
+        after: EventId,
+        head: EventId,
+        limit: int,
+        budget: float,
+    ) -> tuple[list[Event], int]:
+        """The events after ``after`` up to ``head``, stopping past ``limit`` or ``budget``."""
+        r, wild = self._redis, any(p.prefix is not None for p in patterns)
+        start, end = f"({after.position}-0", f"{head.position}-0"
+        events: list[Event] = []
+        size = 0
+        if wild:  # X3: the global stream, filtered
+            while len(events) <= limit and size <= budget:
+                chunk = await r.xrange(self._key("log"), start, end, count=_READ_BATCH)
+                for stream_id, f in chunk:
+                    topic = f[b"t"].decode()
+                    if any(p.matches(topic) for p in patterns):
+                        events.append(self._event(stream_id, topic, f))
+                        size += len(f[b"d"])
+                if len(chunk) < _READ_BATCH:
+                    break
+                start = f"({chunk[-1][0].decode()}"
+        else:
+            for topic in [p.text for p in patterns]:
+                chunk = await r.xrange(self._key(f"t:{topic}"), start, end, count=limit + 1)
+                events += [self._event(stream_id, topic, f) for stream_id, f in chunk]
+                size += sum(len(f[b"d"]) for _, f in chunk)
+                if len(events) > limit or size > budget:
+                    break
+            events.sort(key=lambda e: e.position)
+        return events, size
+
+    async def _trimmed_after(self, patterns: Sequence[TopicPattern], after: EventId) -> bool:
+        """Whether retention dropped events after ``after`` on ``patterns``."""
         r, wild = self._redis, [p for p in patterns if p.prefix is not None]
         exact = [p.text for p in patterns if p.prefix is None]
         jobs = any(
@@ -273,28 +332,7 @@ class RedisBroker:
         for topic, mark in (all_marks[0] if all_marks else {}).items():
             if any(p.matches(topic.decode()) for p in wild):
                 marks.append(mark)
-        if max(int(m or 0) for m in marks) > after.position:
-            return Replay([], head, Gap.TRIMMED)
-        start, end = f"({after.position}-0", f"{head.position}-0"
-        events: list[Event] = []
-        if wild:  # X3: the global stream, filtered
-            while len(events) <= limit:
-                chunk = await r.xrange(self._key("log"), start, end, count=_READ_BATCH)
-                for stream_id, f in chunk:
-                    topic = f[b"t"].decode()
-                    if any(p.matches(topic) for p in patterns):
-                        events.append(self._event(stream_id, topic, f))
-                if len(chunk) < _READ_BATCH:
-                    break
-                start = f"({chunk[-1][0].decode()}"
-        else:
-            for topic in exact:
-                chunk = await r.xrange(self._key(f"t:{topic}"), start, end, count=limit + 1)
-                events += [self._event(stream_id, topic, f) for stream_id, f in chunk]
-            events.sort(key=lambda e: e.position)
-        if len(events) > limit:
-            return Replay([], head, Gap.TOO_FAR_BEHIND)
-        return Replay(events, head)
+        return max(int(m or 0) for m in marks) > after.position
 
     def _event(self, stream_id: bytes, topic: str, f: dict[bytes, bytes]) -> Event:
         return Event(

@@ -4,6 +4,20 @@ Publishing is a group commit: concurrent ``publish`` calls queue their events, o
 inserts everything queued in a single transaction, then delivers the batch and answers every
 caller. A burst of publishes costs one commit, and an event is delivered (and acknowledged) only
 once it is in the file, so a restart never reuses a position a client has seen.
+
+Decisions (cited as B1..B3):
+
+B1. Closing never abandons a batch: ``close`` refuses new publishes, wakes the writer and waits
+    for it to commit everything queued; a batch that cannot be committed fails its publishers
+    with :class:`Unavailable`. No publisher is ever left waiting.
+B2. Retention records what it drops before it drops it: the topic's mark (``trimmed``) is
+    written before the ``DELETE``, and a topic folded into the global watermark loses its mark
+    only once the watermark covers it. ``replay`` reads the events before the marks, so a
+    replay that misses a dropped event always sees its mark and answers ``trimmed``, whatever
+    the interleaving of the two (they share one connection: a replay sees a trim's
+    uncommitted writes).
+B3. A replay reads at most ``max_bytes`` of event data: rows are fetched in chunks and the read
+    stops at the budget, answering ``too_far_behind``, so a resume costs bounded memory.
 """
 
 from __future__ import annotations
@@ -17,6 +31,7 @@ from pathlib import Path
 
 import aiosqlite
 
+from jobcast._files import create_private
 from jobcast._lock import ProcessLock
 from jobcast.brokers.base import Deliver, Gap, Replay, Retention, check_position, new_epoch
 from jobcast.errors import Unavailable
@@ -72,12 +87,14 @@ class SQLiteBroker:
         self._wakeup = asyncio.Event()
         self._touched: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
         self._lock = ProcessLock(path.with_name(path.name + ".lock"), "the event history")
 
     async def start(self, deliver: Deliver) -> None:
         self._deliver = deliver
         self._lock.acquire()  # one process per history: others would never see our events
         try:
+            create_private(self.path)  # events can be private: 0600, as is the secret
             self._db = db = await aiosqlite.connect(self.path)
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=NORMAL")
@@ -97,20 +114,31 @@ class SQLiteBroker:
         ]
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self._queue:
-            await self._commit_queue()
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
-        self._lock.release()
+        """Commit everything queued, then close (B1)."""
+        self._closing = True
+        self._wakeup.set()
+        try:
+            for task in self._tasks[1:]:  # retention: nothing of it is lost when it stops
+                task.cancel()
+            for task in reversed(self._tasks):
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await task
+            if self._queue:  # the writer failed or never started
+                await self._commit_queue()
+        finally:
+            self._fail_queued("the event history is closed")
+            if self._db is not None:
+                await self._db.close()
+                self._db = None
+            self._lock.release()
+
+    def _fail_queued(self, reason: str) -> None:
+        done, self._queue, self._queue_done = self._queue_done, [], None
+        if done is not None and not done.done():
+            done.set_exception(Unavailable(reason))
 
     async def publish(self, drafts: Sequence[EventDraft]) -> list[Event]:
-        if self._db is None:
+        if self._db is None or self._closing:
             raise Unavailable("the event history is closed")
         now = time.time()
         events = []
@@ -133,6 +161,8 @@ class SQLiteBroker:
             self._wakeup.clear()
             if self._queue:
                 await self._commit_queue()
+            if self._closing and not self._queue:
+                return  # B1: everything queued before close is committed
 
     async def _commit_queue(self) -> None:
         batch, done = self._queue, self._queue_done
@@ -150,6 +180,10 @@ class SQLiteBroker:
             if done is not None and not done.done():
                 done.set_exception(Unavailable(f"could not store events: {exc}"))
             return
+        except BaseException:  # B1: whatever stops the writer, nobody waits forever
+            if done is not None and not done.done():
+                done.set_exception(Unavailable("the event history stopped while storing events"))
+            raise
         self._committed = batch[-1].position
         self._touched.update(e.topic for e in batch)
         if self._deliver is not None:
@@ -157,7 +191,13 @@ class SQLiteBroker:
         if done is not None and not done.done():
             done.set_result(None)
 
-    async def replay(self, patterns: Sequence[TopicPattern], after: EventId, limit: int) -> Replay:
+    async def replay(
+        self,
+        patterns: Sequence[TopicPattern],
+        after: EventId,
+        limit: int,
+        max_bytes: int | None = None,
+    ) -> Replay:
         if self._db is None:
             raise Unavailable("the event history is closed")
         head = EventId(self.epoch, self._committed)
@@ -165,31 +205,42 @@ class SQLiteBroker:
         if gap is not None:
             return Replay([], head, gap)
         where, params = _topic_filter(patterns)
+        budget = max_bytes if max_bytes is not None else float("inf")
+        rows: list[sqlite3.Row] = []
+        size = 0
         try:
-            trimmed = self._expired_through
-            async with self._db.execute(
-                f"SELECT MAX(position) FROM trimmed WHERE {where}", params
-            ) as cursor:
-                row = await cursor.fetchone()
-            if row and row[0] is not None:
-                trimmed = max(trimmed, int(row[0]))
-            if trimmed > after.position:
-                return Replay([], head, Gap.TRIMMED)
             async with self._db.execute(
                 "SELECT position, topic, type, data, ts FROM events"
                 f" WHERE position > ? AND position <= ? AND ({where}) ORDER BY position LIMIT ?",
                 [after.position, head.position, *params, limit + 1],
             ) as cursor:
-                rows = list(await cursor.fetchall())
+                async for row in cursor:  # B3: fetched in chunks, up to the budget
+                    size += len(row[3])
+                    if size > budget:
+                        break
+                    rows.append(row)
+            # B2: the marks after the events: a drop we missed has been recorded by now
+            async with self._db.execute(
+                f"SELECT MAX(position) FROM trimmed WHERE {where}", params
+            ) as cursor:
+                mark = await cursor.fetchone()
         except sqlite3.Error as exc:
             raise Unavailable(f"could not read the event history: {exc}") from exc
-        if len(rows) > limit:
+        trimmed = self._expired_through
+        if mark and mark[0] is not None:
+            trimmed = max(trimmed, int(mark[0]))
+        if trimmed > after.position:
+            return Replay([], head, Gap.TRIMMED)
+        if len(rows) > limit or size > budget:
             return Replay([], head, Gap.TOO_FAR_BEHIND)
         events = [Event(self.epoch, r[0], r[1], r[2], bytes(r[3]), r[4]) for r in rows]
         return Replay(events, head)
 
     async def trim(self) -> None:
-        """Apply retention: keep at most N events per topic, none older than the age limit."""
+        """Apply retention: keep at most N events per topic, none older than the age limit.
+
+        Every drop is marked before its rows are deleted (B2).
+        """
         if self._db is None:
             return
         db = self._db
@@ -197,28 +248,37 @@ class SQLiteBroker:
         keep = self.retention.max_events_per_topic
         for topic in touched:
             async with db.execute(
-                "DELETE FROM events WHERE topic = ? AND position <= (SELECT position FROM events"
-                " WHERE topic = ? ORDER BY position DESC LIMIT 1 OFFSET ?) RETURNING position",
-                (topic, topic, keep),
+                "SELECT position FROM events WHERE topic = ? ORDER BY position DESC"
+                " LIMIT 1 OFFSET ?",
+                (topic, keep),
             ) as cursor:
-                dropped = [r[0] for r in await cursor.fetchall()]
-            if dropped:
-                await self._mark_trimmed(topic, max(dropped))
+                newest_dropped = await cursor.fetchone()
+            if newest_dropped is not None:
+                await self._mark_trimmed(topic, newest_dropped[0])
+                await db.execute(
+                    "DELETE FROM events WHERE topic = ? AND position <= ?",
+                    (topic, newest_dropped[0]),
+                )
         cutoff = time.time() - self.retention.max_age_seconds
         async with db.execute(
-            "DELETE FROM events WHERE ts < ? RETURNING topic, position", (cutoff,)
+            "SELECT topic, MAX(position) FROM events WHERE ts < ? GROUP BY topic", (cutoff,)
         ) as cursor:
-            expired: dict[str, int] = {}
-            for topic, position in await cursor.fetchall():
-                expired[topic] = max(position, expired.get(topic, 0))
-        for topic, position in expired.items():
-            async with db.execute("SELECT 1 FROM events WHERE topic = ? LIMIT 1", (topic,)) as c:
-                still_has_events = await c.fetchone() is not None
-            if still_has_events:
-                await self._mark_trimmed(topic, position)
-            else:  # the topic is gone: fold it into the global watermark
-                self._expired_through = max(self._expired_through, position)
+            expired: dict[str, int] = {
+                topic: position for topic, position in await cursor.fetchall()
+            }
         if expired:
+            for topic, position in expired.items():
+                await self._mark_trimmed(topic, position)
+            await db.execute(
+                "DELETE FROM events WHERE ts < ? AND position <= ?", (cutoff, max(expired.values()))
+            )
+            for topic, position in expired.items():
+                async with db.execute(
+                    "SELECT 1 FROM events WHERE topic = ? LIMIT 1", (topic,)
+                ) as c:
+                    gone = await c.fetchone() is None
+                if gone:  # fold the topic into the global watermark, raised before its mark goes
+                    self._expired_through = max(self._expired_through, position)
             await self._set_meta("expired_through", str(self._expired_through))
             await db.execute("DELETE FROM trimmed WHERE position <= ?", (self._expired_through,))
         await db.commit()

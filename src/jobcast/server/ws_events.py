@@ -18,6 +18,10 @@ W3. Acknowledgements are durable per ``client_id`` (scoped to the token's subjec
     cumulative by id and written at most once a second and when the socket closes, so a crash
     can replay up to a second of acknowledged events (at-least-once, never a loss).
 W4. Malformed or refused ops get an ``error`` message and the connection stays open.
+W5. Replays are bounded like the outbox: a replay that would take the outbox past
+    ``MAX_OUTBOX - CONTROL_ROOM`` messages, or its queued replays past ``max_replay_bytes`` of
+    event data, is sent as a ``reset`` (``too_far_behind``) instead, so a client far behind is
+    told to resync rather than closed (1008) by its own resume.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from jobcast.auth import Principal
-from jobcast.brokers.base import Replay
+from jobcast.brokers.base import Gap, Replay
 from jobcast.errors import InvalidInput, JobcastError
 from jobcast.events import Event, EventId
 from jobcast.server.credentials import stream_owner
@@ -49,6 +53,7 @@ if TYPE_CHECKING:
     from jobcast.server.app import Jobcast
 
 MAX_OUTBOX = 20_000
+CONTROL_ROOM = 1_000  # outbox places kept for replies once replays are queued (W5)
 MAX_CLIENT_ID = 128
 ACK_SAVE_INTERVAL = 1.0
 PING = '{"op":"ping"}'
@@ -140,6 +145,8 @@ class EventSocket:
         # writer can see the subscriptions, so every replayed event precedes every live one.
         self._queue_json({"op": "subscribed", "topics": [p.text for p in patterns]})
         for text, subscription, replay in opened:
+            if replay is not None and replay.gap is None:
+                replay = self._bounded(replay)
             if replay is not None and replay.gap is not None:
                 self._queue_json(
                     {
@@ -154,6 +161,17 @@ class EventSocket:
                 for event in replay.events:
                     self._queue(event)
             self.subscriptions[text] = subscription
+
+    def _bounded(self, replay: Replay) -> Replay:
+        """``replay``, or a ``too_far_behind`` gap when the outbox cannot take it (W5)."""
+        queued = sum(len(item.data_json) for item in self.outbox if isinstance(item, Event))
+        size = sum(len(event.data_json) for event in replay.events)
+        room = MAX_OUTBOX - CONTROL_ROOM - len(self.outbox)
+        if len(replay.events) <= room and queued + size <= self.jc.hub.options.max_replay_bytes:
+            return replay
+        resets = self.jc.hub.stats.resets
+        resets[Gap.TOO_FAR_BEHIND] = resets.get(Gap.TOO_FAR_BEHIND, 0) + 1
+        return Replay([], replay.head, Gap.TOO_FAR_BEHIND)
 
     def _unsubscribe(self, topics: Any) -> None:
         if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):

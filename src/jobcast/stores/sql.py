@@ -39,6 +39,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from jobcast._files import create_private
 from jobcast.errors import Unavailable
 from jobcast.jobs.model import InputFile, Job, JobState
 from jobcast.stores.base import JobPage, JobQuery
@@ -199,7 +200,7 @@ class SQLJobStore:
     async def open(self) -> None:
         url, schema, options = _engine_options(sa.engine.make_url(self.url))
         if self._sqlite and url.database and url.database != ":memory:":
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            create_private(Path(url.database))  # jobs can be private: 0600, as is the secret
         try:
             self._engine = engine = create_async_engine(url, hide_parameters=True, **options)  # Q4
         except (SQLAlchemyError, ImportError) as exc:
