@@ -49,6 +49,10 @@ class HubStats:
     evicted: int = 0
     replays: int = 0
     resets: dict[str, int] = field(default_factory=dict)
+    #: Pending events discarded when a subscription ended, by its close reason.
+    dropped: dict[str, int] = field(default_factory=dict)
+    #: ``Unavailable`` raised by the broker, by operation ("publish", "replay").
+    broker_errors: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +153,15 @@ class Hub:
     async def publish_many(self, drafts: Sequence[EventDraft]) -> list[Event]:
         if not drafts:
             return []
-        return await self.broker.publish(drafts)
+        try:
+            return await self.broker.publish(drafts)
+        except Unavailable:
+            self._count_broker_error("publish")
+            raise
+
+    def _count_broker_error(self, operation: str) -> None:
+        errors = self.stats.broker_errors
+        errors[operation] = errors.get(operation, 0) + 1
 
     def _deliver(self, events: list[Event]) -> None:
         exact, prefixes, stats = self._exact, self._prefixes, self.stats
@@ -192,11 +204,13 @@ class Hub:
         allow: Callable[[str], bool] | None = None,
         owner: str | None = None,
         expires_at: float | None = None,
+        transport: str = "sse",
     ) -> tuple[Subscription, Replay | None]:
         """Register a subscription and, when resuming, the replay that precedes live events.
 
         ``owner`` counts against the per-owner cap; at ``expires_at`` (epoch seconds, the
         credential's expiry) the subscription is closed as expired so the client re-authenticates.
+        ``transport`` ("sse" or "websocket") only labels it in the metrics.
         """
         if self.draining:
             raise Unavailable("the server is shutting down; reconnect to another instance")
@@ -214,6 +228,7 @@ class Hub:
             allow=allow,
             owner=owner,
             expires_at=expires_at,
+            transport=transport,
         )
         if options.max_stream_seconds:
             subscription.ends_at = time.time() + options.max_stream_seconds
@@ -231,12 +246,16 @@ class Hub:
     async def _replay(self, subscription: Subscription, last_event_id: str) -> Replay:
         self.stats.replays += 1
         after = EventId.parse(last_event_id)
-        replay = await self.broker.replay(
-            subscription.patterns,
-            after or EventId(self.broker.epoch, 0),
-            self.options.max_replay,
-            self.options.max_replay_bytes,
-        )
+        try:
+            replay = await self.broker.replay(
+                subscription.patterns,
+                after or EventId(self.broker.epoch, 0),
+                self.options.max_replay,
+                self.options.max_replay_bytes,
+            )
+        except Unavailable:
+            self._count_broker_error("replay")
+            raise
         if after is None:
             replay = Replay([], replay.head, Gap.UNKNOWN_ID)
         if replay.gap is not None:
@@ -271,6 +290,13 @@ class Hub:
             self._closed_writing.discard(subscription)  # its writer has finished
             return
         self._subscriptions.discard(subscription)
+        # Counted here, once per subscription: a stream that ends without a close reason
+        # (its writer finished first) leaves behind what it had pending, as a client would.
+        reason = subscription.close_reason
+        dropped = subscription.pending_count if reason is None else subscription.discarded
+        if dropped:
+            key = CloseReason.CLIENT.value if reason is None else reason.value
+            self.stats.dropped[key] = self.stats.dropped.get(key, 0) + dropped
         if subscription.writing_since:
             self._closed_writing.add(subscription)  # H6
         owner = subscription.owner

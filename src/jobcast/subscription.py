@@ -49,6 +49,7 @@ class Subscription:
         "allow",
         "close_reason",
         "conflate_types",
+        "discarded",
         "ends_at",
         "expires_at",
         "heartbeat_due",
@@ -59,6 +60,7 @@ class Subscription:
         "pending",
         "pending_count",
         "skip_through",
+        "transport",
         "write_aborted",
         "writer",
         "writing_since",
@@ -73,8 +75,11 @@ class Subscription:
         allow: Callable[[str], bool] | None = None,
         owner: str | None = None,
         expires_at: float | None = None,
+        transport: str = "sse",
     ) -> None:
         self.patterns = patterns
+        #: "sse" or "websocket": only read when metrics are scraped.
+        self.transport = transport
         #: Whose stream this is (for per-subject caps), and when its credential expires.
         self.owner = owner
         self.expires_at = expires_at
@@ -91,6 +96,8 @@ class Subscription:
         self._loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None
         self.close_reason: CloseReason | None = None
+        #: Pending events that ``close`` threw away (counted as dropped, by close reason).
+        self.discarded = 0
         self.heartbeat_due = False
         self.last_write = time.monotonic()
         #: After a replay, live events up to this position are duplicates (hub.H2).
@@ -166,6 +173,7 @@ class Subscription:
         if self.close_reason is not None:
             return
         self.close_reason = reason
+        self.discarded = self.pending_count
         self.pending = []
         self.pending_count = 0
         self._conflatable.clear()

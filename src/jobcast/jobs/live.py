@@ -24,6 +24,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from jobcast.errors import InvalidInput, JobcastError, Unavailable
@@ -52,8 +53,11 @@ class LiveJob:
         progress_interval: float,
         store_interval: float,
         max_event_bytes: int,
+        on_terminal: Callable[[Job], None] | None = None,
     ) -> None:
         self.job = job
+        #: Told once the job reached a terminal state (the runner's metrics).
+        self.on_terminal = on_terminal
         self.published = job.copy()
         self.hub = hub
         self.store = store
@@ -202,6 +206,8 @@ class LiveJob:
                     job.progress = 100.0
                 job.result = result
                 job.error = error
+                if self.on_terminal is not None:
+                    self.on_terminal(job)
             job.seq += 1
             event_type = state.value if job.terminal else "state"
             draft = EventDraft(self.topic, event_type, dumps(job.to_dict()))

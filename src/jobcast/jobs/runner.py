@@ -38,6 +38,7 @@ from jobcast.jobs.context import JobCancelled, JobContext
 from jobcast.jobs.live import LiveJob
 from jobcast.jobs.model import InputFile, Job, JobState, new_job_id
 from jobcast.jobs.registry import HandlerSpec, Registry
+from jobcast.jobs.stats import JobStats
 from jobcast.stores.base import JobPage, JobQuery, JobStore
 
 if TYPE_CHECKING:
@@ -77,6 +78,7 @@ class EmbeddedRunner:
         self._dispatcher: asyncio.Task[None] | None = None
         self._handler_tasks: dict[str, asyncio.Future[Any]] = {}
         self._lock = ProcessLock(options.uploads_dir.parent / "runner.lock", "the job runner")
+        self.stats = JobStats()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -384,6 +386,7 @@ class EmbeddedRunner:
             progress_interval=options.progress_interval,
             store_interval=options.store_interval,
             max_event_bytes=options.max_event_bytes,
+            on_terminal=self.stats.finished,
         )
         self._live[job.id] = live
         return live

@@ -82,6 +82,7 @@ async def plan_job_stream(
     last_event_id: str | None,
     *,
     kind: str | None = None,
+    transport: str = "sse",
 ) -> JobStreamPlan:
     """Authorise the caller and set up the stream of job ``job_id`` (of ``kind``, if given)."""
     job = await jc.runner.get(job_id)
@@ -100,7 +101,7 @@ async def plan_job_stream(
         return JobStreamPlan(_current(job, epoch), snapshot=True, terminal=True)
     if last_event_id:  # J2
         subscription, replay = await hub.subscribe(
-            patterns, last_event_id=last_event_id, **stream_owner(principal)
+            patterns, last_event_id=last_event_id, transport=transport, **stream_owner(principal)
         )
         if replay is not None and replay.gap is None:
             return JobStreamPlan(job, snapshot=False, subscription=subscription, replay=replay)
@@ -109,7 +110,7 @@ async def plan_job_stream(
     known = EventId.parse(job.last_event_id) if job.last_event_id else None  # J1
     resume_after = str(known) if known and known.epoch == epoch else f"{epoch}-0"
     subscription, replay = await hub.subscribe(
-        patterns, last_event_id=resume_after, **stream_owner(principal)
+        patterns, last_event_id=resume_after, transport=transport, **stream_owner(principal)
     )
     if replay is not None and replay.gap is not None:
         replay = None  # history cannot tell what came after: the snapshot is the best we have

@@ -62,20 +62,25 @@ def ws_router(jc: "Jobcast") -> APIRouter:
     @router.websocket("/ws/events")
     async def events_socket(websocket: WebSocket) -> None:
         """Subscribe, unsubscribe and acknowledge with JSON ops; events and pings come back."""
-        if not await accept_from_allowed_origin(jc, websocket):
-            return
-        channel = Channel(jc, websocket)
-        try:
-            principal, first = await channel.authenticate(required=False)
-        except JobcastError as exc:
-            await channel.fail(exc)
-            return
-        except SocketClosed:
-            return
-        client_id = websocket.query_params.get("client_id")
-        await EventSocket(jc, channel, principal, client_id).run(first)
+        with jc.metrics.websocket():
+            await _serve_event_socket(jc, websocket)
 
     return router
+
+
+async def _serve_event_socket(jc: "Jobcast", websocket: WebSocket) -> None:
+    if not await accept_from_allowed_origin(jc, websocket):
+        return
+    channel = Channel(jc, websocket)
+    try:
+        principal, first = await channel.authenticate(required=False)
+    except JobcastError as exc:
+        await channel.fail(exc)
+        return
+    except SocketClosed:
+        return
+    client_id = websocket.query_params.get("client_id")
+    await EventSocket(jc, channel, principal, client_id).run(first)
 
 
 async def serve_job_socket(
@@ -87,13 +92,22 @@ async def serve_job_socket(
     render: WsRender | None = None,
 ) -> None:
     """Accept, authenticate and stream one job's events; close 1000 after the terminal one."""
+    with jc.metrics.websocket():
+        await _serve_job_socket(jc, websocket, job_id, kind, render)
+
+
+async def _serve_job_socket(
+    jc: "Jobcast", websocket: WebSocket, job_id: str, kind: str | None, render: WsRender | None
+) -> None:
     if not await accept_from_allowed_origin(jc, websocket):
         return
     channel = Channel(jc, websocket)
     try:
         principal, _ = await channel.authenticate(required=True)
         resume = websocket.query_params.get("last_event_id")
-        plan = await plan_job_stream(jc, job_id, principal, resume, kind=kind)
+        plan = await plan_job_stream(
+            jc, job_id, principal, resume, kind=kind, transport="websocket"
+        )
     except JobcastError as exc:
         await channel.fail(exc)
         return

@@ -134,6 +134,7 @@ class EventSocket:
                     (pattern,),
                     last_event_id=last_event_id,
                     allow=allow,
+                    transport="websocket",
                     **stream_owner(self.principal),
                 )
                 opened.append((pattern.text, subscription, replay))

@@ -24,6 +24,18 @@ class JobQuery:
     cursor: str | None = None
 
 
+@dataclass(slots=True)
+class StoreStats:
+    """Counters since start, read when metrics are scraped (``server/metrics.py``)."""
+
+    #: Job rows inserted or updated, and the transactions that wrote them (group commits).
+    rows_written: int = 0
+    transactions: int = 0
+    #: Database errors turned into :class:`~jobcast.errors.Unavailable`, by operation.
+    read_errors: int = 0
+    write_errors: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class JobPage:
     jobs: list[Job]
@@ -34,6 +46,8 @@ class JobPage:
 class JobStore(Protocol):
     """Persistence for jobs; every method raises :class:`~jobcast.errors.Unavailable` when
     the backend fails."""
+
+    stats: StoreStats
 
     async def open(self) -> None:
         """Connect, and create or check the schema."""
@@ -55,6 +69,9 @@ class JobStore(Protocol):
 
     async def in_states(self, states: Collection[JobState], limit: int) -> list[Job]:
         """Jobs in any of ``states``, oldest first (recovery at startup)."""
+
+    async def count_by_state(self) -> dict[JobState, int]:
+        """How many jobs are in each state (states without jobs may be missing)."""
 
     async def save_ack(self, subject: str, client_id: str, event_id: str) -> None:
         """Remember the newest event a WebSocket client acknowledged."""

@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from jobcast._files import create_private
 from jobcast.errors import Unavailable
 from jobcast.jobs.model import InputFile, Job, JobState
-from jobcast.stores.base import JobPage, JobQuery
+from jobcast.stores.base import JobPage, JobQuery, StoreStats
 
 logger = logging.getLogger("jobcast.stores")
 
@@ -196,6 +196,7 @@ class SQLJobStore:
         self._updates: dict[str, dict[str, Any]] = {}
         self._batch: asyncio.Future[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self.stats = StoreStats()
 
     async def open(self) -> None:
         url, schema, options = _engine_options(sa.engine.make_url(self.url))
@@ -253,6 +254,7 @@ class SQLJobStore:
             async with self._engine.connect() as conn:
                 yield conn
         except (SQLAlchemyError, OSError) as exc:  # Q4; OSError: a server that cannot be reached
+            self.stats.read_errors += 1
             raise _unavailable(exc) from exc
 
     @contextlib.asynccontextmanager
@@ -264,6 +266,7 @@ class SQLJobStore:
                 async with self._engine.begin() as conn:
                     yield conn
             except (SQLAlchemyError, OSError) as exc:  # Q4
+                self.stats.write_errors += 1
                 raise _unavailable(exc) from exc
 
     async def create(self, job: Job) -> None:
@@ -303,6 +306,8 @@ class SQLJobStore:
             except Unavailable as exc:
                 batch.set_exception(exc)
             else:
+                self.stats.transactions += 1
+                self.stats.rows_written += len(inserts) + len(updates)
                 batch.set_result(None)
 
     async def list_jobs(self, query: JobQuery) -> JobPage:
@@ -337,6 +342,13 @@ class SQLJobStore:
         )
         async with self._read() as conn:
             return [_job(row) for row in (await conn.execute(statement)).all()]
+
+    async def count_by_state(self) -> dict[JobState, int]:
+        c = jobs_table.c  # one pass over the index on (state, id)
+        statement = sa.select(c.state, sa.func.count()).group_by(c.state)
+        async with self._read() as conn:
+            rows = (await conn.execute(statement)).all()
+        return {JobState(state): int(count) for state, count in rows}
 
     async def save_ack(self, subject: str, client_id: str, event_id: str) -> None:
         where = (acks_table.c.subject == subject) & (acks_table.c.client_id == client_id)
