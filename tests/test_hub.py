@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -172,3 +173,16 @@ async def test_drain_closes_every_subscription_and_refuses_new_ones(hub: Hub) ->
         await hub.subscribe(pats("a"))
     low, high = hub.options.drain_retry_ms
     assert all(low <= hub.drain_retry_ms() <= high for _ in range(50))
+
+
+async def test_stream_deadlines_are_spread_over_the_last_tenth_of_the_limit() -> None:
+    hub = Hub(MemoryBroker(Retention()), HubOptions(max_stream_seconds=100))
+    await hub.start()
+    try:
+        before = time.time()
+        deadlines = [(await hub.subscribe(pats("a")))[0].ends_at for _ in range(20)]
+        after = time.time()
+    finally:
+        await hub.close()
+    assert all(d is not None and before + 90 <= d <= after + 100 for d in deadlines)
+    assert len(set(deadlines)) > 1  # clients that connected together do not return together

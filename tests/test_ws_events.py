@@ -147,6 +147,15 @@ async def test_users_see_only_their_own_jobs_on_jobs_wildcards(
                 break
 
 
+async def test_an_idle_socket_with_subscriptions_gets_pings(ws_server: LiveServer) -> None:
+    # Regression: every quiet wake-up restarted the heartbeat clock, so a subscribed socket with
+    # no traffic was never pinged, and proxies with idle timeouts cut it.
+    async with connect(ws_url(ws_server)) as ws:
+        await subscribe(ws, "quiet")
+        for _ in range(3):
+            assert await receive(ws, timeout=1) == {"op": "ping"}
+
+
 async def test_subscribe_with_last_event_id_resumes_after_it(
     ws_server: LiveServer, client: httpx.AsyncClient
 ) -> None:

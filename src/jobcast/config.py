@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from jobcast.brokers.base import Retention
@@ -13,6 +13,9 @@ from jobcast.hub import HubOptions
 from jobcast.topics import TopicPattern
 
 CommaList = Annotated[list[str], NoDecode]
+
+#: Of the shutdown grace period, kept for what follows the wait for running requests.
+SHUTDOWN_RESERVE_SECONDS = 1.0
 
 
 class Settings(BaseSettings):
@@ -65,8 +68,32 @@ class Settings(BaseSettings):
     max_stream_seconds: float = Field(
         0.0,
         ge=0,
-        description="End each stream cleanly after this long, with a retry hint, for hosts "
-        "that cut long responses (e.g. 280 where the limit is 300 s); 0: never.",
+        description="End each stream cleanly within this many seconds (at a random point of "
+        "the last tenth), with a retry hint, for hosts that cut long responses (e.g. 280 where "
+        "the limit is 300 s); 0: never.",
+    )
+    shutdown_delay_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="After SIGTERM, keep serving everything except new streams (with /ready "
+        "answering 503) this long before closing the listener, so a load balancer that polls "
+        "/ready stops routing here first; part of shutdown_grace_seconds.",
+    )
+    shutdown_grace_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="`jobcast serve`: the most seconds from SIGTERM to exit; requests still "
+        "running after it (and the delay) are cancelled. Keep it below the service manager's "
+        "stop timeout.",
+    )
+    drain_retry_min_ms: int = Field(
+        500, ge=0, description="Shortest reconnect delay a draining server tells a client."
+    )
+    drain_retry_max_ms: int = Field(
+        5000,
+        ge=0,
+        description="Longest reconnect delay a draining server tells a client; each stream gets "
+        "a random one in between, so clients do not all reconnect at once.",
     )
     max_streams_per_subject: int = Field(100, ge=1, description="Concurrent streams per subject.")
     max_streams_total: int = Field(50_000, ge=1, description="Concurrent streams per process.")
@@ -83,14 +110,20 @@ class Settings(BaseSettings):
         default_factory=lambda: ["progress"],
         description="Event types where a slow subscriber gets only the latest per topic.",
     )
-    max_topics_per_subscription: int = Field(50, ge=1)
+    max_topics_per_subscription: int = Field(
+        50, ge=1, description="Topics and patterns one stream or socket may name."
+    )
     max_replay_events: int = Field(10_000, ge=1, description="Beyond this a resume is a reset.")
     max_replay_bytes: int = Field(
         4 * 1024 * 1024, ge=1, description="Event data one resume may replay; beyond: a reset."
     )
 
-    history_max_events_per_topic: int = Field(1000, ge=1)
-    history_max_age_seconds: float = Field(86_400.0, gt=0)
+    history_max_events_per_topic: int = Field(
+        1000, ge=1, description="Events kept per topic for replay; older ones are dropped."
+    )
+    history_max_age_seconds: float = Field(
+        86_400.0, gt=0, description="Events older than this are dropped from the history."
+    )
     history_job_grace_seconds: float = Field(
         3600.0, ge=0, description="Redis: a job topic's history is kept this long after it ends."
     )
@@ -163,6 +196,14 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
+    @model_validator(mode="after")
+    def _ordered_windows(self) -> Settings:
+        if self.drain_retry_max_ms < self.drain_retry_min_ms:
+            raise ValueError("drain_retry_max_ms must not be below drain_retry_min_ms")
+        if self.shutdown_delay_seconds >= self.shutdown_grace_seconds:
+            raise ValueError("shutdown_delay_seconds must be below shutdown_grace_seconds")
+        return self
+
     @field_validator("public_topics")
     @classmethod
     def _valid_patterns(cls, value: list[str]) -> list[str]:
@@ -200,4 +241,12 @@ class Settings(BaseSettings):
             max_per_owner=self.max_streams_per_subject,
             max_total=self.max_streams_total,
             send_timeout=self.send_timeout,
+            drain_retry_ms=(self.drain_retry_min_ms, self.drain_retry_max_ms),
         )
+
+    def graceful_shutdown_timeout(self) -> float:
+        """Seconds the server waits for running requests once it stops listening: what is
+        left of the grace period after the readiness delay and a reserve for what follows
+        (the server's own steps, closing the runner, the store and the broker, exiting)."""
+        left = self.shutdown_grace_seconds - self.shutdown_delay_seconds
+        return max(0.1, left - SHUTDOWN_RESERVE_SECONDS)

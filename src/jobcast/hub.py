@@ -20,6 +20,10 @@ H6. A write that does not complete (the client stopped reading and the socket bu
     the ticker ends writes older than ``send_timeout``, also for streams already closed (an
     evicted one may still be blocked in its last write). No timer per write: arming and
     cancelling one cost more than the write itself.
+H7. A stream time limit (``max_stream_seconds``, for hosts that cut long responses) is a
+    deadline, never exceeded: the ticker ends a stream at its last tick before the deadline.
+    Each stream's deadline is drawn from the last tenth of the limit, so clients that connected
+    together (after a deploy) do not all come back together, limit after limit.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ from jobcast.errors import RateLimited, Unavailable
 from jobcast.events import Event, EventDraft, EventId
 from jobcast.subscription import CloseReason, Subscription
 from jobcast.topics import CONTROL_PREFIX, TopicPattern, wildcard_prefixes
+
+#: Stream deadlines are drawn from the last tenth of ``max_stream_seconds`` (H7).
+TIME_LIMIT_SPREAD = 0.1
 
 
 @dataclass(slots=True)
@@ -65,7 +72,7 @@ class HubOptions:
     max_replay: int = 10_000
     #: The most event data (bytes) one replay may load; beyond it, a reset (too_far_behind).
     max_replay_bytes: int = 4 * 1024 * 1024
-    #: End every stream after this many seconds (for hosts that cut long responses); 0: never.
+    #: End every stream within this many seconds (for hosts that cut long responses); 0: never.
     max_stream_seconds: float = 0.0
     #: Concurrent subscriptions allowed per owner (429 beyond) and in all (503 beyond).
     max_per_owner: int = 100
@@ -92,6 +99,8 @@ class Hub:
         self.options = options or HubOptions()
         self.stats = HubStats()
         self.draining = False
+        #: Set once draining starts: wakes connections that hold no subscription to close.
+        self.drained = asyncio.Event()
         self._exact: dict[str, set[Subscription]] = {}
         self._prefixes: dict[str, set[Subscription]] = {}
         self._subscriptions: set[Subscription] = set()
@@ -120,6 +129,7 @@ class Hub:
     def drain(self) -> None:
         """Refuse new subscriptions and end every stream with a spread-out retry (H4)."""
         self.draining = True
+        self.drained.set()
         for subscription in list(self._subscriptions):
             subscription.close(CloseReason.DRAIN)
             self.unsubscribe(subscription)
@@ -230,8 +240,9 @@ class Hub:
             expires_at=expires_at,
             transport=transport,
         )
-        if options.max_stream_seconds:
-            subscription.ends_at = time.time() + options.max_stream_seconds
+        if options.max_stream_seconds:  # H7
+            spread = random.uniform(0.0, TIME_LIMIT_SPREAD) * options.max_stream_seconds
+            subscription.ends_at = time.time() + options.max_stream_seconds - spread
         self._register(subscription)  # before reading history (H2)
         if last_event_id is None:
             return subscription, None
@@ -320,12 +331,15 @@ class Hub:
     async def _heartbeat_forever(self) -> None:
         interval = self.options.heartbeat_interval
         tick = min(1.0, interval / 4)
+        if self.options.max_stream_seconds:
+            tick = min(tick, self.options.max_stream_seconds / 4)
         while True:
             await asyncio.sleep(tick)
             monotonic = time.monotonic()
             quiet_since = monotonic - interval
             stuck_since = monotonic - self.options.send_timeout
             now = time.time()
+            last_tick_before = now + tick  # H7: end at the last tick before the deadline
             ending: list[tuple[Subscription, CloseReason]] = []
             for subscription in [*self._subscriptions, *self._closed_writing]:
                 if 0 < subscription.writing_since <= stuck_since:  # H6
@@ -335,7 +349,7 @@ class Hub:
                     continue
                 elif subscription.expires_at is not None and subscription.expires_at <= now:
                     ending.append((subscription, CloseReason.EXPIRED))  # renew, then resume
-                elif subscription.ends_at is not None and subscription.ends_at <= now:
+                elif subscription.ends_at is not None and subscription.ends_at <= last_tick_before:
                     ending.append((subscription, CloseReason.TIME_LIMIT))  # just resume
                 elif subscription.last_write <= quiet_since:
                     subscription.request_heartbeat()

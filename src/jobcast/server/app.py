@@ -34,8 +34,8 @@ from jobcast.server.browser import install_cors
 from jobcast.server.credentials import resolve_principal, stream_owner
 from jobcast.server.dashboard import dashboard_router
 from jobcast.server.errors import install_error_handlers
-from jobcast.server.fast_streams import FastStreams
 from jobcast.server.events_api import events_router
+from jobcast.server.fast_streams import FastStreams
 from jobcast.server.job_streams import SseRender, WsRender, job_event_stream
 from jobcast.server.jobs_api import jobs_router
 from jobcast.server.limits import BodyLimitMiddleware
@@ -128,7 +128,7 @@ class Jobcast:
                 await runner.start()
                 self.policy.job_access = runner.access_of
                 try:
-                    with _drain_on_exit_signals(hub):
+                    with _drain_on_exit_signals(hub, settings.shutdown_delay_seconds):
                         yield
                 finally:
                     await runner.close()
@@ -386,12 +386,17 @@ def make_token_authority(settings: Settings) -> TokenAuthority:
 
 
 @contextlib.contextmanager
-def _drain_on_exit_signals(hub: Hub) -> Any:
+def _drain_on_exit_signals(hub: Hub, delay: float = 0.0) -> Any:
     """Drain the hub when the server is told to stop, then let the server's handler run.
 
     Servers (uvicorn among them) wait for open responses before shutting down, and an event
     stream never ends by itself; chaining onto the SIGTERM/SIGINT handler ends the streams at
     once (with spread-out retry hints) so the server can finish its graceful shutdown.
+
+    With a ``delay``, the server's handler runs that many seconds later: until then the server
+    still listens and answers everything but new streams, and ``/ready`` says 503, so a load
+    balancer polling it stops routing here before the port closes. A second signal during the
+    delay stops at once.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -399,8 +404,7 @@ def _drain_on_exit_signals(hub: Hub) -> Any:
     loop = asyncio.get_running_loop()
     previous: dict[int, Any] = {}
 
-    def handler(signum: int, frame: FrameType | None) -> None:
-        loop.call_soon_threadsafe(hub.drain)
+    def chain(signum: int, frame: FrameType | None) -> None:
         chained = previous.get(signum)
         if callable(chained):
             chained(signum, frame)
@@ -408,11 +412,31 @@ def _drain_on_exit_signals(hub: Hub) -> Any:
             signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
 
+    signals = 0
+    delayed: list[asyncio.TimerHandle] = []
+
+    def later(signum: int, frame: FrameType | None) -> None:
+        if signals == 1:  # no second signal has stopped the server already
+            delayed.append(loop.call_later(delay, chain, signum, frame))
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        nonlocal signals
+        signals += 1
+        loop.call_soon_threadsafe(hub.drain)
+        if signals == 1 and delay > 0:
+            loop.call_soon_threadsafe(later, signum, frame)
+        else:
+            for timer in delayed:  # the second signal stops now, not again later
+                loop.call_soon_threadsafe(timer.cancel)
+            chain(signum, frame)
+
     for exit_signal in (signal.SIGINT, signal.SIGTERM):
         previous[exit_signal] = signal.signal(exit_signal, handler)
     try:
         yield
     finally:
+        for timer in delayed:
+            timer.cancel()
         for signum, chained in previous.items():
             if signal.getsignal(signum) is handler:
                 signal.signal(signum, chained)

@@ -1,8 +1,9 @@
 """What both WebSocket routes share: authentication, bounded reads and writes, close codes.
 
 Close codes: 1000 the stream is complete (a job finished), 1008 policy violation (flooding),
-1009 a message too big, 1011 a server error, 1012 the server is restarting (reconnect and
-resume), 1013 too slow or the service is unavailable (reconnect later and resume), and
+1009 a message too big, 1011 a server error, 1012 the server is restarting or the stream
+reached JOBCAST_MAX_STREAM_SECONDS (reconnect and resume), 1013 too slow or the service is
+unavailable (reconnect later and resume), and
 ``4000 + HTTP status`` for request errors: 4401 unauthorized, 4403 forbidden, 4404 not found,
 4422 invalid input. Every close is preceded by an ``{"op": "error"}`` message saying why.
 """
@@ -45,8 +46,8 @@ def close_code(exc: JobcastError) -> int:
 
 
 def subscription_close_code(reason: CloseReason) -> int:
-    if reason is CloseReason.DRAIN:
-        return CLOSE_RESTART
+    if reason is CloseReason.DRAIN or reason is CloseReason.TIME_LIMIT:
+        return CLOSE_RESTART  # nothing is wrong: reconnect (elsewhere) and resume
     if reason is CloseReason.EXPIRED:
         return 4401
     return CLOSE_TRY_LATER
@@ -95,7 +96,10 @@ class Channel:
             await self.error(exc.message, error=exc.code)
         except SocketClosed:
             return
-        await self.close(close_code(exc), exc.code)
+        code = close_code(exc)
+        if code == CLOSE_TRY_LATER and self.jc.hub.draining:
+            code = CLOSE_RESTART  # refused by a stopping instance: reconnect (elsewhere) now
+        await self.close(code, exc.code)
 
     async def receive(self) -> Any:
         """The next JSON message; raises :class:`SocketClosed` when the client went away.

@@ -226,6 +226,10 @@ class EventSocket:
             if self.closing is not None:
                 await channel.close(*self.closing)
                 return
+            if self.jc.hub.draining:  # also a socket with no subscription, or refused ones
+                await channel.error("the server is shutting down; reconnect and subscribe again")
+                await channel.close(CLOSE_RESTART, CloseReason.DRAIN.value)
+                return
             while self.outbox:
                 item = self.outbox.popleft()
                 if isinstance(item, Event):
@@ -248,14 +252,14 @@ class EventSocket:
                     await self._send_event(event)
             elif heartbeat:
                 await channel.send(PING)
-            for subscription in self.subscriptions.values():
-                subscription.mark_written()
-            if not await self._wait(interval):
-                if self.jc.hub.draining:
-                    await channel.close(CLOSE_RESTART, "draining")
-                    return
-                if not self.subscriptions:
-                    await channel.send(PING)
+            if events or heartbeat:
+                # Only a write restarts the quiet clock: were a wake-up with nothing to send to
+                # restart it, the hub's ticker would never find the socket quiet for a whole
+                # interval, and an idle socket would get no pings (and proxies would cut it).
+                for subscription in self.subscriptions.values():
+                    subscription.mark_written()
+            if not await self._wait(interval) and not self.subscriptions:
+                await channel.send(PING)
 
     async def _send_event(self, event: Event) -> None:
         position = event.position
@@ -281,6 +285,8 @@ class EventSocket:
             asyncio.ensure_future(s.wait()) for s in subscriptions
         ]
         waiters.append(asyncio.ensure_future(self.wake.wait()))
+        if not subscriptions:  # draining closes subscriptions, which wakes the others
+            waiters.append(asyncio.ensure_future(self.jc.hub.drained.wait()))
         try:
             done, _ = await asyncio.wait(
                 waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
