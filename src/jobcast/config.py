@@ -118,6 +118,14 @@ class Settings(BaseSettings):
         4 * 1024 * 1024, ge=1, description="Event data one resume may replay; beyond: a reset."
     )
 
+    metrics_snapshot_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="With the Redis broker: each process writes its metrics to Redis this "
+        "often, so a scrape of any process reports every process (labelled `process`); 0: "
+        "each process reports only its own.",
+    )
+
     history_max_events_per_topic: int = Field(
         1000, ge=1, description="Events kept per topic for replay; older ones are dropped."
     )

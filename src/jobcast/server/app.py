@@ -121,6 +121,7 @@ class Jobcast:
         await hub.start()
         self._hub = hub
         try:
+            await self.metrics.start()
             store = self._store = open_store(settings.resolved_store_url)
             await store.open()
             try:
@@ -137,6 +138,7 @@ class Jobcast:
                 await store.close()
                 self._store = None
         finally:
+            await self.metrics.close()
             await hub.close()
             self._hub = None
 

@@ -1,0 +1,155 @@
+"""Several processes, one scrape: each process's metrics go to the shared Redis, and whichever
+process Prometheus reaches answers for all of them, each series labelled with its ``process``.
+
+Decisions (cited as M1..M4):
+
+M1. Snapshots in Redis rather than prometheus_client's multiprocess mode. That mode keeps every
+    metric in memory-mapped files that each process writes as it counts; jobcast's metrics are
+    read from the hub's plain counters at scrape time, which those files cannot hold without a
+    write per event or a second copy of every counter. It also needs a directory shared by
+    the processes (one machine only) and cleaned at every start. The Redis broker, which
+    several processes need anyway, works across machines and needs nothing else.
+M2. Each process writes its rendered metrics (the text format) to ``{prefix}metrics:{process}``
+    with a time to live, and adds its name to the set ``{prefix}metrics:processes``, every
+    ``metrics_snapshot_seconds`` and at each scrape it answers. A process that stops deletes
+    its snapshot; one that dies is forgotten when its snapshot expires (three intervals).
+M3. A scrape writes this process's fresh snapshot, reads every other one, and renders them all
+    with a ``process`` label (``host:pid``), so the answer has the same series whichever process
+    gives it: ``sum without (process) (...)`` is the deployment's total. Other processes'
+    numbers are at most one interval old.
+M4. When Redis cannot be reached, a scrape still answers with this process's own metrics, and
+    ``jobcast_metrics_processes`` says how many processes the answer covers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from typing import cast
+
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+from redis.exceptions import RedisError
+
+from jobcast.brokers.redis import shielded, split_url
+from jobcast.server.metrics import Families
+
+logger = logging.getLogger("jobcast.metrics")
+
+
+def process_name() -> str:
+    """``host:pid``: unique among the processes sharing one Redis."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class SharedMetrics:
+    """This process's side of the shared snapshots (M2, M3)."""
+
+    def __init__(self, broker_url: str, interval: float, render: Callable[[], bytes]) -> None:
+        redis_url, prefix, _ = split_url(broker_url)  # the broker's key prefix
+        self.interval = interval
+        self.render = render
+        self.process = process_name()
+        self.ttl_ms = max(1000, int(3 * interval * 1000))
+        self._index = f"{prefix}metrics:processes"
+        self._prefix = f"{prefix}metrics:"
+        self._redis: aioredis.Redis = aioredis.from_url(redis_url, socket_timeout=2)
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._publish_forever(), name="jobcast-metrics")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(RedisError, OSError):  # M2: leave no stale snapshot behind
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(self._prefix + self.process)
+                pipe.srem(self._index, self.process)
+                await shielded(pipe.execute())
+        await self._redis.aclose()
+
+    async def _publish_forever(self) -> None:
+        while True:
+            try:
+                await shielded(self.publish(self.render()))
+            except (RedisError, OSError) as exc:
+                self._failed(exc)
+            else:
+                self._failing = False
+            await asyncio.sleep(self.interval)
+
+    def _failed(self, exc: BaseException) -> None:
+        if not self._failing:  # once per outage, not once per interval
+            logger.warning("metrics: cannot share this process's metrics through Redis: %s", exc)
+        self._failing = True
+
+    async def publish(self, snapshot: bytes) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._prefix + self.process, snapshot, px=self.ttl_ms)
+            pipe.sadd(self._index, self.process)
+            pipe.pexpire(self._index, self.ttl_ms)
+            await pipe.execute()
+
+    async def _read_all(self) -> dict[str, bytes]:
+        # redis-py types its commands for both clients; this one is the asyncio client
+        members = await cast(Awaitable[set[bytes]], self._redis.smembers(self._index))
+        names = sorted(name.decode() for name in members)
+        if not names:
+            return {}
+        values = await self._redis.mget([self._prefix + name for name in names])
+        gone = [name for name, value in zip(names, values, strict=True) if value is None]
+        if gone:  # expired: a process that died (M2)
+            await cast(Awaitable[int], self._redis.srem(self._index, *gone))
+        return {name: value for name, value in zip(names, values, strict=True) if value is not None}
+
+    async def gather(self, own: bytes) -> bytes:
+        """Every process's metrics, this one's ``own`` among them, labelled (M3, M4)."""
+        snapshots: dict[str, bytes] = {}
+        try:
+            await shielded(self.publish(own))
+            snapshots = await shielded(self._read_all())
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+        snapshots[self.process] = own
+        return merge(snapshots)
+
+
+def merge(snapshots: dict[str, bytes]) -> bytes:
+    """Render several processes' metrics as one, each sample labelled with its process."""
+    families: dict[str, Metric] = {}
+    included = 0
+    for process, snapshot in sorted(snapshots.items()):
+        try:
+            parsed = list(text_string_to_metric_families(snapshot.decode()))
+        except (ValueError, UnicodeDecodeError):  # written by something else: leave it out
+            logger.warning("metrics: the snapshot of process %s cannot be parsed", process)
+            continue
+        included += 1
+        for family in parsed:
+            merged = families.get(family.name)
+            if merged is None:
+                merged = families[family.name] = Metric(
+                    family.name, family.documentation, family.type, family.unit
+                )
+            merged.samples.extend(
+                sample._replace(labels={**sample.labels, "process": process})
+                for sample in family.samples
+            )
+    count = GaugeMetricFamily(
+        "jobcast_metrics_processes",
+        "Processes whose metrics this answer includes (with the Redis broker, every live one).",
+        value=included,
+    )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Families([*families.values(), count]))
+    return generate_latest(registry)
