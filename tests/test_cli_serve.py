@@ -186,7 +186,7 @@ def test_forwarded_for_counts_only_from_the_configured_proxies(tmp_path: Path) -
         codes = []
         for n, address in enumerate(["192.0.2.1", "192.0.2.2"]):
             headers = {
-                "Authorization": f"Bearer {tokens.mint(f'svc{n}', role='service')}",
+                "Authorization": f"Bearer {tokens.mint(f'user{n}', grants=['a'])}",
                 "X-Forwarded-For": address,
             }
             response = httpx.post(

@@ -216,7 +216,7 @@ async def test_publishing_is_rate_limited_with_retry_after(
     make_server: LiveServerFactory, client: httpx.AsyncClient
 ) -> None:
     server = make_server(rate_limit_publish="3/minute")
-    headers = server.auth("w", "service")
+    headers = server.auth("w", grants=["a"])  # a user allowed to publish on "a"
     body = {"topic": "a", "type": "t"}
     codes = [
         (await client.post(f"{server.url}/api/events", json=body, headers=headers)).status_code
@@ -226,6 +226,26 @@ async def test_publishing_is_rate_limited_with_retry_after(
     limited = await client.post(f"{server.url}/api/events", json=body, headers=headers)
     assert int(limited.headers["retry-after"]) >= 1
     assert limited.json()["error"] == "rate_limited"
+
+
+async def test_services_and_admins_are_not_rate_limited(
+    make_server: LiveServerFactory, client: httpx.AsyncClient
+) -> None:
+    server = make_server(rate_limit_publish="2/minute", rate_limit_submit="2/minute")
+    for role in ("service", "admin"):
+        headers = server.auth(f"backend-{role}", role)
+        published = [
+            await client.post(
+                f"{server.url}/api/events", json={"topic": "a", "type": "t"}, headers=headers
+            )
+            for _ in range(5)
+        ]
+        assert [r.status_code for r in published] == [202] * 5
+        submitted = [
+            await client.post(f"{server.url}/api/jobs", json={"kind": "demo"}, headers=headers)
+            for _ in range(5)
+        ]
+        assert [r.status_code for r in submitted] == [202] * 5
 
 
 @pytest.mark.parametrize(

@@ -57,7 +57,7 @@ async def test_rate_limits_are_counted_across_instances(
     for n in range(4):
         server = servers[n % 2]
         response = await client.post(
-            f"{server.url}/api/events", json=body, headers=server.auth("w", "service")
+            f"{server.url}/api/events", json=body, headers=server.auth("w", grants=["a"])
         )
         codes.append(response.status_code)
     assert codes == [202, 202, 202, 429]

@@ -55,7 +55,7 @@ def auth_router(jc: "Jobcast") -> APIRouter:
     )
     async def ticket(body: TicketRequest, request: Request, principal: principal_dep) -> Ticket:
         holder = require_bearer(principal)
-        await jc.limiter.hit("ticket", holder.subject, request)
+        await jc.limiter.hit("ticket", holder, request)
         patterns = parse_patterns(body.topics, limit=jc.settings.max_topics_per_subscription)
         jc.policy.subscription_filter(holder, patterns)  # refuse now what the stream would
         ttl = jc.settings.ticket_ttl_seconds
@@ -71,7 +71,7 @@ def auth_router(jc: "Jobcast") -> APIRouter:
         holder = require_bearer(principal)
         if holder.via == "cookie":
             raise Forbidden("log in with a bearer token, not with the session itself")
-        await jc.limiter.hit("ticket", holder.subject, request)
+        await jc.limiter.hit("ticket", holder, request)
         settings = jc.settings
         ttl = settings.session_ttl_seconds
         csrf = secrets.token_urlsafe(24)

@@ -58,7 +58,7 @@ def events_router(jc: "Jobcast") -> APIRouter:
         body: PublishRequest | list[PublishRequest], request: Request, principal: principal_dep
     ) -> Published | PublishedBatch:
         if principal is not None:
-            await jc.limiter.hit("publish", principal.subject, request)
+            await jc.limiter.hit("publish", principal, request)
         items = body if isinstance(body, list) else [body]
         settings = jc.settings
         if not items:

@@ -160,7 +160,7 @@ def jobs_router(jc: "Jobcast") -> APIRouter:
     async def submit(request: Request, principal: principal_dep) -> Response:
         subject = principal.subject if principal else ""
         jc.policy.check_job(principal, Job(id="new", kind="", owner=subject), "submit")
-        await jc.limiter.hit("submit", subject, request)
+        await jc.limiter.hit("submit", principal, request)
         settings = jc.settings
         content_type = request.headers.get("content-type", "").lower()
         received = Received()

@@ -1,10 +1,13 @@
 """Rate limits on the costly write paths: publishing, job submission, ticket and session issue.
 
 Each action has one limit (``"1200/minute"``-style, from settings), counted separately per
-subject and per client IP, in a moving window (the ``limits`` library). Over the limit: 429 with
-``Retry-After``. Counters live in memory, or in Redis when the broker is Redis (shared_state).
-When that Redis cannot be reached, the request is refused with 503: the limiter is the first
-thing a write meets, and its storage error is translated here, at its seam, like the broker's.
+subject and per client IP, in a moving window (the ``limits`` library). ``service`` and ``admin``
+principals are not limited: they are the deployment's own backends (a worker reporting progress
+publishes far more than any user should), and a limit sized for them would protect nothing.
+Over the limit: 429 with ``Retry-After``. Counters live in memory, or in Redis when the broker
+is Redis (shared_state). When that Redis cannot be reached, the request is refused with 503:
+the limiter is the first thing a write meets, and its storage error is translated here, at its
+seam, like the broker's.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 from starlette.requests import HTTPConnection
 
+from jobcast.auth import Principal
 from jobcast.config import Settings
 from jobcast.errors import RateLimited, Unavailable
 from jobcast.server.shared_state import rate_limit_storage
@@ -31,8 +35,13 @@ class RateLimiter:
             "ticket": parse(settings.rate_limit_ticket),
         }
 
-    async def hit(self, action: str, subject: str | None, connection: HTTPConnection) -> None:
+    async def hit(
+        self, action: str, principal: Principal | None, connection: HTTPConnection
+    ) -> None:
         """Count one ``action``; raise :class:`RateLimited` when a limit is exceeded."""
+        if principal is not None and principal.is_privileged:
+            return
+        subject = principal.subject if principal is not None else None
         item = self._limits[action]
         client = connection.client.host if connection.client else "unknown"
         for key in (f"ip:{client}", f"sub:{subject}" if subject else None):
