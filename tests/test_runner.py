@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
+from jobcast.brokers import Retention
+from jobcast.brokers.sqlite import SQLiteBroker
+from jobcast.errors import Unavailable
+from jobcast.events import Event
+from jobcast.hub import Hub
+from jobcast.jobs import JobContext, Registry, builtin
 from jobcast.jobs.model import Job, JobState, new_job_id
+from jobcast.jobs.runner import EmbeddedRunner, RunnerOptions
 from jobcast.stores import open_store
+from jobcast.stores.base import JobStore
+from jobcast.topics import TopicPattern
 from tests.jobs_support import submit, wait_running, watch
 from tests.support import LiveServer
 
@@ -74,3 +90,145 @@ async def test_crash_recovery_at_startup(
         f"{server.url}/api/jobs", params={"state": "running"}, headers=server.auth()
     )
     assert listed.json()["jobs"] == []
+
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+@contextlib.asynccontextmanager
+async def embedded(
+    tmp_path: Path,
+    registry: Registry,
+    wrap: Callable[[JobStore], JobStore] = lambda store: store,
+    **options: Any,
+) -> AsyncIterator[tuple[EmbeddedRunner, JobStore]]:
+    """An embedded runner over real SQLite files; ``wrap`` may stand between it and the store."""
+    hub = Hub(SQLiteBroker(tmp_path / "events.db", Retention()))
+    await hub.start()
+    store = open_store(f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}")
+    await store.open()
+    runner = EmbeddedRunner(
+        wrap(store), hub, registry, RunnerOptions(uploads_dir=tmp_path / "uploads", **options)
+    )
+    await runner.start()
+    try:
+        yield runner, store
+    finally:
+        await runner.close()
+        await store.close()
+        await hub.close()
+
+
+async def events_until_end(runner: EmbeddedRunner, job: Job) -> list[Event]:
+    """Every event of ``job`` after its submission, through its terminal one."""
+    patterns = (TopicPattern.parse(f"jobs/{job.id}"),)
+    subscription, replay = await runner.hub.subscribe(patterns, last_event_id=job.last_event_id)
+    events = list(replay.events) if replay is not None else []
+    try:
+        async with asyncio.timeout(10):
+            while not any(event.type in TERMINAL for event in events):
+                await subscription.wait()
+                events += subscription.take()
+    finally:
+        runner.hub.unsubscribe(subscription)
+    return events
+
+
+def stuck_handlers(release: threading.Event) -> Registry:
+    registry = Registry()
+
+    @registry.handler("stuck", timeout=0.2)
+    def stuck(ctx: JobContext, params: dict[str, Any]) -> None:
+        """Never checks for cancellation: blocks its thread until the test lets it go."""
+        release.wait(30)
+
+    @registry.handler("quick")
+    def quick(ctx: JobContext, params: dict[str, Any]) -> str:
+        return "done"
+
+    return registry
+
+
+async def test_a_timed_out_thread_does_not_starve_the_next_sync_jobs(tmp_path: Path) -> None:
+    # Regression: the timed-out handler kept the pool's only thread, so the next sync job was
+    # reported running while it waited inside the pool, until its own timeout.
+    release = threading.Event()
+    async with embedded(tmp_path, stuck_handlers(release), concurrency=1) as (runner, _):
+        try:
+            stuck = await runner.submit("stuck", {}, "alice")
+            ended = await events_until_end(runner, stuck)
+            assert ended[-1].type == "failed" and ended[-1].data["error"]["type"] == "Timeout"
+            quick = await runner.submit("quick", {}, "alice")
+            assert (await events_until_end(runner, quick))[-1].type == "succeeded"
+        finally:
+            release.set()
+
+
+async def test_past_the_spare_threads_the_next_jobs_wait_as_queued(tmp_path: Path) -> None:
+    release = threading.Event()
+    registry = stuck_handlers(release)
+    async with embedded(tmp_path, registry, concurrency=1, max_abandoned_threads=0) as (runner, _):
+        try:
+            stuck = await runner.submit("stuck", {}, "alice")
+            assert (await events_until_end(runner, stuck))[-1].type == "failed"
+            quick = await runner.submit("quick", {}, "alice")
+            await runner.hub.publish("probe", "t")  # a store commit: the dispatcher had its turn
+            assert (await runner.get(quick.id)).state is JobState.QUEUED  # type: ignore[union-attr]
+            released_at = time.time()
+            release.set()
+            ended = await events_until_end(runner, quick)
+            assert ended[-1].type == "succeeded"
+            started_at = datetime.fromisoformat(ended[-1].data["started_at"]).timestamp()
+            assert started_at >= released_at
+        finally:
+            release.set()
+
+
+class FlakyStore:
+    """The real store, refusing the first ``failures`` saves of a job in one of ``states``."""
+
+    def __init__(self, store: JobStore, states: set[JobState], failures: int) -> None:
+        self.store, self.states, self.failures = store, states, failures
+        self.refused_terminal = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def save(self, job: Job) -> None:
+        if job.state in self.states and self.failures:
+            self.failures -= 1
+            if job.terminal:
+                self.refused_terminal.set()
+            raise Unavailable("the job store is unavailable (a test outage)")
+        await self.store.save(job)
+
+
+@pytest.mark.parametrize(
+    ("failing", "end", "error"),
+    [
+        ({JobState.SUCCEEDED}, JobState.SUCCEEDED, None),
+        ({JobState.RUNNING, JobState.FAILED}, JobState.FAILED, "Unavailable"),
+    ],
+)
+async def test_a_store_outage_never_strands_a_job(
+    tmp_path: Path, failing: set[JobState], end: JobState, error: str | None
+) -> None:
+    # Regression: a failed store write after a transition was only logged; the job was
+    # forgotten while the store still said queued or running, and watchers got no end.
+    flaky: list[FlakyStore] = []
+
+    def wrap(store: JobStore) -> JobStore:
+        flaky.append(FlakyStore(store, failing, failures=3))
+        return flaky[0]  # type: ignore[return-value]
+
+    async with embedded(tmp_path, builtin.registry, wrap) as (runner, store):
+        job = await runner.submit("demo", {"steps": 2, "delay": 0}, "alice")
+        events = await events_until_end(runner, job)
+        assert events[-1].type == end.value
+        assert (events[-1].data["error"] or {}).get("type") == error
+        async with asyncio.timeout(5):
+            await flaky[0].refused_terminal.wait()
+        assert (await runner.get(job.id)).state is end  # type: ignore[union-attr]
+        async with asyncio.timeout(5):  # stored once the store is back
+            while (stored := await store.get(job.id)) is None or stored.state is not end:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)

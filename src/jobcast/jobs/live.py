@@ -14,6 +14,10 @@ L3. Before any state change, pending custom events and progress are flushed, so 
     event is always the last event of a job and its snapshot carries the last progress.
 L4. The terminal event is never dropped: if the broker refuses it, it is retried; the store
     write that follows records the terminal state whatever happens to the event.
+L5. A terminal state is always stored: while the store refuses it, the write is retried with
+    backoff (capped at ``SAVE_RETRY_MAX`` seconds) until it succeeds or the runner shuts down.
+    The job stays tracked meanwhile, so reads and streams see the terminal state from memory,
+    and a restart never finds it ``running``.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ logger = logging.getLogger("jobcast.jobs")
 
 #: Custom events a handler may have waiting to be published before ``publish`` refuses more.
 MAX_OUTBOX = 10_000
+#: First and longest wait between attempts to store a terminal state (L5).
+SAVE_RETRY_FIRST = 0.1
+SAVE_RETRY_MAX = 5.0
 
 
 class LiveJob:
@@ -212,7 +219,10 @@ class LiveJob:
             event_type = state.value if job.terminal else "state"
             draft = EventDraft(self.topic, event_type, dumps(job.to_dict()))
             await self._publish_state(draft, retries=5 if job.terminal else 0)
-            await self._save()
+            if job.terminal:
+                await self._save_until_stored()  # L5
+            else:
+                await self._save()
 
     async def _publish_state(self, draft: EventDraft, *, retries: int) -> None:
         for attempt in range(retries + 1):
@@ -235,3 +245,20 @@ class LiveJob:
     async def _save(self) -> None:
         self._last_save = time.monotonic()
         await self.store.save(self.published)
+
+    async def _save_until_stored(self) -> None:  # L5
+        delay = SAVE_RETRY_FIRST
+        while True:
+            try:
+                await self._save()
+                return
+            except JobcastError as exc:
+                logger.warning(
+                    "job %s: could not store its %s state (retrying in %g s): %s",
+                    self.job.id,
+                    self.job.state.value,
+                    delay,
+                    exc,
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, SAVE_RETRY_MAX)

@@ -5,9 +5,13 @@ Decisions (cited as R1..R4):
 R1. Each running job is two tasks: an outer one that owns the job's lifecycle and an inner one
     that runs the handler. Cancellation, timeouts and shutdown only ever cancel the inner task,
     so the outer one always gets to publish the terminal event and write the store.
-R2. Sync handlers run in a thread pool of ``concurrency`` threads. A thread cannot be killed:
-    cancelling one sets the context's flag, which makes its next ``progress()`` or
-    ``check_cancelled()`` raise; the job is reported cancelled at once.
+R2. Sync handlers run in a thread pool. A thread cannot be killed: cancelling one sets the
+    context's flag, which makes its next ``progress()`` or ``check_cancelled()`` raise; the job
+    is reported cancelled (or timed out) at once. A handler that never checks keeps its thread
+    after its job ended. The pool has ``max_abandoned_threads`` threads beyond ``concurrency``
+    for those, so the next jobs get a thread at once instead of waiting inside the pool while
+    reported ``running``; once they are all taken, an abandoned thread keeps its job's slot
+    until it returns, so the next jobs wait as ``queued``. Either way a warning is logged.
 R3. Recovery at startup: a job found ``running`` was interrupted by a crash. It is re-queued
     when its handler is ``retry_safe`` (up to ``max_attempts`` runs), else failed with an
     ``Interrupted`` error. Queued jobs resume in submission order. A graceful shutdown applies
@@ -25,7 +29,7 @@ import collections
 import contextlib
 import logging
 from collections.abc import Collection
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,6 +63,8 @@ class RunnerOptions:
     max_event_bytes: int = 64 * 1024
     #: How long ``cancel`` waits for a running handler to stop before answering.
     cancel_wait: float = 5.0
+    #: Threads of ended sync jobs that may still run while others take their place (R2).
+    max_abandoned_threads: int = 8
 
 
 class EmbeddedRunner:
@@ -74,7 +80,11 @@ class EmbeddedRunner:
         self._work = asyncio.Event()
         self._slots = asyncio.Semaphore(options.concurrency)
         self.access = JobAccess(store, hub, self._live.get)  # R4
-        self._executor = ThreadPoolExecutor(options.concurrency, thread_name_prefix="jobcast-job")
+        self._executor = ThreadPoolExecutor(
+            options.concurrency + options.max_abandoned_threads, thread_name_prefix="jobcast-job"
+        )
+        self._abandoned = 0  # threads of ended jobs still running, with a spare thread each (R2)
+        self._slot_kept: set[str] = set()  # jobs whose slot waits for their thread (R2)
         self._dispatcher: asyncio.Task[None] | None = None
         self._handler_tasks: dict[str, asyncio.Future[Any]] = {}
         self._lock = ProcessLock(options.uploads_dir.parent / "runner.lock", "the job runner")
@@ -102,7 +112,11 @@ class EmbeddedRunner:
             self._stop(live, "shutdown")
         tasks = [live.task for live in running if live.task is not None]
         if tasks:
-            await asyncio.wait(tasks, timeout=10)
+            _, pending = await asyncio.wait(tasks, timeout=10)
+            for task in pending:  # say, still retrying a store write (live.L5): R3 at restart
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1)
         self._executor.shutdown(wait=False, cancel_futures=True)
         await self.access.close()
         self._lock.release()
@@ -140,7 +154,7 @@ class EmbeddedRunner:
         try:
             await self.store.create(job)
         except BaseException:
-            self.upload_path(job.id).unlink(missing_ok=True)
+            await asyncio.to_thread(self.upload_path(job.id).unlink, missing_ok=True)
             raise
         try:  # before the job's first event, so every instance's filters know its owner
             await self.access.announce(job)
@@ -184,13 +198,18 @@ class EmbeddedRunner:
             raise Conflict(f"job {job_id} is already {job.state.value}")
         if live.task is None:  # still queued: nothing runs yet
             live.request_cancel()
-            await live.transition(JobState.CANCELLED, message="cancelled before it started")
-            self._untrack(live)
+            live.task = asyncio.create_task(self._cancel_queued(live), name=f"job-{job_id}")
         else:
             self._stop(live, "cancel")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(live.task), self.options.cancel_wait)
+        with contextlib.suppress(TimeoutError):  # a store outage delays only the store write
+            await asyncio.wait_for(asyncio.shield(live.task), self.options.cancel_wait)
         return live.published.copy()
+
+    async def _cancel_queued(self, live: LiveJob) -> None:
+        try:
+            await live.transition(JobState.CANCELLED, message="cancelled before it started")
+        finally:
+            self._untrack(live)
 
     async def delete(self, job_id: str) -> None:
         job = await self.get(job_id)
@@ -199,7 +218,7 @@ class EmbeddedRunner:
         if not job.terminal:
             raise Conflict(f"job {job_id} is {job.state.value}; cancel it before deleting it")
         await self.store.delete(job_id)
-        self.upload_path(job_id).unlink(missing_ok=True)
+        await asyncio.to_thread(self.upload_path(job_id).unlink, missing_ok=True)
         self.access.forget(job_id)
 
     async def set_readers(self, job_id: str, readers: list[str]) -> Job:
@@ -290,6 +309,12 @@ class EmbeddedRunner:
             await self._execute(live, spec)
         except JobcastError as exc:  # the broker or store failed around the handler
             logger.error("job %s: %s", live.job.id, exc)
+            if not live.job.terminal and live.stop_reason != "shutdown":
+                # Watchers must see an end (a shutdown's re-queue is R3's at restart): fail it;
+                # its terminal state is stored once the store is back (live.L5).
+                with contextlib.suppress(JobcastError):
+                    error = _error("Unavailable", f"the job could not run: {exc}")
+                    await self._finish(live, JobState.FAILED, error=error)
         except Exception:
             logger.exception("job %s: the runner failed", live.job.id)
             if not live.job.terminal:
@@ -298,7 +323,10 @@ class EmbeddedRunner:
                     await self._finish(live, JobState.FAILED, error=error)
         finally:
             self._untrack(live)
-            self._slots.release()
+            if live.job.id in self._slot_kept:
+                self._slot_kept.discard(live.job.id)  # released when its thread returns (R2)
+            else:
+                self._slots.release()
 
     async def _execute(self, live: LiveJob, spec: HandlerSpec) -> None:
         job = live.job
@@ -312,13 +340,15 @@ class EmbeddedRunner:
             input_path=self.upload_path(job.id) if job.input else None,
         )
         args = (ctx, spec.handler_params(job.params))
+        work: Future[Any] | None = None
         if live.cancel_requested:
             task: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             task.cancel()
         elif spec.is_async:
             task = asyncio.ensure_future(spec.fn(*args))
         else:  # R2
-            task = asyncio.get_running_loop().run_in_executor(self._executor, spec.fn, *args)
+            work = self._executor.submit(spec.fn, *args)
+            task = asyncio.wrap_future(work)
         self._handler_tasks[job.id] = task
         timeout = spec.timeout or self.options.default_timeout
         try:
@@ -328,6 +358,9 @@ class EmbeddedRunner:
         live.request_cancel()  # whatever happened, the handler's later reports are refused
         if not done:
             task.cancel()
+        if work is not None and not work.done():
+            self._outlived(live, work)
+        if not done:
             message = f"the job did not finish within its {timeout:g} s timeout"
             await self._finish(live, JobState.FAILED, error=_error("Timeout", message))
         elif task.cancelled() or isinstance(task.exception(), JobCancelled):
@@ -349,6 +382,34 @@ class EmbeddedRunner:
                 await self._finish(live, JobState.FAILED, error=error)
                 return
             await self._finish(live, JobState.SUCCEEDED, result=result)
+
+    def _outlived(self, live: LiveJob, work: Future[Any]) -> None:
+        """A sync handler's thread runs on after its job ended (R2)."""
+        loop = asyncio.get_running_loop()
+        keeps_slot = self._abandoned >= self.options.max_abandoned_threads
+        if keeps_slot:
+            self._slot_kept.add(live.job.id)
+        else:
+            self._abandoned += 1
+        logger.warning(
+            "job %s: its handler ignores cancellation and its thread is still running; %s",
+            live.job.id,
+            "the job's slot stays taken until it returns"
+            if keeps_slot
+            else f"a spare thread takes its place ({self._abandoned} in use)",
+        )
+
+        def returned(_: Future[Any]) -> None:  # in the handler's thread
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nothing to give back
+                loop.call_soon_threadsafe(self._thread_returned, keeps_slot)
+
+        work.add_done_callback(returned)
+
+    def _thread_returned(self, kept_slot: bool) -> None:
+        if kept_slot:
+            self._slots.release()
+        else:
+            self._abandoned -= 1
 
     def _stop(self, live: LiveJob, reason: str) -> None:
         live.stop_reason = live.stop_reason or reason

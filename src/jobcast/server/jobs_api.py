@@ -171,7 +171,7 @@ def jobs_router(jc: "Jobcast") -> APIRouter:
                 params_text = received.fields.get("params", "").strip()
                 params = orjson.loads(params_text) if params_text else {}
             except orjson.JSONDecodeError as exc:
-                received.discard()
+                await received.remove()
                 raise InvalidInput(f"the 'params' field is not valid JSON: {exc}") from None
         elif content_type.startswith("application/json") or not content_type:
             kind, params = _submission(await _read_json(request, settings.max_body_bytes))
@@ -182,7 +182,7 @@ def jobs_router(jc: "Jobcast") -> APIRouter:
                 kind, params, subject, input=received.input, upload=received.upload
             )
         finally:
-            received.discard()  # a no-op once the runner took the file
+            await received.remove()  # a no-op once the runner took the file
         links = job_links(request, job.id)
         return JSONResponse(
             {**job.to_dict(), "links": links}, 202, headers={"Location": links["self"]}

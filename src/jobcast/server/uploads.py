@@ -60,6 +60,11 @@ class Received:
         if self.upload is not None:
             self.upload.unlink(missing_ok=True)
 
+    async def remove(self) -> None:
+        """:meth:`discard` in a worker thread: deleting a large file can block the event loop."""
+        if self.upload is not None:
+            await asyncio.to_thread(self.upload.unlink, missing_ok=True)
+
 
 def display_filename(raw: str) -> str:
     """The part of a client's filename worth showing; never used as a path (U4)."""
@@ -208,7 +213,7 @@ async def receive_multipart(
             if parts.file is not None:
                 parts.file.close()
     except BaseException:
-        parts.received.discard()
+        await parts.received.remove()
         raise
     received = parts.received
     if received.upload is not None:
