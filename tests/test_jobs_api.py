@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -323,3 +324,22 @@ async def test_job_events_reach_the_hub_topic_only_for_their_owner(
                     assert data["id"] == job["id"], "only the subscriber's own jobs"
                     if event.event == "succeeded":
                         break
+
+
+async def test_eta_mid_run_is_the_time_left_at_the_rate_so_far(
+    jobs_server: LiveServer, client: httpx.AsyncClient
+) -> None:
+    job = await submit(client, jobs_server, "demo", {"steps": 4, "delay": 0.2})
+    events = await watch(client, jobs_server, job["id"])
+    started = datetime.fromisoformat(
+        next(d["started_at"] for _, d in events if d.get("started_at"))
+    )
+    mid_run = [d for t, d in events if t == "progress" and 0 < d["progress"] < 100]
+    assert mid_run  # 25, 50 and 75 %, unless the latest replaced one
+    for report in mid_run:
+        done = report["progress"] / 100
+        elapsed = (datetime.fromisoformat(report["updated_at"]) - started).total_seconds()
+        assert elapsed >= 0.8 * done  # four 0.2 s steps
+        # halfway: as long again as the time spent so far
+        assert report["eta_seconds"] == pytest.approx(elapsed * (1 - done) / done, abs=0.01)
+        assert report["eta_seconds"] > 0

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 
 import orjson
+import pytest
 
 from jobcast.wire import SSEDecoder
 from tests.support import LiveServer
@@ -63,6 +64,7 @@ async def submit_and_watch(server: LiveServer, token: str, gate: asyncio.Semapho
     return [event.event or "" for event in SSEDecoder().feed(stream.decode())]
 
 
+@pytest.mark.timeout(120)  # above the asyncio.timeout(90) inside: that one reports
 async def test_a_thousand_concurrent_jobs_each_watched_to_the_end(
     make_server: Callable[..., LiveServer],
 ) -> None:
