@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +13,12 @@ import typer
 
 from jobcast.auth import Role
 from jobcast.cli_client import register as register_client_commands
+
+
+class LogFormatChoice(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
 
 app = typer.Typer(
     help="jobcast: real-time job progress and event streaming.",
@@ -36,6 +43,13 @@ def serve(
         typer.Option(help="State directory (default: $JOBCAST_DATA_DIR, else ./.jobcast)."),
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    log_format: Annotated[
+        LogFormatChoice,
+        typer.Option(
+            envvar="JOBCAST_LOG_FORMAT",
+            help="text, or json: one JSON object per line with a request id.",
+        ),
+    ] = LogFormatChoice.TEXT,
     handlers: Annotated[
         str | None,
         typer.Option(
@@ -56,21 +70,26 @@ def serve(
 ) -> None:
     """Run the jobcast server (embedded default: SQLite in the data directory, no other service)."""
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
     from jobcast.config import Settings
     from jobcast.server.app import create_app
     from jobcast.server.gc_tuning import tune_for_serving
-    from jobcast.server.logs import hide_password
+    from jobcast.server.logs import hide_password, log_config
 
     if data_dir is not None:
         os.environ["JOBCAST_DATA_DIR"] = str(data_dir)
     if handlers is not None:
         os.environ["JOBCAST_HANDLERS"] = handlers
+    os.environ["JOBCAST_LOG_FORMAT"] = log_format.value  # the app's settings agree
     settings = Settings()
-    typer.echo(
+    banner = (
         f"jobcast {_version()} on http://{host}:{port} (data: {settings.data_dir}, "
         f"events: {hide_password(settings.resolved_broker_url)}); API docs at /docs"
     )
+    json_logs = log_format is LogFormatChoice.JSON
+    if not json_logs:  # in JSON mode every line is JSON: the banner is logged below
+        typer.echo(banner)
     try:
         app_ = create_app(settings)
     except ValueError as exc:  # a --handlers module that cannot be loaded
@@ -91,7 +110,13 @@ def serve(
         # is left of the grace period; streams have ended at once with spread-out retry hints.
         # uvicorn annotates an int but only hands it to asyncio.wait_for: fractions work.
         timeout_graceful_shutdown=settings.graceful_shutdown_timeout(),  # type: ignore[arg-type]
+        log_config=log_config(log_level) if json_logs else LOGGING_CONFIG,
     )
+    if json_logs:
+        import logging
+
+        logging.captureWarnings(True)
+        logging.getLogger("jobcast").info(banner)
     # uvicorn re-raises the signal that stopped it once shutdown is complete; a SIGTERM that
     # led to a clean, graceful shutdown is a successful exit for a service manager.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))

@@ -118,6 +118,12 @@ class Settings(BaseSettings):
         4 * 1024 * 1024, ge=1, description="Event data one resume may replay; beyond: a reset."
     )
 
+    log_format: str = Field(
+        "text",
+        pattern="^(text|json)$",
+        description="text, or json: one JSON object per log line (time, level, logger, "
+        "message, request_id); `jobcast serve --log-format` sets it too.",
+    )
     metrics_snapshot_seconds: float = Field(
         5.0,
         ge=0,

@@ -39,9 +39,10 @@ from jobcast.server.fast_streams import FastStreams
 from jobcast.server.job_streams import SseRender, WsRender, job_event_stream
 from jobcast.server.jobs_api import jobs_router
 from jobcast.server.limits import BodyLimitMiddleware
-from jobcast.server.logs import install_log_redaction
+from jobcast.server.logs import install_log_redaction, use_json_logs
 from jobcast.server.metrics import Metrics, metrics_router
 from jobcast.server.ratelimit import RateLimiter
+from jobcast.server.request_id import RequestIdMiddleware
 from jobcast.server.shared_state import spent_tickets
 from jobcast.server.sse import EventStreamResponse
 from jobcast.server.uploads import Received, receive_multipart
@@ -115,6 +116,8 @@ class Jobcast:
         settings = self.settings
         _ = self.tokens  # create the secret now, not on the first request
         install_log_redaction()
+        if settings.log_format == "json":
+            use_json_logs()
         hub = Hub(
             open_broker(settings.resolved_broker_url, settings.retention()), settings.hub_options()
         )
@@ -159,6 +162,7 @@ class Jobcast:
             exempt_prefixes=("/api/jobs", *upload_paths),
         )
         install_cors(app, self.settings)
+        app.add_middleware(RequestIdMiddleware)  # outermost: its id is in every log line
 
     def router(self) -> Any:
         from fastapi import APIRouter
