@@ -13,8 +13,9 @@ scan of about 4 ms per 100,000 job rows on SQLite, awaited (it runs in the drive
 on the server), so streams keep being served meanwhile. Between scrapes nothing runs, except
 with the Redis broker (``metrics_shared.py``): there each process renders its metrics and
 writes them to Redis every ``metrics_snapshot_seconds`` (0.3 ms and one round trip), and a
-scrape adds two round trips (write this process's, read the others') and parsing the others'
-snapshots, about 1 ms per process.
+scrape adds two round trips (write this process's, read the others') and parsing every
+snapshot, about 1.3 ms per process (each is about 7 KB). Scraped every 15 s, that is well under
+0.1% of one core, against the 5% of throughput the scrape may cost.
 
 Jobs by state come from the store, not from memory: with queue workers, jobs run in processes
 this server never sees, and finished jobs outlive every process; only the store knows them all.
