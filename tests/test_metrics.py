@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import sqlite3
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -186,3 +187,24 @@ async def test_broker_and_store_errors_are_counted(
     assert values["jobcast_broker_errors_total[('operation', 'replay')]"] == 1
     assert values["jobcast_store_errors_total[('operation', 'read')]"] >= 1
     assert not any(name.startswith("jobcast_jobs[") for name in values)  # could not count them
+
+
+async def test_events_pending_behind_a_stuck_write_are_dropped_as_stuck(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    server = make_server(send_timeout=0.5, heartbeat_interval=0.2)
+    with socket.create_connection((server.host, server.port)) as silent:  # never reads
+        silent.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        request = f"GET /api/events?topic=s&token={server.token()} HTTP/1.1\r\nHost: x\r\n\r\n"
+        silent.sendall(request.encode())
+        await wait_until(lambda: server.jc.hub.subscriber_count == 1)
+        batch = [{"topic": "s", "type": "big", "data": "z" * 60_000} for _ in range(10)]
+        for _ in range(12):  # far more than the kernel buffers of the connection hold
+            response = await client.post(
+                f"{server.url}/api/events", json=batch, headers=server.auth("w", "service")
+            )
+            assert response.status_code == 202
+        await wait_until(lambda: server.jc.hub.subscriber_count == 0)
+        values = await scrape(client, server)
+    assert values["jobcast_events_dropped_total[('reason', 'stuck')]"] >= 1
+    assert values["jobcast_connections[('transport', 'sse')]"] == 0
