@@ -5,13 +5,12 @@ Decisions (cited as R1..R4):
 R1. Each running job is two tasks: an outer one that owns the job's lifecycle and an inner one
     that runs the handler. Cancellation, timeouts and shutdown only ever cancel the inner task,
     so the outer one always gets to publish the terminal event and write the store.
-R2. Sync handlers run in a thread pool. A thread cannot be killed: cancelling one sets the
-    context's flag, which makes its next ``progress()`` or ``check_cancelled()`` raise; the job
-    is reported cancelled (or timed out) at once. A handler that never checks keeps its thread
-    after its job ended. The pool has ``max_abandoned_threads`` threads beyond ``concurrency``
-    for those, so the next jobs get a thread at once instead of waiting inside the pool while
-    reported ``running``; once they are all taken, an abandoned thread keeps its job's slot
-    until it returns, so the next jobs wait as ``queued``. Either way a warning is logged.
+R2. Sync handlers run in a thread pool (``threads.py``). A thread cannot be killed: cancelling
+    one sets the context's flag, which makes its next ``progress()`` or ``check_cancelled()``
+    raise; the job is reported cancelled (or timed out) at once. A handler that never checks
+    keeps its thread after its job ended: up to ``max_abandoned_threads`` spare threads take
+    the place of such threads; past that, the job's slot waits for its thread, so the next
+    jobs wait as ``queued``, never as ``running`` jobs queued inside the pool.
 R3. Recovery at startup: a job found ``running`` was interrupted by a crash. It is re-queued
     when its handler is ``retry_safe`` (up to ``max_attempts`` runs), else failed with an
     ``Interrupted`` error. Queued jobs resume in submission order. A graceful shutdown applies
@@ -29,7 +28,7 @@ import collections
 import contextlib
 import logging
 from collections.abc import Collection
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +42,7 @@ from jobcast.jobs.live import LiveJob
 from jobcast.jobs.model import InputFile, Job, JobState, new_job_id
 from jobcast.jobs.registry import HandlerSpec, Registry
 from jobcast.jobs.stats import JobStats
+from jobcast.jobs.threads import HandlerThreads
 from jobcast.stores.base import JobPage, JobQuery, JobStore
 
 if TYPE_CHECKING:
@@ -80,11 +80,9 @@ class EmbeddedRunner:
         self._work = asyncio.Event()
         self._slots = asyncio.Semaphore(options.concurrency)
         self.access = JobAccess(store, hub, self._live.get)  # R4
-        self._executor = ThreadPoolExecutor(
-            options.concurrency + options.max_abandoned_threads, thread_name_prefix="jobcast-job"
+        self._threads = HandlerThreads(  # R2
+            options.concurrency, options.max_abandoned_threads, self._slots.release
         )
-        self._abandoned = 0  # threads of ended jobs still running, with a spare thread each (R2)
-        self._slot_kept: set[str] = set()  # jobs whose slot waits for their thread (R2)
         self._dispatcher: asyncio.Task[None] | None = None
         self._handler_tasks: dict[str, asyncio.Future[Any]] = {}
         self._lock = ProcessLock(options.uploads_dir.parent / "runner.lock", "the job runner")
@@ -117,7 +115,7 @@ class EmbeddedRunner:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=1)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._threads.shutdown()
         await self.access.close()
         self._lock.release()
 
@@ -323,9 +321,7 @@ class EmbeddedRunner:
                     await self._finish(live, JobState.FAILED, error=error)
         finally:
             self._untrack(live)
-            if live.job.id in self._slot_kept:
-                self._slot_kept.discard(live.job.id)  # released when its thread returns (R2)
-            else:
+            if not self._threads.keeps_slot(live.job.id):  # else its thread releases it (R2)
                 self._slots.release()
 
     async def _execute(self, live: LiveJob, spec: HandlerSpec) -> None:
@@ -347,7 +343,7 @@ class EmbeddedRunner:
         elif spec.is_async:
             task = asyncio.ensure_future(spec.fn(*args))
         else:  # R2
-            work = self._executor.submit(spec.fn, *args)
+            work = self._threads.submit(spec.fn, *args)
             task = asyncio.wrap_future(work)
         self._handler_tasks[job.id] = task
         timeout = spec.timeout or self.options.default_timeout
@@ -359,7 +355,7 @@ class EmbeddedRunner:
         if not done:
             task.cancel()
         if work is not None and not work.done():
-            self._outlived(live, work)
+            self._threads.outlived(job.id, work)
         if not done:
             message = f"the job did not finish within its {timeout:g} s timeout"
             await self._finish(live, JobState.FAILED, error=_error("Timeout", message))
@@ -382,34 +378,6 @@ class EmbeddedRunner:
                 await self._finish(live, JobState.FAILED, error=error)
                 return
             await self._finish(live, JobState.SUCCEEDED, result=result)
-
-    def _outlived(self, live: LiveJob, work: Future[Any]) -> None:
-        """A sync handler's thread runs on after its job ended (R2)."""
-        loop = asyncio.get_running_loop()
-        keeps_slot = self._abandoned >= self.options.max_abandoned_threads
-        if keeps_slot:
-            self._slot_kept.add(live.job.id)
-        else:
-            self._abandoned += 1
-        logger.warning(
-            "job %s: its handler ignores cancellation and its thread is still running; %s",
-            live.job.id,
-            "the job's slot stays taken until it returns"
-            if keeps_slot
-            else f"a spare thread takes its place ({self._abandoned} in use)",
-        )
-
-        def returned(_: Future[Any]) -> None:  # in the handler's thread
-            with contextlib.suppress(RuntimeError):  # the loop is gone: nothing to give back
-                loop.call_soon_threadsafe(self._thread_returned, keeps_slot)
-
-        work.add_done_callback(returned)
-
-    def _thread_returned(self, kept_slot: bool) -> None:
-        if kept_slot:
-            self._slots.release()
-        else:
-            self._abandoned -= 1
 
     def _stop(self, live: LiveJob, reason: str) -> None:
         live.stop_reason = live.stop_reason or reason
