@@ -24,8 +24,8 @@ import pytest
 from jobcast.server.app import make_token_authority
 from tests.support import SECRET, EventStream, make_settings
 
-DELAY = 1.0  # JOBCAST_SHUTDOWN_DELAY_SECONDS
-GRACE = 3.0  # JOBCAST_SHUTDOWN_GRACE_SECONDS
+DELAY = 1.5  # JOBCAST_SHUTDOWN_DELAY_SECONDS
+GRACE = 4.0  # JOBCAST_SHUTDOWN_GRACE_SECONDS
 TOKENS = make_token_authority(make_settings())
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
+
+from pydantic.fields import FieldInfo
 
 from jobcast.config import Settings
-from jobcast.settings_doc import render
+from jobcast.settings_doc import render, type_name
 
 DOC = Path(__file__).parent.parent / "docs" / "settings.md"
 
@@ -29,3 +32,8 @@ def test_rows_name_the_variable_type_and_default() -> None:
     )
     assert "| list | `progress` |" in rows["| `JOBCAST_CONFLATE_TYPES`"]
     assert "| secret, optional | unset |" in rows["| `JOBCAST_JWT_SECRET`"]
+
+
+def test_choices_and_optional_types_read_plainly() -> None:
+    choice = FieldInfo.from_annotation(Literal["text", "json"] | None)
+    assert type_name(choice) == "one of `text`, `json`, optional"

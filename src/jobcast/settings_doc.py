@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import types
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
 import annotated_types
 from pydantic import SecretStr
@@ -63,6 +63,8 @@ def type_name(field: FieldInfo) -> str:
         annotation = members[0] if len(members) == 1 else annotation
     if get_origin(annotation) is list:
         text = "list"
+    elif get_origin(annotation) is Literal:
+        text = "one of " + ", ".join(f"`{value}`" for value in get_args(annotation))
     else:
         text = _TYPE_NAMES.get(annotation, getattr(annotation, "__name__", str(annotation)))
     bounds = [
