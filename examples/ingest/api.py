@@ -44,7 +44,7 @@ def ingest_router(jc: Jobcast) -> APIRouter:
     async def ingest(request: Request, principal: principal_dep) -> JSONResponse:
         subject = principal.subject if principal else ""
         jc.policy.check_job(principal, Job(id="new", kind=KIND, owner=subject), "submit")
-        await jc.limiter.hit("submit", subject, request)
+        await jc.limiter.hit("submit", principal, request)
         content_type = request.headers.get("content-type", "")
         received = Received()
         metadata: Any = None

@@ -64,7 +64,7 @@ def videos_router(jc: Jobcast) -> APIRouter:
     ) -> dict[str, Any]:
         subject = principal.subject if principal else ""
         jc.policy.check_job(principal, Job(id="new", kind=KIND, owner=subject), "submit")
-        await jc.limiter.hit("submit", subject, request)
+        await jc.limiter.hit("submit", principal, request)
         job = await jc.runner.submit(KIND, body.model_dump(exclude_none=True), subject)
         event = video_status_event(job.id, VideoStatus.QUEUED, 0, "Video queued for processing")
         await jc.hub.publish(video_topic(job.id), EventType.VIDEO_STATUS.value, event)
