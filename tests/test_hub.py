@@ -41,9 +41,17 @@ def pats(*texts: str) -> tuple[TopicPattern, ...]:
 
 
 async def next_batch(subscription: Subscription) -> list[Event]:
+    """What a connection's writer does: wait, take, and count it as written.
+
+    Without ``mark_written`` a due heartbeat stays due, ``wait`` returns at once for ever and
+    a loop over this never yields to the publisher (regression: the Redis run of the replay
+    test spun until its event loop's cancelled timers filled the memory).
+    """
     async with asyncio.timeout(2):
         await subscription.wait()
-    return subscription.take()
+    events = subscription.take()
+    subscription.mark_written()
+    return events
 
 
 async def test_exact_and_wildcard_subscribers_get_matching_events_once(hub: Hub) -> None:
@@ -135,15 +143,18 @@ async def test_replay_then_live_has_no_gap_and_no_duplicate(hub: Hub) -> None:
             await asyncio.sleep(0)
 
     task = asyncio.create_task(publisher())
-    for _ in range(20):
-        await asyncio.sleep(0)
-    subscription, replay = await hub.subscribe(pats("a"), last_event_id=first.id)
-    assert replay is not None and replay.gap is None
-    seen = [e.data for e in replay.events]
-    while len(seen) < 200:
-        seen.extend(e.data for e in await next_batch(subscription))
-    publishing = False
-    await task
+    try:
+        for _ in range(20):
+            await asyncio.sleep(0)
+        subscription, replay = await hub.subscribe(pats("a"), last_event_id=first.id)
+        assert replay is not None and replay.gap is None
+        seen = [e.data for e in replay.events]
+        async with asyncio.timeout(20):
+            while len(seen) < 200:
+                seen.extend(e.data for e in await next_batch(subscription))
+    finally:
+        publishing = False
+        await task
     assert seen[:200] == list(range(1, 201))
 
 

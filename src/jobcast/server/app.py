@@ -43,7 +43,7 @@ from jobcast.server.logs import install_log_redaction, use_json_logs
 from jobcast.server.metrics import Metrics, metrics_router
 from jobcast.server.ratelimit import RateLimiter
 from jobcast.server.request_id import RequestIdMiddleware
-from jobcast.server.shared_state import spent_tickets
+from jobcast.server.shared_state import rate_limit_storage, shared_redis_pool, spent_tickets
 from jobcast.server.sse import EventStreamResponse
 from jobcast.server.uploads import Received, receive_multipart
 from jobcast.server.ws_api import serve_job_socket, ws_router
@@ -72,8 +72,13 @@ class Jobcast:
         #: Every allow/deny decision. Pass a :class:`Policy` subclass for your own rules (say,
         #: who besides a job's owner may watch it); it must honour the settings' public topics.
         self.policy = policy or Policy(self.settings.public_topics)
-        self.limiter = RateLimiter(self.settings)
-        self.spent_tickets = spent_tickets(self.settings)
+        #: Rate-limit counters and spent tickets: in memory, or in the broker's Redis through
+        #: one pool that the lifespan disconnects at its end (shared_state.py).
+        self._shared_pool = shared_redis_pool(self.settings)
+        self.limiter = RateLimiter(
+            self.settings, rate_limit_storage(self.settings, self._shared_pool)
+        )
+        self.spent_tickets = spent_tickets(self.settings, self._shared_pool)
         self.metrics = Metrics(self)
         self._hub: Hub | None = None
         self._tokens: TokenAuthority | None = None
@@ -144,6 +149,8 @@ class Jobcast:
             await self.metrics.close()
             await hub.close()
             self._hub = None
+            if self._shared_pool is not None:
+                await self._shared_pool.disconnect()
 
     def install(self, app: FastAPI, *, upload_paths: Sequence[str] = ()) -> None:
         """Add jobcast's routes, error handlers and body limits to ``app``.

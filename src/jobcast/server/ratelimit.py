@@ -28,7 +28,7 @@ from jobcast.server.shared_state import rate_limit_storage
 
 class RateLimiter:
     def __init__(self, settings: Settings, storage: Storage | None = None) -> None:
-        self._limiter = MovingWindowRateLimiter(storage or rate_limit_storage(settings))
+        self._limiter = MovingWindowRateLimiter(storage or rate_limit_storage(settings, None))
         self._limits: dict[str, RateLimitItem] = {
             "publish": parse(settings.rate_limit_publish),
             "submit": parse(settings.rate_limit_submit),

@@ -2,19 +2,23 @@
 
 One process keeps both in memory. When the broker is Redis (several instances), both live in
 the same Redis, so a limit is a limit for the whole deployment and a ticket opens one stream
-anywhere, once.
+anywhere, once. Both then share one connection pool (:func:`shared_redis_pool`), which the app
+disconnects when its lifespan ends, so no socket outlives the app that opened it.
 """
 
 from __future__ import annotations
 
 import heapq
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from limits.aio.storage import MemoryStorage, Storage
 
 from jobcast.config import Settings
 from jobcast.errors import Unavailable
+
+if TYPE_CHECKING:
+    from redis.asyncio import ConnectionPool
 
 
 class SpentTickets(Protocol):
@@ -46,13 +50,13 @@ class MemorySpentTickets:
 
 
 class RedisSpentTickets:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, pool: ConnectionPool) -> None:
         import redis.asyncio as redis
 
         from jobcast.brokers.redis import split_url
 
-        redis_url, self._prefix, _ = split_url(url)
-        self._redis = redis.from_url(redis_url)
+        _, self._prefix, _ = split_url(url)
+        self._redis = redis.Redis(connection_pool=pool)
 
     async def spend(self, ticket_id: str, expires_at: float) -> bool:
         import redis.exceptions
@@ -70,14 +74,26 @@ def _redis_url(settings: Settings) -> str | None:
     return url if url and url.startswith(("redis://", "rediss://")) else None
 
 
-def spent_tickets(settings: Settings) -> SpentTickets:
-    url = _redis_url(settings)
-    return RedisSpentTickets(url) if url else MemorySpentTickets()
-
-
-def rate_limit_storage(settings: Settings) -> Storage:
+def shared_redis_pool(settings: Settings) -> ConnectionPool | None:
+    """The pool for the shared state, when the broker is Redis (``None`` otherwise)."""
     url = _redis_url(settings)
     if url is None:
+        return None
+    import redis.asyncio as redis
+
+    from jobcast.brokers.redis import split_url
+
+    return redis.ConnectionPool.from_url(split_url(url)[0])
+
+
+def spent_tickets(settings: Settings, pool: ConnectionPool | None) -> SpentTickets:
+    url = _redis_url(settings)
+    return RedisSpentTickets(url, pool) if url and pool is not None else MemorySpentTickets()
+
+
+def rate_limit_storage(settings: Settings, pool: ConnectionPool | None) -> Storage:
+    url = _redis_url(settings)
+    if url is None or pool is None:
         return MemoryStorage()
     from limits.aio.storage import RedisStorage
 
@@ -86,9 +102,11 @@ def rate_limit_storage(settings: Settings) -> Storage:
     redis_url, prefix, _ = split_url(url)
     # wrap_exceptions: every Redis failure arrives as limits' StorageError, which the rate
     # limiter turns into Unavailable (503) instead of letting redis' own errors become a 500.
+    options: dict[str, Any] = {"connection_pool": pool}
     return RedisStorage(
         f"async+{redis_url}",
         implementation="redispy",
         key_prefix=f"{prefix}limits",
         wrap_exceptions=True,
+        **options,
     )
