@@ -64,6 +64,11 @@ def rows(scale: Scale) -> list[Row]:
     middle = scale.fanout[len(scale.fanout) // 2]
     found += [
         Row(f"topics-{scale.topics}", scenarios.per_topic),
+        Row(
+            f"topics-{scale.topics}-batched",
+            lambda t, s: scenarios.per_topic(t, s, batch=100),
+            ("jobcast",),
+        ),
         Row(f"idle-{scale.idle}", scenarios.idle),
         Row(f"connect-{scale.connect}", scenarios.connect),
         Row(f"jobs-{scale.jobs}", scenarios.jobs, ("jobcast", "baseline")),
@@ -164,6 +169,14 @@ def checks(scale: Scale) -> list[Check]:
             lambda r: ratio(topics, "server_cpu_s")(r) <= 0.1,
         ),
         Check(topics, "p99_ms", "p99 ms"),
+        Check(
+            f"{topics}-batched",
+            "server_cpu_s",
+            "server CPU s, 100 events a request",
+            "(same target)",
+            lambda r: ratio(f"{topics}-batched", "server_cpu_s", (topics, "baseline"))(r) <= 0.1,
+            reference=(topics, "baseline"),
+        ),
         Check(
             jobs,
             "terminal_missing",

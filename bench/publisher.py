@@ -20,6 +20,8 @@ PAYLOAD = "processing segment; a message of a realistic length for a status even
 
 #: Builds the raw request for one event: (topic, type, data) -> bytes.
 RequestBuilder = Callable[[str, str, dict[str, Any]], bytes]
+#: Builds the raw request for a batch of events (jobcast's list form of POST /api/events).
+BatchBuilder = Callable[[list[tuple[str, str, dict[str, Any]]]], bytes]
 
 
 @dataclass
@@ -77,18 +79,22 @@ async def publish(
     connections: int = 4,
     rate: float = 0.0,
     type: str = "tick",
+    batch: int = 1,
+    build_batch: BatchBuilder | None = None,
 ) -> PublishStats:
-    """Publish every (topic, seq) of ``plan``; ``rate`` events/s in all, or 0 for a burst.
+    """Publish every (topic, seq) of ``plan``; ``rate`` requests/s in all, or 0 for a burst.
 
-    Connections are spread over ``ports`` (several instances share the publishing).
+    Connections are spread over ``ports`` (several instances share the publishing). With
+    ``batch`` > 1, consecutive events go ``batch`` to a request through ``build_batch``.
     """
     stats = PublishStats(started=time.time())
-    items = iter(plan)
+    flat = list(plan)
+    items = iter([flat[i : i + batch] for i in range(0, len(flat), batch)])
     pool = [HTTPConnection(ports[i % len(ports)]) for i in range(connections)]
     lock = asyncio.Lock()
     index = 0
 
-    async def next_item() -> tuple[str, int] | None:
+    async def next_item() -> list[tuple[str, int]] | None:
         nonlocal index
         async with lock:
             item = next(items, None)
@@ -103,13 +109,17 @@ async def publish(
             return item
 
     async def run(connection: HTTPConnection) -> None:
-        while (item := await next_item()) is not None:
-            topic, seq = item
-            status, body = await connection.request(build(topic, type, event_data(seq)))
-            if 200 <= status < 300:
-                stats.sent += 1
+        while (chunk := await next_item()) is not None:
+            if build_batch is not None and batch > 1:
+                raw = build_batch([(topic, type, event_data(seq)) for topic, seq in chunk])
             else:
-                stats.failed += 1
+                ((topic, seq),) = chunk
+                raw = build(topic, type, event_data(seq))
+            status, body = await connection.request(raw)
+            if 200 <= status < 300:
+                stats.sent += len(chunk)
+            else:
+                stats.failed += len(chunk)
                 stats.first_error = stats.first_error or f"{status} {body[:200]!r}"
 
     try:

@@ -83,6 +83,7 @@ def stream_and_publish(
     scale: Scale,
     *,
     rate: float = 0.0,
+    batch: int = 1,
 ) -> tuple[Figures, Merged]:
     """Open ``specs``, publish ``plan``, wait for delivery; the common figures."""
     load = LoadGenerator(HOST, target.ports, specs, processes=scale.processes)
@@ -92,7 +93,13 @@ def stream_and_publish(
         before = target.stats()
         sent = asyncio.run(
             publish(
-                target.ports, target.publish_request, plan, rate=rate, connections=scale.publishers
+                target.ports,
+                target.publish_request,
+                plan,
+                rate=rate,
+                connections=scale.publishers,
+                batch=batch,
+                build_batch=getattr(target, "publish_batch_request", None),
             )
         )
         merged = load.collect(timeout=scale.deadline)
@@ -137,15 +144,18 @@ def fanout(target: Target, scale: Scale, subscribers: int, *, paced: bool) -> Fi
     return figures
 
 
-def per_topic(target: Target, scale: Scale) -> Figures:
-    """One stream per topic (a watcher per job, say), every topic published to."""
+def per_topic(target: Target, scale: Scale, batch: int = 1) -> Figures:
+    """One stream per topic (a watcher per job, say), every topic published to.
+
+    ``batch``: events per publish request (jobcast's list form; the baseline has none).
+    """
     topics = [f"tasks/{i}" for i in range(scale.topics)]
     specs = [
         StreamSpec(target.stream_request([topic], i), expect=scale.events_per_topic)
         for i, topic in enumerate(topics)
     ]
     plan = [(topic, seq) for seq in range(scale.events_per_topic) for topic in topics]
-    figures, _ = stream_and_publish(target, specs, plan, scale)
+    figures, _ = stream_and_publish(target, specs, plan, scale, batch=batch)
     return figures
 
 
@@ -204,13 +214,18 @@ def jobs(target: Target, scale: Scale) -> Figures:
 
 
 def _jobcast_jobs(target: JobcastTarget, scale: Scale) -> Figures:
-    token = mint("bench-jobs")
+    # One user per job, watching it with the token that submitted it (a subject may hold
+    # only so many streams at once, and one user watching a thousand jobs is not the case).
+    tokens = [mint(f"user-{i}") for i in range(scale.jobs)]
     writes_before = _store_writes(target)
     before = target.stats()
     started = time.time()
-    requests = [target.job_request(scale.job_steps, scale.job_delay, token)] * scale.jobs
-    ids = [orjson.loads(body)["id"] for body in asyncio.run(_send_all(target.ports, requests))]
-    specs = [StreamSpec(target.watch_request(job_id, token)) for job_id in ids]
+    requests = [target.job_request(scale.job_steps, scale.job_delay, token) for token in tokens]
+    bodies = asyncio.run(_send_all(target.ports, requests))
+    specs = [
+        StreamSpec(target.watch_request(orjson.loads(body)["id"], token))
+        for body, token in zip(bodies, tokens, strict=True)
+    ]
     return _watch_jobs(target, scale, specs, started, before, writes_before)
 
 
@@ -222,14 +237,16 @@ def _baseline_jobs(target: BaselineTarget, scale: Scale) -> Figures:
     # The seed design has no history: watchers must be connected before their job starts.
     load = LoadGenerator(HOST, target.ports, specs, processes=scale.processes)
     try:
-        load.connect(timeout=scale.deadline)
+        _, statuses = load.connect(timeout=scale.deadline)
         started = time.time()
         asyncio.run(_send_all(target.ports, requests))
         merged = load.collect(timeout=scale.deadline)
         after = target.stats()
     finally:
         load.close()
-    return _job_figures(scale, merged, started, after.cpu_seconds - before.cpu_seconds)
+    figures = _job_figures(scale, merged, started, after.cpu_seconds - before.cpu_seconds)
+    figures["refused_streams"] = float(sum(status != 200 for status in statuses))
+    return figures
 
 
 def _watch_jobs(
@@ -242,12 +259,13 @@ def _watch_jobs(
 ) -> Figures:
     load = LoadGenerator(HOST, target.ports, specs, processes=scale.processes)
     try:
-        load.connect(timeout=scale.deadline)
+        _, statuses = load.connect(timeout=scale.deadline)
         merged = load.collect(timeout=scale.deadline)
         after = target.stats()
     finally:
         load.close()
     figures = _job_figures(scale, merged, started, after.cpu_seconds - before.cpu_seconds)
+    figures["refused_streams"] = float(sum(status != 200 for status in statuses))
     updates = scale.jobs * scale.job_steps
     figures["store_writes_per_update"] = (_store_writes(target) - writes_before) / updates
     return figures

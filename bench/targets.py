@@ -184,6 +184,14 @@ class JobcastTarget(Target):
         }
         return request_bytes("POST", "/api/events", headers, body)
 
+    def publish_batch_request(self, events: list[tuple[str, str, dict[str, Any]]]) -> bytes:
+        body = orjson.dumps([{"topic": t, "type": kind, "data": d} for t, kind, d in events])
+        headers = {
+            "Authorization": f"Bearer {self.service_token}",
+            "Content-Type": "application/json",
+        }
+        return request_bytes("POST", "/api/events", headers, body)
+
     def job_request(self, steps: int, delay: float, token: str) -> bytes:
         body = orjson.dumps({"kind": "demo", "params": {"steps": steps, "delay": delay}})
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
