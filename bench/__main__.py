@@ -31,6 +31,7 @@ from bench.scenarios import QUICK, Scale
 from bench.targets import (
     HOST,
     BaselineTarget,
+    FloorTarget,
     JobcastTarget,
     NchanTarget,
     Target,
@@ -38,6 +39,7 @@ from bench.targets import (
 )
 
 REDIS = "redis://127.0.0.1:6379/14"
+ALL = ("jobcast", "baseline", "nchan")
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class Row:
 
     name: str
     run: Callable[[Target, Scale], Figures]
-    targets: tuple[str, ...] = ("jobcast", "baseline", "nchan")
+    targets: tuple[str, ...] = ALL
     #: Builds the jobcast target for this row (the Redis row runs two instances).
     jobcast: Callable[[], Target] = JobcastTarget
 
@@ -69,8 +71,10 @@ def rows(scale: Scale) -> list[Row]:
             lambda t, s: scenarios.per_topic(t, s, batch=100),
             ("jobcast",),
         ),
-        Row(f"idle-{scale.idle}", scenarios.idle),
-        Row(f"connect-{scale.connect}", scenarios.connect),
+        # The floor (a trivial ASGI app on the same uvicorn) shows what the server underneath
+        # costs per connection, before any application code.
+        Row(f"idle-{scale.idle}", scenarios.idle, (*ALL, "floor")),
+        Row(f"connect-{scale.connect}", scenarios.connect, (*ALL, "floor")),
         Row(f"jobs-{scale.jobs}", scenarios.jobs, ("jobcast", "baseline")),
         Row(f"slow-{scale.slow}", scenarios.slow_consumers),
         Row(
@@ -254,7 +258,12 @@ def started(target: Target) -> Iterator[Target]:
 
 
 def build(name: str, row: Row) -> Target:
-    return {"jobcast": row.jobcast, "baseline": BaselineTarget, "nchan": NchanTarget}[name]()
+    return {
+        "jobcast": row.jobcast,
+        "baseline": BaselineTarget,
+        "nchan": NchanTarget,
+        "floor": FloorTarget,
+    }[name]()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", choices=("full", "quick"), default="full")
     parser.add_argument("--repeat", type=int, default=0, help="runs per row (full 3, quick 1)")
     parser.add_argument("--rows", default="", help="comma-separated row names (default: all)")
-    parser.add_argument("--targets", default="jobcast,baseline,nchan")
+    parser.add_argument("--targets", default="jobcast,baseline,nchan,floor")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--no-chart", action="store_true")
     args = parser.parse_args(argv)

@@ -227,6 +227,25 @@ class BaselineTarget(Target):
         return request_bytes("POST", "/jobs", {"Content-Type": "application/json"}, body)
 
 
+class FloorTarget(Target):
+    """A trivial ASGI app on the same uvicorn (``bench/baselines/floor_app.py``): the floor."""
+
+    def __init__(self) -> None:
+        super().__init__("floor")
+
+    def start(self) -> None:
+        port = free_port()
+        command = [sys.executable, "-m", "uvicorn", "bench.baselines.floor_app:app"]
+        command += ["--host", HOST, "--port", str(port), "--log-level", "warning"]
+        self._spawn(command, {}, "/health", port)
+
+    def stream_request(self, topics: list[str], index: int) -> bytes:
+        return request_bytes("GET", "/events", {"Accept": "text/event-stream"})
+
+    def publish_request(self, topic: str, type: str, data: dict[str, Any]) -> bytes:
+        return request_bytes("POST", "/publish", {}, orjson.dumps(data))
+
+
 NCHAN_CONF = Template("""
 load_module /usr/lib/nginx/modules/ngx_nchan_module.so;
 daemon off;
