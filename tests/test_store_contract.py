@@ -78,6 +78,22 @@ async def test_save_overwrites_mutable_fields(store: JobStore) -> None:
     assert await store.get(job.id) == job
 
 
+async def test_a_save_from_a_stale_copy_keeps_the_readers(store: JobStore) -> None:
+    # A worker saves progress from its own copy of the job: a grant (or revoke) made
+    # meanwhile by the server must survive it.
+    job = make_job()
+    await store.create(job)
+    assert await store.set_readers(job.id, ["bob"])
+    job.progress = 50.0  # the worker's copy still has no readers
+    await store.save(job)
+    stored = await store.get(job.id)
+    assert stored is not None and stored.readers == ["bob"] and stored.progress == 50.0
+    assert await store.set_readers(job.id, [])
+    revoked = await store.get(job.id)
+    assert revoked is not None and revoked.readers == []
+    assert not await store.set_readers("missing", ["bob"])
+
+
 async def test_list_is_newest_first_with_filters_and_cursor(store: JobStore) -> None:
     jobs = [make_job(owner="alice" if i % 2 else "bob") for i in range(7)]
     jobs[0].state = JobState.SUCCEEDED

@@ -221,18 +221,17 @@ class EmbeddedRunner:
 
     async def set_readers(self, job_id: str, readers: list[str]) -> Job:
         """Replace the subjects granted read access to a job, live or finished."""
+        if not await self.store.set_readers(job_id, readers):
+            raise NotFound(f"no job {job_id!r}")
         live = self._live.get(job_id)
         if live is not None:
             live.job.readers = list(readers)
             live.published.readers = list(readers)
-            await self.store.save(live.published)
             job = live.published.copy()
         else:
             stored = await self.store.get(job_id)
-            if stored is None:
+            if stored is None:  # deleted in between
                 raise NotFound(f"no job {job_id!r}")
-            stored.readers = list(readers)
-            await self.store.save(stored)
             job = stored
         self._remember_owner(job)
         self.hub.forget_access()  # open wildcard streams must see the new grant at once

@@ -60,7 +60,15 @@ class JobStore(Protocol):
     async def get(self, job_id: str) -> Job | None: ...
 
     async def save(self, job: Job) -> None:
-        """Write every mutable field of an existing job."""
+        """Write every mutable field of an existing job, except its readers.
+
+        Readers change only through :meth:`set_readers`: a process that runs the job (a worker
+        elsewhere) saves its progress from its own copy, which must not undo a grant or a
+        revoke made meanwhile.
+        """
+
+    async def set_readers(self, job_id: str, readers: list[str]) -> bool:
+        """Replace the subjects granted read access to a job; False if there is no such job."""
 
     async def list_jobs(self, query: JobQuery) -> JobPage: ...
 

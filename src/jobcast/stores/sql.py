@@ -280,8 +280,16 @@ class SQLJobStore:
         return None if row is None else _job(row)
 
     async def save(self, job: Job) -> None:
-        self._updates[job.id] = {"job_id": job.id, **_row_values(job)}
+        values = _row_values(job)
+        del values["readers"]  # only set_readers writes them (base.JobStore.save)
+        self._updates[job.id] = {"job_id": job.id, **values}
         await self._commit_batch()
+
+    async def set_readers(self, job_id: str, readers: list[str]) -> bool:
+        statement = _UPDATE_JOB.values(readers=orjson.dumps(readers).decode())
+        async with self._write() as conn:
+            result = await conn.execute(statement, {"job_id": job_id})
+        return bool(result.rowcount)
 
     async def _commit_batch(self) -> None:  # Q5
         if self._engine is None:
