@@ -208,9 +208,11 @@ class TokenAuthority:
         **claims: Any,
     ) -> str:
         """An HS256 bearer token (what ``jobcast token`` prints)."""
-        now = int(time.time())
-        payload: dict[str, Any] = {"sub": subject, "role": Role(role).value, "iat": now}
-        payload["exp"] = now + int(ttl)
+        now = time.time()
+        payload: dict[str, Any] = {"sub": subject, "role": Role(role).value, "iat": int(now)}
+        # Rounded up: with iat truncated, ``int(now) + ttl`` gave a 1 s token as little as a
+        # few milliseconds of life, and a stream opened with it was refused as expired.
+        payload["exp"] = math.ceil(now + ttl)
         if grants:
             payload["topics"] = list(grants)
         if self.keys.issuer:
