@@ -21,12 +21,12 @@ import httpx
 import orjson
 import pytest
 
-from jobcast.server.app import make_token_authority
+from jobcast.auth import TokenAuthority
 from tests.support import SECRET, EventStream, make_settings
 
 DELAY = 1.5  # JOBCAST_SHUTDOWN_DELAY_SECONDS
 GRACE = 4.0  # JOBCAST_SHUTDOWN_GRACE_SECONDS
-TOKENS = make_token_authority(make_settings())
+TOKENS = TokenAuthority.from_settings(make_settings())
 
 
 def free_port() -> int:

@@ -15,13 +15,13 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from jobcast.server.app import make_token_authority
+from jobcast.auth import TokenAuthority
 from jobcast.server.logs import JsonFormatter, redact
 from tests.scale_support import free_port, jobcast_env, wait_for_port
 from tests.support import EventStream, make_settings
 from tests.ws_support import receive, send
 
-TOKEN = make_token_authority(make_settings()).mint("alice")
+TOKEN = TokenAuthority.from_settings(make_settings()).mint("alice")
 FIELDS = {"time", "level", "logger", "message", "request_id"}
 
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from jobcast.server.app import make_token_authority
+from jobcast.auth import TokenAuthority
 from jobcast.server.metrics_shared import merge
 from tests.scale_support import Processes, processes
 from tests.services import needs_services, redis_prefix, redis_url
@@ -19,7 +19,7 @@ from tests.support import EventStream, make_settings
 from tests.test_metrics import samples
 from tests.ws_support import receive, send
 
-TOKEN = make_token_authority(make_settings()).mint("alice")
+TOKEN = TokenAuthority.from_settings(make_settings()).mint("alice")
 
 
 @pytest.fixture

@@ -17,14 +17,15 @@ import httpx
 import orjson
 import pytest
 
+from jobcast.auth import TokenAuthority
 from jobcast.errors import Conflict, Unavailable
 from jobcast.publisher import AsyncPublisher, Publisher
-from jobcast.server.app import Jobcast, make_token_authority
+from jobcast.server.app import Jobcast
 from tests.scale_support import Processes, free_port, jobcast_env, processes, wait_for_port
 from tests.services import needs_services, redis_prefix, redis_url
 from tests.support import EventStream, LiveServer, make_settings
 
-TOKENS = make_token_authority(make_settings())
+TOKENS = TokenAuthority.from_settings(make_settings())
 
 
 def auth(sub: str = "alice", role: str = "user") -> dict[str, str]:

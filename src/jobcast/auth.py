@@ -25,11 +25,14 @@ import time
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 
 from jobcast.errors import Unauthorized
+
+if TYPE_CHECKING:
+    from jobcast.config import Settings
 
 SECRET_FILE = "jwt_secret"
 TICKET = "ticket"
@@ -92,6 +95,30 @@ class TokenAuthority:
         # signature check itself on every stream a client opens.
         secret = base64.urlsafe_b64encode(keys.secret.encode()).rstrip(b"=").decode()
         self._hmac = {alg: jwt.PyJWK({"kty": "oct", "k": secret}, algorithm=alg) for alg in _HMAC}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TokenAuthority:
+        """The authority a server or the CLI uses: the configured secret, or the one kept in
+        the data directory (created there, mode 0600, on first use), and any identity
+        provider's keys."""
+        if settings.jwt_secret is not None:
+            secret = settings.jwt_secret.get_secret_value()
+        else:
+            secret = load_or_create_secret(settings.data_dir)
+        algorithms = settings.jwt_algorithms or ["HS256"]
+        if not settings.jwt_algorithms and (settings.jwt_public_key or settings.jwt_jwks_url):
+            algorithms = ["HS256", "RS256", "ES256"]
+        return cls(
+            KeyConfig(
+                secret=secret,
+                public_key=settings.jwt_public_key,
+                jwks_url=settings.jwt_jwks_url,
+                algorithms=tuple(a for a in algorithms if a.lower() != "none"),
+                issuer=settings.jwt_issuer,
+                audience=settings.jwt_audience,
+                leeway=settings.jwt_leeway_seconds,
+            )
+        )
 
     # -- verifying -------------------------------------------------------------------------
 

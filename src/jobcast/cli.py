@@ -181,12 +181,12 @@ def token(
     data_dir: Annotated[Path | None, typer.Option(help="State directory of the server.")] = None,
 ) -> None:
     """Mint a bearer token signed with the server's secret (for curl, scripts and tests)."""
+    from jobcast.auth import TokenAuthority
     from jobcast.config import Settings
-    from jobcast.server.app import make_token_authority
 
     if data_dir is not None:
         os.environ["JOBCAST_DATA_DIR"] = str(data_dir)
-    authority = make_token_authority(Settings())
+    authority = TokenAuthority.from_settings(Settings())
     typer.echo(authority.mint(sub, role=role, ttl=ttl, grants=topic))
 
 

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from jobcast.brokers.base import Retention
 from jobcast.hub import HubOptions
+from jobcast.jobs.runner import RunnerOptions
 from jobcast.topics import TopicPattern
 
 CommaList = Annotated[list[str], NoDecode]
@@ -242,6 +243,18 @@ class Settings(BaseSettings):
             self.history_max_events_per_topic,
             self.history_max_age_seconds,
             self.history_job_grace_seconds,
+        )
+
+    def runner_options(self) -> RunnerOptions:
+        return RunnerOptions(
+            uploads_dir=self.data_dir / "uploads",
+            concurrency=self.job_concurrency,
+            default_timeout=self.job_timeout_seconds,
+            progress_interval=self.job_progress_interval,
+            store_interval=self.job_store_interval,
+            max_queued=self.job_max_queued,
+            max_attempts=self.job_max_attempts,
+            max_event_bytes=self.max_event_bytes,
         )
 
     def hub_options(self) -> HubOptions:

@@ -41,7 +41,7 @@ from jobcast.hub import Hub
 from jobcast.jobs import builtin
 from jobcast.jobs.model import JobState
 from jobcast.jobs.registry import Registry
-from jobcast.jobs.runner import EmbeddedRunner, RunnerOptions
+from jobcast.jobs.runner import EmbeddedRunner
 from jobcast.jobs.worker_queue import TASK, open_queue
 from jobcast.stores import open_store
 
@@ -49,19 +49,6 @@ logger = logging.getLogger("jobcast.worker")
 
 #: Seconds the sweep waits for a stuck job's worker to acknowledge an abort (K4).
 SWEEP_ABORT_WAIT = 2.0
-
-
-def runner_options(settings: Settings) -> RunnerOptions:
-    return RunnerOptions(
-        uploads_dir=settings.data_dir / "uploads",
-        concurrency=settings.job_concurrency,
-        default_timeout=settings.job_timeout_seconds,
-        progress_interval=settings.job_progress_interval,
-        store_interval=settings.job_store_interval,
-        max_queued=settings.job_max_queued,
-        max_attempts=settings.job_max_attempts,
-        max_event_bytes=settings.max_event_bytes,
-    )
 
 
 def load_registry(settings: Settings) -> Registry:
@@ -94,7 +81,7 @@ class JobWorker:
         store = open_store(settings.resolved_store_url)
         try:
             await store.open()
-            self.runner = EmbeddedRunner(store, hub, self.registry, runner_options(settings))
+            self.runner = EmbeddedRunner(store, hub, self.registry, settings.runner_options())
             queue = open_queue(settings.queue_url or "")
             sweep = queue.sweep
             queue.sweep = functools.partial(sweep, abort=SWEEP_ABORT_WAIT)  # type: ignore[method-assign]  # K4

@@ -7,12 +7,8 @@ authority are created in its lifespan, so one process may run several independen
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import signal
-import threading
 from collections.abc import AsyncIterator, Callable, Sequence
-from types import FrameType
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, WebSocket
@@ -20,14 +16,14 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from jobcast import __version__
-from jobcast.auth import KeyConfig, Principal, TokenAuthority, load_or_create_secret
+from jobcast.auth import Principal, TokenAuthority
 from jobcast.brokers import Replay, open_broker
 from jobcast.config import Settings
 from jobcast.events import Event
 from jobcast.hub import Hub
 from jobcast.jobs import builtin
 from jobcast.jobs.registry import Registry
-from jobcast.jobs.runner import EmbeddedRunner, RunnerOptions
+from jobcast.jobs.runner import EmbeddedRunner
 from jobcast.policy import Policy
 from jobcast.server.auth_api import auth_router
 from jobcast.server.browser import install_cors
@@ -44,6 +40,7 @@ from jobcast.server.metrics import Metrics, metrics_router
 from jobcast.server.ratelimit import RateLimiter
 from jobcast.server.request_id import RequestIdMiddleware
 from jobcast.server.shared_state import rate_limit_storage, shared_redis_pool, spent_tickets
+from jobcast.server.signals import drain_on_exit_signals
 from jobcast.server.sse import EventStreamResponse
 from jobcast.server.uploads import Received, receive_multipart
 from jobcast.server.ws_api import serve_job_socket, ws_router
@@ -111,7 +108,7 @@ class Jobcast:
     @property
     def tokens(self) -> TokenAuthority:
         if self._tokens is None:
-            self._tokens = make_token_authority(self.settings)
+            self._tokens = TokenAuthority.from_settings(self.settings)
         return self._tokens
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -137,7 +134,7 @@ class Jobcast:
                 await runner.start()
                 self.policy.job_access = runner.access_of
                 try:
-                    with _drain_on_exit_signals(hub, settings.shutdown_delay_seconds):
+                    with drain_on_exit_signals(hub, settings.shutdown_delay_seconds):
                         yield
                 finally:
                     await runner.close()
@@ -346,113 +343,22 @@ class Jobcast:
         ).encode()
 
 
-def _runner_options(settings: Settings) -> RunnerOptions:
-    return RunnerOptions(
-        uploads_dir=settings.data_dir / "uploads",
-        concurrency=settings.job_concurrency,
-        default_timeout=settings.job_timeout_seconds,
-        progress_interval=settings.job_progress_interval,
-        store_interval=settings.job_store_interval,
-        max_queued=settings.job_max_queued,
-        max_attempts=settings.job_max_attempts,
-        max_event_bytes=settings.max_event_bytes,
-    )
-
-
 def _make_runner(
     store: JobStore, hub: Hub, registry: Registry, settings: Settings
 ) -> EmbeddedRunner:
     """The embedded runner, or with ``queue_url`` the runner that hands jobs to workers."""
     if not settings.queue_url:
-        return EmbeddedRunner(store, hub, registry, _runner_options(settings))
+        return EmbeddedRunner(store, hub, registry, settings.runner_options())
     from jobcast.jobs.worker_queue import QueueRunner  # needs the 'queue' extra
 
     return QueueRunner(
         store,
         hub,
         registry,
-        _runner_options(settings),
+        settings.runner_options(),
         queue_url=settings.queue_url,
         heartbeat=settings.worker_heartbeat_seconds,
     )
-
-
-def make_token_authority(settings: Settings) -> TokenAuthority:
-    if settings.jwt_secret is not None:
-        secret = settings.jwt_secret.get_secret_value()
-    else:
-        secret = load_or_create_secret(settings.data_dir)
-    algorithms = settings.jwt_algorithms or ["HS256"]
-    if not settings.jwt_algorithms and (settings.jwt_public_key or settings.jwt_jwks_url):
-        algorithms = ["HS256", "RS256", "ES256"]
-    return TokenAuthority(
-        KeyConfig(
-            secret=secret,
-            public_key=settings.jwt_public_key,
-            jwks_url=settings.jwt_jwks_url,
-            algorithms=tuple(a for a in algorithms if a.lower() != "none"),
-            issuer=settings.jwt_issuer,
-            audience=settings.jwt_audience,
-            leeway=settings.jwt_leeway_seconds,
-        )
-    )
-
-
-@contextlib.contextmanager
-def _drain_on_exit_signals(hub: Hub, delay: float = 0.0) -> Any:
-    """Drain the hub when the server is told to stop, then let the server's handler run.
-
-    Servers (uvicorn among them) wait for open responses before shutting down, and an event
-    stream never ends by itself; chaining onto the SIGTERM/SIGINT handler ends the streams at
-    once (with spread-out retry hints) so the server can finish its graceful shutdown.
-
-    With a ``delay``, the server's handler runs that many seconds later: until then the server
-    still listens and answers everything but new streams, and ``/ready`` says 503, so a load
-    balancer polling it stops routing here before the port closes. A second signal during the
-    delay stops at once.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    loop = asyncio.get_running_loop()
-    previous: dict[int, Any] = {}
-
-    def chain(signum: int, frame: FrameType | None) -> None:
-        chained = previous.get(signum)
-        if callable(chained):
-            chained(signum, frame)
-        elif chained == signal.SIG_DFL:  # nobody else listens: behave as if we were not here
-            signal.signal(signum, signal.SIG_DFL)
-            signal.raise_signal(signum)
-
-    signals = 0
-    delayed: list[asyncio.TimerHandle] = []
-
-    def later(signum: int, frame: FrameType | None) -> None:
-        if signals == 1:  # no second signal has stopped the server already
-            delayed.append(loop.call_later(delay, chain, signum, frame))
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        nonlocal signals
-        signals += 1
-        loop.call_soon_threadsafe(hub.drain)
-        if signals == 1 and delay > 0:
-            loop.call_soon_threadsafe(later, signum, frame)
-        else:
-            for timer in delayed:  # the second signal stops now, not again later
-                loop.call_soon_threadsafe(timer.cancel)
-            chain(signum, frame)
-
-    for exit_signal in (signal.SIGINT, signal.SIGTERM):
-        previous[exit_signal] = signal.signal(exit_signal, handler)
-    try:
-        yield
-    finally:
-        for timer in delayed:
-            timer.cancel()
-        for signum, chained in previous.items():
-            if signal.getsignal(signum) is handler:
-                signal.signal(signum, chained)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
