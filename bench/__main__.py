@@ -53,16 +53,16 @@ class Row:
     jobcast: Callable[[], Target] = JobcastTarget
 
 
+def fanout_row(subscribers: int, *, paced: bool) -> Row:
+    def run(target: Target, scale: Scale) -> Figures:
+        return scenarios.fanout(target, scale, subscribers, paced=paced)
+
+    return Row(f"fanout-{subscribers}-{'paced' if paced else 'burst'}", run)
+
+
 def rows(scale: Scale) -> list[Row]:
-    found: list[Row] = []
-    for n in scale.fanout:
-        found.append(
-            Row(f"fanout-{n}-burst", lambda t, s, n=n: scenarios.fanout(t, s, n, paced=False))
-        )
-    for n in scale.fanout:
-        found.append(
-            Row(f"fanout-{n}-paced", lambda t, s, n=n: scenarios.fanout(t, s, n, paced=True))
-        )
+    found = [fanout_row(n, paced=False) for n in scale.fanout]
+    found += [fanout_row(n, paced=True) for n in scale.fanout]
     middle = scale.fanout[len(scale.fanout) // 2]
     found += [
         Row(f"topics-{scale.topics}", scenarios.per_topic),
@@ -125,17 +125,13 @@ def checks(scale: Scale) -> list[Check]:
             burst, "delivered_per_s", "delivered events/s", ">= 3x baseline, >= nchan", beats_nchan
         ),
     ]
-    for n in sorted({middle, top}):
-        row = f"fanout-{n}-burst"
-        found.append(
-            Check(
-                row,
-                "p99_ms",
-                "p99 ms",
-                "<= 1/5 baseline",
-                lambda r, row=row: ratio(row, "p99_ms")(r) <= 0.2,
-            )
+
+    def p99_check(row: str) -> Check:
+        return Check(
+            row, "p99_ms", "p99 ms", "<= 1/5 baseline", lambda r: ratio(row, "p99_ms")(r) <= 0.2
         )
+
+    found += [p99_check(f"fanout-{n}-burst") for n in sorted({middle, top})]
     for n in fan:
         if n != middle:
             found.append(Check(f"fanout-{n}-burst", "delivered_per_s", "delivered events/s"))
