@@ -7,13 +7,17 @@ to be alive (a waiting subscriber's future, say) to the old generation; every 25
 there triggers a full collection that walks the whole heap, startup modules included: about
 150 ms per full collection at 5,000 streams, a latency spike for every subscriber. Measured in
 the benchmark's fan-out scenario (5,000 subscribers): server CPU -40% and p99 -40% with the
-settings below.
+settings below (the numbers in docs/benchmarks.md are with them).
 
 G1. ``gc.freeze()`` after startup: the imported modules and the built app never change and
     are never garbage; frozen, they are never walked again.
-G2. Young collections every 50,000 allocations instead of 700: short-lived objects die by
-    reference counting before a collection sees them, so far fewer are promoted and full
-    collections become rare. Cyclic garbage still goes; it waits a little longer (a few MB).
+G2. Young collections every 20,000 allocations instead of 700, the middle generation every 5
+    of them instead of 10: short-lived objects die by reference counting before a collection
+    sees them, so far fewer are promoted and full collections become rare, while the middle
+    generation stays small enough to collect in tens of milliseconds. (50,000 and 10 made a
+    wave of new connections pile up there: one 300 ms pause, measured with ``gc.callbacks``,
+    and a paced fan-out's p99 went from 120 ms to 390 ms.) Cyclic garbage still goes; it
+    waits a little longer (a few MB).
 
 Only ``jobcast serve`` calls this: a library should not change its host process's collector
 (an app that embeds jobcast can call :func:`tune_for_serving` itself).
@@ -23,12 +27,12 @@ from __future__ import annotations
 
 import gc
 
-YOUNG_THRESHOLD = 50_000  # G2
+YOUNG_THRESHOLD, MIDDLE_THRESHOLD = 20_000, 5  # G2
 
 
 def tune_for_serving() -> None:
     """Apply G1 and G2; call once, after the app is built and before serving."""
     gc.collect()
     gc.freeze()  # G1
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(YOUNG_THRESHOLD, middle, old)  # G2
+    old = gc.get_threshold()[2]
+    gc.set_threshold(YOUNG_THRESHOLD, MIDDLE_THRESHOLD, old)  # G2
