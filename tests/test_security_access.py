@@ -14,7 +14,7 @@ import jwt
 import pytest
 import websockets
 
-from jobcast.server.logs import RedactSecrets
+from jobcast.server.logs import RedactSecrets, install_log_redaction
 from tests.support import EventStream, LiveServer
 from tests.ws_support import receive_until_closed
 
@@ -421,6 +421,15 @@ def test_tokens_and_tickets_are_redacted_from_logs() -> None:
     message = record.getMessage()
     assert "eyJsecret" not in message and "abc" not in message
     assert "token=REDACTED" in message and "ticket=REDACTED" in message and "topic=a" in message
+
+
+def test_jobcast_child_loggers_are_redacted_in_text_mode(caplog: pytest.LogCaptureFixture) -> None:
+    import jobcast.jobs.worker  # noqa: F401  (creates the jobcast.worker logger, as serving does)
+
+    install_log_redaction()
+    with caplog.at_level(logging.INFO, logger="jobcast.worker"):
+        logging.getLogger("jobcast.worker").info("retrying GET /api/events?token=eyJa.b.c")
+    assert "eyJa" not in caplog.text and "token=REDACTED" in caplog.text
 
 
 async def test_a_job_socket_whose_token_expires_is_closed_with_4401(

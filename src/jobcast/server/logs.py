@@ -55,8 +55,16 @@ class RedactSecrets(logging.Filter):
 
 
 def install_log_redaction(*logger_names: str) -> None:
-    """Add the filter to the access and error loggers, once (it is idempotent)."""
-    for name in logger_names or ("uvicorn.access", "uvicorn.error", "jobcast"):
+    """Add the filter to the access and error loggers and to jobcast's, once (idempotent).
+
+    A logger's filters see only the records it creates itself, not its children's, so every
+    ``jobcast.*`` logger that exists by now (they are created when their modules are imported)
+    gets the filter too.
+    """
+    names = list(logger_names or ("uvicorn.access", "uvicorn.error", "jobcast"))
+    if not logger_names:
+        names += [n for n in logging.root.manager.loggerDict if n.startswith("jobcast.")]
+    for name in names:
         logger = logging.getLogger(name)
         if not any(isinstance(f, RedactSecrets) for f in logger.filters):
             logger.addFilter(RedactSecrets())
