@@ -363,6 +363,12 @@ async def test_a_token_expired_within_the_leeway_opens_no_stream(
     async with asyncio.timeout(10), websockets.connect(url) as ws:
         await receive_until_closed(ws)
     assert ws.close_code == 4401
+    # the general socket: its subscribe is refused and the socket closed, so the client renews
+    url = f"ws://{server.host}:{server.port}/ws/events?token={server.token(ttl=-1)}"
+    async with asyncio.timeout(10), websockets.connect(url) as ws:
+        await ws.send('{"op": "subscribe", "topics": ["a"]}')
+        await receive_until_closed(ws)
+    assert (ws.close_code, ws.close_reason) == (4401, "token_expired")
 
 
 async def wait_past(epoch_seconds: float) -> None:

@@ -17,7 +17,8 @@ W3. Acknowledgements are durable per ``client_id`` (scoped to the token's subjec
     ``subscribe`` without ``last_event_id`` resumes after the last acknowledged event. Acks are
     cumulative by id and written at most once a second and when the socket closes, so a crash
     can replay up to a second of acknowledged events (at-least-once, never a loss).
-W4. Malformed or refused ops get an ``error`` message and the connection stays open.
+W4. Malformed or refused ops get an ``error`` message and the connection stays open, except
+    a subscribe refused because the socket's credential expired: that closes with 4401.
 W5. Replays are bounded like the outbox: a replay that would take the outbox past
     ``MAX_OUTBOX - CONTROL_ROOM`` messages, or its queued replays past ``max_replay_bytes`` of
     event data, is sent as a ``reset`` (``too_far_behind``) instead, so a client far behind is
@@ -36,7 +37,7 @@ import orjson
 
 from jobcast.auth import Principal
 from jobcast.brokers.base import Gap, Replay
-from jobcast.errors import InvalidInput, JobcastError
+from jobcast.errors import InvalidInput, JobcastError, Unauthorized
 from jobcast.events import Event, EventId
 from jobcast.server.credentials import stream_owner
 from jobcast.server.ws_base import (
@@ -44,6 +45,7 @@ from jobcast.server.ws_base import (
     CLOSE_RESTART,
     Channel,
     SocketClosed,
+    close_code,
     subscription_close_code,
 )
 from jobcast.subscription import CloseReason, Subscription
@@ -112,6 +114,12 @@ class EventSocket:
             else:
                 raise InvalidInput("unknown op; use subscribe, unsubscribe, ack or ping")
         except JobcastError as exc:
+            if isinstance(exc, Unauthorized) and exc.reason == "token_expired":
+                # The socket's credential ran out: only a renewed one on a new socket can
+                # subscribe, which is what 4401 tells a client (as when it expires mid-stream).
+                self.closing = (close_code(exc), exc.reason)
+                self.wake.set()
+                return
             self._queue_json({"op": "error", "error": exc.code, "message": exc.message, "for": op})
 
     async def _subscribe(self, topics: Any, last_event_id: Any) -> None:
