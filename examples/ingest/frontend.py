@@ -6,9 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter
-from fastapi.responses import FileResponse
 
-from jobcast import NotFound
+from jobcast.server.dashboard import static_router
 
 STATIC = Path(__file__).parent / "static"
 FILES = {
@@ -22,22 +21,7 @@ CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
     "frame-ancestors 'none'; base-uri 'none'"
 )
-HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
 
 
 def frontend_router() -> APIRouter:
-    router = APIRouter(include_in_schema=False)
-
-    @router.get("/")
-    async def index() -> FileResponse:
-        headers = {**HEADERS, "Content-Security-Policy": CSP}
-        return FileResponse(STATIC / "index.html", media_type="text/html", headers=headers)
-
-    @router.get("/app/{name:path}")
-    async def asset(name: str) -> FileResponse:
-        media_type = FILES.get(name)
-        if media_type is None:  # only the listed files: no path ever reaches the filesystem
-            raise NotFound(f"no file {name!r}")
-        return FileResponse(STATIC / name, media_type=media_type, headers=HEADERS)
-
-    return router
+    return static_router(STATIC, FILES, prefix="/app", csp=CSP)

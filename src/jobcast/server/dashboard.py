@@ -7,6 +7,7 @@ none of these routes appear in the OpenAPI schema.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from fastapi import APIRouter
@@ -35,21 +36,44 @@ CSP = (
 _HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
 
 
-def dashboard_router() -> APIRouter:
+def static_router(
+    directory: Path,
+    files: Mapping[str, str],
+    *,
+    prefix: str,
+    csp: str,
+    index_headers: Mapping[str, str] | None = None,
+) -> APIRouter:
+    """``/`` (``index.html`` with ``csp``) and ``{prefix}/{name}`` for the listed ``files``.
+
+    ``files`` maps each servable path below ``directory`` to its media type; nothing else is
+    ever served, so no request path reaches the filesystem. For jobcast's dashboard and for
+    an application's own page (the examples use it for theirs).
+    """
     router = APIRouter(include_in_schema=False)
+    page_headers = {**_HEADERS, "Content-Security-Policy": csp, **(index_headers or {})}
 
     @router.get("/")
-    async def dashboard() -> FileResponse:
-        headers = {**_HEADERS, "Content-Security-Policy": CSP, "Referrer-Policy": "no-referrer"}
+    async def index() -> FileResponse:
         return FileResponse(
-            STATIC_DIR / "index.html", media_type="text/html; charset=utf-8", headers=headers
+            directory / "index.html", media_type="text/html; charset=utf-8", headers=page_headers
         )
 
-    @router.get("/static/{name}")
+    @router.get(prefix + "/{name:path}")
     async def static_file(name: str) -> FileResponse:
-        media_type = FILES.get(name)
+        media_type = files.get(name)
         if media_type is None:
-            raise NotFound(f"no static file {name!r}")
-        return FileResponse(STATIC_DIR / name, media_type=media_type, headers=_HEADERS)
+            raise NotFound(f"no file {name!r}")
+        return FileResponse(directory / name, media_type=media_type, headers=_HEADERS)
 
     return router
+
+
+def dashboard_router() -> APIRouter:
+    return static_router(
+        STATIC_DIR,
+        FILES,
+        prefix="/static",
+        csp=CSP,
+        index_headers={"Referrer-Policy": "no-referrer"},
+    )
