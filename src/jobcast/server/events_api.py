@@ -114,5 +114,10 @@ async def open_events_stream(
     query = connection.query_params
     patterns = parse_patterns(query.getlist("topic"), limit=jc.settings.max_topics_per_subscription)
     allow = jc.policy.subscription_filter(principal, patterns)
-    resume_from = connection.headers.get("last-event-id") or query.get("last_event_id")
-    return await jc.open_stream(patterns, resume_from, allow, principal=principal)
+    return await jc.open_stream(patterns, resume_id(connection), allow, principal=principal)
+
+
+def resume_id(connection: HTTPConnection) -> str | None:
+    """Where a stream resumes: ``Last-Event-ID``, or ``?last_event_id=`` for clients that
+    cannot set headers."""
+    return connection.headers.get("last-event-id") or connection.query_params.get("last_event_id")

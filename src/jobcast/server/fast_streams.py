@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from jobcast.errors import JobcastError
 from jobcast.server.credentials import resolve_principal
 from jobcast.server.errors import jobcast_error_response
-from jobcast.server.events_api import open_events_stream
+from jobcast.server.events_api import open_events_stream, resume_id
 
 if TYPE_CHECKING:
     from jobcast.server.app import Jobcast
@@ -64,9 +64,7 @@ class FastStreams:
             if job_id is None:
                 response: Response = await open_events_stream(jc, connection, principal)
             else:
-                resume = connection.headers.get("last-event-id")
-                resume = resume or connection.query_params.get("last_event_id")
-                response = await jc.job_stream(job_id, principal, resume)
+                response = await jc.job_stream(job_id, principal, resume_id(connection))
         except JobcastError as exc:
             await jobcast_error_response(exc)(scope, receive, send)
             return
