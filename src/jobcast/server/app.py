@@ -158,7 +158,6 @@ class Jobcast:
         app.state.jobcast = self
         app.include_router(self.router())
         install_error_handlers(app)
-        app.add_middleware(FastStreams, jc=self)  # innermost of ours: see fast_streams.py
         app.add_middleware(
             BodyLimitMiddleware,
             max_bytes=self.settings.max_body_bytes,
@@ -166,7 +165,8 @@ class Jobcast:
             exempt_prefixes=("/api/jobs", *upload_paths),
         )
         install_cors(app, self.settings)
-        app.add_middleware(RequestIdMiddleware)  # outermost: its id is in every log line
+        app.add_middleware(RequestIdMiddleware)  # its id is in every log line
+        app.add_middleware(FastStreams, jc=self)  # outermost of ours: fast_streams.F1-F3
 
     def router(self) -> Any:
         from fastapi import APIRouter

@@ -8,6 +8,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobcast.server.errors import error_response
 
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 16 * 1024
+
+
+def headers_over_limit(
+    headers: list[tuple[bytes, bytes]],
+    max_headers: int = MAX_HEADERS,
+    max_bytes: int = MAX_HEADER_BYTES,
+) -> bool:
+    """Whether a request's headers are more, or bigger, than we accept (431)."""
+    if len(headers) > max_headers:
+        return True
+    return sum(len(name) + len(value) for name, value in headers) > max_bytes
+
 
 class BodyLimitMiddleware:
     """Answer 413 to a request whose body exceeds ``max_bytes``.
@@ -23,8 +37,8 @@ class BodyLimitMiddleware:
         app: ASGIApp,
         max_bytes: int,
         exempt_prefixes: tuple[str, ...] = (),
-        max_header_bytes: int = 16 * 1024,
-        max_headers: int = 100,
+        max_header_bytes: int = MAX_HEADER_BYTES,
+        max_headers: int = MAX_HEADERS,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
@@ -33,20 +47,19 @@ class BodyLimitMiddleware:
         self.max_headers = max_headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket"):
-            headers = scope["headers"]
-            size = sum(len(name) + len(value) for name, value in headers)
-            if len(headers) > self.max_headers or size > self.max_header_bytes:
-                if scope["type"] == "websocket":
-                    await send({"type": "websocket.close", "code": 1009})
-                    return
-                response = error_response(
-                    431,
-                    "headers_too_large",
-                    f"at most {self.max_headers} headers and {self.max_header_bytes} bytes of them",
-                )
-                await response(scope, receive, send)
+        if scope["type"] in ("http", "websocket") and headers_over_limit(
+            scope["headers"], self.max_headers, self.max_header_bytes
+        ):
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1009})
                 return
+            response = error_response(
+                431,
+                "headers_too_large",
+                f"at most {self.max_headers} headers and {self.max_header_bytes} bytes of them",
+            )
+            await response(scope, receive, send)
+            return
         if (
             scope["type"] != "http"
             or scope["method"] in ("GET", "HEAD")  # no body is read: streams stay lean

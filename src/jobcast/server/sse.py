@@ -64,7 +64,12 @@ class EventStreamResponse(Response):
         event_frame: Callable[[Event], bytes] | None = None,
         heartbeat: Callable[[], bytes] | None = None,
     ) -> None:
-        super().__init__(status_code=200)
+        # Not Response.__init__: it would render an empty body and add a Content-Length.
+        self.status_code = 200
+        self.background = None
+        self.body = b""
+        #: The response headers; an app (or the request-id layer) may add its own.
+        self.raw_headers = list(SSE_HEADERS)
         self.subscription = subscription
         self.replay = replay
         self.last_event_id = last_event_id
@@ -88,7 +93,7 @@ class EventStreamResponse(Response):
         watcher = asyncio.ensure_future(_wait_for_disconnect(receive))  # E1
         watcher.add_done_callback(lambda _: subscription.close(CloseReason.CLIENT))
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             opening, finished = self._opening()
             await self._write(send, opening)
             while not finished:
