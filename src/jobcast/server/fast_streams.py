@@ -23,7 +23,6 @@ F3. ``install()`` puts it outside jobcast's other middlewares, and ``jobcast ser
 
 from __future__ import annotations
 
-import uuid
 from typing import TYPE_CHECKING
 
 from starlette.requests import HTTPConnection
@@ -37,7 +36,7 @@ from jobcast.server.errors import jobcast_error_response
 from jobcast.server.events_api import open_events_stream, resume_id
 from jobcast.server.limits import headers_over_limit
 from jobcast.server.logs import REQUEST_ID
-from jobcast.server.request_id import HEADER, incoming_id
+from jobcast.server.request_id import HEADER, incoming_id, new_request_id
 
 if TYPE_CHECKING:
     from jobcast.server.app import Jobcast
@@ -66,7 +65,7 @@ class FastStreams:
         if scope["type"] != "http" or scope["method"] != "GET" or not self._takes(scope):
             await self.app(scope, receive, send)
             return
-        request_id = incoming_id(scope) or uuid.uuid4().hex  # F2
+        request_id = incoming_id(scope) or new_request_id()  # F2
         token = REQUEST_ID.set(request_id)
         try:
             # Opened in a call of its own so that nothing it parsed (headers, query, the
