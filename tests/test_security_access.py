@@ -15,7 +15,7 @@ import pytest
 import websockets
 
 from jobcast.server.logs import RedactSecrets, install_log_redaction
-from tests.support import EventStream, LiveServer
+from tests.support import EventStream, LiveServer, wait_until
 from tests.ws_support import receive_until_closed
 
 LiveServerFactory = Callable[..., LiveServer]
@@ -284,6 +284,8 @@ async def test_the_total_stream_cap_is_503(
     async with first, second:
         third = await client.get(url, params={"topic": "a"}, headers=server.auth("carol"))
         assert third.status_code == 503 and "stream limit" in third.json()["message"]
+    # The server frees a stream's place when it sees the connection close, not before.
+    await wait_until(lambda: server.jc.hub.subscriber_count == 0)
     async with EventStream(client, url, params={"topic": "a"}, headers=server.auth()) as again:
         assert again.response is not None and again.response.status_code == 200  # room again
 

@@ -31,6 +31,7 @@ import jwt
 import orjson
 
 from jobcast.errors import Unauthorized
+from jobcast.verified_tokens import VerifiedTokens
 
 if TYPE_CHECKING:
     from jobcast.config import Settings
@@ -90,6 +91,8 @@ class TokenAuthority:
         if isinstance(keys, str):
             keys = KeyConfig(secret=keys, **options)
         self.keys = keys
+        #: Bearer tokens verified in the last minute (``verified_tokens.py``).
+        self._verified = VerifiedTokens()
         self._jwks = jwt.PyJWKClient(keys.jwks_url, lifespan=300) if keys.jwks_url else None
         # The shared secret as prepared keys, one per HMAC algorithm: PyJWT re-inspects a raw
         # secret on every decode (is it PEM, JWK JSON, ...?), which cost more than the
@@ -124,14 +127,21 @@ class TokenAuthority:
     # -- verifying -------------------------------------------------------------------------
 
     async def verify(self, token: str, *, via: str = "bearer") -> Principal:
-        """Verify a bearer token (fetching JWKS keys off the event loop when needed)."""
+        """Verify a bearer token (fetching JWKS keys off the event loop when needed); one that
+        verified in the last minute is answered from memory, until its expiry at the latest."""
+        now = time.time()
+        known = self._verified.get(token, now, via)
+        if known is not None:
+            return known
         key = await self._bearer_key(token)
         claims = self._decode(token, key, self._bearer_algorithms(key))
         if claims.get("typ") in (TICKET, SESSION):
             raise Unauthorized(
                 f"a {claims['typ']} is not a bearer token", reason="wrong_credential_type"
             )
-        return principal_from_claims(claims, via)
+        principal = principal_from_claims(claims, via)
+        self._verified.remember(token, principal, now)
+        return principal
 
     def verify_ticket(self, ticket: str) -> tuple[Principal, str, float]:
         """Verify a stream ticket: its principal, its id and its expiry. The caller spends
