@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
-from jobcast.server.app import create_app
+from jobcast.server.app import Jobcast, create_app
 from tests.support import LiveServer, make_settings
 
 
@@ -36,3 +38,21 @@ def server(make_server: Callable[..., LiveServer]) -> LiveServer:
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(timeout=10) as client:
         yield client
+
+
+@pytest.fixture
+def router_only(tmp_path: Path) -> Iterator[LiveServer]:
+    """jobcast's router mounted without ``install``: no fast path, the FastAPI routes answer."""
+    jc = Jobcast(make_settings(data_dir=tmp_path, heartbeat_interval=0.2))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with jc.lifespan(app):
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+    app.state.jobcast = jc
+    app.include_router(jc.router())
+    server = LiveServer(app).start()
+    yield server
+    server.stop()

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
-from pathlib import Path
+from collections.abc import Callable
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
-from jobcast.server.app import Jobcast
 from jobcast.server.fast_streams import job_id_of
-from tests.support import EventStream, LiveServer, make_settings
+from tests.support import EventStream, LiveServer
 
 
 @pytest.mark.parametrize(
@@ -28,24 +24,6 @@ from tests.support import EventStream, LiveServer, make_settings
 )
 def test_only_job_stream_paths_take_the_fast_path(path: str, job_id: str | None) -> None:
     assert job_id_of(path) == job_id
-
-
-@pytest.fixture
-def router_only(tmp_path: Path) -> Iterator[LiveServer]:
-    """jobcast's router mounted without ``install``: no fast path, the FastAPI routes answer."""
-    jc = Jobcast(make_settings(data_dir=tmp_path, heartbeat_interval=0.2))
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with jc.lifespan(app):
-            yield
-
-    app = FastAPI(lifespan=lifespan)
-    app.state.jobcast = jc
-    app.include_router(jc.router())
-    server = LiveServer(app).start()
-    yield server
-    server.stop()
 
 
 async def test_the_framework_routes_stream_without_the_fast_path(

@@ -74,7 +74,7 @@ def serve(
 
     from jobcast.config import Settings
     from jobcast.server.app import create_app
-    from jobcast.server.fast_streams import FastStreams
+    from jobcast.server.fast_paths import FastPaths
     from jobcast.server.gc_tuning import tune_for_serving
     from jobcast.server.logs import hide_password, log_config
 
@@ -97,7 +97,7 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     config = uvicorn.Config(
-        FastStreams(app_, app_.state.jobcast),  # streams skip even FastAPI's entry: F3
+        FastPaths(app_, app_.state.jobcast),  # streams skip even FastAPI's entry: F3
         host=host,
         port=port,
         log_level=log_level,

@@ -31,7 +31,7 @@ from jobcast.server.credentials import resolve_principal, stream_owner
 from jobcast.server.dashboard import dashboard_router
 from jobcast.server.errors import install_error_handlers
 from jobcast.server.events_api import events_router
-from jobcast.server.fast_streams import FastStreams
+from jobcast.server.fast_paths import FastPaths
 from jobcast.server.job_streams import SseRender, WsRender, job_event_stream
 from jobcast.server.jobs_api import jobs_router
 from jobcast.server.limits import BodyLimitMiddleware
@@ -166,7 +166,7 @@ class Jobcast:
         )
         install_cors(app, self.settings)
         app.add_middleware(RequestIdMiddleware)  # its id is in every log line
-        app.add_middleware(FastStreams, jc=self)  # outermost of ours: fast_streams.F1-F3
+        app.add_middleware(FastPaths, jc=self)  # outermost of ours: fast_paths.F1-F3
 
     def router(self) -> Any:
         from fastapi import APIRouter

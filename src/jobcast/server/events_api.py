@@ -57,29 +57,11 @@ def events_router(jc: "Jobcast") -> APIRouter:
     async def publish(
         body: PublishRequest | list[PublishRequest], request: Request, principal: principal_dep
     ) -> Published | PublishedBatch:
-        if principal is not None:
-            await jc.limiter.hit("publish", principal, request)
+        # Normally answered by fast_publish.py before reaching here (one definition, below).
         items = body if isinstance(body, list) else [body]
-        settings = jc.settings
-        if not items:
-            raise InvalidInput("the batch is empty")
-        if len(items) > settings.max_batch_events:
-            raise PayloadTooLarge(f"at most {settings.max_batch_events} events per batch")
-        drafts = []
-        for index, item in enumerate(items):
-            draft = EventDraft.create(item.topic, item.type, item.data)
-            if len(draft.data_json) > settings.max_event_bytes:
-                where = f"event {index}" if isinstance(body, list) else "the event"
-                raise PayloadTooLarge(
-                    f"{where} has {len(draft.data_json)} bytes of data; the limit is "
-                    f"{settings.max_event_bytes}"
-                )
-            jc.policy.check_publish(principal, draft.topic)
-            drafts.append(draft)
-        events = await jc.hub.publish_many(drafts)
-        if isinstance(body, list):
-            return PublishedBatch(ids=[event.id for event in events])
-        return Published(id=events[0].id)
+        drafts = [(item.topic, item.type, item.data) for item in items]
+        ids = await publish_events(jc, request, principal, drafts, batch=isinstance(body, list))
+        return PublishedBatch(ids=ids) if isinstance(body, list) else Published(id=ids[0])
 
     @router.get(
         "/api/events",
@@ -100,7 +82,7 @@ def events_router(jc: "Jobcast") -> APIRouter:
         ] = None,
         last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     ) -> EventStreamResponse:
-        # Normally answered by fast_streams.FastStreams before reaching here; the parameters
+        # Normally answered by fast_streams.py before reaching here; the parameters
         # above document the route and validate it when the fast path is not installed.
         return await open_events_stream(jc, request, principal)
 
@@ -115,6 +97,37 @@ async def open_events_stream(
     patterns = parse_patterns(query.getlist("topic"), limit=jc.settings.max_topics_per_subscription)
     allow = jc.policy.subscription_filter(principal, patterns)
     return await jc.open_stream(patterns, resume_id(connection), allow, principal=principal)
+
+
+async def publish_events(
+    jc: "Jobcast",
+    connection: HTTPConnection,
+    principal: Principal | None,
+    items: list[tuple[str, str, Any]],
+    *,
+    batch: bool,
+) -> list[str]:
+    """``POST /api/events`` once its body is parsed: check, publish, return the new ids."""
+    if principal is not None:
+        await jc.limiter.hit("publish", principal, connection)
+    settings = jc.settings
+    if not items:
+        raise InvalidInput("the batch is empty")
+    if len(items) > settings.max_batch_events:
+        raise PayloadTooLarge(f"at most {settings.max_batch_events} events per batch")
+    drafts = []
+    for index, (topic, event_type, data) in enumerate(items):
+        draft = EventDraft.create(topic, event_type, data)
+        if len(draft.data_json) > settings.max_event_bytes:
+            where = f"event {index}" if batch else "the event"
+            raise PayloadTooLarge(
+                f"{where} has {len(draft.data_json)} bytes of data; the limit is "
+                f"{settings.max_event_bytes}"
+            )
+        jc.policy.check_publish(principal, draft.topic)
+        drafts.append(draft)
+    events = await jc.hub.publish_many(drafts)
+    return [event.id for event in events]
 
 
 def resume_id(connection: HTTPConnection) -> str | None:

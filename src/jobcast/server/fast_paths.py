@@ -1,0 +1,91 @@
+"""The fast entrance: the hottest routes answered in front of the framework.
+
+Streams (``fast_streams.py``) and HTTP publishes (``fast_publish.py``) are most of what a busy
+jobcast serves. Through FastAPI each one passes a dozen layers: for a stream, each keeps a
+suspended frame alive for the stream's whole life; for a publish, routing, dependency solving
+and model validation cost more than publishing. This pure ASGI wrapper answers them with the
+same functions the FastAPI routes call, and hands everything else to the app.
+
+Decisions (cited as F1..F3):
+
+F1. It takes only the requests that need nothing from the layers it skips: headers within the
+    431 limits, and no ``Origin`` when CORS is configured (the CORS middleware must answer
+    those). Anything else goes to the app, whose middleware stack answers as for any request.
+F2. It does the one thing every response needs from the skipped layers itself: the request id
+    (``request_id.py``), in the logs and in the ``X-Request-ID`` header.
+F3. ``install()`` puts it outside jobcast's other middlewares, and ``jobcast serve`` wraps the
+    whole application in a second instance, so that on the standalone server these requests
+    do not even pass FastAPI's and Starlette's entry frames (about 3 KB per stream together).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from jobcast.server.browser import allowed_origins
+from jobcast.server.fast_publish import declared_json_length, publish_plain, read_body, replay
+from jobcast.server.fast_streams import EVENTS_PATH, is_stream_path, open_fast_stream
+from jobcast.server.limits import headers_over_limit
+from jobcast.server.logs import REQUEST_ID
+from jobcast.server.request_id import HEADER, incoming_id, new_request_id
+
+if TYPE_CHECKING:
+    from jobcast.server.app import Jobcast
+
+
+class FastPaths:
+    """Pure ASGI: SSE streams and plain publishes here, everything else to the app."""
+
+    def __init__(self, app: ASGIApp, jc: Jobcast) -> None:
+        self.app = app
+        self.jc = jc
+        self.cors = bool(allowed_origins(jc.settings))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self._plain(scope):
+            await self.app(scope, receive, send)
+            return
+        method, path = scope["method"], scope["path"]
+        if method == "GET" and is_stream_path(path):
+            await self._stream(scope, receive, send)
+        elif method == "POST" and path == EVENTS_PATH:
+            await self._publish(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    def _plain(self, scope: Scope) -> bool:  # F1
+        headers = scope["headers"]
+        if headers_over_limit(headers):
+            return False
+        return not (self.cors and any(name == b"origin" for name, _ in headers))
+
+    async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request_id = incoming_id(scope) or new_request_id()  # F2
+        token = REQUEST_ID.set(request_id)
+        try:
+            response = await open_fast_stream(self.jc, scope)
+            response.raw_headers.append((HEADER, request_id.encode()))
+            await response(scope, receive, send)
+        finally:
+            REQUEST_ID.reset(token)
+
+    async def _publish(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if declared_json_length(scope, self.jc.settings.max_body_bytes) is None:
+            await self.app(scope, receive, send)  # no length, too long, or not JSON
+            return
+        body = await read_body(receive)
+        if body is None:
+            return  # the client went away before sending its body
+        request_id = incoming_id(scope) or new_request_id()  # F2
+        token = REQUEST_ID.set(request_id)
+        try:
+            response = await publish_plain(self.jc, scope, body)
+            if response is None:  # not the plain shape: the FastAPI route answers
+                await self.app(scope, replay(body, receive), send)
+                return
+            response.raw_headers.append((HEADER, request_id.encode()))
+            await response(scope, receive, send)
+        finally:
+            REQUEST_ID.reset(token)

@@ -1,0 +1,99 @@
+"""``POST /api/events`` for the fast entrance (``fast_paths.py``).
+
+An HTTP publish through FastAPI spent more on routing, dependency solving, model validation
+and response serialisation than on publishing. This parses the body with orjson and checks its
+shape directly, then calls the same ``publish_events`` as the FastAPI route. It answers only
+the plain case, a JSON object or list of objects with string ``topic`` and ``type`` and any
+``data``: any other body (malformed JSON, a wrong field, an empty list, a body over the limit)
+goes to the FastAPI route, replayed as it arrived, so that every error keeps its one
+definition and wording.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import HTTPConnection
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope
+
+from jobcast.errors import JobcastError
+from jobcast.server.credentials import resolve_principal
+from jobcast.server.errors import jobcast_error_response
+from jobcast.server.events_api import publish_events
+
+if TYPE_CHECKING:
+    from jobcast.server.app import Jobcast
+
+FIELDS = frozenset(("topic", "type", "data"))
+
+
+def declared_json_length(scope: Scope, limit: int) -> int | None:
+    """The body length of a JSON request within ``limit``, else ``None`` (not ours to take)."""
+    length: int | None = None
+    json = False
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            if not value.isdigit() or int(value) > limit:
+                return None
+            length = int(value)
+        elif name == b"content-type":
+            json = value.partition(b";")[0].strip().lower() == b"application/json"
+    return length if json else None
+
+
+def plain_items(body: bytes) -> tuple[list[tuple[str, str, Any]], bool] | None:
+    """The events of a body in the plain shape, and whether it was a list; else ``None``."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    batch = isinstance(parsed, list)
+    items = []
+    for item in parsed if batch else [parsed]:
+        if not isinstance(item, dict) or not item.keys() <= FIELDS:
+            return None
+        topic, event_type = item.get("topic"), item.get("type")
+        if not isinstance(topic, str) or not isinstance(event_type, str):
+            return None
+        items.append((topic, event_type, item.get("data")))
+    return (items, batch) if items else None
+
+
+async def read_body(receive: Receive) -> bytes | None:
+    """The whole request body, or ``None`` if the client went away first."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands the app the body already read, then the real messages."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive_again() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return receive_again
+
+
+async def publish_plain(jc: Jobcast, scope: Scope, body: bytes) -> Response | None:
+    """The response to a plain publish, or ``None`` when the FastAPI route must answer."""
+    plain = plain_items(body)
+    if plain is None:
+        return None
+    items, batch = plain
+    connection = HTTPConnection(scope)
+    try:
+        principal = await resolve_principal(jc, connection)
+        ids = await publish_events(jc, connection, principal, items, batch=batch)
+    except JobcastError as exc:
+        return jobcast_error_response(exc)
+    content = orjson.dumps({"ids": ids} if batch else {"id": ids[0]})
+    return Response(content, 202, media_type="application/json")
