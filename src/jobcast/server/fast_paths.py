@@ -48,20 +48,13 @@ class FastPaths:
             await self.app(scope, receive, send)
             return
         method, path = scope["method"], scope["path"]
-        if method == "GET" and is_stream_path(path):
-            await self._stream(scope, receive, send)
-        elif method == "POST" and path == EVENTS_PATH:
+        if method == "POST" and path == EVENTS_PATH:
             await self._publish(scope, receive, send)
-        else:
+            return
+        if method != "GET" or not is_stream_path(path):
             await self.app(scope, receive, send)
-
-    def _plain(self, scope: Scope) -> bool:  # F1
-        headers = scope["headers"]
-        if headers_over_limit(headers):
-            return False
-        return not (self.cors and any(name == b"origin" for name, _ in headers))
-
-    async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+            return
+        # A stream, answered in this frame (not a helper's): it lives as long as the stream.
         request_id = incoming_id(scope) or new_request_id()  # F2
         token = REQUEST_ID.set(request_id)
         try:
@@ -70,6 +63,12 @@ class FastPaths:
             await response(scope, receive, send)
         finally:
             REQUEST_ID.reset(token)
+
+    def _plain(self, scope: Scope) -> bool:  # F1
+        headers = scope["headers"]
+        if headers_over_limit(headers):
+            return False
+        return not (self.cors and any(name == b"origin" for name, _ in headers))
 
     async def _publish(self, scope: Scope, receive: Receive, send: Send) -> None:
         if declared_json_length(scope, self.jc.settings.max_body_bytes) is None:

@@ -21,7 +21,6 @@ E5. An application may write events and heartbeats in its own format (``event_fr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 
@@ -90,8 +89,7 @@ class EventStreamResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         subscription = self.subscription
         subscription.writer = asyncio.current_task()
-        watcher = asyncio.ensure_future(_wait_for_disconnect(receive))  # E1
-        watcher.add_done_callback(lambda _: subscription.close(CloseReason.CLIENT))
+        watcher = DisconnectWatch(receive, subscription)  # E1
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             opening, finished = self._opening()
@@ -160,7 +158,34 @@ class EventStreamResponse(Response):
         subscription.writing_since = 0.0
 
 
-async def _wait_for_disconnect(receive: Receive) -> None:
-    with contextlib.suppress(Exception):
-        while (await receive())["type"] != "http.disconnect":
-            pass
+class DisconnectWatch:
+    """Closes a subscription (``CLIENT``) once ``receive()`` says the client went away (E1).
+
+    A task per ``receive()`` and a done callback, no coroutine of its own: an idle stream
+    holds one small object here instead of a frame, a closure and a context manager.
+    """
+
+    __slots__ = ("_receive", "_subscription", "_task")
+
+    def __init__(self, receive: Receive, subscription: Subscription) -> None:
+        self._receive = receive
+        self._subscription = subscription
+        self._task = self._arm()
+
+    def _arm(self) -> asyncio.Future[Message]:
+        task = asyncio.ensure_future(self._receive())
+        task.add_done_callback(self._received)
+        return task
+
+    def _received(self, task: asyncio.Future[Message]) -> None:
+        if (
+            not task.cancelled()
+            and task.exception() is None
+            and task.result()["type"] != "http.disconnect"  # the request body: read on
+        ):
+            self._task = self._arm()
+            return
+        self._subscription.close(CloseReason.CLIENT)
+
+    def cancel(self) -> None:
+        self._task.cancel()
