@@ -10,7 +10,7 @@ rather than a coroutine, so each later write of a stream costs one extra call an
 
 from __future__ import annotations
 
-import os
+import random
 import re
 from collections.abc import Awaitable
 
@@ -32,8 +32,9 @@ def incoming_id(scope: Scope) -> str | None:
 
 
 def new_request_id() -> str:
-    """32 random hex digits, like a UUID4's, at a fifth of ``uuid.uuid4().hex``'s cost."""
-    return os.urandom(16).hex()
+    """32 random hex digits, like a UUID4's, without a system call: an id must be unique, not
+    unpredictable (the generator is seeded from the OS, and again in each forked process)."""
+    return f"{random.getrandbits(128):032x}"
 
 
 class RequestIdMiddleware:
