@@ -7,6 +7,7 @@ PostgreSQL store with the server, as they would on other machines.
 from __future__ import annotations
 
 import signal
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from tests.services import (
     redis_url,
 )
 from tests.support import LiveServer
+from tests.test_metrics_processes import scrape_until
 
 pytestmark = needs_services
 
@@ -85,6 +87,28 @@ async def test_jobs_run_on_workers_with_progress_cancellation_and_timeouts(
     timed = await submit(client, server, "quick_timeout")
     events = await watch(client, server, timed["id"], timeout=15)
     assert events[-1][0] == "failed" and events[-1][1]["error"]["type"] == "Timeout"
+
+
+async def test_a_worker_s_jobs_are_in_the_server_s_metrics(
+    make_server: Callable[..., LiveServer],
+    procs: Processes,
+    shared: dict[str, Any],
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    fast = {**shared, "metrics_snapshot_seconds": 0.2}
+    worker = procs.worker("worker", data_dir=tmp_path / "worker", **fast)
+    server = make_server(**fast)
+    for _ in range(2):
+        job = await submit(client, server, "demo", {"steps": 2, "delay": 0.01})
+        assert (await watch(client, server, job["id"], timeout=15))[-1][0] == "succeeded"
+    ran_on_worker = (
+        "jobcast_job_duration_seconds_count"
+        f"[('process', '{socket.gethostname()}:{worker.pid}'), ('state', 'succeeded')]"
+    )
+    values = await scrape_until(client, server.url, {ran_on_worker: 2})
+    assert values["jobcast_metrics_processes"] == 2  # the server and the worker
+    assert values[ran_on_worker.replace("_count", "_sum")] > 0
 
 
 async def test_a_queued_job_is_cancelled_before_any_worker_takes_it(

@@ -20,6 +20,9 @@ K3. A job already terminal when it is dequeued (cancelled while queued, or finis
 K4. SAQ's sweep asks a stuck job's worker to abort it and waits up to 5 s for an answer, one
     job after another: a dead worker that held 20 jobs would delay recovery by 100 s. Live
     workers poll for aborts every second (the ``abort`` timer), so two seconds is enough.
+K5. A worker reports its job metrics (durations of the jobs it ran, its store writes and
+    errors) as a process of its own in the shared metrics snapshots, so any server's
+    ``/metrics`` covers the jobs that ran on workers too.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import functools
 import logging
 from typing import Any
 
+from prometheus_client import CollectorRegistry, generate_latest
 from saq import Worker
 from saq.job import Status
 from saq.types import PartialTimersDict
@@ -39,11 +43,14 @@ from jobcast.config import Settings
 from jobcast.errors import InvalidInput
 from jobcast.hub import Hub
 from jobcast.jobs import builtin
+from jobcast.jobs.metrics import JobsCollector
 from jobcast.jobs.model import JobState
 from jobcast.jobs.registry import Registry
 from jobcast.jobs.runner import EmbeddedRunner
 from jobcast.jobs.worker_queue import TASK, open_queue
+from jobcast.server.metrics_shared import SharedMetrics
 from jobcast.stores import open_store
+from jobcast.stores.base import JobStore
 
 logger = logging.getLogger("jobcast.worker")
 
@@ -79,9 +86,13 @@ class JobWorker:
         await broker.connect()  # publish-only: no fan-out in a worker
         hub = Hub(broker, settings.hub_options())
         store = open_store(settings.resolved_store_url)
+        metrics: SharedMetrics | None = None
         try:
             await store.open()
             self.runner = EmbeddedRunner(store, hub, self.registry, settings.runner_options())
+            if settings.metrics_snapshot_seconds > 0:  # K5
+                metrics = self._shared_metrics(store)
+                metrics.start()
             queue = open_queue(settings.queue_url or "")
             sweep = queue.sweep
             queue.sweep = functools.partial(sweep, abort=SWEEP_ABORT_WAIT)  # type: ignore[method-assign]  # K4
@@ -102,8 +113,20 @@ class JobWorker:
             logger.info("worker ready: kinds %s", ", ".join(self.registry.kinds))
             await worker.start()
         finally:
+            if metrics is not None:
+                await metrics.close()
             await store.close()
             await broker.close()
+
+    def _shared_metrics(self, store: JobStore) -> SharedMetrics:
+        registry = CollectorRegistry()
+        registry.register(JobsCollector(lambda: store, lambda: self.runner))
+        settings = self.settings
+        return SharedMetrics(
+            settings.resolved_broker_url,
+            settings.metrics_snapshot_seconds,
+            lambda: generate_latest(registry),
+        )
 
     async def _run_job(self, ctx: dict[str, Any], *, job_id: str) -> None:
         runner, queued = self.runner, ctx["job"]

@@ -35,14 +35,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
-    HistogramMetricFamily,
     Metric,
 )
 from prometheus_client.registry import Collector
 
 from jobcast.errors import JobcastError
+from jobcast.jobs.metrics import JobsCollector
 from jobcast.jobs.model import JobState
-from jobcast.jobs.stats import DURATION_BUCKETS
 from jobcast.subscription import CloseReason
 
 if TYPE_CHECKING:
@@ -130,56 +129,6 @@ class HubCollector(Collector):
         )
 
 
-class JobsCollector(Collector):
-    """The job store's writes and errors, and the durations of jobs that ended here."""
-
-    def __init__(self, jc: "Jobcast") -> None:
-        self.jc = jc
-
-    def collect(self) -> Iterator[Metric]:
-        store = self.jc._store
-        if store is not None:
-            stats = store.stats
-            yield CounterMetricFamily(
-                "jobcast_store_rows_written",
-                "Job rows inserted or updated by the job store (progress writes coalesced).",
-                value=stats.rows_written,
-            )
-            yield CounterMetricFamily(
-                "jobcast_store_transactions",
-                "Job store transactions that wrote job rows (each a group commit).",
-                value=stats.transactions,
-            )
-            errors = CounterMetricFamily(
-                "jobcast_store_errors",
-                "Job store database errors (answered 503), by operation.",
-                labels=["operation"],
-            )
-            errors.add_metric(["read"], stats.read_errors)
-            errors.add_metric(["write"], stats.write_errors)
-            yield errors
-        runner = self.jc._runner
-        if runner is None:
-            return
-        durations = HistogramMetricFamily(
-            "jobcast_job_duration_seconds",
-            "From a job's start (or submission, if it never started) to its end, for jobs "
-            "that ended in this process, by terminal state.",
-            labels=["state"],
-        )
-        for state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
-            found = runner.stats.durations.get(state)
-            counts = found.counts if found is not None else [0] * (len(DURATION_BUCKETS) + 1)
-            cumulative, buckets = 0, []
-            for bound, count in zip((*map(str, DURATION_BUCKETS), "+Inf"), counts, strict=True):
-                cumulative += count
-                buckets.append((bound, float(cumulative)))
-            durations.add_metric(
-                [state.value], buckets, sum_value=found.total if found is not None else 0.0
-            )
-        yield durations
-
-
 class Metrics:
     """The registry of one :class:`Jobcast` (no process-global registry: apps stay separate)."""
 
@@ -187,7 +136,7 @@ class Metrics:
         self.jc = jc
         self.registry = CollectorRegistry()
         self.registry.register(HubCollector(jc))
-        self.registry.register(JobsCollector(jc))
+        self.registry.register(JobsCollector(lambda: jc._store, lambda: jc._runner))
         self.write_latency = Histogram(
             "jobcast_publish_to_write_seconds",
             "From an event's commit to its first write to a stream.",
