@@ -15,20 +15,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import multiprocessing
 import shlex
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from bench import scenarios
 from bench.report import Check, Figures, Results, chart, machine, table, write_json
 from bench.scenarios import QUICK, Scale
+from bench.scraper import scraping
 from bench.targets import (
     HOST,
     BaselineTarget,
@@ -227,28 +225,15 @@ def checks(scale: Scale) -> list[Check]:
     return found
 
 
-def _scrape_forever(url: str, stop: Any) -> None:
-    while not stop.wait(0.2):
-        with contextlib.suppress(OSError):
-            urllib.request.urlopen(url, timeout=5).read()
-
-
 def _while_scraping(target: Target, run: Callable[[], Figures]) -> Figures:
     """Run a scenario while a Prometheus-like scraper reads ``/metrics`` every 200 ms.
 
     The scraper is a process of its own: a thread would share the publisher's interpreter
     lock, and the row would measure a slower publisher instead of the cost of metrics.
     """
-    ctx = multiprocessing.get_context("spawn")
-    stop = ctx.Event()
-    url = f"http://{HOST}:{target.ports[0]}/metrics"
-    scraper = ctx.Process(target=_scrape_forever, args=(url, stop), daemon=True)
-    scraper.start()
-    try:
-        return run()
-    finally:
-        stop.set()
-        scraper.join(10)
+    with scraping(f"http://{HOST}:{target.ports[0]}/metrics") as scraped:
+        figures = run()
+    return {**figures, **scraped}
 
 
 @contextlib.contextmanager

@@ -13,12 +13,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from bench.scraper import scraping
+
 ROOT = Path(__file__).parent.parent
 
 
 def test_a_quick_benchmark_run_delivers_everything_and_writes_its_table(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "bench", "--scale", "quick", "--no-chart"]
-    command += ["--rows", "fanout-100-burst", "--targets", "jobcast,baseline"]
+    command += ["--rows", "fanout-100-burst,fanout-100-burst-scraped"]
+    command += ["--targets", "jobcast,baseline"]
     command += ["--out", str(tmp_path)]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -31,3 +35,11 @@ def test_a_quick_benchmark_run_delivers_everything_and_writes_its_table(tmp_path
         figures = medians[target]
         assert figures["delivered"] == figures["expected"] > 0, (target, figures)
         assert figures["lost"] == figures["duplicates"] == figures["refused_streams"] == 0
+    scraped = json.loads(written.read_text())["medians"]["fanout-100-burst-scraped"]["jobcast"]
+    assert scraped["scrapes"] > 0  # the scraper process really ran (it once failed to start)
+
+
+def test_a_scraper_that_never_scraped_fails_its_row() -> None:
+    unreachable = "http://127.0.0.1:9/metrics"
+    with pytest.raises(RuntimeError, match="never read"), scraping(unreachable, first_within=1):
+        pass

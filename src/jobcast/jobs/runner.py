@@ -5,12 +5,13 @@ Decisions (cited as R1..R4):
 R1. Each running job is two tasks: an outer one that owns the job's lifecycle and an inner one
     that runs the handler. Cancellation, timeouts and shutdown only ever cancel the inner task,
     so the outer one always gets to publish the terminal event and write the store.
-R2. Sync handlers run in a thread pool (``threads.py``). A thread cannot be killed: cancelling
-    one sets the context's flag, which makes its next ``progress()`` or ``check_cancelled()``
-    raise; the job is reported cancelled (or timed out) at once. A handler that never checks
-    keeps its thread after its job ended: up to ``max_abandoned_threads`` spare threads take
-    the place of such threads; past that, the job's slot waits for its thread, so the next
-    jobs wait as ``queued``, never as ``running`` jobs queued inside the pool.
+R2. Sync handlers run in a thread pool (``threads.py``; each call in ``handler_calls.py``).
+    A thread cannot be killed: cancelling one sets the context's flag, which makes its next
+    ``progress()`` or ``check_cancelled()`` raise; the job is reported cancelled (or timed
+    out) at once. A handler that never checks keeps its thread after its job ended: up to
+    ``max_abandoned_threads`` spare threads take the place of such threads; past that, the
+    job's slot waits for its thread, so the next jobs wait as ``queued``, never as
+    ``running`` jobs queued inside the pool.
 R3. Recovery at startup: a job found ``running`` was interrupted by a crash. It is re-queued
     when its handler is ``retry_safe`` (up to ``max_attempts`` runs), else failed with an
     ``Interrupted`` error. Queued jobs resume in submission order. A graceful shutdown applies
@@ -28,16 +29,15 @@ import collections
 import contextlib
 import logging
 from collections.abc import Collection
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jobcast._lock import ProcessLock
 from jobcast.errors import Conflict, InvalidInput, JobcastError, NotFound, Unavailable
-from jobcast.events import dumps
 from jobcast.jobs.access import Access, JobAccess
-from jobcast.jobs.context import JobCancelled, JobContext
+from jobcast.jobs.context import JobContext
+from jobcast.jobs.handler_calls import HandlerCalls, after_interruption, job_error
 from jobcast.jobs.live import LiveJob
 from jobcast.jobs.model import InputFile, Job, JobState, new_job_id
 from jobcast.jobs.registry import HandlerSpec, Registry
@@ -83,8 +83,8 @@ class EmbeddedRunner:
         self._threads = HandlerThreads(  # R2
             options.concurrency, options.max_abandoned_threads, self._slots.release
         )
+        self._calls = HandlerCalls(self._threads, options.default_timeout)
         self._dispatcher: asyncio.Task[None] | None = None
-        self._handler_tasks: dict[str, asyncio.Future[Any]] = {}
         self._lock = ProcessLock(options.uploads_dir.parent / "runner.lock", "the job runner")
         self.stats = JobStats()
 
@@ -298,7 +298,9 @@ class EmbeddedRunner:
                 await self._finish(
                     live,
                     JobState.FAILED,
-                    error=_error("UnknownKind", f"no handler for kind {live.job.kind!r} is loaded"),
+                    error=job_error(
+                        "UnknownKind", f"no handler for kind {live.job.kind!r} is loaded"
+                    ),
                 )
                 return
             await live.transition(JobState.RUNNING)
@@ -310,13 +312,13 @@ class EmbeddedRunner:
                 # Watchers must see an end (a shutdown's re-queue is R3's at restart): fail it;
                 # its terminal state is stored once the store is back (live.L5).
                 with contextlib.suppress(JobcastError):
-                    error = _error("Unavailable", f"the job could not run: {exc}")
+                    error = job_error("Unavailable", f"the job could not run: {exc}")
                     await self._finish(live, JobState.FAILED, error=error)
         except Exception:
             logger.exception("job %s: the runner failed", live.job.id)
             if not live.job.terminal:
                 with contextlib.suppress(Exception):
-                    error = _error("InternalError", "the job runner failed; see the server log")
+                    error = job_error("InternalError", "the job runner failed; see the server log")
                     await self._finish(live, JobState.FAILED, error=error)
         finally:
             self._untrack(live)
@@ -334,56 +336,16 @@ class EmbeddedRunner:
             input=job.input,
             input_path=self.upload_path(job.id) if job.input else None,
         )
-        args = (ctx, spec.handler_params(job.params))
-        work: Future[Any] | None = None
-        if live.cancel_requested:
-            task: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            task.cancel()
-        elif spec.is_async:
-            task = asyncio.ensure_future(spec.fn(*args))
-        else:  # R2
-            work = self._threads.submit(spec.fn, *args)
-            task = asyncio.wrap_future(work)
-        self._handler_tasks[job.id] = task
-        timeout = spec.timeout or self.options.default_timeout
-        try:
-            done, _ = await asyncio.wait({task}, timeout=timeout)
-        finally:
-            self._handler_tasks.pop(job.id, None)
-        live.request_cancel()  # whatever happened, the handler's later reports are refused
-        if not done:
-            task.cancel()
-        if work is not None and not work.done():
-            self._threads.outlived(job.id, work)
-        if not done:
-            message = f"the job did not finish within its {timeout:g} s timeout"
-            await self._finish(live, JobState.FAILED, error=_error("Timeout", message))
-        elif task.cancelled() or isinstance(task.exception(), JobCancelled):
-            if live.stop_reason == "shutdown":
-                await self._interrupted(live, "the server shut down while the job was running")
-            else:
-                await self._finish(live, JobState.CANCELLED, message="cancelled")
-        elif (exc := task.exception()) is not None:
-            if not isinstance(exc, Exception):
-                raise exc
-            logger.info("job %s failed", job.id, exc_info=exc)
-            await self._finish(live, JobState.FAILED, error=_error(type(exc).__name__, str(exc)))
+        ending = await self._calls.call(live, spec, ctx)
+        if ending.state is None:
+            await self._interrupted(live, "the server shut down while the job was running")
         else:
-            result = task.result()
-            try:
-                dumps(result)
-            except InvalidInput as bad:
-                error = _error("InvalidResult", f"the handler's result is not JSON: {bad}")
-                await self._finish(live, JobState.FAILED, error=error)
-                return
-            await self._finish(live, JobState.SUCCEEDED, result=result)
+            await self._finish(live, ending.state, **ending.fields)
 
     def _stop(self, live: LiveJob, reason: str) -> None:
         live.stop_reason = live.stop_reason or reason
         live.request_cancel()
-        task = self._handler_tasks.get(live.job.id)
-        if task is not None:
-            task.cancel()
+        self._calls.cancel(live.job.id)
 
     async def _finish(self, live: LiveJob, state: JobState, **fields: Any) -> None:
         await live.stop_pump()
@@ -391,17 +353,8 @@ class EmbeddedRunner:
 
     async def _interrupted(self, live: LiveJob, why: str) -> None:  # R3
         spec = self.registry.find(live.job.kind)
-        attempts = live.job.attempts
-        if spec is not None and spec.retry_safe and attempts < self.options.max_attempts:
-            await self._finish(live, JobState.QUEUED, message=f"re-queued: {why}")
-            return
-        reason = (
-            "its handler is not marked retry_safe"
-            if spec is None or not spec.retry_safe
-            else f"it was already tried {attempts} times"
-        )
-        error = _error("Interrupted", f"{why} (attempt {attempts}); not retried: {reason}")
-        await self._finish(live, JobState.FAILED, error=error)
+        ending = after_interruption(spec, live.job.attempts, self.options.max_attempts, why)
+        await self._finish(live, ending.state or JobState.FAILED, **ending.fields)
 
     # -- bookkeeping (R4) ------------------------------------------------------------------
 
@@ -428,7 +381,3 @@ class EmbeddedRunner:
 
     def _remember_owner(self, job: Job) -> None:
         self.access.remember(job)
-
-
-def _error(kind: str, message: str) -> dict[str, str]:
-    return {"type": kind, "message": message}
