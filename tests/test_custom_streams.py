@@ -70,7 +70,7 @@ def custom_app(data_dir: Path, **settings: Any) -> FastAPI:
     async def feed(request: Request) -> Response:
         resume = request.headers.get("last-event-id")
         patterns = (TopicPattern.parse("feed"),)
-        return await jc.open_stream(
+        stream = await jc.open_stream(
             patterns,
             resume,
             None,
@@ -78,6 +78,8 @@ def custom_app(data_dir: Path, **settings: Any) -> FastAPI:
             event_frame=unnamed,
             heartbeat=lambda: BEAT,
         )
+        stream.headers["X-Feed-Version"] = "2"  # an app's own header goes out with the stream
+        return stream
 
     @app.get("/watch/{job_id}")
     async def watch(job_id: str, request: Request) -> Response:
@@ -115,6 +117,9 @@ async def test_open_stream_writes_the_apps_own_frames(
     server: LiveServer, client: httpx.AsyncClient
 ) -> None:
     async with EventStream(client, f"{server.url}/feed") as stream:
+        assert stream.response is not None
+        assert stream.response.headers["x-feed-version"] == "2"
+        assert stream.response.headers["content-type"].startswith("text/event-stream")
         hello = await stream.next()
         assert (hello.event, hello.data, hello.id) == ("message", '{"hello":true}', None)
         beat = await stream.next()  # a named event instead of the ": ping" comment

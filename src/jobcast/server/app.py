@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, WebSocket
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from jobcast import __version__
@@ -39,6 +39,7 @@ from jobcast.server.logs import install_log_redaction, use_json_logs
 from jobcast.server.metrics import Metrics, metrics_router
 from jobcast.server.ratelimit import RateLimiter
 from jobcast.server.request_id import RequestIdMiddleware
+from jobcast.server.service_api import service_router
 from jobcast.server.shared_state import rate_limit_storage, shared_redis_pool, spent_tickets
 from jobcast.server.signals import drain_on_exit_signals
 from jobcast.server.sse import EventStreamResponse
@@ -178,28 +179,7 @@ class Jobcast:
         router.include_router(jobs_router(self))
         router.include_router(ws_router(self))
         router.include_router(dashboard_router())
-
-        @router.get("/health", tags=["service"], summary="Liveness and connection count")
-        async def health() -> dict[str, Any]:
-            hub = self.hub
-            return {
-                "status": "draining" if hub.draining else "ok",
-                "version": __version__,
-                "connected_clients": hub.subscriber_count,
-                "epoch": hub.broker.epoch,
-            }
-
-        @router.get(
-            "/ready",
-            tags=["service"],
-            summary="Readiness: 503 once the server drains, so a load balancer stops routing here",
-            responses={503: {"description": "Draining or not started"}},
-        )
-        async def ready() -> JSONResponse:
-            hub = self._hub
-            if hub is None or hub.draining:
-                return JSONResponse({"ready": False, "reason": "draining"}, status_code=503)
-            return JSONResponse({"ready": True})
+        router.include_router(service_router(self))
 
         return router
 

@@ -1,0 +1,40 @@
+"""``/health`` and ``/ready``: what a process manager and a load balancer ask."""
+
+# No ``from __future__ import annotations``: FastAPI reads these signatures at runtime.
+
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from jobcast import __version__
+
+if TYPE_CHECKING:
+    from jobcast.server.app import Jobcast
+
+
+def service_router(jc: "Jobcast") -> APIRouter:
+    router = APIRouter(tags=["service"])
+
+    @router.get("/health", summary="Liveness and connection count")
+    async def health() -> dict[str, Any]:
+        hub = jc.hub
+        return {
+            "status": "draining" if hub.draining else "ok",
+            "version": __version__,
+            "connected_clients": hub.subscriber_count,
+            "epoch": hub.broker.epoch,
+        }
+
+    @router.get(
+        "/ready",
+        summary="Readiness: 503 once the server drains, so a load balancer stops routing here",
+        responses={503: {"description": "Draining or not started"}},
+    )
+    async def ready() -> JSONResponse:
+        hub = jc._hub
+        if hub is None or hub.draining:
+            return JSONResponse({"ready": False, "reason": "draining"}, status_code=503)
+        return JSONResponse({"ready": True})
+
+    return router
