@@ -193,12 +193,20 @@ class Subscription:
             if not waiter.done():
                 waiter.set_result(None)
 
+    def waiter(self) -> asyncio.Future[None] | None:
+        """A future that is done once there is something to write, a heartbeat is due, or the
+        subscription is closed; ``None`` when that is already so. Awaiting it directly keeps
+        no coroutine frame alive while a stream is idle (``wait()`` does)."""
+        if self.pending_count or self.heartbeat_due or self.close_reason is not None:
+            return None
+        waiter = self._waiter = self._loop.create_future()
+        return waiter
+
     async def wait(self) -> None:
         """Return once there is something to write, a heartbeat is due, or it was closed."""
-        if self.pending_count or self.heartbeat_due or self.close_reason is not None:
-            return
-        waiter = self._waiter = self._loop.create_future()
-        await waiter
+        waiter = self.waiter()
+        if waiter is not None:
+            await waiter
 
     def take(self) -> list[Event]:
         """Take every pending event, oldest first (S1)."""

@@ -126,6 +126,8 @@ class Jobcast:
         )
         await hub.start()
         self._hub = hub
+        # Each stream's response holds these: one bound method each for all of them.
+        self._stream_hooks = (hub.unsubscribe, self.metrics.observe_write, self._closing_frame)
         try:
             await self.metrics.start()
             store = self._store = open_store(settings.resolved_store_url)
@@ -238,14 +240,15 @@ class Jobcast:
         heartbeat: Callable[[], bytes] | None = None,
     ) -> EventStreamResponse:
         """The SSE response for a subscription the caller already holds."""
+        on_close, on_write, closing_frame = self._stream_hooks
         return EventStreamResponse(
             subscription,
             replay=replay,
             last_event_id=last_event_id,
             retry_ms=self.settings.retry_ms,
-            on_close=self.hub.unsubscribe,
-            on_write=self.metrics.observe_write,
-            closing_frame=self._closing_frame,
+            on_close=on_close,
+            on_write=on_write,
+            closing_frame=closing_frame,
             prelude=prelude,
             final=final,
             event_frame=event_frame,

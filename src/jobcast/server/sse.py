@@ -95,7 +95,9 @@ class EventStreamResponse(Response):
             opening, finished = self._opening()
             await self._write(send, opening)
             while not finished:
-                await subscription.wait()
+                waiter = subscription.waiter()
+                if waiter is not None:
+                    await waiter
                 if subscription.close_reason is not None:
                     break
                 events, finished = self._until_final(subscription.take())
