@@ -74,6 +74,7 @@ def rows(scale: Scale) -> list[Row]:
         # costs per connection, before any application code.
         Row(f"idle-{scale.idle}", scenarios.idle, (*ALL, "floor")),
         Row(f"connect-{scale.connect}", scenarios.connect, (*ALL, "floor")),
+        Row(f"reconnect-{scale.connect}", scenarios.reconnect, (*ALL, "floor")),
         Row(f"jobs-{scale.jobs}", scenarios.jobs, ("jobcast", "baseline")),
         Row(f"slow-{scale.slow}", scenarios.slow_consumers),
         Row(
@@ -160,6 +161,9 @@ def checks(scale: Scale) -> list[Check]:
             lambda r: ratio(connect, "connections_per_s")(r) >= 5,
         ),
         Check(connect, "first_event_p99_ms", "first event p99 ms"),
+        # Not the target's row (that is a first wave of new clients); a deploy's reconnects.
+        Check(f"re{connect}", "connections_per_s", "connections/s, clients coming back"),
+        Check(f"re{connect}", "first_event_p99_ms", "first event p99 ms"),
         Check(
             topics,
             "server_cpu_s",

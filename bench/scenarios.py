@@ -189,6 +189,22 @@ def connect(target: Target, scale: Scale) -> Figures:
     return figures
 
 
+def reconnect(target: Target, scale: Scale) -> Figures:
+    """``connect`` streams open, all drop, and the same clients come back with the credentials
+    they hold (a deploy or a drained instance): the second wave's rate and first event."""
+    topic = "bench/reconnect"
+    specs = [StreamSpec(target.stream_request([topic], i), expect=1) for i in range(scale.connect)]
+    first = LoadGenerator(HOST, target.ports, specs, processes=scale.processes)
+    try:
+        first.connect(timeout=scale.deadline)
+    finally:
+        first.close()
+    figures, _ = stream_and_publish(target, specs, one_topic_plan(topic, 1), scale)
+    figures["connections_per_s"] = scale.connect / figures["connect_s"]
+    figures["first_event_p99_ms"] = figures["p99_ms"]
+    return figures
+
+
 def slow_consumers(target: Target, scale: Scale) -> Figures:
     """1% of the subscribers stop reading; how the others fare and what memory does."""
     topic = "bench/slow"

@@ -21,7 +21,7 @@ ROOT = Path(__file__).parent.parent
 
 def test_a_quick_benchmark_run_delivers_everything_and_writes_its_table(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "bench", "--scale", "quick", "--no-chart"]
-    command += ["--rows", "fanout-100-burst,fanout-100-burst-scraped"]
+    command += ["--rows", "fanout-100-burst,fanout-100-burst-scraped,reconnect-100"]
     command += ["--targets", "jobcast,baseline"]
     command += ["--out", str(tmp_path)]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
@@ -35,6 +35,9 @@ def test_a_quick_benchmark_run_delivers_everything_and_writes_its_table(tmp_path
         figures = medians[target]
         assert figures["delivered"] == figures["expected"] > 0, (target, figures)
         assert figures["lost"] == figures["duplicates"] == figures["refused_streams"] == 0
+    back = json.loads(written.read_text())["medians"]["reconnect-100"]
+    for target in ("jobcast", "baseline"):  # the second wave, with the first wave's requests
+        assert back[target]["delivered"] == back[target]["expected"] == 100, back[target]
     scraped = json.loads(written.read_text())["medians"]["fanout-100-burst-scraped"]["jobcast"]
     assert scraped["scrapes"] > 0  # the scraper process really ran (it once failed to start)
 
