@@ -53,3 +53,10 @@ async def chatty(ctx: JobContext, params: dict[str, Any]) -> str:
 @registry.handler("bad_result")
 async def bad_result(ctx: JobContext, params: dict[str, Any]) -> object:
     return object()
+
+
+@registry.handler("stubborn")
+def stubborn(ctx: JobContext, params: dict[str, Any]) -> None:
+    """A sync handler that never checks for cancellation: only its own end stops it."""
+    ctx.progress(10, stage="ignoring everyone")
+    time.sleep(60)  # the handler's own (uninterruptible) work

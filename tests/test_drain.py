@@ -43,7 +43,7 @@ def listening(port: int) -> bool:
 class Served:
     """``jobcast serve`` in a subprocess, on the test's data directory."""
 
-    def __init__(self, data_dir: Path, **env: float) -> None:
+    def __init__(self, data_dir: Path, **env: float | str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         environ = {k: v for k, v in os.environ.items() if not k.startswith("JOBCAST_")}
@@ -191,3 +191,36 @@ async def test_a_request_that_never_finishes_does_not_hold_the_exit_past_the_gra
     finally:
         writer.close()
         served.kill()
+
+
+async def test_a_sync_handler_that_ignores_cancellation_does_not_hold_the_exit(
+    tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    data = tmp_path / "data"
+    served = Served(data, shutdown_delay_seconds=0.2, shutdown_grace_seconds=2.0,
+                    handlers="tests.handlers")  # fmt: skip
+    try:
+        submitted = await client.post(
+            f"{served.url}/api/jobs", json={"kind": "stubborn"}, headers=auth()
+        )
+        job_id = submitted.json()["id"]
+
+        async def running() -> bool:
+            got = await client.get(f"{served.url}/api/jobs/{job_id}", headers=auth())
+            return bool(got.json()["state"] == "running")
+
+        await wait_for(running, timeout=10)
+        served.process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        # Its thread would run for a minute more; the process leaves without it.
+        assert await asyncio.to_thread(served.process.wait, 10) == 0
+        assert time.monotonic() - signalled < 2.0 + 1.0
+        assert "job handler thread(s) still running" in served.log.read_text()
+    finally:
+        served.kill()
+    again = Served(data, handlers="tests.handlers")
+    try:
+        job = (await client.get(f"{again.url}/api/jobs/{job_id}", headers=auth())).json()
+        assert job["state"] == "failed" and job["error"]["type"] == "Interrupted", job
+    finally:
+        again.kill()

@@ -122,7 +122,38 @@ def serve(
     # led to a clean, graceful shutdown is a successful exit for a service manager.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     tune_for_serving()  # the app is built: see server/gc_tuning.py
-    uvicorn.Server(config).run()
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        _exit_past_stuck_handlers()
+
+
+def _exit_past_stuck_handlers() -> None:
+    """Exit now if a sync job handler that ignores cancellation is still running.
+
+    Python cannot stop a thread, and the interpreter would wait for it at exit, past any grace
+    period. Its job was already settled when the runner closed (re-queued or failed, runner
+    R3), so nothing is lost by leaving without it.
+    """
+    from jobcast.jobs.threads import handler_threads_alive
+
+    stuck = handler_threads_alive()
+    if not stuck:
+        return
+    import logging
+
+    error = sys.exc_info()[1]  # how serve was ending: sys.exit() from the SIGTERM handler
+    if isinstance(error, SystemExit):
+        code = error.code if isinstance(error.code, int) else int(error.code is not None)
+    else:
+        code = int(error is not None)
+    logging.getLogger("jobcast").warning(
+        "exiting with %d job handler thread(s) still running; their jobs were re-queued or "
+        "failed as interrupted",
+        stuck,
+    )
+    logging.shutdown()
+    os._exit(code)
 
 
 @app.command(

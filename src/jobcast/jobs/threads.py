@@ -13,18 +13,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 logger = logging.getLogger("jobcast.jobs")
 
+THREAD_PREFIX = "jobcast-job"
+
+
+def handler_threads_alive() -> int:
+    """How many sync handlers' threads are still running, in any pool of this process."""
+    return sum(t.name.startswith(THREAD_PREFIX) and t.is_alive() for t in threading.enumerate())
+
 
 class HandlerThreads:
     """``submit`` sync handlers; tell ``outlived`` of a thread whose job ended without it."""
 
     def __init__(self, concurrency: int, spare: int, release_slot: Callable[[], None]) -> None:
-        self._executor = ThreadPoolExecutor(concurrency + spare, thread_name_prefix="jobcast-job")
+        self._executor = ThreadPoolExecutor(concurrency + spare, thread_name_prefix=THREAD_PREFIX)
         self._spare = spare
         self._release_slot = release_slot
         #: Threads of ended jobs still running, each with a spare thread in its place.
