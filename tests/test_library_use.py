@@ -57,3 +57,43 @@ def test_public_api_is_curated() -> None:
     )
     for name in jobcast.__all__:
         assert hasattr(jobcast, name)
+
+
+async def test_middleware_added_after_install_sees_streams_and_publishes(
+    tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    """The README's promise about the fast entrance: added after ``install()``, an app's own
+    middleware sees jobcast's streams and publishes; added before, it does not."""
+    from fastapi import FastAPI
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+    from tests.support import make_settings
+
+    seen: dict[str, list[str]] = {"before": [], "after": []}
+
+    class Audit:
+        def __init__(self, app: ASGIApp, name: str) -> None:
+            self.app, self.name = app, name
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http":
+                seen[self.name].append(f"{scope['method']} {scope['path']}")
+            await self.app(scope, receive, send)
+
+    jc = jobcast.Jobcast(make_settings(data_dir=tmp_path, heartbeat_interval=0.2))
+    app = FastAPI(lifespan=jc.lifespan)
+    app.add_middleware(Audit, name="before")
+    jc.install(app)
+    app.add_middleware(Audit, name="after")
+    server = LiveServer(app).start()
+    try:
+        url = f"{server.url}/api/events"
+        async with EventStream(client, url, params={"topic": "a"}, headers=server.auth()):
+            published = await client.post(
+                url, json={"topic": "a", "type": "t"}, headers=server.auth("svc", "service")
+            )
+            assert published.status_code == 202
+    finally:
+        server.stop()
+    assert seen["after"] == ["GET /api/events", "POST /api/events"]
+    assert seen["before"] == []
