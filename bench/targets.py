@@ -121,6 +121,12 @@ class Target:
                 time.sleep(0.1)
         raise RuntimeError(f"{self.name} did not answer {health} within 30 s")
 
+    def _spawn_uvicorn(self, app: str) -> None:
+        """One uvicorn process serving ``app`` (a reference app), as jobcast's server runs."""
+        port = free_port()
+        command = [sys.executable, "-m", "uvicorn", app, "--host", HOST, "--port", str(port)]
+        self._spawn([*command, "--log-level", "warning"], {}, "/health", port)
+
     def log_tail(self) -> str:
         return "\n".join(
             path.read_text(errors="replace")[-2000:] for path in self.workdir.glob("*.log")
@@ -209,10 +215,7 @@ class BaselineTarget(Target):
         super().__init__("baseline")
 
     def start(self) -> None:
-        port = free_port()
-        command = [sys.executable, "-m", "uvicorn", "bench.baselines.seed_app:app"]
-        command += ["--host", HOST, "--port", str(port), "--log-level", "warning"]
-        self._spawn(command, {}, "/health", port)
+        self._spawn_uvicorn("bench.baselines.seed_app:app")
 
     def stream_request(self, topics: list[str], index: int) -> bytes:
         query = "&".join(f"topic={quote(t, safe='/')}" for t in topics)
@@ -234,10 +237,7 @@ class FloorTarget(Target):
         super().__init__("floor")
 
     def start(self) -> None:
-        port = free_port()
-        command = [sys.executable, "-m", "uvicorn", "bench.baselines.floor_app:app"]
-        command += ["--host", HOST, "--port", str(port), "--log-level", "warning"]
-        self._spawn(command, {}, "/health", port)
+        self._spawn_uvicorn("bench.baselines.floor_app:app")
 
     def stream_request(self, topics: list[str], index: int) -> bytes:
         return request_bytes("GET", "/events", {"Accept": "text/event-stream"})

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from jobcast.server.browser import allowed_origins
-from jobcast.server.fast_publish import declared_json_length, publish_plain, read_body, replay
+from jobcast.server.fast_publish import declared_json_body, publish_plain, read_body, replay
 from jobcast.server.fast_streams import EVENTS_PATH, is_stream_path, open_fast_stream
 from jobcast.server.limits import headers_over_limit
 from jobcast.server.logs import REQUEST_ID
@@ -71,7 +71,7 @@ class FastPaths:
         return not (self.cors and any(name == b"origin" for name, _ in headers))
 
     async def _publish(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if declared_json_length(scope, self.jc.settings.max_body_bytes) is None:
+        if not declared_json_body(scope, self.jc.settings.max_body_bytes):
             await self.app(scope, receive, send)  # no length, too long, or not JSON
             return
         body = await read_body(receive)

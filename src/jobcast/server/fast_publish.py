@@ -29,18 +29,16 @@ if TYPE_CHECKING:
 FIELDS = frozenset(("topic", "type", "data"))
 
 
-def declared_json_length(scope: Scope, limit: int) -> int | None:
-    """The body length of a JSON request within ``limit``, else ``None`` (not ours to take)."""
-    length: int | None = None
-    json = False
+def declared_json_body(scope: Scope, limit: int) -> bool:
+    """Whether the request declares a JSON body of at most ``limit`` bytes (else it is not
+    ours to take: no length, too long, or not JSON)."""
+    length_ok = json = False
     for name, value in scope["headers"]:
         if name == b"content-length":
-            if not value.isdigit() or int(value) > limit:
-                return None
-            length = int(value)
+            length_ok = value.isdigit() and int(value) <= limit
         elif name == b"content-type":
             json = value.partition(b";")[0].strip().lower() == b"application/json"
-    return length if json else None
+    return length_ok and json
 
 
 def plain_items(body: bytes) -> tuple[list[tuple[str, str, Any]], bool] | None:
