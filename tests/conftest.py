@@ -18,9 +18,10 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     """Start real servers with settings overrides; every one is stopped at teardown."""
     servers: list[LiveServer] = []
 
-    def start(**overrides: Any) -> LiveServer:
+    def start(*, native_streams: bool = True, **overrides: Any) -> LiveServer:
         overrides.setdefault("data_dir", tmp_path)
-        server = LiveServer(create_app(make_settings(**overrides))).start()
+        app = create_app(make_settings(**overrides))
+        server = LiveServer(app, native_streams=native_streams).start()
         servers.append(server)
         return server
 

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from jobcast.config import Settings
 from jobcast.server.app import Jobcast
+from jobcast.server.native_streams import StreamProtocol
 from jobcast.wire import ServerSentEvent, SSEDecoder
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
@@ -28,11 +29,16 @@ def make_settings(**overrides: Any) -> Settings:
 
 @dataclass
 class LiveServer:
-    """A jobcast app served by a real uvicorn on 127.0.0.1, in its own thread and loop."""
+    """A jobcast app served by a real uvicorn on 127.0.0.1, in its own thread and loop.
+
+    With ``native_streams`` (the default, as ``jobcast serve`` runs) open streams are carried
+    by the connection (``server/native_streams.py``); without, by their ASGI task, as on any
+    other server."""
 
     app: FastAPI
     host: str = "127.0.0.1"
     port: int = 0
+    native_streams: bool = True
     _server: uvicorn.Server | None = None
     _thread: threading.Thread | None = None
     _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
@@ -51,7 +57,8 @@ class LiveServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="on")
+        http = StreamProtocol if self.native_streams else "httptools"
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="on", http=http)
         server = self._server = uvicorn.Server(config)
         ready = threading.Event()
 

@@ -15,11 +15,12 @@ from tests.support import EventStream, LiveServer, wait_until
 LiveServerFactory = Callable[..., LiveServer]
 
 
-@pytest.fixture(params=["embedded", pytest.param("redis", marks=needs_services)])
+@pytest.fixture(params=["embedded", "asgi-streams", pytest.param("redis", marks=needs_services)])
 def server(request: pytest.FixtureRequest, make_server: LiveServerFactory) -> Iterator[LiveServer]:
-    """Every stream test runs over the embedded default and over the shared Redis broker."""
-    if request.param == "embedded":
-        yield make_server(heartbeat_interval=0.2)
+    """Every stream test runs over the embedded default and over the shared Redis broker, and
+    with streams written by their ASGI task (as on any server) as well as by the connection."""
+    if request.param != "redis":
+        yield make_server(heartbeat_interval=0.2, native_streams=request.param == "embedded")
         return
     for prefix in redis_prefix():
         yield make_server(heartbeat_interval=0.2, broker_url=redis_url(prefix))

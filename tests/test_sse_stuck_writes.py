@@ -60,13 +60,20 @@ async def fill_buffers(client: httpx.AsyncClient, server: LiveServer, topic: str
         pytest.param(30, id="evicted-then-stuck"),  # closed first, its last write still blocked
     ],
 )
+@pytest.mark.parametrize("native_streams", [True, False], ids=["native", "asgi"])
 async def test_a_write_the_client_never_reads_ends_after_the_send_timeout(
     make_server: Callable[..., LiveServer],
     client: httpx.AsyncClient,
     silent_client: Callable[[LiveServer, str], socket.socket],
     max_pending: int,
+    native_streams: bool,
 ) -> None:
-    server = make_server(send_timeout=0.5, heartbeat_interval=0.2, max_pending_events=max_pending)
+    server = make_server(
+        send_timeout=0.5,
+        heartbeat_interval=0.2,
+        max_pending_events=max_pending,
+        native_streams=native_streams,
+    )
     hub = server.jc.hub
     idle_tasks = server_tasks(server)
     silent_client(server, "s")

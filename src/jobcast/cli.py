@@ -77,6 +77,7 @@ def serve(
     from jobcast.server.fast_paths import FastPaths
     from jobcast.server.gc_tuning import tune_for_serving
     from jobcast.server.logs import hide_password, log_config
+    from jobcast.server.native_streams import StreamProtocol
 
     if data_dir is not None:
         os.environ["JOBCAST_DATA_DIR"] = str(data_dir)
@@ -101,6 +102,8 @@ def serve(
         host=host,
         port=port,
         log_level=log_level,
+        # uvicorn's httptools protocol, able to carry an open stream without a task (N1).
+        http=StreamProtocol,
         proxy_headers=True,
         forwarded_allow_ips=forwarded_allow_ips,
         # uvicorn buffers a whole WebSocket message (16 MiB by default) before the app can

@@ -22,6 +22,7 @@ import asyncio
 import time
 from collections.abc import Callable, Collection
 from enum import StrEnum
+from typing import Protocol
 
 from jobcast.events import Event
 from jobcast.topics import TopicPattern
@@ -36,6 +37,12 @@ class CloseReason(StrEnum):
     EXPIRED = "expired"  # the credential ran out: the client must re-authenticate
     TIME_LIMIT = "time_limit"  # the stream reached JOBCAST_MAX_STREAM_SECONDS: just reconnect
     STUCK = "stuck"  # a write did not complete within send_timeout (hub.H6)
+
+
+class Writer(Protocol):
+    """What writes a subscription to its connection: a task, or a connection's own writer."""
+
+    def cancel(self) -> object: ...
 
 
 class Subscription:
@@ -102,9 +109,9 @@ class Subscription:
         self.last_write = time.monotonic()
         #: After a replay, live events up to this position are duplicates (hub.H2).
         self.skip_through = 0
-        #: The task writing this subscription to its connection, and when (monotonic) its
-        #: current write began, 0 when it is not writing: how the hub finds stuck writes (H6).
-        self.writer: asyncio.Task[None] | None = None
+        #: What writes this subscription to its connection, and when (monotonic) its current
+        #: write began, 0 when it is not writing: how the hub finds stuck writes (H6).
+        self.writer: Writer | None = None
         self.writing_since = 0.0
         self.write_aborted = False
 

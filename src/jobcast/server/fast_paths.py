@@ -29,7 +29,9 @@ from jobcast.server.fast_publish import declared_json_body, publish_plain, read_
 from jobcast.server.fast_streams import EVENTS_PATH, is_stream_path, open_fast_stream
 from jobcast.server.limits import headers_over_limit
 from jobcast.server.logs import REQUEST_ID
+from jobcast.server.native_streams import adopter
 from jobcast.server.request_id import HEADER, incoming_id, new_request_id
+from jobcast.server.sse import EventStreamResponse
 
 if TYPE_CHECKING:
     from jobcast.server.app import Jobcast
@@ -60,6 +62,13 @@ class FastPaths:
         try:
             response = await open_fast_stream(self.jc, scope)
             response.raw_headers.append((HEADER, request_id.encode()))
+            connection = adopter(scope)
+            if (
+                connection is not None
+                and isinstance(response, EventStreamResponse)
+                and connection.adopt(scope, response)  # it carries the stream from here: N1
+            ):
+                return
             await response(scope, receive, send)
         finally:
             REQUEST_ID.reset(token)

@@ -92,7 +92,7 @@ class EventStreamResponse(Response):
         watcher = DisconnectWatch(receive, subscription)  # E1
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            opening, finished = self._opening()
+            opening, finished = self.opening()
             await self._write(send, opening)
             while not finished:
                 waiter = subscription.waiter()
@@ -100,8 +100,8 @@ class EventStreamResponse(Response):
                     await waiter
                 if subscription.close_reason is not None:
                     break
-                events, finished = self._until_final(subscription.take())
-                chunk = self._frames(events)
+                events, finished = self.until_final(subscription.take())
+                chunk = self.frames(events)
                 if not chunk:
                     if not subscription.heartbeat_due:
                         continue  # everything pending was a replayed duplicate (or skipped)
@@ -129,23 +129,28 @@ class EventStreamResponse(Response):
             watcher.cancel()
             self.on_close(subscription)
 
-    def _opening(self) -> tuple[bytes, bool]:
+    # -- what is written, shared with the connection-driven writer (native_streams.py) ------
+
+    def opening(self) -> tuple[bytes, bool]:
+        """The first bytes (E3), and whether the stream is already finished with them."""
         parts = [retry_frame(self.retry_ms), self.prelude]
         replay, finished = self.replay, False
         if replay is not None:
             if replay.gap is not None:
                 parts.append(reset_frame(replay, self.last_event_id or ""))
             else:
-                events, finished = self._until_final(replay.events)
-                parts.append(self._frames(events))
+                events, finished = self.until_final(replay.events)
+                parts.append(self.frames(events))
         return b"".join(parts), finished
 
-    def _frames(self, events: list[Event]) -> bytes:
+    def frames(self, events: list[Event]) -> bytes:
+        """The bytes of ``events`` (E5)."""
         if self.event_frame is None:
             return b"".join([event.sse_frame for event in events])
         return b"".join([self.event_frame(event) for event in events])
 
-    def _until_final(self, events: list[Event]) -> tuple[list[Event], bool]:
+    def until_final(self, events: list[Event]) -> tuple[list[Event], bool]:
+        """``events`` up to and including the final one, and whether there was one."""
         if self.final is not None:
             for index, event in enumerate(events):
                 if self.final(event):

@@ -1,0 +1,122 @@
+"""Open streams carried by the connection itself (``server/native_streams.py``), on a real uvicorn
+with ``StreamProtocol`` as ``jobcast serve`` runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from tests.jobs_support import submit
+from tests.support import EventStream, LiveServer, wait_until
+
+
+def server_tasks(server: LiveServer) -> int:
+    async def count() -> int:
+        return len(asyncio.all_tasks())
+
+    assert server._loop is not None
+    return asyncio.run_coroutine_threadsafe(count(), server._loop).result(5)
+
+
+async def read_until(reader: asyncio.StreamReader, marker: bytes, timeout: float = 5) -> bytes:
+    data = b""
+    async with asyncio.timeout(timeout):
+        while marker not in data:
+            more = await reader.read(65536)
+            assert more, f"the connection closed before {marker!r}; got {data!r}"
+            data += more
+    return data
+
+
+@pytest.mark.parametrize("native_streams", [True, False], ids=["native", "asgi"])
+async def test_open_streams_hold_no_task_each(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient, native_streams: bool
+) -> None:
+    server = make_server(native_streams=native_streams)
+    idle = server_tasks(server)
+    streams = [
+        EventStream(
+            client, f"{server.url}/api/events", params={"topic": "t"}, headers=server.auth()
+        )
+        for _ in range(10)
+    ]
+    for stream in streams:
+        await stream.__aenter__()
+    try:
+        await wait_until(lambda: server.jc.hub.subscriber_count == 10)
+        extra = server_tasks(server) - idle
+        # Through ASGI each stream keeps its request task and its disconnect watch.
+        assert extra == (0 if native_streams else 20)
+        response = await client.post(
+            f"{server.url}/api/events",
+            json={"topic": "t", "type": "hello", "data": 1},
+            headers=server.auth("w", "service"),
+        )
+        assert response.status_code == 202
+        for stream in streams:
+            assert (await stream.next(timeout=5)).data == "1"
+    finally:
+        for stream in streams:
+            await stream.__aexit__(None, None, None)
+    await wait_until(lambda: server.jc.hub.subscriber_count == 0)
+
+
+@pytest.mark.parametrize("sent", ["with-the-stream", "while-it-streams"])
+async def test_a_stream_that_ends_leaves_its_connection_to_a_pipelined_request(
+    server: LiveServer, client: httpx.AsyncClient, sent: str
+) -> None:
+    job = await submit(client, server, "demo", {"steps": 5, "delay": 0.2})  # about a second
+    stream_request = (
+        f"GET /api/jobs/{job['id']}/events HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {server.token()}\r\n\r\n"
+    ).encode()
+    next_request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        if sent == "with-the-stream":  # one packet: uvicorn queues the second request
+            writer.write(stream_request + next_request)
+            data = await read_until(reader, b'"status":"ok"')
+        else:  # the connection holds it until the stream's end
+            writer.write(stream_request)
+            data = await read_until(reader, b"event: snapshot")
+            writer.write(next_request)
+            data += await read_until(reader, b'"status":"ok"')
+    finally:
+        writer.close()
+    stream, _, after = data.partition(b"\r\n0\r\n\r\n")  # the stream's last chunk
+    assert stream.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"transfer-encoding: chunked\r\n" in stream
+    assert b"event: snapshot" in stream and b"event: succeeded" in stream
+    assert after.startswith(b"HTTP/1.1 200 OK\r\n")  # the same connection answered next
+
+
+async def test_a_client_that_goes_away_is_unsubscribed_at_once(server: LiveServer) -> None:
+    hub = server.jc.hub
+    with socket.create_connection((server.host, server.port)) as sock:
+        auth = f"Authorization: Bearer {server.token()}\r\n"
+        sock.sendall(f"GET /api/events?topic=gone HTTP/1.1\r\nHost: x\r\n{auth}\r\n".encode())
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+        await wait_until(lambda: hub.subscriber_count == 1)
+    await wait_until(lambda: hub.subscriber_count == 0, timeout=2)  # not at the next heartbeat
+
+
+async def test_draining_ends_a_carried_stream_with_its_retry_hint(server: LiveServer) -> None:
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(
+            f"GET /api/events?topic=d HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {server.token()}\r\n\r\n".encode()
+        )
+        opening = await read_until(reader, b"retry: ")
+        server.call(server.jc.hub.drain)
+        data = opening + await read_until(reader, b"\r\n0\r\n\r\n")
+    finally:
+        writer.close()
+    low, high = server.jc.hub.options.drain_retry_ms
+    hints = [int(line[7:]) for line in data.split(b"\n") if line.startswith(b"retry: ")]
+    assert hints[0] == server.jc.settings.retry_ms  # the opening's
+    assert low <= hints[-1] <= high  # a spread-out reconnect, then the response's last chunk
