@@ -146,8 +146,9 @@ class NativeStream:
         self.protocol.transport.write(head + chunk(opening))  # N2
         if finished:
             self._end(finished=True)
-        else:
-            self._proceed()
+            return
+        self._block_if_paused()
+        self._proceed()
 
     def _proceed(self, _: Any = None) -> None:
         """Write what is pending, then wait for more, for the transport, or for the end."""
@@ -173,9 +174,12 @@ class NativeStream:
             if finished:
                 self._end(finished=True)
                 return
-            if self.protocol.flow.write_paused:
-                self.blocked = True
-                subscription.writing_since = time.monotonic()  # hub.H6 ends it if it stays
+            self._block_if_paused()
+
+    def _block_if_paused(self) -> None:
+        if self.protocol.flow.write_paused:  # the client reads slower than we write
+            self.blocked = True
+            self.subscription.writing_since = time.monotonic()  # hub.H6 ends it if it stays
 
     def resumed(self) -> None:
         if self.blocked:
