@@ -26,10 +26,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from jobcast.server.browser import allowed_origins
 from jobcast.server.fast_publish import declared_json_body, publish_plain, read_body, replay
-from jobcast.server.fast_streams import EVENTS_PATH, is_stream_path, open_fast_stream
+from jobcast.server.fast_streams import EVENTS_PATH, carrier, is_stream_path, open_fast_stream
 from jobcast.server.limits import headers_over_limit
 from jobcast.server.logs import REQUEST_ID
-from jobcast.server.native_streams import adopter
 from jobcast.server.request_id import HEADER, incoming_id, new_request_id
 from jobcast.server.sse import EventStreamResponse
 
@@ -62,7 +61,7 @@ class FastPaths:
         try:
             response = await open_fast_stream(self.jc, scope)
             response.raw_headers.append((HEADER, request_id.encode()))
-            connection = adopter(scope)
+            connection = carrier(scope)
             if (
                 connection is not None
                 and isinstance(response, EventStreamResponse)

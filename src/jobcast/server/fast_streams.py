@@ -12,7 +12,8 @@ without :meth:`Jobcast.install`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
@@ -22,11 +23,15 @@ from jobcast.errors import JobcastError
 from jobcast.server.credentials import resolve_principal
 from jobcast.server.errors import jobcast_error_response
 from jobcast.server.events_api import open_events_stream, resume_id
+from jobcast.server.sse import EventStreamResponse
 
 if TYPE_CHECKING:
     from jobcast.server.app import Jobcast
 
 EVENTS_PATH = "/api/events"
+#: The scope extension under which a connection offers to carry an open stream itself
+#: (``native_streams.py``, N1).
+NATIVE_STREAM = "jobcast.native_stream"
 JOBS_PREFIX, JOB_EVENTS_SUFFIX = "/api/jobs/", "/events"
 
 
@@ -56,3 +61,13 @@ async def open_fast_stream(jc: Jobcast, scope: Scope) -> Response:
         return await jc.job_stream(job_id, principal, resume_id(connection))
     except JobcastError as exc:
         return jobcast_error_response(exc)
+
+
+class StreamCarrier(Protocol):
+    def adopt(self, scope: MutableMapping[str, Any], response: EventStreamResponse) -> bool: ...
+
+
+def carrier(scope: MutableMapping[str, Any]) -> StreamCarrier | None:
+    """The connection offering to carry this request's open stream, if any."""
+    extensions = scope.get("extensions")
+    return None if extensions is None else extensions.get(NATIVE_STREAM)

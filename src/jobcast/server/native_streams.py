@@ -34,12 +34,11 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
+from jobcast.server.fast_streams import NATIVE_STREAM
 from jobcast.server.sse import EventStreamResponse
 from jobcast.subscription import CloseReason
 from jobcast.wire import HEARTBEAT
 
-#: The scope extension under which a connection offers to carry an open stream (N1).
-NATIVE_STREAM = "jobcast.native_stream"
 LAST_CHUNK = b"0\r\n\r\n"
 
 
@@ -215,9 +214,3 @@ class NativeStream:
                 reusable = self.keep_alive
         response.on_close(subscription)
         protocol.ended(reusable)
-
-
-def adopter(scope: MutableMapping[str, Any]) -> StreamProtocol | None:
-    """The connection offering to carry this request's stream, if any (N1)."""
-    extensions = scope.get("extensions")
-    return None if extensions is None else extensions.get(NATIVE_STREAM)

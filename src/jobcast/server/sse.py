@@ -1,5 +1,9 @@
 """The SSE response: writes one subscription to one HTTP connection.
 
+As ASGI, on any server. Under ``jobcast serve`` the connection itself takes an open stream over
+(``native_streams.py``) and writes the same bytes, from this response's ``opening``, ``frames``
+and ``closing_frame``, without a task.
+
 Decisions (cited as E1..E4):
 
 E1. One coroutine per connection writes; a second, tiny task waits on ``receive()`` only to
