@@ -4,12 +4,14 @@ with ``StreamProtocol`` as ``jobcast serve`` runs it."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 from collections.abc import Callable
 
 import httpx
 import pytest
 
+from jobcast.server.native_streams import NativeStream
 from tests.jobs_support import submit
 from tests.support import EventStream, LiveServer, wait_until
 
@@ -120,3 +122,29 @@ async def test_draining_ends_a_carried_stream_with_its_retry_hint(server: LiveSe
     hints = [int(line[7:]) for line in data.split(b"\n") if line.startswith(b"retry: ")]
     assert hints[0] == server.jc.settings.retry_ms  # the opening's
     assert low <= hints[-1] <= high  # a spread-out reconnect, then the response's last chunk
+
+
+async def test_streams_that_end_leave_nothing_behind(
+    server: LiveServer, client: httpx.AsyncClient
+) -> None:
+    def carried() -> int:
+        return sum(isinstance(o, NativeStream) for o in gc.get_objects())
+
+    hub = server.jc.hub
+    for _ in range(3):
+        streams = [
+            EventStream(
+                client, f"{server.url}/api/events", params={"topic": "x"}, headers=server.auth()
+            )
+            for _ in range(20)
+        ]
+        for stream in streams:
+            await stream.__aenter__()
+        await wait_until(lambda: hub.subscriber_count == 20 and carried() == 20)
+        for stream in streams:
+            await stream.__aexit__(None, None, None)
+        await wait_until(lambda: hub.subscriber_count == 0)
+    gc.collect()
+    assert carried() == 0
+    assert server._server is not None
+    await wait_until(lambda: len(server._server.server_state.connections) <= 1)  # keep-alives
