@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import httpx
 import pytest
@@ -34,25 +35,34 @@ async def read_until(reader: asyncio.StreamReader, marker: bytes, timeout: float
     return data
 
 
+@asynccontextmanager
+async def open_streams(
+    client: httpx.AsyncClient, server: LiveServer, topic: str, count: int
+) -> AsyncIterator[list[EventStream]]:
+    url = f"{server.url}/api/events"
+    streams = [
+        EventStream(client, url, params={"topic": topic}, headers=server.auth())
+        for _ in range(count)
+    ]
+    async with AsyncExitStack() as stack:
+        for stream in streams:
+            await stack.enter_async_context(stream)
+        await wait_until(lambda: server.jc.hub.subscriber_count == count)
+        yield streams
+
+
 @pytest.mark.parametrize("native_streams", [True, False], ids=["native", "asgi"])
 async def test_open_streams_hold_no_task_each(
     make_server: Callable[..., LiveServer], client: httpx.AsyncClient, native_streams: bool
 ) -> None:
     server = make_server(native_streams=native_streams)
     idle = server_tasks(server)
-    streams = [
-        EventStream(
-            client, f"{server.url}/api/events", params={"topic": "t"}, headers=server.auth()
-        )
-        for _ in range(10)
-    ]
-    for stream in streams:
-        await stream.__aenter__()
-    try:
-        await wait_until(lambda: server.jc.hub.subscriber_count == 10)
-        extra = server_tasks(server) - idle
-        # Through ASGI each stream keeps its request task and its disconnect watch.
-        assert extra == (0 if native_streams else 20)
+    async with open_streams(client, server, "t", 10) as streams:
+        # Through ASGI each stream keeps its request task and its disconnect watch; carried,
+        # none (the task that opened it ends right after subscribing).
+        expected = 0 if native_streams else 20
+        await wait_until(lambda: server_tasks(server) - idle == expected)
+        assert server_tasks(server) - idle == expected
         response = await client.post(
             f"{server.url}/api/events",
             json={"topic": "t", "type": "hello", "data": 1},
@@ -61,9 +71,6 @@ async def test_open_streams_hold_no_task_each(
         assert response.status_code == 202
         for stream in streams:
             assert (await stream.next(timeout=5)).data == "1"
-    finally:
-        for stream in streams:
-            await stream.__aexit__(None, None, None)
     await wait_until(lambda: server.jc.hub.subscriber_count == 0)
 
 
@@ -132,17 +139,8 @@ async def test_streams_that_end_leave_nothing_behind(
 
     hub = server.jc.hub
     for _ in range(3):
-        streams = [
-            EventStream(
-                client, f"{server.url}/api/events", params={"topic": "x"}, headers=server.auth()
-            )
-            for _ in range(20)
-        ]
-        for stream in streams:
-            await stream.__aenter__()
-        await wait_until(lambda: hub.subscriber_count == 20 and carried() == 20)
-        for stream in streams:
-            await stream.__aexit__(None, None, None)
+        async with open_streams(client, server, "x", 20):
+            await wait_until(lambda: carried() == 20)
         await wait_until(lambda: hub.subscriber_count == 0)
     gc.collect()
     assert carried() == 0

@@ -37,7 +37,6 @@ from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 from jobcast.server.fast_streams import NATIVE_STREAM
 from jobcast.server.sse import EventStreamResponse
 from jobcast.subscription import CloseReason
-from jobcast.wire import HEARTBEAT
 
 LAST_CHUNK = b"0\r\n\r\n"
 
@@ -160,20 +159,15 @@ class NativeStream:
             if waiter is not None:
                 waiter.add_done_callback(self._proceed)
                 return
-            events, finished = response.until_final(subscription.take())
-            body = response.frames(events)
-            if not body:
-                if not subscription.heartbeat_due:
-                    continue  # everything pending was a replayed duplicate (or skipped)
-                body = response.heartbeat() if response.heartbeat is not None else HEARTBEAT
-            self.protocol.transport.write(chunk(body))
-            if events and response.on_write is not None:
-                response.on_write(events[0].ts)
-            subscription.mark_written()
+            body, first_ts, finished = response.next_chunk()
+            if body:
+                self.protocol.transport.write(chunk(body))
+                response.written(first_ts)
             if finished:
                 self._end(finished=True)
                 return
-            self._block_if_paused()
+            if body:
+                self._block_if_paused()
 
     def _block_if_paused(self) -> None:
         if self.protocol.flow.write_paused:  # the client reads slower than we write

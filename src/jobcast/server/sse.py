@@ -104,16 +104,10 @@ class EventStreamResponse(Response):
                     await waiter
                 if subscription.close_reason is not None:
                     break
-                events, finished = self.until_final(subscription.take())
-                chunk = self.frames(events)
-                if not chunk:
-                    if not subscription.heartbeat_due:
-                        continue  # everything pending was a replayed duplicate (or skipped)
-                    chunk = self.heartbeat() if self.heartbeat is not None else HEARTBEAT
-                await self._write(send, chunk)
-                if events and self.on_write is not None:
-                    self.on_write(events[0].ts)
-                subscription.mark_written()
+                body, first_ts, finished = self.next_chunk()
+                if body:
+                    await self._write(send, body)
+                    self.written(first_ts)
             reason = subscription.close_reason
             if finished:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -146,6 +140,22 @@ class EventStreamResponse(Response):
                 events, finished = self.until_final(replay.events)
                 parts.append(self.frames(events))
         return b"".join(parts), finished
+
+    def next_chunk(self) -> tuple[bytes, float | None, bool]:
+        """What to write on a wake-up (E2): the pending events' frames, or a heartbeat if one is
+        due (``b""``: nothing); the first event's commit time; whether the stream is finished."""
+        subscription = self.subscription
+        events, finished = self.until_final(subscription.take())
+        body = self.frames(events)
+        if not body and subscription.heartbeat_due:  # else: all replayed duplicates, or skipped
+            body = self.heartbeat() if self.heartbeat is not None else HEARTBEAT
+        return body, (events[0].ts if events else None), finished
+
+    def written(self, first_ts: float | None) -> None:
+        """A chunk from ``next_chunk`` was written (the latency metric, heartbeat timing)."""
+        if first_ts is not None and self.on_write is not None:
+            self.on_write(first_ts)
+        self.subscription.mark_written()
 
     def frames(self, events: list[Event]) -> bytes:
         """The bytes of ``events`` (E5)."""
