@@ -146,3 +146,28 @@ async def test_streams_that_end_leave_nothing_behind(
     assert carried() == 0
     assert server._server is not None
     await wait_until(lambda: len(server._server.server_state.connections) <= 1)  # keep-alives
+
+
+async def test_a_publish_answered_by_the_connection_keeps_http_semantics(
+    server: LiveServer,
+) -> None:
+    body = b'{"topic":"p","type":"t","data":1}'
+    request = (
+        f"POST /api/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nAuthorization: Bearer {server.token('w', 'service')}\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        for last in (False, True):  # two on one connection; the second asks to close it
+            writer.write(request + (b"Connection: close\r\n" if last else b"") + b"\r\n" + body)
+            head, _, rest = (await read_until(reader, b"\r\n\r\n")).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 202 Accepted\r\n")
+            assert b"\r\nx-request-id: " in head
+            assert (b"\r\nconnection: close" in head) is last
+            length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
+            answer = rest + await reader.readexactly(length - len(rest))
+            assert answer.startswith(b'{"id":"')
+        async with asyncio.timeout(5):
+            assert await reader.read() == b""  # closed after the answer it asked to be last
+    finally:
+        writer.close()

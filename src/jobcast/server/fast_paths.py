@@ -93,6 +93,8 @@ class FastPaths:
                 await self.app(scope, replay(body, receive), send)
                 return
             response.raw_headers.append((HEADER, request_id.encode()))
-            await response(scope, receive, send)
+            connection = carrier(scope)
+            if connection is None or not connection.reply(scope, response):  # N2: one write
+                await response(scope, receive, send)
         finally:
             REQUEST_ID.reset(token)

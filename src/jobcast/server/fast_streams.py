@@ -64,10 +64,14 @@ async def open_fast_stream(jc: Jobcast, scope: Scope) -> Response:
 
 
 class StreamCarrier(Protocol):
+    """A connection that writes responses itself (``native_streams.StreamProtocol``)."""
+
     def adopt(self, scope: MutableMapping[str, Any], response: EventStreamResponse) -> bool: ...
+
+    def reply(self, scope: MutableMapping[str, Any], response: Response) -> bool: ...
 
 
 def carrier(scope: MutableMapping[str, Any]) -> StreamCarrier | None:
-    """The connection offering to carry this request's open stream, if any."""
+    """The connection offering to write this request's response itself, if any."""
     extensions = scope.get("extensions")
     return None if extensions is None else extensions.get(NATIVE_STREAM)

@@ -15,7 +15,9 @@ N1. Opening stays ASGI. The fast entrance (``fast_paths.py``) authenticates, sub
     the extension (another server, a test client), or with a pipelined request already parsed
     behind it, the same response runs as ASGI.
 N2. The status line, headers and opening frames (``retry:``, snapshot, replay) go out in one
-    write, with uvicorn's default headers and chunked encoding as uvicorn writes them.
+    write, with uvicorn's default headers and chunked encoding as uvicorn writes them. A
+    publish's answer, too, is one write of head and body (``reply``), where uvicorn makes two:
+    on loopback each write costs the sender the receiver's TCP work as well.
 N3. Writes are callbacks: the subscription's waiter future calls the writer back (a burst is one
     wake-up, as in sse.py E1/E2), the transport's flow control pauses it, and ``resume_writing``
     continues it. A paused writer is marked as writing, so the hub's ticker ends a stuck one
@@ -31,7 +33,12 @@ import time
 from collections.abc import MutableMapping
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from starlette.responses import Response
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from jobcast.server.fast_streams import NATIVE_STREAM
@@ -62,28 +69,55 @@ class StreamProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is None or cycle.scope is not scope or self.pipeline:
             return False
+        self._log_access(cycle, 200)
+        head = self._head(cycle, 200, response.raw_headers) + b"transfer-encoding: chunked\r\n\r\n"
+        # The cycle's task ends now: its checks must see a complete response. The protocol
+        # lets go of the cycle, the scope and the headers (the stream needs none of them).
+        cycle.response_started = cycle.response_complete = True
+        stream = self.stream = NativeStream(self, response, keep_alive=cycle.keep_alive)
+        self.cycle = self.scope = self.headers = None  # type: ignore[assignment]
+        stream.start(head)
+        return True
+
+    def reply(self, scope: MutableMapping[str, Any], response: Response) -> bool:
+        """Write a whole small response (a publish's answer) in one write, as uvicorn's ``send``
+        would in two; false when it is not this connection's current request (N2)."""
+        cycle = self.cycle
+        if cycle is None or cycle.scope is not scope or cycle.response_started:
+            return False
+        self._log_access(cycle, response.status_code)
+        head = self._head(cycle, response.status_code, response.raw_headers)
+        cycle.response_started = cycle.response_complete = True
+        cycle.message_event.set()
+        self.transport.write(head + b"\r\n" + response.body)
+        if not cycle.keep_alive:
+            self.transport.close()
+        cycle.on_response()
+        return True
+
+    @staticmethod
+    def _head(
+        cycle: RequestResponseCycle, status: int, headers: list[tuple[bytes, bytes]]
+    ) -> bytes:
+        lines = [STATUS_LINE[status]]
+        lines += [b"%b: %b\r\n" % header for header in cycle.default_headers]
+        lines += [b"%b: %b\r\n" % header for header in headers]
+        if not cycle.keep_alive:
+            lines.append(b"connection: close\r\n")
+        return b"".join(lines)
+
+    @staticmethod
+    def _log_access(cycle: RequestResponseCycle, status: int) -> None:
         if cycle.access_log:
+            scope = cycle.scope
             cycle.access_logger.info(
                 '%s - "%s %s HTTP/%s" %d',
                 get_client_addr(scope),
                 scope["method"],
                 get_path_with_query_string(scope),
                 scope["http_version"],
-                200,
+                status,
             )
-        head = [STATUS_LINE[200]]
-        head += [b"%b: %b\r\n" % header for header in cycle.default_headers]
-        head += [b"%b: %b\r\n" % header for header in response.raw_headers]
-        if not cycle.keep_alive:
-            head.append(b"connection: close\r\n")
-        head.append(b"transfer-encoding: chunked\r\n\r\n")
-        # The cycle's task ends now: its checks must see a complete response. The protocol
-        # lets go of the cycle, the scope and the headers (the stream needs none of them).
-        cycle.response_started = cycle.response_complete = True
-        stream = self.stream = NativeStream(self, response, keep_alive=cycle.keep_alive)
-        self.cycle = self.scope = self.headers = None  # type: ignore[assignment]
-        stream.start(b"".join(head))
-        return True
 
     def ended(self, reusable: bool) -> None:
         """The stream is over (N4): serve the connection's next request, or close it."""
