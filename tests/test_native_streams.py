@@ -171,3 +171,31 @@ async def test_a_publish_answered_by_the_connection_keeps_http_semantics(
             assert await reader.read() == b""  # closed after the answer it asked to be last
     finally:
         writer.close()
+
+
+async def test_a_stream_request_whose_body_arrives_late_is_served_as_asgi(
+    server: LiveServer, client: httpx.AsyncClient
+) -> None:
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(
+            f"GET /api/events?topic=b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+            f"Authorization: Bearer {server.token()}\r\n\r\n".encode()
+        )
+        await read_until(reader, b"retry: ")
+        writer.write(b"hello")  # the rest of that request: not a request of its own
+        await wait_until(lambda: server.jc.hub.subscriber_count == 1)
+        response = await client.post(
+            f"{server.url}/api/events",
+            json={"topic": "b", "type": "t", "data": 7},
+            headers=server.auth("w", "service"),
+        )
+        assert response.status_code == 202
+        assert b"data: 7" in await read_until(reader, b"data: 7")
+        server.call(server.jc.hub.drain)  # the stream ends; the connection serves on
+        await read_until(reader, b"\r\n0\r\n\r\n")
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        health = await read_until(reader, b'"status":"draining"')
+        assert health.startswith(b"HTTP/1.1 200 OK")
+    finally:
+        writer.close()

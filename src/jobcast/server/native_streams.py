@@ -65,9 +65,10 @@ class StreamProtocol(HttpToolsProtocol):
 
     def adopt(self, scope: MutableMapping[str, Any], response: EventStreamResponse) -> bool:
         """Carry ``response`` from now on, so the ASGI task that opened it may return; false
-        when another request came in the same packet (pipelined), which keeps uvicorn's order."""
+        when the request's body has not all arrived or another request came in the same
+        packet (pipelined): uvicorn keeps those in order."""
         cycle = self.cycle
-        if cycle is None or cycle.scope is not scope or self.pipeline:
+        if cycle is None or cycle.scope is not scope or cycle.more_body or self.pipeline:
             return False
         self._log_access(cycle, 200)
         head = self._head(cycle, 200, response.raw_headers) + b"transfer-encoding: chunked\r\n\r\n"
