@@ -1,8 +1,8 @@
 """The SSE response: writes one subscription to one HTTP connection.
 
-As ASGI, on any server. Under ``jobcast serve`` the connection itself takes an open stream over
-(``native_streams.py``) and writes the same bytes, from this response's ``opening``, ``frames``
-and ``closing_frame``, without a task.
+As ASGI, on any server. Under ``jobcast serve`` the connection itself takes an open stream
+over (``native_streams.py``) and writes the same bytes, from this response's ``opening``,
+``next_chunk`` and ``closing_frame``, without a task.
 
 Decisions (cited as E1..E4):
 
