@@ -46,3 +46,12 @@ def test_a_scraper_that_never_scraped_fails_its_row() -> None:
     unreachable = "http://127.0.0.1:9/metrics"
     with pytest.raises(RuntimeError, match="never read"), scraping(unreachable, first_within=1):
         pass
+
+
+def test_the_stream_opening_benchmark_prints_both_kinds_of_request() -> None:
+    command = [sys.executable, "-m", "bench.open_cost", "--streams", "50", "--repeat", "1"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines() if "| " in line}
+    assert "new token" in rows and "token verified before" in rows
+    assert rows["token verified before"].rstrip().endswith("| 1.00 |")
