@@ -168,6 +168,36 @@ async def test_websocket_messages_far_over_the_limit_are_cut_off_unread(
     assert ws.close_code == 1009
 
 
+@pytest.fixture(params=[False, True], ids=["default", "compression-on"])
+def ws_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int, bool]]:
+    compression: bool = request.param
+    port = free_port()
+    env = serve_env(ws_compression="true") if compression else serve_env()
+    with (tmp_path / "server.log").open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "jobcast", "serve", "--port", str(port)],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for_port(port, process)
+            yield port, compression
+        finally:
+            process.terminate()
+            process.wait(15)
+
+
+async def test_websocket_compression_is_off_unless_asked_for(ws_server: tuple[int, bool]) -> None:
+    # Every browser offers permessage-deflate; accepting it costs about 40 KB per connection.
+    port, compression = ws_server
+    url = f"ws://127.0.0.1:{port}/ws/events"
+    async with asyncio.timeout(10), websockets.connect(url) as ws:  # offers deflate
+        extensions = ws.response.headers.get("Sec-WebSocket-Extensions")
+    assert (extensions is not None) == compression, extensions
+
+
 def test_forwarded_for_counts_only_from_the_configured_proxies(tmp_path: Path) -> None:
     port = free_port()
     env = serve_env(jwt_secret=SECRET, rate_limit_publish="1/minute")

@@ -110,6 +110,7 @@ def serve(
         # refuse it: cap it near our limit. The headroom lets a message a little over the limit
         # be refused by the app with its explanatory error; larger ones are cut off unread.
         ws_max_size=2 * settings.ws_max_message_bytes,
+        ws_per_message_deflate=settings.ws_compression,
         # After SIGTERM (and JOBCAST_SHUTDOWN_DELAY_SECONDS), requests still running get what
         # is left of the grace period; streams have ended at once with spread-out retry hints.
         # uvicorn annotates an int but only hands it to asyncio.wait_for: fractions work.
