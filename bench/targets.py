@@ -121,11 +121,11 @@ class Target:
                 time.sleep(0.1)
         raise RuntimeError(f"{self.name} did not answer {health} within 30 s")
 
-    def _spawn_uvicorn(self, app: str) -> None:
+    def _spawn_uvicorn(self, app: str, *options: str) -> None:
         """One uvicorn process serving ``app`` (a reference app), as jobcast's server runs."""
         port = free_port()
         command = [sys.executable, "-m", "uvicorn", app, "--host", HOST, "--port", str(port)]
-        self._spawn([*command, "--log-level", "warning"], {}, "/health", port)
+        self._spawn([*command, *options, "--log-level", "warning"], {}, "/health", port)
 
     def log_tail(self) -> str:
         return "\n".join(
@@ -148,10 +148,18 @@ class Target:
 class JobcastTarget(Target):
     """``jobcast serve`` on the embedded default, or N instances sharing a Redis broker."""
 
-    def __init__(self, name: str = "jobcast", *, instances: int = 1, redis_url: str = ""):
+    def __init__(
+        self,
+        name: str = "jobcast",
+        *,
+        instances: int = 1,
+        redis_url: str = "",
+        extra: dict[str, str] | None = None,
+    ):
         super().__init__(name)
         self.instances = instances
         self.redis_url = redis_url
+        self.extra = extra or {}  # more JOBCAST_* settings
         self.service_token = mint("bench-publisher", "service")
 
     def settings(self) -> dict[str, str]:
@@ -166,7 +174,7 @@ class JobcastTarget(Target):
         }
         if self.redis_url:
             env["JOBCAST_BROKER_URL"] = self.redis_url
-        return env
+        return {**env, **self.extra}
 
     def start(self) -> None:
         env = self.settings()
@@ -233,11 +241,12 @@ class BaselineTarget(Target):
 class FloorTarget(Target):
     """A trivial ASGI app on the same uvicorn (``bench/baselines/floor_app.py``): the floor."""
 
-    def __init__(self) -> None:
+    def __init__(self, *options: str) -> None:
         super().__init__("floor")
+        self.options = options  # more uvicorn options
 
     def start(self) -> None:
-        self._spawn_uvicorn("bench.baselines.floor_app:app")
+        self._spawn_uvicorn("bench.baselines.floor_app:app", *self.options)
 
     def stream_request(self, topics: list[str], index: int) -> bytes:
         return request_bytes("GET", "/events", {"Accept": "text/event-stream"})

@@ -1,14 +1,18 @@
-"""The stream fast path (server/fast_streams.py) and the framework routes behind it agree."""
+"""The stream and socket fast paths (server/fast_streams.py, fast_paths.py) and the framework
+routes behind them agree."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import httpx
 import pytest
+import websockets
 
-from jobcast.server.fast_streams import job_id_of
+from jobcast.server.fast_streams import job_id_of, job_socket_id
 from tests.support import EventStream, LiveServer
+from tests.ws_support import receive, send
 
 
 @pytest.mark.parametrize(
@@ -60,3 +64,34 @@ async def test_stream_errors_and_cors_are_the_same_on_the_fast_path(
     async with EventStream(client, url, params={"topic": "a"}, headers=origin) as events:
         assert events.response is not None
         assert events.response.headers["access-control-allow-origin"] == "http://localhost:5173"
+
+
+@pytest.mark.parametrize(
+    ("path", "job_id"),
+    [("/ws/jobs/abc", "abc"), ("/ws/jobs/", None), ("/ws/jobs/a/b", None), ("/ws/events", None)],
+)
+def test_only_job_socket_paths_name_a_job(path: str, job_id: str | None) -> None:
+    assert job_socket_id(path) == job_id
+
+
+@pytest.mark.parametrize("entrance", ["server", "router_only"], ids=["fast", "framework"])
+async def test_event_sockets_behave_the_same_through_either_entrance(
+    entrance: str, request: pytest.FixtureRequest, client: httpx.AsyncClient
+) -> None:
+    live: LiveServer = request.getfixturevalue(entrance)
+    url = f"{live.url.replace('http', 'ws')}/ws/events?token={live.token()}"
+    async with asyncio.timeout(10), websockets.connect(url) as ws:
+        await send(ws, {"op": "subscribe", "topics": ["a"]})
+        assert (await receive(ws))["op"] == "subscribed"
+        published = await client.post(
+            f"{live.url}/api/events",
+            json={"topic": "a", "type": "t", "data": 1},
+            headers=live.auth("w", "service"),
+        )
+        event = await receive(ws)
+        assert (event["type"], event["data"], event["id"]) == ("t", 1, published.json()["id"])
+    foreign = {"Origin": "https://evil.example"}
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with asyncio.timeout(10), websockets.connect(url, additional_headers=foreign):
+            pass
+    assert refused.value.response.status_code == 403  # cross-site handshakes are refused

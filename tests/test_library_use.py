@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
 import httpx
 import pytest
+import websockets
 
 import jobcast
 from tests.support import SECRET, EventStream, LiveServer
@@ -59,11 +61,11 @@ def test_public_api_is_curated() -> None:
         assert hasattr(jobcast, name)
 
 
-async def test_middleware_added_after_install_sees_streams_and_publishes(
+async def test_middleware_added_after_install_sees_streams_sockets_and_publishes(
     tmp_path: Path, client: httpx.AsyncClient
 ) -> None:
     """The README's promise about the fast entrance: added after ``install()``, an app's own
-    middleware sees jobcast's streams and publishes; added before, it does not."""
+    middleware sees jobcast's streams, sockets and publishes; added before, it does not."""
     from fastapi import FastAPI
     from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -76,8 +78,8 @@ async def test_middleware_added_after_install_sees_streams_and_publishes(
             self.app, self.name = app, name
 
         async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] == "http":
-                seen[self.name].append(f"{scope['method']} {scope['path']}")
+            if scope["type"] in ("http", "websocket"):
+                seen[self.name].append(f"{scope.get('method', 'WS')} {scope['path']}")
             await self.app(scope, receive, send)
 
     jc = jobcast.Jobcast(make_settings(data_dir=tmp_path, heartbeat_interval=0.2))
@@ -93,7 +95,11 @@ async def test_middleware_added_after_install_sees_streams_and_publishes(
                 url, json={"topic": "a", "type": "t"}, headers=server.auth("svc", "service")
             )
             assert published.status_code == 202
+        socket_url = f"{server.url.replace('http', 'ws')}/ws/events?token={server.token()}"
+        async with asyncio.timeout(10), websockets.connect(socket_url) as ws:
+            await ws.send('{"op": "ping"}')
+            await ws.recv()
     finally:
         server.stop()
-    assert seen["after"] == ["GET /api/events", "POST /api/events"]
+    assert seen["after"] == ["GET /api/events", "POST /api/events", "WS /ws/events"]
     assert seen["before"] == []

@@ -1,7 +1,8 @@
 """The floor: the least an ASGI app on uvicorn can do for a stream, as a reference point.
 
 Not a product and not the seed design: it authenticates nothing, keeps no history, has no
-topics, and writes a published body to every stream from the publishing request itself. What it
+topics, and writes a published body to every stream from the publishing request itself; a
+WebSocket is accepted and answered, nothing more. What it
 costs per idle connection and per connection opened is what uvicorn (with uvloop and httptools)
 costs before any application code runs, so the idle and connect rows can say how much of
 jobcast's cost is the server underneath.
@@ -31,6 +32,8 @@ class Floor:
             while (await receive())["type"] != "lifespan.shutdown":
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
+        elif scope["type"] == "websocket":
+            await self.socket(receive, send)
         elif scope["path"] == "/publish":
             await self.publish(receive, send)
         elif scope["path"] == "/events":
@@ -47,6 +50,13 @@ class Floor:
                 pass
         finally:
             self.streams.discard(send)
+
+    async def socket(self, receive: Receive, send: Send) -> None:
+        """Accept, then answer every message with one fixed reply (the idle WebSocket floor)."""
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        while (await receive())["type"] != "websocket.disconnect":
+            await send({"type": "websocket.send", "text": '{"op":"subscribed"}'})
 
     async def publish(self, receive: Receive, send: Send) -> None:
         body = b""

@@ -1,16 +1,18 @@
 """The fast entrance: the hottest routes answered in front of the framework.
 
-Streams (``fast_streams.py``) and HTTP publishes (``fast_publish.py``) are most of what a busy
-jobcast serves. Through FastAPI each one passes a dozen layers: for a stream, each keeps a
-suspended frame alive for the stream's whole life; for a publish, routing, dependency solving
-and model validation cost more than publishing. This pure ASGI wrapper answers them with the
-same functions the FastAPI routes call, and hands everything else to the app.
+Streams (``fast_streams.py``), WebSockets and HTTP publishes (``fast_publish.py``) are most of
+what a busy jobcast serves. Through FastAPI each one passes a dozen layers: for a stream or a
+socket, each keeps a suspended frame alive for its whole life; for a publish, routing,
+dependency solving and model validation cost more than publishing. This pure ASGI wrapper
+answers them with the same functions the FastAPI routes call, and hands everything else to
+the app.
 
 Decisions (cited as F1..F3):
 
 F1. It takes only the requests that need nothing from the layers it skips: headers within the
     431 limits, and no ``Origin`` when CORS is configured (the CORS middleware must answer
     those). Anything else goes to the app, whose middleware stack answers as for any request.
+    (WebSocket handlers check the ``Origin`` of a handshake themselves: CORS does not apply.)
 F2. It does the one thing every response needs from the skipped layers itself: the request id
     (``request_id.py``), in the logs and in the ``X-Request-ID`` header.
 F3. ``install()`` puts it outside jobcast's other middlewares, and ``jobcast serve`` wraps the
@@ -23,14 +25,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from jobcast.server.browser import allowed_origins
 from jobcast.server.fast_publish import declared_json_body, publish_plain, read_body, replay
-from jobcast.server.fast_streams import EVENTS_PATH, carrier, is_stream_path, open_fast_stream
+from jobcast.server.fast_streams import (
+    EVENTS_PATH,
+    EVENTS_SOCKET_PATH,
+    carrier,
+    is_stream_path,
+    job_socket_id,
+    open_fast_stream,
+)
 from jobcast.server.limits import headers_over_limit
 from jobcast.server.logs import REQUEST_ID
 from jobcast.server.request_id import HEADER, incoming_id, new_request_id
 from jobcast.server.sse import EventStreamResponse
+from jobcast.server.ws_api import serve_event_socket
 
 if TYPE_CHECKING:
     from jobcast.server.app import Jobcast
@@ -45,7 +56,11 @@ class FastPaths:
         self.cors = bool(allowed_origins(jc.settings))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self._plain(scope):
+        kind = scope["type"]
+        if kind == "websocket" and self._plain(scope):
+            await self._socket(scope, receive, send)
+            return
+        if kind != "http" or not self._plain(scope):
             await self.app(scope, receive, send)
             return
         method, path = scope["method"], scope["path"]
@@ -69,6 +84,23 @@ class FastPaths:
             ):
                 return
             await response(scope, receive, send)
+        finally:
+            REQUEST_ID.reset(token)
+
+    async def _socket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``/ws/events`` and ``/ws/jobs/{id}``: their handlers check the Origin themselves."""
+        path = scope["path"]
+        job_id = job_socket_id(path)
+        if path != EVENTS_SOCKET_PATH and job_id is None:
+            await self.app(scope, receive, send)
+            return
+        token = REQUEST_ID.set(incoming_id(scope) or new_request_id())  # F2
+        try:
+            websocket = WebSocket(scope, receive, send)
+            if job_id is None:
+                await serve_event_socket(self.jc, websocket)
+            else:
+                await self.jc.job_socket(websocket, job_id)
         finally:
             REQUEST_ID.reset(token)
 

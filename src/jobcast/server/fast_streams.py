@@ -1,5 +1,5 @@
 """The two SSE routes, ``GET /api/events`` and ``GET /api/jobs/{id}/events``, for the fast
-entrance (``fast_paths.py``).
+entrance (``fast_paths.py``), and the paths of the two WebSocket routes it answers too.
 
 A stream is a long-lived request, and every layer it passes keeps a suspended frame (and often
 a wrapper around ``send``) alive for as long as the stream lasts: through FastAPI's routing that
@@ -33,6 +33,7 @@ EVENTS_PATH = "/api/events"
 #: (``native_streams.py``, N1).
 NATIVE_STREAM = "jobcast.native_stream"
 JOBS_PREFIX, JOB_EVENTS_SUFFIX = "/api/jobs/", "/events"
+EVENTS_SOCKET_PATH, JOB_SOCKET_PREFIX = "/ws/events", "/ws/jobs/"
 
 
 def job_id_of(path: str) -> str | None:
@@ -40,6 +41,14 @@ def job_id_of(path: str) -> str | None:
     if not (path.startswith(JOBS_PREFIX) and path.endswith(JOB_EVENTS_SUFFIX)):
         return None
     job_id = path[len(JOBS_PREFIX) : -len(JOB_EVENTS_SUFFIX)]
+    return job_id if job_id and "/" not in job_id else None
+
+
+def job_socket_id(path: str) -> str | None:
+    """The id in ``/ws/jobs/{id}``, or ``None`` for any other path."""
+    if not path.startswith(JOB_SOCKET_PREFIX):
+        return None
+    job_id = path[len(JOB_SOCKET_PREFIX) :]
     return job_id if job_id and "/" not in job_id else None
 
 
