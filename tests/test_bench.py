@@ -55,3 +55,12 @@ def test_the_stream_opening_benchmark_prints_both_kinds_of_request() -> None:
     rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines() if "| " in line}
     assert "new token" in rows and "token verified before" in rows
     assert rows["token verified before"].rstrip().endswith("| 1.00 |")
+
+
+def test_the_websocket_memory_benchmark_measures_every_server() -> None:
+    command = [sys.executable, "-m", "bench.ws_idle", "--sockets", "20", "--repeat", "1"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    names = [row.split("|")[1].strip() for row in rows[1:]]
+    assert names == ["jobcast", "jobcast, compression on", "floor"]
