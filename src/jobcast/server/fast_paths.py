@@ -12,7 +12,8 @@ Decisions (cited as F1..F3):
 F1. It takes only the requests that need nothing from the layers it skips: headers within the
     431 limits, and no ``Origin`` when CORS is configured (the CORS middleware must answer
     those). Anything else goes to the app, whose middleware stack answers as for any request.
-    (WebSocket handlers check the ``Origin`` of a handshake themselves: CORS does not apply.)
+    A WebSocket needs only the header limits: CORS does not apply to handshakes, whose
+    ``Origin`` the socket handlers check themselves.
 F2. It does the one thing every response needs from the skipped layers itself: the request id
     (``request_id.py``), in the logs and in the ``X-Request-ID`` header.
 F3. ``install()`` puts it outside jobcast's other middlewares, and ``jobcast serve`` wraps the
@@ -57,8 +58,8 @@ class FastPaths:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "websocket" and self._plain(scope):
-            await self._socket(scope, receive, send)
+        if kind == "websocket" and not headers_over_limit(scope["headers"]):
+            await self._socket(scope, receive, send)  # no CORS for sockets: F1
             return
         if kind != "http" or not self._plain(scope):
             await self.app(scope, receive, send)
