@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shlex
-import statistics
 import sys
 import tempfile
 import time
@@ -21,7 +20,7 @@ from typing import Any
 
 import jwt
 
-from bench.report import machine
+from bench.report import print_medians
 from jobcast.config import Settings
 from jobcast.server.app import Jobcast, create_app
 from jobcast.server.fast_streams import open_fast_stream
@@ -89,16 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args(argv)
     found = asyncio.run(measure(args.streams, args.repeat))
-    info = machine()
-    print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
-    command = shlex.join(["python", "-m", "bench.open_cost", *sys.argv[1:]])
-    print(f"command: {command}  (medians of {args.repeat} rounds of {args.streams} streams)\n")
-    base = statistics.median(found["token verified before"])
-    print("| stream request | µs per stream opened | ratio |")
-    print("|---|---|---|")
-    for label, values in found.items():
-        median = statistics.median(values)
-        print(f"| {label} | {median:.1f} | {median / base:.2f} |")
+    print_medians(
+        shlex.join(["python", "-m", "bench.open_cost", *sys.argv[1:]]),
+        f"medians of {args.repeat} rounds of {args.streams} streams",
+        ("stream request", "µs per stream opened"),
+        found,
+        "token verified before",
+    )
     return 0
 
 

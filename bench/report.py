@@ -55,6 +55,25 @@ class Check:
     reference: tuple[str, str] | None = None
 
 
+def print_medians(
+    command: str,
+    note: str,
+    header: tuple[str, str],
+    found: dict[str, list[float]],
+    reference: str,
+) -> None:
+    """The machine, the command, and one line per entry of ``found``: its median and its
+    ratio to ``reference``'s median (for the small benchmarks beside ``python -m bench``)."""
+    print("\nmachine: " + ", ".join(f"{k} {v}" for k, v in machine().items()))
+    print(f"command: {command}  ({note})\n")
+    base = statistics.median(found[reference])
+    print(f"| {header[0]} | {header[1]} | ratio to {reference} |")
+    print("|---|---|---|")
+    for label, values in found.items():
+        median = statistics.median(values)
+        print(f"| {label} | {median:.1f} | {median / base:.2f} |")
+
+
 def machine() -> dict[str, str]:
     cpu = "unknown"
     with open("/proc/cpuinfo") as info:

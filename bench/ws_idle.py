@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shlex
-import statistics
 import sys
 import time
 from collections.abc import Callable
 
 import websockets
 
-from bench.report import machine
+from bench.report import print_medians
 from bench.targets import HOST, FloorTarget, JobcastTarget, Target, mint
 
 SUBSCRIBE = '{"op": "subscribe", "topics": ["bench/idle-ws"]}'
@@ -81,16 +80,13 @@ def main(argv: list[str] | None = None) -> int:
             found[name].append(run(build(), path, args.sockets))
             took = time.monotonic() - began
             print(f"[{attempt + 1}/{args.repeat}] {name} ({took:.0f} s): {found[name][-1]:.1f} KB")
-    info = machine()
-    print("\nmachine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
-    command = shlex.join(["python", "-m", "bench.ws_idle", *sys.argv[1:]])
-    print(f"command: {command}  (medians of {args.repeat} runs of {args.sockets} sockets)\n")
-    floor = statistics.median(found["floor"])
-    print("| server | KB per idle WebSocket | ratio to the floor |")
-    print("|---|---|---|")
-    for name, values in found.items():
-        median = statistics.median(values)
-        print(f"| {name} | {median:.1f} | {median / floor:.2f} |")
+    print_medians(
+        shlex.join(["python", "-m", "bench.ws_idle", *sys.argv[1:]]),
+        f"medians of {args.repeat} runs of {args.sockets} sockets",
+        ("server", "KB per idle WebSocket"),
+        found,
+        "floor",
+    )
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -168,11 +169,10 @@ async def test_websocket_messages_far_over_the_limit_are_cut_off_unread(
     assert ws.close_code == 1009
 
 
-@pytest.fixture(params=[False, True], ids=["default", "compression-on"])
-def ws_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int, bool]]:
-    compression: bool = request.param
+@contextlib.contextmanager
+def serving(tmp_path: Path, env: dict[str, str]) -> Iterator[int]:
+    """``jobcast serve`` with ``env`` on a free port, stopped on the way out."""
     port = free_port()
-    env = serve_env(ws_compression="true") if compression else serve_env()
     with (tmp_path / "server.log").open("w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "jobcast", "serve", "--port", str(port)],
@@ -183,10 +183,18 @@ def ws_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[
         )
         try:
             wait_for_port(port, process)
-            yield port, compression
+            yield port
         finally:
             process.terminate()
             process.wait(15)
+
+
+@pytest.fixture(params=[False, True], ids=["default", "compression-on"])
+def ws_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int, bool]]:
+    compression: bool = request.param
+    env = serve_env(ws_compression="true") if compression else serve_env()
+    with serving(tmp_path, env) as port:
+        yield port, compression
 
 
 async def test_websocket_compression_is_off_unless_asked_for(ws_server: tuple[int, bool]) -> None:
@@ -199,19 +207,9 @@ async def test_websocket_compression_is_off_unless_asked_for(ws_server: tuple[in
 
 
 def test_forwarded_for_counts_only_from_the_configured_proxies(tmp_path: Path) -> None:
-    port = free_port()
     env = serve_env(jwt_secret=SECRET, rate_limit_publish="1/minute")
     env["JOBCAST_FORWARDED_ALLOW_IPS"] = "10.9.9.9"  # the proxy; the test client is not it
-    log = (tmp_path / "server.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "jobcast", "serve", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_for_port(port, process)
+    with serving(tmp_path, env) as port:
         tokens = TokenAuthority(SECRET)
         codes = []
         for n, address in enumerate(["192.0.2.1", "192.0.2.2"]):
@@ -227,7 +225,3 @@ def test_forwarded_for_counts_only_from_the_configured_proxies(tmp_path: Path) -
             codes.append(response.status_code)
         # two subjects, two claimed addresses, but one real peer: the second is over its limit
         assert codes == [202, 429]
-    finally:
-        process.terminate()
-        process.wait(10)
-        log.close()
