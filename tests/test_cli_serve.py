@@ -41,44 +41,40 @@ def jobcast(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, Path]]:
-    port = free_port()
+def serve_env(**settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBCAST_")}
-    env["JOBCAST_HEARTBEAT_INTERVAL"] = "0.5"
-    log = (tmp_path / "server.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "jobcast", "serve", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
+    env.update({f"JOBCAST_{name.upper()}": value for name, value in settings.items()})
+    return env
+
+
+@contextlib.contextmanager
+def serving(tmp_path: Path, env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """``jobcast serve`` with ``env`` on a free port, stopped on the way out."""
+    port = free_port()
+    with (tmp_path / "server.log").open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "jobcast", "serve", "--port", str(port)],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            log.close()
-            raise RuntimeError(
-                f"jobcast serve did not start: {(tmp_path / 'server.log').read_text()}"
-            )
-        time.sleep(0.05)
-    yield process, url, tmp_path
-    if process.poll() is None:
-        process.kill()
-        process.wait(10)
-    log.close()
+            wait_for_port(port, process)
+            yield process, port
+        finally:
+            process.terminate()
+            process.wait(15)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+    with serving(tmp_path, serve_env(heartbeat_interval="0.5")) as (process, port):
+        yield process, f"http://127.0.0.1:{port}", tmp_path
 
 
 def test_serve_uses_the_embedded_default_in_the_data_directory(
-    served: tuple[subprocess.Popen[str], str, Path],
+    served: tuple[subprocess.Popen[bytes], str, Path],
 ) -> None:
     _, url, cwd = served
     data = cwd / ".jobcast"
@@ -105,7 +101,7 @@ def test_serve_uses_the_embedded_default_in_the_data_directory(
 
 
 async def test_sigterm_ends_open_streams_promptly_and_exits_cleanly(
-    served: tuple[subprocess.Popen[str], str, Path],
+    served: tuple[subprocess.Popen[bytes], str, Path],
 ) -> None:
     process, url, cwd = served
     token = jobcast("token", "--sub", "alice", cwd=cwd).stdout.strip()
@@ -136,12 +132,6 @@ def test_help_lists_the_commands(tmp_path: Path) -> None:
     assert "serve" in result.stdout and "token" in result.stdout
 
 
-def serve_env(**settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBCAST_")}
-    env.update({f"JOBCAST_{name.upper()}": value for name, value in settings.items()})
-    return env
-
-
 def test_serve_prints_the_broker_url_without_its_password(tmp_path: Path) -> None:
     # Nothing listens on that port: the server prints its banner, then fails to start.
     url = f"redis://:s3cret@127.0.0.1:{free_port()}/0?password=s3cret"
@@ -158,7 +148,7 @@ def test_serve_prints_the_broker_url_without_its_password(tmp_path: Path) -> Non
 
 
 async def test_websocket_messages_far_over_the_limit_are_cut_off_unread(
-    served: tuple[subprocess.Popen[str], str, Path],
+    served: tuple[subprocess.Popen[bytes], str, Path],
 ) -> None:
     # The app would read the whole message, answer with an error, then close; uvicorn's own
     # limit (ws_max_size) closes first, without buffering a message that large.
@@ -169,31 +159,11 @@ async def test_websocket_messages_far_over_the_limit_are_cut_off_unread(
     assert ws.close_code == 1009
 
 
-@contextlib.contextmanager
-def serving(tmp_path: Path, env: dict[str, str]) -> Iterator[int]:
-    """``jobcast serve`` with ``env`` on a free port, stopped on the way out."""
-    port = free_port()
-    with (tmp_path / "server.log").open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "jobcast", "serve", "--port", str(port)],
-            cwd=tmp_path,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_for_port(port, process)
-            yield port
-        finally:
-            process.terminate()
-            process.wait(15)
-
-
 @pytest.fixture(params=[False, True], ids=["default", "compression-on"])
 def ws_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int, bool]]:
     compression: bool = request.param
     env = serve_env(ws_compression="true") if compression else serve_env()
-    with serving(tmp_path, env) as port:
+    with serving(tmp_path, env) as (_, port):
         yield port, compression
 
 
@@ -209,7 +179,7 @@ async def test_websocket_compression_is_off_unless_asked_for(ws_server: tuple[in
 def test_forwarded_for_counts_only_from_the_configured_proxies(tmp_path: Path) -> None:
     env = serve_env(jwt_secret=SECRET, rate_limit_publish="1/minute")
     env["JOBCAST_FORWARDED_ALLOW_IPS"] = "10.9.9.9"  # the proxy; the test client is not it
-    with serving(tmp_path, env) as port:
+    with serving(tmp_path, env) as (_, port):
         tokens = TokenAuthority(SECRET)
         codes = []
         for n, address in enumerate(["192.0.2.1", "192.0.2.2"]):
