@@ -50,17 +50,29 @@ async def watch(
 
 
 async def wait_running(
-    client: httpx.AsyncClient, server: LiveServer, job_id: str, *, sub: str = "alice"
+    client: httpx.AsyncClient,
+    server: LiveServer,
+    job_id: str,
+    *,
+    sub: str = "alice",
+    stage: str | None = None,
 ) -> None:
-    """Return once the job's stream reports it running (no sleeping)."""
+    """Return once the job's stream reports it running (no sleeping).
+
+    With ``stage``, wait until its handler has reported that stage too: "running" is stored
+    before the handler's first line runs.
+    """
     async with EventStream(
         client, f"{server.url}/api/jobs/{job_id}/events", headers=server.auth(sub)
     ) as stream:
         async with asyncio.timeout(10):
+            running = False
             while True:
                 event = await stream.next()
                 data = orjson.loads(event.data or "null")
-                if event.event in ("snapshot", "state") and data["state"] == "running":
+                if event.event in ("snapshot", "state"):
+                    running = data["state"] == "running"
+                if running and (stage is None or data.get("stage") == stage):
                     return
 
 

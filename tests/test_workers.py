@@ -133,8 +133,10 @@ async def test_a_killed_worker_s_jobs_are_retried_or_failed_never_left_running(
     server = make_server(**shared)
     unsafe = await submit(client, server, "hang")
     safe = await submit(client, server, "resumable", {"marker": str(tmp_path / "marker")})
-    await wait_running(client, server, unsafe["id"])
-    await wait_running(client, server, safe["id"])
+    await wait_running(client, server, unsafe["id"], stage="hanging")
+    # Its handler leaves the marker before it reports this stage; killed sooner, the second
+    # attempt would find no marker and hang as the first did.
+    await wait_running(client, server, safe["id"], stage="first attempt")
 
     procs.stop(first, signal.SIGKILL)  # no goodbye: only the heartbeat stops
     procs.worker("second", data_dir=tmp_path / "w2", **shared)
