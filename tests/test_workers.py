@@ -6,6 +6,7 @@ PostgreSQL store with the server, as they would on other machines.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 from collections.abc import Callable, Iterator
@@ -14,7 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
+from saq import Job as QueueJob
+from saq.queue.redis import RedisQueue
 
+from jobcast.jobs.worker import exclusive_sweep
+from jobcast.jobs.worker_queue import TASK, open_queue
 from tests.jobs_support import submit, wait_running, watch
 from tests.scale_support import Processes, poll_json, processes
 from tests.services import (
@@ -150,3 +155,36 @@ async def test_a_killed_worker_s_jobs_are_retried_or_failed_never_left_running(
     resumed = await poll_json(client, f"{url}/{safe['id']}", terminal, timeout=30, headers=auth)
     assert resumed["state"] == "succeeded" and resumed["result"] == "resumed"
     assert resumed["attempts"] == 2
+
+
+async def test_a_sweep_that_outlasts_its_lock_is_not_overlapped_by_another(
+    shared: dict[str, Any],
+) -> None:
+    """Two workers' sweeps overlapping would each abort and re-queue the same stuck jobs
+    (worker.K6): here a second sweep starts once SAQ's one-second lock has expired while
+    the first is still waiting on its first stuck job, and must find nothing to do."""
+    queue = open_queue(shared["queue_url"])
+    await queue.connect()
+    try:
+        keys = ["stuck-1", "stuck-2"]
+        for key in keys:  # taken by a worker that then died: nobody acknowledges an abort
+            await queue.enqueue(QueueJob(function=TASK, key=key, heartbeat=1, retries=5))
+            assert await queue.dequeue() is not None
+        sweep = exclusive_sweep(queue, queue.sweep)
+        first = asyncio.create_task(sweep(1))
+        async with asyncio.timeout(10):
+            await until_exists(queue, "sweep", True)  # the first sweep has taken SAQ's lock
+            await until_exists(queue, "sweep", False)  # ... which expires while it sweeps
+            assert not first.done()
+            assert await sweep(1) == []
+            assert sorted(await first) == sorted(f"saq:job:{queue.name}:{key}" for key in keys)
+        queued = await queue.redis.lrange(queue.namespace("queued"), 0, -1)
+        assert sorted(queued) == sorted(f"saq:job:{queue.name}:{key}".encode() for key in keys)
+    finally:
+        await queue.disconnect()
+
+
+async def until_exists(queue: RedisQueue, name: str, exists: bool) -> None:
+    """Wait until the queue's Redis key ``name`` exists (or not): a lock's TTL has no event."""
+    while bool(await queue.redis.exists(queue.namespace(name))) != exists:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)

@@ -26,8 +26,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis.exceptions import RedisError
 from saq import Job as QueueJob
-from saq import Queue
 from saq.job import TERMINAL_STATUSES, Status
+from saq.queue.redis import RedisQueue
 
 from jobcast.brokers.redis import shielded
 from jobcast.errors import Conflict, NotFound, Unavailable
@@ -47,12 +47,12 @@ TASK = "jobcast.run"
 QUEUE_NAME = "jobcast"
 
 
-def open_queue(url: str) -> Queue:
+def open_queue(url: str) -> RedisQueue:
     """``redis://host:port/db`` (``?queue=name`` to share one Redis between deployments)."""
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query))
     name = query.pop("queue", QUEUE_NAME)
-    return Queue.from_url(urlunsplit(parts._replace(query=urlencode(query))), name=name)
+    return RedisQueue.from_url(urlunsplit(parts._replace(query=urlencode(query))), name=name)
 
 
 async def queue_call(call: Awaitable[T]) -> T:
