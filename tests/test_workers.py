@@ -16,9 +16,11 @@ from typing import Any
 import httpx
 import pytest
 from saq import Job as QueueJob
+from saq.job import Status
 from saq.queue.redis import RedisQueue
+from saq.utils import now
 
-from jobcast.jobs.worker import exclusive_sweep
+from jobcast.jobs.sweep import Sweeper
 from jobcast.jobs.worker_queue import TASK, open_queue
 from tests.jobs_support import submit, wait_running, watch
 from tests.scale_support import Processes, poll_json, processes
@@ -157,34 +159,61 @@ async def test_a_killed_worker_s_jobs_are_retried_or_failed_never_left_running(
     assert resumed["attempts"] == 2
 
 
-async def test_a_sweep_that_outlasts_its_lock_is_not_overlapped_by_another(
+async def test_a_sweep_that_outlasts_a_heartbeat_is_not_overlapped_by_another(
     shared: dict[str, Any],
 ) -> None:
-    """Two workers' sweeps overlapping would each abort and re-queue the same stuck jobs
-    (worker.K6): here a second sweep starts once SAQ's one-second lock has expired while
-    the first is still waiting on its first stuck job, and must find nothing to do."""
+    """Overlapping sweeps would each abort and re-queue the same stuck jobs (sweep.S1): a
+    second sweep, started while the first still waits on its first stuck job, does nothing."""
     queue = open_queue(shared["queue_url"])
     await queue.connect()
     try:
-        keys = ["stuck-1", "stuck-2"]
-        for key in keys:  # taken by a worker that then died: nobody acknowledges an abort
-            await queue.enqueue(QueueJob(function=TASK, key=key, heartbeat=1, retries=5))
-            assert await queue.dequeue() is not None
-        sweep = exclusive_sweep(queue, queue.sweep)
-        first = asyncio.create_task(sweep(1))
+        ids = [await taken_by_a_dead_worker(queue, key) for key in ("stuck-1", "stuck-2")]
+        first_worker, second_worker = Sweeper(queue), Sweeper(queue)
+        first = asyncio.create_task(first_worker(1))
         async with asyncio.timeout(10):
-            await until_exists(queue, "sweep", True)  # the first sweep has taken SAQ's lock
-            await until_exists(queue, "sweep", False)  # ... which expires while it sweeps
-            assert not first.done()
-            assert await sweep(1) == []
-            assert sorted(await first) == sorted(f"saq:job:{queue.name}:{key}" for key in keys)
+            await until_status(queue, "stuck-1", Status.ABORTING)  # the first sweep waits on it
+            assert await second_worker(1) == []
+            assert sorted(await first) == sorted(ids)
         queued = await queue.redis.lrange(queue.namespace("queued"), 0, -1)
-        assert sorted(queued) == sorted(f"saq:job:{queue.name}:{key}".encode() for key in keys)
+        assert sorted(queued) == sorted(job_id.encode() for job_id in ids)  # each once
     finally:
         await queue.disconnect()
 
 
-async def until_exists(queue: RedisQueue, name: str, exists: bool) -> None:
-    """Wait until the queue's Redis key ``name`` exists (or not): a lock's TTL has no event."""
-    while bool(await queue.redis.exists(queue.namespace(name))) != exists:  # noqa: ASYNC110
+async def test_a_job_dequeued_a_moment_ago_is_not_swept(shared: dict[str, Any]) -> None:
+    """A job in the active list not yet marked active was just taken by a live worker, or by
+    one that died before marking it (sweep.S2): only a later sweep that sees it so again may
+    take it back."""
+    queue = open_queue(shared["queue_url"])
+    await queue.connect()
+    try:
+        await queue.enqueue(QueueJob(function=TASK, key="just-taken", heartbeat=1, retries=5))
+        job = await queue.dequeue()  # its worker would mark it active right after
+        assert job is not None and job.status is Status.QUEUED
+        sweeper = Sweeper(queue, abort_wait=0.1)
+        assert await sweeper(60) == []
+        assert await sweeper(60) == []  # seen again, but within a heartbeat
+        assert await queue.redis.lrange(queue.namespace("active"), 0, -1) == [job.id.encode()]
+        assert await sweeper(0) == [job.id]  # still not marked a heartbeat later: its worker died
+        queued = await queue.redis.lrange(queue.namespace("queued"), 0, -1)
+        assert queued == [job.id.encode()]
+    finally:
+        await queue.disconnect()
+
+
+async def taken_by_a_dead_worker(queue: RedisQueue, key: str) -> str:
+    """A job dequeued and marked running by a worker that then stopped touching it."""
+    await queue.enqueue(QueueJob(function=TASK, key=key, heartbeat=1, retries=5))
+    job = await queue.dequeue()
+    assert job is not None
+    job.status = Status.ACTIVE
+    job.touched = job.started = now() - 5_000  # five seconds past its one-second heartbeat
+    assert job.stuck
+    await queue.redis.set(job.id, queue.serialize(job))  # as its last touch left it
+    return job.id
+
+
+async def until_status(queue: RedisQueue, key: str, status: Status) -> None:
+    """Wait until a queue job has ``status``: another task's progress has no event here."""
+    while (job := await queue.job(key)) is None or job.status is not status:  # noqa: ASYNC110
         await asyncio.sleep(0.02)

@@ -6,10 +6,10 @@ handler registry, timeouts, cancellation and coalesced progress (``LiveJob``), s
 the same wherever it runs. Its events go to the shared Redis broker, so every server instance
 streams them.
 
-Decisions (cited as K1..K6):
+Decisions (cited as K1..K5):
 
 K1. A heartbeat task touches the SAQ job every third of ``worker_heartbeat_seconds``; a worker
-    that dies stops touching it, SAQ's sweep (run by every other worker) re-queues it, and the
+    that dies stops touching it, the sweep (K4, run by every other worker) re-queues it, and the
     next worker finds it ``running`` in the store and applies runner.R3: re-run when its
     handler is ``retry_safe`` and attempts remain, else fail it as ``Interrupted``.
 K2. When SAQ cancels our task, the SAQ job's status tells why: ``aborting`` means a user
@@ -17,19 +17,11 @@ K2. When SAQ cancels our task, the SAQ job's status tells why: ``aborting`` mean
     Either way the runner's own task publishes the terminal event before we return.
 K3. A job already terminal when it is dequeued (cancelled while queued, or finished by a
     previous attempt) is skipped.
-K4. SAQ's sweep asks a stuck job's worker to abort it and waits up to 5 s for an answer, one
-    job after another: a dead worker that held 20 jobs would delay recovery by 100 s. Live
-    workers poll for aborts every second (the ``abort`` timer), so two seconds is enough.
+K4. Every worker sweeps the queue once a heartbeat, with jobcast's sweep (``sweep.py``) in
+    place of SAQ's, whose races could run one job twice.
 K5. A worker reports its job metrics (durations of the jobs it ran, its store writes and
     errors) as a process of its own in the shared metrics snapshots, so any server's
     ``/metrics`` covers the jobs that ran on workers too.
-K6. One sweep at a time, across all workers. SAQ's sweep lock is a throttle that expires after
-    ``lock`` seconds (its poll interval, our heartbeat), while a sweep may take longer (K4's
-    wait per stuck job). A second sweep that overlapped the first would abort a job the first
-    had just re-queued, or re-queue one a live worker had just taken: a job stuck in
-    ``running`` for ever, a cancellation nobody asked for, or two runs of one job. So a sweep
-    holds a Redis lock of its own, renewed while it lasts; a worker that finds it taken skips
-    its turn. A sweeper that dies mid-sweep delays the next one by at most ``SWEEP_GUARD``.
 """
 
 from __future__ import annotations
@@ -37,15 +29,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from redis.asyncio.lock import Lock
-from redis.exceptions import LockError, RedisError
 from saq import Worker
 from saq.job import Status
-from saq.queue.redis import RedisQueue
 from saq.types import PartialTimersDict
 
 from jobcast.brokers.redis import RedisBroker, shielded
@@ -57,46 +45,13 @@ from jobcast.jobs.metrics import JobsCollector
 from jobcast.jobs.model import JobState
 from jobcast.jobs.registry import Registry
 from jobcast.jobs.runner import EmbeddedRunner
+from jobcast.jobs.sweep import Sweeper
 from jobcast.jobs.worker_queue import TASK, open_queue
 from jobcast.server.metrics_shared import SharedMetrics
 from jobcast.stores import open_store
 from jobcast.stores.base import JobStore
 
 logger = logging.getLogger("jobcast.worker")
-
-#: Seconds the sweep waits for a stuck job's worker to acknowledge an abort (K4).
-SWEEP_ABORT_WAIT = 2.0
-#: Seconds a sweep's lock outlives its holder (K6); renewed every third of that while it sweeps.
-SWEEP_GUARD = 30.0
-
-Sweep = Callable[[int, float], Coroutine[Any, Any, list[str]]]
-
-
-def exclusive_sweep(queue: RedisQueue, sweep: Sweep) -> Sweep:
-    """``sweep`` (SAQ's ``queue.sweep``) run by one worker at a time (K6); SAQ's worker
-    passes only ``lock``, so ``abort`` is K4's."""
-    name = f"saq:{queue.name}:jobcast-sweep"
-
-    async def guarded(lock: int = 60, abort: float = SWEEP_ABORT_WAIT) -> list[str]:
-        guard = queue.redis.lock(name, timeout=SWEEP_GUARD, blocking=False)
-        if not await shielded(guard.acquire()):
-            return []  # another worker is sweeping
-        keeper = asyncio.create_task(_keep(guard))
-        try:
-            return await sweep(lock, abort)
-        finally:
-            keeper.cancel()
-            with contextlib.suppress(LockError, RedisError, OSError):
-                await shielded(guard.release())
-
-    return guarded
-
-
-async def _keep(guard: Lock) -> None:
-    while True:
-        await asyncio.sleep(SWEEP_GUARD / 3)
-        with contextlib.suppress(LockError, RedisError, OSError):  # it may still expire: K6
-            await shielded(guard.reacquire())
 
 
 def load_registry(settings: Settings) -> Registry:
@@ -135,7 +90,7 @@ class JobWorker:
                 metrics = self._shared_metrics(store)
                 metrics.start()
             queue = open_queue(settings.queue_url or "")
-            queue.sweep = exclusive_sweep(queue, queue.sweep)  # type: ignore[method-assign,assignment]  # K6
+            queue.sweep = Sweeper(queue)  # type: ignore[method-assign]  # K4
             beat = settings.worker_heartbeat_seconds
             timers: PartialTimersDict = {
                 "sweep": beat,
