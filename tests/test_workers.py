@@ -159,6 +159,42 @@ async def test_a_killed_worker_s_jobs_are_retried_or_failed_never_left_running(
     assert resumed["attempts"] == 2
 
 
+async def test_a_job_swept_from_a_live_worker_is_interrupted_not_cancelled(
+    make_server: Callable[..., LiveServer],
+    procs: Processes,
+    shared: dict[str, Any],
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    """A worker cut off from Redis past its heartbeat is alive, and another worker's sweep
+    aborts its job to hand it over (worker.K2): the job ends as interrupted (R3), not as
+    cancelled by a user nobody saw."""
+    procs.worker("worker", data_dir=tmp_path / "worker", **shared)
+    server = make_server(**shared)
+    hanging = await submit(client, server, "hang")
+    resumable = await submit(client, server, "resumable", {"marker": str(tmp_path / "marker")})
+    await wait_running(client, server, hanging["id"], stage="hanging")
+    await wait_running(client, server, resumable["id"], stage="first attempt")
+
+    queue = open_queue(shared["queue_url"])
+    await queue.connect()
+    try:  # what another worker's sweep does to a job it finds stuck
+        for job_id in (hanging["id"], resumable["id"]):
+            queued = await queue.job(job_id)
+            assert queued is not None
+            await Sweeper(queue).recover(queued)
+    finally:
+        await queue.disconnect()
+
+    url, auth = f"{server.url}/api/jobs", server.auth()
+    failed = await poll_json(client, f"{url}/{hanging['id']}", terminal, timeout=15, headers=auth)
+    assert failed["state"] == "failed" and failed["error"]["type"] == "Interrupted", failed
+    resumed = await poll_json(
+        client, f"{url}/{resumable['id']}", terminal, timeout=15, headers=auth
+    )
+    assert resumed["state"] == "succeeded" and resumed["attempts"] == 2, resumed
+
+
 async def test_a_sweep_that_outlasts_a_heartbeat_is_not_overlapped_by_another(
     shared: dict[str, Any],
 ) -> None:

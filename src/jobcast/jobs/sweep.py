@@ -94,13 +94,13 @@ class Sweeper:
                 if seen is None or now - seen < heartbeat:  # S2
                     self.suspects[job_id] = now if seen is None else seen
                     continue
-                await self._recover(job)
+                await self.recover(job)
             else:
-                await self._recover(job)
+                await self.recover(job)
             swept.append(job_id)
         return swept
 
-    async def _recover(self, job: Job) -> None:
+    async def recover(self, job: Job) -> None:
         """Abort ``job`` where it runs, then re-queue it if SAQ may retry it (S3)."""
         queue, error = self.queue, self.queue.swept_error_message
         logger.info("sweeping %s", job.info())

@@ -12,9 +12,12 @@ K1. A heartbeat task touches the SAQ job every third of ``worker_heartbeat_secon
     that dies stops touching it, the sweep (K4, run by every other worker) re-queues it, and the
     next worker finds it ``running`` in the store and applies runner.R3: re-run when its
     handler is ``retry_safe`` and attempts remain, else fail it as ``Interrupted``.
-K2. When SAQ cancels our task, the SAQ job's status tells why: ``aborting`` means a user
-    cancelled (the job ends ``cancelled``); anything else is this worker shutting down (R3).
-    Either way the runner's own task publishes the terminal event before we return.
+K2. When SAQ cancels our task, the SAQ job tells why: ``aborting`` means a user cancelled
+    (the job ends ``cancelled``), unless a sweep aborted it, as the abort's reason says: this
+    worker missed its heartbeats (cut off from Redis, or too busy) and another one takes the
+    job over. That, and anything else (this worker shutting down), is one of R3's
+    interruptions, never a cancellation nobody asked for. Either way the runner's own task
+    publishes the terminal event before we return.
 K3. A job already terminal when it is dequeued (cancelled while queued, or finished by a
     previous attempt) is skipped.
 K4. Every worker sweeps the queue once a heartbeat, with jobcast's sweep (``sweep.py``) in
@@ -140,9 +143,16 @@ class JobWorker:
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:  # K2
-            current = await shielded(queued.get_queue().job(queued.key))
-            aborted = current is not None and current.status in (Status.ABORTING, Status.ABORTED)
-            runner.stop(live, "cancel" if aborted else "shutdown")
+            queue = queued.get_queue()
+            current = await shielded(queue.job(queued.key))
+            # The abort's reason is in its key: the job's error is rewritten by our heartbeat.
+            reason = await shielded(queue.redis.get(queued.abort_id))
+            cancelled = (
+                current is not None
+                and current.status in (Status.ABORTING, Status.ABORTED)
+                and reason != queue.swept_error_message.encode()
+            )
+            runner.stop(live, "cancel" if cancelled else "shutdown")
             await task
         finally:
             beat.cancel()
