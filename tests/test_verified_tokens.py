@@ -8,7 +8,7 @@ import jwt
 import pytest
 
 from jobcast.auth import Principal, Role, TokenAuthority
-from jobcast.errors import Unauthorized
+from jobcast.errors import InvalidInput, Unauthorized
 from jobcast.verified_tokens import VerifiedTokens
 from tests.support import SECRET
 
@@ -74,3 +74,11 @@ async def test_an_expired_token_is_refused_even_though_it_verified_before() -> N
     assert authority._verified.get(token, now, "bearer") is not None
     # What the next verification will see once the clock passes exp.
     assert authority._verified.get(token, exp, "bearer") is None
+
+
+def test_a_secret_shaped_like_a_public_key_is_refused_once_at_start() -> None:
+    """The secret is checked when the authority is made (auth.checked_hmac_key), not per
+    token, and a public key pasted as the shared secret is still refused."""
+    pem = "\n".join(["-----BEGIN PUBLIC KEY-----", "MFkwEwYHKoZIzj0C", "-----END PUBLIC KEY-----"])
+    with pytest.raises(InvalidInput, match="JWT secret cannot sign tokens"):
+        TokenAuthority(pem)

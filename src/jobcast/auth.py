@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 import jwt
 import orjson
+from jwt.algorithms import HMACAlgorithm
 
-from jobcast.errors import Unauthorized
+from jobcast.errors import InvalidInput, Unauthorized
 from jobcast.verified_tokens import VerifiedTokens
 
 if TYPE_CHECKING:
@@ -94,11 +95,8 @@ class TokenAuthority:
         #: Bearer tokens verified in the last minute (``verified_tokens.py``).
         self._verified = VerifiedTokens()
         self._jwks = jwt.PyJWKClient(keys.jwks_url, lifespan=300) if keys.jwks_url else None
-        # The shared secret as prepared keys, one per HMAC algorithm: PyJWT re-inspects a raw
-        # secret on every decode (is it PEM, JWK JSON, ...?), which cost more than the
-        # signature check itself on every stream a client opens.
-        secret = base64.urlsafe_b64encode(keys.secret.encode()).rstrip(b"=").decode()
-        self._hmac = {alg: jwt.PyJWK({"kty": "oct", "k": secret}, algorithm=alg) for alg in _HMAC}
+        # The shared secret as keys checked once, one per HMAC algorithm (checked_hmac_key).
+        self._hmac = {alg: checked_hmac_key(keys.secret, alg) for alg in _HMAC}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenAuthority:
@@ -296,6 +294,37 @@ def principal_from_claims(claims: dict[str, Any], via: str = "bearer") -> Princi
     exp = claims.get("exp")
     expires_at = float(exp) if exp is not None else None
     return Principal(subject, role, tuple(topics), expires_at, via=via)
+
+
+def checked_hmac_key(secret: str, algorithm: str) -> jwt.PyJWK:
+    """``secret`` as the key of an HMAC ``algorithm``, checked once instead of per token.
+
+    PyJWT prepares the key again on every decode, a PyJWK's too: for an HMAC secret it parses
+    it as JSON and tests it for PEM, SSH and DER shapes (so that a public key is never used as
+    a shared secret). That was a third of verifying a token, on every stream a new client
+    opens. The same checks run once here; each decode then gets the checked bytes back.
+    """
+    encoded = base64.urlsafe_b64encode(secret.encode()).rstrip(b"=").decode()
+    key = jwt.PyJWK({"kty": "oct", "k": encoded}, algorithm=algorithm)
+    try:
+        key.Algorithm = _CheckedOnce(key.Algorithm, key.key)
+    except jwt.InvalidKeyError as exc:
+        raise InvalidInput(f"the JWT secret cannot sign tokens: {exc}") from None
+    return key
+
+
+class _CheckedOnce(HMACAlgorithm):
+    """An HMAC algorithm that has checked one key already (``checked_hmac_key``)."""
+
+    def __init__(self, algorithm: Any, key: bytes) -> None:
+        super().__init__(algorithm.hash_alg)
+        self._key = key
+        self._checked = super().prepare_key(key)  # raises for a key that is not a secret
+
+    def prepare_key(self, key: str | bytes) -> bytes:
+        if key is self._key or key is self._checked:
+            return self._checked
+        return super().prepare_key(key)
 
 
 def unverified_alg(token: str) -> object:
