@@ -49,29 +49,28 @@ GUARD = 6.0
 
 
 class Sweeper:
-    """A worker's sweep: ``queue.sweep = Sweeper(queue)``; SAQ's worker calls it each heartbeat
-    with ``lock``, the heartbeat in seconds."""
+    """A worker's sweep: ``queue.sweep = Sweeper(queue)``. SAQ's worker calls it each heartbeat
+    with ``lock``, the heartbeat in seconds; ``abort`` is the wait for an abort's answer (S3)."""
 
-    def __init__(self, queue: RedisQueue, abort_wait: float = ABORT_WAIT) -> None:
+    def __init__(self, queue: RedisQueue) -> None:
         self.queue = queue
-        self.abort_wait = abort_wait
         self.guard_name = queue.namespace("jobcast-sweep")
         #: Jobs seen not running at the last sweep, and since when (S2).
         self.suspects: dict[str, float] = {}
 
-    async def __call__(self, lock: int = 60, abort: float = 0.0) -> list[str]:
+    async def __call__(self, lock: int = 60, abort: float = ABORT_WAIT) -> list[str]:
         guard = self.queue.redis.lock(self.guard_name, timeout=GUARD, blocking=False)
         if not await shielded(guard.acquire()):
             return []  # another worker is sweeping (S1)
         keeper = asyncio.create_task(_keep(guard))
         try:
-            return await self._sweep(lock)
+            return await self._sweep(lock, abort)
         finally:
             keeper.cancel()
             with contextlib.suppress(LockError, RedisError, OSError):
                 await shielded(guard.release())
 
-    async def _sweep(self, heartbeat: float) -> list[str]:
+    async def _sweep(self, heartbeat: float, abort_wait: float) -> list[str]:
         queue, redis = self.queue, self.queue.redis
         active = queue.namespace("active")
         listed = cast("Awaitable[list[bytes]]", redis.lrange(active, 0, -1))  # typed sync|async
@@ -94,19 +93,19 @@ class Sweeper:
                 if seen is None or now - seen < heartbeat:  # S2
                     self.suspects[job_id] = now if seen is None else seen
                     continue
-                await self.recover(job)
+                await self.recover(job, abort_wait)
             else:
-                await self.recover(job)
+                await self.recover(job, abort_wait)
             swept.append(job_id)
         return swept
 
-    async def recover(self, job: Job) -> None:
+    async def recover(self, job: Job, abort_wait: float = ABORT_WAIT) -> None:
         """Abort ``job`` where it runs, then re-queue it if SAQ may retry it (S3)."""
         queue, error = self.queue, self.queue.swept_error_message
         logger.info("sweeping %s", job.info())
         await queue.abort(job, error=error)
         try:
-            await job.refresh(self.abort_wait)
+            await job.refresh(abort_wait)
         except TimeoutError:
             logger.info("no answer from the worker of %s: it is gone", job.key)
         if job.retryable:
