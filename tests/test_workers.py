@@ -149,7 +149,7 @@ async def test_a_killed_worker_s_jobs_are_retried_or_failed_never_left_running(
     procs.worker("second", data_dir=tmp_path / "w2", **shared)
 
     # Recovery takes a heartbeat, the second worker's start and its sweep, which waits for an
-    # abort acknowledgement (jobs.worker.K4) per stuck job, one after another.
+    # abort acknowledgement (jobs.sweep.S3) per stuck job, one after another.
     url, auth = f"{server.url}/api/jobs", server.auth()
     failed = await poll_json(client, f"{url}/{unsafe['id']}", terminal, timeout=30, headers=auth)
     assert failed["state"] == "failed"
