@@ -182,7 +182,9 @@ async def test_a_job_swept_from_a_live_worker_is_interrupted_not_cancelled(
         for job_id in (hanging["id"], resumable["id"]):
             queued = await queue.job(job_id)
             assert queued is not None
-            await Sweeper(queue).recover(queued)
+            # A longer wait than a sweep's: SAQ's abort poll skips jobs younger than a second,
+            # and these have only just started (a swept job has missed a heartbeat or more).
+            await Sweeper(queue).recover(queued, abort_wait=5.0)
     finally:
         await queue.disconnect()
 
