@@ -81,19 +81,18 @@ class Sweeper:
         swept = []
         for job_id, record in zip(ids, records, strict=True):
             job = queue.deserialize(record)
-            if job is None:  # its record is gone: only the id is left to drop
-                async with redis.pipeline(transaction=True) as pipe:
-                    pipe.lrem(active, 0, job_id)
-                    pipe.zrem(queue.namespace("incomplete"), job_id)
-                    await pipe.execute()
-            elif not job.stuck:
+            if job is not None and not job.stuck:
                 if job.status is Status.ACTIVE:
                     continue  # running, and its worker is alive
                 seen = suspects.get(job_id)
                 if seen is None or now - seen < heartbeat:  # S2
                     self.suspects[job_id] = now if seen is None else seen
                     continue
-                await self.recover(job, abort_wait)
+            if job is None:  # its record is gone: only the id is left to drop
+                async with redis.pipeline(transaction=True) as pipe:
+                    pipe.lrem(active, 0, job_id)
+                    pipe.zrem(queue.namespace("incomplete"), job_id)
+                    await pipe.execute()
             else:
                 await self.recover(job, abort_wait)
             swept.append(job_id)
