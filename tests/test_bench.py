@@ -64,3 +64,13 @@ def test_the_websocket_memory_benchmark_measures_every_server() -> None:
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     names = [row.split("|")[1].strip() for row in rows[1:]]
     assert names == ["jobcast", "jobcast, compression on", "floor"]
+
+
+def test_the_publish_cost_benchmark_measures_every_server() -> None:
+    command = [sys.executable, "-m", "bench.publish_cost", "--requests", "100", "--repeat", "1"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines() if "| " in line}
+    servers = ["floor (trivial ASGI app)", "jobcast, SQLite history", "jobcast, memory://"]
+    assert all(server in rows for server in [*servers, "baseline"])
+    assert rows["floor (trivial ASGI app)"].rstrip().endswith("| 1.00 |")
