@@ -104,9 +104,7 @@ class SQLiteBroker:
             create_private(self.path)  # events can be private: 0600, as is the secret
             self._assigned = self._committed = await self._run(self._open)
         except sqlite3.Error as exc:
-            await self._run(self._close_connection)
-            self._thread.shutdown()
-            self._thread = None
+            await self._stop_thread()
             self._lock.release()
             raise Unavailable(f"cannot open the event history at {self.path}: {exc}") from exc
         self._tasks = [
@@ -128,10 +126,7 @@ class SQLiteBroker:
                 await self._commit_queue()
         finally:
             self._fail_queued("the event history is closed")
-            if self._thread is not None:
-                await self._run(self._close_connection)
-                self._thread.shutdown()
-                self._thread = None
+            await self._stop_thread()
             self._lock.release()
 
     async def _run(self, function: Callable[..., T], *args: object) -> T:
@@ -151,6 +146,13 @@ class SQLiteBroker:
         row = db.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
         db.commit()
         return int(row[0]) if row else 0
+
+    async def _stop_thread(self) -> None:
+        """Close the connection on its thread, then end the thread."""
+        if self._thread is not None:
+            await self._run(self._close_connection)
+            self._thread.shutdown()
+            self._thread = None
 
     def _close_connection(self) -> None:
         if self._db is not None:
