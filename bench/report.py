@@ -71,7 +71,9 @@ def print_medians(
     print("|---|---|---|")
     for label, values in found.items():
         median = statistics.median(values)
-        print(f"| {label} | {median:.1f} | {median / base:.2f} |")
+        # CPU seconds from /proc count in clock ticks: a run too short to use one has no ratio.
+        ratio = f"{median / base:.2f}" if base > 0 else "n/a (reference measured 0)"
+        print(f"| {label} | {median:.1f} | {ratio} |")
 
 
 def machine() -> dict[str, str]:
@@ -89,7 +91,7 @@ def machine() -> dict[str, str]:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = "-"
-    nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True, check=False)
+    nginx = _nginx_version()
     return {
         "cpu": cpu,
         "cores": str(os.cpu_count()),
@@ -97,8 +99,17 @@ def machine() -> dict[str, str]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         **versions,
-        "nginx": nginx.stderr.strip().split("/")[-1] if nginx.returncode == 0 else "-",
+        "nginx": nginx,
     }
+
+
+def _nginx_version() -> str:
+    """nginx's version, or "-" where it is not installed (the nchan rows then do not run)."""
+    try:
+        found = subprocess.run(["nginx", "-v"], capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        return "-"
+    return found.stderr.strip().split("/")[-1] if found.returncode == 0 else "-"
 
 
 def _format(value: float) -> str:

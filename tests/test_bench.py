@@ -67,7 +67,7 @@ def test_the_websocket_memory_benchmark_measures_every_server() -> None:
 
 
 def test_the_publish_cost_benchmark_measures_every_server() -> None:
-    command = [sys.executable, "-m", "bench.publish_cost", "--requests", "100", "--repeat", "1"]
+    command = [sys.executable, "-m", "bench.publish_cost", "--requests", "1000", "--repeat", "1"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines() if "| " in line}
