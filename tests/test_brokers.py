@@ -194,7 +194,9 @@ async def test_sqlite_close_commits_the_batch_being_written(tmp_path: Path) -> N
     path = tmp_path / "events.db"
     broker = SQLiteBroker(path, Retention())
     await broker.start(lambda events: None)
-    insert, loop = broker._insert, asyncio.get_running_loop()
+    assert broker._file is not None
+    file, loop = broker._file, asyncio.get_running_loop()
+    insert = file.insert
     writing, proceed = asyncio.Event(), threading.Event()
 
     def gated_insert(rows: Any) -> None:  # on the history's thread (sqlite.B4)
@@ -202,7 +204,7 @@ async def test_sqlite_close_commits_the_batch_being_written(tmp_path: Path) -> N
         proceed.wait(5)
         insert(rows)
 
-    broker._insert = gated_insert  # type: ignore[method-assign]
+    file.insert = gated_insert  # type: ignore[method-assign]
     first = asyncio.create_task(broker.publish(drafts("a", 3)))
     async with asyncio.timeout(5):
         await writing.wait()  # the writer is inside the first batch's INSERT
@@ -226,7 +228,7 @@ async def test_sqlite_close_commits_the_batch_being_written(tmp_path: Path) -> N
 
 
 class _Interleaved:
-    """The broker's connection, running ``between()`` before each of a trim's statements."""
+    """The history file's connection, running ``between()`` before each of a trim's statements."""
 
     def __init__(self, db: sqlite3.Connection, between: Callable[[], None]) -> None:
         self.db, self.between, self.inside = db, between, False
@@ -267,14 +269,15 @@ async def test_sqlite_replay_during_a_trim_never_has_a_silent_gap(
             # What replay() reads, on the history's thread; replays cannot run between a
             # trim's statements any more (sqlite.B4), but the order of its writes (B2) is
             # still what makes such a read safe.
-            rows, _, trimmed = broker._read(patterns("a"), after.position, 10**9, 100, 1e18)
+            rows, _, trimmed = file.read(patterns("a"), after.position, 10**9, 100, 1e18)
             gap = Gap.TRIMMED if trimmed > after.position else None
             answers.append((gap, [] if gap else [row[0] for row in rows]))
 
-        assert broker._db is not None
-        broker._db = _Interleaved(broker._db, replay)  # type: ignore[assignment]
+        assert broker._file is not None
+        file, db = broker._file, broker._file._db
+        file._db = _Interleaved(db, replay)  # type: ignore[assignment]
         await broker.trim()
-        broker._db = broker._db.db  # type: ignore[attr-defined]
+        file._db = db
         answer = await broker.replay(patterns("a"), after, 100)
         answers.append((answer.gap, [e.position for e in answer.events]))
         assert answers[-1][0] == Gap.TRIMMED

@@ -1,0 +1,166 @@
+"""The SQLite broker's file: its schema and every statement it runs, all synchronous.
+
+A :class:`HistoryFile` is made, used and closed on the broker's history thread alone (see
+``sqlite.py``, B4): each method is one whole operation, so operations never interleave. The
+order of statements inside them carries decisions B2 (retention marks before it deletes;
+a read takes the events before the marks) and B3 (a read stops at its byte budget).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+from jobcast.brokers.base import new_epoch
+from jobcast.topics import TopicPattern
+
+Row = tuple[int, str, str, bytes, float]  # position, topic, type, data, ts
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    position INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    type TEXT NOT NULL,
+    data BLOB NOT NULL,
+    ts REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_topic ON events (topic, position);
+CREATE INDEX IF NOT EXISTS events_by_ts ON events (ts);
+CREATE TABLE IF NOT EXISTS trimmed (topic TEXT PRIMARY KEY, position INTEGER NOT NULL);
+"""
+
+
+def topic_filter(patterns: Sequence[TopicPattern], column: str = "topic") -> tuple[str, list[str]]:
+    """A WHERE clause (and its parameters) matching any of ``patterns``; prefixes use ranges."""
+    clauses: list[str] = []
+    params: list[str] = []
+    exact = [p.text for p in patterns if p.prefix is None]
+    if exact:
+        clauses.append(f"{column} IN ({','.join('?' * len(exact))})")
+        params.extend(exact)
+    for pattern in patterns:
+        if pattern.prefix == "":
+            return "1", []
+        if pattern.prefix is not None:
+            # Every topic starting with "a/" sorts in ["a/", "a0"): '0' follows '/'.
+            clauses.append(f"({column} >= ? AND {column} < ?)")
+            params.extend([pattern.prefix, pattern.prefix[:-1] + "0"])
+    return " OR ".join(clauses), params
+
+
+class HistoryFile:
+    """One connection to the history file, opened (or created) with its schema."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = db = sqlite3.connect(path)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            self.epoch = self._meta("epoch") or self._set_meta("epoch", new_epoch())
+            # Every position up to here was dropped by age from topics that have no event left.
+            self.expired_through = int(self._meta("expired_through") or 0)
+            row = db.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
+            db.commit()
+        except BaseException:
+            db.close()
+            raise
+        self.newest: int = int(row[0]) if row else 0  # the newest position ever stored
+
+    def close(self) -> None:
+        self._db.close()
+
+    def insert(self, rows: list[Row]) -> None:
+        """Store a batch in one transaction."""
+        self._db.executemany(
+            "INSERT INTO events (position, topic, type, data, ts) VALUES (?, ?, ?, ?, ?)", rows
+        )
+        self._db.commit()
+
+    def read(
+        self,
+        patterns: Sequence[TopicPattern],
+        after: int,
+        head: int,
+        limit: int,
+        budget: float,
+    ) -> tuple[list[Row], bool, int]:
+        """The rows after ``after`` up to ``head`` (at most ``limit + 1``), whether they went
+        over ``budget`` bytes of data, and the newest position dropped from these topics."""
+        where, params = topic_filter(patterns)
+        rows: list[Row] = []
+        size = 0
+        cursor = self._db.execute(
+            "SELECT position, topic, type, data, ts FROM events"
+            f" WHERE position > ? AND position <= ? AND ({where}) ORDER BY position LIMIT ?",
+            [after, head, *params, limit + 1],
+        )
+        over = False
+        for row in cursor:  # B3: read as stepped, up to the budget
+            size += len(row[3])
+            if size > budget:
+                over = True
+                break
+            rows.append(row)
+        cursor.close()
+        # B2: the marks after the events: a drop we missed has been recorded by now.
+        mark = self._db.execute(f"SELECT MAX(position) FROM trimmed WHERE {where}", params)
+        newest = mark.fetchone()[0]
+        return rows, over, max(self.expired_through, 0 if newest is None else int(newest))
+
+    def trim(self, touched: set[str], keep: int, cutoff: float) -> None:
+        """Keep at most ``keep`` events in each ``touched`` topic and none older than
+        ``cutoff``, in one transaction; every drop is marked before its rows go (B2)."""
+        db = self._db
+        for topic in touched:
+            newest_dropped = db.execute(
+                "SELECT position FROM events WHERE topic = ? ORDER BY position DESC"
+                " LIMIT 1 OFFSET ?",
+                (topic, keep),
+            ).fetchone()
+            if newest_dropped is not None:
+                self._mark_trimmed(topic, newest_dropped[0])
+                db.execute(
+                    "DELETE FROM events WHERE topic = ? AND position <= ?",
+                    (topic, newest_dropped[0]),
+                )
+        expired: dict[str, int] = dict(
+            db.execute(
+                "SELECT topic, MAX(position) FROM events WHERE ts < ? GROUP BY topic", (cutoff,)
+            ).fetchall()
+        )
+        if expired:
+            for topic, position in expired.items():
+                self._mark_trimmed(topic, position)
+            db.execute(
+                "DELETE FROM events WHERE ts < ? AND position <= ?", (cutoff, max(expired.values()))
+            )
+            for topic, position in expired.items():
+                if db.execute("SELECT 1 FROM events WHERE topic = ? LIMIT 1", (topic,)).fetchone():
+                    continue
+                # fold the topic into the global watermark, raised before its mark goes
+                self.expired_through = max(self.expired_through, position)
+            self._set_meta("expired_through", str(self.expired_through))
+            db.execute("DELETE FROM trimmed WHERE position <= ?", (self.expired_through,))
+        db.commit()
+
+    def _mark_trimmed(self, topic: str, position: int) -> None:
+        self._db.execute(
+            "INSERT INTO trimmed (topic, position) VALUES (?, ?) ON CONFLICT (topic)"
+            " DO UPDATE SET position = MAX(position, excluded.position)",
+            (topic, position),
+        )
+
+    def _meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _set_meta(self, key: str, value: str) -> str:
+        self._db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value ="
+            " excluded.value",
+            (key, value),
+        )
+        return value
