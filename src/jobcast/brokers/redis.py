@@ -19,7 +19,8 @@ X3. History: exact topics replay from their own stream ``t:{topic}`` (cost propo
     resume across a trim is a ``trimmed`` reset, never a silent gap. Each trim script records
     and drops in one atomic step, and a replay reads the events before the marks, so a trim
     that runs between the replay's reads is seen (never a gap). A replay reads at most
-    ``max_bytes`` of event data (beyond it: ``too_far_behind``).
+    ``max_bytes`` of event data (beyond it: ``too_far_behind``). The reads are in
+    ``_redis_history.py``.
 X4. Epoch: a key created with ``SET NX``. A flushed or restarted-empty Redis loses it; the next
     publish or read notices, a new epoch starts, and this instance ends its streams with a retry
     hint (``on_history_lost``), so clients resume with their old id and get ``history_lost``.
@@ -46,6 +47,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from jobcast.brokers import _redis_scripts as lua
+from jobcast.brokers._redis_history import READ_BATCH, HistoryReader, event, position
 from jobcast.brokers.base import Deliver, Gap, Replay, Retention, check_position, new_epoch
 from jobcast.errors import Unavailable
 from jobcast.events import Event, EventDraft, EventId
@@ -55,7 +57,6 @@ logger = logging.getLogger("jobcast.brokers.redis")
 T = TypeVar("T")
 
 TERMINAL_JOB_TYPES = frozenset({"succeeded", "failed", "cancelled"})
-_READ_BATCH = 1000
 _CATCH_UP_SECONDS = 2.0  # X2: how long a publish or replay waits for this instance's loop
 
 
@@ -80,10 +81,6 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
         task.exception()  # a cancelled caller no longer wants it: do not warn about it
 
 
-def _position(stream_id: bytes) -> int:
-    return int(stream_id.split(b"-", 1)[0])
-
-
 class RedisBroker:
     def __init__(self, url: str, retention: Retention, *, trim_interval: float = 5.0) -> None:
         redis_url, self.prefix, self.max_log = split_url(url)
@@ -94,6 +91,7 @@ class RedisBroker:
         self._redis: aioredis.Redis = aioredis.from_url(redis_url, socket_timeout=5)
         self._publish = self._redis.register_script(lua.PUBLISH)
         self._trim = self._redis.register_script(lua.TRIM)
+        self._history = HistoryReader(self._redis, self._key)
         self._trim_interval = trim_interval
         self._deliver: Deliver | None = None
         self._delivered = 0
@@ -121,7 +119,7 @@ class RedisBroker:
             raise Unavailable(f"cannot reach the Redis event broker: {exc}") from exc
         if last:
             self._last_id = last[0][0]
-            self._delivered = _position(self._last_id)
+            self._delivered = position(self._last_id)
         self._tasks = [asyncio.create_task(self._read_forever(), name="jobcast-redis-read")]
         if self.retention.max_age_seconds > 0:
             self._tasks.append(asyncio.create_task(self._trim_forever(), name="jobcast-trim"))
@@ -201,7 +199,7 @@ class RedisBroker:
         log = self._key("log")
         while not self._closing:
             try:
-                reply = await self._redis.xread({log: self._last_id}, count=_READ_BATCH, block=1000)
+                reply = await self._redis.xread({log: self._last_id}, count=READ_BATCH, block=1000)
                 if not reply:  # idle, or a flushed Redis that will never pass our id (X4)
                     if await self._adopt_epoch():
                         self._history_lost()
@@ -228,8 +226,7 @@ class RedisBroker:
                 self.epoch = epoch
                 self._history_lost()
                 return
-            topic, type_ = f[b"t"].decode(), f[b"y"].decode()
-            batch.append(Event(epoch, _position(stream_id), topic, type_, f[b"d"], float(f[b"s"])))
+            batch.append(event(epoch, stream_id, f[b"t"].decode(), f))
         self._last_id = entries[-1][0]
         self._delivered = batch[-1].position
         if self._deliver is not None:
@@ -268,76 +265,13 @@ class RedisBroker:
         max_bytes: int | None,
     ) -> Replay:
         budget = max_bytes if max_bytes is not None else float("inf")
-        events, size = await self._read_history(patterns, after, head, limit, budget)
+        events, size = await self._history.events(patterns, after, head, limit, budget)
         # X3: the marks after the events, so a trim between our reads is seen, never a gap
-        if await self._trimmed_after(patterns, after):
+        if await self._history.trimmed_after(patterns, after):
             return Replay([], head, Gap.TRIMMED)
         if len(events) > limit or size > budget:
             return Replay([], head, Gap.TOO_FAR_BEHIND)
         return Replay(events, head)
-
-    async def _read_history(
-        self,
-        patterns: Sequence[TopicPattern],
-        after: EventId,
-        head: EventId,
-        limit: int,
-        budget: float,
-    ) -> tuple[list[Event], int]:
-        """The events after ``after`` up to ``head``, stopping past ``limit`` or ``budget``."""
-        r, wild = self._redis, any(p.prefix is not None for p in patterns)
-        start, end = f"({after.position}-0", f"{head.position}-0"
-        events: list[Event] = []
-        size = 0
-        if wild:  # X3: the global stream, filtered
-            while len(events) <= limit and size <= budget:
-                chunk = await r.xrange(self._key("log"), start, end, count=_READ_BATCH)
-                for stream_id, f in chunk:
-                    topic = f[b"t"].decode()
-                    if any(p.matches(topic) for p in patterns):
-                        events.append(self._event(stream_id, topic, f))
-                        size += len(f[b"d"])
-                if len(chunk) < _READ_BATCH:
-                    break
-                start = f"({chunk[-1][0].decode()}"
-        else:
-            for topic in [p.text for p in patterns]:
-                chunk = await r.xrange(self._key(f"t:{topic}"), start, end, count=limit + 1)
-                events += [self._event(stream_id, topic, f) for stream_id, f in chunk]
-                size += sum(len(f[b"d"]) for _, f in chunk)
-                if len(events) > limit or size > budget:
-                    break
-            events.sort(key=lambda e: e.position)
-        return events, size
-
-    async def _trimmed_after(self, patterns: Sequence[TopicPattern], after: EventId) -> bool:
-        """Whether retention dropped events after ``after`` on ``patterns``."""
-        r, wild = self._redis, [p for p in patterns if p.prefix is not None]
-        exact = [p.text for p in patterns if p.prefix is None]
-        jobs = any(
-            (p.prefix is None and p.text.startswith("jobs/"))
-            or (p.prefix is not None and (p.prefix == "" or p.prefix.startswith("jobs/")))
-            for p in patterns
-        )
-        others = any(not (p.prefix or p.text).startswith("jobs/") for p in patterns)
-        pipe = r.pipeline(transaction=False)  # every watermark in one round trip
-        pipe.get(self._key("jobs_expired_through") if jobs else self._key("-"))
-        pipe.get(self._key("expired_through") if others else self._key("-"))
-        pipe.get(self._key("log_trimmed") if wild else self._key("-"))
-        pipe.hmget(self._key("trimmed"), exact or ["-"])
-        if wild:
-            pipe.hgetall(self._key("trimmed"))
-        jobs_mark, others_mark, log_mark, topic_marks, *all_marks = await pipe.execute()
-        marks = [jobs_mark, others_mark, log_mark, *topic_marks]
-        for topic, mark in (all_marks[0] if all_marks else {}).items():
-            if any(p.matches(topic.decode()) for p in wild):
-                marks.append(mark)
-        return max(int(m or 0) for m in marks) > after.position
-
-    def _event(self, stream_id: bytes, topic: str, f: dict[bytes, bytes]) -> Event:
-        return Event(
-            self.epoch, _position(stream_id), topic, f[b"y"].decode(), f[b"d"], float(f[b"s"])
-        )
 
     async def trim(self) -> None:
         """Apply age retention and the job-topic grace (X3); any instance may run it."""
