@@ -21,6 +21,8 @@ Q6. PostgreSQL (asyncpg, or psycopg 3): the same statements; ``?schema=name`` in
     share one database. Schema creation and migration hold an advisory lock, so instances and
     workers starting together do not race. Migrations are the few statements in
     ``MIGRATIONS`` (no Alembic): the schema is one table of jobs and one of acknowledgements.
+
+The tables, and the conversion between a job and its row, are in ``_sql_tables.py``.
 """
 
 from __future__ import annotations
@@ -41,120 +43,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from jobcast._files import create_private
 from jobcast.errors import Unavailable
-from jobcast.jobs.model import InputFile, Job, JobState
+from jobcast.jobs.model import Job, JobState
+from jobcast.stores._sql_tables import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    UPDATE_JOB,
+    acks_table,
+    job_from_row,
+    jobs_table,
+    meta_table,
+    metadata,
+    row_values,
+)
 from jobcast.stores.base import JobPage, JobQuery, StoreStats
 
 logger = logging.getLogger("jobcast.stores")
-
-SCHEMA_VERSION = 2
-#: ``{from_version: [statements]}`` that bring a database from that version to the next (Q3).
-MIGRATIONS: dict[int, list[str]] = {
-    1: ["ALTER TABLE jobs ADD COLUMN readers TEXT NOT NULL DEFAULT '[]'"],  # job read grants
-}
-
-metadata = sa.MetaData()
-
-meta_table = sa.Table(
-    "jobcast_meta",
-    metadata,
-    sa.Column("key", sa.String(64), primary_key=True),
-    sa.Column("value", sa.String(255), nullable=False),
-)
-
-jobs_table = sa.Table(
-    "jobs",
-    metadata,
-    sa.Column("id", sa.String(40), primary_key=True),
-    sa.Column("kind", sa.String(64), nullable=False),
-    sa.Column("owner", sa.String(255), nullable=False),
-    sa.Column("state", sa.String(16), nullable=False),
-    sa.Column("params", sa.Text, nullable=False),
-    sa.Column("progress", sa.Float, nullable=False),
-    sa.Column("stage", sa.String(200)),
-    sa.Column("message", sa.Text),
-    sa.Column("eta_seconds", sa.Float),
-    sa.Column("seq", sa.Integer, nullable=False),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("started_at", sa.Float),
-    sa.Column("updated_at", sa.Float, nullable=False),
-    sa.Column("finished_at", sa.Float),
-    sa.Column("input", sa.Text),
-    sa.Column("result", sa.Text),
-    sa.Column("error", sa.Text),
-    sa.Column("attempts", sa.Integer, nullable=False),
-    sa.Column("last_event_id", sa.String(64)),
-    sa.Column("readers", sa.Text, nullable=False, server_default="[]"),
-    sa.Index("jobs_by_owner", "owner", "id"),
-    sa.Index("jobs_by_state", "state", "id"),
-    sa.Index("jobs_by_kind", "kind", "id"),
-)
-
-acks_table = sa.Table(
-    "ws_acks",
-    metadata,
-    sa.Column("subject", sa.String(255), primary_key=True),
-    sa.Column("client_id", sa.String(128), primary_key=True),
-    sa.Column("event_id", sa.String(64), nullable=False),
-    sa.Column("updated_at", sa.Float, nullable=False),
-)
-
-
-_UPDATE_JOB = jobs_table.update().where(jobs_table.c.id == sa.bindparam("job_id"))
-
-
-def _json(value: Any) -> str | None:
-    return None if value is None else orjson.dumps(value).decode()
-
-
-def _row_values(job: Job) -> dict[str, Any]:
-    return {
-        "kind": job.kind,
-        "owner": job.owner,
-        "state": job.state.value,
-        "params": orjson.dumps(job.params).decode(),
-        "progress": job.progress,
-        "stage": job.stage,
-        "message": job.message,
-        "eta_seconds": job.eta_seconds,
-        "seq": job.seq,
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "updated_at": job.updated_at,
-        "finished_at": job.finished_at,
-        "input": _json(job.input.to_dict()) if job.input else None,
-        "result": _json(job.result),
-        "error": _json(job.error),
-        "attempts": job.attempts,
-        "last_event_id": job.last_event_id,
-        "readers": orjson.dumps(job.readers).decode(),
-    }
-
-
-def _job(row: sa.Row[Any]) -> Job:
-    m = row._mapping
-    return Job(
-        id=m["id"],
-        kind=m["kind"],
-        owner=m["owner"],
-        params=orjson.loads(m["params"]),
-        state=JobState(m["state"]),
-        progress=m["progress"],
-        stage=m["stage"],
-        message=m["message"],
-        eta_seconds=m["eta_seconds"],
-        seq=m["seq"],
-        created_at=m["created_at"],
-        started_at=m["started_at"],
-        updated_at=m["updated_at"],
-        finished_at=m["finished_at"],
-        input=InputFile.from_dict(orjson.loads(m["input"])) if m["input"] else None,
-        result=orjson.loads(m["result"]) if m["result"] is not None else None,
-        error=orjson.loads(m["error"]) if m["error"] else None,
-        attempts=m["attempts"],
-        last_event_id=m["last_event_id"],
-        readers=orjson.loads(m["readers"]) if m["readers"] else [],
-    )
-
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 #: The advisory lock that serialises schema creation on PostgreSQL ("jobc").
@@ -270,23 +173,23 @@ class SQLJobStore:
                 raise _unavailable(exc) from exc
 
     async def create(self, job: Job) -> None:
-        self._inserts.append({"id": job.id, **_row_values(job)})
+        self._inserts.append({"id": job.id, **row_values(job)})
         await self._commit_batch()
 
     async def get(self, job_id: str) -> Job | None:
         async with self._read() as conn:
             result = await conn.execute(jobs_table.select().where(jobs_table.c.id == job_id))
             row = result.first()
-        return None if row is None else _job(row)
+        return None if row is None else job_from_row(row)
 
     async def save(self, job: Job) -> None:
-        values = _row_values(job)
+        values = row_values(job)
         del values["readers"]  # only set_readers writes them (base.JobStore.save)
         self._updates[job.id] = {"job_id": job.id, **values}
         await self._commit_batch()
 
     async def set_readers(self, job_id: str, readers: list[str]) -> bool:
-        statement = _UPDATE_JOB.values(readers=orjson.dumps(readers).decode())
+        statement = UPDATE_JOB.values(readers=orjson.dumps(readers).decode())
         async with self._write() as conn:
             result = await conn.execute(statement, {"job_id": job_id})
         return bool(result.rowcount)
@@ -310,7 +213,7 @@ class SQLJobStore:
                     if inserts:
                         await conn.execute(jobs_table.insert(), inserts)
                     if updates:
-                        await conn.execute(_UPDATE_JOB, list(updates.values()))
+                        await conn.execute(UPDATE_JOB, list(updates.values()))
             except Unavailable as exc:
                 batch.set_exception(exc)
             else:
@@ -331,7 +234,7 @@ class SQLJobStore:
             statement = statement.where(c.id < query.cursor)
         async with self._read() as conn:
             rows = (await conn.execute(statement)).all()
-        jobs = [_job(row) for row in rows[: query.limit]]
+        jobs = [job_from_row(row) for row in rows[: query.limit]]
         more = len(rows) > query.limit
         return JobPage(jobs, jobs[-1].id if more and jobs else None)
 
@@ -349,7 +252,7 @@ class SQLJobStore:
             .limit(limit)
         )
         async with self._read() as conn:
-            return [_job(row) for row in (await conn.execute(statement)).all()]
+            return [job_from_row(row) for row in (await conn.execute(statement)).all()]
 
     async def count_by_state(self) -> dict[JobState, int]:
         c = jobs_table.c  # one pass over the index on (state, id)

@@ -1,0 +1,120 @@
+"""The SQL job store's tables (SQLAlchemy Core), its schema version and migrations (``sql.py``
+Q1, Q3), and the conversion between a :class:`Job` and its row."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+
+from jobcast.jobs.model import InputFile, Job, JobState
+
+SCHEMA_VERSION = 2
+#: ``{from_version: [statements]}`` that bring a database from that version to the next (Q3).
+MIGRATIONS: dict[int, list[str]] = {
+    1: ["ALTER TABLE jobs ADD COLUMN readers TEXT NOT NULL DEFAULT '[]'"],  # job read grants
+}
+
+metadata = sa.MetaData()
+
+meta_table = sa.Table(
+    "jobcast_meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(255), nullable=False),
+)
+
+jobs_table = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("owner", sa.String(255), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("params", sa.Text, nullable=False),
+    sa.Column("progress", sa.Float, nullable=False),
+    sa.Column("stage", sa.String(200)),
+    sa.Column("message", sa.Text),
+    sa.Column("eta_seconds", sa.Float),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float),
+    sa.Column("input", sa.Text),
+    sa.Column("result", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("last_event_id", sa.String(64)),
+    sa.Column("readers", sa.Text, nullable=False, server_default="[]"),
+    sa.Index("jobs_by_owner", "owner", "id"),
+    sa.Index("jobs_by_state", "state", "id"),
+    sa.Index("jobs_by_kind", "kind", "id"),
+)
+
+acks_table = sa.Table(
+    "ws_acks",
+    metadata,
+    sa.Column("subject", sa.String(255), primary_key=True),
+    sa.Column("client_id", sa.String(128), primary_key=True),
+    sa.Column("event_id", sa.String(64), nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+
+UPDATE_JOB = jobs_table.update().where(jobs_table.c.id == sa.bindparam("job_id"))
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def row_values(job: Job) -> dict[str, Any]:
+    return {
+        "kind": job.kind,
+        "owner": job.owner,
+        "state": job.state.value,
+        "params": orjson.dumps(job.params).decode(),
+        "progress": job.progress,
+        "stage": job.stage,
+        "message": job.message,
+        "eta_seconds": job.eta_seconds,
+        "seq": job.seq,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "updated_at": job.updated_at,
+        "finished_at": job.finished_at,
+        "input": _json(job.input.to_dict()) if job.input else None,
+        "result": _json(job.result),
+        "error": _json(job.error),
+        "attempts": job.attempts,
+        "last_event_id": job.last_event_id,
+        "readers": orjson.dumps(job.readers).decode(),
+    }
+
+
+def job_from_row(row: sa.Row[Any]) -> Job:
+    m = row._mapping
+    return Job(
+        id=m["id"],
+        kind=m["kind"],
+        owner=m["owner"],
+        params=orjson.loads(m["params"]),
+        state=JobState(m["state"]),
+        progress=m["progress"],
+        stage=m["stage"],
+        message=m["message"],
+        eta_seconds=m["eta_seconds"],
+        seq=m["seq"],
+        created_at=m["created_at"],
+        started_at=m["started_at"],
+        updated_at=m["updated_at"],
+        finished_at=m["finished_at"],
+        input=InputFile.from_dict(orjson.loads(m["input"])) if m["input"] else None,
+        result=orjson.loads(m["result"]) if m["result"] is not None else None,
+        error=orjson.loads(m["error"]) if m["error"] else None,
+        attempts=m["attempts"],
+        last_event_id=m["last_event_id"],
+        readers=orjson.loads(m["readers"]) if m["readers"] else [],
+    )
