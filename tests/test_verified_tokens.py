@@ -77,7 +77,7 @@ async def test_an_expired_token_is_refused_even_though_it_verified_before() -> N
 
 
 def test_a_secret_shaped_like_a_public_key_is_refused_once_at_start() -> None:
-    """The secret is checked when the authority is made (auth.checked_hmac_key), not per
+    """The secret is checked when the authority is made (jwt_keys.checked_hmac_key), not per
     token, and a public key pasted as the shared secret is still refused."""
     pem = "\n".join(["-----BEGIN PUBLIC KEY-----", "MFkwEwYHKoZIzj0C", "-----END PUBLIC KEY-----"])
     with pytest.raises(InvalidInput, match="JWT secret cannot sign tokens"):

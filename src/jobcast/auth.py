@@ -17,27 +17,28 @@ Tickets and sessions are always signed with the local secret (HS256), whatever s
 from __future__ import annotations
 
 import asyncio
-import base64
 import math
-import os
 import secrets
 import time
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jwt
-import orjson
-from jwt.algorithms import HMACAlgorithm
 
-from jobcast.errors import InvalidInput, Unauthorized
+from jobcast.errors import Unauthorized
+from jobcast.jwt_keys import (
+    ASYMMETRIC,
+    HMAC,
+    checked_hmac_key,
+    load_or_create_secret,
+    unverified_alg,
+)
 from jobcast.verified_tokens import VerifiedTokens
 
 if TYPE_CHECKING:
     from jobcast.config import Settings
 
-SECRET_FILE = "jwt_secret"
 TICKET = "ticket"
 SESSION = "session"
 #: The ticket claim carrying the expiry of the credential the ticket was issued from.
@@ -81,10 +82,6 @@ class KeyConfig:
     leeway: float = 30.0
 
 
-_HMAC = ("HS256", "HS384", "HS512")
-_ASYMMETRIC = {"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "EdDSA"}
-
-
 class TokenAuthority:
     """Verifies and mints every credential jobcast accepts."""
 
@@ -96,7 +93,7 @@ class TokenAuthority:
         self._verified = VerifiedTokens()
         self._jwks = jwt.PyJWKClient(keys.jwks_url, lifespan=300) if keys.jwks_url else None
         # The shared secret as keys checked once, one per HMAC algorithm (checked_hmac_key).
-        self._hmac = {alg: checked_hmac_key(keys.secret, alg) for alg in _HMAC}
+        self._hmac = {alg: checked_hmac_key(keys.secret, alg) for alg in HMAC}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenAuthority:
@@ -167,7 +164,7 @@ class TokenAuthority:
 
     async def _bearer_key(self, token: str) -> Any:
         alg = unverified_alg(token)
-        if alg not in _ASYMMETRIC:
+        if alg not in ASYMMETRIC:
             return self._hmac.get(str(alg), self._hmac["HS256"])
         if self._jwks is not None:
             jwks = self._jwks
@@ -187,10 +184,10 @@ class TokenAuthority:
         return self._hmac["HS256"]  # decoding fails with "algorithm not accepted"
 
     def _bearer_algorithms(self, key: Any) -> list[str]:
-        symmetric = isinstance(key, jwt.PyJWK) and key.algorithm_name in _HMAC
+        symmetric = isinstance(key, jwt.PyJWK) and key.algorithm_name in HMAC
         # A shared secret never verifies an asymmetric algorithm and vice versa: the classic
         # "RS256 public key used as an HS256 secret" confusion is impossible.
-        return [a for a in self.keys.algorithms if (a not in _ASYMMETRIC) == symmetric]
+        return [a for a in self.keys.algorithms if (a not in ASYMMETRIC) == symmetric]
 
     def _decode(self, token: str, key: Any, algorithms: list[str]) -> dict[str, Any]:
         keys = self.keys
@@ -296,72 +293,5 @@ def principal_from_claims(claims: dict[str, Any], via: str = "bearer") -> Princi
     return Principal(subject, role, tuple(topics), expires_at, via=via)
 
 
-def checked_hmac_key(secret: str, algorithm: str) -> jwt.PyJWK:
-    """``secret`` as the key of an HMAC ``algorithm``, checked once instead of per token.
-
-    PyJWT prepares the key again on every decode, a PyJWK's too: for an HMAC secret it parses
-    it as JSON and tests it for PEM, SSH and DER shapes (so that a public key is never used as
-    a shared secret). That was a third of verifying a token, on every stream a new client
-    opens. The same checks run once here; each decode then gets the checked bytes back.
-    """
-    encoded = base64.urlsafe_b64encode(secret.encode()).rstrip(b"=").decode()
-    key = jwt.PyJWK({"kty": "oct", "k": encoded}, algorithm=algorithm)
-    try:
-        key.Algorithm = _CheckedOnce(key.Algorithm, key.key)
-    except jwt.InvalidKeyError as exc:
-        raise InvalidInput(f"the JWT secret cannot sign tokens: {exc}") from None
-    return key
-
-
-class _CheckedOnce(HMACAlgorithm):
-    """An HMAC algorithm that has checked one key already (``checked_hmac_key``)."""
-
-    def __init__(self, algorithm: Any, key: bytes) -> None:
-        super().__init__(algorithm.hash_alg)
-        self._key = key
-        self._checked = super().prepare_key(key)  # raises for a key that is not a secret
-
-    def prepare_key(self, key: str | bytes) -> bytes:
-        if key is self._key or key is self._checked:
-            return self._checked
-        return super().prepare_key(key)
-
-
-def unverified_alg(token: str) -> object:
-    """The ``alg`` of a token's header, read without verifying anything: it only chooses the
-    key, and ``jwt.decode`` then checks everything. (PyJWT's own reader decodes and validates
-    the whole token, which doubled the cost of every stream opened.)"""
-    segment = token.partition(".")[0]
-    try:
-        header = orjson.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    except ValueError:  # binascii.Error and orjson's error are ValueErrors
-        raise Unauthorized("the token is malformed", reason="malformed_token") from None
-    return header.get("alg") if isinstance(header, dict) else None
-
-
 def _nonce() -> str:
     return secrets.token_urlsafe(12)
-
-
-def load_or_create_secret(data_dir: Path) -> str:
-    """The data directory's HS256 secret, created (mode 0600) on first use."""
-    path = data_dir / SECRET_FILE
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        pass
-    data_dir.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_urlsafe(48)
-    # Write a private temporary file, then link it into place: a concurrent starter either
-    # wins the link or reads a complete file, never a half-written one.
-    temporary = path.with_name(f".{SECRET_FILE}.{os.getpid()}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(secret + "\n")
-    try:
-        os.link(temporary, path)
-    except FileExistsError:
-        secret = path.read_text().strip()
-    finally:
-        temporary.unlink()
-    return secret
