@@ -175,3 +175,82 @@ async def test_wildcard_streams_deliver_only_visible_jobs(
                 seen_ws.add(owners[message["topic"].removeprefix("jobs/")])
     assert seen_sse == WILDCARD_SEES[who]
     assert seen_ws == WILDCARD_SEES[who]
+
+
+async def until_ping_after(stream: EventStream) -> list[str]:
+    """The event types a stream delivers up to its next heartbeat."""
+    types = []
+    while (event := await stream.next()).comment is None:
+        types.append(event.event)
+    return types
+
+
+async def test_unsharing_a_job_ends_what_the_readers_open_streams_deliver(
+    make_server: LiveServerFactory, client: httpx.AsyncClient
+) -> None:
+    # Regression: a job's own SSE stream and socket checked access once, at the start, so a
+    # reader removed from the job kept receiving it, its result included.
+    server = make_server(heartbeat_interval=0.2)
+    job = await submit(client, server, "demo", {"steps": 200, "delay": 0.05})
+    readers = f"{server.url}/api/jobs/{job['id']}/readers/bob"
+    assert (await client.put(readers, headers=server.auth("alice"))).status_code == 200
+    bob = server.token("bob")
+    sse = EventStream(
+        client, f"{server.url}/api/jobs/{job['id']}/events", params={"token": bob}, comments=True
+    )
+    ws_url = f"ws://{server.host}:{server.port}/ws/jobs/{job['id']}?token={bob}"
+    async with sse, websockets.connect(ws_url) as ws:
+        assert (await sse.next()).event == "snapshot"
+        assert (await receive(ws))["type"] == "snapshot"
+        assert (await client.delete(readers, headers=server.auth("alice"))).status_code == 200
+        cancel = await client.post(
+            f"{server.url}/api/jobs/{job['id']}/cancel", headers=server.auth("alice")
+        )
+        assert cancel.json()["state"] == "cancelled"
+        # Anything still reaching bob was delivered before the heartbeat that follows it.
+        assert "cancelled" not in await until_ping_after(sse)
+        while (message := await receive(ws)).get("op") != "ping":
+            assert message.get("type") != "cancelled", message
+
+
+async def test_anonymous_streams_never_carry_jobs_even_when_every_topic_is_public(
+    make_server: LiveServerFactory, client: httpx.AsyncClient
+) -> None:
+    # Regression: with JOBCAST_PUBLIC_TOPICS=*, an anonymous jobs/* stream got every user's
+    # jobs while signed-in users got only their own.
+    server = make_server(heartbeat_interval=0.2, public_topics=["*"])
+    sse = EventStream(client, f"{server.url}/api/events", params={"topic": ["jobs/*", "sentinel"]})
+    ws_url = f"ws://{server.host}:{server.port}/ws/events"
+    async with sse, websockets.connect(ws_url) as ws:
+        await send(ws, {"op": "subscribe", "topics": ["*"]})
+        assert (await receive(ws))["op"] == "subscribed"
+        await finish(client, server, "alice")
+        await client.post(
+            f"{server.url}/api/events",
+            json={"topic": "sentinel", "type": "end"},
+            headers=server.auth("svc", "service"),
+        )
+        sse_types = []
+        while (event := await sse.next()).event != "end":
+            sse_types.append(event.event)
+        ws_topics = []
+        while (message := await receive(ws)).get("type") != "end":
+            if "topic" in message:  # an event, not a ping
+                ws_topics.append(message["topic"])
+    assert sse_types == [] and ws_topics == []
+
+
+async def test_a_stream_ticket_does_not_poll_its_job(
+    server: LiveServer, client: httpx.AsyncClient
+) -> None:
+    job = await submit(client, server, "demo", {"steps": 1, "delay": 0})
+    ticket = await client.post(
+        f"{server.url}/api/auth/ticket",
+        json={"topics": [f"jobs/{job['id']}"]},
+        headers=server.auth(),
+    )
+    polled = await client.get(
+        f"{server.url}/api/jobs/{job['id']}", params={"ticket": ticket.json()["ticket"]}
+    )
+    assert polled.status_code == 403, polled.text
+    assert "only opens streams" in polled.json()["message"]

@@ -41,11 +41,16 @@ class Policy:
     def is_public(self, pattern: TopicPattern) -> bool:
         return any(covers(public, pattern) for public in self.public)
 
+    @staticmethod
+    def refuse_ticket(principal: Principal | None) -> None:
+        """For every route but a stream's: a stream ticket only opens streams."""
+        if principal is not None and principal.ticket_topics is not None:
+            raise Forbidden("a stream ticket only opens streams")
+
     def check_publish(self, principal: Principal | None, topic: str) -> None:
         if principal is None:
             raise Unauthorized("publishing needs a bearer token", reason="missing_token")
-        if principal.ticket_topics is not None:
-            raise Forbidden("a stream ticket only opens streams")
+        self.refuse_ticket(principal)
         if principal.is_privileged:
             return
         if any(TopicPattern.parse(g).matches(topic) for g in principal.grants):
@@ -68,6 +73,8 @@ class Policy:
                 "subscribing to these topics needs a token (Authorization header or ?token=)",
                 reason="missing_token",
             )
+        if any(_may_match_jobs(p) for p in patterns):
+            return _outside_jobs  # jobs/ stays its owners', however wide the public patterns
         return None
 
     @staticmethod
@@ -89,6 +96,25 @@ class Policy:
             if access is not None and (access[0] == subject or subject in access[1]):
                 return True
             return any(grant.matches(topic) for grant in grants)
+
+        return allow
+
+    def job_stream_filter(self, principal: Principal | None, job: Job) -> Callable[[str], bool]:
+        """The filter of a stream of ``job`` alone: ``check_job(..., "read")`` asked again with
+        the job's current readers, so unsharing it ends what the stream delivers at once (the
+        hub forgets the cached answer when readers change), as on a ``jobs/*`` stream."""
+
+        def allow(topic: str) -> bool:
+            access = self.job_access(job.id) if self.job_access is not None else None
+            current = job
+            if access is not None and list(access[1]) != job.readers:
+                current = job.copy()
+                current.readers = list(access[1])
+            try:
+                self.check_job(principal, current, "read")
+            except (Unauthorized, Forbidden, NotFound):
+                return False
+            return True
 
         return allow
 
@@ -131,9 +157,13 @@ class Policy:
         """The owner a job listing is restricted to (``None``: every owner). Mirrors check_job."""
         if principal is None:
             raise Unauthorized("jobs need a bearer token", reason="missing_token")
-        if principal.ticket_topics is not None:
-            raise Forbidden("a stream ticket only opens streams")
+        self.refuse_ticket(principal)
         return None if principal.is_privileged else principal.subject
+
+
+def _outside_jobs(topic: str) -> bool:
+    """The filter of an anonymous stream: no job's topic, whatever the public patterns say."""
+    return not topic.startswith(JOB_TOPIC_PREFIX)
 
 
 def _may_match_jobs(pattern: TopicPattern) -> bool:

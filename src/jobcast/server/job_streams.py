@@ -91,6 +91,7 @@ async def plan_job_stream(
     jc.policy.check_job(principal, job, "read")
     hub = jc.hub
     patterns = (TopicPattern(job_topic(job.id), None),)
+    allow = jc.policy.job_stream_filter(principal, job)  # unsharing stops the stream's events
     epoch = hub.broker.epoch
     if job.terminal:  # J3
         after = EventId.parse(last_event_id) if last_event_id else None
@@ -101,7 +102,11 @@ async def plan_job_stream(
         return JobStreamPlan(_current(job, epoch), snapshot=True, terminal=True)
     if last_event_id:  # J2
         subscription, replay = await hub.subscribe(
-            patterns, last_event_id=last_event_id, transport=transport, **stream_owner(principal)
+            patterns,
+            last_event_id=last_event_id,
+            allow=allow,
+            transport=transport,
+            **stream_owner(principal),
         )
         if replay is not None and replay.gap is None:
             return JobStreamPlan(job, snapshot=False, subscription=subscription, replay=replay)
@@ -110,7 +115,11 @@ async def plan_job_stream(
     known = EventId.parse(job.last_event_id) if job.last_event_id else None  # J1
     resume_after = str(known) if known and known.epoch == epoch else f"{epoch}-0"
     subscription, replay = await hub.subscribe(
-        patterns, last_event_id=resume_after, transport=transport, **stream_owner(principal)
+        patterns,
+        last_event_id=resume_after,
+        allow=allow,
+        transport=transport,
+        **stream_owner(principal),
     )
     if replay is not None and replay.gap is not None:
         replay = None  # history cannot tell what came after: the snapshot is the best we have

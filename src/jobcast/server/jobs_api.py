@@ -214,6 +214,7 @@ def jobs_router(jc: "Jobcast") -> APIRouter:
 
     @router.get("/api/jobs/{job_id}", response_model=JobSnapshot, summary="Poll a job")
     async def get_job(job_id: str, request: Request, principal: principal_dep) -> Response:
+        jc.policy.refuse_ticket(principal)  # polling is not a stream
         return JSONResponse(job_body(request, await readable(job_id, principal, "read")))
 
     @router.post(
