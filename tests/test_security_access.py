@@ -464,5 +464,25 @@ async def test_a_socket_whose_token_expires_is_closed_with_4401(
     url = f"ws://{server.host}:{server.port}/ws/events?token={server.token(ttl=1)}"
     async with asyncio.timeout(10), websockets.connect(url) as ws:
         await ws.send('{"op": "subscribe", "topics": ["a"]}')
-        await receive_until_closed(ws)
+        messages = await receive_until_closed(ws)
     assert ws.close_code == 4401
+    assert messages[-1]["op"] == "error"
+
+
+async def test_a_socket_that_subscribes_after_its_token_expired_is_told_why(
+    make_server: LiveServerFactory,
+) -> None:
+    # Regression: a socket whose token ran out while it held no subscription was closed 4401
+    # on its next subscribe without the error message every other close sends first.
+    server = make_server(jwt_leeway_seconds=0, heartbeat_interval=0.2)
+    token = server.token(ttl=1)
+    expires = jwt.decode(token, options={"verify_signature": False})["exp"]
+    url = f"ws://{server.host}:{server.port}/ws/events?token={token}"
+    async with asyncio.timeout(10), websockets.connect(url) as ws:
+        while time.time() <= expires:  # noqa: ASYNC110 - waiting for the clock is the point
+            await asyncio.sleep(0.05)
+        await ws.send('{"op": "subscribe", "topics": ["a"]}')
+        messages = await receive_until_closed(ws)
+    assert ws.close_code == 4401
+    errors = [m for m in messages if m.get("op") == "error"]
+    assert errors and "expired" in errors[-1]["message"], messages

@@ -207,3 +207,42 @@ async def test_replays_of_one_subscribe_share_the_byte_budget(
         assert [(await next_event(ws))["topic"] for _ in range(3)] == ["p1"] * 3
         reset = await next_event(ws)
         assert (reset["op"], reset["topic"], reset["reason"]) == ("reset", "p2", "too_far_behind")
+
+
+async def test_the_replays_of_one_subscribe_arrive_in_id_order(
+    ws_server: LiveServer, client: httpx.AsyncClient
+) -> None:
+    # Regression: each topic's replay was sent whole, one after the other, so a client that
+    # resumed from the last id it received got duplicates, or missed what came before it.
+    start = await publish(client, ws_server, "other", 0)
+    ids = [await publish(client, ws_server, topic, n) for n in range(3) for topic in ("a", "b")]
+    async with connect(ws_url(ws_server)) as ws:
+        await subscribe(ws, "a", "b", "*", last_event_id=start)  # "*" overlaps: sent once
+        received = [(await next_event(ws))["id"] for _ in ids]
+        live = await publish(client, ws_server, "b", "live")
+        assert (await next_event(ws))["id"] == live
+    assert received == ids
+
+
+async def test_a_socket_counts_once_against_the_per_subject_cap(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    # Regression: each topic of a socket counted as a stream, so one socket with as many
+    # topics as the cap locked its user out of every other stream.
+    server = make_server(max_streams_per_subject=2, heartbeat_interval=0.2)
+    sse_url = f"{server.url}/api/events"
+    async with connect(ws_url(server)) as ws:
+        await subscribe(ws, "a", "b", "c")
+        async with client.stream(
+            "GET", sse_url, params={"topic": "d"}, headers=server.auth()
+        ) as one:
+            assert one.status_code == 200
+            over = await client.get(sse_url, params={"topic": "e"}, headers=server.auth())
+            assert over.status_code == 429  # the socket and this stream: two
+        await send(ws, {"op": "unsubscribe", "topics": ["a", "b", "c"]})
+        assert (await next_event(ws))["op"] == "unsubscribed"
+        for _ in range(2):  # the socket no longer holds a stream, and the first one ended
+            async with client.stream(
+                "GET", sse_url, params={"topic": "d"}, headers=server.auth()
+            ) as again:
+                assert again.status_code == 200

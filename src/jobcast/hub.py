@@ -227,10 +227,8 @@ class Hub:
         options = self.options
         if len(self._subscriptions) >= options.max_total:
             raise Unavailable("this server has reached its stream limit; retry later")
-        if owner is not None and self._per_owner.get(owner, 0) >= options.max_per_owner:
-            raise RateLimited(
-                f"at most {options.max_per_owner} concurrent streams per subject", retry_after=5
-            )
+        if owner is not None:
+            self._check_owner_cap(owner)
         subscription = Subscription(
             patterns,
             max_pending=options.max_pending,
@@ -281,6 +279,25 @@ class Hub:
             replay = Replay(events, replay.head, replay.gap)
         return replay
 
+    def hold_stream(self, owner: str) -> None:
+        """Count one stream of ``owner`` that holds its subscriptions without ``owner``: a
+        WebSocket with several topics is one stream against the per-owner cap, not one per
+        topic. Raises :class:`RateLimited` at the cap; :meth:`release_stream` ends it."""
+        self._check_owner_cap(owner)
+        self._per_owner[owner] = self._per_owner.get(owner, 0) + 1
+
+    def release_stream(self, owner: str) -> None:
+        remaining = self._per_owner.get(owner, 0) - 1
+        if remaining > 0:
+            self._per_owner[owner] = remaining
+        else:
+            self._per_owner.pop(owner, None)
+
+    def _check_owner_cap(self, owner: str) -> None:
+        cap = self.options.max_per_owner
+        if self._per_owner.get(owner, 0) >= cap:
+            raise RateLimited(f"at most {cap} concurrent streams per subject", retry_after=5)
+
     def _register(self, subscription: Subscription) -> None:
         self._subscriptions.add(subscription)
         if subscription.owner is not None:
@@ -310,13 +327,8 @@ class Hub:
             self.stats.dropped[key] = self.stats.dropped.get(key, 0) + dropped
         if subscription.writing_since:
             self._closed_writing.add(subscription)  # H6
-        owner = subscription.owner
-        if owner is not None:
-            remaining = self._per_owner[owner] - 1
-            if remaining:
-                self._per_owner[owner] = remaining
-            else:
-                del self._per_owner[owner]
+        if subscription.owner is not None:
+            self.release_stream(subscription.owner)
         for pattern in subscription.patterns:
             index = self._exact if pattern.prefix is None else self._prefixes
             key = pattern.text if pattern.prefix is None else pattern.prefix

@@ -9,8 +9,11 @@ Decisions (cited as W1..W4):
 
 W1. One hub subscription per pattern, so ``unsubscribe`` closes exactly what it names and a
     later ``subscribe`` resumes its own pattern without disturbing the others. Events taken
-    from several subscriptions at once are merged in position order; an event matched by two
-    overlapping patterns is sent once.
+    from several subscriptions at once are merged in position order, the replays of one
+    ``subscribe`` too (with what went live meanwhile), so a client that resumes from the last
+    id it received misses nothing; an event matched by two overlapping patterns is sent once.
+    The socket counts as one stream against the per-subject cap while it holds any
+    subscription, however many topics it names (``Hub.hold_stream``).
 W2. One writer coroutine per socket; the reader only queues control replies and replays into a
     bounded outbox and wakes the writer. A client whose outbox overflows is closed (1008).
 W3. Acknowledgements are durable per ``client_id`` (scoped to the token's subject): a
@@ -74,6 +77,10 @@ class EventSocket:
         self.outbox: collections.deque[str | Event] = collections.deque()
         self.wake = asyncio.Event()
         self.closing: tuple[int, str] | None = None
+        #: The error message sent before closing, when the close has one.
+        self.closing_message: str | None = None
+        #: The subject this socket counts as a stream of, while it holds subscriptions (W1).
+        self._holding: str | None = None
         self._recent: collections.deque[int] = collections.deque(maxlen=4096)
         self._recent_set: set[int] = set()
         self._ack: str | None = None
@@ -92,6 +99,8 @@ class EventSocket:
             for subscription in self.subscriptions.values():
                 subscription.close(CloseReason.CLIENT)
                 self.jc.hub.unsubscribe(subscription)
+            self.subscriptions.clear()
+            self._release_if_idle()
             self.wake.set()
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, SocketClosed):
@@ -118,6 +127,7 @@ class EventSocket:
                 # The socket's credential ran out: only a renewed one on a new socket can
                 # subscribe, which is what 4401 tells a client (as when it expires mid-stream).
                 self.closing = (close_code(exc), exc.reason)
+                self.closing_message = exc.message
                 self.wake.set()
                 return
             self._queue_json({"op": "error", "error": exc.code, "message": exc.message, "for": op})
@@ -135,6 +145,10 @@ class EventSocket:
         allow = self.jc.policy.subscription_filter(self.principal, patterns)
         if last_event_id is None and self.client_id is not None:
             last_event_id = self._ack or await self.jc.store.load_ack(self.subject, self.client_id)
+        owner = stream_owner(self.principal)  # refuses a credential past its expiry
+        if new and self._holding is None and owner:
+            self.jc.hub.hold_stream(owner["owner"])  # W1: the socket is one stream
+            self._holding = owner["owner"]
         opened: list[tuple[str, Subscription, Replay | None]] = []
         try:
             for pattern in new:
@@ -143,39 +157,49 @@ class EventSocket:
                     last_event_id=last_event_id,
                     allow=allow,
                     transport="websocket",
-                    **stream_owner(self.principal),
+                    expires_at=owner.get("expires_at"),
                 )
                 opened.append((pattern.text, subscription, replay))
         except BaseException:
             for _, subscription, _ in opened:
                 self.jc.hub.unsubscribe(subscription)
+            self._release_if_idle()
             raise
-        # From here on nothing awaits: the reply, then each replay, go to the outbox before the
+        # From here on nothing awaits: the reply, then the replays, go to the outbox before the
         # writer can see the subscriptions, so every replayed event precedes every live one.
         self._queue_json({"op": "subscribed", "topics": [p.text for p in patterns]})
+        # W1: replayed events and resets (each at its head) leave in position order, with what
+        # went live while the replays were read, so the ids a client sees never go back.
+        ordered: list[tuple[int, str | Event]] = []
         for text, subscription, replay in opened:
             if replay is not None and replay.gap is None:
-                replay = self._bounded(replay)
+                replay = self._bounded(replay, ordered)
             if replay is not None and replay.gap is not None:
-                self._queue_json(
-                    {
-                        "op": "reset",
-                        "topic": text,
-                        "reason": replay.gap,
-                        "id": str(replay.head),
-                        "last_event_id": last_event_id,
-                    }
-                )
+                reset = {
+                    "op": "reset",
+                    "topic": text,
+                    "reason": replay.gap,
+                    "id": str(replay.head),
+                    "last_event_id": last_event_id,
+                }
+                ordered.append((replay.head.position, orjson.dumps(reset).decode()))
             elif replay is not None:
-                for event in replay.events:
-                    self._queue(event)
+                ordered.extend((event.position, event) for event in replay.events)
             self.subscriptions[text] = subscription
+        if ordered:
+            for subscription in self.subscriptions.values():
+                ordered.extend((event.position, event) for event in subscription.take())
+            ordered.sort(key=lambda entry: (entry[0], isinstance(entry[1], str)))
+            for _, item in ordered:
+                self._queue(item)
 
-    def _bounded(self, replay: Replay) -> Replay:
-        """``replay``, or a ``too_far_behind`` gap when the outbox cannot take it (W5)."""
-        queued = sum(len(item.data_json) for item in self.outbox if isinstance(item, Event))
+    def _bounded(self, replay: Replay, ahead: list[tuple[int, str | Event]]) -> Replay:
+        """``replay``, or a ``too_far_behind`` gap when the outbox cannot take it after what is
+        in it and ``ahead`` of it (W5)."""
+        items = [*self.outbox, *(item for _, item in ahead)]
+        queued = sum(len(item.data_json) for item in items if isinstance(item, Event))
         size = sum(len(event.data_json) for event in replay.events)
-        room = MAX_OUTBOX - CONTROL_ROOM - len(self.outbox)
+        room = MAX_OUTBOX - CONTROL_ROOM - len(items)
         if len(replay.events) <= room and queued + size <= self.jc.hub.options.max_replay_bytes:
             return replay
         resets = self.jc.hub.stats.resets
@@ -190,7 +214,14 @@ class EventSocket:
             if subscription is not None:
                 subscription.close(CloseReason.CLIENT)
                 self.jc.hub.unsubscribe(subscription)
+        self._release_if_idle()
         self._queue_json({"op": "unsubscribed", "topics": topics})
+
+    def _release_if_idle(self) -> None:
+        """A socket without subscriptions no longer counts as a stream (W1)."""
+        if self._holding is not None and not self.subscriptions:
+            self.jc.hub.release_stream(self._holding)
+            self._holding = None
 
     async def _acknowledge(self, event_id: Any) -> None:
         if self.client_id is None:
@@ -232,6 +263,8 @@ class EventSocket:
         interval = self.jc.settings.heartbeat_interval
         while True:
             if self.closing is not None:
+                if self.closing_message is not None:  # W4: every refusal says why first
+                    await channel.error(self.closing_message)
                 await channel.close(*self.closing)
                 return
             if self.jc.hub.draining:  # also a socket with no subscription, or refused ones
