@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import stat
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -85,6 +86,9 @@ async def test_file_job_is_streamed_hashed_and_ingested(
     }
     upload = jobs_server.jc.settings.data_dir / "uploads" / job["id"]
     assert upload.read_bytes() == content
+    # private, as the rest of the data directory (regression: 0644 in a 0755 directory)
+    assert stat.S_IMODE(upload.stat().st_mode) == 0o600
+    assert stat.S_IMODE(upload.parent.stat().st_mode) == 0o700
     events = await watch(client, jobs_server, job["id"])
     assert events[-1][0] == "succeeded"
     assert events[-1][1]["result"]["sha256"] == sha
@@ -155,7 +159,7 @@ async def test_cancel_a_running_job(
 
 
 async def test_cancel_a_queued_job(make_server: Callable[..., LiveServer]) -> None:
-    server = make_server(job_concurrency=1, handlers=["tests.handlers"])
+    server = make_server(job_concurrency=1, job_max_queued=1, handlers=["tests.handlers"])
     async with httpx.AsyncClient(timeout=10) as client:
         blocker = await submit(client, server, "wait_cancel")
         queued = await submit(client, server, "demo", FAST)
@@ -163,6 +167,8 @@ async def test_cancel_a_queued_job(make_server: Callable[..., LiveServer]) -> No
         response = await client.post(f"{url}/cancel", headers=server.auth())
         assert response.json()["state"] == "cancelled"
         assert response.json()["started_at"] is None
+        # Regression: the cancelled job kept its place in the queue, so the next was a 503.
+        await submit(client, server, "demo", FAST)
         await client.post(f"{server.url}/api/jobs/{blocker['id']}/cancel", headers=server.auth())
 
 
@@ -249,6 +255,8 @@ async def test_resume_after_the_end_just_closes(
     headers = {**jobs_server.auth(), "Last-Event-ID": events[-1].id or ""}
     async with EventStream(client, url, headers=headers) as stream:
         assert await stream.until_end(2) == []
+    # 204: the one answer that stops a browser's EventSource from reconnecting for ever
+    assert stream.response is not None and stream.response.status_code == 204
 
 
 async def test_owners_see_their_jobs_and_privileged_roles_see_all(

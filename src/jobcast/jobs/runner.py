@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from jobcast._files import make_private_dir
 from jobcast._lock import ProcessLock
 from jobcast.errors import Conflict, InvalidInput, JobcastError, NotFound, Unavailable
 from jobcast.jobs.access import Access, JobAccess
@@ -91,7 +92,7 @@ class EmbeddedRunner:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.options.uploads_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.options.uploads_dir)
         self._lock.acquire()  # a second process would run the same queued jobs again
         try:
             await self._recover()
@@ -196,6 +197,8 @@ class EmbeddedRunner:
             raise Conflict(f"job {job_id} is already {job.state.value}")
         if live.task is None:  # still queued: nothing runs yet
             live.request_cancel()
+            with contextlib.suppress(ValueError):  # its place is free for the next submission
+                self._queue.remove(job_id)
             live.task = asyncio.create_task(self._cancel_queued(live), name=f"job-{job_id}")
         else:
             self._stop(live, "cancel")

@@ -11,7 +11,9 @@ J2. A resume (``Last-Event-ID``) sends no snapshot, only what the client missed.
     cannot cover it (another epoch, trimmed), the stream starts afresh with a snapshot.
 J3. A finished job is answered at once without a subscription: the snapshot and the terminal
     event (a fresh client), or what the client missed up to the terminal event (a resume).
-    Either way the stream then ends.
+    Either way the stream then ends. A resume that missed nothing (the client already has
+    the terminal event) is a 204, the one answer that stops a plain ``EventSource`` from
+    reconnecting for ever.
 J4. An application may render a job's stream in its own format (``SseRender``, ``WsRender``):
     each step is handed over as a :class:`JobUpdate` carrying the whole job as it is after that
     event (a ``progress`` event only carries what changed, so :class:`JobView` merges it into
@@ -270,6 +272,8 @@ async def job_event_stream(
     frames = SseJobFrames(plan, render)
     prelude = frames.snapshot() if plan.snapshot else b""
     if plan.subscription is None:  # finished: answer at once and end (J3)
+        if not (plan.snapshot or plan.events or plan.terminal):
+            return Response(status_code=204)
         parts = [retry_frame(jc.settings.retry_ms), prelude]
         parts.extend(frames.event(event) for event in plan.events)
         if plan.terminal:

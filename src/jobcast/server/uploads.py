@@ -35,6 +35,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartState, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+from jobcast._files import make_private_dir, open_private
 from jobcast.errors import InvalidInput, PayloadTooLarge
 from jobcast.jobs.model import InputFile
 
@@ -141,7 +142,7 @@ class _Parts:
         self._is_file = True
         path = self.directory / f".incoming-{secrets.token_hex(8)}"
         self.received.upload = path
-        self.file = path.open("xb")
+        self.file = open_private(path)
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         size = end - start
@@ -182,7 +183,7 @@ async def receive_multipart(
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_file + max_fields + 64 * 1024:  # U2
         raise PayloadTooLarge(f"the upload is over the {max_file} byte limit")
-    await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+    await asyncio.to_thread(make_private_dir, directory)
     parts = _Parts(directory, max_file, max_fields, content_types)
     parser = MultipartParser(
         boundary,
