@@ -254,3 +254,21 @@ async def test_a_stream_ticket_does_not_poll_its_job(
     )
     assert polled.status_code == 403, polled.text
     assert "only opens streams" in polled.json()["message"]
+
+
+async def test_grants_made_at_once_all_take_effect(
+    server: LiveServer, client: httpx.AsyncClient
+) -> None:
+    # Regression: a grant read the readers and wrote them back whole, so of grants made at
+    # the same time all but one were lost, each answered 200.
+    job = await submit(client, server, "demo", {"steps": 1, "delay": 0})
+    url = f"{server.url}/api/jobs/{job['id']}/readers"
+    subjects = [f"reader{n}" for n in range(10)]
+    granted = await asyncio.gather(
+        *(client.put(f"{url}/{subject}", headers=server.auth("alice")) for subject in subjects)
+    )
+    assert all(response.status_code == 200 for response in granted)
+    polled = await client.get(f"{server.url}/api/jobs/{job['id']}", headers=server.auth("alice"))
+    assert sorted(polled.json()["readers"]) == subjects
+    odd = await client.put(f"{url}/%20bob", headers=server.auth("alice"))
+    assert odd.status_code == 422

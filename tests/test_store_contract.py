@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from jobcast.errors import Unavailable
+from jobcast.errors import InvalidInput, Unavailable
 from jobcast.jobs.model import InputFile, Job, JobState, new_job_id
 from jobcast.stores import JobQuery, JobStore, open_store
 from jobcast.stores.sql import SQLJobStore
@@ -83,15 +84,31 @@ async def test_a_save_from_a_stale_copy_keeps_the_readers(store: JobStore) -> No
     # meanwhile by the server must survive it.
     job = make_job()
     await store.create(job)
-    assert await store.set_readers(job.id, ["bob"])
+    assert await store.change_readers(job.id, add="bob", limit=10) == ["bob"]
     job.progress = 50.0  # the worker's copy still has no readers
     await store.save(job)
     stored = await store.get(job.id)
     assert stored is not None and stored.readers == ["bob"] and stored.progress == 50.0
-    assert await store.set_readers(job.id, [])
+    assert await store.change_readers(job.id, remove="bob", limit=10) == []
     revoked = await store.get(job.id)
     assert revoked is not None and revoked.readers == []
-    assert not await store.set_readers("missing", ["bob"])
+    assert await store.change_readers("missing", add="bob", limit=10) is None
+
+
+async def test_concurrent_reader_changes_all_take_effect(store: JobStore) -> None:
+    # Regression: grants read the readers, then wrote them back whole, so of two grants made
+    # at once one was lost (and answered 200).
+    job = make_job()
+    await store.create(job)
+    subjects = [f"user{n}" for n in range(12)]
+    await asyncio.gather(*(store.change_readers(job.id, add=s, limit=100) for s in subjects))
+    stored = await store.get(job.id)
+    assert stored is not None and sorted(stored.readers) == sorted(subjects)
+    await asyncio.gather(*(store.change_readers(job.id, remove=s, limit=100) for s in subjects[:6]))
+    stored = await store.get(job.id)
+    assert stored is not None and sorted(stored.readers) == sorted(subjects[6:])
+    with pytest.raises(InvalidInput):
+        await store.change_readers(job.id, add="one-too-many", limit=6)
 
 
 async def test_list_is_newest_first_with_filters_and_cursor(store: JobStore) -> None:

@@ -86,6 +86,7 @@ class EmbeddedRunner:
         )
         self._calls = HandlerCalls(self._threads, options.default_timeout)
         self._dispatcher: asyncio.Task[None] | None = None
+        self._readers_lock = asyncio.Lock()
         self._lock = ProcessLock(options.uploads_dir.parent / "runner.lock", "the job runner")
         self.stats = JobStats()
 
@@ -222,10 +223,21 @@ class EmbeddedRunner:
         await asyncio.to_thread(self.upload_path(job_id).unlink, missing_ok=True)
         self.access.forget(job_id)
 
-    async def set_readers(self, job_id: str, readers: list[str]) -> Job:
-        """Replace the subjects granted read access to a job, live or finished."""
-        if not await self.store.set_readers(job_id, readers):
-            raise NotFound(f"no job {job_id!r}")
+    async def change_readers(
+        self, job_id: str, *, add: str | None = None, remove: str | None = None, limit: int
+    ) -> Job:
+        """Grant or withdraw one subject's read access to a job, live or finished."""
+        async with self._readers_lock:  # this process applies changes in the store's order
+            readers = await self.store.change_readers(job_id, add=add, remove=remove, limit=limit)
+            if readers is None:
+                raise NotFound(f"no job {job_id!r}")
+            job = await self._with_readers(job_id, readers)
+        self._remember_owner(job)
+        self.hub.forget_access()  # open wildcard streams must see the new grant at once
+        await self.access.announce(job)  # and those on other instances (a 503 here: retry)
+        return job
+
+    async def _with_readers(self, job_id: str, readers: list[str]) -> Job:
         live = self._live.get(job_id)
         if live is not None:
             live.job.readers = list(readers)
@@ -236,9 +248,6 @@ class EmbeddedRunner:
             if stored is None:  # deleted in between
                 raise NotFound(f"no job {job_id!r}")
             job = stored
-        self._remember_owner(job)
-        self.hub.forget_access()  # open wildcard streams must see the new grant at once
-        await self.access.announce(job)  # and those on other instances (a 503 here: retry)
         return job
 
     def owner_of(self, job_id: str) -> str | None:

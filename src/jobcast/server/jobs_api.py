@@ -234,13 +234,13 @@ def jobs_router(jc: "Jobcast") -> APIRouter:
     async def grant_reader(
         job_id: str, subject: str, request: Request, principal: principal_dep
     ) -> Response:
-        job = await readable(job_id, principal, "grant")
-        if not subject or len(subject) > 255:
-            raise InvalidInput("the subject must be 1 to 255 characters")
-        readers = job.readers if subject in job.readers else [*job.readers, subject]
-        if len(readers) > MAX_READERS:
-            raise InvalidInput(f"a job may have at most {MAX_READERS} readers")
-        return JSONResponse(job_body(request, await jc.runner.set_readers(job_id, readers)))
+        await readable(job_id, principal, "grant")
+        if not 0 < len(subject) <= 255 or not subject.isprintable() or subject.strip() != subject:
+            raise InvalidInput(
+                "the subject must be 1 to 255 printable characters, without spaces around it"
+            )
+        job = await jc.runner.change_readers(job_id, add=subject, limit=MAX_READERS)
+        return JSONResponse(job_body(request, job))
 
     @router.delete(
         "/api/jobs/{job_id}/readers/{subject}",
@@ -250,9 +250,9 @@ def jobs_router(jc: "Jobcast") -> APIRouter:
     async def revoke_reader(
         job_id: str, subject: str, request: Request, principal: principal_dep
     ) -> Response:
-        job = await readable(job_id, principal, "grant")
-        readers = [reader for reader in job.readers if reader != subject]
-        return JSONResponse(job_body(request, await jc.runner.set_readers(job_id, readers)))
+        await readable(job_id, principal, "grant")
+        job = await jc.runner.change_readers(job_id, remove=subject, limit=MAX_READERS)
+        return JSONResponse(job_body(request, job))
 
     @router.delete(
         "/api/jobs/{job_id}",

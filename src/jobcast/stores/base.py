@@ -62,13 +62,17 @@ class JobStore(Protocol):
     async def save(self, job: Job) -> None:
         """Write every mutable field of an existing job, except its readers.
 
-        Readers change only through :meth:`set_readers`: a process that runs the job (a worker
-        elsewhere) saves its progress from its own copy, which must not undo a grant or a
-        revoke made meanwhile.
+        Readers change only through :meth:`change_readers`: a process that runs the job (a
+        worker elsewhere) saves its progress from its own copy, which must not undo a grant or
+        a revoke made meanwhile.
         """
 
-    async def set_readers(self, job_id: str, readers: list[str]) -> bool:
-        """Replace the subjects granted read access to a job; False if there is no such job."""
+    async def change_readers(
+        self, job_id: str, *, add: str | None = None, remove: str | None = None, limit: int
+    ) -> list[str] | None:
+        """Grant ``add`` or withdraw ``remove`` read access to a job, read and written in one
+        transaction so concurrent changes all take effect; the readers after, or ``None`` if
+        there is no such job. Raises :class:`InvalidInput` past ``limit`` readers."""
 
     async def list_jobs(self, query: JobQuery) -> JobPage: ...
 

@@ -42,7 +42,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from jobcast._files import create_private
-from jobcast.errors import Unavailable
+from jobcast.errors import InvalidInput, Unavailable
 from jobcast.jobs.model import Job, JobState
 from jobcast.stores._sql_tables import (
     MIGRATIONS,
@@ -184,15 +184,30 @@ class SQLJobStore:
 
     async def save(self, job: Job) -> None:
         values = row_values(job)
-        del values["readers"]  # only set_readers writes them (base.JobStore.save)
+        del values["readers"]  # only change_readers writes them (base.JobStore.save)
         self._updates[job.id] = {"job_id": job.id, **values}
         await self._commit_batch()
 
-    async def set_readers(self, job_id: str, readers: list[str]) -> bool:
-        statement = UPDATE_JOB.values(readers=orjson.dumps(readers).decode())
+    async def change_readers(
+        self, job_id: str, *, add: str | None = None, remove: str | None = None, limit: int
+    ) -> list[str] | None:
+        column = jobs_table.c.readers
+        # FOR UPDATE: PostgreSQL makes a concurrent change wait for this one (SQLite's
+        # writes are serialised by the write lock, Q2), so no grant overwrites another.
+        query = sa.select(column).where(jobs_table.c.id == job_id).with_for_update()
         async with self._write() as conn:
-            result = await conn.execute(statement, {"job_id": job_id})
-        return bool(result.rowcount)
+            found = (await conn.execute(query)).first()
+            if found is None:
+                return None
+            readers: list[str] = orjson.loads(found[0]) if found[0] else []
+            if add is not None and add not in readers:
+                readers.append(add)
+            readers = [reader for reader in readers if reader != remove]
+            if len(readers) > limit:
+                raise InvalidInput(f"a job may have at most {limit} readers")
+            statement = UPDATE_JOB.values(readers=orjson.dumps(readers).decode())
+            await conn.execute(statement, {"job_id": job_id})
+        return readers
 
     async def _commit_batch(self) -> None:  # Q5
         if self._engine is None:
