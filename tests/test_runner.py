@@ -92,6 +92,37 @@ async def test_crash_recovery_at_startup(
     assert listed.json()["jobs"] == []
 
 
+async def test_a_job_recovered_after_a_crash_goes_on_numbering_its_events(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    # Regression: the store is written at most every store_interval, so a crash left it
+    # behind the job's last events, and the re-queued job numbered new events as old ones.
+    hub = Hub(SQLiteBroker(tmp_path / "events.db", Retention()))
+    await hub.start()
+    job = dataclasses.replace(
+        Job(id=new_job_id(), kind="demo", owner="alice", params={"steps": 2, "delay": 0.0}),
+        state=JobState.RUNNING,
+        attempts=1,
+        seq=2,
+    )
+    stored_after = await hub.publish(f"jobs/{job.id}", "state", {"id": job.id, "seq": 2})
+    job.last_event_id = stored_after.id
+    for seq in (3, 4, 5):  # published, but the process died before it stored them
+        await hub.publish(f"jobs/{job.id}", "progress", {"id": job.id, "seq": seq})
+    await hub.close()
+    store = open_store(f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}")
+    await store.open()
+    await store.create(job)
+    await store.close()
+
+    server = make_server()
+    resume = {**server.auth(), "Last-Event-ID": stored_after.id}  # every event since
+    events = await watch(client, server, job.id, headers=resume)
+    seqs = [data["seq"] for _, data in events]
+    assert seqs[:3] == [3, 4, 5] and events[-1][0] == "succeeded"
+    assert seqs == sorted(set(seqs)), seqs  # strictly increasing
+
+
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 

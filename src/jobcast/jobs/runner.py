@@ -15,7 +15,8 @@ R2. Sync handlers run in a thread pool (``threads.py``; each call in ``handler_c
 R3. Recovery at startup: a job found ``running`` was interrupted by a crash. It is re-queued
     when its handler is ``retry_safe`` (up to ``max_attempts`` runs), else failed with an
     ``Interrupted`` error. Queued jobs resume in submission order. A graceful shutdown applies
-    the same rule to the jobs it interrupts. Nothing is ever left ``running``.
+    the same rule to the jobs it interrupts. Nothing is ever left ``running``. A recovered
+    job's ``seq`` goes on from the newest event it published, which the store may lag.
 R4. The runner keeps every queued and running job in memory (bounded by ``max_queued`` plus
     ``concurrency``): reads of live jobs never touch the store, and the owner of any job that
     can still publish is known without a query (``owner_of``, used by stream filters), on
@@ -33,18 +34,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from jobcast._files import make_private_dir
 from jobcast._lock import ProcessLock
 from jobcast.errors import Conflict, InvalidInput, JobcastError, NotFound, Unavailable
+from jobcast.events import EventId
 from jobcast.jobs.access import Access, JobAccess
 from jobcast.jobs.context import JobContext
 from jobcast.jobs.handler_calls import HandlerCalls, after_interruption, job_error
 from jobcast.jobs.live import LiveJob
-from jobcast.jobs.model import InputFile, Job, JobState, new_job_id
+from jobcast.jobs.model import InputFile, Job, JobState, job_topic, new_job_id
 from jobcast.jobs.registry import HandlerSpec, Registry
 from jobcast.jobs.stats import JobStats
 from jobcast.jobs.threads import HandlerThreads
 from jobcast.stores.base import JobPage, JobQuery, JobStore
+from jobcast.topics import TopicPattern
 
 if TYPE_CHECKING:
     from jobcast.hub import Hub
@@ -123,12 +128,33 @@ class EmbeddedRunner:
 
     async def _recover(self) -> None:  # R3
         for job in await self.store.in_states([JobState.RUNNING], limit=1_000_000):
-            live = self._track(job)
+            live = self._track(await self._caught_up(job))
             await self._interrupted(live, "the server stopped while the job was running")
         for job in await self.store.in_states([JobState.QUEUED], limit=1_000_000):
-            self._track(job)
+            self._track(await self._caught_up(job))
             self._queue.append(job.id)
         self._work.set()
+
+    async def _caught_up(self, job: Job) -> Job:
+        """``job`` with the ``seq`` of the newest event it published (R3).
+
+        The store is written at most every ``store_interval``, so a process that died can leave
+        it behind the job's events; continuing from the stored ``seq`` would number new events
+        as old ones. The events after the stored one are in the history: the newest ``seq``
+        among them is where the job's numbering goes on. (History that no longer has them, or
+        that is new, can tell nothing: the stored ``seq`` stays.)
+        """
+        hub = self.hub
+        after = EventId.parse(job.last_event_id) if job.last_event_id else None
+        if after is None or after.epoch != hub.broker.epoch:
+            return job
+        topic = (TopicPattern(job_topic(job.id), None),)
+        with contextlib.suppress(JobcastError):
+            missed = await hub.broker.replay(topic, after, hub.options.max_replay)
+            for event in missed.events:
+                with contextlib.suppress(ValueError, TypeError, AttributeError):
+                    job.seq = max(job.seq, int(orjson.loads(event.data_json)["seq"]))
+        return job
 
     # -- requests --------------------------------------------------------------------------
 
@@ -284,7 +310,7 @@ class EmbeddedRunner:
 
     async def resume_interrupted(self, job: Job, why: str) -> bool:
         """Apply R3 to a job found ``running`` whose process died; True if it may run again."""
-        live = self._track(job)
+        live = self._track(await self._caught_up(job))
         await self._interrupted(live, why)
         self._untrack(live)
         return live.job.state is JobState.QUEUED
