@@ -88,6 +88,7 @@ async def status_of(server: LiveServer, client: httpx.AsyncClient, token: str) -
         ),
         (lambda: jwt.encode({"sub": "alice"}, SECRET, algorithm="HS256"), "missing_claim"),
         (lambda: jwt.encode(claims(role="root"), SECRET, algorithm="HS256"), "invalid_claim"),
+        (lambda: jwt.encode(claims(topics=["a*b"]), SECRET, algorithm="HS256"), "invalid_claim"),
         (lambda: "not-a-jwt", "malformed_token"),
         (lambda: "a.b.c", "malformed_token"),
         (lambda: jwt.encode(claims(), RSA_KEY, algorithm="RS256"), "invalid_algorithm"),
@@ -100,6 +101,7 @@ async def status_of(server: LiveServer, client: httpx.AsyncClient, token: str) -
         "not-yet-valid",
         "no-exp",
         "bad-role",
+        "bad-grant",
         "garbage",
         "bad-segments",
         "rs256-without-key",
@@ -171,3 +173,35 @@ async def test_es256_tokens_verified_with_a_jwks_url(
     assert await status_of(server, client, unknown) == (401, "bad_signature")
     # tokens minted by `jobcast token` keep working beside the identity provider's
     assert (await status_of(server, client, server.token()))[0] == 200
+
+
+async def test_a_grant_that_is_not_a_pattern_is_a_bad_token_not_a_bad_request(
+    server: LiveServer, client: httpx.AsyncClient
+) -> None:
+    token = jwt.encode(claims(topics=["a*b"]), SECRET, algorithm="HS256")
+    response = await client.post(
+        f"{server.url}/api/events",
+        json={"topic": "a", "type": "t"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert (response.status_code, response.json()["reason"]) == (401, "invalid_claim")
+
+
+async def test_a_csrf_token_that_is_not_ascii_is_refused_not_a_crash(
+    server: LiveServer, client: httpx.AsyncClient
+) -> None:
+    login = await client.post(
+        f"{server.url}/api/auth/session", headers=server.auth("svc", "service")
+    )
+    cookies = {"jobcast_session": login.cookies["jobcast_session"], "jobcast_csrf": "abc"}
+    async with httpx.AsyncClient(cookies=cookies, timeout=10) as browser:
+        for path, body in [
+            ("/api/jobs", {"kind": "demo", "params": {"steps": 1, "delay": 0}}),
+            ("/api/events", {"topic": "a", "type": "t"}),  # the fast path
+        ]:
+            response = await browser.post(
+                f"{server.url}{path}", json=body, headers={"X-CSRF-Token": b"\xe9\xe9"}
+            )
+            assert response.status_code == 403, (path, response.text)
+            assert response.json()["error"] == "forbidden"
+            assert "X-CSRF-Token" in response.json()["message"]

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import jwt
 
-from jobcast.errors import Unauthorized
+from jobcast.errors import InvalidInput, Unauthorized
 from jobcast.jwt_keys import (
     ASYMMETRIC,
     HMAC,
@@ -34,6 +34,7 @@ from jobcast.jwt_keys import (
     load_or_create_secret,
     unverified_alg,
 )
+from jobcast.topics import TopicPattern
 from jobcast.verified_tokens import VerifiedTokens
 
 if TYPE_CHECKING:
@@ -288,6 +289,15 @@ def principal_from_claims(claims: dict[str, Any], via: str = "bearer") -> Princi
     topics = claims.get("topics", [])
     if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
         raise Unauthorized("the 'topics' claim must be a list of patterns", reason="invalid_claim")
+    for grant in topics:
+        # Parsed as the policy will parse it: a bad grant is a bad token (401), not a bad
+        # request (422) at whichever route first asks the policy about it.
+        try:
+            TopicPattern.parse(grant)
+        except InvalidInput as exc:
+            raise Unauthorized(
+                f"the 'topics' claim holds {exc.message}", reason="invalid_claim"
+            ) from None
     exp = claims.get("exp")
     expires_at = float(exp) if exp is not None else None
     return Principal(subject, role, tuple(topics), expires_at, via=via)

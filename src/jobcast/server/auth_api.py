@@ -2,15 +2,18 @@
 
 # No ``from __future__ import annotations``: FastAPI reads these signatures at runtime.
 
+import contextlib
 import secrets
+import time
 from typing import TYPE_CHECKING, Annotated
 
+import jwt
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 
 from jobcast.auth import Principal
 from jobcast.errors import Forbidden, Unauthorized
-from jobcast.server.credentials import CSRF_COOKIE, SESSION_COOKIE
+from jobcast.server.credentials import CSRF_COOKIE, SESSION_COOKIE, resolve_principal
 from jobcast.topics import parse_patterns
 
 if TYPE_CHECKING:
@@ -23,16 +26,28 @@ class TicketRequest(BaseModel):
     )
 
 
+#: A ticket or session never outlives the token it was issued from.
+LIFETIME_DOC = "Seconds it lives: the configured TTL, or less when the token it came from expires."
+
+
 class Ticket(BaseModel):
     ticket: str
-    expires_in: int
+    expires_in: int = Field(description=LIFETIME_DOC)
 
 
 class Session(BaseModel):
     subject: str
     role: str
     csrf_token: str = Field(description="Send it back as `X-CSRF-Token` on POST and DELETE.")
-    expires_in: int
+    expires_in: int = Field(description=LIFETIME_DOC)
+
+
+def lifetime(token: str, ttl: float, minted_after: float) -> int:
+    """Whole seconds a ticket or session minted at ``minted_after`` or later lives: until its
+    own ``exp``, which minting caps at the expiry of the credential it came from, so it can be
+    far less than ``ttl``. (Read back from the token, the one place that rule is applied.)"""
+    expires = jwt.decode(token, options={"verify_signature": False})["exp"]
+    return max(0, min(int(ttl), int(expires - minted_after)))
 
 
 def auth_router(jc: "Jobcast") -> APIRouter:
@@ -58,9 +73,9 @@ def auth_router(jc: "Jobcast") -> APIRouter:
         await jc.limiter.hit("ticket", holder, request)
         patterns = parse_patterns(body.topics, limit=jc.settings.max_topics_per_subscription)
         jc.policy.subscription_filter(holder, patterns)  # refuse now what the stream would
-        ttl = jc.settings.ticket_ttl_seconds
+        ttl, now = jc.settings.ticket_ttl_seconds, time.time()
         value = jc.tokens.mint_ticket(holder, [p.text for p in patterns], ttl)
-        return Ticket(ticket=value, expires_in=int(ttl))
+        return Ticket(ticket=value, expires_in=lifetime(value, ttl, now))
 
     @router.post(
         "/session",
@@ -73,24 +88,30 @@ def auth_router(jc: "Jobcast") -> APIRouter:
             raise Forbidden("log in with a bearer token, not with the session itself")
         await jc.limiter.hit("ticket", holder, request)
         settings = jc.settings
-        ttl = settings.session_ttl_seconds
+        ttl, now = settings.session_ttl_seconds, time.time()
+        session = jc.tokens.mint_session(holder, ttl)
+        seconds = lifetime(session, ttl, now)
         csrf = secrets.token_urlsafe(24)
         cookie = {"secure": settings.session_cookie_secure, "samesite": "lax", "path": "/"}
         response.set_cookie(
             SESSION_COOKIE,
-            jc.tokens.mint_session(holder, ttl),
-            max_age=int(ttl),
+            session,
+            max_age=seconds,
             httponly=True,
             **cookie,  # type: ignore[arg-type]
         )
-        response.set_cookie(CSRF_COOKIE, csrf, max_age=int(ttl), **cookie)  # type: ignore[arg-type]
+        response.set_cookie(CSRF_COOKIE, csrf, max_age=seconds, **cookie)  # type: ignore[arg-type]
         response.headers["X-CSRF-Token"] = csrf
         return Session(
-            subject=holder.subject, role=holder.role, csrf_token=csrf, expires_in=int(ttl)
+            subject=holder.subject, role=holder.role, csrf_token=csrf, expires_in=seconds
         )
 
     @router.delete("/session", status_code=204, summary="Log out: clear the session cookie")
-    async def logout(response: Response, principal: principal_dep) -> None:
+    async def logout(request: Request, response: Response) -> None:
+        # A live session must still bring its CSRF proof (a Forbidden goes through), but one
+        # that expired or does not verify is exactly what logging out must be able to clear.
+        with contextlib.suppress(Unauthorized):
+            await resolve_principal(jc, request)
         response.delete_cookie(SESSION_COOKIE, path="/")
         response.delete_cookie(CSRF_COOKIE, path="/")
 

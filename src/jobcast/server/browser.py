@@ -76,5 +76,7 @@ def check_csrf(settings: Settings, connection: HTTPConnection) -> None:
         raise Forbidden("cross-site request refused (Origin not allowed)")
     expected = connection.cookies.get("jobcast_csrf", "")
     presented = connection.headers.get("x-csrf-token", "")
-    if not expected or not hmac.compare_digest(expected, presented):
+    # Compared as bytes: compare_digest raises TypeError on a str with non-ASCII characters
+    # (a 500), and a header may carry any byte.
+    if not expected or not hmac.compare_digest(expected.encode(), presented.encode()):
         raise Forbidden("missing or wrong X-CSRF-Token header for this cookie session")

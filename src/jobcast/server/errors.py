@@ -72,12 +72,36 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    unparsable = _unparsable_body(exc)
+    if unparsable is not None:
+        detail = [{"loc": ["body"], "msg": unparsable, "type": "json_invalid"}]
+        return error_response(422, "invalid_input", unparsable, detail=detail)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
 
 
+def _unparsable_body(exc: StarletteHTTPException) -> str | None:
+    """Why FastAPI could not parse a JSON body, for the failures it reports as a bare 400
+    ("There was an error parsing the body") rather than as malformed JSON, which is what
+    they are to a client: a 422 like any other. It chains the parser's own error."""
+    if exc.status_code != 400:
+        return None
+    if isinstance(exc.__cause__, UnicodeDecodeError):
+        return "the JSON body is not valid UTF-8"
+    if isinstance(exc.__cause__, RecursionError):
+        return "the JSON body is nested too deeply"
+    return None
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return unexpected_error_response(request.method, request.url.path)
+
+
+def unexpected_error_response(method: str, path: str) -> JSONResponse:
+    """The response for an exception nobody expected: logged with its traceback (so call it
+    while handling the exception), a generic 500 to the client. Also used outside the
+    framework's handlers."""
+    logger.exception("unhandled error on %s %s", method, path)
     return error_response(500, "internal_error", "internal server error")
 
 

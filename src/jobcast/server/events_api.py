@@ -2,10 +2,11 @@
 
 # No ``from __future__ import annotations``: FastAPI reads these signatures at runtime.
 
+import math
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.requests import HTTPConnection
 
 from jobcast.auth import Principal
@@ -24,6 +25,25 @@ class PublishRequest(BaseModel):
     topic: str = Field(description="Topic name, e.g. `jobs/8f3c` or `videos/42`.")
     type: str = Field(description="Event type, e.g. `video.status`; sent as the SSE `event:`.")
     data: Any = Field(None, description="Any JSON value; sent verbatim as the SSE `data:`.")
+
+    @field_validator("data")
+    @classmethod
+    def _only_json_numbers(cls, value: Any) -> Any:
+        # Python's json reads NaN, Infinity and 1e400, which JSON cannot hold: published,
+        # they would reach subscribers as null. (The fast path's orjson refuses them.)
+        if not _finite(value):
+            raise ValueError("NaN and infinite numbers are not JSON")
+        return value
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(item) for item in value.values())
+    if isinstance(value, list):
+        return all(_finite(item) for item in value)
+    return True
 
 
 class Published(BaseModel):
