@@ -16,7 +16,8 @@ R3. Recovery at startup: a job found ``running`` was interrupted by a crash. It 
     when its handler is ``retry_safe`` (up to ``max_attempts`` runs), else failed with an
     ``Interrupted`` error. Queued jobs resume in submission order. A graceful shutdown applies
     the same rule to the jobs it interrupts. Nothing is ever left ``running``. A recovered
-    job's ``seq`` goes on from the newest event it published, which the store may lag.
+    job's ``seq`` goes on from the newest event it published, which the store may lag (at a
+    server's start; a queue worker, which only publishes, cannot read the history).
 R4. The runner keeps every queued and running job in memory (bounded by ``max_queued`` plus
     ``concurrency``): reads of live jobs never touch the store, and the owner of any job that
     can still publish is known without a query (``owner_of``, used by stream filters), on
@@ -310,7 +311,7 @@ class EmbeddedRunner:
 
     async def resume_interrupted(self, job: Job, why: str) -> bool:
         """Apply R3 to a job found ``running`` whose process died; True if it may run again."""
-        live = self._track(await self._caught_up(job))
+        live = self._track(job)
         await self._interrupted(live, why)
         self._untrack(live)
         return live.job.state is JobState.QUEUED
