@@ -24,17 +24,22 @@ from tests.support import LiveServer
 from tests.test_client_streams import Proxy, reauthing_server
 
 
-@pytest.fixture
-def env(server: LiveServer, tmp_path: Path) -> dict[str, str]:
+def cli_env(url: str, token: str, tmp_path: Path) -> dict[str, str]:
+    """The environment of a `jobcast` process: this server and token, no config file."""
     values = {k: v for k, v in os.environ.items() if not k.startswith("JOBCAST_")}
     values.update(
-        JOBCAST_URL=server.url,
-        JOBCAST_TOKEN=server.token("alice"),
+        JOBCAST_URL=url,
+        JOBCAST_TOKEN=token,
         JOBCAST_CONFIG=str(tmp_path / "absent.toml"),
         PYTHONUNBUFFERED="1",
         COLUMNS="200",
     )
     return values
+
+
+@pytest.fixture
+def env(server: LiveServer, tmp_path: Path) -> dict[str, str]:
+    return cli_env(server.url, server.token("alice"), tmp_path)
 
 
 def jobcast(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

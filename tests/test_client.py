@@ -273,3 +273,19 @@ def test_sync_client_through_an_injected_transport() -> None:
         assert missing.value.message == "no such thing"
     assert all(request.headers["authorization"] == "Bearer tok" for request in seen)
     assert seen[3].url.params.get_list("state") == ["succeeded"]
+
+
+def test_a_malformed_url_or_token_is_refused_before_anything_is_sent() -> None:
+    for url in ("http://127.0.0.1:abc", "localhost:8000", "ftp://example.com", "http://h:99999"):
+        with pytest.raises(ValueError, match="URL"):
+            Client(url)
+    for token in ("tökén", "abc\ndef", "two words"):
+        with pytest.raises(ValueError, match="printable ASCII"):
+            Client("http://127.0.0.1:8000", token=token)
+    seen: list[httpx.Request] = []
+    with (
+        Client("http://jobcast", token=lambda: "tök", transport=fake_api(seen)) as client,
+        pytest.raises(ValueError, match="printable ASCII"),
+    ):
+        client.list()  # a token function is asked at each request
+    assert seen == []

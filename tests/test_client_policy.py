@@ -10,6 +10,7 @@ from jobcast.client import (
     ConnectionFailed,
     Event,
     NotFoundError,
+    ProtocolError,
     RateLimitedError,
     Reauth,
     ReconnectPolicy,
@@ -149,3 +150,35 @@ def test_max_attempts_gives_up() -> None:
     state.connecting()
     with pytest.raises(ConnectionFailed):
         state.ended(ConnectionFailed("refused"), opened=False)
+
+
+def test_a_first_connection_that_fails_gives_up_at_once_when_asked() -> None:
+    policy = ReconnectPolicy(max_first_attempts=1, initial_delay=0.0)
+    for failure in (
+        ConnectionFailed("refused"),
+        ServerUnavailable(502, "Bad Gateway", "<html>"),
+        ProtocolError("answered 200 with application/json, not an event stream"),
+    ):
+        state = StreamState(policy, job=True)
+        state.connecting()
+        with pytest.raises(type(failure)):
+            state.ended(failure, opened=isinstance(failure, ProtocolError))
+    # A buffering proxy (R3) and a rate limit are not a wrong --url: keep going.
+    buffered = StreamState(policy, job=True)
+    buffered.connecting()
+    buffered.ended(ConnectionFailed("read timed out"), opened=False, first_byte_timeout=True)
+    assert buffered.polling
+    limited = StreamState(policy, job=False)
+    limited.connecting()
+    assert limited.ended(error(429, headers={"retry-after": "1"}), opened=False) >= 1.0
+
+
+def test_once_connected_a_stream_retries_a_lost_server_for_ever() -> None:
+    state = StreamState(ReconnectPolicy(max_first_attempts=1, initial_delay=0.0), job=False)
+    state.connecting()
+    state.feed("retry: 1000\n\n: ping\n\n")
+    state.ended(ConnectionFailed("connection reset"), opened=True)  # the server was killed
+    for _ in range(5):  # then refused while it restarts
+        state.connecting()
+        state.ended(ConnectionFailed("refused"), opened=False)
+    assert state.failures == 6

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,12 +21,15 @@ from jobcast.client import (
     AsyncClient,
     AuthError,
     Client,
+    ConnectionFailed,
     Event,
     JobState,
+    ProtocolError,
     Reauth,
     ReconnectPolicy,
     Reset,
     StreamItem,
+    WaitTimeout,
 )
 from jobcast.server.app import create_app
 from tests.support import LiveServer, make_settings
@@ -322,3 +327,123 @@ async def test_async_watch_falls_back_to_polling(server: LiveServer, proxy: Prox
     assert isinstance(events[0], Event) and isinstance(events[-1], Event)
     assert events[0].type in ("snapshot", "succeeded")
     assert events[-1].type == "succeeded"
+
+
+def hanging_poll_server() -> Starlette:
+    """Job streams end at once (so watch polls), and every poll hangs until the client leaves."""
+
+    async def events(request: Request) -> Response:
+        return Response(b"", media_type="text/event-stream")
+
+    async def job(request: Request) -> Response:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        return Response(status_code=504)
+
+    return Starlette(
+        routes=[Route("/api/jobs/{job_id}/events", events), Route("/api/jobs/{job_id}", job)]
+    )
+
+
+@pytest.fixture
+def hanging_poll() -> Iterator[Proxy]:
+    running = Proxy(hanging_poll_server()).start()  # type: ignore[arg-type]
+    yield running
+    running.stop()
+
+
+def test_sync_wait_keeps_its_timeout_while_a_poll_hangs(hanging_poll: Proxy) -> None:
+    # The client-wide timeout is 10 s: a poll bounded only by it overran the deadline by that.
+    with Client(hanging_poll.url, token="t", reconnect=POLLING) as client:
+        started = time.monotonic()
+        with pytest.raises(WaitTimeout):
+            client.wait("j1", timeout=1.5)
+    assert time.monotonic() - started < 4
+
+
+async def test_async_wait_keeps_its_timeout_while_a_poll_hangs(hanging_poll: Proxy) -> None:
+    async with AsyncClient(hanging_poll.url, token="t", reconnect=POLLING) as client:
+        started = time.monotonic()
+        async with asyncio.timeout(20):
+            with pytest.raises(WaitTimeout):
+                await client.wait("j1", timeout=1.5)
+    assert time.monotonic() - started < 4
+
+
+# -- a server that is not jobcast ------------------------------------------------------------
+
+
+def not_jobcast_server() -> Starlette:
+    """Answers every request with 200 and a JSON body that is not jobcast's."""
+
+    async def anything(request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    methods = ["GET", "POST", "PUT", "DELETE"]
+    return Starlette(routes=[Route("/{path:path}", anything, methods=methods)])
+
+
+@pytest.fixture
+def not_jobcast() -> Iterator[Proxy]:
+    running = Proxy(not_jobcast_server()).start()  # type: ignore[arg-type]
+    yield running
+    running.stop()
+
+
+def test_sync_a_server_that_is_not_jobcast_is_a_protocol_error(not_jobcast: Proxy) -> None:
+    with Client(not_jobcast.url, token="t", reconnect=POLLING) as client:
+        for call in (
+            lambda: client.list(),
+            lambda: client.get("j1"),
+            lambda: client.submit("demo"),
+            lambda: client.cancel("j1"),
+            lambda: client.publish("videos/1", "status"),
+        ):
+            with pytest.raises(ProtocolError):
+                call()
+        # Streams that deliver no event end in polling (R3), which cannot read the answer.
+        with pytest.raises(ProtocolError):
+            take(client.watch("j1"), 1)
+    first_only = ReconnectPolicy(max_first_attempts=1)
+    with (
+        Client(not_jobcast.url, token="t", reconnect=first_only) as client,
+        pytest.raises(ProtocolError, match="not an event stream"),
+    ):
+        take(client.subscribe("videos/1"), 1)
+
+
+async def test_async_watch_of_a_server_that_is_not_jobcast_ends(not_jobcast: Proxy) -> None:
+    async with AsyncClient(not_jobcast.url, token="t", reconnect=POLLING) as client:
+        async with asyncio.timeout(10):
+            with pytest.raises(ProtocolError):
+                await client.wait("j1")
+
+
+@pytest.fixture
+def silent() -> Iterator[str]:
+    """A server that accepts connections (the kernel does) and never answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+# No first byte, so the watch polls (R3); the poll times out too, and nothing ever connected.
+NEVER_CONNECTED = ReconnectPolicy(first_byte_timeout=0.3, max_first_attempts=1)
+
+
+def test_sync_watch_gives_up_on_a_server_that_never_answers_when_asked(silent: str) -> None:
+    with (
+        Client(silent, token="t", timeout=0.5, reconnect=NEVER_CONNECTED) as client,
+        pytest.raises(ConnectionFailed),
+    ):
+        take(client.watch("j1"), 1)
+
+
+async def test_async_watch_gives_up_on_a_server_that_never_answers_when_asked(
+    silent: str,
+) -> None:
+    async with AsyncClient(silent, token="t", timeout=0.5, reconnect=NEVER_CONNECTED) as client:
+        async with asyncio.timeout(10):
+            with pytest.raises(ConnectionFailed):
+                await client.wait("j1")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -25,7 +27,7 @@ from jobcast.cli_context import (
 from jobcast.cli_render import JobProgress, item_json, jobs_table, outcome
 
 if TYPE_CHECKING:
-    from jobcast.client import Client, Job
+    from jobcast.client import Client, Job, StreamItem
 
 UrlOption = Annotated[
     str | None,
@@ -38,6 +40,9 @@ TokenOption = Annotated[
     typer.Option("--token", envvar="JOBCAST_TOKEN", help="Bearer token (default: config file)."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (one object per line).")]
+TimeoutOption = Annotated[
+    float | None, typer.Option(help="Give up after this many seconds (exit 5).")
+]
 
 _EXITS = (
     "Exit status: 0 succeeded, 1 failed, 3 cancelled, 4 server unreachable or request refused, "
@@ -49,10 +54,26 @@ def _epilog(*examples: str) -> str:
     return "Examples:\n\n" + "\n\n".join(f"  {example}" for example in examples)
 
 
+def _not_json(text: str) -> Any:
+    raise ValueError(f"{text} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: valid syntax, but no JSON number can carry it
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def load_json(text: str) -> Any:
+    """Strict JSON: Python's parser also takes NaN and Infinity, which cannot be sent."""
+    return json.loads(text, parse_constant=_not_json, parse_float=_finite)
+
+
 def parse_value(text: str) -> Any:
     """A ``--param`` value or ``DATA``: JSON if it parses (numbers, true, lists), else text."""
     try:
-        return json.loads(text)
+        return load_json(text)
     except ValueError:
         return text
 
@@ -60,7 +81,10 @@ def parse_value(text: str) -> Any:
 def parse_params(pairs: list[str], params_json: str | None) -> dict[str, Any]:
     params: dict[str, Any] = {}
     if params_json:
-        loaded = parse_value(params_json)
+        try:
+            loaded = load_json(params_json)
+        except ValueError as exc:
+            fail(f"--params must be a JSON object ({exc})", EXIT_USAGE)
         if not isinstance(loaded, dict):
             fail("--params must be a JSON object", EXIT_USAGE)
         params.update(loaded)
@@ -85,7 +109,8 @@ def _watch(client: Client, job_id: str, as_json: bool, timeout: float | None) ->
     else:
         with contextlib.ExitStack() as stack:
             bar: JobProgress | None = None
-            for item in client.watch(job_id, timeout=timeout):
+            items = client.watch(job_id, timeout=timeout)
+            for item in _connecting(items, f"connecting to {client.url}..."):
                 if bar is None:  # not before: a job that cannot be watched shows no empty bar
                     bar = stack.enter_context(JobProgress(console, job_id))
                 bar.update(item)
@@ -100,6 +125,18 @@ def _watch(client: Client, job_id: str, as_json: bool, timeout: float | None) ->
         raise typer.Exit(EXIT_JOB_CANCELLED)
 
 
+def _connecting(items: Iterator[StreamItem], status: str) -> Iterator[StreamItem]:
+    """``items``, with ``status`` on a terminal's stderr until the first arrives.
+
+    Transient, and shown only on a terminal: pipes and logs see nothing of it.
+    """
+    with Console(stderr=True).status(status):
+        first = next(items, None)
+    if first is not None:
+        yield first
+        yield from items
+
+
 def submit(
     kind: Annotated[str, typer.Argument(help="The job kind, e.g. demo or ingest.")],
     param: Annotated[
@@ -110,11 +147,16 @@ def submit(
         Path | None, typer.Option(exists=True, dir_okay=False, help="A file to upload.")
     ] = None,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Then watch it.")] = False,
+    timeout: Annotated[
+        float | None, typer.Option(help="With --watch: give up after this many seconds (exit 5).")
+    ] = None,
     as_json: JsonOption = False,
     url: UrlOption = None,
     token: TokenOption = None,
 ) -> None:
     """Submit a job; prints its id (with --watch, follows it like `jobcast watch`)."""
+    if timeout is not None and not watch:  # a submission is not waited for: say so
+        fail("--timeout applies to --watch", EXIT_USAGE)
     target = Target.resolve(url, token)
     values = parse_params(param or [], params)
     with friendly_errors(target), target.client() as client:
@@ -124,15 +166,13 @@ def submit(
         elif not as_json:
             typer.echo(job.id)
         if watch:
-            _watch(client, job.id, as_json, None)
+            _watch(client, job.id, as_json, timeout)
 
 
 def watch(
     job_id: Annotated[str, typer.Argument(help="The job's id.")],
     as_json: JsonOption = False,
-    timeout: Annotated[
-        float | None, typer.Option(help="Give up after this many seconds (exit 5).")
-    ] = None,
+    timeout: TimeoutOption = None,
     url: UrlOption = None,
     token: TokenOption = None,
 ) -> None:
@@ -165,13 +205,13 @@ def jobs(
     target = Target.resolve(url, token)
     with friendly_errors(target), target.client() as client:
         page = client.list(state=state, kind=kind, limit=limit)
-    if as_json:
-        for job in page.jobs:
-            typer.echo(json.dumps({"id": job.id, "kind": job.kind, "state": job.state.value}))
-    elif not page.jobs:
-        typer.echo("no jobs")
-    else:
-        Console().print(jobs_table(page.jobs))
+        if as_json:
+            for job in page.jobs:
+                typer.echo(json.dumps({"id": job.id, "kind": job.kind, "state": job.state.value}))
+        elif not page.jobs:
+            typer.echo("no jobs")
+        else:
+            Console().print(jobs_table(page.jobs))
 
 
 def cancel(
@@ -183,7 +223,7 @@ def cancel(
     target = Target.resolve(url, token)
     with friendly_errors(target), target.client() as client:
         job = client.cancel(job_id)
-    typer.echo(f"cancel requested: {job.id} ({job.state.value})")
+        typer.echo(f"cancel requested: {job.id} ({job.state.value})")
 
 
 def publish(
@@ -195,7 +235,8 @@ def publish(
 ) -> None:
     """Publish one event (needs a service or admin token); prints its id."""
     target = Target.resolve(url, token)
-    with friendly_errors(target), target.client() as client:
+    hint = "Publishing needs a service token: `jobcast token --sub NAME --role service`."
+    with friendly_errors(target, forbidden_hint=hint), target.client() as client:
         typer.echo(client.publish(topic, type, parse_value(data)))
 
 

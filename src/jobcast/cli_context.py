@@ -16,12 +16,19 @@ Exit statuses of every client command (``watch`` adds the job's outcome):
     4  the server could not be reached, refused the request, or the job does not exist
     5  ``--timeout`` ran out before the job finished
     130 interrupted (Ctrl-C)
+    141 the output pipe closed early (``jobcast watch J --json | head -1``): quietly, as a
+        program killed by SIGPIPE would, and distinct from every outcome above
+
+Streams reconnect by themselves once connected, but a first connection that fails (the
+server unreachable, a 5xx, an answer that is not jobcast's) ends the command at once with 4:
+a wrong ``--url`` should not look like a job that is slow to start (``_policy`` R6).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,6 +49,7 @@ EXIT_JOB_CANCELLED = 3
 EXIT_CLIENT_ERROR = 4
 EXIT_TIMEOUT = 5
 EXIT_INTERRUPTED = 130
+EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE, what the shell reports for a reader that left
 
 
 def config_path() -> Path:
@@ -76,12 +84,23 @@ class Target:
             config = read_config(config_path())
             url = url or _text(config.get("url"))
             token = token or _text(config.get("token"))
-        return cls((url or DEFAULT_URL).rstrip("/"), token or None)
+        # A token pasted with its line break, or read from a file, still works.
+        return cls((url or DEFAULT_URL).rstrip("/"), (token or "").strip() or None)
 
     def client(self) -> Client:
-        from jobcast.client import Client
+        """The client, or a usage error (exit 2) for a malformed URL or token."""
+        from jobcast.client import Client, ReconnectPolicy
 
-        return Client(self.url, token=self.token)
+        try:
+            # R6: a first connection that fails is reported at once, not retried for ever.
+            return Client(
+                self.url, token=self.token, reconnect=ReconnectPolicy(max_first_attempts=1)
+            )
+        except ValueError as exc:  # the client checks both before sending anything
+            fail(
+                f"{exc} (check --url/JOBCAST_URL, --token/JOBCAST_TOKEN and the config file)",
+                EXIT_USAGE,
+            )
 
 
 def _text(value: Any) -> str | None:
@@ -93,15 +112,26 @@ def fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit cannot fail a second time."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 @contextlib.contextmanager
-def friendly_errors(target: Target) -> Iterator[None]:
-    """Turn client errors into one helpful line and an exit status; never a traceback."""
+def friendly_errors(target: Target, forbidden_hint: str | None = None) -> Iterator[None]:
+    """Turn client errors into one helpful line and an exit status; never a traceback.
+
+    ``forbidden_hint`` follows the message of a 403, for the command where it helps.
+    """
     from jobcast.client import (
         AuthError,
         ClientError,
         ConnectionFailed,
         ForbiddenError,
         HTTPStatusError,
+        ProtocolError,
         WaitTimeout,
     )
 
@@ -109,6 +139,9 @@ def friendly_errors(target: Target) -> Iterator[None]:
         yield
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    except BrokenPipeError:
+        _silence_stdout()
+        raise typer.Exit(EXIT_PIPE_CLOSED) from None
     except ConnectionFailed as exc:
         why = str(exc.__cause__ or "") or exc.message
         fail(
@@ -126,15 +159,14 @@ def friendly_errors(target: Target) -> Iterator[None]:
             "or JOBCAST_TOKEN.",
             EXIT_CLIENT_ERROR,
         )
-    except ForbiddenError as exc:
-        fail(
-            f"{exc.message}.\nPublishing needs a service token: "
-            "`jobcast token --sub NAME --role service`.",
-            EXIT_CLIENT_ERROR,
-        )
     except HTTPStatusError as exc:
-        fail(f"{exc.message} ({exc.status} {exc.error})", EXIT_CLIENT_ERROR)
+        if exc.body is None:  # not jobcast's JSON (a proxy's error page): its HTML helps nobody
+            fail(f"{target.url} answered {exc.status} {exc.error}", EXIT_CLIENT_ERROR)
+        hint = f"\n{forbidden_hint}" if forbidden_hint and isinstance(exc, ForbiddenError) else ""
+        fail(f"{exc.message} ({exc.status} {exc.error}){hint}", EXIT_CLIENT_ERROR)
     except WaitTimeout:
         fail("the job did not finish within --timeout", EXIT_TIMEOUT)
+    except ProtocolError as exc:
+        fail(f"{exc.message}; is {target.url} a jobcast server?", EXIT_CLIENT_ERROR)
     except ClientError as exc:
         fail(exc.message, EXIT_CLIENT_ERROR)

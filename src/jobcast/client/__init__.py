@@ -12,8 +12,10 @@
 
 Streams (``watch``, ``subscribe``) reconnect by themselves with ``Last-Event-ID`` and drop
 duplicates; they yield :class:`Event` items and the in-band notices :class:`Reset` and
-:class:`Reauth` (see ``_models``). ``ReconnectPolicy`` holds every knob. The client never
-imports the server.
+:class:`Reauth` (see ``_models``). ``ReconnectPolicy`` holds every knob; with
+``max_first_attempts`` a stream that never connected gives up instead of retrying. A URL or
+token that is malformed raises ``ValueError`` before anything is sent; an answer that is not
+jobcast's raises ``ProtocolError``. The client never imports the server.
 """
 
 from __future__ import annotations

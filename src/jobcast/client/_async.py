@@ -142,7 +142,7 @@ class AsyncClient(BaseClient):
                 if not state.finished:
                     check_deadline(deadline)  # reads are bounded too: silence cannot overrun it
         if state.polling:
-            async with contextlib.aclosing(self._poll(job_id, deadline)) as polled:
+            async with contextlib.aclosing(self._poll(job_id, state, deadline)) as polled:
                 async for item in polled:
                     yield item
 
@@ -162,7 +162,7 @@ class AsyncClient(BaseClient):
 
     async def publish(self, topic: str, type: str, data: Any = None) -> str:
         """Publish one event (needs a service or admin token); returns its id."""
-        return str((await self._call(self._publish(topic, type, data)))["id"])
+        return self._published_id(await self._call(self._publish(topic, type, data)))
 
     async def subscribe(
         self, topics: str | Iterable[str], *, last_event_id: str | None = None
@@ -199,7 +199,9 @@ class AsyncClient(BaseClient):
                         path,
                         params=tuple(params),
                         headers=headers,
-                        timeout=self._stream_timeout(until(deadline, policy.read_timeout)),
+                        timeout=self._stream_timeout(
+                            until(deadline, policy.read_timeout), deadline
+                        ),
                     )
                     # No yield inside a cancel scope: open and read the first chunk in it.
                     chunks: AsyncIterator[str] | None = None
@@ -209,6 +211,7 @@ class AsyncClient(BaseClient):
                         if response.status_code >= 400:
                             raise status_error(response, await response.aread())
                         opened = True
+                        self._check_event_stream(response)
                         chunks = response.aiter_text()
                         first = await anext(chunks, "")
                     buffered = scope.cancelled_caught
@@ -234,17 +237,21 @@ class AsyncClient(BaseClient):
             if delay:
                 await anyio.sleep(until(deadline, delay))
 
-    async def _poll(self, job_id: str, deadline: float | None) -> AsyncGenerator[StreamItem, None]:
+    async def _poll(
+        self, job_id: str, state: StreamState, deadline: float | None
+    ) -> AsyncGenerator[StreamItem, None]:
         previous: Job | None = None
         failures = 0
         while True:
             try:
-                body = await self._call(Call("GET", f"/api/jobs/{job_id}"))
-            except (ConnectionFailed, ServerUnavailable):
+                body = await self._poll_once(job_id, deadline)
+            except (ConnectionFailed, ServerUnavailable) as exc:
                 failures += 1
+                state.poll_failed(exc, failures)
                 delay = self.reconnect.delay(failures, None)
             else:
                 failures = 0
+                state.connected = True
                 job = Job.from_dict(body)
                 event = self._polled(previous, job, body)
                 previous = job
@@ -255,3 +262,9 @@ class AsyncClient(BaseClient):
                 delay = self.reconnect.poll_interval
             check_deadline(deadline)
             await anyio.sleep(until(deadline, delay))
+
+    async def _poll_once(self, job_id: str, deadline: float | None) -> Any:
+        """``GET`` the job, bounded like every read of a watch: a hung poll cannot overrun it."""
+        with anyio.move_on_after(until(deadline, self.timeout)):
+            return await self._call(Call("GET", f"/api/jobs/{job_id}"))
+        raise ConnectionFailed(f"timed out talking to {self.url} (polling job {job_id})")

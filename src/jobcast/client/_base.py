@@ -48,9 +48,9 @@ class BaseClient:
         reconnect: ReconnectPolicy | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
+        self.url = check_url(url).rstrip("/")
         #: Assign a fresh token at any time (after a ``Reauth``, say); the next request uses it.
-        self.token: TokenSource = token
+        self.token: TokenSource = check_token(token) if isinstance(token, str) else token
         self.timeout = timeout
         self.reconnect = reconnect or ReconnectPolicy()
         self._headers = dict(headers or {})
@@ -60,10 +60,10 @@ class BaseClient:
 
     def _auth(self) -> dict[str, str]:
         token = self.token() if callable(self.token) else self.token
-        return {"Authorization": f"Bearer {token}"} if token else {}
+        return {"Authorization": f"Bearer {check_token(token)}"} if token else {}
 
-    def _stream_timeout(self, first: float) -> httpx.Timeout:
-        return httpx.Timeout(self.timeout, read=first)
+    def _stream_timeout(self, first: float, deadline: float | None) -> httpx.Timeout:
+        return httpx.Timeout(until(deadline, self.timeout), read=first)
 
     # -- building requests ------------------------------------------------------------------
 
@@ -130,8 +130,32 @@ class BaseClient:
             ) from None
 
     @staticmethod
+    def _check_event_stream(response: httpx.Response) -> None:
+        """Refuse a successful answer that is not an event stream (a server that is not jobcast).
+
+        Read as a stream, it would deliver bytes but never an event, for ever.
+        """
+        kind = response.headers.get("content-type", "")
+        if response.status_code == 204 or kind.partition(";")[0].strip() == "text/event-stream":
+            return
+        raise ProtocolError(
+            f"{response.request.method} {response.request.url.path} answered "
+            f"{response.status_code} with {kind or 'no content type'}, not an event stream"
+        )
+
+    @staticmethod
     def _page(body: Any) -> JobPage:
-        return JobPage([Job.from_dict(job) for job in body["jobs"]], body.get("next_cursor"))
+        jobs = body.get("jobs") if isinstance(body, dict) else None
+        if not isinstance(jobs, list):
+            raise ProtocolError("the server's answer is not a page of jobs (no 'jobs' list)")
+        return JobPage([Job.from_dict(job) for job in jobs], body.get("next_cursor"))
+
+    @staticmethod
+    def _published_id(body: Any) -> str:
+        event_id = body.get("id") if isinstance(body, dict) else None
+        if not isinstance(event_id, str) or not event_id:
+            raise ProtocolError("the server's answer to a publish carries no event 'id'")
+        return event_id
 
     @staticmethod
     def _polled(previous: Job | None, job: Job, body: dict[str, Any]) -> Event | None:
@@ -141,6 +165,36 @@ class BaseClient:
         if previous is None or (previous.seq, previous.state) != (job.seq, job.state):
             return Event("snapshot", body, None, polled=True)
         return None
+
+
+# -- arguments checked before anything is sent --------------------------------------------------
+
+
+def check_url(url: str) -> str:
+    """``url`` if it is an http(s) URL with a host; else ``ValueError`` saying why.
+
+    httpx would only complain at the first request, and in its own words (``InvalidURL``).
+    """
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise ValueError(f"not a valid URL: {url!r} ({exc})") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"not an http:// or https:// URL: {url!r}")
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise ValueError(f"not a valid URL: {url!r} (port {parsed.port} is out of range)")
+    return url
+
+
+def check_token(token: str) -> str:
+    """``token`` if it can go in an ``Authorization`` header; else ``ValueError``.
+
+    A header takes printable ASCII; anything else would fail deep in the transport, or be
+    reported as a server that cannot be reached.
+    """
+    if not all("!" <= char <= "~" for char in token):
+        raise ValueError("a token is printable ASCII without spaces or line breaks")
+    return token
 
 
 # -- deadlines (watch(timeout=...), wait()) ------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from jobcast.client._errors import ProtocolError
 from jobcast.jobs.model import TERMINAL_STATES, JobState
 
 #: The event types that end a job's stream (named after the terminal states).
@@ -51,9 +52,20 @@ class Job:
 
     @classmethod
     def from_dict(cls, value: dict[str, Any]) -> Job:
-        """Build from the API's JSON; unknown fields (``links``, future ones) are ignored."""
+        """Build from the API's JSON; unknown fields (``links``, future ones) are ignored.
+
+        Raises :class:`ProtocolError` for anything that is not a job (a server that is not
+        jobcast answered, say).
+        """
+        if not isinstance(value, dict) or not all(key in value for key in ("id", "kind", "state")):
+            raise ProtocolError("the server's answer is not a job (no 'id', 'kind' or 'state')")
         known = {name: value[name] for name in cls.__dataclass_fields__ if name in value}
-        known["state"] = JobState(value["state"])
+        try:
+            known["state"] = JobState(value["state"])
+        except (ValueError, TypeError):
+            raise ProtocolError(
+                f"the server sent an unknown job state {value['state']!r}"
+            ) from None
         return cls(**known)
 
 

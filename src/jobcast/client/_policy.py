@@ -1,6 +1,6 @@
 """How streams reconnect: one small, immutable policy object shared by both clients.
 
-Decisions (cited as R1..R4):
+Decisions (cited as R1..R6):
 
 R1. Backoff is exponential with full jitter and a cap: the n-th consecutive failure waits a
     uniformly random time in ``[0, min(max_delay, initial_delay * multiplier ** (n - 1))]``, so
@@ -15,12 +15,22 @@ R3. A job stream that is impossible falls back to polling ``GET /api/jobs/{id}``
     to poll and keep reconnecting.
 R4. Errors that a retry cannot fix (401, 403, 404, 422) end the stream at once; 429 waits at
     least the server's ``Retry-After``; transport errors and 5xx are retried with backoff
-    (forever unless ``max_attempts`` is set).
+    (forever unless ``max_attempts`` is set; R6 may end a first connection sooner). An answer
+    that is not an event stream (a server that is not jobcast) counts as reaching the server
+    yet delivering nothing (R3), never as a healthy stream.
 R5. After ``reauth`` the stream resumes at once if the token changed (the caller renewed it on
     the notice). With the same token it backs off like a failure, and ``max_stale_reauths``
     in a row end it with ``AuthError``: a server that still accepts an expired token for its
     clock-skew leeway would otherwise be asked again and again, with no pause, until the
     leeway ran out.
+R6. A stream that has never connected may be given up on sooner than one that has: with
+    ``max_first_attempts`` set, that many failed attempts in a row before the first byte of
+    an event stream (the server unreachable, a 5xx, an answer that is not an event stream)
+    raise the error. A first byte that does not come in time is R3's case, not this one, but
+    the polls that follow it count the same way until one succeeds (a server that accepts
+    connections and never answers). Off by default: a program may well start before its
+    server does. The CLI sets 1, so that a wrong ``--url`` is reported at once while a
+    server restart later is still waited for.
 """
 
 from __future__ import annotations
@@ -52,6 +62,9 @@ class ReconnectPolicy:
     poll_interval: float = 1.0
     #: Consecutive failed attempts before giving up; ``None`` retries forever (R4).
     max_attempts: int | None = None
+    #: Failed attempts in a row, before the stream ever connected, that give up at once;
+    #: ``None``: only ``max_attempts`` applies (R6).
+    max_first_attempts: int | None = None
     #: ``reauth`` notices in a row with an unchanged token before ``AuthError`` (R5).
     max_stale_reauths: int = 2
     #: How many event ids are remembered to drop duplicates after a resume.

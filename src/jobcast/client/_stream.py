@@ -16,13 +16,14 @@ from __future__ import annotations
 import json
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from jobcast.client._errors import (
     AuthError,
     ClientError,
     ConnectionFailed,
     HTTPStatusError,
+    ProtocolError,
     RateLimitedError,
     ServerUnavailable,
 )
@@ -48,6 +49,8 @@ class StreamState:
         #: Consecutive attempts that reached the server yet delivered nothing (R3).
         self.stream_failures = 0
         self.attempts = 0
+        #: Whether any connection has delivered a byte of an event stream (R6).
+        self.connected = False
         #: ``reauth`` notices in a row answered with an unchanged token (R5).
         self.stale_reauths = 0
         self._credentials: dict[str, str] = {}
@@ -82,7 +85,7 @@ class StreamState:
     def feed(self, text: str) -> list[StreamItem]:
         """Decode a chunk of the current connection into the items to yield."""
         if text:
-            self._got_bytes = True
+            self._got_bytes = self.connected = True
         items: list[StreamItem] = []
         for frame in self._decoder.feed(text):
             if self._decoder.retry is not None:
@@ -131,6 +134,22 @@ class StreamState:
             )
         return self.policy.delay(self.stale_reauths, self.server_retry_ms)
 
+    def _gives_up_first(
+        self, error: BaseException | None, first_byte_timeout: bool
+    ) -> TypeGuard[ClientError]:
+        """Whether a stream that never connected has failed ``max_first_attempts`` times (R6)."""
+        limit = self.policy.max_first_attempts
+        if limit is None or self.connected or first_byte_timeout:
+            return False
+        unusable = isinstance(error, (ConnectionFailed, ServerUnavailable, ProtocolError))
+        return unusable and self.failures >= limit
+
+    def poll_failed(self, error: ClientError, failures: int) -> None:
+        """A job's poll failed, ``failures`` times in a row: raise if it never connected (R6)."""
+        limit = self.policy.max_first_attempts
+        if limit is not None and not self.connected and failures >= limit:
+            raise error
+
     def _first_sight(self, event_id: str | None) -> bool:
         if not event_id:
             return True
@@ -175,6 +194,8 @@ class StreamState:
             self.stream_failures += 1
         else:
             self.stream_failures = 0
+        if self._gives_up_first(error, first_byte_timeout):
+            raise error
         if self.job and (
             first_byte_timeout or self.stream_failures >= self.policy.max_stream_failures
         ):

@@ -70,7 +70,8 @@ class Client(BaseClient):
     def close(self) -> None:
         self._http.close()
 
-    def _call(self, call: Call) -> Any:
+    def _call(self, call: Call, timeout: float | None = None) -> Any:
+        """Send ``call``; ``timeout`` (seconds) overrides the client's, as a deadline needs."""
         to_close = None
         files = None
         if call.file is not None:
@@ -86,6 +87,7 @@ class Client(BaseClient):
                     data=call.data,
                     files=files,
                     headers=self._auth(),
+                    timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
                 )
         finally:
             if to_close is not None:
@@ -145,7 +147,7 @@ class Client(BaseClient):
 
     def publish(self, topic: str, type: str, data: Any = None) -> str:
         """Publish one event (needs a service or admin token); returns its id."""
-        return str(self._call(self._publish(topic, type, data))["id"])
+        return self._published_id(self._call(self._publish(topic, type, data)))
 
     def subscribe(
         self, topics: str | Iterable[str], *, last_event_id: str | None = None
@@ -167,7 +169,7 @@ class Client(BaseClient):
             if not state.finished:
                 check_deadline(deadline)  # reads are bounded too: silence cannot overrun it
         if state.polling:
-            yield from self._poll(job_id, deadline)
+            yield from self._poll(job_id, state, deadline)
 
     def _stream(
         self,
@@ -189,13 +191,16 @@ class Client(BaseClient):
                         path,
                         params=tuple(params),
                         headers=headers,
-                        timeout=self._stream_timeout(until(deadline, policy.first_byte_timeout)),
+                        timeout=self._stream_timeout(
+                            until(deadline, policy.first_byte_timeout), deadline
+                        ),
                     )
                     response = self._http.send(request, stream=True)
                     try:
                         if response.status_code >= 400:
                             raise status_error(response, response.read())
                         opened = True
+                        self._check_event_stream(response)
                         # The headers had to come within first_byte_timeout. The transport
                         # reads the request's timeout when the body's first read starts, so
                         # the body may be silent up to read_timeout (heartbeats); its first
@@ -227,17 +232,22 @@ class Client(BaseClient):
             if delay:
                 time.sleep(until(deadline, delay))
 
-    def _poll(self, job_id: str, deadline: float | None) -> Iterator[StreamItem]:
+    def _poll(
+        self, job_id: str, state: StreamState, deadline: float | None
+    ) -> Iterator[StreamItem]:
         previous: Job | None = None
         failures = 0
         while True:
             try:
-                body = self._call(Call("GET", f"/api/jobs/{job_id}"))
-            except (ConnectionFailed, ServerUnavailable):
+                # Bounded like every read of a watch: a poll that hangs cannot overrun it.
+                body = self._call(Call("GET", f"/api/jobs/{job_id}"), until(deadline, self.timeout))
+            except (ConnectionFailed, ServerUnavailable) as exc:
                 failures += 1
+                state.poll_failed(exc, failures)
                 delay = self.reconnect.delay(failures, None)
             else:
                 failures = 0
+                state.connected = True
                 job = Job.from_dict(body)
                 event = self._polled(previous, job, body)
                 previous = job
