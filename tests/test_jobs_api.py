@@ -123,6 +123,33 @@ async def test_invalid_submissions_are_422(
     assert fragment in response.json()["message"]
 
 
+@pytest.mark.parametrize("multipart", [False, True], ids=["json", "multipart"])
+async def test_params_json_cannot_carry_exactly_are_422_not_rounded(
+    jobs_server: LiveServer, client: httpx.AsyncClient, multipart: bool
+) -> None:
+    # Regression: orjson reads an integer beyond 64 bits as a float, so the job ran with
+    # a different number than the one submitted.
+    url, headers = f"{jobs_server.url}/api/jobs", jobs_server.auth()
+    params = '{"steps": 1, "delay": 0, "tag": 123456789012345678901234}'
+    if multipart:
+        response = await client.post(
+            url, data={"kind": "ingest", "params": params}, files={"file": b"x"}, headers=headers
+        )
+    else:
+        body = '{"kind": "demo", "params": ' + params + "}"
+        headers = {**headers, "Content-Type": "application/json"}
+        response = await client.post(url, content=body, headers=headers)
+    assert response.status_code == 422, response.text
+    assert "beyond 64 bits" in response.json()["message"]
+    listed = await client.get(url, headers=headers)
+    assert listed.json()["jobs"] == []
+    exact = '{"kind": "demo", "params": {"steps": 1, "delay": 0}, "x": 18446744073709551615}'
+    extra = await client.post(
+        url, content=exact, headers={**headers, "Content-Type": "application/json"}
+    )
+    assert "unexpected fields: x" in extra.json()["message"]  # 2**64 - 1 reads exactly
+
+
 async def test_submitting_needs_a_token(jobs_server: LiveServer, client: httpx.AsyncClient) -> None:
     response = await client.post(f"{jobs_server.url}/api/jobs", json={"kind": "demo"})
     assert response.status_code == 401

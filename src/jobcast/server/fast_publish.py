@@ -24,13 +24,12 @@ from jobcast.errors import JobcastError
 from jobcast.server.credentials import resolve_principal
 from jobcast.server.errors import jobcast_error_response, unexpected_error_response
 from jobcast.server.events_api import publish_events
+from jobcast.server.exact_json import long_digits
 
 if TYPE_CHECKING:
     from jobcast.server.app import Jobcast
 
 FIELDS = frozenset(("topic", "type", "data"))
-#: Every digit as a 9, to find runs of digits with one C-level search (``long_digits``).
-NINES = bytes.maketrans(b"0123456789", b"9" * 10)
 
 
 def declared_json_body(scope: Scope, limit: int) -> bool:
@@ -43,13 +42,6 @@ def declared_json_body(scope: Scope, limit: int) -> bool:
         elif name == b"content-type":
             json = value.partition(b";")[0].strip().lower() == b"application/json"
     return length_ok and json
-
-
-def long_digits(body: bytes) -> bool:
-    """Whether the body has 19 digits in a row: maybe an integer beyond 64 bits, which orjson
-    reads as a float (the data would change) where the FastAPI route, parsing exact integers,
-    refuses it. (A translate and a search: a quarter of what ``re`` costs on a typical body.)"""
-    return b"9" * 19 in body.translate(NINES)
 
 
 def plain_items(body: bytes) -> tuple[list[tuple[str, str, Any]], bool] | None:

@@ -5,7 +5,6 @@
 import re
 from typing import TYPE_CHECKING, Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
@@ -13,6 +12,7 @@ from pydantic import BaseModel, Field
 from jobcast.auth import Principal
 from jobcast.errors import InvalidInput, NotFound, PayloadTooLarge
 from jobcast.jobs.model import Job, JobState
+from jobcast.server import exact_json
 from jobcast.server.sse import EventStreamResponse
 from jobcast.server.uploads import Received
 from jobcast.stores.base import JobQuery
@@ -124,10 +124,7 @@ async def _read_json(request: Request, limit: int) -> Any:
         body += chunk
         if len(body) > limit:
             raise PayloadTooLarge(f"the request body is over {limit} bytes")
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"the body is not valid JSON: {exc}") from None
+    return exact_json.loads(bytes(body))
 
 
 def _submission(value: Any) -> tuple[str, Any]:
@@ -169,10 +166,14 @@ def jobs_router(jc: "Jobcast") -> APIRouter:
             try:
                 kind = received.fields.get("kind", "")
                 params_text = received.fields.get("params", "").strip()
-                params = orjson.loads(params_text) if params_text else {}
-            except orjson.JSONDecodeError as exc:
+                params = (
+                    exact_json.loads(params_text.encode(), "the 'params' field")
+                    if params_text
+                    else {}
+                )
+            except InvalidInput:
                 await received.remove()
-                raise InvalidInput(f"the 'params' field is not valid JSON: {exc}") from None
+                raise
         elif content_type.startswith("application/json") or not content_type:
             kind, params = _submission(await _read_json(request, settings.max_body_bytes))
         else:
