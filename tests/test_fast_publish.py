@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from jobcast.policy import Policy
 from jobcast.server.app import Jobcast, create_app
 from jobcast.server.fast_paths import FastPaths
 from jobcast.server.fast_publish import plain_items
+from jobcast.topics import TopicPattern
 from tests.support import EventStream, LiveServer, make_settings
 
 SETTINGS = {"max_batch_events": 3, "max_event_bytes": 64, "max_body_bytes": 4096}
@@ -171,6 +172,11 @@ class BrokenPolicy(Policy):
     def check_publish(self, principal: Principal | None, topic: str) -> None:
         raise RuntimeError("a bug in the application's policy")
 
+    def subscription_filter(
+        self, principal: Principal | None, patterns: Sequence[TopicPattern]
+    ) -> Callable[[str], bool] | None:
+        raise RuntimeError("a bug in the application's policy")
+
 
 @pytest.fixture
 def served_with_a_bug(tmp_path: Path) -> Iterator[LiveServer]:
@@ -201,3 +207,14 @@ async def test_an_unexpected_error_on_the_fast_path_is_a_json_500_and_logged(
     logged = [r for r in caplog.records if "unhandled error on POST /api/events" in r.message]
     assert logged and logged[0].exc_info is not None
     assert "a bug in the application's policy" not in response.text  # no detail to the client
+
+
+async def test_an_unexpected_error_opening_a_fast_stream_is_a_json_500(
+    served_with_a_bug: LiveServer, client: httpx.AsyncClient
+) -> None:
+    server = served_with_a_bug
+    response = await client.get(
+        f"{server.url}/api/events", params={"topic": "a"}, headers=server.auth()
+    )
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal_error", "message": "internal server error"}

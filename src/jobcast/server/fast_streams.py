@@ -21,7 +21,7 @@ from starlette.types import Scope
 
 from jobcast.errors import JobcastError
 from jobcast.server.credentials import resolve_principal
-from jobcast.server.errors import jobcast_error_response
+from jobcast.server.errors import jobcast_error_response, unexpected_error_response
 from jobcast.server.events_api import open_events_stream, resume_id
 from jobcast.server.sse import EventStreamResponse
 
@@ -70,6 +70,8 @@ async def open_fast_stream(jc: Jobcast, scope: Scope) -> Response:
         return await jc.job_stream(job_id, principal, resume_id(connection))
     except JobcastError as exc:
         return jobcast_error_response(exc)
+    except Exception:  # as the framework would: nothing outside catches it (fast_paths.F3)
+        return unexpected_error_response(scope["method"], scope["path"])
 
 
 class StreamCarrier(Protocol):
