@@ -284,3 +284,34 @@ async def test_sqlite_replay_during_a_trim_never_has_a_silent_gap(
         assert all(answer in ((None, missed), (Gap.TRIMMED, [])) for answer in answers), answers
     finally:
         await broker.close()
+
+
+async def test_a_burst_of_batches_reaches_a_subscriber_that_keeps_up_without_evicting_it(
+    tmp_path: Path,
+) -> None:
+    # Regression: concurrent batch publishes were committed as one group and delivered at
+    # once, past the buffer of every subscriber of the topic, so even one that read everything
+    # as it came was evicted as slow (sqlite.B5).
+    from jobcast.hub import Hub, HubOptions
+
+    hub = Hub(SQLiteBroker(tmp_path / "events.db", Retention()), HubOptions(max_pending=400))
+    await hub.start()
+    try:
+        subscription, _ = await hub.subscribe(patterns("burst"))
+        received: list[Event] = []
+
+        async def keep_up() -> None:  # a subscriber's writer, writing whatever is pending
+            while len(received) < 1500 and not subscription.closed:
+                await subscription.wait()
+                received.extend(subscription.take())
+
+        reader = asyncio.create_task(keep_up())
+        async with asyncio.timeout(10):
+            # queued in one turn of the loop, before the history's writer runs
+            await asyncio.gather(*(hub.publish_many(drafts("burst", 100)) for _ in range(15)))
+            await reader
+        assert subscription.close_reason is None
+        positions = [event.position for event in received]
+        assert len(positions) == 1500 and positions == sorted(positions)
+    finally:
+        await hub.close()

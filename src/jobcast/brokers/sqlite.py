@@ -22,16 +22,23 @@ B4. The file has one connection on one thread of its own, and every operation (a
     more CPU than the commit), and operations never interleave, so a retention pass is one
     transaction and a batch is never committed inside another operation's. The file's
     statements are in ``_sqlite_file.py``; this module is the asynchronous side.
+B5. A group commit holds about ``COMMIT_EVENTS`` events, whole publishes only (a batch stays
+    atomic): what queues beyond goes in the next. Each commit is delivered before the next
+    starts, and the subscribers' writers run during the next one's hop, so a burst of
+    concurrent batches reaches a subscriber that keeps up in parts, never all at once past
+    its buffer (which would evict it as if it were slow).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -45,6 +52,17 @@ from jobcast.topics import TopicPattern
 
 T = TypeVar("T")
 
+#: A commit closes to new publishes once it holds this many events (B5).
+COMMIT_EVENTS = 256
+
+
+@dataclass(slots=True)
+class _Commit:
+    """Events committed (and delivered) together, and the future their publishers await."""
+
+    events: list[Event]
+    done: asyncio.Future[None]
+
 
 class SQLiteBroker:
     def __init__(self, path: Path, retention: Retention, *, trim_interval: float = 5.0) -> None:
@@ -57,8 +75,8 @@ class SQLiteBroker:
         self._deliver: Deliver | None = None
         self._assigned = 0  # newest position handed out
         self._committed = 0  # newest position in the file
-        self._queue: list[Event] = []
-        self._queue_done: asyncio.Future[None] | None = None
+        #: Events waiting for the writer, as commits of about COMMIT_EVENTS each (B5).
+        self._queue: collections.deque[_Commit] = collections.deque()
         self._wakeup = asyncio.Event()
         self._touched: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -93,8 +111,8 @@ class SQLiteBroker:
             for task in reversed(self._tasks):
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await task
-            if self._queue:  # the writer failed or never started
-                await self._commit_queue()
+            while self._queue:  # the writer failed or never started
+                await self._commit_next()
         finally:
             self._fail_queued("the event history is closed")
             await self._stop_thread()
@@ -115,9 +133,10 @@ class SQLiteBroker:
             self._thread = None
 
     def _fail_queued(self, reason: str) -> None:
-        done, self._queue, self._queue_done = self._queue_done, [], None
-        if done is not None and not done.done():
-            done.set_exception(Unavailable(reason))
+        queued, self._queue = self._queue, collections.deque()
+        for commit in queued:
+            if not commit.done.done():
+                commit.done.set_exception(Unavailable(reason))
 
     async def publish(self, drafts: Sequence[EventDraft]) -> list[Event]:
         if self._file is None or self._closing:
@@ -129,10 +148,11 @@ class SQLiteBroker:
             events.append(
                 Event(self.epoch, self._assigned, draft.topic, draft.type, draft.data_json, now)
             )
-        if self._queue_done is None:
-            self._queue_done = asyncio.get_running_loop().create_future()
-        done = self._queue_done
-        self._queue.extend(events)
+        queue = self._queue
+        if not queue or len(queue[-1].events) >= COMMIT_EVENTS:  # B5: a publish is not split
+            queue.append(_Commit([], asyncio.get_running_loop().create_future()))
+        done = queue[-1].done
+        queue[-1].events.extend(events)
         self._wakeup.set()
         await asyncio.shield(done)
         return events
@@ -141,32 +161,32 @@ class SQLiteBroker:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            if self._queue:
-                await self._commit_queue()
+            while self._queue:
+                await self._commit_next()
             if self._closing and not self._queue:
                 return  # B1: everything queued before close is committed
 
-    async def _commit_queue(self) -> None:
-        batch, done = self._queue, self._queue_done
-        self._queue, self._queue_done = [], None
+    async def _commit_next(self) -> None:
+        commit = self._queue.popleft()
+        batch, done = commit.events, commit.done
         rows = [(e.position, e.topic, e.type, e.data_json, e.ts) for e in batch]
         try:
             if self._file is None:
                 raise sqlite3.OperationalError("closed")
             await self._run(self._file.insert, rows)
         except sqlite3.Error as exc:
-            if done is not None and not done.done():
+            if not done.done():
                 done.set_exception(Unavailable(f"could not store events: {exc}"))
             return
         except BaseException:  # B1: whatever stops the writer, nobody waits forever
-            if done is not None and not done.done():
+            if not done.done():
                 done.set_exception(Unavailable("the event history stopped while storing events"))
             raise
         self._committed = batch[-1].position
         self._touched.update(e.topic for e in batch)
         if self._deliver is not None:
             self._deliver(batch)
-        if done is not None and not done.done():
+        if not done.done():
             done.set_result(None)
 
     async def replay(
