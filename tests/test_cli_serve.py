@@ -132,6 +132,15 @@ def test_help_lists_the_commands(tmp_path: Path) -> None:
     assert "serve" in result.stdout and "token" in result.stdout
 
 
+def test_token_says_when_it_made_a_new_secret(tmp_path: Path) -> None:
+    # Run away from the server, it used to make a new secret silently: every token refused.
+    first = jobcast("token", "--sub", "alice", cwd=tmp_path)
+    assert first.returncode == 0 and first.stdout.count(".") == 2  # the token alone on stdout
+    assert "a new secret was made" in first.stderr
+    again = jobcast("token", "--sub", "alice", cwd=tmp_path)
+    assert again.returncode == 0 and again.stderr == ""
+
+
 def test_serve_prints_the_broker_url_without_its_password(tmp_path: Path) -> None:
     # Nothing listens on that port: the server prints its banner, then fails to start.
     url = f"redis://:s3cret@127.0.0.1:{free_port()}/0?password=s3cret"

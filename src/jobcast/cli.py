@@ -219,10 +219,21 @@ def token(
     """Mint a bearer token signed with the server's secret (for curl, scripts and tests)."""
     from jobcast.auth import TokenAuthority
     from jobcast.config import Settings
+    from jobcast.jwt_keys import SECRET_FILE
 
     if data_dir is not None:
         os.environ["JOBCAST_DATA_DIR"] = str(data_dir)
-    authority = TokenAuthority.from_settings(Settings())
+    settings = Settings()
+    secret = settings.data_dir / SECRET_FILE
+    new_secret = settings.jwt_secret is None and not secret.exists()
+    authority = TokenAuthority.from_settings(settings)
+    if new_secret:  # most likely run away from the server: its tokens would all be refused
+        typer.echo(
+            f"note: {secret} did not exist, so a new secret was made there; a server whose data"
+            " directory is elsewhere will refuse this token (run this next to the server, or"
+            " pass --data-dir or JOBCAST_JWT_SECRET)",
+            err=True,
+        )
     typer.echo(authority.mint(sub, role=role, ttl=ttl, grants=topic))
 
 
