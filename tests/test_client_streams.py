@@ -447,3 +447,38 @@ async def test_async_watch_gives_up_on_a_server_that_never_answers_when_asked(
         async with asyncio.timeout(10):
             with pytest.raises(ConnectionFailed):
                 await client.wait("j1")
+
+
+async def test_a_stream_cut_before_its_first_event_resumes_from_its_opening_id(
+    tmp_path: Path,
+) -> None:
+    # Regression: a fresh stream evicted (or cut) before its first event had no id to resume
+    # from, so the client came back without one and what was published meanwhile was lost.
+    server = LiveServer(create_app(make_settings(data_dir=tmp_path, max_pending_events=5)))
+    server.start()
+    try:
+        received: list[Any] = []
+        async with AsyncClient(server.url, token=server.token()) as client:
+
+            async def read() -> None:
+                async for item in client.subscribe(["flood"]):
+                    if isinstance(item, Event):
+                        received.append(item.data)
+                        if len(received) == 50:
+                            return
+
+            reader = asyncio.create_task(read())
+            async with asyncio.timeout(10):
+                while server.jc.hub.subscriber_count == 0:  # noqa: ASYNC110 - server state
+                    await asyncio.sleep(0.01)
+                flood = [{"topic": "flood", "type": "t", "data": n} for n in range(50)]
+                async with httpx.AsyncClient() as http:
+                    published = await http.post(
+                        f"{server.url}/api/events", json=flood, headers=server.auth("w", "service")
+                    )
+                assert published.status_code == 202
+                await reader  # evicted at once (50 > 5 pending), then resumed
+        assert received == list(range(50))
+        assert server.jc.hub.stats.evicted >= 1
+    finally:
+        server.stop()

@@ -406,7 +406,9 @@ async def test_retry_is_sent_once_at_the_start(
         ),
         lambda text: text.count(": ping") >= 2 and text.count("event: t") == 3,
     )
-    assert text.startswith("retry: 3000\n\n")
+    epoch = server.jc.hub.broker.epoch
+    # the head when it opened (E3): the id a browser resumes from if cut before any event
+    assert text.startswith(f"id: {epoch}-0\nretry: 3000\n\n")
     assert text.count("retry:") == 1  # never repeated with events or heartbeats
 
 
@@ -417,10 +419,18 @@ async def test_an_evicted_stream_ends_with_a_retry_hint(
     # one batch of more events than the subscriber may have pending: it is evicted at once
     flood = [{"topic": "f", "type": "t", "data": n} for n in range(50)]
     text = await read_raw(client, server, "f", lambda: publish(client, server, flood))
-    closing = text.removeprefix("retry: 3000\n\n")
+    opening, closing = text.split("\n\n", 1)
     assert closing.startswith(": closed: slow_consumer")
     assert closing.endswith("retry: 3000\n\n")
     assert server.jc.hub.stats.evicted == 1
+    # Regression: evicted before its first event, the stream had no id to resume from, so a
+    # client came back without one and the flood was lost. Its opening carries one (E3).
+    resume = opening.splitlines()[0].removeprefix("id: ")
+    headers = {**server.auth(), "Last-Event-ID": resume}
+    async with EventStream(
+        client, f"{server.url}/api/events", params={"topic": "f"}, headers=headers
+    ) as stream:
+        assert [event.data for event in await stream.take(50)] == [str(n) for n in range(50)]
 
 
 async def test_real_traffic_resets_the_heartbeat_clock(

@@ -10,7 +10,10 @@ H1. A topic index, not a scan: exact topics map to their subscribers, and each w
     number of subscribers.
 H2. Replay, then live, with no gap and no duplicate: a subscription is registered before the
     history is read, so everything committed after the read arrives live; the history answer
-    carries the head position it covers, and live events up to that head are skipped.
+    carries the head position it covers, and live events up to that head are skipped. A
+    subscription that resumes nothing notes the broker's head when it is registered
+    (``opened_at``): every later event reaches it, so a client may resume from that id even
+    if its stream ends before the first event.
 H3. One timer for the whole hub, not one per connection: it sends heartbeats (see
     subscription.S4) and ends streams whose credential expired (``reauth``).
 H4. Draining (shutdown) ends every stream with a ``retry`` hint spread over a window, so the
@@ -243,6 +246,7 @@ class Hub:
             subscription.ends_at = time.time() + options.max_stream_seconds - spread
         self._register(subscription)  # before reading history (H2)
         if last_event_id is None:
+            subscription.opened_at = self.broker.head  # H2: nothing awaited since registering
             return subscription, None
         try:
             replay = await self._replay(subscription, last_event_id)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Collection
 from enum import StrEnum
 from typing import Protocol
 
-from jobcast.events import Event
+from jobcast.events import Event, EventId
 from jobcast.topics import TopicPattern
 
 
@@ -62,6 +62,7 @@ class Subscription:
         "heartbeat_due",
         "last_write",
         "max_pending",
+        "opened_at",
         "owner",
         "patterns",
         "pending",
@@ -109,6 +110,8 @@ class Subscription:
         self.last_write = time.monotonic()
         #: After a replay, live events up to this position are duplicates (hub.H2).
         self.skip_through = 0
+        #: Without a replay: the newest event id when it was registered (hub.H2).
+        self.opened_at: EventId | None = None
         #: What writes this subscription to its connection, and when (monotonic) its current
         #: write began, 0 when it is not writing: how the hub finds stuck writes (H6).
         self.writer: Writer | None = None

@@ -54,6 +54,12 @@ class Replay:
 class Broker(Protocol):
     epoch: str
 
+    @property
+    def head(self) -> EventId:
+        """The newest event this process delivered: every later one reaches subscriptions
+        registered now (hub.H2)."""
+        ...
+
     async def start(self, deliver: Deliver) -> None: ...
 
     async def publish(self, drafts: Sequence[EventDraft]) -> list[Event]: ...

@@ -56,6 +56,10 @@ class MemoryBroker:
         self._deliver(events)
         return events
 
+    @property
+    def head(self) -> EventId:
+        return EventId(self.epoch, self._position)
+
     async def replay(
         self,
         patterns: Sequence[TopicPattern],
@@ -63,7 +67,7 @@ class MemoryBroker:
         limit: int,
         max_bytes: int | None = None,
     ) -> Replay:
-        head = EventId(self.epoch, self._position)
+        head = self.head
         gap = check_position(self.epoch, self._position, after)
         if gap is not None:
             return Replay([], head, gap)

@@ -100,6 +100,10 @@ class RedisBroker:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
 
+    @property
+    def head(self) -> EventId:
+        return EventId(self.epoch, self._delivered)
+
     def _key(self, name: str) -> str:
         return self.prefix + name
 
@@ -247,7 +251,7 @@ class RedisBroker:
                 raise Unavailable(f"could not read the Redis event history: {exc}") from exc
             if after.position <= newest:
                 await self._catch_up(after.position)
-        head = EventId(self.epoch, self._delivered)
+        head = self.head
         gap = check_position(self.epoch, head.position, after)
         if gap is not None:
             return Replay([], head, gap)

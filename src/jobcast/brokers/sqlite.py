@@ -118,6 +118,10 @@ class SQLiteBroker:
             await self._stop_thread()
             self._lock.release()
 
+    @property
+    def head(self) -> EventId:
+        return EventId(self.epoch, self._committed)
+
     async def _run(self, function: Callable[..., T], *args: object) -> T:
         """``function(*args)`` on the history's thread (B4)."""
         assert self._thread is not None
@@ -198,7 +202,7 @@ class SQLiteBroker:
     ) -> Replay:
         if self._file is None:
             raise Unavailable("the event history is closed")
-        head = EventId(self.epoch, self._committed)
+        head = self.head
         gap = check_position(self.epoch, head.position, after)
         if gap is not None:
             return Replay([], head, gap)

@@ -117,6 +117,10 @@ class StreamState:
         # The decoder also reports retry hints on frames that carry no event (the opening one).
         if self._decoder.retry is not None:
             self.server_retry_ms = self._decoder.retry
+        # So does it an id with no event: a fresh stream's opening carries the server's head,
+        # which is where to resume if the stream is cut before its first event (as a browser).
+        if self.last_event_id is None and self._decoder.last_event_id:
+            self.last_event_id = self._decoder.last_event_id
         return items
 
     def _after_reauth(self, credentials: Callable[[], Mapping[str, str]] | None) -> float:

@@ -13,7 +13,12 @@ E2. Everything pending is written as one chunk per wake-up, and a stuck write is
     after ``send_timeout`` (the hub's ticker cancels it, hub.H6): a client that stopped
     reading cannot hold a writer forever.
 E3. The stream starts with ``retry:``, then (when resuming) the replay or a ``reset`` frame
-    whose id is the head the client may resume from, then live events.
+    whose id is the head the client may resume from, then live events. A stream that resumes
+    nothing carries the head as an ``id:`` in its first frame, which sets a browser's
+    ``lastEventId`` without an event: cut before its first event, it resumes from there
+    rather than from nothing (and nothing published meanwhile is lost). A stream in an
+    application's own format (a prelude, or E5's frames or heartbeats) keeps the wire that
+    application defined.
 E4. How a stream ends says what to do next: evicted or time-limited streams get a ``retry``
     hint, draining streams a randomised one, an expired credential an ``event: reauth``.
 E5. An application may write events and heartbeats in its own format (``event_frame``,
@@ -131,8 +136,15 @@ class EventStreamResponse(Response):
 
     def opening(self) -> tuple[bytes, bool]:
         """The first bytes (E3), and whether the stream is already finished with them."""
-        parts = [retry_frame(self.retry_ms), self.prelude]
         replay, finished = self.replay, False
+        # E3, on jobcast's own wire; an application's (a prelude, E5) stays as it defined it
+        own_format = self.event_frame is None and self.heartbeat is None and not self.prelude
+        opened_at = self.subscription.opened_at if replay is None and own_format else None
+        if opened_at is None:
+            first = retry_frame(self.retry_ms)
+        else:  # E3
+            first = ServerSentEvent(id=str(opened_at), retry=self.retry_ms).encode()
+        parts = [first, self.prelude]
         if replay is not None:
             if replay.gap is not None:
                 parts.append(reset_frame(replay, self.last_event_id or ""))

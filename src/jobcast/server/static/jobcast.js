@@ -498,6 +498,8 @@ function openFetch(stream, url, headers) {
           stream.serverRetryMs = frame.retry; // kept only if the stream's last frame has one
           if (frame.data.length) {
             stream._receive(frame.type || "message", frame.data.join("\n"), frame.id);
+          } else if (frame.id && !stream.lastEventId) {
+            stream.lastEventId = frame.id; // a fresh stream's opening: resume from its head
           }
         }
       }
