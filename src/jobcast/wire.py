@@ -12,6 +12,7 @@ Shared by the server (encoding) and the clients and tests (decoding). Decisions:
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -55,8 +56,16 @@ class ServerSentEvent:
         return ("\n".join(lines) + "\n\n").encode()
 
 
+@functools.lru_cache(maxsize=16)
 def retry_frame(milliseconds: int) -> bytes:
+    """A ``retry:`` hint alone (cached: every stream opens with one of a few)."""
     return ServerSentEvent(retry=milliseconds).encode()
+
+
+def opening_frame(milliseconds: int, event_id: str) -> bytes:
+    """A ``retry:`` hint with an ``id:`` and no event (what ``ServerSentEvent(id=..., retry=...)``
+    encodes, without its checks: an event id is made by jobcast and carries no line break)."""
+    return b"id: " + event_id.encode() + b"\n" + retry_frame(milliseconds)
 
 
 class SSEDecoder:

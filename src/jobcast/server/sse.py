@@ -40,7 +40,7 @@ from starlette.types import Message, Receive, Scope, Send
 from jobcast.brokers.base import Replay
 from jobcast.events import Event
 from jobcast.subscription import CloseReason, Subscription
-from jobcast.wire import HEARTBEAT, ServerSentEvent, retry_frame
+from jobcast.wire import HEARTBEAT, ServerSentEvent, opening_frame, retry_frame
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -143,7 +143,7 @@ class EventStreamResponse(Response):
         if opened_at is None:
             first = retry_frame(self.retry_ms)
         else:  # E3
-            first = ServerSentEvent(id=str(opened_at), retry=self.retry_ms).encode()
+            first = opening_frame(self.retry_ms, str(opened_at))
         parts = [first, self.prelude]
         if replay is not None:
             if replay.gap is not None:
