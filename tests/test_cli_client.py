@@ -107,19 +107,24 @@ def lines_of(process: subprocess.Popen[str]) -> queue.Queue[str]:
     return lines
 
 
-@pytest.fixture
-def tail(env: dict[str, str], server: LiveServer) -> Iterator[tuple[queue.Queue[str], str]]:
-    env = {**env, "JOBCAST_TOKEN": server.token("svc", "service")}
-    seed = jobcast(env, "publish", "videos/7", "status", '{"n": 0}')
-    assert seed.returncode == 0, seed.stderr
-    command = ["tail", "videos/7", "--json", "--last-event-id", seed.stdout.strip()]
-    process = subprocess.Popen(
+def start_tail(env: dict[str, str], topic: str, last_event_id: str) -> subprocess.Popen[str]:
+    """``jobcast tail TOPIC --json`` resuming after ``last_event_id``, its stdout piped."""
+    command = ["tail", topic, "--json", "--last-event-id", last_event_id]
+    return subprocess.Popen(
         [sys.executable, "-m", "jobcast", *command],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
         env=env,
     )
+
+
+@pytest.fixture
+def tail(env: dict[str, str], server: LiveServer) -> Iterator[tuple[queue.Queue[str], str]]:
+    env = {**env, "JOBCAST_TOKEN": server.token("svc", "service")}
+    seed = jobcast(env, "publish", "videos/7", "status", '{"n": 0}')
+    assert seed.returncode == 0, seed.stderr
+    process = start_tail(env, "videos/7", seed.stdout.strip())
     try:
         yield lines_of(process), env["JOBCAST_TOKEN"]
     finally:

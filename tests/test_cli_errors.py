@@ -27,7 +27,7 @@ from jobcast.cli import app
 from jobcast.client import Client, Event
 from jobcast.server.app import create_app
 from tests.support import LiveServer, make_settings
-from tests.test_cli_client import cli_env, jobcast, lines_of
+from tests.test_cli_client import cli_env, jobcast, lines_of, start_tail
 from tests.test_client_streams import Proxy, not_jobcast_server, take
 
 
@@ -162,14 +162,7 @@ def test_an_established_tail_outlives_a_server_restart(tmp_path: Path) -> None:
     try:
         with Client(first.url, token=token) as client:
             seed = client.publish("videos/8", "status", {"n": 0})
-            command = ["tail", "videos/8", "--json", "--last-event-id", seed]
-            process = subprocess.Popen(
-                [sys.executable, "-m", "jobcast", *command],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                text=True,
-                env=env,
-            )
+            process = start_tail(env, "videos/8", seed)
             lines = lines_of(process)
             before = client.publish("videos/8", "status", {"n": 1})
             assert json.loads(lines.get(timeout=20))["id"] == before
