@@ -23,8 +23,8 @@ import jwt
 from bench.report import print_medians
 from jobcast.config import Settings
 from jobcast.server.app import Jobcast, create_app
-from jobcast.server.fast_streams import open_fast_stream
-from jobcast.server.sse import EventStreamResponse
+from jobcast.server.serving.fast_streams import open_fast_stream
+from jobcast.server.streams.sse import EventStreamResponse
 
 SECRET = "benchmark-secret-that-is-long-enough-for-hs256"
 

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from jobcast.config import Settings
 from jobcast.server.app import Jobcast
-from jobcast.server.native_streams import StreamProtocol
+from jobcast.server.serving.native import StreamProtocol
 from jobcast.wire import ServerSentEvent, SSEDecoder
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
@@ -32,7 +32,7 @@ class LiveServer:
     """A jobcast app served by a real uvicorn on 127.0.0.1, in its own thread and loop.
 
     With ``native_streams`` (the default, as ``jobcast serve`` runs) open streams are carried
-    by the connection (``server/native_streams.py``); without, by their ASGI task, as on any
+    by the connection (``server/serving/native.py``); without, by their ASGI task, as on any
     other server."""
 
     app: FastAPI

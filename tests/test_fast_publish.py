@@ -1,4 +1,4 @@
-"""The publish fast path (server/fast_publish.py) answers exactly as the FastAPI route does."""
+"""The publish fast path (serving/fast_publish.py) answers exactly as the FastAPI route does."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from fastapi import FastAPI
 from jobcast.auth import Principal
 from jobcast.policy import Policy
 from jobcast.server.app import Jobcast, create_app
-from jobcast.server.fast_paths import FastPaths
-from jobcast.server.fast_publish import plain_items
+from jobcast.server.serving.entrance import FastPaths
+from jobcast.server.serving.fast_publish import plain_items
 from jobcast.topics import TopicPattern
 from tests.support import EventStream, LiveServer, make_settings
 

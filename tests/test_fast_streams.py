@@ -1,4 +1,4 @@
-"""The stream and socket fast paths (server/fast_streams.py, fast_paths.py) and the framework
+"""The stream and socket fast paths (serving/fast_streams.py, entrance.py) and the framework
 routes behind them agree."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import httpx
 import pytest
 import websockets
 
-from jobcast.server.fast_streams import job_id_of, job_socket_id
+from jobcast.server.serving.fast_streams import job_id_of, job_socket_id
 from tests.support import EventStream, LiveServer
 from tests.ws_support import receive, send
 

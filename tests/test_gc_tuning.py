@@ -1,16 +1,16 @@
-"""``jobcast serve``'s collector settings (server/gc_tuning.py), in a process of their own."""
+"""``jobcast serve``'s collector settings (server/ops/gc_tuning.py), in a process of their own."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-from jobcast.server.gc_tuning import MIDDLE_THRESHOLD, YOUNG_THRESHOLD
+from jobcast.server.ops.gc_tuning import MIDDLE_THRESHOLD, YOUNG_THRESHOLD
 
 PROBE = """
 import gc
 from jobcast.server.app import create_app
-from jobcast.server.gc_tuning import tune_for_serving
+from jobcast.server.ops.gc_tuning import tune_for_serving
 before = gc.get_freeze_count()
 tune_for_serving()
 print(before, gc.get_freeze_count(), *gc.get_threshold()[:2])

@@ -9,8 +9,8 @@ from typing import Any, BinaryIO
 import httpx
 import pytest
 
-from jobcast.server import uploads
-from jobcast.server.uploads import display_filename
+from jobcast.server.http import uploads
+from jobcast.server.http.uploads import display_filename
 from tests.support import LiveServer
 
 BOUNDARY = "jobcast-test-boundary"

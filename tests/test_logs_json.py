@@ -16,7 +16,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from jobcast.auth import TokenAuthority
-from jobcast.server.logs import JsonFormatter, redact
+from jobcast.server.ops.logs import JsonFormatter, redact
 from tests.scale_support import free_port, jobcast_env, wait_for_port
 from tests.support import EventStream, make_settings
 from tests.ws_support import receive, send

@@ -1,4 +1,4 @@
-"""Open streams carried by the connection itself (``server/native_streams.py``), on a real uvicorn
+"""Open streams carried by the connection itself (``server/serving/native.py``), on a real uvicorn
 with ``StreamProtocol`` as ``jobcast serve`` runs it."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import httpx
 import pytest
 
-from jobcast.server.native_streams import NativeStream
+from jobcast.server.serving.native import NativeStream
 from tests.jobs_support import submit
 from tests.support import EventStream, LiveServer, wait_until
 

@@ -14,7 +14,7 @@ import jwt
 import pytest
 import websockets
 
-from jobcast.server.logs import RedactSecrets, install_log_redaction
+from jobcast.server.ops.logs import RedactSecrets, install_log_redaction
 from tests.support import EventStream, LiveServer, wait_until
 from tests.ws_support import receive_until_closed
 

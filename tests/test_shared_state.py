@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from jobcast.server.shared_state import MemorySpentTickets
+from jobcast.server.ops.shared_state import MemorySpentTickets
 
 
 async def test_a_ticket_is_spent_once() -> None:

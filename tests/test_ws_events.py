@@ -9,7 +9,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from jobcast.server import ws_events
+from jobcast.server.streams import event_socket as ws_events
 from tests.support import LiveServer
 from tests.ws_support import receive, receive_until_closed, send
 

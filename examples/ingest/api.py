@@ -19,7 +19,7 @@ from examples.ingest.pipeline import KIND
 from examples.ingest.status import job_status, render_ws
 from jobcast import InvalidInput, Jobcast, NotFound, Principal
 from jobcast.jobs import Job
-from jobcast.server.uploads import Received
+from jobcast.server.http.uploads import Received
 
 
 def parse_metadata(value: Any) -> dict[str, Any]:

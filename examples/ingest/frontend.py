@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fastapi import APIRouter
 
-from jobcast.server.dashboard import static_router
+from jobcast.server.routes.dashboard import static_router
 
 STATIC = Path(__file__).parent / "static"
 FILES = {

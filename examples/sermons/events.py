@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Header, Query
 
 from examples.sermons.dtos import EventType, heartbeat_event, video_topic
 from jobcast import Jobcast, Principal
-from jobcast.server.sse import EventStreamResponse
+from jobcast.server.streams.sse import EventStreamResponse
 from jobcast.topics import parse_patterns
 from jobcast.wire import ServerSentEvent
 

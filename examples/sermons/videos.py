@@ -17,7 +17,7 @@ from examples.sermons.dtos import EventType, VideoStatus, video_dto, video_statu
 from examples.sermons.pipeline import KIND
 from jobcast import Jobcast, NotFound, Principal
 from jobcast.jobs import Job
-from jobcast.server.credentials import CSRF_COOKIE
+from jobcast.server.http.credentials import CSRF_COOKIE
 from jobcast.stores.base import JobQuery
 
 

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from examples.therapy.access import SESSION_KIND, TherapyPolicy
 from examples.therapy.status import heartbeat, render_sse, render_ws, session_status
 from jobcast import InvalidInput, Jobcast, NotFound, Principal, Unauthorized
-from jobcast.server.sse import EventStreamResponse
+from jobcast.server.streams.sse import EventStreamResponse
 
 
 def sessions_router(jc: Jobcast, policy: TherapyPolicy) -> APIRouter:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from examples.workitems.extract import work_item
 from examples.workitems.store import WorkItemStore
 from jobcast import Event, Jobcast, Principal
-from jobcast.server.sse import EventStreamResponse
+from jobcast.server.streams.sse import EventStreamResponse
 from jobcast.topics import TopicPattern
 
 TOPIC = "workitems"

@@ -74,10 +74,10 @@ def serve(
 
     from jobcast.config import Settings
     from jobcast.server.app import create_app
-    from jobcast.server.fast_paths import FastPaths
-    from jobcast.server.gc_tuning import tune_for_serving
-    from jobcast.server.logs import hide_password, log_config
-    from jobcast.server.native_streams import StreamProtocol
+    from jobcast.server.ops.gc_tuning import tune_for_serving
+    from jobcast.server.ops.logs import hide_password, log_config
+    from jobcast.server.serving.entrance import FastPaths
+    from jobcast.server.serving.native import StreamProtocol
 
     if data_dir is not None:
         os.environ["JOBCAST_DATA_DIR"] = str(data_dir)
@@ -125,7 +125,7 @@ def serve(
     # uvicorn re-raises the signal that stopped it once shutdown is complete; a SIGTERM that
     # led to a clean, graceful shutdown is a successful exit for a service manager.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    tune_for_serving()  # the app is built: see server/gc_tuning.py
+    tune_for_serving()  # the app is built: see server/ops/gc_tuning.py
     try:
         uvicorn.Server(config).run()
     finally:

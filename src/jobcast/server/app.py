@@ -25,26 +25,26 @@ from jobcast.jobs import builtin
 from jobcast.jobs.registry import Registry
 from jobcast.jobs.runner import EmbeddedRunner
 from jobcast.policy import Policy
-from jobcast.server.auth_api import auth_router
-from jobcast.server.browser import install_cors
-from jobcast.server.credentials import resolve_principal, stream_owner
-from jobcast.server.dashboard import dashboard_router
-from jobcast.server.errors import install_error_handlers
-from jobcast.server.events_api import events_router
-from jobcast.server.fast_paths import FastPaths
-from jobcast.server.job_streams import SseRender, WsRender, job_event_stream
-from jobcast.server.jobs_api import jobs_router
-from jobcast.server.limits import BodyLimitMiddleware
-from jobcast.server.logs import install_log_redaction, use_json_logs
-from jobcast.server.metrics import Metrics, metrics_router
-from jobcast.server.ratelimit import RateLimiter
-from jobcast.server.request_id import RequestIdMiddleware
-from jobcast.server.service_api import service_router
-from jobcast.server.shared_state import rate_limit_storage, shared_redis_pool, spent_tickets
-from jobcast.server.signals import drain_on_exit_signals
-from jobcast.server.sse import EventStreamResponse
-from jobcast.server.uploads import Received, receive_multipart
-from jobcast.server.ws_api import serve_job_socket, ws_router
+from jobcast.server.http.browser import install_cors
+from jobcast.server.http.credentials import resolve_principal, stream_owner
+from jobcast.server.http.errors import install_error_handlers
+from jobcast.server.http.limits import BodyLimitMiddleware
+from jobcast.server.http.ratelimit import RateLimiter
+from jobcast.server.http.request_id import RequestIdMiddleware
+from jobcast.server.http.uploads import Received, receive_multipart
+from jobcast.server.ops.logs import install_log_redaction, use_json_logs
+from jobcast.server.ops.metrics import Metrics, metrics_router
+from jobcast.server.ops.shared_state import rate_limit_storage, shared_redis_pool, spent_tickets
+from jobcast.server.ops.signals import drain_on_exit_signals
+from jobcast.server.routes.auth import auth_router
+from jobcast.server.routes.dashboard import dashboard_router
+from jobcast.server.routes.events import events_router
+from jobcast.server.routes.jobs import jobs_router
+from jobcast.server.routes.service import service_router
+from jobcast.server.routes.sockets import serve_job_socket, ws_router
+from jobcast.server.serving.entrance import FastPaths
+from jobcast.server.streams.job_streams import SseRender, WsRender, job_event_stream
+from jobcast.server.streams.sse import EventStreamResponse
 from jobcast.stores import JobStore, open_store
 from jobcast.subscription import CloseReason, Subscription
 from jobcast.topics import TopicPattern

@@ -38,7 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.exceptions import RedisError
 
 from jobcast.brokers.redis import shielded, split_url
-from jobcast.server.metrics import Families
+from jobcast.server.ops.metrics import Families
 
 logger = logging.getLogger("jobcast.metrics")
 

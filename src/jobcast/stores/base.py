@@ -26,7 +26,7 @@ class JobQuery:
 
 @dataclass(slots=True)
 class StoreStats:
-    """Counters since start, read when metrics are scraped (``server/metrics.py``)."""
+    """Counters since start, read when metrics are scraped (``server/ops/metrics.py``)."""
 
     #: Job rows inserted or updated, and the transactions that wrote them (group commits).
     rows_written: int = 0

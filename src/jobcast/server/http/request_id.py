@@ -16,7 +16,7 @@ from collections.abc import Awaitable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from jobcast.server.logs import REQUEST_ID
+from jobcast.server.ops.logs import REQUEST_ID
 
 HEADER = b"x-request-id"
 _SANE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+=@-]{0,127}")

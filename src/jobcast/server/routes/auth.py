@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from jobcast.auth import Principal
 from jobcast.errors import Forbidden, Unauthorized
-from jobcast.server.credentials import CSRF_COOKIE, SESSION_COOKIE, resolve_principal
+from jobcast.server.http.credentials import CSRF_COOKIE, SESSION_COOKIE, resolve_principal
 from jobcast.topics import parse_patterns
 
 if TYPE_CHECKING:

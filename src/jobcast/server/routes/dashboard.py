@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse
 
 from jobcast.errors import NotFound
 
-STATIC_DIR = Path(__file__).parent / "static"
+STATIC_DIR = Path(__file__).parent.parent / "static"
 
 #: Served files and their media types.
 FILES = {

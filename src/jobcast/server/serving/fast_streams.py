@@ -20,10 +20,10 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from jobcast.errors import JobcastError
-from jobcast.server.credentials import resolve_principal
-from jobcast.server.errors import jobcast_error_response, unexpected_error_response
-from jobcast.server.events_api import open_events_stream, resume_id
-from jobcast.server.sse import EventStreamResponse
+from jobcast.server.http.credentials import resolve_principal
+from jobcast.server.http.errors import jobcast_error_response, unexpected_error_response
+from jobcast.server.routes.events import open_events_stream, resume_id
+from jobcast.server.streams.sse import EventStreamResponse
 
 if TYPE_CHECKING:
     from jobcast.server.app import Jobcast

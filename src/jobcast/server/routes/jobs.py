@@ -12,9 +12,9 @@ from pydantic import BaseModel, Field
 from jobcast.auth import Principal
 from jobcast.errors import InvalidInput, NotFound, PayloadTooLarge
 from jobcast.jobs.model import Job, JobState
-from jobcast.server import exact_json
-from jobcast.server.sse import EventStreamResponse
-from jobcast.server.uploads import Received
+from jobcast.server.http import exact_json
+from jobcast.server.http.uploads import Received
+from jobcast.server.streams.sse import EventStreamResponse
 from jobcast.stores.base import JobQuery
 
 if TYPE_CHECKING:

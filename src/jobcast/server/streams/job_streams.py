@@ -35,8 +35,8 @@ from jobcast.brokers.base import Replay
 from jobcast.errors import NotFound
 from jobcast.events import Event, EventId
 from jobcast.jobs.model import TERMINAL_STATES, Job, job_topic
-from jobcast.server.credentials import stream_owner
-from jobcast.server.sse import SSE_HEADERS
+from jobcast.server.http.credentials import stream_owner
+from jobcast.server.streams.sse import SSE_HEADERS
 from jobcast.subscription import CloseReason, Subscription
 from jobcast.topics import TopicPattern
 from jobcast.wire import ServerSentEvent, retry_frame

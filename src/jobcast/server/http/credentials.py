@@ -15,7 +15,7 @@ from starlette.requests import HTTPConnection
 
 from jobcast.auth import Principal
 from jobcast.errors import Unauthorized
-from jobcast.server.browser import check_csrf
+from jobcast.server.http.browser import check_csrf
 
 if TYPE_CHECKING:
     from jobcast.server.app import Jobcast

@@ -12,7 +12,7 @@ from starlette.requests import HTTPConnection
 from jobcast.auth import Principal
 from jobcast.errors import InvalidInput, PayloadTooLarge
 from jobcast.events import EventDraft
-from jobcast.server.sse import EventStreamResponse
+from jobcast.server.streams.sse import EventStreamResponse
 from jobcast.topics import parse_patterns
 
 if TYPE_CHECKING:

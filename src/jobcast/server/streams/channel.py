@@ -19,7 +19,7 @@ from starlette.websockets import WebSocket
 
 from jobcast.auth import Principal
 from jobcast.errors import JobcastError, Unauthorized, Unavailable
-from jobcast.server.credentials import resolve_principal
+from jobcast.server.http.credentials import resolve_principal
 from jobcast.subscription import CloseReason
 
 if TYPE_CHECKING:

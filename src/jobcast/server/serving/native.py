@@ -41,8 +41,8 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
-from jobcast.server.fast_streams import NATIVE_STREAM
-from jobcast.server.sse import EventStreamResponse
+from jobcast.server.serving.fast_streams import NATIVE_STREAM
+from jobcast.server.streams.sse import EventStreamResponse
 from jobcast.subscription import CloseReason
 
 LAST_CHUNK = b"0\r\n\r\n"

@@ -21,10 +21,10 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope
 
 from jobcast.errors import JobcastError
-from jobcast.server.credentials import resolve_principal
-from jobcast.server.errors import jobcast_error_response, unexpected_error_response
-from jobcast.server.events_api import publish_events
-from jobcast.server.exact_json import long_digits
+from jobcast.server.http.credentials import resolve_principal
+from jobcast.server.http.errors import jobcast_error_response, unexpected_error_response
+from jobcast.server.http.exact_json import long_digits
+from jobcast.server.routes.events import publish_events
 
 if TYPE_CHECKING:
     from jobcast.server.app import Jobcast

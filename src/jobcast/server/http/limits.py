@@ -6,7 +6,7 @@ from __future__ import annotations
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from jobcast.server.errors import error_response
+from jobcast.server.http.errors import error_response
 
 MAX_HEADERS = 100
 MAX_HEADER_BYTES = 16 * 1024

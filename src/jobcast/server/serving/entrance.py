@@ -28,9 +28,13 @@ from typing import TYPE_CHECKING
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from jobcast.server.browser import allowed_origins
-from jobcast.server.fast_publish import declared_json_body, publish_plain, read_body, replay
-from jobcast.server.fast_streams import (
+from jobcast.server.http.browser import allowed_origins
+from jobcast.server.http.limits import headers_over_limit
+from jobcast.server.http.request_id import HEADER, incoming_id, new_request_id
+from jobcast.server.ops.logs import REQUEST_ID
+from jobcast.server.routes.sockets import serve_event_socket
+from jobcast.server.serving.fast_publish import declared_json_body, publish_plain, read_body, replay
+from jobcast.server.serving.fast_streams import (
     EVENTS_PATH,
     EVENTS_SOCKET_PATH,
     carrier,
@@ -38,11 +42,7 @@ from jobcast.server.fast_streams import (
     job_socket_id,
     open_fast_stream,
 )
-from jobcast.server.limits import headers_over_limit
-from jobcast.server.logs import REQUEST_ID
-from jobcast.server.request_id import HEADER, incoming_id, new_request_id
-from jobcast.server.sse import EventStreamResponse
-from jobcast.server.ws_api import serve_event_socket
+from jobcast.server.streams.sse import EventStreamResponse
 
 if TYPE_CHECKING:
     from jobcast.server.app import Jobcast

@@ -42,8 +42,8 @@ from jobcast.auth import Principal
 from jobcast.brokers.base import Gap, Replay
 from jobcast.errors import InvalidInput, JobcastError, Unauthorized
 from jobcast.events import Event, EventId
-from jobcast.server.credentials import stream_owner
-from jobcast.server.ws_base import (
+from jobcast.server.http.credentials import stream_owner
+from jobcast.server.streams.channel import (
     CLOSE_POLICY,
     CLOSE_RESTART,
     Channel,

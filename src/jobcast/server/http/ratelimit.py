@@ -23,7 +23,7 @@ from starlette.requests import HTTPConnection
 from jobcast.auth import Principal
 from jobcast.config import Settings
 from jobcast.errors import RateLimited, Unavailable
-from jobcast.server.shared_state import rate_limit_storage
+from jobcast.server.ops.shared_state import rate_limit_storage
 
 
 class RateLimiter:

@@ -16,8 +16,15 @@ from fastapi import APIRouter, WebSocket
 
 from jobcast.errors import JobcastError
 from jobcast.events import Event
-from jobcast.server.browser import origin_allowed
-from jobcast.server.job_streams import (
+from jobcast.server.http.browser import origin_allowed
+from jobcast.server.streams.channel import (
+    CLOSE_NORMAL,
+    Channel,
+    SocketClosed,
+    subscription_close_code,
+)
+from jobcast.server.streams.event_socket import EventSocket
+from jobcast.server.streams.job_streams import (
     JobStreamPlan,
     JobView,
     WsRender,
@@ -26,13 +33,6 @@ from jobcast.server.job_streams import (
     ws_snapshot,
     ws_terminal,
 )
-from jobcast.server.ws_base import (
-    CLOSE_NORMAL,
-    Channel,
-    SocketClosed,
-    subscription_close_code,
-)
-from jobcast.server.ws_events import EventSocket
 from jobcast.subscription import CloseReason, Subscription
 
 if TYPE_CHECKING:

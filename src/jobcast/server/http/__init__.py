@@ -1,0 +1,1 @@
+"""HTTP plumbing: errors, body limits, CORS and CSRF, request ids, credentials, uploads."""

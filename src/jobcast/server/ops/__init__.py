@@ -1,0 +1,1 @@
+"""Operations: metrics, logs, signals, the collector, state shared across processes."""
