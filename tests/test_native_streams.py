@@ -12,7 +12,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import httpx
 import pytest
 
-from jobcast.server.serving.native import NativeStream
+from jobcast.server.serving.native import ConnectionSink
 from tests.jobs_support import submit
 from tests.support import EventStream, LiveServer, wait_until
 
@@ -135,7 +135,7 @@ async def test_streams_that_end_leave_nothing_behind(
     server: LiveServer, client: httpx.AsyncClient
 ) -> None:
     def carried() -> int:
-        return sum(isinstance(o, NativeStream) for o in gc.get_objects())
+        return sum(isinstance(o, ConnectionSink) for o in gc.get_objects())
 
     hub = server.jc.hub
     for _ in range(3):

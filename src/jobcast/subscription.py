@@ -189,6 +189,15 @@ class Subscription:
         self._conflatable.clear()
         self._wake()
 
+    def attach(self, writer: Writer) -> None:
+        """``writer`` writes this subscription to its connection from now on."""
+        self.writer = writer
+
+    def detach(self) -> None:
+        """Its writer is done with it."""
+        self.writer = None
+        self.writing_since = 0.0
+
     def abort_write(self) -> None:
         """End a write that will not complete (hub.H6), whether or not it was closed already."""
         self.close(CloseReason.STUCK)

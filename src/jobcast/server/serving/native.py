@@ -18,10 +18,11 @@ N2. The status line, headers and opening frames (``retry:``, snapshot, replay) g
     write, with uvicorn's default headers and chunked encoding as uvicorn writes them. A
     publish's answer, too, is one write of head and body (``reply``), where uvicorn makes two:
     on loopback each write costs the sender the receiver's TCP work as well.
-N3. Writes are callbacks: the subscription's waiter future calls the writer back (a burst is one
-    wake-up, as in sse.py E1/E2), the transport's flow control pauses it, and ``resume_writing``
-    continues it. A paused writer is marked as writing, so the hub's ticker ends a stuck one
-    (hub.H6) by aborting its connection.
+N3. The stream's writer is the one every stream has (``streams/writer.py``); this connection is
+    its sink (:class:`ConnectionSink`): a write goes into the transport at once, the
+    transport's flow control pauses the writer, and ``resume_writing`` continues it. A paused
+    writer is marked as writing, so the hub's ticker ends a stuck one (hub.H6) by aborting
+    its connection.
 N4. The end is uvicorn's: a closing frame when the stream did not end by itself (sse.py E4),
     the last chunk, then keep-alive (the connection serves its next request) or close. Bytes
     a client sends while its stream is open (a pipelined request) wait for that end.
@@ -29,8 +30,7 @@ N4. The end is uvicorn's: a closing frame when the stream did not end by itself 
 
 from __future__ import annotations
 
-import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from starlette.responses import Response
@@ -43,6 +43,7 @@ from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from jobcast.server.serving.fast_streams import NATIVE_STREAM
 from jobcast.server.streams.sse import EventStreamResponse
+from jobcast.server.streams.writer import StreamWriter
 from jobcast.subscription import CloseReason
 
 LAST_CHUNK = b"0\r\n\r\n"
@@ -55,7 +56,7 @@ def chunk(body: bytes) -> bytes:
 class StreamProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, able to carry an open SSE stream by itself (N1)."""
 
-    stream: NativeStream | None = None
+    stream: StreamWriter[bytes] | None = None
     held = b""  # what the client sent while its stream was open (N4)
 
     def on_message_begin(self) -> None:
@@ -75,9 +76,10 @@ class StreamProtocol(HttpToolsProtocol):
         # The cycle's task ends now: its checks must see a complete response. The protocol
         # lets go of the cycle, the scope and the headers (the stream needs none of them).
         cycle.response_started = cycle.response_complete = True
-        stream = self.stream = NativeStream(self, response, keep_alive=cycle.keep_alive)
+        sink = ConnectionSink(self, head, keep_alive=cycle.keep_alive)
+        stream = self.stream = response.writer(sink)
         self.cycle = self.scope = self.headers = None  # type: ignore[assignment]
-        stream.start(head)
+        stream.start()
         return True
 
     def reply(self, scope: MutableMapping[str, Any], response: Response) -> bool:
@@ -154,92 +156,44 @@ class StreamProtocol(HttpToolsProtocol):
         if self.stream is None:
             super().shutdown()
             return
-        self.stream.keep_alive = False
+        sink = self.stream.sink
+        if isinstance(sink, ConnectionSink):
+            sink.keep_alive = False
         self.stream.subscription.close(CloseReason.DRAIN)  # the hub has drained it already
 
 
-class NativeStream:
-    """Writes one subscription to its connection from callbacks (N3)."""
+class ConnectionSink:
+    """The connection as a stream's sink (N2-N4): chunked writes into the transport."""
 
-    __slots__ = ("blocked", "ended", "keep_alive", "protocol", "response", "subscription")
+    __slots__ = ("head", "keep_alive", "protocol")
 
-    def __init__(
-        self, protocol: StreamProtocol, response: EventStreamResponse, *, keep_alive: bool
-    ) -> None:
+    def __init__(self, protocol: StreamProtocol, head: bytes, *, keep_alive: bool) -> None:
         self.protocol = protocol
-        self.response = response
-        self.subscription = response.subscription
+        #: The status line and headers, written with the first chunk (N2).
+        self.head = head
         self.keep_alive = keep_alive
-        self.blocked = False  # waiting for the transport to drain
-        self.ended = False
 
-    def start(self, head: bytes) -> None:
-        self.subscription.writer = self
-        opening, finished = self.response.opening()
-        self.protocol.transport.write(head + chunk(opening))  # N2
-        if finished:
-            self._end(finished=True)
-            return
-        self._block_if_paused()
-        self._proceed()
+    def write(self, body: bytes) -> bool:
+        protocol = self.protocol
+        head, self.head = self.head, b""
+        protocol.transport.write(head + chunk(body))
+        return not protocol.flow.write_paused  # the client reads slower than we write (N3)
 
-    def _proceed(self, _: Any = None) -> None:
-        """Write what is pending, then wait for more, for the transport, or for the end."""
-        subscription, response = self.subscription, self.response
-        while not self.ended and not self.blocked:
-            if subscription.close_reason is not None:
-                self._end(finished=False)
-                return
-            waiter = subscription.waiter()
-            if waiter is not None:
-                waiter.add_done_callback(self._proceed)
-                return
-            body, first_ts, finished = response.next_chunk()
-            if body:
-                self.protocol.transport.write(chunk(body))
-                response.written(first_ts)
-            if finished:
-                self._end(finished=True)
-                return
-            if body:
-                self._block_if_paused()
-
-    def _block_if_paused(self) -> None:
-        if self.protocol.flow.write_paused:  # the client reads slower than we write
-            self.blocked = True
-            self.subscription.writing_since = time.monotonic()  # hub.H6 ends it if it stays
-
-    def resumed(self) -> None:
-        if self.blocked:
-            self.blocked = False
-            self.subscription.writing_since = 0.0
-            self._proceed()
-
-    def lost(self) -> None:
-        self.subscription.close(CloseReason.CLIENT)
-        self._end(finished=False)
-
-    def cancel(self) -> None:
-        """The hub gave up on a write the client does not read (hub.H6)."""
-        self.protocol.transport.abort()
-        self._end(finished=False)
-
-    def _end(self, *, finished: bool) -> None:
-        if self.ended:
-            return
-        self.ended = True
-        subscription, response, protocol = self.subscription, self.response, self.protocol
-        subscription.writer = None
-        subscription.writing_since = 0.0
-        reason = subscription.close_reason
+    def end(
+        self, closing: bytes | None, reason: CloseReason | None, done: Callable[[], None]
+    ) -> None:
+        protocol = self.protocol
         transport = protocol.transport
         reusable = False
         if not transport.is_closing():
-            if finished:
-                transport.write(LAST_CHUNK)
+            if reason is None:
+                transport.write(self.head + LAST_CHUNK)
                 reusable = self.keep_alive
-            elif reason is not None and reason is not CloseReason.CLIENT:
-                transport.write(chunk(response.closing_frame(reason)) + LAST_CHUNK)
+            elif reason is not CloseReason.CLIENT:
+                transport.write(self.head + chunk(closing or b"") + LAST_CHUNK)
                 reusable = self.keep_alive
-        response.on_close(subscription)
+        done()
         protocol.ended(reusable)
+
+    def abort(self) -> None:
+        self.protocol.transport.abort()

@@ -1,17 +1,19 @@
-"""The SSE response: writes one subscription to one HTTP connection.
+"""The SSE framing and response: one subscription as a Server-Sent Events stream.
 
-As ASGI, on any server. Under ``jobcast serve`` the connection itself takes an open stream
-over (``native_streams.py``) and writes the same bytes, from this response's ``opening``,
-``next_chunk`` and ``closing_frame``, without a task.
+:class:`EventStreamResponse` is both the framing of an SSE stream (``writer.Framing``: its
+opening, frames, heartbeat and closing) and the ASGI response that writes it through
+:class:`AsgiSink`, on any server. Under ``jobcast serve`` the connection itself takes an open
+stream over (``serving/native.py``) and the same writer writes the same framing into it.
 
 Decisions (cited as E1..E4):
 
-E1. One coroutine per connection writes; a second, tiny task waits on ``receive()`` only to
-    learn that the client went away, so a vanished client is unsubscribed at once instead of
-    at the next write. No other per-connection task, timer or queue exists.
-E2. Everything pending is written as one chunk per wake-up, and a stuck write is abandoned
-    after ``send_timeout`` (the hub's ticker cancels it, hub.H6): a client that stopped
-    reading cannot hold a writer forever.
+E1. As ASGI, the response's own coroutine pumps ``send``; a second, tiny task waits on
+    ``receive()`` only to learn that the client went away, so a vanished client is
+    unsubscribed at once instead of at the next write. No other per-connection task, timer or
+    queue exists.
+E2. Everything pending is written as one chunk per wake-up (writer.C2), and a stuck write is
+    abandoned after ``send_timeout`` (the hub's ticker cancels it, hub.H6, writer.C3): a
+    client that stopped reading cannot hold a writer forever.
 E3. The stream starts with ``retry:``, then (when resuming) the replay or a ``reset`` frame
     whose id is the head the client may resume from, then live events. A stream that resumes
     nothing carries the head as an ``id:`` in its first frame, which sets a browser's
@@ -30,8 +32,8 @@ E5. An application may write events and heartbeats in its own format (``event_fr
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 from starlette.responses import Response
@@ -39,6 +41,8 @@ from starlette.types import Message, Receive, Scope, Send
 
 from jobcast.brokers.base import Replay
 from jobcast.events import Event
+from jobcast.server.streams.pump import PumpedSink
+from jobcast.server.streams.writer import StreamWriter
 from jobcast.subscription import CloseReason, Subscription
 from jobcast.wire import HEARTBEAT, ServerSentEvent, opening_frame, retry_frame
 
@@ -55,6 +59,9 @@ def reset_frame(replay: Replay, last_event_id: str) -> bytes:
 
 
 class EventStreamResponse(Response):
+    """An SSE stream of one subscription: its framing (``writer.Framing``) and, as ASGI, its
+    response."""
+
     media_type = "text/event-stream"
 
     def __init__(
@@ -93,52 +100,40 @@ class EventStreamResponse(Response):
         #: The bytes written for an event (b"": skip it); default: its shared frame (E5).
         self.event_frame = event_frame
         #: The bytes written as a heartbeat; default: the ``: ping`` comment (E5).
-        self.heartbeat = heartbeat
+        self.heartbeat_frame = heartbeat
+
+    def writer(self, sink: AsgiSink | Any) -> StreamWriter[bytes]:
+        """The writer of this stream into ``sink`` (an ASGI ``send``, or a connection's own)."""
+        return StreamWriter(
+            self.subscription, self, sink, on_close=self.on_close, on_write=self.on_write
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        subscription = self.subscription
-        subscription.writer = asyncio.current_task()
-        watcher = DisconnectWatch(receive, subscription)  # E1
+        sink = AsgiSink(send, self.subscription)
+        watcher = DisconnectWatch(receive, self.subscription)  # E1
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            opening, finished = self.opening()
-            await self._write(send, opening)
-            while not finished:
-                waiter = subscription.waiter()
-                if waiter is not None:
-                    await waiter
-                if subscription.close_reason is not None:
-                    break
-                body, first_ts, finished = self.next_chunk()
-                if body:
-                    await self._write(send, body)
-                    self.written(first_ts)
-            reason = subscription.close_reason
-            if finished:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-            elif reason is not CloseReason.CLIENT and reason is not None:
-                await self._write(send, self.closing_frame(reason))
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except OSError:
-            pass  # the client vanished: nothing more can reach it
-        except asyncio.CancelledError:
-            if not subscription.write_aborted:
-                raise
-            # E2: the hub ended a write the client stopped reading; this is not a shutdown.
-            if (task := asyncio.current_task()) is not None:
-                task.uncancel()
+            start: Message = {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": self.raw_headers,
+            }
+            try:
+                await send(start)
+            except OSError:  # the client vanished before its stream began
+                self.subscription.close(CloseReason.CLIENT)
+                self.on_close(self.subscription)
+                return
+            await sink.run(self.writer(sink))
         finally:
-            subscription.writer = None
             watcher.cancel()
-            self.on_close(subscription)
 
-    # -- what is written, shared with the connection-driven writer (native_streams.py) ------
+    # -- the framing (writer.Framing) --------------------------------------------------------
 
     def opening(self) -> tuple[bytes, bool]:
         """The first bytes (E3), and whether the stream is already finished with them."""
         replay, finished = self.replay, False
         # E3, on jobcast's own wire; an application's (a prelude, E5) stays as it defined it
-        own_format = self.event_frame is None and self.heartbeat is None and not self.prelude
+        own_format = self.event_frame is None and self.heartbeat_frame is None and not self.prelude
         opened_at = self.subscription.opened_at if replay is None and own_format else None
         if opened_at is None:
             first = retry_frame(self.retry_ms)
@@ -149,25 +144,13 @@ class EventStreamResponse(Response):
             if replay.gap is not None:
                 parts.append(reset_frame(replay, self.last_event_id or ""))
             else:
-                events, finished = self.until_final(replay.events)
+                events = replay.events
+                for index, event in enumerate(events):
+                    if self.is_final(event):
+                        events, finished = events[: index + 1], True
+                        break
                 parts.append(self.frames(events))
         return b"".join(parts), finished
-
-    def next_chunk(self) -> tuple[bytes, float | None, bool]:
-        """What to write on a wake-up (E2): the pending events' frames, or a heartbeat if one is
-        due (``b""``: nothing); the first event's commit time; whether the stream is finished."""
-        subscription = self.subscription
-        events, finished = self.until_final(subscription.take())
-        body = self.frames(events)
-        if not body and subscription.heartbeat_due:  # else: all replayed duplicates, or skipped
-            body = self.heartbeat() if self.heartbeat is not None else HEARTBEAT
-        return body, (events[0].ts if events else None), finished
-
-    def written(self, first_ts: float | None) -> None:
-        """A chunk from ``next_chunk`` was written (the latency metric, heartbeat timing)."""
-        if first_ts is not None and self.on_write is not None:
-            self.on_write(first_ts)
-        self.subscription.mark_written()
 
     def frames(self, events: list[Event]) -> bytes:
         """The bytes of ``events`` (E5)."""
@@ -175,20 +158,30 @@ class EventStreamResponse(Response):
             return b"".join([event.sse_frame for event in events])
         return b"".join([self.event_frame(event) for event in events])
 
-    def until_final(self, events: list[Event]) -> tuple[list[Event], bool]:
-        """``events`` up to and including the final one, and whether there was one."""
-        if self.final is not None:
-            for index, event in enumerate(events):
-                if self.final(event):
-                    return events[: index + 1], True
-        return events, False
+    def heartbeat(self) -> bytes:
+        return self.heartbeat_frame() if self.heartbeat_frame is not None else HEARTBEAT
 
-    async def _write(self, send: Send, body: bytes) -> None:
-        message: Message = {"type": "http.response.body", "body": body, "more_body": True}
-        subscription = self.subscription
-        subscription.writing_since = time.monotonic()  # E2
-        await send(message)
-        subscription.writing_since = 0.0
+    def closing(self, reason: CloseReason) -> bytes:
+        return self.closing_frame(reason)  # E4
+
+    def is_final(self, event: Event) -> bool:
+        return self.final is not None and self.final(event)
+
+
+class AsgiSink(PumpedSink[bytes]):
+    """An ASGI ``send`` as a stream's sink, pumped by the response's own coroutine (E1)."""
+
+    def __init__(self, send: Send, subscription: Subscription) -> None:
+        super().__init__(subscription)
+        self._send_message = send
+
+    async def send(self, chunk: bytes) -> None:
+        await self._send_message({"type": "http.response.body", "body": chunk, "more_body": True})
+
+    async def finish(self, closing: bytes | None, reason: CloseReason | None) -> None:
+        if closing:
+            await self.send(closing)
+        await self._send_message({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 class DisconnectWatch:

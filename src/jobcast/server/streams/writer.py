@@ -1,0 +1,187 @@
+"""The one stream writer: a subscription's events, framed, written to one sink.
+
+Every stream kind (a topic's SSE stream, a job's SSE stream, a job's WebSocket) is a
+:class:`Framing` (what bytes or messages an event, a heartbeat, the opening and the closing
+become) plus a :class:`Sink` (where they go: an ASGI ``send``, jobcast's uvicorn connection, a
+WebSocket). This module is the loop between them, written once.
+
+Decisions (cited as C1..C5):
+
+C1. Callbacks, not a task. The subscription's waiter future calls the writer back when there is
+    something to do, so an idle stream keeps no coroutine frame of its own. A sink either takes
+    a chunk at once (``write`` returns true) or holds it and calls :meth:`StreamWriter.resumed`
+    when it can take the next: a connection that writes into its transport takes chunks at once
+    until flow control pauses it; an ASGI ``send`` or a WebSocket is driven by one small pump
+    coroutine of the sink's own.
+C2. One chunk per wake-up: everything pending is framed and written together (subscription S1),
+    or a heartbeat when one is due and nothing else was written (subscription S4).
+C3. While a sink holds a chunk the subscription is marked as writing; the hub's ticker ends a
+    write that does not complete within ``send_timeout`` (hub.H6) through :meth:`cancel`,
+    which aborts the sink.
+C4. The end says what to do next: after the final event (a job's terminal event) the sink ends
+    normally; a subscription closed for any reason but the client's leaving gets the framing's
+    closing chunk first (a ``retry`` hint, ``reauth``, an error message: sse.E4); a client that
+    left gets nothing. The writer then hands the subscription back (``on_close``), once.
+C5. The sink reports the client's leaving (:meth:`lost`): a closed connection, a failed send.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sized
+from typing import Any, Generic, Protocol, TypeVar
+
+from jobcast.events import Event
+from jobcast.subscription import CloseReason, Subscription
+
+Chunk = TypeVar("Chunk", bound=Sized)
+ChunkT_co = TypeVar("ChunkT_co", bound=Sized, covariant=True)
+ChunkT_contra = TypeVar("ChunkT_contra", bound=Sized, contravariant=True)
+
+
+class Framing(Protocol[ChunkT_co]):
+    """What a stream kind writes; a chunk is ``bytes`` (SSE) or a list of messages."""
+
+    def opening(self) -> tuple[ChunkT_co, bool]:
+        """The first chunk, and whether the stream is already finished with it."""
+        ...
+
+    def frames(self, events: list[Event]) -> ChunkT_co:
+        """The chunk for ``events`` (may be empty: events a framing skips)."""
+        ...
+
+    def heartbeat(self) -> ChunkT_co: ...
+
+    def closing(self, reason: CloseReason) -> ChunkT_co:
+        """What a stream closed for ``reason`` ends with (C4)."""
+        ...
+
+    def is_final(self, event: Event) -> bool:
+        """Whether the stream ends after ``event`` (a job's terminal event)."""
+        ...
+
+
+class Sink(Protocol[ChunkT_contra]):
+    """Where a stream's chunks go: one carrier (C1)."""
+
+    def write(self, chunk: ChunkT_contra) -> bool:
+        """Write ``chunk``; false when the writer must wait for :meth:`StreamWriter.resumed`."""
+        ...
+
+    def end(
+        self, closing: ChunkT_contra | None, reason: CloseReason | None, done: Callable[[], None]
+    ) -> None:
+        """The last write (C4): ``reason`` is ``None`` when the stream finished by itself.
+        Call ``done`` once that write is complete (or abandoned): until then a stuck write is
+        still the hub's to end (C3)."""
+        ...
+
+    def abort(self) -> None:
+        """Drop the connection: a write is stuck (C3)."""
+        ...
+
+
+class StreamWriter(Generic[Chunk]):
+    """Writes one subscription to one sink until either ends (C1-C5)."""
+
+    __slots__ = ("_on_close", "_on_write", "blocked", "ended", "framing", "sink", "subscription")
+
+    def __init__(
+        self,
+        subscription: Subscription,
+        framing: Framing[Chunk],
+        sink: Sink[Chunk],
+        *,
+        on_close: Callable[[Subscription], None],
+        on_write: Callable[[float], None] | None = None,
+    ) -> None:
+        self.subscription = subscription
+        self.framing = framing
+        self.sink = sink
+        self._on_close = on_close
+        #: Told the commit time of the first event of each written batch (latency metric).
+        self._on_write = on_write
+        self.blocked = False  # the sink holds a chunk (C1)
+        self.ended = False
+
+    def start(self) -> None:
+        """Write the opening, then follow the subscription."""
+        self.subscription.attach(self)
+        opening, finished = self.framing.opening()
+        self._write(opening)
+        if finished:
+            self._end(finished=True)
+            return
+        self._proceed()
+
+    def _proceed(self, _: Any = None) -> None:
+        """Write what is pending, then wait for more, for the sink, or for the end (C2)."""
+        subscription, framing = self.subscription, self.framing
+        while not self.ended and not self.blocked:
+            if subscription.close_reason is not None:
+                self._end(finished=False)
+                return
+            waiter = subscription.waiter()
+            if waiter is not None:
+                waiter.add_done_callback(self._proceed)
+                return
+            events = subscription.take()
+            finished = False
+            for index, event in enumerate(events):
+                if framing.is_final(event):
+                    events, finished = events[: index + 1], True
+                    break
+            body = framing.frames(events)
+            if not body and subscription.heartbeat_due:  # else: replayed duplicates, or skipped
+                body = framing.heartbeat()
+            if body:
+                self._write(body)
+                if events and self._on_write is not None:
+                    self._on_write(events[0].ts)
+            subscription.mark_written()
+            if finished:
+                self._end(finished=True)
+                return
+
+    def _write(self, chunk: Chunk) -> None:
+        if not chunk:
+            return
+        if not self.sink.write(chunk):
+            self.blocked = True
+            self.subscription.writing_since = time.monotonic()  # C3
+
+    def resumed(self) -> None:
+        """The sink took its chunk: go on (C1)."""
+        if self.blocked:
+            self.blocked = False
+            self.subscription.writing_since = 0.0
+            self._proceed()
+
+    def lost(self) -> None:
+        """The client went away (C5)."""
+        self.subscription.close(CloseReason.CLIENT)
+        self._end(finished=False)
+
+    def cancel(self) -> None:
+        """The hub gave up on a write the client does not read (C3, hub.H6)."""
+        self.sink.abort()
+        self._end(finished=False)
+
+    def _end(self, *, finished: bool) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        subscription = self.subscription
+        subscription.writing_since = 0.0
+        reason = None if finished else (subscription.close_reason or CloseReason.CLIENT)
+        closing = None
+        if reason is not None and reason is not CloseReason.CLIENT:  # C4
+            closing = self.framing.closing(reason)
+        self.sink.end(closing, reason, self._release)
+
+    def _release(self) -> None:
+        """The sink's last write is over: hand the subscription back, once."""
+        subscription = self.subscription
+        if subscription.writer is self:
+            subscription.detach()
+            self._on_close(subscription)
