@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from jobcast.events import Event, EventId
     from jobcast.hub import Hub
     from jobcast.server.app import Jobcast, create_app
-    from jobcast.server.streams.job_streams import JobUpdate
+    from jobcast.server.streams.job_frames import JobUpdate
 
 _LOCATIONS = {
     "Conflict": "jobcast.errors",
@@ -39,7 +39,7 @@ _LOCATIONS = {
     "InvalidInput": "jobcast.errors",
     "Jobcast": "jobcast.server.app",
     "JobcastError": "jobcast.errors",
-    "JobUpdate": "jobcast.server.streams.job_streams",
+    "JobUpdate": "jobcast.server.streams.job_frames",
     "NotFound": "jobcast.errors",
     "PayloadTooLarge": "jobcast.errors",
     "Principal": "jobcast.auth",

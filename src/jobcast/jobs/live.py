@@ -5,7 +5,7 @@ Decisions (cited in the code as L1..L4):
 L1. Every change to a job goes through ``_emit`` under one lock: bump ``seq``, publish the
     event, then remember the published copy together with its event id. A stream that starts
     from that pair and resumes the hub after that id sees every later event exactly once
-    (``server/streams/job_streams.py``).
+    (``server/streams/job_plan.py``).
 L2. Progress reports are coalesced: ``report_progress`` only stores the latest report (from any
     thread) and wakes the pump at most once; the pump publishes at most one ``progress`` event
     per ``progress_interval`` (latest wins) and writes the store at most every

@@ -41,9 +41,11 @@ from jobcast.server.routes.dashboard import dashboard_router
 from jobcast.server.routes.events import events_router
 from jobcast.server.routes.jobs import jobs_router
 from jobcast.server.routes.service import service_router
-from jobcast.server.routes.sockets import serve_job_socket, ws_router
+from jobcast.server.routes.sockets import ws_router
 from jobcast.server.serving.entrance import FastPaths
-from jobcast.server.streams.job_streams import SseRender, WsRender, job_event_stream
+from jobcast.server.streams.job_frames import SseRender, WsRender
+from jobcast.server.streams.job_socket import serve_job_socket
+from jobcast.server.streams.job_sse import job_event_stream
 from jobcast.server.streams.sse import EventStreamResponse
 from jobcast.stores import JobStore, open_store
 from jobcast.subscription import CloseReason, Subscription

@@ -32,7 +32,6 @@ from jobcast.server.http.browser import allowed_origins
 from jobcast.server.http.limits import headers_over_limit
 from jobcast.server.http.request_id import HEADER, incoming_id, new_request_id
 from jobcast.server.ops.logs import REQUEST_ID
-from jobcast.server.routes.sockets import serve_event_socket
 from jobcast.server.serving.fast_publish import declared_json_body, publish_plain, read_body, replay
 from jobcast.server.serving.fast_streams import (
     EVENTS_PATH,
@@ -42,6 +41,7 @@ from jobcast.server.serving.fast_streams import (
     job_socket_id,
     open_fast_stream,
 )
+from jobcast.server.streams.event_socket import serve_event_socket
 from jobcast.server.streams.sse import EventStreamResponse
 
 if TYPE_CHECKING:

@@ -18,7 +18,9 @@ import orjson
 from starlette.websockets import WebSocket
 
 from jobcast.auth import Principal
+from jobcast.config import Settings
 from jobcast.errors import JobcastError, Unauthorized, Unavailable
+from jobcast.server.http.browser import origin_allowed
 from jobcast.server.http.credentials import resolve_principal
 from jobcast.subscription import CloseReason
 
@@ -31,6 +33,22 @@ CLOSE_TOO_BIG = 1009
 CLOSE_ERROR = 1011
 CLOSE_RESTART = 1012
 CLOSE_TRY_LATER = 1013
+PING = '{"op":"ping"}'
+
+
+async def accept_from_allowed_origin(settings: Settings, websocket: WebSocket) -> bool:
+    """Accept the handshake, or refuse it (HTTP 403) when a browser sent a foreign Origin:
+    cookies ride along on cross-site WebSocket handshakes, and CORS does not apply to them."""
+    if not origin_allowed(settings, websocket):
+        await websocket.close(code=1008)
+        return False
+    await websocket.accept()
+    return True
+
+
+def error_message(message: str, **extra: Any) -> str:
+    """An ``{"op": "error"}`` message."""
+    return orjson.dumps({"op": "error", "message": message, **extra}).decode()
 
 
 class SocketClosed(Exception):
@@ -78,7 +96,7 @@ class Channel:
         await self.send(orjson.dumps(value).decode())
 
     async def error(self, message: str, **extra: Any) -> None:
-        await self.send_json({"op": "error", "message": message, **extra})
+        await self.send(error_message(message, **extra))
 
     async def close(self, code: int, reason: str = "") -> None:
         if self.closed:

@@ -37,6 +37,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from starlette.websockets import WebSocket
 
 from jobcast.auth import Principal
 from jobcast.brokers.base import Gap, Replay
@@ -46,8 +47,10 @@ from jobcast.server.http.credentials import stream_owner
 from jobcast.server.streams.channel import (
     CLOSE_POLICY,
     CLOSE_RESTART,
+    PING,
     Channel,
     SocketClosed,
+    accept_from_allowed_origin,
     close_code,
     subscription_close_code,
 )
@@ -61,7 +64,23 @@ MAX_OUTBOX = 20_000
 CONTROL_ROOM = 1_000  # outbox places kept for replies once replays are queued (W5)
 MAX_CLIENT_ID = 128
 ACK_SAVE_INTERVAL = 1.0
-PING = '{"op":"ping"}'
+
+
+async def serve_event_socket(jc: Jobcast, websocket: WebSocket) -> None:
+    """``/ws/events``: accept, authenticate, then serve the client's ops until it leaves."""
+    with jc.metrics.websocket():
+        if not await accept_from_allowed_origin(jc.settings, websocket):
+            return
+        channel = Channel(jc, websocket)
+        try:
+            principal, first = await channel.authenticate(required=False)
+        except JobcastError as exc:
+            await channel.fail(exc)
+            return
+        except SocketClosed:
+            return
+        client_id = websocket.query_params.get("client_id")
+        await EventSocket(jc, channel, principal, client_id).run(first)
 
 
 class EventSocket:

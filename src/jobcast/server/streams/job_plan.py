@@ -1,6 +1,6 @@
-"""How a job's stream starts, shared by its SSE and WebSocket routes.
+"""How a job's stream starts (its plan), shared by its SSE stream and its WebSocket.
 
-Decisions (cited as J1..J3):
+Decisions (cited as J1..J4):
 
 J1. A fresh stream sends the job's published snapshot, whose id is the hub id of the newest
     event it reflects (``Job.last_event_id``, live.L1), and subscribes to the job's topic
@@ -14,7 +14,7 @@ J3. A finished job is answered at once without a subscription: the snapshot and 
     Either way the stream then ends. A resume that missed nothing (the client already has
     the terminal event) is a 204, the one answer that stops a plain ``EventSource`` from
     reconnecting for ever.
-J4. An application may render a job's stream in its own format (``SseRender``, ``WsRender``):
+J4. An application may render a job's stream in its own format (``job_frames.py``):
     each step is handed over as a :class:`JobUpdate` carrying the whole job as it is after that
     event (a ``progress`` event only carries what changed, so :class:`JobView` merges it into
     the last snapshot, as the JavaScript client's ``watchJob`` does). Ids, replay, the snapshot
@@ -23,12 +23,10 @@ J4. An application may render a job's stream in its own format (``SseRender``, `
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
-from starlette.responses import Response
 
 from jobcast.auth import Principal
 from jobcast.brokers.base import Replay
@@ -36,10 +34,8 @@ from jobcast.errors import NotFound
 from jobcast.events import Event, EventId
 from jobcast.jobs.model import TERMINAL_STATES, Job, job_topic
 from jobcast.server.http.credentials import stream_owner
-from jobcast.server.streams.sse import SSE_HEADERS
 from jobcast.subscription import CloseReason, Subscription
 from jobcast.topics import TopicPattern
-from jobcast.wire import ServerSentEvent, retry_frame
 
 if TYPE_CHECKING:
     from jobcast.server.app import Jobcast
@@ -144,148 +140,3 @@ def _until_terminal(events: list[Event]) -> list[Event]:
         if is_terminal_event(event):
             return events[: index + 1]
     return events
-
-
-# -- encodings -----------------------------------------------------------------------------
-
-
-def sse_snapshot(plan: JobStreamPlan) -> bytes:
-    return ServerSentEvent(
-        data=plan.snapshot_json(), event="snapshot", id=plan.snapshot_id
-    ).encode()
-
-
-def sse_terminal(plan: JobStreamPlan) -> bytes:
-    return ServerSentEvent(
-        data=plan.snapshot_json(), event=plan.job.state.value, id=plan.snapshot_id
-    ).encode()
-
-
-def ws_snapshot(plan: JobStreamPlan) -> str:
-    return _ws_message(plan, "snapshot")
-
-
-def ws_terminal(plan: JobStreamPlan) -> str:
-    return _ws_message(plan, plan.job.state.value)
-
-
-def _ws_message(plan: JobStreamPlan, event_type: str) -> str:
-    job = plan.job
-    message = {
-        "id": plan.snapshot_id,
-        "topic": job_topic(job.id),
-        "type": event_type,
-        "data": job.to_dict(),
-    }
-    return orjson.dumps(message).decode()
-
-
-# -- rendering in an application's own format (J4) ------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class JobUpdate:
-    """One step of a job's stream, as handed to an application's renderer."""
-
-    #: ``snapshot``, ``progress``, ``state``, ``succeeded``, ``failed``, ``cancelled`` or a
-    #: custom type published by the handler.
-    type: str
-    #: The whole job after this step (the shape of ``GET /api/jobs/{id}``, without ``links``).
-    job: dict[str, Any]
-    #: The event's own data.
-    data: Any
-    #: The id to resume after (``None`` for a snapshot of a job with no event yet).
-    id: str | None
-
-    @property
-    def terminal(self) -> bool:
-        return self.type in TERMINAL_TYPES
-
-
-#: An SSE rendering: ``(event name, JSON data)``, or ``None`` to send nothing for this step.
-SseRender = Callable[[JobUpdate], "tuple[str, Any] | None"]
-#: A WebSocket rendering: the JSON value to send as a text message, or ``None`` for nothing.
-WsRender = Callable[[JobUpdate], Any]
-
-
-class JobView:
-    """Follows a job's events and knows the whole job after each one (J4)."""
-
-    def __init__(self, job: dict[str, Any]) -> None:
-        self.job = job
-
-    def apply(self, event_type: str, data: Any, event_id: str | None) -> JobUpdate:
-        if event_type in WHOLE_JOB_TYPES and isinstance(data, dict):
-            self.job = data
-        elif event_type == "progress" and isinstance(data, dict):
-            self.job = {**self.job, **data}
-        return JobUpdate(event_type, self.job, data, event_id)
-
-
-class SseJobFrames:
-    """The frames of a job's SSE stream: jobcast's own, or an application's rendering."""
-
-    def __init__(self, plan: JobStreamPlan, render: SseRender | None = None) -> None:
-        self.plan = plan
-        self.render = render
-        self.view = JobView(plan.job.to_dict())
-
-    def snapshot(self) -> bytes:
-        if self.render is None:
-            return sse_snapshot(self.plan)
-        plan = self.plan
-        return self._rendered(self.render, "snapshot", plan.job.to_dict(), plan.snapshot_id)
-
-    def terminal(self) -> bytes:
-        if self.render is None:
-            return sse_terminal(self.plan)
-        job = self.plan.job
-        return self._rendered(self.render, job.state.value, job.to_dict(), self.plan.snapshot_id)
-
-    def event(self, event: Event) -> bytes:
-        if self.render is None:
-            return event.sse_frame
-        return self._rendered(self.render, event.type, event.data, event.id)
-
-    def _rendered(
-        self, render: SseRender, event_type: str, data: Any, event_id: str | None
-    ) -> bytes:
-        rendered = render(self.view.apply(event_type, data, event_id))
-        if rendered is None:
-            return b""
-        name, value = rendered
-        return ServerSentEvent(data=orjson.dumps(value).decode(), event=name, id=event_id).encode()
-
-
-async def job_event_stream(
-    jc: Jobcast,
-    job_id: str,
-    principal: Principal | None,
-    last_event_id: str | None,
-    *,
-    kind: str | None = None,
-    render: SseRender | None = None,
-    heartbeat: Callable[[], bytes] | None = None,
-) -> Response:
-    """The SSE response for a job's stream: snapshot, replay, live, end after the terminal."""
-    plan = await plan_job_stream(jc, job_id, principal, last_event_id, kind=kind)
-    frames = SseJobFrames(plan, render)
-    prelude = frames.snapshot() if plan.snapshot else b""
-    if plan.subscription is None:  # finished: answer at once and end (J3)
-        if not (plan.snapshot or plan.events or plan.terminal):
-            return Response(status_code=204)
-        parts = [retry_frame(jc.settings.retry_ms), prelude]
-        parts.extend(frames.event(event) for event in plan.events)
-        if plan.terminal:
-            parts.append(frames.terminal())
-        headers = {name.decode(): value.decode() for name, value in SSE_HEADERS}
-        return Response(b"".join(parts), headers=headers)
-    return jc.stream_response(
-        plan.subscription,
-        plan.replay,
-        last_event_id,
-        prelude,
-        is_terminal_event,
-        event_frame=None if render is None else frames.event,
-        heartbeat=heartbeat,
-    )
