@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -69,15 +67,10 @@ def serve(
     ] = None,
 ) -> None:
     """Run the jobcast server (embedded default: SQLite in the data directory, no other service)."""
-    import uvicorn
-    from uvicorn.config import LOGGING_CONFIG
-
     from jobcast.config import Settings
-    from jobcast.server.app import create_app
-    from jobcast.server.ops.gc_tuning import tune_for_serving
-    from jobcast.server.ops.logs import hide_password, log_config
-    from jobcast.server.serving.entrance import FastPaths
-    from jobcast.server.serving.native import StreamProtocol
+    from jobcast.server.ops.logs import hide_password
+    from jobcast.server.standalone import ServeOptions
+    from jobcast.server.standalone import serve as run_server
 
     if data_dir is not None:
         os.environ["JOBCAST_DATA_DIR"] = str(data_dir)
@@ -90,74 +83,21 @@ def serve(
         f"events: {hide_password(settings.resolved_broker_url)}); API docs at /docs"
     )
     json_logs = log_format is LogFormatChoice.JSON
-    if not json_logs:  # in JSON mode every line is JSON: the banner is logged below
+    if not json_logs:  # in JSON mode every line is JSON: the server logs the banner
         typer.echo(banner)
-    try:
-        app_ = create_app(settings)
-    except ValueError as exc:  # a --handlers module that cannot be loaded
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    config = uvicorn.Config(
-        FastPaths(app_, app_.state.jobcast),  # streams skip even FastAPI's entry: F3
+    options = ServeOptions(
+        banner=banner if json_logs else "",
         host=host,
         port=port,
         log_level=log_level,
-        # uvicorn's httptools protocol, able to carry an open stream without a task (N1).
-        http=StreamProtocol,
-        proxy_headers=True,
+        json_logs=json_logs,
         forwarded_allow_ips=forwarded_allow_ips,
-        # uvicorn buffers a whole WebSocket message (16 MiB by default) before the app can
-        # refuse it: cap it near our limit. The headroom lets a message a little over the limit
-        # be refused by the app with its explanatory error; larger ones are cut off unread.
-        ws_max_size=2 * settings.ws_max_message_bytes,
-        ws_per_message_deflate=settings.ws_compression,
-        # After SIGTERM (and JOBCAST_SHUTDOWN_DELAY_SECONDS), requests still running get what
-        # is left of the grace period; streams have ended at once with spread-out retry hints.
-        # uvicorn annotates an int but only hands it to asyncio.wait_for: fractions work.
-        timeout_graceful_shutdown=settings.graceful_shutdown_timeout(),  # type: ignore[arg-type]
-        log_config=log_config(log_level) if json_logs else LOGGING_CONFIG,
     )
-    if json_logs:
-        import logging
-
-        logging.captureWarnings(True)
-        logging.getLogger("jobcast").info(banner)
-    # uvicorn re-raises the signal that stopped it once shutdown is complete; a SIGTERM that
-    # led to a clean, graceful shutdown is a successful exit for a service manager.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    tune_for_serving()  # the app is built: see server/ops/gc_tuning.py
     try:
-        uvicorn.Server(config).run()
-    finally:
-        _exit_past_stuck_handlers()
-
-
-def _exit_past_stuck_handlers() -> None:
-    """Exit now if a sync job handler that ignores cancellation is still running.
-
-    Python cannot stop a thread, and the interpreter would wait for it at exit, past any grace
-    period. Its job was already settled when the runner closed (re-queued or failed, runner
-    R3), so nothing is lost by leaving without it.
-    """
-    from jobcast.jobs.threads import handler_threads_alive
-
-    stuck = handler_threads_alive()
-    if not stuck:
-        return
-    import logging
-
-    error = sys.exc_info()[1]  # how serve was ending: sys.exit() from the SIGTERM handler
-    if isinstance(error, SystemExit):
-        code = error.code if isinstance(error.code, int) else int(error.code is not None)
-    else:
-        code = int(error is not None)
-    logging.getLogger("jobcast").warning(
-        "exiting with %d job handler thread(s) still running; their jobs were re-queued or "
-        "failed as interrupted",
-        stuck,
-    )
-    logging.shutdown()
-    os._exit(code)
+        run_server(settings, options)
+    except ValueError as exc:  # a --handlers module that cannot be loaded
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command(
@@ -238,7 +178,7 @@ def token(
 
 
 def _version() -> str:
-    from jobcast import __version__
+    from jobcast._version import __version__
 
     return __version__
 

@@ -156,6 +156,10 @@ class Hub:
     def subscriber_count(self) -> int:
         return len(self._subscriptions)
 
+    def subscriptions(self) -> list[Subscription]:
+        """The open subscriptions, as a list (for metrics: walked only when scraped)."""
+        return list(self._subscriptions)
+
     # -- publishing ------------------------------------------------------------------------
 
     async def publish(self, topic: str, type: str, data: Any = None) -> Event:

@@ -1,58 +1,52 @@
-"""The jobcast runtime (:class:`Jobcast`) and the standalone app (:func:`create_app`).
+"""jobcast's public face (:class:`Jobcast`) and the standalone app (:func:`create_app`).
 
-Nothing lives at module level: a :class:`Jobcast` holds its settings, and its hub and token
-authority are created in its lifespan, so one process may run several independent instances
-(tests do). Routes are closures over their instance, not globals.
+A :class:`Jobcast` holds one :class:`~jobcast.server.runtime.Runtime` and offers what an
+application needs: the lifespan, ``install`` (the routes and their plumbing), and the stream
+helpers for its own URLs. Routes are closures over the runtime, not globals, so one process
+may run several independent instances (tests do).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
-from fastapi import Depends, FastAPI, Request, WebSocket
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from jobcast import __version__
+from jobcast._version import __version__
 from jobcast.auth import Principal, TokenAuthority
-from jobcast.brokers import Replay, open_broker
+from jobcast.brokers import Replay
 from jobcast.config import Settings
 from jobcast.events import Event
 from jobcast.hub import Hub
-from jobcast.jobs import builtin
 from jobcast.jobs.registry import Registry
 from jobcast.jobs.runner import EmbeddedRunner
 from jobcast.policy import Policy
 from jobcast.server.http.browser import install_cors
-from jobcast.server.http.credentials import resolve_principal, stream_owner
 from jobcast.server.http.errors import install_error_handlers
 from jobcast.server.http.limits import BodyLimitMiddleware
 from jobcast.server.http.ratelimit import RateLimiter
 from jobcast.server.http.request_id import RequestIdMiddleware
-from jobcast.server.http.uploads import Received, receive_multipart
-from jobcast.server.ops.logs import install_log_redaction, use_json_logs
+from jobcast.server.http.uploads import Received
 from jobcast.server.ops.metrics import Metrics, metrics_router
-from jobcast.server.ops.shared_state import rate_limit_storage, shared_redis_pool, spent_tickets
-from jobcast.server.ops.signals import drain_on_exit_signals
 from jobcast.server.routes.auth import auth_router
 from jobcast.server.routes.dashboard import dashboard_router
 from jobcast.server.routes.events import events_router
-from jobcast.server.routes.jobs import jobs_router
+from jobcast.server.routes.jobs import jobs_router, receive_upload
 from jobcast.server.routes.service import service_router
 from jobcast.server.routes.sockets import ws_router
+from jobcast.server.runtime import Runtime
 from jobcast.server.serving.entrance import FastPaths
 from jobcast.server.streams.job_frames import SseRender, WsRender
 from jobcast.server.streams.job_socket import serve_job_socket
 from jobcast.server.streams.job_sse import job_event_stream
 from jobcast.server.streams.sse import EventStreamResponse
-from jobcast.stores import JobStore, open_store
-from jobcast.subscription import CloseReason, Subscription
+from jobcast.server.streams.topic_stream import open_stream, stream_response
+from jobcast.stores import JobStore
+from jobcast.subscription import Subscription
 from jobcast.topics import TopicPattern
-from jobcast.wire import ServerSentEvent, retry_frame
-
-_bearer = HTTPBearer(auto_error=False, description="A JWT minted by `jobcast token`.")
 
 
 class Jobcast:
@@ -68,91 +62,52 @@ class Jobcast:
     """
 
     def __init__(self, settings: Settings | None = None, *, policy: Policy | None = None) -> None:
-        self.settings = settings or Settings()
-        #: Every allow/deny decision. Pass a :class:`Policy` subclass for your own rules (say,
-        #: who besides a job's owner may watch it); it must honour the settings' public topics.
-        self.policy = policy or Policy(self.settings.public_topics)
-        #: Rate-limit counters and spent tickets: in memory, or in the broker's Redis through
-        #: one pool that the lifespan disconnects at its end (shared_state.py).
-        self._shared_pool = shared_redis_pool(self.settings)
-        self.limiter = RateLimiter(
-            self.settings, rate_limit_storage(self.settings, self._shared_pool)
-        )
-        self.spent_tickets = spent_tickets(self.settings, self._shared_pool)
-        self.metrics = Metrics(self)
-        self._hub: Hub | None = None
-        self._tokens: TokenAuthority | None = None
-        self._store: JobStore | None = None
-        self._runner: EmbeddedRunner | None = None
-        #: Job handlers by kind: the built-ins, the ``handlers`` modules, and any added here.
-        self.registry = Registry()
-        self.registry.update(builtin.registry)
-        for module in self.settings.handlers:
-            self.registry.load_module(module)
+        #: What every route and stream works with (``runtime.py``); this class is its face.
+        self.runtime = Runtime(settings or Settings(), policy=policy)
+
+    @property
+    def settings(self) -> Settings:
+        return self.runtime.settings
+
+    @property
+    def policy(self) -> Policy:
+        """Every allow/deny decision. Pass a :class:`Policy` subclass for your own rules (say,
+        who besides a job's owner may watch it); it must honour the settings' public topics."""
+        return self.runtime.policy
+
+    @property
+    def registry(self) -> Registry:
+        """Job handlers by kind: the built-ins, the ``handlers`` modules, and any added here."""
+        return self.runtime.registry
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.runtime.metrics
+
+    @property
+    def limiter(self) -> RateLimiter:
+        """Rate limits (``publish``, ``submit``, ``ticket``), for your own routes too."""
+        return self.runtime.limiter
 
     @property
     def hub(self) -> Hub:
-        if self._hub is None:
-            raise RuntimeError("jobcast is not running: use it inside its lifespan")
-        return self._hub
+        return self.runtime.hub
 
     @property
     def store(self) -> JobStore:
-        if self._store is None:
-            raise RuntimeError("jobcast is not running: use it inside its lifespan")
-        return self._store
+        return self.runtime.store
 
     @property
     def runner(self) -> EmbeddedRunner:
-        if self._runner is None:
-            raise RuntimeError("jobcast is not running: use it inside its lifespan")
-        return self._runner
+        return self.runtime.runner
 
     @property
     def tokens(self) -> TokenAuthority:
-        if self._tokens is None:
-            self._tokens = TokenAuthority.from_settings(self.settings)
-        return self._tokens
+        return self.runtime.tokens
 
-    # -- lifecycle -------------------------------------------------------------------------
-
-    @contextlib.asynccontextmanager
-    async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
-        settings = self.settings
-        _ = self.tokens  # create the secret now, not on the first request
-        install_log_redaction()
-        if settings.log_format == "json":
-            use_json_logs()
-        hub = Hub(
-            open_broker(settings.resolved_broker_url, settings.retention()), settings.hub_options()
-        )
-        await hub.start()
-        self._hub = hub
-        # Each stream's response holds these: one bound method each for all of them.
-        self._stream_hooks = (hub.unsubscribe, self.metrics.observe_write, self._closing_frame)
-        try:
-            await self.metrics.start()
-            store = self._store = open_store(settings.resolved_store_url)
-            await store.open()
-            try:
-                runner = self._runner = _make_runner(store, hub, self.registry, settings)
-                await runner.start()
-                self.policy.job_access = runner.access_of
-                try:
-                    with drain_on_exit_signals(hub, settings.shutdown_delay_seconds):
-                        yield
-                finally:
-                    await runner.close()
-                    self._runner = None
-            finally:
-                await store.close()
-                self._store = None
-        finally:
-            await self.metrics.close()
-            await hub.close()
-            self._hub = None
-            if self._shared_pool is not None:
-                await self._shared_pool.disconnect()
+    def lifespan(self, app: Any = None) -> contextlib.AbstractAsyncContextManager[None]:
+        """Start the hub, the store and the runner; stop them in reverse (runtime.py)."""
+        return self.runtime.lifespan(app)
 
     def install(self, app: FastAPI, *, upload_paths: Sequence[str] = ()) -> None:
         """Add jobcast's routes, error handlers and body limits to ``app``.
@@ -171,31 +126,31 @@ class Jobcast:
         )
         install_cors(app, self.settings)
         app.add_middleware(RequestIdMiddleware)  # its id is in every log line
-        app.add_middleware(FastPaths, jc=self)  # outermost of ours: fast_paths.F1-F3
+        app.add_middleware(FastPaths, jc=self.runtime)  # outermost of ours: entrance.F1-F3
 
     def router(self) -> Any:
         from fastapi import APIRouter
 
         router = APIRouter()
-        router.include_router(auth_router(self))
-        router.include_router(metrics_router(self))
-        router.include_router(events_router(self))
-        router.include_router(jobs_router(self))
-        router.include_router(ws_router(self))
+        runtime = self.runtime
+        router.include_router(auth_router(runtime))
+        router.include_router(metrics_router(runtime.metrics))
+        router.include_router(events_router(runtime))
+        router.include_router(jobs_router(runtime))
+        router.include_router(ws_router(runtime))
         router.include_router(dashboard_router())
-        router.include_router(service_router(self))
+        router.include_router(service_router(runtime))
 
         return router
 
     # -- request helpers -------------------------------------------------------------------
 
-    async def principal(
-        self,
-        request: Request,
-        _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],  # for the docs
-    ) -> Principal | None:
-        """The caller (see ``credentials.py``); ``None`` when the request carries none."""
-        return await resolve_principal(self, request)
+    @property
+    def principal(self) -> Callable[..., Awaitable[Principal | None]]:
+        """The dependency that resolves the caller (``None`` when the request carries no
+        credential). Every jobcast route depends on it: ``app.dependency_overrides`` keyed by
+        it applies to all of them."""
+        return self.runtime.principal
 
     async def open_stream(
         self,
@@ -217,15 +172,14 @@ class Jobcast:
         (``b""`` skips it) and ``heartbeat`` returns the heartbeat to write, such as a named
         event; by default events are jobcast's shared frames and heartbeats ``: ping``.
         """
-        subscription, replay = await self.hub.subscribe(
-            patterns, last_event_id=last_event_id, allow=allow, **stream_owner(principal)
-        )
-        return self.stream_response(
-            subscription,
-            replay,
+        return await open_stream(
+            self.runtime,
+            patterns,
             last_event_id,
-            prelude,
-            final,
+            allow,
+            principal=principal,
+            prelude=prelude,
+            final=final,
             event_frame=event_frame,
             heartbeat=heartbeat,
         )
@@ -242,17 +196,13 @@ class Jobcast:
         heartbeat: Callable[[], bytes] | None = None,
     ) -> EventStreamResponse:
         """The SSE response for a subscription the caller already holds."""
-        on_close, on_write, closing_frame = self._stream_hooks
-        return EventStreamResponse(
+        return stream_response(
+            self.runtime,
             subscription,
-            replay=replay,
-            last_event_id=last_event_id,
-            retry_ms=self.settings.retry_ms,
-            on_close=on_close,
-            on_write=on_write,
-            closing_frame=closing_frame,
-            prelude=prelude,
-            final=final,
+            replay,
+            last_event_id,
+            prelude,
+            final,
             event_frame=event_frame,
             heartbeat=heartbeat,
         )
@@ -275,7 +225,7 @@ class Jobcast:
         skip it; ids, resume, the snapshot and the end after the terminal event stay jobcast's.
         """
         return await job_event_stream(
-            self,
+            self.runtime,
             job_id,
             principal,
             last_event_id,
@@ -296,7 +246,7 @@ class Jobcast:
         authenticate (``?token=``, ``?ticket=``, header or first message), send the job's
         messages (``render``: the JSON value for each :class:`JobUpdate`, or ``None``), close
         1000 after the terminal one. Errors close with ``4000 + status``."""
-        await serve_job_socket(self, websocket, job_id, kind=kind, render=render)
+        await serve_job_socket(self.runtime, websocket, job_id, kind=kind, render=render)
 
     async def receive_upload(self, request: Request) -> Received:
         """Stream a multipart body to disk: its ``file`` part hashed (SHA-256) as it arrives,
@@ -306,44 +256,7 @@ class Jobcast:
         ``received.discard()`` afterwards (a no-op once the runner took the file). List the
         route in ``install(app, upload_paths=...)`` so the JSON body limit leaves it alone.
         """
-        settings = self.settings
-        return await receive_multipart(
-            request,
-            self.runner.options.uploads_dir,
-            max_file=settings.max_upload_bytes,
-            max_fields=settings.max_body_bytes,
-            content_types=settings.upload_content_types,
-        )
-
-    def _closing_frame(self, reason: CloseReason) -> bytes:
-        if reason is CloseReason.DRAIN:
-            return retry_frame(self.hub.drain_retry_ms())
-        if reason is CloseReason.EXPIRED:
-            return ServerSentEvent(
-                event="reauth", data='{"reason":"credential_expired"}', retry=self.settings.retry_ms
-            ).encode()
-        return ServerSentEvent(
-            comment=f"closed: {reason.value}; resume with Last-Event-ID",
-            retry=self.settings.retry_ms,
-        ).encode()
-
-
-def _make_runner(
-    store: JobStore, hub: Hub, registry: Registry, settings: Settings
-) -> EmbeddedRunner:
-    """The embedded runner, or with ``queue_url`` the runner that hands jobs to workers."""
-    if not settings.queue_url:
-        return EmbeddedRunner(store, hub, registry, settings.runner_options())
-    from jobcast.jobs.worker_queue import QueueRunner  # needs the 'queue' extra
-
-    return QueueRunner(
-        store,
-        hub,
-        registry,
-        settings.runner_options(),
-        queue_url=settings.queue_url,
-        heartbeat=settings.worker_heartbeat_seconds,
-    )
+        return await receive_upload(self.runtime, request)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -9,25 +9,43 @@ requests are subject to the CSRF check (see ``browser.py``).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from starlette.requests import HTTPConnection
 
-from jobcast.auth import Principal
+from jobcast.auth import Principal, TokenAuthority
+from jobcast.config import Settings
 from jobcast.errors import Unauthorized
 from jobcast.server.http.browser import check_csrf
-
-if TYPE_CHECKING:
-    from jobcast.server.app import Jobcast
+from jobcast.server.ops.shared_state import SpentTickets
 
 SESSION_COOKIE = "jobcast_session"
 CSRF_COOKIE = "jobcast_csrf"
 CSRF_HEADER = "x-csrf-token"
 
 
-async def resolve_principal(jc: Jobcast, connection: HTTPConnection) -> Principal | None:
+class Credentials:
+    """Resolves who is calling, for every route, stream and socket."""
+
+    def __init__(
+        self, settings: Settings, tokens: Callable[[], TokenAuthority], spent: SpentTickets
+    ) -> None:
+        self.settings = settings
+        #: The token authority, created on first use (it reads or makes the secret file).
+        self.tokens = tokens
+        self.spent_tickets = spent
+
+    async def resolve(self, connection: HTTPConnection) -> Principal | None:
+        """The caller of ``connection``, or ``None`` when it carries no credential at all."""
+        return await resolve_principal(self, connection)
+
+
+async def resolve_principal(
+    credentials: Credentials, connection: HTTPConnection
+) -> Principal | None:
     """The caller of ``connection``, or ``None`` when it carries no credential at all."""
-    tokens = jc.tokens
+    tokens, settings = credentials.tokens(), credentials.settings
     header = connection.headers.get("authorization")
     if header is not None:
         scheme, _, value = header.partition(" ")
@@ -39,8 +57,8 @@ async def resolve_principal(jc: Jobcast, connection: HTTPConnection) -> Principa
     if ticket is not None:
         principal, ticket_id, expires_at = tokens.verify_ticket(ticket)
         # Verification accepts a ticket up to the leeway past its exp: remember it that long.
-        usable_until = expires_at + jc.settings.jwt_leeway_seconds
-        if not await jc.spent_tickets.spend(ticket_id, usable_until):
+        usable_until = expires_at + settings.jwt_leeway_seconds
+        if not await credentials.spent_tickets.spend(ticket_id, usable_until):
             raise Unauthorized("the ticket was already used", reason="ticket_used")
         return principal
     token = query.get("token")
@@ -49,7 +67,7 @@ async def resolve_principal(jc: Jobcast, connection: HTTPConnection) -> Principa
     session = connection.cookies.get(SESSION_COOKIE)
     if session is not None:
         principal = tokens.verify_session(session)
-        check_csrf(jc.settings, connection)
+        check_csrf(settings, connection)
         return principal
     return None
 

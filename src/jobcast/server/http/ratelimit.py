@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 
 from limits import RateLimitItem, parse
-from limits.aio.storage import Storage
+from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 from starlette.requests import HTTPConnection
@@ -23,12 +23,11 @@ from starlette.requests import HTTPConnection
 from jobcast.auth import Principal
 from jobcast.config import Settings
 from jobcast.errors import RateLimited, Unavailable
-from jobcast.server.ops.shared_state import rate_limit_storage
 
 
 class RateLimiter:
     def __init__(self, settings: Settings, storage: Storage | None = None) -> None:
-        self._limiter = MovingWindowRateLimiter(storage or rate_limit_storage(settings, None))
+        self._limiter = MovingWindowRateLimiter(storage or MemoryStorage())
         self._limits: dict[str, RateLimitItem] = {
             "publish": parse(settings.rate_limit_publish),
             "submit": parse(settings.rate_limit_submit),

@@ -27,7 +27,7 @@ That gauge describes the whole deployment, so it carries no ``process`` label.
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Response
@@ -45,8 +45,10 @@ from jobcast.jobs.model import JobState
 from jobcast.subscription import CloseReason
 
 if TYPE_CHECKING:
-    from jobcast.server.app import Jobcast
+    from jobcast.hub import Hub
+    from jobcast.jobs.runner import EmbeddedRunner
     from jobcast.server.metrics_shared import SharedMetrics
+    from jobcast.stores.base import JobStore
 
 logger = logging.getLogger("jobcast.metrics")
 
@@ -67,11 +69,12 @@ def _labelled(
 
 
 class HubCollector(Collector):
-    def __init__(self, jc: "Jobcast") -> None:
-        self.jc = jc
+    def __init__(self, hub: "Callable[[], Hub | None]", websockets: Callable[[], int]) -> None:
+        self.hub = hub
+        self.websockets = websockets
 
     def collect(self) -> Iterator[Metric]:
-        hub = self.jc._hub
+        hub = self.hub()
         if hub is None:  # not started, or stopped: nothing to report
             return
         stats = hub.stats
@@ -101,7 +104,7 @@ class HubCollector(Collector):
             labels=["operation"],
         )
         yield _labelled(broker_errors, stats.broker_errors, BROKER_OPERATIONS)
-        subscriptions = list(hub._subscriptions)
+        subscriptions = hub.subscriptions()
         yield GaugeMetricFamily(
             "jobcast_subscriptions", "Open subscriptions.", value=len(subscriptions)
         )
@@ -112,7 +115,7 @@ class HubCollector(Collector):
             "/ws/events socket counts once, however many topics it subscribed).",
             labels=["transport"],
         )
-        yield _labelled(connections, {"sse": sse, "websocket": self.jc.metrics.websockets})
+        yield _labelled(connections, {"sse": sse, "websocket": self.websockets()})
         depths = [s.pending_count for s in subscriptions]
         yield GaugeMetricFamily(
             "jobcast_buffer_pending_events_max",
@@ -130,13 +133,21 @@ class HubCollector(Collector):
 
 
 class Metrics:
-    """The registry of one :class:`Jobcast` (no process-global registry: apps stay separate)."""
+    """The registry of one :class:`Runtime` (no process-global registry: apps stay separate)."""
 
-    def __init__(self, jc: "Jobcast") -> None:
-        self.jc = jc
+    def __init__(
+        self,
+        *,
+        hub: "Callable[[], Hub | None]",
+        store: "Callable[[], JobStore | None]",
+        runner: "Callable[[], EmbeddedRunner | None]",
+        shared: "Callable[[Callable[[], bytes]], SharedMetrics | None]",
+    ) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(HubCollector(jc))
-        self.registry.register(JobsCollector(lambda: jc._store, lambda: jc._runner))
+        self.registry.register(HubCollector(hub, lambda: self.websockets))
+        self.registry.register(JobsCollector(store, runner))
+        self._store = store
+        self._shared = shared
         self.write_latency = Histogram(
             "jobcast_publish_to_write_seconds",
             "From an event's commit to its first write to a stream.",
@@ -161,13 +172,9 @@ class Metrics:
             self.websockets -= 1
 
     async def start(self) -> None:
-        """With the Redis broker, start sharing this process's metrics through Redis."""
-        settings = self.jc.settings
-        url = settings.resolved_broker_url
-        if settings.metrics_snapshot_seconds > 0 and url.startswith(("redis://", "rediss://")):
-            from jobcast.server.metrics_shared import SharedMetrics
-
-            self.shared = SharedMetrics(url, settings.metrics_snapshot_seconds, self.own)
+        """With other processes in the deployment, start sharing this one's metrics."""
+        self.shared = self._shared(self.own)
+        if self.shared is not None:
             self.shared.start()
 
     async def close(self) -> None:
@@ -187,7 +194,7 @@ class Metrics:
         return own + await self._jobs_by_state()
 
     async def _jobs_by_state(self) -> bytes:
-        store = self.jc._store
+        store = self._store()
         if store is None:
             return b""
         try:
@@ -217,7 +224,7 @@ class Families(Collector):
         yield from self.families
 
 
-def metrics_router(jc: "Jobcast") -> APIRouter:
+def metrics_router(registry: Metrics) -> APIRouter:
     router = APIRouter(tags=["service"])
 
     @router.get(
@@ -227,6 +234,6 @@ def metrics_router(jc: "Jobcast") -> APIRouter:
         responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
     )
     async def metrics() -> Response:
-        return Response(await jc.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return Response(await registry.render(), media_type=CONTENT_TYPE_LATEST)
 
     return router

@@ -2,8 +2,8 @@
 
 One process keeps both in memory. When the broker is Redis (several instances), both live in
 the same Redis, so a limit is a limit for the whole deployment and a ticket opens one stream
-anywhere, once. Both then share one connection pool (:func:`shared_redis_pool`), which the app
-disconnects when its lifespan ends, so no socket outlives the app that opened it.
+anywhere, once. Both then share one connection pool (``deployment.py`` decides and owns it),
+which is disconnected when the runtime stops, so no socket outlives the app that opened it.
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ import heapq
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.storage import Storage
 
-from jobcast.config import Settings
 from jobcast.errors import Unavailable
 
 if TYPE_CHECKING:
@@ -69,32 +68,8 @@ class RedisSpentTickets:
             raise Unavailable(f"cannot check the ticket: {exc}") from exc
 
 
-def _redis_url(settings: Settings) -> str | None:
-    url = settings.broker_url
-    return url if url and url.startswith(("redis://", "rediss://")) else None
-
-
-def shared_redis_pool(settings: Settings) -> ConnectionPool | None:
-    """The pool for the shared state, when the broker is Redis (``None`` otherwise)."""
-    url = _redis_url(settings)
-    if url is None:
-        return None
-    import redis.asyncio as redis
-
-    from jobcast.brokers.redis import split_url
-
-    return redis.ConnectionPool.from_url(split_url(url)[0])
-
-
-def spent_tickets(settings: Settings, pool: ConnectionPool | None) -> SpentTickets:
-    url = _redis_url(settings)
-    return RedisSpentTickets(url, pool) if url and pool is not None else MemorySpentTickets()
-
-
-def rate_limit_storage(settings: Settings, pool: ConnectionPool | None) -> Storage:
-    url = _redis_url(settings)
-    if url is None or pool is None:
-        return MemoryStorage()
+def redis_rate_limit_storage(url: str, pool: ConnectionPool) -> Storage:
+    """Rate-limit counters in the broker's Redis, through ``pool``."""
     from limits.aio.storage import RedisStorage
 
     from jobcast.brokers.redis import split_url

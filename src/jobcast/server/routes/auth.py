@@ -13,11 +13,11 @@ from pydantic import BaseModel, Field
 
 from jobcast.auth import Principal
 from jobcast.errors import Forbidden, Unauthorized
-from jobcast.server.http.credentials import CSRF_COOKIE, SESSION_COOKIE, resolve_principal
+from jobcast.server.http.credentials import CSRF_COOKIE, SESSION_COOKIE
 from jobcast.topics import parse_patterns
 
 if TYPE_CHECKING:
-    from jobcast.server.app import Jobcast
+    from jobcast.server.runtime import Runtime
 
 
 class TicketRequest(BaseModel):
@@ -50,7 +50,7 @@ def lifetime(token: str, ttl: float, minted_after: float) -> int:
     return max(0, min(int(ttl), int(expires - minted_after)))
 
 
-def auth_router(jc: "Jobcast") -> APIRouter:
+def auth_router(jc: "Runtime") -> APIRouter:
     router = APIRouter(prefix="/api/auth", tags=["auth"])
     principal_dep = Annotated[Principal | None, Depends(jc.principal)]
 
@@ -111,7 +111,7 @@ def auth_router(jc: "Jobcast") -> APIRouter:
         # A live session must still bring its CSRF proof (a Forbidden goes through), but one
         # that expired or does not verify is exactly what logging out must be able to clear.
         with contextlib.suppress(Unauthorized):
-            await resolve_principal(jc, request)
+            await jc.credentials.resolve(request)
         response.delete_cookie(SESSION_COOKIE, path="/")
         response.delete_cookie(CSRF_COOKIE, path="/")
 

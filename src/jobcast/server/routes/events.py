@@ -13,10 +13,11 @@ from jobcast.auth import Principal
 from jobcast.errors import InvalidInput, PayloadTooLarge
 from jobcast.events import EventDraft
 from jobcast.server.streams.sse import EventStreamResponse
+from jobcast.server.streams.topic_stream import open_stream
 from jobcast.topics import parse_patterns
 
 if TYPE_CHECKING:
-    from jobcast.server.app import Jobcast
+    from jobcast.server.runtime import Runtime
 
 
 class PublishRequest(BaseModel):
@@ -64,7 +65,7 @@ SSE_DOC: dict[int | str, dict[str, Any]] = {
 }
 
 
-def events_router(jc: "Jobcast") -> APIRouter:
+def events_router(jc: "Runtime") -> APIRouter:
     router = APIRouter(tags=["events"])
     principal_dep = Annotated[Principal | None, Depends(jc.principal)]
 
@@ -110,17 +111,17 @@ def events_router(jc: "Jobcast") -> APIRouter:
 
 
 async def open_events_stream(
-    jc: "Jobcast", connection: HTTPConnection, principal: Principal | None
+    jc: "Runtime", connection: HTTPConnection, principal: Principal | None
 ) -> EventStreamResponse:
     """``GET /api/events`` from a request's query and headers (one place for both paths)."""
     query = connection.query_params
     patterns = parse_patterns(query.getlist("topic"), limit=jc.settings.max_topics_per_subscription)
     allow = jc.policy.subscription_filter(principal, patterns)
-    return await jc.open_stream(patterns, resume_id(connection), allow, principal=principal)
+    return await open_stream(jc, patterns, resume_id(connection), allow, principal=principal)
 
 
 async def publish_events(
-    jc: "Jobcast",
+    jc: "Runtime",
     connection: HTTPConnection,
     principal: Principal | None,
     items: list[tuple[str, str, Any]],

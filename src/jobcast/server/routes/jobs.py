@@ -13,12 +13,13 @@ from jobcast.auth import Principal
 from jobcast.errors import InvalidInput, NotFound, PayloadTooLarge
 from jobcast.jobs.model import Job, JobState
 from jobcast.server.http import exact_json
-from jobcast.server.http.uploads import Received
+from jobcast.server.http.uploads import Received, receive_multipart
+from jobcast.server.streams.job_sse import job_event_stream
 from jobcast.server.streams.sse import EventStreamResponse
 from jobcast.stores.base import JobQuery
 
 if TYPE_CHECKING:
-    from jobcast.server.app import Jobcast
+    from jobcast.server.runtime import Runtime
 
 _CURSOR = re.compile(r"[0-9a-f]{1,40}")
 
@@ -136,7 +137,7 @@ def _submission(value: Any) -> tuple[str, Any]:
     return value["kind"], value.get("params")
 
 
-def jobs_router(jc: "Jobcast") -> APIRouter:
+def jobs_router(jc: "Runtime") -> APIRouter:
     router = APIRouter(tags=["jobs"])
     principal_dep = Annotated[Principal | None, Depends(jc.principal)]
 
@@ -162,7 +163,7 @@ def jobs_router(jc: "Jobcast") -> APIRouter:
         content_type = request.headers.get("content-type", "").lower()
         received = Received()
         if content_type.startswith("multipart/form-data"):
-            received = await jc.receive_upload(request)
+            received = await receive_upload(jc, request)
             try:
                 kind = received.fields.get("kind", "")
                 params_text = received.fields.get("params", "").strip()
@@ -280,6 +281,18 @@ def jobs_router(jc: "Jobcast") -> APIRouter:
         ] = None,
         last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     ) -> Response:
-        return await jc.job_stream(job_id, principal, last_event_id_header or last_event_id)
+        return await job_event_stream(jc, job_id, principal, last_event_id_header or last_event_id)
 
     return router
+
+
+async def receive_upload(runtime: "Runtime", request: Request) -> Received:
+    """A multipart body streamed to the uploads directory, within the upload limits."""
+    settings = runtime.settings
+    return await receive_multipart(
+        request,
+        runtime.runner.options.uploads_dir,
+        max_file=settings.max_upload_bytes,
+        max_fields=settings.max_body_bytes,
+        content_types=settings.upload_content_types,
+    )

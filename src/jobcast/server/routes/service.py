@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from jobcast import __version__
+from jobcast._version import __version__
 
 if TYPE_CHECKING:
-    from jobcast.server.app import Jobcast
+    from jobcast.server.runtime import Runtime
 
 
-def service_router(jc: "Jobcast") -> APIRouter:
+def service_router(jc: "Runtime") -> APIRouter:
     router = APIRouter(tags=["service"])
 
     @router.get("/health", summary="Liveness and connection count")
@@ -32,7 +32,7 @@ def service_router(jc: "Jobcast") -> APIRouter:
         responses={503: {"description": "Draining or not started"}},
     )
     async def ready() -> JSONResponse:
-        hub = jc._hub
+        hub = jc.running_hub
         if hub is None or hub.draining:
             return JSONResponse({"ready": False, "reason": "draining"}, status_code=503)
         return JSONResponse({"ready": True})

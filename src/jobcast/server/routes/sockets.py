@@ -13,18 +13,19 @@ from typing import TYPE_CHECKING
 from fastapi import APIRouter, WebSocket
 
 from jobcast.server.streams.event_socket import serve_event_socket
+from jobcast.server.streams.job_socket import serve_job_socket
 
 if TYPE_CHECKING:
-    from jobcast.server.app import Jobcast
+    from jobcast.server.runtime import Runtime
 
 
-def ws_router(jc: "Jobcast") -> APIRouter:
+def ws_router(jc: "Runtime") -> APIRouter:
     router = APIRouter(tags=["websocket"])
 
     @router.websocket("/ws/jobs/{job_id}")
     async def job_socket(websocket: WebSocket, job_id: str) -> None:
         """One job's events, then close 1000 after the terminal event."""
-        await jc.job_socket(websocket, job_id)
+        await serve_job_socket(jc, websocket, job_id)
 
     @router.websocket("/ws/events")
     async def events_socket(websocket: WebSocket) -> None:

@@ -42,16 +42,17 @@ from jobcast.server.serving.fast_streams import (
     open_fast_stream,
 )
 from jobcast.server.streams.event_socket import serve_event_socket
+from jobcast.server.streams.job_socket import serve_job_socket
 from jobcast.server.streams.sse import EventStreamResponse
 
 if TYPE_CHECKING:
-    from jobcast.server.app import Jobcast
+    from jobcast.server.runtime import Runtime
 
 
 class FastPaths:
     """Pure ASGI: SSE streams and plain publishes here, everything else to the app."""
 
-    def __init__(self, app: ASGIApp, jc: Jobcast) -> None:
+    def __init__(self, app: ASGIApp, jc: Runtime) -> None:
         self.app = app
         self.jc = jc
         self.cors = bool(allowed_origins(jc.settings))
@@ -101,7 +102,7 @@ class FastPaths:
             if job_id is None:
                 await serve_event_socket(self.jc, websocket)
             else:
-                await self.jc.job_socket(websocket, job_id)
+                await serve_job_socket(self.jc, websocket, job_id)
         finally:
             REQUEST_ID.reset(token)
 

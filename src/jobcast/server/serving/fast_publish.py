@@ -21,13 +21,12 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope
 
 from jobcast.errors import JobcastError
-from jobcast.server.http.credentials import resolve_principal
 from jobcast.server.http.errors import jobcast_error_response, unexpected_error_response
 from jobcast.server.http.exact_json import long_digits
 from jobcast.server.routes.events import publish_events
 
 if TYPE_CHECKING:
-    from jobcast.server.app import Jobcast
+    from jobcast.server.runtime import Runtime
 
 FIELDS = frozenset(("topic", "type", "data"))
 
@@ -86,7 +85,7 @@ def replay(body: bytes, receive: Receive) -> Receive:
     return receive_again
 
 
-async def publish_plain(jc: Jobcast, scope: Scope, body: bytes) -> Response | None:
+async def publish_plain(jc: Runtime, scope: Scope, body: bytes) -> Response | None:
     """The response to a plain publish, or ``None`` when the FastAPI route must answer."""
     plain = plain_items(body)
     if plain is None:
@@ -94,7 +93,7 @@ async def publish_plain(jc: Jobcast, scope: Scope, body: bytes) -> Response | No
     items, batch = plain
     connection = HTTPConnection(scope)
     try:
-        principal = await resolve_principal(jc, connection)
+        principal = await jc.credentials.resolve(connection)
         ids = await publish_events(jc, connection, principal, items, batch=batch)
     except JobcastError as exc:
         return jobcast_error_response(exc)

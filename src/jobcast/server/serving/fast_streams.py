@@ -5,9 +5,9 @@ A stream is a long-lived request, and every layer it passes keeps a suspended fr
 a wrapper around ``send``) alive for as long as the stream lasts: through FastAPI's routing that
 was about 10 KB per connection and five function calls per write. These routes are opened here
 with the same functions the FastAPI routes call (credential resolution, ``open_events_stream``,
-``Jobcast.job_stream``, the JSON error bodies), so behaviour is one definition with two
+``job_sse.job_event_stream``, the JSON error bodies), so behaviour is one definition with two
 entrances; the FastAPI routes stay for the OpenAPI schema and for apps that mount the router
-without :meth:`Jobcast.install`.
+without ``Jobcast.install``.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from jobcast.errors import JobcastError
-from jobcast.server.http.credentials import resolve_principal
 from jobcast.server.http.errors import jobcast_error_response, unexpected_error_response
 from jobcast.server.routes.events import open_events_stream, resume_id
+from jobcast.server.streams.job_sse import job_event_stream
 from jobcast.server.streams.sse import EventStreamResponse
 
 if TYPE_CHECKING:
-    from jobcast.server.app import Jobcast
+    from jobcast.server.runtime import Runtime
 
 EVENTS_PATH = "/api/events"
 #: The scope extension under which a connection offers to carry an open stream itself
@@ -56,18 +56,18 @@ def is_stream_path(path: str) -> bool:
     return path == EVENTS_PATH or job_id_of(path) is not None
 
 
-async def open_fast_stream(jc: Jobcast, scope: Scope) -> Response:
+async def open_fast_stream(jc: Runtime, scope: Scope) -> Response:
     """The response for a stream request: the stream, or the JSON error that refuses it.
 
     Its own call, so that nothing it parsed (headers, query, the connection) stays referenced
     by the caller's frame for the stream's whole life."""
     connection = HTTPConnection(scope)
     try:
-        principal = await resolve_principal(jc, connection)
+        principal = await jc.credentials.resolve(connection)
         job_id = job_id_of(scope["path"])
         if job_id is None:
             return await open_events_stream(jc, connection, principal)
-        return await jc.job_stream(job_id, principal, resume_id(connection))
+        return await job_event_stream(jc, job_id, principal, resume_id(connection))
     except JobcastError as exc:
         return jobcast_error_response(exc)
     except Exception:  # as the framework would: nothing outside catches it (fast_paths.F3)

@@ -48,6 +48,53 @@ from jobcast.subscription import CloseReason
 
 LAST_CHUNK = b"0\r\n\r\n"
 
+#: What this module uses of uvicorn's protocol and request cycle, beyond their public role: the
+#: methods it overrides or calls, and the state it reads or sets (checked by ``unsupported``).
+_PROTOCOL_METHODS = (
+    "on_message_begin",
+    "data_received",
+    "resume_writing",
+    "connection_lost",
+    "shutdown",
+    "on_response_complete",
+)
+_PROTOCOL_STATE = ("cycle", "pipeline", "flow", "transport", "scope", "headers")
+_CYCLE_STATE = (
+    "more_body",
+    "keep_alive",
+    "response_started",
+    "response_complete",
+    "message_event",
+    "default_headers",
+    "access_log",
+    "access_logger",
+    "on_response",
+    "scope",
+)
+
+
+def unsupported() -> str | None:
+    """What the installed uvicorn lacks of what :class:`StreamProtocol` relies on, or ``None``.
+
+    Methods are looked up on the class; state, among the attribute names its methods assign
+    or read (their code's names), so the check needs no connection."""
+    for name in _PROTOCOL_METHODS:
+        if not callable(getattr(HttpToolsProtocol, name, None)):
+            return f"HttpToolsProtocol.{name}"
+    for cls, wanted in ((HttpToolsProtocol, _PROTOCOL_STATE), (RequestResponseCycle, _CYCLE_STATE)):
+        names: set[str] = set()
+        for klass in cls.__mro__:
+            for value in vars(klass).values():
+                code = getattr(value, "__code__", None)
+                if code is not None:
+                    names.update(code.co_names)
+        for name in wanted:
+            if name not in names:
+                return f"{cls.__name__}.{name}"
+    if 200 not in STATUS_LINE:
+        return "STATUS_LINE"
+    return None
+
 
 def chunk(body: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(body), body)

@@ -21,11 +21,10 @@ from jobcast.auth import Principal
 from jobcast.config import Settings
 from jobcast.errors import JobcastError, Unauthorized, Unavailable
 from jobcast.server.http.browser import origin_allowed
-from jobcast.server.http.credentials import resolve_principal
 from jobcast.subscription import CloseReason
 
 if TYPE_CHECKING:
-    from jobcast.server.app import Jobcast
+    from jobcast.server.runtime import Runtime
 
 CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008
@@ -74,7 +73,7 @@ def subscription_close_code(reason: CloseReason) -> int:
 class Channel:
     """One accepted WebSocket: bounded sends, guarded receives, one close."""
 
-    def __init__(self, jc: Jobcast, ws: WebSocket) -> None:
+    def __init__(self, jc: Runtime, ws: WebSocket) -> None:
         self.jc = jc
         self.ws = ws
         self.settings = jc.settings
@@ -168,7 +167,7 @@ class Channel:
         ``{"op": "auth", "token": ...}``. Returns the principal and the first message when it
         was something else (to be handled by the caller)."""
         ws = self.ws
-        principal = await resolve_principal(self.jc, ws)
+        principal = await self.jc.credentials.resolve(ws)
         if principal is not None:
             return principal, None
         try:

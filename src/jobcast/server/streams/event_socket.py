@@ -58,7 +58,7 @@ from jobcast.subscription import CloseReason, Subscription
 from jobcast.topics import parse_patterns
 
 if TYPE_CHECKING:
-    from jobcast.server.app import Jobcast
+    from jobcast.server.runtime import Runtime
 
 MAX_OUTBOX = 20_000
 CONTROL_ROOM = 1_000  # outbox places kept for replies once replays are queued (W5)
@@ -66,7 +66,7 @@ MAX_CLIENT_ID = 128
 ACK_SAVE_INTERVAL = 1.0
 
 
-async def serve_event_socket(jc: Jobcast, websocket: WebSocket) -> None:
+async def serve_event_socket(jc: Runtime, websocket: WebSocket) -> None:
     """``/ws/events``: accept, authenticate, then serve the client's ops until it leaves."""
     with jc.metrics.websocket():
         if not await accept_from_allowed_origin(jc.settings, websocket):
@@ -85,7 +85,7 @@ async def serve_event_socket(jc: Jobcast, websocket: WebSocket) -> None:
 
 class EventSocket:
     def __init__(
-        self, jc: Jobcast, channel: Channel, principal: Principal | None, client_id: str | None
+        self, jc: Runtime, channel: Channel, principal: Principal | None, client_id: str | None
     ) -> None:
         self.jc = jc
         self.channel = channel

@@ -38,7 +38,7 @@ from jobcast.subscription import CloseReason, Subscription
 from jobcast.topics import TopicPattern
 
 if TYPE_CHECKING:
-    from jobcast.server.app import Jobcast
+    from jobcast.server.runtime import Runtime
 
 TERMINAL_TYPES = frozenset(state.value for state in TERMINAL_STATES)
 #: Event types whose data is the whole job (a ``progress`` event's data is only what changed).
@@ -74,7 +74,7 @@ class JobStreamPlan:
 
 
 async def plan_job_stream(
-    jc: Jobcast,
+    jc: Runtime,
     job_id: str,
     principal: Principal | None,
     last_event_id: str | None,

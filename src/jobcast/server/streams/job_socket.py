@@ -33,11 +33,11 @@ from jobcast.server.streams.writer import StreamWriter
 from jobcast.subscription import CloseReason, Subscription
 
 if TYPE_CHECKING:
-    from jobcast.server.app import Jobcast
+    from jobcast.server.runtime import Runtime
 
 
 async def serve_job_socket(
-    jc: Jobcast,
+    jc: Runtime,
     websocket: WebSocket,
     job_id: str,
     *,

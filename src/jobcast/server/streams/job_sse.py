@@ -11,14 +11,15 @@ from jobcast.auth import Principal
 from jobcast.server.streams.job_frames import SseJobFrames, SseRender
 from jobcast.server.streams.job_plan import is_terminal_event, plan_job_stream
 from jobcast.server.streams.sse import SSE_HEADERS
+from jobcast.server.streams.topic_stream import stream_response
 from jobcast.wire import retry_frame
 
 if TYPE_CHECKING:
-    from jobcast.server.app import Jobcast
+    from jobcast.server.runtime import Runtime
 
 
 async def job_event_stream(
-    jc: Jobcast,
+    jc: Runtime,
     job_id: str,
     principal: Principal | None,
     last_event_id: str | None,
@@ -40,7 +41,8 @@ async def job_event_stream(
             parts.append(frames.terminal() or b"")
         headers = {name.decode(): value.decode() for name, value in SSE_HEADERS}
         return Response(b"".join(parts), headers=headers)
-    return jc.stream_response(
+    return stream_response(
+        jc,
         plan.subscription,
         plan.replay,
         last_event_id,

@@ -1,0 +1,101 @@
+"""What this process is deployed on, decided once: memory, SQLite, or Redis shared with others.
+
+The broker URL decides it. With ``memory://`` or SQLite (the embedded default) one process
+holds everything: rate-limit counters and spent tickets live in memory, metrics are this
+process's own. With Redis, several instances share one deployment, so the counters and the
+spent tickets live in the same Redis (through one connection pool, disconnected when the
+runtime stops), and each process shares its metrics snapshot there. With ``queue_url``, jobs
+run on ``jobcast worker`` processes. No other module asks "is this Redis?".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from limits.aio.storage import MemoryStorage, Storage
+
+from jobcast.brokers import open_broker
+from jobcast.brokers.base import Broker
+from jobcast.config import Settings
+from jobcast.hub import Hub
+from jobcast.jobs.registry import Registry
+from jobcast.jobs.runner import EmbeddedRunner
+from jobcast.server.ops.shared_state import (
+    MemorySpentTickets,
+    RedisSpentTickets,
+    SpentTickets,
+    redis_rate_limit_storage,
+)
+from jobcast.stores import JobStore
+
+if TYPE_CHECKING:
+    from redis.asyncio import ConnectionPool
+
+    from jobcast.server.metrics_shared import SharedMetrics
+
+REDIS_SCHEMES = ("redis://", "rediss://")
+
+
+class Deployment:
+    """Hands each part of a runtime what this deployment needs (see the module docstring)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        url = settings.resolved_broker_url
+        #: The broker's Redis, when instances share one: the shared state lives there too.
+        self.redis_url = url if url.startswith(REDIS_SCHEMES) else None
+        self._pool: ConnectionPool | None = None
+        if self.redis_url is not None:
+            import redis.asyncio as redis
+
+            from jobcast.brokers.redis import split_url
+
+            self._pool = redis.ConnectionPool.from_url(split_url(self.redis_url)[0])
+
+    @property
+    def shared(self) -> bool:
+        """Whether other instances share this deployment's state."""
+        return self.redis_url is not None
+
+    def open_broker(self) -> Broker:
+        return open_broker(self.settings.resolved_broker_url, self.settings.retention())
+
+    def rate_limit_storage(self) -> Storage:
+        if self.redis_url is None or self._pool is None:
+            return MemoryStorage()
+        return redis_rate_limit_storage(self.redis_url, self._pool)
+
+    def spent_tickets(self) -> SpentTickets:
+        if self.redis_url is None or self._pool is None:
+            return MemorySpentTickets()
+        return RedisSpentTickets(self.redis_url, self._pool)
+
+    def shared_metrics(self, own: Callable[[], bytes]) -> SharedMetrics | None:
+        """Every process's metrics, shared through Redis (``None`` when there are no others)."""
+        seconds = self.settings.metrics_snapshot_seconds
+        if self.redis_url is None or seconds <= 0:
+            return None
+        from jobcast.server.metrics_shared import SharedMetrics
+
+        return SharedMetrics(self.redis_url, seconds, own)
+
+    def make_runner(self, store: JobStore, hub: Hub, registry: Registry) -> EmbeddedRunner:
+        """The embedded runner, or with ``queue_url`` the runner that hands jobs to workers."""
+        settings = self.settings
+        if not settings.queue_url:
+            return EmbeddedRunner(store, hub, registry, settings.runner_options())
+        from jobcast.jobs.worker_queue import QueueRunner  # needs the 'queue' extra
+
+        return QueueRunner(
+            store,
+            hub,
+            registry,
+            settings.runner_options(),
+            queue_url=settings.queue_url,
+            heartbeat=settings.worker_heartbeat_seconds,
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.disconnect()
