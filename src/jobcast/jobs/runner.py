@@ -42,6 +42,7 @@ from jobcast.stores.base import JobPage, JobQuery, JobStore
 if TYPE_CHECKING:
     from jobcast.hub import Hub
 
+#: RunnerOptions lives in options.py (the settings build it); it is still importable from here.
 __all__ = ["EmbeddedRunner", "RunnerOptions"]
 
 logger = logging.getLogger("jobcast.jobs")
