@@ -1,4 +1,4 @@
-"""How an interrupted job ends (runner.R3, ``after_interruption``): retried only when safe."""
+"""How an interrupted job ends (lifecycle.R3, ``after_interruption``): retried only when safe."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from jobcast.auth import TokenAuthority
-from jobcast.server.metrics_shared import merge
+from jobcast.shared_metrics import merge
 from tests.scale_support import Processes, processes
 from tests.services import needs_services, redis_prefix, redis_url
 from tests.support import EventStream, make_settings

@@ -22,7 +22,8 @@ from jobcast.events import Event
 from jobcast.hub import Hub
 from jobcast.jobs import JobContext, Registry, builtin
 from jobcast.jobs.model import Job, JobState, new_job_id
-from jobcast.jobs.runner import EmbeddedRunner, RunnerOptions
+from jobcast.jobs.options import RunnerOptions
+from jobcast.jobs.runner import EmbeddedRunner
 from jobcast.stores import open_store
 from jobcast.stores.base import JobStore
 from jobcast.topics import TopicPattern

@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from jobcast.brokers.base import Retention
 from jobcast.hub import HubOptions
-from jobcast.jobs.runner import RunnerOptions
+from jobcast.jobs.options import RunnerOptions
 from jobcast.topics import TopicPattern
 
 CommaList = Annotated[list[str], NoDecode]

@@ -3,7 +3,7 @@
 Wildcard subscriptions (``jobs/*``) are filtered per topic by a synchronous function called
 from the hub's fan-out, which cannot query the store. So each instance keeps the owner and
 readers of jobs in memory and keeps them current through the broker, which every instance
-shares. Decisions (cited as A1..A4):
+shares. Decisions (cited as A1..A5):
 
 A1. Control events. With a shared broker, creating a job and changing its readers publish
     ``{"id", "owner", "readers"}`` on ``ACCESS_TOPIC``. The broker orders the announcement
@@ -22,6 +22,9 @@ A3. A miss on the hot path (a job evicted from the bounded cache, or whose annou
 A4. A replay is resolved before it is filtered: unknown jobs it touches are looked up first
     (at most ``MAX_REPLAY_LOOKUPS``), so a client that resumes on another instance gets the
     history of its jobs that this instance never saw.
+A5. A grant or a revoke (``change_readers``) is written to the store, then to the job's live
+    copy, then to this instance's filters (their cached answers are dropped at once), then
+    announced (A1). One process applies its changes in the store's order.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from jobcast.brokers.base import ReportsHistoryLoss
-from jobcast.errors import JobcastError
+from jobcast.errors import JobcastError, NotFound
 from jobcast.events import Event, EventDraft, dumps
 from jobcast.jobs.model import Job, JobState
 from jobcast.topics import CONTROL_PREFIX
@@ -73,6 +76,7 @@ class JobAccess:
         self._lookups: dict[str, asyncio.Task[None]] = {}
         #: Only a shared broker has other instances to tell (the embedded default is one process).
         self.shared = isinstance(hub.broker, ReportsHistoryLoss)
+        self._changing = asyncio.Lock()
         hub.observer = self
 
     def get(self, job_id: str) -> Access | None:
@@ -101,6 +105,23 @@ class JobAccess:
         # EventDraft's constructor, not create(): the control topic is deliberately not a
         # valid client topic.
         await self.hub.publish_many([EventDraft(ACCESS_TOPIC, "access", dumps(data))])
+
+    async def change_readers(
+        self, job_id: str, *, add: str | None = None, remove: str | None = None, limit: int
+    ) -> Job:
+        """Grant or withdraw one subject's read access to a job, live or finished (A5)."""
+        async with self._changing:  # this process applies changes in the store's order
+            readers = await self.store.change_readers(job_id, add=add, remove=remove, limit=limit)
+            if readers is None:
+                raise NotFound(f"no job {job_id!r}")
+            live = self._set_live_readers(job_id, readers)
+            job = live.published.copy() if live is not None else await self.store.get(job_id)
+            if job is None:  # deleted in between
+                raise NotFound(f"no job {job_id!r}")
+        self.remember(job)
+        self.hub.forget_access()  # open wildcard streams must see the new grant at once
+        await self.announce(job)  # and those on other instances (a 503 here: retry)
+        return job
 
     async def warm(self) -> None:
         """Learn the jobs that are still queued or running (A2)."""
@@ -155,12 +176,16 @@ class JobAccess:
             return False
         if not isinstance(readers, list) or not all(isinstance(r, str) for r in readers):
             return False
-        live = self._live(job_id)
-        if live is not None:  # a job running here (a worker, or the embedded runner)
-            live.job.readers = list(readers)
-            live.published.readers = list(readers)
+        self._set_live_readers(job_id, readers)  # a job live in this process, if it is one
         self._set(job_id, (owner, tuple(readers)))
         return True
+
+    def _set_live_readers(self, job_id: str, readers: list[str]) -> LiveJob | None:
+        live = self._live(job_id)
+        if live is not None:
+            live.job.readers = list(readers)
+            live.published.readers = list(readers)
+        return live
 
     def _set(self, job_id: str, access: Access) -> None:
         self._absent.pop(job_id, None)

@@ -1,6 +1,6 @@
-"""Calls of job handlers (runner.R1, R2): each on the event loop or in the thread pool, bounded
+"""Calls of job handlers (lifecycle.R1, R2): each on the event loop or in the thread pool, bounded
 by its timeout, cancellable by a user or a shutdown, and ended with an :class:`Ending` that the
-runner turns into the job's terminal state. No store or hub I/O happens here."""
+lifecycle engine turns into the job's terminal state. No store or hub I/O happens here."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def job_error(kind: str, message: str) -> dict[str, str]:
 @dataclass(frozen=True, slots=True)
 class Ending:
     """How a handler call ended: the job's terminal state and its fields, or ``None`` for a
-    call a shutdown interrupted (the runner applies R3)."""
+    call a shutdown interrupted (the lifecycle engine applies R3)."""
 
     state: JobState | None
     fields: dict[str, Any] = field(default_factory=dict)
@@ -41,7 +41,7 @@ INTERRUPTED = Ending(None)
 def after_interruption(
     spec: HandlerSpec | None, attempts: int, max_attempts: int, why: str
 ) -> Ending:
-    """runner.R3: a job whose run was interrupted (a crash, a shutdown, a dead worker) runs
+    """lifecycle.R3: a job whose run was interrupted (a crash, a shutdown, a dead worker) runs
     again when its handler is ``retry_safe`` and attempts remain; otherwise it fails."""
     if spec is not None and spec.retry_safe and attempts < max_attempts:
         return Ending(JobState.QUEUED, {"message": f"re-queued: {why}"})

@@ -1,6 +1,6 @@
-"""One queued or running job in the embedded runner: its state, events and store writes.
+"""One queued or running job held by this process: its state, events and store writes.
 
-Decisions (cited in the code as L1..L4):
+Decisions (cited in the code as L1..L5):
 
 L1. Every change to a job goes through ``_emit`` under one lock: bump ``seq``, publish the
     event, then remember the published copy together with its event id. A stream that starts
@@ -49,7 +49,8 @@ SAVE_RETRY_MAX = 5.0
 
 
 class LiveJob:
-    """The runner's live copy of a job, and the :class:`~jobcast.jobs.context.JobSink` of it."""
+    """A job's live copy (the lifecycle engine tracks it), and the job's
+    :class:`~jobcast.jobs.context.JobSink`."""
 
     def __init__(
         self,
@@ -63,7 +64,7 @@ class LiveJob:
         on_terminal: Callable[[Job], None] | None = None,
     ) -> None:
         self.job = job
-        #: Told once the job reached a terminal state (the runner's metrics).
+        #: Told once the job reached a terminal state (the job metrics, ``stats.py``).
         self.on_terminal = on_terminal
         self.published = job.copy()
         self.hub = hub

@@ -1,21 +1,27 @@
 """The job metrics of one process: store writes and errors, and the durations of the jobs
 that ended in it. A server and a ``jobcast worker`` both report them (with the Redis broker,
-through the shared snapshots of ``server/metrics_shared.py``)."""
+through the shared snapshots of ``shared_metrics.py``)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from jobcast.jobs.model import JobState
-from jobcast.jobs.stats import DURATION_BUCKETS
+from jobcast.jobs.stats import DURATION_BUCKETS, JobStats
 
 if TYPE_CHECKING:
-    from jobcast.jobs.runner import EmbeddedRunner
     from jobcast.stores.base import JobStore
+
+
+class RunsJobs(Protocol):
+    """What runs jobs in this process: the embedded runner, or a worker's lifecycle engine."""
+
+    @property
+    def stats(self) -> JobStats: ...
 
 
 class JobsCollector(Collector):
@@ -24,7 +30,7 @@ class JobsCollector(Collector):
     def __init__(
         self,
         store: Callable[[], JobStore | None],
-        runner: Callable[[], EmbeddedRunner | None],
+        runner: Callable[[], RunsJobs | None],
     ) -> None:
         self.store = store
         self.runner = runner

@@ -2,7 +2,7 @@
 
 Every worker sweeps the queue once a heartbeat (``worker_heartbeat_seconds``): a job in SAQ's
 active list whose worker stopped touching it is aborted, then re-queued (or ended), and the
-worker that takes it next applies runner.R3 (``worker.py``, K1). SAQ's own sweep
+worker that takes it next applies lifecycle.R3 (``worker.py``, K1). SAQ's own sweep
 (``RedisQueue.sweep``) does this with two races that cost a job its one run, so jobcast
 workers run this one in its place.
 

@@ -1,10 +1,10 @@
-"""The thread pool of sync handlers, and the threads that outlive their jobs (runner R2).
+"""The thread pool of sync handlers, and the threads that outlive their jobs (lifecycle R2).
 
 A thread cannot be stopped: a sync handler that never calls ``check_cancelled()`` or
 ``progress()`` keeps running after its job timed out or was cancelled. The pool holds ``spare``
-threads beyond the runner's concurrency for such threads, so the jobs after one still get a
+threads beyond the job concurrency for such threads, so the jobs after one still get a
 thread at once, instead of waiting inside the pool while they are reported ``running``. Once
-every spare is taken, an outliving thread keeps its job's runner slot until it returns, so the
+every spare is taken, an outliving thread keeps its job's slot until it returns, so the
 jobs after it wait as ``queued``. Either way a warning names the job.
 """
 
@@ -65,7 +65,7 @@ class HandlerThreads:
         work.add_done_callback(returned)
 
     def keeps_slot(self, job_id: str) -> bool:
-        """Whether the ended job's slot is released by its thread's return, not by its runner."""
+        """Whether the ended job's slot is released by its thread's return, not by its lifecycle."""
         if job_id not in self._slot_kept:
             return False
         self._slot_kept.discard(job_id)

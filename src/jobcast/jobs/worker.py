@@ -1,22 +1,22 @@
 """``jobcast worker``: run queued jobs from any machine, publishing through the shared broker.
 
 A worker takes "run job X" from the SAQ queue (``worker_queue.py``), loads X from the shared
-store and runs it through the embedded runner's own path (``EmbeddedRunner.claim``): the same
-handler registry, timeouts, cancellation and coalesced progress (``LiveJob``), so a job behaves
-the same wherever it runs. Its events go to the shared Redis broker, so every server instance
-streams them.
+store and runs it through the lifecycle engine the embedded runner uses (``lifecycle.py``,
+``JobLifecycle.claim``): the same handler registry, timeouts, cancellation and coalesced
+progress (``LiveJob``), so a job behaves the same wherever it runs. Its events go to the shared
+Redis broker, so every server instance streams them.
 
 Decisions (cited as K1..K5):
 
 K1. A heartbeat task touches the SAQ job every third of ``worker_heartbeat_seconds``; a worker
     that dies stops touching it, the sweep (K4, run by every other worker) re-queues it, and the
-    next worker finds it ``running`` in the store and applies runner.R3: re-run when its
+    next worker finds it ``running`` in the store and applies lifecycle.R3: re-run when its
     handler is ``retry_safe`` and attempts remain, else fail it as ``Interrupted``.
 K2. When SAQ cancels our task, the SAQ job tells why: ``aborting`` means a user cancelled
     (the job ends ``cancelled``), unless a sweep aborted it, as the abort's reason says: this
     worker missed its heartbeats (cut off from Redis, or too busy) and another one takes the
-    job over. That, and anything else (this worker shutting down), is one of R3's
-    interruptions, never a cancellation nobody asked for. Either way the runner's own task
+    job over. That, and anything else (this worker shutting down), is one of lifecycle.R3's
+    interruptions, never a cancellation nobody asked for. Either way the lifecycle's own task
     publishes the terminal event before we return.
 K3. A job already terminal when it is dequeued (cancelled while queued, or finished by a
     previous attempt) is skipped.
@@ -44,13 +44,13 @@ from jobcast.config import Settings
 from jobcast.errors import InvalidInput
 from jobcast.hub import Hub
 from jobcast.jobs import builtin
+from jobcast.jobs.lifecycle import JobLifecycle
 from jobcast.jobs.metrics import JobsCollector
 from jobcast.jobs.model import JobState
 from jobcast.jobs.registry import Registry
-from jobcast.jobs.runner import EmbeddedRunner
 from jobcast.jobs.sweep import Sweeper
 from jobcast.jobs.worker_queue import TASK, open_queue
-from jobcast.server.metrics_shared import SharedMetrics
+from jobcast.shared_metrics import SharedMetrics
 from jobcast.stores import open_store
 from jobcast.stores.base import JobStore
 
@@ -79,7 +79,7 @@ class JobWorker:
         self.registry = registry or load_registry(settings)
 
     async def run(self) -> None:
-        """Run until SIGTERM/SIGINT (a graceful stop: running jobs are handed back, R3)."""
+        """Run until SIGTERM/SIGINT (a graceful stop hands running jobs back: lifecycle.R3)."""
         settings = self.settings
         broker = RedisBroker(settings.resolved_broker_url, settings.retention())
         await broker.connect()  # publish-only: no fan-out in a worker
@@ -88,7 +88,7 @@ class JobWorker:
         metrics: SharedMetrics | None = None
         try:
             await store.open()
-            self.runner = EmbeddedRunner(store, hub, self.registry, settings.runner_options())
+            self.jobs = JobLifecycle(store, hub, self.registry, settings.runner_options())
             if settings.metrics_snapshot_seconds > 0:  # K5
                 metrics = self._shared_metrics(store)
                 metrics.start()
@@ -118,7 +118,7 @@ class JobWorker:
 
     def _shared_metrics(self, store: JobStore) -> SharedMetrics:
         registry = CollectorRegistry()
-        registry.register(JobsCollector(lambda: store, lambda: self.runner))
+        registry.register(JobsCollector(lambda: store, lambda: self.jobs))
         settings = self.settings
         return SharedMetrics(
             settings.resolved_broker_url,
@@ -127,15 +127,15 @@ class JobWorker:
         )
 
     async def _run_job(self, ctx: dict[str, Any], *, job_id: str) -> None:
-        runner, queued = self.runner, ctx["job"]
-        job = await runner.store.get(job_id)
+        jobs, queued = self.jobs, ctx["job"]
+        job = await jobs.store.get(job_id)
         if job is None or job.terminal:  # K3
             return
         if job.state is JobState.RUNNING:  # K1: its previous worker died
             why = "the worker running it stopped"
-            if not await runner.resume_interrupted(job, why):
+            if not await jobs.resume_interrupted(job, why):
                 return
-        live = runner.claim(job)
+        live = jobs.claim(job)
         task = live.task
         if task is None:  # claim always starts one; nothing to wait for otherwise
             return
@@ -152,7 +152,7 @@ class JobWorker:
                 and current.status in (Status.ABORTING, Status.ABORTED)
                 and reason != queue.swept_error_message.encode()
             )
-            runner.stop(live, "cancel" if cancelled else "shutdown")
+            jobs.stop(live, "cancel" if cancelled else "shutdown")
             await task
         finally:
             beat.cancel()

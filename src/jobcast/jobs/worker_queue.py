@@ -9,7 +9,7 @@ Decisions (cited as W1..W3):
 
 W1. The store is the truth about a job; SAQ only carries "run job X" to some worker, with a
     heartbeat so a dead worker's job is swept and handed to another one, which then applies
-    the embedded runner's restart rule (runner.R3): re-run when ``retry_safe``, else fail.
+    the restart rule of the lifecycle engine (lifecycle.R3): re-run when ``retry_safe``, else fail.
     SAQ's own retry count is set above ``job_max_attempts`` so SAQ never gives up first.
 W2. Cancelling a queued job removes it from the queue and cancels it here; cancelling a
     running one asks SAQ to abort it, and the worker running it reports ``cancelled``.
@@ -33,8 +33,9 @@ from jobcast.brokers.redis import shielded
 from jobcast.errors import Conflict, NotFound, Unavailable
 from jobcast.jobs.live import LiveJob
 from jobcast.jobs.model import Job, JobState
+from jobcast.jobs.options import RunnerOptions
 from jobcast.jobs.registry import Registry
-from jobcast.jobs.runner import EmbeddedRunner, RunnerOptions
+from jobcast.jobs.runner import EmbeddedRunner
 from jobcast.stores.base import JobStore
 
 if TYPE_CHECKING:
@@ -115,7 +116,7 @@ class QueueRunner(EmbeddedRunner):
             await live.transition(JobState.FAILED, error=error)
             raise
         finally:
-            self._untrack(live)  # the worker owns it from here
+            self.lifecycle.untrack(live)  # the worker owns it from here
 
     async def cancel(self, job_id: str) -> Job:  # W2
         job = await self.get(job_id)
@@ -133,10 +134,10 @@ class QueueRunner(EmbeddedRunner):
                 return await self._fresh(job_id)
         fresh = await self._fresh(job_id)
         if not fresh.terminal:  # never started (or its queue entry is gone): end it here
-            live = self._track(fresh)
+            live = self.lifecycle.track(fresh)
             live.request_cancel()
             await live.transition(JobState.CANCELLED, message="cancelled before it started")
-            self._untrack(live)
+            self.lifecycle.untrack(live)
             return live.published.copy()
         return fresh
 

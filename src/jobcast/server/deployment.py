@@ -32,7 +32,7 @@ from jobcast.stores import JobStore
 if TYPE_CHECKING:
     from redis.asyncio import ConnectionPool
 
-    from jobcast.server.metrics_shared import SharedMetrics
+    from jobcast.shared_metrics import SharedMetrics
 
 REDIS_SCHEMES = ("redis://", "rediss://")
 
@@ -76,7 +76,7 @@ class Deployment:
         seconds = self.settings.metrics_snapshot_seconds
         if self.redis_url is None or seconds <= 0:
             return None
-        from jobcast.server.metrics_shared import SharedMetrics
+        from jobcast.shared_metrics import SharedMetrics
 
         return SharedMetrics(self.redis_url, seconds, own)
 

@@ -102,8 +102,8 @@ def _exit_past_stuck_handlers() -> None:
     """Exit now if a sync job handler that ignores cancellation is still running (V4).
 
     Python cannot stop a thread, and the interpreter would wait for it at exit, past any grace
-    period. Its job was already settled when the runner closed (re-queued or failed, runner
-    R3), so nothing is lost by leaving without it.
+    period. Its job was already settled when the runner closed (re-queued or failed,
+    lifecycle R3), so nothing is lost by leaving without it.
     """
     from jobcast.jobs.threads import handler_threads_alive
 

@@ -11,7 +11,7 @@ pass over this process's subscriptions (transport and buffer depth of each), 0.5
 streams; one ``SELECT state, count(*) FROM jobs GROUP BY state`` on the job store, an index
 scan of about 4 ms per 100,000 job rows on SQLite, awaited (it runs in the driver's thread or
 on the server), so streams keep being served meanwhile. Between scrapes nothing runs, except
-with the Redis broker (``metrics_shared.py``): there each process renders its metrics and
+with the Redis broker (``shared_metrics.py``): there each process renders its metrics and
 writes them to Redis every ``metrics_snapshot_seconds`` (0.3 ms and one round trip), and a
 scrape adds two round trips (write this process's, read the others') and parsing every
 snapshot, about 1.3 ms per process (each is about 7 KB). Scraped every 15 s, that is well under
@@ -39,6 +39,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from jobcast._prometheus import Families
 from jobcast.errors import JobcastError
 from jobcast.jobs.metrics import JobsCollector
 from jobcast.jobs.model import JobState
@@ -47,7 +48,7 @@ from jobcast.subscription import CloseReason
 if TYPE_CHECKING:
     from jobcast.hub import Hub
     from jobcast.jobs.runner import EmbeddedRunner
-    from jobcast.server.metrics_shared import SharedMetrics
+    from jobcast.shared_metrics import SharedMetrics
     from jobcast.stores.base import JobStore
 
 logger = logging.getLogger("jobcast.metrics")
@@ -212,16 +213,6 @@ class Metrics:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(Families([jobs]))
         return generate_latest(registry)
-
-
-class Families(Collector):
-    """Metric families computed before the scrape (an async query, other processes' numbers)."""
-
-    def __init__(self, families: list[Metric]) -> None:
-        self.families = families
-
-    def collect(self) -> Iterator[Metric]:
-        yield from self.families
 
 
 def metrics_router(registry: Metrics) -> APIRouter:

@@ -1,5 +1,7 @@
 """Several processes, one scrape: each process's metrics go to the shared Redis, and whichever
 process Prometheus reaches answers for all of them, each series labelled with its ``process``.
+Servers (``server/metrics.py``) and ``jobcast worker`` processes (``jobs/worker.py``) share
+theirs alike, so this module depends on neither.
 
 Decisions (cited as M1..M4):
 
@@ -37,8 +39,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from redis.exceptions import RedisError
 
+from jobcast._prometheus import Families
 from jobcast.brokers.redis import shielded, split_url
-from jobcast.server.ops.metrics import Families
 
 logger = logging.getLogger("jobcast.metrics")
 

@@ -1,0 +1,212 @@
+"""The job lifecycle engine: one claimed job, from ``running`` through its handler to its end.
+
+The embedded runner (``runner.py``) hands it the jobs it dispatches; ``jobcast worker``
+(``worker.py``) the jobs it dequeues. Either way a job runs the same path: the same handler
+registry, timeouts, cancellation and coalesced progress (``live.py``), and the terminal record
+is never lost.
+
+Decisions (cited as R1..R3):
+
+R1. Each running job is two tasks: an outer one that owns the job's lifecycle and an inner one
+    that runs the handler. Cancellation, timeouts and shutdown only ever cancel the inner task,
+    so the outer one always gets to publish the terminal event and write the store.
+R2. Sync handlers run in a thread pool (``threads.py``; each call in ``handler_calls.py``).
+    A thread cannot be killed: cancelling one sets the context's flag, which makes its next
+    ``progress()`` or ``check_cancelled()`` raise; the job is reported cancelled (or timed
+    out) at once. A handler that never checks keeps its thread after its job ended: up to
+    ``max_abandoned_threads`` spare threads take the place of such threads; past that, the
+    job's slot waits for its thread, so the next jobs wait as ``queued``, never as
+    ``running`` jobs queued inside the pool.
+R3. The restart rule: a job whose run was interrupted (a crash, a graceful shutdown, a dead
+    worker) is re-queued when its handler is ``retry_safe`` (up to ``max_attempts`` runs),
+    else failed with an ``Interrupted`` error (``handler_calls.after_interruption``). A
+    graceful shutdown applies it to the jobs it interrupts; a server's start to the jobs a
+    crash left ``running`` (``recovery.py``); a worker to a job whose worker died. Nothing is
+    ever left ``running``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from jobcast.errors import JobcastError
+from jobcast.jobs.context import JobContext
+from jobcast.jobs.handler_calls import HandlerCalls, after_interruption, job_error
+from jobcast.jobs.live import LiveJob
+from jobcast.jobs.model import Job, JobState
+from jobcast.jobs.options import RunnerOptions
+from jobcast.jobs.registry import HandlerSpec, Registry
+from jobcast.jobs.stats import JobStats
+from jobcast.jobs.threads import HandlerThreads
+
+if TYPE_CHECKING:
+    from jobcast.hub import Hub
+    from jobcast.stores.base import JobStore
+
+logger = logging.getLogger("jobcast.jobs")
+
+
+class JobLifecycle:
+    """Runs jobs through their handlers, at most ``concurrency`` at a time, and tracks the live
+    copy (:class:`LiveJob`) of every job this process holds.
+
+    ``live`` is the map of tracked jobs, shared with whoever must read it without I/O (the
+    embedded runner's reads and stream filters); ``on_untracked`` is told of each job that
+    leaves it.
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        hub: Hub,
+        registry: Registry,
+        options: RunnerOptions,
+        *,
+        live: dict[str, LiveJob] | None = None,
+        on_untracked: Callable[[Job], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.hub = hub
+        self.registry = registry
+        self.options = options
+        self.live: dict[str, LiveJob] = {} if live is None else live
+        self._on_untracked = on_untracked
+        #: A job's slot: taken before it runs, given back when it ends (or by its thread, R2).
+        self.slots = asyncio.Semaphore(options.concurrency)
+        self._threads = HandlerThreads(  # R2
+            options.concurrency, options.max_abandoned_threads, self.slots.release
+        )
+        self._calls = HandlerCalls(self._threads, options.default_timeout)
+        self.stats = JobStats()
+
+    def upload_path(self, job_id: str) -> Path:
+        return self.options.uploads_dir / job_id
+
+    # -- tracking --------------------------------------------------------------------------
+
+    def track(self, job: Job) -> LiveJob:
+        options = self.options
+        live = LiveJob(
+            job,
+            hub=self.hub,
+            store=self.store,
+            progress_interval=options.progress_interval,
+            store_interval=options.store_interval,
+            max_event_bytes=options.max_event_bytes,
+            on_terminal=self.stats.finished,
+        )
+        self.live[job.id] = live
+        return live
+
+    def untrack(self, live: LiveJob) -> None:
+        if live.job.state is JobState.QUEUED and live.stop_reason == "shutdown":
+            return  # re-queued by a shutdown: it runs after the next start
+        if self.live.get(live.job.id) is live:
+            del self.live[live.job.id]
+        if self._on_untracked is not None:
+            self._on_untracked(live.job)
+
+    # -- running ---------------------------------------------------------------------------
+
+    def claim(self, job: Job) -> LiveJob:
+        """Track ``job`` and run it once a slot is free: a job a queue worker dequeued."""
+        live = self.track(job)
+        live.task = asyncio.create_task(self._run_claimed(live), name=f"job-{job.id}")
+        return live
+
+    async def _run_claimed(self, live: LiveJob) -> None:
+        await self.slots.acquire()  # released by run
+        await self.run(live)
+
+    async def run(self, live: LiveJob) -> None:  # R1
+        """Run a tracked job whose slot is taken; give the slot back and untrack it at the end."""
+        try:
+            spec = self.registry.find(live.job.kind)
+            if spec is None:
+                await self.finish(
+                    live,
+                    JobState.FAILED,
+                    error=job_error(
+                        "UnknownKind", f"no handler for kind {live.job.kind!r} is loaded"
+                    ),
+                )
+                return
+            await live.transition(JobState.RUNNING)
+            live.start_pump()
+            await self._execute(live, spec)
+        except JobcastError as exc:  # the broker or store failed around the handler
+            logger.error("job %s: %s", live.job.id, exc)
+            if not live.job.terminal and live.stop_reason != "shutdown":
+                # Watchers must see an end (a shutdown's re-queue is R3's at restart): fail it;
+                # its terminal state is stored once the store is back (live.L5).
+                with contextlib.suppress(JobcastError):
+                    error = job_error("Unavailable", f"the job could not run: {exc}")
+                    await self.finish(live, JobState.FAILED, error=error)
+        except Exception:
+            logger.exception("job %s: the runner failed", live.job.id)
+            if not live.job.terminal:
+                with contextlib.suppress(Exception):
+                    error = job_error("InternalError", "the job runner failed; see the server log")
+                    await self.finish(live, JobState.FAILED, error=error)
+        finally:
+            self.untrack(live)
+            if not self._threads.keeps_slot(live.job.id):  # else its thread releases it (R2)
+                self.slots.release()
+
+    async def _execute(self, live: LiveJob, spec: HandlerSpec) -> None:
+        job = live.job
+        ctx = JobContext(
+            live,
+            job_id=job.id,
+            kind=job.kind,
+            owner=job.owner,
+            params=job.params,
+            input=job.input,
+            input_path=self.upload_path(job.id) if job.input else None,
+        )
+        ending = await self._calls.call(live, spec, ctx)
+        if ending.state is None:
+            await self.interrupted(live, "the server shut down while the job was running")
+        else:
+            await self.finish(live, ending.state, **ending.fields)
+
+    def stop(self, live: LiveJob, reason: str) -> None:
+        """Cancel a running job: ``reason`` is "cancel" (a user) or "shutdown" (R3 applies)."""
+        live.stop_reason = live.stop_reason or reason
+        live.request_cancel()
+        self._calls.cancel(live.job.id)
+
+    async def finish(self, live: LiveJob, state: JobState, **fields: Any) -> None:
+        await live.stop_pump()
+        await live.transition(state, **fields)
+
+    async def interrupted(self, live: LiveJob, why: str) -> None:  # R3
+        spec = self.registry.find(live.job.kind)
+        ending = after_interruption(spec, live.job.attempts, self.options.max_attempts, why)
+        await self.finish(live, ending.state or JobState.FAILED, **ending.fields)
+
+    async def resume_interrupted(self, job: Job, why: str) -> bool:
+        """Apply R3 to a job found ``running`` whose process died; True if it may run again."""
+        live = self.track(job)
+        await self.interrupted(live, why)
+        self.untrack(live)
+        return live.job.state is JobState.QUEUED
+
+    async def close(self) -> None:
+        """Stop the running jobs as a shutdown (R3) and wait for their ends, bounded."""
+        running = [live for live in self.live.values() if live.task is not None]
+        for live in running:
+            self.stop(live, "shutdown")
+        tasks = [live.task for live in running if live.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=10)
+            for task in pending:  # say, still retrying a store write (live.L5): R3 at restart
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1)
+        self._threads.shutdown()

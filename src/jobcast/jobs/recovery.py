@@ -1,0 +1,66 @@
+"""Recovery at a server's start: the jobs a stopped or crashed embedded runner left behind.
+
+A server with queue workers leaves this to the workers (``worker_queue.W1``): the jobs that
+were running belong to them.
+
+Decisions (cited as C1..C2):
+
+C1. A job found ``running`` was interrupted by a crash: the restart rule applies to it
+    (lifecycle.R3: re-queued or failed as ``Interrupted``), so nothing is left ``running``.
+    Queued jobs, re-queued ones among them, resume in submission order.
+C2. A recovered job's ``seq`` goes on from the newest event it published, which the store may
+    lag: it is written at most every ``store_interval``. (A queue worker, which only
+    publishes, cannot read the history, so it goes on from the store's.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+import orjson
+
+from jobcast.errors import JobcastError
+from jobcast.events import EventId
+from jobcast.jobs.model import Job, JobState, job_topic
+from jobcast.topics import TopicPattern
+
+if TYPE_CHECKING:
+    from jobcast.hub import Hub
+    from jobcast.jobs.lifecycle import JobLifecycle
+
+#: Every unfinished job is recovered (the runner bounds how many there can be).
+ALL = 1_000_000
+
+
+async def recover(lifecycle: JobLifecycle) -> list[str]:
+    """Settle the interrupted jobs and track the queued ones; their ids, in order (C1)."""
+    store, hub = lifecycle.store, lifecycle.hub
+    for job in await store.in_states([JobState.RUNNING], limit=ALL):
+        live = lifecycle.track(await caught_up(hub, job))
+        await lifecycle.interrupted(live, "the server stopped while the job was running")
+    queued = []
+    for job in await store.in_states([JobState.QUEUED], limit=ALL):
+        lifecycle.track(await caught_up(hub, job))
+        queued.append(job.id)
+    return queued
+
+
+async def caught_up(hub: Hub, job: Job) -> Job:
+    """``job`` with the ``seq`` of the newest event it published (C2).
+
+    Continuing from the stored ``seq`` would number new events as old ones. The events after
+    the stored one are in the history: the newest ``seq`` among them is where the job's
+    numbering goes on. (History that no longer has them, or that is new, can tell nothing: the
+    stored ``seq`` stays.)
+    """
+    after = EventId.parse(job.last_event_id) if job.last_event_id else None
+    if after is None or after.epoch != hub.broker.epoch:
+        return job
+    topic = (TopicPattern(job_topic(job.id), None),)
+    with contextlib.suppress(JobcastError):
+        missed = await hub.broker.replay(topic, after, hub.options.max_replay)
+        for event in missed.events:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                job.seq = max(job.seq, int(orjson.loads(event.data_json)["seq"]))
+    return job
