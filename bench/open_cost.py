@@ -49,7 +49,7 @@ async def open_all(jc: Jobcast, scopes: list[dict[str, Any]]) -> float:
     """Microseconds per stream opened (and dropped)."""
     began = time.perf_counter()
     for scope in scopes:
-        response = await open_fast_stream(jc.runtime, scope)
+        response = await open_fast_stream(jc.runtime, scope, scope["path"])
         assert isinstance(response, EventStreamResponse), response.body
         jc.hub.unsubscribe(response.subscription)
     return (time.perf_counter() - began) / len(scopes) * 1e6

@@ -101,7 +101,7 @@ def custom_app(data_dir: Path, **settings: Any) -> FastAPI:
         assert received.input is not None
         return JSONResponse({"sha256": received.input.sha256, "fields": received.fields})
 
-    jc.install(app, upload_paths=["/upload"])
+    jc.install(app, app_wide=True, upload_paths=["/upload"])  # an app built around jobcast
     return app
 
 

@@ -50,7 +50,12 @@ def test_importing_the_publisher_loads_almost_nothing() -> None:
     loaded = loaded_by("import jobcast.publisher")
     assert "jobcast.publisher" in loaded
     # It loads its broker, settings and redis when one is created, not on import.
-    assert under(loaded, ("jobcast",)) == ["jobcast", "jobcast.errors", "jobcast.publisher"]
+    assert under(loaded, ("jobcast",)) == [
+        "jobcast",
+        "jobcast._version",
+        "jobcast.errors",
+        "jobcast.publisher",
+    ]
     assert under(loaded, (*FRAMEWORK, "pydantic", "redis")) == []
 
 

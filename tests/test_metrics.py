@@ -18,7 +18,7 @@ from jobcast.subscription import Subscription
 from jobcast.topics import TopicPattern
 from tests.jobs_support import submit, watch
 from tests.support import EventStream, LiveServer, wait_until
-from tests.ws_support import receive, send
+from tests.ws_support import receive, receive_op, send
 
 T = TypeVar("T")
 
@@ -95,7 +95,7 @@ async def test_connections_are_counted_by_transport(
         connect(f"{base}/ws/events?token={token}"),  # no subscription yet: still a connection
     ):
         await send(events_socket, {"op": "subscribe", "topics": ["a", "b/*"]})
-        assert (await receive(events_socket))["op"] == "subscribed"
+        assert (await receive_op(events_socket))["op"] == "subscribed"
         assert (await receive(job_socket))["type"] == "snapshot"
         await wait_until(lambda: server.jc.hub.subscriber_count == 5)
         values = await scrape(client, server)

@@ -15,6 +15,15 @@ async def receive(ws: ClientConnection, timeout: float = 5.0) -> Any:
         return orjson.loads(await ws.recv())
 
 
+async def receive_op(ws: ClientConnection, timeout: float = 5.0) -> Any:
+    """The next message that is not a ping (an idle socket is pinged, as any client sees)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            message = orjson.loads(await ws.recv())
+            if message.get("op") != "ping":
+                return message
+
+
 async def receive_until_closed(ws: ClientConnection, timeout: float = 10.0) -> list[Any]:
     """Every message until the server closes the socket."""
     messages = []

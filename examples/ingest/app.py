@@ -28,8 +28,8 @@ def create_app(step_delay: float | None = None, **settings: Any) -> FastAPI:
     jc.registry.update(pipeline.registry(step_delay))
     app = FastAPI(title="File ingest API", lifespan=jc.lifespan)
     app.include_router(api.ingest_router(jc))
-    app.include_router(frontend.frontend_router())  # before jobcast's routes: it takes `/`
-    jc.install(app, upload_paths=["/api/ingest"])
+    app.include_router(frontend.frontend_router())  # the page at `/`: not jobcast's dashboard
+    jc.install(app, app_wide=True, upload_paths=["/api/ingest"], dashboard=False)
     return app
 
 

@@ -24,7 +24,9 @@ def create_app(config: SermonsConfig | None = None, **settings: Any) -> FastAPI:
     app = FastAPI(title="CultoTranscript API v2", version="2.0.0", lifespan=jc.lifespan)
     app.include_router(events.events_router(jc))
     app.include_router(videos.videos_router(jc))
-    jc.install(app)  # sessions, CSRF, CORS, JSON errors, /api/events (the workers' publish path)
+    jc.install(
+        app, app_wide=True
+    )  # sessions, CSRF, CORS, JSON errors, /api/events (the workers' publish path)
     return app
 
 

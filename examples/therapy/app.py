@@ -26,7 +26,7 @@ def create_app(config: TherapyConfig | None = None, **settings: Any) -> FastAPI:
     jc.registry.update(pipeline.registry(config))
     app = FastAPI(title="Therapy sessions", lifespan=jc.lifespan)
     app.include_router(sessions.sessions_router(jc, policy))
-    jc.install(app, upload_paths=["/api/sessions"])
+    jc.install(app, app_wide=True, upload_paths=["/api/sessions"])
     return app
 
 

@@ -54,8 +54,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="Work-item inbox", lifespan=lifespan)
     app.include_router(inbox.inbox_router(jc, store))
-    app.include_router(dashboard.dashboard_router())  # before jobcast's routes: it takes `/`
-    jc.install(app)  # /static/jobcast.js (used by the dashboard), tokens, /api/events, ...
+    app.include_router(dashboard.dashboard_router())  # the page at `/`: not jobcast's dashboard
+    # /static/jobcast.js (used by the page), tokens, /api/events, ...; the page is the app's
+    jc.install(app, app_wide=True, dashboard=False)
     return app
 
 

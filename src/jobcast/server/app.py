@@ -9,10 +9,10 @@ may run several independent instances (tests do).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
-from fastapi import FastAPI, Request, WebSocket
+from fastapi import APIRouter, FastAPI, Request, WebSocket
 from fastapi.responses import Response
 
 from jobcast._version import __version__
@@ -24,21 +24,12 @@ from jobcast.hub import Hub
 from jobcast.jobs.registry import Registry
 from jobcast.jobs.runner import EmbeddedRunner
 from jobcast.policy import Policy
-from jobcast.server.http.browser import install_cors
-from jobcast.server.http.errors import install_error_handlers
-from jobcast.server.http.limits import BodyLimitMiddleware
+from jobcast.server import mount
 from jobcast.server.http.ratelimit import RateLimiter
-from jobcast.server.http.request_id import RequestIdMiddleware
 from jobcast.server.http.uploads import Received
-from jobcast.server.ops.metrics import Metrics, metrics_router
-from jobcast.server.routes.auth import auth_router
-from jobcast.server.routes.dashboard import dashboard_router
-from jobcast.server.routes.events import events_router
-from jobcast.server.routes.jobs import jobs_router, receive_upload
-from jobcast.server.routes.service import service_router
-from jobcast.server.routes.sockets import ws_router
+from jobcast.server.ops.metrics import Metrics
+from jobcast.server.routes.jobs import receive_upload
 from jobcast.server.runtime import Runtime
-from jobcast.server.serving.entrance import FastPaths
 from jobcast.server.streams.job_frames import SseRender, WsRender
 from jobcast.server.streams.job_socket import serve_job_socket
 from jobcast.server.streams.job_sse import job_event_stream
@@ -64,6 +55,7 @@ class Jobcast:
     def __init__(self, settings: Settings | None = None, *, policy: Policy | None = None) -> None:
         #: What every route and stream works with (``runtime.py``); this class is its face.
         self.runtime = Runtime(settings or Settings(), policy=policy)
+        self._mounted: list[mount.Mounted] = []
 
     @property
     def settings(self) -> Settings:
@@ -105,43 +97,53 @@ class Jobcast:
     def tokens(self) -> TokenAuthority:
         return self.runtime.tokens
 
-    def lifespan(self, app: Any = None) -> contextlib.AbstractAsyncContextManager[None]:
-        """Start the hub, the store and the runner; stop them in reverse (runtime.py)."""
-        return self.runtime.lifespan(app)
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
+        """Start the hub, the store and the runner; stop them in reverse (runtime.py). Refuses
+        to start when the application added a route that one of jobcast's would shadow
+        (mount.M2)."""
+        for mounted in self._mounted:
+            mounted.check()
+        async with self.runtime.lifespan(app):
+            yield
 
-    def install(self, app: FastAPI, *, upload_paths: Sequence[str] = ()) -> None:
-        """Add jobcast's routes, error handlers and body limits to ``app``.
+    def install(
+        self,
+        app: FastAPI,
+        *,
+        prefix: str = "",
+        app_wide: bool = False,
+        upload_paths: Sequence[str] = (),
+        dashboard: bool = True,
+        service_routes: bool = True,
+    ) -> None:
+        """Add jobcast's routes to ``app``, under ``prefix`` if given, with their plumbing (the
+        fast entrance, JSON errors, body limits, CORS, request ids) on jobcast's paths only.
 
-        ``upload_paths``: path prefixes of your own upload routes, which take their bodies with
-        :meth:`receive_upload` (limited by ``max_upload_bytes``) instead of the JSON body limit.
+        Nothing else of ``app`` changes (``server/mount.py``): its exception handlers, limits,
+        ``/`` and ``/health`` stay its own, and a route of ``app`` that one of jobcast's would
+        shadow is refused (``RouteConflict``); leave out jobcast's ``dashboard`` or
+        ``service_routes`` (``/health``, ``/ready``, ``/metrics``), or use a ``prefix``.
+        With ``app_wide``, an app built around jobcast gets the plumbing on every path, its own
+        routes included; ``upload_paths`` are then its upload routes, which take their bodies
+        with :meth:`receive_upload` (limited by ``max_upload_bytes``) instead.
         """
         app.state.jobcast = self
-        app.include_router(self.router())
-        install_error_handlers(app)
-        app.add_middleware(
-            BodyLimitMiddleware,
-            max_bytes=self.settings.max_body_bytes,
-            # Job submission and upload routes enforce their own (upload) limits.
-            exempt_prefixes=("/api/jobs", *upload_paths),
+        self._mounted.append(
+            mount.install(
+                app,
+                self.runtime,
+                prefix=prefix,
+                app_wide=app_wide,
+                upload_paths=upload_paths,
+                dashboard=dashboard,
+                service_routes=service_routes,
+            )
         )
-        install_cors(app, self.settings)
-        app.add_middleware(RequestIdMiddleware)  # its id is in every log line
-        app.add_middleware(FastPaths, jc=self.runtime)  # outermost of ours: entrance.F1-F3
 
-    def router(self) -> Any:
-        from fastapi import APIRouter
-
-        router = APIRouter()
-        runtime = self.runtime
-        router.include_router(auth_router(runtime))
-        router.include_router(metrics_router(runtime.metrics))
-        router.include_router(events_router(runtime))
-        router.include_router(jobs_router(runtime))
-        router.include_router(ws_router(runtime))
-        router.include_router(dashboard_router())
-        router.include_router(service_router(runtime))
-
-        return router
+    def router(self) -> APIRouter:
+        """Every jobcast route, without their plumbing (``install`` adds both)."""
+        return mount.routes(self.runtime)
 
     # -- request helpers -------------------------------------------------------------------
 
@@ -268,5 +270,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Real-time job progress and event streaming",
         lifespan=jc.lifespan,
     )
-    jc.install(app)
+    jc.install(app, app_wide=True)  # the whole app is jobcast's
     return app

@@ -9,11 +9,13 @@ to know which credential authenticated the request, which only this layer knows.
 
 from __future__ import annotations
 
+import functools
 import hmac
+from collections.abc import Callable
 
-from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp
 
 from jobcast.config import Settings
 from jobcast.errors import Forbidden
@@ -35,12 +37,13 @@ def allowed_origins(settings: Settings) -> tuple[str, ...]:
     return tuple(dict.fromkeys(origins))
 
 
-def install_cors(app: FastAPI, settings: Settings) -> None:
+def cors_layer(settings: Settings) -> Callable[[ASGIApp], ASGIApp] | None:
+    """The CORS middleware for ``JOBCAST_CORS_ORIGINS`` (``None`` when there are none)."""
     origins = allowed_origins(settings)
     if not origins:
-        return
+        return None
     wildcard = "*" in origins
-    app.add_middleware(
+    return functools.partial(
         CORSMiddleware,
         allow_origins=list(origins),
         # Never "*" together with credentials: a wildcard origin gets no cookies.

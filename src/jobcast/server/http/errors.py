@@ -2,17 +2,24 @@
 
 Body: ``{"error": "<code>", "message": "<human sentence>"}`` plus ``detail`` for validation
 errors and ``reason`` for authentication failures.
+
+jobcast's routes answer their own errors (:class:`JobcastRoute`), so an application that
+installs them keeps its own exception handlers for everything else; the standalone server also
+installs the same handlers app-wide (:func:`install_error_handlers`), for paths no route has.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 
 from jobcast.errors import JobcastError, RateLimited, Unauthorized
 
@@ -40,8 +47,18 @@ def error_response(
 
 
 async def _jobcast_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, JobcastError)
-    return jobcast_error_response(exc)
+    return error_response_for(request, exc)
+
+
+def error_response_for(request: Request, exc: Exception) -> JSONResponse:
+    """The response for any exception a route raised (call it while handling ``exc``)."""
+    if isinstance(exc, JobcastError):
+        return jobcast_error_response(exc)
+    if isinstance(exc, RequestValidationError):
+        return _validation_response(exc)
+    if isinstance(exc, StarletteHTTPException):
+        return _http_response(exc)
+    return unexpected_error_response(request.method, request.url.path)
 
 
 def jobcast_error_response(exc: JobcastError) -> JSONResponse:
@@ -59,7 +76,10 @@ def jobcast_error_response(exc: JobcastError) -> JSONResponse:
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
+    return error_response_for(request, exc)
+
+
+def _validation_response(exc: RequestValidationError) -> JSONResponse:
     detail = [
         {"loc": list(error.get("loc", ())), "msg": error.get("msg", ""), "type": error.get("type")}
         for error in exc.errors()
@@ -71,7 +91,10 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
+    return error_response_for(request, exc)
+
+
+def _http_response(exc: StarletteHTTPException) -> JSONResponse:
     unparsable = _unparsable_body(exc)
     if unparsable is not None:
         detail = [{"loc": ["body"], "msg": unparsable, "type": "json_invalid"}]
@@ -94,7 +117,7 @@ def _unparsable_body(exc: StarletteHTTPException) -> str | None:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    return unexpected_error_response(request.method, request.url.path)
+    return error_response_for(request, exc)
 
 
 def unexpected_error_response(method: str, path: str) -> JSONResponse:
@@ -110,3 +133,19 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
+
+
+class JobcastRoute(APIRoute):
+    """A route that turns its own errors into jobcast's JSON errors, whatever handlers the
+    application has: jobcast's routes need no app-wide handler, and install none."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Exception as exc:
+                return error_response_for(request, exc)
+
+        return handle

@@ -1,4 +1,4 @@
-"""``GET /metrics``: Prometheus text format, read from counters the hub keeps anyway.
+"""Prometheus metrics (``GET /metrics``), read from counters the hub keeps anyway.
 
 Nothing is counted twice and nothing costs per event: custom collectors read plain integer
 counters (``HubStats``, the store's ``StoreStats``, the runner's ``JobStats``) and walk the
@@ -30,8 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -213,18 +212,3 @@ class Metrics:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(Families([jobs]))
         return generate_latest(registry)
-
-
-def metrics_router(registry: Metrics) -> APIRouter:
-    router = APIRouter(tags=["service"])
-
-    @router.get(
-        "/metrics",
-        summary="Prometheus metrics",
-        response_class=Response,
-        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
-    )
-    async def metrics() -> Response:
-        return Response(await registry.render(), media_type=CONTENT_TYPE_LATEST)
-
-    return router

@@ -14,6 +14,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
 from jobcast.errors import NotFound
+from jobcast.server.http.errors import JobcastRoute
 
 STATIC_DIR = Path(__file__).parent.parent / "static"
 
@@ -43,21 +44,25 @@ def static_router(
     prefix: str,
     csp: str,
     index_headers: Mapping[str, str] | None = None,
+    index: bool = True,
 ) -> APIRouter:
-    """``/`` (``index.html`` with ``csp``) and ``{prefix}/{name}`` for the listed ``files``.
+    """``/`` (``index.html`` with ``csp``; unless ``index`` is false) and ``{prefix}/{name}``
+    for the listed ``files``.
 
     ``files`` maps each servable path below ``directory`` to its media type; nothing else is
     ever served, so no request path reaches the filesystem. For jobcast's dashboard and for
     an application's own page (the examples use it for theirs).
     """
-    router = APIRouter(include_in_schema=False)
+    router = APIRouter(include_in_schema=False, route_class=JobcastRoute)
     page_headers = {**_HEADERS, "Content-Security-Policy": csp, **(index_headers or {})}
 
-    @router.get("/")
-    async def index() -> FileResponse:
+    async def index_page() -> FileResponse:
         return FileResponse(
             directory / "index.html", media_type="text/html; charset=utf-8", headers=page_headers
         )
+
+    if index:
+        router.get("/")(index_page)
 
     @router.get(prefix + "/{name:path}")
     async def static_file(name: str) -> FileResponse:
@@ -69,11 +74,14 @@ def static_router(
     return router
 
 
-def dashboard_router() -> APIRouter:
+def dashboard_router(*, page: bool = True) -> APIRouter:
+    """The dashboard's page at ``/`` (with ``page``) and the files below ``/static/``, among
+    them the JavaScript client, which applications' own pages use."""
     return static_router(
         STATIC_DIR,
         FILES,
         prefix="/static",
         csp=CSP,
         index_headers={"Referrer-Policy": "no-referrer"},
+        index=page,
     )

@@ -12,6 +12,7 @@ from starlette.requests import HTTPConnection
 from jobcast.auth import Principal
 from jobcast.errors import InvalidInput, PayloadTooLarge
 from jobcast.events import EventDraft
+from jobcast.server.http.errors import JobcastRoute
 from jobcast.server.streams.sse import EventStreamResponse
 from jobcast.server.streams.topic_stream import open_stream
 from jobcast.topics import parse_patterns
@@ -66,7 +67,7 @@ SSE_DOC: dict[int | str, dict[str, Any]] = {
 
 
 def events_router(jc: "Runtime") -> APIRouter:
-    router = APIRouter(tags=["events"])
+    router = APIRouter(tags=["events"], route_class=JobcastRoute)
     principal_dep = Annotated[Principal | None, Depends(jc.principal)]
 
     @router.post(

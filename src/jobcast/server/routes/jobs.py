@@ -13,6 +13,7 @@ from jobcast.auth import Principal
 from jobcast.errors import InvalidInput, NotFound, PayloadTooLarge
 from jobcast.jobs.model import Job, JobState
 from jobcast.server.http import exact_json
+from jobcast.server.http.errors import JobcastRoute
 from jobcast.server.http.uploads import Received, receive_multipart
 from jobcast.server.streams.job_sse import job_event_stream
 from jobcast.server.streams.sse import EventStreamResponse
@@ -105,7 +106,10 @@ SSE_DOC: dict[int | str, dict[str, Any]] = {
 
 
 def job_links(request: Request, job_id: str) -> dict[str, str]:
-    root = request.scope.get("root_path", "")
+    # Where jobcast is mounted, as the client sees it (a reverse proxy's root path, and the
+    # prefix of install(app, prefix=...)): what precedes /api/jobs in this request's path.
+    path: str = request.scope["path"]
+    root = path[: path.rfind("/api/jobs")]
     base = f"{root}/api/jobs/{job_id}"
     return {
         "self": base,
@@ -138,7 +142,7 @@ def _submission(value: Any) -> tuple[str, Any]:
 
 
 def jobs_router(jc: "Runtime") -> APIRouter:
-    router = APIRouter(tags=["jobs"])
+    router = APIRouter(tags=["jobs"], route_class=JobcastRoute)
     principal_dep = Annotated[Principal | None, Depends(jc.principal)]
 
     async def readable(job_id: str, principal: Principal | None, action: Any) -> Job:

@@ -19,6 +19,10 @@ F2. It does the one thing every response needs from the skipped layers itself: t
 F3. ``install()`` puts it outside jobcast's other middlewares, and ``jobcast serve`` wraps the
     whole application in a second instance, so that on the standalone server these requests
     do not even pass FastAPI's and Starlette's entry frames (about 3 KB per stream together).
+F4. It steps aside when the application overrides jobcast's principal dependency
+    (``app.dependency_overrides[jc.principal]``): the framework's routes then answer, and the
+    override applies to every jobcast route, streams and sockets included.
+F5. Under ``install(app, prefix=...)`` its paths are below the prefix.
 """
 
 from __future__ import annotations
@@ -52,20 +56,25 @@ if TYPE_CHECKING:
 class FastPaths:
     """Pure ASGI: SSE streams and plain publishes here, everything else to the app."""
 
-    def __init__(self, app: ASGIApp, jc: Runtime) -> None:
+    def __init__(self, app: ASGIApp, jc: Runtime, prefix: str = "") -> None:
         self.app = app
         self.jc = jc
         self.cors = bool(allowed_origins(jc.settings))
+        self.prefix = prefix  # F5
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
+        path = self._own_path(scope)
+        if path is None:
+            await self.app(scope, receive, send)
+            return
         if kind == "websocket" and not headers_over_limit(scope["headers"]):
-            await self._socket(scope, receive, send)  # no CORS for sockets: F1
+            await self._socket(path, scope, receive, send)  # no CORS for sockets: F1
             return
         if kind != "http" or not self._plain(scope):
             await self.app(scope, receive, send)
             return
-        method, path = scope["method"], scope["path"]
+        method = scope["method"]
         if method == "POST" and path == EVENTS_PATH:
             await self._publish(scope, receive, send)
             return
@@ -76,7 +85,7 @@ class FastPaths:
         request_id = incoming_id(scope) or new_request_id()  # F2
         token = REQUEST_ID.set(request_id)
         try:
-            response = await open_fast_stream(self.jc, scope)
+            response = await open_fast_stream(self.jc, scope, path)
             response.raw_headers.append((HEADER, request_id.encode()))
             connection = carrier(scope)
             if (
@@ -89,9 +98,22 @@ class FastPaths:
         finally:
             REQUEST_ID.reset(token)
 
-    async def _socket(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def _own_path(self, scope: Scope) -> str | None:
+        """The path below the prefix (F5); ``None`` when the request is not for this entrance:
+        another path, or an application that overrides the principal dependency (F4)."""
+        path: str = scope.get("path", "")
+        if self.prefix:
+            if not path.startswith(self.prefix):
+                return None
+            path = path[len(self.prefix) :]
+        app = scope.get("app")  # set by the application once a request reaches it
+        overrides = getattr(app, "dependency_overrides", None)
+        if overrides and self.jc.principal in overrides:
+            return None
+        return path
+
+    async def _socket(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
         """``/ws/events`` and ``/ws/jobs/{id}``: their handlers check the Origin themselves."""
-        path = scope["path"]
         job_id = job_socket_id(path)
         if path != EVENTS_SOCKET_PATH and job_id is None:
             await self.app(scope, receive, send)

@@ -56,7 +56,7 @@ def is_stream_path(path: str) -> bool:
     return path == EVENTS_PATH or job_id_of(path) is not None
 
 
-async def open_fast_stream(jc: Runtime, scope: Scope) -> Response:
+async def open_fast_stream(jc: Runtime, scope: Scope, path: str) -> Response:
     """The response for a stream request: the stream, or the JSON error that refuses it.
 
     Its own call, so that nothing it parsed (headers, query, the connection) stays referenced
@@ -64,7 +64,7 @@ async def open_fast_stream(jc: Runtime, scope: Scope) -> Response:
     connection = HTTPConnection(scope)
     try:
         principal = await jc.credentials.resolve(connection)
-        job_id = job_id_of(scope["path"])
+        job_id = job_id_of(path)
         if job_id is None:
             return await open_events_stream(jc, connection, principal)
         return await job_event_stream(jc, job_id, principal, resume_id(connection))

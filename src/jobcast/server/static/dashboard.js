@@ -8,6 +8,8 @@ const BACKOFF = { initialMs: 500, maxMs: 5000 };
 
 /** Client options for the signed-in user: a bearer token, or a cookie session + CSRF token. */
 const auth = {
+  // The dashboard is served at jobcast's mount point ("/", or the prefix an app installed it at).
+  baseUrl: new URL(".", window.location.href).toString(),
   token: () => store.getItem("jobcast.token"),
   csrfToken: () => store.getItem("jobcast.csrf"),
   backoff: BACKOFF,
@@ -284,11 +286,15 @@ async function onSignIn(event) {
   $("signin-error").textContent = "";
   try {
     if ($("use-cookie").checked) {
-      const session = await api("/api/auth/session", { token, method: "POST" });
+      const session = await api("/api/auth/session", {
+        baseUrl: auth.baseUrl,
+        token,
+        method: "POST",
+      });
       store.setItem("jobcast.csrf", session.csrf_token);
       store.setItem("jobcast.subject", session.subject);
     } else {
-      await listJobs({ limit: 1 }, { token }); // check the token before keeping it
+      await listJobs({ limit: 1 }, { baseUrl: auth.baseUrl, token }); // check it before keeping it
       store.setItem("jobcast.token", token);
       store.setItem("jobcast.subject", subjectOf(token));
     }

@@ -42,6 +42,8 @@ export interface Backoff {
 }
 
 export interface ClientOptions {
+  /** The server, with the path jobcast is mounted at if any ("https://app.example.com/jobcast");
+   * default: this page's origin. */
   baseUrl?: string;
   token?: string | null | (() => string | null | Promise<string | null>);
   csrfToken?: string | null | (() => string | null);

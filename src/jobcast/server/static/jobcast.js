@@ -82,9 +82,13 @@ async function resolve(value) {
   return typeof value === "function" ? await value() : value;
 }
 
+// A baseUrl's path is where jobcast is mounted ("https://app.example.com/jobcast"): API paths go
+// below it. Without one, they are absolute on this page's origin.
 function absolute(path, options) {
-  const base = options.baseUrl || globalThis.location?.href;
-  return new URL(path, base).toString();
+  const page = globalThis.location?.href;
+  if (!options.baseUrl) return new URL(path, page).toString();
+  const base = new URL(options.baseUrl, page);
+  return new URL(base.pathname.replace(/\/+$/, "") + path, base.origin).toString();
 }
 
 async function authHeaders(options, method) {
@@ -656,7 +660,8 @@ export function createClient(defaults = {}) {
 
 /**
  * @typedef {object} ClientOptions
- * @property {string} [baseUrl] the server, e.g. "https://jobs.example.com" (default: this page)
+ * @property {string} [baseUrl] the server, e.g. "https://jobs.example.com", with the path jobcast
+ *   is mounted at if any ("https://app.example.com/jobcast"; default: this page's origin)
  * @property {string | (() => string | null | Promise<string | null>)} [token] a bearer token or
  *   a function returning a current one; streams exchange it for a ticket per connection
  * @property {string | (() => string | null)} [csrfToken] for cookie sessions: sent on POST/DELETE

@@ -50,6 +50,16 @@ def error_message(message: str, **extra: Any) -> str:
     return orjson.dumps({"op": "error", "message": message, **extra}).decode()
 
 
+class Caller:
+    """A socket's caller decided before it was accepted (an application's override of the
+    principal dependency, mount.M1), so the socket does not authenticate by itself."""
+
+    __slots__ = ("principal",)
+
+    def __init__(self, principal: Principal | None) -> None:
+        self.principal = principal
+
+
 class SocketClosed(Exception):
     """The client went away, or the socket was closed for a reason already sent."""
 

@@ -48,6 +48,7 @@ from jobcast.server.streams.channel import (
     CLOSE_POLICY,
     CLOSE_RESTART,
     PING,
+    Caller,
     Channel,
     SocketClosed,
     accept_from_allowed_origin,
@@ -66,14 +67,20 @@ MAX_CLIENT_ID = 128
 ACK_SAVE_INTERVAL = 1.0
 
 
-async def serve_event_socket(jc: Runtime, websocket: WebSocket) -> None:
-    """``/ws/events``: accept, authenticate, then serve the client's ops until it leaves."""
+async def serve_event_socket(
+    jc: Runtime, websocket: WebSocket, caller: Caller | None = None
+) -> None:
+    """``/ws/events``: accept, authenticate (unless the ``caller`` is known), then serve the
+    client's ops until it leaves."""
     with jc.metrics.websocket():
         if not await accept_from_allowed_origin(jc.settings, websocket):
             return
         channel = Channel(jc, websocket)
         try:
-            principal, first = await channel.authenticate(required=False)
+            if caller is None:
+                principal, first = await channel.authenticate(required=False)
+            else:
+                principal, first = caller.principal, None
         except JobcastError as exc:
             await channel.fail(exc)
             return

@@ -20,6 +20,7 @@ from jobcast.events import Event
 from jobcast.server.streams.channel import (
     CLOSE_NORMAL,
     PING,
+    Caller,
     Channel,
     SocketClosed,
     accept_from_allowed_origin,
@@ -43,14 +44,19 @@ async def serve_job_socket(
     *,
     kind: str | None = None,
     render: WsRender | None = None,
+    caller: Caller | None = None,
 ) -> None:
-    """Accept, authenticate and stream one job's events; close 1000 after the terminal one."""
+    """Accept, authenticate (unless the ``caller`` is known) and stream one job's events;
+    close 1000 after the terminal one."""
     with jc.metrics.websocket():
         if not await accept_from_allowed_origin(jc.settings, websocket):
             return
         channel = Channel(jc, websocket)
         try:
-            principal, _ = await channel.authenticate(required=True)
+            if caller is None:
+                principal, _ = await channel.authenticate(required=True)
+            else:
+                principal = caller.principal
             resume = websocket.query_params.get("last_event_id")
             plan = await plan_job_stream(
                 jc, job_id, principal, resume, kind=kind, transport="websocket"
