@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from jobcast.auth import Principal
 from jobcast.policy import Policy
-from jobcast.server.app import Jobcast, create_app
+from jobcast.server.app import Jobcast
 from jobcast.server.serving.entrance import FastPaths
 from jobcast.server.serving.fast_publish import plain_items
 from jobcast.topics import TopicPattern
@@ -28,8 +28,9 @@ TOO_DEEP = b'{"topic": "a", "type": "t", "data": ' + b"[" * 2000 + b"]" * 2000 +
 @pytest.fixture
 def without_fast_path(tmp_path: Path) -> Iterator[LiveServer]:
     """The installed app with its fast entrance taken out: every request goes through FastAPI."""
-    app = create_app(make_settings(data_dir=tmp_path / "slow", **SETTINGS))
-    app.user_middleware = [m for m in app.user_middleware if m.cls is not FastPaths]
+    jc = Jobcast(make_settings(data_dir=tmp_path / "slow", **SETTINGS))
+    app = FastAPI(lifespan=jc.lifespan)
+    jc.install(app, app_wide=True, fast_entrance=False)
     server = LiveServer(app).start()
     yield server
     server.stop()
@@ -51,6 +52,15 @@ def without_fast_path(tmp_path: Path) -> Iterator[LiveServer]:
         (BIG_INTEGER, None),  # orjson would read it as a float
     ],
 )
+def test_the_plain_shape_is_the_route_model_s() -> None:
+    """plain_items reads topic, type and data by name: a change of the route's model must
+    change it too (this fails first)."""
+    from jobcast.server.routes.events import PublishRequest
+    from jobcast.server.serving.fast_publish import FIELDS
+
+    assert FIELDS == set(PublishRequest.model_fields) == {"topic", "type", "data"}
+
+
 def test_only_plain_bodies_are_taken(body: bytes, shape: Any) -> None:
     if body.startswith(b"[{"):
         items, batch = plain_items(body) or ([], False)
@@ -185,7 +195,7 @@ def served_with_a_bug(tmp_path: Path) -> Iterator[LiveServer]:
     jc = Jobcast(make_settings(data_dir=tmp_path / "bug"), policy=BrokenPolicy())
     app = FastAPI(lifespan=jc.lifespan)
     jc.install(app)
-    app.middleware_stack = FastPaths(app.build_middleware_stack(), jc)
+    app.middleware_stack = FastPaths(app.build_middleware_stack(), jc.runtime)
     server = LiveServer(app).start()
     yield server
     server.stop()

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import websockets
 
-from jobcast.server.serving.fast_streams import job_id_of, job_socket_id
+from jobcast.server.routes.table import JOB_SOCKET, JOB_STREAM
 from tests.support import EventStream, LiveServer
 from tests.ws_support import receive, send
 
@@ -27,7 +27,7 @@ from tests.ws_support import receive, send
     ],
 )
 def test_only_job_stream_paths_take_the_fast_path(path: str, job_id: str | None) -> None:
-    assert job_id_of(path) == job_id
+    assert JOB_STREAM.match(path) == job_id
 
 
 async def test_the_framework_routes_stream_without_the_fast_path(
@@ -71,7 +71,7 @@ async def test_stream_errors_and_cors_are_the_same_on_the_fast_path(
     [("/ws/jobs/abc", "abc"), ("/ws/jobs/", None), ("/ws/jobs/a/b", None), ("/ws/events", None)],
 )
 def test_only_job_socket_paths_name_a_job(path: str, job_id: str | None) -> None:
-    assert job_socket_id(path) == job_id
+    assert JOB_SOCKET.match(path) == job_id
 
 
 @pytest.mark.parametrize("entrance", ["server", "router_only"], ids=["fast", "framework"])

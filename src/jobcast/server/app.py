@@ -116,6 +116,7 @@ class Jobcast:
         upload_paths: Sequence[str] = (),
         dashboard: bool = True,
         service_routes: bool = True,
+        fast_entrance: bool = True,
     ) -> None:
         """Add jobcast's routes to ``app``, under ``prefix`` if given, with their plumbing (the
         fast entrance, JSON errors, body limits, CORS, request ids) on jobcast's paths only.
@@ -126,7 +127,8 @@ class Jobcast:
         ``service_routes`` (``/health``, ``/ready``, ``/metrics``), or use a ``prefix``.
         With ``app_wide``, an app built around jobcast gets the plumbing on every path, its own
         routes included; ``upload_paths`` are then its upload routes, which take their bodies
-        with :meth:`receive_upload` (limited by ``max_upload_bytes``) instead.
+        with :meth:`receive_upload` (limited by ``max_upload_bytes``) instead. Without the
+        ``fast_entrance``, streams and publishes go through the framework like any request.
         """
         app.state.jobcast = self
         self._mounted.append(
@@ -138,6 +140,7 @@ class Jobcast:
                 upload_paths=upload_paths,
                 dashboard=dashboard,
                 service_routes=service_routes,
+                fast_entrance=fast_entrance,
             )
         )
 

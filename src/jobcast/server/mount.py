@@ -18,7 +18,9 @@ M3. Apps built around jobcast (the standalone server, the examples) may ask for 
 M4. Middleware order. jobcast's middleware is added by ``install``; the application's
     middleware added after ``install`` runs before it on every request; middleware added before
     ``install`` sees jobcast's requests only when the fast entrance leaves them to the
-    framework (anything but an open stream, a socket or a plain publish).
+    framework (anything but an open stream, a socket or a plain publish). Without the fast
+    entrance (``fast_entrance=False``), every request goes through the framework and all of
+    the application's middleware, at the cost the entrance exists to avoid (entrance.F1).
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ def install(
     upload_paths: Sequence[str] = (),
     dashboard: bool = True,
     service_routes: bool = True,
+    fast_entrance: bool = True,
 ) -> Mounted:
     """Mount jobcast into ``app`` (M1-M4)."""
     prefix = prefix.rstrip("/")
@@ -114,7 +117,9 @@ def install(
         )
 
     layers = [body_limits, *([cors] if cors is not None else [])]
-    layers += [RequestIdMiddleware, lambda inner: FastPaths(inner, runtime, prefix)]
+    layers.append(RequestIdMiddleware)
+    if fast_entrance:
+        layers.append(lambda inner: FastPaths(inner, runtime, prefix))
     chain = chain_of(*layers)  # innermost first: the entrance is outermost (entrance.F1)
     if app_wide:  # M3
         install_error_handlers(app)

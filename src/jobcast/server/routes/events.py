@@ -13,6 +13,7 @@ from jobcast.auth import Principal
 from jobcast.errors import InvalidInput, PayloadTooLarge
 from jobcast.events import EventDraft
 from jobcast.server.http.errors import JobcastRoute
+from jobcast.server.routes.table import EVENTS_STREAM, PUBLISH
 from jobcast.server.streams.sse import EventStreamResponse
 from jobcast.server.streams.topic_stream import open_stream
 from jobcast.topics import parse_patterns
@@ -71,7 +72,7 @@ def events_router(jc: "Runtime") -> APIRouter:
     principal_dep = Annotated[Principal | None, Depends(jc.principal)]
 
     @router.post(
-        "/api/events",
+        PUBLISH.path,
         status_code=202,
         response_model=Published | PublishedBatch,
         summary="Publish one event, or a batch (a JSON list) atomically",
@@ -86,7 +87,7 @@ def events_router(jc: "Runtime") -> APIRouter:
         return PublishedBatch(ids=ids) if isinstance(body, list) else Published(id=ids[0])
 
     @router.get(
-        "/api/events",
+        EVENTS_STREAM.path,
         status_code=200,
         response_class=EventStreamResponse,
         responses=SSE_DOC,

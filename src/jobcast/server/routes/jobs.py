@@ -15,6 +15,7 @@ from jobcast.jobs.model import Job, JobState
 from jobcast.server.http import exact_json
 from jobcast.server.http.errors import JobcastRoute
 from jobcast.server.http.uploads import Received, receive_multipart
+from jobcast.server.routes.table import JOB_STREAM
 from jobcast.server.streams.job_sse import job_event_stream
 from jobcast.server.streams.sse import EventStreamResponse
 from jobcast.stores.base import JobQuery
@@ -271,7 +272,7 @@ def jobs_router(jc: "Runtime") -> APIRouter:
         return Response(status_code=204)
 
     @router.get(
-        "/api/jobs/{job_id}/events",
+        JOB_STREAM.path,
         status_code=200,
         response_class=EventStreamResponse,
         responses=SSE_DOC,

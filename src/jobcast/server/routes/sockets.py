@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, WebSocket
 
+from jobcast.server.routes.table import EVENTS_SOCKET, JOB_SOCKET
 from jobcast.server.streams.channel import Caller
 from jobcast.server.streams.event_socket import serve_event_socket
 from jobcast.server.streams.job_socket import serve_job_socket
@@ -42,13 +43,13 @@ async def overridden_caller(runtime: "Runtime", websocket: WebSocket) -> Caller 
 def ws_router(jc: "Runtime") -> APIRouter:
     router = APIRouter(tags=["websocket"])
 
-    @router.websocket("/ws/jobs/{job_id}")
+    @router.websocket(JOB_SOCKET.path)
     async def job_socket(websocket: WebSocket, job_id: str) -> None:
         """One job's events, then close 1000 after the terminal event."""
         caller = await overridden_caller(jc, websocket)
         await serve_job_socket(jc, websocket, job_id, caller=caller)
 
-    @router.websocket("/ws/events")
+    @router.websocket(EVENTS_SOCKET.path)
     async def events_socket(websocket: WebSocket) -> None:
         """Subscribe, unsubscribe and acknowledge with JSON ops; events and pings come back."""
         await serve_event_socket(jc, websocket, await overridden_caller(jc, websocket))

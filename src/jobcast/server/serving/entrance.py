@@ -36,13 +36,16 @@ from jobcast.server.http.browser import allowed_origins
 from jobcast.server.http.limits import headers_over_limit
 from jobcast.server.http.request_id import HEADER, incoming_id, new_request_id
 from jobcast.server.ops.logs import REQUEST_ID
+from jobcast.server.routes.table import (
+    EVENTS_SOCKET,
+    EVENTS_STREAM,
+    JOB_SOCKET,
+    JOB_STREAM,
+    PUBLISH,
+)
 from jobcast.server.serving.fast_publish import declared_json_body, publish_plain, read_body, replay
 from jobcast.server.serving.fast_streams import (
-    EVENTS_PATH,
-    EVENTS_SOCKET_PATH,
     carrier,
-    is_stream_path,
-    job_socket_id,
     open_fast_stream,
 )
 from jobcast.server.streams.event_socket import serve_event_socket
@@ -75,10 +78,12 @@ class FastPaths:
             await self.app(scope, receive, send)
             return
         method = scope["method"]
-        if method == "POST" and path == EVENTS_PATH:
+        if method == "POST" and PUBLISH.match(path) is not None:
             await self._publish(scope, receive, send)
             return
-        if method != "GET" or not is_stream_path(path):
+        if method != "GET" or (
+            EVENTS_STREAM.match(path) is None and JOB_STREAM.match(path) is None
+        ):
             await self.app(scope, receive, send)
             return
         # A stream, answered in this frame (not a helper's): it lives as long as the stream.
@@ -114,8 +119,8 @@ class FastPaths:
 
     async def _socket(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
         """``/ws/events`` and ``/ws/jobs/{id}``: their handlers check the Origin themselves."""
-        job_id = job_socket_id(path)
-        if path != EVENTS_SOCKET_PATH and job_id is None:
+        job_id = JOB_SOCKET.match(path)
+        if job_id is None and EVENTS_SOCKET.match(path) is None:
             await self.app(scope, receive, send)
             return
         token = REQUEST_ID.set(incoming_id(scope) or new_request_id())  # F2

@@ -23,12 +23,13 @@ from starlette.types import Message, Receive, Scope
 from jobcast.errors import JobcastError
 from jobcast.server.http.errors import jobcast_error_response, unexpected_error_response
 from jobcast.server.http.exact_json import long_digits
-from jobcast.server.routes.events import publish_events
+from jobcast.server.routes.events import PublishRequest, publish_events
 
 if TYPE_CHECKING:
     from jobcast.server.runtime import Runtime
 
-FIELDS = frozenset(("topic", "type", "data"))
+#: The body's fields, as the route's model declares them (one declaration for both entrances).
+FIELDS = frozenset(PublishRequest.model_fields)
 
 
 def declared_json_body(scope: Scope, limit: int) -> bool:

@@ -22,38 +22,16 @@ from starlette.types import Scope
 from jobcast.errors import JobcastError
 from jobcast.server.http.errors import jobcast_error_response, unexpected_error_response
 from jobcast.server.routes.events import open_events_stream, resume_id
+from jobcast.server.routes.table import JOB_STREAM
 from jobcast.server.streams.job_sse import job_event_stream
 from jobcast.server.streams.sse import EventStreamResponse
 
 if TYPE_CHECKING:
     from jobcast.server.runtime import Runtime
 
-EVENTS_PATH = "/api/events"
 #: The scope extension under which a connection offers to carry an open stream itself
-#: (``native_streams.py``, N1).
+#: (``native.py``, N1).
 NATIVE_STREAM = "jobcast.native_stream"
-JOBS_PREFIX, JOB_EVENTS_SUFFIX = "/api/jobs/", "/events"
-EVENTS_SOCKET_PATH, JOB_SOCKET_PREFIX = "/ws/events", "/ws/jobs/"
-
-
-def job_id_of(path: str) -> str | None:
-    """The id in ``/api/jobs/{id}/events``, or ``None`` for any other path."""
-    if not (path.startswith(JOBS_PREFIX) and path.endswith(JOB_EVENTS_SUFFIX)):
-        return None
-    job_id = path[len(JOBS_PREFIX) : -len(JOB_EVENTS_SUFFIX)]
-    return job_id if job_id and "/" not in job_id else None
-
-
-def job_socket_id(path: str) -> str | None:
-    """The id in ``/ws/jobs/{id}``, or ``None`` for any other path."""
-    if not path.startswith(JOB_SOCKET_PREFIX):
-        return None
-    job_id = path[len(JOB_SOCKET_PREFIX) :]
-    return job_id if job_id and "/" not in job_id else None
-
-
-def is_stream_path(path: str) -> bool:
-    return path == EVENTS_PATH or job_id_of(path) is not None
 
 
 async def open_fast_stream(jc: Runtime, scope: Scope, path: str) -> Response:
@@ -64,7 +42,7 @@ async def open_fast_stream(jc: Runtime, scope: Scope, path: str) -> Response:
     connection = HTTPConnection(scope)
     try:
         principal = await jc.credentials.resolve(connection)
-        job_id = job_id_of(path)
+        job_id = JOB_STREAM.match(path)
         if job_id is None:
             return await open_events_stream(jc, connection, principal)
         return await job_event_stream(jc, job_id, principal, resume_id(connection))
