@@ -7,6 +7,7 @@ errors and ``reason`` for authentication failures.
 from __future__ import annotations
 
 import logging
+from collections.abc import MutableMapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,6 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobcast.errors import JobcastError, RateLimited, Unauthorized
+from jobcast.server.credentials import explain_refusal
 
 logger = logging.getLogger("jobcast.server")
 
@@ -41,11 +43,16 @@ def error_response(
 
 async def _jobcast_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, JobcastError)
-    return jobcast_error_response(exc)
+    return jobcast_error_response(exc, request.scope)
 
 
-def jobcast_error_response(exc: JobcastError) -> JSONResponse:
-    """The response for one of our own errors (also used outside the framework's handlers)."""
+def jobcast_error_response(
+    exc: JobcastError, scope: MutableMapping[str, Any] | None = None
+) -> JSONResponse:
+    """The response for one of our own errors (also used outside the framework's handlers);
+    with the request's ``scope``, a missing credential may be explained (credentials.C1)."""
+    if scope is not None:
+        exc = explain_refusal(exc, scope)
     extra: dict[str, Any] = {}
     headers: dict[str, str] = {}
     if isinstance(exc, Unauthorized):

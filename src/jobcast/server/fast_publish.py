@@ -98,7 +98,7 @@ async def publish_plain(jc: Jobcast, scope: Scope, body: bytes) -> Response | No
         principal = await resolve_principal(jc, connection)
         ids = await publish_events(jc, connection, principal, items, batch=batch)
     except JobcastError as exc:
-        return jobcast_error_response(exc)
+        return jobcast_error_response(exc, scope)
     except Exception:
         return unexpected_error_response(scope["method"], scope["path"])
     content = orjson.dumps({"ids": ids} if batch else {"id": ids[0]})

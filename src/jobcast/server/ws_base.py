@@ -19,7 +19,7 @@ from starlette.websockets import WebSocket
 
 from jobcast.auth import Principal
 from jobcast.errors import JobcastError, Unauthorized, Unavailable
-from jobcast.server.credentials import resolve_principal
+from jobcast.server.credentials import STALE_SESSION, resolve_principal
 from jobcast.subscription import CloseReason
 
 if TYPE_CHECKING:
@@ -153,6 +153,8 @@ class Channel:
         principal = await resolve_principal(self.jc, ws)
         if principal is not None:
             return principal, None
+        if required and STALE_SESSION in ws.scope:  # credentials.C1: say why, at once
+            raise ws.scope[STALE_SESSION]
         try:
             async with asyncio.timeout(self.settings.ws_auth_timeout):
                 first = await self.receive()
