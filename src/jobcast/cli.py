@@ -103,7 +103,9 @@ def serve(
         port=port,
         log_level=log_level,
         # uvicorn's httptools protocol, able to carry an open stream without a task (N1).
-        http=StreamProtocol,
+        http=StreamProtocol.configured(  # with this app's request head deadline (R1)
+            settings.header_timeout_seconds, app_.state.jobcast.metrics.count_request_timeout
+        ),
         proxy_headers=True,
         forwarded_allow_ips=forwarded_allow_ips,
         # uvicorn buffers a whole WebSocket message (16 MiB by default) before the app can

@@ -127,6 +127,13 @@ class HubCollector(Collector):
         yield GaugeMetricFamily(
             "jobcast_draining", "1 while the server drains.", value=int(hub.draining)
         )
+        timeouts = CounterMetricFamily(
+            "jobcast_request_timeouts",
+            "Connections closed because a request's head (or its body's first byte) did not "
+            "arrive in time, by phase: idle (nothing sent), headers, body (request_heads.R2).",
+            labels=["phase"],
+        )
+        yield _labelled(timeouts, self.jc.metrics.request_timeouts, ("idle", "headers", "body"))
 
 
 class Metrics:
@@ -145,11 +152,16 @@ class Metrics:
         )
         #: Open WebSocket connections (SSE streams are counted from the hub's subscriptions).
         self.websockets = 0
+        #: Connections closed at the request head deadline, by phase (``request_heads``).
+        self.request_timeouts: dict[str, int] = {}
         #: With the Redis broker: every process's snapshot, shared through Redis.
         self.shared: SharedMetrics | None = None
 
     def observe_write(self, committed_at: float) -> None:
         self.write_latency.observe(max(0.0, time.time() - committed_at))
+
+    def count_request_timeout(self, phase: str) -> None:
+        self.request_timeouts[phase] = self.request_timeouts.get(phase, 0) + 1
 
     @contextlib.contextmanager
     def websocket(self) -> Iterator[None]:

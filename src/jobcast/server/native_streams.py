@@ -34,14 +34,11 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from starlette.responses import Response
-from uvicorn.protocols.http.httptools_impl import (
-    STATUS_LINE,
-    HttpToolsProtocol,
-    RequestResponseCycle,
-)
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from jobcast.server.fast_streams import NATIVE_STREAM
+from jobcast.server.request_heads import HeadGuardProtocol
 from jobcast.server.sse import EventStreamResponse
 from jobcast.subscription import CloseReason
 
@@ -52,7 +49,7 @@ def chunk(body: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(body), body)
 
 
-class StreamProtocol(HttpToolsProtocol):
+class StreamProtocol(HeadGuardProtocol):  # request heads: deadline, URL limit (request_heads)
     """uvicorn's httptools protocol, able to carry an open SSE stream by itself (N1)."""
 
     stream: NativeStream | None = None
