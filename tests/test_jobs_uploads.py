@@ -176,3 +176,20 @@ async def test_a_declared_length_that_is_no_number_is_not_a_500(
         async with httpx.AsyncClient(transport=transport, base_url="http://jobcast") as client:
             response = await client.post("/api/jobs", content=body, headers=headers)  # type: ignore[arg-type]
     assert response.status_code in (202, 413), response.text
+
+
+async def test_a_json_body_declaring_thousands_of_digits_is_413(tmp_path: Path) -> None:
+    # Regression: int() refuses more than 4300 digits, so the body limit answered 500.
+    app = create_app(make_settings(data_dir=tmp_path))
+    async with app.router.lifespan_context(app):
+        token = app.state.jobcast.tokens.mint("w", role="service")
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            "Content-Length": "9" * 5000,
+        }
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://jobcast") as client:
+            response = await client.post("/api/events", content=b"{}", headers=headers)
+    assert response.status_code == 413, response.text
+    assert response.json()["error"] == "payload_too_large"
