@@ -57,7 +57,14 @@ class LiveServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
-        http = StreamProtocol if self.native_streams else "httptools"
+        jc = getattr(self.app.state, "jobcast", None)
+        http: Any = "httptools"
+        if self.native_streams:  # as ``jobcast serve`` configures it
+            http = StreamProtocol
+            if jc is not None:
+                http = StreamProtocol.configured(
+                    jc.settings.header_timeout_seconds, jc.metrics.count_request_timeout
+                )
         config = uvicorn.Config(self.app, log_level="warning", lifespan="on", http=http)
         server = self._server = uvicorn.Server(config)
         ready = threading.Event()

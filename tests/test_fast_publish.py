@@ -15,7 +15,7 @@ from jobcast.auth import Principal
 from jobcast.policy import Policy
 from jobcast.server.app import Jobcast
 from jobcast.server.serving.entrance import FastPaths
-from jobcast.server.serving.fast_publish import plain_items
+from jobcast.server.serving.fast_publish import declared_json_body, plain_items
 from jobcast.topics import TopicPattern
 from tests.support import EventStream, LiveServer, make_settings
 
@@ -34,6 +34,15 @@ def without_fast_path(tmp_path: Path) -> Iterator[LiveServer]:
     server = LiveServer(app).start()
     yield server
     server.stop()
+
+
+@pytest.mark.parametrize(
+    ("length", "taken"),
+    [(b"10", True), (b"9" * 5000, False), (b"1" * 20, False), (b"-1", False), (b"", False)],
+)
+def test_a_declared_length_of_thousands_of_digits_is_not_ours(length: bytes, taken: bool) -> None:
+    headers = [(b"content-length", length), (b"content-type", b"application/json")]
+    assert declared_json_body({"headers": headers}, 1000) is taken
 
 
 @pytest.mark.parametrize(

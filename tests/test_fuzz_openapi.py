@@ -40,7 +40,7 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> LiveServer:
 
 @SCHEMA.parametrize()
 @hypothesis.settings(
-    max_examples=30,
+    max_examples=60,
     deadline=None,
     suppress_health_check=list(hypothesis.HealthCheck),
     derandomize=True,
@@ -52,3 +52,6 @@ def test_no_input_makes_the_server_fail(case: schemathesis.Case, fuzz_server: Li
         if response.status_code >= 400:
             assert response.headers["content-type"][0].startswith("application/json")
             assert "Traceback" not in response.text
+            body = response.json()  # jobcast's error shape (server/http/errors.py), every time
+            assert isinstance(body, dict) and isinstance(body.get("error"), str), body
+            assert isinstance(body.get("message"), str), body

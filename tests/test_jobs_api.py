@@ -123,6 +123,39 @@ async def test_invalid_submissions_are_422(
     assert fragment in response.json()["message"]
 
 
+@pytest.mark.parametrize(
+    "params",
+    [{"steps": True}, {"steps": "3"}, {"steps": 2.5}, {"delay": "0.1"}, {"fail_at": False}],
+    ids=["bool-steps", "string-steps", "float-steps", "string-delay", "bool-fail-at"],
+)
+@pytest.mark.parametrize("multipart", [False, True], ids=["json", "multipart"])
+async def test_built_in_params_are_not_coerced(
+    jobs_server: LiveServer, client: httpx.AsyncClient, params: dict[str, Any], multipart: bool
+) -> None:
+    # Regression: {"steps": true} ran a job of one step.
+    url, headers = f"{jobs_server.url}/api/jobs", jobs_server.auth()
+    if multipart:  # params travel as one JSON text field: the same types, the same checks
+        text = orjson.dumps(params).decode()
+        response = await client.post(
+            url, data={"kind": "demo", "params": text}, files={"file": b"x"}, headers=headers
+        )
+    else:
+        response = await client.post(url, json={"kind": "demo", "params": params}, headers=headers)
+    assert response.status_code == 422, response.text
+    field = next(iter(params))
+    assert f"invalid params for 'demo': {field}:" in response.json()["message"]
+    assert (await client.get(url, headers=headers)).json()["jobs"] == []
+    # The same params with their proper types are accepted, over both entrances.
+    good = {"steps": 1, "delay": 0, "fail_at": None}
+    accepted = await client.post(url, json={"kind": "demo", "params": good}, headers=headers)
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.json()["params"] == good
+    uploaded = await client.post(
+        url, data={"kind": "ingest", "params": "{}"}, files={"file": b"x"}, headers=headers
+    )
+    assert uploaded.status_code == 202, uploaded.text
+
+
 @pytest.mark.parametrize("multipart", [False, True], ids=["json", "multipart"])
 async def test_params_json_cannot_carry_exactly_are_422_not_rounded(
     jobs_server: LiveServer, client: httpx.AsyncClient, multipart: bool

@@ -9,9 +9,10 @@ from typing import Any, BinaryIO
 import httpx
 import pytest
 
+from jobcast.server.app import create_app
 from jobcast.server.http import uploads
 from jobcast.server.http.uploads import display_filename
-from tests.support import LiveServer
+from tests.support import LiveServer, make_settings
 
 BOUNDARY = "jobcast-test-boundary"
 
@@ -150,3 +151,45 @@ async def test_a_json_body_over_the_body_limit_is_413(
 )
 def test_display_filenames_are_never_paths(raw: str, shown: str) -> None:
     assert display_filename(raw) == shown
+
+
+@pytest.mark.parametrize("declared", [b"\xb2", b"\xef\xbc\x91", b"9" * 5000])
+async def test_a_declared_length_that_is_no_number_is_not_a_500(
+    tmp_path: Path, declared: bytes
+) -> None:
+    # Regression: str.isdigit() is true of "²", and int() refuses it. uvicorn's parser refuses
+    # such a header itself, so this goes through an in-process ASGI call, as other servers may.
+    app = create_app(make_settings(data_dir=tmp_path))
+    async with app.router.lifespan_context(app):
+        token = app.state.jobcast.tokens.mint("alice", role="user")
+        body = (
+            b'--b\r\nContent-Disposition: form-data; name="kind"\r\n\r\ningest\r\n'
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n'
+            b"Content-Type: text/plain\r\n\r\nhello\r\n--b--\r\n"
+        )
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "multipart/form-data; boundary=b",
+            "Content-Length": declared,
+        }
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://jobcast") as client:
+            response = await client.post("/api/jobs", content=body, headers=headers)  # type: ignore[arg-type]
+    assert response.status_code in (202, 413), response.text
+
+
+async def test_a_json_body_declaring_thousands_of_digits_is_413(tmp_path: Path) -> None:
+    # Regression: int() refuses more than 4300 digits, so the body limit answered 500.
+    app = create_app(make_settings(data_dir=tmp_path))
+    async with app.router.lifespan_context(app):
+        token = app.state.jobcast.tokens.mint("w", role="service")
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            "Content-Length": "9" * 5000,
+        }
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://jobcast") as client:
+            response = await client.post("/api/events", content=b"{}", headers=headers)
+    assert response.status_code == 413, response.text
+    assert response.json()["error"] == "payload_too_large"

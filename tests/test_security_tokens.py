@@ -92,6 +92,10 @@ async def status_of(server: LiveServer, client: httpx.AsyncClient, token: str) -
         (lambda: "not-a-jwt", "malformed_token"),
         (lambda: "a.b.c", "malformed_token"),
         (lambda: jwt.encode(claims(), RSA_KEY, algorithm="RS256"), "invalid_algorithm"),
+        # Regressions: an "alg" that is a list answered 500 to anyone; an exp no float can
+        # hold, 500 to a holder of the secret.
+        (lambda: b64(b'{"alg": []}') + "." + b64(b"{}") + ".", "invalid_algorithm"),
+        (lambda: hmac_signed(claims(exp=10**400), SECRET.encode()), "invalid_claim"),
     ],
     ids=[
         "alg-none",
@@ -105,6 +109,8 @@ async def status_of(server: LiveServer, client: httpx.AsyncClient, token: str) -
         "garbage",
         "bad-segments",
         "rs256-without-key",
+        "alg-list",
+        "exp-past-float",
     ],
 )
 async def test_bad_tokens_are_401_with_the_reason(

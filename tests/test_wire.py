@@ -99,3 +99,9 @@ def test_encode_then_decode_round_trips(data: str, event: str, id_: str) -> None
     frame = ServerSentEvent(data=data, event=event, id=id_).encode().decode()
     (decoded,) = SSEDecoder().feed(frame)
     assert (decoded.data, decoded.event, decoded.id) == (data, event, id_)
+
+
+def test_decoder_ignores_a_retry_that_is_not_ascii_digits() -> None:
+    decoder = SSEDecoder()
+    decoder.feed("retry: 1500\nretry: \u00b2\nretry: \uff11\uff12\nretry: " + "9" * 5000 + "\n\n")
+    assert decoder.retry == 1500

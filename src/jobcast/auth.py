@@ -149,13 +149,14 @@ class TokenAuthority:
         if not isinstance(scope, list) or not all(isinstance(t, str) for t in scope):
             raise Unauthorized("the ticket names no topics", reason="invalid_claim")
         principal = principal_from_claims(claims)
+        redeem_by = principal.expires_at or 0.0  # exp is required: never the 0
         # The ticket's own exp only bounds when it may be redeemed; its stream ends with the
         # credential it came from. (A ticket without the claim keeps its own exp.)
         stream_exp = claims.get(CREDENTIAL_EXP)
         if isinstance(stream_exp, int | float) and not isinstance(stream_exp, bool):
-            principal = replace(principal, expires_at=float(stream_exp))
+            principal = replace(principal, expires_at=_timestamp(stream_exp, CREDENTIAL_EXP))
         ticket_principal = replace(principal, ticket_topics=tuple(scope), via="ticket")
-        return ticket_principal, claims["jti"], float(claims["exp"])
+        return ticket_principal, claims["jti"], redeem_by
 
     def verify_session(self, value: str) -> Principal:
         claims = self._decode(value, self._hmac["HS256"], ["HS256"])
@@ -299,8 +300,16 @@ def principal_from_claims(claims: dict[str, Any], via: str = "bearer") -> Princi
                 f"the 'topics' claim holds {exc.message}", reason="invalid_claim"
             ) from None
     exp = claims.get("exp")
-    expires_at = float(exp) if exp is not None else None
+    expires_at = _timestamp(exp, "exp") if exp is not None else None
     return Principal(subject, role, tuple(topics), expires_at, via=via)
+
+
+def _timestamp(value: Any, claim: str) -> float:
+    """A time claim as a float; PyJWT checks it is a number, not that a float can hold it."""
+    try:
+        return float(value)
+    except (OverflowError, TypeError, ValueError):
+        raise Unauthorized(f"the {claim!r} claim is not a time", reason="invalid_claim") from None
 
 
 def _nonce() -> str:

@@ -106,6 +106,14 @@ class Settings(BaseSettings):
     heartbeat_interval: float = Field(15.0, gt=0, description="Seconds between heartbeats.")
     retry_ms: int = Field(3000, ge=0, description="The SSE retry hint sent at stream start.")
     send_timeout: float = Field(30.0, gt=0, description="A write stuck longer ends the stream.")
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Under `jobcast serve`: a request's headers, and the first byte of its "
+        "body, must arrive within this many seconds of its first byte (of the connection's "
+        "opening, for its first request); else the connection is closed (408 if headers were "
+        "under way) and counted in jobcast_request_timeouts_total.",
+    )
     max_pending_events: int = Field(1000, ge=1, description="Per-subscriber buffer bound.")
     conflate_types: CommaList = Field(
         default_factory=lambda: ["progress"],

@@ -20,6 +20,10 @@ from jobcast.errors import InvalidInput
 from jobcast.topics import validate_topic
 
 MAX_TYPE_LENGTH = 64
+#: Positions are signed 64-bit integers in every history (SQLite, PostgreSQL, Redis).
+MAX_POSITION = 2**63 - 1
+#: Ours are about 28 characters; a longer one is not ours (and would not fit where acks are kept).
+MAX_ID_LENGTH = 64
 _TYPE_RE = re.compile(r"[A-Za-z0-9_\-.:/]+")
 
 #: Event types the server itself sends in-band; publishers may not use them.
@@ -59,9 +63,17 @@ class EventId:
 
     @classmethod
     def parse(cls, text: str) -> EventId | None:
-        """Parse an id sent back by a client; ``None`` if it is not one of ours."""
+        """Parse an id sent back by a client; ``None`` if it is not one of ours.
+
+        Only ASCII digits make a position: ``str.isdigit`` is also true of ``"²"`` (which
+        ``int`` refuses) and of full-width digits (which it accepts), neither of which we send.
+        """
+        if len(text) > MAX_ID_LENGTH:
+            return None
         epoch, sep, position = text.rpartition("-")
-        if not sep or not epoch or not position.isdigit() or len(position) > 19:
+        if not sep or not epoch or not position.isascii() or not position.isdigit():
+            return None
+        if len(position) > 19 or int(position) > MAX_POSITION:
             return None
         return cls(epoch, int(position))
 

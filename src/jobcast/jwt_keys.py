@@ -51,7 +51,7 @@ class _CheckedOnce(HMACAlgorithm):
         return super().prepare_key(key)
 
 
-def unverified_alg(token: str) -> object:
+def unverified_alg(token: str) -> str | None:
     """The ``alg`` of a token's header, read without verifying anything: it only chooses the
     key, and ``jwt.decode`` then checks everything. (PyJWT's own reader decodes and validates
     the whole token, which doubled the cost of every stream opened.)"""
@@ -60,7 +60,10 @@ def unverified_alg(token: str) -> object:
         header = orjson.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
     except ValueError:  # binascii.Error and orjson's error are ValueErrors
         raise Unauthorized("the token is malformed", reason="malformed_token") from None
-    return header.get("alg") if isinstance(header, dict) else None
+    alg = header.get("alg") if isinstance(header, dict) else None
+    # Only a string names an algorithm: a list or object here is looked up in sets and
+    # dicts by the caller, where it would raise instead of being refused.
+    return alg if isinstance(alg, str) else None
 
 
 def load_or_create_secret(data_dir: Path) -> str:

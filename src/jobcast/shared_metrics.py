@@ -1,6 +1,6 @@
 """Several processes, one scrape: each process's metrics go to the shared Redis, and whichever
 process Prometheus reaches answers for all of them, each series labelled with its ``process``.
-Servers (``server/metrics.py``) and ``jobcast worker`` processes (``jobs/worker.py``) share
+Servers (``server/ops/metrics.py``) and ``jobcast worker`` processes (``jobs/worker.py``) share
 theirs alike, so this module depends on neither.
 
 Decisions (cited as M1..M4):

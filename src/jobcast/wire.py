@@ -124,7 +124,9 @@ class SSEDecoder:
             if "\0" not in value:
                 self.last_event_id = value
                 self._id_seen = True
-        elif name == "retry" and value.isdigit():
+        elif name == "retry" and value.isascii() and value.isdigit() and len(value) <= 10:
+            # WHATWG: ASCII digits only; more than ten (months) is no hint, and int() refuses
+            # strings of thousands of digits.
             self.retry = int(value)
         return None
 

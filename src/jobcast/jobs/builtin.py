@@ -21,7 +21,8 @@ class DemoFailure(Exception):
 
 
 class DemoParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: a JSON submission's types are taken as sent (``true`` is not a step count).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     steps: int = Field(10, ge=1, le=10_000, description="How many steps to run.")
     delay: float = Field(0.5, ge=0, le=60, description="Seconds each step takes.")
@@ -44,7 +45,7 @@ async def demo(ctx: JobContext, params: DemoParams) -> dict[str, Any]:
 
 
 class IngestParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 @registry.handler("ingest", params_model=IngestParams, retry_safe=True, needs_input=True)

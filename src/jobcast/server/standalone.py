@@ -22,9 +22,12 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobcast.config import Settings
+
+if TYPE_CHECKING:
+    from jobcast.server.ops.metrics import Metrics
 
 logger = logging.getLogger("jobcast")
 
@@ -58,7 +61,7 @@ def serve(settings: Settings, options: ServeOptions) -> None:
         host=options.host,
         port=options.port,
         log_level=options.log_level,
-        http=_http_protocol(),  # V2
+        http=_http_protocol(settings, app.state.jobcast.metrics),  # V2
         proxy_headers=True,
         forwarded_allow_ips=options.forwarded_allow_ips,
         # uvicorn buffers a whole WebSocket message (16 MiB by default) before the app can
@@ -82,7 +85,7 @@ def serve(settings: Settings, options: ServeOptions) -> None:
         _exit_past_stuck_handlers()
 
 
-def _http_protocol() -> Any:
+def _http_protocol(settings: Settings, metrics: Metrics) -> Any:
     """jobcast's protocol, or uvicorn's own when its internals are not what it needs (V2)."""
     try:
         from jobcast.server.serving import native
@@ -90,8 +93,10 @@ def _http_protocol() -> Any:
         missing: str | None = f"its httptools protocol ({exc})"
     else:
         missing = native.unsupported()
-        if missing is None:
-            return native.StreamProtocol
+        if missing is None:  # with this server's request head deadline (request_heads.R1)
+            return native.StreamProtocol.configured(
+                settings.header_timeout_seconds, metrics.count_request_timeout
+            )
     logger.warning(
         "this uvicorn lacks %s: open streams run as plain ASGI (more memory per stream)", missing
     )

@@ -4,25 +4,35 @@ Order: ``Authorization: Bearer``, then ``?ticket=`` (a one-use stream ticket), t
 (kept for ``EventSource``; tokens in URLs end up in logs, so prefer tickets), then the session
 cookie. A cookie is the only credential a browser sends by itself, so only cookie-authenticated
 requests are subject to the CSRF check (see ``browser.py``).
+
+C1. A session cookie that does not verify (expired, signed by a rotated secret, garbage) makes
+    the request anonymous instead of failing it: a browser sends the cookie by itself, so a
+    stale one would otherwise lock it out of everything that needs no credential (public
+    topics). Where a credential is needed, the refusal gives the cookie's own reason (say
+    ``token_expired``) instead of ``missing_token``, so the client knows to sign in again.
+    A bearer token, ticket or ``?token=`` that does not verify still fails the request: the
+    client chose to send it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from starlette.requests import HTTPConnection
 
 from jobcast.auth import Principal, TokenAuthority
 from jobcast.config import Settings
-from jobcast.errors import Unauthorized
+from jobcast.errors import JobcastError, Unauthorized
 from jobcast.server.http.browser import check_csrf
 from jobcast.server.ops.shared_state import SpentTickets
 
 SESSION_COOKIE = "jobcast_session"
 CSRF_COOKIE = "jobcast_csrf"
 CSRF_HEADER = "x-csrf-token"
+#: The scope key under which a session cookie that did not verify is kept (C1).
+STALE_SESSION = "jobcast.stale_session"
 
 
 class Credentials:
@@ -66,10 +76,23 @@ async def resolve_principal(
         return await tokens.verify(token, via="query")
     session = connection.cookies.get(SESSION_COOKIE)
     if session is not None:
-        principal = tokens.verify_session(session)
+        try:
+            principal = tokens.verify_session(session)
+        except Unauthorized as exc:  # C1
+            connection.scope[STALE_SESSION] = exc
+            return None
         check_csrf(settings, connection)
         return principal
     return None
+
+
+def explain_refusal(exc: JobcastError, scope: MutableMapping[str, Any]) -> JobcastError:
+    """``exc``, or, when it says a credential is missing and the request came with a session
+    cookie that did not verify, why the cookie did not count (C1)."""
+    if isinstance(exc, Unauthorized) and exc.reason == "missing_token":
+        stale: JobcastError = scope.get(STALE_SESSION, exc)
+        return stale
+    return exc
 
 
 def stream_owner(principal: Principal | None) -> dict[str, Any]:

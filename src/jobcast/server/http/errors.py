@@ -11,7 +11,7 @@ installs the same handlers app-wide (:func:`install_error_handlers`), for paths 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, MutableMapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from jobcast.errors import JobcastError, RateLimited, Unauthorized
+from jobcast.server.http.credentials import explain_refusal
 
 logger = logging.getLogger("jobcast.server")
 
@@ -53,7 +54,7 @@ async def _jobcast_error(request: Request, exc: Exception) -> JSONResponse:
 def error_response_for(request: Request, exc: Exception) -> JSONResponse:
     """The response for any exception a route raised (call it while handling ``exc``)."""
     if isinstance(exc, JobcastError):
-        return jobcast_error_response(exc)
+        return jobcast_error_response(exc, request.scope)
     if isinstance(exc, RequestValidationError):
         return _validation_response(exc)
     if isinstance(exc, StarletteHTTPException):
@@ -61,8 +62,13 @@ def error_response_for(request: Request, exc: Exception) -> JSONResponse:
     return unexpected_error_response(request.method, request.url.path)
 
 
-def jobcast_error_response(exc: JobcastError) -> JSONResponse:
-    """The response for one of our own errors (also used outside the framework's handlers)."""
+def jobcast_error_response(
+    exc: JobcastError, scope: MutableMapping[str, Any] | None = None
+) -> JSONResponse:
+    """The response for one of our own errors (also used outside the framework's handlers);
+    with the request's ``scope``, a missing credential may be explained (credentials.C1)."""
+    if scope is not None:
+        exc = explain_refusal(exc, scope)
     extra: dict[str, Any] = {}
     headers: dict[str, str] = {}
     if isinstance(exc, Unauthorized):

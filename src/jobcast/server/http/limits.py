@@ -70,7 +70,7 @@ class BodyLimitMiddleware:
         limit = self.max_bytes
         for name, value in scope["headers"]:
             if name == b"content-length":
-                if not value.isdigit() or int(value) > limit:
+                if len(value) > 19 or not value.isdigit() or int(value) > limit:
                     response = error_response(
                         413, "payload_too_large", f"the request body is over {limit} bytes"
                     )

@@ -181,7 +181,13 @@ async def receive_multipart(
     if not boundary:
         raise InvalidInput("multipart/form-data needs a boundary")
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_file + max_fields + 64 * 1024:  # U2
+    # ASCII digits only: str.isdigit accepts "²", which int() refuses (a 500, not a 413).
+    limit = max_file + max_fields + 64 * 1024
+    if (
+        declared.isascii()
+        and declared.isdigit()
+        and (len(declared) > 19 or int(declared) > limit)  # U2
+    ):
         raise PayloadTooLarge(f"the upload is over the {max_file} byte limit")
     await asyncio.to_thread(make_private_dir, directory)
     parts = _Parts(directory, max_file, max_fields, content_types)

@@ -69,9 +69,10 @@ def _labelled(
 
 
 class HubCollector(Collector):
-    def __init__(self, hub: "Callable[[], Hub | None]", websockets: Callable[[], int]) -> None:
+    def __init__(self, hub: "Callable[[], Hub | None]", metrics: "Metrics") -> None:
         self.hub = hub
-        self.websockets = websockets
+        #: The process's own counters (open WebSockets, request timeouts).
+        self.metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
         hub = self.hub()
@@ -115,7 +116,7 @@ class HubCollector(Collector):
             "/ws/events socket counts once, however many topics it subscribed).",
             labels=["transport"],
         )
-        yield _labelled(connections, {"sse": sse, "websocket": self.websockets()})
+        yield _labelled(connections, {"sse": sse, "websocket": self.metrics.websockets})
         depths = [s.pending_count for s in subscriptions]
         yield GaugeMetricFamily(
             "jobcast_buffer_pending_events_max",
@@ -130,6 +131,13 @@ class HubCollector(Collector):
         yield GaugeMetricFamily(
             "jobcast_draining", "1 while the server drains.", value=int(hub.draining)
         )
+        timeouts = CounterMetricFamily(
+            "jobcast_request_timeouts",
+            "Connections closed because a request's head (or its body's first byte) did not "
+            "arrive in time, by phase: idle (nothing sent), headers, body (request_heads.R2).",
+            labels=["phase"],
+        )
+        yield _labelled(timeouts, self.metrics.request_timeouts, ("idle", "headers", "body"))
 
 
 class Metrics:
@@ -144,7 +152,7 @@ class Metrics:
         shared: "Callable[[Callable[[], bytes]], SharedMetrics | None]",
     ) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(HubCollector(hub, lambda: self.websockets))
+        self.registry.register(HubCollector(hub, self))
         self.registry.register(JobsCollector(store, runner))
         self._store = store
         self._shared = shared
@@ -156,11 +164,16 @@ class Metrics:
         )
         #: Open WebSocket connections (SSE streams are counted from the hub's subscriptions).
         self.websockets = 0
+        #: Connections closed at the request head deadline, by phase (``request_heads``).
+        self.request_timeouts: dict[str, int] = {}
         #: With the Redis broker: every process's snapshot, shared through Redis.
         self.shared: SharedMetrics | None = None
 
     def observe_write(self, committed_at: float) -> None:
         self.write_latency.observe(max(0.0, time.time() - committed_at))
+
+    def count_request_timeout(self, phase: str) -> None:
+        self.request_timeouts[phase] = self.request_timeouts.get(phase, 0) + 1
 
     @contextlib.contextmanager
     def websocket(self) -> Iterator[None]:

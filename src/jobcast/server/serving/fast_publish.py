@@ -38,7 +38,8 @@ def declared_json_body(scope: Scope, limit: int) -> bool:
     length_ok = json = False
     for name, value in scope["headers"]:
         if name == b"content-length":
-            length_ok = value.isdigit() and int(value) <= limit
+            # bytes.isdigit is ASCII-only; the length check spares int() thousands of digits.
+            length_ok = len(value) <= 19 and value.isdigit() and int(value) <= limit
         elif name == b"content-type":
             json = value.partition(b";")[0].strip().lower() == b"application/json"
     return length_ok and json
@@ -97,7 +98,7 @@ async def publish_plain(jc: Runtime, scope: Scope, body: bytes) -> Response | No
         principal = await jc.credentials.resolve(connection)
         ids = await publish_events(jc, connection, principal, items, batch=batch)
     except JobcastError as exc:
-        return jobcast_error_response(exc)
+        return jobcast_error_response(exc, scope)
     except Exception:
         return unexpected_error_response(scope["method"], scope["path"])
     content = orjson.dumps({"ids": ids} if batch else {"id": ids[0]})

@@ -47,7 +47,7 @@ async def open_fast_stream(jc: Runtime, scope: Scope, path: str) -> Response:
             return await open_events_stream(jc, connection, principal)
         return await job_event_stream(jc, job_id, principal, resume_id(connection))
     except JobcastError as exc:
-        return jobcast_error_response(exc)
+        return jobcast_error_response(exc, scope)
     except Exception:  # as the framework would: nothing outside catches it (fast_paths.F3)
         return unexpected_error_response(scope["method"], scope["path"])
 

@@ -42,6 +42,7 @@ from uvicorn.protocols.http.httptools_impl import (
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from jobcast.server.serving.fast_streams import NATIVE_STREAM
+from jobcast.server.serving.request_heads import HeadGuardProtocol
 from jobcast.server.streams.sse import EventStreamResponse
 from jobcast.server.streams.writer import StreamWriter
 from jobcast.subscription import CloseReason
@@ -100,7 +101,7 @@ def chunk(body: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(body), body)
 
 
-class StreamProtocol(HttpToolsProtocol):
+class StreamProtocol(HeadGuardProtocol):  # request heads: deadline, URL limit (request_heads)
     """uvicorn's httptools protocol, able to carry an open SSE stream by itself (N1)."""
 
     stream: StreamWriter[bytes] | None = None

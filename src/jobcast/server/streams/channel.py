@@ -21,6 +21,7 @@ from jobcast.auth import Principal
 from jobcast.config import Settings
 from jobcast.errors import JobcastError, Unauthorized, Unavailable
 from jobcast.server.http.browser import origin_allowed
+from jobcast.server.http.credentials import STALE_SESSION
 from jobcast.subscription import CloseReason
 
 if TYPE_CHECKING:
@@ -180,6 +181,8 @@ class Channel:
         principal = await self.jc.credentials.resolve(ws)
         if principal is not None:
             return principal, None
+        if required and STALE_SESSION in ws.scope:  # credentials.C1: say why, at once
+            raise ws.scope[STALE_SESSION]
         try:
             async with asyncio.timeout(self.settings.ws_auth_timeout):
                 first = await self.receive()
