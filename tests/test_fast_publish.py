@@ -45,6 +45,15 @@ def test_a_declared_length_of_thousands_of_digits_is_not_ours(length: bytes, tak
     assert declared_json_body({"headers": headers}, 1000) is taken
 
 
+def test_the_plain_shape_is_the_route_model_s() -> None:
+    """plain_items reads topic, type and data by name: a change of the route's model must
+    change it too (this fails first)."""
+    from jobcast.server.routes.events import PublishRequest
+    from jobcast.server.serving.fast_publish import FIELDS
+
+    assert FIELDS == set(PublishRequest.model_fields) == {"topic", "type", "data"}
+
+
 @pytest.mark.parametrize(
     ("body", "shape"),
     [
@@ -61,15 +70,6 @@ def test_a_declared_length_of_thousands_of_digits_is_not_ours(length: bytes, tak
         (BIG_INTEGER, None),  # orjson would read it as a float
     ],
 )
-def test_the_plain_shape_is_the_route_model_s() -> None:
-    """plain_items reads topic, type and data by name: a change of the route's model must
-    change it too (this fails first)."""
-    from jobcast.server.routes.events import PublishRequest
-    from jobcast.server.serving.fast_publish import FIELDS
-
-    assert FIELDS == set(PublishRequest.model_fields) == {"topic", "type", "data"}
-
-
 def test_only_plain_bodies_are_taken(body: bytes, shape: Any) -> None:
     if body.startswith(b"[{"):
         items, batch = plain_items(body) or ([], False)

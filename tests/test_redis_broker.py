@@ -24,13 +24,21 @@ def prefix() -> Iterator[str]:
 
 
 @pytest.fixture
-async def pair(prefix: str) -> AsyncIterator[tuple[RedisBroker, RedisBroker, list[Event]]]:
-    """Two instances sharing one Redis; the second one's deliveries are recorded."""
+def history_lost() -> asyncio.Event:
+    return asyncio.Event()
+
+
+@pytest.fixture
+async def pair(
+    prefix: str, history_lost: asyncio.Event
+) -> AsyncIterator[tuple[RedisBroker, RedisBroker, list[Event]]]:
+    """Two instances sharing one Redis; the second one's deliveries are recorded, and so is
+    its report of a lost history."""
     first = RedisBroker(redis_url(prefix), Retention())
     second = RedisBroker(redis_url(prefix), Retention())
     seen: list[Event] = []
     await first.start(lambda events: None)
-    await second.start(seen.extend)
+    await second.start(seen.extend, history_lost.set)
     yield first, second, seen
     await first.close()
     await second.close()
@@ -86,11 +94,10 @@ async def test_job_topics_outlive_the_age_limit_until_their_grace_ends(prefix: s
 
 
 async def test_a_flushed_history_starts_a_new_epoch_and_ends_streams(
-    pair: tuple[RedisBroker, RedisBroker, list[Event]], prefix: str
+    pair: tuple[RedisBroker, RedisBroker, list[Event]], prefix: str, history_lost: asyncio.Event
 ) -> None:
     first, second, seen = pair
-    lost = asyncio.Event()
-    second.on_history_lost = lost.set
+    lost = history_lost
     (old,) = await first.publish([draft("a")])
     client = redis.Redis.from_url(REDIS_URL)
     keys = list(client.scan_iter(match=f"{prefix}*"))

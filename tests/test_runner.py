@@ -136,12 +136,12 @@ async def embedded(
 ) -> AsyncIterator[tuple[EmbeddedRunner, JobStore]]:
     """An embedded runner over real SQLite files; ``wrap`` may stand between it and the store."""
     hub = Hub(SQLiteBroker(tmp_path / "events.db", Retention()))
-    await hub.start()
     store = open_store(f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}")
-    await store.open()
     runner = EmbeddedRunner(
         wrap(store), hub, registry, RunnerOptions(uploads_dir=tmp_path / "uploads", **options)
     )
+    await hub.start(observer=runner.access)
+    await store.open()
     await runner.start()
     try:
         yield runner, store

@@ -39,7 +39,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from jobcast.brokers.base import Broker, Gap, Replay, ReportsHistoryLoss
+from jobcast.brokers.base import Broker, Gap, Replay
 from jobcast.errors import RateLimited, Unavailable
 from jobcast.events import Event, EventDraft, EventId
 from jobcast.subscription import CloseReason, Subscription
@@ -111,14 +111,17 @@ class Hub:
         self._closed_writing: set[Subscription] = set()
         self._per_owner: dict[str, int] = {}
         self._ticker: asyncio.Task[None] | None = None
+        #: Given by ``start``: sees every delivered batch before the per-topic filters.
         self.observer: Observer | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        if isinstance(self.broker, ReportsHistoryLoss):
-            self.broker.on_history_lost = self.end_streams
-        await self.broker.start(self._deliver)
+    async def start(self, observer: Observer | None = None) -> None:
+        """Start delivering: the broker hands its batches to this hub (and tells it when a
+        shared history was lost, so streams end and resume, X4); ``observer`` sees them
+        first (``jobs/access.py``)."""
+        self.observer = observer
+        await self.broker.start(self._deliver, self.end_streams)
         self._ticker = asyncio.create_task(self._heartbeat_forever())
 
     async def close(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from jobcast.events import Event, EventDraft, EventId
 from jobcast.topics import TopicPattern
@@ -60,7 +60,14 @@ class Broker(Protocol):
         registered now (hub.H2)."""
         ...
 
-    async def start(self, deliver: Deliver) -> None: ...
+    #: Whether other processes publish into the same history (Redis): what they change (job
+    #: access) must then be announced through it.
+    shared: bool
+
+    async def start(self, deliver: Deliver, history_lost: Callable[[], None] | None = None) -> None:
+        """Hand every committed batch to ``deliver``, in order; a shared broker that loses its
+        history while running (a flushed Redis) calls ``history_lost``."""
+        ...
 
     async def publish(self, drafts: Sequence[EventDraft]) -> list[Event]: ...
 
@@ -76,13 +83,6 @@ class Broker(Protocol):
         ...
 
     async def close(self) -> None: ...
-
-
-@runtime_checkable
-class ReportsHistoryLoss(Protocol):
-    """A shared broker that can lose its history while running (a flushed Redis)."""
-
-    on_history_lost: Callable[[], None] | None
 
 
 def new_epoch() -> str:

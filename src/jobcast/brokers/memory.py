@@ -7,7 +7,7 @@ import contextlib
 import heapq
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from jobcast.brokers.base import Deliver, Gap, Replay, Retention, check_position, new_epoch
 from jobcast.events import Event, EventDraft, EventId
@@ -15,6 +15,8 @@ from jobcast.topics import TopicPattern
 
 
 class MemoryBroker:
+    shared = False  # one process: nothing to announce, no history lost while running
+
     def __init__(self, retention: Retention, *, trim_interval: float = 5.0) -> None:
         self.epoch = new_epoch()
         self.retention = retention
@@ -28,7 +30,7 @@ class MemoryBroker:
         self._deliver: Deliver | None = None
         self._trimmer: asyncio.Task[None] | None = None
 
-    async def start(self, deliver: Deliver) -> None:
+    async def start(self, deliver: Deliver, history_lost: Callable[[], None] | None = None) -> None:
         self._deliver = deliver
         self._trimmer = asyncio.create_task(self._trim_forever())
 

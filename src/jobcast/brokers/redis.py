@@ -23,7 +23,8 @@ X3. History: exact topics replay from their own stream ``t:{topic}`` (cost propo
     ``_redis_history.py``.
 X4. Epoch: a key created with ``SET NX``. A flushed or restarted-empty Redis loses it; the next
     publish or read notices, a new epoch starts, and this instance ends its streams with a retry
-    hint (``on_history_lost``), so clients resume with their old id and get ``history_lost``.
+    hint (the ``history_lost`` callback ``start`` was given), so clients resume with their old
+    id and get ``history_lost``.
 X5. Redis down: ``publish`` and ``replay`` raise :class:`Unavailable` (503), nothing is
     acknowledged unless it is in Redis. The read loop retries with backoff and resumes after
     the last id it delivered; streams stay open meanwhile (heartbeats continue).
@@ -82,11 +83,14 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
 
 
 class RedisBroker:
+    shared = True  # instances publish into one history
+
     def __init__(self, url: str, retention: Retention, *, trim_interval: float = 5.0) -> None:
         redis_url, self.prefix, self.max_log = split_url(url)
         self.retention = retention
         self.epoch = ""
-        #: Called when the history was lost (X4); the hub ends its streams with a retry hint.
+        #: Given by ``start``: called when the history was lost (X4); the hub ends its streams
+        #: with a retry hint.
         self.on_history_lost: Callable[[], None] | None = None
         self._redis: aioredis.Redis = aioredis.from_url(redis_url, socket_timeout=5)
         self._publish = self._redis.register_script(lua.PUBLISH)
@@ -114,9 +118,10 @@ class RedisBroker:
         except RedisError as exc:
             raise Unavailable(f"cannot reach the Redis event broker: {exc}") from exc
 
-    async def start(self, deliver: Deliver) -> None:
+    async def start(self, deliver: Deliver, history_lost: Callable[[], None] | None = None) -> None:
         await self.connect()
         self._deliver = deliver
+        self.on_history_lost = history_lost
         try:  # start at the end: earlier events are history, reached by replay
             last = await self._redis.xrevrange(self._key("log"), count=1)
         except RedisError as exc:

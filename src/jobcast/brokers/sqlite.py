@@ -65,6 +65,8 @@ class _Commit:
 
 
 class SQLiteBroker:
+    shared = False  # one process: nothing to announce, no history lost while running
+
     def __init__(self, path: Path, retention: Retention, *, trim_interval: float = 5.0) -> None:
         self.path = path
         self.retention = retention
@@ -83,7 +85,7 @@ class SQLiteBroker:
         self._closing = False
         self._lock = ProcessLock(path.with_name(path.name + ".lock"), "the event history")
 
-    async def start(self, deliver: Deliver) -> None:
+    async def start(self, deliver: Deliver, history_lost: Callable[[], None] | None = None) -> None:
         self._deliver = deliver
         self._lock.acquire()  # one process per history: others would never see our events
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="jobcast-history")

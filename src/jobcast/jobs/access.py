@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from jobcast.brokers.base import ReportsHistoryLoss
 from jobcast.errors import JobcastError, NotFound
 from jobcast.events import Event, EventDraft, dumps
 from jobcast.jobs.model import Job, JobState
@@ -75,9 +74,8 @@ class JobAccess:
         self._absent: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._lookups: dict[str, asyncio.Task[None]] = {}
         #: Only a shared broker has other instances to tell (the embedded default is one process).
-        self.shared = isinstance(hub.broker, ReportsHistoryLoss)
+        self.shared = hub.broker.shared
         self._changing = asyncio.Lock()
-        hub.observer = self
 
     def get(self, job_id: str) -> Access | None:
         """A job's owner and readers if known now; a miss starts a lookup (A3)."""

@@ -104,31 +104,28 @@ class Runtime:
         install_log_redaction()
         if settings.log_format == "json":
             use_json_logs()
-        hub = Hub(self.deployment.open_broker(), settings.hub_options())
-        await hub.start()
-        self._hub = hub
-        try:
+        hub = self._hub = Hub(self.deployment.open_broker(), settings.hub_options())
+        store = self._store = open_store(settings.resolved_store_url)
+        runner = self._runner = self.deployment.make_runner(store, hub, self.registry)
+        self.policy.job_access = runner.access_of
+        # In order, each on those before it: the hub (its broker, and the runner's job access
+        # as its observer), metrics, the store, the runner; stopped in reverse.
+        async with contextlib.AsyncExitStack() as started:
+            started.push_async_callback(self._stopped)
+            await hub.start(observer=runner.access)
+            started.push_async_callback(hub.close)
             await self.metrics.start()
-            store = self._store = open_store(settings.resolved_store_url)
+            started.push_async_callback(self.metrics.close)
             await store.open()
-            try:
-                runner = self._runner = self.deployment.make_runner(store, hub, self.registry)
-                await runner.start()
-                self.policy.job_access = runner.access_of
-                try:
-                    with drain_on_exit_signals(hub, settings.shutdown_delay_seconds):
-                        yield
-                finally:
-                    await runner.close()
-                    self._runner = None
-            finally:
-                await store.close()
-                self._store = None
-        finally:
-            await self.metrics.close()
-            await hub.close()
-            self._hub = None
-            await self.deployment.close()
+            started.push_async_callback(store.close)
+            await runner.start()
+            started.push_async_callback(runner.close)
+            with drain_on_exit_signals(hub, settings.shutdown_delay_seconds):
+                yield
+
+    async def _stopped(self) -> None:
+        self._hub = self._store = self._runner = None
+        await self.deployment.close()
 
     async def principal(
         self,
