@@ -198,6 +198,9 @@ class Subscription:
         self.writer = None
         self.writing_since = 0.0
 
+    def is_attached(self, writer: Writer) -> bool:
+        return self.writer is writer
+
     def abort_write(self) -> None:
         """End a write that will not complete (hub.H6), whether or not it was closed already."""
         self.close(CloseReason.STUCK)

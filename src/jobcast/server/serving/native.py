@@ -41,6 +41,7 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
+from jobcast.events import Event
 from jobcast.server.serving.fast_streams import NATIVE_STREAM
 from jobcast.server.serving.request_heads import HeadGuardProtocol
 from jobcast.server.streams.sse import EventStreamResponse
@@ -104,7 +105,7 @@ def chunk(body: bytes) -> bytes:
 class StreamProtocol(HeadGuardProtocol):  # request heads: deadline, URL limit (request_heads)
     """uvicorn's httptools protocol, able to carry an open SSE stream by itself (N1)."""
 
-    stream: StreamWriter[bytes] | None = None
+    stream: StreamWriter[Event, bytes] | None = None
     held = b""  # what the client sent while its stream was open (N4)
 
     def on_message_begin(self) -> None:

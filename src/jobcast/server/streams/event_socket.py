@@ -14,8 +14,9 @@ W1. One hub subscription per pattern, so ``unsubscribe`` closes exactly what it 
     id it received misses nothing; an event matched by two overlapping patterns is sent once.
     The socket counts as one stream against the per-subject cap while it holds any
     subscription, however many topics it names (``Hub.hold_stream``).
-W2. One writer coroutine per socket; the reader only queues control replies and replays into a
-    bounded outbox and wakes the writer. A client whose outbox overflows is closed (1008).
+W2. One writer per socket, the stream writer every stream has (``writer.py``), following the
+    socket's feed (``socket_feed.py``): the reader only queues control replies and replays into
+    its bounded outbox. A client whose outbox overflows is closed (1008).
 W3. Acknowledgements are durable per ``client_id`` (scoped to the token's subject): a
     ``subscribe`` without ``last_event_id`` resumes after the last acknowledged event. Acks are
     cumulative by id and written at most once a second and when the socket closes, so a crash
@@ -45,7 +46,6 @@ from jobcast.errors import InvalidInput, JobcastError, Unauthorized
 from jobcast.events import Event, EventId
 from jobcast.server.http.credentials import stream_owner
 from jobcast.server.streams.channel import (
-    CLOSE_POLICY,
     CLOSE_RESTART,
     PING,
     Caller,
@@ -53,15 +53,18 @@ from jobcast.server.streams.channel import (
     SocketClosed,
     accept_from_allowed_origin,
     close_code,
+    error_message,
     subscription_close_code,
 )
+from jobcast.server.streams.job_socket import SocketSink
+from jobcast.server.streams.socket_feed import MAX_OUTBOX, SocketFeed
+from jobcast.server.streams.writer import StreamWriter
 from jobcast.subscription import CloseReason, Subscription
 from jobcast.topics import parse_patterns
 
 if TYPE_CHECKING:
     from jobcast.server.runtime import Runtime
 
-MAX_OUTBOX = 20_000
 CONTROL_ROOM = 1_000  # outbox places kept for replies once replays are queued (W5)
 MAX_CLIENT_ID = 128
 ACK_SAVE_INTERVAL = 1.0
@@ -99,39 +102,52 @@ class EventSocket:
         self.principal = principal
         self.subject = principal.subject if principal else ""
         self.client_id = client_id[:MAX_CLIENT_ID] if client_id else None
-        self.subscriptions: dict[str, Subscription] = {}
-        self.outbox: collections.deque[str | Event] = collections.deque()
-        self.wake = asyncio.Event()
-        self.closing: tuple[int, str] | None = None
-        #: The error message sent before closing, when the close has one.
-        self.closing_message: str | None = None
+        self.feed = SocketFeed(jc.hub, jc.settings.heartbeat_interval)
+        self.subscriptions = self.feed.subscriptions
+        self.outbox = self.feed.outbox
         #: The subject this socket counts as a stream of, while it holds subscriptions (W1).
         self._holding: str | None = None
-        self._recent: collections.deque[int] = collections.deque(maxlen=4096)
-        self._recent_set: set[int] = set()
         self._ack: str | None = None
         self._ack_saved: str | None = None
         self._ack_saved_at = 0.0
 
     async def run(self, first: Any) -> None:
-        writer = asyncio.create_task(self._write_forever())
+        feed = self.feed
+        sink = SocketSink(self.channel, feed, close_code=self._close_code)
+        writer = StreamWriter(
+            feed,
+            EventSocketFraming(feed),
+            sink,
+            on_close=lambda _: None,  # the subscriptions are handed back below
+            on_write=self.jc.metrics.observe_write,
+        )
+        pump = asyncio.create_task(sink.run(writer))
         try:
             with contextlib.suppress(SocketClosed):
                 if first is not None:
                     await self._handle(first)
-                while not writer.done():
+                while not pump.done():
                     await self._handle(await self.channel.receive())
         finally:
-            for subscription in self.subscriptions.values():
-                subscription.close(CloseReason.CLIENT)
-                self.jc.hub.unsubscribe(subscription)
-            self.subscriptions.clear()
+            for text in list(self.subscriptions):
+                subscription = feed.remove(text)
+                if subscription is not None:
+                    subscription.close(CloseReason.CLIENT)
+                    self.jc.hub.unsubscribe(subscription)
             self._release_if_idle()
-            self.wake.set()
-            writer.cancel()
+            if not pump.done():
+                feed.close(CloseReason.CLIENT)
             with contextlib.suppress(asyncio.CancelledError, SocketClosed):
-                await writer
+                await pump
             await self._save_ack(force=True)
+
+    def _close_code(self, reason: CloseReason) -> tuple[int, str]:
+        ending = self.feed.ending
+        if ending is not None and ending[0] is reason:
+            return ending[1], ending[2]
+        if reason is CloseReason.DRAIN:
+            return CLOSE_RESTART, reason.value
+        return subscription_close_code(reason), reason.value
 
     # -- ops (W4) --------------------------------------------------------------------------
 
@@ -152,9 +168,7 @@ class EventSocket:
             if isinstance(exc, Unauthorized) and exc.reason == "token_expired":
                 # The socket's credential ran out: only a renewed one on a new socket can
                 # subscribe, which is what 4401 tells a client (as when it expires mid-stream).
-                self.closing = (close_code(exc), exc.reason)
-                self.closing_message = exc.message
-                self.wake.set()
+                self.feed.end(CloseReason.EXPIRED, close_code(exc), exc.reason, exc.message)
                 return
             self._queue_json({"op": "error", "error": exc.code, "message": exc.message, "for": op})
 
@@ -211,7 +225,7 @@ class EventSocket:
                 ordered.append((replay.head.position, orjson.dumps(reset).decode()))
             elif replay is not None:
                 ordered.extend((event.position, event) for event in replay.events)
-            self.subscriptions[text] = subscription
+            self.feed.add(text, subscription)
         if ordered:
             for subscription in self.subscriptions.values():
                 ordered.extend((event.position, event) for event in subscription.take())
@@ -236,7 +250,7 @@ class EventSocket:
         if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
             raise InvalidInput("'topics' must be a list of topic patterns")
         for text in topics:
-            subscription = self.subscriptions.pop(text, None)
+            subscription = self.feed.remove(text)
             if subscription is not None:
                 subscription.close(CloseReason.CLIENT)
                 self.jc.hub.unsubscribe(subscription)
@@ -276,89 +290,49 @@ class EventSocket:
         self._queue(orjson.dumps(value).decode())
 
     def _queue(self, item: str | Event) -> None:
-        if len(self.outbox) >= MAX_OUTBOX:  # W2
-            self.closing = (CLOSE_POLICY, "outbox overflow")
-        else:
-            self.outbox.append(item)
-        self.wake.set()
+        self.feed.queue(item)  # W2
 
-    # -- the writer (W2) -------------------------------------------------------------------
 
-    async def _write_forever(self) -> None:
-        channel = self.channel
-        interval = self.jc.settings.heartbeat_interval
-        while True:
-            if self.closing is not None:
-                if self.closing_message is not None:  # W4: every refusal says why first
-                    await channel.error(self.closing_message)
-                await channel.close(*self.closing)
-                return
-            if self.jc.hub.draining:  # also a socket with no subscription, or refused ones
-                await channel.error("the server is shutting down; reconnect and subscribe again")
-                await channel.close(CLOSE_RESTART, CloseReason.DRAIN.value)
-                return
-            while self.outbox:
-                item = self.outbox.popleft()
-                if isinstance(item, Event):
-                    await self._send_event(item)
-                else:
-                    await channel.send(item)
-            events: list[Event] = []
-            heartbeat = False
-            for subscription in list(self.subscriptions.values()):
-                reason = subscription.close_reason
-                if reason is not None and reason is not CloseReason.CLIENT:
-                    await channel.error(f"stream closed: {reason.value}; subscribe again")
-                    await channel.close(subscription_close_code(reason), reason.value)
-                    return
-                events.extend(subscription.take())
-                heartbeat = heartbeat or subscription.heartbeat_due
-            if events:
-                events.sort(key=lambda e: e.position)
-                for event in events:
-                    await self._send_event(event)
-            elif heartbeat:
-                await channel.send(PING)
-            if events or heartbeat:
-                # Only a write restarts the quiet clock: were a wake-up with nothing to send to
-                # restart it, the hub's ticker would never find the socket quiet for a whole
-                # interval, and an idle socket would get no pings (and proxies would cut it).
-                for subscription in self.subscriptions.values():
-                    subscription.mark_written()
-            if not await self._wait(interval) and not self.subscriptions:
-                await channel.send(PING)
+class EventSocketFraming:
+    """The feed as WebSocket messages (``writer.Framing``; a chunk is a list of them)."""
 
-    async def _send_event(self, event: Event) -> None:
-        position = event.position
-        if position in self._recent_set:
-            return  # matched by two overlapping patterns (W1)
-        if len(self._recent) == self._recent.maxlen:
-            self._recent_set.discard(self._recent[0])
-        self._recent.append(position)
-        self._recent_set.add(position)
-        await self.channel.send(event.ws_message.decode())
+    __slots__ = ("_recent", "_recent_set", "feed")
 
-    async def _wait(self, seconds: float) -> bool:
-        """Wait for work; False on timeout."""
-        subscriptions = list(self.subscriptions.values())
-        if (
-            self.outbox
-            or self.closing
-            or any(s.pending_count or s.heartbeat_due or s.closed for s in subscriptions)
-        ):
-            return True
-        self.wake.clear()
-        waiters: list[asyncio.Future[Any]] = [
-            asyncio.ensure_future(s.wait()) for s in subscriptions
-        ]
-        waiters.append(asyncio.ensure_future(self.wake.wait()))
-        if not subscriptions:  # draining closes subscriptions, which wakes the others
-            waiters.append(asyncio.ensure_future(self.jc.hub.drained.wait()))
-        try:
-            done, _ = await asyncio.wait(
-                waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-        return bool(done)
+    def __init__(self, feed: SocketFeed) -> None:
+        self.feed = feed
+        self._recent: collections.deque[int] = collections.deque(maxlen=4096)
+        self._recent_set: set[int] = set()
+
+    def opening(self) -> tuple[list[str], bool]:
+        return [], False
+
+    def frames(self, items: list[str | Event]) -> list[str]:
+        messages: list[str] = []
+        recent, recent_set = self._recent, self._recent_set
+        for item in items:
+            if isinstance(item, str):
+                messages.append(item)
+                continue
+            position = item.position
+            if position in recent_set:
+                continue  # matched by two overlapping patterns (W1)
+            if len(recent) == recent.maxlen:
+                recent_set.discard(recent[0])
+            recent.append(position)
+            recent_set.add(position)
+            messages.append(item.ws_message.decode())
+        return messages
+
+    def heartbeat(self) -> list[str]:
+        return [PING]
+
+    def closing(self, reason: CloseReason) -> list[str]:
+        ending = self.feed.ending
+        if ending is not None and ending[0] is reason:  # W4: every refusal says why first
+            return [] if ending[3] is None else [error_message(ending[3])]
+        if reason is CloseReason.DRAIN:
+            return [error_message("the server is shutting down; reconnect and subscribe again")]
+        return [error_message(f"stream closed: {reason.value}; subscribe again")]
+
+    def is_final(self, item: str | Event) -> bool:
+        return False

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket
 
@@ -30,7 +31,7 @@ from jobcast.server.streams.channel import (
 from jobcast.server.streams.job_frames import WsJobFrames, WsRender
 from jobcast.server.streams.job_plan import JobStreamPlan, is_terminal_event, plan_job_stream
 from jobcast.server.streams.pump import PumpedSink
-from jobcast.server.streams.writer import StreamWriter
+from jobcast.server.streams.writer import Source, StreamWriter
 from jobcast.subscription import CloseReason, Subscription
 
 if TYPE_CHECKING:
@@ -140,14 +141,26 @@ class JobSocketFraming:
         return is_terminal_event(event)
 
 
+def close_code_of(reason: CloseReason) -> tuple[int, str]:
+    """The close code and reason text of a stream closed for ``reason``."""
+    return subscription_close_code(reason), reason.value
+
+
 class SocketSink(PumpedSink[list[str]]):
-    """A WebSocket as a stream's sink, pumped by the socket route's coroutine (pump.P1-P3)."""
+    """A WebSocket as a stream's sink, pumped by the socket's own coroutine (pump.P1-P3)."""
 
     gone = (SocketClosed,)
 
-    def __init__(self, channel: Channel, subscription: Subscription) -> None:
-        super().__init__(subscription)
+    def __init__(
+        self,
+        channel: Channel,
+        source: Source[Any],
+        *,
+        close_code: Callable[[CloseReason], tuple[int, str]] = close_code_of,
+    ) -> None:
+        super().__init__(source)
         self.channel = channel
+        self.close_code = close_code
 
     async def send(self, chunk: list[str]) -> None:
         for message in chunk:
@@ -158,7 +171,7 @@ class SocketSink(PumpedSink[list[str]]):
             await self.channel.close(CLOSE_NORMAL, "job finished")
             return
         await self.send(closing or [])
-        await self.channel.close(subscription_close_code(reason), reason.value)
+        await self.channel.close(*self.close_code(reason))
 
 
 async def _watch_incoming(channel: Channel, subscription: Subscription) -> None:

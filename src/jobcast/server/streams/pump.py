@@ -21,12 +21,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sized
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from jobcast.server.streams.writer import StreamWriter
-from jobcast.subscription import CloseReason, Subscription
+from jobcast.subscription import CloseReason
 
 Chunk = TypeVar("Chunk", bound=Sized)
+
+
+class Guarded(Protocol):
+    """What a pump marks while it sends (a subscription, or a socket's feed: P2)."""
+
+    writing_since: float
+
+    @property
+    def write_aborted(self) -> bool:
+        """Whether the hub ended a write of it (hub.H6)."""
+        ...
 
 
 class PumpedSink(Generic[Chunk]):
@@ -35,7 +46,7 @@ class PumpedSink(Generic[Chunk]):
     #: Errors of a send that mean the client is gone.
     gone: tuple[type[BaseException], ...] = (OSError,)
 
-    def __init__(self, subscription: Subscription) -> None:
+    def __init__(self, subscription: Guarded) -> None:
         self.subscription = subscription
         self._pending: Chunk | None = None
         #: Set by ``end``: the closing chunk and why, and whom to tell once written (P3).
@@ -72,7 +83,7 @@ class PumpedSink(Generic[Chunk]):
         """The end's writes (P3); ``reason`` is ``None`` when the stream finished by itself."""
         raise NotImplementedError
 
-    async def run(self, writer: StreamWriter[Chunk]) -> None:
+    async def run(self, writer: StreamWriter[Any, Chunk]) -> None:
         """Start ``writer`` and send what it hands over until the stream ends."""
         self._task = asyncio.current_task()
         loop = asyncio.get_running_loop()

@@ -102,7 +102,7 @@ class EventStreamResponse(Response):
         #: The bytes written as a heartbeat; default: the ``: ping`` comment (E5).
         self.heartbeat_frame = heartbeat
 
-    def writer(self, sink: AsgiSink | Any) -> StreamWriter[bytes]:
+    def writer(self, sink: AsgiSink | Any) -> StreamWriter[Event, bytes]:
         """The writer of this stream into ``sink`` (an ASGI ``send``, or a connection's own)."""
         return StreamWriter(
             self.subscription, self, sink, on_close=self.on_close, on_write=self.on_write
