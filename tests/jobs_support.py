@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import orjson
 
-from tests.support import EventStream, LiveServer
+from tests.support import EventStream, LiveServer, eventually
 
 
 async def submit(
@@ -80,15 +80,16 @@ async def poll_until_done(
     client: httpx.AsyncClient, server: LiveServer, job_id: str, *, sub: str = "alice"
 ) -> list[dict[str, Any]]:
     """Poll like a client without streams would: every snapshot until a terminal state."""
-    snapshots = []
-    async with asyncio.timeout(15):
-        while True:
-            response = await client.get(f"{server.url}/api/jobs/{job_id}", headers=server.auth(sub))
-            assert response.status_code == 200, response.text
-            snapshots.append(response.json())
-            if snapshots[-1]["state"] in ("succeeded", "failed", "cancelled"):
-                return snapshots
-            await asyncio.sleep(0.02)  # the poll interval of a polling client
+    snapshots: list[dict[str, Any]] = []
+
+    async def done() -> bool:
+        response = await client.get(f"{server.url}/api/jobs/{job_id}", headers=server.auth(sub))
+        assert response.status_code == 200, response.text
+        snapshots.append(response.json())
+        return snapshots[-1]["state"] in ("succeeded", "failed", "cancelled")
+
+    await eventually(done, timeout=15, interval=0.02)  # a polling client's interval
+    return snapshots
 
 
 def assert_monotonic(values: list[float]) -> None:

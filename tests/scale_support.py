@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from tests.support import SECRET
+from tests.support import SECRET, eventually
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -177,9 +177,11 @@ async def poll_json(
     client: httpx.AsyncClient, url: str, predicate: Any, *, timeout: float = 10, **kwargs: Any
 ) -> Any:
     """GET ``url`` until ``predicate(json)`` holds: for state seen from outside."""
-    async with asyncio.timeout(timeout):
-        while True:
-            response = await client.get(url, **kwargs)
-            if response.status_code == 200 and predicate(body := response.json()):
-                return body
-            await asyncio.sleep(0.05)
+
+    async def polled() -> Any:
+        response = await client.get(url, **kwargs)
+        if response.status_code == 200 and predicate(body := response.json()):
+            return body
+        return None
+
+    return await eventually(polled, timeout=timeout, interval=0.05)

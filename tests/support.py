@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import socket
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import uvicorn
@@ -115,11 +116,28 @@ class LiveServer:
         return {"Authorization": f"Bearer {self.token(sub, role, **kwargs)}"}
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait for a condition that has no event to await (server state seen from a test)."""
+T = TypeVar("T")
+
+
+async def eventually(
+    check: Callable[[], T | Awaitable[T]], timeout: float = 5.0, interval: float = 0.01
+) -> T:
+    """Poll ``check`` (a function or coroutine function) until it returns something truthy, and
+    return that; fail after ``timeout``. For conditions that have no event to await: state
+    seen from outside the server or another process. The one polling loop of the tests."""
     async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110 - polling server state is the point
-            await asyncio.sleep(0.01)
+        while True:
+            value = check()
+            if inspect.isawaitable(value):
+                value = await value
+            if value:
+                return value  # type: ignore[return-value]
+            await asyncio.sleep(interval)
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait for a condition of the server's state (``eventually`` for a plain predicate)."""
+    await eventually(predicate, timeout)
 
 
 class EventStream:

@@ -22,7 +22,7 @@ import orjson
 import pytest
 
 from jobcast.auth import TokenAuthority
-from tests.support import SECRET, EventStream, make_settings
+from tests.support import SECRET, EventStream, eventually, make_settings
 
 DELAY = 1.5  # JOBCAST_SHUTDOWN_DELAY_SECONDS
 GRACE = 4.0  # JOBCAST_SHUTDOWN_GRACE_SECONDS
@@ -103,9 +103,7 @@ async def start_publish(
 
 async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float) -> None:
     """Wait for a condition seen from outside the process (it has no event to await)."""
-    async with asyncio.timeout(timeout):
-        while not await predicate():  # noqa: ASYNC110 - polling another process is the point
-            await asyncio.sleep(0.02)
+    await eventually(predicate, timeout, interval=0.02)
 
 
 async def test_sigterm_drains_then_exits_within_the_grace_period(

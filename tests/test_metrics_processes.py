@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ from jobcast.auth import TokenAuthority
 from jobcast.shared_metrics import merge
 from tests.scale_support import Processes, processes
 from tests.services import needs_services, redis_prefix, redis_url
-from tests.support import EventStream, make_settings
+from tests.support import EventStream, eventually, make_settings
 from tests.test_metrics import samples
 from tests.ws_support import receive, send
 
@@ -38,12 +37,12 @@ async def scrape_until(
 ) -> dict[str, float]:
     """Scrape until every ``expected`` sample has its value (other processes' numbers are up
     to one snapshot interval old, so this is state seen from outside: polled)."""
-    async with asyncio.timeout(10):
-        while True:
-            values = samples((await client.get(f"{base}/metrics")).text)
-            if all(values.get(name) == value for name, value in expected.items()):
-                return values
-            await asyncio.sleep(0.05)
+
+    async def scraped() -> dict[str, float] | None:
+        values = samples((await client.get(f"{base}/metrics")).text)
+        return values if all(values.get(n) == v for n, v in expected.items()) else None
+
+    return await eventually(scraped, timeout=10, interval=0.05)
 
 
 def connections(process: str, transport: str) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 import redis
@@ -14,6 +14,7 @@ from jobcast.errors import Unavailable
 from jobcast.events import Event, EventDraft, EventId
 from jobcast.topics import TopicPattern
 from tests.services import REDIS_URL, needs_services, redis_prefix, redis_url
+from tests.support import eventually
 
 pytestmark = needs_services
 
@@ -48,10 +49,8 @@ def draft(topic: str, type_: str = "t", n: int = 0) -> EventDraft:
     return EventDraft.create(topic, type_, {"n": n})
 
 
-async def until(predicate: object, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():  # type: ignore[operator]  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
+async def until(predicate: Callable[[], object], timeout: float = 5.0) -> None:
+    await eventually(predicate, timeout)
 
 
 async def test_events_published_on_one_instance_reach_the_other_in_order(

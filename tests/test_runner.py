@@ -28,7 +28,7 @@ from jobcast.stores import open_store
 from jobcast.stores.base import JobStore
 from jobcast.topics import TopicPattern
 from tests.jobs_support import submit, wait_running, watch
-from tests.support import LiveServer
+from tests.support import LiveServer, eventually
 
 
 async def test_restart_mid_job_fails_unsafe_jobs_and_requeues_safe_ones(
@@ -261,6 +261,9 @@ async def test_a_store_outage_never_strands_a_job(
         async with asyncio.timeout(5):
             await flaky[0].refused_terminal.wait()
         assert (await runner.get(job.id)).state is end  # type: ignore[union-attr]
-        async with asyncio.timeout(5):  # stored once the store is back
-            while (stored := await store.get(job.id)) is None or stored.state is not end:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
+
+        async def stored() -> bool:  # once the store is back
+            job_now = await store.get(job.id)
+            return job_now is not None and job_now.state is end
+
+        await eventually(stored, interval=0.05)

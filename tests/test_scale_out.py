@@ -23,7 +23,7 @@ from jobcast.publisher import AsyncPublisher, Publisher
 from jobcast.server.app import Jobcast
 from tests.scale_support import Processes, free_port, jobcast_env, processes, wait_for_port
 from tests.services import needs_services, redis_prefix, redis_url
-from tests.support import EventStream, LiveServer, make_settings
+from tests.support import EventStream, LiveServer, eventually, make_settings
 
 TOKENS = TokenAuthority.from_settings(make_settings())
 
@@ -56,9 +56,11 @@ async def publish(client: httpx.AsyncClient, base: str, n: int, topic: str = "sc
 
 async def wait_clients(client: httpx.AsyncClient, base: str, count: int) -> None:
     """Until ``base`` holds ``count`` streams (seen from outside, so polled)."""
-    async with asyncio.timeout(10):
-        while (await client.get(f"{base}/health")).json()["connected_clients"] != count:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+
+    async def holds() -> bool:
+        return bool((await client.get(f"{base}/health")).json()["connected_clients"] == count)
+
+    await eventually(holds, timeout=10, interval=0.02)
 
 
 class Subscriber:

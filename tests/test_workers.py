@@ -32,7 +32,7 @@ from tests.services import (
     redis_prefix,
     redis_url,
 )
-from tests.support import LiveServer
+from tests.support import LiveServer, eventually
 from tests.test_metrics_processes import scrape_until
 
 pytestmark = needs_services
@@ -253,5 +253,9 @@ async def taken_by_a_dead_worker(queue: RedisQueue, key: str) -> str:
 
 async def until_status(queue: RedisQueue, key: str, status: Status) -> None:
     """Wait until a queue job has ``status``: another task's progress has no event here."""
-    while (job := await queue.job(key)) is None or job.status is not status:  # noqa: ASYNC110
-        await asyncio.sleep(0.02)
+
+    async def reached() -> bool:
+        job = await queue.job(key)
+        return job is not None and job.status is status
+
+    await eventually(reached, timeout=30, interval=0.02)

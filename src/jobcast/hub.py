@@ -3,7 +3,7 @@
 Data flow: ``publish`` -> broker (assigns ids, stores history, delivers to every instance) ->
 ``_deliver`` -> topic index -> ``Subscription.offer`` -> the connection's writer -> the wire.
 
-Decisions (cited in the code as H1..H4):
+Decisions (cited in the code as H1..H7):
 
 H1. A topic index, not a scan: exact topics map to their subscribers, and each wildcard prefix
     to its subscribers; an event costs one lookup per segment of its topic, whatever the total
@@ -18,6 +18,11 @@ H3. One timer for the whole hub, not one per connection: it sends heartbeats (se
     subscription.S4) and ends streams whose credential expired (``reauth``).
 H4. Draining (shutdown) ends every stream with a ``retry`` hint spread over a window, so the
     clients of a stopping instance do not reconnect to the next one all at the same moment.
+H5. Links are given when the hub starts, not assigned from outside: it hands the broker its
+    ``deliver`` and history-lost callbacks, and takes its observer (the job access rules,
+    ``jobs/access.py``) as an argument of its own ``start``. The observer sees every batch
+    before the per-topic filters do; control topics (``$jobcast/...``) go to it alone, never
+    fanned out or replayed.
 H6. A write that does not complete (the client stopped reading and the socket buffers are
     full) is found by the same ticker: each stream notes when its current write began, and
     the ticker ends writes older than ``send_timeout``, also for streams already closed (an

@@ -1,6 +1,6 @@
 """The scale-out broker: history and fan-out in Redis Streams, shared by every instance.
 
-Decisions (cited as X1..X6):
+Decisions (cited as X1..X7):
 
 X1. Order: one Lua script per publish INCRs a global position counter and XADDs each event to
     the global stream ``log`` with the stream id ``{position}-0`` (and to its topic's stream).

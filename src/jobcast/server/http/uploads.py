@@ -1,6 +1,6 @@
 """Streaming multipart reception of a job submission: the file goes to disk as it arrives.
 
-Decisions (cited as U1..U4):
+Decisions (cited as U1..U5):
 
 U1. The body is parsed incrementally (python-multipart's callback parser); the file part is
     written to a temporary file in the uploads directory and hashed chunk by chunk, both in a

@@ -7,7 +7,7 @@ dependency solving and model validation cost more than publishing. This pure ASG
 answers them with the same functions the FastAPI routes call, and hands everything else to
 the app.
 
-Decisions (cited as F1..F3):
+Decisions (cited as F1..F5):
 
 F1. It takes only the requests that need nothing from the layers it skips: headers within the
     431 limits, and no ``Origin`` when CORS is configured (the CORS middleware must answer

@@ -5,7 +5,7 @@ Client ops: ``{"op": "subscribe", "topics": [...], "last_event_id": ...}``,
 Server messages: events, and ``subscribed``, ``unsubscribed``, ``reset``, ``ping``, ``pong``,
 ``error`` ops.
 
-Decisions (cited as W1..W4):
+Decisions (cited as W1..W5):
 
 W1. One hub subscription per pattern, so ``unsubscribe`` closes exactly what it names and a
     later ``subscribe`` resumes its own pattern without disturbing the others. Events taken
