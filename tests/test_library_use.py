@@ -34,7 +34,7 @@ async def test_readme_embedding_example_runs(
     exec(compile(readme_example(), "README.md", "exec"), namespace)
     server = LiveServer(namespace["app"]).start()  # type: ignore[arg-type]
     try:
-        url = f"{server.url}/api/events"
+        url = f"{server.url}/jobcast/api/events"  # the README mounts jobcast under a prefix
         async with EventStream(
             client, url, params={"topic": "videos/*"}, headers=server.auth()
         ) as events:
