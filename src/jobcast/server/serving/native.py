@@ -105,8 +105,12 @@ def chunk(body: bytes) -> bytes:
 class StreamProtocol(HeadGuardProtocol):  # request heads: deadline, URL limit (request_heads)
     """uvicorn's httptools protocol, able to carry an open SSE stream by itself (N1)."""
 
-    stream: StreamWriter[Event, bytes] | None = None
-    held = b""  # what the client sent while its stream was open (N4)
+    __slots__ = ("held", "stream")  # the connection's dict stays shared (request_heads)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stream: StreamWriter[Event, bytes] | None = None
+        self.held = b""  # what the client sent while its stream was open (N4)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
