@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -43,7 +42,7 @@ from starlette.websockets import WebSocket
 from jobcast.auth import Principal
 from jobcast.brokers.base import Gap, Replay
 from jobcast.errors import InvalidInput, JobcastError, Unauthorized
-from jobcast.events import Event, EventId
+from jobcast.events import Event
 from jobcast.server.http.credentials import stream_owner
 from jobcast.server.streams.channel import (
     CLOSE_RESTART,
@@ -57,6 +56,7 @@ from jobcast.server.streams.channel import (
     subscription_close_code,
 )
 from jobcast.server.streams.job_socket import SocketSink
+from jobcast.server.streams.socket_acks import SocketAcks
 from jobcast.server.streams.socket_feed import MAX_OUTBOX, SocketFeed
 from jobcast.server.streams.writer import StreamWriter
 from jobcast.subscription import CloseReason, Subscription
@@ -66,8 +66,6 @@ if TYPE_CHECKING:
     from jobcast.server.runtime import Runtime
 
 CONTROL_ROOM = 1_000  # outbox places kept for replies once replays are queued (W5)
-MAX_CLIENT_ID = 128
-ACK_SAVE_INTERVAL = 1.0
 
 
 async def serve_event_socket(
@@ -101,15 +99,12 @@ class EventSocket:
         self.channel = channel
         self.principal = principal
         self.subject = principal.subject if principal else ""
-        self.client_id = client_id[:MAX_CLIENT_ID] if client_id else None
+        self.acks = SocketAcks(jc.store, self.subject, client_id)  # W3
         self.feed = SocketFeed(jc.hub, jc.settings.heartbeat_interval)
         self.subscriptions = self.feed.subscriptions
         self.outbox = self.feed.outbox
         #: The subject this socket counts as a stream of, while it holds subscriptions (W1).
         self._holding: str | None = None
-        self._ack: str | None = None
-        self._ack_saved: str | None = None
-        self._ack_saved_at = 0.0
 
     async def run(self, first: Any) -> None:
         feed = self.feed
@@ -139,7 +134,7 @@ class EventSocket:
                 feed.close(CloseReason.CLIENT)
             with contextlib.suppress(asyncio.CancelledError, SocketClosed):
                 await pump
-            await self._save_ack(force=True)
+            await self.acks.save(force=True)
 
     def _close_code(self, reason: CloseReason) -> tuple[int, str]:
         ending = self.feed.ending
@@ -159,7 +154,7 @@ class EventSocket:
             elif op == "unsubscribe":
                 self._unsubscribe(message.get("topics"))
             elif op == "ack":
-                await self._acknowledge(message.get("id"))
+                await self.acks.acknowledge(message.get("id"))
             elif op == "ping":
                 self._queue('{"op":"pong"}')
             else:
@@ -183,8 +178,8 @@ class EventSocket:
         if len(self.subscriptions) + len(new) > limit:
             raise InvalidInput(f"at most {limit} topics per socket")
         allow = self.jc.policy.subscription_filter(self.principal, patterns)
-        if last_event_id is None and self.client_id is not None:
-            last_event_id = self._ack or await self.jc.store.load_ack(self.subject, self.client_id)
+        if last_event_id is None:
+            last_event_id = await self.acks.resume_from()
         owner = stream_owner(self.principal)  # refuses a credential past its expiry
         if new and self._holding is None and owner:
             self.jc.hub.hold_stream(owner["owner"])  # W1: the socket is one stream
@@ -262,29 +257,6 @@ class EventSocket:
         if self._holding is not None and not self.subscriptions:
             self.jc.hub.release_stream(self._holding)
             self._holding = None
-
-    async def _acknowledge(self, event_id: Any) -> None:
-        if self.client_id is None:
-            raise InvalidInput("acks need a client id: connect with ?client_id=...")
-        if not isinstance(event_id, str) or EventId.parse(event_id) is None:
-            raise InvalidInput("'id' must be an event id")
-        current = EventId.parse(self._ack) if self._ack else None
-        new = EventId.parse(event_id)
-        assert new is not None
-        if current is None or current.epoch != new.epoch or new.position > current.position:
-            self._ack = event_id  # cumulative: an older ack never moves it back (W3)
-        await self._save_ack(force=False)
-
-    async def _save_ack(self, *, force: bool) -> None:
-        if self.client_id is None or self._ack is None or self._ack == self._ack_saved:
-            return
-        if not force and time.monotonic() - self._ack_saved_at < ACK_SAVE_INTERVAL:
-            return
-        ack = self._ack
-        with contextlib.suppress(JobcastError):  # best effort at close; retried on next ack
-            await self.jc.store.save_ack(self.subject, self.client_id, ack)
-            self._ack_saved = ack
-        self._ack_saved_at = time.monotonic()
 
     def _queue_json(self, value: dict[str, Any]) -> None:
         self._queue(orjson.dumps(value).decode())
