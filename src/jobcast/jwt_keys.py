@@ -51,16 +51,21 @@ class _CheckedOnce(HMACAlgorithm):
         return super().prepare_key(key)
 
 
-def unverified_alg(token: str) -> object:
-    """The ``alg`` of a token's header, read without verifying anything: it only chooses the
-    key, and ``jwt.decode`` then checks everything. (PyJWT's own reader decodes and validates
-    the whole token, which doubled the cost of every stream opened.)"""
+def unverified_header(token: str) -> dict[str, Any]:
+    """A token's header, read without verifying anything: its ``alg`` and ``kid`` only choose
+    the key, and ``jwt.decode`` then checks everything. (PyJWT's own reader decodes and
+    validates the whole token, which doubled the cost of every stream opened.)"""
     segment = token.partition(".")[0]
     try:
         header = orjson.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
     except ValueError:  # binascii.Error and orjson's error are ValueErrors
         raise Unauthorized("the token is malformed", reason="malformed_token") from None
-    return header.get("alg") if isinstance(header, dict) else None
+    return header if isinstance(header, dict) else {}
+
+
+def unverified_alg(token: str) -> object:
+    """The ``alg`` of a token's header, unverified (see :func:`unverified_header`)."""
+    return unverified_header(token).get("alg")
 
 
 def load_or_create_secret(data_dir: Path) -> str:

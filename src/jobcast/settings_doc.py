@@ -63,6 +63,8 @@ def type_name(field: FieldInfo) -> str:
         annotation = members[0] if len(members) == 1 else annotation
     if get_origin(annotation) is list:
         text = "list"
+    elif get_origin(annotation) is dict:
+        text = "name=value pairs"
     elif get_origin(annotation) is Literal:
         text = "one of " + ", ".join(f"`{value}`" for value in get_args(annotation))
     else:
@@ -89,6 +91,9 @@ def default_text(field: FieldInfo) -> str:
         return "unset"
     if isinstance(value, list):
         return f"`{','.join(str(item) for item in value)}`" if value else "empty"
+    if isinstance(value, dict):
+        pairs = ",".join(f"{key}={item}" for key, item in value.items())
+        return f"`{pairs}`" if value else "empty"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
     if isinstance(value, int | float):
