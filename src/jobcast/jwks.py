@@ -51,7 +51,7 @@ class JwksKeys:
         self._fetched_at: float | None = None
         self._last_refetch = -float("inf")  # the last refetch for an unknown kid (2)
         self._retry_at = -float("inf")  # after a failed fetch, none before this
-        self._generation = 0  # bumped by every fetch attempt, to tell whether one just ran
+        self._generation = 0  # bumped when a fetch attempt ends, so waiters know one ran
         self._lock = asyncio.Lock()
         #: Fetches attempted so far (for tests and metrics).
         self.fetches = 0
@@ -95,16 +95,17 @@ class JwksKeys:
                 if not self._may_refetch(now):
                     return
                 self._last_refetch = now
-            self._generation += 1
             self.fetches += 1
             try:
                 keys = await self._download()
             except (httpx.HTTPError, ValueError, jwt.PyJWTError) as exc:
+                self._generation += 1
                 # Not retried before min_refetch_seconds, so an outage is not hammered; the
                 # keys we have stay in use meanwhile (1).
                 log.warning("could not fetch the JWKS at %s: %s", self.url, exc)
                 self._retry_at = now + self.min_refetch_seconds
                 return
+            self._generation += 1  # after the attempt: whoever waited for it sees it ran
             self._keys = keys
             self._fetched_at = self._clock()
 
