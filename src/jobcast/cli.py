@@ -26,9 +26,31 @@ app = typer.Typer(
     "  jobcast submit demo --param steps=5 --watch\n\n  jobcast jobs --state running\n\n"
     "Run `jobcast COMMAND --help` for each command's options and examples.",
     no_args_is_help=True,
-    add_completion=False,
+    # --install-completion and --show-completion, for bash, zsh, fish and PowerShell.
+    add_completion=True,
     rich_markup_mode="rich",
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"jobcast {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """jobcast: real-time job progress and event streaming."""
 
 
 @app.command(

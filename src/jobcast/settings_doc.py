@@ -15,7 +15,6 @@ from typing import Any, Literal, Union, get_args, get_origin
 import annotated_types
 from pydantic import SecretStr
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
 
 from jobcast.config import Settings
 
@@ -81,12 +80,9 @@ def type_name(field: FieldInfo) -> str:
 
 
 def default_text(field: FieldInfo) -> str:
-    if field.default_factory is not None:
-        value: Any = field.default_factory()  # type: ignore[call-arg]
-    elif field.default is PydanticUndefined:
+    if field.is_required():
         return "required"
-    else:
-        value = field.default
+    value: Any = field.get_default(call_default_factory=True)
     if value is None:
         return "unset"
     if isinstance(value, list):
