@@ -11,8 +11,9 @@ from typing import Annotated
 
 import typer
 
-from jobcast.auth import Role
 from jobcast.cli_client import register as register_client_commands
+from jobcast.cli_context import EXIT_USAGE, fail
+from jobcast.principal import Role
 
 
 class LogFormatChoice(StrEnum):
@@ -95,6 +96,7 @@ def serve(
     from uvicorn.config import LOGGING_CONFIG
 
     from jobcast.config import Settings
+    from jobcast.errors import MissingExtra
     from jobcast.server.app import create_app
     from jobcast.server.fast_paths import FastPaths
     from jobcast.server.gc_tuning import tune_for_serving
@@ -107,6 +109,10 @@ def serve(
         os.environ["JOBCAST_HANDLERS"] = handlers
     os.environ["JOBCAST_LOG_FORMAT"] = log_format.value  # the app's settings agree
     settings = Settings()
+    try:
+        settings.check_extras()
+    except MissingExtra as exc:
+        fail(exc.message, EXIT_USAGE)
     banner = (
         f"jobcast {_version()} on http://{host}:{port} (data: {settings.data_dir}, "
         f"events: {hide_password(settings.resolved_broker_url)}); API docs at /docs"
@@ -117,8 +123,7 @@ def serve(
     try:
         app_ = create_app(settings)
     except ValueError as exc:  # a --handlers module that cannot be loaded
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        fail(str(exc), EXIT_USAGE)
     config = uvicorn.Config(
         FastPaths(app_, app_.state.jobcast),  # streams skip even FastAPI's entry: F3
         host=host,
@@ -205,6 +210,7 @@ def worker(
 
     from jobcast.config import Settings
     from jobcast.errors import JobcastError
+    from jobcast.extras import require
 
     if handlers is not None:
         os.environ["JOBCAST_HANDLERS"] = handlers
@@ -212,17 +218,18 @@ def worker(
         os.environ["JOBCAST_JOB_CONCURRENCY"] = str(concurrency)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     try:
+        settings = Settings()
+        # A worker always needs the queue, whether or not JOBCAST_QUEUE_URL is set yet.
+        require("saq", "queue", "jobcast worker")
+        require("redis", "queue", "jobcast worker")
+        settings.check_extras()
         from jobcast.jobs.worker import run_worker
 
-        run_worker(Settings())
-    except ImportError as exc:
-        typer.echo(
-            f"error: workers need the queue extra: pip install 'jobcast[queue]' ({exc})", err=True
-        )
-        raise typer.Exit(2) from None
-    except (JobcastError, ValueError) as exc:  # bad settings or an unloadable handler module
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        run_worker(settings)
+    except JobcastError as exc:  # a missing extra, bad settings, an unloadable handler module
+        fail(exc.message, EXIT_USAGE)
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
 
 
 @app.command(

@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from jobcast.brokers.base import Retention
+from jobcast.extras import check_backends
 from jobcast.hub import HubOptions
 from jobcast.jobs.runner import RunnerOptions
 from jobcast.principal import Role
@@ -296,6 +297,11 @@ class Settings(BaseSettings):
         if self.store_url:
             return self.store_url
         return f"sqlite+aiosqlite:///{self.data_dir / 'jobs.db'}"
+
+    def check_extras(self) -> None:
+        """Raise :class:`~jobcast.errors.MissingExtra` if a configured backend's optional
+        dependency is not installed (``extras.py``): called before anything starts."""
+        check_backends(self.resolved_broker_url, self.resolved_store_url, self.queue_url)
 
     def retention(self) -> Retention:
         return Retention(

@@ -67,6 +67,7 @@ class Jobcast:
 
     def __init__(self, settings: Settings | None = None, *, policy: Policy | None = None) -> None:
         self.settings = settings or Settings()
+        self.settings.check_extras()  # a missing optional dependency: one clear error, first
         #: Every allow/deny decision. Pass a :class:`Policy` subclass for your own rules (say,
         #: who besides a job's owner may watch it); it must honour the settings' public topics.
         self.policy = policy or Policy(self.settings.public_topics)
