@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +15,7 @@ import pytest
 
 from tests.idp_support import IdentityProvider, serve_jwks
 from tests.support import EventStream, LiveServer
+from tests.test_library_use import readme_example
 
 LiveServerFactory = Callable[..., LiveServer]
 
@@ -285,3 +287,50 @@ async def test_wrong_provider_tokens_are_401_with_the_reason(
     token = keycloak(idp, "alice", [], **claims)
     response = await client.get(f"{keycloak_server.url}/api/jobs", headers=bearer(token))
     assert await reason(response) == (401, expected)
+
+
+async def test_the_readme_host_app_accepts_keycloak_tokens(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    idp: IdentityProvider,
+    client: httpx.AsyncClient,
+) -> None:
+    """The README's "Use it inside your FastAPI app", configured for Keycloak by environment."""
+    settings = {
+        "DATA_DIR": str(tmp_path),
+        "JWT_JWKS_URL": idp.url,
+        "JWT_ISSUER": KEYCLOAK_ISSUER,
+        "JWT_AUDIENCE": "jobcast",
+        "JWT_SUBJECT_CLAIM": "preferred_username",
+        "JWT_ROLES_CLAIM": "realm_access.roles",
+        "JWT_ROLE_MAP": "jobcast-publisher=service",
+    }
+    for name, value in settings.items():
+        monkeypatch.setenv(f"JOBCAST_{name}", value)
+    namespace: dict[str, object] = {}
+    exec(compile(readme_example(), "README.md", "exec"), namespace)
+    server = LiveServer(namespace["app"]).start()  # type: ignore[arg-type]
+    try:
+        viewer = bearer(keycloak(idp, "alice", []))
+        url = f"{server.url}/api/events"
+        async with EventStream(client, url, params={"topic": "videos/*"}, headers=viewer) as events:
+            assert events.response is not None and events.response.status_code == 200
+            # The host's own route publishes; a Keycloak publisher publishes through jobcast.
+            host = await client.post(f"{server.url}/videos/7/status", params={"status": "DONE"})
+            assert host.status_code == 200
+            published = await client.post(
+                url,
+                json={"topic": "videos/8", "type": "video.status", "data": {"status": "QUEUED"}},
+                headers=bearer(keycloak(idp, "encoder", ["jobcast-publisher"])),
+            )
+            assert published.status_code == 202
+            assert [(e.event, e.data) for e in await events.take(2)] == [
+                ("video.status", '{"status":"DONE"}'),
+                ("video.status", '{"status":"QUEUED"}'),
+            ]
+        refused = await client.post(
+            url, json={"topic": "videos/9", "type": "video.status"}, headers=viewer
+        )
+        assert refused.status_code == 403
+    finally:
+        server.stop()
