@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -93,3 +94,24 @@ async def test_an_unreachable_provider_is_401_jwks_unavailable() -> None:
 async def test_a_single_key_serves_tokens_without_a_kid(provider: IdentityProvider) -> None:
     keys = cache(provider, Clock())
     assert (await keys.key(None)).key_id == "k1"
+
+
+async def test_shared_secrets_and_encryption_keys_in_the_set_are_ignored(
+    provider: IdentityProvider,
+) -> None:
+    secret = {"kty": "oct", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0", "kid": "oct-1"}
+    encryption = {**json.loads(provider.jwks())["keys"][0], "kid": "enc-1", "use": "enc"}
+    published = provider.jwks
+
+    def with_extra_keys() -> bytes:
+        document = json.loads(published())
+        document["keys"] += [secret, encryption]
+        return json.dumps(document).encode()
+
+    provider.jwks = with_extra_keys  # type: ignore[method-assign]
+    keys = cache(provider, Clock())
+    assert (await keys.key("k1")).key_id == "k1"
+    for kid in ("oct-1", "enc-1"):
+        with pytest.raises(Unauthorized) as caught:
+            await keys.key(kid)
+        assert caught.value.reason == "unknown_key"

@@ -23,8 +23,10 @@ from collections.abc import Callable
 
 import httpx
 import jwt
+import orjson
 
 from jobcast.errors import Unauthorized
+from jobcast.jwt_keys import HMAC
 
 log = logging.getLogger("jobcast.jwks")
 
@@ -120,9 +122,15 @@ class JwksKeys:
                 body += chunk
                 if len(body) > MAX_JWKS_BYTES:
                     raise ValueError(f"the key set is larger than {MAX_JWKS_BYTES} bytes")
-        document = httpx.Response(200, content=bytes(body)).json()
+        document = orjson.loads(body)  # orjson.JSONDecodeError is a ValueError
         if not isinstance(document, dict):
             raise ValueError("the key set is not a JSON object")
         # PyJWKSet skips keys of types it cannot use and raises if none is left.
         key_set = jwt.PyJWKSet.from_dict(document)
-        return {key.key_id: key for key in key_set.keys if key.public_key_use in ("sig", None)}
+        # Signing keys only, and never a shared secret ("oct"): the provider's keys verify
+        # asymmetric signatures, and HMAC is jobcast's own secret alone.
+        return {
+            key.key_id: key
+            for key in key_set.keys
+            if key.public_key_use in ("sig", None) and key.algorithm_name not in HMAC
+        }
