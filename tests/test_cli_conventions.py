@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -57,3 +60,13 @@ def test_rich_output_is_plain_under_no_color(
     text = captured.get()
     assert "failed" in text
     assert (ESC in text) is (not no_color)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--no-such-option"], ["watch"]])
+def test_help_and_usage_errors_are_plain_under_no_color(args: list[str]) -> None:
+    env = {**os.environ, "NO_COLOR": "1", "FORCE_COLOR": "1"}  # as on a terminal
+    done = subprocess.run(
+        [sys.executable, "-m", "jobcast", *args], env=env, capture_output=True, text=True
+    )
+    assert done.stdout + done.stderr
+    assert ESC not in done.stdout + done.stderr

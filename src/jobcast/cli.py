@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from jobcast.cli_client import register as register_client_commands
-from jobcast.cli_context import EXIT_USAGE, fail
+from jobcast.cli_context import EXIT_USAGE, fail, no_color
 from jobcast.principal import Role
 
 
@@ -276,4 +276,10 @@ register_client_commands(app)  # submit, watch, jobs, cancel, publish, tail
 
 
 def main() -> None:
+    if no_color():
+        # typer draws help and usage errors with rich, which under NO_COLOR alone drops colours
+        # but keeps bold and dim; typer's documented switch turns styling off entirely.
+        import typer.rich_utils
+
+        typer.rich_utils.COLOR_SYSTEM = None
     app()
