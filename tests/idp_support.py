@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -13,7 +14,7 @@ from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from jwt.algorithms import RSAAlgorithm
 
 SigningKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
@@ -43,8 +44,7 @@ class IdentityProvider:
                 jwk = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
                 jwk["alg"] = "RS256"
             else:
-                jwk = json.loads(ECAlgorithm.to_jwk(key.public_key()))
-                jwk["alg"] = "ES256"
+                jwk = {**ec_jwk(key.public_key()), "alg": "ES256"}
             entries.append({**jwk, "kid": kid, "use": "sig"})
         return json.dumps({"keys": entries}).encode()
 
@@ -53,6 +53,18 @@ class IdentityProvider:
         alg = "RS256" if isinstance(key, rsa.RSAPrivateKey) else "ES256"
         payload = {"iat": int(time.time()), "exp": int(time.time()) + 600, **claims}
         return jwt.encode(payload, key, algorithm=alg, headers={"kid": header_kid or kid})
+
+
+def ec_jwk(public_key: ec.EllipticCurvePublicKey) -> dict[str, str]:
+    """A P-256 public key as a JWK, its coordinates at their full 32 bytes as RFC 7518
+    (6.2.1.2) requires and providers publish them. (PyJWT's ``to_jwk`` before 2.10 dropped
+    leading zero bytes, about one key in a hundred, which its own ``PyJWK`` then refuses.)"""
+    numbers = public_key.public_numbers()
+
+    def coordinate(value: int) -> str:
+        return base64.urlsafe_b64encode(value.to_bytes(32, "big")).rstrip(b"=").decode()
+
+    return {"kty": "EC", "crv": "P-256", "x": coordinate(numbers.x), "y": coordinate(numbers.y)}
 
 
 @contextmanager
