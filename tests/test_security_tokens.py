@@ -19,6 +19,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from tests.idp_support import ec_jwk
 from tests.support import SECRET, LiveServer
 
 LiveServerFactory = Callable[..., LiveServer]
@@ -147,7 +148,7 @@ async def test_rs256_with_a_public_key_and_no_key_confusion(
 
 @pytest.fixture
 def jwks_url() -> Iterator[str]:
-    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(EC_KEY.public_key()))
+    jwk = ec_jwk(EC_KEY.public_key())  # full-length coordinates, whatever PyJWT's version
     body = json.dumps({"keys": [{**jwk, "kid": "k1", "use": "sig", "alg": "ES256"}]}).encode()
 
     class Handler(BaseHTTPRequestHandler):

@@ -12,30 +12,34 @@ for another:
 - sessions (``typ: session``): the value of the HttpOnly cookie set by ``POST /api/auth/session``.
 
 Tickets and sessions are always signed with the local secret (HS256), whatever signs bearers.
+A bearer token signed with the identity provider's keys is read through the configured
+:class:`~jobcast.identity.ClaimMapping`; one signed with the secret is jobcast's own.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import secrets
 import time
-from dataclasses import dataclass, replace
-from enum import StrEnum
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import jwt
 
-from jobcast.errors import InvalidInput, Unauthorized
+from jobcast.errors import Unauthorized
+from jobcast.identity import ClaimMapping, principal_from_claims, timestamp
+from jobcast.jwks import JwksKeys
 from jobcast.jwt_keys import (
     ASYMMETRIC,
     HMAC,
     checked_hmac_key,
     load_or_create_secret,
-    unverified_alg,
+    unverified_header,
 )
-from jobcast.topics import TopicPattern
+from jobcast.principal import Principal, Role
 from jobcast.verified_tokens import VerifiedTokens
+
+__all__ = ["KeyConfig", "Principal", "Role", "TokenAuthority", "principal_from_claims"]
 
 if TYPE_CHECKING:
     from jobcast.config import Settings
@@ -44,29 +48,6 @@ TICKET = "ticket"
 SESSION = "session"
 #: The ticket claim carrying the expiry of the credential the ticket was issued from.
 CREDENTIAL_EXP = "cred_exp"
-
-
-class Role(StrEnum):
-    ADMIN = "admin"  # everything
-    SERVICE = "service"  # publish anywhere, read anything: workers and other backends
-    USER = "user"  # their own jobs, public topics and what they are granted
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    subject: str
-    role: Role
-    #: Topic patterns the token grants beyond the role (claim ``topics``).
-    grants: tuple[str, ...] = ()
-    expires_at: float | None = None
-    #: For a stream ticket: the only topic patterns it may open; ``None`` for other credentials.
-    ticket_topics: tuple[str, ...] | None = None
-    #: How the credential arrived: ``bearer``, ``query``, ``ticket`` or ``cookie``.
-    via: str = "bearer"
-
-    @property
-    def is_privileged(self) -> bool:
-        return self.role in (Role.ADMIN, Role.SERVICE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +62,10 @@ class KeyConfig:
     issuer: str | None = None
     audience: str | None = None
     leeway: float = 30.0
+    #: How the identity provider's tokens name the subject and the roles.
+    mapping: ClaimMapping = field(default_factory=ClaimMapping)
+    jwks_refresh_seconds: float = 300.0
+    jwks_min_refetch_seconds: float = 30.0
 
 
 class TokenAuthority:
@@ -92,7 +77,15 @@ class TokenAuthority:
         self.keys = keys
         #: Bearer tokens verified in the last minute (``verified_tokens.py``).
         self._verified = VerifiedTokens()
-        self._jwks = jwt.PyJWKClient(keys.jwks_url, lifespan=300) if keys.jwks_url else None
+        self._jwks = (
+            JwksKeys(
+                keys.jwks_url,
+                refresh_seconds=keys.jwks_refresh_seconds,
+                min_refetch_seconds=keys.jwks_min_refetch_seconds,
+            )
+            if keys.jwks_url
+            else None
+        )
         # The shared secret as keys checked once, one per HMAC algorithm (checked_hmac_key).
         self._hmac = {alg: checked_hmac_key(keys.secret, alg) for alg in HMAC}
 
@@ -117,25 +110,42 @@ class TokenAuthority:
                 issuer=settings.jwt_issuer,
                 audience=settings.jwt_audience,
                 leeway=settings.jwt_leeway_seconds,
+                mapping=ClaimMapping(
+                    subject_claim=settings.jwt_subject_claim,
+                    roles_claim=settings.jwt_roles_claim,
+                    role_map=settings.jwt_role_map,
+                    scope_roles=settings.jwt_scope_roles,
+                ),
+                jwks_refresh_seconds=settings.jwt_jwks_refresh_seconds,
+                jwks_min_refetch_seconds=settings.jwt_jwks_min_refetch_seconds,
             )
         )
 
     # -- verifying -------------------------------------------------------------------------
 
     async def verify(self, token: str, *, via: str = "bearer") -> Principal:
-        """Verify a bearer token (fetching JWKS keys off the event loop when needed); one that
-        verified in the last minute is answered from memory, until its expiry at the latest."""
+        """Verify a bearer token (fetching JWKS keys without blocking the event loop when
+        needed); one that verified in the last minute is answered from memory, until its
+        expiry at the latest."""
         now = time.time()
         known = self._verified.get(token, now, via)
         if known is not None:
             return known
-        key = await self._bearer_key(token)
-        claims = self._decode(token, key, self._bearer_algorithms(key))
+        header = unverified_header(token)
+        # Signed with the provider's keys: the provider's token, read through the mapping.
+        external = header.get("alg") in ASYMMETRIC
+        mapping = self.keys.mapping
+        key = await self._bearer_key(header)
+        required = ["exp", "sub"] if not external or mapping.subject_claim == "sub" else ["exp"]
+        claims = self._decode(token, key, self._bearer_algorithms(key), required)
         if claims.get("typ") in (TICKET, SESSION):
             raise Unauthorized(
                 f"a {claims['typ']} is not a bearer token", reason="wrong_credential_type"
             )
-        principal = principal_from_claims(claims, via)
+        if external:
+            principal = mapping.principal(claims, via)
+        else:
+            principal = principal_from_claims(claims, via)
         self._verified.remember(token, principal, now)
         return principal
 
@@ -154,7 +164,7 @@ class TokenAuthority:
         # credential it came from. (A ticket without the claim keeps its own exp.)
         stream_exp = claims.get(CREDENTIAL_EXP)
         if isinstance(stream_exp, int | float) and not isinstance(stream_exp, bool):
-            principal = replace(principal, expires_at=_timestamp(stream_exp, CREDENTIAL_EXP))
+            principal = replace(principal, expires_at=timestamp(stream_exp, CREDENTIAL_EXP))
         ticket_principal = replace(principal, ticket_topics=tuple(scope), via="ticket")
         return ticket_principal, claims["jti"], redeem_by
 
@@ -164,23 +174,15 @@ class TokenAuthority:
             raise Unauthorized("this is not a session", reason="wrong_credential_type")
         return principal_from_claims(claims, "cookie")
 
-    async def _bearer_key(self, token: str) -> Any:
-        alg = unverified_alg(token)
+    async def _bearer_key(self, header: dict[str, Any]) -> Any:
+        alg = header.get("alg")
         if alg not in ASYMMETRIC:
             return self._hmac.get(str(alg), self._hmac["HS256"])
         if self._jwks is not None:
-            jwks = self._jwks
-            try:
-                signing_key = await asyncio.to_thread(jwks.get_signing_key_from_jwt, token)
-            except jwt.PyJWKClientConnectionError:
-                raise Unauthorized(
-                    "the identity provider's keys could not be fetched", reason="jwks_unavailable"
-                ) from None
-            except jwt.PyJWTError:
-                raise Unauthorized(
-                    "no key of the identity provider matches the token", reason="unknown_key"
-                ) from None
-            return signing_key.key
+            kid = header.get("kid")
+            if kid is not None and not isinstance(kid, str):
+                raise Unauthorized("the token's 'kid' is not a string", reason="malformed_token")
+            return (await self._jwks.key(kid)).key
         if self.keys.public_key is not None:
             return self.keys.public_key
         return self._hmac["HS256"]  # decoding fails with "algorithm not accepted"
@@ -191,7 +193,9 @@ class TokenAuthority:
         # "RS256 public key used as an HS256 secret" confusion is impossible.
         return [a for a in self.keys.algorithms if (a not in ASYMMETRIC) == symmetric]
 
-    def _decode(self, token: str, key: Any, algorithms: list[str]) -> dict[str, Any]:
+    def _decode(
+        self, token: str, key: Any, algorithms: list[str], required: list[str] | None = None
+    ) -> dict[str, Any]:
         keys = self.keys
         try:
             claims: dict[str, Any] = jwt.decode(
@@ -201,7 +205,10 @@ class TokenAuthority:
                 issuer=keys.issuer,
                 audience=keys.audience,
                 leeway=keys.leeway,
-                options={"require": ["exp", "sub"], "verify_aud": keys.audience is not None},
+                options={
+                    "require": required or ["exp", "sub"],
+                    "verify_aud": keys.audience is not None,
+                },
             )
         except jwt.ExpiredSignatureError:
             raise Unauthorized("the token has expired", reason="token_expired") from None
@@ -277,39 +284,6 @@ class TokenAuthority:
             **claims,
             exp=expires,  # overrides mint's own, from its ttl
         )
-
-
-def principal_from_claims(claims: dict[str, Any], via: str = "bearer") -> Principal:
-    subject = claims.get("sub")
-    if not isinstance(subject, str) or not subject:
-        raise Unauthorized("the token's 'sub' claim must be a string", reason="missing_claim")
-    try:
-        role = Role(claims.get("role", Role.USER.value))
-    except ValueError:
-        raise Unauthorized(f"unknown role {claims.get('role')!r}", reason="invalid_claim") from None
-    topics = claims.get("topics", [])
-    if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
-        raise Unauthorized("the 'topics' claim must be a list of patterns", reason="invalid_claim")
-    for grant in topics:
-        # Parsed as the policy will parse it: a bad grant is a bad token (401), not a bad
-        # request (422) at whichever route first asks the policy about it.
-        try:
-            TopicPattern.parse(grant)
-        except InvalidInput as exc:
-            raise Unauthorized(
-                f"the 'topics' claim holds {exc.message}", reason="invalid_claim"
-            ) from None
-    exp = claims.get("exp")
-    expires_at = _timestamp(exp, "exp") if exp is not None else None
-    return Principal(subject, role, tuple(topics), expires_at, via=via)
-
-
-def _timestamp(value: Any, claim: str) -> float:
-    """A time claim as a float; PyJWT checks it is a number, not that a float can hold it."""
-    try:
-        return float(value)
-    except (OverflowError, TypeError, ValueError):
-        raise Unauthorized(f"the {claim!r} claim is not a time", reason="invalid_claim") from None
 
 
 def _nonce() -> str:

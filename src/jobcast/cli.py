@@ -9,8 +9,9 @@ from typing import Annotated
 
 import typer
 
-from jobcast.auth import Role
 from jobcast.cli_client import register as register_client_commands
+from jobcast.cli_context import EXIT_USAGE, fail, no_color
+from jobcast.principal import Role
 
 
 class LogFormatChoice(StrEnum):
@@ -24,9 +25,31 @@ app = typer.Typer(
     "  jobcast submit demo --param steps=5 --watch\n\n  jobcast jobs --state running\n\n"
     "Run `jobcast COMMAND --help` for each command's options and examples.",
     no_args_is_help=True,
-    add_completion=False,
+    # --install-completion and --show-completion, for bash, zsh, fish and PowerShell.
+    add_completion=True,
     rich_markup_mode="rich",
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"jobcast {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """jobcast: real-time job progress and event streaming."""
 
 
 @app.command(
@@ -68,6 +91,7 @@ def serve(
 ) -> None:
     """Run the jobcast server (embedded default: SQLite in the data directory, no other service)."""
     from jobcast.config import Settings
+    from jobcast.errors import MissingExtra
     from jobcast.server.ops.logs import hide_password
     from jobcast.server.standalone import ServeOptions
     from jobcast.server.standalone import serve as run_server
@@ -78,6 +102,10 @@ def serve(
         os.environ["JOBCAST_HANDLERS"] = handlers
     os.environ["JOBCAST_LOG_FORMAT"] = log_format.value  # the app's settings agree
     settings = Settings()
+    try:
+        settings.check_extras()
+    except MissingExtra as exc:
+        fail(exc.message, EXIT_USAGE)
     banner = (
         f"jobcast {_version()} on http://{host}:{port} (data: {settings.data_dir}, "
         f"events: {hide_password(settings.resolved_broker_url)}); API docs at /docs"
@@ -96,8 +124,7 @@ def serve(
     try:
         run_server(settings, options)
     except ValueError as exc:  # a --handlers module that cannot be loaded
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        fail(str(exc), EXIT_USAGE)
 
 
 @app.command(
@@ -123,6 +150,7 @@ def worker(
 
     from jobcast.config import Settings
     from jobcast.errors import JobcastError
+    from jobcast.extras import require
 
     if handlers is not None:
         os.environ["JOBCAST_HANDLERS"] = handlers
@@ -130,17 +158,18 @@ def worker(
         os.environ["JOBCAST_JOB_CONCURRENCY"] = str(concurrency)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     try:
+        settings = Settings()
+        # A worker always needs the queue, whether or not JOBCAST_QUEUE_URL is set yet.
+        require("saq", "queue", "jobcast worker")
+        require("redis", "queue", "jobcast worker")
+        settings.check_extras()
         from jobcast.jobs.worker import run_worker
 
-        run_worker(Settings())
-    except ImportError as exc:
-        typer.echo(
-            f"error: workers need the queue extra: pip install 'jobcast[queue]' ({exc})", err=True
-        )
-        raise typer.Exit(2) from None
-    except (JobcastError, ValueError) as exc:  # bad settings or an unloadable handler module
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        run_worker(settings)
+    except JobcastError as exc:  # a missing extra, bad settings, an unloadable handler module
+        fail(exc.message, EXIT_USAGE)
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
 
 
 @app.command(
@@ -187,4 +216,10 @@ register_client_commands(app)  # submit, watch, jobs, cancel, publish, tail
 
 
 def main() -> None:
+    if no_color():
+        # typer draws help and usage errors with rich, which under NO_COLOR alone drops colours
+        # but keeps bold and dim; typer's documented switch turns styling off entirely.
+        import typer.rich_utils
+
+        typer.rich_utils.COLOR_SYSTEM = None
     app()

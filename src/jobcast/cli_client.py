@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 
 from jobcast.cli_context import (
     EXIT_JOB_CANCELLED,
     EXIT_JOB_FAILED,
     EXIT_USAGE,
     Target,
+    console,
     fail,
     friendly_errors,
 )
@@ -100,7 +100,7 @@ def _watch(client: Client, job_id: str, as_json: bool, timeout: float | None) ->
     from jobcast.client import Event
 
     final: Job | None = None
-    console = Console()
+    out = console()
     if as_json:
         for item in client.watch(job_id, timeout=timeout):
             typer.echo(item_json(item))
@@ -112,12 +112,12 @@ def _watch(client: Client, job_id: str, as_json: bool, timeout: float | None) ->
             items = client.watch(job_id, timeout=timeout)
             for item in _connecting(items, f"connecting to {client.url}..."):
                 if bar is None:  # not before: a job that cannot be watched shows no empty bar
-                    bar = stack.enter_context(JobProgress(console, job_id))
+                    bar = stack.enter_context(JobProgress(out, job_id))
                 bar.update(item)
                 if isinstance(item, Event) and item.terminal:
                     final = item.job
         if final is not None:
-            outcome(console, final)
+            outcome(out, final)
     state = final.state.value if final is not None else client.get(job_id).state.value
     if state == "failed":
         raise typer.Exit(EXIT_JOB_FAILED)
@@ -130,7 +130,7 @@ def _connecting(items: Iterator[StreamItem], status: str) -> Iterator[StreamItem
 
     Transient, and shown only on a terminal: pipes and logs see nothing of it.
     """
-    with Console(stderr=True).status(status):
+    with console(stderr=True).status(status):
         first = next(items, None)
     if first is not None:
         yield first
@@ -211,7 +211,7 @@ def jobs(
         elif not page.jobs:
             typer.echo("no jobs")
         else:
-            Console().print(jobs_table(page.jobs))
+            console().print(jobs_table(page.jobs))
 
 
 def cancel(

@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import typer
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from jobcast.client import Client
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -107,8 +109,26 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def no_color() -> bool:
+    """https://no-color.org: ``NO_COLOR`` set to anything but the empty string."""
+    return bool(os.environ.get("NO_COLOR"))
+
+
+def console(*, stderr: bool = False) -> Console:
+    """The rich console of a command. Under ``NO_COLOR`` rich alone drops colours but keeps
+    bold and dim; here no styling is written at all, so output is plain text."""
+    from rich.console import Console
+
+    if no_color():
+        return Console(stderr=stderr, color_system=None)
+    return Console(stderr=stderr)
+
+
 def fail(message: str, code: int) -> NoReturn:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    if no_color():  # secho would still append a reset sequence
+        typer.echo(f"error: {message}", err=True)
+    else:
+        typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code)
 
 

@@ -5,15 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import orjson
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from jobcast.brokers.base import Retention
+from jobcast.extras import check_backends
 from jobcast.hub import HubOptions
 from jobcast.jobs.options import RunnerOptions
+from jobcast.principal import Role
 from jobcast.topics import TopicPattern
 
 CommaList = Annotated[list[str], NoDecode]
+#: ``name=role,name=role`` (or a JSON object) in the environment.
+RoleMap = Annotated[dict[str, Role], NoDecode]
 
 #: Of the shutdown grace period, kept for what follows the wait for running requests.
 SHUTDOWN_RESERVE_SECONDS = 1.0
@@ -49,6 +54,38 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Accepted algorithms; default HS256, plus RS256 and ES256 when a public "
         "key or JWKS URL is set. 'none' is never accepted.",
+    )
+    jwt_subject_claim: str = Field(
+        "sub",
+        min_length=1,
+        description="Identity provider tokens: the claim naming the subject (a dotted path "
+        "allowed), e.g. preferred_username (Keycloak) or oid (Entra ID).",
+    )
+    jwt_roles_claim: str | None = Field(
+        None,
+        description="Identity provider tokens: the claim listing the roles, as a dotted path "
+        "(realm_access.roles) or a namespaced name (https://example.com/roles); unset: the "
+        "`role` claim of jobcast's own tokens.",
+    )
+    jwt_role_map: RoleMap = Field(
+        default_factory=dict,
+        description="The provider's role names to jobcast roles (user, service, admin), as "
+        "name=role pairs, comma-separated (or a JSON object); empty: a name that is a jobcast "
+        "role stands for itself.",
+    )
+    jwt_scope_roles: RoleMap = Field(
+        default_factory=dict,
+        description="OAuth scopes (`scp` or `scope` claim) to jobcast roles, as scope=role "
+        "pairs, comma-separated; the most privileged role held wins, none: user.",
+    )
+    jwt_jwks_refresh_seconds: float = Field(
+        300.0, gt=0, description="JWKS keys older than this are fetched again on next use."
+    )
+    jwt_jwks_min_refetch_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="A token with a key id not in the JWKS triggers a refetch (key rotation) "
+        "at most this often; forged key ids are refused from the cache in between.",
     )
     ticket_ttl_seconds: float = Field(60.0, gt=0, le=3600, description="Stream ticket lifetime.")
     session_ttl_seconds: float = Field(8 * 3600.0, gt=0, description="Cookie session lifetime.")
@@ -225,6 +262,23 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
+    @field_validator("jwt_role_map", "jwt_scope_roles", mode="before")
+    @classmethod
+    def _split_pairs(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        if value.lstrip().startswith("{"):
+            return orjson.loads(value)
+        pairs: dict[str, str] = {}
+        for item in value.split(","):
+            if not item.strip():
+                continue
+            name, equals, role = item.rpartition("=")
+            if not equals or not name.strip():
+                raise ValueError(f"expected name=role, got {item.strip()!r}")
+            pairs[name.strip()] = role.strip()
+        return pairs
+
     @model_validator(mode="after")
     def _ordered_windows(self) -> Settings:
         if self.drain_retry_max_ms < self.drain_retry_min_ms:
@@ -251,6 +305,11 @@ class Settings(BaseSettings):
         if self.store_url:
             return self.store_url
         return f"sqlite+aiosqlite:///{self.data_dir / 'jobs.db'}"
+
+    def check_extras(self) -> None:
+        """Raise :class:`~jobcast.errors.MissingExtra` if a configured backend's optional
+        dependency is not installed (``extras.py``): called before anything starts."""
+        check_backends(self.resolved_broker_url, self.resolved_store_url, self.queue_url)
 
     def retention(self) -> Retention:
         return Retention(

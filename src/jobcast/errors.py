@@ -8,7 +8,9 @@
     ├── NotFound                  404
     ├── Conflict                  409  the resource is in the wrong state for this
     ├── RateLimited               429  carries ``retry_after`` seconds
-    └── Unavailable               503  a backend (store, broker) cannot be reached
+    ├── Unavailable               503  a backend (store, broker) cannot be reached
+    └── MissingExtra                   an optional dependency a setting needs is not installed
+                                       (raised at start, before anything is served)
 
 Foreign errors (sqlite3, redis, ...) are translated into these at the backend seam, so the
 server maps exactly this tree to responses and nothing else leaks to a client.
@@ -74,3 +76,13 @@ class RateLimited(JobcastError):
 class Unavailable(JobcastError):
     status_code = 503
     code = "unavailable"
+
+
+class MissingExtra(JobcastError):
+    """A configured backend needs an optional dependency (an extra) that is not installed."""
+
+    code = "missing_extra"
+
+    def __init__(self, message: str, *, extra: str | None) -> None:
+        super().__init__(message)
+        self.extra = extra

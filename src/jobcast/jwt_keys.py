@@ -51,18 +51,25 @@ class _CheckedOnce(HMACAlgorithm):
         return super().prepare_key(key)
 
 
-def unverified_alg(token: str) -> str | None:
-    """The ``alg`` of a token's header, read without verifying anything: it only chooses the
-    key, and ``jwt.decode`` then checks everything. (PyJWT's own reader decodes and validates
-    the whole token, which doubled the cost of every stream opened.)"""
+def unverified_header(token: str) -> dict[str, Any]:
+    """A token's header, read without verifying anything: its ``alg`` and ``kid`` only choose
+    the key, and ``jwt.decode`` then checks everything. (PyJWT's own reader decodes and
+    validates the whole token, which doubled the cost of every stream opened.)"""
     segment = token.partition(".")[0]
     try:
         header = orjson.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
     except ValueError:  # binascii.Error and orjson's error are ValueErrors
         raise Unauthorized("the token is malformed", reason="malformed_token") from None
-    alg = header.get("alg") if isinstance(header, dict) else None
-    # Only a string names an algorithm: a list or object here is looked up in sets and
-    # dicts by the caller, where it would raise instead of being refused.
+    if not isinstance(header, dict):
+        return {}
+    # Only strings name an algorithm or a key: a list or object here would be looked up in
+    # sets and dicts by the caller, where it would raise instead of being refused.
+    return {name: value for name, value in header.items() if isinstance(value, str)}
+
+
+def unverified_alg(token: str) -> str | None:
+    """The ``alg`` of a token's header, unverified (see :func:`unverified_header`)."""
+    alg = unverified_header(token).get("alg")
     return alg if isinstance(alg, str) else None
 
 

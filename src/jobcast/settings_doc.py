@@ -15,7 +15,6 @@ from typing import Any, Literal, Union, get_args, get_origin
 import annotated_types
 from pydantic import SecretStr
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
 
 from jobcast.config import Settings
 
@@ -63,6 +62,8 @@ def type_name(field: FieldInfo) -> str:
         annotation = members[0] if len(members) == 1 else annotation
     if get_origin(annotation) is list:
         text = "list"
+    elif get_origin(annotation) is dict:
+        text = "name=value pairs"
     elif get_origin(annotation) is Literal:
         text = "one of " + ", ".join(f"`{value}`" for value in get_args(annotation))
     else:
@@ -79,16 +80,16 @@ def type_name(field: FieldInfo) -> str:
 
 
 def default_text(field: FieldInfo) -> str:
-    if field.default_factory is not None:
-        value: Any = field.default_factory()  # type: ignore[call-arg]
-    elif field.default is PydanticUndefined:
+    if field.is_required():
         return "required"
-    else:
-        value = field.default
+    value: Any = field.get_default(call_default_factory=True)
     if value is None:
         return "unset"
     if isinstance(value, list):
         return f"`{','.join(str(item) for item in value)}`" if value else "empty"
+    if isinstance(value, dict):
+        pairs = ",".join(f"{key}={item}" for key, item in value.items())
+        return f"`{pairs}`" if value else "empty"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
     if isinstance(value, int | float):

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from jobcast.auth import Principal
+from jobcast.principal import Principal
 
 
 class VerifiedTokens:

@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 from jobcast.brokers.base import Broker, Deliver, Gap, Replay, Retention
 from jobcast.errors import InvalidInput
+from jobcast.extras import require
 
 __all__ = ["Broker", "Deliver", "Gap", "Replay", "Retention", "open_broker"]
 
@@ -24,12 +25,9 @@ def open_broker(url: str, retention: Retention) -> Broker:
         # SQLAlchemy's convention: sqlite:///relative/path, sqlite:////absolute/path
         return SQLiteBroker(Path(url.removeprefix("sqlite:///")), retention)
     if scheme in ("redis", "rediss"):
-        try:
-            from jobcast.brokers.redis import RedisBroker
-        except ImportError as exc:  # the optional dependency
-            raise InvalidInput(
-                f"the Redis broker needs the 'redis' extra: pip install 'jobcast[redis]' ({exc})"
-            ) from exc
+        require("redis", "redis", "the Redis broker")  # MissingExtra, not an ImportError
+        from jobcast.brokers.redis import RedisBroker
+
         return RedisBroker(url, retention)
     raise InvalidInput(
         f"unsupported broker URL {url!r}: use memory://, sqlite:///path or redis://host:port/db"

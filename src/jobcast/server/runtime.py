@@ -44,6 +44,7 @@ class Runtime:
     """One jobcast service's parts, created together and started by :meth:`lifespan`."""
 
     def __init__(self, settings: Settings, *, policy: Policy | None = None) -> None:
+        settings.check_extras()  # a missing optional dependency: one clear error, first
         self.settings = settings
         #: Every allow/deny decision (an application may pass its own subclass).
         self.policy = policy or Policy(settings.public_topics)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from jobcast.errors import InvalidInput
+from jobcast.extras import require
 from jobcast.stores.base import JobPage, JobQuery, JobStore
 
 __all__ = ["JobPage", "JobQuery", "JobStore", "open_store"]
@@ -18,6 +19,8 @@ def open_store(url: str) -> JobStore:
     if scheme in ("postgresql", "postgres"):  # the usual spelling: use the asyncio driver
         url = "postgresql+asyncpg" + url[len(scheme) :]
         scheme = "postgresql+asyncpg"
+    if scheme == "postgresql+asyncpg":
+        require("asyncpg", "postgres", "the PostgreSQL job store")  # MissingExtra, at once
     if scheme in _SQL_SCHEMES:
         from jobcast.stores.sql import SQLJobStore
 

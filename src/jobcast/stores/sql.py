@@ -11,7 +11,9 @@ Q3. A ``schema_version`` row in ``jobcast_meta``: a newer database is refused wi
 Q4. Foreign errors stop here: every database error becomes :class:`Unavailable`, with a
     generic message; the detail goes to the log. A driver's message can quote the statement
     and its parameters (job data), so clients never see it, and the engine is created with
-    ``hide_parameters`` so the log does not carry the parameters either.
+    ``hide_parameters`` so the log does not carry the parameters either. Only the first line of
+    the message is logged: below it PostgreSQL's DETAIL quotes the offending values ("Key
+    (id)=(...) already exists", which SQLAlchemy 2.0 passes on), and SQLAlchemy the statement.
 Q5. Group commit: ``create`` and ``save`` calls that arrive while a write is in progress are
     written together in the next transaction (the newest ``save`` of a job wins), so a thousand
     concurrent jobs cost a few transactions, not thousands. Each caller returns once its write
@@ -294,7 +296,8 @@ class SQLJobStore:
 
 def _unavailable(exc: BaseException) -> Unavailable:
     """The client's side of a database error: no detail, which may quote data (Q4)."""
-    logger.error("job store error: %s: %s", exc.__class__.__name__, exc)
+    summary = str(exc).partition("\n")[0]  # Q4: not the DETAIL or the statement below it
+    logger.error("job store error: %s: %s", exc.__class__.__name__, summary)
     return Unavailable("the job store is unavailable; retry later")
 
 

@@ -1,0 +1,41 @@
+"""Optional dependencies: which setting needs which extra, checked before anything starts.
+
+A Redis broker, a PostgreSQL store or a worker queue imports its library only when chosen
+(backends by URL). Without the library, the import used to fail wherever it first happened,
+as a traceback ending in ``ModuleNotFoundError``, or as "Application startup failed". Here
+each is tried once, at start, and a missing one is a :class:`~jobcast.errors.MissingExtra`
+naming the extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+from urllib.parse import urlsplit
+
+from jobcast.errors import MissingExtra
+
+
+def require(module: str, extra: str | None, needed_by: str) -> None:
+    """Import ``module`` or raise :class:`MissingExtra` saying how to install it."""
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        install = f"pip install 'jobcast[{extra}]'" if extra else f"pip install {module}"
+        raise MissingExtra(
+            f"{needed_by} needs the {module!r} package, which is not installed: {install}",
+            extra=extra,
+        ) from exc
+
+
+def check_backends(broker_url: str, store_url: str, queue_url: str | None) -> None:
+    """Raise :class:`MissingExtra` for the first configured backend that cannot be loaded."""
+    if urlsplit(broker_url).scheme in ("redis", "rediss"):
+        require("redis", "redis", "the Redis broker (JOBCAST_BROKER_URL)")
+    store_scheme = urlsplit(store_url).scheme
+    if store_scheme in ("postgresql", "postgres", "postgresql+asyncpg"):
+        require("asyncpg", "postgres", "the PostgreSQL job store (JOBCAST_STORE_URL)")
+    elif store_scheme == "postgresql+psycopg":
+        require("psycopg", None, "the PostgreSQL job store (JOBCAST_STORE_URL)")
+    if queue_url:
+        require("saq", "queue", "the worker queue (JOBCAST_QUEUE_URL)")
+        require("redis", "queue", "the worker queue (JOBCAST_QUEUE_URL)")
