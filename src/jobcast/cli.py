@@ -88,6 +88,17 @@ def serve(
             "127.0.0.1).",
         ),
     ] = None,
+    root_path: Annotated[
+        str,
+        typer.Option(
+            help="The path a reverse proxy serves jobcast under, e.g. /jobcast (the proxy "
+            "strips it; links, the docs and the dashboard include it)."
+        ),
+    ] = "",
+    uds: Annotated[
+        Path | None,
+        typer.Option(help="Listen on this Unix domain socket instead of --host and --port."),
+    ] = None,
 ) -> None:
     """Run the jobcast server (embedded default: SQLite in the data directory, no other service)."""
     from jobcast.config import Settings
@@ -107,7 +118,8 @@ def serve(
     except MissingExtra as exc:
         fail(exc.message, EXIT_USAGE)
     banner = (
-        f"jobcast {_version()} on http://{host}:{port} (data: {settings.data_dir}, "
+        f"jobcast {_version()} on {f'unix:{uds}' if uds else f'http://{host}:{port}'}"
+        f"{root_path} (data: {settings.data_dir}, "
         f"events: {hide_password(settings.resolved_broker_url)}); API docs at /docs"
     )
     json_logs = log_format is LogFormatChoice.JSON
@@ -120,6 +132,8 @@ def serve(
         log_level=log_level,
         json_logs=json_logs,
         forwarded_allow_ips=forwarded_allow_ips,
+        root_path=root_path.rstrip("/"),
+        uds=str(uds) if uds is not None else None,
     )
     try:
         run_server(settings, options)

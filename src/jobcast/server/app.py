@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, WebSocket
 from fastapi.responses import Response
+from fastapi_offline import FastAPIOffline
 
 from jobcast._version import __version__
 from jobcast.auth import Principal, TokenAuthority
@@ -264,14 +265,44 @@ class Jobcast:
         return await receive_upload(self.runtime, request)
 
 
+API_DESCRIPTION = """\
+Real-time job progress and event streaming: submit jobs and watch them, publish events and
+follow topics as Server-Sent Events, WebSockets or polls.
+
+**Credentials**: `Authorization: Bearer <JWT>`, a one-use `?ticket=` for streams, `?token=` for
+clients that cannot set headers, or the session cookie (with `X-CSRF-Token` for writes).
+
+**Errors** are JSON: `{"error": "<code>", "message": "...", "reason"?, "detail"?}`.
+
+**Streams** resume with `Last-Event-ID` (or `?last_event_id=`); a resume that history cannot
+cover starts with an in-band `event: reset`. Heartbeats are `: ping` comments.
+
+**WebSockets** (not listed below, as OpenAPI cannot describe them):
+
+- `GET /ws/jobs/{job_id}` (upgrade): one job's events as JSON text messages
+  (`{"id", "topic", "type", "data", "ts"}`, starting with a `snapshot`), then close 1000 after
+  the terminal event. Query: `token`, `ticket`, `last_event_id`; or a first message
+  `{"op": "auth", "token": ...}`.
+- `GET /ws/events` (upgrade): ops `subscribe` (`topics`, `last_event_id`), `unsubscribe`,
+  `ack` (`id`, with `?client_id=`), `ping`; replies `subscribed`, `unsubscribed`, `reset`,
+  `pong`, `ping`, `error`.
+- Close codes: 1000 done, 1008 flooding or an overflowing outbox, 1009 a message too big,
+  1011 a server error, 1012 restarting or a time limit (reconnect and resume), 1013 too slow or
+  unavailable (reconnect later), 4000 + HTTP status for request errors (4401, 4403, 4404,
+  4422). Every close is preceded by an `{"op": "error"}` message saying why.
+"""
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The standalone jobcast server."""
     jc = Jobcast(settings)
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc from packaged assets: they work offline
         title="jobcast",
         version=__version__,
         summary="Real-time job progress and event streaming",
+        description=API_DESCRIPTION,
         lifespan=jc.lifespan,
+        static_url="/static-docs",
     )
     jc.install(app, app_wide=True)  # the whole app is jobcast's
     return app

@@ -25,7 +25,7 @@ M4. Middleware order. jobcast's middleware is added by ``install``; the applicat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from fastapi import APIRouter, FastAPI
 from starlette.routing import BaseRoute
@@ -45,6 +45,7 @@ from jobcast.server.routes.service import service_router
 from jobcast.server.routes.sockets import ws_router
 from jobcast.server.runtime import Runtime
 from jobcast.server.serving.entrance import FastPaths
+from jobcast.server.serving.head import HeadAsGet
 
 
 class RouteConflict(ValueError):
@@ -116,7 +117,11 @@ def install(
             exempt_prefixes=(prefix + "/api/jobs", *upload_paths),
         )
 
-    layers = [body_limits, *([cors] if cors is not None else [])]
+    layers: list[Callable[[ASGIApp], ASGIApp]] = [
+        lambda inner: HeadAsGet(inner, prefix),  # HEAD on GET routes, streams excepted
+        body_limits,
+        *([cors] if cors is not None else []),
+    ]
     layers.append(RequestIdMiddleware)
     if fast_entrance:
         layers.append(lambda inner: FastPaths(inner, runtime, prefix))

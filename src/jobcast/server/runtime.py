@@ -16,7 +16,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import Depends
+from fastapi import Depends, Query
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import Request
 
@@ -131,7 +131,24 @@ class Runtime:
     async def principal(
         self,
         request: Request,
-        _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],  # for the docs
+        # The credentials a request may carry, declared for the API description; they are
+        # read (in this order) by credentials.py.
+        _bearer_token: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+        _ticket: Annotated[
+            str | None,
+            Query(
+                alias="ticket",
+                description="A one-use stream ticket (`POST /api/auth/ticket`): opens a stream.",
+            ),
+        ] = None,
+        _token: Annotated[
+            str | None,
+            Query(
+                alias="token",
+                description="A bearer token in the URL, for clients that cannot set headers "
+                "(it ends up in logs: prefer a ticket).",
+            ),
+        ] = None,
     ) -> Principal | None:
         """The caller (see ``credentials.py``); ``None`` when the request carries none.
 

@@ -41,6 +41,10 @@ class ServeOptions:
     log_level: str = "info"
     json_logs: bool = False
     forwarded_allow_ips: str | None = None
+    #: The path a reverse proxy serves jobcast under (it strips it before forwarding).
+    root_path: str = ""
+    #: A Unix domain socket to listen on instead of ``host`` and ``port``.
+    uds: str | None = None
     #: Logged once logging is configured (in JSON mode, where the CLI prints nothing itself).
     banner: str = ""
 
@@ -64,6 +68,8 @@ def serve(settings: Settings, options: ServeOptions) -> None:
         http=_http_protocol(settings, app.state.jobcast.metrics),  # V2
         proxy_headers=True,
         forwarded_allow_ips=options.forwarded_allow_ips,
+        root_path=options.root_path,
+        uds=options.uds,
         # uvicorn buffers a whole WebSocket message (16 MiB by default) before the app can
         # refuse it: cap it near our limit. The headroom lets a message a little over the limit
         # be refused by the app with its explanatory error; larger ones are cut off unread.

@@ -14,10 +14,11 @@ import logging
 from collections.abc import Callable, Coroutine, MutableMapping
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -141,6 +142,47 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected_error)
 
 
+class ErrorBody(BaseModel):
+    """Every error jobcast answers (the OpenAPI schema of its 4xx and 5xx bodies)."""
+
+    error: str = Field(description="A stable code: `not_found`, `invalid_input`, ...")
+    message: str = Field(description="A sentence for people.")
+    reason: str | None = Field(
+        None, description="For 401: why the credential was refused (`token_expired`, ...)."
+    )
+    detail: list[dict[str, Any]] | None = Field(
+        None, description="For 422: each invalid field (`loc`, `msg`, `type`)."
+    )
+
+
+_ERRORS = {
+    400: "The request is not valid HTTP or JSON jobcast can read.",
+    401: "No credential, or one that does not verify (`reason` says which).",
+    403: "The credential may not do this.",
+    404: "No such resource, or not one the caller may see.",
+    409: "The request conflicts with the resource's state.",
+    413: "The body or an event is over its limit.",
+    422: "A field is invalid (`detail` lists them).",
+    429: "Rate limited: retry after `Retry-After` seconds.",
+    503: "A backend is unavailable, or the server is draining: retry.",
+}
+#: The error responses every jobcast route documents, with jobcast's error body.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {
+        "model": ErrorBody,
+        "description": text,
+        # Errors are JSON on every route, streams included (whose own type is SSE).
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+    }
+    for status, text in _ERRORS.items()
+}
+
+
+def operation_id(route: APIRoute) -> str:
+    """A readable OpenAPI operation id: the route function's name (``submit``, ``get_job``)."""
+    return route.name
+
+
 class JobcastRoute(APIRoute):
     """A route that turns its own errors into jobcast's JSON errors, whatever handlers the
     application has: jobcast's routes need no app-wide handler, and install none."""
@@ -155,3 +197,14 @@ class JobcastRoute(APIRoute):
                 return error_response_for(request, exc)
 
         return handle
+
+
+def jobcast_router(**options: Any) -> APIRouter:
+    """A router for jobcast's routes: they answer their own errors (:class:`JobcastRoute`),
+    document them with jobcast's error body, and have readable operation ids."""
+    return APIRouter(
+        route_class=JobcastRoute,
+        responses=ERROR_RESPONSES,
+        generate_unique_id_function=operation_id,
+        **options,
+    )

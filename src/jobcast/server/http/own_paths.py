@@ -67,10 +67,19 @@ class ForOwnPaths:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         paths = self.paths
-        if paths is None or (scope["type"] in ("http", "websocket") and scope["path"] in paths):
+        if paths is None or (
+            scope["type"] in ("http", "websocket") and _route_path(scope) in paths
+        ):
             await self.chained(scope, receive, send)
         else:
             await self.app(scope, receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the router matches: without the root path a server or a mount put in front."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 def conflicts(

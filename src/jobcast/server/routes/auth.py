@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from jobcast.auth import Principal
 from jobcast.errors import Forbidden, Unauthorized
 from jobcast.server.http.credentials import CSRF_COOKIE, SESSION_COOKIE
-from jobcast.server.http.errors import JobcastRoute
+from jobcast.server.http.errors import jobcast_router
 from jobcast.topics import parse_patterns
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def lifetime(token: str, ttl: float, minted_after: float) -> int:
 
 
 def auth_router(jc: "Runtime") -> APIRouter:
-    router = APIRouter(prefix="/api/auth", tags=["auth"], route_class=JobcastRoute)
+    router = jobcast_router(prefix="/api/auth", tags=["auth"])
     principal_dep = Annotated[Principal | None, Depends(jc.principal)]
 
     def require_bearer(principal: Principal | None) -> Principal:

@@ -14,7 +14,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
 from jobcast.errors import NotFound
-from jobcast.server.http.errors import JobcastRoute
+from jobcast.server.http.errors import jobcast_router
 
 STATIC_DIR = Path(__file__).parent.parent / "static"
 
@@ -53,7 +53,7 @@ def static_router(
     ever served, so no request path reaches the filesystem. For jobcast's dashboard and for
     an application's own page (the examples use it for theirs).
     """
-    router = APIRouter(include_in_schema=False, route_class=JobcastRoute)
+    router = jobcast_router(include_in_schema=False)
     page_headers = {**_HEADERS, "Content-Security-Policy": csp, **(index_headers or {})}
 
     async def index_page() -> FileResponse:

@@ -12,7 +12,7 @@ from starlette.requests import HTTPConnection
 from jobcast.auth import Principal
 from jobcast.errors import InvalidInput, PayloadTooLarge
 from jobcast.events import EventDraft
-from jobcast.server.http.errors import JobcastRoute
+from jobcast.server.http.errors import jobcast_router
 from jobcast.server.routes.table import EVENTS_STREAM, PUBLISH
 from jobcast.server.streams.sse import EventStreamResponse
 from jobcast.server.streams.topic_stream import open_stream
@@ -68,7 +68,7 @@ SSE_DOC: dict[int | str, dict[str, Any]] = {
 
 
 def events_router(jc: "Runtime") -> APIRouter:
-    router = APIRouter(tags=["events"], route_class=JobcastRoute)
+    router = jobcast_router(tags=["events"])
     principal_dep = Annotated[Principal | None, Depends(jc.principal)]
 
     @router.post(

@@ -13,7 +13,7 @@ from jobcast.auth import Principal
 from jobcast.errors import InvalidInput, NotFound, PayloadTooLarge
 from jobcast.jobs.model import Job, JobState
 from jobcast.server.http import exact_json
-from jobcast.server.http.errors import JobcastRoute
+from jobcast.server.http.errors import jobcast_router
 from jobcast.server.http.uploads import Received, receive_multipart
 from jobcast.server.routes.table import JOB_STREAM
 from jobcast.server.streams.job_sse import job_event_stream
@@ -143,7 +143,7 @@ def _submission(value: Any) -> tuple[str, Any]:
 
 
 def jobs_router(jc: "Runtime") -> APIRouter:
-    router = APIRouter(tags=["jobs"], route_class=JobcastRoute)
+    router = jobcast_router(tags=["jobs"])
     principal_dep = Annotated[Principal | None, Depends(jc.principal)]
 
     async def readable(job_id: str, principal: Principal | None, action: Any) -> Job:

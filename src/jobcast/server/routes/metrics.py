@@ -5,12 +5,12 @@
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from jobcast.server.http.errors import JobcastRoute
+from jobcast.server.http.errors import jobcast_router
 from jobcast.server.ops.metrics import Metrics
 
 
 def metrics_router(registry: Metrics) -> APIRouter:
-    router = APIRouter(tags=["service"], route_class=JobcastRoute)
+    router = jobcast_router(tags=["service"])
 
     @router.get(
         "/metrics",

@@ -8,14 +8,14 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from jobcast._version import __version__
-from jobcast.server.http.errors import JobcastRoute
+from jobcast.server.http.errors import jobcast_router
 
 if TYPE_CHECKING:
     from jobcast.server.runtime import Runtime
 
 
 def service_router(jc: "Runtime") -> APIRouter:
-    router = APIRouter(tags=["service"], route_class=JobcastRoute)
+    router = jobcast_router(tags=["service"])
 
     @router.get("/health", summary="Liveness and connection count")
     async def health() -> dict[str, Any]:

@@ -107,6 +107,9 @@ class FastPaths:
         """The path below the prefix (F5); ``None`` when the request is not for this entrance:
         another path, or an application that overrides the principal dependency (F4)."""
         path: str = scope.get("path", "")
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):  # uvicorn's --root-path is part of the path
+            path = path[len(root) :]
         if self.prefix:
             if not path.startswith(self.prefix):
                 return None
