@@ -103,7 +103,7 @@ def serve(
     """Run the jobcast server (embedded default: SQLite in the data directory, no other service)."""
     from jobcast.config import Settings
     from jobcast.errors import MissingExtra
-    from jobcast.server.ops.logs import hide_password
+    from jobcast.extras import check_server
     from jobcast.server.standalone import ServeOptions
     from jobcast.server.standalone import serve as run_server
 
@@ -114,9 +114,12 @@ def serve(
     os.environ["JOBCAST_LOG_FORMAT"] = log_format.value  # the app's settings agree
     settings = Settings()
     try:
+        check_server("serve")
         settings.check_extras()
     except MissingExtra as exc:
         fail(exc.message, EXIT_USAGE)
+    from jobcast.server.ops.logs import hide_password
+
     banner = (
         f"jobcast {_version()} on {f'unix:{uds}' if uds else f'http://{host}:{port}'}"
         f"{root_path} (data: {settings.data_dir}, "
@@ -164,7 +167,7 @@ def worker(
 
     from jobcast.config import Settings
     from jobcast.errors import JobcastError
-    from jobcast.extras import require
+    from jobcast.extras import check_worker
 
     if handlers is not None:
         os.environ["JOBCAST_HANDLERS"] = handlers
@@ -174,8 +177,7 @@ def worker(
     try:
         settings = Settings()
         # A worker always needs the queue, whether or not JOBCAST_QUEUE_URL is set yet.
-        require("saq", "queue", "jobcast worker")
-        require("redis", "queue", "jobcast worker")
+        check_worker()
         settings.check_extras()
         from jobcast.jobs.worker import run_worker
 
@@ -200,6 +202,13 @@ def token(
     data_dir: Annotated[Path | None, typer.Option(help="State directory of the server.")] = None,
 ) -> None:
     """Mint a bearer token signed with the server's secret (for curl, scripts and tests)."""
+    from jobcast.errors import MissingExtra
+    from jobcast.extras import check_server
+
+    try:
+        check_server("token")
+    except MissingExtra as exc:
+        fail(exc.message, EXIT_USAGE)
     from jobcast.auth import TokenAuthority
     from jobcast.config import Settings
     from jobcast.jwt_keys import SECRET_FILE

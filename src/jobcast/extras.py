@@ -1,4 +1,5 @@
-"""Optional dependencies: which setting needs which extra, checked before anything starts.
+"""Optional dependencies: which command or setting needs which extra, checked before anything
+starts. The base install is the client side; ``server`` and ``queue`` are extras too.
 
 A Redis broker, a PostgreSQL store or a worker queue imports its library only when chosen
 (backends by URL). Without the library, the import used to fail wherever it first happened,
@@ -39,3 +40,21 @@ def check_backends(broker_url: str, store_url: str, queue_url: str | None) -> No
     if queue_url:
         require("saq", "queue", "the worker queue (JOBCAST_QUEUE_URL)")
         require("redis", "queue", "the worker queue (JOBCAST_QUEUE_URL)")
+
+
+#: What ``jobcast serve`` (and ``jobcast token``) need beyond the client: the "server" extra.
+SERVER_MODULES = ("fastapi", "uvicorn", "jwt", "sqlalchemy", "multipart", "limits")
+#: What ``jobcast worker`` needs beyond the client: the "queue" extra.
+WORKER_MODULES = ("saq", "redis", "sqlalchemy", "prometheus_client")
+
+
+def check_server(command: str) -> None:
+    """Raise :class:`MissingExtra` when the server's stack is not installed (a client-only
+    install: ``pip install jobcast`` without the "server" extra)."""
+    for module in SERVER_MODULES:
+        require(module, "server", f"jobcast {command}")
+
+
+def check_worker() -> None:
+    for module in WORKER_MODULES:
+        require(module, "queue", "jobcast worker")
