@@ -66,6 +66,17 @@ def rows(scale: Scale) -> list[Row]:
     found += [
         Row(f"topics-{scale.topics}", scenarios.per_topic),
         Row(
+            f"topics-{scale.topics}-paced",
+            lambda t, s: scenarios.per_topic(t, s, paced=True),
+        ),
+        # The floor's publish is a trivial ASGI endpoint on the same uvicorn: the request's cost
+        # before any application code.
+        Row(
+            f"publish-{int(scale.single_rate)}-per-s",
+            scenarios.single_publishes,
+            ("jobcast", "floor"),
+        ),
+        Row(
             f"topics-{scale.topics}-batched",
             lambda t, s: scenarios.per_topic(t, s, batch=100),
             ("jobcast",),
@@ -172,6 +183,31 @@ def checks(scale: Scale) -> list[Check]:
             lambda r: ratio(topics, "server_cpu_s")(r) <= 0.1,
         ),
         Check(topics, "p99_ms", "p99 ms"),
+        Check(
+            f"{topics}-paced",
+            "cpu_us_per_event",
+            "server CPU µs per event, one event a request at an even rate",
+            "<= 3x nchan",
+            lambda r: (
+                ratio(f"{topics}-paced", "cpu_us_per_event", (f"{topics}-paced", "nchan"))(r) <= 3
+            ),
+            reference=(f"{topics}-paced", "nchan"),
+        ),
+        Check(
+            f"publish-{int(scale.single_rate)}-per-s",
+            "cpu_us_per_request",
+            "server CPU µs per single publish, no stream",
+            "<= 1.2x floor",
+            lambda r: (
+                ratio(
+                    f"publish-{int(scale.single_rate)}-per-s",
+                    "cpu_us_per_request",
+                    (f"publish-{int(scale.single_rate)}-per-s", "floor"),
+                )(r)
+                <= 1.2
+            ),
+            reference=(f"publish-{int(scale.single_rate)}-per-s", "floor"),
+        ),
         Check(
             f"{topics}-batched",
             "server_cpu_s",

@@ -47,6 +47,13 @@ class Scale:
     #: Keep-alive connections publishing at once (each sends its next event on the answer):
     #: a burst is many workers reporting at the same moment.
     publishers: int = 16
+    #: The trickle regime: events one request each, at an even rate over a few connections,
+    #: as running jobs report (topics-N-paced), and single publishes with no stream open.
+    trickle_events_per_topic: int = 20
+    trickle_rate: float = 2000.0
+    trickle_publishers: int = 4
+    single_publishes: int = 10_000
+    single_rate: float = 1000.0
     deadline: float = 180.0
 
 
@@ -64,6 +71,10 @@ QUICK = Scale(
     slow_events=50,
     redis_subscribers=100,
     processes=2,
+    trickle_events_per_topic=4,
+    trickle_rate=200.0,
+    single_publishes=300,
+    single_rate=300.0,
     deadline=60.0,
 )
 
@@ -84,6 +95,7 @@ def stream_and_publish(
     *,
     rate: float = 0.0,
     batch: int = 1,
+    connections: int = 0,
 ) -> tuple[Figures, Merged]:
     """Open ``specs``, publish ``plan``, wait for delivery; the common figures."""
     load = LoadGenerator(HOST, target.ports, specs, processes=scale.processes)
@@ -97,7 +109,7 @@ def stream_and_publish(
                 target.publish_request,
                 plan,
                 rate=rate,
-                connections=scale.publishers,
+                connections=connections or scale.publishers,
                 batch=batch,
                 build_batch=getattr(target, "publish_batch_request", None),
             )
@@ -117,6 +129,10 @@ def stream_and_publish(
         "refused_streams": float(refused),
         "publish_failures": float(sent.failed),
         "server_cpu_s": after.cpu_seconds - before.cpu_seconds,
+        # Server CPU per delivered event: what the server pays, whatever the load generator.
+        "cpu_us_per_event": (after.cpu_seconds - before.cpu_seconds)
+        / max(1, merged.received)
+        * 1e6,
         "server_system_s": after.system_seconds - before.system_seconds,
         "server_rss_mb": after.rss_bytes / 2**20,
         "connect_s": opened_in,
@@ -144,19 +160,56 @@ def fanout(target: Target, scale: Scale, subscribers: int, *, paced: bool) -> Fi
     return figures
 
 
-def per_topic(target: Target, scale: Scale, batch: int = 1) -> Figures:
+def per_topic(target: Target, scale: Scale, batch: int = 1, *, paced: bool = False) -> Figures:
     """One stream per topic (a watcher per job, say), every topic published to.
 
     ``batch``: events per publish request (jobcast's list form; the baseline has none).
+    ``paced``: the trickle regime: one event a request at ``trickle_rate`` events/s over
+    ``trickle_publishers`` keep-alive connections, ``trickle_events_per_topic`` per topic.
     """
+    events = scale.trickle_events_per_topic if paced else scale.events_per_topic
     topics = [f"tasks/{i}" for i in range(scale.topics)]
     specs = [
-        StreamSpec(target.stream_request([topic], i), expect=scale.events_per_topic)
+        StreamSpec(target.stream_request([topic], i), expect=events)
         for i, topic in enumerate(topics)
     ]
-    plan = [(topic, seq) for seq in range(scale.events_per_topic) for topic in topics]
-    figures, _ = stream_and_publish(target, specs, plan, scale, batch=batch)
+    plan = [(topic, seq) for seq in range(events) for topic in topics]
+    if not paced:
+        figures, _ = stream_and_publish(target, specs, plan, scale, batch=batch)
+        return figures
+    figures, _ = stream_and_publish(
+        target,
+        specs,
+        plan,
+        scale,
+        rate=scale.trickle_rate,
+        connections=scale.trickle_publishers,
+    )
     return figures
+
+
+def single_publishes(target: Target, scale: Scale) -> Figures:
+    """Publishes one event a request at ``single_rate`` requests/s, no stream open: what a
+    request costs the server at the rates workers report, where fixed costs per wake-up are
+    not shared by many requests."""
+    plan = [(f"tasks/{i % 100}", i) for i in range(scale.single_publishes)]
+    before = target.stats()
+    sent = asyncio.run(
+        publish(
+            target.ports,
+            target.publish_request,
+            plan,
+            rate=scale.single_rate,
+            connections=scale.trickle_publishers,
+        )
+    )
+    after = target.stats()
+    cpu = after.cpu_seconds - before.cpu_seconds
+    return {
+        "cpu_us_per_request": cpu / max(1, len(plan)) * 1e6,
+        "server_cpu_s": cpu,
+        "publish_failures": float(sent.failed),
+    }
 
 
 def idle(target: Target, scale: Scale) -> Figures:
