@@ -21,7 +21,7 @@ ROOT = Path(__file__).parent.parent
 
 def test_a_quick_benchmark_run_delivers_everything_and_writes_its_table(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "bench", "--scale", "quick", "--no-chart"]
-    command += ["--rows", "fanout-100-burst,fanout-100-burst-scraped,reconnect-100"]
+    command += ["--rows", "fanout-100-burst,fanout-100-burst-scraped,reconnect-100,topics-50-paced"]
     command += ["--targets", "jobcast,baseline"]
     command += ["--out", str(tmp_path)]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
@@ -40,6 +40,10 @@ def test_a_quick_benchmark_run_delivers_everything_and_writes_its_table(tmp_path
         assert back[target]["delivered"] == back[target]["expected"] == 100, back[target]
     scraped = json.loads(written.read_text())["medians"]["fanout-100-burst-scraped"]["jobcast"]
     assert scraped["scrapes"] > 0  # the scraper process really ran (it once failed to start)
+    paced = json.loads(written.read_text())["medians"]["topics-50-paced"]
+    for target in ("jobcast", "baseline"):  # one event a request, at a rate: all delivered
+        assert paced[target]["delivered"] == paced[target]["expected"] == 200, paced[target]
+        assert paced[target]["cpu_us_per_event"] > 0
 
 
 def test_a_scraper_that_never_scraped_fails_its_row() -> None:
