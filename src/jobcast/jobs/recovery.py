@@ -37,10 +37,14 @@ async def recover(lifecycle: JobLifecycle) -> list[str]:
     """Settle the interrupted jobs and track the queued ones; their ids, in order (C1)."""
     store, hub = lifecycle.store, lifecycle.hub
     for job in await store.in_states([JobState.RUNNING], limit=ALL):
+        if job.runs_on is not None:  # another queue's task (external.X2)
+            continue
         live = lifecycle.track(await caught_up(hub, job))
         await lifecycle.interrupted(live, "the server stopped while the job was running")
     queued = []
     for job in await store.in_states([JobState.QUEUED], limit=ALL):
+        if job.runs_on is not None:
+            continue
         lifecycle.track(await caught_up(hub, job))
         queued.append(job.id)
     return queued
