@@ -78,10 +78,25 @@ class Reporter:
         self.counts: collections.Counter[str] = collections.Counter()
         self._pid = -1
         self._lock = threading.Lock()
+        # The store's modules load in the worker's main process, before its pool forks, so
+        # no child pays for them at its first task.
+        open_store(self.settings.resolved_store_url)
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        """In a forked child: the parent's lock may have been held, its thread is not here."""
+        self._lock = threading.Lock()
+        self._pid, self._loop, self._backend = -1, None, None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._backend: _Backend | None = None
 
     # -- the hooks' side: blocking at most ``wait`` (P2), never raising (P3) ----------------
+
+    def warm(self) -> None:
+        """Connect now, in the background: a pool child right after it forked (P1)."""
+        with contextlib.suppress(Exception):
+            loop, backend = self._started()
+            asyncio.run_coroutine_threadsafe(backend.guarded(_nothing), loop)
 
     def queued(self, job: Job) -> None:
         self._call("queued", lambda b: b.queued(job))
@@ -156,6 +171,10 @@ class Reporter:
             return self._loop, self._backend
 
 
+async def _nothing(backend: _Backend) -> None:
+    return None
+
+
 class _Backend:
     """The reporter's state on its loop: connections, live jobs, the heartbeat (P5)."""
 
@@ -170,14 +189,18 @@ class _Backend:
         self._endings: set[asyncio.Task[None]] = set()
         self._beat: asyncio.Task[None] | None = None
         self._sweeps: asyncio.Task[None] | None = None
+        self._opening = asyncio.Lock()
 
     async def guarded(self, work: Callable[[_Backend], Coroutine[Any, Any, Any]]) -> Any:
         await self._open()
         return await work(self)
 
     async def _open(self) -> None:
-        if self._store is not None:
-            return
+        async with self._opening:  # one opening, however many reports wait for it
+            if self._store is None:
+                await self._connect()
+
+    async def _connect(self) -> None:
         settings = self.reporter.settings
         broker = RedisBroker(settings.resolved_broker_url, settings.retention())
         await broker.connect()  # publish-only, as a jobcast worker's
@@ -237,7 +260,7 @@ class _Backend:
 
     async def retrying(self, job_id: str, error: dict[str, str]) -> None:
         live = await self._take(job_id)
-        if live is None:
+        if live is None or live.job.state is JobState.QUEUED:  # reported already
             return
         await live.stop_pump()
         live.job.error = error  # the last error stays visible while it waits (retries)

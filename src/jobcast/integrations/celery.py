@@ -20,9 +20,12 @@ Decisions (cited as G1..G6):
 
 G1. Celery's signals are the only hooks: ``before_task_publish`` (the sender: the job is
     created ``queued``, with the owner from the ``jobcast_owner`` header or the service
-    subject), ``task_prerun`` (``running``), ``task_retry`` (back to ``queued`` with the
-    error; the job stays live), ``task_success``, ``task_failure`` and ``task_revoked`` (the
-    terminal states). A re-publish by a retry (``retries`` > 0 in its headers) creates nothing.
+    subject), ``task_prerun`` (``running``), ``task_success``, ``task_failure`` and
+    ``task_revoked`` (the terminal states). A retry re-publishes the task (``retries`` > 0 in
+    its headers): that ``before_task_publish`` puts the job back in ``queued`` with the error,
+    before the message leaves, so the next attempt (maybe in another process at once) finds
+    it there. ``task_retry`` is not used: it comes after the re-publish, when the next
+    attempt may already run.
 G2. Signals are process-wide, so each hook acts only for tasks of the tracked app. The app's
     reporter is found through ``_REPORTERS``, keyed weakly by app: the one registry of this
     module, as process-wide as the signals that need it.
@@ -39,6 +42,7 @@ G5. Pool children close their reporter at ``worker_process_shutdown``, the main 
 
 from __future__ import annotations
 
+import sys
 import weakref
 from typing import Any
 
@@ -122,11 +126,11 @@ class _Hooks:
         for signal, receiver in (
             (signals.before_task_publish, self.before_publish),
             (signals.task_prerun, self.prerun),
-            (signals.task_retry, self.retry),
             (signals.task_success, self.success),
             (signals.task_failure, self.failure),
             (signals.task_revoked, self.revoked),
             (signals.worker_ready, self.worker_ready),
+            (signals.worker_process_init, self.process_init),
             (signals.worker_process_shutdown, self.shutdown),
             (signals.worker_shutdown, self.shutdown),
         ):
@@ -150,6 +154,10 @@ class _Hooks:
         if not isinstance(headers, dict) or sender not in self.app.tasks:
             return
         if headers.get("retries"):  # a retry's re-publish: the job lives on (G1)
+            # Reported here, before the message leaves, so the next attempt never starts
+            # before its job is back in ``queued``; ``retry`` runs in its ``except`` block.
+            cause = sys.exc_info()[1]
+            self.reporter.retrying(str(headers["id"]), error_of(cause, "Retry"))
             return
         args, kwargs = (body[0], body[1]) if isinstance(body, tuple | list) else ((), {})
         job = self._job(str(headers["id"]), str(sender), headers.get(OWNER_HEADER), args, kwargs)
@@ -162,13 +170,6 @@ class _Hooks:
             return
         owner = getattr(task.request, OWNER_HEADER, None)
         self.reporter.started(self._job(task_id, task.name, owner, args, kwargs))
-
-    def retry(self, sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
-        if not self._ours(sender) or request is None:
-            return
-        cause = getattr(reason, "exc", None) or reason  # Retry wraps the original error
-        error = error_of(cause if isinstance(cause, BaseException) else None, "Retry")
-        self.reporter.retrying(str(request.id), error)
 
     def success(self, sender: Any = None, result: Any = None, **_: Any) -> None:
         if not self._ours(sender):
@@ -196,6 +197,9 @@ class _Hooks:
     def worker_ready(self, sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is self.app:
             self.reporter.sweep_every_heartbeat()  # G4
+
+    def process_init(self, **_: Any) -> None:
+        self.reporter.warm()  # a pool child connects before its first task asks
 
     def shutdown(self, sender: Any = None, **_: Any) -> None:  # G5
         self.reporter.close()
