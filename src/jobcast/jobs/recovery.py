@@ -9,8 +9,8 @@ C1. A job found ``running`` was interrupted by a crash: the restart rule applies
     (lifecycle.R3: re-queued or failed as ``Interrupted``), so nothing is left ``running``.
     Queued jobs, re-queued ones among them, resume in submission order.
 C2. A recovered job's ``seq`` goes on from the newest event it published, which the store may
-    lag: it is written at most every ``store_interval``. (A queue worker, which only
-    publishes, cannot read the history, so it goes on from the store's.)
+    lag: it is written at most every ``store_interval``. (A publish-only process,
+    a queue worker or an integration's reporter, replays up to Redis's head: redis.X2.)
 """
 
 from __future__ import annotations
