@@ -78,6 +78,8 @@ class Reporter:
         self.counts: collections.Counter[str] = collections.Counter()
         self._pid = -1
         self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._backend: _Backend | None = None
         # The store's modules load in the worker's main process, before its pool forks, so
         # no child pays for them at its first task.
         open_store(self.settings.resolved_store_url)
@@ -87,8 +89,6 @@ class Reporter:
         """In a forked child: the parent's lock may have been held, its thread is not here."""
         self._lock = threading.Lock()
         self._pid, self._loop, self._backend = -1, None, None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._backend: _Backend | None = None
 
     # -- the hooks' side: blocking at most ``wait`` (P2), never raising (P3) ----------------
 
