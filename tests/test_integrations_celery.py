@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests.jobs_support import watch
-from tests.scale_support import ROOT, Processes, TcpProxy, jobcast_env, processes
+from tests.scale_support import Processes, TcpProxy, jobcast_env, processes
 from tests.services import (
     POSTGRES_URL,
     REDIS_URL,
@@ -99,7 +99,6 @@ def start_worker(
     """A `celery worker` in a session of its own (so SIGKILL can take its whole pool)."""
     environ = jobcast_env()
     environ.update(ENV, JOBCAST_TEST_CELERY_STORE=store, **env)
-    environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
     environ["C_FORCE_ROOT"] = "1"  # CI containers run as root; one task takes pickle (V1)
     args = [sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker"]
     args += ["-P", pool, "-c", "2", "-Q", queue, "-n", f"{name}-{queue}@%h", "-l", "info"]

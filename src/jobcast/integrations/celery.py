@@ -16,7 +16,7 @@
 
 The job's id is the task's id (``result.id``), its kind the task's name.
 
-Decisions (cited as G1..G6):
+Decisions (cited as G1..G5):
 
 G1. Celery's signals are the only hooks: ``before_task_publish`` (the sender: the job is
     created ``queued``, with the owner from the ``jobcast_owner`` header or the service
