@@ -27,3 +27,9 @@ def test_the_celery_integration_loads_no_server(code: str) -> None:
     loaded = loaded_by(code)
     assert "jobcast.integrations.celery" in loaded
     assert under(loaded, NEVER) == []
+
+
+def test_the_rq_integration_loads_no_server() -> None:
+    loaded = loaded_by("import jobcast.integrations.rq")
+    assert "jobcast.integrations.rq" in loaded
+    assert under(loaded, NEVER) == []

@@ -183,6 +183,11 @@ class Settings(BaseSettings):
         description="Cancelling a running Celery task terminates it (SIGTERM to its prefork "
         "child); off: only tasks not started yet are revoked.",
     )
+    rq_redis_url: str | None = Field(
+        None,
+        description="The Redis of the RQ queues whose jobs `jobcast.integrations.rq` reports: "
+        "cancelling such a job cancels or stops it.",
+    )
     job_timeout_seconds: float = Field(
         3600.0, gt=0, description="Default per-job time limit; a handler may declare its own."
     )

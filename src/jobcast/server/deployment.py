@@ -110,6 +110,10 @@ class Deployment:
             queues["celery"] = CeleryQueue.load(
                 self.settings.celery_app, terminate=self.settings.celery_terminate
             )
+        if self.settings.rq_redis_url:
+            from jobcast.integrations.rq_control import RqQueue  # the 'rq' extra
+
+            queues["rq"] = RqQueue(self.settings.rq_redis_url)
         return queues
 
     async def close(self) -> None:
