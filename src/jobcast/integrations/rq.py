@@ -44,8 +44,8 @@ import functools
 from typing import Any
 
 from rq import Queue, Worker, get_current_job
-from rq.job import Callback, Job
 from rq.exceptions import AbandonedJobError
+from rq.job import Callback, Job
 
 from jobcast.integrations._reporter import INTERRUPTED, Reporter
 from jobcast.integrations._values import error_of, params_of, result_of
