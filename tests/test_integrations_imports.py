@@ -29,7 +29,8 @@ def test_the_celery_integration_loads_no_server(code: str) -> None:
     assert under(loaded, NEVER) == []
 
 
-def test_the_rq_integration_loads_no_server() -> None:
-    loaded = loaded_by("import jobcast.integrations.rq")
-    assert "jobcast.integrations.rq" in loaded
+@pytest.mark.parametrize("module", ["jobcast.integrations.rq", "jobcast.integrations.dramatiq"])
+def test_the_rq_and_dramatiq_integrations_load_no_server(module: str) -> None:
+    loaded = loaded_by(f"import {module}")
+    assert module in loaded
     assert under(loaded, NEVER) == []

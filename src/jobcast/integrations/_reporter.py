@@ -101,9 +101,10 @@ class Reporter:
     def queued(self, job: Job) -> None:
         self._call("queued", lambda b: b.queued(job))
 
-    def started(self, job: Job) -> None:
-        """``job`` as the worker knows it; the stored one wins when there is one (P4, P6)."""
-        self._call("started", lambda b: b.started(job))
+    def started(self, job: Job) -> bool:
+        """``job`` as the worker knows it; the stored one wins when there is one (P4, P6).
+        False when the job ended before it started (cancelled while queued): skip the task."""
+        return self._call("started", lambda b: b.started(job)) is not False
 
     def progress(self, job_id: str, percent: float, stage: str | None, message: str | None) -> None:
         """Cheap: hands the report to the job's coalescing (live.L2); never waits."""
@@ -236,7 +237,7 @@ class _Backend:
             logger.warning("job %s: could not announce it: %s", job.id, exc)
         await self._track(job).transition(JobState.QUEUED)
 
-    async def started(self, job: Job) -> None:
+    async def started(self, job: Job) -> bool:
         assert self._store is not None and self._hub is not None
         try:
             stored = await self._store.get(job.id)
@@ -248,7 +249,7 @@ class _Backend:
                 await self.queued(job)
         if stored is not None:
             if stored.terminal:  # P4
-                return
+                return False
             job = await caught_up(self._hub, stored)
         live = self.live.get(job.id) or self._track(job)
         self.live[job.id] = live
@@ -257,6 +258,7 @@ class _Backend:
         except JobcastError as exc:  # published, not stored: the heartbeat stores it (P5)
             logger.warning("job %s: running state not stored: %s", job.id, exc)
         live.start_pump()
+        return True
 
     async def retrying(self, job_id: str, error: dict[str, str]) -> None:
         live = await self._take(job_id)

@@ -103,7 +103,9 @@ class Deployment:
 
     def external_queues(self) -> dict[str, ExternalQueue]:
         """The task queues whose tasks this deployment tracks as jobs (jobs/external.X1)."""
-        queues: dict[str, ExternalQueue] = {}
+        from jobcast.integrations.dramatiq_control import DramatiqQueue  # imports no Dramatiq
+
+        queues: dict[str, ExternalQueue] = {"dramatiq": DramatiqQueue()}
         if self.settings.celery_app:
             from jobcast.integrations.celery_control import CeleryQueue  # the 'celery' extra
 
