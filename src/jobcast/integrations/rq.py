@@ -181,6 +181,15 @@ class TrackedWorker(Worker):
         done: bool = super().work(*args, **kwargs)
         return done
 
+    def perform_job(self, job: Job, queue: Queue) -> bool:
+        """In the work horse, which ends with ``os._exit`` (no atexit): a terminal state still
+        being retried (jobcast's store down) gets its bounded wait here (``_reporter.P2``)."""
+        try:
+            done: bool = super().perform_job(job, queue)
+        finally:
+            _process_reporter().close()
+        return done
+
     def handle_work_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
         super().handle_work_horse_killed(job, retpid, ret_val, rusage)  # type: ignore[no-untyped-call]
         _process_reporter().finished(job.id, JobState.FAILED, error=dict(INTERRUPTED))
