@@ -284,3 +284,21 @@ async def test_a_late_acked_task_of_a_killed_worker_goes_on_elsewhere(
     events = await watch(client, server, sent.id, timeout=30)
     assert events[-1][0] == "succeeded"
     assert events[-1][1]["attempts"] == 2
+
+
+async def test_a_pool_process_killed_mid_task_fails_its_job_at_once(
+    tasks: ModuleType,
+    queue: str,
+    procs: Processes,
+    server: LiveServer,
+    client: httpx.AsyncClient,
+) -> None:
+    from jobcast.integrations.celery import jobcast_headers
+
+    start_worker(procs, queue, "prefork", "w1")
+    sent = tasks.gate.apply_async(("child",), queue=queue, headers=jobcast_headers("alice"))
+    child = await gate_running(tasks, "child")
+    os.kill(child, signal.SIGKILL)  # the worker lives on and reports WorkerLostError
+    events = await watch(client, server, sent.id, timeout=30)
+    assert events[-1][0] == "failed"
+    assert events[-1][1]["error"]["type"] == "Interrupted"
