@@ -33,7 +33,8 @@ def free_port() -> int:
 def jobcast_env(**settings: Any) -> dict[str, str]:
     """The environment of a jobcast process: JOBCAST_<NAME> for each setting."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBCAST_")}
-    env["PYTHONPATH"] = str(ROOT)  # so `--handlers tests.worker_handlers` imports
+    # This tree's jobcast, whatever is installed, and `--handlers tests.worker_handlers`.
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
     env["JOBCAST_JWT_SECRET"] = SECRET
     for name, value in settings.items():
         env[f"JOBCAST_{name.upper()}"] = str(value)
@@ -60,10 +61,15 @@ class Processes:
         self.started: list[subprocess.Popen[bytes]] = []
         self._logs: list[Any] = []
 
-    def spawn(self, args: list[str], env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, args: list[str], env: dict[str, str], name: str, *, session: bool = False
+    ) -> subprocess.Popen[bytes]:
+        """``session``: in a session of its own, so a signal to its group takes its children."""
         log = (self.tmp / f"{name}.log").open("wb")
         self._logs.append(log)
-        process = subprocess.Popen(args, env=env, cwd=self.tmp, stdout=log, stderr=log)
+        process = subprocess.Popen(
+            args, env=env, cwd=self.tmp, stdout=log, stderr=log, start_new_session=session
+        )
         self.started.append(process)
         return process
 
@@ -165,6 +171,11 @@ class TcpProxy:
     def cut(self) -> None:
         if self._loop.is_running():
             asyncio.run_coroutine_threadsafe(self._cut(), self._loop).result(5)
+
+    def resume(self) -> None:
+        """Accept connections again on the same port: the database is back."""
+        listen = asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self._server = asyncio.run_coroutine_threadsafe(listen, self._loop).result(5)
 
     def stop(self) -> None:
         self.cut()

@@ -210,6 +210,21 @@ class Settings(BaseSettings):
     worker_heartbeat_seconds: int = Field(
         10, ge=1, description="A worker silent this long is presumed dead; its job is retried."
     )
+    celery_app: str | None = Field(
+        None,
+        description="module:attribute of the Celery app whose tasks `jobcast.integrations."
+        "celery.track` reports: cancelling such a job revokes its task.",
+    )
+    celery_terminate: bool = Field(
+        True,
+        description="Cancelling a running Celery task terminates it (SIGTERM to its prefork "
+        "child); off: only tasks not started yet are revoked.",
+    )
+    rq_redis_url: str | None = Field(
+        None,
+        description="The Redis of the RQ queues whose jobs `jobcast.integrations.rq` reports: "
+        "cancelling such a job cancels or stops it.",
+    )
     job_timeout_seconds: float = Field(
         3600.0, gt=0, description="Default per-job time limit; a handler may declare its own."
     )

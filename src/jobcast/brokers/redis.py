@@ -10,7 +10,8 @@ X2. Delivery: each instance runs one ``XREAD BLOCK`` loop on ``log`` and hands b
     the head reaches a subscription registered before the replay (hub.H2). ``publish`` returns
     once this instance delivered its events (read-your-writes for job snapshots), and a replay
     whose id this instance has not delivered yet waits briefly for the loop to catch up, so a
-    client moving from a faster instance is not reset.
+    client moving from a faster instance is not reset. A publish-only process (``connect``,
+    no loop) replays up to Redis's own newest position instead: it has nothing to wait for.
 X3. History: exact topics replay from their own stream ``t:{topic}`` (cost proportional to the
     topic); wildcard patterns replay from the global stream, filtered. Retention per topic: at
     most ``max_events_per_topic`` (trimmed when publishing), none older than ``max_age_seconds``
@@ -249,14 +250,17 @@ class RedisBroker:
         limit: int,
         max_bytes: int | None = None,
     ) -> Replay:
+        head = self.head
         if after.epoch == self.epoch and after.position > self._delivered:
             try:  # published (on another instance), or an id from nowhere?
                 newest = int(await shielded(self._redis.get(self._key("position"))) or 0)
             except RedisError as exc:
                 raise Unavailable(f"could not read the Redis event history: {exc}") from exc
-            if after.position <= newest:
+            if self._deliver is None:  # publish-only: no read loop to wait for, Redis's head
+                head = EventId(self.epoch, newest)
+            elif after.position <= newest:
                 await self._catch_up(after.position)
-        head = self.head
+                head = self.head
         gap = check_position(self.epoch, head.position, after)
         if gap is not None:
             return Replay([], head, gap)

@@ -239,6 +239,17 @@ class LiveJob:
                 self._published(event.id)
                 return
 
+    async def beat(self) -> None:
+        """Store the job with a fresh ``updated_at``: a sign of life for a job whose runner
+        is another system's worker (``jobcast.integrations``), whose silence means it died."""
+        async with self._lock:
+            if self.job.terminal:
+                return
+            now = time.time()
+            self.job.updated_at = now
+            self.published.updated_at = now
+            await self._save()
+
     def _published(self, event_id: str) -> None:
         self.job.last_event_id = event_id
         self.published = self.job.copy()  # L1

@@ -106,6 +106,9 @@ class Job:
     last_event_id: str | None = None
     #: Subjects the owner (or an admin) granted read access to: they may read and watch it.
     readers: list[str] = field(default_factory=list)
+    #: The task queue that runs this job when it is not jobcast's own ("celery", "rq",
+    #: "dramatiq"; ``jobcast.integrations``), so a cancel reaches it there. Not in the snapshot.
+    runs_on: str | None = None
 
     @property
     def terminal(self) -> bool:

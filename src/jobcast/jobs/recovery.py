@@ -9,8 +9,8 @@ C1. A job found ``running`` was interrupted by a crash: the restart rule applies
     (lifecycle.R3: re-queued or failed as ``Interrupted``), so nothing is left ``running``.
     Queued jobs, re-queued ones among them, resume in submission order.
 C2. A recovered job's ``seq`` goes on from the newest event it published, which the store may
-    lag: it is written at most every ``store_interval``. (A queue worker, which only
-    publishes, cannot read the history, so it goes on from the store's.)
+    lag: it is written at most every ``store_interval``. (A publish-only process,
+    a queue worker or an integration's reporter, replays up to Redis's head: redis.X2.)
 """
 
 from __future__ import annotations
@@ -37,10 +37,14 @@ async def recover(lifecycle: JobLifecycle) -> list[str]:
     """Settle the interrupted jobs and track the queued ones; their ids, in order (C1)."""
     store, hub = lifecycle.store, lifecycle.hub
     for job in await store.in_states([JobState.RUNNING], limit=ALL):
+        if job.runs_on is not None:  # another queue's task (external.X2)
+            continue
         live = lifecycle.track(await caught_up(hub, job))
         await lifecycle.interrupted(live, "the server stopped while the job was running")
     queued = []
     for job in await store.in_states([JobState.QUEUED], limit=ALL):
+        if job.runs_on is not None:
+            continue
         lifecycle.track(await caught_up(hub, job))
         queued.append(job.id)
     return queued

@@ -22,7 +22,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ from jobcast._files import make_private_dir
 from jobcast._lock import ProcessLock
 from jobcast.errors import Conflict, InvalidInput, JobcastError, NotFound, Unavailable
 from jobcast.jobs.access import Access, JobAccess
+from jobcast.jobs.external import ExternalQueue
 from jobcast.jobs.lifecycle import JobLifecycle
 from jobcast.jobs.live import LiveJob
 from jobcast.jobs.model import InputFile, Job, JobState, new_job_id
@@ -51,8 +52,18 @@ logger = logging.getLogger("jobcast.jobs")
 class EmbeddedRunner:
     """Submits, runs, cancels and reports jobs. Create it in a lifespan; ``start``; ``close``."""
 
-    def __init__(self, store: JobStore, hub: Hub, registry: Registry, options: RunnerOptions):
+    def __init__(
+        self,
+        store: JobStore,
+        hub: Hub,
+        registry: Registry,
+        options: RunnerOptions,
+        *,
+        external: Mapping[str, ExternalQueue] | None = None,
+    ) -> None:
         self.store = store
+        #: The task queues that run jobs of other systems, by ``Job.runs_on`` (external.X1).
+        self.external: Mapping[str, ExternalQueue] = external or {}
         self.hub = hub
         self.registry = registry
         self.options = options
@@ -158,6 +169,8 @@ class EmbeddedRunner:
             job = await self.get(job_id)
             if job is None:
                 raise NotFound(f"no job {job_id!r}")
+            if not job.terminal and job.runs_on is not None:
+                return await self._cancel_external(job)
             raise Conflict(f"job {job_id} is already {job.state.value}")
         if live.task is None:  # still queued: nothing runs yet (D2)
             live.request_cancel()
@@ -169,6 +182,27 @@ class EmbeddedRunner:
         with contextlib.suppress(TimeoutError):  # a store outage delays only the store write
             await asyncio.wait_for(asyncio.shield(live.task), self.options.cancel_wait)
         return live.published.copy()
+
+    async def _cancel_external(self, job: Job) -> Job:  # external.X1
+        queue = self.external.get(job.runs_on or "")
+        if queue is None:
+            raise Conflict(f"job {job.id} runs on {job.runs_on}, which this server cannot reach")
+        await queue.revoke(job)
+        if job.state is JobState.QUEUED:
+            live = self.lifecycle.track(job)
+            live.request_cancel()
+            try:
+                await live.transition(JobState.CANCELLED, message="cancelled before it started")
+            finally:
+                self.lifecycle.untrack(live)
+            return live.published.copy()
+        deadline = asyncio.get_running_loop().time() + self.options.cancel_wait
+        while asyncio.get_running_loop().time() < deadline:  # its worker reports the end
+            fresh = await self.store.get(job.id)
+            if fresh is None or fresh.terminal:
+                return fresh or job
+            await asyncio.sleep(0.05)
+        return job
 
     async def _cancel_queued(self, live: LiveJob) -> None:
         try:

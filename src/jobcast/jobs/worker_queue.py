@@ -20,7 +20,7 @@ W3. Redis errors become :class:`Unavailable` (503); a job that cannot be queued 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -31,6 +31,7 @@ from saq.queue.redis import RedisQueue
 
 from jobcast.brokers.redis import shielded
 from jobcast.errors import Conflict, NotFound, Unavailable
+from jobcast.jobs.external import ExternalQueue
 from jobcast.jobs.live import LiveJob
 from jobcast.jobs.model import Job, JobState
 from jobcast.jobs.options import RunnerOptions
@@ -76,8 +77,9 @@ class QueueRunner(EmbeddedRunner):
         *,
         queue_url: str,
         heartbeat: int,
+        external: Mapping[str, ExternalQueue] | None = None,
     ) -> None:
-        super().__init__(store, hub, registry, options)
+        super().__init__(store, hub, registry, options, external=external)
         self.queue = open_queue(queue_url)
         self.heartbeat = heartbeat
 

@@ -19,6 +19,7 @@ from jobcast.brokers import open_broker
 from jobcast.brokers.base import Broker
 from jobcast.config import Settings
 from jobcast.hub import Hub
+from jobcast.jobs.external import ExternalQueue
 from jobcast.jobs.registry import Registry
 from jobcast.jobs.runner import EmbeddedRunner
 from jobcast.server.ops.shared_state import (
@@ -83,8 +84,11 @@ class Deployment:
     def make_runner(self, store: JobStore, hub: Hub, registry: Registry) -> EmbeddedRunner:
         """The embedded runner, or with ``queue_url`` the runner that hands jobs to workers."""
         settings = self.settings
+        external = self.external_queues()
         if not settings.queue_url:
-            return EmbeddedRunner(store, hub, registry, settings.runner_options())
+            return EmbeddedRunner(
+                store, hub, registry, settings.runner_options(), external=external
+            )
         from jobcast.jobs.worker_queue import QueueRunner  # needs the 'queue' extra
 
         return QueueRunner(
@@ -94,7 +98,25 @@ class Deployment:
             settings.runner_options(),
             queue_url=settings.queue_url,
             heartbeat=settings.worker_heartbeat_seconds,
+            external=external,
         )
+
+    def external_queues(self) -> dict[str, ExternalQueue]:
+        """The task queues whose tasks this deployment tracks as jobs (jobs/external.X1)."""
+        from jobcast.integrations.dramatiq_control import DramatiqQueue  # imports no Dramatiq
+
+        queues: dict[str, ExternalQueue] = {"dramatiq": DramatiqQueue()}
+        if self.settings.celery_app:
+            from jobcast.integrations.celery_control import CeleryQueue  # the 'celery' extra
+
+            queues["celery"] = CeleryQueue.load(
+                self.settings.celery_app, terminate=self.settings.celery_terminate
+            )
+        if self.settings.rq_redis_url:
+            from jobcast.integrations.rq_control import RqQueue  # the 'rq' extra
+
+            queues["rq"] = RqQueue(self.settings.rq_redis_url)
+        return queues
 
     async def close(self) -> None:
         if self._pool is not None:

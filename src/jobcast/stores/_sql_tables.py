@@ -10,10 +10,11 @@ import sqlalchemy as sa
 
 from jobcast.jobs.model import InputFile, Job, JobState
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: ``{from_version: [statements]}`` that bring a database from that version to the next (Q3).
 MIGRATIONS: dict[int, list[str]] = {
     1: ["ALTER TABLE jobs ADD COLUMN readers TEXT NOT NULL DEFAULT '[]'"],  # job read grants
+    2: ["ALTER TABLE jobs ADD COLUMN runs_on VARCHAR(32)"],  # tasks of an external queue
 }
 
 metadata = sa.MetaData()
@@ -48,6 +49,7 @@ jobs_table = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("last_event_id", sa.String(64)),
     sa.Column("readers", sa.Text, nullable=False, server_default="[]"),
+    sa.Column("runs_on", sa.String(32)),
     sa.Index("jobs_by_owner", "owner", "id"),
     sa.Index("jobs_by_state", "state", "id"),
     sa.Index("jobs_by_kind", "kind", "id"),
@@ -91,6 +93,7 @@ def row_values(job: Job) -> dict[str, Any]:
         "attempts": job.attempts,
         "last_event_id": job.last_event_id,
         "readers": orjson.dumps(job.readers).decode(),
+        "runs_on": job.runs_on,
     }
 
 
@@ -117,4 +120,5 @@ def job_from_row(row: sa.Row[Any]) -> Job:
         attempts=m["attempts"],
         last_event_id=m["last_event_id"],
         readers=orjson.loads(m["readers"]) if m["readers"] else [],
+        runs_on=m["runs_on"],
     )

@@ -23,7 +23,7 @@ from jobcast.stores.base import JobQuery
 if TYPE_CHECKING:
     from jobcast.server.runtime import Runtime
 
-_CURSOR = re.compile(r"[0-9a-f]{1,40}")
+_CURSOR = re.compile(r"[0-9a-f-]{1,40}")  # task ids of external queues are UUIDs
 
 
 #: Subjects one job may be shared with.
