@@ -243,3 +243,42 @@ def test_an_expired_cookie_session_signs_out(page: Page, tmp_path: Path) -> None
         expect(page.get_by_label("Access token")).to_be_visible()
     finally:
         strict.stop()
+
+
+def test_the_dashboard_works_below_an_application_s_prefix(
+    browser: Browser, tmp_path: Path
+) -> None:
+    """Installed into another app under /jobcast, the page, its files, its API calls and its
+    streams all follow the mount point; the app keeps its own /."""
+    from fastapi import FastAPI
+
+    from jobcast import Jobcast
+    from tests.support import make_settings
+
+    jc = Jobcast(make_settings(data_dir=tmp_path / "data"))
+    host = FastAPI(lifespan=jc.lifespan)
+
+    @host.get("/")
+    async def home() -> dict[str, str]:
+        return {"host": "home"}
+
+    jc.install(host, prefix="/jobcast")
+    server = LiveServer(host).start()
+    try:
+        assert httpx.get(server.url + "/").json() == {"host": "home"}
+        for use_cookie in (False, True):
+            with open_page(browser) as page:
+                page.goto(server.url + "/jobcast")  # the router adds the slash the page needs
+                assert page.url == server.url + "/jobcast/"
+                page.get_by_label("Access token").fill(server.token("dora", ttl=3600))
+                if use_cookie:
+                    page.get_by_label("Use a cookie session").check()
+                page.get_by_role("button", name="Sign in").click()
+                expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+                page.get_by_label("Parameters (JSON)").fill('{"steps": 2, "delay": 0.05}')
+                page.get_by_role("button", name="Submit").click()
+                job_id = submitted_job_id(page)
+                badge = page.locator(f'tr[data-job-id="{job_id}"] .badge')
+                expect(badge).to_have_text("succeeded")
+    finally:
+        server.stop()
