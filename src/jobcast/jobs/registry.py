@@ -6,7 +6,7 @@ A handler module declares its own :class:`Registry` and decorates functions with
 
     registry = Registry()
 
-    @registry.handler("transcribe", timeout=600, retry_safe=True)
+    @registry.handler("transcribe", timeout=600, retry=RetryPolicy(max_attempts=3))
     async def transcribe(ctx: JobContext, params: dict) -> dict:
         ctx.progress(10, stage="loading")
         ...
@@ -30,6 +30,7 @@ from pydantic import BaseModel, ValidationError
 
 from jobcast.errors import InvalidInput
 from jobcast.events import validate_type
+from jobcast.jobs.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from jobcast.jobs.context import JobContext
@@ -51,6 +52,21 @@ class HandlerSpec:
     params_model: type[BaseModel] | None = None
     #: Whether the job needs an uploaded file (submitted as multipart).
     needs_input: bool = False
+    #: How failed runs are retried (``retry.py``); ``None``: a failure is final.
+    retry: RetryPolicy | None = None
+
+    @property
+    def rerunnable(self) -> bool:
+        """Whether a run interrupted by a restart may run again (lifecycle.R3): the handler
+        said so, or declared a retry policy, which accepts repeated runs."""
+        return self.retry_safe or self.retry is not None
+
+    def default_max_attempts(self, server_default: int) -> int:
+        """Runs a new job of this kind is given (retry.T2): its policy's, else the server's
+        ``job_max_attempts`` for restarts of ``retry_safe`` handlers, else one."""
+        if self.retry is not None:
+            return self.retry.max_attempts
+        return server_default if self.retry_safe else 1
 
     @property
     def is_async(self) -> bool:
@@ -97,11 +113,12 @@ class Registry:
         retry_safe: bool = False,
         params_model: type[BaseModel] | None = None,
         needs_input: bool = False,
+        retry: RetryPolicy | None = None,
     ) -> Callable[[Handler], Handler]:
         """Register the decorated function as the handler of ``kind``."""
 
         def decorate(fn: Handler) -> Handler:
-            self.add(HandlerSpec(kind, fn, timeout, retry_safe, params_model, needs_input))
+            self.add(HandlerSpec(kind, fn, timeout, retry_safe, params_model, needs_input, retry))
             return fn
 
         return decorate

@@ -10,16 +10,17 @@ D1. The runner keeps every queued and running job in memory (bounded by ``max_qu
     ``concurrency``): reads of live jobs never touch the store, and the owner of any job that
     can still publish is known without a query (``owner_of``, used by stream filters), on
     every instance (``access.py``: jobs created or shared elsewhere are announced).
-D2. One dispatcher task takes a slot, then the oldest queued job, so a job is ``running`` only
-    once a slot runs it (lifecycle.R2). A job cancelled while queued gives its place back at
-    once and is ended by a task of its own, never by a slot. A second process on the same data
-    directory would run the same queued jobs again: a lock file refuses it at start.
+D2. One dispatcher task takes a slot, then the next queued job that may start (``schedule.py``:
+    highest priority, then oldest; delayed jobs and waiting retries once their time came), so a
+    job is ``running`` only once a slot runs it (lifecycle.R2). A job cancelled while queued
+    gives its place back at once and is ended by a task of its own, never by a slot. A second
+    process on the same data directory would run the same queued jobs again: a lock file
+    refuses it at start.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 from collections.abc import Collection
@@ -36,6 +37,7 @@ from jobcast.jobs.model import InputFile, Job, JobState, new_job_id
 from jobcast.jobs.options import RunnerOptions
 from jobcast.jobs.recovery import recover
 from jobcast.jobs.registry import Registry
+from jobcast.jobs.schedule import JobSchedule
 from jobcast.jobs.stats import JobStats
 from jobcast.stores.base import JobPage, JobQuery, JobStore
 
@@ -59,9 +61,15 @@ class EmbeddedRunner:
         self._live: dict[str, LiveJob] = {}  # D1
         self.access = JobAccess(store, hub, self._live.get)
         self.lifecycle = JobLifecycle(
-            store, hub, registry, options, live=self._live, on_untracked=self.access.remember
+            store,
+            hub,
+            registry,
+            options,
+            live=self._live,
+            on_untracked=self.access.remember,
+            on_retry=self._schedule,
         )
-        self._queue: collections.deque[str] = collections.deque()
+        self._queue = JobSchedule()
         self._work = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
         self._lock = ProcessLock(options.uploads_dir.parent / "runner.lock", "the job runner")
@@ -77,7 +85,8 @@ class EmbeddedRunner:
         make_private_dir(self.options.uploads_dir)
         self._lock.acquire()  # D2
         try:
-            self._queue.extend(await recover(self.lifecycle))
+            for job_id in await recover(self.lifecycle):
+                self._schedule(self._live[job_id])  # schedule.P2
         except BaseException:
             self._lock.release()
             raise
@@ -103,15 +112,32 @@ class EmbeddedRunner:
         *,
         input: InputFile | None = None,
         upload: Path | None = None,
+        priority: int = 0,
+        scheduled_for: float | None = None,
+        max_attempts: int | None = None,
+        rerun_of: str | None = None,
     ) -> Job:
-        """Validate and queue a job; ``upload`` (a temporary file) becomes its input file."""
+        """Validate and queue a job; ``upload`` (a temporary file) becomes its input file.
+
+        ``scheduled_for`` delays its start; ``max_attempts`` overrides its handler's
+        (retry.T3); ``rerun_of`` links a re-run to its original. The routes validate them."""
         spec = self.registry.get(kind)
         if spec.needs_input and input is None:
             raise InvalidInput(f"jobs of kind {kind!r} need an uploaded file (multipart 'file')")
         valid_params = spec.validate_params(params)
         if len(self._queue) >= self.options.max_queued:
             raise Unavailable("too many queued jobs; try again later")
-        job = Job(id=new_job_id(), kind=kind, owner=owner, params=valid_params, input=input)
+        job = Job(
+            id=new_job_id(),
+            kind=kind,
+            owner=owner,
+            params=valid_params,
+            input=input,
+            max_attempts=max_attempts or spec.default_max_attempts(self.options.max_attempts),
+            scheduled_for=scheduled_for,
+            priority=priority,
+            rerun_of=rerun_of,
+        )
         if upload is not None:
             await asyncio.to_thread(upload.rename, self.upload_path(job.id))
         try:
@@ -130,7 +156,12 @@ class EmbeddedRunner:
 
     async def _enqueue(self, live: LiveJob) -> None:
         """Hand a new queued job to what runs it: here, this runner's dispatcher."""
-        self._queue.append(live.job.id)
+        self._schedule(live)
+
+    def _schedule(self, live: LiveJob) -> None:
+        """Queue a tracked job at its priority, no earlier than its time (D2, lifecycle.R4)."""
+        job = live.job
+        self._queue.push(job.id, job.priority, job.not_before)
         self._work.set()
 
     async def get(self, job_id: str) -> Job | None:
@@ -161,8 +192,7 @@ class EmbeddedRunner:
             raise Conflict(f"job {job_id} is already {job.state.value}")
         if live.task is None:  # still queued: nothing runs yet (D2)
             live.request_cancel()
-            with contextlib.suppress(ValueError):  # its place is free for the next submission
-                self._queue.remove(job_id)
+            self._queue.remove(job_id)  # its place is free for the next submission
             live.task = asyncio.create_task(self._cancel_queued(live), name=f"job-{job_id}")
         else:
             self.lifecycle.stop(live, "cancel")
@@ -214,10 +244,11 @@ class EmbeddedRunner:
         slots = self.lifecycle.slots
         while True:
             await slots.acquire()  # given back by the lifecycle when the job ends
-            while not self._queue:
-                await self._work.wait()
+            while (job_id := self._queue.pop()) is None:
+                with contextlib.suppress(TimeoutError):  # schedule.P4
+                    await asyncio.wait_for(self._work.wait(), self._queue.next_due())
                 self._work.clear()
-            live = self._live.get(self._queue.popleft())
+            live = self._live.get(job_id)
             if live is None or live.job.state is not JobState.QUEUED or live.task is not None:
                 slots.release()  # cancelled while queued
                 continue

@@ -6,7 +6,7 @@ store and runs it through the lifecycle engine the embedded runner uses (``lifec
 progress (``LiveJob``), so a job behaves the same wherever it runs. Its events go to the shared
 Redis broker, so every server instance streams them.
 
-Decisions (cited as K1..K5):
+Decisions (cited as K1..K6):
 
 K1. A heartbeat task touches the SAQ job every third of ``worker_heartbeat_seconds``; a worker
     that dies stops touching it, the sweep (K4, run by every other worker) re-queues it, and the
@@ -25,6 +25,11 @@ K4. Every worker sweeps the queue once a heartbeat, with jobcast's sweep (``swee
 K5. A worker reports its job metrics (durations of the jobs it ran, its store writes and
     errors) as a process of its own in the shared metrics snapshots, so any server's
     ``/metrics`` covers the jobs that ran on workers too.
+K6. A retry (lifecycle.R4) goes back to SAQ, not to a timer in this worker: once the job is
+    stored ``queued`` with ``next_attempt_at``, the worker function raises :class:`RetryLater`
+    with SAQ's ``retry_delay`` set to the time left, and SAQ re-enqueues the same SAQ job
+    scheduled for then. Any worker may take the next attempt; a worker that dies during the
+    wait loses nothing, since the wait lives in Redis and the store.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -55,6 +61,10 @@ from jobcast.stores import open_store
 from jobcast.stores.base import JobStore
 
 logger = logging.getLogger("jobcast.worker")
+
+
+class RetryLater(Exception):  # an instruction to SAQ, not a failure
+    """Raised to SAQ by the worker function: run this SAQ job again after its retry delay (K6)."""
 
 
 def load_registry(settings: Settings) -> Registry:
@@ -156,6 +166,10 @@ class JobWorker:
             await task
         finally:
             beat.cancel()
+        if jobs.waits_for_retry(live) and live.job.next_attempt_at is not None:  # K6
+            queued.retry_delay = max(0.0, live.job.next_attempt_at - time.time())
+            queued.retry_backoff = False
+            raise RetryLater(f"attempt {live.job.attempts} failed; retrying")
 
     async def _heartbeat(self, queued: Any) -> None:  # K1
         while True:

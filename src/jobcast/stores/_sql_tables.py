@@ -10,10 +10,18 @@ import sqlalchemy as sa
 
 from jobcast.jobs.model import InputFile, Job, JobState
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: ``{from_version: [statements]}`` that bring a database from that version to the next (Q3).
 MIGRATIONS: dict[int, list[str]] = {
     1: ["ALTER TABLE jobs ADD COLUMN readers TEXT NOT NULL DEFAULT '[]'"],  # job read grants
+    2: [  # retries, delayed runs, priorities, re-runs
+        "ALTER TABLE jobs ADD COLUMN max_attempts INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN next_attempt_at FLOAT",
+        "ALTER TABLE jobs ADD COLUMN last_error TEXT",
+        "ALTER TABLE jobs ADD COLUMN scheduled_for FLOAT",
+        "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN rerun_of VARCHAR(40)",
+    ],
 }
 
 metadata = sa.MetaData()
@@ -48,6 +56,12 @@ jobs_table = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("last_event_id", sa.String(64)),
     sa.Column("readers", sa.Text, nullable=False, server_default="[]"),
+    sa.Column("max_attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", sa.Float),
+    sa.Column("last_error", sa.Text),
+    sa.Column("scheduled_for", sa.Float),
+    sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("rerun_of", sa.String(40)),
     sa.Index("jobs_by_owner", "owner", "id"),
     sa.Index("jobs_by_state", "state", "id"),
     sa.Index("jobs_by_kind", "kind", "id"),
@@ -91,6 +105,12 @@ def row_values(job: Job) -> dict[str, Any]:
         "attempts": job.attempts,
         "last_event_id": job.last_event_id,
         "readers": orjson.dumps(job.readers).decode(),
+        "max_attempts": job.max_attempts,
+        "next_attempt_at": job.next_attempt_at,
+        "last_error": _json(job.last_error),
+        "scheduled_for": job.scheduled_for,
+        "priority": job.priority,
+        "rerun_of": job.rerun_of,
     }
 
 
@@ -117,4 +137,10 @@ def job_from_row(row: sa.Row[Any]) -> Job:
         attempts=m["attempts"],
         last_event_id=m["last_event_id"],
         readers=orjson.loads(m["readers"]) if m["readers"] else [],
+        max_attempts=m["max_attempts"],
+        next_attempt_at=m["next_attempt_at"],
+        last_error=orjson.loads(m["last_error"]) if m["last_error"] else None,
+        scheduled_for=m["scheduled_for"],
+        priority=m["priority"],
+        rerun_of=m["rerun_of"],
     )

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from jobcast.auth import Principal
 from jobcast.errors import InvalidInput, NotFound, PayloadTooLarge
 from jobcast.jobs.model import Job, JobState
+from jobcast.jobs.submit_options import FIELDS, SubmitOptions, parse_options
 from jobcast.server.http import exact_json
 from jobcast.server.http.errors import JobcastRoute
 from jobcast.server.http.uploads import Received, receive_multipart
@@ -57,7 +58,17 @@ class JobSnapshot(BaseModel):
     input: dict[str, Any] | None = Field(description="filename, size, sha256, content_type.")
     result: Any = None
     error: dict[str, str] | None = Field(description="type and message, when failed.")
-    attempts: int
+    attempts: int = Field(description="Runs started so far (1 while the first runs).")
+    max_attempts: int = Field(description="Runs the job may have in all (retries included).")
+    next_attempt_at: str | None = Field(
+        default=None, description="While a retry waits: when the next attempt starts."
+    )
+    last_error: dict[str, str] | None = Field(
+        default=None, description="The latest failed attempt's error (type and message)."
+    )
+    scheduled_for: str | None = Field(default=None, description="A delayed job's start time.")
+    priority: int = Field(default=0, description="Higher runs first among queued jobs.")
+    rerun_of: str | None = Field(default=None, description="The job this one re-runs.")
     readers: list[str] = Field(default_factory=list, description="Subjects granted read access.")
     links: JobLinks
 
@@ -66,6 +77,13 @@ class JobList(BaseModel):
     jobs: list[JobSnapshot]
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page.")
 
+
+SCHEDULING: dict[str, Any] = {
+    "priority": {"type": "integer", "minimum": -100, "maximum": 100, "default": 0},
+    "delay_seconds": {"type": "number", "minimum": 0, "maximum": 2592000},
+    "run_at": {"type": "string", "format": "date-time", "description": "With its offset."},
+    "max_attempts": {"type": "integer", "minimum": 1, "maximum": 25},
+}
 
 SUBMIT_BODY: dict[str, Any] = {
     "requestBody": {
@@ -78,6 +96,7 @@ SUBMIT_BODY: dict[str, Any] = {
                     "properties": {
                         "kind": {"type": "string", "examples": ["demo"]},
                         "params": {"type": "object", "examples": [{"steps": 5, "delay": 0.2}]},
+                        **SCHEDULING,
                     },
                 }
             },
@@ -89,6 +108,7 @@ SUBMIT_BODY: dict[str, Any] = {
                         "kind": {"type": "string", "examples": ["ingest"]},
                         "params": {"type": "string", "description": "JSON object, as text."},
                         "file": {"type": "string", "format": "binary"},
+                        **SCHEDULING,
                     },
                 }
             },
@@ -133,13 +153,13 @@ async def _read_json(request: Request, limit: int) -> Any:
     return exact_json.loads(bytes(body))
 
 
-def _submission(value: Any) -> tuple[str, Any]:
+def _submission(value: Any) -> tuple[str, Any, SubmitOptions]:
     if not isinstance(value, dict) or not isinstance(value.get("kind"), str):
         raise InvalidInput('send {"kind": "...", "params": {...}}')
-    extra = set(value) - {"kind", "params"}
+    extra = set(value) - {"kind", "params", *FIELDS}
     if extra:
         raise InvalidInput(f"unexpected fields: {', '.join(sorted(extra))}")
-    return value["kind"], value.get("params")
+    return value["kind"], value.get("params"), parse_options(value)
 
 
 def jobs_router(jc: "Runtime") -> APIRouter:
@@ -177,16 +197,24 @@ def jobs_router(jc: "Runtime") -> APIRouter:
                     if params_text
                     else {}
                 )
+                options = parse_options(received.fields, as_text=True)
             except InvalidInput:
                 await received.remove()
                 raise
         elif content_type.startswith("application/json") or not content_type:
-            kind, params = _submission(await _read_json(request, settings.max_body_bytes))
+            kind, params, options = _submission(await _read_json(request, settings.max_body_bytes))
         else:
             raise InvalidInput("send application/json or multipart/form-data")
         try:
             job = await jc.runner.submit(
-                kind, params, subject, input=received.input, upload=received.upload
+                kind,
+                params,
+                subject,
+                input=received.input,
+                upload=received.upload,
+                priority=options.priority,
+                scheduled_for=options.scheduled_for,
+                max_attempts=options.max_attempts,
             )
         finally:
             await received.remove()  # a no-op once the runner took the file
