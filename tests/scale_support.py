@@ -33,7 +33,8 @@ def free_port() -> int:
 def jobcast_env(**settings: Any) -> dict[str, str]:
     """The environment of a jobcast process: JOBCAST_<NAME> for each setting."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBCAST_")}
-    env["PYTHONPATH"] = str(ROOT)  # so `--handlers tests.worker_handlers` imports
+    # this tree's jobcast, whatever an installed copy points at, and `--handlers tests.*`
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
     env["JOBCAST_JWT_SECRET"] = SECRET
     for name, value in settings.items():
         env[f"JOBCAST_{name.upper()}"] = str(value)

@@ -259,3 +259,34 @@ async def until_status(queue: RedisQueue, key: str, status: Status) -> None:
         return job is not None and job.status is status
 
     await eventually(reached, timeout=30, interval=0.02)
+
+
+async def test_workers_retry_failed_attempts_and_start_delayed_jobs_at_their_time(
+    make_server: Callable[..., LiveServer],
+    procs: Processes,
+    shared: dict[str, Any],
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    procs.worker("worker", data_dir=tmp_path / "worker", **shared)
+    server = make_server(**shared)
+    flaky = await submit(client, server, "flaky", {"succeed_on": 3})
+    response = await client.post(
+        f"{server.url}/api/jobs",
+        json={"kind": "demo", "params": {"steps": 1, "delay": 0}, "delay_seconds": 1.5},
+        headers=server.auth(),
+    )
+    assert response.status_code == 202, response.text
+    delayed = response.json()
+    assert delayed["state"] == "queued" and delayed["scheduled_for"] is not None
+
+    events = await watch(client, server, flaky["id"], timeout=20)
+    types = [t for t, _ in events]
+    assert types.count("retrying") == 2 and types[-1] == "succeeded", types
+    assert events[-1][1]["attempts"] == 3 and events[-1][1]["result"] == 3
+    retrying = [data for t, data in events if t == "retrying"]
+    assert all(data["last_error"]["type"] == "ConnectionError" for data in retrying)
+
+    events = await watch(client, server, delayed["id"], timeout=20)
+    assert events[-1][0] == "succeeded"
+    assert events[-1][1]["started_at"] >= delayed["scheduled_for"]

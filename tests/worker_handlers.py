@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobcast.jobs import JobContext, Registry
+from jobcast.jobs import JobContext, Registry, RetryPolicy
 
 registry = Registry()
 
@@ -35,3 +35,12 @@ def resumable(ctx: JobContext, params: dict[str, Any]) -> str:
 @registry.handler("quick_timeout", timeout=0.5)
 async def quick_timeout(ctx: JobContext, params: dict[str, Any]) -> None:
     await asyncio.sleep(60)
+
+
+@registry.handler("flaky", retry=RetryPolicy(max_attempts=3, initial=0.05, max=0.1))
+async def flaky(ctx: JobContext, params: dict[str, Any]) -> int:
+    """Fails until attempt ``succeed_on``: retried through SAQ (worker.K6)."""
+    ctx.progress(50, stage=f"attempt {ctx.attempt}")
+    if ctx.attempt < int(params.get("succeed_on", 2)):
+        raise ConnectionError(f"attempt {ctx.attempt} lost its connection")
+    return ctx.attempt
