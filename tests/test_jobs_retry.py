@@ -32,7 +32,7 @@ def test_backoff_is_full_jitter_under_an_exponential_ceiling() -> None:
     [{"max_attempts": 0}, {"max_attempts": 26}, {"initial": 5.0, "max": 1.0}, {"factor": 0.5}],
 )
 def test_a_policy_out_of_bounds_is_refused(arguments: dict[str, Any]) -> None:
-    with pytest.raises(ValueError, match="must be|needs"):
+    with pytest.raises(ValueError, match=r"must be|needs"):
         RetryPolicy(**arguments)
 
 
