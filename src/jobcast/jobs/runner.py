@@ -31,6 +31,7 @@ from jobcast._files import make_private_dir
 from jobcast._lock import ProcessLock
 from jobcast.errors import Conflict, InvalidInput, JobcastError, NotFound, Unavailable
 from jobcast.jobs.access import Access, JobAccess
+from jobcast.jobs.idempotency import RETENTION, Idempotency
 from jobcast.jobs.lifecycle import JobLifecycle
 from jobcast.jobs.live import LiveJob
 from jobcast.jobs.model import InputFile, Job, JobState, new_job_id
@@ -39,6 +40,7 @@ from jobcast.jobs.recovery import recover
 from jobcast.jobs.registry import Registry
 from jobcast.jobs.schedule import JobSchedule
 from jobcast.jobs.stats import JobStats
+from jobcast.jobs.submit_options import SubmitOptions
 from jobcast.stores.base import JobPage, JobQuery, JobStore
 
 if TYPE_CHECKING:
@@ -48,6 +50,8 @@ if TYPE_CHECKING:
 __all__ = ["EmbeddedRunner", "RunnerOptions"]
 
 logger = logging.getLogger("jobcast.jobs")
+
+NO_OPTIONS = SubmitOptions()
 
 
 class EmbeddedRunner:
@@ -121,6 +125,33 @@ class EmbeddedRunner:
 
         ``scheduled_for`` delays its start; ``max_attempts`` overrides its handler's
         (retry.T3); ``rerun_of`` links a re-run to its original. The routes validate them."""
+        options = SubmitOptions(priority, scheduled_for, max_attempts)
+        job, _ = await self.submit_keyed(
+            kind,
+            params,
+            owner,
+            None,
+            input=input,
+            upload=upload,
+            options=options,
+            rerun_of=rerun_of,
+        )
+        return job
+
+    async def submit_keyed(
+        self,
+        kind: str,
+        params: Any,
+        owner: str,
+        idempotency: Idempotency | None,
+        *,
+        input: InputFile | None = None,
+        upload: Path | None = None,
+        options: SubmitOptions = NO_OPTIONS,
+        rerun_of: str | None = None,
+    ) -> tuple[Job, bool]:
+        """:meth:`submit` under an idempotency key: the job, and whether it is new. A key
+        already used for the same request returns its job (idempotency.I2)."""
         spec = self.registry.get(kind)
         if spec.needs_input and input is None:
             raise InvalidInput(f"jobs of kind {kind!r} need an uploaded file (multipart 'file')")
@@ -133,18 +164,28 @@ class EmbeddedRunner:
             owner=owner,
             params=valid_params,
             input=input,
-            max_attempts=max_attempts or spec.default_max_attempts(self.options.max_attempts),
-            scheduled_for=scheduled_for,
-            priority=priority,
+            max_attempts=options.max_attempts
+            or spec.default_max_attempts(self.options.max_attempts),
+            scheduled_for=options.scheduled_for,
+            priority=options.priority,
             rerun_of=rerun_of,
         )
         if upload is not None:
             await asyncio.to_thread(upload.rename, self.upload_path(job.id))
         try:
-            await self.store.create(job)
+            if idempotency is None:
+                await self.store.create(job)
+                earlier = None
+            else:
+                earlier = await self.store.create_keyed(
+                    job, idempotency.key, idempotency.request_hash, RETENTION
+                )
         except BaseException:
             await asyncio.to_thread(self.upload_path(job.id).unlink, missing_ok=True)
             raise
+        if earlier is not None:
+            await asyncio.to_thread(self.upload_path(job.id).unlink, missing_ok=True)
+            return await self._earlier(earlier, idempotency), False
         try:  # before the job's first event, so every instance's filters know its owner
             await self.access.announce(job)
         except JobcastError as exc:  # as for the queued event: the job is stored, it runs
@@ -152,7 +193,19 @@ class EmbeddedRunner:
         live = self.lifecycle.track(job)
         await live.transition(JobState.QUEUED)
         await self._enqueue(live)
-        return live.published.copy()
+        return live.published.copy(), True
+
+    async def _earlier(self, earlier: tuple[str, str], idempotency: Idempotency | None) -> Job:
+        job_id, request_hash = earlier
+        if idempotency is None or request_hash != idempotency.request_hash:  # I2
+            raise Conflict(
+                "this Idempotency-Key was already used for a different request; "
+                "use a new key for a new job"
+            )
+        job = await self.get(job_id)
+        if job is None:  # deleted meanwhile (its keys go with it: idempotency.I4)
+            raise Conflict("this Idempotency-Key's job was deleted; use a new key")
+        return job
 
     async def _enqueue(self, live: LiveJob) -> None:
         """Hand a new queued job to what runs it: here, this runner's dispatcher."""

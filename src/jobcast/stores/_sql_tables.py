@@ -76,6 +76,19 @@ acks_table = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
 )
 
+#: Idempotency keys of submissions (``sql.py`` Q7): one row per owner and key, so concurrent
+#: submissions with one key insert one row and create one job, on every instance.
+job_keys_table = sa.Table(
+    "job_keys",
+    metadata,
+    sa.Column("owner", sa.String(255), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("job_id", sa.String(40), nullable=False),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("job_keys_by_job", "job_id"),  # a deleted job's keys go with it
+)
+
 
 UPDATE_JOB = jobs_table.update().where(jobs_table.c.id == sa.bindparam("job_id"))
 

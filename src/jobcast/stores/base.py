@@ -57,6 +57,14 @@ class JobStore(Protocol):
     async def create(self, job: Job) -> None:
         """Insert a new job (its id is new)."""
 
+    async def create_keyed(
+        self, job: Job, key: str, request_hash: str, retention: float
+    ) -> tuple[str, str] | None:
+        """Insert a new job under the idempotency key ``key`` of its owner, in one transaction
+        with the key; ``None`` when it was inserted. When the owner used ``key`` less than
+        ``retention`` seconds ago, nothing is inserted and the earlier job's id and request hash
+        are returned. Concurrent calls with one key, on any instance, insert one job."""
+
     async def get(self, job_id: str) -> Job | None: ...
 
     async def save(self, job: Job) -> None:

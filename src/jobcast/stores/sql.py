@@ -1,6 +1,6 @@
 """The SQL job store: SQLAlchemy 2 Core over asyncio, on SQLite and PostgreSQL.
 
-Decisions (cited as Q1..Q6):
+Decisions (cited as Q1..Q7):
 
 Q1. Portable columns only: times are epoch seconds (floats), JSON values are text written by
     orjson. The same statements run on SQLite (aiosqlite) and PostgreSQL (asyncpg).
@@ -21,6 +21,13 @@ Q6. PostgreSQL (asyncpg, or psycopg 3): the same statements; ``?schema=name`` in
     share one database. Schema creation and migration hold an advisory lock, so instances and
     workers starting together do not race. Migrations are the few statements in
     ``MIGRATIONS`` (no Alembic): the schema is one table of jobs and one of acknowledgements.
+Q7. Idempotency keys live in a table of their own whose primary key is (owner, key): a keyed
+    submission inserts its key with ``ON CONFLICT DO NOTHING`` and its job in the same
+    transaction, so of concurrent submissions with one key exactly one inserts a row (the
+    database decides, on every instance), and a key that exists always has its job. The
+    owner's keys older than the retention window are deleted first, in the same transaction,
+    so an expired key is free again. New tables come from ``create_all``
+    (which creates missing tables on an existing database); ``MIGRATIONS`` alters old ones.
 
 The tables, and the conversion between a job and its row, are in ``_sql_tables.py``.
 """
@@ -38,6 +45,7 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -50,6 +58,7 @@ from jobcast.stores._sql_tables import (
     UPDATE_JOB,
     acks_table,
     job_from_row,
+    job_keys_table,
     jobs_table,
     meta_table,
     metadata,
@@ -176,6 +185,28 @@ class SQLJobStore:
         self._inserts.append({"id": job.id, **row_values(job)})
         await self._commit_batch()
 
+    async def create_keyed(
+        self, job: Job, key: str, request_hash: str, retention: float
+    ) -> tuple[str, str] | None:  # Q7
+        keys, now = job_keys_table, time.time()
+        row = {"job_id": job.id, "request_hash": request_hash, "created_at": now}
+        mine = (keys.c.owner == job.owner) & (keys.c.key == key)
+        dialect = sqlite if self._sqlite else postgresql
+        claim = (
+            dialect.insert(keys).values(owner=job.owner, key=key, **row).on_conflict_do_nothing()
+        )
+        expired = (keys.c.owner == job.owner) & (keys.c.created_at < now - retention)
+        async with self._write() as conn:
+            await conn.execute(keys.delete().where(expired))  # the owner's old keys are free
+            if (await conn.execute(claim)).rowcount != 1:
+                earlier = sa.select(keys.c.job_id, keys.c.request_hash).where(mine)
+                found = (await conn.execute(earlier)).one()
+                return str(found[0]), str(found[1])
+            await conn.execute(jobs_table.insert().values(id=job.id, **row_values(job)))
+        self.stats.transactions += 1
+        self.stats.rows_written += 2
+        return None
+
     async def get(self, job_id: str) -> Job | None:
         async with self._read() as conn:
             result = await conn.execute(jobs_table.select().where(jobs_table.c.id == job_id))
@@ -256,6 +287,8 @@ class SQLJobStore:
     async def delete(self, job_id: str) -> bool:
         async with self._write() as conn:
             result = await conn.execute(jobs_table.delete().where(jobs_table.c.id == job_id))
+            # its idempotency keys go with it (jobs/idempotency.I4)
+            await conn.execute(job_keys_table.delete().where(job_keys_table.c.job_id == job_id))
         return bool(result.rowcount)
 
     async def in_states(self, states: Collection[JobState], limit: int) -> list[Job]:

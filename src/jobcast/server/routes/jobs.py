@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from jobcast.auth import Principal
 from jobcast.errors import InvalidInput, NotFound, PayloadTooLarge
+from jobcast.jobs.idempotency import Idempotency, request_hash, valid_key
 from jobcast.jobs.model import Job, JobState
 from jobcast.jobs.submit_options import FIELDS, SubmitOptions, parse_options
 from jobcast.server.http import exact_json
@@ -97,6 +98,7 @@ SUBMIT_BODY: dict[str, Any] = {
                         "kind": {"type": "string", "examples": ["demo"]},
                         "params": {"type": "object", "examples": [{"steps": 5, "delay": 0.2}]},
                         **SCHEDULING,
+                        "idempotency_key": {"type": "string", "maxLength": 255},
                     },
                 }
             },
@@ -156,7 +158,7 @@ async def _read_json(request: Request, limit: int) -> Any:
 def _submission(value: Any) -> tuple[str, Any, SubmitOptions]:
     if not isinstance(value, dict) or not isinstance(value.get("kind"), str):
         raise InvalidInput('send {"kind": "...", "params": {...}}')
-    extra = set(value) - {"kind", "params", *FIELDS}
+    extra = set(value) - {"kind", "params", "idempotency_key", *FIELDS}
     if extra:
         raise InvalidInput(f"unexpected fields: {', '.join(sorted(extra))}")
     return value["kind"], value.get("params"), parse_options(value)
@@ -180,13 +182,24 @@ def jobs_router(jc: "Runtime") -> APIRouter:
         summary="Submit a job (JSON, or multipart with a file)",
         openapi_extra=SUBMIT_BODY,
     )
-    async def submit(request: Request, principal: principal_dep) -> Response:
+    async def submit(
+        request: Request,
+        principal: principal_dep,
+        idempotency_header: Annotated[
+            str | None,
+            Header(
+                alias="Idempotency-Key",
+                description="Submit at most once: a retry with this key returns the first job.",
+            ),
+        ] = None,
+    ) -> Response:
         subject = principal.subject if principal else ""
         jc.policy.check_job(principal, Job(id="new", kind="", owner=subject), "submit")
         await jc.limiter.hit("submit", principal, request)
         settings = jc.settings
         content_type = request.headers.get("content-type", "").lower()
         received = Received()
+        fields: dict[str, Any]
         if content_type.startswith("multipart/form-data"):
             received = await receive_upload(jc, request)
             try:
@@ -198,29 +211,39 @@ def jobs_router(jc: "Runtime") -> APIRouter:
                     else {}
                 )
                 options = parse_options(received.fields, as_text=True)
+                fields = dict(received.fields)
+                key = valid_key(idempotency_header, received.fields.get("idempotency_key"))
             except InvalidInput:
                 await received.remove()
                 raise
         elif content_type.startswith("application/json") or not content_type:
-            kind, params, options = _submission(await _read_json(request, settings.max_body_bytes))
+            fields = await _read_json(request, settings.max_body_bytes)
+            kind, params, options = _submission(fields)
+            key = valid_key(idempotency_header, fields.get("idempotency_key"))
         else:
             raise InvalidInput("send application/json or multipart/form-data")
+        idempotency = None
+        if key is not None:  # idempotency.I2: what the client sent, as it sent it
+            sent = {name: fields.get(name) for name in ("kind", "params", *sorted(FIELDS))}
+            sent["file"] = received.input.sha256 if received.input else None
+            idempotency = Idempotency(key, request_hash(sent))
         try:
-            job = await jc.runner.submit(
+            job, created = await jc.runner.submit_keyed(
                 kind,
                 params,
                 subject,
+                idempotency,
                 input=received.input,
                 upload=received.upload,
-                priority=options.priority,
-                scheduled_for=options.scheduled_for,
-                max_attempts=options.max_attempts,
+                options=options,
             )
         finally:
             await received.remove()  # a no-op once the runner took the file
         links = job_links(request, job.id)
         return JSONResponse(
-            {**job.to_dict(), "links": links}, 202, headers={"Location": links["self"]}
+            {**job.to_dict(), "links": links},
+            202 if created else 200,
+            headers={"Location": links["self"]},
         )
 
     @router.get("/api/jobs", response_model=JobList, summary="List jobs, newest first")
