@@ -13,6 +13,7 @@ from jobcast.auth import Principal
 from jobcast.errors import InvalidInput, NotFound, PayloadTooLarge
 from jobcast.jobs.idempotency import Idempotency, request_hash, valid_key
 from jobcast.jobs.model import Job, JobState
+from jobcast.jobs.rerun import rerun
 from jobcast.jobs.submit_options import FIELDS, SubmitOptions, parse_options
 from jobcast.server.http import exact_json
 from jobcast.server.http.errors import JobcastRoute
@@ -283,6 +284,21 @@ def jobs_router(jc: "Runtime") -> APIRouter:
     async def cancel_job(job_id: str, request: Request, principal: principal_dep) -> Response:
         await readable(job_id, principal, "cancel")
         return JSONResponse(job_body(request, await jc.runner.cancel(job_id)))
+
+    @router.post(
+        "/api/jobs/{job_id}/rerun",
+        status_code=202,
+        response_model=JobSnapshot,
+        summary="Run a job again as a new job linked by rerun_of (owner or admin only)",
+    )
+    async def rerun_job(job_id: str, request: Request, principal: principal_dep) -> Response:
+        original = await readable(job_id, principal, "rerun")
+        await jc.limiter.hit("submit", principal, request)
+        job = await rerun(jc.runner, original)
+        links = job_links(request, job.id)
+        return JSONResponse(
+            {**job.to_dict(), "links": links}, 202, headers={"Location": links["self"]}
+        )
 
     @router.put(
         "/api/jobs/{job_id}/readers/{subject}",
