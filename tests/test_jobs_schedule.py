@@ -13,9 +13,10 @@ import httpx
 import pytest
 
 from jobcast.jobs import JobContext, Registry
+from jobcast.jobs.model import JobState
 from jobcast.jobs.schedule import JobSchedule
 from tests.jobs_support import watch
-from tests.support import LiveServer
+from tests.support import LiveServer, eventually
 from tests.test_runner import embedded, events_until_end
 
 
@@ -157,3 +158,47 @@ async def test_a_delayed_job_runs_at_its_time_across_a_restart(
     assert events[-1][0] == "succeeded"
     started = datetime.fromisoformat(events[-1][1]["started_at"])
     assert run_at <= started <= run_at + timedelta(seconds=1)
+
+
+def test_a_blocked_group_is_skipped_and_keeps_its_places() -> None:
+    schedule = JobSchedule()
+    for job_id, group, priority in [("a1", "a", 9), ("b1", "b", 0), ("a2", "a", 9), ("b2", "b", 0)]:
+        schedule.push(job_id, priority, group=group)
+    assert schedule.pop(blocked={"a"}) == "b1"
+    assert schedule.pop(blocked={"a", "b"}) is None
+    assert [schedule.pop(), schedule.pop(), schedule.pop()] == ["a1", "a2", "b2"]
+
+
+def limited_registry(
+    release: asyncio.Event, running: dict[str, int], peaks: dict[str, int]
+) -> Registry:
+    registry = Registry()
+
+    async def work(ctx: JobContext, params: dict[str, Any]) -> None:
+        running[ctx.kind] = running.get(ctx.kind, 0) + 1
+        peaks[ctx.kind] = max(peaks.get(ctx.kind, 0), running[ctx.kind])
+        try:
+            await release.wait()
+        finally:
+            running[ctx.kind] -= 1
+
+    registry.handler("limited", concurrency=2)(work)
+    registry.handler("free")(work)
+    return registry
+
+
+async def test_a_kind_limit_holds_and_other_kinds_take_the_free_slots(tmp_path: Path) -> None:
+    release = asyncio.Event()
+    running: dict[str, int] = {}
+    peaks: dict[str, int] = {}
+    registry = limited_registry(release, running, peaks)
+    async with embedded(tmp_path, registry, concurrency=4) as (runner, _):
+        limited = [await runner.submit("limited", {}, "alice", priority=5) for _ in range(6)]
+        free = [await runner.submit("free", {}, "alice") for _ in range(2)]
+        # the two limited jobs and both free ones run, though four more limited ones come first
+        await eventually(lambda: running.get("limited") == 2 and running.get("free") == 2)
+        assert (await runner.get(limited[2].id)).state is JobState.QUEUED  # type: ignore[union-attr]
+        release.set()
+        for job in limited + free:
+            assert (await events_until_end(runner, job))[-1].type == "succeeded"
+        assert peaks == {"limited": 2, "free": 2}

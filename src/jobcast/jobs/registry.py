@@ -54,6 +54,9 @@ class HandlerSpec:
     needs_input: bool = False
     #: How failed runs are retried (``retry.py``); ``None``: a failure is final.
     retry: RetryPolicy | None = None
+    #: At most this many jobs of this kind run at once in one runner (the others stay
+    #: queued, in order); ``None``: only the runner's own concurrency bounds them.
+    concurrency: int | None = None
 
     @property
     def rerunnable(self) -> bool:
@@ -114,11 +117,15 @@ class Registry:
         params_model: type[BaseModel] | None = None,
         needs_input: bool = False,
         retry: RetryPolicy | None = None,
+        concurrency: int | None = None,
     ) -> Callable[[Handler], Handler]:
         """Register the decorated function as the handler of ``kind``."""
 
         def decorate(fn: Handler) -> Handler:
-            self.add(HandlerSpec(kind, fn, timeout, retry_safe, params_model, needs_input, retry))
+            spec = HandlerSpec(
+                kind, fn, timeout, retry_safe, params_model, needs_input, retry, concurrency
+            )
+            self.add(spec)
             return fn
 
         return decorate
@@ -127,6 +134,8 @@ class Registry:
         validate_type(spec.kind)  # kinds follow the event-type alphabet: safe in logs and URLs
         if spec.timeout is not None and spec.timeout <= 0:
             raise ValueError(f"the timeout of {spec.kind!r} must be positive")
+        if spec.concurrency is not None and spec.concurrency < 1:
+            raise ValueError(f"the concurrency of {spec.kind!r} must be at least 1")
         if spec.kind in self._specs and self._specs[spec.kind] != spec:
             raise ValueError(f"a handler for {spec.kind!r} is already registered")
         self._specs[spec.kind] = spec

@@ -4,7 +4,7 @@ It answers the routes (submit, read, list, cancel, delete, share) and hands each
 dispatches to the lifecycle engine (``lifecycle.py``), which runs it. At its start it recovers
 the jobs a previous process left behind (``recovery.py``); reader grants are ``access.py``'s.
 
-Decisions (cited as D1..D2):
+Decisions (cited as D1..D3):
 
 D1. The runner keeps every queued and running job in memory (bounded by ``max_queued`` plus
     ``concurrency``): reads of live jobs never touch the store, and the owner of any job that
@@ -16,11 +16,15 @@ D2. One dispatcher task takes a slot, then the next queued job that may start (`
     gives its place back at once and is ended by a task of its own, never by a slot. A second
     process on the same data directory would run the same queued jobs again: a lock file
     refuses it at start.
+D3. A kind with a ``concurrency`` limit that has that many jobs running is skipped by the
+    dispatcher (schedule.P5) until one of them ends; its queued jobs keep their places, and
+    jobs of other kinds take the free slots meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import Collection
@@ -74,6 +78,8 @@ class EmbeddedRunner:
             on_retry=self._schedule,
         )
         self._queue = JobSchedule()
+        self._running: collections.Counter[str] = collections.Counter()  # by kind (D3)
+        self._full: set[str] = set()  # kinds at their limit (D3)
         self._work = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
         self._lock = ProcessLock(options.uploads_dir.parent / "runner.lock", "the job runner")
@@ -214,7 +220,7 @@ class EmbeddedRunner:
     def _schedule(self, live: LiveJob) -> None:
         """Queue a tracked job at its priority, no earlier than its time (D2, lifecycle.R4)."""
         job = live.job
-        self._queue.push(job.id, job.priority, job.not_before)
+        self._queue.push(job.id, job.priority, job.not_before, job.kind)
         self._work.set()
 
     async def get(self, job_id: str) -> Job | None:
@@ -297,7 +303,7 @@ class EmbeddedRunner:
         slots = self.lifecycle.slots
         while True:
             await slots.acquire()  # given back by the lifecycle when the job ends
-            while (job_id := self._queue.pop()) is None:
+            while (job_id := self._queue.pop(self._full)) is None:
                 with contextlib.suppress(TimeoutError):  # schedule.P4
                     await asyncio.wait_for(self._work.wait(), self._queue.next_due())
                 self._work.clear()
@@ -305,4 +311,19 @@ class EmbeddedRunner:
             if live is None or live.job.state is not JobState.QUEUED or live.task is not None:
                 slots.release()  # cancelled while queued
                 continue
-            live.task = asyncio.create_task(self.lifecycle.run(live), name=f"job-{live.job.id}")
+            live.task = asyncio.create_task(self._run(live), name=f"job-{live.job.id}")
+
+    async def _run(self, live: LiveJob) -> None:
+        kind = live.job.kind
+        spec = self.registry.find(kind)
+        self._running[kind] += 1
+        limit = spec.concurrency if spec is not None else None
+        if limit is not None and self._running[kind] >= limit:  # D3
+            self._full.add(kind)
+        try:
+            await self.lifecycle.run(live)
+        finally:
+            self._running[kind] -= 1
+            if kind in self._full:
+                self._full.discard(kind)
+                self._work.set()  # its next queued job may start
