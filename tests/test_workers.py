@@ -290,3 +290,24 @@ async def test_workers_retry_failed_attempts_and_start_delayed_jobs_at_their_tim
     events = await watch(client, server, delayed["id"], timeout=20)
     assert events[-1][0] == "succeeded"
     assert events[-1][1]["started_at"] >= delayed["scheduled_for"]
+
+
+async def test_a_kind_limit_holds_across_workers(
+    make_server: Callable[..., LiveServer],
+    procs: Processes,
+    shared: dict[str, Any],
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    for name in ("w1", "w2"):
+        procs.worker(name, data_dir=tmp_path / name, job_concurrency=4, **shared)
+    server = make_server(**shared)
+    markers = tmp_path / "running"
+    markers.mkdir()
+    jobs = [await submit(client, server, "limited", {"dir": str(markers)}) for _ in range(6)]
+    url, auth = f"{server.url}/api/jobs", server.auth()
+    for job in jobs:
+        done = await poll_json(client, f"{url}/{job['id']}", terminal, timeout=30, headers=auth)
+        assert done["state"] == "succeeded", done
+        assert done["result"] <= 2, done  # never more than the kind's limit at once
+        assert done["attempts"] == 1  # waiting for a slot is not an attempt

@@ -44,3 +44,18 @@ async def flaky(ctx: JobContext, params: dict[str, Any]) -> int:
     if ctx.attempt < int(params.get("succeed_on", 2)):
         raise ConnectionError(f"attempt {ctx.attempt} lost its connection")
     return ctx.attempt
+
+
+@registry.handler("limited", concurrency=2)
+def limited(ctx: JobContext, params: dict[str, Any]) -> int:
+    """Leaves a marker while it runs and returns how many markers it saw (itself included):
+    with the kind's limit of 2, never more than 2, whatever the number of workers (K7)."""
+    folder = Path(params["dir"])
+    marker = folder / ctx.job_id
+    marker.touch()
+    try:
+        seen = len(list(folder.iterdir()))
+        time.sleep(0.3)  # the work: long enough for the others to overlap it
+        return seen
+    finally:
+        marker.unlink()

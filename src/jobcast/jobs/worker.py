@@ -6,7 +6,7 @@ store and runs it through the lifecycle engine the embedded runner uses (``lifec
 progress (``LiveJob``), so a job behaves the same wherever it runs. Its events go to the shared
 Redis broker, so every server instance streams them.
 
-Decisions (cited as K1..K6):
+Decisions (cited as K1..K7):
 
 K1. A heartbeat task touches the SAQ job every third of ``worker_heartbeat_seconds``; a worker
     that dies stops touching it, the sweep (K4, run by every other worker) re-queues it, and the
@@ -50,9 +50,10 @@ from jobcast.config import Settings
 from jobcast.errors import InvalidInput
 from jobcast.hub import Hub
 from jobcast.jobs import builtin
+from jobcast.jobs.kind_limits import FULL_WAIT, KindLimits
 from jobcast.jobs.lifecycle import JobLifecycle
 from jobcast.jobs.metrics import JobsCollector
-from jobcast.jobs.model import JobState
+from jobcast.jobs.model import Job, JobState
 from jobcast.jobs.registry import Registry
 from jobcast.jobs.sweep import Sweeper
 from jobcast.jobs.worker_queue import TASK, open_queue
@@ -104,6 +105,9 @@ class JobWorker:
                 metrics.start()
             queue = open_queue(settings.queue_url or "")
             queue.sweep = Sweeper(queue)  # type: ignore[method-assign]  # K4
+            self.limits = KindLimits(  # K7
+                queue.redis, queue.namespace("kind-limit"), settings.worker_heartbeat_seconds
+            )
             beat = settings.worker_heartbeat_seconds
             timers: PartialTimersDict = {
                 "sweep": beat,
@@ -141,6 +145,21 @@ class JobWorker:
         job = await jobs.store.get(job_id)
         if job is None or job.terminal:  # K3
             return
+        spec = self.registry.find(job.kind)
+        limit = spec.concurrency if spec is not None else None
+        if limit is not None and not await self.limits.acquire(job.kind, job.id, limit):
+            queued.retries += 1  # K7: waiting for a slot is not an attempt
+            queued.retry_delay = FULL_WAIT
+            queued.retry_backoff = False
+            raise RetryLater(f"kind {job.kind!r} is at its limit of {limit} running jobs")
+        try:
+            await self._run_claimed(job, queued, limited=limit is not None)
+        finally:
+            if limit is not None:
+                await shielded(self.limits.release(job.kind, job.id))
+
+    async def _run_claimed(self, job: Job, queued: Any, *, limited: bool) -> None:
+        jobs = self.jobs
         if job.state is JobState.RUNNING:  # K1: its previous worker died
             why = "the worker running it stopped"
             if not await jobs.resume_interrupted(job, why):
@@ -149,7 +168,7 @@ class JobWorker:
         task = live.task
         if task is None:  # claim always starts one; nothing to wait for otherwise
             return
-        beat = asyncio.create_task(self._heartbeat(queued))
+        beat = asyncio.create_task(self._heartbeat(queued, job if limited else None))
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:  # K2
@@ -171,11 +190,14 @@ class JobWorker:
             queued.retry_backoff = False
             raise RetryLater(f"attempt {live.job.attempts} failed; retrying")
 
-    async def _heartbeat(self, queued: Any) -> None:  # K1
+    async def _heartbeat(self, queued: Any, limited: Job | None) -> None:  # K1
         while True:
             await asyncio.sleep(self.settings.worker_heartbeat_seconds / 3)
             with contextlib.suppress(Exception):  # a missed beat only risks an early sweep
                 await shielded(queued.update())  # so that beat.cancel() always lands
+            if limited is not None:  # K7: keep the kind's lease
+                with contextlib.suppress(Exception):
+                    await shielded(self.limits.renew(limited.kind, limited.id))
 
 
 def run_worker(settings: Settings) -> None:
