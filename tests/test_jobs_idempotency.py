@@ -1,4 +1,5 @@
-"""Idempotency keys on ``POST /api/jobs`` (``jobs/idempotency.py``, ``stores/sql.py`` Q7)."""
+"""Idempotency keys on ``POST /api/jobs`` and ``POST /api/events`` (``jobs/idempotency.py``,
+``stores/sql.py`` Q7)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from tests.jobs_support import poll_until_done
 from tests.services import POSTGRES_URL, drop_schema, needs_services, unique_prefix
-from tests.support import LiveServer
+from tests.support import EventStream, LiveServer
 
 DEMO = {"kind": "demo", "params": {"steps": 1, "delay": 0}}
 
@@ -125,3 +126,43 @@ async def test_one_key_makes_one_job_across_two_instances_on_postgresql(
         one_job(await fifty_at_once(client, servers, "burst"))
         different = await post(client, servers[1], {**DEMO, "params": {"steps": 3}}, "burst")
         assert different.status_code == 409
+
+
+async def publish(
+    client: httpx.AsyncClient, server: LiveServer, body: Any, key: str | None = None
+) -> httpx.Response:
+    headers = server.auth("svc", "service")
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    return await client.post(f"{server.url}/api/events", json=body, headers=headers)
+
+
+async def test_a_retried_publish_is_acknowledged_with_the_original_ids_and_sent_once(
+    server: LiveServer,
+) -> None:
+    batch = [{"topic": "orders/1", "type": "paid", "data": {"n": n}} for n in range(2)]
+    limits = httpx.Limits(max_connections=50)
+    async with httpx.AsyncClient(timeout=20, limits=limits) as client:
+        marker = (await publish(client, server, {"topic": "orders/1", "type": "mark"})).json()
+        answers = await asyncio.gather(
+            *(publish(client, server, batch, "pay-1") for _ in range(20))
+        )
+        acknowledged = [r.json()["ids"] for r in answers if r.status_code == 202]
+        assert acknowledged and all(ids == acknowledged[0] for ids in acknowledged)
+        busy = [r for r in answers if r.status_code != 202]
+        assert all(r.status_code == 409 and "under way" in r.json()["message"] for r in busy)
+        again = await publish(client, server, batch, "pay-1")  # a retry after the first ended
+        assert again.status_code == 202 and again.json()["ids"] == acknowledged[0]
+        other = await publish(client, server, batch[:1], "pay-1")
+        assert other.status_code == 409 and "different publish" in other.json()["message"]
+        single = await publish(client, server, batch[0], "pay-2")
+        assert (await publish(client, server, batch[0], "pay-2")).json() == single.json()
+        end = (await publish(client, server, {"topic": "orders/1", "type": "end"})).json()
+
+        headers = {**server.auth("svc", "service"), "Last-Event-ID": marker["id"]}
+        url = f"{server.url}/api/events?topic=orders/1"
+        async with EventStream(client, url, headers=headers) as stream:
+            seen = []
+            while not seen or seen[-1] != end["id"]:
+                seen.append((await stream.next()).id)
+        assert seen == [*acknowledged[0], single.json()["id"], end["id"]]  # each event once

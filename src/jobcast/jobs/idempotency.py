@@ -1,7 +1,7 @@
 """Idempotency keys of job submissions: a retried ``POST /api/jobs`` returns the job the first
 one created instead of creating a second.
 
-Decisions (cited as I1..I4):
+Decisions (cited as I1..I5):
 
 I1. A key is scoped by its owner: the same key from two owners names two submissions. It is
     1 to ``MAX_KEY`` printable ASCII characters, from the ``Idempotency-Key`` header or the
@@ -14,6 +14,11 @@ I3. The key and its job are inserted in one transaction and the store's unique (
     decides between concurrent submissions (``stores/sql.py`` Q7), so one key makes one job
     whatever the number of requests or server instances.
 I4. Past ``RETENTION`` a key is free again; deleting a job frees its keys.
+I5. ``POST /api/events`` takes the ``Idempotency-Key`` header too, per publishing subject: the
+    key is claimed before the events are published and records their ids after, so a retried
+    publish with the same events is acknowledged with the original ids and publishes nothing;
+    other events with the key are a 409, and so is a retry while the first is still under way
+    (it is answered once that one has its ids). A publish that failed frees its key.
 """
 
 from __future__ import annotations

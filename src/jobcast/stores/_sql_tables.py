@@ -89,6 +89,18 @@ job_keys_table = sa.Table(
     sa.Index("job_keys_by_job", "job_id"),  # a deleted job's keys go with it
 )
 
+#: Idempotency keys of event publishes (``sql.py`` Q7): the ids a keyed publish was given, so a
+#: retried publish is acknowledged with them; ``ids`` is NULL while the publish is under way.
+event_keys_table = sa.Table(
+    "event_keys",
+    metadata,
+    sa.Column("subject", sa.String(255), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("ids", sa.Text),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
 
 UPDATE_JOB = jobs_table.update().where(jobs_table.c.id == sa.bindparam("job_id"))
 

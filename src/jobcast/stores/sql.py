@@ -57,6 +57,7 @@ from jobcast.stores._sql_tables import (
     SCHEMA_VERSION,
     UPDATE_JOB,
     acks_table,
+    event_keys_table,
     job_from_row,
     job_keys_table,
     jobs_table,
@@ -206,6 +207,36 @@ class SQLJobStore:
         self.stats.transactions += 1
         self.stats.rows_written += 2
         return None
+
+    async def claim_publish(
+        self, subject: str, key: str, request_hash: str, retention: float
+    ) -> tuple[str, list[str] | None] | None:  # Q7, for event publishes
+        keys, now = event_keys_table, time.time()
+        dialect = sqlite if self._sqlite else postgresql
+        claim = (
+            dialect.insert(keys)
+            .values(subject=subject, key=key, request_hash=request_hash, created_at=now)
+            .on_conflict_do_nothing()
+        )
+        expired = (keys.c.subject == subject) & (keys.c.created_at < now - retention)
+        mine = (keys.c.subject == subject) & (keys.c.key == key)
+        async with self._write() as conn:
+            await conn.execute(keys.delete().where(expired))
+            if (await conn.execute(claim)).rowcount == 1:
+                return None
+            found = (
+                await conn.execute(sa.select(keys.c.request_hash, keys.c.ids).where(mine))
+            ).one()
+        return str(found[0]), orjson.loads(found[1]) if found[1] is not None else None
+
+    async def record_publish(self, subject: str, key: str, ids: list[str] | None) -> None:
+        keys = event_keys_table
+        mine = (keys.c.subject == subject) & (keys.c.key == key)
+        async with self._write() as conn:
+            if ids is None:  # the publish failed: the key is free for its retry
+                await conn.execute(keys.delete().where(mine))
+            else:
+                await conn.execute(keys.update().where(mine).values(ids=orjson.dumps(ids).decode()))
 
     async def get(self, job_id: str) -> Job | None:
         async with self._read() as conn:
