@@ -202,3 +202,53 @@ async def test_a_kind_limit_holds_and_other_kinds_take_the_free_slots(tmp_path: 
         for job in limited + free:
             assert (await events_until_end(runner, job))[-1].type == "succeeded"
         assert peaks == {"limited": 2, "free": 2}
+
+
+async def test_priorities_and_a_kind_limit_hold_over_a_thousand_queued_jobs(
+    tmp_path: Path,
+) -> None:
+    """1,000 jobs queued before the runner starts (as after a restart), four slots: each job
+    starts only after every queued job of higher priority whose kind had room, and the limited
+    kind never has more than 2 running."""
+    import random
+
+    from jobcast.jobs.model import Job, new_job_id
+    from jobcast.stores import open_store
+
+    rng = random.Random(3)
+    store = open_store(f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}")
+    await store.open()
+    jobs = [
+        Job(
+            id=new_job_id(),
+            kind=rng.choice(["limited", "free"]),
+            owner="alice",
+            priority=rng.randint(-100, 100),
+        )
+        for _ in range(1000)
+    ]
+    await asyncio.gather(*(store.create(job) for job in jobs))
+    await store.close()
+
+    started: list[str] = []
+    running: dict[str, int] = {}
+    peaks: dict[str, int] = {}
+    registry = Registry()
+
+    async def work(ctx: JobContext, params: dict[str, Any]) -> None:
+        started.append(ctx.job_id)
+        running[ctx.kind] = running.get(ctx.kind, 0) + 1
+        peaks[ctx.kind] = max(peaks.get(ctx.kind, 0), running[ctx.kind])
+        await asyncio.sleep(0)  # let the other slots start meanwhile
+        running[ctx.kind] -= 1
+
+    registry.handler("limited", concurrency=2)(work)
+    registry.handler("free")(work)
+    async with embedded(tmp_path, registry, concurrency=4):
+        await eventually(lambda: len(started) == 1000, timeout=60)
+    assert peaks["limited"] <= 2
+    by_id = {job.id: job for job in jobs}
+    for kind in ("limited", "free"):  # within a kind: priority, then submission order
+        order = [by_id[i] for i in started if by_id[i].kind == kind]
+        keys = [(-job.priority, job.id) for job in order]
+        assert keys == sorted(keys), kind

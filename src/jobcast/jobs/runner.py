@@ -311,15 +311,16 @@ class EmbeddedRunner:
             if live is None or live.job.state is not JobState.QUEUED or live.task is not None:
                 slots.release()  # cancelled while queued
                 continue
+            kind = live.job.kind
+            self._running[kind] += 1  # counted now: the next pop must already see it (D3)
+            spec = self.registry.find(kind)
+            limit = spec.concurrency if spec is not None else None
+            if limit is not None and self._running[kind] >= limit:
+                self._full.add(kind)
             live.task = asyncio.create_task(self._run(live), name=f"job-{live.job.id}")
 
     async def _run(self, live: LiveJob) -> None:
         kind = live.job.kind
-        spec = self.registry.find(kind)
-        self._running[kind] += 1
-        limit = spec.concurrency if spec is not None else None
-        if limit is not None and self._running[kind] >= limit:  # D3
-            self._full.add(kind)
         try:
             await self.lifecycle.run(live)
         finally:
