@@ -12,7 +12,15 @@ import httpx
 import pytest
 
 from tests.jobs_support import poll_until_done
-from tests.services import POSTGRES_URL, drop_schema, needs_services, unique_prefix
+from tests.services import (
+    POSTGRES_URL,
+    REDIS_URL,
+    delete_prefix,
+    drop_schema,
+    needs_services,
+    redis_prefix,
+    redis_url,
+)
 from tests.support import EventStream, LiveServer
 
 DEMO = {"kind": "demo", "params": {"steps": 1, "delay": 0}}
@@ -110,22 +118,40 @@ async def test_fifty_concurrent_submissions_with_one_key_make_one_job(
 
 
 @pytest.fixture
-def pg_store() -> Iterator[str]:
-    url = f"{POSTGRES_URL}?schema=i_{unique_prefix()[-12:]}"
-    yield url
-    drop_schema(url)
+def shared() -> Iterator[dict[str, Any]]:
+    """One deployment of several instances: Redis broker and queue, a PostgreSQL store (no
+    worker: the jobs stay queued)."""
+    for prefix in redis_prefix():
+        store_url = f"{POSTGRES_URL}?schema=i_{prefix[-12:]}"
+        yield {
+            "broker_url": redis_url(prefix),
+            "queue_url": f"{REDIS_URL}?queue={prefix}",
+            "store_url": store_url,
+        }
+        drop_schema(store_url)
+        delete_prefix(f"saq:{prefix}")
 
 
 @needs_services
-async def test_one_key_makes_one_job_across_two_instances_on_postgresql(
-    make_server: Callable[..., LiveServer], pg_store: str, tmp_path: Path
+async def test_one_key_makes_one_job_and_one_publish_across_two_instances(
+    make_server: Callable[..., LiveServer], shared: dict[str, Any], tmp_path: Path
 ) -> None:
-    servers = [make_server(store_url=pg_store, data_dir=tmp_path / name) for name in ("one", "two")]
+    servers = [make_server(data_dir=tmp_path / name, **shared) for name in ("one", "two")]
     limits = httpx.Limits(max_connections=50)
     async with httpx.AsyncClient(timeout=20, limits=limits) as client:
         one_job(await fifty_at_once(client, servers, "burst"))
         different = await post(client, servers[1], {**DEMO, "params": {"steps": 3}}, "burst")
         assert different.status_code == 409
+
+        event = {"topic": "orders/9", "type": "paid", "data": {"n": 1}}
+        answers = await asyncio.gather(
+            *(publish(client, servers[index % 2], event, "pay-9") for index in range(20))
+        )
+        ids = {r.json()["id"] for r in answers if r.status_code == 202}
+        assert len(ids) == 1, [r.text for r in answers]
+        assert all(r.status_code in (202, 409) for r in answers)
+        again = await publish(client, servers[1], event, "pay-9")
+        assert again.json()["id"] in ids
 
 
 async def publish(
