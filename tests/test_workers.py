@@ -136,7 +136,7 @@ async def test_a_killed_worker_s_jobs_are_retried_or_failed_never_left_running(
     client: httpx.AsyncClient,
     tmp_path: Path,
 ) -> None:
-    first = procs.worker("first", data_dir=tmp_path / "w1", job_concurrency=2, **shared)
+    first = procs.worker("first", data_dir=tmp_path / "w1", job_concurrency=4, **shared)
     server = make_server(**shared)
     unsafe = await submit(client, server, "hang")
     safe = await submit(client, server, "resumable", {"marker": str(tmp_path / "marker")})
@@ -144,6 +144,18 @@ async def test_a_killed_worker_s_jobs_are_retried_or_failed_never_left_running(
     # Its handler leaves the marker before it reports this stage; killed sooner, the second
     # attempt would find no marker and hang as the first did.
     await wait_running(client, server, safe["id"], stage="first attempt")
+
+    # A kind with a retry policy: the killed run counts as an attempt (retry.T2); the same
+    # kind with max_attempts=1 for this submission has none left and fails.
+    retried = await submit(client, server, "hang_once")
+    response = await client.post(
+        f"{server.url}/api/jobs",
+        json={"kind": "hang_once", "max_attempts": 1},
+        headers=server.auth(),
+    )
+    once = response.json()
+    await wait_running(client, server, retried["id"], stage="attempt 1")
+    await wait_running(client, server, once["id"], stage="attempt 1")
 
     procs.stop(first, signal.SIGKILL)  # no goodbye: only the heartbeat stops
     procs.worker("second", data_dir=tmp_path / "w2", **shared)
@@ -157,6 +169,11 @@ async def test_a_killed_worker_s_jobs_are_retried_or_failed_never_left_running(
     resumed = await poll_json(client, f"{url}/{safe['id']}", terminal, timeout=30, headers=auth)
     assert resumed["state"] == "succeeded" and resumed["result"] == "resumed"
     assert resumed["attempts"] == 2
+    again = await poll_json(client, f"{url}/{retried['id']}", terminal, timeout=30, headers=auth)
+    assert again["state"] == "succeeded" and again["result"] == 2 and again["attempts"] == 2
+    ended = await poll_json(client, f"{url}/{once['id']}", terminal, timeout=30, headers=auth)
+    assert ended["state"] == "failed" and ended["attempts"] == 1
+    assert "already tried 1 times" in ended["error"]["message"]
 
 
 async def test_a_job_swept_from_a_live_worker_is_interrupted_not_cancelled(

@@ -59,3 +59,12 @@ def limited(ctx: JobContext, params: dict[str, Any]) -> int:
         return seen
     finally:
         marker.unlink()
+
+
+@registry.handler("hang_once", retry=RetryPolicy(max_attempts=3, initial=0.05, max=0.1))
+async def hang_once(ctx: JobContext, params: dict[str, Any]) -> int:
+    """Hangs on its first attempt (for a SIGKILL), succeeds on the next."""
+    ctx.progress(10, stage=f"attempt {ctx.attempt}")
+    if ctx.attempt == 1:
+        await asyncio.sleep(60)
+    return ctx.attempt
