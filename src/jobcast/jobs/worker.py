@@ -30,6 +30,9 @@ K6. A retry (lifecycle.R4) goes back to SAQ, not to a timer in this worker: once
     with SAQ's ``retry_delay`` set to the time left, and SAQ re-enqueues the same SAQ job
     scheduled for then. Any worker may take the next attempt; a worker that dies during the
     wait loses nothing, since the wait lives in Redis and the store.
+K7. A kind with a ``concurrency`` limit runs only while it holds a lease in the queue's Redis
+    (``kind_limits.py``): the limit holds across all workers. A job whose kind is full goes
+    back to SAQ after ``FULL_WAIT`` without counting as an attempt.
 """
 
 from __future__ import annotations
