@@ -29,7 +29,8 @@ Q7. Idempotency keys live in a table of their own whose primary key is (owner, k
     so an expired key is free again. New tables come from ``create_all``
     (which creates missing tables on an existing database); ``MIGRATIONS`` alters old ones.
 
-The tables, and the conversion between a job and its row, are in ``_sql_tables.py``.
+The tables, and the conversion between a job and its row, are in ``_sql_tables.py``; the
+statements of idempotency keys (Q7) in ``_sql_keys.py``.
 """
 
 from __future__ import annotations
@@ -45,19 +46,18 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from jobcast._files import create_private
 from jobcast.errors import InvalidInput, Unavailable
 from jobcast.jobs.model import Job, JobState
+from jobcast.stores import _sql_keys
 from jobcast.stores._sql_tables import (
     MIGRATIONS,
     SCHEMA_VERSION,
     UPDATE_JOB,
     acks_table,
-    event_keys_table,
     job_from_row,
     job_keys_table,
     jobs_table,
@@ -189,54 +189,26 @@ class SQLJobStore:
     async def create_keyed(
         self, job: Job, key: str, request_hash: str, retention: float
     ) -> tuple[str, str] | None:  # Q7
-        keys, now = job_keys_table, time.time()
-        row = {"job_id": job.id, "request_hash": request_hash, "created_at": now}
-        mine = (keys.c.owner == job.owner) & (keys.c.key == key)
-        dialect = sqlite if self._sqlite else postgresql
-        claim = (
-            dialect.insert(keys).values(owner=job.owner, key=key, **row).on_conflict_do_nothing()
-        )
-        expired = (keys.c.owner == job.owner) & (keys.c.created_at < now - retention)
         async with self._write() as conn:
-            await conn.execute(keys.delete().where(expired))  # the owner's old keys are free
-            if (await conn.execute(claim)).rowcount != 1:
-                earlier = sa.select(keys.c.job_id, keys.c.request_hash).where(mine)
-                found = (await conn.execute(earlier)).one()
-                return str(found[0]), str(found[1])
-            await conn.execute(jobs_table.insert().values(id=job.id, **row_values(job)))
-        self.stats.transactions += 1
-        self.stats.rows_written += 2
-        return None
+            earlier = await _sql_keys.create_keyed(
+                conn, self._sqlite, job, key, request_hash, retention
+            )
+        if earlier is None:
+            self.stats.transactions += 1
+            self.stats.rows_written += 2
+        return earlier
 
     async def claim_publish(
         self, subject: str, key: str, request_hash: str, retention: float
     ) -> tuple[str, list[str] | None] | None:  # Q7, for event publishes
-        keys, now = event_keys_table, time.time()
-        dialect = sqlite if self._sqlite else postgresql
-        claim = (
-            dialect.insert(keys)
-            .values(subject=subject, key=key, request_hash=request_hash, created_at=now)
-            .on_conflict_do_nothing()
-        )
-        expired = (keys.c.subject == subject) & (keys.c.created_at < now - retention)
-        mine = (keys.c.subject == subject) & (keys.c.key == key)
         async with self._write() as conn:
-            await conn.execute(keys.delete().where(expired))
-            if (await conn.execute(claim)).rowcount == 1:
-                return None
-            found = (
-                await conn.execute(sa.select(keys.c.request_hash, keys.c.ids).where(mine))
-            ).one()
-        return str(found[0]), orjson.loads(found[1]) if found[1] is not None else None
+            return await _sql_keys.claim_publish(
+                conn, self._sqlite, subject, key, request_hash, retention
+            )
 
     async def record_publish(self, subject: str, key: str, ids: list[str] | None) -> None:
-        keys = event_keys_table
-        mine = (keys.c.subject == subject) & (keys.c.key == key)
         async with self._write() as conn:
-            if ids is None:  # the publish failed: the key is free for its retry
-                await conn.execute(keys.delete().where(mine))
-            else:
-                await conn.execute(keys.update().where(mine).values(ids=orjson.dumps(ids).decode()))
+            await _sql_keys.record_publish(conn, subject, key, ids)
 
     async def get(self, job_id: str) -> Job | None:
         async with self._read() as conn:
