@@ -24,7 +24,6 @@ D3. A kind with a ``concurrency`` limit that has that many jobs running is skipp
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 from collections.abc import Collection
@@ -35,6 +34,7 @@ from jobcast._files import make_private_dir
 from jobcast._lock import ProcessLock
 from jobcast.errors import Conflict, InvalidInput, JobcastError, NotFound, Unavailable
 from jobcast.jobs.access import Access, JobAccess
+from jobcast.jobs.dispatch import Dispatcher
 from jobcast.jobs.idempotency import RETENTION, Idempotency
 from jobcast.jobs.lifecycle import JobLifecycle
 from jobcast.jobs.live import LiveJob
@@ -42,7 +42,6 @@ from jobcast.jobs.model import InputFile, Job, JobState, new_job_id
 from jobcast.jobs.options import RunnerOptions
 from jobcast.jobs.recovery import recover
 from jobcast.jobs.registry import Registry
-from jobcast.jobs.schedule import JobSchedule
 from jobcast.jobs.stats import JobStats
 from jobcast.jobs.submit_options import SubmitOptions
 from jobcast.stores.base import JobPage, JobQuery, JobStore
@@ -77,11 +76,7 @@ class EmbeddedRunner:
             on_untracked=self.access.remember,
             on_retry=self._schedule,
         )
-        self._queue = JobSchedule()
-        self._running: collections.Counter[str] = collections.Counter()  # by kind (D3)
-        self._full: set[str] = set()  # kinds at their limit (D3)
-        self._work = asyncio.Event()
-        self._dispatcher: asyncio.Task[None] | None = None
+        self._dispatcher = Dispatcher(self.lifecycle, self._live)  # D2, D3
         self._lock = ProcessLock(options.uploads_dir.parent / "runner.lock", "the job runner")
 
     @property
@@ -100,14 +95,10 @@ class EmbeddedRunner:
         except BaseException:
             self._lock.release()
             raise
-        self._work.set()
-        self._dispatcher = asyncio.create_task(self._dispatch_forever(), name="jobcast-dispatch")
+        self._dispatcher.start()
 
     async def close(self) -> None:
-        if self._dispatcher is not None:
-            self._dispatcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._dispatcher
+        await self._dispatcher.close()
         await self.lifecycle.close()
         await self.access.close()
         self._lock.release()
@@ -162,7 +153,7 @@ class EmbeddedRunner:
         if spec.needs_input and input is None:
             raise InvalidInput(f"jobs of kind {kind!r} need an uploaded file (multipart 'file')")
         valid_params = spec.validate_params(params)
-        if len(self._queue) >= self.options.max_queued:
+        if len(self._dispatcher) >= self.options.max_queued:
             raise Unavailable("too many queued jobs; try again later")
         job = Job(
             id=new_job_id(),
@@ -219,9 +210,7 @@ class EmbeddedRunner:
 
     def _schedule(self, live: LiveJob) -> None:
         """Queue a tracked job at its priority, no earlier than its time (D2, lifecycle.R4)."""
-        job = live.job
-        self._queue.push(job.id, job.priority, job.not_before, job.kind)
-        self._work.set()
+        self._dispatcher.push(live)
 
     async def get(self, job_id: str) -> Job | None:
         """The freshest state of a job (live jobs from memory, D1)."""
@@ -251,7 +240,7 @@ class EmbeddedRunner:
             raise Conflict(f"job {job_id} is already {job.state.value}")
         if live.task is None:  # still queued: nothing runs yet (D2)
             live.request_cancel()
-            self._queue.remove(job_id)  # its place is free for the next submission
+            self._dispatcher.remove(job_id)  # its place is free for the next submission
             live.task = asyncio.create_task(self._cancel_queued(live), name=f"job-{job_id}")
         else:
             self.lifecycle.stop(live, "cancel")
@@ -296,35 +285,3 @@ class EmbeddedRunner:
     @property
     def kinds(self) -> Collection[str]:
         return self.registry.kinds
-
-    # -- dispatching (D2) ------------------------------------------------------------------
-
-    async def _dispatch_forever(self) -> None:
-        slots = self.lifecycle.slots
-        while True:
-            await slots.acquire()  # given back by the lifecycle when the job ends
-            while (job_id := self._queue.pop(self._full)) is None:
-                with contextlib.suppress(TimeoutError):  # schedule.P4
-                    await asyncio.wait_for(self._work.wait(), self._queue.next_due())
-                self._work.clear()
-            live = self._live.get(job_id)
-            if live is None or live.job.state is not JobState.QUEUED or live.task is not None:
-                slots.release()  # cancelled while queued
-                continue
-            kind = live.job.kind
-            self._running[kind] += 1  # counted now: the next pop must already see it (D3)
-            spec = self.registry.find(kind)
-            limit = spec.concurrency if spec is not None else None
-            if limit is not None and self._running[kind] >= limit:
-                self._full.add(kind)
-            live.task = asyncio.create_task(self._run(live), name=f"job-{live.job.id}")
-
-    async def _run(self, live: LiveJob) -> None:
-        kind = live.job.kind
-        try:
-            await self.lifecycle.run(live)
-        finally:
-            self._running[kind] -= 1
-            if kind in self._full:
-                self._full.discard(kind)
-                self._work.set()  # its next queued job may start
