@@ -328,3 +328,34 @@ async def test_a_kind_limit_holds_across_workers(
         assert done["state"] == "succeeded", done
         assert done["result"] <= 2, done  # never more than the kind's limit at once
         assert done["attempts"] == 1  # waiting for a slot is not an attempt
+
+
+async def test_a_delayed_job_handed_out_early_waits_for_its_time(
+    make_server: Callable[..., LiveServer],
+    procs: Processes,
+    shared: dict[str, Any],
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    """SAQ may hand a job out before its time (a sweep re-queues at once): the worker sends
+    it back for the time left, and it starts no sooner than ``scheduled_for`` (worker.K6)."""
+    server = make_server(**shared)
+    response = await client.post(
+        f"{server.url}/api/jobs",
+        json={"kind": "demo", "params": {"steps": 1, "delay": 0}, "delay_seconds": 3},
+        headers=server.auth(),
+    )
+    job = response.json()
+    queue = open_queue(shared["queue_url"])
+    await queue.connect()
+    try:
+        queued = await queue.job(job["id"])
+        assert queued is not None
+        await queue.redis.zadd(queue.namespace("incomplete"), {queued.id: 1})  # due now
+    finally:
+        await queue.disconnect()
+    procs.worker("worker", data_dir=tmp_path / "worker", **shared)
+    events = await watch(client, server, job["id"], timeout=20)
+    assert events[-1][0] == "succeeded"
+    assert events[-1][1]["started_at"] >= job["scheduled_for"]
+    assert events[-1][1]["attempts"] == 1

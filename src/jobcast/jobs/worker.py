@@ -29,7 +29,9 @@ K6. A retry (lifecycle.R4) goes back to SAQ, not to a timer in this worker: once
     stored ``queued`` with ``next_attempt_at``, the worker function raises :class:`RetryLater`
     with SAQ's ``retry_delay`` set to the time left, and SAQ re-enqueues the same SAQ job
     scheduled for then. Any worker may take the next attempt; a worker that dies during the
-    wait loses nothing, since the wait lives in Redis and the store.
+    wait loses nothing, since the wait lives in Redis and the store. A job dequeued before its
+    ``scheduled_for`` or ``next_attempt_at`` (a sweep re-queued it at once) goes back the same
+    way, for the time left, without counting as an attempt.
 K7. A kind with a ``concurrency`` limit runs only while it holds a lease in the queue's Redis
     (``kind_limits.py``): the limit holds across all workers. A job whose kind is full goes
     back to SAQ after ``FULL_WAIT`` without counting as an attempt.
@@ -148,6 +150,12 @@ class JobWorker:
         job = await jobs.store.get(job_id)
         if job is None or job.terminal:  # K3
             return
+        early = job.not_before - time.time() if job.state is JobState.QUEUED else 0.0
+        if early > 0:  # K6: handed out before its time (a sweep re-queued it): not yet
+            queued.retries += 1
+            queued.retry_delay = early
+            queued.retry_backoff = False
+            raise RetryLater(f"job {job.id} may not start for {early:.1f} s")
         spec = self.registry.find(job.kind)
         limit = spec.concurrency if spec is not None else None
         if limit is not None and not await self.limits.acquire(job.kind, job.id, limit):
