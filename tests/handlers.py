@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Any
 
-from jobcast.jobs import JobContext, Registry
+from jobcast.jobs import JobContext, Registry, Retry, RetryPolicy
 
 registry = Registry()
 
@@ -60,3 +60,18 @@ def stubborn(ctx: JobContext, params: dict[str, Any]) -> None:
     """A sync handler that never checks for cancellation: only its own end stops it."""
     ctx.progress(10, stage="ignoring everyone")
     time.sleep(60)  # the handler's own (uninterruptible) work
+
+
+@registry.handler(
+    "flaky",
+    retry=RetryPolicy(max_attempts=3, initial=0.05, max=0.1, retry_on=(ConnectionError,)),
+)
+async def flaky(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Fails with a retryable error until attempt ``succeed_on``; ``after`` asks for a delay."""
+    ctx.progress(50, stage=f"attempt {ctx.attempt}")
+    if ctx.attempt < int(params.get("succeed_on", 2)):
+        after = params.get("after")
+        if after is not None:
+            raise Retry(f"attempt {ctx.attempt} asks for a later one", after=float(after))
+        raise ConnectionError(f"attempt {ctx.attempt} lost its connection")
+    return {"attempt": ctx.attempt}

@@ -298,3 +298,51 @@ def test_the_jobs_table_fits_80_columns() -> None:
     assert "18ea3c2d39569917be5249" in lines[1]  # whole: it is pasted into other commands
     assert "2030-01-02 03:04" in lines[1]
     assert lines[2].split()[4:6] == ["parse", "alice"]
+
+
+def test_rerun_and_scheduling_options_from_the_command_line(env: dict[str, str]) -> None:
+    first = jobcast(
+        env,
+        "submit",
+        "demo",
+        "-p",
+        "steps=1",
+        "--priority",
+        "5",
+        "--idempotency-key",
+        "cli-1",
+        "--json",
+    )
+    assert first.returncode == 0, first.stderr
+    job_id = json.loads(first.stdout)["id"]
+    again = jobcast(
+        env, "submit", "demo", "-p", "steps=1", "--priority", "5", "--idempotency-key", "cli-1"
+    )
+    assert again.returncode == 0 and again.stdout.strip() == job_id  # the same job
+    assert jobcast(env, "watch", job_id).returncode == 0
+    rerun = jobcast(env, "rerun", job_id, "--watch")
+    assert rerun.returncode == 0, rerun.stderr
+    new_id = rerun.stdout.splitlines()[0]
+    assert new_id != job_id and "succeeded" in rerun.stdout
+    bad = jobcast(env, "submit", "demo", "--priority", "1000")
+    assert bad.returncode == 4 and "priority" in bad.stderr
+
+
+def test_the_progress_bar_says_when_an_attempt_failed_and_a_retry_waits() -> None:
+    out = io.StringIO()
+    bar = JobProgress(Console(file=out, width=200), "18ea3c2d39569917be5249")
+    running = job_data(state="running", attempts=1, max_attempts=3)
+    bar.update(Event("state", running, "e-1"))
+    assert "running (attempt 1/3)" in rendered(bar.progress, 120)
+    waiting = job_data(
+        state="queued",
+        attempts=1,
+        max_attempts=3,
+        next_attempt_at="2030-01-02T03:07:00Z",
+        last_error={"type": "ConnectionError", "message": "reset by peer"},
+    )
+    bar.update(Event("retrying", waiting, "e-2"))
+    assert "retrying" in rendered(bar.progress, 120)
+    said = out.getvalue()
+    assert "attempt 1 of 3 failed" in said and "ConnectionError: reset by peer" in said
+    assert "2030-01-02T03:07:00Z" in said

@@ -289,3 +289,40 @@ def test_a_malformed_url_or_token_is_refused_before_anything_is_sent() -> None:
     ):
         client.list()  # a token function is asked at each request
     assert seen == []
+
+
+def test_sync_submit_options_and_rerun(server: LiveServer, tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    with Client(server.url, token=server.token("alice")) as client:
+        later = client.submit("demo", DEMO, delay=60, priority=9, max_attempts=2)
+        assert later.state is JobState.QUEUED and later.scheduled_for is not None
+        assert (later.priority, later.max_attempts) == (9, 2)
+        at = datetime.now(UTC) + timedelta(minutes=5)
+        scheduled = client.submit("demo", DEMO, run_at=at)
+        assert scheduled.scheduled_for == at.isoformat().replace("+00:00", "Z")
+        first = client.submit("demo", DEMO, idempotency_key="client-1")
+        assert client.submit("demo", DEMO, idempotency_key="client-1").id == first.id
+        with pytest.raises(ConflictError):
+            client.submit("demo", {"steps": 9}, idempotency_key="client-1")
+        upload = tmp_path / "notes.txt"
+        upload.write_text("a\nb\n")
+        keyed = client.submit("ingest", file=upload, idempotency_key="file-1", priority=1)
+        assert client.submit("ingest", file=upload, idempotency_key="file-1", priority=1).id == (
+            keyed.id
+        )
+        client.wait(first.id, timeout=5)
+        rerun = client.rerun(first.id)
+        assert rerun.rerun_of == first.id and rerun.id != first.id
+        assert client.wait(rerun.id, timeout=5).result == {"steps": 4}
+        with pytest.raises(BadRequest):
+            client.submit("demo", DEMO, priority=500)
+
+
+async def test_async_submit_options_and_rerun(server: LiveServer) -> None:
+    async with AsyncClient(server.url, token=server.token("alice")) as client:
+        job = await client.submit("demo", DEMO, idempotency_key="a-1", priority=-3)
+        assert (await client.submit("demo", DEMO, idempotency_key="a-1", priority=-3)).id == job.id
+        await client.wait(job.id, timeout=5)
+        rerun = await client.rerun(job.id)
+        assert rerun.rerun_of == job.id and rerun.priority == -3

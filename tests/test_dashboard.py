@@ -282,3 +282,27 @@ def test_the_dashboard_works_below_an_application_s_prefix(
                 expect(badge).to_have_text("succeeded")
     finally:
         server.stop()
+
+
+def test_a_job_page_shows_attempts_and_retries_and_re_runs_a_finished_job(
+    page: Page, tmp_path: Path
+) -> None:
+    server = start_server(tmp_path / "flaky", handlers=["tests.handlers"])
+    try:
+        job = httpx.post(  # delayed a second: the page watches before the first attempt
+            f"{server.url}/api/jobs",
+            json={"kind": "flaky", "params": {"succeed_on": 2}, "delay_seconds": 1},
+            headers=server.auth("alice"),
+        ).json()
+        sign_in(page, server)
+        page.goto(f"{server.url}/#/jobs/{job['id']}")
+        expect(page.locator("#job-log")).to_contain_text("attempt 1 of 3 failed (ConnectionError")
+        facts = page.locator("#job-facts")
+        expect(facts).to_contain_text("2 of 3")
+        expect(facts).to_contain_text("ConnectionError: attempt 1 lost its connection")
+        expect(page.locator("#job-result")).to_contain_text('"attempt": 2')
+        page.get_by_role("button", name="Re-run job").click()
+        expect(page.locator("#job-facts")).to_contain_text(f"Re-run of{job['id']}")
+        expect(page.locator("#job-result")).to_contain_text('"attempt": 2')
+    finally:
+        server.stop()

@@ -436,3 +436,35 @@ def test_only_a_connection_that_delivered_an_event_resets_the_backoff(page: Page
     wait_for(page, "attempts.length >= 5")
     page.evaluate("stream.close()")
     assert page.evaluate("attempts.slice(0, 5)") == [0, 1, 2, 1, 2]
+
+
+def test_submit_options_rerun_and_a_retrying_job(page: Page, tmp_path: Path) -> None:
+    server = start_server(tmp_path / "flaky", handlers=["tests.handlers"])
+    try:
+        page.goto(server.url + "/static/jobcast.js")
+        page.evaluate(SETUP)
+        result = page.evaluate(
+            """async (t) => {
+                 // delayed a second: the watch is attached before the first attempt starts
+                 const options = {token: t, idempotencyKey: 'js-1', priority: 3, maxAttempts: 3,
+                                  delaySeconds: 1};
+                 const first = await jc.submitJob('flaky', {succeed_on: 2}, options);
+                 const again = await jc.submitJob('flaky', {succeed_on: 2}, options);
+                 const seen = [];
+                 const final = await new Promise((done) => jc.watchJob(first.id, {
+                   onEvent: (e) => seen.push(e.type), onDone: done }, {token: t}));
+                 const rerun = await jc.rerunJob(first.id, {token: t});
+                 const later = await jc.submitJob('demo', {}, {token: t, delaySeconds: 60});
+                 let refused = null;
+                 try { await jc.submitJob('demo', {}, {token: t, priority: 1000}); }
+                 catch (e) { refused = e.status; }
+                 return [first.id === again.id, first.priority, seen, final.attempts,
+                         rerun.rerun_of === first.id, later.scheduled_for !== null, refused];
+               }""",
+            server.token("alice"),
+        )
+        same, priority, seen, attempts, linked, scheduled, refused = result
+        assert same and priority == 3 and linked and scheduled and refused == 422
+        assert "retrying" in seen and seen[-1] == "succeeded" and attempts == 2
+    finally:
+        server.stop()

@@ -93,6 +93,40 @@ async def test_crash_recovery_at_startup(
     assert listed.json()["jobs"] == []
 
 
+async def test_crash_recovery_keeps_retry_policies_bounds(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """Jobs with a retry policy a crash left behind: interrupted runs count as attempts
+    (retry.T2), and a retry waiting for its time still waits for it (schedule.P2)."""
+    store = open_store(f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}")
+    await store.open()
+
+    def job(state: JobState, attempts: int, **fields: Any) -> Job:
+        new = Job(id=new_job_id(), kind="flaky", owner="alice", params={"succeed_on": 2})
+        return dataclasses.replace(new, state=state, attempts=attempts, max_attempts=3, **fields)
+
+    interrupted = job(JobState.RUNNING, 1)
+    last = job(JobState.RUNNING, 3)
+    waiting = job(
+        JobState.QUEUED,
+        1,
+        next_attempt_at=time.time() + 1.0,
+        last_error={"type": "ConnectionError", "message": "lost"},
+    )
+    for item in (interrupted, last, waiting):
+        await store.create(item)
+    await store.close()
+
+    server = make_server(handlers=["tests.handlers"])
+    ends = {item.id: (await watch(client, server, item.id))[-1] for item in (interrupted, last)}
+    assert ends[interrupted.id][0] == "succeeded" and ends[interrupted.id][1]["attempts"] == 2
+    assert ends[last.id][0] == "failed" and ends[last.id][1]["attempts"] == 3
+    assert "already tried 3 times" in ends[last.id][1]["error"]["message"]
+    waited = (await watch(client, server, waiting.id))[-1]
+    assert waited[0] == "succeeded" and waited[1]["attempts"] == 2
+    assert datetime.fromisoformat(waited[1]["started_at"]).timestamp() >= waiting.not_before
+
+
 async def test_a_job_recovered_after_a_crash_goes_on_numbering_its_events(
     make_server: Callable[..., LiveServer], client: httpx.AsyncClient, tmp_path: Path
 ) -> None:

@@ -159,6 +159,7 @@ async def test_cors_allows_configured_origins_only(
         ("PUT", "/api/jobs/j1/readers/bob"),
         ("DELETE", "/api/jobs/j1/readers/bob"),
         ("POST", "/api/jobs/j1/cancel"),
+        ("POST", "/api/jobs/j1/rerun"),
         ("DELETE", "/api/jobs/j1"),
     ],
 )

@@ -30,14 +30,14 @@ PRINCIPALS = {
     "admin": ("root", "admin", False),
 }
 
-#: principal -> expected status for: read, cancel, delete, grant, listed
+#: principal -> expected status for: read, cancel, delete, grant, listed, rerun
 EXPECTED = {
-    "owner": (200, 200, 204, 200, True),
-    "other": (404, 404, 404, 404, False),
-    "reader": (200, 403, 403, 403, False),
-    "granted": (200, 403, 403, 403, False),
-    "service": (200, 200, 204, 403, True),
-    "admin": (200, 200, 204, 200, True),
+    "owner": (200, 200, 204, 200, True, 202),
+    "other": (404, 404, 404, 404, False, 404),
+    "reader": (200, 403, 403, 403, False, 403),
+    "granted": (200, 403, 403, 403, False, 403),
+    "service": (200, 200, 204, 403, True, 403),
+    "admin": (200, 200, 204, 200, True, 202),
 }
 
 
@@ -69,7 +69,7 @@ async def test_job_routes_follow_the_policy(
 ) -> None:
     server = make_server(heartbeat_interval=0.2)
     running, done = await setup_jobs(server, client)
-    read, cancel, delete, grant, listed = EXPECTED[who]
+    read, cancel, delete, grant, listed, rerun = EXPECTED[who]
     h = headers_for(server, who, running)
     assert (await client.get(f"{server.url}/api/jobs/{running}", headers=h)).status_code == read
 
@@ -87,6 +87,10 @@ async def test_job_routes_follow_the_policy(
 
     cancelled = await client.post(f"{server.url}/api/jobs/{running}/cancel", headers=h)
     assert cancelled.status_code == cancel
+    rerun_response = await client.post(
+        f"{server.url}/api/jobs/{done}/rerun", headers=headers_for(server, who, done)
+    )
+    assert rerun_response.status_code == rerun, rerun_response.text
     deleted = await client.delete(
         f"{server.url}/api/jobs/{done}", headers=headers_for(server, who, done)
     )

@@ -189,6 +189,47 @@ async def test_a_newer_schema_is_refused(store_url: str) -> None:
         await SQLJobStore(store_url).open()
 
 
+async def test_a_schema_2_database_is_brought_forward(store_url: str) -> None:
+    """A database written before external queues, retries, schedules and keys (schema 2):
+    opening it adds the columns (MIGRATIONS[2] and [3]) and the key tables, and its jobs read
+    with the defaults."""
+    store = SQLJobStore(store_url)
+    await store.open()
+    old = make_job()
+    await store.create(old)
+    engine = store._engine
+    assert engine is not None
+    async with engine.begin() as conn:  # back to what schema 2 had
+        for column in (
+            "runs_on",
+            "max_attempts",
+            "next_attempt_at",
+            "last_error",
+            "scheduled_for",
+            "priority",
+            "rerun_of",
+        ):
+            await conn.execute(sa.text(f"ALTER TABLE jobs DROP COLUMN {column}"))
+        await conn.execute(sa.text("DROP TABLE job_keys"))
+        await conn.execute(sa.text("DROP TABLE event_keys"))
+        await conn.execute(sa.text("UPDATE jobcast_meta SET value = '2'"))
+    await store.close()
+
+    store = SQLJobStore(store_url)
+    await store.open()
+    try:
+        found = await store.get(old.id)
+        assert found is not None
+        assert (found.max_attempts, found.priority, found.scheduled_for) == (0, 0, None)
+        assert found.runs_on is None
+        keyed = make_job(priority=3, max_attempts=2)
+        assert await store.create_keyed(keyed, "k", "hash", 60) is None
+        assert await store.create_keyed(make_job(), "k", "hash", 60) == (keyed.id, "hash")
+        assert (await store.get(keyed.id)).priority == 3  # type: ignore[union-attr]
+    finally:
+        await store.close()
+
+
 async def test_a_closed_store_is_unavailable(store: JobStore) -> None:
     await store.close()
     with pytest.raises(Unavailable):

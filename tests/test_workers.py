@@ -136,7 +136,7 @@ async def test_a_killed_worker_s_jobs_are_retried_or_failed_never_left_running(
     client: httpx.AsyncClient,
     tmp_path: Path,
 ) -> None:
-    first = procs.worker("first", data_dir=tmp_path / "w1", job_concurrency=2, **shared)
+    first = procs.worker("first", data_dir=tmp_path / "w1", job_concurrency=4, **shared)
     server = make_server(**shared)
     unsafe = await submit(client, server, "hang")
     safe = await submit(client, server, "resumable", {"marker": str(tmp_path / "marker")})
@@ -144,6 +144,18 @@ async def test_a_killed_worker_s_jobs_are_retried_or_failed_never_left_running(
     # Its handler leaves the marker before it reports this stage; killed sooner, the second
     # attempt would find no marker and hang as the first did.
     await wait_running(client, server, safe["id"], stage="first attempt")
+
+    # A kind with a retry policy: the killed run counts as an attempt (retry.T2); the same
+    # kind with max_attempts=1 for this submission has none left and fails.
+    retried = await submit(client, server, "hang_once")
+    response = await client.post(
+        f"{server.url}/api/jobs",
+        json={"kind": "hang_once", "max_attempts": 1},
+        headers=server.auth(),
+    )
+    once = response.json()
+    await wait_running(client, server, retried["id"], stage="attempt 1")
+    await wait_running(client, server, once["id"], stage="attempt 1")
 
     procs.stop(first, signal.SIGKILL)  # no goodbye: only the heartbeat stops
     procs.worker("second", data_dir=tmp_path / "w2", **shared)
@@ -157,6 +169,11 @@ async def test_a_killed_worker_s_jobs_are_retried_or_failed_never_left_running(
     resumed = await poll_json(client, f"{url}/{safe['id']}", terminal, timeout=30, headers=auth)
     assert resumed["state"] == "succeeded" and resumed["result"] == "resumed"
     assert resumed["attempts"] == 2
+    again = await poll_json(client, f"{url}/{retried['id']}", terminal, timeout=30, headers=auth)
+    assert again["state"] == "succeeded" and again["result"] == 2 and again["attempts"] == 2
+    ended = await poll_json(client, f"{url}/{once['id']}", terminal, timeout=30, headers=auth)
+    assert ended["state"] == "failed" and ended["attempts"] == 1
+    assert "already tried 1 times" in ended["error"]["message"]
 
 
 async def test_a_job_swept_from_a_live_worker_is_interrupted_not_cancelled(
@@ -259,3 +276,86 @@ async def until_status(queue: RedisQueue, key: str, status: Status) -> None:
         return job is not None and job.status is status
 
     await eventually(reached, timeout=30, interval=0.02)
+
+
+async def test_workers_retry_failed_attempts_and_start_delayed_jobs_at_their_time(
+    make_server: Callable[..., LiveServer],
+    procs: Processes,
+    shared: dict[str, Any],
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    procs.worker("worker", data_dir=tmp_path / "worker", **shared)
+    server = make_server(**shared)
+    flaky = await submit(client, server, "flaky", {"succeed_on": 3})
+    response = await client.post(
+        f"{server.url}/api/jobs",
+        json={"kind": "demo", "params": {"steps": 1, "delay": 0}, "delay_seconds": 1.5},
+        headers=server.auth(),
+    )
+    assert response.status_code == 202, response.text
+    delayed = response.json()
+    assert delayed["state"] == "queued" and delayed["scheduled_for"] is not None
+
+    events = await watch(client, server, flaky["id"], timeout=20)
+    types = [t for t, _ in events]
+    assert types.count("retrying") == 2 and types[-1] == "succeeded", types
+    assert events[-1][1]["attempts"] == 3 and events[-1][1]["result"] == 3
+    retrying = [data for t, data in events if t == "retrying"]
+    assert all(data["last_error"]["type"] == "ConnectionError" for data in retrying)
+
+    events = await watch(client, server, delayed["id"], timeout=20)
+    assert events[-1][0] == "succeeded"
+    assert events[-1][1]["started_at"] >= delayed["scheduled_for"]
+
+
+async def test_a_kind_limit_holds_across_workers(
+    make_server: Callable[..., LiveServer],
+    procs: Processes,
+    shared: dict[str, Any],
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    for name in ("w1", "w2"):
+        procs.worker(name, data_dir=tmp_path / name, job_concurrency=4, **shared)
+    server = make_server(**shared)
+    markers = tmp_path / "running"
+    markers.mkdir()
+    jobs = [await submit(client, server, "limited", {"dir": str(markers)}) for _ in range(6)]
+    url, auth = f"{server.url}/api/jobs", server.auth()
+    for job in jobs:
+        done = await poll_json(client, f"{url}/{job['id']}", terminal, timeout=30, headers=auth)
+        assert done["state"] == "succeeded", done
+        assert done["result"] <= 2, done  # never more than the kind's limit at once
+        assert done["attempts"] == 1  # waiting for a slot is not an attempt
+
+
+async def test_a_delayed_job_handed_out_early_waits_for_its_time(
+    make_server: Callable[..., LiveServer],
+    procs: Processes,
+    shared: dict[str, Any],
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    """SAQ may hand a job out before its time (a sweep re-queues at once): the worker sends
+    it back for the time left, and it starts no sooner than ``scheduled_for`` (worker.K6)."""
+    server = make_server(**shared)
+    response = await client.post(
+        f"{server.url}/api/jobs",
+        json={"kind": "demo", "params": {"steps": 1, "delay": 0}, "delay_seconds": 3},
+        headers=server.auth(),
+    )
+    job = response.json()
+    queue = open_queue(shared["queue_url"])
+    await queue.connect()
+    try:
+        queued = await queue.job(job["id"])
+        assert queued is not None
+        await queue.redis.zadd(queue.namespace("incomplete"), {queued.id: 1})  # due now
+    finally:
+        await queue.disconnect()
+    procs.worker("worker", data_dir=tmp_path / "worker", **shared)
+    events = await watch(client, server, job["id"], timeout=20)
+    assert events[-1][0] == "succeeded"
+    assert events[-1][1]["started_at"] >= job["scheduled_for"]
+    assert events[-1][1]["attempts"] == 1

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobcast.jobs import JobContext, Registry
+from jobcast.jobs import JobContext, Registry, RetryPolicy
 
 registry = Registry()
 
@@ -35,3 +35,36 @@ def resumable(ctx: JobContext, params: dict[str, Any]) -> str:
 @registry.handler("quick_timeout", timeout=0.5)
 async def quick_timeout(ctx: JobContext, params: dict[str, Any]) -> None:
     await asyncio.sleep(60)
+
+
+@registry.handler("flaky", retry=RetryPolicy(max_attempts=3, initial=0.05, max=0.1))
+async def flaky(ctx: JobContext, params: dict[str, Any]) -> int:
+    """Fails until attempt ``succeed_on``: retried through SAQ (worker.K6)."""
+    ctx.progress(50, stage=f"attempt {ctx.attempt}")
+    if ctx.attempt < int(params.get("succeed_on", 2)):
+        raise ConnectionError(f"attempt {ctx.attempt} lost its connection")
+    return ctx.attempt
+
+
+@registry.handler("limited", concurrency=2)
+def limited(ctx: JobContext, params: dict[str, Any]) -> int:
+    """Leaves a marker while it runs and returns how many markers it saw (itself included):
+    with the kind's limit of 2, never more than 2, whatever the number of workers (K7)."""
+    folder = Path(params["dir"])
+    marker = folder / ctx.job_id
+    marker.touch()
+    try:
+        seen = len(list(folder.iterdir()))
+        time.sleep(0.3)  # the work: long enough for the others to overlap it
+        return seen
+    finally:
+        marker.unlink()
+
+
+@registry.handler("hang_once", retry=RetryPolicy(max_attempts=3, initial=0.05, max=0.1))
+async def hang_once(ctx: JobContext, params: dict[str, Any]) -> int:
+    """Hangs on its first attempt (for a SIGKILL), succeeds on the next."""
+    ctx.progress(10, stage=f"attempt {ctx.attempt}")
+    if ctx.attempt == 1:
+        await asyncio.sleep(60)
+    return ctx.attempt

@@ -235,7 +235,7 @@ def _version() -> str:
     return __version__
 
 
-register_client_commands(app)  # submit, watch, jobs, cancel, publish, tail
+register_client_commands(app)  # submit, watch, jobs, cancel, rerun, publish, tail
 
 
 def main() -> None:

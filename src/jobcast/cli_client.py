@@ -1,4 +1,5 @@
-"""The client commands: ``submit``, ``watch``, ``jobs``, ``cancel``, ``publish``, ``tail``.
+"""The client commands: ``submit``, ``watch``, ``jobs``, ``cancel``, ``rerun``, ``publish``,
+``tail``.
 
 Each command talks to a server through :mod:`jobcast.client`; where the server and token come
 from, and the exit statuses, are in :mod:`jobcast.cli_context`.
@@ -150,6 +151,18 @@ def submit(
     timeout: Annotated[
         float | None, typer.Option(help="With --watch: give up after this many seconds (exit 5).")
     ] = None,
+    delay: Annotated[
+        float | None, typer.Option(help="Start it no sooner than this many seconds from now.")
+    ] = None,
+    priority: Annotated[
+        int | None, typer.Option(help="-100..100; higher runs first among queued jobs.")
+    ] = None,
+    max_attempts: Annotated[
+        int | None, typer.Option(help="Runs it may have in all (its handler's retries).")
+    ] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="Submitting again with this key returns the first job.")
+    ] = None,
     as_json: JsonOption = False,
     url: UrlOption = None,
     token: TokenOption = None,
@@ -160,7 +173,15 @@ def submit(
     target = Target.resolve(url, token)
     values = parse_params(param or [], params)
     with friendly_errors(target), target.client() as client:
-        job = client.submit(kind, values, file=file)
+        job = client.submit(
+            kind,
+            values,
+            file=file,
+            delay=delay,
+            priority=priority,
+            max_attempts=max_attempts,
+            idempotency_key=idempotency_key,
+        )
         if as_json and not watch:
             typer.echo(json.dumps({"id": job.id, "kind": job.kind, "state": job.state.value}))
         elif not as_json:
@@ -226,6 +247,26 @@ def cancel(
         typer.echo(f"cancel requested: {job.id} ({job.state.value})")
 
 
+def rerun(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Then watch the new job.")] = False,
+    as_json: JsonOption = False,
+    url: UrlOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Run a job again as a new job (same kind, params and upload); prints the new id."""
+    target = Target.resolve(url, token)
+    with friendly_errors(target), target.client() as client:
+        job = client.rerun(job_id)
+        if as_json and not watch:
+            value = {"id": job.id, "kind": job.kind, "state": job.state.value}
+            typer.echo(json.dumps({**value, "rerun_of": job.rerun_of}))
+        elif not as_json:
+            typer.echo(job.id)
+        if watch:
+            _watch(client, job.id, as_json, None)
+
+
 def publish(
     topic: Annotated[str, typer.Argument(help="e.g. videos/42")],
     type: Annotated[str, typer.Argument(help="The event type, e.g. video.status.")],
@@ -283,6 +324,9 @@ def register(app: typer.Typer) -> None:
         epilog=_epilog("jobcast jobs", "jobcast jobs --state running --state queued --kind demo")
     )(jobs)
     app.command(epilog=_epilog("jobcast cancel 18ea3c2d39569917be5249"))(cancel)
+    app.command(epilog=_epilog("jobcast rerun 18ea3c2d39569917be5249 --watch") + "\n\n" + _EXITS)(
+        rerun
+    )
     app.command(
         epilog=_epilog(
             'jobcast publish videos/42 video.status \'{"status": "PROCESSING"}\'',

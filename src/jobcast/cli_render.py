@@ -99,8 +99,20 @@ class JobProgress:
         fields: dict[str, Any] = {}
         if "progress" in data:
             fields["completed"] = float(data["progress"])
+        if item.type == "retrying":  # an attempt failed; the job waits for its next one
+            error = data.get("last_error") or {}
+            self.progress.console.print(
+                f"[yellow]attempt {data.get('attempts')} of {data.get('max_attempts')} failed"
+                f"[/] ({error.get('type', 'Error')}: {error.get('message', '')}); "
+                f"next attempt at {data.get('next_attempt_at')}",
+                highlight=False,
+            )
         if "state" in data:
             fields["stage"] = data.get("stage") or data["state"]
+            if item.type == "retrying":
+                fields["stage"] = "retrying"
+            elif data.get("max_attempts", 0) > 1 and data.get("attempts", 0) > 0:
+                fields["stage"] += f" (attempt {data['attempts']}/{data['max_attempts']})"
             fields["started"] = timestamp(data.get("started_at"))
             fields["ended"] = timestamp(data.get("finished_at"))
         elif data.get("stage"):

@@ -19,7 +19,7 @@ from jobcast.topics import TopicPattern
 if TYPE_CHECKING:
     from jobcast.jobs.model import Job
 
-JobAction = Literal["submit", "read", "cancel", "delete", "grant"]
+JobAction = Literal["submit", "read", "cancel", "delete", "grant", "rerun"]
 JOB_TOPIC_PREFIX = "jobs/"
 
 
@@ -142,7 +142,7 @@ class Policy:
 
     def _may(self, principal: Principal, job: Job, action: JobAction) -> bool:
         subject = principal.subject
-        if action == "grant":  # sharing a job is for its owner and admins only
+        if action in ("grant", "rerun"):  # sharing and re-running: its owner and admins only
             return job.owner == subject or principal.role is Role.ADMIN
         if principal.is_privileged or job.owner == subject:
             return True

@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -34,6 +35,30 @@ class Call:
     json: Any = None
     data: dict[str, str] | None = None
     file: FileSource | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitOptions:
+    """How a submission is scheduled and retried (all optional; the server validates)."""
+
+    idempotency_key: str | None = None
+    #: Seconds to wait before the job may start, or a time (aware datetime or ISO 8601 text).
+    delay: float | None = None
+    run_at: datetime | str | None = None
+    priority: int | None = None
+    max_attempts: int | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The body fields of ``POST /api/jobs`` for the options that are set."""
+        run_at = self.run_at.isoformat() if isinstance(self.run_at, datetime) else self.run_at
+        values = {
+            "idempotency_key": self.idempotency_key,
+            "delay_seconds": self.delay,
+            "run_at": run_at,
+            "priority": self.priority,
+            "max_attempts": self.max_attempts,
+        }
+        return {name: value for name, value in values.items() if value is not None}
 
 
 class BaseClient:
@@ -68,11 +93,23 @@ class BaseClient:
     # -- building requests ------------------------------------------------------------------
 
     @staticmethod
-    def _submit(kind: str, params: Mapping[str, Any] | None, file: FileSource | None) -> Call:
+    def _submit(
+        kind: str,
+        params: Mapping[str, Any] | None,
+        file: FileSource | None,
+        options: SubmitOptions | None = None,
+    ) -> Call:
+        extra = options.fields() if options is not None else {}
         if file is None:
-            return Call("POST", "/api/jobs", json={"kind": kind, "params": dict(params or {})})
+            body = {"kind": kind, "params": dict(params or {}), **extra}
+            return Call("POST", "/api/jobs", json=body)
         data = {"kind": kind, "params": json.dumps(dict(params or {}))}
+        data.update({name: str(value) for name, value in extra.items()})
         return Call("POST", "/api/jobs", data=data, file=file)
+
+    @staticmethod
+    def _rerun(job_id: str) -> Call:
+        return Call("POST", f"/api/jobs/{job_id}/rerun")
 
     @staticmethod
     def _list(

@@ -44,6 +44,15 @@ class Job:
     result: Any = None
     error: dict[str, str] | None = None
     attempts: int = 0
+    max_attempts: int = 0
+    #: While a retry waits: when the next attempt starts, and the failed attempt's error.
+    next_attempt_at: str | None = None
+    last_error: dict[str, str] | None = None
+    #: A delayed job's start time.
+    scheduled_for: str | None = None
+    priority: int = 0
+    #: The job this one re-runs.
+    rerun_of: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -94,8 +103,10 @@ class Event:
 
     @property
     def job(self) -> Job | None:
-        """The job snapshot carried by ``snapshot`` and terminal events, else ``None``."""
-        if (self.type == "snapshot" or self.terminal) and isinstance(self.data, dict):
+        """The job snapshot carried by ``snapshot``, ``state``, ``retrying`` and terminal
+        events, else ``None``."""
+        carries = self.type in ("snapshot", "state", "retrying") or self.terminal
+        if carries and isinstance(self.data, dict):
             return Job.from_dict(self.data)
         return None
 

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -17,6 +18,7 @@ from jobcast.client._base import (
     BaseClient,
     Call,
     FileSource,
+    SubmitOptions,
     TokenSource,
     check_deadline,
     deadline_after,
@@ -97,10 +99,29 @@ class Client(BaseClient):
     # -- jobs -------------------------------------------------------------------------------
 
     def submit(
-        self, kind: str, params: Mapping[str, Any] | None = None, *, file: FileSource | None = None
+        self,
+        kind: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        file: FileSource | None = None,
+        idempotency_key: str | None = None,
+        delay: float | None = None,
+        run_at: datetime | str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
     ) -> Job:
-        """Submit a job of ``kind``; with ``file``, upload it (multipart) as the job's input."""
-        return Job.from_dict(self._call(self._submit(kind, params, file)))
+        """Submit a job of ``kind``; with ``file``, upload it (multipart) as the job's input.
+
+        ``idempotency_key``: a retried submission with the same key returns the first job;
+        ``delay`` (seconds) or ``run_at`` start it later; ``priority`` (-100..100, higher
+        first) orders it among queued jobs; ``max_attempts`` overrides its handler's retries.
+        """
+        options = SubmitOptions(idempotency_key, delay, run_at, priority, max_attempts)
+        return Job.from_dict(self._call(self._submit(kind, params, file, options)))
+
+    def rerun(self, job_id: str) -> Job:
+        """Run a job again as a new job (linked by ``rerun_of``); its owner or an admin."""
+        return Job.from_dict(self._call(self._rerun(job_id)))
 
     def get(self, job_id: str) -> Job:
         """The job's current snapshot."""

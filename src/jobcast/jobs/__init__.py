@@ -13,9 +13,13 @@ if TYPE_CHECKING:
     from jobcast.jobs.context import JobCancelled, JobContext
     from jobcast.jobs.model import TERMINAL_STATES, InputFile, Job, JobState, job_topic
     from jobcast.jobs.registry import HandlerSpec, Registry
+    from jobcast.jobs.retry import Fatal, Retry, RetryPolicy
 
 _LOCATIONS = {
     "TERMINAL_STATES": "jobcast.jobs.model",
+    "Fatal": "jobcast.jobs.retry",
+    "Retry": "jobcast.jobs.retry",
+    "RetryPolicy": "jobcast.jobs.retry",
     "HandlerSpec": "jobcast.jobs.registry",
     "InputFile": "jobcast.jobs.model",
     "Job": "jobcast.jobs.model",
@@ -28,6 +32,7 @@ _LOCATIONS = {
 
 __all__ = [
     "TERMINAL_STATES",
+    "Fatal",
     "HandlerSpec",
     "InputFile",
     "Job",
@@ -35,6 +40,8 @@ __all__ = [
     "JobContext",
     "JobState",
     "Registry",
+    "Retry",
+    "RetryPolicy",
     "job_topic",
 ]
 

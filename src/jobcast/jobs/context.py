@@ -41,6 +41,8 @@ class JobContext:
         params: dict[str, Any],
         input: InputFile | None = None,
         input_path: Path | None = None,
+        attempt: int = 1,
+        max_attempts: int = 1,
     ) -> None:
         self._sink = sink
         self.job_id = job_id
@@ -52,6 +54,10 @@ class JobContext:
         self.input = input
         #: Where the uploaded file lies on disk, when there is one. Read it; do not move it.
         self.input_path = input_path
+        #: This run's number (1 for the first) and how many runs the job may have in all
+        #: (``retry.py``): a handler may do less on its last attempt, or say so.
+        self.attempt = attempt
+        self.max_attempts = max_attempts
 
     @property
     def cancelled(self) -> bool:

@@ -16,6 +16,7 @@ from jobcast.jobs.context import JobCancelled, JobContext
 from jobcast.jobs.live import LiveJob
 from jobcast.jobs.model import JobState
 from jobcast.jobs.registry import HandlerSpec
+from jobcast.jobs.retry import Retry, RetryPolicy
 from jobcast.jobs.threads import HandlerThreads
 
 logger = logging.getLogger("jobcast.jobs")
@@ -29,10 +30,15 @@ def job_error(kind: str, message: str) -> dict[str, str]:
 @dataclass(frozen=True, slots=True)
 class Ending:
     """How a handler call ended: the job's terminal state and its fields, or ``None`` for a
-    call a shutdown interrupted (the lifecycle engine applies R3)."""
+    call a shutdown interrupted (the lifecycle engine applies R3).
+
+    A failure says whether its handler's retry policy lets it retry (``retryable``, retry.T4)
+    and, when the handler raised ``Retry(after=...)``, after how long."""
 
     state: JobState | None
     fields: dict[str, Any] = field(default_factory=dict)
+    retryable: bool = False
+    retry_after: float | None = None
 
 
 INTERRUPTED = Ending(None)
@@ -42,12 +48,13 @@ def after_interruption(
     spec: HandlerSpec | None, attempts: int, max_attempts: int, why: str
 ) -> Ending:
     """lifecycle.R3: a job whose run was interrupted (a crash, a shutdown, a dead worker) runs
-    again when its handler is ``retry_safe`` and attempts remain; otherwise it fails."""
-    if spec is not None and spec.retry_safe and attempts < max_attempts:
+    again when its handler is re-runnable (``retry_safe``, or a retry policy) and attempts
+    remain (retry.T2); otherwise it fails."""
+    if spec is not None and spec.rerunnable and attempts < max_attempts:
         return Ending(JobState.QUEUED, {"message": f"re-queued: {why}"})
     reason = (
         "its handler is not marked retry_safe"
-        if spec is None or not spec.retry_safe
+        if spec is None or not spec.rerunnable
         else f"it was already tried {attempts} times"
     )
     error = job_error("Interrupted", f"{why} (attempt {attempts}); not retried: {reason}")
@@ -92,11 +99,13 @@ class HandlerCalls:
             self.threads.outlived(job.id, work)
         if not done:
             message = f"the job did not finish within its {timeout:g} s timeout"
-            return Ending(JobState.FAILED, {"error": job_error("Timeout", message)})
-        return _ending(live, task)
+            retryable = spec.retry is not None and spec.retry.retry_timeouts  # retry.T4
+            error = job_error("Timeout", message)
+            return Ending(JobState.FAILED, {"error": error}, retryable=retryable)
+        return _ending(live, spec, task)
 
 
-def _ending(live: LiveJob, task: asyncio.Future[Any]) -> Ending:
+def _ending(live: LiveJob, spec: HandlerSpec, task: asyncio.Future[Any]) -> Ending:
     if task.cancelled() or isinstance(task.exception(), JobCancelled):
         if live.stop_reason == "shutdown":
             return INTERRUPTED
@@ -105,7 +114,12 @@ def _ending(live: LiveJob, task: asyncio.Future[Any]) -> Ending:
         if not isinstance(exc, Exception):
             raise exc
         logger.info("job %s failed", live.job.id, exc_info=exc)
-        return Ending(JobState.FAILED, {"error": job_error(type(exc).__name__, str(exc))})
+        error = job_error(type(exc).__name__, str(exc))
+        policy = spec.retry or RetryPolicy()
+        # retry.T4: Retry asks for another attempt even without a declared policy
+        retryable = policy.retries(exc) and (spec.retry is not None or isinstance(exc, Retry))
+        after = exc.after if isinstance(exc, Retry) else None
+        return Ending(JobState.FAILED, {"error": error}, retryable=retryable, retry_after=after)
     result = task.result()
     try:
         dumps(result)

@@ -5,7 +5,7 @@ The embedded runner (``runner.py``) hands it the jobs it dispatches; ``jobcast w
 registry, timeouts, cancellation and coalesced progress (``live.py``), and the terminal record
 is never lost.
 
-Decisions (cited as R1..R3):
+Decisions (cited as R1..R4):
 
 R1. Each running job is two tasks: an outer one that owns the job's lifecycle and an inner one
     that runs the handler. Cancellation, timeouts and shutdown only ever cancel the inner task,
@@ -18,11 +18,20 @@ R2. Sync handlers run in a thread pool (``threads.py``; each call in ``handler_c
     job's slot waits for its thread, so the next jobs wait as ``queued``, never as
     ``running`` jobs queued inside the pool.
 R3. The restart rule: a job whose run was interrupted (a crash, a graceful shutdown, a dead
-    worker) is re-queued when its handler is ``retry_safe`` (up to ``max_attempts`` runs),
-    else failed with an ``Interrupted`` error (``handler_calls.after_interruption``). A
-    graceful shutdown applies it to the jobs it interrupts; a server's start to the jobs a
-    crash left ``running`` (``recovery.py``); a worker to a job whose worker died. Nothing is
-    ever left ``running``.
+    worker) is re-queued when its handler is ``retry_safe`` or has a retry policy (up to the
+    job's ``max_attempts`` runs, retry.T2), else failed with an ``Interrupted`` error
+    (``handler_calls.after_interruption``). A graceful shutdown applies it to the jobs it
+    interrupts; a server's start to the jobs a crash left ``running`` (``recovery.py``); a
+    worker to a job whose worker died. Nothing is ever left ``running``.
+R4. Retries: an attempt that failed in a way its handler's policy retries (``retry.py``), while
+    attempts remain and nobody cancelled it, goes back to ``queued`` with ``next_attempt_at``
+    and ``last_error``, published as a ``retrying`` event and stored before anything else
+    happens, so a crash during the wait leaves a queued job that a restart schedules at its
+    time (``recovery.py``). The next attempt is handed back to whoever runs jobs here
+    (``on_retry``: the embedded runner's schedule; a worker re-enqueues it in SAQ with the
+    delay). The attempt's handler call has ended before the retry is published, so two
+    attempts of one job never run at once (except a sync handler's thread that ignores
+    cancellation after a timeout, as R2 describes, which can no longer report anything).
 """
 
 from __future__ import annotations
@@ -30,17 +39,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jobcast.errors import JobcastError
 from jobcast.jobs.context import JobContext
-from jobcast.jobs.handler_calls import HandlerCalls, after_interruption, job_error
+from jobcast.jobs.handler_calls import Ending, HandlerCalls, after_interruption, job_error
 from jobcast.jobs.live import LiveJob
 from jobcast.jobs.model import Job, JobState
 from jobcast.jobs.options import RunnerOptions
 from jobcast.jobs.registry import HandlerSpec, Registry
+from jobcast.jobs.retry import RetryPolicy
 from jobcast.jobs.stats import JobStats
 from jobcast.jobs.threads import HandlerThreads
 
@@ -69,6 +80,7 @@ class JobLifecycle:
         *,
         live: dict[str, LiveJob] | None = None,
         on_untracked: Callable[[Job], None] | None = None,
+        on_retry: Callable[[LiveJob], None] | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
@@ -76,6 +88,7 @@ class JobLifecycle:
         self.options = options
         self.live: dict[str, LiveJob] = {} if live is None else live
         self._on_untracked = on_untracked
+        self._on_retry = on_retry
         #: A job's slot: taken before it runs, given back when it ends (or by its thread, R2).
         self.slots = asyncio.Semaphore(options.concurrency)
         self._threads = HandlerThreads(  # R2
@@ -86,6 +99,11 @@ class JobLifecycle:
 
     def upload_path(self, job_id: str) -> Path:
         return self.options.uploads_dir / job_id
+
+    def attempt_limit(self, job: Job) -> int:
+        """The most runs ``job`` may have (retry.T2); jobs stored before retry policies
+        existed have none of their own: the server's ``job_max_attempts``."""
+        return job.max_attempts or self.options.max_attempts
 
     # -- tracking --------------------------------------------------------------------------
 
@@ -139,6 +157,9 @@ class JobLifecycle:
             await live.transition(JobState.RUNNING)
             live.start_pump()
             await self._execute(live, spec)
+            if live.job.state is JobState.QUEUED and live.stop_reason == "cancel":
+                # cancelled while its retry was being published (R4): end it now
+                await self.finish(live, JobState.CANCELLED, message="cancelled")
         except JobcastError as exc:  # the broker or store failed around the handler
             logger.error("job %s: %s", live.job.id, exc)
             if not live.job.terminal and live.stop_reason != "shutdown":
@@ -154,9 +175,23 @@ class JobLifecycle:
                     error = job_error("InternalError", "the job runner failed; see the server log")
                     await self.finish(live, JobState.FAILED, error=error)
         finally:
-            self.untrack(live)
             if not self._threads.keeps_slot(live.job.id):  # else its thread releases it (R2)
                 self.slots.release()
+            if self.waits_for_retry(live) and self._on_retry is not None:
+                live.task = None  # R4: queued again; the runner's schedule runs it next
+                self._on_retry(live)
+            else:
+                self.untrack(live)
+
+    @staticmethod
+    def waits_for_retry(live: LiveJob) -> bool:
+        """Whether the job's run ended in a scheduled retry (R4)."""
+        job = live.job
+        return (
+            job.state is JobState.QUEUED
+            and job.next_attempt_at is not None
+            and live.stop_reason is None
+        )
 
     async def _execute(self, live: LiveJob, spec: HandlerSpec) -> None:
         job = live.job
@@ -168,12 +203,33 @@ class JobLifecycle:
             params=job.params,
             input=job.input,
             input_path=self.upload_path(job.id) if job.input else None,
+            attempt=job.attempts,
+            max_attempts=self.attempt_limit(job),
         )
         ending = await self._calls.call(live, spec, ctx)
         if ending.state is None:
             await self.interrupted(live, "the server shut down while the job was running")
+        elif (
+            ending.retryable and live.stop_reason is None and job.attempts < self.attempt_limit(job)
+        ):
+            await self._retry_later(live, spec, ending)  # R4
         else:
             await self.finish(live, ending.state, **ending.fields)
+
+    async def _retry_later(self, live: LiveJob, spec: HandlerSpec, ending: Ending) -> None:
+        job = live.job
+        delay = ending.retry_after
+        if delay is None:
+            delay = (spec.retry or RetryPolicy()).backoff(job.attempts)  # retry.T1
+        error = ending.fields.get("error")
+        message = (
+            f"attempt {job.attempts} of {self.attempt_limit(job)} failed; retrying in {delay:.1f} s"
+        )
+        await live.stop_pump()
+        await live.transition(
+            JobState.QUEUED, message=message, error=error, retry_at=time.time() + delay
+        )
+        live.rearm()
 
     def stop(self, live: LiveJob, reason: str) -> None:
         """Cancel a running job: ``reason`` is "cancel" (a user) or "shutdown" (R3 applies)."""
@@ -187,7 +243,7 @@ class JobLifecycle:
 
     async def interrupted(self, live: LiveJob, why: str) -> None:  # R3
         spec = self.registry.find(live.job.kind)
-        ending = after_interruption(spec, live.job.attempts, self.options.max_attempts, why)
+        ending = after_interruption(spec, live.job.attempts, self.attempt_limit(live.job), why)
         await self.finish(live, ending.state or JobState.FAILED, **ending.fields)
 
     async def resume_interrupted(self, job: Job, why: str) -> bool:

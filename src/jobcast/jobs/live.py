@@ -98,6 +98,12 @@ class LiveJob:
     def request_cancel(self) -> None:
         self._cancel.set()
 
+    def rearm(self) -> None:
+        """Accept reports again: the next attempt of a retried job (lifecycle.R4). The flag was
+        set when the previous attempt's call ended, so its late reports were refused."""
+        if self.stop_reason is None:
+            self._cancel.clear()
+
     def report_progress(self, progress: float, message: str | None, stage: str | None) -> None:
         with self._mutex:  # L2
             self._pending = (progress, message, stage)
@@ -189,8 +195,12 @@ class LiveJob:
         message: str | None = None,
         result: Any = None,
         error: dict[str, str] | None = None,
+        retry_at: float | None = None,
     ) -> None:
-        """Move to ``state``, publishing ``state`` (or the terminal event) with the snapshot."""
+        """Move to ``state``, publishing ``state`` (or the terminal event) with the snapshot.
+
+        ``retry_at`` (with ``QUEUED`` and the failed attempt's ``error``) is a retry: the event
+        is ``retrying`` and the snapshot carries ``next_attempt_at`` and ``last_error``."""
         async with self._lock:
             with contextlib.suppress(JobcastError):
                 await self._flush_locked()  # L3
@@ -203,21 +213,31 @@ class LiveJob:
             if state is JobState.RUNNING:
                 job.started_at = now
                 job.attempts += 1
-            elif state is JobState.QUEUED:
+                job.next_attempt_at = None
+            elif state is JobState.QUEUED:  # progress restarts with the next attempt
                 job.started_at = None
                 job.progress = 0.0
+                job.stage = None
                 job.eta_seconds = None
+                if retry_at is not None:
+                    job.next_attempt_at = retry_at
+                    job.last_error = error
             else:
                 job.finished_at = now
+                job.next_attempt_at = None
                 job.eta_seconds = None if state is not JobState.SUCCEEDED else 0.0
                 if state is JobState.SUCCEEDED:
                     job.progress = 100.0
                 job.result = result
                 job.error = error
+                if error is not None:
+                    job.last_error = error
                 if self.on_terminal is not None:
                     self.on_terminal(job)
             job.seq += 1
             event_type = state.value if job.terminal else "state"
+            if retry_at is not None:
+                event_type = "retrying"
             draft = EventDraft(self.topic, event_type, dumps(job.to_dict()))
             await self._publish_state(draft, retries=5 if job.terminal else 0)
             if job.terminal:

@@ -11,6 +11,12 @@ States, and how common vocabularies map onto them::
 ``queued -> running -> succeeded | failed | cancelled``; a queued job may also be cancelled
 directly, and a running job that was interrupted by a restart may go back to ``queued`` when its
 handler is declared safe to retry. Terminal states are final.
+
+Waiting is always ``queued``: a job submitted for later (``scheduled_for``) and a job waiting
+for its next attempt after a retryable failure (``next_attempt_at``, with ``last_error``) are
+``queued`` until their time. A retry is ``running -> queued`` published as a ``retrying`` event
+(not a ``state`` one), so a stream says why the job went back and never ends there; the next
+attempt's ``state`` event (``running``, ``attempts`` + 1, progress 0) says progress restarted.
 """
 
 from __future__ import annotations
@@ -39,7 +45,9 @@ class JobState(StrEnum):
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
 #: Event types a job's topic carries. The terminal ones are named after the terminal state.
-JOB_EVENT_TYPES = frozenset({"snapshot", "progress", "state", *(s.value for s in TERMINAL_STATES)})
+JOB_EVENT_TYPES = frozenset(
+    {"snapshot", "progress", "state", "retrying", *(s.value for s in TERMINAL_STATES)}
+)
 
 
 def job_topic(job_id: str) -> str:
@@ -102,6 +110,19 @@ class Job:
     #: ``{"type": ..., "message": ...}`` when the job failed.
     error: dict[str, str] | None = None
     attempts: int = 0
+    #: Runs allowed in all (retries and restarts); 0 on jobs stored before there were retry
+    #: policies: the server's ``job_max_attempts`` then applies.
+    max_attempts: int = 0
+    #: When the next attempt may start, while a retry waits (epoch seconds).
+    next_attempt_at: float | None = None
+    #: The error of the latest failed attempt, kept while it is retried.
+    last_error: dict[str, str] | None = None
+    #: When a delayed submission may start (epoch seconds); ``None``: at once.
+    scheduled_for: float | None = None
+    #: Higher runs first among queued jobs; equal priorities keep submission order.
+    priority: int = 0
+    #: The job this one re-runs (``POST /api/jobs/{id}/rerun``).
+    rerun_of: str | None = None
     #: The hub id of the newest event published for this job, to resume its stream exactly.
     last_event_id: str | None = None
     #: Subjects the owner (or an admin) granted read access to: they may read and watch it.
@@ -113,6 +134,11 @@ class Job:
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL_STATES
+
+    @property
+    def not_before(self) -> float:
+        """The earliest time a queued job may start: its schedule or its next attempt."""
+        return max(self.scheduled_for or 0.0, self.next_attempt_at or 0.0)
 
     def copy(self) -> Job:
         return dataclasses.replace(self, readers=list(self.readers))
@@ -138,6 +164,12 @@ class Job:
             "result": self.result,
             "error": self.error,
             "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+            "next_attempt_at": _iso(self.next_attempt_at),
+            "last_error": self.last_error,
+            "scheduled_for": _iso(self.scheduled_for),
+            "priority": self.priority,
+            "rerun_of": self.rerun_of,
             "readers": self.readers,
         }
 

@@ -6,7 +6,7 @@ A handler module declares its own :class:`Registry` and decorates functions with
 
     registry = Registry()
 
-    @registry.handler("transcribe", timeout=600, retry_safe=True)
+    @registry.handler("transcribe", timeout=600, retry=RetryPolicy(max_attempts=3))
     async def transcribe(ctx: JobContext, params: dict) -> dict:
         ctx.progress(10, stage="loading")
         ...
@@ -30,6 +30,7 @@ from pydantic import BaseModel, ValidationError
 
 from jobcast.errors import InvalidInput
 from jobcast.events import validate_type
+from jobcast.jobs.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from jobcast.jobs.context import JobContext
@@ -51,6 +52,24 @@ class HandlerSpec:
     params_model: type[BaseModel] | None = None
     #: Whether the job needs an uploaded file (submitted as multipart).
     needs_input: bool = False
+    #: How failed runs are retried (``retry.py``); ``None``: a failure is final.
+    retry: RetryPolicy | None = None
+    #: At most this many jobs of this kind run at once in one runner (the others stay
+    #: queued, in order); ``None``: only the runner's own concurrency bounds them.
+    concurrency: int | None = None
+
+    @property
+    def rerunnable(self) -> bool:
+        """Whether a run interrupted by a restart may run again (lifecycle.R3): the handler
+        said so, or declared a retry policy, which accepts repeated runs."""
+        return self.retry_safe or self.retry is not None
+
+    def default_max_attempts(self, server_default: int) -> int:
+        """Runs a new job of this kind is given (retry.T2): its policy's, else the server's
+        ``job_max_attempts`` for restarts of ``retry_safe`` handlers, else one."""
+        if self.retry is not None:
+            return self.retry.max_attempts
+        return server_default if self.retry_safe else 1
 
     @property
     def is_async(self) -> bool:
@@ -97,11 +116,16 @@ class Registry:
         retry_safe: bool = False,
         params_model: type[BaseModel] | None = None,
         needs_input: bool = False,
+        retry: RetryPolicy | None = None,
+        concurrency: int | None = None,
     ) -> Callable[[Handler], Handler]:
         """Register the decorated function as the handler of ``kind``."""
 
         def decorate(fn: Handler) -> Handler:
-            self.add(HandlerSpec(kind, fn, timeout, retry_safe, params_model, needs_input))
+            spec = HandlerSpec(
+                kind, fn, timeout, retry_safe, params_model, needs_input, retry, concurrency
+            )
+            self.add(spec)
             return fn
 
         return decorate
@@ -110,6 +134,8 @@ class Registry:
         validate_type(spec.kind)  # kinds follow the event-type alphabet: safe in logs and URLs
         if spec.timeout is not None and spec.timeout <= 0:
             raise ValueError(f"the timeout of {spec.kind!r} must be positive")
+        if spec.concurrency is not None and spec.concurrency < 1:
+            raise ValueError(f"the concurrency of {spec.kind!r} must be at least 1")
         if spec.kind in self._specs and self._specs[spec.kind] != spec:
             raise ValueError(f"a handler for {spec.kind!r} is already registered")
         self._specs[spec.kind] = spec

@@ -4,22 +4,26 @@ It answers the routes (submit, read, list, cancel, delete, share) and hands each
 dispatches to the lifecycle engine (``lifecycle.py``), which runs it. At its start it recovers
 the jobs a previous process left behind (``recovery.py``); reader grants are ``access.py``'s.
 
-Decisions (cited as D1..D2):
+Decisions (cited as D1..D3):
 
 D1. The runner keeps every queued and running job in memory (bounded by ``max_queued`` plus
     ``concurrency``): reads of live jobs never touch the store, and the owner of any job that
     can still publish is known without a query (``owner_of``, used by stream filters), on
     every instance (``access.py``: jobs created or shared elsewhere are announced).
-D2. One dispatcher task takes a slot, then the oldest queued job, so a job is ``running`` only
-    once a slot runs it (lifecycle.R2). A job cancelled while queued gives its place back at
-    once and is ended by a task of its own, never by a slot. A second process on the same data
-    directory would run the same queued jobs again: a lock file refuses it at start.
+D2. One dispatcher task takes a slot, then the next queued job that may start (``schedule.py``:
+    highest priority, then oldest; delayed jobs and waiting retries once their time came), so a
+    job is ``running`` only once a slot runs it (lifecycle.R2). A job cancelled while queued
+    gives its place back at once and is ended by a task of its own, never by a slot. A second
+    process on the same data directory would run the same queued jobs again: a lock file
+    refuses it at start.
+D3. A kind with a ``concurrency`` limit that has that many jobs running is skipped by the
+    dispatcher (schedule.P5) until one of them ends; its queued jobs keep their places, and
+    jobs of other kinds take the free slots meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 from collections.abc import Collection, Mapping
@@ -30,7 +34,9 @@ from jobcast._files import make_private_dir
 from jobcast._lock import ProcessLock
 from jobcast.errors import Conflict, InvalidInput, JobcastError, NotFound, Unavailable
 from jobcast.jobs.access import Access, JobAccess
+from jobcast.jobs.dispatch import Dispatcher
 from jobcast.jobs.external import ExternalQueue
+from jobcast.jobs.idempotency import RETENTION, Idempotency
 from jobcast.jobs.lifecycle import JobLifecycle
 from jobcast.jobs.live import LiveJob
 from jobcast.jobs.model import InputFile, Job, JobState, new_job_id
@@ -38,6 +44,7 @@ from jobcast.jobs.options import RunnerOptions
 from jobcast.jobs.recovery import recover
 from jobcast.jobs.registry import Registry
 from jobcast.jobs.stats import JobStats
+from jobcast.jobs.submit_options import SubmitOptions
 from jobcast.stores.base import JobPage, JobQuery, JobStore
 
 if TYPE_CHECKING:
@@ -47,6 +54,8 @@ if TYPE_CHECKING:
 __all__ = ["EmbeddedRunner", "RunnerOptions"]
 
 logger = logging.getLogger("jobcast.jobs")
+
+NO_OPTIONS = SubmitOptions()
 
 
 class EmbeddedRunner:
@@ -70,11 +79,15 @@ class EmbeddedRunner:
         self._live: dict[str, LiveJob] = {}  # D1
         self.access = JobAccess(store, hub, self._live.get)
         self.lifecycle = JobLifecycle(
-            store, hub, registry, options, live=self._live, on_untracked=self.access.remember
+            store,
+            hub,
+            registry,
+            options,
+            live=self._live,
+            on_untracked=self.access.remember,
+            on_retry=self._schedule,
         )
-        self._queue: collections.deque[str] = collections.deque()
-        self._work = asyncio.Event()
-        self._dispatcher: asyncio.Task[None] | None = None
+        self._dispatcher = Dispatcher(self.lifecycle, self._live)  # D2, D3
         self._lock = ProcessLock(options.uploads_dir.parent / "runner.lock", "the job runner")
 
     @property
@@ -88,18 +101,15 @@ class EmbeddedRunner:
         make_private_dir(self.options.uploads_dir)
         self._lock.acquire()  # D2
         try:
-            self._queue.extend(await recover(self.lifecycle))
+            for job_id in await recover(self.lifecycle):
+                self._schedule(self._live[job_id])  # schedule.P2
         except BaseException:
             self._lock.release()
             raise
-        self._work.set()
-        self._dispatcher = asyncio.create_task(self._dispatch_forever(), name="jobcast-dispatch")
+        self._dispatcher.start()
 
     async def close(self) -> None:
-        if self._dispatcher is not None:
-            self._dispatcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._dispatcher
+        await self._dispatcher.close()
         await self.lifecycle.close()
         await self.access.close()
         self._lock.release()
@@ -114,22 +124,76 @@ class EmbeddedRunner:
         *,
         input: InputFile | None = None,
         upload: Path | None = None,
+        priority: int = 0,
+        scheduled_for: float | None = None,
+        max_attempts: int | None = None,
+        rerun_of: str | None = None,
     ) -> Job:
-        """Validate and queue a job; ``upload`` (a temporary file) becomes its input file."""
+        """Validate and queue a job; ``upload`` (a temporary file) becomes its input file.
+
+        ``scheduled_for`` delays its start; ``max_attempts`` overrides its handler's
+        (retry.T3); ``rerun_of`` links a re-run to its original. The routes validate them."""
+        options = SubmitOptions(priority, scheduled_for, max_attempts)
+        job, _ = await self.submit_keyed(
+            kind,
+            params,
+            owner,
+            None,
+            input=input,
+            upload=upload,
+            options=options,
+            rerun_of=rerun_of,
+        )
+        return job
+
+    async def submit_keyed(
+        self,
+        kind: str,
+        params: Any,
+        owner: str,
+        idempotency: Idempotency | None,
+        *,
+        input: InputFile | None = None,
+        upload: Path | None = None,
+        options: SubmitOptions = NO_OPTIONS,
+        rerun_of: str | None = None,
+    ) -> tuple[Job, bool]:
+        """:meth:`submit` under an idempotency key: the job, and whether it is new. A key
+        already used for the same request returns its job (idempotency.I2)."""
         spec = self.registry.get(kind)
         if spec.needs_input and input is None:
             raise InvalidInput(f"jobs of kind {kind!r} need an uploaded file (multipart 'file')")
         valid_params = spec.validate_params(params)
-        if len(self._queue) >= self.options.max_queued:
+        if len(self._dispatcher) >= self.options.max_queued:
             raise Unavailable("too many queued jobs; try again later")
-        job = Job(id=new_job_id(), kind=kind, owner=owner, params=valid_params, input=input)
+        job = Job(
+            id=new_job_id(),
+            kind=kind,
+            owner=owner,
+            params=valid_params,
+            input=input,
+            max_attempts=options.max_attempts
+            or spec.default_max_attempts(self.options.max_attempts),
+            scheduled_for=options.scheduled_for,
+            priority=options.priority,
+            rerun_of=rerun_of,
+        )
         if upload is not None:
             await asyncio.to_thread(upload.rename, self.upload_path(job.id))
         try:
-            await self.store.create(job)
+            if idempotency is None:
+                await self.store.create(job)
+                earlier = None
+            else:
+                earlier = await self.store.create_keyed(
+                    job, idempotency.key, idempotency.request_hash, RETENTION
+                )
         except BaseException:
             await asyncio.to_thread(self.upload_path(job.id).unlink, missing_ok=True)
             raise
+        if earlier is not None:
+            await asyncio.to_thread(self.upload_path(job.id).unlink, missing_ok=True)
+            return await self._earlier(earlier, idempotency), False
         try:  # before the job's first event, so every instance's filters know its owner
             await self.access.announce(job)
         except JobcastError as exc:  # as for the queued event: the job is stored, it runs
@@ -137,12 +201,27 @@ class EmbeddedRunner:
         live = self.lifecycle.track(job)
         await live.transition(JobState.QUEUED)
         await self._enqueue(live)
-        return live.published.copy()
+        return live.published.copy(), True
+
+    async def _earlier(self, earlier: tuple[str, str], idempotency: Idempotency | None) -> Job:
+        job_id, request_hash = earlier
+        if idempotency is None or request_hash != idempotency.request_hash:  # I2
+            raise Conflict(
+                "this Idempotency-Key was already used for a different request; "
+                "use a new key for a new job"
+            )
+        job = await self.get(job_id)
+        if job is None:  # deleted meanwhile (its keys go with it: idempotency.I4)
+            raise Conflict("this Idempotency-Key's job was deleted; use a new key")
+        return job
 
     async def _enqueue(self, live: LiveJob) -> None:
         """Hand a new queued job to what runs it: here, this runner's dispatcher."""
-        self._queue.append(live.job.id)
-        self._work.set()
+        self._schedule(live)
+
+    def _schedule(self, live: LiveJob) -> None:
+        """Queue a tracked job at its priority, no earlier than its time (D2, lifecycle.R4)."""
+        self._dispatcher.push(live)
 
     async def get(self, job_id: str) -> Job | None:
         """The freshest state of a job (live jobs from memory, D1)."""
@@ -174,8 +253,7 @@ class EmbeddedRunner:
             raise Conflict(f"job {job_id} is already {job.state.value}")
         if live.task is None:  # still queued: nothing runs yet (D2)
             live.request_cancel()
-            with contextlib.suppress(ValueError):  # its place is free for the next submission
-                self._queue.remove(job_id)
+            self._dispatcher.remove(job_id)  # its place is free for the next submission
             live.task = asyncio.create_task(self._cancel_queued(live), name=f"job-{job_id}")
         else:
             self.lifecycle.stop(live, "cancel")
@@ -241,18 +319,3 @@ class EmbeddedRunner:
     @property
     def kinds(self) -> Collection[str]:
         return self.registry.kinds
-
-    # -- dispatching (D2) ------------------------------------------------------------------
-
-    async def _dispatch_forever(self) -> None:
-        slots = self.lifecycle.slots
-        while True:
-            await slots.acquire()  # given back by the lifecycle when the job ends
-            while not self._queue:
-                await self._work.wait()
-                self._work.clear()
-            live = self._live.get(self._queue.popleft())
-            if live is None or live.job.state is not JobState.QUEUED or live.task is not None:
-                slots.release()  # cancelled while queued
-                continue
-            live.task = asyncio.create_task(self.lifecycle.run(live), name=f"job-{live.job.id}")

@@ -6,7 +6,7 @@ store and runs it through the lifecycle engine the embedded runner uses (``lifec
 progress (``LiveJob``), so a job behaves the same wherever it runs. Its events go to the shared
 Redis broker, so every server instance streams them.
 
-Decisions (cited as K1..K5):
+Decisions (cited as K1..K7):
 
 K1. A heartbeat task touches the SAQ job every third of ``worker_heartbeat_seconds``; a worker
     that dies stops touching it, the sweep (K4, run by every other worker) re-queues it, and the
@@ -25,6 +25,16 @@ K4. Every worker sweeps the queue once a heartbeat, with jobcast's sweep (``swee
 K5. A worker reports its job metrics (durations of the jobs it ran, its store writes and
     errors) as a process of its own in the shared metrics snapshots, so any server's
     ``/metrics`` covers the jobs that ran on workers too.
+K6. A retry (lifecycle.R4) goes back to SAQ, not to a timer in this worker: once the job is
+    stored ``queued`` with ``next_attempt_at``, the worker function raises :class:`RetryLater`
+    with SAQ's ``retry_delay`` set to the time left, and SAQ re-enqueues the same SAQ job
+    scheduled for then. Any worker may take the next attempt; a worker that dies during the
+    wait loses nothing, since the wait lives in Redis and the store. A job dequeued before its
+    ``scheduled_for`` or ``next_attempt_at`` (a sweep re-queued it at once) goes back the same
+    way, for the time left, without counting as an attempt.
+K7. A kind with a ``concurrency`` limit runs only while it holds a lease in the queue's Redis
+    (``kind_limits.py``): the limit holds across all workers. A job whose kind is full goes
+    back to SAQ after ``FULL_WAIT`` without counting as an attempt.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -44,9 +55,10 @@ from jobcast.config import Settings
 from jobcast.errors import InvalidInput
 from jobcast.hub import Hub
 from jobcast.jobs import builtin
+from jobcast.jobs.kind_limits import FULL_WAIT, KindLimits
 from jobcast.jobs.lifecycle import JobLifecycle
 from jobcast.jobs.metrics import JobsCollector
-from jobcast.jobs.model import JobState
+from jobcast.jobs.model import Job, JobState
 from jobcast.jobs.registry import Registry
 from jobcast.jobs.sweep import Sweeper
 from jobcast.jobs.worker_queue import TASK, open_queue
@@ -55,6 +67,10 @@ from jobcast.stores import open_store
 from jobcast.stores.base import JobStore
 
 logger = logging.getLogger("jobcast.worker")
+
+
+class RetryLater(Exception):  # an instruction to SAQ, not a failure
+    """Raised to SAQ by the worker function: run this SAQ job again after its retry delay (K6)."""
 
 
 def load_registry(settings: Settings) -> Registry:
@@ -94,6 +110,9 @@ class JobWorker:
                 metrics.start()
             queue = open_queue(settings.queue_url or "")
             queue.sweep = Sweeper(queue)  # type: ignore[method-assign]  # K4
+            self.limits = KindLimits(  # K7
+                queue.redis, queue.namespace("kind-limit"), settings.worker_heartbeat_seconds
+            )
             beat = settings.worker_heartbeat_seconds
             timers: PartialTimersDict = {
                 "sweep": beat,
@@ -131,6 +150,27 @@ class JobWorker:
         job = await jobs.store.get(job_id)
         if job is None or job.terminal:  # K3
             return
+        early = job.not_before - time.time() if job.state is JobState.QUEUED else 0.0
+        if early > 0:  # K6: handed out before its time (a sweep re-queued it): not yet
+            queued.retries += 1
+            queued.retry_delay = early
+            queued.retry_backoff = False
+            raise RetryLater(f"job {job.id} may not start for {early:.1f} s")
+        spec = self.registry.find(job.kind)
+        limit = spec.concurrency if spec is not None else None
+        if limit is not None and not await self.limits.acquire(job.kind, job.id, limit):
+            queued.retries += 1  # K7: waiting for a slot is not an attempt
+            queued.retry_delay = FULL_WAIT
+            queued.retry_backoff = False
+            raise RetryLater(f"kind {job.kind!r} is at its limit of {limit} running jobs")
+        try:
+            await self._run_claimed(job, queued, limited=limit is not None)
+        finally:
+            if limit is not None:
+                await shielded(self.limits.release(job.kind, job.id))
+
+    async def _run_claimed(self, job: Job, queued: Any, *, limited: bool) -> None:
+        jobs = self.jobs
         if job.state is JobState.RUNNING:  # K1: its previous worker died
             why = "the worker running it stopped"
             if not await jobs.resume_interrupted(job, why):
@@ -139,7 +179,7 @@ class JobWorker:
         task = live.task
         if task is None:  # claim always starts one; nothing to wait for otherwise
             return
-        beat = asyncio.create_task(self._heartbeat(queued))
+        beat = asyncio.create_task(self._heartbeat(queued, job if limited else None))
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:  # K2
@@ -156,12 +196,19 @@ class JobWorker:
             await task
         finally:
             beat.cancel()
+        if jobs.waits_for_retry(live) and live.job.next_attempt_at is not None:  # K6
+            queued.retry_delay = max(0.0, live.job.next_attempt_at - time.time())
+            queued.retry_backoff = False
+            raise RetryLater(f"attempt {live.job.attempts} failed; retrying")
 
-    async def _heartbeat(self, queued: Any) -> None:  # K1
+    async def _heartbeat(self, queued: Any, limited: Job | None) -> None:  # K1
         while True:
             await asyncio.sleep(self.settings.worker_heartbeat_seconds / 3)
             with contextlib.suppress(Exception):  # a missed beat only risks an early sweep
                 await shielded(queued.update())  # so that beat.cancel() always lands
+            if limited is not None:  # K7: keep the kind's lease
+                with contextlib.suppress(Exception):
+                    await shielded(self.limits.renew(limited.kind, limited.id))
 
 
 def run_worker(settings: Settings) -> None:

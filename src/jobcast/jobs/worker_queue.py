@@ -10,7 +10,10 @@ Decisions (cited as W1..W3):
 W1. The store is the truth about a job; SAQ only carries "run job X" to some worker, with a
     heartbeat so a dead worker's job is swept and handed to another one, which then applies
     the restart rule of the lifecycle engine (lifecycle.R3): re-run when ``retry_safe``, else fail.
-    SAQ's own retry count is set above ``job_max_attempts`` so SAQ never gives up first.
+    SAQ's own retry count is set above the most attempts a job can have, so SAQ never gives up
+    first; retries after failures go through SAQ with a delay (``worker.K6``). A delayed
+    submission is enqueued with SAQ's ``scheduled`` time. SAQ's Redis queue has no priorities:
+    with workers, ``priority`` is stored and shown but the queue stays first in, first out.
 W2. Cancelling a queued job removes it from the queue and cancels it here; cancelling a
     running one asks SAQ to abort it, and the worker running it reports ``cancelled``.
 W3. Redis errors become :class:`Unavailable` (503); a job that cannot be queued is failed at
@@ -20,6 +23,7 @@ W3. Redis errors become :class:`Unavailable` (503); a job that cannot be queued 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -36,6 +40,7 @@ from jobcast.jobs.live import LiveJob
 from jobcast.jobs.model import Job, JobState
 from jobcast.jobs.options import RunnerOptions
 from jobcast.jobs.registry import Registry
+from jobcast.jobs.retry import MAX_ATTEMPTS
 from jobcast.jobs.runner import EmbeddedRunner
 from jobcast.stores.base import JobStore
 
@@ -109,7 +114,8 @@ class QueueRunner(EmbeddedRunner):
                         # our runner enforces the handler's limit; SAQ's is a backstop
                         timeout=int(limit + 60) if limit else 0,
                         heartbeat=self.heartbeat,
-                        retries=self.options.max_attempts + 2,  # W1
+                        retries=MAX_ATTEMPTS + self.options.max_attempts + 2,  # W1
+                        scheduled=math.ceil(job.scheduled_for or 0),  # never early
                     )
                 )
             )

@@ -10,11 +10,19 @@ import sqlalchemy as sa
 
 from jobcast.jobs.model import InputFile, Job, JobState
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: ``{from_version: [statements]}`` that bring a database from that version to the next (Q3).
 MIGRATIONS: dict[int, list[str]] = {
     1: ["ALTER TABLE jobs ADD COLUMN readers TEXT NOT NULL DEFAULT '[]'"],  # job read grants
     2: ["ALTER TABLE jobs ADD COLUMN runs_on VARCHAR(32)"],  # tasks of an external queue
+    3: [  # retries, delayed runs, priorities, re-runs
+        "ALTER TABLE jobs ADD COLUMN max_attempts INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN next_attempt_at FLOAT",
+        "ALTER TABLE jobs ADD COLUMN last_error TEXT",
+        "ALTER TABLE jobs ADD COLUMN scheduled_for FLOAT",
+        "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN rerun_of VARCHAR(40)",
+    ],
 }
 
 metadata = sa.MetaData()
@@ -50,6 +58,12 @@ jobs_table = sa.Table(
     sa.Column("last_event_id", sa.String(64)),
     sa.Column("readers", sa.Text, nullable=False, server_default="[]"),
     sa.Column("runs_on", sa.String(32)),
+    sa.Column("max_attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", sa.Float),
+    sa.Column("last_error", sa.Text),
+    sa.Column("scheduled_for", sa.Float),
+    sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("rerun_of", sa.String(40)),
     sa.Index("jobs_by_owner", "owner", "id"),
     sa.Index("jobs_by_state", "state", "id"),
     sa.Index("jobs_by_kind", "kind", "id"),
@@ -62,6 +76,31 @@ acks_table = sa.Table(
     sa.Column("client_id", sa.String(128), primary_key=True),
     sa.Column("event_id", sa.String(64), nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+#: Idempotency keys of submissions (``sql.py`` Q7): one row per owner and key, so concurrent
+#: submissions with one key insert one row and create one job, on every instance.
+job_keys_table = sa.Table(
+    "job_keys",
+    metadata,
+    sa.Column("owner", sa.String(255), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("job_id", sa.String(40), nullable=False),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("job_keys_by_job", "job_id"),  # a deleted job's keys go with it
+)
+
+#: Idempotency keys of event publishes (``sql.py`` Q7): the ids a keyed publish was given, so a
+#: retried publish is acknowledged with them; ``ids`` is NULL while the publish is under way.
+event_keys_table = sa.Table(
+    "event_keys",
+    metadata,
+    sa.Column("subject", sa.String(255), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("ids", sa.Text),
+    sa.Column("created_at", sa.Float, nullable=False),
 )
 
 
@@ -94,6 +133,12 @@ def row_values(job: Job) -> dict[str, Any]:
         "last_event_id": job.last_event_id,
         "readers": orjson.dumps(job.readers).decode(),
         "runs_on": job.runs_on,
+        "max_attempts": job.max_attempts,
+        "next_attempt_at": job.next_attempt_at,
+        "last_error": _json(job.last_error),
+        "scheduled_for": job.scheduled_for,
+        "priority": job.priority,
+        "rerun_of": job.rerun_of,
     }
 
 
@@ -121,4 +166,10 @@ def job_from_row(row: sa.Row[Any]) -> Job:
         last_event_id=m["last_event_id"],
         readers=orjson.loads(m["readers"]) if m["readers"] else [],
         runs_on=m["runs_on"],
+        max_attempts=m["max_attempts"],
+        next_attempt_at=m["next_attempt_at"],
+        last_error=orjson.loads(m["last_error"]) if m["last_error"] else None,
+        scheduled_for=m["scheduled_for"],
+        priority=m["priority"],
+        rerun_of=m["rerun_of"],
     )

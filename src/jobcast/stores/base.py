@@ -57,6 +57,24 @@ class JobStore(Protocol):
     async def create(self, job: Job) -> None:
         """Insert a new job (its id is new)."""
 
+    async def create_keyed(
+        self, job: Job, key: str, request_hash: str, retention: float
+    ) -> tuple[str, str] | None:
+        """Insert a new job under the idempotency key ``key`` of its owner, in one transaction
+        with the key; ``None`` when it was inserted. When the owner used ``key`` less than
+        ``retention`` seconds ago, nothing is inserted and the earlier job's id and request hash
+        are returned. Concurrent calls with one key, on any instance, insert one job."""
+
+    async def claim_publish(
+        self, subject: str, key: str, request_hash: str, retention: float
+    ) -> tuple[str, list[str] | None] | None:
+        """Claim the idempotency key ``key`` of ``subject`` for an event publish; ``None`` when
+        claimed. When it was used less than ``retention`` seconds ago: that publish's request
+        hash and event ids (``None`` while it is still under way)."""
+
+    async def record_publish(self, subject: str, key: str, ids: list[str] | None) -> None:
+        """The ids a claimed publish got; ``None``: it failed, and the key is free again."""
+
     async def get(self, job_id: str) -> Job | None: ...
 
     async def save(self, job: Job) -> None:

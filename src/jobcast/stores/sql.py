@@ -1,6 +1,6 @@
 """The SQL job store: SQLAlchemy 2 Core over asyncio, on SQLite and PostgreSQL.
 
-Decisions (cited as Q1..Q6):
+Decisions (cited as Q1..Q7):
 
 Q1. Portable columns only: times are epoch seconds (floats), JSON values are text written by
     orjson. The same statements run on SQLite (aiosqlite) and PostgreSQL (asyncpg).
@@ -23,8 +23,16 @@ Q6. PostgreSQL (asyncpg, or psycopg 3): the same statements; ``?schema=name`` in
     share one database. Schema creation and migration hold an advisory lock, so instances and
     workers starting together do not race. Migrations are the few statements in
     ``MIGRATIONS`` (no Alembic): the schema is one table of jobs and one of acknowledgements.
+Q7. Idempotency keys live in a table of their own whose primary key is (owner, key): a keyed
+    submission inserts its key with ``ON CONFLICT DO NOTHING`` and its job in the same
+    transaction, so of concurrent submissions with one key exactly one inserts a row (the
+    database decides, on every instance), and a key that exists always has its job. The
+    owner's keys older than the retention window are deleted first, in the same transaction,
+    so an expired key is free again. New tables come from ``create_all``
+    (which creates missing tables on an existing database); ``MIGRATIONS`` alters old ones.
 
-The tables, and the conversion between a job and its row, are in ``_sql_tables.py``.
+The tables, and the conversion between a job and its row, are in ``_sql_tables.py``; the
+statements of idempotency keys (Q7) in ``_sql_keys.py``.
 """
 
 from __future__ import annotations
@@ -46,12 +54,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from jobcast._files import create_private
 from jobcast.errors import InvalidInput, Unavailable
 from jobcast.jobs.model import Job, JobState
+from jobcast.stores import _sql_keys
 from jobcast.stores._sql_tables import (
     MIGRATIONS,
     SCHEMA_VERSION,
     UPDATE_JOB,
     acks_table,
     job_from_row,
+    job_keys_table,
     jobs_table,
     meta_table,
     metadata,
@@ -178,6 +188,30 @@ class SQLJobStore:
         self._inserts.append({"id": job.id, **row_values(job)})
         await self._commit_batch()
 
+    async def create_keyed(
+        self, job: Job, key: str, request_hash: str, retention: float
+    ) -> tuple[str, str] | None:  # Q7
+        async with self._write() as conn:
+            earlier = await _sql_keys.create_keyed(
+                conn, self._sqlite, job, key, request_hash, retention
+            )
+        if earlier is None:
+            self.stats.transactions += 1
+            self.stats.rows_written += 2
+        return earlier
+
+    async def claim_publish(
+        self, subject: str, key: str, request_hash: str, retention: float
+    ) -> tuple[str, list[str] | None] | None:  # Q7, for event publishes
+        async with self._write() as conn:
+            return await _sql_keys.claim_publish(
+                conn, self._sqlite, subject, key, request_hash, retention
+            )
+
+    async def record_publish(self, subject: str, key: str, ids: list[str] | None) -> None:
+        async with self._write() as conn:
+            await _sql_keys.record_publish(conn, subject, key, ids)
+
     async def get(self, job_id: str) -> Job | None:
         async with self._read() as conn:
             result = await conn.execute(jobs_table.select().where(jobs_table.c.id == job_id))
@@ -258,6 +292,8 @@ class SQLJobStore:
     async def delete(self, job_id: str) -> bool:
         async with self._write() as conn:
             result = await conn.execute(jobs_table.delete().where(jobs_table.c.id == job_id))
+            # its idempotency keys go with it (jobs/idempotency.I4)
+            await conn.execute(job_keys_table.delete().where(job_keys_table.c.job_id == job_id))
         return bool(result.rowcount)
 
     async def in_states(self, states: Collection[JobState], limit: int) -> list[Job]:

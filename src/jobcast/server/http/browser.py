@@ -49,7 +49,13 @@ def cors_layer(settings: Settings) -> Callable[[ASGIApp], ASGIApp] | None:
         # Never "*" together with credentials: a wildcard origin gets no cookies.
         allow_credentials=not wildcard,
         allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],  # PUT: sharing a job
-        allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-CSRF-Token"],
+        allow_headers=[
+            "Authorization",
+            "Content-Type",
+            "Idempotency-Key",
+            "Last-Event-ID",
+            "X-CSRF-Token",
+        ],
         expose_headers=["X-CSRF-Token", "Retry-After"],
         max_age=600,
     )

@@ -2,6 +2,8 @@
 
 # No ``from __future__ import annotations``: FastAPI reads these signatures at runtime.
 
+import contextlib
+import hashlib
 import math
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -10,8 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.requests import HTTPConnection
 
 from jobcast.auth import Principal
-from jobcast.errors import InvalidInput, PayloadTooLarge
+from jobcast.errors import Conflict, InvalidInput, JobcastError, PayloadTooLarge
 from jobcast.events import EventDraft
+from jobcast.jobs.idempotency import RETENTION, valid_key
 from jobcast.server.http.errors import jobcast_router
 from jobcast.server.routes.table import EVENTS_STREAM, PUBLISH
 from jobcast.server.streams.sse import EventStreamResponse
@@ -149,8 +152,43 @@ async def publish_events(
             )
         jc.policy.check_publish(principal, draft.topic)
         drafts.append(draft)
-    events = await jc.hub.publish_many(drafts)
-    return [event.id for event in events]
+    key = valid_key(connection.headers.get("idempotency-key"), None)
+    if key is None:
+        events = await jc.hub.publish_many(drafts)
+        return [event.id for event in events]
+    return await _publish_once(jc, principal.subject if principal else "", key, drafts)
+
+
+async def _publish_once(
+    jc: "Runtime", subject: str, key: str, drafts: list[EventDraft]
+) -> list[str]:
+    """A keyed publish (idempotency.I5): the first publishes and records its ids; a retry with
+    the same events gets those ids back and publishes nothing."""
+    fingerprint = hashlib.sha256()
+    for draft in drafts:
+        fingerprint.update(
+            b"%s\0%s\0%s\n" % (draft.topic.encode(), draft.type.encode(), draft.data_json)
+        )
+    request_hash = fingerprint.hexdigest()
+    earlier = await jc.store.claim_publish(subject, key, request_hash, RETENTION)
+    if earlier is not None:
+        if earlier[0] != request_hash:
+            raise Conflict(
+                "this Idempotency-Key was already used for a different publish; "
+                "use a new key for new events"
+            )
+        if earlier[1] is None:
+            raise Conflict("a publish with this Idempotency-Key is under way; retry shortly")
+        return earlier[1]
+    try:
+        events = await jc.hub.publish_many(drafts)
+    except BaseException:
+        with contextlib.suppress(JobcastError):
+            await jc.store.record_publish(subject, key, None)
+        raise
+    ids = [event.id for event in events]
+    await jc.store.record_publish(subject, key, ids)
+    return ids
 
 
 def resume_id(connection: HTTPConnection) -> str | None:

@@ -7,14 +7,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
 
 from jobcast.auth import Principal
 from jobcast.errors import InvalidInput, NotFound, PayloadTooLarge
+from jobcast.jobs.idempotency import Idempotency, request_hash, valid_key
 from jobcast.jobs.model import Job, JobState
+from jobcast.jobs.rerun import rerun
+from jobcast.jobs.submit_options import FIELDS, SubmitOptions, parse_options
 from jobcast.server.http import exact_json
 from jobcast.server.http.errors import jobcast_router
 from jobcast.server.http.uploads import Received, receive_multipart
+from jobcast.server.routes.job_docs import SSE_DOC, SUBMIT_BODY, JobList, JobSnapshot
 from jobcast.server.routes.table import JOB_STREAM
 from jobcast.server.streams.job_sse import job_event_stream
 from jobcast.server.streams.sse import EventStreamResponse
@@ -28,82 +31,6 @@ _CURSOR = re.compile(r"[0-9a-f-]{1,40}")  # task ids of external queues are UUID
 
 #: Subjects one job may be shared with.
 MAX_READERS = 100
-
-
-class JobLinks(BaseModel):
-    self: str
-    events: str = Field(description="SSE stream of the job's events.")
-    ws: str = Field(description="WebSocket stream of the job's events.")
-    cancel: str
-
-
-class JobSnapshot(BaseModel):
-    """A job as every surface shows it (timestamps are ISO 8601, UTC)."""
-
-    id: str
-    kind: str
-    state: JobState
-    progress: float = Field(description="0 to 100; never goes backwards.")
-    stage: str | None
-    message: str | None
-    eta_seconds: float | None = Field(description="Estimated from the progress rate.")
-    seq: int = Field(description="Sequence number of the job's newest event.")
-    owner: str
-    params: dict[str, Any]
-    created_at: str
-    started_at: str | None
-    updated_at: str
-    finished_at: str | None
-    input: dict[str, Any] | None = Field(description="filename, size, sha256, content_type.")
-    result: Any = None
-    error: dict[str, str] | None = Field(description="type and message, when failed.")
-    attempts: int
-    readers: list[str] = Field(default_factory=list, description="Subjects granted read access.")
-    links: JobLinks
-
-
-class JobList(BaseModel):
-    jobs: list[JobSnapshot]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next page.")
-
-
-SUBMIT_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["kind"],
-                    "properties": {
-                        "kind": {"type": "string", "examples": ["demo"]},
-                        "params": {"type": "object", "examples": [{"steps": 5, "delay": 0.2}]},
-                    },
-                }
-            },
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["kind", "file"],
-                    "properties": {
-                        "kind": {"type": "string", "examples": ["ingest"]},
-                        "params": {"type": "string", "description": "JSON object, as text."},
-                        "file": {"type": "string", "format": "binary"},
-                    },
-                }
-            },
-        },
-    }
-}
-
-SSE_DOC: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "Server-Sent Events: `snapshot` first, then `progress`, `state` and "
-        "custom events, then `succeeded`, `failed` or `cancelled` with the final snapshot; "
-        "then the stream ends. Resume with `Last-Event-ID`.",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
-    }
-}
 
 
 def job_links(request: Request, job_id: str) -> dict[str, str]:
@@ -133,13 +60,13 @@ async def _read_json(request: Request, limit: int) -> Any:
     return exact_json.loads(bytes(body))
 
 
-def _submission(value: Any) -> tuple[str, Any]:
+def _submission(value: Any) -> tuple[str, Any, SubmitOptions]:
     if not isinstance(value, dict) or not isinstance(value.get("kind"), str):
         raise InvalidInput('send {"kind": "...", "params": {...}}')
-    extra = set(value) - {"kind", "params"}
+    extra = set(value) - {"kind", "params", "idempotency_key", *FIELDS}
     if extra:
         raise InvalidInput(f"unexpected fields: {', '.join(sorted(extra))}")
-    return value["kind"], value.get("params")
+    return value["kind"], value.get("params"), parse_options(value)
 
 
 def jobs_router(jc: "Runtime") -> APIRouter:
@@ -160,13 +87,24 @@ def jobs_router(jc: "Runtime") -> APIRouter:
         summary="Submit a job (JSON, or multipart with a file)",
         openapi_extra=SUBMIT_BODY,
     )
-    async def submit(request: Request, principal: principal_dep) -> Response:
+    async def submit(
+        request: Request,
+        principal: principal_dep,
+        idempotency_header: Annotated[
+            str | None,
+            Header(
+                alias="Idempotency-Key",
+                description="Submit at most once: a retry with this key returns the first job.",
+            ),
+        ] = None,
+    ) -> Response:
         subject = principal.subject if principal else ""
         jc.policy.check_job(principal, Job(id="new", kind="", owner=subject), "submit")
         await jc.limiter.hit("submit", principal, request)
         settings = jc.settings
         content_type = request.headers.get("content-type", "").lower()
         received = Received()
+        fields: dict[str, Any]
         if content_type.startswith("multipart/form-data"):
             received = await receive_upload(jc, request)
             try:
@@ -177,22 +115,40 @@ def jobs_router(jc: "Runtime") -> APIRouter:
                     if params_text
                     else {}
                 )
+                options = parse_options(received.fields, as_text=True)
+                fields = dict(received.fields)
+                key = valid_key(idempotency_header, received.fields.get("idempotency_key"))
             except InvalidInput:
                 await received.remove()
                 raise
         elif content_type.startswith("application/json") or not content_type:
-            kind, params = _submission(await _read_json(request, settings.max_body_bytes))
+            fields = await _read_json(request, settings.max_body_bytes)
+            kind, params, options = _submission(fields)
+            key = valid_key(idempotency_header, fields.get("idempotency_key"))
         else:
             raise InvalidInput("send application/json or multipart/form-data")
+        idempotency = None
+        if key is not None:  # idempotency.I2: what the client sent, as it sent it
+            sent = {name: fields.get(name) for name in ("kind", "params", *sorted(FIELDS))}
+            sent["file"] = received.input.sha256 if received.input else None
+            idempotency = Idempotency(key, request_hash(sent))
         try:
-            job = await jc.runner.submit(
-                kind, params, subject, input=received.input, upload=received.upload
+            job, created = await jc.runner.submit_keyed(
+                kind,
+                params,
+                subject,
+                idempotency,
+                input=received.input,
+                upload=received.upload,
+                options=options,
             )
         finally:
             await received.remove()  # a no-op once the runner took the file
         links = job_links(request, job.id)
         return JSONResponse(
-            {**job.to_dict(), "links": links}, 202, headers={"Location": links["self"]}
+            {**job.to_dict(), "links": links},
+            202 if created else 200,
+            headers={"Location": links["self"]},
         )
 
     @router.get("/api/jobs", response_model=JobList, summary="List jobs, newest first")
@@ -232,6 +188,21 @@ def jobs_router(jc: "Runtime") -> APIRouter:
     async def cancel_job(job_id: str, request: Request, principal: principal_dep) -> Response:
         await readable(job_id, principal, "cancel")
         return JSONResponse(job_body(request, await jc.runner.cancel(job_id)))
+
+    @router.post(
+        "/api/jobs/{job_id}/rerun",
+        status_code=202,
+        response_model=JobSnapshot,
+        summary="Run a job again as a new job linked by rerun_of (owner or admin only)",
+    )
+    async def rerun_job(job_id: str, request: Request, principal: principal_dep) -> Response:
+        original = await readable(job_id, principal, "rerun")
+        await jc.limiter.hit("submit", principal, request)
+        job = await rerun(jc.runner, original)
+        links = job_links(request, job.id)
+        return JSONResponse(
+            {**job.to_dict(), "links": links}, 202, headers={"Location": links["self"]}
+        )
 
     @router.put(
         "/api/jobs/{job_id}/readers/{subject}",

@@ -1,5 +1,14 @@
 // The jobcast dashboard: plain DOM code over the client module, no framework, no build step.
-import { State, api, cancelJob, listJobs, submitJob, subscribe, watchJob } from "./jobcast.js";
+import {
+  State,
+  api,
+  cancelJob,
+  listJobs,
+  rerunJob,
+  submitJob,
+  subscribe,
+  watchJob,
+} from "./jobcast.js";
 
 const $ = (id) => document.getElementById(id);
 const store = window.sessionStorage;
@@ -188,6 +197,12 @@ function renderJob(job) {
     ["Stage", job.stage || "—"],
     ["Message", job.message || "—"],
     ["ETA", TERMINAL.has(job.state) ? "—" : duration(job.eta_seconds)],
+    ["Attempts", job.max_attempts ? `${job.attempts} of ${job.max_attempts}` : `${job.attempts}`],
+    ["Next attempt", job.next_attempt_at || "—"],
+    ["Last error", job.last_error ? `${job.last_error.type}: ${job.last_error.message}` : "—"],
+    ["Scheduled for", job.scheduled_for || "—"],
+    ["Priority", `${job.priority ?? 0}`],
+    ["Re-run of", job.rerun_of || "—"],
     ["Created", job.created_at],
     ["Finished", job.finished_at || "—"],
     ["Input", job.input ? `${job.input.filename} (${job.input.size} bytes)` : "—"],
@@ -202,6 +217,7 @@ function renderJob(job) {
   $("job-progress").value = job.progress ?? 0;
   $("job-progress-text").textContent = percent(job);
   $("job-cancel").hidden = TERMINAL.has(job.state) || !job.state;
+  $("job-rerun").hidden = !TERMINAL.has(job.state);
   const result = $("job-result");
   result.className = job.state === "failed" ? "failed" : "";
   if (job.error) result.textContent = `${job.error.type}: ${job.error.message}`;
@@ -220,12 +236,17 @@ function openJob(id) {
   $("job-result").textContent = "—";
   $("job-title").textContent = `Job ${id}`;
   $("job-cancel").dataset.jobId = id;
+  $("job-rerun").dataset.jobId = id;
   jobStream = watchJob(
     id,
     {
       onEvent: (e) => {
         const d = e.data || {};
-        const detail = e.type === "progress" ? `${percent(d)} ${d.stage || ""}` : d.state || "";
+        let detail = e.type === "progress" ? `${percent(d)} ${d.stage || ""}` : d.state || "";
+        if (e.type === "retrying") {
+          const error = d.last_error ? `${d.last_error.type}: ${d.last_error.message}` : "";
+          detail = `attempt ${d.attempts} of ${d.max_attempts} failed (${error}); next at ${d.next_attempt_at}`;
+        }
         logLine(`${new Date().toLocaleTimeString()}  ${e.type}  ${detail}`.trim());
       },
       onJob: (job) => {
@@ -356,6 +377,13 @@ $("inspect-clear").addEventListener("click", () => $("frames").replaceChildren()
 $("sign-out").addEventListener("click", () => signOut());
 $("job-cancel").addEventListener("click", (e) =>
   cancelJob(e.target.dataset.jobId, auth).catch((error) => logLine(`cancel: ${error.message}`)),
+);
+$("job-rerun").addEventListener("click", (e) =>
+  rerunJob(e.target.dataset.jobId, auth)
+    .then((job) => {
+      location.hash = `#/jobs/${encodeURIComponent(job.id)}`;
+    })
+    .catch((error) => logLine(`re-run: ${error.message}`)),
 );
 window.addEventListener("hashchange", route);
 setInterval(() => {

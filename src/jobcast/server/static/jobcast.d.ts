@@ -31,6 +31,16 @@ export interface Job {
   result: unknown;
   error: { type: string; message: string } | null;
   attempts: number;
+  /** Runs the job may have in all (retries included). */
+  max_attempts: number;
+  /** While a retry waits: when the next attempt starts, and the failed attempt's error. */
+  next_attempt_at: string | null;
+  last_error: { type: string; message: string } | null;
+  /** A delayed job's start time. */
+  scheduled_for: string | null;
+  priority: number;
+  /** The job this one re-runs. */
+  rerun_of: string | null;
   readers: string[];
   links?: { self: string; events: string; ws: string; cancel: string };
 }
@@ -82,6 +92,16 @@ export interface JobHandlers extends StreamHandlers {
   onDone?(job: Job): void;
 }
 
+export interface SubmitOptions {
+  /** A retried submission with this key returns the first job (200) instead of a new one. */
+  idempotencyKey?: string;
+  delaySeconds?: number;
+  runAt?: Date | string;
+  /** -100..100; higher runs first among queued jobs. */
+  priority?: number;
+  maxAttempts?: number;
+}
+
 export interface UploadProgress {
   loaded: number;
   total: number;
@@ -117,6 +137,7 @@ export declare function api<T = any>(
 ): Promise<T>;
 export declare function getJob(id: string, options?: ClientOptions): Promise<Job>;
 export declare function cancelJob(id: string, options?: ClientOptions): Promise<Job>;
+export declare function rerunJob(id: string, options?: ClientOptions): Promise<Job>;
 export declare function listJobs(
   query?: { state?: JobState | JobState[]; kind?: string; limit?: number; cursor?: string },
   options?: ClientOptions,
@@ -124,7 +145,8 @@ export declare function listJobs(
 export declare function submitJob(
   kind: string,
   params?: Record<string, unknown>,
-  options?: ClientOptions & { file?: Blob; onUploadProgress?(progress: UploadProgress): void },
+  options?: ClientOptions &
+    SubmitOptions & { file?: Blob; onUploadProgress?(progress: UploadProgress): void },
 ): Promise<Job>;
 export declare function watchJob(id: string, handlers?: JobHandlers, options?: ClientOptions): Stream;
 export declare function subscribe(
@@ -137,6 +159,7 @@ export declare function createClient(defaults?: ClientOptions): {
   getJob: typeof getJob;
   listJobs: typeof listJobs;
   cancelJob: typeof cancelJob;
+  rerunJob: typeof rerunJob;
   submitJob: typeof submitJob;
   watchJob: typeof watchJob;
   subscribe: typeof subscribe;

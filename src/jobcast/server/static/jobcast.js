@@ -43,7 +43,15 @@ export const State = Object.freeze({
 });
 
 /** The event types of a job's stream; the last three are terminal. */
-export const JOB_EVENT_TYPES = ["snapshot", "progress", "state", "succeeded", "failed", "cancelled"];
+export const JOB_EVENT_TYPES = [
+  "snapshot",
+  "progress",
+  "state",
+  "retrying", // an attempt failed; the job is queued again until `next_attempt_at`
+  "succeeded",
+  "failed",
+  "cancelled",
+];
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const FATAL_STATUS = new Set([401, 403, 404, 422]);
 /** `reauth`s in a row with an unchanged credential that end the stream (J5). */
@@ -138,6 +146,9 @@ export async function api(path, options = {}) {
 export const getJob = (id, options) => api(`/api/jobs/${encodeURIComponent(id)}`, options);
 export const cancelJob = (id, options) =>
   api(`/api/jobs/${encodeURIComponent(id)}/cancel`, { ...options, method: "POST" });
+/** Run a job again as a new job linked by `rerun_of` (its owner or an admin). */
+export const rerunJob = (id, options) =>
+  api(`/api/jobs/${encodeURIComponent(id)}/rerun`, { ...options, method: "POST" });
 export function listJobs(query = {}, options = {}) {
   const params = new URLSearchParams();
   for (const [key, value] of Object.entries(query)) {
@@ -146,20 +157,39 @@ export function listJobs(query = {}, options = {}) {
   return api(`/api/jobs?${params}`, options);
 }
 
+/** The scheduling fields of a submission that `options` sets (the server validates them). */
+function submitFields(options) {
+  const fields = {
+    idempotency_key: options.idempotencyKey,
+    delay_seconds: options.delaySeconds,
+    run_at: options.runAt instanceof Date ? options.runAt.toISOString() : options.runAt,
+    priority: options.priority,
+    max_attempts: options.maxAttempts,
+  };
+  return Object.fromEntries(Object.entries(fields).filter(([, value]) => value != null));
+}
+
 /**
  * Submit a job. With `options.file` it is a multipart upload sent with XMLHttpRequest, so
  * `options.onUploadProgress({loaded, total, fraction})` can follow it; otherwise JSON.
+ * `idempotencyKey` makes a retried submission return the first job; `delaySeconds` or `runAt`
+ * start it later; `priority` (-100..100) orders it; `maxAttempts` bounds its retries.
  * Resolves to the job's snapshot (with `links`).
  * @param {string} kind
  * @param {object} [params]
- * @param {ClientOptions & {file?: Blob, onUploadProgress?: (p: UploadProgress) => void}} [options]
+ * @param {ClientOptions & SubmitOptions & {file?: Blob,
+ *   onUploadProgress?: (p: UploadProgress) => void}} [options]
  */
 export async function submitJob(kind, params = {}, options = {}) {
-  if (!options.file) return api("/api/jobs", { ...options, method: "POST", body: { kind, params } });
+  const fields = submitFields(options);
+  if (!options.file) {
+    return api("/api/jobs", { ...options, method: "POST", body: { kind, params, ...fields } });
+  }
   const headers = await authHeaders(options, "POST");
   const form = new FormData();
   form.append("kind", kind);
   form.append("params", JSON.stringify(params));
+  for (const [name, value] of Object.entries(fields)) form.append(name, String(value));
   form.append("file", options.file, options.file.name || "upload");
   return new Promise((done, fail) => {
     const xhr = new XMLHttpRequest();
@@ -652,6 +682,7 @@ export function createClient(defaults = {}) {
     getJob: (id, options) => getJob(id, merge(options)),
     listJobs: (query, options) => listJobs(query, merge(options)),
     cancelJob: (id, options) => cancelJob(id, merge(options)),
+    rerunJob: (id, options) => rerunJob(id, merge(options)),
     submitJob: (kind, params, options) => submitJob(kind, params, merge(options)),
     watchJob: (id, handlers, options) => watchJob(id, handlers, merge(options)),
     subscribe: (topics, handlers, options) => subscribe(topics, handlers, merge(options)),
@@ -695,6 +726,13 @@ export function createClient(defaults = {}) {
  *   onDone?: (job: any) => void}} JobHandlers
  *
  * @typedef {{loaded: number, total: number, fraction: number}} UploadProgress
+ *
+ * @typedef {object} SubmitOptions
+ * @property {string} [idempotencyKey] a retried submission with this key returns the first job
+ * @property {number} [delaySeconds] start no sooner than this many seconds from now
+ * @property {Date | string} [runAt] or at this time
+ * @property {number} [priority] -100..100, higher runs first among queued jobs
+ * @property {number} [maxAttempts] runs the job may have in all
  *
  * @typedef {object} StreamTarget
  * @property {string} ssePath

@@ -1,0 +1,84 @@
+"""The embedded runner's dispatcher: one task that hands queued jobs to the lifecycle engine,
+in the schedule's order (``schedule.py``), within the slots and per-kind limits (runner.D2,
+D3)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import Mapping
+
+from jobcast.jobs.lifecycle import JobLifecycle
+from jobcast.jobs.live import LiveJob
+from jobcast.jobs.model import JobState
+from jobcast.jobs.schedule import JobSchedule
+
+
+class Dispatcher:
+    """Queued jobs by priority and time; ``start`` runs them, ``close`` stops handing them out.
+
+    ``live`` is the runner's map of tracked jobs (runner.D1): a job id the schedule yields is
+    run only while its job is still queued there and nothing runs it yet.
+    """
+
+    def __init__(self, lifecycle: JobLifecycle, live: Mapping[str, LiveJob]) -> None:
+        self.lifecycle = lifecycle
+        self._live = live
+        self.schedule = JobSchedule()
+        self._running: collections.Counter[str] = collections.Counter()  # by kind (D3)
+        self._full: set[str] = set()  # kinds at their limit (D3)
+        self._work = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.schedule)
+
+    def push(self, live: LiveJob) -> None:
+        """Queue a tracked job at its priority, no earlier than its time (D2, lifecycle.R4)."""
+        job = live.job
+        self.schedule.push(job.id, job.priority, job.not_before, job.kind)
+        self._work.set()
+
+    def remove(self, job_id: str) -> None:
+        self.schedule.remove(job_id)
+
+    def start(self) -> None:
+        self._work.set()
+        self._task = asyncio.create_task(self._forever(), name="jobcast-dispatch")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _forever(self) -> None:  # D2
+        slots, registry = self.lifecycle.slots, self.lifecycle.registry
+        while True:
+            await slots.acquire()  # given back by the lifecycle when the job ends
+            while (job_id := self.schedule.pop(self._full)) is None:
+                with contextlib.suppress(TimeoutError):  # schedule.P4
+                    await asyncio.wait_for(self._work.wait(), self.schedule.next_due())
+                self._work.clear()
+            live = self._live.get(job_id)
+            if live is None or live.job.state is not JobState.QUEUED or live.task is not None:
+                slots.release()  # cancelled while queued
+                continue
+            kind = live.job.kind
+            self._running[kind] += 1  # counted now: the next pop must already see it (D3)
+            spec = registry.find(kind)
+            limit = spec.concurrency if spec is not None else None
+            if limit is not None and self._running[kind] >= limit:
+                self._full.add(kind)
+            live.task = asyncio.create_task(self._run(live), name=f"job-{live.job.id}")
+
+    async def _run(self, live: LiveJob) -> None:
+        kind = live.job.kind
+        try:
+            await self.lifecycle.run(live)
+        finally:
+            self._running[kind] -= 1
+            if kind in self._full:
+                self._full.discard(kind)
+                self._work.set()  # its next queued job may start (D3)
