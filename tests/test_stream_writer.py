@@ -42,7 +42,7 @@ class Framing:
     def closing(self, reason: CloseReason) -> list[str]:
         return [f"closing:{reason.value}"]
 
-    def is_final(self, e: Event) -> bool:
+    def final(self, e: Event) -> bool:
         return e.type == self.final_type
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -268,10 +269,11 @@ class EventSocket:
 class EventSocketFraming:
     """The feed as WebSocket messages (``writer.Framing``; a chunk is a list of them)."""
 
-    __slots__ = ("_recent", "_recent_set", "feed")
+    __slots__ = ("_recent", "_recent_set", "feed", "final")
 
     def __init__(self, feed: SocketFeed) -> None:
         self.feed = feed
+        self.final: Callable[[str | Event], bool] | None = None  # a socket has no last event
         self._recent: collections.deque[int] = collections.deque(maxlen=4096)
         self._recent_set: set[int] = set()
 
@@ -305,6 +307,3 @@ class EventSocketFraming:
         if reason is CloseReason.DRAIN:
             return [error_message("the server is shutting down; reconnect and subscribe again")]
         return [error_message(f"stream closed: {reason.value}; subscribe again")]
-
-    def is_final(self, item: str | Event) -> bool:
-        return False

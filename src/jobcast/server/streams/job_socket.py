@@ -106,11 +106,12 @@ async def _send_finished(channel: Channel, plan: JobStreamPlan, frames: WsJobFra
 class JobSocketFraming:
     """A job's stream as WebSocket messages (``writer.Framing``; a chunk is a list of them)."""
 
-    __slots__ = ("job_frames", "plan")
+    __slots__ = ("final", "job_frames", "plan")
 
     def __init__(self, plan: JobStreamPlan, job_frames: WsJobFrames) -> None:
         self.plan = plan
         self.job_frames = job_frames
+        self.final: Callable[[Event], bool] | None = is_terminal_event
 
     def opening(self) -> tuple[list[str], bool]:
         plan = self.plan
@@ -136,9 +137,6 @@ class JobSocketFraming:
 
     def closing(self, reason: CloseReason) -> list[str]:
         return [error_message(f"stream closed: {reason.value}; resume with last_event_id")]
-
-    def is_final(self, event: Event) -> bool:
-        return is_terminal_event(event)
 
 
 def close_code_of(reason: CloseReason) -> tuple[int, str]:

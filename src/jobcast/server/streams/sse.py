@@ -146,7 +146,7 @@ class EventStreamResponse(Response):
             else:
                 events = replay.events
                 for index, event in enumerate(events):
-                    if self.is_final(event):
+                    if self.final is not None and self.final(event):
                         events, finished = events[: index + 1], True
                         break
                 parts.append(self.frames(events))
@@ -163,9 +163,6 @@ class EventStreamResponse(Response):
 
     def closing(self, reason: CloseReason) -> bytes:
         return self.closing_frame(reason)  # E4
-
-    def is_final(self, event: Event) -> bool:
-        return self.final is not None and self.final(event)
 
 
 class AsgiSink(PumpedSink[bytes]):

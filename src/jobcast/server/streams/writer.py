@@ -96,9 +96,9 @@ class Framing(Protocol[Item, ChunkT_co]):
         """What a stream closed for ``reason`` ends with (C4)."""
         ...
 
-    def is_final(self, item: Item) -> bool:
-        """Whether the stream ends after ``item`` (a job's terminal event)."""
-        ...
+    #: Whether the stream ends after an item (a job's terminal event); ``None`` when no item
+    #: ends it, so a stream of topics pays nothing per item for it.
+    final: Callable[[Item], bool] | None
 
 
 class Sink(Protocol[ChunkT_contra]):
@@ -173,10 +173,12 @@ class StreamWriter(Generic[Item, Chunk]):
                 return
             items = source.take()
             finished = False
-            for index, item in enumerate(items):
-                if framing.is_final(item):
-                    items, finished = items[: index + 1], True
-                    break
+            final = framing.final
+            if final is not None:
+                for index, item in enumerate(items):
+                    if final(item):
+                        items, finished = items[: index + 1], True
+                        break
             body = framing.frames(items)
             if body:
                 self._write(body)
