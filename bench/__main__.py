@@ -29,6 +29,7 @@ from bench.scenarios import QUICK, Scale
 from bench.scraper import scraping
 from bench.targets import (
     HOST,
+    AsyncioTarget,
     BaselineTarget,
     FloorTarget,
     JobcastTarget,
@@ -38,7 +39,7 @@ from bench.targets import (
 )
 
 REDIS = "redis://127.0.0.1:6379/14"
-ALL = ("jobcast", "baseline", "nchan")
+ALL = ("jobcast", "baseline", "nchan", "asyncio")
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def rows(scale: Scale) -> list[Row]:
         Row(
             f"publish-{int(scale.single_rate)}-per-s",
             scenarios.single_publishes,
-            ("jobcast", "floor"),
+            ("jobcast", "floor", "asyncio"),
         ),
         Row(
             f"topics-{scale.topics}-batched",
@@ -87,7 +88,8 @@ def rows(scale: Scale) -> list[Row]:
         Row(f"connect-{scale.connect}", scenarios.connect, (*ALL, "floor")),
         Row(f"reconnect-{scale.connect}", scenarios.reconnect, (*ALL, "floor")),
         Row(f"jobs-{scale.jobs}", scenarios.jobs, ("jobcast", "baseline")),
-        Row(f"slow-{scale.slow}", scenarios.slow_consumers),
+        # The asyncio reference has no bound on what a stalled reader holds: not comparable.
+        Row(f"slow-{scale.slow}", scenarios.slow_consumers, ("jobcast", "baseline", "nchan")),
         Row(
             f"fanout-{scale.redis_subscribers}-burst-redis2",
             lambda t, s: scenarios.fanout(t, s, s.redis_subscribers, paced=False),
@@ -290,6 +292,7 @@ def build(name: str, row: Row) -> Target:
         "jobcast": row.jobcast,
         "baseline": BaselineTarget,
         "nchan": NchanTarget,
+        "asyncio": AsyncioTarget,
         "floor": FloorTarget,
     }[name]()
 
@@ -299,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", choices=("full", "quick"), default="full")
     parser.add_argument("--repeat", type=int, default=0, help="runs per row (full 3, quick 1)")
     parser.add_argument("--rows", default="", help="comma-separated row names (default: all)")
-    parser.add_argument("--targets", default="jobcast,baseline,nchan,floor")
+    parser.add_argument("--targets", default="jobcast,baseline,nchan,asyncio,floor")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--no-chart", action="store_true")
     args = parser.parse_args(argv)

@@ -3,7 +3,8 @@
 A target knows how to start and stop its server(s), how to ask for a stream of some topics,
 how to publish one event, and how to submit a job; ``/proc`` gives each server's CPU seconds
 and resident memory. Every target serves HTTP/1.1 with the same uvicorn (uvloop, httptools)
-except nchan, which is nginx.
+except nchan, which is nginx, and the hand-written asyncio server (uvloop and httptools, no
+ASGI), which is the Python limit.
 """
 
 from __future__ import annotations
@@ -314,6 +315,31 @@ class NchanTarget(Target):
 
     def stream_request(self, topics: list[str], index: int) -> bytes:
         (topic,) = topics  # nchan channels are one id per location here
+        path = f"/sub/{quote(topic, safe='')}"
+        return request_bytes("GET", path, {"Accept": "text/event-stream"})
+
+    def publish_request(self, topic: str, type: str, data: dict[str, Any]) -> bytes:
+        body = orjson.dumps(data)
+        headers = {"Content-Type": "application/json"}
+        return request_bytes("POST", f"/pub/{quote(topic, safe='')}", headers, body)
+
+
+class AsyncioTarget(Target):
+    """The hand-written asyncio server (``bench/baselines/asyncio_server.py``): the Python limit.
+
+    It speaks nchan's paths (``/sub/{topic}``, ``/pub/{topic}`` with the data as the body).
+    """
+
+    def __init__(self) -> None:
+        super().__init__("asyncio")
+
+    def start(self) -> None:
+        port = free_port()
+        command = [sys.executable, "-m", "bench.baselines.asyncio_server", str(port)]
+        self._spawn(command, {}, "/health", port)
+
+    def stream_request(self, topics: list[str], index: int) -> bytes:
+        (topic,) = topics
         path = f"/sub/{quote(topic, safe='')}"
         return request_bytes("GET", path, {"Accept": "text/event-stream"})
 

@@ -22,7 +22,7 @@ ROOT = Path(__file__).parent.parent
 def test_a_quick_benchmark_run_delivers_everything_and_writes_its_table(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "bench", "--scale", "quick", "--no-chart"]
     command += ["--rows", "fanout-100-burst,fanout-100-burst-scraped,reconnect-100,topics-50-paced"]
-    command += ["--targets", "jobcast,baseline"]
+    command += ["--targets", "jobcast,baseline,asyncio"]
     command += ["--out", str(tmp_path)]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -31,7 +31,7 @@ def test_a_quick_benchmark_run_delivers_everything_and_writes_its_table(tmp_path
 
     (written,) = tmp_path.glob("bench-*.json")
     medians = json.loads(written.read_text())["medians"]["fanout-100-burst"]
-    for target in ("jobcast", "baseline"):
+    for target in ("jobcast", "baseline", "asyncio"):
         figures = medians[target]
         assert figures["delivered"] == figures["expected"] > 0, (target, figures)
         assert figures["lost"] == figures["duplicates"] == figures["refused_streams"] == 0
@@ -41,7 +41,7 @@ def test_a_quick_benchmark_run_delivers_everything_and_writes_its_table(tmp_path
     scraped = json.loads(written.read_text())["medians"]["fanout-100-burst-scraped"]["jobcast"]
     assert scraped["scrapes"] > 0  # the scraper process really ran (it once failed to start)
     paced = json.loads(written.read_text())["medians"]["topics-50-paced"]
-    for target in ("jobcast", "baseline"):  # one event a request, at a rate: all delivered
+    for target in ("jobcast", "baseline", "asyncio"):  # one event a request, at a rate
         assert paced[target]["delivered"] == paced[target]["expected"] == 200, paced[target]
         assert paced[target]["cpu_us_per_event"] > 0
 
