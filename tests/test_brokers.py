@@ -14,7 +14,7 @@ import pytest
 from jobcast.brokers import Gap, Retention
 from jobcast.brokers.base import Broker
 from jobcast.brokers.memory import MemoryBroker
-from jobcast.brokers.sqlite import SQLiteBroker
+from jobcast.brokers.sqlite import INLINE_EVENTS, SQLiteBroker
 from jobcast.errors import Unavailable
 from jobcast.events import Event, EventDraft, EventId
 from jobcast.topics import TopicPattern
@@ -205,7 +205,8 @@ async def test_sqlite_close_commits_the_batch_being_written(tmp_path: Path) -> N
         insert(rows)
 
     file.insert = gated_insert  # type: ignore[method-assign]
-    first = asyncio.create_task(broker.publish(drafts("a", 3)))
+    # Larger than a lone small publish, which the loop commits itself (sqlite.B6).
+    first = asyncio.create_task(broker.publish(drafts("a", INLINE_EVENTS + 1)))
     async with asyncio.timeout(5):
         await writing.wait()  # the writer is inside the first batch's INSERT
         second = asyncio.create_task(broker.publish(drafts("b", 2)))  # the next batch
@@ -225,6 +226,56 @@ async def test_sqlite_close_commits_the_batch_being_written(tmp_path: Path) -> N
         assert [e.id for e in replay.events] == [e.id for e in written]
     finally:
         await again.close()
+
+
+async def test_sqlite_lone_publishes_and_batches_are_delivered_in_position_order(
+    tmp_path: Path,
+) -> None:
+    # A lone small publish is committed on the loop (sqlite.B6), a larger one on the history
+    # thread (B5): mixed, they still reach subscribers in position order, each exactly once.
+    delivered: list[int] = []
+    broker = SQLiteBroker(tmp_path / "events.db", Retention())
+    await broker.start(lambda events: delivered.extend(e.position for e in events))
+    try:
+        sizes = [1, INLINE_EVENTS + 5, 1, 2, 300, 1, 1, INLINE_EVENTS, 1] * 3
+        async with asyncio.timeout(10):
+            published = await asyncio.gather(
+                *(broker.publish(drafts(f"t{i}", n)) for i, n in enumerate(sizes))
+            )
+            for n in (1, 1, 3):  # one at a time: each is the loop's own commit
+                published.append(await broker.publish(drafts("lone", n)))
+        positions = sorted(e.position for batch in published for e in batch)
+        assert delivered == positions
+        replay = await broker.replay(patterns("*"), EventId(broker.epoch, 0), 10_000)
+        assert [e.position for e in replay.events] == positions
+    finally:
+        await broker.close()
+
+
+async def test_sqlite_a_lone_publish_while_the_file_is_busy_waits_for_it_and_is_stored(
+    tmp_path: Path,
+) -> None:
+    # sqlite.B6: the loop never waits for the file. While another connection holds it (as a
+    # retention pass does), a lone publish goes to the history thread, which waits its turn.
+    path = tmp_path / "events.db"
+    delivered: list[int] = []
+    broker = SQLiteBroker(path, Retention())
+    await broker.start(lambda events: delivered.extend(e.position for e in events))
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        publishing = asyncio.create_task(broker.publish(drafts("a", 1)))
+        await asyncio.sleep(0.05)  # long enough for a commit that did not wait
+        assert not publishing.done() and delivered == []  # not lost: queued behind the holder
+        holder.execute("COMMIT")
+        async with asyncio.timeout(5):
+            (event,) = await publishing
+        assert delivered == [event.position]
+        replay = await broker.replay(patterns("a"), EventId(broker.epoch, 0), 10)
+        assert [e.position for e in replay.events] == [event.position]
+    finally:
+        holder.close()
+        await broker.close()
 
 
 class _Interleaved:

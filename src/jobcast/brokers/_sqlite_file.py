@@ -3,7 +3,8 @@
 A :class:`HistoryFile` is made, used and closed on the broker's history thread alone (see
 ``sqlite.py``, B4): each method is one whole operation, so operations never interleave. The
 order of statements inside them carries decisions B2 (retention marks before it deletes;
-a read takes the events before the marks) and B3 (a read stops at its byte budget).
+a read takes the events before the marks) and B3 (a read stops at its byte budget). An
+:class:`InlineWriter` is the event loop's own connection for a lone small commit (B6).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from jobcast.brokers.base import new_epoch
 from jobcast.topics import TopicPattern
 
 Row = tuple[int, str, str, bytes, float]  # position, topic, type, data, ts
+
+_INSERT = "INSERT INTO events (position, topic, type, data, ts) VALUES (?, ?, ?, ?, ?)"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -74,9 +77,7 @@ class HistoryFile:
 
     def insert(self, rows: list[Row]) -> None:
         """Store a batch in one transaction."""
-        self._db.executemany(
-            "INSERT INTO events (position, topic, type, data, ts) VALUES (?, ?, ?, ?, ?)", rows
-        )
+        self._db.executemany(_INSERT, rows)
         self._db.commit()
 
     def read(
@@ -114,6 +115,9 @@ class HistoryFile:
         """Keep at most ``keep`` events in each ``touched`` topic and none older than
         ``cutoff``, in one transaction; every drop is marked before its rows go (B2)."""
         db = self._db
+        # The write lock first, so the pass is one transaction however the loop's own commits
+        # (B6) fall between its statements; those find the file busy and queue meanwhile.
+        db.execute("BEGIN IMMEDIATE")
         for topic in touched:
             newest_dropped = db.execute(
                 "SELECT position FROM events WHERE topic = ? ORDER BY position DESC"
@@ -145,6 +149,8 @@ class HistoryFile:
             self._set_meta("expired_through", str(self.expired_through))
             db.execute("DELETE FROM trimmed WHERE position <= ?", (self.expired_through,))
         db.commit()
+        # The loop's connection never checkpoints (B6): the log is folded back here.
+        db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _mark_trimmed(self, topic: str, position: int) -> None:
         self._db.execute(
@@ -164,3 +170,37 @@ class HistoryFile:
             (key, value),
         )
         return value
+
+
+class InlineWriter:
+    """The event loop's own connection to the history file: a lone small batch is committed
+    here, without a hop to the history thread (B6).
+
+    It never waits for the file (a busy file answers ``False`` at once, and the batch goes to
+    the history thread) and never checkpoints: the write-ahead log is folded back on the
+    history thread, whose fsyncs must not stall the loop.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._db = db = sqlite3.connect(path, timeout=0)
+        try:
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA wal_autocheckpoint=0")
+        except BaseException:
+            db.close()
+            raise
+
+    def close(self) -> None:
+        self._db.close()
+
+    def insert(self, rows: list[Row]) -> bool:
+        """Store a batch in one transaction; ``False`` when another connection holds the file."""
+        try:
+            self._db.executemany(_INSERT, rows)
+            self._db.commit()
+        except sqlite3.OperationalError as exc:
+            self._db.rollback()
+            if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
+                return False
+            raise
+        return True
