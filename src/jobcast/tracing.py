@@ -11,7 +11,7 @@ What is traced (span names are stable; attributes are ``jobcast.*`` and ``messag
   attempt's end state, and the job's publishes and the handler's own spans, inside it.
 - ``jobcast stream open``: a stream or socket subscription being opened (and its replay).
 
-Decisions (cited as O1..O4):
+Decisions (cited as O1..O5):
 
 O1. Free when off. The hub, the job engine and the worker are built with a :class:`Tracing`
     or ``None`` (``HubOptions.tracing``, ``RunnerOptions.tracing``, from the settings), and
@@ -30,17 +30,20 @@ O4. A publish learns of its delivery without work per event: the traced deliver 
     batch's position range, time and delivery count (a bounded ring), and the publish, once
     the broker returns (after the commit and the local delivery), finds its batch there.
     Deliveries on other instances (a shared broker) are not part of its span.
+O5. An HTTP publish or submission continues its caller's trace: the span of the request when
+    one is current (the framework's or the host's instrumentation), else the ``traceparent``
+    the request carries (the fast entrance answers publishes in front of the framework).
 """
 
 from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Protocol
 
-from opentelemetry import propagate, trace
+from opentelemetry import context, propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from jobcast._version import __version__
@@ -77,6 +80,20 @@ class Tracing:
         self._batches: collections.deque[tuple[str, int, int, int, int, int]] = collections.deque(
             maxlen=RECENT_BATCHES
         )
+
+    # -- requests --------------------------------------------------------------------------
+
+    @contextmanager
+    def incoming(self, headers: Mapping[str, str]) -> Iterator[None]:
+        """Continue the trace of the request with these headers (O5)."""
+        if trace.get_current_span().get_span_context().is_valid:
+            yield  # a request span is current: it already continues the caller's trace
+            return
+        token = context.attach(propagate.extract(headers))
+        try:
+            yield
+        finally:
+            context.detach(token)
 
     # -- events ----------------------------------------------------------------------------
 
@@ -179,9 +196,11 @@ class Tracing:
             finally:
                 span.set_attribute("jobcast.job.attempt", job.attempts)
                 span.set_attribute("jobcast.job.state", job.state.value)
-                if job.state is JobState.FAILED:
-                    error = job.error or {}
-                    span.set_status(Status(StatusCode.ERROR, str(error.get("type", "failed"))))
+                error = job.error if job.state is JobState.FAILED else None
+                if job.state is JobState.QUEUED and job.next_attempt_at is not None:
+                    error = job.last_error  # this attempt failed; the next one is scheduled
+                if error is not None:
+                    span.set_status(Status(StatusCode.ERROR, error.get("type", "failed")))
 
 
 def _job_attributes(span: Span, job: Job) -> None:

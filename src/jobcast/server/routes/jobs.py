@@ -2,6 +2,7 @@
 
 # No ``from __future__ import annotations``: FastAPI reads these signatures at runtime.
 
+import contextlib
 import re
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -132,16 +133,18 @@ def jobs_router(jc: "Runtime") -> APIRouter:
             sent = {name: fields.get(name) for name in ("kind", "params", *sorted(FIELDS))}
             sent["file"] = received.input.sha256 if received.input else None
             idempotency = Idempotency(key, request_hash(sent))
+        tracing = jc.hub.tracing  # tracing.O5: the caller's trace
         try:
-            job, created = await jc.runner.submit_keyed(
-                kind,
-                params,
-                subject,
-                idempotency,
-                input=received.input,
-                upload=received.upload,
-                options=options,
-            )
+            with tracing.incoming(request.headers) if tracing else contextlib.nullcontext():
+                job, created = await jc.runner.submit_keyed(
+                    kind,
+                    params,
+                    subject,
+                    idempotency,
+                    input=received.input,
+                    upload=received.upload,
+                    options=options,
+                )
         finally:
             await received.remove()  # a no-op once the runner took the file
         links = job_links(request, job.id)
