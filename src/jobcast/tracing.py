@@ -5,8 +5,8 @@ What is traced (span names are stable; attributes are ``jobcast.*`` and ``messag
 - ``jobcast publish``: one publish (``Hub.publish_many``), from the call through the broker's
   commit to its delivery in this process, with an event ``delivered`` at the moment its batch
   was fanned out (how many events the batch held, how many subscriber deliveries it made).
-- ``jobcast job submit``: a job's submission (validated, stored, queued), a child of whatever
-  span is current (the host's request span, say).
+- ``jobcast job submit``: a job's submission, from its creation until it is stored, a child of
+  whatever span is current (the request's, say).
 - ``jobcast job attempt``: each run of a job, a child of its submit span wherever it runs; the
   attempt's end state, and the job's publishes and the handler's own spans, inside it.
 - ``jobcast stream open``: a stream or socket subscription being opened (and its replay).
@@ -154,7 +154,7 @@ class Tracing:
         self, patterns: Sequence[TopicPattern], transport: str, last_event_id: str | None
     ) -> Iterator[Callable[[Replay | None], None]]:
         """A ``jobcast stream open`` span; call what it yields with the replay, if any."""
-        with self.tracer.start_as_current_span("jobcast stream open", kind=SpanKind.SERVER) as span:
+        with self.tracer.start_as_current_span("jobcast stream open") as span:
             span.set_attribute("jobcast.transport", transport)
             span.set_attribute("jobcast.patterns", [p.text for p in patterns[:MAX_PATTERNS]])
             span.set_attribute("jobcast.resume", last_event_id is not None)
