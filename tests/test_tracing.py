@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from websockets.asyncio.client import connect
 
 from tests.jobs_support import watch
 from tests.scale_support import jobcast_env, processes
@@ -35,6 +36,7 @@ from tests.services import (
     redis_url,
 )
 from tests.support import EventStream, LiveServer, eventually
+from tests.ws_support import receive, send
 
 #: The caller's trace: a W3C traceparent a client sends with its request.
 CALLER_TRACE = 0x4BF92F3577B34DA6A3CE929D0E0E4736
@@ -83,7 +85,7 @@ async def publish(
     return event_id
 
 
-async def test_a_publish_is_traced_through_commit_to_its_delivery_and_streams_opens_too(
+async def test_a_publish_is_traced_through_commit_to_its_delivery_and_stream_opens_too(
     make_server: Callable[..., LiveServer], client: httpx.AsyncClient, spans: InMemorySpanExporter
 ) -> None:
     server = make_server(otel=True)
@@ -117,6 +119,12 @@ async def test_a_publish_is_traced_through_commit_to_its_delivery_and_streams_op
     resume = {**server.auth(role="service"), "Last-Event-ID": first}
     async with EventStream(client, url, params={"topic": "orders/*"}, headers=resume) as s:
         assert [event.id for event in await s.take(1)] == [second]
+    socket = f"ws://{server.host}:{server.port}/ws/events?token={server.token(role='service')}"
+    async with connect(socket) as ws:
+        await send(ws, {"op": "subscribe", "topics": ["orders/2"]})
+        assert (await receive(ws))["op"] == "subscribed"
+    (on_socket,) = named(spans, "jobcast stream open", **{"jobcast.transport": "websocket"})
+    assert (on_socket.attributes or {})["jobcast.patterns"] == ("orders/2",)
     opened = named(spans, "jobcast stream open", **{"jobcast.transport": "sse"})
     assert [dict(span.attributes or {}) for span in opened] == [
         {"jobcast.transport": "sse", "jobcast.patterns": ("orders/*",), "jobcast.resume": False},
