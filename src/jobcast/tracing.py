@@ -86,14 +86,22 @@ class Tracing:
     @contextmanager
     def incoming(self, headers: Mapping[str, str]) -> Iterator[None]:
         """Continue the trace of the request with these headers (O5)."""
-        if trace.get_current_span().get_span_context().is_valid:
-            yield  # a request span is current: it already continues the caller's trace
-            return
-        token = context.attach(propagate.extract(headers))
+        token = self.enter_request(headers)
         try:
             yield
         finally:
-            context.detach(token)
+            self.leave_request(token)
+
+    def enter_request(self, headers: Mapping[str, str]) -> object | None:
+        """Make the caller's trace (``traceparent`` in ``headers``) current, unless a request
+        span already is (it continues that trace); the token for :meth:`leave_request`."""
+        if trace.get_current_span().get_span_context().is_valid:
+            return None
+        return context.attach(propagate.extract(headers))
+
+    def leave_request(self, token: object | None) -> None:
+        if token is not None:
+            context.detach(token)  # type: ignore[arg-type]  # what attach returned
 
     # -- events ----------------------------------------------------------------------------
 

@@ -2,7 +2,6 @@
 
 # No ``from __future__ import annotations``: FastAPI reads these signatures at runtime.
 
-import contextlib
 import re
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -134,18 +133,20 @@ def jobs_router(jc: "Runtime") -> APIRouter:
             sent["file"] = received.input.sha256 if received.input else None
             idempotency = Idempotency(key, request_hash(sent))
         tracing = jc.hub.tracing  # tracing.O5: the caller's trace
+        traced = tracing.enter_request(request.headers) if tracing is not None else None
         try:
-            with tracing.incoming(request.headers) if tracing else contextlib.nullcontext():
-                job, created = await jc.runner.submit_keyed(
-                    kind,
-                    params,
-                    subject,
-                    idempotency,
-                    input=received.input,
-                    upload=received.upload,
-                    options=options,
-                )
+            job, created = await jc.runner.submit_keyed(
+                kind,
+                params,
+                subject,
+                idempotency,
+                input=received.input,
+                upload=received.upload,
+                options=options,
+            )
         finally:
+            if tracing is not None:
+                tracing.leave_request(traced)
             await received.remove()  # a no-op once the runner took the file
         links = job_links(request, job.id)
         return JSONResponse(
