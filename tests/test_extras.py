@@ -95,6 +95,21 @@ def test_an_embedding_app_gets_the_error_when_it_creates_jobcast(tmp_path: Path)
     assert (done.returncode, done.stdout.strip()) == (0, "redis"), done.stderr
 
 
+def test_tracing_without_the_otel_extra_says_so(tmp_path: Path) -> None:
+    # A worker: newer FastAPI releases import OpenTelemetry's API themselves.
+    env = {
+        **without(tmp_path, "opentelemetry"),
+        "JOBCAST_OTEL": "true",
+        "JOBCAST_QUEUE_URL": "redis://127.0.0.1:1/0",
+    }
+    done = jobcast(tmp_path, env, "worker")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        "error: tracing (JOBCAST_OTEL) needs the 'opentelemetry.trace' package, which is not "
+        "installed: pip install 'jobcast[otel]'"
+    )
+
+
 def test_installed_backends_pass_and_unknown_modules_fail() -> None:
     check_backends("redis://127.0.0.1:6379/0", "postgresql://app@db/jobs", "redis://q")
     check_backends("memory://", SQLITE_STORE, None)

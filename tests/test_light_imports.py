@@ -84,3 +84,22 @@ def test_a_worker_loads_no_server(module: str) -> None:
     loaded = loaded_by(f"import {module}")
     assert module in loaded
     assert under(loaded, (*SERVER, "fastapi", "starlette", "uvicorn")) == []
+
+
+def test_a_server_without_tracing_never_loads_it() -> None:
+    """tracing.O1: off (the default), a running app and its job engine leave it unloaded."""
+    code = (
+        "import asyncio, tempfile\n"
+        "from jobcast.server.app import create_app\n"
+        "from jobcast.config import Settings\n"
+        "app = create_app(Settings(_env_file=None, data_dir=tempfile.mkdtemp()))\n"
+        "async def main():\n"
+        "    async with app.router.lifespan_context(app):\n"
+        "        jc = app.state.jobcast\n"
+        "        await jc.hub.publish('a', 'b', {})\n"
+        "        await jc.hub.subscribe(())\n"
+        "asyncio.run(main())\n"
+    )
+    loaded = loaded_by(code)
+    assert "jobcast.jobs.lifecycle" in loaded
+    assert under(loaded, ("jobcast.tracing",)) == []

@@ -170,6 +170,12 @@ class Settings(BaseSettings):
         description="text, or json: one JSON object per log line (time, level, logger, "
         "message, request_id); `jobcast serve --log-format` sets it too.",
     )
+    otel: bool = Field(
+        False,
+        description="OpenTelemetry spans for publishes, jobs (submit, each attempt, carried to "
+        "workers) and stream opens, through the tracer provider the application configures "
+        "(or `opentelemetry-instrument`); needs the otel extra. Off: no cost.",
+    )
     metrics_snapshot_seconds: float = Field(
         5.0,
         ge=0,
@@ -324,7 +330,9 @@ class Settings(BaseSettings):
     def check_extras(self) -> None:
         """Raise :class:`~jobcast.errors.MissingExtra` if a configured backend's optional
         dependency is not installed (``extras.py``): called before anything starts."""
-        check_backends(self.resolved_broker_url, self.resolved_store_url, self.queue_url)
+        check_backends(
+            self.resolved_broker_url, self.resolved_store_url, self.queue_url, tracing=self.otel
+        )
 
     def retention(self) -> Retention:
         return Retention(
@@ -343,6 +351,7 @@ class Settings(BaseSettings):
             max_queued=self.job_max_queued,
             max_attempts=self.job_max_attempts,
             max_event_bytes=self.max_event_bytes,
+            tracing=self.otel,
         )
 
     def hub_options(self) -> HubOptions:
@@ -357,6 +366,7 @@ class Settings(BaseSettings):
             max_total=self.max_streams_total,
             send_timeout=self.send_timeout,
             drain_retry_ms=(self.drain_retry_min_ms, self.drain_retry_max_ms),
+            tracing=self.otel,
         )
 
     def graceful_shutdown_timeout(self) -> float:

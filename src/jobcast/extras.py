@@ -28,8 +28,11 @@ def require(module: str, extra: str | None, needed_by: str) -> None:
         ) from exc
 
 
-def check_backends(broker_url: str, store_url: str, queue_url: str | None) -> None:
-    """Raise :class:`MissingExtra` for the first configured backend that cannot be loaded."""
+def check_backends(
+    broker_url: str, store_url: str, queue_url: str | None, *, tracing: bool = False
+) -> None:
+    """Raise :class:`MissingExtra` for the first configured backend (or tracing) that cannot
+    be loaded."""
     if urlsplit(broker_url).scheme in ("redis", "rediss"):
         require("redis", "redis", "the Redis broker (JOBCAST_BROKER_URL)")
     store_scheme = urlsplit(store_url).scheme
@@ -40,6 +43,8 @@ def check_backends(broker_url: str, store_url: str, queue_url: str | None) -> No
     if queue_url:
         require("saq", "queue", "the worker queue (JOBCAST_QUEUE_URL)")
         require("redis", "queue", "the worker queue (JOBCAST_QUEUE_URL)")
+    if tracing:
+        require("opentelemetry.trace", "otel", "tracing (JOBCAST_OTEL)")
 
 
 #: What ``jobcast serve`` (and ``jobcast token``) need beyond the client: the "server" extra.

@@ -42,13 +42,16 @@ import random
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from jobcast.brokers.base import Broker, Gap, Replay
+from jobcast.brokers.base import Broker, Deliver, Gap, Replay
 from jobcast.errors import RateLimited, Unavailable
 from jobcast.events import Event, EventDraft, EventId
 from jobcast.subscription import CloseReason, Subscription
 from jobcast.topics import CONTROL_PREFIX, TopicPattern, wildcard_prefixes
+
+if TYPE_CHECKING:
+    from jobcast.tracing import Tracing
 
 #: Stream deadlines are drawn from the last tenth of ``max_stream_seconds`` (H7).
 TIME_LIMIT_SPREAD = 0.1
@@ -89,6 +92,8 @@ class HubOptions:
     send_timeout: float = 30.0
     #: Drain: clients are told to reconnect after a random delay in this window (ms).
     drain_retry_ms: tuple[int, int] = (500, 5000)
+    #: OpenTelemetry spans for publishes and stream opens (``tracing.py``; the otel extra).
+    tracing: bool = False
 
 
 class Observer(Protocol):
@@ -118,6 +123,11 @@ class Hub:
         self._ticker: asyncio.Task[None] | None = None
         #: Given by ``start``: sees every delivered batch before the per-topic filters.
         self.observer: Observer | None = None
+        self.tracing: Tracing | None = None
+        if self.options.tracing:  # tracing.O1: imported only when on
+            from jobcast.tracing import Tracing
+
+            self.tracing = Tracing()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -126,7 +136,10 @@ class Hub:
         shared history was lost, so streams end and resume, X4); ``observer`` sees them
         first (``jobs/access.py``)."""
         self.observer = observer
-        await self.broker.start(self._deliver, self.end_streams)
+        deliver: Deliver = self._deliver
+        if self.tracing is not None:  # tracing.O1: the fan-out loop itself has no hook
+            deliver = self.tracing.delivering(deliver, self.stats)
+        await self.broker.start(deliver, self.end_streams)
         self._ticker = asyncio.create_task(self._heartbeat_forever())
 
     async def close(self) -> None:
@@ -179,6 +192,8 @@ class Hub:
         if not drafts:
             return []
         try:
+            if self.tracing is not None:  # tracing.O1
+                return await self.tracing.publish(drafts, self.broker.publish)
             return await self.broker.publish(drafts)
         except Unavailable:
             self._count_broker_error("publish")
@@ -237,6 +252,22 @@ class Hub:
         credential's expiry) the subscription is closed as expired so the client re-authenticates.
         ``transport`` ("sse" or "websocket") only labels it in the metrics.
         """
+        if self.tracing is None:  # tracing.O1
+            return await self._open(patterns, last_event_id, allow, owner, expires_at, transport)
+        with self.tracing.stream_open(patterns, transport, last_event_id) as replayed:
+            opened = await self._open(patterns, last_event_id, allow, owner, expires_at, transport)
+            replayed(opened[1])
+            return opened
+
+    async def _open(
+        self,
+        patterns: tuple[TopicPattern, ...],
+        last_event_id: str | None,
+        allow: Callable[[str], bool] | None,
+        owner: str | None,
+        expires_at: float | None,
+        transport: str,
+    ) -> tuple[Subscription, Replay | None]:
         if self.draining:
             raise Unavailable("the server is shutting down; reconnect to another instance")
         options = self.options

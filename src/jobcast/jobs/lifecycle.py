@@ -58,6 +58,7 @@ from jobcast.jobs.threads import HandlerThreads
 if TYPE_CHECKING:
     from jobcast.hub import Hub
     from jobcast.stores.base import JobStore
+    from jobcast.tracing import Tracing
 
 logger = logging.getLogger("jobcast.jobs")
 
@@ -96,6 +97,11 @@ class JobLifecycle:
         )
         self._calls = HandlerCalls(self._threads, options.default_timeout)
         self.stats = JobStats()
+        self.tracing: Tracing | None = None
+        if options.tracing:  # tracing.O1: imported only when on
+            from jobcast.tracing import Tracing
+
+            self.tracing = Tracing()
 
     def upload_path(self, job_id: str) -> Path:
         return self.options.uploads_dir / job_id
@@ -131,9 +137,11 @@ class JobLifecycle:
 
     # -- running ---------------------------------------------------------------------------
 
-    def claim(self, job: Job) -> LiveJob:
-        """Track ``job`` and run it once a slot is free: a job a queue worker dequeued."""
+    def claim(self, job: Job, trace: dict[str, str] | None = None) -> LiveJob:
+        """Track ``job`` and run it once a slot is free: a job a queue worker dequeued, with
+        the trace context of its submission (tracing.O3)."""
         live = self.track(job)
+        live.trace = trace
         live.task = asyncio.create_task(self._run_claimed(live), name=f"job-{job.id}")
         return live
 
@@ -141,8 +149,14 @@ class JobLifecycle:
         await self.slots.acquire()  # released by run
         await self.run(live)
 
-    async def run(self, live: LiveJob) -> None:  # R1
+    async def run(self, live: LiveJob) -> None:
         """Run a tracked job whose slot is taken; give the slot back and untrack it at the end."""
+        if self.tracing is None:
+            return await self._run(live)
+        with self.tracing.attempt(live.job, live.trace):  # tracing.O3
+            await self._run(live)
+
+    async def _run(self, live: LiveJob) -> None:  # R1
         try:
             spec = self.registry.find(live.job.kind)
             if spec is None:

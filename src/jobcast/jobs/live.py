@@ -76,6 +76,8 @@ class LiveJob:
         self.task: asyncio.Task[None] | None = None
         #: Why the job's task was cancelled: "cancel" (a user), "shutdown" or None.
         self.stop_reason: str | None = None
+        #: The trace context of its submission, with tracing on (tracing.O3).
+        self.trace: dict[str, str] | None = None
         self._cancel = threading.Event()
         self._lock = asyncio.Lock()
         self._loop = asyncio.get_running_loop()

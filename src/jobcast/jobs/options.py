@@ -21,3 +21,5 @@ class RunnerOptions:
     #: Threads of ended sync jobs that may still run while others take their place
     #: (lifecycle.R2).
     max_abandoned_threads: int = 8
+    #: OpenTelemetry spans for submissions and attempts (``tracing.py``; the otel extra).
+    tracing: bool = False

@@ -199,6 +199,8 @@ class EmbeddedRunner:
         except JobcastError as exc:  # as for the queued event: the job is stored, it runs
             logger.warning("job %s: could not announce it to other instances: %s", job.id, exc)
         live = self.lifecycle.track(job)
+        if self.lifecycle.tracing is not None:  # tracing.O3: its attempts continue this trace
+            live.trace = self.lifecycle.tracing.submitted(job)
         await live.transition(JobState.QUEUED)
         await self._enqueue(live)
         return live.published.copy(), True

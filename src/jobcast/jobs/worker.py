@@ -145,7 +145,9 @@ class JobWorker:
             lambda: generate_latest(registry),
         )
 
-    async def _run_job(self, ctx: dict[str, Any], *, job_id: str) -> None:
+    async def _run_job(
+        self, ctx: dict[str, Any], *, job_id: str, trace: dict[str, str] | None = None
+    ) -> None:
         jobs, queued = self.jobs, ctx["job"]
         job = await jobs.store.get(job_id)
         if job is None or job.terminal:  # K3
@@ -164,18 +166,20 @@ class JobWorker:
             queued.retry_backoff = False
             raise RetryLater(f"kind {job.kind!r} is at its limit of {limit} running jobs")
         try:
-            await self._run_claimed(job, queued, limited=limit is not None)
+            await self._run_claimed(job, queued, limited=limit is not None, trace=trace)
         finally:
             if limit is not None:
                 await shielded(self.limits.release(job.kind, job.id))
 
-    async def _run_claimed(self, job: Job, queued: Any, *, limited: bool) -> None:
+    async def _run_claimed(
+        self, job: Job, queued: Any, *, limited: bool, trace: dict[str, str] | None = None
+    ) -> None:
         jobs = self.jobs
         if job.state is JobState.RUNNING:  # K1: its previous worker died
             why = "the worker running it stopped"
             if not await jobs.resume_interrupted(job, why):
                 return
-        live = jobs.claim(job)
+        live = jobs.claim(job, trace)  # tracing.O3
         task = live.task
         if task is None:  # claim always starts one; nothing to wait for otherwise
             return

@@ -109,7 +109,8 @@ class QueueRunner(EmbeddedRunner):
                 self.queue.enqueue(
                     QueueJob(
                         function=TASK,
-                        kwargs={"job_id": job.id},
+                        # the submission's trace context, with tracing on (tracing.O3)
+                        kwargs={"job_id": job.id, **({"trace": live.trace} if live.trace else {})},
                         key=job.id,
                         # our runner enforces the handler's limit; SAQ's is a backstop
                         timeout=int(limit + 60) if limit else 0,

@@ -153,10 +153,20 @@ async def publish_events(
         jc.policy.check_publish(principal, draft.topic)
         drafts.append(draft)
     key = valid_key(connection.headers.get("idempotency-key"), None)
+    subject = principal.subject if principal else ""
+    if jc.hub.tracing is not None:  # tracing.O5: the caller's trace
+        with jc.hub.tracing.incoming(connection.headers):
+            return await _publish(jc, subject, key, drafts)
+    return await _publish(jc, subject, key, drafts)
+
+
+async def _publish(
+    jc: "Runtime", subject: str, key: str | None, drafts: list[EventDraft]
+) -> list[str]:
     if key is None:
         events = await jc.hub.publish_many(drafts)
         return [event.id for event in events]
-    return await _publish_once(jc, principal.subject if principal else "", key, drafts)
+    return await _publish_once(jc, subject, key, drafts)
 
 
 async def _publish_once(

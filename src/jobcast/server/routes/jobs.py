@@ -132,6 +132,8 @@ def jobs_router(jc: "Runtime") -> APIRouter:
             sent = {name: fields.get(name) for name in ("kind", "params", *sorted(FIELDS))}
             sent["file"] = received.input.sha256 if received.input else None
             idempotency = Idempotency(key, request_hash(sent))
+        tracing = jc.hub.tracing  # tracing.O5: the caller's trace
+        traced = tracing.enter_request(request.headers) if tracing is not None else None
         try:
             job, created = await jc.runner.submit_keyed(
                 kind,
@@ -143,6 +145,8 @@ def jobs_router(jc: "Runtime") -> APIRouter:
                 options=options,
             )
         finally:
+            if tracing is not None:
+                tracing.leave_request(traced)
             await received.remove()  # a no-op once the runner took the file
         links = job_links(request, job.id)
         return JSONResponse(
