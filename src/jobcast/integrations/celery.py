@@ -6,6 +6,8 @@
 
     app = Celery("media", broker="amqp://...", backend="redis://...")
     track(app, jobcast="redis://127.0.0.1:6379/0", store="postgresql://...")
+    # or, for workers that reach only jobcast's API: a URL and a service token
+    track(app, jobcast="https://jobcast.example.com", token=service_token)
 
     @app.task(bind=True)
     def transcribe(self, video_id: int) -> dict:
@@ -74,16 +76,18 @@ def track(
     app: Celery,
     *,
     jobcast: str,
-    store: str,
+    store: str | None = None,
+    token: str | None = None,
     service_subject: str = "service:celery",
     heartbeat: float = 10.0,
     wait: float = 5.0,
 ) -> Reporter:
-    """Report every task of ``app`` as a jobcast job, through the Redis broker ``jobcast``
-    and the job store ``store``. Call it where the app is created, so senders and workers
+    """Report every task of ``app`` as a jobcast job: through the Redis broker ``jobcast``
+    and the job store ``store``, or, with ``jobcast="https://..."`` and a service ``token``,
+    through jobcast's HTTP API. Call it where the app is created, so senders and workers
     both run it. A task sent without an owner belongs to ``service_subject``."""
     reporter = Reporter(
-        RUNS_ON, broker_url=jobcast, store_url=store, heartbeat=heartbeat, wait=wait
+        RUNS_ON, jobcast=jobcast, store=store, token=token, heartbeat=heartbeat, wait=wait
     )
     _REPORTERS[app] = reporter
     _Hooks(app, reporter, service_subject).connect()

@@ -71,13 +71,14 @@ class JobcastMiddleware(Middleware):
         self,
         *,
         jobcast: str,
-        store: str,
+        store: str | None = None,
+        token: str | None = None,
         service_subject: str = "service:dramatiq",
         heartbeat: float = 10.0,
         wait: float = 5.0,
     ) -> None:
         self.reporter = Reporter(
-            RUNS_ON, broker_url=jobcast, store_url=store, heartbeat=heartbeat, wait=wait
+            RUNS_ON, jobcast=jobcast, store=store, token=token, heartbeat=heartbeat, wait=wait
         )
         self.service_subject = service_subject
         self._current = threading.local()  # M4
