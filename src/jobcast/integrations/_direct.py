@@ -67,7 +67,7 @@ class DirectBackend:
         self.jobs = ReportedJobs(hub, store, access, settings.runner_options())
         self._tasks.append(asyncio.create_task(self._beat_forever()))
         if settings.metrics_snapshot_seconds > 0:
-            self._metrics = shared_metrics(self.reporter, settings)
+            self._metrics = shared_metrics(self.reporter, settings, lambda: store)
             self._metrics.start()
 
     def _jobs(self) -> ReportedJobs:

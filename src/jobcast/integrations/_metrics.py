@@ -4,7 +4,8 @@
 became an event of their own: ``coalesced`` (a later report of the same job replaced it
 before it was published: by design, live.L2) and ``dropped`` (jobcast could not be reached:
 no job to report to, the broker or the HTTP API refused it, ``_reporter.P3``).
-``jobcast_integration_reports_failed_total{report}`` counts the other reports that failed.
+``jobcast_integration_reports_failed_total{report}`` counts the other reports that failed,
+and ``jobcast_store_rows_written_total`` the process's own job store writes.
 
 A worker process shares them through the broker's Redis (``shared_metrics.py``), so any
 server's ``/metrics`` shows them, labelled with the worker's ``process``. A server that
@@ -21,10 +22,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from jobcast.jobs.metrics import JobsCollector
+
 if TYPE_CHECKING:
     from jobcast.config import Settings
     from jobcast.integrations._reporter import Reporter
     from jobcast.shared_metrics import SharedMetrics
+    from jobcast.stores.base import JobStore
 
 PROGRESS = "jobcast_integration_progress_reports"
 OUTCOMES = ("coalesced", "dropped")
@@ -62,16 +66,22 @@ class ReporterCollector(Collector):
         yield failed
 
 
-def render_for(reporter: Reporter) -> Callable[[], bytes]:
+def render_for(reporter: Reporter, store: Callable[[], JobStore | None]) -> Callable[[], bytes]:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ReporterCollector(reporter))
+    # The store writes of this process (progress writes coalesced), as a server reports its.
+    registry.register(JobsCollector(store, lambda: None))
     return lambda: generate_latest(registry)
 
 
-def shared_metrics(reporter: Reporter, settings: Settings) -> SharedMetrics:
+def shared_metrics(
+    reporter: Reporter, settings: Settings, store: Callable[[], JobStore | None]
+) -> SharedMetrics:
     """This process's metrics, shared through the broker's Redis (call on a running loop)."""
     from jobcast.shared_metrics import SharedMetrics
 
     return SharedMetrics(
-        settings.resolved_broker_url, settings.metrics_snapshot_seconds, render_for(reporter)
+        settings.resolved_broker_url,
+        settings.metrics_snapshot_seconds,
+        render_for(reporter, store),
     )
