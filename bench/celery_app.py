@@ -35,7 +35,7 @@ def make_app(tracked: bool) -> Celery:
             store=os.environ.get("JOBCAST_BENCH_STORE", "sqlite+aiosqlite:///bench-jobs.db"),
         )
 
-    @app.task(bind=True, name="bench.steps", shared=False)
+    @app.task(bind=True, name="bench.steps", shared=False)  # type: ignore[untyped-decorator]
     def steps(self: Task[Any, Any], count: int, delay: float) -> dict[str, int]:
         for step in range(count):
             time.sleep(delay)  # the task's own work

@@ -165,13 +165,15 @@ def celery_row(setup: Setup, tracked: bool, scale: Scale) -> dict[str, float]:
 
 
 async def drop_schema(setup: Setup) -> None:
-    import asyncpg
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
 
-    connection = await asyncpg.connect(setup.postgres)
+    engine = create_async_engine(setup.postgres.replace("postgresql://", "postgresql+asyncpg://"))
     try:
-        await connection.execute(f'DROP SCHEMA IF EXISTS "bench_{setup.prefix}" CASCADE')
+        async with engine.begin() as connection:
+            await connection.execute(text(f'DROP SCHEMA IF EXISTS "bench_{setup.prefix}" CASCADE'))
     finally:
-        await connection.close()
+        await engine.dispose()
 
 
 def main() -> None:

@@ -61,7 +61,7 @@ def worker_app(env: Mapping[str, str] = os.environ) -> Celery:
     app = _celery(env)
     track(app, jobcast=api_url, token=token)
 
-    @app.task(bind=True, name=KIND, shared=False)
+    @app.task(bind=True, name=KIND, shared=False)  # type: ignore[untyped-decorator]
     def process_video(
         self: Task[Any, Any],
         youtube_id: str,
