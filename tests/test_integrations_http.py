@@ -83,6 +83,15 @@ async def test_reports_need_a_service_token(server: LiveServer, client: httpx.As
     assert sweep.status_code == 401
 
 
+async def test_a_batch_over_the_body_limit_is_refused(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    server = make_server(max_body_bytes=10_000)
+    steps = [{"type": "progress", "id": "x", "progress": 1, "message": "m" * 900}] * 20
+    response = await report(client, server, *steps)
+    assert response.status_code == 413 and response.json()["error"] == "payload_too_large"
+
+
 @pytest.mark.parametrize(
     ("bad", "where"),
     [
