@@ -153,8 +153,8 @@ async def test_a_tracked_task_is_a_job_from_queued_to_its_end(
         (f"flaky-{pool}", 2), queue=queue, headers=jobcast_headers("alice")
     )
     events = await watch(client, server, retried.id, timeout=30)
-    retries = [d for t, d in events if t == "state" and d["state"] == "queued"]
-    assert [r["error"]["type"] for r in retries] == ["OSError", "OSError"][: len(retries)]
+    retries = [d for t, d in events if t == "retrying"]
+    assert [r["last_error"]["type"] for r in retries] == ["OSError", "OSError"][: len(retries)]
     assert [t for t, _ in events].count("succeeded") == 1
     final = events[-1][1]
     assert events[-1][0] == "succeeded" and final["attempts"] == 3 and final["result"] == "ok"

@@ -102,8 +102,9 @@ async def test_a_dramatiq_message_is_a_job_from_queued_to_its_end(
 
     retried = actors.flaky.send_with_options(args=("flaky", 1), jobcast_owner="alice")
     events = await watch(client, server, retried.message_id, timeout=30)
-    retries = [d for t, d in events if t == "state" and d["state"] == "queued"]
-    assert retries and retries[-1]["error"]["type"] == "OSError"
+    retries = [d for t, d in events if t == "retrying"]
+    assert retries and retries[-1]["last_error"]["type"] == "OSError"
+    assert retries[-1]["state"] == "queued" and retries[-1]["next_attempt_at"] is not None
     assert events[-1][0] == "succeeded" and events[-1][1]["attempts"] == 2
 
     failed = actors.broken.send_with_options(jobcast_owner="alice")

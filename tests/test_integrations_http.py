@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from tests.jobs_support import watch
@@ -207,8 +208,8 @@ async def test_a_celery_worker_reports_over_http(
             (f"flaky-{uuid.uuid4().hex[:6]}", 2), queue=queue, headers=jobcast_headers("alice")
         )
         events = await watch(client, server, retried.id, timeout=30)
-        retries = [d for t, d in events if t == "state" and d["state"] == "queued"]
-        assert [r["error"]["type"] for r in retries] == ["OSError", "OSError"][: len(retries)]
+        retries = [d for t, d in events if t == "retrying"]
+        assert [r["last_error"]["type"] for r in retries] == ["OSError", "OSError"][: len(retries)]
         assert events[-1][0] == "succeeded" and events[-1][1]["attempts"] == 3
 
         failed = tasks.broken.apply_async(queue=queue, headers=jobcast_headers("alice"))
@@ -219,3 +220,33 @@ async def test_a_celery_worker_reports_over_http(
         with tasks.app.connection_for_write() as conn:
             conn.default_channel.queue_delete(queue)
         delete_prefix(PREFIX)
+
+
+async def test_every_surface_shows_a_reported_job(
+    server: LiveServer, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """The Python client, `jobcast watch` and the job list, on a job a worker reports."""
+    from jobcast.client import AsyncClient
+    from tests.test_cli_client import cli_env
+
+    job_id = f"v-{uuid.uuid4().hex[:8]}"
+    await report(client, server, {"type": "running", "job": task_job(job_id)})
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "jobcast", "watch", job_id, "--json"),
+        env=cli_env(server.url, server.token("alice"), tmp_path),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert cli.stdout is not None
+    async with AsyncClient(server.url, token=server.token("alice")) as jobcast_client:
+        waiter = asyncio.create_task(jobcast_client.wait(job_id, timeout=20))
+        listed = await client.get(f"{server.url}/api/jobs", headers=server.auth("alice"))
+        assert job_id in [job["id"] for job in listed.json()["jobs"]]
+        first = await asyncio.wait_for(cli.stdout.readline(), 20)  # the CLI watches it
+        assert orjson.loads(first)["type"] == "snapshot"
+        await report(client, server, {"type": "progress", "id": job_id, "progress": 40})
+        await report(client, server, {"type": "succeeded", "id": job_id, "result": [1]})
+        assert (await waiter).state.value == "succeeded"
+    out, _ = await asyncio.wait_for(cli.communicate(), 20)
+    assert cli.returncode == 0
+    assert orjson.loads(out.splitlines()[-1])["type"] == "succeeded"

@@ -85,8 +85,10 @@ class DirectBackend:
         jobs = self.jobs
         return jobs is not None and jobs.progress(job_id, percent, stage, message)
 
-    async def retrying(self, job_id: str, error: dict[str, str]) -> None:
-        await self._jobs().retrying(job_id, error)
+    async def retrying(
+        self, job_id: str, error: dict[str, str], retry_at: float | None = None
+    ) -> None:
+        await self._jobs().retrying(job_id, error, retry_at)
 
     async def finished(self, job_id: str, state: JobState, **fields: Any) -> None:
         await self._jobs().finished(job_id, state, **fields)

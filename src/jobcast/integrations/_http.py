@@ -165,9 +165,12 @@ class HttpBackend:
             self._unacked.discard(job_id)
             return self._pending.pop(job_id, None), job if unacked else None
 
-    async def retrying(self, job_id: str, error: dict[str, str]) -> None:
+    async def retrying(
+        self, job_id: str, error: dict[str, str], retry_at: float | None = None
+    ) -> None:
         self._forget(job_id)  # progress restarts with the next attempt
-        await self._report([{"type": "retrying", "id": job_id, "error": error}])
+        report = {"type": "retrying", "id": job_id, "error": error, "retry_at": retry_at}
+        await self._report([report])
 
     async def finished(self, job_id: str, state: JobState, **fields: Any) -> None:
         pending, unacked = self._forget(job_id)

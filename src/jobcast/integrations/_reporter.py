@@ -63,7 +63,9 @@ class Backend(Protocol):
         """From any thread; False when the report cannot be taken (dropped, P3)."""
         ...
 
-    async def retrying(self, job_id: str, error: dict[str, str]) -> None: ...
+    async def retrying(
+        self, job_id: str, error: dict[str, str], retry_at: float | None = None
+    ) -> None: ...
     async def finished(self, job_id: str, state: JobState, **fields: Any) -> None: ...
     async def sweep(self) -> int: ...
     async def start_sweeping(self) -> None: ...
@@ -150,8 +152,9 @@ class Reporter:
         if self.counts["progress_dropped"] == 1:
             logger.warning("job %s: progress dropped: jobcast could not start it", job_id)
 
-    def retrying(self, job_id: str, error: dict[str, str]) -> None:
-        self._call("retrying", lambda b: b.retrying(job_id, error))
+    def retrying(self, job_id: str, error: dict[str, str], retry_at: float | None = None) -> None:
+        """The task failed and will run again (at ``retry_at``, epoch seconds, if known)."""
+        self._call("retrying", lambda b: b.retrying(job_id, error, retry_at))
 
     def finished(self, job_id: str, state: JobState, **fields: Any) -> None:
         self._call("finished", lambda b: b.finished(job_id, state, **fields))

@@ -24,7 +24,7 @@ G1. Celery's signals are the only hooks: ``before_task_publish`` (the sender: th
     created ``queued``, with the owner from the ``jobcast_owner`` header or the service
     subject), ``task_prerun`` (``running``), ``task_success``, ``task_failure`` and
     ``task_revoked`` (the terminal states). A retry re-publishes the task (``retries`` > 0 in
-    its headers): that ``before_task_publish`` puts the job back in ``queued`` with the error,
+    its headers): that ``before_task_publish`` puts the job back in ``queued`` (``retrying``),
     before the message leaves, so the next attempt (maybe in another process at once) finds
     it there. ``task_retry`` is not used: it comes after the re-publish, when the next
     attempt may already run.
@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import sys
 import weakref
+from datetime import datetime
 from typing import Any
 
 from celery import Celery, Task, signals
@@ -117,6 +118,16 @@ def progress(
         reporter.progress(task_id, percent, stage, message)
 
 
+def _epoch(eta: Any) -> float | None:
+    """A message's ``eta`` header (ISO 8601) in epoch seconds; ``None`` if absent or odd."""
+    if not isinstance(eta, str):
+        return None
+    try:
+        return datetime.fromisoformat(eta).timestamp()
+    except ValueError:
+        return None
+
+
 class _Hooks:
     """The signal receivers for one app (G1, G2)."""
 
@@ -161,7 +172,8 @@ class _Hooks:
             # Reported here, before the message leaves, so the next attempt never starts
             # before its job is back in ``queued``; ``retry`` runs in its ``except`` block.
             cause = sys.exc_info()[1]
-            self.reporter.retrying(str(headers["id"]), error_of(cause, "Retry"))
+            retry_at = _epoch(headers.get("eta"))
+            self.reporter.retrying(str(headers["id"]), error_of(cause, "Retry"), retry_at)
             return
         args, kwargs = (body[0], body[1]) if isinstance(body, tuple | list) else ((), {})
         job = self._job(str(headers["id"]), str(sender), headers.get(OWNER_HEADER), args, kwargs)

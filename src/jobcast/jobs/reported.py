@@ -155,13 +155,22 @@ class ReportedJobs:
             except JobcastError as exc:
                 logger.warning("job %s: heartbeat not stored: %s", live.job.id, exc)
 
-    async def retrying(self, job_id: str, error: dict[str, str]) -> None:
+    async def retrying(
+        self, job_id: str, error: dict[str, str], retry_at: float | None = None
+    ) -> None:
+        """Back to ``queued`` as a native retry is: a ``retrying`` event, the error in
+        ``last_error`` and ``next_attempt_at`` (``retry_at``, or now when the queue does not
+        say) in the snapshot."""
         live = await self._take(job_id)
         if live is None or live.job.state is JobState.QUEUED:  # reported already
             return
         await live.stop_pump()
-        live.job.error = error  # the last error stays visible while it waits (retries)
-        await live.transition(JobState.QUEUED, message=f"retrying: {error['type']}")
+        await live.transition(
+            JobState.QUEUED,
+            message=f"retrying: {error['type']}",
+            error=error,
+            retry_at=retry_at if retry_at is not None else time.time(),
+        )
 
     async def finished(self, job_id: str, state: JobState, **fields: Any) -> None:
         """End the job; the caller may stop waiting, the ending goes on (live.L5)."""

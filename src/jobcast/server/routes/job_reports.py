@@ -100,6 +100,7 @@ class Retrying(_Strict):
     type: Literal["retrying"]
     id: str = Field(pattern=_ID)
     error: TaskError
+    retry_at: float | None = Field(None, ge=0, description="When it runs again (epoch s).")
 
 
 class Succeeded(_Strict):
@@ -205,7 +206,7 @@ class _Reports(Collector):
                 live.report_progress(report.progress, report.message, report.stage)
             return "applied"
         if isinstance(report, Retrying):
-            await jobs.retrying(report.id, report.error.model_dump())
+            await jobs.retrying(report.id, report.error.model_dump(), report.retry_at)
             return "applied"
         return await self._end(jobs, report)
 
