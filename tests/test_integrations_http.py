@@ -250,3 +250,44 @@ async def test_every_surface_shows_a_reported_job(
     out, _ = await asyncio.wait_for(cli.communicate(), 20)
     assert cli.returncode == 0
     assert orjson.loads(out.splitlines()[-1])["type"] == "succeeded"
+
+
+async def test_a_worker_whose_server_is_down_reports_once_it_is_back(
+    tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    """The task starts and ends while jobcast is unreachable: its progress is dropped and
+    counted, its end is posted again until the server takes it, and the server creates the
+    job it never heard of (``integrations._http`` H2-H4)."""
+    from jobcast.integrations._reporter import Reporter
+    from jobcast.jobs.model import Job, JobState
+    from jobcast.server.app import create_app
+    from tests.scale_support import free_port
+    from tests.support import make_settings
+
+    port = free_port()
+    app = create_app(make_settings(data_dir=tmp_path))
+    token = app.state.jobcast.tokens.mint("celery-workers", role="service")
+    reporter = Reporter("celery", jobcast=f"http://127.0.0.1:{port}", token=token, wait=0.5)
+    job_id = f"d-{uuid.uuid4().hex[:8]}"
+    job = Job(id=job_id, kind="media.transcribe", owner="alice", runs_on="celery")
+    try:
+        assert await asyncio.to_thread(reporter.started, job)  # nobody answers: it runs
+        await asyncio.to_thread(reporter.progress, job_id, 30.0, "s", None)
+        await eventually(lambda: reporter.progress_counts()["dropped"] >= 1, timeout=10)
+        await asyncio.to_thread(reporter.finished, job_id, JobState.SUCCEEDED, result="ok")
+        server = LiveServer(app, port=port).start()  # jobcast is back
+        try:
+
+            async def ended() -> bool:
+                url = f"{server.url}/api/jobs/{job_id}"
+                answer = await client.get(url, headers=server.auth("alice"))
+                return answer.status_code == 200 and answer.json()["state"] == "succeeded"
+
+            await eventually(ended, timeout=20, interval=0.1)
+            # The drops the worker counted reached the server's metrics with a later post.
+            assert await progress_metric(client, server, "dropped") >= 1
+        finally:
+            await asyncio.to_thread(reporter.close)
+            server.stop()
+    finally:
+        await asyncio.to_thread(reporter.close)

@@ -111,13 +111,14 @@ class Reporter:
         self._pid = -1
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self._backend: Backend | None = None
         os.register_at_fork(after_in_child=self._forked)
 
     def _forked(self) -> None:
         """In a forked child: the parent's lock may have been held, its thread is not here."""
         self._lock = threading.Lock()
-        self._pid, self._loop, self._backend = -1, None, None
+        self._pid, self._loop, self._backend, self._thread = -1, None, None, None
         self.counts = collections.Counter()
 
     def progress_counts(self) -> dict[str, int]:
@@ -172,13 +173,17 @@ class Reporter:
         """Wait (bounded) for reports still being retried, then close the connections."""
         if self._pid != os.getpid() or self._loop is None or self._backend is None:
             return
-        backend, loop = self._backend, self._loop
-        self._backend = self._loop = None
+        backend, loop, thread = self._backend, self._loop, self._thread
+        self._backend = self._loop = self._thread = None
         self._pid = -1
         with contextlib.suppress(Exception):
             future = asyncio.run_coroutine_threadsafe(backend.close(), loop)
-            future.result(EXIT_WAIT + 5)
+            future.result(self.exit_wait + 5)
         loop.call_soon_threadsafe(loop.stop)
+        if thread is not None:
+            thread.join(5)
+        if not loop.is_running():  # its connections are closed: the loop's own resources too
+            loop.close()
 
     # -- internals -------------------------------------------------------------------------
 
@@ -203,7 +208,7 @@ class Reporter:
                 )
                 thread.start()
                 self._backend = self._make(self)
-                self._loop, self._pid = loop, os.getpid()
+                self._loop, self._thread, self._pid = loop, thread, os.getpid()
                 atexit.register(self.close)
             return self._loop, self._backend
 
