@@ -76,7 +76,7 @@ class DirectBackend:
         return self.jobs
 
     async def queued(self, job: Job) -> None:
-        await self._jobs().queued(job)
+        await self._jobs().queued(job)  # a message published again finds its job there
 
     async def started(self, job: Job) -> bool:
         return await self._jobs().started(job)

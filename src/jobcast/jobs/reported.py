@@ -87,7 +87,11 @@ class ReportedJobs:
             max_event_bytes=options.max_event_bytes,
         )
 
-    async def queued(self, job: Job) -> None:
+    async def queued(self, job: Job) -> bool:
+        """Create the job, ``queued``; False when it exists already: its message was
+        published again (a publish the queue's client retried, a report sent twice)."""
+        if await self.store.get(job.id) is not None:
+            return False
         await self.store.create(job)
         if self.access is not None:
             try:  # before the job's first event, so every instance knows its owner (access.A1)
@@ -95,6 +99,7 @@ class ReportedJobs:
             except JobcastError as exc:
                 logger.warning("job %s: could not announce it: %s", job.id, exc)
         await self.track(job).transition(JobState.QUEUED)
+        return True
 
     async def started(self, job: Job) -> bool:
         """``job`` as the worker knows it; the stored one wins when there is one (R1, R2).

@@ -185,11 +185,8 @@ class _Reports(Collector):
 
     async def apply(self, report: Any) -> str:
         jobs = self.held()
-        if isinstance(report, Queued):
-            if await jobs.store.get(report.job.id) is not None:
-                return "exists"  # sent again after an answer was lost
-            await jobs.queued(_job(report.job))
-            return "applied"
+        if isinstance(report, Queued):  # "exists": sent again after an answer was lost
+            return "applied" if await jobs.queued(_job(report.job)) else "exists"
         if isinstance(report, Running):
             if report.job.id in jobs.live:  # sent again (integrations._http.H2)
                 return "applied"
