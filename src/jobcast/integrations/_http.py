@@ -101,18 +101,21 @@ class HttpBackend:
         """The server's JSON answer; ``Unavailable`` when a retry may help, ``InvalidInput``
         when it would not (a 4xx answer)."""
         assert self._client is not None  # open() runs first
+        # Claimed before the await, so two posts at once never tell the same drops (H4).
         dropped = self._dropped_total() - self._forwarded
+        self._forwarded += dropped
         try:
             response = await self._client.post(
                 self.url + path, content=orjson.dumps({**body, "dropped": dropped})
             )
         except httpx.HTTPError as exc:
+            self._forwarded -= dropped
             raise Unavailable(f"jobcast at {self.url} cannot be reached: {exc!r}") from exc
-        if response.status_code >= 500 or response.status_code == 429:
-            raise Unavailable(f"jobcast answered {response.status_code}: {response.text[:200]}")
         if response.status_code >= 400:
+            self._forwarded -= dropped
+            if response.status_code >= 500 or response.status_code == 429:
+                raise Unavailable(f"jobcast answered {response.status_code}: {response.text[:200]}")
             raise InvalidInput(f"jobcast refused: {response.status_code} {response.text[:500]}")
-        self._forwarded += dropped
         return response.json()
 
     async def _report(self, reports: list[dict[str, Any]]) -> list[str]:
