@@ -139,6 +139,10 @@ class HttpBackend:
         except Unavailable as exc:  # H2: sent again at the next beat
             logger.warning("job %s: running not reported yet: %s", job.id, exc)
             return True
+        except InvalidInput as exc:  # a retry would not change it: the task runs untracked
+            logger.error("job %s: jobcast refused it: %s", job.id, exc)
+            self._forget(job.id)
+            return True
         with self._mutex:
             self._unacked.discard(job.id)
             if result == "terminal":  # H5
