@@ -102,6 +102,12 @@ async def test_a_batch_over_the_body_limit_is_refused(
         ({"type": "queued", "job": task_job("a", runs_on=None)}, "reports.0.queued.job.runs_on"),
         ({"type": "failed", "id": "a", "error": {"type": "E"}}, "reports.0.failed.error.message"),
         ({"type": "beat", "id": "a", "extra": 1}, "reports.0.beat.extra"),
+        ({"type": "succeeded", "id": "a", "result": 2**70}, "reports.0.succeeded.result"),
+        (
+            {"type": "progress", "id": "a", "progress": 5, "stage": "a\x00"},
+            "reports.0.progress.stage",
+        ),
+        ({"type": "queued", "job": task_job("a", params={"n": -(2**64)})}, "reports.0.queued.job"),
     ],
 )
 async def test_a_bad_report_is_refused_whole_with_its_place(

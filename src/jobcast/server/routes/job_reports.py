@@ -31,10 +31,11 @@ import collections
 import contextlib
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+import orjson
 from fastapi import APIRouter, Depends
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from jobcast.auth import Principal
 from jobcast.errors import Forbidden, Unauthorized
@@ -54,6 +55,19 @@ MAX_REPORTS = 1000
 END_WAIT = 5.0
 
 _ID = r"^[A-Za-z0-9_.:@-]{1,128}$"  # a valid topic segment: the job's topic is jobs/<id>
+_TEXT = r"^[^\x00]*$"  # a database text column cannot hold NUL (PostgreSQL refuses it)
+
+
+def _storable(value: Any) -> Any:
+    """JSON the job store and the events can hold (orjson: 64-bit integers, bounded depth)."""
+    try:
+        orjson.dumps(value)
+    except TypeError as exc:  # orjson.JSONEncodeError is one
+        raise ValueError(f"not storable as JSON: {exc}") from None
+    return value
+
+
+Storable = Annotated[Any, AfterValidator(_storable)]
 
 
 class _Strict(BaseModel):
@@ -62,15 +76,17 @@ class _Strict(BaseModel):
 
 class TaskJob(_Strict):
     id: str = Field(pattern=_ID, description="The task's id, which becomes the job's.")
-    kind: str = Field(min_length=1, max_length=64, description="The task's name.")
-    owner: str = Field(min_length=1, max_length=255, description="The job owner's subject.")
-    params: dict[str, Any] = Field(default_factory=dict)
+    kind: str = Field(pattern=_TEXT, min_length=1, max_length=64, description="The task's name.")
+    owner: str = Field(
+        pattern=_TEXT, min_length=1, max_length=255, description="The job owner's subject."
+    )
+    params: Annotated[dict[str, Any], AfterValidator(_storable)] = Field(default_factory=dict)
     runs_on: str = Field(pattern=r"^[a-z0-9_-]{1,32}$", description="celery, rq, dramatiq.")
 
 
 class TaskError(_Strict):
-    type: str = Field(min_length=1, max_length=200)
-    message: str = Field(max_length=2000)
+    type: str = Field(pattern=_TEXT, min_length=1, max_length=200)
+    message: str = Field(pattern=_TEXT, max_length=2000)
 
 
 class Queued(_Strict):
@@ -87,8 +103,8 @@ class Progress(_Strict):
     type: Literal["progress"]
     id: str = Field(pattern=_ID)
     progress: float = Field(ge=0, le=100)
-    stage: str | None = Field(None, max_length=200)
-    message: str | None = Field(None, max_length=2000)
+    stage: str | None = Field(None, pattern=_TEXT, max_length=200)
+    message: str | None = Field(None, pattern=_TEXT, max_length=2000)
 
 
 class Beat(_Strict):
@@ -106,7 +122,7 @@ class Retrying(_Strict):
 class Succeeded(_Strict):
     type: Literal["succeeded"]
     id: str = Field(pattern=_ID)
-    result: Any = None
+    result: Storable = None
     job: TaskJob | None = None
 
 
@@ -120,7 +136,7 @@ class Failed(_Strict):
 class Cancelled(_Strict):
     type: Literal["cancelled"]
     id: str = Field(pattern=_ID)
-    message: str | None = Field(None, max_length=2000)
+    message: str | None = Field(None, pattern=_TEXT, max_length=2000)
     job: TaskJob | None = None
 
 
