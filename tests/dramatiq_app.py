@@ -22,6 +22,7 @@ broker.add_middleware(
     JobcastMiddleware(
         jobcast=os.environ.get("JOBCAST_TEST_DRAMATIQ_JOBCAST", f"{REDIS}?prefix={PREFIX}"),
         store=os.environ.get("JOBCAST_TEST_DRAMATIQ_STORE", "sqlite+aiosqlite:///jobs.db"),
+        heartbeat=float(os.environ.get("JOBCAST_TEST_DRAMATIQ_HEARTBEAT", "10")),
     )
 )
 dramatiq.set_broker(broker)

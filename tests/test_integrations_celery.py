@@ -8,6 +8,7 @@ The test process is the sender: ``tests.celery_app`` tracks its app here too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -22,7 +23,7 @@ import httpx
 import pytest
 
 from tests.jobs_support import watch
-from tests.scale_support import Processes, TcpProxy, jobcast_env, processes
+from tests.scale_support import Processes, TcpProxy, free_port, jobcast_env, processes
 from tests.services import (
     POSTGRES_URL,
     REDIS_URL,
@@ -74,7 +75,8 @@ def procs(tmp_path: Path) -> Iterator[Processes]:
         # left waiting, and nothing here is about shutting down.
         for process in procs.started:
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):  # not a session of its own
+                    os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.fixture
@@ -151,8 +153,8 @@ async def test_a_tracked_task_is_a_job_from_queued_to_its_end(
         (f"flaky-{pool}", 2), queue=queue, headers=jobcast_headers("alice")
     )
     events = await watch(client, server, retried.id, timeout=30)
-    retries = [d for t, d in events if t == "state" and d["state"] == "queued"]
-    assert [r["error"]["type"] for r in retries] == ["OSError", "OSError"][: len(retries)]
+    retries = [d for t, d in events if t == "retrying"]
+    assert [r["last_error"]["type"] for r in retries] == ["OSError", "OSError"][: len(retries)]
     assert [t for t, _ in events].count("succeeded") == 1
     final = events[-1][1]
     assert events[-1][0] == "succeeded" and final["attempts"] == 3 and final["result"] == "ok"
@@ -302,3 +304,53 @@ async def test_a_pool_process_killed_mid_task_fails_its_job_at_once(
     events = await watch(client, server, sent.id, timeout=30)
     assert events[-1][0] == "failed"
     assert events[-1][1]["error"]["type"] == "Interrupted"
+
+
+async def test_a_broker_outage_during_a_task_never_fails_it(
+    tasks: ModuleType,
+    queue: str,
+    procs: Processes,
+    make_server: Callable[..., LiveServer],
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    """jobcast's Redis (a private redis-server) restarts while a task runs: the task
+    succeeds, its progress meanwhile is dropped and counted, its end is published and stored
+    once Redis is back."""
+    from jobcast.integrations.celery import jobcast_headers
+
+    port = free_port()
+    redis_server = procs.redis(port, tmp_path / "redis", persist=True)
+    broker = f"redis://127.0.0.1:{port}/0?prefix={PREFIX}"
+    server = make_server(
+        broker_url=broker, store_url=STORE, heartbeat_interval=0.5, metrics_snapshot_seconds=0.5
+    )
+    start_worker(
+        procs,
+        queue,
+        "threads",
+        "w1",
+        JOBCAST_TEST_CELERY_JOBCAST=broker,
+        JOBCAST_METRICS_SNAPSHOT_SECONDS="0.5",
+    )
+    sent = tasks.gate.apply_async(("redis-down",), queue=queue, headers=jobcast_headers("alice"))
+    await gate_running(tasks, "redis-down")
+    procs.stop(redis_server)  # SIGTERM: it writes its append-only file, as a restart would
+    await eventually(lambda: "could not publish progress" in procs.log("w1"), timeout=20)
+    await asyncio.to_thread(tasks.release, "redis-down")
+    procs.redis(port, tmp_path / "redis", persist=True)  # back, on the same port
+    assert await asyncio.to_thread(sent.get, timeout=20) == "released"  # the task succeeded
+
+    async def stored() -> bool:
+        return bool((await job(client, server, sent.id))["state"] == "succeeded")
+
+    await eventually(stored, timeout=20, interval=0.1)
+    events = await watch(client, server, sent.id, timeout=20)
+    assert events[-1][0] == "succeeded" and events[-1][1]["result"] == "released"
+
+    async def dropped() -> float:  # the worker's count, shared through Redis
+        text = (await client.get(f"{server.url}/metrics")).text
+        prefix = 'jobcast_integration_progress_reports_total{outcome="dropped"'
+        return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(prefix))
+
+    assert await eventually(dropped, timeout=20, interval=0.2) > 0

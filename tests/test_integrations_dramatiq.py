@@ -73,9 +73,9 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-def start_worker(procs: Processes, name: str) -> subprocess.Popen[bytes]:
+def start_worker(procs: Processes, name: str, **extra: str) -> subprocess.Popen[bytes]:
     env = jobcast_env()
-    env.update(ENV)
+    env.update(ENV, **extra)
     args = [sys.executable, "-m", "dramatiq", "tests.dramatiq_app", "-p", "1", "-t", "2"]
     return procs.spawn(args, env, name, session=True)
 
@@ -102,8 +102,9 @@ async def test_a_dramatiq_message_is_a_job_from_queued_to_its_end(
 
     retried = actors.flaky.send_with_options(args=("flaky", 1), jobcast_owner="alice")
     events = await watch(client, server, retried.message_id, timeout=30)
-    retries = [d for t, d in events if t == "state" and d["state"] == "queued"]
-    assert retries and retries[-1]["error"]["type"] == "OSError"
+    retries = [d for t, d in events if t == "retrying"]
+    assert retries and retries[-1]["last_error"]["type"] == "OSError"
+    assert retries[-1]["state"] == "queued" and retries[-1]["next_attempt_at"] is not None
     assert events[-1][0] == "succeeded" and events[-1][1]["attempts"] == 2
 
     failed = actors.broken.send_with_options(jobcast_owner="alice")
@@ -141,3 +142,23 @@ async def test_a_queued_dramatiq_message_is_cancelled_a_running_one_is_not(
     assert events[-1][0] == "succeeded"
     skipped = await job(client, server, waiting.message_id)  # the worker skipped it
     assert skipped["state"] == "cancelled" and skipped["attempts"] == 0
+
+
+async def test_a_dramatiq_worker_killed_mid_message_leaves_no_job_running(
+    actors: ModuleType, procs: Processes, server: LiveServer, client: httpx.AsyncClient
+) -> None:
+    """SIGKILL to the worker and its processes: the Redis broker would re-deliver the message
+    only after its own heartbeat timeout (a minute); within jobcast's heartbeat window the
+    next worker's sweep fails the job as ``Interrupted``, and skips the message if it comes
+    back (``dramatiq.M3``)."""
+    fast = {"JOBCAST_TEST_DRAMATIQ_HEARTBEAT": "1"}
+    doomed = start_worker(procs, "w1", **fast)
+    sent = actors.gate.send_with_options(args=("killed",), jobcast_owner="alice")
+    await asyncio.to_thread(actors.wait_running, "killed")
+    assert (await job(client, server, sent.message_id))["state"] == "running"
+    os.killpg(doomed.pid, signal.SIGKILL)  # the worker and its processes, mid-message
+    doomed.wait(10)
+    start_worker(procs, "w2", **fast)  # sweeps once a heartbeat from its boot
+    events = await watch(client, server, sent.message_id, timeout=30)
+    assert events[-1][0] == "failed"
+    assert events[-1][1]["error"]["type"] == "Interrupted"

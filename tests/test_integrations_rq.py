@@ -131,8 +131,8 @@ async def test_an_rq_job_is_a_job_from_queued_to_its_end(
         rq_tasks.flaky, "flaky", 1, meta=meta, retry=Retry(max=2), failure_ttl=60
     )
     events = await watch(client, server, retried.id, timeout=30)
-    retries = [d for t, d in events if t == "state" and d["state"] == "queued"]
-    assert [r["error"]["type"] for r in retries][-1:] == ["OSError"]
+    retries = [d for t, d in events if t == "retrying"]
+    assert [r["last_error"]["type"] for r in retries][-1:] == ["OSError"]
     assert events[-1][0] == "succeeded" and events[-1][1]["attempts"] == 2
 
     failed = queue.enqueue(rq_tasks.broken, meta=meta, failure_ttl=60)

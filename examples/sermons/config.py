@@ -30,12 +30,8 @@ class SermonsConfig:
     csrf_exempt_paths: tuple[str, ...] = ("/api/v2/events/stream", "/health", "/docs")
     #: Seconds of silence on a stream before a named ``heartbeat`` event.
     heartbeat_interval: float = 30.0
-    #: Where worker processes reach this service to publish (its internal address).
-    internal_url: str = "http://127.0.0.1:8000"
-    #: Seconds each step of the (simulated) transcription pipeline takes.
-    step_delay: float = 0.5
-    #: YouTube ids the simulated downloader reports as unavailable (to see failures).
-    unavailable_ids: frozenset[str] = frozenset()
+    #: The Celery queue the videos' tasks go to (its workers: ``tasks.py``).
+    celery_queue: str = "sermons"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> SermonsConfig:
@@ -48,9 +44,7 @@ class SermonsConfig:
             heartbeat_interval=float(
                 env.get("SSE_HEARTBEAT_INTERVAL", defaults.heartbeat_interval)
             ),
-            internal_url=env.get("SERMONS_INTERNAL_URL", defaults.internal_url),
-            step_delay=float(env.get("SERMONS_STEP_DELAY", defaults.step_delay)),
-            unavailable_ids=frozenset(_split(env.get("SERMONS_UNAVAILABLE_IDS", ""))),
+            celery_queue=env.get("SERMONS_CELERY_QUEUE", defaults.celery_queue),
         )
 
     def settings(self, **overrides: Any) -> Settings:
@@ -62,6 +56,8 @@ class SermonsConfig:
             # The seed's stream is open to anyone, as `curl -N .../stream` shows: video events
             # are public topics; the videos API itself needs a session or a bearer token.
             "public_topics": ["videos/*"],
+            # Deleting a running video revokes its Celery task (and terminates it).
+            "celery_app": "examples.sermons.tasks:sender",
         }
         if "JOBCAST_DATA_DIR" not in os.environ:
             values["data_dir"] = DEFAULT_DATA_DIR

@@ -1,30 +1,19 @@
-"""The transcription worker: a separate process that processes one video and broadcasts its
-status through the service's authenticated publish endpoint (``POST /api/events`` with a
-``service`` token), exactly as a worker on another machine would.
+"""The transcription work of one video (the Celery task ``tasks.py`` runs it): it broadcasts the
+video's status through the service's authenticated publish endpoint (``POST /api/events`` with
+a ``service`` token), exactly as a worker on another machine would, and reports its progress
+to the video's job.
 
-The job handler (``pipeline.py``) starts one per video; to run one by hand against a running
-service::
-
-    export SERMONS_SERVICE_TOKEN=$(jobcast token --sub worker --role service \\
-                                   --data-dir .jobcast/sermons)
-    SERMONS_API_URL=http://127.0.0.1:8000 python -m examples.sermons.worker VIDEO_ID dQw4w9WgXcQ
-
-It also reports to the job that started it, one JSON object per line on stdout:
-``{"progress": 40, "stage": "...", "message": "..."}``, then ``{"result": {...}}`` (exit 0) or
-``{"error": "..."}`` (exit 1). Transcription and summary are simulated: realistic stages and
-delays (``SERMONS_STEP_DELAY`` seconds each), a summary derived from the YouTube id, and
-"unavailable" videos for the ids in ``SERMONS_UNAVAILABLE_IDS``.
+Transcription and summary are simulated: realistic stages and delays (``delay`` seconds each),
+a summary derived from the YouTube id, and "unavailable" videos for the ids in
+``unavailable``.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
-import os
 import random
-import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from examples.sermons.dtos import (
@@ -59,18 +48,21 @@ class VideoUnavailable(Exception):
     """The video cannot be downloaded (private, removed, region-locked)."""
 
 
-class Reporter:
-    """Broadcasts the video's status to browsers and reports progress to the job."""
+class VideoReporter:
+    """Broadcasts the video's status to browsers and reports progress to its job."""
 
-    def __init__(self, client: Client, video_id: str) -> None:
+    def __init__(
+        self, client: Client, video_id: str, to_job: Callable[[int, str, str], None]
+    ) -> None:
         self.client = client
         self.video_id = video_id
         self.topic = video_topic(video_id)
+        self.to_job = to_job
 
     def status(self, status: VideoStatus, progress: int, message: str, stage: str) -> None:
         event = video_status_event(self.video_id, status, progress, message)
         self.client.publish(self.topic, EventType.VIDEO_STATUS.value, event)
-        tell_job({"progress": progress, "stage": stage, "message": message})
+        self.to_job(progress, message, stage)
 
     def summary(self, summary: dict[str, Any]) -> None:
         event = summary_ready_event(self.video_id, summary)
@@ -82,10 +74,6 @@ class Reporter:
         self.client.publish(
             self.topic, EventType.ERROR.value, error_event(self.video_id, code, message)
         )
-
-
-def tell_job(message: dict[str, Any]) -> None:
-    print(json.dumps(message), flush=True)
 
 
 def summarize(youtube_id: str) -> dict[str, Any]:
@@ -109,7 +97,7 @@ def summarize(youtube_id: str) -> dict[str, Any]:
 
 
 def process(
-    reporter: Reporter, youtube_id: str, delay: float, unavailable: set[str]
+    reporter: VideoReporter, youtube_id: str, delay: float, unavailable: set[str]
 ) -> dict[str, Any]:
     reporter.status(VideoStatus.PROCESSING, 5, "Downloading audio...", "downloading")
     time.sleep(delay)
@@ -136,31 +124,3 @@ def process(
         "duration": 60 * random.Random(youtube_id).randint(25, 70),
         "summary": summary,
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Transcribe one video and broadcast its status.")
-    parser.add_argument("video_id", help="The service's id of the video (its job id).")
-    parser.add_argument("youtube_id", help="The YouTube id to transcribe.")
-    args = parser.parse_args(argv)
-    env = os.environ
-    url = env.get("SERMONS_API_URL", "http://127.0.0.1:8000")
-    token = env.get("SERMONS_SERVICE_TOKEN")
-    if not token:
-        parser.error("set SERMONS_SERVICE_TOKEN to a service token (jobcast token --role service)")
-    delay = float(env.get("SERMONS_STEP_DELAY", "0.5"))
-    unavailable = {item for item in env.get("SERMONS_UNAVAILABLE_IDS", "").split(",") if item}
-    with Client(url, token=token) as client:
-        reporter = Reporter(client, args.video_id)
-        try:
-            result = process(reporter, args.youtube_id, delay, unavailable)
-        except VideoUnavailable as exc:
-            reporter.failed("video_unavailable", str(exc))
-            tell_job({"error": str(exc)})
-            return 1
-    tell_job({"result": result})
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

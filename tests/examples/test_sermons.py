@@ -1,10 +1,17 @@
-"""The sermon transcription example: the front end's requests against a real server, with the
-transcription worker running as a separate process that publishes over HTTP."""
+"""The sermon transcription example: the front end's requests against a real server, with each
+video a Celery task run by a real `celery worker` (prefork, on RabbitMQ) that reports to the
+video's job and publishes to browsers over HTTP only, with a service token."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
-from collections.abc import Callable
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,43 +21,91 @@ import pytest
 
 from examples.sermons.app import create_app
 from examples.sermons.config import SermonsConfig
+from examples.sermons.tasks import sender
 from jobcast.wire import ServerSentEvent
-from tests.examples.conftest import Serve, free_port
-from tests.support import SECRET, EventStream, LiveServer, wait_until
+from tests.examples.conftest import Serve
+from tests.scale_support import ROOT
+from tests.services import needs_services
+from tests.support import SECRET, EventStream, LiveServer, eventually, wait_until
+
+pytestmark = [needs_services, pytest.mark.timeout(120)]
 
 FRONTEND = "http://localhost:5173"
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 UNAVAILABLE = "unavailable"  # 11 characters: a valid YouTube id the fake downloader refuses
 
 
-def starter(serve: Serve, data_dir: Path) -> Callable[..., LiveServer]:
-    def start(**config: Any) -> LiveServer:
-        port = free_port()  # the worker publishes to this service's own URL
-        values: dict[str, Any] = {
-            "internal_url": f"http://127.0.0.1:{port}",
-            "heartbeat_interval": 0.2,
-            "step_delay": 0.01,
-            "unavailable_ids": frozenset({UNAVAILABLE}),
-        }
+class Workers:
+    """`celery worker` processes, one per server (its own queue), killed and their queues
+    deleted at teardown."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.started: list[tuple[subprocess.Popen[bytes], str]] = []
+
+    def start(self, server: LiveServer, queue: str, delay: float) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("JOBCAST_", "SERMONS_"))}
+        env.update(
+            PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
+            SERMONS_API_URL=server.url,
+            SERMONS_SERVICE_TOKEN=server.token("sermons-worker", "service"),
+            SERMONS_STEP_DELAY=str(delay),
+            SERMONS_UNAVAILABLE_IDS=UNAVAILABLE,
+            C_FORCE_ROOT="1",  # CI containers run as root
+        )
+        args = [sys.executable, "-m", "celery", "-A", "examples.sermons.tasks", "worker"]
+        args += ["-P", "prefork", "-c", "2", "-Q", queue, "-n", f"{queue}@%h", "-l", "info"]
+        args += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+        log = (self.logs / f"{queue}.log").open("wb")
+        process = subprocess.Popen(
+            args, env=env, cwd=ROOT, stdout=log, stderr=log, start_new_session=True
+        )
+        log.close()
+        self.started.append((process, queue))
+
+    def stop(self) -> None:
+        for process, queue in self.started:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # nothing here is about shutting down
+            process.wait(10)
+            with sender.connection_for_write() as conn:
+                conn.default_channel.queue_delete(queue)
+
+
+def starter(serve: Serve, data_dir: Path, workers: Workers) -> Callable[..., LiveServer]:
+    def start(delay: float = 0.01, **config: Any) -> LiveServer:
+        queue = f"sermons-{uuid.uuid4().hex[:10]}"
+        values: dict[str, Any] = {"heartbeat_interval": 0.2, "celery_queue": queue}
         values.update(config)
         app = create_app(
             SermonsConfig(**values), data_dir=data_dir, jwt_secret=SECRET, _env_file=None
         )
-        return serve(app, port)
+        server = serve(app)
+        workers.start(server, queue, delay)  # the worker reaches this service by its URL
+        return server
 
     return start
 
 
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
+    started = Workers(tmp_path_factory.mktemp("workers"))
+    yield started
+    started.stop()
+
+
 @pytest.fixture
-def start(serve: Serve, tmp_path: Path) -> Callable[..., LiveServer]:
-    """A server of its own, with configuration overrides."""
-    return starter(serve, tmp_path)
+def start(serve: Serve, tmp_path: Path, workers: Workers) -> Callable[..., LiveServer]:
+    """A server of its own (and its worker), with configuration overrides."""
+    return starter(serve, tmp_path, workers)
 
 
 @pytest.fixture(scope="module")
-def server(serve_shared: Serve, tmp_path_factory: pytest.TempPathFactory) -> LiveServer:
+def server(
+    serve_shared: Serve, tmp_path_factory: pytest.TempPathFactory, workers: Workers
+) -> LiveServer:
     """The server most tests share; each test uses subjects of its own."""
-    return starter(serve_shared, tmp_path_factory.mktemp("sermons"))()
+    return starter(serve_shared, tmp_path_factory.mktemp("sermons"), workers)()
 
 
 async def log_in(client: httpx.AsyncClient, server: LiveServer, sub: str = "alice") -> str:
@@ -154,8 +209,14 @@ async def test_a_submitted_video_is_processed_by_the_worker_and_broadcast(
         client, f"{server.url}/api/jobs/{video['id']}/events", headers=server.auth("carol")
     ) as job_events:
         assert (await job_events.until_end())[-1].event == "succeeded"
-    got = (await client.get(f"{server.url}/api/v2/videos/{video['id']}")).json()
-    assert got["status"] == "PROCESSED" and got["progress"] == 100
+
+    # A tracked task's end reaches streams just before the store (docs/integrations.md).
+    async def stored() -> Any:
+        got = (await client.get(f"{server.url}/api/v2/videos/{video['id']}")).json()
+        return got if got["status"] == "PROCESSED" else None
+
+    got = await eventually(stored, timeout=5, interval=0.02)
+    assert got["progress"] == 100
     assert got["title"] == "Sermon dQw4w9WgXcQ" and got["summary"]["speaker"] == summary["speaker"]
 
 
@@ -223,14 +284,19 @@ async def test_an_unavailable_video_fails_with_an_error_event(
         client, f"{server.url}/api/jobs/{video['id']}/events", headers=server.auth()
     ) as job_events:
         assert (await job_events.until_end())[-1].event == "failed"
-    got = await client.get(f"{server.url}/api/v2/videos/{video['id']}", headers=server.auth())
-    assert got.json()["status"] == "FAILED" and "unavailable" in got.json()["message"]
+
+    async def stored() -> Any:
+        url = f"{server.url}/api/v2/videos/{video['id']}"
+        got = (await client.get(url, headers=server.auth())).json()
+        return got if got["status"] == "FAILED" else None
+
+    assert "unavailable" in (await eventually(stored, timeout=5, interval=0.02))["message"]
 
 
 async def test_deleting_a_video_stops_its_worker(
     start: Callable[..., LiveServer], client: httpx.AsyncClient
 ) -> None:
-    server = start(step_delay=5.0)  # the worker would take half a minute
+    server = start(delay=5.0)  # the worker would take half a minute
     auth = server.auth()
     async with EventStream(client, f"{server.url}/api/v2/events/stream") as stream:
         video = (

@@ -6,6 +6,8 @@
 
     app = Celery("media", broker="amqp://...", backend="redis://...")
     track(app, jobcast="redis://127.0.0.1:6379/0", store="postgresql://...")
+    # or, for workers that reach only jobcast's API: a URL and a service token
+    track(app, jobcast="https://jobcast.example.com", token=service_token)
 
     @app.task(bind=True)
     def transcribe(self, video_id: int) -> dict:
@@ -22,7 +24,7 @@ G1. Celery's signals are the only hooks: ``before_task_publish`` (the sender: th
     created ``queued``, with the owner from the ``jobcast_owner`` header or the service
     subject), ``task_prerun`` (``running``), ``task_success``, ``task_failure`` and
     ``task_revoked`` (the terminal states). A retry re-publishes the task (``retries`` > 0 in
-    its headers): that ``before_task_publish`` puts the job back in ``queued`` with the error,
+    its headers): that ``before_task_publish`` puts the job back in ``queued`` (``retrying``),
     before the message leaves, so the next attempt (maybe in another process at once) finds
     it there. ``task_retry`` is not used: it comes after the re-publish, when the next
     attempt may already run.
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 import sys
 import weakref
+from datetime import datetime
 from typing import Any
 
 from celery import Celery, Task, signals
@@ -74,16 +77,18 @@ def track(
     app: Celery,
     *,
     jobcast: str,
-    store: str,
+    store: str | None = None,
+    token: str | None = None,
     service_subject: str = "service:celery",
     heartbeat: float = 10.0,
     wait: float = 5.0,
 ) -> Reporter:
-    """Report every task of ``app`` as a jobcast job, through the Redis broker ``jobcast``
-    and the job store ``store``. Call it where the app is created, so senders and workers
+    """Report every task of ``app`` as a jobcast job: through the Redis broker ``jobcast``
+    and the job store ``store``, or, with ``jobcast="https://..."`` and a service ``token``,
+    through jobcast's HTTP API. Call it where the app is created, so senders and workers
     both run it. A task sent without an owner belongs to ``service_subject``."""
     reporter = Reporter(
-        RUNS_ON, broker_url=jobcast, store_url=store, heartbeat=heartbeat, wait=wait
+        RUNS_ON, jobcast=jobcast, store=store, token=token, heartbeat=heartbeat, wait=wait
     )
     _REPORTERS[app] = reporter
     _Hooks(app, reporter, service_subject).connect()
@@ -111,6 +116,16 @@ def progress(
     reporter = _REPORTERS.get(task.app)
     if reporter is not None:
         reporter.progress(task_id, percent, stage, message)
+
+
+def _epoch(eta: Any) -> float | None:
+    """A message's ``eta`` header (ISO 8601) in epoch seconds; ``None`` if absent or odd."""
+    if not isinstance(eta, str):
+        return None
+    try:
+        return datetime.fromisoformat(eta).timestamp()
+    except ValueError:
+        return None
 
 
 class _Hooks:
@@ -157,7 +172,8 @@ class _Hooks:
             # Reported here, before the message leaves, so the next attempt never starts
             # before its job is back in ``queued``; ``retry`` runs in its ``except`` block.
             cause = sys.exc_info()[1]
-            self.reporter.retrying(str(headers["id"]), error_of(cause, "Retry"))
+            retry_at = _epoch(headers.get("eta"))
+            self.reporter.retrying(str(headers["id"]), error_of(cause, "Retry"), retry_at)
             return
         args, kwargs = (body[0], body[1]) if isinstance(body, tuple | list) else ((), {})
         job = self._job(str(headers["id"]), str(sender), headers.get(OWNER_HEADER), args, kwargs)

@@ -23,7 +23,7 @@ M1. Dramatiq's middleware hooks only: ``before_enqueue`` (``queued``; owner from
     (``running``), ``after_process_message`` (the ends), ``after_worker_boot`` (the sweep
     of dead workers' jobs, ``_reporter.P5``), ``before_worker_shutdown``.
 M2. A retry is reported where the Retries middleware re-enqueues the message
-    (``before_enqueue`` with ``retries`` > 0): back to ``queued`` with the error, before the
+    (``before_enqueue`` with ``retries`` > 0): back to ``queued`` (``retrying``), before the
     message leaves. Whether a failure is final is known only once every middleware's
     ``after_process_message`` ran (they run in reverse order, Retries maybe after this one):
     a final failure is nacked (``after_nack``: ``failed``), a retried one acked.
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from typing import Any
 
 import dramatiq
@@ -71,13 +72,14 @@ class JobcastMiddleware(Middleware):
         self,
         *,
         jobcast: str,
-        store: str,
+        store: str | None = None,
+        token: str | None = None,
         service_subject: str = "service:dramatiq",
         heartbeat: float = 10.0,
         wait: float = 5.0,
     ) -> None:
         self.reporter = Reporter(
-            RUNS_ON, broker_url=jobcast, store_url=store, heartbeat=heartbeat, wait=wait
+            RUNS_ON, jobcast=jobcast, store=store, token=token, heartbeat=heartbeat, wait=wait
         )
         self.service_subject = service_subject
         self._current = threading.local()  # M4
@@ -106,7 +108,8 @@ class JobcastMiddleware(Middleware):
     def before_enqueue(self, broker: Broker, message: Any, delay: int) -> None:
         if message.options.get("retries"):  # M2: ``retry`` runs in the worker's except block
             cause = sys.exc_info()[1]
-            self.reporter.retrying(message.message_id, error_of(cause, "Retry"))
+            retry_at = time.time() + delay / 1000 if delay else None
+            self.reporter.retrying(message.message_id, error_of(cause, "Retry"), retry_at)
         else:
             self.reporter.queued(self._job(message))
 

@@ -80,8 +80,8 @@ def _process_reporter() -> Reporter:  # Q3: one per process, from the environmen
     settings = Settings()
     return Reporter(
         RUNS_ON,
-        broker_url=settings.resolved_broker_url,
-        store_url=settings.resolved_store_url,
+        jobcast=settings.resolved_broker_url,
+        store=settings.resolved_store_url,
         heartbeat=float(settings.worker_heartbeat_seconds),
     )
 
@@ -134,6 +134,7 @@ class TrackedQueue(Queue):
         *args: Any,
         jobcast: str | None = None,
         store: str | None = None,
+        token: str | None = None,
         service_subject: str = SERVICE_SUBJECT,
         **kwargs: Any,
     ) -> None:
@@ -141,8 +142,8 @@ class TrackedQueue(Queue):
         super().__init__(*args, **kwargs)
         self.service_subject = service_subject
         self.reporter = (
-            Reporter(RUNS_ON, broker_url=jobcast, store_url=store)
-            if jobcast and store
+            Reporter(RUNS_ON, jobcast=jobcast, store=store, token=token)
+            if jobcast
             else _process_reporter()
         )
 

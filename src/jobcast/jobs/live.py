@@ -90,6 +90,10 @@ class LiveJob:
         self._pump: asyncio.Task[None] | None = None
         self._last_progress = 0.0
         self._last_save = 0.0
+        #: Progress reports replaced by a later one before publishing (L2), and reports
+        #: lost because the broker refused them: what ``jobs/reported.py`` counts.
+        self.progress_coalesced = 0
+        self.progress_unpublished = 0
 
     # -- JobSink: called by the handler's context, from any thread ------------------------
 
@@ -108,6 +112,8 @@ class LiveJob:
 
     def report_progress(self, progress: float, message: str | None, stage: str | None) -> None:
         with self._mutex:  # L2
+            if self._pending is not None:
+                self.progress_coalesced += 1
             self._pending = (progress, message, stage)
             if self._armed:
                 return
@@ -183,7 +189,12 @@ class LiveJob:
             job.seq += 1
             drafts.append(EventDraft(self.topic, "progress", dumps(job.progress_dict())))
             self._last_progress = time.monotonic()
-        events = await self.hub.publish_many(drafts)
+        try:
+            events = await self.hub.publish_many(drafts)
+        except JobcastError:
+            if pending is not None:
+                self.progress_unpublished += 1
+            raise
         self._published(events[-1].id)
         if time.monotonic() - self._last_save >= self.store_interval:
             await self._save()
