@@ -143,3 +143,25 @@ async def test_a_trim_during_a_replay_is_a_reset_not_a_silent_gap(
         assert (replay.gap, replay.events) == (Gap.TRIMMED, [])
     finally:
         await broker.close()
+
+
+async def test_a_publish_cancelled_as_its_delivery_arrives_is_cancelled(prefix: str) -> None:
+    # Regression: the wait for this instance's own delivery (X2) used asyncio.wait_for, which on
+    # Python 3.11 returns normally when its caller is cancelled just as the wait ends. A job's
+    # progress pump stopped at that moment kept running, so its job never ended (about 1 job
+    # in 50 with the Redis broker, under load).
+    broker = RedisBroker(redis_url(prefix), Retention())
+    await broker.start(lambda events: None)
+    try:
+        target = broker.head.position + 1_000_000  # a position the loop has not delivered
+        waiting = asyncio.create_task(broker._catch_up(target))
+        for _ in range(3):
+            await asyncio.sleep(0)  # the task is now waiting for the delivery
+        broker._delivered = target  # the delivery arrives ...
+        broker._caught_up.set()
+        waiting.cancel()  # ... in the same turn as the cancellation
+        with pytest.raises(asyncio.CancelledError):
+            async with asyncio.timeout(5):
+                await waiting
+    finally:
+        await broker.close()

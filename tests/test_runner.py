@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ import httpx
 import pytest
 
 from jobcast.brokers import Retention
+from jobcast.brokers.redis import RedisBroker
 from jobcast.brokers.sqlite import SQLiteBroker
 from jobcast.errors import Unavailable
 from jobcast.events import Event
@@ -28,6 +30,7 @@ from jobcast.stores import open_store
 from jobcast.stores.base import JobStore
 from jobcast.topics import TopicPattern
 from tests.jobs_support import submit, wait_running, watch
+from tests.services import delete_prefix, needs_services, redis_url
 from tests.support import LiveServer, eventually
 
 
@@ -301,3 +304,35 @@ async def test_a_store_outage_never_strands_a_job(
             return job_now is not None and job_now.state is end
 
         await eventually(stored, interval=0.05)
+
+
+@needs_services
+async def test_every_job_ends_on_the_redis_broker_under_load(tmp_path: Path) -> None:
+    # Regression: on the Redis broker, about 1 job in 50 stayed 'running' at 100% for ever
+    # under load: its progress pump was stopped just as a publish caught up, the cancellation
+    # was lost (asyncio.wait_for on Python 3.11), and the job's end waited on the pump.
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    hub = Hub(RedisBroker(redis_url(prefix), Retention()))
+    store = open_store(f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}")
+    runner = EmbeddedRunner(
+        store, hub, builtin.registry, RunnerOptions(uploads_dir=tmp_path, concurrency=400)
+    )
+    await hub.start(observer=runner.access)
+    await store.open()
+    await runner.start()
+    try:
+        jobs = [
+            await runner.submit("demo", {"steps": 100, "delay": 0.02}, owner=f"user-{i}")
+            for i in range(300)
+        ]
+
+        async def ended() -> bool:
+            found = [await runner.get(job.id) for job in jobs]
+            return all(job is not None and job.terminal for job in found)
+
+        await eventually(ended, timeout=60, interval=0.2)
+    finally:
+        await runner.close()
+        await store.close()
+        await hub.close()
+        delete_prefix(prefix)

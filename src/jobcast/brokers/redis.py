@@ -197,12 +197,16 @@ class RedisBroker:
         return events
 
     async def _catch_up(self, position: int) -> None:
-        """Wait (bounded) until this instance delivered ``position`` (X2)."""
-        deadline = time.monotonic() + _CATCH_UP_SECONDS
-        while self._delivered < position and time.monotonic() < deadline:
-            self._caught_up.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._caught_up.wait(), deadline - time.monotonic())
+        """Wait (bounded) until this instance delivered ``position`` (X2).
+
+        ``asyncio.timeout``, not ``wait_for``: on Python 3.11, ``wait_for`` returns normally
+        when its caller is cancelled just as the wait ends, and the cancellation is lost (a
+        job's progress pump, stopped at that moment, then never ended, nor did its job)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_CATCH_UP_SECONDS):
+                while self._delivered < position:
+                    self._caught_up.clear()
+                    await self._caught_up.wait()
 
     async def _read_forever(self) -> None:
         backoff = 0.05

@@ -59,7 +59,9 @@ class Dispatcher:
             await slots.acquire()  # given back by the lifecycle when the job ends
             while (job_id := self.schedule.pop(self._full)) is None:
                 with contextlib.suppress(TimeoutError):  # schedule.P4
-                    await asyncio.wait_for(self._work.wait(), self.schedule.next_due())
+                    # asyncio.timeout: wait_for can lose a cancellation on 3.11 (redis.py).
+                    async with asyncio.timeout(self.schedule.next_due()):
+                        await self._work.wait()
                 self._work.clear()
             live = self._live.get(job_id)
             if live is None or live.job.state is not JobState.QUEUED or live.task is not None:

@@ -88,6 +88,7 @@ class LiveJob:
         self._armed = False
         self._wake = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
+        self._pump_stopping = False
         self._last_progress = 0.0
         self._last_save = 0.0
         #: Progress reports replaced by a later one before publishing (L2), and reports
@@ -148,17 +149,21 @@ class LiveJob:
     # -- the pump (L2) --------------------------------------------------------------------
 
     def start_pump(self) -> None:
+        self._pump_stopping = False
         self._pump = asyncio.create_task(self._pump_forever(), name=f"job-pump-{self.job.id}")
 
     async def stop_pump(self) -> None:
         if self._pump is not None:
+            # The flag too: a cancellation that something below swallows still ends the loop
+            # at its next turn, so the job's end never waits on its pump for ever.
+            self._pump_stopping = True
             self._pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump
             self._pump = None
 
     async def _pump_forever(self) -> None:
-        while True:
+        while not self._pump_stopping:
             await self._wake.wait()
             self._wake.clear()
             delay = self._last_progress + self.progress_interval - time.monotonic()

@@ -260,7 +260,8 @@ class EmbeddedRunner:
         else:
             self.lifecycle.stop(live, "cancel")
         with contextlib.suppress(TimeoutError):  # a store outage delays only the store write
-            await asyncio.wait_for(asyncio.shield(live.task), self.options.cancel_wait)
+            async with asyncio.timeout(self.options.cancel_wait):  # never loses a cancel
+                await asyncio.shield(live.task)
         return live.published.copy()
 
     async def _cancel_external(self, job: Job) -> Job:  # external.X1

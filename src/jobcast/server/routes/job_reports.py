@@ -234,9 +234,8 @@ class _Reports(Collector):
         else:
             fields = {"message": report.message or "revoked"}
         with contextlib.suppress(TimeoutError):  # J4: stored later, whatever the answer
-            await asyncio.wait_for(
-                jobs.finished(report.id, JobState(report.type), **fields), END_WAIT
-            )
+            async with asyncio.timeout(END_WAIT):  # never loses a cancel, as wait_for can
+                await jobs.finished(report.id, JobState(report.type), **fields)
         return "applied"
 
 
