@@ -21,3 +21,7 @@ class RunnerOptions:
     #: Threads of ended sync jobs that may still run while others take their place
     #: (lifecycle.R2).
     max_abandoned_threads: int = 8
+    #: How long an idempotency key keeps returning its job (idempotency.I4).
+    idempotency_retention: float = 24 * 3600.0
+    #: Most jobs of one owner running at once; ``None``: no limit (schedule.P6).
+    owner_concurrency: int | None = None

@@ -36,7 +36,7 @@ from jobcast.errors import Conflict, InvalidInput, JobcastError, NotFound, Unava
 from jobcast.jobs.access import Access, JobAccess
 from jobcast.jobs.dispatch import Dispatcher
 from jobcast.jobs.external import ExternalQueue
-from jobcast.jobs.idempotency import RETENTION, Idempotency
+from jobcast.jobs.idempotency import Idempotency
 from jobcast.jobs.lifecycle import JobLifecycle
 from jobcast.jobs.live import LiveJob
 from jobcast.jobs.model import InputFile, Job, JobState, new_job_id
@@ -186,7 +186,10 @@ class EmbeddedRunner:
                 earlier = None
             else:
                 earlier = await self.store.create_keyed(
-                    job, idempotency.key, idempotency.request_hash, RETENTION
+                    job,
+                    idempotency.key,
+                    idempotency.request_hash,
+                    self.options.idempotency_retention,
                 )
         except BaseException:
             await asyncio.to_thread(self.upload_path(job.id).unlink, missing_ok=True)

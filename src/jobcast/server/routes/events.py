@@ -7,14 +7,14 @@ import hashlib
 import math
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.requests import HTTPConnection
 
 from jobcast.auth import Principal
 from jobcast.errors import Conflict, InvalidInput, JobcastError, PayloadTooLarge
 from jobcast.events import EventDraft
-from jobcast.jobs.idempotency import RETENTION, valid_key
+from jobcast.jobs.idempotency import REPLAYED_HEADER, valid_key
 from jobcast.server.http.errors import jobcast_router
 from jobcast.server.routes.table import EVENTS_STREAM, PUBLISH
 from jobcast.server.streams.sse import EventStreamResponse
@@ -81,12 +81,28 @@ def events_router(jc: "Runtime") -> APIRouter:
         summary="Publish one event, or a batch (a JSON list) atomically",
     )
     async def publish(
-        body: PublishRequest | list[PublishRequest], request: Request, principal: principal_dep
+        body: PublishRequest | list[PublishRequest],
+        request: Request,
+        response: Response,
+        principal: principal_dep,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                alias="Idempotency-Key",
+                description="Publish at most once: a retry with this key and the same events "
+                "is answered 200 with the original ids and publishes nothing.",
+            ),
+        ] = None,
     ) -> Published | PublishedBatch:
         # Normally answered by fast_publish.py before reaching here (one definition, below).
         items = body if isinstance(body, list) else [body]
         drafts = [(item.topic, item.type, item.data) for item in items]
-        ids = await publish_events(jc, request, principal, drafts, batch=isinstance(body, list))
+        ids, replayed = await publish_events(
+            jc, request, principal, drafts, batch=isinstance(body, list)
+        )
+        if replayed:  # idempotency.I5
+            response.status_code = 200
+            response.headers[REPLAYED_HEADER] = "true"
         return PublishedBatch(ids=ids) if isinstance(body, list) else Published(id=ids[0])
 
     @router.get(
@@ -132,8 +148,9 @@ async def publish_events(
     items: list[tuple[str, str, Any]],
     *,
     batch: bool,
-) -> list[str]:
-    """``POST /api/events`` once its body is parsed: check, publish, return the new ids."""
+) -> tuple[list[str], bool]:
+    """``POST /api/events`` once its body is parsed: check, publish, return the new ids, and
+    whether they are an earlier publish's, answered again for its idempotency key (I5)."""
     if principal is not None:
         await jc.limiter.hit("publish", principal, connection)
     settings = jc.settings
@@ -155,22 +172,23 @@ async def publish_events(
     key = valid_key(connection.headers.get("idempotency-key"), None)
     if key is None:
         events = await jc.hub.publish_many(drafts)
-        return [event.id for event in events]
+        return [event.id for event in events], False
     return await _publish_once(jc, principal.subject if principal else "", key, drafts)
 
 
 async def _publish_once(
     jc: "Runtime", subject: str, key: str, drafts: list[EventDraft]
-) -> list[str]:
+) -> tuple[list[str], bool]:
     """A keyed publish (idempotency.I5): the first publishes and records its ids; a retry with
-    the same events gets those ids back and publishes nothing."""
+    the same events gets those ids back (replayed) and publishes nothing."""
     fingerprint = hashlib.sha256()
     for draft in drafts:
         fingerprint.update(
             b"%s\0%s\0%s\n" % (draft.topic.encode(), draft.type.encode(), draft.data_json)
         )
     request_hash = fingerprint.hexdigest()
-    earlier = await jc.store.claim_publish(subject, key, request_hash, RETENTION)
+    retention = jc.settings.idempotency_retention_seconds
+    earlier = await jc.store.claim_publish(subject, key, request_hash, retention)
     if earlier is not None:
         if earlier[0] != request_hash:
             raise Conflict(
@@ -179,7 +197,7 @@ async def _publish_once(
             )
         if earlier[1] is None:
             raise Conflict("a publish with this Idempotency-Key is under way; retry shortly")
-        return earlier[1]
+        return earlier[1], True
     try:
         events = await jc.hub.publish_many(drafts)
     except BaseException:
@@ -188,7 +206,7 @@ async def _publish_once(
         raise
     ids = [event.id for event in events]
     await jc.store.record_publish(subject, key, ids)
-    return ids
+    return ids, False
 
 
 def resume_id(connection: HTTPConnection) -> str | None:

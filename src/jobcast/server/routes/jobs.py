@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 
 from jobcast.auth import Principal
 from jobcast.errors import InvalidInput, NotFound, PayloadTooLarge
-from jobcast.jobs.idempotency import Idempotency, request_hash, valid_key
+from jobcast.jobs.idempotency import REPLAYED_HEADER, Idempotency, request_hash, valid_key
 from jobcast.jobs.model import Job, JobState
 from jobcast.jobs.rerun import rerun
 from jobcast.jobs.submit_options import FIELDS, SubmitOptions, parse_options
@@ -145,10 +145,11 @@ def jobs_router(jc: "Runtime") -> APIRouter:
         finally:
             await received.remove()  # a no-op once the runner took the file
         links = job_links(request, job.id)
+        headers = {"Location": links["self"]}
+        if not created:  # idempotency.I2: the first submission's job, answered again
+            headers[REPLAYED_HEADER] = "true"
         return JSONResponse(
-            {**job.to_dict(), "links": links},
-            202 if created else 200,
-            headers={"Location": links["self"]},
+            {**job.to_dict(), "links": links}, 202 if created else 200, headers=headers
         )
 
     @router.get("/api/jobs", response_model=JobList, summary="List jobs, newest first")
