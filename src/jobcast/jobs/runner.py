@@ -18,7 +18,8 @@ D2. One dispatcher task takes a slot, then the next queued job that may start (`
     refuses it at start.
 D3. A kind with a ``concurrency`` limit that has that many jobs running is skipped by the
     dispatcher (schedule.P5) until one of them ends; its queued jobs keep their places, and
-    jobs of other kinds take the free slots meanwhile.
+    jobs of other kinds take the free slots meanwhile. An owner with ``owner_concurrency``
+    jobs running (``JOBCAST_JOB_OWNER_CONCURRENCY``) is passed over the same way (schedule.P6).
 """
 
 from __future__ import annotations

@@ -16,6 +16,11 @@ P4. The dispatcher sleeps until the earliest scheduled time or a new push, which
     first (``next_due``), never polls.
 P5. Per-kind limits: ``pop`` is told which groups (kinds) are at their limit and skips their
     heaps, so a full kind never holds up the others, and its jobs keep their places.
+P6. Per-owner limits: ``pop`` is also told which owners are at their limit. An owner is not a
+    group (there may be thousands), so a job of a full owner that comes up at the head of its
+    group is parked aside with its place (priority, order) instead, and ``unpark`` puts the
+    owner's parked jobs back once one of its jobs ended: each job is parked at most once per
+    wait, O(log n), and the owner's other jobs never hold up anybody else's.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from collections.abc import Callable, Collection
 MIN_PRIORITY = -100
 MAX_PRIORITY = 100
 
+#: A job that may start: (-priority, order, id, owner).
+_Ready = tuple[int, int, str, str]
+
 
 class JobSchedule:
     """Queued job ids, by priority and submission order, each no earlier than its time."""
@@ -36,10 +44,12 @@ class JobSchedule:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._order = itertools.count()
-        #: group -> (-priority, order, id), the jobs that may start now (P1)
-        self._ready: dict[str, list[tuple[int, int, str]]] = {}
-        #: (not_before, -priority, order, id, group)
-        self._waiting: list[tuple[float, int, int, str, str]] = []
+        #: group -> (-priority, order, id, owner), the jobs that may start now (P1)
+        self._ready: dict[str, list[_Ready]] = {}
+        #: (not_before, -priority, order, id, group, owner)
+        self._waiting: list[tuple[float, int, int, str, str, str]] = []
+        #: owner -> (group, entry): jobs whose owner was at its limit when they came up (P6)
+        self._parked: dict[str, list[tuple[str, _Ready]]] = {}
         self._held: set[str] = set()  # P3
 
     def __len__(self) -> int:
@@ -49,26 +59,33 @@ class JobSchedule:
         return job_id in self._held
 
     def push(
-        self, job_id: str, priority: int = 0, not_before: float = 0.0, group: str = ""
+        self,
+        job_id: str,
+        priority: int = 0,
+        not_before: float = 0.0,
+        group: str = "",
+        owner: str = "",
     ) -> None:
         order = next(self._order)
         self._held.add(job_id)
         if not_before > self._clock():
-            heapq.heappush(self._waiting, (not_before, -priority, order, job_id, group))
+            heapq.heappush(self._waiting, (not_before, -priority, order, job_id, group, owner))
         else:
-            heapq.heappush(self._ready.setdefault(group, []), (-priority, order, job_id))
+            heapq.heappush(self._ready.setdefault(group, []), (-priority, order, job_id, owner))
 
     def remove(self, job_id: str) -> None:
         self._held.discard(job_id)  # P3
 
-    def pop(self, blocked: Collection[str] = ()) -> str | None:
-        """The next job that may start now and whose group is not ``blocked`` (P5), or
-        ``None``."""
+    def pop(self, blocked: Collection[str] = (), full_owners: Collection[str] = ()) -> str | None:
+        """The next job that may start now, whose group is not ``blocked`` (P5) and whose
+        owner is not in ``full_owners`` (P6), or ``None``."""
         self._promote()
-        best: list[tuple[int, int, str]] | None = None
+        best: list[_Ready] | None = None
         for group, heap in list(self._ready.items()):
-            while heap and heap[0][2] not in self._held:
-                heapq.heappop(heap)  # P3
+            while heap and (heap[0][2] not in self._held or heap[0][3] in full_owners):
+                entry = heapq.heappop(heap)
+                if entry[2] in self._held:  # P6: its owner is full; it keeps its place
+                    self._parked.setdefault(entry[3], []).append((group, entry))
             if not heap:
                 del self._ready[group]
             elif group not in blocked and (best is None or heap[0] < best[0]):
@@ -78,6 +95,12 @@ class JobSchedule:
         job_id = heapq.heappop(best)[2]
         self._held.discard(job_id)
         return job_id
+
+    def unpark(self, owner: str) -> None:
+        """Give the jobs parked for ``owner`` their places back (P6): it may run one more."""
+        for group, entry in self._parked.pop(owner, ()):
+            if entry[2] in self._held:
+                heapq.heappush(self._ready.setdefault(group, []), entry)
 
     def next_due(self) -> float | None:
         """Seconds until the earliest waiting job may start; ``None`` if none waits (P4)."""
@@ -90,5 +113,5 @@ class JobSchedule:
     def _promote(self) -> None:
         now = self._clock()
         while self._waiting and self._waiting[0][0] <= now:
-            _, priority, order, job_id, group = heapq.heappop(self._waiting)
-            heapq.heappush(self._ready.setdefault(group, []), (priority, order, job_id))
+            _, priority, order, job_id, group, owner = heapq.heappop(self._waiting)
+            heapq.heappush(self._ready.setdefault(group, []), (priority, order, job_id, owner))
