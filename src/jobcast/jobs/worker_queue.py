@@ -12,8 +12,9 @@ W1. The store is the truth about a job; SAQ only carries "run job X" to some wor
     the restart rule of the lifecycle engine (lifecycle.R3): re-run when ``retry_safe``, else fail.
     SAQ's own retry count is set above the most attempts a job can have, so SAQ never gives up
     first; retries after failures go through SAQ with a delay (``worker.K6``). A delayed
-    submission is enqueued with SAQ's ``scheduled`` time. SAQ's Redis queue has no priorities:
-    with workers, ``priority`` is stored and shown but the queue stays first in, first out.
+    submission is enqueued with SAQ's ``scheduled`` time. The queue is jobcast's
+    (``ready_queue.py``): SAQ's job records, taken by priority, then submission order, within
+    the per-kind and per-owner limits; the SAQ job carries the kind, owner and priority.
 W2. Cancelling a queued job removes it from the queue and cancels it here; cancelling a
     running one asks SAQ to abort it, and the worker running it reports ``cancelled``.
 W3. Redis errors become :class:`Unavailable` (503); a job that cannot be queued is failed at
@@ -28,10 +29,10 @@ from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from saq import Job as QueueJob
 from saq.job import TERMINAL_STATUSES, Status
-from saq.queue.redis import RedisQueue
 
 from jobcast.brokers.redis import shielded
 from jobcast.errors import Conflict, NotFound, Unavailable
@@ -39,6 +40,7 @@ from jobcast.jobs.external import ExternalQueue
 from jobcast.jobs.live import LiveJob
 from jobcast.jobs.model import Job, JobState
 from jobcast.jobs.options import RunnerOptions
+from jobcast.jobs.ready_queue import ReadyQueue, job_meta
 from jobcast.jobs.registry import Registry
 from jobcast.jobs.retry import MAX_ATTEMPTS
 from jobcast.jobs.runner import EmbeddedRunner
@@ -54,12 +56,13 @@ TASK = "jobcast.run"
 QUEUE_NAME = "jobcast"
 
 
-def open_queue(url: str) -> RedisQueue:
+def open_queue(url: str) -> ReadyQueue:
     """``redis://host:port/db`` (``?queue=name`` to share one Redis between deployments)."""
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query))
     name = query.pop("queue", QUEUE_NAME)
-    return RedisQueue.from_url(urlunsplit(parts._replace(query=urlencode(query))), name=name)
+    redis = Redis.from_url(urlunsplit(parts._replace(query=urlencode(query))))
+    return ReadyQueue(redis, name=name)
 
 
 async def queue_call(call: Awaitable[T]) -> T:
@@ -116,6 +119,7 @@ class QueueRunner(EmbeddedRunner):
                         heartbeat=self.heartbeat,
                         retries=MAX_ATTEMPTS + self.options.max_attempts + 2,  # W1
                         scheduled=math.ceil(job.scheduled_for or 0),  # never early
+                        meta=job_meta(job.kind, job.owner, job.priority),
                     )
                 )
             )

@@ -1,0 +1,329 @@
+"""The SAQ queue of ``jobcast worker``: priorities first, then submission order, within the
+per-kind and per-owner limits, decided by Redis when a worker takes a job.
+
+SAQ's Redis queue is one list, first in, first out: it has no priorities (only its PostgreSQL
+queue has). This queue keeps SAQ's job records, its ``incomplete`` set, its ``active`` list
+and everything that reads them (SAQ's worker, jobcast's sweep, aborts), and replaces the
+``queued`` list by sorted sets that a worker takes from with one script.
+
+Decisions (cited as Q1..Q6):
+
+Q1. Jobs that may start wait in one sorted set per kind (``ready:{kind}``), scored by minus
+    their priority. Members are SAQ job ids, ``saq:job:{queue}:{jobcast id}``, and jobcast ids
+    grow with their creation time (``model.new_job_id``), so Redis's order for equal scores,
+    by member, is submission order: no counter, and exactly the embedded runner's order
+    (schedule.P1). A retried job keeps its place among its priority, where the embedded
+    runner queues it again behind the jobs already waiting.
+Q2. A job's kind, owner and priority travel in the SAQ job's ``meta`` (``worker_queue.W1``);
+    the scripts read them with ``cjson``, so SAQ's record stays the one copy.
+Q3. Taking a job is one script (``TAKE``): among the heads of the kinds whose limit has room,
+    the lowest score, then the lowest id; it takes the kind's and the owner's leases (the
+    keys of ``run_limits.py``) and moves the job to SAQ's ``active`` list, atomically, so no
+    two workers see one slot free and no job waits behind a kind that is full
+    (schedule.P5 for workers).
+Q4. A job whose owner is at its limit when it comes up is parked in ``parked:{owner}`` with its
+    score (schedule.P6); every take first puts back the parked jobs of owners that have room
+    again, so an owner whose last job's worker died (its lease lapsed) is not parked for ever.
+Q5. Taking never polls Redis in a loop: a worker with nothing to take blocks on the ``wake``
+    list, where each job made ready and each released lease pushes a token (trimmed to
+    ``WAKE_MAX``), and looks again at least every ``WAKE_POLL`` seconds for leases that lapsed.
+Q6. Jobs queued by an earlier version in SAQ's ``queued`` list are taken after the sorted
+    sets are empty, first in, first out, so an upgrade loses none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Mapping
+from typing import Any, cast
+
+import orjson
+from saq.job import Job, Status
+from saq.queue.redis import RedisQueue
+from saq.utils import now_seconds
+
+#: Tokens kept on the wake list (Q5): more than the waiting workers' tasks ever need.
+WAKE_MAX = 1024
+#: Seconds a worker with nothing to take waits before it looks again anyway (Q5).
+WAKE_POLL = 1.0
+
+_COMMON = """
+local prefix = ARGV[1]
+local function meta_of(record)
+  local ok, job = pcall(cjson.decode, record)
+  if not ok or type(job) ~= 'table' or type(job['meta']) ~= 'table' then return {} end
+  return job['meta']
+end
+local function text(value)
+  if type(value) == 'string' then return value end
+  return ''
+end
+local function make_ready(id, meta, score)
+  local kind = text(meta['kind'])
+  if score == nil then score = -(tonumber(meta['priority']) or 0) end
+  redis.call('ZADD', prefix .. 'ready:' .. kind, score, id)
+  redis.call('SADD', prefix .. 'ready-kinds', kind)
+  redis.call('RPUSH', prefix .. 'wake', 1)
+  redis.call('LTRIM', prefix .. 'wake', -tonumber(ARGV[2]), -1)
+end
+"""
+
+# KEYS: incomplete, job id, abort id. ARGV: prefix, wake max, record, scheduled.
+_ENQUEUE = (
+    _COMMON
+    + """
+if redis.call('ZSCORE', KEYS[1], KEYS[2]) or redis.call('EXISTS', KEYS[3]) == 1 then
+  return nil
+end
+redis.call('SET', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[1], ARGV[4], KEYS[2])
+if ARGV[4] == '0' then make_ready(KEYS[2], meta_of(ARGV[3])) end
+return 1
+"""
+)
+
+# KEYS: schedule lock, incomplete. ARGV: prefix, wake max, lock seconds, now.
+_SCHEDULE = (
+    _COMMON
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {} end
+redis.call('SETEX', KEYS[1], ARGV[3], 1)
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], 1, ARGV[4])
+for _, id in ipairs(due) do
+  redis.call('ZADD', KEYS[2], 0, id)
+  local record = redis.call('GET', id)
+  if record then make_ready(id, meta_of(record)) else redis.call('ZREM', KEYS[2], id) end
+end
+return due
+"""
+)
+
+# KEYS: active. ARGV: prefix, wake max, now, lease end, {kind: limit} as JSON, owner limit
+# (0: none).
+_TAKE = (
+    _COMMON
+    + """
+local now = tonumber(ARGV[3])
+local limits = cjson.decode(ARGV[5])
+local owner_limit = tonumber(ARGV[6])
+local function has_room(key, limit)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  return redis.call('ZCARD', key) < limit
+end
+local function owner_has_room(owner)
+  return owner_limit == 0 or owner == '' or has_room(prefix .. 'owner-limit:' .. owner, owner_limit)
+end
+for _, owner in ipairs(redis.call('SMEMBERS', prefix .. 'parked-owners')) do
+  if owner_has_room(owner) then  -- Q4
+    local parked = prefix .. 'parked:' .. owner
+    local entries = redis.call('ZRANGE', parked, 0, -1, 'WITHSCORES')
+    for i = 1, #entries, 2 do
+      local record = redis.call('GET', entries[i])
+      if record then make_ready(entries[i], meta_of(record), entries[i + 1]) end
+    end
+    redis.call('DEL', parked)
+    redis.call('SREM', prefix .. 'parked-owners', owner)
+  end
+end
+local best, best_score, best_kind, best_owner
+for _, kind in ipairs(redis.call('SMEMBERS', prefix .. 'ready-kinds')) do
+  local ready = prefix .. 'ready:' .. kind
+  local limit = limits[kind]
+  if limit == nil or has_room(prefix .. 'kind-limit:' .. kind, limit) then
+    while true do
+      local head = redis.call('ZRANGE', ready, 0, 0, 'WITHSCORES')
+      if #head == 0 then
+        redis.call('SREM', prefix .. 'ready-kinds', kind)
+        break
+      end
+      local id, score = head[1], tonumber(head[2])
+      local owner = ''
+      if owner_limit > 0 then owner = text(meta_of(redis.call('GET', id) or '')['owner']) end
+      if owner_has_room(owner) then
+        if best == nil or score < best_score or (score == best_score and id < best) then
+          best, best_score, best_kind, best_owner = id, score, kind, owner
+        end
+        break
+      end
+      redis.call('ZREM', ready, id)  -- Q4: parked with its place
+      redis.call('ZADD', prefix .. 'parked:' .. owner, score, id)
+      redis.call('SADD', prefix .. 'parked-owners', owner)
+    end
+  end
+end
+if best == nil then  -- Q6
+  local legacy = redis.call('LPOP', prefix .. 'queued')
+  if legacy then redis.call('RPUSH', KEYS[1], legacy) end
+  return legacy
+end
+redis.call('ZREM', prefix .. 'ready:' .. best_kind, best)
+if limits[best_kind] ~= nil then
+  redis.call('ZADD', prefix .. 'kind-limit:' .. best_kind, ARGV[4], best)
+end
+if best_owner ~= '' then
+  redis.call('ZADD', prefix .. 'owner-limit:' .. best_owner, ARGV[4], best)
+end
+redis.call('RPUSH', KEYS[1], best)
+return best
+"""
+)
+
+# KEYS: active, incomplete, job id, abort id. ARGV: prefix, wake max, record, abort seconds,
+# error, status, kind, owner. 1: it was waiting (no worker has it), 0: a worker runs it.
+_ABORT = (
+    _COMMON
+    + """
+local removed = redis.call('ZREM', prefix .. 'ready:' .. ARGV[7], KEYS[3])
+  + redis.call('ZREM', prefix .. 'parked:' .. ARGV[8], KEYS[3])
+  + redis.call('LREM', prefix .. 'queued', 0, KEYS[3])
+local scheduled = redis.call('ZREM', KEYS[2], KEYS[3])
+local running = redis.call('LREM', KEYS[1], 0, KEYS[3])
+redis.call('SET', KEYS[3], ARGV[3])
+redis.call('SETEX', KEYS[4], ARGV[4], ARGV[5])
+redis.call('PUBLISH', KEYS[3], ARGV[6])
+if removed > 0 or (scheduled > 0 and running == 0) then return 1 end
+return 0
+"""
+)
+
+
+def job_meta(kind: str, owner: str, priority: int) -> dict[str, Any]:
+    """What a SAQ job carries for this queue (Q2)."""
+    return {"kind": kind, "owner": owner, "priority": priority}
+
+
+class ReadyQueue(RedisQueue):
+    """SAQ's Redis queue, taken by priority within the limits (Q1-Q6).
+
+    A worker sets ``limits`` (its kinds' ``concurrency``), ``owner_limit`` and ``lease``
+    (seconds a lease lasts unrenewed) before it starts; a server only enqueues and aborts.
+    """
+
+    def __init__(self, redis: Any, **kwargs: Any) -> None:
+        super().__init__(redis, **kwargs)
+        self.prefix = self.namespace("")
+        self.limits: Mapping[str, int] = {}
+        self.owner_limit: int | None = None
+        self.lease = 30.0
+        self._scripts: dict[str, Any] = {}
+
+    def _script(self, source: str) -> Any:
+        script = self._scripts.get(source)
+        if script is None:
+            script = self._scripts[source] = self.redis.register_script(source)
+        return script
+
+    async def _enqueue(self, job: Job) -> Job | None:
+        keys = [self._incomplete, job.id, job.abort_id]
+        args = [self.prefix, WAKE_MAX, self.serialize(job), job.scheduled]
+        async with self._op_sem:
+            if not await self._script(_ENQUEUE)(keys=keys, args=args, client=self.redis):
+                return None
+        return job
+
+    async def schedule(self, lock: int = 1) -> list[str]:
+        keys = [self._schedule, self._incomplete]
+        due = await self._script(_SCHEDULE)(
+            keys=keys, args=[self.prefix, WAKE_MAX, lock, now_seconds()]
+        )
+        return [job_id.decode() for job_id in due or []]
+
+    async def dequeue(
+        self,
+        timeout: float = 0.0,  # noqa: ASYNC109  (SAQ's worker passes it)
+        poll_interval: float = 0.0,
+    ) -> Job | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout if timeout > 0 else None
+        while True:
+            job_id = await self._take()
+            if job_id is not None:
+                job = await self._get_job_by_id(job_id)
+                if job is not None:
+                    return job
+                continue  # its record is gone: jobcast's sweep drops the id (sweep.py)
+            wait = WAKE_POLL if deadline is None else min(WAKE_POLL, deadline - loop.time())
+            if wait <= 0:
+                return None
+            wake = self.redis.blpop([self.prefix + "wake"], timeout=wait)  # Q5
+            await cast("Awaitable[Any]", wake)  # redis-py types it sync or async
+
+    async def _take(self) -> bytes | None:
+        now = time.time()
+        args = [
+            self.prefix,
+            WAKE_MAX,
+            now,
+            now + self.lease,
+            orjson.dumps(dict(self.limits)).decode(),
+            self.owner_limit or 0,
+        ]
+        taken: bytes | None = await self._script(_TAKE)(keys=[self._active], args=args)
+        return taken
+
+    async def abort(self, job: Job, error: str, ttl: float = 5) -> None:
+        job.status = Status.ABORTING
+        job.error = error
+        kind, owner = _kind_and_owner(job)
+        keys = [self._active, self._incomplete, job.id, job.abort_id]
+        args = [self.prefix, WAKE_MAX, self.serialize(job), ttl, error, job.status, kind, owner]
+        async with self._op_sem:
+            waiting = await self._script(_ABORT)(keys=keys, args=args)
+        if waiting:  # nobody runs it: it ends here, as SAQ ends a job still queued
+            await self.finish(job, Status.ABORTED, error=error)
+            await self.redis.delete(job.abort_id)
+
+    async def _retry(self, job: Job, error: str | None) -> None:
+        delay = job.next_retry_delay()
+        kind, _ = _kind_and_owner(job)
+        ready = f"{self.prefix}ready:{kind}"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lrem(self._active, 1, job.id)
+            pipe.zrem(ready, job.id)
+            if delay:
+                pipe.zadd(self._incomplete, {job.id: time.time() + delay})
+            else:  # Q1: back at its place; 0 so the scheduler never hands it out twice
+                pipe.zadd(self._incomplete, {job.id: 0})
+                pipe.zadd(ready, {job.id: -_priority(job)})
+                pipe.sadd(f"{self.prefix}ready-kinds", kind)
+                pipe.rpush(f"{self.prefix}wake", 1)
+                pipe.ltrim(f"{self.prefix}wake", -WAKE_MAX, -1)
+            pipe.set(job.id, self.serialize(job))
+            await pipe.execute()
+        await self.notify(job)
+
+    async def ready(self) -> list[str]:
+        """The SAQ ids of the jobs that may start, in the order they would be taken if no
+        limit stood in the way (Q1), then the earlier version's (Q6)."""
+        redis = self.redis
+        kinds = await cast("Awaitable[set[bytes]]", redis.smembers(f"{self.prefix}ready-kinds"))
+        entries: list[tuple[float, bytes]] = []
+        for name in kinds:
+            ready = await redis.zrange(
+                f"{self.prefix}ready:{name.decode()}", 0, -1, withscores=True
+            )
+            entries += [(score, member) for member, score in ready]
+        legacy = await cast("Awaitable[list[bytes]]", redis.lrange(self._queued, 0, -1))
+        return [member.decode() for _, member in sorted(entries)] + [m.decode() for m in legacy]
+
+    async def count(self, kind: Any) -> int:
+        if kind != "queued":
+            return await super().count(kind)
+        redis = self.redis
+        kinds = await cast("Awaitable[set[bytes]]", redis.smembers(f"{self.prefix}ready-kinds"))
+        total = await cast("Awaitable[int]", redis.llen(self._queued))
+        for name in kinds:
+            total += await redis.zcard(f"{self.prefix}ready:{name.decode()}")
+        return total
+
+
+def _kind_and_owner(job: Job) -> tuple[str, str]:
+    meta = job.meta or {}
+    kind, owner = meta.get("kind"), meta.get("owner")
+    return (kind if isinstance(kind, str) else "", owner if isinstance(owner, str) else "")
+
+
+def _priority(job: Job) -> int:
+    priority = (job.meta or {}).get("priority", 0)
+    return priority if isinstance(priority, int) else 0
