@@ -26,7 +26,11 @@ Q4. A job whose owner is at its limit when it comes up is parked in ``parked:{ow
     again, so an owner whose last job's worker died (its lease lapsed) is not parked for ever.
 Q5. Taking never polls Redis in a loop: a worker with nothing to take blocks on the ``wake``
     list, where each job made ready and each released lease pushes a token (trimmed to
-    ``WAKE_MAX``), and looks again at least every ``WAKE_POLL`` seconds for leases that lapsed.
+    ``WAKE_MAX``), until the next delayed job's time at the latest, and looks again at least
+    every ``WAKE_POLL`` seconds for leases that lapsed. Each take first moves the jobs whose
+    time came (SAQ's ``incomplete`` set, scored by the exact time) to their kind's set, so a
+    delayed job or a retry starts within milliseconds of its time when a worker is free,
+    where SAQ's scheduler, a timer of whole seconds, could be two seconds late.
 Q6. Jobs queued by an earlier version in SAQ's ``queued`` list are taken after the sorted
     sets are empty, first in, first out, so an upgrade loses none.
 """
@@ -67,6 +71,15 @@ local function make_ready(id, meta, score)
   redis.call('RPUSH', prefix .. 'wake', 1)
   redis.call('LTRIM', prefix .. 'wake', -tonumber(ARGV[2]), -1)
 end
+local function promote(incomplete, now)  -- jobs whose time came, to their kind's set
+  local due = redis.call('ZRANGEBYSCORE', incomplete, 1, now)
+  for _, id in ipairs(due) do
+    redis.call('ZADD', incomplete, 0, id)
+    local record = redis.call('GET', id)
+    if record then make_ready(id, meta_of(record)) else redis.call('ZREM', incomplete, id) end
+  end
+  return due
+end
 """
 
 # KEYS: incomplete, job id, abort id. ARGV: prefix, wake max, record, scheduled.
@@ -78,7 +91,7 @@ if redis.call('ZSCORE', KEYS[1], KEYS[2]) or redis.call('EXISTS', KEYS[3]) == 1 
 end
 redis.call('SET', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[1], ARGV[4], KEYS[2])
-if ARGV[4] == '0' then make_ready(KEYS[2], meta_of(ARGV[3])) end
+if tonumber(ARGV[4]) <= 0 then make_ready(KEYS[2], meta_of(ARGV[3])) end
 return 1
 """
 )
@@ -89,22 +102,20 @@ _SCHEDULE = (
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {} end
 redis.call('SETEX', KEYS[1], ARGV[3], 1)
-local due = redis.call('ZRANGEBYSCORE', KEYS[2], 1, ARGV[4])
-for _, id in ipairs(due) do
-  redis.call('ZADD', KEYS[2], 0, id)
-  local record = redis.call('GET', id)
-  if record then make_ready(id, meta_of(record)) else redis.call('ZREM', KEYS[2], id) end
-end
-return due
+return promote(KEYS[2], ARGV[4])
 """
 )
 
-# KEYS: active. ARGV: prefix, wake max, now, lease end, {kind: limit} as JSON, owner limit
-# (0: none).
+# KEYS: active, incomplete. ARGV: prefix, wake max, now, lease end, {kind: limit} as JSON,
+# owner limit (0: none). Returns the job taken ('' if none) and the next job's time ('' if
+# none waits).
 _TAKE = (
     _COMMON
     + """
 local now = tonumber(ARGV[3])
+promote(KEYS[2], ARGV[3])  -- Q5: a job is taken at its time, not at the next schedule
+local upcoming = redis.call('ZRANGEBYSCORE', KEYS[2], 1, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+local next_at = upcoming[2] or ''
 local limits = cjson.decode(ARGV[5])
 local owner_limit = tonumber(ARGV[6])
 local function has_room(key, limit)
@@ -155,7 +166,7 @@ end
 if best == nil then  -- Q6
   local legacy = redis.call('LPOP', prefix .. 'queued')
   if legacy then redis.call('RPUSH', KEYS[1], legacy) end
-  return legacy
+  return {legacy or '', next_at}
 end
 redis.call('ZREM', prefix .. 'ready:' .. best_kind, best)
 if limits[best_kind] ~= nil then
@@ -165,7 +176,7 @@ if best_owner ~= '' then
   redis.call('ZADD', prefix .. 'owner-limit:' .. best_owner, ARGV[4], best)
 end
 redis.call('RPUSH', KEYS[1], best)
-return best
+return {best, next_at}
 """
 )
 
@@ -188,9 +199,10 @@ return 0
 )
 
 
-def job_meta(kind: str, owner: str, priority: int) -> dict[str, Any]:
-    """What a SAQ job carries for this queue (Q2)."""
-    return {"kind": kind, "owner": owner, "priority": priority}
+def job_meta(kind: str, owner: str, priority: int, not_before: float) -> dict[str, Any]:
+    """What a SAQ job carries for this queue (Q2); ``not_before`` (epoch seconds, 0: at once)
+    is exact where SAQ's ``scheduled`` is whole seconds."""
+    return {"kind": kind, "owner": owner, "priority": priority, "not_before": not_before}
 
 
 class ReadyQueue(RedisQueue):
@@ -216,7 +228,8 @@ class ReadyQueue(RedisQueue):
 
     async def _enqueue(self, job: Job) -> Job | None:
         keys = [self._incomplete, job.id, job.abort_id]
-        args = [self.prefix, WAKE_MAX, self.serialize(job), job.scheduled]
+        at = (job.meta or {}).get("not_before") or job.scheduled  # Q5: to the millisecond
+        args = [self.prefix, WAKE_MAX, self.serialize(job), at]
         async with self._op_sem:
             if not await self._script(_ENQUEUE)(keys=keys, args=args, client=self.redis):
                 return None
@@ -237,19 +250,21 @@ class ReadyQueue(RedisQueue):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout if timeout > 0 else None
         while True:
-            job_id = await self._take()
-            if job_id is not None:
+            job_id, next_at = await self._take()
+            if job_id:
                 job = await self._get_job_by_id(job_id)
                 if job is not None:
                     return job
                 continue  # its record is gone: jobcast's sweep drops the id (sweep.py)
             wait = WAKE_POLL if deadline is None else min(WAKE_POLL, deadline - loop.time())
+            if next_at:  # Q5: wake at the next job's time
+                wait = min(wait, max(0.001, float(next_at) - time.time()))
             if wait <= 0:
                 return None
             wake = self.redis.blpop([self.prefix + "wake"], timeout=wait)  # Q5
             await cast("Awaitable[Any]", wake)  # redis-py types it sync or async
 
-    async def _take(self) -> bytes | None:
+    async def _take(self) -> tuple[bytes, bytes]:
         now = time.time()
         args = [
             self.prefix,
@@ -259,8 +274,9 @@ class ReadyQueue(RedisQueue):
             orjson.dumps(dict(self.limits)).decode(),
             self.owner_limit or 0,
         ]
-        taken: bytes | None = await self._script(_TAKE)(keys=[self._active], args=args)
-        return taken
+        keys = [self._active, self._incomplete]
+        taken, next_at = await self._script(_TAKE)(keys=keys, args=args)
+        return taken, next_at
 
     async def abort(self, job: Job, error: str, ttl: float = 5) -> None:
         job.status = Status.ABORTING

@@ -73,6 +73,21 @@ async def queue_call(call: Awaitable[T]) -> T:
         raise Unavailable(f"the job queue is unavailable: {exc}") from exc
 
 
+def queue_job(job: Job, timeout: float | None, heartbeat: int, max_attempts: int) -> QueueJob:
+    """The SAQ job that runs ``job`` on a worker; ``timeout`` is its handler's."""
+    return QueueJob(
+        function=TASK,
+        kwargs={"job_id": job.id},
+        key=job.id,
+        # the lifecycle enforces the handler's limit; SAQ's is a backstop
+        timeout=int(timeout + 60) if timeout else 0,
+        heartbeat=heartbeat,
+        retries=MAX_ATTEMPTS + max_attempts + 2,  # W1
+        scheduled=math.ceil(job.scheduled_for or 0),  # never early
+        meta=job_meta(job.kind, job.owner, job.priority, job.not_before),
+    )
+
+
 class QueueRunner(EmbeddedRunner):
     """An :class:`EmbeddedRunner` whose jobs run on queue workers instead of in-process."""
 
@@ -106,23 +121,10 @@ class QueueRunner(EmbeddedRunner):
     async def _enqueue(self, live: LiveJob) -> None:
         job = live.job
         spec = self.registry.get(job.kind)
-        limit = spec.timeout or self.options.default_timeout
+        timeout = spec.timeout or self.options.default_timeout
+        queued = queue_job(job, timeout, self.heartbeat, self.options.max_attempts)
         try:
-            await queue_call(
-                self.queue.enqueue(
-                    QueueJob(
-                        function=TASK,
-                        kwargs={"job_id": job.id},
-                        key=job.id,
-                        # our runner enforces the handler's limit; SAQ's is a backstop
-                        timeout=int(limit + 60) if limit else 0,
-                        heartbeat=self.heartbeat,
-                        retries=MAX_ATTEMPTS + self.options.max_attempts + 2,  # W1
-                        scheduled=math.ceil(job.scheduled_for or 0),  # never early
-                        meta=job_meta(job.kind, job.owner, job.priority),
-                    )
-                )
-            )
+            await queue_call(self.queue.enqueue(queued))
         except Unavailable as exc:  # W3
             error = {"type": "Unavailable", "message": f"could not queue the job: {exc}"}
             await live.transition(JobState.FAILED, error=error)
