@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from saq.job import Status
 
 from jobcast.jobs.model import Job, JobState, new_job_id
 from jobcast.jobs.worker_queue import open_queue, queue_job
@@ -181,3 +182,30 @@ async def test_a_delayed_job_runs_within_a_second_of_its_time_across_a_worker_re
     assert events[-1][0] == "succeeded"
     started = datetime.fromisoformat(events[-1][1]["started_at"])
     assert run_at <= started <= run_at + timedelta(seconds=1), (run_at, started)
+
+
+async def test_a_delayed_job_cancelled_before_its_time_is_cancelled_at_once(
+    make_server: Callable[..., LiveServer],
+    shared: dict[str, Any],  # noqa: F811
+    client: httpx.AsyncClient,
+) -> None:
+    """Nobody runs a job that waits for its time: cancelling it ends it here, without waiting
+    for a worker's answer (ready_queue's abort)."""
+    server = make_server(**shared)
+    body = {"kind": "demo", "params": {"steps": 1, "delay": 0}, "delay_seconds": 60}
+    job = (await client.post(f"{server.url}/api/jobs", json=body, headers=server.auth())).json()
+    started = time.monotonic()
+    cancelled = await client.post(
+        f"{server.url}/api/jobs/{job['id']}/cancel", headers=server.auth()
+    )
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    assert time.monotonic() - started < 2  # not the cancel wait of a running job (5 s)
+    queue = open_queue(shared["queue_url"])
+    await queue.connect()
+    try:
+        queued = await queue.job(job["id"])
+        assert queued is not None and queued.status is Status.ABORTED
+        assert await queue.ready() == []
+        assert await queue.redis.zcard(queue.namespace("incomplete")) == 0
+    finally:
+        await queue.disconnect()
