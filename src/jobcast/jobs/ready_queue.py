@@ -118,12 +118,13 @@ local upcoming = redis.call('ZRANGEBYSCORE', KEYS[2], 1, '+inf', 'WITHSCORES', '
 local next_at = upcoming[2] or ''
 local limits = cjson.decode(ARGV[5])
 local owner_limit = tonumber(ARGV[6])
-local function has_room(key, limit)
+local function has_room(key, limit, id)  -- a lease the job still holds (swept) is room
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-  return redis.call('ZCARD', key) < limit
+  return redis.call('ZCARD', key) < limit or (id and redis.call('ZSCORE', key, id))
 end
-local function owner_has_room(owner)
-  return owner_limit == 0 or owner == '' or has_room(prefix .. 'owner-limit:' .. owner, owner_limit)
+local function owner_has_room(owner, id)
+  return owner_limit == 0 or owner == ''
+    or has_room(prefix .. 'owner-limit:' .. owner, owner_limit, id)
 end
 for _, owner in ipairs(redis.call('SMEMBERS', prefix .. 'parked-owners')) do
   if owner_has_room(owner) then  -- Q4
@@ -141,26 +142,27 @@ local best, best_score, best_kind, best_owner
 for _, kind in ipairs(redis.call('SMEMBERS', prefix .. 'ready-kinds')) do
   local ready = prefix .. 'ready:' .. kind
   local limit = limits[kind]
-  if limit == nil or has_room(prefix .. 'kind-limit:' .. kind, limit) then
-    while true do
-      local head = redis.call('ZRANGE', ready, 0, 0, 'WITHSCORES')
-      if #head == 0 then
-        redis.call('SREM', prefix .. 'ready-kinds', kind)
-        break
-      end
-      local id, score = head[1], tonumber(head[2])
-      local owner = ''
-      if owner_limit > 0 then owner = text(meta_of(redis.call('GET', id) or '')['owner']) end
-      if owner_has_room(owner) then
-        if best == nil or score < best_score or (score == best_score and id < best) then
-          best, best_score, best_kind, best_owner = id, score, kind, owner
-        end
-        break
-      end
-      redis.call('ZREM', ready, id)  -- Q4: parked with its place
-      redis.call('ZADD', prefix .. 'parked:' .. owner, score, id)
-      redis.call('SADD', prefix .. 'parked-owners', owner)
+  while true do
+    local head = redis.call('ZRANGE', ready, 0, 0, 'WITHSCORES')
+    if #head == 0 then
+      redis.call('SREM', prefix .. 'ready-kinds', kind)
+      break
     end
+    local id, score = head[1], tonumber(head[2])
+    if limit ~= nil and not has_room(prefix .. 'kind-limit:' .. kind, limit, id) then
+      break  -- the kind is full: its jobs keep their places
+    end
+    local owner = ''
+    if owner_limit > 0 then owner = text(meta_of(redis.call('GET', id) or '')['owner']) end
+    if owner_has_room(owner, id) then
+      if best == nil or score < best_score or (score == best_score and id < best) then
+        best, best_score, best_kind, best_owner = id, score, kind, owner
+      end
+      break
+    end
+    redis.call('ZREM', ready, id)  -- Q4: parked with its place
+    redis.call('ZADD', prefix .. 'parked:' .. owner, score, id)
+    redis.call('SADD', prefix .. 'parked-owners', owner)
   end
 end
 if best == nil then  -- Q6
