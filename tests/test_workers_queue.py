@@ -17,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from saq import Job as QueueJob
 from saq.job import Status
+from saq.queue.redis import RedisQueue
 
 from jobcast.jobs.model import Job, JobState, new_job_id
-from jobcast.jobs.worker_queue import open_queue, queue_job
+from jobcast.jobs.ready_queue import job_meta
+from jobcast.jobs.worker_queue import TASK, open_queue, queue_job
 from jobcast.stores import open_store
 from jobcast.stores.base import JobStore
 from tests.jobs_support import watch
@@ -207,5 +210,26 @@ async def test_a_delayed_job_cancelled_before_its_time_is_cancelled_at_once(
         assert queued is not None and queued.status is Status.ABORTED
         assert await queue.ready() == []
         assert await queue.redis.zcard(queue.namespace("incomplete")) == 0
+    finally:
+        await queue.disconnect()
+
+
+async def test_jobs_queued_by_an_earlier_version_are_still_taken(
+    shared: dict[str, Any],  # noqa: F811
+) -> None:
+    """SAQ's own queue left jobs in its ``queued`` list: they are taken after the sorted sets
+    (ready_queue.Q6), and a take with nothing left ends at its timeout."""
+    queue = open_queue(shared["queue_url"])
+    await queue.connect()
+    try:
+        earlier = RedisQueue(queue.redis, name=queue.name)
+        await earlier.enqueue(QueueJob(function=TASK, key="old-1"))
+        await queue.enqueue(
+            QueueJob(function=TASK, key="new-1", meta=job_meta("demo", "alice", 5, 0))
+        )
+        assert await queue.count("queued") == 2
+        taken = [await queue.dequeue(timeout=1), await queue.dequeue(timeout=1)]
+        assert [job.key for job in taken if job is not None] == ["new-1", "old-1"]
+        assert await queue.dequeue(timeout=0.1) is None
     finally:
         await queue.disconnect()
