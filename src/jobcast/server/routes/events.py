@@ -60,6 +60,15 @@ class PublishedBatch(BaseModel):
     ids: list[str]
 
 
+#: The answer to a publish retried with its Idempotency-Key (idempotency.I5).
+REPLAY_DOC: dict[str, Any] = {
+    "description": "A retry of an earlier publish with this Idempotency-Key and the same "
+    "events: the original ids; nothing is published again.",
+    "headers": {
+        REPLAYED_HEADER: {"description": "`true`: answered again", "schema": {"type": "string"}}
+    },
+}
+
 SSE_DOC: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "A Server-Sent Events stream. Each frame has `id:`, `event:` (the type) "
@@ -78,6 +87,7 @@ def events_router(jc: "Runtime") -> APIRouter:
         PUBLISH.path,
         status_code=202,
         response_model=Published | PublishedBatch,
+        responses={200: REPLAY_DOC},
         summary="Publish one event, or a batch (a JSON list) atomically",
     )
     async def publish(

@@ -84,6 +84,19 @@ def jobs_router(jc: "Runtime") -> APIRouter:
         "/api/jobs",
         status_code=202,
         response_model=JobSnapshot,
+        responses={
+            200: {
+                "model": JobSnapshot,
+                "description": "A retry with an Idempotency-Key used before for the same "
+                "request: the first submission's job.",
+                "headers": {
+                    REPLAYED_HEADER: {
+                        "description": "`true`: answered again",
+                        "schema": {"type": "string"},
+                    }
+                },
+            }
+        },
         summary="Submit a job (JSON, or multipart with a file)",
         openapi_extra=SUBMIT_BODY,
     )
