@@ -183,10 +183,13 @@ def test_a_full_owner_is_passed_over_and_its_jobs_keep_their_places() -> None:
     assert schedule.pop(full_owners={"ann"}) == "b1"
     assert schedule.pop(full_owners={"ann", "bob"}) is None
     assert len(schedule) == 3  # parked jobs are still queued
-    schedule.unpark("ann")
-    assert [schedule.pop(), schedule.pop(), schedule.pop()] == ["a1", "a3", None]
-    schedule.unpark("bob")  # b2 was parked while bob was full too
-    assert schedule.pop() == "b2" and len(schedule) == 0
+    schedule.unpark("ann", 1)  # one of ann's jobs ended: room for one more
+    assert [schedule.pop(), schedule.pop()] == ["a1", None]
+    assert schedule.parked("ann") and schedule.parked("bob")  # b2: bob was full too
+    schedule.unpark("ann", 2)
+    schedule.unpark("bob", 2)
+    assert [schedule.pop(), schedule.pop(), schedule.pop()] == ["a3", "b2", None]
+    assert len(schedule) == 0 and not schedule.parked("ann")
 
 
 async def test_an_owner_limit_holds_and_other_owners_take_the_free_slots(

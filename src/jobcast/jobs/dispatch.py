@@ -92,9 +92,10 @@ class Dispatcher:
                 self._work.set()  # its next queued job may start (D3)
             if self._owner_limit is not None:
                 self._owners[owner] -= 1
-                if not self._owners[owner]:
+                running = self._owners[owner]
+                if not running:
                     del self._owners[owner]  # bounded by the owners running now
-                if owner in self._full_owners:
-                    self._full_owners.discard(owner)
-                    self.schedule.unpark(owner)  # schedule.P6
+                self._full_owners.discard(owner)
+                if self.schedule.parked(owner):  # schedule.P6: as many as it has room for
+                    self.schedule.unpark(owner, self._owner_limit - running)
                     self._work.set()

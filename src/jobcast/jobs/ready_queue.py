@@ -22,12 +22,16 @@ Q3. Taking a job is one script (``TAKE``): among the heads of the kinds whose li
     two workers see one slot free and no job waits behind a kind that is full
     (schedule.P5 for workers).
 Q4. A job whose owner is at its limit when it comes up is parked in ``parked:{owner}`` with its
-    score (schedule.P6); every take first puts back the parked jobs of owners that have room
-    again, so an owner whose last job's worker died (its lease lapsed) is not parked for ever.
+    score (schedule.P6); every take first puts back the best parked jobs of each owner, as
+    many as it has room for again, so an owner with thousands of queued jobs costs a few
+    moves per job that starts, and one whose last job's worker died (its lease lapsed) is
+    not parked for ever.
 Q5. Taking never polls Redis in a loop: a worker with nothing to take blocks on the ``wake``
     list, where each job made ready and each released lease pushes a token (trimmed to
     ``WAKE_MAX``), until the next delayed job's time at the latest, and looks again at least
-    every ``WAKE_POLL`` seconds for leases that lapsed. Each take first moves the jobs whose
+    every ``WAKE_POLL`` seconds for leases that lapsed. A take that finds nothing to take
+    clears the tokens: whatever was made ready before it, it saw, so they are all stale, and
+    workers do not spin through them later. Each take first moves the jobs whose
     time came (SAQ's ``incomplete`` set, scored by the exact time) to their kind's set, so a
     delayed job or a retry starts within milliseconds of its time when a worker is free,
     where SAQ's scheduler, a timer of whole seconds, could be two seconds late.
@@ -126,15 +130,22 @@ local function owner_has_room(owner, id)
   return owner_limit == 0 or owner == ''
     or has_room(prefix .. 'owner-limit:' .. owner, owner_limit, id)
 end
-for _, owner in ipairs(redis.call('SMEMBERS', prefix .. 'parked-owners')) do
-  if owner_has_room(owner) then  -- Q4
-    local parked = prefix .. 'parked:' .. owner
-    local entries = redis.call('ZRANGE', parked, 0, -1, 'WITHSCORES')
+for _, owner in ipairs(redis.call('SMEMBERS', prefix .. 'parked-owners')) do  -- Q4
+  local parked = prefix .. 'parked:' .. owner
+  local count = redis.call('ZCARD', parked)
+  if owner_limit > 0 then  -- as many as the owner has room for
+    local leases = prefix .. 'owner-limit:' .. owner
+    redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
+    count = math.min(count, owner_limit - redis.call('ZCARD', leases))
+  end
+  if count > 0 then
+    local entries = redis.call('ZPOPMIN', parked, count)
     for i = 1, #entries, 2 do
       local record = redis.call('GET', entries[i])
       if record then make_ready(entries[i], meta_of(record), entries[i + 1]) end
     end
-    redis.call('DEL', parked)
+  end
+  if redis.call('EXISTS', parked) == 0 then
     redis.call('SREM', prefix .. 'parked-owners', owner)
   end
 end
@@ -167,8 +178,12 @@ for _, kind in ipairs(redis.call('SMEMBERS', prefix .. 'ready-kinds')) do
 end
 if best == nil then  -- Q6
   local legacy = redis.call('LPOP', prefix .. 'queued')
-  if legacy then redis.call('RPUSH', KEYS[1], legacy) end
-  return {legacy or '', next_at}
+  if legacy then
+    redis.call('RPUSH', KEYS[1], legacy)
+    return {legacy, next_at}
+  end
+  redis.call('DEL', prefix .. 'wake')  -- Q5: nothing can be taken, so every token is stale
+  return {'', next_at}
 end
 redis.call('ZREM', prefix .. 'ready:' .. best_kind, best)
 if limits[best_kind] ~= nil then

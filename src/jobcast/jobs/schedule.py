@@ -18,9 +18,11 @@ P5. Per-kind limits: ``pop`` is told which groups (kinds) are at their limit and
     heaps, so a full kind never holds up the others, and its jobs keep their places.
 P6. Per-owner limits: ``pop`` is also told which owners are at their limit. An owner is not a
     group (there may be thousands), so a job of a full owner that comes up at the head of its
-    group is parked aside with its place (priority, order) instead, and ``unpark`` puts the
-    owner's parked jobs back once one of its jobs ended: each job is parked at most once per
-    wait, O(log n), and the owner's other jobs never hold up anybody else's.
+    group is parked aside, in a heap of that owner's, with its place (priority, order), and
+    the owner's other jobs never hold up anybody else's. When one of the owner's jobs ends,
+    ``unpark`` puts back only as many of its best parked jobs as it has free slots, so an
+    owner with thousands of queued jobs costs O(log n) per job that starts, not a walk over
+    all of them each time.
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ class JobSchedule:
         self._ready: dict[str, list[_Ready]] = {}
         #: (not_before, -priority, order, id, group, owner)
         self._waiting: list[tuple[float, int, int, str, str, str]] = []
-        #: owner -> (group, entry): jobs whose owner was at its limit when they came up (P6)
-        self._parked: dict[str, list[tuple[str, _Ready]]] = {}
+        #: owner -> heap of (entry, group): jobs whose owner was full when they came up (P6)
+        self._parked: dict[str, list[tuple[_Ready, str]]] = {}
         self._held: set[str] = set()  # P3
 
     def __len__(self) -> int:
@@ -85,7 +87,7 @@ class JobSchedule:
             while heap and (heap[0][2] not in self._held or heap[0][3] in full_owners):
                 entry = heapq.heappop(heap)
                 if entry[2] in self._held:  # P6: its owner is full; it keeps its place
-                    self._parked.setdefault(entry[3], []).append((group, entry))
+                    heapq.heappush(self._parked.setdefault(entry[3], []), (entry, group))
             if not heap:
                 del self._ready[group]
             elif group not in blocked and (best is None or heap[0] < best[0]):
@@ -96,11 +98,20 @@ class JobSchedule:
         self._held.discard(job_id)
         return job_id
 
-    def unpark(self, owner: str) -> None:
-        """Give the jobs parked for ``owner`` their places back (P6): it may run one more."""
-        for group, entry in self._parked.pop(owner, ()):
-            if entry[2] in self._held:
+    def parked(self, owner: str) -> bool:
+        return owner in self._parked
+
+    def unpark(self, owner: str, count: int) -> None:
+        """Give the best ``count`` jobs parked for ``owner`` their places back (P6): it may run
+        that many more."""
+        parked = self._parked.get(owner)
+        while parked and count > 0:
+            entry, group = heapq.heappop(parked)
+            if entry[2] in self._held:  # P3
                 heapq.heappush(self._ready.setdefault(group, []), entry)
+                count -= 1
+        if not parked:
+            self._parked.pop(owner, None)
 
     def next_due(self) -> float | None:
         """Seconds until the earliest waiting job may start; ``None`` if none waits (P4)."""
