@@ -51,169 +51,12 @@ from saq.job import Job, Status
 from saq.queue.redis import RedisQueue
 from saq.utils import now_seconds
 
+from jobcast.jobs._ready_scripts import ABORT, ENQUEUE, SCHEDULE, TAKE
+
 #: Tokens kept on the wake list (Q5): more than the waiting workers' tasks ever need.
 WAKE_MAX = 1024
 #: Seconds a worker with nothing to take waits before it looks again anyway (Q5).
 WAKE_POLL = 1.0
-
-_COMMON = """
-local prefix = ARGV[1]
-local function meta_of(record)
-  local ok, job = pcall(cjson.decode, record)
-  if not ok or type(job) ~= 'table' or type(job['meta']) ~= 'table' then return {} end
-  return job['meta']
-end
-local function text(value)
-  if type(value) == 'string' then return value end
-  return ''
-end
-local function make_ready(id, meta, score)
-  local kind = text(meta['kind'])
-  if score == nil then score = -(tonumber(meta['priority']) or 0) end
-  redis.call('ZADD', prefix .. 'ready:' .. kind, score, id)
-  redis.call('SADD', prefix .. 'ready-kinds', kind)
-  redis.call('RPUSH', prefix .. 'wake', 1)
-  redis.call('LTRIM', prefix .. 'wake', -tonumber(ARGV[2]), -1)
-end
-local function promote(incomplete, now)  -- jobs whose time came, to their kind's set
-  local due = redis.call('ZRANGEBYSCORE', incomplete, 1, now)
-  for _, id in ipairs(due) do
-    redis.call('ZADD', incomplete, 0, id)
-    local record = redis.call('GET', id)
-    if record then make_ready(id, meta_of(record)) else redis.call('ZREM', incomplete, id) end
-  end
-  return due
-end
-"""
-
-# KEYS: incomplete, job id, abort id. ARGV: prefix, wake max, record, scheduled.
-_ENQUEUE = (
-    _COMMON
-    + """
-if redis.call('ZSCORE', KEYS[1], KEYS[2]) or redis.call('EXISTS', KEYS[3]) == 1 then
-  return nil
-end
-redis.call('SET', KEYS[2], ARGV[3])
-redis.call('ZADD', KEYS[1], ARGV[4], KEYS[2])
-if tonumber(ARGV[4]) <= 0 then make_ready(KEYS[2], meta_of(ARGV[3])) end
-return 1
-"""
-)
-
-# KEYS: schedule lock, incomplete. ARGV: prefix, wake max, lock seconds, now.
-_SCHEDULE = (
-    _COMMON
-    + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return {} end
-redis.call('SETEX', KEYS[1], ARGV[3], 1)
-return promote(KEYS[2], ARGV[4])
-"""
-)
-
-# KEYS: active, incomplete. ARGV: prefix, wake max, now, lease end, {kind: limit} as JSON,
-# owner limit (0: none). Returns the job taken ('' if none) and the next job's time ('' if
-# none waits).
-_TAKE = (
-    _COMMON
-    + """
-local now = tonumber(ARGV[3])
-promote(KEYS[2], ARGV[3])  -- Q5: a job is taken at its time, not at the next schedule
-local upcoming = redis.call('ZRANGEBYSCORE', KEYS[2], 1, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-local next_at = upcoming[2] or ''
-local limits = cjson.decode(ARGV[5])
-local owner_limit = tonumber(ARGV[6])
-local function has_room(key, limit, id)  -- a lease the job still holds (swept) is room
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-  return redis.call('ZCARD', key) < limit or (id and redis.call('ZSCORE', key, id))
-end
-local function owner_has_room(owner, id)
-  return owner_limit == 0 or owner == ''
-    or has_room(prefix .. 'owner-limit:' .. owner, owner_limit, id)
-end
-for _, owner in ipairs(redis.call('SMEMBERS', prefix .. 'parked-owners')) do  -- Q4
-  local parked = prefix .. 'parked:' .. owner
-  local count = redis.call('ZCARD', parked)
-  if owner_limit > 0 then  -- as many as the owner has room for
-    local leases = prefix .. 'owner-limit:' .. owner
-    redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
-    count = math.min(count, owner_limit - redis.call('ZCARD', leases))
-  end
-  if count > 0 then
-    local entries = redis.call('ZPOPMIN', parked, count)
-    for i = 1, #entries, 2 do
-      local record = redis.call('GET', entries[i])
-      if record then make_ready(entries[i], meta_of(record), entries[i + 1]) end
-    end
-  end
-  if redis.call('EXISTS', parked) == 0 then
-    redis.call('SREM', prefix .. 'parked-owners', owner)
-  end
-end
-local best, best_score, best_kind, best_owner
-for _, kind in ipairs(redis.call('SMEMBERS', prefix .. 'ready-kinds')) do
-  local ready = prefix .. 'ready:' .. kind
-  local limit = limits[kind]
-  while true do
-    local head = redis.call('ZRANGE', ready, 0, 0, 'WITHSCORES')
-    if #head == 0 then
-      redis.call('SREM', prefix .. 'ready-kinds', kind)
-      break
-    end
-    local id, score = head[1], tonumber(head[2])
-    if limit ~= nil and not has_room(prefix .. 'kind-limit:' .. kind, limit, id) then
-      break  -- the kind is full: its jobs keep their places
-    end
-    local owner = ''
-    if owner_limit > 0 then owner = text(meta_of(redis.call('GET', id) or '')['owner']) end
-    if owner_has_room(owner, id) then
-      if best == nil or score < best_score or (score == best_score and id < best) then
-        best, best_score, best_kind, best_owner = id, score, kind, owner
-      end
-      break
-    end
-    redis.call('ZREM', ready, id)  -- Q4: parked with its place
-    redis.call('ZADD', prefix .. 'parked:' .. owner, score, id)
-    redis.call('SADD', prefix .. 'parked-owners', owner)
-  end
-end
-if best == nil then  -- Q6
-  local legacy = redis.call('LPOP', prefix .. 'queued')
-  if legacy then
-    redis.call('RPUSH', KEYS[1], legacy)
-    return {legacy, next_at}
-  end
-  redis.call('DEL', prefix .. 'wake')  -- Q5: nothing can be taken, so every token is stale
-  return {'', next_at}
-end
-redis.call('ZREM', prefix .. 'ready:' .. best_kind, best)
-if limits[best_kind] ~= nil then
-  redis.call('ZADD', prefix .. 'kind-limit:' .. best_kind, ARGV[4], best)
-end
-if best_owner ~= '' then
-  redis.call('ZADD', prefix .. 'owner-limit:' .. best_owner, ARGV[4], best)
-end
-redis.call('RPUSH', KEYS[1], best)
-return {best, next_at}
-"""
-)
-
-# KEYS: active, incomplete, job id, abort id. ARGV: prefix, wake max, record, abort seconds,
-# error, status, kind, owner. 1: it was waiting (no worker has it), 0: a worker runs it.
-_ABORT = (
-    _COMMON
-    + """
-local removed = redis.call('ZREM', prefix .. 'ready:' .. ARGV[7], KEYS[3])
-  + redis.call('ZREM', prefix .. 'parked:' .. ARGV[8], KEYS[3])
-  + redis.call('LREM', prefix .. 'queued', 0, KEYS[3])
-local scheduled = redis.call('ZREM', KEYS[2], KEYS[3])
-local running = redis.call('LREM', KEYS[1], 0, KEYS[3])
-redis.call('SET', KEYS[3], ARGV[3])
-redis.call('SETEX', KEYS[4], ARGV[4], ARGV[5])
-redis.call('PUBLISH', KEYS[3], ARGV[6])
-if removed > 0 or (scheduled > 0 and running == 0) then return 1 end
-return 0
-"""
-)
 
 
 def job_meta(kind: str, owner: str, priority: int, not_before: float) -> dict[str, Any]:
@@ -248,13 +91,13 @@ class ReadyQueue(RedisQueue):
         at = (job.meta or {}).get("not_before") or job.scheduled  # Q5: to the millisecond
         args = [self.prefix, WAKE_MAX, self.serialize(job), at]
         async with self._op_sem:
-            if not await self._script(_ENQUEUE)(keys=keys, args=args, client=self.redis):
+            if not await self._script(ENQUEUE)(keys=keys, args=args, client=self.redis):
                 return None
         return job
 
     async def schedule(self, lock: int = 1) -> list[str]:
         keys = [self._schedule, self._incomplete]
-        due = await self._script(_SCHEDULE)(
+        due = await self._script(SCHEDULE)(
             keys=keys, args=[self.prefix, WAKE_MAX, lock, now_seconds()]
         )
         return [job_id.decode() for job_id in due or []]
@@ -292,7 +135,7 @@ class ReadyQueue(RedisQueue):
             self.owner_limit or 0,
         ]
         keys = [self._active, self._incomplete]
-        taken, next_at = await self._script(_TAKE)(keys=keys, args=args)
+        taken, next_at = await self._script(TAKE)(keys=keys, args=args)
         return taken, next_at
 
     async def abort(self, job: Job, error: str, ttl: float = 5) -> None:
@@ -302,7 +145,7 @@ class ReadyQueue(RedisQueue):
         keys = [self._active, self._incomplete, job.id, job.abort_id]
         args = [self.prefix, WAKE_MAX, self.serialize(job), ttl, error, job.status, kind, owner]
         async with self._op_sem:
-            waiting = await self._script(_ABORT)(keys=keys, args=args)
+            waiting = await self._script(ABORT)(keys=keys, args=args)
         if waiting:  # nobody runs it: it ends here, as SAQ ends a job still queued
             await self.finish(job, Status.ABORTED, error=error)
             await self.redis.delete(job.abort_id)
@@ -327,28 +170,31 @@ class ReadyQueue(RedisQueue):
         await self.notify(job)
 
     async def ready(self) -> list[str]:
-        """The SAQ ids of the jobs that may start, in the order they would be taken if no
-        limit stood in the way (Q1), then the earlier version's (Q6)."""
-        redis = self.redis
-        kinds = await cast("Awaitable[set[bytes]]", redis.smembers(f"{self.prefix}ready-kinds"))
+        """The SAQ ids of the jobs that may start (parked ones included), in the order they
+        would be taken if no limit stood in the way (Q1), then the earlier version's (Q6)."""
         entries: list[tuple[float, bytes]] = []
-        for name in kinds:
-            ready = await redis.zrange(
-                f"{self.prefix}ready:{name.decode()}", 0, -1, withscores=True
-            )
-            entries += [(score, member) for member, score in ready]
-        legacy = await cast("Awaitable[list[bytes]]", redis.lrange(self._queued, 0, -1))
+        for key in await self._waiting_sets():
+            members = await self.redis.zrange(key, 0, -1, withscores=True)
+            entries += [(score, member) for member, score in members]
+        legacy = await cast("Awaitable[list[bytes]]", self.redis.lrange(self._queued, 0, -1))
         return [member.decode() for _, member in sorted(entries)] + [m.decode() for m in legacy]
 
     async def count(self, kind: Any) -> int:
         if kind != "queued":
             return await super().count(kind)
-        redis = self.redis
-        kinds = await cast("Awaitable[set[bytes]]", redis.smembers(f"{self.prefix}ready-kinds"))
-        total = await cast("Awaitable[int]", redis.llen(self._queued))
-        for name in kinds:
-            total += await redis.zcard(f"{self.prefix}ready:{name.decode()}")
+        total = await cast("Awaitable[int]", self.redis.llen(self._queued))
+        for key in await self._waiting_sets():
+            total += await self.redis.zcard(key)
         return total
+
+    async def _waiting_sets(self) -> list[str]:
+        """The sorted sets of the jobs that may start: each kind's, each full owner's."""
+        redis, prefix = self.redis, self.prefix
+        kinds = await cast("Awaitable[set[bytes]]", redis.smembers(f"{prefix}ready-kinds"))
+        owners = await cast("Awaitable[set[bytes]]", redis.smembers(f"{prefix}parked-owners"))
+        return [f"{prefix}ready:{kind.decode()}" for kind in kinds] + [
+            f"{prefix}parked:{owner.decode()}" for owner in owners
+        ]
 
 
 def _kind_and_owner(job: Job) -> tuple[str, str]:
