@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from bench.scraper import scraping
 
+from tests.services import needs_services
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -78,3 +80,12 @@ def test_the_publish_cost_benchmark_measures_every_server() -> None:
     servers = ["floor (trivial ASGI app)", "jobcast, SQLite history", "jobcast, memory://"]
     assert all(server in rows for server in [*servers, "baseline"])
     assert rows["floor (trivial ASGI app)"].rstrip().endswith("| 1.00 |")
+
+
+@needs_services
+def test_the_take_cost_benchmark_drains_both_rows() -> None:
+    command = [sys.executable, "-m", "bench.take_cost", "--jobs", "300"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("kind limits")]
+    assert len(rows) == 2, result.stdout

@@ -169,6 +169,59 @@ def test_a_blocked_group_is_skipped_and_keeps_its_places() -> None:
     assert [schedule.pop(), schedule.pop(), schedule.pop()] == ["a1", "a2", "b2"]
 
 
+def test_a_full_owner_is_passed_over_and_its_jobs_keep_their_places() -> None:
+    schedule = JobSchedule()
+    for job_id, owner, priority in [
+        ("a1", "ann", 9),
+        ("a2", "ann", 9),
+        ("b1", "bob", 0),
+        ("a3", "ann", 5),
+        ("b2", "bob", 0),
+    ]:
+        schedule.push(job_id, priority, owner=owner)
+    schedule.remove("a2")  # cancelled while parked: never comes back
+    assert schedule.pop(full_owners={"ann"}) == "b1"
+    assert schedule.pop(full_owners={"ann", "bob"}) is None
+    assert len(schedule) == 3  # parked jobs are still queued
+    schedule.unpark("ann", 1)  # one of ann's jobs ended: room for one more
+    assert [schedule.pop(), schedule.pop()] == ["a1", None]
+    assert schedule.parked("ann") and schedule.parked("bob")  # b2: bob was full too
+    schedule.unpark("ann", 2)
+    schedule.unpark("bob", 2)
+    assert [schedule.pop(), schedule.pop(), schedule.pop()] == ["a3", "b2", None]
+    assert len(schedule) == 0 and not schedule.parked("ann")
+
+
+async def test_an_owner_limit_holds_and_other_owners_take_the_free_slots(
+    tmp_path: Path,
+) -> None:
+    release = asyncio.Event()
+    running: dict[str, int] = {}
+    peaks: dict[str, int] = {}
+    registry = Registry()
+
+    @registry.handler("work")
+    async def work(ctx: JobContext, params: dict[str, Any]) -> None:
+        owner = params["owner"]
+        running[owner] = running.get(owner, 0) + 1
+        peaks[owner] = max(peaks.get(owner, 0), running[owner])
+        try:
+            await release.wait()
+        finally:
+            running[owner] -= 1
+
+    async with embedded(tmp_path, registry, concurrency=4, owner_concurrency=2) as (runner, _):
+        ann = [await runner.submit("work", {"owner": "ann"}, "ann", priority=9) for _ in range(5)]
+        bob = [await runner.submit("work", {"owner": "bob"}, "bob") for _ in range(3)]
+        # ann's five come first, but only two run; bob's take the other two slots
+        await eventually(lambda: running.get("ann") == 2 and running.get("bob") == 2)
+        assert (await runner.get(ann[2].id)).state is JobState.QUEUED  # type: ignore[union-attr]
+        release.set()
+        for job in ann + bob:
+            assert (await events_until_end(runner, job))[-1].type == "succeeded"
+        assert peaks == {"ann": 2, "bob": 2}
+
+
 def limited_registry(
     release: asyncio.Event, running: dict[str, int], peaks: dict[str, int]
 ) -> Registry:

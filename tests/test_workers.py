@@ -229,8 +229,7 @@ async def test_a_sweep_that_outlasts_a_heartbeat_is_not_overlapped_by_another(
             await until_status(queue, "stuck-1", Status.ABORTING)  # the first sweep waits on it
             assert await second_worker(1) == []
             assert sorted(await first) == sorted(ids)
-        queued = await queue.redis.lrange(queue.namespace("queued"), 0, -1)
-        assert sorted(queued) == sorted(job_id.encode() for job_id in ids)  # each once
+        assert sorted(await queue.ready()) == sorted(ids)  # each once
     finally:
         await queue.disconnect()
 
@@ -250,8 +249,7 @@ async def test_a_job_dequeued_a_moment_ago_is_not_swept(shared: dict[str, Any]) 
         assert await sweeper(60) == []  # seen again, but within a heartbeat
         assert await queue.redis.lrange(queue.namespace("active"), 0, -1) == [job.id.encode()]
         assert await sweeper(0, 0.1) == [job.id]  # not marked a heartbeat later: its worker died
-        queued = await queue.redis.lrange(queue.namespace("queued"), 0, -1)
-        assert queued == [job.id.encode()]
+        assert await queue.ready() == [job.id]
     finally:
         await queue.disconnect()
 

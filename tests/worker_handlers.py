@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from pathlib import Path
 from typing import Any
+
+import redis
 
 from jobcast.jobs import JobContext, Registry, RetryPolicy
 
@@ -68,3 +71,27 @@ async def hang_once(ctx: JobContext, params: dict[str, Any]) -> int:
     if ctx.attempt == 1:
         await asyncio.sleep(60)
     return ctx.attempt
+
+
+@functools.cache
+def _redis(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url)
+
+
+def counted(ctx: JobContext, params: dict[str, Any]) -> dict[str, int]:
+    """Takes a number in the order jobs start (one counter in Redis for every worker) and
+    counts the jobs of its kind and of its owner running with it."""
+    client, key = _redis(params["redis"]), params["key"]
+    order = int(client.incr(f"{key}:order"))
+    kind = int(client.incr(f"{key}:kind:{ctx.kind}"))
+    owner = int(client.incr(f"{key}:owner:{ctx.owner}"))
+    try:
+        time.sleep(params.get("work", 0.002))  # the work: long enough for the others to overlap
+        return {"order": order, "kind": kind, "owner": owner}
+    finally:
+        client.decr(f"{key}:kind:{ctx.kind}")
+        client.decr(f"{key}:owner:{ctx.owner}")
+
+
+registry.handler("counted")(counted)
+registry.handler("counted_limited", concurrency=2)(counted)

@@ -238,6 +238,18 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(
         3, ge=1, description="Most runs of a retry-safe job that restarts keep interrupting."
     )
+    job_owner_concurrency: int | None = Field(
+        None,
+        ge=1,
+        description="Most jobs of one owner running at once, across the embedded runner or "
+        "every worker; unset: no limit per owner (per-kind limits still apply).",
+    )
+    idempotency_retention_seconds: float = Field(
+        24 * 3600.0,
+        gt=0,
+        description="How long an Idempotency-Key keeps returning its job or its publish's ids; "
+        "after that the key is free again.",
+    )
     job_progress_interval: float = Field(
         0.1, ge=0, description="Least seconds between two progress events of one job."
     )
@@ -352,6 +364,8 @@ class Settings(BaseSettings):
             max_attempts=self.job_max_attempts,
             max_event_bytes=self.max_event_bytes,
             tracing=self.otel,
+            idempotency_retention=self.idempotency_retention_seconds,
+            owner_concurrency=self.job_owner_concurrency,
         )
 
     def hub_options(self) -> HubOptions:

@@ -1,6 +1,6 @@
 """The embedded runner's dispatcher: one task that hands queued jobs to the lifecycle engine,
-in the schedule's order (``schedule.py``), within the slots and per-kind limits (runner.D2,
-D3)."""
+in the schedule's order (``schedule.py``), within the slots, the per-kind limits and the
+per-owner limit (runner.D2, D3)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ class Dispatcher:
         self.schedule = JobSchedule()
         self._running: collections.Counter[str] = collections.Counter()  # by kind (D3)
         self._full: set[str] = set()  # kinds at their limit (D3)
+        self._owner_limit = lifecycle.options.owner_concurrency
+        self._owners: collections.Counter[str] = collections.Counter()  # running, by owner
+        self._full_owners: set[str] = set()  # owners at the owner limit (D3, schedule.P6)
         self._work = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -37,7 +40,7 @@ class Dispatcher:
     def push(self, live: LiveJob) -> None:
         """Queue a tracked job at its priority, no earlier than its time (D2, lifecycle.R4)."""
         job = live.job
-        self.schedule.push(job.id, job.priority, job.not_before, job.kind)
+        self.schedule.push(job.id, job.priority, job.not_before, job.kind, job.owner)
         self._work.set()
 
     def remove(self, job_id: str) -> None:
@@ -57,7 +60,7 @@ class Dispatcher:
         slots, registry = self.lifecycle.slots, self.lifecycle.registry
         while True:
             await slots.acquire()  # given back by the lifecycle when the job ends
-            while (job_id := self.schedule.pop(self._full)) is None:
+            while (job_id := self.schedule.pop(self._full, self._full_owners)) is None:
                 with contextlib.suppress(TimeoutError):  # schedule.P4
                     # asyncio.timeout: wait_for can lose a cancellation on 3.11 (redis.py).
                     async with asyncio.timeout(self.schedule.next_due()):
@@ -73,10 +76,15 @@ class Dispatcher:
             limit = spec.concurrency if spec is not None else None
             if limit is not None and self._running[kind] >= limit:
                 self._full.add(kind)
+            if self._owner_limit is not None:
+                owner = live.job.owner
+                self._owners[owner] += 1
+                if self._owners[owner] >= self._owner_limit:
+                    self._full_owners.add(owner)
             live.task = asyncio.create_task(self._run(live), name=f"job-{live.job.id}")
 
     async def _run(self, live: LiveJob) -> None:
-        kind = live.job.kind
+        kind, owner = live.job.kind, live.job.owner
         try:
             await self.lifecycle.run(live)
         finally:
@@ -84,3 +92,12 @@ class Dispatcher:
             if kind in self._full:
                 self._full.discard(kind)
                 self._work.set()  # its next queued job may start (D3)
+            if self._owner_limit is not None:
+                self._owners[owner] -= 1
+                running = self._owners[owner]
+                if not running:
+                    del self._owners[owner]  # bounded by the owners running now
+                self._full_owners.discard(owner)
+                if self.schedule.parked(owner):  # schedule.P6: as many as it has room for
+                    self.schedule.unpark(owner, self._owner_limit - running)
+                    self._work.set()

@@ -8,15 +8,19 @@ I1. A key is scoped by its owner: the same key from two owners names two submiss
     ``idempotency_key`` field (both may be sent only if they agree).
 I2. The request is fingerprinted (SHA-256 of its kind, params as sent, scheduling fields and
     the uploaded file's digest, as canonical JSON). The same key with the same fingerprint
-    within ``RETENTION`` returns the first job (200); with another fingerprint it is refused
-    with a 409 that says the key was used for a different request.
+    within the retention window (``JOBCAST_IDEMPOTENCY_RETENTION_SECONDS``, 24 h by default)
+    returns the first job with 200 and ``Idempotent-Replayed: true`` (a new job is a 202);
+    with another fingerprint it is refused with a 409 that says the key was used for a
+    different request.
 I3. The key and its job are inserted in one transaction and the store's unique (owner, key)
     decides between concurrent submissions (``stores/sql.py`` Q7), so one key makes one job
     whatever the number of requests or server instances.
-I4. Past ``RETENTION`` a key is free again; deleting a job frees its keys.
+I4. Past the retention window a key is free again; deleting a job frees its keys.
 I5. ``POST /api/events`` takes the ``Idempotency-Key`` header too, per publishing subject: the
     key is claimed before the events are published and records their ids after, so a retried
-    publish with the same events is acknowledged with the original ids and publishes nothing;
+    publish with the same events is acknowledged with the original ids and publishes nothing,
+    answered as a replayed submission is (200 and ``Idempotent-Replayed: true``, where the
+    first publish was a 202);
     other events with the key are a 409, and so is a retry while the first is still under way
     (it is answered once that one has its ids). A publish that failed frees its key.
 """
@@ -32,8 +36,10 @@ import orjson
 from jobcast.errors import InvalidInput
 
 MAX_KEY = 255
-#: How long a key keeps returning its job (I4).
+#: How long a key keeps returning its job by default (I4; the setting decides).
 RETENTION = 24 * 3600.0
+#: The response header that marks an answer replayed for a key used before (I2, I5).
+REPLAYED_HEADER = "Idempotent-Replayed"
 
 
 @dataclass(frozen=True, slots=True)

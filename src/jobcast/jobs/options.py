@@ -23,3 +23,7 @@ class RunnerOptions:
     max_abandoned_threads: int = 8
     #: OpenTelemetry spans for submissions and attempts (``tracing.py``; the otel extra).
     tracing: bool = False
+    #: How long an idempotency key keeps returning its job (idempotency.I4).
+    idempotency_retention: float = 24 * 3600.0
+    #: Most jobs of one owner running at once; ``None``: no limit (schedule.P6).
+    owner_concurrency: int | None = None

@@ -158,6 +158,10 @@ class Registry:
     def kinds(self) -> list[str]:
         return sorted(self._specs)
 
+    def limits(self) -> dict[str, int]:
+        """The ``concurrency`` of each kind that declares one."""
+        return {k: s.concurrency for k, s in self._specs.items() if s.concurrency is not None}
+
     def load_module(self, name: str) -> None:
         """Import ``name`` (a dotted module name) and take its handlers."""
         try:

@@ -18,7 +18,8 @@ D2. One dispatcher task takes a slot, then the next queued job that may start (`
     refuses it at start.
 D3. A kind with a ``concurrency`` limit that has that many jobs running is skipped by the
     dispatcher (schedule.P5) until one of them ends; its queued jobs keep their places, and
-    jobs of other kinds take the free slots meanwhile.
+    jobs of other kinds take the free slots meanwhile. An owner with ``owner_concurrency``
+    jobs running (``JOBCAST_JOB_OWNER_CONCURRENCY``) is passed over the same way (schedule.P6).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from jobcast.errors import Conflict, InvalidInput, JobcastError, NotFound, Unava
 from jobcast.jobs.access import Access, JobAccess
 from jobcast.jobs.dispatch import Dispatcher
 from jobcast.jobs.external import ExternalQueue
-from jobcast.jobs.idempotency import RETENTION, Idempotency
+from jobcast.jobs.idempotency import Idempotency
 from jobcast.jobs.lifecycle import JobLifecycle
 from jobcast.jobs.live import LiveJob
 from jobcast.jobs.model import InputFile, Job, JobState, new_job_id
@@ -186,7 +187,10 @@ class EmbeddedRunner:
                 earlier = None
             else:
                 earlier = await self.store.create_keyed(
-                    job, idempotency.key, idempotency.request_hash, RETENTION
+                    job,
+                    idempotency.key,
+                    idempotency.request_hash,
+                    self.options.idempotency_retention,
                 )
         except BaseException:
             await asyncio.to_thread(self.upload_path(job.id).unlink, missing_ok=True)

@@ -32,9 +32,13 @@ K6. A retry (lifecycle.R4) goes back to SAQ, not to a timer in this worker: once
     wait loses nothing, since the wait lives in Redis and the store. A job dequeued before its
     ``scheduled_for`` or ``next_attempt_at`` (a sweep re-queued it at once) goes back the same
     way, for the time left, without counting as an attempt.
-K7. A kind with a ``concurrency`` limit runs only while it holds a lease in the queue's Redis
-    (``kind_limits.py``): the limit holds across all workers. A job whose kind is full goes
-    back to SAQ after ``FULL_WAIT`` without counting as an attempt.
+K7. A kind with a ``concurrency`` limit, and with ``JOBCAST_JOB_OWNER_CONCURRENCY`` an owner,
+    runs only while it holds a lease in the queue's Redis (``run_limits.py``): the limits hold
+    across all workers. The queue takes the leases as it hands the job out, by priority
+    (``ready_queue.py``), so a job is handed out only when it may run; should its lease have
+    lapsed and its slot be taken meanwhile, it goes back to SAQ after ``FULL_WAIT`` without
+    counting as an attempt. Every worker of a deployment should have the same handlers and
+    owner limit: each takes jobs by its own.
 """
 
 from __future__ import annotations
@@ -55,11 +59,11 @@ from jobcast.config import Settings
 from jobcast.errors import InvalidInput
 from jobcast.hub import Hub
 from jobcast.jobs import builtin
-from jobcast.jobs.kind_limits import FULL_WAIT, KindLimits
 from jobcast.jobs.lifecycle import JobLifecycle
 from jobcast.jobs.metrics import JobsCollector
 from jobcast.jobs.model import Job, JobState
 from jobcast.jobs.registry import Registry
+from jobcast.jobs.run_limits import FULL_WAIT, RunLimits
 from jobcast.jobs.sweep import Sweeper
 from jobcast.jobs.worker_queue import TASK, open_queue
 from jobcast.shared_metrics import SharedMetrics
@@ -110,9 +114,12 @@ class JobWorker:
                 metrics.start()
             queue = open_queue(settings.queue_url or "")
             queue.sweep = Sweeper(queue)  # type: ignore[method-assign]  # K4
-            self.limits = KindLimits(  # K7
-                queue.redis, queue.namespace("kind-limit"), settings.worker_heartbeat_seconds
+            kinds = self.registry.limits()
+            owner_limit = settings.job_owner_concurrency
+            self.limits = RunLimits(  # K7
+                queue.redis, queue.prefix, settings.worker_heartbeat_seconds, kinds, owner_limit
             )
+            queue.limits, queue.owner_limit, queue.lease = kinds, owner_limit, self.limits.lease
             beat = settings.worker_heartbeat_seconds
             timers: PartialTimersDict = {
                 "sweep": beat,
@@ -148,28 +155,29 @@ class JobWorker:
     async def _run_job(
         self, ctx: dict[str, Any], *, job_id: str, trace: dict[str, str] | None = None
     ) -> None:
-        jobs, queued = self.jobs, ctx["job"]
-        job = await jobs.store.get(job_id)
-        if job is None or job.terminal:  # K3
-            return
-        early = job.not_before - time.time() if job.state is JobState.QUEUED else 0.0
-        if early > 0:  # K6: handed out before its time (a sweep re-queued it): not yet
-            queued.retries += 1
-            queued.retry_delay = early
-            queued.retry_backoff = False
-            raise RetryLater(f"job {job.id} may not start for {early:.1f} s")
-        spec = self.registry.find(job.kind)
-        limit = spec.concurrency if spec is not None else None
-        if limit is not None and not await self.limits.acquire(job.kind, job.id, limit):
-            queued.retries += 1  # K7: waiting for a slot is not an attempt
-            queued.retry_delay = FULL_WAIT
-            queued.retry_backoff = False
-            raise RetryLater(f"kind {job.kind!r} is at its limit of {limit} running jobs")
+        queued = ctx["job"]
+        meta = queued.meta or {}
+        kind, owner = str(meta.get("kind", "")), str(meta.get("owner", ""))
         try:
-            await self._run_claimed(job, queued, limited=limit is not None, trace=trace)
-        finally:
-            if limit is not None:
-                await shielded(self.limits.release(job.kind, job.id))
+            job = await self.jobs.store.get(job_id)
+            if job is None or job.terminal:  # K3
+                return
+            kind, owner = job.kind, job.owner
+            early = job.not_before - time.time() if job.state is JobState.QUEUED else 0.0
+            if early > 0:  # K6: handed out before its time (a sweep re-queued it): not yet
+                queued.retries += 1
+                queued.retry_delay = early
+                queued.retry_backoff = False
+                raise RetryLater(f"job {job.id} may not start for {early:.1f} s")
+            if not await self.limits.acquire(kind, owner, queued.id):
+                queued.retries += 1  # K7: waiting for a slot is not an attempt
+                queued.retry_delay = FULL_WAIT
+                queued.retry_backoff = False
+                raise RetryLater(f"job {job.id}: its kind or owner is at its limit")
+            limited = self.limits.limited(kind, owner)
+            await self._run_claimed(job, queued, limited=limited, trace=trace)
+        finally:  # the queue may have taken leases for it (ready_queue.Q3)
+            await shielded(self.limits.release(kind, owner, queued.id))
 
     async def _run_claimed(
         self, job: Job, queued: Any, *, limited: bool, trace: dict[str, str] | None = None
@@ -210,9 +218,9 @@ class JobWorker:
             await asyncio.sleep(self.settings.worker_heartbeat_seconds / 3)
             with contextlib.suppress(Exception):  # a missed beat only risks an early sweep
                 await shielded(queued.update())  # so that beat.cancel() always lands
-            if limited is not None:  # K7: keep the kind's lease
+            if limited is not None:  # K7: keep the kind's and owner's leases
                 with contextlib.suppress(Exception):
-                    await shielded(self.limits.renew(limited.kind, limited.id))
+                    await shielded(self.limits.renew(limited.kind, limited.owner, queued.id))
 
 
 def run_worker(settings: Settings) -> None:

@@ -12,8 +12,9 @@ W1. The store is the truth about a job; SAQ only carries "run job X" to some wor
     the restart rule of the lifecycle engine (lifecycle.R3): re-run when ``retry_safe``, else fail.
     SAQ's own retry count is set above the most attempts a job can have, so SAQ never gives up
     first; retries after failures go through SAQ with a delay (``worker.K6``). A delayed
-    submission is enqueued with SAQ's ``scheduled`` time. SAQ's Redis queue has no priorities:
-    with workers, ``priority`` is stored and shown but the queue stays first in, first out.
+    submission is enqueued with SAQ's ``scheduled`` time. The queue is jobcast's
+    (``ready_queue.py``): SAQ's job records, taken by priority, then submission order, within
+    the per-kind and per-owner limits; the SAQ job carries the kind, owner and priority.
 W2. Cancelling a queued job removes it from the queue and cancels it here; cancelling a
     running one asks SAQ to abort it, and the worker running it reports ``cancelled``.
 W3. Redis errors become :class:`Unavailable` (503); a job that cannot be queued is failed at
@@ -28,10 +29,10 @@ from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from saq import Job as QueueJob
 from saq.job import TERMINAL_STATUSES, Status
-from saq.queue.redis import RedisQueue
 
 from jobcast.brokers.redis import shielded
 from jobcast.errors import Conflict, NotFound, Unavailable
@@ -39,6 +40,7 @@ from jobcast.jobs.external import ExternalQueue
 from jobcast.jobs.live import LiveJob
 from jobcast.jobs.model import Job, JobState
 from jobcast.jobs.options import RunnerOptions
+from jobcast.jobs.ready_queue import ReadyQueue, job_meta
 from jobcast.jobs.registry import Registry
 from jobcast.jobs.retry import MAX_ATTEMPTS
 from jobcast.jobs.runner import EmbeddedRunner
@@ -54,12 +56,13 @@ TASK = "jobcast.run"
 QUEUE_NAME = "jobcast"
 
 
-def open_queue(url: str) -> RedisQueue:
+def open_queue(url: str) -> ReadyQueue:
     """``redis://host:port/db`` (``?queue=name`` to share one Redis between deployments)."""
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query))
     name = query.pop("queue", QUEUE_NAME)
-    return RedisQueue.from_url(urlunsplit(parts._replace(query=urlencode(query))), name=name)
+    redis = Redis.from_url(urlunsplit(parts._replace(query=urlencode(query))))
+    return ReadyQueue(redis, name=name)
 
 
 async def queue_call(call: Awaitable[T]) -> T:
@@ -68,6 +71,28 @@ async def queue_call(call: Awaitable[T]) -> T:
         return await shielded(call)  # brokers.redis.X7
     except (RedisError, OSError) as exc:
         raise Unavailable(f"the job queue is unavailable: {exc}") from exc
+
+
+def queue_job(
+    job: Job,
+    timeout: float | None,
+    heartbeat: int,
+    max_attempts: int,
+    trace: dict[str, str] | None = None,
+) -> QueueJob:
+    """The SAQ job that runs ``job`` on a worker; ``timeout`` is its handler's, ``trace`` the
+    submission's trace context, with tracing on (tracing.O3)."""
+    return QueueJob(
+        function=TASK,
+        kwargs={"job_id": job.id, **({"trace": trace} if trace else {})},
+        key=job.id,
+        # the lifecycle enforces the handler's limit; SAQ's is a backstop
+        timeout=int(timeout + 60) if timeout else 0,
+        heartbeat=heartbeat,
+        retries=MAX_ATTEMPTS + max_attempts + 2,  # W1
+        scheduled=math.ceil(job.scheduled_for or 0),  # never early
+        meta=job_meta(job.kind, job.owner, job.priority, job.not_before),
+    )
 
 
 class QueueRunner(EmbeddedRunner):
@@ -103,23 +128,10 @@ class QueueRunner(EmbeddedRunner):
     async def _enqueue(self, live: LiveJob) -> None:
         job = live.job
         spec = self.registry.get(job.kind)
-        limit = spec.timeout or self.options.default_timeout
+        timeout = spec.timeout or self.options.default_timeout
+        queued = queue_job(job, timeout, self.heartbeat, self.options.max_attempts, live.trace)
         try:
-            await queue_call(
-                self.queue.enqueue(
-                    QueueJob(
-                        function=TASK,
-                        # the submission's trace context, with tracing on (tracing.O3)
-                        kwargs={"job_id": job.id, **({"trace": live.trace} if live.trace else {})},
-                        key=job.id,
-                        # our runner enforces the handler's limit; SAQ's is a backstop
-                        timeout=int(limit + 60) if limit else 0,
-                        heartbeat=self.heartbeat,
-                        retries=MAX_ATTEMPTS + self.options.max_attempts + 2,  # W1
-                        scheduled=math.ceil(job.scheduled_for or 0),  # never early
-                    )
-                )
-            )
+            await queue_call(self.queue.enqueue(queued))
         except Unavailable as exc:  # W3
             error = {"type": "Unavailable", "message": f"could not queue the job: {exc}"}
             await live.transition(JobState.FAILED, error=error)

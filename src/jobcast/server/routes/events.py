@@ -7,14 +7,14 @@ import hashlib
 import math
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.requests import HTTPConnection
 
 from jobcast.auth import Principal
 from jobcast.errors import Conflict, InvalidInput, JobcastError, PayloadTooLarge
 from jobcast.events import EventDraft
-from jobcast.jobs.idempotency import RETENTION, valid_key
+from jobcast.jobs.idempotency import REPLAYED_HEADER, valid_key
 from jobcast.server.http.errors import jobcast_router
 from jobcast.server.routes.table import EVENTS_STREAM, PUBLISH
 from jobcast.server.streams.sse import EventStreamResponse
@@ -60,6 +60,15 @@ class PublishedBatch(BaseModel):
     ids: list[str]
 
 
+#: The answer to a publish retried with its Idempotency-Key (idempotency.I5).
+REPLAY_DOC: dict[str, Any] = {
+    "description": "A retry of an earlier publish with this Idempotency-Key and the same "
+    "events: the original ids; nothing is published again.",
+    "headers": {
+        REPLAYED_HEADER: {"description": "`true`: answered again", "schema": {"type": "string"}}
+    },
+}
+
 SSE_DOC: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "A Server-Sent Events stream. Each frame has `id:`, `event:` (the type) "
@@ -78,15 +87,32 @@ def events_router(jc: "Runtime") -> APIRouter:
         PUBLISH.path,
         status_code=202,
         response_model=Published | PublishedBatch,
+        responses={200: REPLAY_DOC},
         summary="Publish one event, or a batch (a JSON list) atomically",
     )
     async def publish(
-        body: PublishRequest | list[PublishRequest], request: Request, principal: principal_dep
+        body: PublishRequest | list[PublishRequest],
+        request: Request,
+        response: Response,
+        principal: principal_dep,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                alias="Idempotency-Key",
+                description="Publish at most once: a retry with this key and the same events "
+                "is answered 200 with the original ids and publishes nothing.",
+            ),
+        ] = None,
     ) -> Published | PublishedBatch:
         # Normally answered by fast_publish.py before reaching here (one definition, below).
         items = body if isinstance(body, list) else [body]
         drafts = [(item.topic, item.type, item.data) for item in items]
-        ids = await publish_events(jc, request, principal, drafts, batch=isinstance(body, list))
+        ids, replayed = await publish_events(
+            jc, request, principal, drafts, batch=isinstance(body, list)
+        )
+        if replayed:  # idempotency.I5
+            response.status_code = 200
+            response.headers[REPLAYED_HEADER] = "true"
         return PublishedBatch(ids=ids) if isinstance(body, list) else Published(id=ids[0])
 
     @router.get(
@@ -132,8 +158,9 @@ async def publish_events(
     items: list[tuple[str, str, Any]],
     *,
     batch: bool,
-) -> list[str]:
-    """``POST /api/events`` once its body is parsed: check, publish, return the new ids."""
+) -> tuple[list[str], bool]:
+    """``POST /api/events`` once its body is parsed: check, publish, return the new ids, and
+    whether they are an earlier publish's, answered again for its idempotency key (I5)."""
     if principal is not None:
         await jc.limiter.hit("publish", principal, connection)
     settings = jc.settings
@@ -162,25 +189,26 @@ async def publish_events(
 
 async def _publish(
     jc: "Runtime", subject: str, key: str | None, drafts: list[EventDraft]
-) -> list[str]:
+) -> tuple[list[str], bool]:
     if key is None:
         events = await jc.hub.publish_many(drafts)
-        return [event.id for event in events]
+        return [event.id for event in events], False
     return await _publish_once(jc, subject, key, drafts)
 
 
 async def _publish_once(
     jc: "Runtime", subject: str, key: str, drafts: list[EventDraft]
-) -> list[str]:
+) -> tuple[list[str], bool]:
     """A keyed publish (idempotency.I5): the first publishes and records its ids; a retry with
-    the same events gets those ids back and publishes nothing."""
+    the same events gets those ids back (replayed) and publishes nothing."""
     fingerprint = hashlib.sha256()
     for draft in drafts:
         fingerprint.update(
             b"%s\0%s\0%s\n" % (draft.topic.encode(), draft.type.encode(), draft.data_json)
         )
     request_hash = fingerprint.hexdigest()
-    earlier = await jc.store.claim_publish(subject, key, request_hash, RETENTION)
+    retention = jc.settings.idempotency_retention_seconds
+    earlier = await jc.store.claim_publish(subject, key, request_hash, retention)
     if earlier is not None:
         if earlier[0] != request_hash:
             raise Conflict(
@@ -189,7 +217,7 @@ async def _publish_once(
             )
         if earlier[1] is None:
             raise Conflict("a publish with this Idempotency-Key is under way; retry shortly")
-        return earlier[1]
+        return earlier[1], True
     try:
         events = await jc.hub.publish_many(drafts)
     except BaseException:
@@ -198,7 +226,7 @@ async def _publish_once(
         raise
     ids = [event.id for event in events]
     await jc.store.record_publish(subject, key, ids)
-    return ids
+    return ids, False
 
 
 def resume_id(connection: HTTPConnection) -> str | None:

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 
 from jobcast.auth import Principal
 from jobcast.errors import InvalidInput, NotFound, PayloadTooLarge
-from jobcast.jobs.idempotency import Idempotency, request_hash, valid_key
+from jobcast.jobs.idempotency import REPLAYED_HEADER, Idempotency, request_hash, valid_key
 from jobcast.jobs.model import Job, JobState
 from jobcast.jobs.rerun import rerun
 from jobcast.jobs.submit_options import FIELDS, SubmitOptions, parse_options
@@ -84,6 +84,19 @@ def jobs_router(jc: "Runtime") -> APIRouter:
         "/api/jobs",
         status_code=202,
         response_model=JobSnapshot,
+        responses={
+            200: {
+                "model": JobSnapshot,
+                "description": "A retry with an Idempotency-Key used before for the same "
+                "request: the first submission's job.",
+                "headers": {
+                    REPLAYED_HEADER: {
+                        "description": "`true`: answered again",
+                        "schema": {"type": "string"},
+                    }
+                },
+            }
+        },
         summary="Submit a job (JSON, or multipart with a file)",
         openapi_extra=SUBMIT_BODY,
     )
@@ -149,10 +162,11 @@ def jobs_router(jc: "Runtime") -> APIRouter:
                 tracing.leave_request(traced)
             await received.remove()  # a no-op once the runner took the file
         links = job_links(request, job.id)
+        headers = {"Location": links["self"]}
+        if not created:  # idempotency.I2: the first submission's job, answered again
+            headers[REPLAYED_HEADER] = "true"
         return JSONResponse(
-            {**job.to_dict(), "links": links},
-            202 if created else 200,
-            headers={"Location": links["self"]},
+            {**job.to_dict(), "links": links}, 202 if created else 200, headers=headers
         )
 
     @router.get("/api/jobs", response_model=JobList, summary="List jobs, newest first")

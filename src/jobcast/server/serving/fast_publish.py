@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope
 
 from jobcast.errors import JobcastError
+from jobcast.jobs.idempotency import REPLAYED_HEADER
 from jobcast.server.http.errors import jobcast_error_response, unexpected_error_response
 from jobcast.server.http.exact_json import long_digits
 from jobcast.server.routes.events import PublishRequest, publish_events
@@ -28,6 +29,8 @@ from jobcast.server.routes.events import PublishRequest, publish_events
 if TYPE_CHECKING:
     from jobcast.server.runtime import Runtime
 
+#: The headers of a publish answered again for its idempotency key.
+REPLAYED = {REPLAYED_HEADER: "true"}
 #: The body's fields, as the route's model declares them (one declaration for both entrances).
 FIELDS = frozenset(PublishRequest.model_fields)
 
@@ -96,10 +99,12 @@ async def publish_plain(jc: Runtime, scope: Scope, body: bytes) -> Response | No
     connection = HTTPConnection(scope)
     try:
         principal = await jc.credentials.resolve(connection)
-        ids = await publish_events(jc, connection, principal, items, batch=batch)
+        ids, replayed = await publish_events(jc, connection, principal, items, batch=batch)
     except JobcastError as exc:
         return jobcast_error_response(exc, scope)
     except Exception:
         return unexpected_error_response(scope["method"], scope["path"])
     content = orjson.dumps({"ids": ids} if batch else {"id": ids[0]})
+    if replayed:  # idempotency.I5: as the FastAPI route answers it
+        return Response(content, 200, REPLAYED, media_type="application/json")
     return Response(content, 202, media_type="application/json")
