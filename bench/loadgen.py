@@ -451,11 +451,11 @@ def raise_fd_limit() -> int:
     return int(hard if hard != resource.RLIM_INFINITY else 1 << 20)
 
 
-def source_addresses(streams: int) -> tuple[str, ...]:
-    """L5: the loopback addresses to connect from; none (the kernel's choice) when one will do."""
-    if streams <= PER_SOURCE:
-        return ()
-    return tuple(f"127.0.0.{2 + i}" for i in range(math.ceil(streams / PER_SOURCE)))
+def source_addresses(streams: int, least: int = 0) -> tuple[str, ...]:
+    """L5: the loopback addresses to connect from (at least ``least``); none (the kernel's
+    choice of 127.0.0.1) when one will do."""
+    count = max(least, math.ceil(streams / PER_SOURCE) if streams > PER_SOURCE else 0)
+    return tuple(f"127.0.0.{2 + i}" for i in range(count))
 
 
 def _process_main(
@@ -518,21 +518,23 @@ class LoadGenerator:
         processes: int = 4,
         connect_parallelism: int = 64,
         parser: str = "scan",
+        sources: int = 0,
     ) -> None:
+        """``sources``: connect from at least that many loopback addresses (L5)."""
         if parser not in PARSERS:
             raise ValueError(f"parser must be one of {PARSERS}, not {parser!r}")
         ports = port if isinstance(port, list) else [port]
         self.workers: list[tuple[mp.process.BaseProcess, Connection]] = []
         ctx = mp.get_context("spawn")
         count = max(1, min(max(processes, math.ceil(len(specs) / PER_PROCESS)), len(specs)))
-        sources = source_addresses(len(specs))
+        addresses = source_addresses(len(specs), sources)
         for index in range(count):
             mine = specs[index::count]
             parent, child = ctx.Pipe()
             port_here = ports[index % len(ports)]
             process = ctx.Process(
                 target=_process_main,
-                args=(child, host, port_here, mine, connect_parallelism, parser, sources),
+                args=(child, host, port_here, mine, connect_parallelism, parser, addresses),
                 daemon=True,
             )
             self.workers.append((process, parent))

@@ -96,6 +96,9 @@ QUICK = Scale(
     many_topics=10,
 )
 
+#: The many-streams rows connect from at least this many loopback addresses (more when the
+#: streams need more ephemeral ports: bench/loadgen.py L5).
+MANY_SOURCES = 2
 #: File descriptors a server keeps for itself besides its streams (listener, store, logs).
 SERVER_FDS = 500
 
@@ -240,12 +243,14 @@ def single_publishes(target: Target, scale: Scale) -> Figures:
     }
 
 
-def idle(target: Target, scale: Scale, streams: int = 0) -> Figures:
+def idle(target: Target, scale: Scale, streams: int = 0, sources: int = 0) -> Figures:
     """Open ``idle`` (or ``streams``) streams that receive nothing: memory per connection."""
     streams = streams or scale.idle
     specs = [StreamSpec(target.stream_request(["bench/idle"], i)) for i in range(streams)]
     before = target.stats()
-    load = LoadGenerator(HOST, target.ports, specs, processes=scale.processes, parser=scale.parser)
+    load = LoadGenerator(
+        HOST, target.ports, specs, processes=scale.processes, parser=scale.parser, sources=sources
+    )
     try:
         opened_in, statuses = load.connect(timeout=scale.deadline)
         time.sleep(1.0)  # let the server finish its per-connection allocations
@@ -289,8 +294,9 @@ def reconnect(target: Target, scale: Scale) -> Figures:
 
 
 def idle_many(target: Target, scale: Scale) -> Figures:
-    """``idle`` at the many-streams size (50,000 where the server's file limit allows)."""
-    return idle(target, scale, many_streams(scale))
+    """``idle`` at the many-streams size (50,000 where the server's file limit allows), from
+    several loopback addresses at every size (so the quick scale tries them too)."""
+    return idle(target, scale, many_streams(scale), sources=MANY_SOURCES)
 
 
 def restart(target: Target, scale: Scale) -> Figures:
@@ -309,7 +315,14 @@ def restart(target: Target, scale: Scale) -> Figures:
         StreamSpec(target.stream_request([topics[i % len(topics)]], i), expect=total, resume=True)
         for i in range(streams)
     ]
-    load = LoadGenerator(HOST, target.ports, specs, processes=scale.processes, parser=scale.parser)
+    load = LoadGenerator(
+        HOST,
+        target.ports,
+        specs,
+        processes=scale.processes,
+        parser=scale.parser,
+        sources=MANY_SOURCES,
+    )
     try:
         empty = target.stats()
         opened_in, statuses = load.connect(timeout=scale.deadline)
