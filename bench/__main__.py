@@ -358,6 +358,10 @@ def main(argv: list[str] | None = None) -> int:
     wanted = set(filter(None, args.rows.split(",")))
     targets = [t for t in args.targets.split(",") if t != "nchan" or nchan_available()]
     selected = [row for row in rows(scale) if not wanted or row.name in wanted]
+    unknown = wanted - {row.name for row in rows(scale)}
+    if unknown:
+        known = ", ".join(row.name for row in rows(scale))
+        parser.error(f"no row {', '.join(sorted(unknown))} at this scale; the rows: {known}")
     results = Results(
         command=shlex.join(["python", "-m", "bench", *sys.argv[1:]]),
         scale=args.scale,

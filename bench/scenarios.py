@@ -9,6 +9,7 @@ medians over repeats and ratios between targets without knowing what they mean.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import urllib.request
 import uuid
@@ -101,6 +102,12 @@ QUICK = Scale(
 MANY_SOURCES = 2
 #: File descriptors a server keeps for itself besides its streams (listener, store, logs).
 SERVER_FDS = 500
+
+
+def many_deadline(scale: Scale, streams: int) -> Scale:
+    """The scale with a deadline long enough to open (or resume) ``streams`` on a busy machine:
+    at least 200 a second."""
+    return dataclasses.replace(scale, deadline=max(scale.deadline, streams / 200))
 
 
 def many_streams(scale: Scale) -> int:
@@ -296,7 +303,8 @@ def reconnect(target: Target, scale: Scale) -> Figures:
 def idle_many(target: Target, scale: Scale) -> Figures:
     """``idle`` at the many-streams size (50,000 where the server's file limit allows), from
     several loopback addresses at every size (so the quick scale tries them too)."""
-    return idle(target, scale, many_streams(scale), sources=MANY_SOURCES)
+    streams = many_streams(scale)
+    return idle(target, many_deadline(scale, streams), streams, sources=MANY_SOURCES)
 
 
 def restart(target: Target, scale: Scale) -> Figures:
@@ -309,6 +317,7 @@ def restart(target: Target, scale: Scale) -> Figures:
     has its first event on its new connection, and loss and duplicates over all events.
     """
     streams = many_streams(scale)
+    scale = many_deadline(scale, streams)
     topics = [f"bench/restart/{i}" for i in range(min(scale.many_topics, streams))]
     total = scale.many_before + scale.many_after
     specs = [
