@@ -83,6 +83,7 @@ class StreamResult:
     terminal: int = 0
     closed_by_server: bool = False
     reconnects: int = 0  # L4: connection attempts after the first, refused ones included
+    refusals: int = 0  # L4: reconnections answered with a status other than 200
     opened_at: float = 0.0  # L6: wall clock when the newest connection got its status line
     resumed_at: float = 0.0  # L6: wall clock of the first event on that connection
 
@@ -187,6 +188,11 @@ class SSEConnection(asyncio.Protocol):
             self.result.opened_at, self.result.resumed_at = time.time(), 0.0  # L6
             data, self.head = self.head[end + 4 :], b""
             self.opened.set_result(None)
+            if self.spec.resume and self.result.status != 200 and self.transport is not None:
+                # EventSource would give up; the benchmark counts it and tries again (L4).
+                self.result.refusals += 1
+                self.transport.close()
+                return
             if self.spec.stall and self.transport is not None:
                 self.transport.pause_reading()  # L3
                 self.process.finished(self)

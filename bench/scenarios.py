@@ -363,6 +363,7 @@ def restart(target: Target, scale: Scale) -> Figures:
         "resume_p50_s": float(np.median(resumed)) - answering if resumed else float("nan"),
         "not_resumed": float(streams - len(resumed)),
         "reconnect_attempts": float(sum(s.reconnects for s in merged.streams)),
+        "refused_reconnects": float(sum(s.refusals for s in merged.streams)),
         "expected": float(streams * total),
         "delivered": float(merged.received),
         "lost": float(merged.missing),
