@@ -453,8 +453,11 @@ def raise_fd_limit() -> int:
     CAP_SYS_RESOURCE); the limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return int(hard if hard != resource.RLIM_INFINITY else 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # an unlimited hard limit is above the kernel's nr_open
+            return int(soft)
+    return int(hard)
 
 
 def source_addresses(streams: int, least: int = 0) -> tuple[str, ...]:

@@ -28,6 +28,8 @@ from urllib.parse import quote
 import jwt
 import orjson
 
+from bench.loadgen import raise_fd_limit
+
 HOST = "127.0.0.1"
 SECRET = "benchmark-secret-that-is-long-enough-for-hs256"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -47,11 +49,6 @@ def fd_limit() -> int:
     the hard limit itself needs CAP_SYS_RESOURCE, which a container rarely grants)."""
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     return int(hard if hard != resource.RLIM_INFINITY else 1 << 20)
-
-
-def _raise_fd_limit() -> None:
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def mint(subject: str, role: str = "user") -> str:
@@ -135,7 +132,7 @@ class Target:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
-            preexec_fn=_raise_fd_limit,  # a server holding tens of thousands of streams
+            preexec_fn=raise_fd_limit,  # a server holding tens of thousands of streams
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
