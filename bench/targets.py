@@ -298,7 +298,7 @@ daemon off;
 worker_processes 1;
 pid $workdir/nginx.pid;
 error_log $workdir/nginx-error.log warn;
-events { worker_connections 30000; }
+events { worker_connections 65536; }  # the idle-50000 row; the open-file limit still applies
 http {
     access_log off;
     keepalive_requests 1000000;
