@@ -3,6 +3,8 @@
     python -m bench                      # the published numbers (about half an hour)
     python -m bench --scale quick        # a one-minute smoke run at toy sizes
     python -m bench --rows fanout-5000-burst,idle-10000 --repeat 5
+    python -m bench --parser whatwg      # every event parsed as EventSource does (loadgen.py)
+    python -m bench --rows idle-50000,restart-50000 --targets jobcast,nchan,asyncio
 
 Each (row, target, repeat) runs against a freshly started server, targets interleaved within
 each repeat so that a machine getting busier affects every target alike. The table gives the
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import shlex
 import sys
 import time
@@ -24,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import scenarios
+from bench.loadgen import PARSERS
 from bench.report import Check, Figures, Results, chart, machine, table, write_json
-from bench.scenarios import QUICK, Scale
+from bench.scenarios import QUICK, Scale, many_streams
 from bench.scraper import scraping
 from bench.targets import (
     HOST,
@@ -103,6 +107,13 @@ def rows(scale: Scale) -> list[Row]:
             lambda t, s: _while_scraping(t, lambda: scenarios.fanout(t, s, middle, paced=False)),
             ("jobcast",),
         ),
+    ]
+    # 50,000 streams where the server's file limit allows (named by the size that runs).
+    many = many_streams(scale)
+    found += [
+        Row(f"idle-{many}", scenarios.idle_many, ("jobcast", "nchan", "asyncio")),
+        # nchan and the asyncio reference keep no history across a restart: jobcast only.
+        Row(f"restart-{many}", scenarios.restart, ("jobcast",)),
     ]
     return found
 
@@ -262,6 +273,26 @@ def checks(scale: Scale) -> list[Check]:
             lambda r: ratio(scraped, "delivered_per_s", (burst, "jobcast"))(r) >= 0.95,
             reference=(burst, "jobcast"),
         ),
+    ]
+    many = many_streams(scale)
+    restart = f"restart-{many}"
+    found += [
+        Check(
+            f"idle-{many}",
+            "kb_per_connection",
+            "KB per connection",
+            reference=(f"idle-{many}", "nchan"),
+        ),
+        Check(restart, "kb_per_connection", "KB per connection before the restart"),
+        Check(restart, "down_s", "s from SIGTERM until the new process answers"),
+        Check(restart, "resume_all_s", "s from answering until every stream has an event"),
+        Check(
+            restart,
+            "not_resumed",
+            "streams without an event after the restart",
+            "0",
+            lambda r: r.worst(restart, "jobcast", "not_resumed") == 0,
+        ),
         Check("all rows", "lost", "lost + duplicated + refused", "0", no_loss),
     ]
     return found
@@ -305,15 +336,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", default="jobcast,baseline,nchan,asyncio,floor")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--no-chart", action="store_true")
+    parser.add_argument(
+        "--parser",
+        choices=PARSERS,
+        default="scan",
+        help="the load generator's: scan (regular expressions) or whatwg (as EventSource)",
+    )
+    parser.add_argument(
+        "--many", type=int, default=0, help="streams in the idle-N and restart-N rows"
+    )
     args = parser.parse_args(argv)
 
     scale = QUICK if args.scale == "quick" else Scale()
+    scale = dataclasses.replace(scale, parser=args.parser, many=args.many or scale.many)
     repeat = args.repeat or (1 if args.scale == "quick" else 3)
     wanted = set(filter(None, args.rows.split(",")))
     targets = [t for t in args.targets.split(",") if t != "nchan" or nchan_available()]
     selected = [row for row in rows(scale) if not wanted or row.name in wanted]
+    unknown = wanted - {row.name for row in rows(scale)}
+    if unknown:
+        known = ", ".join(row.name for row in rows(scale))
+        parser.error(f"no row {', '.join(sorted(unknown))} at this scale; the rows: {known}")
+    many_rows = (scenarios.idle_many, scenarios.restart)
+    if many_streams(scale) < scale.many and any(row.run in many_rows for row in selected):
+        print(
+            f"the servers' hard limit of open files allows {many_streams(scale)} streams, "
+            f"not {scale.many}: the many-streams rows run at that size"
+        )
     results = Results(
-        command=shlex.join(["python", "-m", "bench", *sys.argv[1:]]), scale=args.scale
+        command=shlex.join(["python", "-m", "bench", *sys.argv[1:]]),
+        scale=args.scale,
+        generator=args.parser,
     )
 
     for attempt in range(repeat):
@@ -331,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
     print(f"command: {results.command}  (medians of {repeat} run(s) per cell)")
+    print(f"load generator: {args.parser} parser")
     print()
     print(
         table(

@@ -27,6 +27,8 @@ class Results:
 
     command: str
     scale: str
+    #: The load generator's parser (bench/loadgen.py): ``scan`` or ``whatwg``.
+    generator: str = "scan"
     runs: dict[str, dict[str, list[Figures]]] = field(default_factory=dict)
 
     def add(self, row: str, target: str, figures: Figures) -> None:
@@ -149,6 +151,7 @@ def write_json(results: Results, path: Path, info: dict[str, str]) -> None:
         "machine": info,
         "command": results.command,
         "scale": results.scale,
+        "generator": results.generator,
         "medians": medians,
         "runs": results.runs,
     }

@@ -9,6 +9,7 @@ medians over repeats and ratios between targets without knowing what they mean.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import urllib.request
 import uuid
@@ -20,7 +21,15 @@ import orjson
 
 from bench.loadgen import LoadGenerator, Merged, StreamSpec
 from bench.publisher import HTTPConnection, publish
-from bench.targets import HOST, BaselineTarget, JobcastTarget, ProcessStats, Target, mint
+from bench.targets import (
+    HOST,
+    BaselineTarget,
+    JobcastTarget,
+    ProcessStats,
+    Target,
+    fd_limit,
+    mint,
+)
 
 Figures = dict[str, float]
 
@@ -55,6 +64,14 @@ class Scale:
     single_publishes: int = 10_000
     single_rate: float = 1000.0
     deadline: float = 180.0
+    #: The many-streams rows (idle-N, restart-N): N streams on ``many_topics`` topics, and
+    #: for the restart ``many_before`` events per topic before it, ``many_after`` after it.
+    many: int = 50_000
+    many_topics: int = 100
+    many_before: int = 2
+    many_after: int = 3
+    #: The load generator's parser: ``scan`` or ``whatwg`` (bench/loadgen.py).
+    parser: str = "scan"
 
 
 QUICK = Scale(
@@ -76,7 +93,28 @@ QUICK = Scale(
     single_publishes=300,
     single_rate=300.0,
     deadline=60.0,
+    many=300,
+    many_topics=10,
 )
+
+#: The many-streams rows connect from at least this many loopback addresses (more when the
+#: streams need more ephemeral ports: bench/loadgen.py L5).
+MANY_SOURCES = 2
+#: File descriptors a server keeps for itself besides its streams (listener, store, logs).
+SERVER_FDS = 500
+
+
+def many_deadline(scale: Scale, streams: int) -> Scale:
+    """The scale with a deadline long enough to open (or resume) ``streams`` on a busy machine:
+    at least 200 a second."""
+    return dataclasses.replace(scale, deadline=max(scale.deadline, streams / 200))
+
+
+def many_streams(scale: Scale) -> int:
+    """The size of the many-streams rows: ``scale.many``, unless a server here cannot hold that
+    many connections (its hard ``RLIMIT_NOFILE``, which a process may not raise); then as many
+    as it can, and the rows are named by the size that runs."""
+    return max(1, min(scale.many, fd_limit() - SERVER_FDS))
 
 
 def percentiles(merged: Merged) -> Figures:
@@ -98,7 +136,7 @@ def stream_and_publish(
     connections: int = 0,
 ) -> tuple[Figures, Merged]:
     """Open ``specs``, publish ``plan``, wait for delivery; the common figures."""
-    load = LoadGenerator(HOST, target.ports, specs, processes=scale.processes)
+    load = LoadGenerator(HOST, target.ports, specs, processes=scale.processes, parser=scale.parser)
     try:
         opened_in, statuses = load.connect(timeout=scale.deadline)
         refused = sum(status != 200 for status in statuses)
@@ -212,11 +250,14 @@ def single_publishes(target: Target, scale: Scale) -> Figures:
     }
 
 
-def idle(target: Target, scale: Scale) -> Figures:
-    """Open ``idle`` streams that receive nothing: memory per connection."""
-    specs = [StreamSpec(target.stream_request(["bench/idle"], i)) for i in range(scale.idle)]
+def idle(target: Target, scale: Scale, streams: int = 0, sources: int = 0) -> Figures:
+    """Open ``idle`` (or ``streams``) streams that receive nothing: memory per connection."""
+    streams = streams or scale.idle
+    specs = [StreamSpec(target.stream_request(["bench/idle"], i)) for i in range(streams)]
     before = target.stats()
-    load = LoadGenerator(HOST, target.ports, specs, processes=scale.processes)
+    load = LoadGenerator(
+        HOST, target.ports, specs, processes=scale.processes, parser=scale.parser, sources=sources
+    )
     try:
         opened_in, statuses = load.connect(timeout=scale.deadline)
         time.sleep(1.0)  # let the server finish its per-connection allocations
@@ -224,8 +265,9 @@ def idle(target: Target, scale: Scale) -> Figures:
     finally:
         load.close()
     return {
-        "kb_per_connection": (after.rss_bytes - before.rss_bytes) / 1024 / scale.idle,
-        "cpu_us_per_connection": (after.cpu_seconds - before.cpu_seconds) / scale.idle * 1e6,
+        "streams": float(streams),
+        "kb_per_connection": (after.rss_bytes - before.rss_bytes) / 1024 / streams,
+        "cpu_us_per_connection": (after.cpu_seconds - before.cpu_seconds) / streams * 1e6,
         "server_rss_mb": after.rss_bytes / 2**20,
         "refused_streams": float(sum(status != 200 for status in statuses)),
         "connect_s": opened_in,
@@ -247,7 +289,7 @@ def reconnect(target: Target, scale: Scale) -> Figures:
     they hold (a deploy or a drained instance): the second wave's rate and first event."""
     topic = "bench/reconnect"
     specs = [StreamSpec(target.stream_request([topic], i), expect=1) for i in range(scale.connect)]
-    first = LoadGenerator(HOST, target.ports, specs, processes=scale.processes)
+    first = LoadGenerator(HOST, target.ports, specs, processes=scale.processes, parser=scale.parser)
     try:
         first.connect(timeout=scale.deadline)
     finally:
@@ -256,6 +298,78 @@ def reconnect(target: Target, scale: Scale) -> Figures:
     figures["connections_per_s"] = scale.connect / figures["connect_s"]
     figures["first_event_p99_ms"] = figures["p99_ms"]
     return figures
+
+
+def idle_many(target: Target, scale: Scale) -> Figures:
+    """``idle`` at the many-streams size (50,000 where the server's file limit allows), from
+    several loopback addresses at every size (so the quick scale tries them too)."""
+    streams = many_streams(scale)
+    return idle(target, many_deadline(scale, streams), streams, sources=MANY_SOURCES)
+
+
+def restart(target: Target, scale: Scale) -> Figures:
+    """A reconnect storm: the many streams open (idle memory per stream), ``many_before``
+    events per topic reach all of them, the server restarts on the same port and data
+    directory, ``many_after`` more are published as soon as it answers, and every stream
+    resumes with ``Last-Event-ID`` after the retry hint the draining server gave it.
+
+    Figures: seconds from the new process answering (and from SIGTERM) until every stream
+    has its first event on its new connection, and loss and duplicates over all events.
+    """
+    streams = many_streams(scale)
+    scale = many_deadline(scale, streams)
+    topics = [f"bench/restart/{i}" for i in range(min(scale.many_topics, streams))]
+    total = scale.many_before + scale.many_after
+    specs = [
+        StreamSpec(target.stream_request([topics[i % len(topics)]], i), expect=total, resume=True)
+        for i in range(streams)
+    ]
+    load = LoadGenerator(
+        HOST,
+        target.ports,
+        specs,
+        processes=scale.processes,
+        parser=scale.parser,
+        sources=MANY_SOURCES,
+    )
+    try:
+        empty = target.stats()
+        opened_in, statuses = load.connect(timeout=scale.deadline)
+        time.sleep(1.0)  # let the server finish its per-connection allocations
+        idle_stats = target.stats()
+        before = [(topic, seq) for seq in range(scale.many_before) for topic in topics]
+        first = asyncio.run(publish(target.ports, target.publish_request, before))
+        reached = load.until(scale.many_before, scale.deadline)
+        stopping, exited, answering = target.restart()
+        after = [(topic, seq) for seq in range(scale.many_before, total) for topic in topics]
+        second = asyncio.run(publish(target.ports, target.publish_request, after))
+        merged = load.collect(timeout=scale.deadline)
+    finally:
+        load.close()
+    # L6 of bench/loadgen.py: a stream resumed when its newest connection opened after the old
+    # process exited and read an event.
+    resumed = sorted(s.resumed_at for s in merged.streams if s.opened_at >= exited and s.resumed_at)
+    everyone = resumed[-1] if len(resumed) == streams else float("nan")
+    return {
+        "streams": float(streams),
+        "kb_per_connection": (idle_stats.rss_bytes - empty.rss_bytes) / 1024 / streams,
+        "connect_s": opened_in,
+        "refused_streams": float(sum(status != 200 for status in statuses)),
+        "had_first_events": float(reached),
+        "stop_s": exited - stopping,
+        "down_s": answering - stopping,
+        "resume_all_s": everyone - answering,
+        "resume_all_from_sigterm_s": everyone - stopping,
+        "resume_p50_s": float(np.median(resumed)) - answering if resumed else float("nan"),
+        "not_resumed": float(streams - len(resumed)),
+        "reconnect_attempts": float(sum(s.reconnects for s in merged.streams)),
+        "refused_reconnects": float(sum(s.refusals for s in merged.streams)),
+        "expected": float(streams * total),
+        "delivered": float(merged.received),
+        "lost": float(merged.missing),
+        "duplicates": float(merged.duplicates),
+        "publish_failures": float(first.failed + second.failed),
+    }
 
 
 def slow_consumers(target: Target, scale: Scale) -> Figures:
@@ -304,7 +418,7 @@ def _baseline_jobs(target: BaselineTarget, scale: Scale) -> Figures:
     requests = [target.job_request(job_id, scale.job_steps, scale.job_delay) for job_id in ids]
     before = target.stats()
     # The seed design has no history: watchers must be connected before their job starts.
-    load = LoadGenerator(HOST, target.ports, specs, processes=scale.processes)
+    load = LoadGenerator(HOST, target.ports, specs, processes=scale.processes, parser=scale.parser)
     try:
         _, statuses = load.connect(timeout=scale.deadline)
         started = time.time()
@@ -326,7 +440,7 @@ def _watch_jobs(
     before: ProcessStats,
     writes_before: float,
 ) -> Figures:
-    load = LoadGenerator(HOST, target.ports, specs, processes=scale.processes)
+    load = LoadGenerator(HOST, target.ports, specs, processes=scale.processes, parser=scale.parser)
     try:
         _, statuses = load.connect(timeout=scale.deadline)
         merged = load.collect(timeout=scale.deadline)

@@ -10,6 +10,7 @@ ASGI), which is the Python limit.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -27,6 +28,8 @@ from urllib.parse import quote
 import jwt
 import orjson
 
+from bench.loadgen import raise_fd_limit
+
 HOST = "127.0.0.1"
 SECRET = "benchmark-secret-that-is-long-enough-for-hs256"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -39,6 +42,13 @@ def free_port() -> int:
         sock.bind((HOST, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def fd_limit() -> int:
+    """The hard limit of open files a server started from here can raise itself to (raising
+    the hard limit itself needs CAP_SYS_RESOURCE, which a container rarely grants)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return int(hard if hard != resource.RLIM_INFINITY else 1 << 20)
 
 
 def mint(subject: str, role: str = "user") -> str:
@@ -84,6 +94,9 @@ class Target:
     name: str
     ports: list[int] = field(default_factory=list)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    #: How each server process was started (command, environment, health path, port), so
+    #: ``restart`` can start it again the same way.
+    launches: list[tuple[list[str], dict[str, str], str, int]] = field(default_factory=list)
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="jobcast-bench-")))
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -105,22 +118,45 @@ class Target:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _spawn(self, command: list[str], env: dict[str, str], health: str, port: int) -> None:
-        log = (self.workdir / f"server-{port}.log").open("wb")
-        process = subprocess.Popen(
-            command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
-        )
-        self.processes.append(process)
+        self.processes.append(self._launch(command, env, health, port))
+        self.launches.append((command, env, health, port))
         self.ports.append(port)
+
+    def _launch(
+        self, command: list[str], env: dict[str, str], health: str, port: int
+    ) -> subprocess.Popen[bytes]:
+        log = (self.workdir / f"server-{port}.log").open("ab")
+        process = subprocess.Popen(
+            command,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            preexec_fn=raise_fd_limit,  # a server holding tens of thousands of streams
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited at start:\n{self.log_tail()}")
             try:
                 with urllib.request.urlopen(f"http://{HOST}:{port}{health}", timeout=1):
-                    return
+                    return process
             except OSError:
                 time.sleep(0.1)
         raise RuntimeError(f"{self.name} did not answer {health} within 30 s")
+
+    def restart(self) -> tuple[float, float, float]:
+        """Stop every server process with SIGTERM, as a deploy does, and start each again on
+        the same port with the same data directory. Wall-clock times: told to stop, exited,
+        answering again."""
+        stopping = time.time()
+        for process in self.processes:
+            process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            process.wait(60)
+        exited = time.time()
+        self.processes = [self._launch(*launch) for launch in self.launches]
+        return stopping, exited, time.time()
 
     def _spawn_uvicorn(self, app: str, *options: str) -> None:
         """One uvicorn process serving ``app`` (a reference app), as jobcast's server runs."""
@@ -262,7 +298,7 @@ daemon off;
 worker_processes 1;
 pid $workdir/nginx.pid;
 error_log $workdir/nginx-error.log warn;
-events { worker_connections 30000; }
+events { worker_connections 65536; }  # the idle-50000 row; the open-file limit still applies
 http {
     access_log off;
     keepalive_requests 1000000;

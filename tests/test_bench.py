@@ -8,12 +8,14 @@ the JSON file are written.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from bench.loadgen import LoadProcess, SSEConnection, StreamSpec
 from bench.scraper import scraping
 
 from tests.services import needs_services
@@ -89,3 +91,59 @@ def test_the_take_cost_benchmark_drains_both_rows() -> None:
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("kind limits")]
     assert len(rows) == 2, result.stdout
+def test_the_whatwg_load_generator_and_a_restart_with_resuming_streams(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "bench", "--scale", "quick", "--no-chart"]
+    command += ["--parser", "whatwg", "--rows", "fanout-100-burst,idle-300,restart-300"]
+    command += ["--targets", "jobcast,asyncio", "--out", str(tmp_path)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "load generator: whatwg parser" in result.stdout
+
+    (written,) = tmp_path.glob("bench-*.json")
+    document = json.loads(written.read_text())
+    assert document["generator"] == "whatwg"
+    for target in ("jobcast", "asyncio"):  # every event parsed field by field, then JSON
+        figures = document["medians"]["fanout-100-burst"][target]
+        assert figures["delivered"] == figures["expected"] > 0, (target, figures)
+        assert figures["lost"] == figures["duplicates"] == 0
+        assert document["medians"]["idle-300"][target]["refused_streams"] == 0
+    # 300 streams on 10 topics, 2 events each before the restart and 3 after: every stream
+    # resumed from its Last-Event-ID on the new process, nothing lost or repeated.
+    restart = document["medians"]["restart-300"]["jobcast"]
+    assert restart["delivered"] == restart["expected"] == 1500, restart
+    assert restart["lost"] == restart["duplicates"] == restart["not_resumed"] == 0, restart
+    assert restart["reconnect_attempts"] >= 300
+    assert 0 < restart["resume_all_s"] < 30
+
+
+def test_the_whatwg_parser_reads_events_split_anywhere_by_the_transfer_coding() -> None:
+    async def read(pieces: list[bytes]) -> SSEConnection:
+        process = LoadProcess("127.0.0.1", 9, [], 1, parser="whatwg")
+        connection = SSEConnection(StreamSpec(b"GET / HTTP/1.1\r\n\r\n", expect=3), process)
+        for piece in pieces:
+            connection.data_received(piece)
+        return connection
+
+    frames = b"retry: 1500\n\n" + b"".join(
+        b'id: 7-%d\r\nevent: tick\ndata: {"seq": %d,\ndata: "t": 1.5}\n\n' % (i, i)
+        for i in (0, 1, 1, 2)  # one duplicate; the data spans two lines
+    )
+    body = b"".join(
+        b"%x\r\n%s\r\n" % (len(frames[i : i + 7]), frames[i : i + 7])
+        for i in range(0, len(frames), 7)
+    )
+    raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body + b"0\r\n\r\n"
+    connection = asyncio.run(read([raw[i : i + 5] for i in range(0, len(raw), 5)]))
+    assert (connection.unique, connection.result.duplicates) == (3, 1)
+    assert (connection.last_id, connection.retry_ms) == ("7-2", 1500)
+    assert connection.result.closed_by_server
+
+
+def test_the_parser_cost_benchmark_measures_both_parsers() -> None:
+    command = [sys.executable, "-m", "bench.parser_cost", "--events", "2000", "--repeat", "1"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines() if "| " in line}
+    for shape in ("1 event a chunk", "20 events a chunk"):
+        assert f"whatwg, {shape}" in rows
+        assert rows[f"scan, {shape}"].rstrip().endswith("| 1.00 |")
