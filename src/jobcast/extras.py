@@ -30,8 +30,11 @@ def require(module: str, extra: str | None, needed_by: str) -> None:
 
 def check_backends(broker_url: str, store_url: str, queue_url: str | None) -> None:
     """Raise :class:`MissingExtra` for the first configured backend that cannot be loaded."""
-    if urlsplit(broker_url).scheme in ("redis", "rediss"):
+    broker_scheme = urlsplit(broker_url).scheme
+    if broker_scheme in ("redis", "rediss"):
         require("redis", "redis", "the Redis broker (JOBCAST_BROKER_URL)")
+    elif broker_scheme.startswith(("postgresql", "postgres")):  # asyncpg, whatever the store's
+        require("asyncpg", "postgres", "the PostgreSQL broker (JOBCAST_BROKER_URL or the store's)")
     store_scheme = urlsplit(store_url).scheme
     if store_scheme in ("postgresql", "postgres", "postgresql+asyncpg"):
         require("asyncpg", "postgres", "the PostgreSQL job store (JOBCAST_STORE_URL)")

@@ -1,21 +1,25 @@
-"""What this process is deployed on, decided once: memory, SQLite, or Redis shared with others.
+"""What this process is deployed on, decided once: memory, SQLite, or Redis or PostgreSQL shared
+with others.
 
 The broker URL decides it. With ``memory://`` or SQLite (the embedded default) one process
 holds everything: rate-limit counters and spent tickets live in memory, metrics are this
 process's own. With Redis, several instances share one deployment, so the counters and the
 spent tickets live in the same Redis (through one connection pool, disconnected when the
-runtime stops), and each process shares its metrics snapshot there. With ``queue_url``, jobs
-run on ``jobcast worker`` processes. No other module asks "is this Redis?".
+runtime stops), and each process shares its metrics snapshot there. With PostgreSQL (given, or
+the store's database by default) the counters and spent tickets live in that database
+(``ops/postgres_state.py``, one small pool); metrics stay each process's own. With
+``queue_url``, jobs run on ``jobcast worker`` processes. No other module asks "is this Redis?".
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from limits.aio.storage import MemoryStorage, Storage
 
-from jobcast.brokers import open_broker
+from jobcast.brokers import POSTGRES_SCHEMES, open_broker
 from jobcast.brokers.base import Broker
 from jobcast.config import Settings
 from jobcast.hub import Hub
@@ -33,6 +37,7 @@ from jobcast.stores import JobStore
 if TYPE_CHECKING:
     from redis.asyncio import ConnectionPool
 
+    from jobcast.server.ops.postgres_state import PostgresState
     from jobcast.shared_metrics import SharedMetrics
 
 REDIS_SCHEMES = ("redis://", "rediss://")
@@ -53,21 +58,35 @@ class Deployment:
             from jobcast.brokers.redis import split_url
 
             self._pool = redis.ConnectionPool.from_url(split_url(self.redis_url)[0])
+        #: The broker's PostgreSQL, when instances share one: tickets and limits live there.
+        self._postgres: PostgresState | None = None
+        if urlsplit(url).scheme in POSTGRES_SCHEMES:
+            from jobcast.server.ops.postgres_state import PostgresState  # the 'postgres' extra
+
+            self._postgres = PostgresState(url)
 
     @property
     def shared(self) -> bool:
         """Whether other instances share this deployment's state."""
-        return self.redis_url is not None
+        return self.redis_url is not None or self._postgres is not None
 
     def open_broker(self) -> Broker:
         return open_broker(self.settings.resolved_broker_url, self.settings.retention())
 
     def rate_limit_storage(self) -> Storage:
+        if self._postgres is not None:
+            from jobcast.server.ops.postgres_state import PostgresRateLimitStorage
+
+            return PostgresRateLimitStorage(self._postgres)
         if self.redis_url is None or self._pool is None:
             return MemoryStorage()
         return redis_rate_limit_storage(self.redis_url, self._pool)
 
     def spent_tickets(self) -> SpentTickets:
+        if self._postgres is not None:
+            from jobcast.server.ops.postgres_state import PostgresSpentTickets
+
+            return PostgresSpentTickets(self._postgres)
         if self.redis_url is None or self._pool is None:
             return MemorySpentTickets()
         return RedisSpentTickets(self.redis_url, self._pool)
@@ -121,3 +140,5 @@ class Deployment:
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.disconnect()
+        if self._postgres is not None:
+            await self._postgres.close()
