@@ -121,7 +121,9 @@ async def test_dropped_tables_start_a_new_epoch_and_end_streams(
     prefix = first.location.prefix
     conn = await asyncpg.connect(DSN)
     try:  # what restoring an empty database does to us
-        await conn.execute(f"DROP TABLE {', '.join(f'{prefix}_{t}' for t in BROKER_TABLES)}")
+        await conn.execute(
+            f"DROP TABLE IF EXISTS {', '.join(f'{prefix}_{t}' for t in BROKER_TABLES)}"
+        )
     finally:
         await conn.close()
     (new,) = await first.publish([draft("a", n=1)])

@@ -132,9 +132,15 @@ WITH gone AS (
 UPDATE {p}_expired SET position = GREATEST({p}_expired.position, gone.position)
 FROM gone WHERE gone.position IS NOT NULL RETURNING {p}_expired.position"""
         self.drop_marks = f"DELETE FROM {p}_trimmed WHERE position <= $1"
-        # G6: an application's transaction writes here; the event exists iff it commits.
+        # G6: an application's transaction writes here (on its own connection, whose search
+        # path may differ: the table is qualified); the event exists iff that commits. CAST,
+        # not "::", so SQLAlchemy's text() sees the parameters.
+        outbox = f'"{location.schema}".{p}_outbox' if location.schema else f"{p}_outbox"
         self.outbox_insert = (
-            f"WITH i AS (INSERT INTO {p}_outbox (topic, type, data, ts) VALUES ($1, $2, $3, $4))"
+            f"WITH i AS (INSERT INTO {outbox} (topic, type, data, ts)"
+            " SELECT u.topic, u.type, u.data, $4"
+            " FROM unnest(CAST($1 AS text[]), CAST($2 AS text[]), CAST($3 AS bytea[]))"
+            " AS u(topic, type, data))"
             " SELECT pg_notify($5, '')"
         )
         # G6: one mover at a time (the advisory lock), oldest outbox rows first.

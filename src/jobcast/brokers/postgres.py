@@ -52,6 +52,7 @@ import asyncpg
 
 from jobcast.brokers._postgres_sql import Statements, parse_url
 from jobcast.brokers.base import Deliver, Gap, Replay, Retention, check_position, new_epoch
+from jobcast.brokers.postgres_outbox import write_outbox
 from jobcast.errors import Unavailable
 from jobcast.events import Event, EventDraft, EventId
 from jobcast.topics import TopicPattern
@@ -483,6 +484,11 @@ class PostgresBroker:
             watermark = await conn.fetchval(sql.fold, topics, positions)
             if watermark is not None:
                 await conn.execute(sql.drop_marks, watermark)
+
+    async def publish_in(self, connection: Any, drafts: Sequence[EventDraft]) -> None:
+        """Publish ``drafts`` in ``connection``'s transaction: they exist iff it commits (G6).
+        The driver's errors are the application's, as for its own statements."""
+        await write_outbox(connection, self.sql, drafts)
 
     async def move_outbox(self) -> int:
         """Move committed outbox rows into the history (G6); the number moved."""
