@@ -12,6 +12,7 @@ from jobcast.brokers import Gap, Retention
 from jobcast.brokers.postgres import PostgresBroker
 from jobcast.errors import Unavailable
 from jobcast.events import Event, EventDraft, EventId
+from jobcast.publisher import AsyncPublisher
 from jobcast.topics import TopicPattern
 from tests.services import (
     BROKER_TABLES,
@@ -158,3 +159,12 @@ async def test_a_burst_of_concurrent_publishes_is_group_committed(url: str) -> N
         assert len(delivered) < 50  # about 256 a commit, not one commit per publish (G3)
     finally:
         await broker.close()
+
+
+async def test_a_publisher_outside_jobcast_reaches_running_instances(
+    pair: tuple[PostgresBroker, PostgresBroker, list[Event]], url: str
+) -> None:
+    _, _, seen = pair
+    async with AsyncPublisher(url) as publisher:
+        event_id = await publisher.publish("news", "posted", {"n": 1})
+    await eventually(lambda: [e.id for e in seen] == [event_id], 5)
