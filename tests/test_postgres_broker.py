@@ -168,3 +168,34 @@ async def test_a_publisher_outside_jobcast_reaches_running_instances(
     async with AsyncPublisher(url) as publisher:
         event_id = await publisher.publish("news", "posted", {"n": 1})
     await eventually(lambda: [e.id for e in seen] == [event_id], 5)
+
+
+async def test_events_trimmed_before_an_instance_delivered_them_end_its_streams(
+    url: str, history_lost: asyncio.Event
+) -> None:
+    first = PostgresBroker(url, Retention(max_events_per_topic=2), trim_interval=3600)
+    second = PostgresBroker(url, Retention(), trim_interval=3600)
+    seen: list[Event] = []
+    await first.start(lambda events: None)
+    await second.start(seen.extend, history_lost.set)
+    try:
+        assert second._order is not None
+        order, fetch, behind = second._order, second._fetch, asyncio.Event()
+
+        async def slow_fetch(after: int, upto: int, limit: int) -> list[Event]:
+            await behind.wait()  # the second instance is behind ...
+            return await fetch(after, upto, limit)
+
+        order._fetch = slow_fetch
+        published = await first.publish([draft("a", n=n) for n in range(5)])
+        await first.trim()  # ... while retention drops three events it never delivered
+        behind.set()
+        async with asyncio.timeout(5):
+            await history_lost.wait()  # its streams end: clients resume and hear "trimmed"
+        await eventually(lambda: len(seen) == 2, 5)
+        assert [e.id for e in seen] == [e.id for e in published[3:]]
+        replay = await second.replay(pattern("a"), EventId(second.epoch, 0), 10)
+        assert replay.gap == Gap.TRIMMED
+    finally:
+        await first.close()
+        await second.close()

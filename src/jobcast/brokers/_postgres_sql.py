@@ -133,8 +133,7 @@ UPDATE {p}_expired SET position = GREATEST({p}_expired.position, gone.position)
 FROM gone WHERE gone.position IS NOT NULL RETURNING {p}_expired.position"""
         self.drop_marks = f"DELETE FROM {p}_trimmed WHERE position <= $1"
         # G6: an application's transaction writes here (on its own connection, whose search
-        # path may differ: the table is qualified); the event exists iff that commits. CAST,
-        # not "::", so SQLAlchemy's text() sees the parameters.
+        # path may differ: the table is qualified); the event exists iff that commits.
         outbox = f'"{location.schema}".{p}_outbox' if location.schema else f"{p}_outbox"
         self.outbox_insert = (
             f"WITH i AS (INSERT INTO {outbox} (topic, type, data, ts)"

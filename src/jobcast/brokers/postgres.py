@@ -30,6 +30,9 @@ G6. Transactional publishing (``publish_in``): an application's transaction inse
     notification, at start and on every maintenance tick, so a crash between the commit and
     the move delays the event, never loses it. Subscribers see it once moved, in the order
     the moves found the commits.
+The in-order delivery is ``_postgres_delivery.py``, retention and the outbox mover
+``_postgres_upkeep.py``, the statements ``_postgres_sql.py``.
+
 G7. Foreign errors stop here: asyncpg and socket errors become :class:`Unavailable` (503);
     nothing is acknowledged unless committed. A lost LISTEN connection is reopened with
     backoff and the instance reads what it missed; streams stay open meanwhile. A changed
@@ -50,6 +53,8 @@ from typing import Any
 
 import asyncpg
 
+from jobcast.brokers import _postgres_upkeep as upkeep
+from jobcast.brokers._postgres_delivery import InOrder
 from jobcast.brokers._postgres_sql import Statements, parse_url
 from jobcast.brokers.base import Deliver, Gap, Replay, Retention, check_position, new_epoch
 from jobcast.brokers.postgres_outbox import write_outbox
@@ -60,7 +65,6 @@ from jobcast.topics import TopicPattern
 logger = logging.getLogger("jobcast.brokers.postgres")
 
 COMMIT_EVENTS = 256  # G3
-READ_BATCH = 1000  # rows per live read
 _CATCH_UP_SECONDS = 2.0  # G2
 #: What a failed PostgreSQL call raises (G7).
 FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
@@ -81,26 +85,22 @@ class PostgresBroker:
         self.retention = retention
         self.epoch = ""
         self._trim_interval = trim_interval
-        self._pool: asyncpg.Pool | None = None
-        self._listener: asyncpg.Connection | None = None
-        self._deliver: Deliver | None = None
+        self._pool: Any = None  # asyncpg.Pool
+        self._listener: Any = None  # asyncpg.Connection, LISTENing
         self._history_lost: Callable[[], None] | None = None
-        self._delivered = 0  # newest position this instance delivered
-        self._known = 0  # newest position known committed
-        self._local: dict[int, list[Event]] = {}  # first position -> committed here (G2)
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._newest = 0  # the table's newest position, when last read
+        #: Set by ``start``; a publish-only process (a publisher) has none.
+        self._order: InOrder | None = None
         self._queue: collections.deque[_Commit] = collections.deque()
         self._wake_writer = asyncio.Event()
-        self._wake_reader = asyncio.Event()
         self._wake_mover = asyncio.Event()
-        self._reading = False
         self._touched: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
 
     @property
     def head(self) -> EventId:
-        return EventId(self.epoch, self._delivered)
+        return EventId(self.epoch, self._order.delivered if self._order else self._newest)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -108,22 +108,23 @@ class PostgresBroker:
         """Open the pool and create (or join) the history, without listening."""
         if self._pool is not None:
             return
-        settings = {"search_path": self.location.schema} if self.location.schema else None
         try:
             self._pool = await asyncpg.create_pool(
                 self.location.dsn,
                 min_size=1,
                 max_size=self.location.pool_size,
-                server_settings=settings,
+                server_settings=self._settings(),
             )
-            self._known = await self._create()
+            self._newest = await self._create()
         except FAILURES as exc:
             await self._close_pool()
             raise Unavailable(f"cannot reach the PostgreSQL event broker: {exc}") from exc
 
+    def _settings(self) -> dict[str, str] | None:
+        return {"search_path": self.location.schema} if self.location.schema else None
+
     async def _create(self) -> int:
         """Create what is missing, read the epoch; the newest position in the table."""
-        assert self._pool is not None
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self.sql.schema_lock)
             if self.location.schema:
@@ -136,8 +137,9 @@ class PostgresBroker:
 
     async def start(self, deliver: Deliver, history_lost: Callable[[], None] | None = None) -> None:
         await self.connect()
-        self._deliver, self._history_lost = deliver, history_lost
-        self._delivered = self._known  # earlier events are history, reached by replay
+        self._history_lost = history_lost
+        self._order = InOrder(deliver, self._fetch, self._skipped)
+        self._order.delivered = self._order.known = self._newest  # earlier: by replay
         try:
             await self._listen()
         except FAILURES as exc:
@@ -146,14 +148,13 @@ class PostgresBroker:
         self._wake_mover.set()  # G6: what a crash left in the outbox
         self._tasks = [
             asyncio.create_task(self._write_forever(), name="jobcast-pg-write"),
-            asyncio.create_task(self._read_forever(), name="jobcast-pg-read"),
+            asyncio.create_task(self._read_forever(self._order), name="jobcast-pg-read"),
             asyncio.create_task(self._move_forever(), name="jobcast-pg-move"),
             asyncio.create_task(self._maintain_forever(), name="jobcast-pg-maintain"),
         ]
 
     async def _listen(self) -> None:
-        settings = {"search_path": self.location.schema} if self.location.schema else None
-        conn = await asyncpg.connect(self.location.dsn, server_settings=settings)
+        conn = await asyncpg.connect(self.location.dsn, server_settings=self._settings())
         await conn.add_listener(self.sql.channel, self._notified)
         await conn.add_listener(self.sql.outbox_channel, self._outbox_notified)
         conn.add_termination_listener(self._listener_lost)
@@ -170,9 +171,8 @@ class PostgresBroker:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
         self._fail_queued("the event history is closed")
-        for _, waiter in self._waiters:  # committed: acknowledged even if not delivered here
-            if not waiter.done():
-                waiter.set_result(None)
+        if self._order is not None:  # committed: acknowledged even if not delivered here
+            self._order.release()
         if self._listener is not None:
             with contextlib.suppress(*FAILURES):
                 await self._listener.close(timeout=2)
@@ -196,15 +196,14 @@ class PostgresBroker:
     async def publish(self, drafts: Sequence[EventDraft]) -> list[Event]:
         if self._closing:
             raise Unavailable("the event history is closed")
-        if self._pool is None:
-            await self.connect()
+        await self.connect()
         queue = self._queue
-        if not queue or len(queue[-1].drafts) >= COMMIT_EVENTS or self._deliver is None:
+        if not queue or len(queue[-1].drafts) >= COMMIT_EVENTS or self._order is None:
             queue.append(_Commit([], asyncio.get_running_loop().create_future()))
         commit = queue[-1]
         start = len(commit.drafts)
         commit.drafts.extend(drafts)
-        if self._deliver is None:  # publish-only (no writer task): commit it ourselves
+        if self._order is None:  # publish-only (no writer task): commit it ourselves
             queue.pop()
             await self._commit(commit)
         else:
@@ -225,25 +224,25 @@ class PostgresBroker:
         done = commit.done
         try:
             events = await self._insert(commit.drafts)
-        except Exception as exc:
+        except Unavailable as exc:
             if not done.done():
-                done.set_exception(exc if isinstance(exc, Unavailable) else Unavailable(str(exc)))
+                done.set_exception(exc)
             return
         except BaseException:  # whatever stops the writer, nobody waits forever
             if not done.done():
                 done.set_exception(Unavailable("the event history stopped while storing events"))
             raise
         self._touched.update(d.topic for d in commit.drafts)
-        if self._deliver is None:
+        self._newest = max(self._newest, events[-1].position)
+        if self._order is None:
             done.set_result(events)
             return
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append((events[-1].position, waiter))
-        self._committed_here(events)
+        self._order.committed_here(events)
+        # acknowledged once delivered here (read-your-writes: G2); mostly at once
+        waiter = self._order.when_delivered(events[-1].position)
         waiter.add_done_callback(lambda _: _settle(done, events))
 
     async def _insert(self, drafts: list[EventDraft]) -> list[Event]:
-        assert self._pool is not None
         now = time.time()
         for attempt in range(2):
             try:
@@ -257,16 +256,16 @@ class PostgresBroker:
                     self.sql.channel,
                 )
             except asyncpg.UndefinedTableError:  # G7: the tables were dropped
-                if attempt:
-                    raise Unavailable("the PostgreSQL event history is missing") from None
-                await self._adopt_changed_epoch()
-                continue
+                newest = None
             except FAILURES as exc:
                 raise Unavailable(f"the PostgreSQL event broker is unavailable: {exc}") from exc
             if newest is None:  # another epoch (G7): adopt it, then publish into it
                 if attempt:
                     raise Unavailable("the PostgreSQL event history changed while publishing")
-                await self._adopt_changed_epoch()
+                try:
+                    await self._adopt_changed_epoch()
+                except FAILURES as exc:
+                    raise Unavailable(f"the PostgreSQL event broker failed: {exc}") from exc
                 continue
             first = newest - len(drafts) + 1
             return [
@@ -275,103 +274,42 @@ class PostgresBroker:
             ]
         raise AssertionError("unreachable")
 
-    # -- delivery (G2) -----------------------------------------------------------------------
-
-    def _committed_here(self, events: list[Event]) -> None:
-        first, last = events[0].position, events[-1].position
-        self._known = max(self._known, last)
-        if last <= self._delivered:  # the notification was faster: already read and delivered
-            self._resolve_waiters()
-        elif not self._reading and self._delivered == first - 1:
-            self._hand_over(events)  # nothing between: no read back
-        else:
-            self._local[first] = events
-            self._wake_reader.set()
+    # -- delivery (G2, G7) ---------------------------------------------------------------------
 
     def _notified(self, conn: object, pid: int, channel: str, payload: str) -> None:
         with contextlib.suppress(ValueError):
-            position = int(payload)
-            if position > self._known:
-                self._known = position
-                self._wake_reader.set()
+            if self._order is not None:
+                self._order.announce(int(payload))
 
     def _outbox_notified(self, conn: object, pid: int, channel: str, payload: str) -> None:
         self._wake_mover.set()
 
-    def _hand_over(self, events: list[Event]) -> None:
-        events = [e for e in events if e.position > self._delivered]
-        if not events:
-            return
-        self._delivered = events[-1].position
-        if self._deliver is not None:
-            self._deliver(events)
-        self._resolve_waiters()
+    async def _fetch(self, after: int, upto: int, limit: int) -> list[Event]:
+        rows = await self._pool.fetch(self.sql.read_live, after, upto, limit)
+        return [self._event(r) for r in rows]
 
-    def _resolve_waiters(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for position, waiter in waiters:
-            if position <= self._delivered:
-                if not waiter.done():
-                    waiter.set_result(None)
-            else:
-                self._waiters.append((position, waiter))
+    def _event(self, row: Any) -> Event:
+        return Event(self.epoch, row["position"], row["topic"], row["type"], row["data"], row["ts"])
 
-    async def _read_forever(self) -> None:
+    def _skipped(self) -> None:
+        """G4: rows trimmed before this instance delivered them: its streams cannot continue
+        without a silent gap, so they end and their clients resume (and hear ``trimmed``)."""
+        if self._history_lost is not None:
+            self._history_lost()
+
+    async def _read_forever(self, order: InOrder) -> None:
         backoff = 0.05
         while True:
-            await self._wake_reader.wait()
-            self._wake_reader.clear()
+            await order.wake.wait()
+            order.wake.clear()
             try:
-                await self._catch_up_from_rows()
+                await order.read()
                 backoff = 0.05
             except FAILURES as exc:  # G7: retried; streams stay open
                 logger.warning("PostgreSQL read failed (%s); retrying in %.2f s", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
-                self._wake_reader.set()
-            finally:
-                self._reading = False
-
-    async def _catch_up_from_rows(self) -> None:
-        while self._delivered < self._known:
-            following = self._delivered + 1
-            if following in self._local:
-                self._hand_over(self._local.pop(following))
-                continue
-            assert self._pool is not None
-            self._reading = True
-            rows = await self._pool.fetch(
-                self.sql.read_live, self._delivered, self._known, READ_BATCH
-            )
-            self._reading = False
-            if not rows or rows[0]["position"] != following or _holes(rows):
-                self._skipped(following, rows)
-            if rows:
-                self._hand_over([self._event(r) for r in rows])
-            else:
-                self._delivered = self._known
-            self._local = {k: v for k, v in self._local.items() if v[-1].position > self._delivered}
-
-    def _skipped(self, following: int, rows: Sequence[Any]) -> None:
-        """G4: rows trimmed before this instance delivered them: its streams cannot continue
-        without a silent gap, so they end and their clients resume (and hear ``trimmed``)."""
-        logger.warning("events from position %d were trimmed before delivery here", following)
-        if self._history_lost is not None:
-            self._history_lost()
-
-    def _event(self, row: Any) -> Event:
-        return Event(self.epoch, row["position"], row["topic"], row["type"], row["data"], row["ts"])
-
-    async def _catch_up(self, position: int) -> None:
-        """Wait (bounded) until this instance delivered ``position`` (G2)."""
-        if self._delivered >= position or self._deliver is None:
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append((position, waiter))
-        self._known = max(self._known, position)
-        self._wake_reader.set()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(waiter), _CATCH_UP_SECONDS)
+                order.wake.set()
 
     def _listener_lost(self, conn: object) -> None:
         if not self._closing:
@@ -392,7 +330,6 @@ class PostgresBroker:
     async def _refresh(self) -> None:
         """Read the counter row: catch up on what no notification announced, and notice a
         changed epoch (G7)."""
-        assert self._pool is not None
         try:
             row = await self._pool.fetchrow(self.sql.state)
         except asyncpg.UndefinedTableError:
@@ -400,18 +337,18 @@ class PostgresBroker:
         if row is None or row["epoch"] != self.epoch:
             await self._adopt_changed_epoch()
             return
-        if row["position"] > self._known:
-            self._known = row["position"]
-            self._wake_reader.set()
+        self._newest = max(self._newest, row["position"])
+        if self._order is not None:
+            self._order.announce(row["position"])
 
     async def _adopt_changed_epoch(self) -> None:
         old = self.epoch
-        newest = await self._create()  # recreates missing tables, reads the epoch
+        self._newest = await self._create()  # recreates missing tables, reads the epoch
         if self.epoch == old:
             return
         logger.warning("the PostgreSQL event history was lost; new epoch %s", self.epoch)
-        self._delivered, self._known, self._local = 0, newest, {}
-        self._wake_reader.set()
+        if self._order is not None:
+            self._order.reset(self._newest)
         if self._history_lost is not None:
             self._history_lost()
 
@@ -424,16 +361,13 @@ class PostgresBroker:
         limit: int,
         max_bytes: int | None = None,
     ) -> Replay:
-        if self._pool is None:
-            await self.connect()
-        assert self._pool is not None
         try:
-            if after.epoch == self.epoch and after.position > self._delivered:
-                newest = await self._pool.fetchval(self.sql.newest)
-                if self._deliver is None:  # publish-only: no reader, the table's head
-                    self._delivered = max(self._delivered, int(newest or 0))
-                elif after.position <= int(newest or 0):
-                    await self._catch_up(after.position)
+            await self.connect()
+            if after.epoch == self.epoch and after.position > self.head.position:
+                # published (on another instance), or an id from nowhere?
+                self._newest = max(self._newest, await self._pool.fetchval(self.sql.newest) or 0)
+                if self._order is not None and after.position <= self._newest:
+                    await self._order.catch_up(after.position, _CATCH_UP_SECONDS)
             head = self.head
             gap = check_position(self.epoch, head.position, after)
             if gap is not None:
@@ -457,33 +391,12 @@ class PostgresBroker:
 
     async def trim(self) -> None:
         """Apply retention: this instance's topics' caps, and the age limit for everyone."""
-        assert self._pool is not None
         touched, self._touched = self._touched, set()
-        if touched:
-            await self._pool.execute(
-                self.sql.trim_topics, sorted(touched), self.retention.max_events_per_topic
-            )
+        await upkeep.trim_topics(self._pool, self.sql, touched, self.retention.max_events_per_topic)
         if self.retention.max_age_seconds > 0:
-            await self._trim_age(time.time() - self.retention.max_age_seconds)
-
-    async def _trim_age(self, cutoff: float) -> None:
-        assert self._pool is not None
-        sql = self.sql
-        async with self._pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval(
-                "SELECT pg_try_advisory_xact_lock(hashtext($1))", sql.trim_lock
-            ):
-                return  # another instance is at it
-            expired = await conn.fetch(sql.expired, cutoff)
-            if not expired:
-                return
-            topics = [r[0] for r in expired]
-            positions = [r[1] for r in expired]
-            await conn.execute(sql.mark_many, topics, positions)
-            await conn.execute(sql.drop_expired, cutoff, max(positions))
-            watermark = await conn.fetchval(sql.fold, topics, positions)
-            if watermark is not None:
-                await conn.execute(sql.drop_marks, watermark)
+            await upkeep.trim_age(
+                self._pool, self.sql, time.time() - self.retention.max_age_seconds
+            )
 
     async def publish_in(self, connection: Any, drafts: Sequence[EventDraft]) -> None:
         """Publish ``drafts`` in ``connection``'s transaction: they exist iff it commits (G6).
@@ -492,18 +405,10 @@ class PostgresBroker:
 
     async def move_outbox(self) -> int:
         """Move committed outbox rows into the history (G6); the number moved."""
-        assert self._pool is not None
-        moved = 0
-        while True:
-            async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self.sql.move_lock)
-                row = await conn.fetchrow(self.sql.move, READ_BATCH, self.sql.channel)
-            if row is None:
-                return moved
-            moved += row["n"]
-            if row["position"] > self._known:
-                self._known = row["position"]
-                self._wake_reader.set()
+        moved, newest = await upkeep.move_outbox(self._pool, self.sql)
+        if moved and self._order is not None:
+            self._order.announce(newest)
+        return moved
 
     async def _move_forever(self) -> None:
         while True:
@@ -523,11 +428,6 @@ class PostgresBroker:
                 await self.trim()
             except FAILURES as exc:  # retried on the next tick; publishing is unaffected
                 logger.warning("PostgreSQL retention failed: %s", exc)
-
-
-def _holes(rows: Sequence[Any]) -> bool:
-    """Whether positions skip a number (G1 leaves none, so retention dropped them: G4)."""
-    return bool(rows[-1]["position"] - rows[0]["position"] != len(rows) - 1)
 
 
 def _settle(done: asyncio.Future[list[Event]], events: list[Event]) -> None:

@@ -4,7 +4,9 @@ The events go into the broker's ``outbox`` table through the application's conne
 notification that PostgreSQL sends only at the commit. They exist if and only if that
 transaction commits; an instance then moves them into the history, where they get their
 positions. Takes an asyncpg connection, or a SQLAlchemy ``AsyncConnection`` or
-``AsyncSession`` (any driver): whatever the application's transaction runs on.
+``AsyncSession``: whatever the application's transaction runs on. SQLAlchemy's are driven
+through ``exec_driver_sql`` in their driver's parameter style, so this module (which the
+publishers load) imports no SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from jobcast.brokers._postgres_sql import Statements
 from jobcast.errors import InvalidInput
 from jobcast.events import EventDraft
 
-_NAMES = {"$1": ":topics", "$2": ":types", "$3": ":datas", "$4": ":ts", "$5": ":channel"}
+_KEYS = ("topics", "types", "datas", "ts", "channel")
+_PARAMETER = re.compile(r"\$([1-5])")
 
 
 async def write_outbox(connection: Any, sql: Statements, drafts: Sequence[EventDraft]) -> None:
@@ -34,10 +37,7 @@ async def write_outbox(connection: Any, sql: Statements, drafts: Sequence[EventD
     if module.startswith("asyncpg"):
         await connection.execute(sql.outbox_insert, *values)
     elif module.startswith("sqlalchemy"):
-        from sqlalchemy import text
-
-        statement = re.sub(r"\$[1-5]", lambda m: _NAMES[m.group()], sql.outbox_insert)
-        await connection.execute(text(statement), dict(zip(_keys(), values, strict=True)))
+        await _through_sqlalchemy(connection, sql.outbox_insert, values)
     else:
         raise InvalidInput(
             "publish_in takes an asyncpg connection or a SQLAlchemy AsyncConnection or "
@@ -45,5 +45,19 @@ async def write_outbox(connection: Any, sql: Statements, drafts: Sequence[EventD
         )
 
 
-def _keys() -> list[str]:
-    return [name[1:] for name in _NAMES.values()]
+async def _through_sqlalchemy(connection: Any, statement: str, values: tuple[Any, ...]) -> None:
+    if not hasattr(connection, "exec_driver_sql"):  # an AsyncSession: its transaction's connection
+        connection = await connection.connection()
+    style = connection.dialect.paramstyle
+    params: tuple[Any, ...] | dict[str, Any]
+    if style in ("numeric_dollar", "numeric"):  # asyncpg
+        mark = "$" if style == "numeric_dollar" else ":"
+        statement, params = _PARAMETER.sub(lambda m: mark + m[1], statement), values
+    elif style == "pyformat":  # psycopg
+        statement = _PARAMETER.sub(lambda m: f"%({_KEYS[int(m[1]) - 1]})s", statement)
+        params = dict(zip(_KEYS, values, strict=True))
+    elif style == "format":
+        statement, params = _PARAMETER.sub("%s", statement), values
+    else:
+        raise InvalidInput(f"publish_in cannot drive a {style!r} database driver")
+    await connection.exec_driver_sql(statement, params)
