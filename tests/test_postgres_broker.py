@@ -14,6 +14,7 @@ from jobcast.errors import Unavailable
 from jobcast.events import Event, EventDraft, EventId
 from jobcast.publisher import AsyncPublisher
 from jobcast.topics import TopicPattern
+from tests.scale_support import TcpProxy
 from tests.services import (
     BROKER_TABLES,
     POSTGRES_URL,
@@ -199,3 +200,30 @@ async def test_events_trimmed_before_an_instance_delivered_them_end_its_streams(
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_database_outage_refuses_publishes_then_delivers_what_was_missed(
+    url: str,
+) -> None:
+    proxy = TcpProxy(5432).start()
+    cut_off = PostgresBroker(url.replace("127.0.0.1/", f"127.0.0.1:{proxy.port}/"), Retention())
+    direct = PostgresBroker(url, Retention())
+    seen: list[Event] = []
+    await cut_off.start(seen.extend)
+    await direct.start(lambda events: None)
+    try:
+        (before,) = await cut_off.publish([draft("a", n=0)])
+        proxy.cut()  # the database goes away for this instance
+        with pytest.raises(Unavailable):
+            await cut_off.publish([draft("a", n=1)])  # refused, never acknowledged
+        missed = await direct.publish([draft("a", n=n) for n in range(2, 5)])
+        proxy.resume()
+        # its LISTEN connection comes back and it reads what it missed, in order
+        await eventually(lambda: len(seen) == 4, 10)
+        assert [e.id for e in seen] == [before.id] + [e.id for e in missed]
+        (after,) = await cut_off.publish([draft("a", n=5)])
+        assert after.position == missed[-1].position + 1
+    finally:
+        await cut_off.close()
+        await direct.close()
+        proxy.stop()
