@@ -97,4 +97,13 @@ def drop_postgres_broker(url: str) -> None:
     asyncio.run(drop())
 
 
-BROKER_TABLES = ("broker", "events", "trimmed", "expired", "outbox", "tickets", "limit_hits")
+BROKER_TABLES = (
+    "broker",
+    "events",
+    "trimmed",
+    "expired",
+    "outbox",
+    "tickets",
+    "limit_hits",
+    "metrics",
+)

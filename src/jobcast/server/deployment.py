@@ -6,8 +6,8 @@ holds everything: rate-limit counters and spent tickets live in memory, metrics 
 process's own. With Redis, several instances share one deployment, so the counters and the
 spent tickets live in the same Redis (through one connection pool, disconnected when the
 runtime stops), and each process shares its metrics snapshot there. With PostgreSQL (given, or
-the store's database by default) the counters and spent tickets live in that database
-(``ops/postgres_state.py``, one small pool); metrics stay each process's own. With
+the store's database by default) the counters, spent tickets and metrics snapshots live in
+that database (``ops/postgres_state.py``, small pools of their own). With
 ``queue_url``, jobs run on ``jobcast worker`` processes. No other module asks "is this Redis?".
 """
 
@@ -92,13 +92,14 @@ class Deployment:
         return RedisSpentTickets(self.redis_url, self._pool)
 
     def shared_metrics(self, own: Callable[[], bytes]) -> SharedMetrics | None:
-        """Every process's metrics, shared through Redis (``None`` when there are no others)."""
+        """Every process's metrics, shared through the broker's Redis or PostgreSQL (``None``
+        when there are no others)."""
         seconds = self.settings.metrics_snapshot_seconds
-        if self.redis_url is None or seconds <= 0:
+        if not self.shared or seconds <= 0:
             return None
         from jobcast.shared_metrics import SharedMetrics
 
-        return SharedMetrics(self.redis_url, seconds, own)
+        return SharedMetrics(self.settings.resolved_broker_url, seconds, own)
 
     def make_runner(self, store: JobStore, hub: Hub, registry: Registry) -> EmbeddedRunner:
         """The embedded runner, or with ``queue_url`` the runner that hands jobs to workers."""
