@@ -63,7 +63,7 @@ def connections(process: str, transport: str) -> str:
 
 
 @needs_services
-async def test_one_scrape_reports_every_process(procs: Processes, broker_url: str) -> None:
+async def test_one_scrape_reports_every_process(broker_url: str, procs: Processes) -> None:
     settings = {"broker_url": broker_url, "metrics_snapshot_seconds": 0.2}
     first, second = procs.serve("first", **settings), procs.serve("second", **settings)
     host = socket.gethostname()

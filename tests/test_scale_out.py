@@ -111,7 +111,7 @@ def shared_settings(request: pytest.FixtureRequest, prefix: str) -> Iterator[dic
 
 @needs_services
 async def test_every_event_reaches_every_subscriber_once_across_instances_and_reconnects(
-    procs: Processes, shared_settings: dict[str, str]
+    shared_settings: dict[str, str], procs: Processes
 ) -> None:
     bases = [procs.serve(f"app{i}", **shared_settings) for i in range(3)]
     async with httpx.AsyncClient(timeout=10) as client:

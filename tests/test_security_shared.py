@@ -33,9 +33,9 @@ def url(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 async def test_a_ticket_opens_one_stream_across_instances(
+    url: str,  # first: its tables outlive the servers
     make_server: Callable[..., LiveServer],
     client: httpx.AsyncClient,
-    url: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     first = make_server(broker_url=url, data_dir=tmp_path_factory.mktemp("a"))
@@ -53,9 +53,9 @@ async def test_a_ticket_opens_one_stream_across_instances(
 
 
 async def test_rate_limits_are_counted_across_instances(
+    url: str,  # first: its tables outlive the servers
     make_server: Callable[..., LiveServer],
     client: httpx.AsyncClient,
-    url: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     servers = [
