@@ -8,18 +8,18 @@ from typing import cast
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from jobcast.brokers._redis_connect import client
 from jobcast.brokers.redis import shielded, split_url
 
 
 class RedisSnapshots:
-    def __init__(self, broker_url: str) -> None:
-        import redis.asyncio as aioredis
+    failures: tuple[type[BaseException], ...] = (RedisError, OSError)
 
-        self.failures: tuple[type[BaseException], ...] = (RedisError, OSError)
+    def __init__(self, broker_url: str) -> None:
         redis_url, prefix, _ = split_url(broker_url)  # the broker's key prefix
         self._index = f"{prefix}metrics:processes"
         self._prefix = f"{prefix}metrics:"
-        self._redis: aioredis.Redis = aioredis.from_url(redis_url, socket_timeout=2)
+        self._redis: aioredis.Redis = client(redis_url, socket_timeout=2)
 
     async def put(self, process: str, snapshot: bytes, ttl_ms: int) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:

@@ -32,7 +32,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path(".jobcast"), description="Where the embedded default keeps state.")
     broker_url: str | None = Field(
         None,
-        description="memory://, sqlite:///path, redis://host:port/db or postgresql://user@host/db; "
+        description="memory://, sqlite:///path, redis://host:port/db, "
+        "redis+sentinel://host:port,.../service/db or postgresql://user@host/db; "
         "default: the store's database when JOBCAST_STORE_URL is PostgreSQL, else SQLite file "
         "events.db in the data directory.",
     )

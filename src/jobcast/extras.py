@@ -31,7 +31,7 @@ def require(module: str, extra: str | None, needed_by: str) -> None:
 def check_backends(broker_url: str, store_url: str, queue_url: str | None) -> None:
     """Raise :class:`MissingExtra` for the first configured backend that cannot be loaded."""
     broker_scheme = urlsplit(broker_url).scheme
-    if broker_scheme in ("redis", "rediss"):
+    if broker_scheme.startswith(("redis", "rediss")):  # a Sentinel URL too
         require("redis", "redis", "the Redis broker (JOBCAST_BROKER_URL)")
     elif broker_scheme.startswith(("postgresql", "postgres")):  # asyncpg, whatever the store's
         require("asyncpg", "postgres", "the PostgreSQL broker (JOBCAST_BROKER_URL or the store's)")

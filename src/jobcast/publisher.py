@@ -48,7 +48,7 @@ class AsyncPublisher:
         url = broker_url or settings.resolved_broker_url
         scheme = urlsplit(url).scheme
         self._broker: RedisBroker | PostgresBroker
-        if scheme in ("redis", "rediss"):
+        if scheme.startswith("redis"):  # redis://, rediss://, redis+sentinel://
             from jobcast.brokers.redis import RedisBroker
 
             self._broker = RedisBroker(url, settings.retention())

@@ -28,7 +28,7 @@ def open_broker(url: str, retention: Retention) -> Broker:
 
         # SQLAlchemy's convention: sqlite:///relative/path, sqlite:////absolute/path
         return SQLiteBroker(Path(url.removeprefix("sqlite:///")), retention)
-    if scheme in ("redis", "rediss"):
+    if scheme in ("redis", "rediss", "redis+sentinel", "rediss+sentinel"):
         require("redis", "redis", "the Redis broker")  # MissingExtra, not an ImportError
         from jobcast.brokers.redis import RedisBroker
 
@@ -39,6 +39,6 @@ def open_broker(url: str, retention: Retention) -> Broker:
 
         return PostgresBroker(url, retention)
     raise InvalidInput(
-        f"unsupported broker URL {url!r}: use memory://, sqlite:///path, redis://host:port/db"
-        " or postgresql://user@host/db"
+        f"unsupported broker URL {url!r}: use memory://, sqlite:///path, redis://host:port/db,"
+        " redis+sentinel://host:port,.../service/db or postgresql://user@host/db"
     )

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from jobcast.server.ops.postgres_state import PostgresState
     from jobcast.shared_metrics import SharedMetrics
 
-REDIS_SCHEMES = ("redis://", "rediss://")
+REDIS_SCHEMES = ("redis://", "rediss://", "redis+sentinel://", "rediss+sentinel://")
 
 
 class Deployment:
@@ -53,11 +53,10 @@ class Deployment:
         self.redis_url = url if url.startswith(REDIS_SCHEMES) else None
         self._pool: ConnectionPool | None = None
         if self.redis_url is not None:
-            import redis.asyncio as redis
-
+            from jobcast.brokers._redis_connect import pool
             from jobcast.brokers.redis import split_url
 
-            self._pool = redis.ConnectionPool.from_url(split_url(self.redis_url)[0])
+            self._pool = pool(split_url(self.redis_url)[0])
         #: The broker's PostgreSQL, when instances share one: tickets and limits live there.
         self._postgres: PostgresState | None = None
         if urlsplit(url).scheme in POSTGRES_SCHEMES:
@@ -140,6 +139,8 @@ class Deployment:
 
     async def close(self) -> None:
         if self._pool is not None:
-            await self._pool.disconnect()
+            from jobcast.brokers._redis_connect import close_pool
+
+            await close_pool(self._pool)
         if self._postgres is not None:
             await self._postgres.close()
