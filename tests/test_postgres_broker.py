@@ -227,3 +227,37 @@ async def test_a_database_outage_refuses_publishes_then_delivers_what_was_missed
         await cut_off.close()
         await direct.close()
         proxy.stop()
+
+
+async def test_two_instances_and_application_transactions_deliver_one_order(url: str) -> None:
+    first, second = PostgresBroker(url, Retention()), PostgresBroker(url, Retention())
+    seen: dict[str, list[Event]] = {"first": [], "second": []}
+    await first.start(seen["first"].extend)
+    await second.start(seen["second"].extend)
+    app = await asyncpg.connect(DSN)
+    try:
+
+        async def burst(broker: PostgresBroker, topic: str) -> None:
+            for n in range(30):
+                await broker.publish([draft(topic, n=n)] * (1 + n % 3))
+
+        async def transactions() -> None:
+            for n in range(20):
+                async with app.transaction():
+                    await first.publish_in(app, [draft("app", n=n)])
+
+        async with asyncio.timeout(20):
+            await asyncio.gather(
+                burst(first, "a"), burst(second, "b"), burst(first, "c"), transactions()
+            )
+        total = 3 * sum(1 + n % 3 for n in range(30)) + 20
+        await eventually(lambda: all(len(events) == total for events in seen.values()), 10)
+        # one order everywhere, every position once, nothing missing
+        assert [e.id for e in seen["first"]] == [e.id for e in seen["second"]]
+        assert [e.position for e in seen["first"]] == list(range(1, total + 1))
+        app_events = [e.data["n"] for e in seen["first"] if e.topic == "app"]
+        assert app_events == list(range(20))  # committed one after another: in commit order
+    finally:
+        await app.close()
+        await first.close()
+        await second.close()
