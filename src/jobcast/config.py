@@ -33,7 +33,8 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(
         None,
         description="memory://, sqlite:///path, redis://host:port/db, "
-        "redis+sentinel://host:port,.../service/db or postgresql://user@host/db; "
+        "redis+sentinel://host:port,.../service/db, redis+cluster://host:port,... or "
+        "postgresql://user@host/db; "
         "default: the store's database when JOBCAST_STORE_URL is PostgreSQL, else SQLite file "
         "events.db in the data directory.",
     )

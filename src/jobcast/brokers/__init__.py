@@ -28,7 +28,7 @@ def open_broker(url: str, retention: Retention) -> Broker:
 
         # SQLAlchemy's convention: sqlite:///relative/path, sqlite:////absolute/path
         return SQLiteBroker(Path(url.removeprefix("sqlite:///")), retention)
-    if scheme in ("redis", "rediss", "redis+sentinel", "rediss+sentinel"):
+    if scheme.startswith(("redis", "rediss")):  # one server, Sentinel or Cluster
         require("redis", "redis", "the Redis broker")  # MissingExtra, not an ImportError
         from jobcast.brokers.redis import RedisBroker
 

@@ -1,6 +1,6 @@
 """The scale-out broker: history and fan-out in Redis Streams, shared by every instance.
 
-Decisions (cited as X1..X8):
+Decisions (cited as X1..X9):
 
 X1. Order: one Lua script per publish INCRs a global position counter and XADDs each event to
     the global stream ``log`` with the stream id ``{position}-0`` (and to its topic's stream).
@@ -42,6 +42,11 @@ X8. Failover (``redis+sentinel://``, ``_redis_connect.py``): replication is asyn
     under ids they saw. ``?wait=N`` (and ``wait_ms``, default 1000) acknowledges a publish
     only once N replicas have it (``WAIT``), else answers 503: the event may then survive or
     not, so a client that retries can see it twice, never lose it silently.
+X9. Cluster (``redis+cluster://``): the key prefix becomes one hash tag (``{jobcast}:``), so a
+    deployment's keys share one slot: the publish script's counter, log, topic streams and
+    marks must change together, which Cluster allows only within a slot. The cluster then
+    gives failover (a replica promoted, X8 applies), not spreading one deployment's events
+    over nodes; use a prefix per deployment to spread deployments.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from jobcast.brokers import _redis_scripts as lua
+from jobcast.brokers._redis_connect import CLUSTER_SCHEMES
 from jobcast.brokers._redis_connect import client as redis_client
 from jobcast.brokers._redis_history import READ_BATCH, HistoryReader, event, position
 from jobcast.brokers.base import Deliver, Gap, Replay, Retention, check_position, new_epoch
@@ -79,6 +85,8 @@ def split_url(url: str) -> tuple[str, str, int]:
     prefix = query.pop("prefix", "jobcast")
     max_log = int(query.pop("max_log", "100000"))
     query.pop("wait", None), query.pop("wait_ms", None)  # the broker's (replication)
+    if parts.scheme in CLUSTER_SCHEMES:  # X9: one hash tag, so every key is in one slot
+        prefix = f"{{{prefix}}}"
     return urlunsplit(parts._replace(query=urlencode(query))), f"{prefix}:", max_log
 
 
@@ -112,6 +120,9 @@ class RedisBroker:
         self.on_history_lost: Callable[[], None] | None = None
         self._redis: aioredis.Redis = redis_client(redis_url, socket_timeout=5)
         self._replicas, self._wait_ms = replication(url)
+        #: X9: the key a script is routed by (a Cluster sends it to that key's node; every
+        #: key the scripts touch shares its slot).
+        self._route = [self._key("position")]
         self._publish = self._redis.register_script(lua.PUBLISH)
         self._new_epoch = self._redis.register_script(lua.NEW_EPOCH)
         self._trim = self._redis.register_script(lua.TRIM)
@@ -159,7 +170,9 @@ class RedisBroker:
         self._closing = True  # redis-py may turn a cancelled read into a connection error
         for task in self._tasks:
             task.cancel()
-        await self._redis.connection_pool.disconnect()  # interrupts a blocked XREAD at once
+        pool = getattr(self._redis, "connection_pool", None)  # a Cluster has one per node
+        if pool is not None:
+            await pool.disconnect()  # interrupts a blocked XREAD at once
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -190,7 +203,9 @@ class RedisBroker:
             return
         # the primary lacks events this instance delivered: their ids would be handed out again
         seen = self.epoch
-        current, begins = await self._new_epoch(args=[self.prefix, seen, new_epoch()])
+        current, begins = await self._new_epoch(
+            keys=self._route, args=[self.prefix, seen, new_epoch()]
+        )
         self.epoch, self._epoch_from = current.decode(), begins
         logger.warning(
             "the Redis primary lacks events up to position %d (a failover?); new epoch %s",
@@ -258,10 +273,10 @@ class RedisBroker:
         """Run the publish script; with ``?wait=N`` (X8) on the same connection as ``WAIT``,
         which counts the replicas that have this connection's writes."""
         if not self._replicas:
-            positions: list[int] = await self._publish(args=args)
+            positions: list[int] = await self._publish(keys=self._route, args=args)
             return positions
         async with self._redis.pipeline(transaction=False) as pipe:
-            await self._publish(args=args, client=pipe)
+            await self._publish(keys=self._route, args=args, client=pipe)
             pipe.execute_command("WAIT", self._replicas, self._wait_ms)
             positions, replicas = await pipe.execute()
         if int(replicas) < self._replicas:
@@ -362,7 +377,8 @@ class RedisBroker:
     async def trim(self) -> None:
         """Apply age retention and the job-topic grace (X3); any instance may run it."""
         cutoff = time.time() - self.retention.max_age_seconds
-        while await self._trim(args=[self.prefix, repr(cutoff), int(time.time() * 1000), 1000]):
+        args: list[str | int] = [self.prefix, repr(cutoff), int(time.time() * 1000), 1000]
+        while await self._trim(keys=self._route, args=args):
             pass  # a full batch was dropped: there may be more
 
     async def _trim_forever(self) -> None:

@@ -35,12 +35,19 @@ from jobcast.server.ops.shared_state import (
 from jobcast.stores import JobStore
 
 if TYPE_CHECKING:
-    from redis.asyncio import ConnectionPool
+    from redis.asyncio import ConnectionPool, Redis
 
     from jobcast.server.ops.postgres_state import PostgresState
     from jobcast.shared_metrics import SharedMetrics
 
-REDIS_SCHEMES = ("redis://", "rediss://", "redis+sentinel://", "rediss+sentinel://")
+REDIS_SCHEMES = (
+    "redis://",
+    "rediss://",
+    "redis+sentinel://",
+    "rediss+sentinel://",
+    "redis+cluster://",
+    "rediss+cluster://",
+)
 
 
 class Deployment:
@@ -52,11 +59,19 @@ class Deployment:
         #: The broker's Redis, when instances share one: the shared state lives there too.
         self.redis_url = url if url.startswith(REDIS_SCHEMES) else None
         self._pool: ConnectionPool | None = None
+        self._redis: Redis | None = None  # on the pool, or a Cluster's client (no one pool)
         if self.redis_url is not None:
-            from jobcast.brokers._redis_connect import pool
+            from jobcast.brokers import _redis_connect as connect
             from jobcast.brokers.redis import split_url
 
-            self._pool = pool(split_url(self.redis_url)[0])
+            redis_url = split_url(self.redis_url)[0]
+            if connect.is_cluster(redis_url):
+                self._redis = connect.client(redis_url)
+            else:
+                import redis.asyncio as redis
+
+                self._pool = connect.pool(redis_url)
+                self._redis = redis.Redis(connection_pool=self._pool)
         #: The broker's PostgreSQL, when instances share one: tickets and limits live there.
         self._postgres: PostgresState | None = None
         if urlsplit(url).scheme in POSTGRES_SCHEMES:
@@ -77,7 +92,7 @@ class Deployment:
             from jobcast.server.ops.postgres_state import PostgresRateLimitStorage
 
             return PostgresRateLimitStorage(self._postgres)
-        if self.redis_url is None or self._pool is None:
+        if self.redis_url is None:
             return MemoryStorage()
         return redis_rate_limit_storage(self.redis_url, self._pool)
 
@@ -86,9 +101,9 @@ class Deployment:
             from jobcast.server.ops.postgres_state import PostgresSpentTickets
 
             return PostgresSpentTickets(self._postgres)
-        if self.redis_url is None or self._pool is None:
+        if self.redis_url is None or self._redis is None:
             return MemorySpentTickets()
-        return RedisSpentTickets(self.redis_url, self._pool)
+        return RedisSpentTickets(self.redis_url, self._redis)
 
     def shared_metrics(self, own: Callable[[], bytes]) -> SharedMetrics | None:
         """Every process's metrics, shared through the broker's Redis or PostgreSQL (``None``
@@ -142,5 +157,7 @@ class Deployment:
             from jobcast.brokers._redis_connect import close_pool
 
             await close_pool(self._pool)
+        elif self._redis is not None:  # a Cluster's client
+            await self._redis.aclose()
         if self._postgres is not None:
             await self._postgres.close()
