@@ -81,20 +81,21 @@ def drop_postgres_broker(url: str) -> None:
     """Drop the tables of the broker at ``url`` (its ``?prefix=``)."""
     import asyncio
 
+    asyncio.run(drop_postgres_broker_tables(url))
+
+
+async def drop_postgres_broker_tables(url: str) -> None:
+    """``drop_postgres_broker`` from a running event loop."""
     import asyncpg
 
     prefix = url.rsplit("prefix=", 1)[1]
     dsn = POSTGRES_URL.replace("postgresql+asyncpg", "postgresql")
     tables = ", ".join(f"{prefix}_{name}" for name in BROKER_TABLES)
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(dsn)
-        try:
-            await conn.execute(f"DROP TABLE IF EXISTS {tables}")
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"DROP TABLE IF EXISTS {tables}")
+    finally:
+        await conn.close()
 
 
 BROKER_TABLES = (
