@@ -17,6 +17,7 @@ from jobcast.brokers import Retention
 from jobcast.brokers.postgres import PostgresBroker
 from jobcast.errors import InvalidInput
 from jobcast.events import Event, EventDraft, EventId
+from jobcast.publisher import AsyncPublisher
 from jobcast.server.app import Jobcast
 from jobcast.topics import TopicPattern
 from tests.services import POSTGRES_URL, drop_postgres_broker, needs_services, postgres_broker_url
@@ -196,3 +197,27 @@ async def test_publish_in_needs_the_postgres_broker(tmp_path: Path) -> None:
     async with jc.lifespan():
         with pytest.raises(InvalidInput, match="PostgreSQL broker"):
             await jc.publish_in(object(), "orders/7", "paid", {})
+
+
+async def test_a_publisher_outside_jobcast_publishes_in_its_transaction(
+    instance: tuple[PostgresBroker, list[Event]], url: str
+) -> None:
+    broker, delivered = instance
+    async with AsyncPublisher(url) as publisher:
+
+        async def rolled_back(conn: Any) -> None:
+            await publisher.publish_in(conn, "orders/3", "returned", {})
+            raise Abort
+
+        with pytest.raises(Abort):
+            await in_asyncpg(rolled_back)
+        await in_asyncpg(lambda conn: publisher.publish_in(conn, "orders/3", "shipped", {}))
+    await eventually(lambda: len(delivered) == 1, 5)
+    assert (delivered[0].topic, delivered[0].type) == ("orders/3", "shipped")
+    assert await broker.move_outbox() == 0  # and nothing else is waiting to be delivered
+
+
+async def test_a_redis_publisher_refuses_publish_in() -> None:
+    async with AsyncPublisher("redis://127.0.0.1:1/0") as publisher:
+        with pytest.raises(InvalidInput, match="PostgreSQL broker"):
+            await publisher.publish_in(object(), "orders/3", "shipped", {})

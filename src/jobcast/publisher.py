@@ -30,6 +30,7 @@ from jobcast.errors import InvalidInput, PayloadTooLarge
 if TYPE_CHECKING:
     from jobcast.brokers.postgres import PostgresBroker
     from jobcast.brokers.redis import RedisBroker
+    from jobcast.events import EventDraft
 
 __all__ = ["AsyncPublisher", "Publisher"]
 
@@ -73,16 +74,35 @@ class AsyncPublisher:
 
     async def publish_many(self, events: Sequence[tuple[str, str, Any]]) -> list[str]:
         """Publish several events atomically, in order; returns their ids."""
+        drafts = self._drafts(events)
+        await self._connect()
+        return [event.id for event in await self._broker.publish(drafts)]
+
+    async def publish_in(self, connection: Any, topic: str, type: str, data: Any = None) -> None:
+        """Publish one event in the caller's own PostgreSQL transaction (``connection``: an
+        asyncpg connection, or a SQLAlchemy ``AsyncConnection`` or ``AsyncSession``, on the
+        broker's database). The event exists iff that transaction commits; the instances
+        deliver it after the commit. The PostgreSQL broker only."""
+        drafts = self._drafts([(topic, type, data)])
+        publish_in = getattr(self._broker, "publish_in", None)  # brokers/postgres.G6
+        if publish_in is None:
+            raise InvalidInput("publish_in needs the PostgreSQL broker (postgresql://...)")
+        await self._connect()  # its tables exist before the caller's transaction uses them
+        await publish_in(connection, drafts)
+
+    def _drafts(self, events: Sequence[tuple[str, str, Any]]) -> list[EventDraft]:
         from jobcast.events import EventDraft
 
         drafts = [EventDraft.create(topic, type_, data) for topic, type_, data in events]
         for draft in drafts:
             if len(draft.data_json) > self._max_event_bytes:
                 raise PayloadTooLarge(f"event data is over {self._max_event_bytes} bytes")
+        return drafts
+
+    async def _connect(self) -> None:
         if not self._connected:
             await self._broker.connect()
             self._connected = True
-        return [event.id for event in await self._broker.publish(drafts)]
 
     async def close(self) -> None:
         await self._broker.close()
