@@ -17,6 +17,7 @@ class PostgresSnapshots:
         asyncpg.PostgresError,
         asyncpg.InterfaceError,
         OSError,
+        TimeoutError,
     )
 
     def __init__(self, broker_url: str) -> None:
@@ -34,6 +35,7 @@ class PostgresSnapshots:
                     min_size=1,
                     max_size=1,
                     server_settings={"search_path": schema} if schema else None,
+                    command_timeout=10,
                 )
                 async with pool.acquire() as conn, conn.transaction():
                     await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self._table)

@@ -65,9 +65,11 @@ from jobcast.topics import TopicPattern
 logger = logging.getLogger("jobcast.brokers.postgres")
 
 COMMIT_EVENTS = 256  # G3
+#: G7: a statement a silent database never answers fails (503) instead of hanging its caller.
+COMMAND_TIMEOUT = 15.0
 _CATCH_UP_SECONDS = 2.0  # G2
 #: What a failed PostgreSQL call raises (G7).
-FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
 @dataclass(slots=True)
@@ -114,6 +116,7 @@ class PostgresBroker:
                 min_size=1,
                 max_size=self.location.pool_size,
                 server_settings=self._settings(),
+                command_timeout=COMMAND_TIMEOUT,
             )
             self._newest = await self._create()
         except FAILURES as exc:

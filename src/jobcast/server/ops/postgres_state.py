@@ -19,7 +19,7 @@ from limits.aio.storage import MovingWindowSupport, Storage
 from jobcast.brokers._postgres_sql import Location, parse_url
 from jobcast.errors import Unavailable
 
-_FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+_FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 #: One in this many hits also deletes every key's expired hits (a key's own go at each hit).
 _SWEEP_EVERY = 1000
 
@@ -45,6 +45,7 @@ class PostgresState:
                     min_size=1,
                     max_size=2,
                     server_settings={"search_path": schema} if schema else None,
+                    command_timeout=10,  # a database that stopped answering: 503, not a hang
                 )
                 async with pool.acquire() as conn, conn.transaction():
                     await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self.hits)
