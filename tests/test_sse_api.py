@@ -9,37 +9,16 @@ from collections.abc import Awaitable, Callable, Iterator
 import httpx
 import pytest
 
-from tests.services import (
-    drop_postgres_broker,
-    needs_services,
-    postgres_broker_url,
-    redis_prefix,
-    redis_url,
-)
+from tests.services import needs_services, redis_prefix, redis_url
 from tests.support import EventStream, LiveServer, wait_until
 
 LiveServerFactory = Callable[..., LiveServer]
 
 
-@pytest.fixture(
-    params=[
-        "embedded",
-        "asgi-streams",
-        pytest.param("redis", marks=needs_services),
-        pytest.param("postgres", marks=needs_services),
-    ]
-)
+@pytest.fixture(params=["embedded", "asgi-streams", pytest.param("redis", marks=needs_services)])
 def server(request: pytest.FixtureRequest, make_server: LiveServerFactory) -> Iterator[LiveServer]:
-    """Every stream test runs over the embedded default and over the shared Redis and
-    PostgreSQL brokers, and with streams written by their ASGI task (as on any server) as well
-    as by the connection."""
-    if request.param == "postgres":
-        url = postgres_broker_url()
-        server = make_server(heartbeat_interval=0.2, broker_url=url)
-        yield server
-        server.stop()  # before its tables go
-        drop_postgres_broker(url)
-        return
+    """Every stream test runs over the embedded default and over the shared Redis broker, and
+    with streams written by their ASGI task (as on any server) as well as by the connection."""
     if request.param != "redis":
         yield make_server(heartbeat_interval=0.2, native_streams=request.param == "embedded")
         return
