@@ -44,9 +44,9 @@ X8. Failover (``redis+sentinel://``, ``_redis_connect.py``): replication is asyn
     not, so a client that retries can see it twice, never lose it silently.
 X9. Cluster (``redis+cluster://``): the key prefix becomes one hash tag (``{jobcast}:``), so a
     deployment's keys share one slot: the publish script's counter, log, topic streams and
-    marks must change together, which Cluster allows only within a slot. The cluster then
-    gives failover (a replica promoted, X8 applies), not spreading one deployment's events
-    over nodes; use a prefix per deployment to spread deployments.
+    marks must change together, which Cluster allows only within a slot: one deployment's
+    events are not spread over nodes (a prefix per deployment spreads deployments). Failing
+    over within a Cluster is not verified (docs/deployment.md).
 """
 
 from __future__ import annotations
