@@ -46,7 +46,8 @@ X9. Cluster (``redis+cluster://``): the key prefix becomes one hash tag (``{jobc
     deployment's keys share one slot: the publish script's counter, log, topic streams and
     marks must change together, which Cluster allows only within a slot: one deployment's
     events are not spread over nodes (a prefix per deployment spreads deployments). Failing
-    over within a Cluster is not verified (docs/deployment.md).
+    over within a Cluster is not verified: a trial did not reach a new primary in 30 s
+    (docs/deployment.md).
 """
 
 from __future__ import annotations
