@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import os
 import shlex
 import sys
 import time
@@ -43,6 +44,14 @@ from bench.targets import (
 )
 
 REDIS = "redis://127.0.0.1:6379/14"
+POSTGRES = os.environ.get("JOBCAST_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1/test")
+
+
+def postgres_url() -> str:
+    """A PostgreSQL broker of its own (fresh tables) for one run."""
+    return f"{POSTGRES}?prefix=bench_{uuid.uuid4().hex[:8]}"
+
+
 ALL = ("jobcast", "baseline", "nchan", "asyncio")
 
 
@@ -99,8 +108,29 @@ def rows(scale: Scale) -> list[Row]:
             lambda t, s: scenarios.fanout(t, s, s.redis_subscribers, paced=False),
             ("jobcast",),
             jobcast=lambda: JobcastTarget(
-                instances=2, redis_url=f"{REDIS}?prefix=bench-{uuid.uuid4().hex[:8]}"
+                instances=2, broker_url=f"{REDIS}?prefix=bench-{uuid.uuid4().hex[:8]}"
             ),
+        ),
+        Row(
+            f"fanout-{scale.redis_subscribers}-burst-postgres2",
+            lambda t, s: scenarios.fanout(t, s, s.redis_subscribers, paced=False),
+            ("jobcast",),
+            jobcast=lambda: JobcastTarget(instances=2, broker_url=postgres_url()),
+        ),
+        # One instance per shared broker: what each costs the server for the same topics row.
+        Row(
+            f"topics-{scale.topics}-redis",
+            scenarios.per_topic,
+            ("jobcast",),
+            jobcast=lambda: JobcastTarget(
+                broker_url=f"{REDIS}?prefix=bench-{uuid.uuid4().hex[:8]}"
+            ),
+        ),
+        Row(
+            f"topics-{scale.topics}-postgres",
+            scenarios.per_topic,
+            ("jobcast",),
+            jobcast=lambda: JobcastTarget(broker_url=postgres_url()),
         ),
         Row(
             f"fanout-{middle}-burst-scraped",

@@ -69,7 +69,7 @@ class Setup:
 
 def server(setup: Setup) -> JobcastTarget:
     target = JobcastTarget(
-        redis_url=setup.broker,
+        broker_url=setup.broker,
         extra={"JOBCAST_STORE_URL": setup.store, "JOBCAST_METRICS_SNAPSHOT_SECONDS": "0.5"},
     )
     target.start()

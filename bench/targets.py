@@ -183,19 +183,20 @@ class Target:
 
 
 class JobcastTarget(Target):
-    """``jobcast serve`` on the embedded default, or N instances sharing a Redis broker."""
+    """``jobcast serve`` on the embedded default, or N instances sharing a Redis or PostgreSQL
+    broker."""
 
     def __init__(
         self,
         name: str = "jobcast",
         *,
         instances: int = 1,
-        redis_url: str = "",
+        broker_url: str = "",
         extra: dict[str, str] | None = None,
     ):
         super().__init__(name)
         self.instances = instances
-        self.redis_url = redis_url
+        self.broker_url = broker_url
         self.extra = extra or {}  # more JOBCAST_* settings
         self.service_token = mint("bench-publisher", "service")
 
@@ -209,8 +210,8 @@ class JobcastTarget(Target):
             "JOBCAST_MAX_STREAMS_TOTAL": "100000",
             "JOBCAST_JOB_CONCURRENCY": "2000",
         }
-        if self.redis_url:
-            env["JOBCAST_BROKER_URL"] = self.redis_url
+        if self.broker_url:
+            env["JOBCAST_BROKER_URL"] = self.broker_url
         return {**env, **self.extra}
 
     def start(self) -> None:

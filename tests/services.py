@@ -70,3 +70,41 @@ def drop_schema(store_url: str) -> None:
             await conn.close()
 
     asyncio.run(drop())
+
+
+def postgres_broker_url() -> str:
+    """A PostgreSQL broker URL whose tables are fresh (``drop_postgres_broker`` removes them)."""
+    return f"{POSTGRES_URL}?prefix=t{uuid.uuid4().hex[:12]}"
+
+
+def drop_postgres_broker(url: str) -> None:
+    """Drop the tables of the broker at ``url`` (its ``?prefix=``)."""
+    import asyncio
+
+    asyncio.run(drop_postgres_broker_tables(url))
+
+
+async def drop_postgres_broker_tables(url: str) -> None:
+    """``drop_postgres_broker`` from a running event loop."""
+    import asyncpg
+
+    prefix = url.rsplit("prefix=", 1)[1]
+    dsn = POSTGRES_URL.replace("postgresql+asyncpg", "postgresql")
+    tables = ", ".join(f"{prefix}_{name}" for name in BROKER_TABLES)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"DROP TABLE IF EXISTS {tables}")
+    finally:
+        await conn.close()
+
+
+BROKER_TABLES = (
+    "broker",
+    "events",
+    "trimmed",
+    "expired",
+    "outbox",
+    "tickets",
+    "limit_hits",
+    "metrics",
+)

@@ -91,6 +91,8 @@ def test_the_take_cost_benchmark_drains_both_rows() -> None:
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("kind limits")]
     assert len(rows) == 2, result.stdout
+
+
 def test_the_whatwg_load_generator_and_a_restart_with_resuming_streams(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "bench", "--scale", "quick", "--no-chart"]
     command += ["--parser", "whatwg", "--rows", "fanout-100-burst,idle-300,restart-300"]

@@ -18,19 +18,37 @@ from jobcast.brokers.sqlite import INLINE_EVENTS, SQLiteBroker
 from jobcast.errors import Unavailable
 from jobcast.events import Event, EventDraft, EventId
 from jobcast.topics import TopicPattern
-from tests.services import delete_prefix, needs_services, redis_url, unique_prefix
+from tests.services import (
+    delete_prefix,
+    drop_postgres_broker,
+    needs_services,
+    postgres_broker_url,
+    redis_url,
+    unique_prefix,
+)
 
 BrokerFactory = Callable[[Retention], Broker]
 
 
 @pytest.fixture(
-    params=["memory", "sqlite", pytest.param("redis", marks=needs_services)],
+    params=[
+        "memory",
+        "sqlite",
+        pytest.param("redis", marks=needs_services),
+        pytest.param("postgres", marks=needs_services),
+    ],
 )
 def make_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BrokerFactory]:
     if request.param == "memory":
         yield lambda retention: MemoryBroker(retention)
     elif request.param == "sqlite":
         yield lambda retention: SQLiteBroker(tmp_path / "events.db", retention)
+    elif request.param == "postgres":
+        from jobcast.brokers.postgres import PostgresBroker
+
+        url = postgres_broker_url()
+        yield lambda retention: PostgresBroker(url, retention)
+        drop_postgres_broker(url)
     else:
         from jobcast.brokers.redis import RedisBroker
 

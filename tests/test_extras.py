@@ -50,6 +50,7 @@ def jobcast(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.Compl
     [
         ("redis", {"JOBCAST_BROKER_URL": "redis://127.0.0.1:1/0"}, "redis"),
         ("asyncpg", {"JOBCAST_STORE_URL": "postgresql://app@127.0.0.1:1/jobs"}, "postgres"),
+        ("asyncpg", {"JOBCAST_BROKER_URL": "postgresql://app@127.0.0.1:1/jobs"}, "postgres"),
         (
             "saq",
             {"JOBCAST_QUEUE_URL": "redis://127.0.0.1:1/0", "JOBCAST_BROKER_URL": "memory://"},

@@ -15,15 +15,33 @@ from jobcast.events import Event
 from jobcast.hub import Hub, HubOptions
 from jobcast.subscription import CloseReason, Subscription
 from jobcast.topics import TopicPattern
-from tests.services import delete_prefix, needs_services, redis_url, unique_prefix
+from tests.services import (
+    delete_prefix,
+    drop_postgres_broker_tables,
+    needs_services,
+    postgres_broker_url,
+    redis_url,
+    unique_prefix,
+)
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=needs_services)])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=needs_services),
+        pytest.param("postgres", marks=needs_services),
+    ]
+)
 async def hub(request: pytest.FixtureRequest) -> AsyncIterator[Hub]:
-    """The hub over each broker: the in-process one and the shared Redis one."""
+    """The hub over each broker: the in-process one and the shared Redis and PostgreSQL ones."""
     options = HubOptions(heartbeat_interval=0.05, max_pending=10)
     if request.param == "memory":
         hub = Hub(MemoryBroker(Retention()), options)
+    elif request.param == "postgres":
+        from jobcast.brokers.postgres import PostgresBroker
+
+        url = postgres_broker_url()
+        hub = Hub(PostgresBroker(url, Retention()), options)
     else:
         from jobcast.brokers.redis import RedisBroker
 
@@ -34,6 +52,8 @@ async def hub(request: pytest.FixtureRequest) -> AsyncIterator[Hub]:
     await hub.close()
     if request.param == "redis":
         delete_prefix(prefix)
+    if request.param == "postgres":
+        await drop_postgres_broker_tables(url)
 
 
 def pats(*texts: str) -> tuple[TopicPattern, ...]:

@@ -1,6 +1,6 @@
 """Wildcard job streams across instances: jobs created, shared and revoked on one instance are
-filtered correctly on the others (jobs/access.py), with a shared Redis broker and queue and a
-PostgreSQL store, as in production."""
+filtered correctly on the others (jobs/access.py), with a shared Redis queue and a PostgreSQL
+store, and a Redis broker or the store's database as the broker, as in production."""
 
 from __future__ import annotations
 
@@ -30,23 +30,21 @@ pytestmark = needs_services
 TOPICS = {"topic": ["jobs/*", "marker"]}
 
 
-@pytest.fixture
-def shared() -> Iterator[dict[str, Any]]:
-    """One deployment's broker, queue and store; no worker, so jobs stay queued."""
+@pytest.fixture(params=["redis", "postgres"])
+def shared(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """One deployment's broker, queue and store; no worker, so jobs stay queued. The broker is
+    Redis, or the PostgreSQL store's own database (no broker URL)."""
     for prefix in redis_prefix():
         store_url = f"{POSTGRES_URL}?schema=a_{prefix[-12:]}"
-        yield {
-            "broker_url": redis_url(prefix),
-            "queue_url": f"{REDIS_URL}?queue={prefix}",
-            "store_url": store_url,
-        }
+        broker = {"broker_url": redis_url(prefix)} if request.param == "redis" else {}
+        yield {**broker, "queue_url": f"{REDIS_URL}?queue={prefix}", "store_url": store_url}
         drop_schema(store_url)
         delete_prefix(f"saq:{prefix}")
 
 
 @pytest.fixture
 def instance(
-    make_server: Callable[..., LiveServer], shared: dict[str, Any], tmp_path: Path
+    shared: dict[str, Any], make_server: Callable[..., LiveServer], tmp_path: Path
 ) -> Callable[[str], LiveServer]:
     def start(name: str) -> LiveServer:
         return make_server(data_dir=tmp_path / name, **shared)

@@ -121,17 +121,14 @@ async def test_fifty_concurrent_submissions_with_one_key_make_one_job(
         one_job(await fifty_at_once(client, [server], "burst"))
 
 
-@pytest.fixture
-def shared() -> Iterator[dict[str, Any]]:
-    """One deployment of several instances: Redis broker and queue, a PostgreSQL store (no
-    worker: the jobs stay queued)."""
+@pytest.fixture(params=["redis", "postgres"])
+def shared(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """One deployment of several instances: Redis queue, a PostgreSQL store (no worker: the
+    jobs stay queued), and a Redis broker or the store's database as the broker."""
     for prefix in redis_prefix():
         store_url = f"{POSTGRES_URL}?schema=i_{prefix[-12:]}"
-        yield {
-            "broker_url": redis_url(prefix),
-            "queue_url": f"{REDIS_URL}?queue={prefix}",
-            "store_url": store_url,
-        }
+        broker = {"broker_url": redis_url(prefix)} if request.param == "redis" else {}
+        yield {**broker, "queue_url": f"{REDIS_URL}?queue={prefix}", "store_url": store_url}
         drop_schema(store_url)
         delete_prefix(f"saq:{prefix}")
 
@@ -143,7 +140,7 @@ def shared() -> Iterator[dict[str, Any]]:
 # deployment are processes.
 @needs_services
 async def test_one_key_makes_one_job_and_one_publish_across_two_instances(
-    make_server: Callable[..., LiveServer], shared: dict[str, Any], tmp_path: Path
+    shared: dict[str, Any], make_server: Callable[..., LiveServer], tmp_path: Path
 ) -> None:
     servers = [make_server(data_dir=tmp_path / name, **shared) for name in ("one", "two")]
     limits = httpx.Limits(max_connections=50)

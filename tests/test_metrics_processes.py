@@ -1,4 +1,5 @@
-"""``/metrics`` with several server processes on one Redis: any process answers for all."""
+"""``/metrics`` with several server processes on one Redis or PostgreSQL broker: any process
+answers for all."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ from websockets.asyncio.client import connect
 from jobcast.auth import TokenAuthority
 from jobcast.shared_metrics import merge
 from tests.scale_support import Processes, processes
-from tests.services import needs_services, redis_prefix, redis_url
+from tests.services import (
+    drop_postgres_broker,
+    needs_services,
+    postgres_broker_url,
+    redis_prefix,
+    redis_url,
+)
 from tests.support import EventStream, eventually, make_settings
 from tests.test_metrics import samples
 from tests.ws_support import receive, send
@@ -21,9 +28,15 @@ from tests.ws_support import receive, send
 TOKEN = TokenAuthority.from_settings(make_settings()).mint("alice")
 
 
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    yield from redis_prefix()
+@pytest.fixture(params=["redis", "postgres"])
+def broker_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    if request.param == "redis":
+        for prefix in redis_prefix():
+            yield redis_url(prefix)
+    else:
+        url = postgres_broker_url()
+        yield url
+        drop_postgres_broker(url)
 
 
 @pytest.fixture
@@ -50,8 +63,8 @@ def connections(process: str, transport: str) -> str:
 
 
 @needs_services
-async def test_one_scrape_reports_every_process(procs: Processes, prefix: str) -> None:
-    settings = {"broker_url": redis_url(prefix), "metrics_snapshot_seconds": 0.2}
+async def test_one_scrape_reports_every_process(broker_url: str, procs: Processes) -> None:
+    settings = {"broker_url": broker_url, "metrics_snapshot_seconds": 0.2}
     first, second = procs.serve("first", **settings), procs.serve("second", **settings)
     host = socket.gethostname()
     one, two = (f"{host}:{process.pid}" for process in procs.started)

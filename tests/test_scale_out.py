@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from jobcast.errors import Conflict, Unavailable
 from jobcast.publisher import AsyncPublisher, Publisher
 from jobcast.server.app import Jobcast
 from tests.scale_support import Processes, free_port, jobcast_env, processes, wait_for_port
-from tests.services import needs_services, redis_prefix, redis_url
+from tests.services import POSTGRES_URL, drop_schema, needs_services, redis_prefix, redis_url
 from tests.support import EventStream, LiveServer, eventually, make_settings
 
 TOKENS = TokenAuthority.from_settings(make_settings())
@@ -96,11 +97,23 @@ class Subscriber:
             self.stream = None
 
 
+@pytest.fixture(params=["redis", "postgres-only"])
+def shared_settings(request: pytest.FixtureRequest, prefix: str) -> Iterator[dict[str, str]]:
+    """What instances share: a Redis broker, or only a PostgreSQL store (whose database then
+    holds the events, the rate limits and the spent tickets too)."""
+    if request.param == "redis":
+        yield {"broker_url": redis_url(prefix)}
+        return
+    store_url = f"{POSTGRES_URL}?schema=t{uuid.uuid4().hex[:12]}"
+    yield {"store_url": store_url}
+    drop_schema(store_url)
+
+
 @needs_services
 async def test_every_event_reaches_every_subscriber_once_across_instances_and_reconnects(
-    procs: Processes, prefix: str
+    shared_settings: dict[str, str], procs: Processes
 ) -> None:
-    bases = [procs.serve(f"app{i}", broker_url=redis_url(prefix)) for i in range(3)]
+    bases = [procs.serve(f"app{i}", **shared_settings) for i in range(3)]
     async with httpx.AsyncClient(timeout=10) as client:
         subscribers = [Subscriber(client, bases[i % 3]) for i in range(6)]
         for sub in subscribers:

@@ -1,4 +1,5 @@
-"""With the Redis broker, limits and spent tickets hold for the whole deployment."""
+"""With the Redis or the PostgreSQL broker, limits and spent tickets hold for the whole
+deployment."""
 
 from __future__ import annotations
 
@@ -7,24 +8,36 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from tests.services import needs_services, redis_prefix, redis_url
+from tests.services import (
+    drop_postgres_broker,
+    needs_services,
+    postgres_broker_url,
+    redis_prefix,
+    redis_url,
+)
 from tests.support import LiveServer
 
 pytestmark = needs_services
 
 
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    yield from redis_prefix()
+@pytest.fixture(params=["redis", "postgres"])
+def url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The broker URL the instances share (the shared state lives beside the events)."""
+    if request.param == "redis":
+        for prefix in redis_prefix():
+            yield redis_url(prefix)
+    else:
+        url = postgres_broker_url()
+        yield url
+        drop_postgres_broker(url)
 
 
 async def test_a_ticket_opens_one_stream_across_instances(
+    url: str,  # first: its tables outlive the servers
     make_server: Callable[..., LiveServer],
     client: httpx.AsyncClient,
-    prefix: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    url = redis_url(prefix)
     first = make_server(broker_url=url, data_dir=tmp_path_factory.mktemp("a"))
     second = make_server(broker_url=url, data_dir=tmp_path_factory.mktemp("b"))
     issued = await client.post(
@@ -40,12 +53,11 @@ async def test_a_ticket_opens_one_stream_across_instances(
 
 
 async def test_rate_limits_are_counted_across_instances(
+    url: str,  # first: its tables outlive the servers
     make_server: Callable[..., LiveServer],
     client: httpx.AsyncClient,
-    prefix: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    url = redis_url(prefix)
     servers = [
         make_server(
             broker_url=url, data_dir=tmp_path_factory.mktemp(n), rate_limit_publish="3/minute"

@@ -4,6 +4,7 @@ message, and the stream of a job that is already running carries on to its end."
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import orjson
@@ -36,9 +37,12 @@ async def test_job_endpoints_answer_503_while_running_streams_continue(
     proxy: TcpProxy,
     schema: str,
     client: httpx.AsyncClient,
+    tmp_path: Path,
 ) -> None:
     url = POSTGRES_URL.replace("127.0.0.1", f"127.0.0.1:{proxy.port}")
-    server = make_server(store_url=f"{url}?schema={schema}")
+    # the events elsewhere (a PostgreSQL store alone would hold them too, and go with it)
+    events = f"sqlite:///{tmp_path / 'events.db'}"
+    server = make_server(store_url=f"{url}?schema={schema}", broker_url=events)
     job = await submit(client, server, "demo", {"steps": 20, "delay": 0.05})
     async with EventStream(
         client, f"{server.url}/api/jobs/{job['id']}/events", headers=server.auth()

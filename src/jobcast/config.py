@@ -32,7 +32,10 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path(".jobcast"), description="Where the embedded default keeps state.")
     broker_url: str | None = Field(
         None,
-        description="memory://, sqlite:///path or redis://host:port/db; default: SQLite file "
+        description="memory://, sqlite:///path, redis://host:port/db, "
+        "redis+sentinel://host:port,.../service/db, redis+cluster://host:port,... or "
+        "postgresql://user@host/db; "
+        "default: the store's database when JOBCAST_STORE_URL is PostgreSQL, else SQLite file "
         "events.db in the data directory.",
     )
 
@@ -329,8 +332,12 @@ class Settings(BaseSettings):
 
     @property
     def resolved_broker_url(self) -> str:
+        """The broker URL; without one, a PostgreSQL store's database holds the events too
+        (so instances that share the store share the events), else the SQLite file."""
         if self.broker_url:
             return self.broker_url
+        if self.store_url and self.store_url.startswith(("postgresql", "postgres:")):
+            return self.store_url
         return f"sqlite:///{self.data_dir / 'events.db'}"
 
     @property

@@ -33,8 +33,11 @@ def check_backends(
 ) -> None:
     """Raise :class:`MissingExtra` for the first configured backend (or tracing) that cannot
     be loaded."""
-    if urlsplit(broker_url).scheme in ("redis", "rediss"):
+    broker_scheme = urlsplit(broker_url).scheme
+    if broker_scheme.startswith(("redis", "rediss")):  # a Sentinel URL too
         require("redis", "redis", "the Redis broker (JOBCAST_BROKER_URL)")
+    elif broker_scheme.startswith(("postgresql", "postgres")):  # asyncpg, whatever the store's
+        require("asyncpg", "postgres", "the PostgreSQL broker (JOBCAST_BROKER_URL or the store's)")
     store_scheme = urlsplit(store_url).scheme
     if store_scheme in ("postgresql", "postgres", "postgresql+asyncpg"):
         require("asyncpg", "postgres", "the PostgreSQL job store (JOBCAST_STORE_URL)")

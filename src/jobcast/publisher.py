@@ -8,10 +8,12 @@
         publisher.publish("videos/42", "video.status", {"status": "PROCESSING", "progress": 40})
 
 ``AsyncPublisher`` is the asyncio twin (``await publisher.publish(...)``). Both write straight
-into the shared Redis broker, so every jobcast instance delivers the event, with an id, to its
-subscribers and keeps it in the history for ``Last-Event-ID`` replay. Retention follows the same
-``JOBCAST_HISTORY_*`` settings as the servers. A process that cannot reach Redis can use the
-HTTP endpoint instead (``POST /api/events`` with a ``service`` token).
+into the shared Redis or PostgreSQL broker (``postgresql://...``; by default the broker the
+``JOBCAST_*`` settings name, a PostgreSQL store's database included), so every jobcast
+instance delivers the event, with an id, to its subscribers and keeps it in the history for
+``Last-Event-ID`` replay. Retention follows the same ``JOBCAST_HISTORY_*`` settings as the
+servers. A process that cannot reach the broker can use the HTTP endpoint instead
+(``POST /api/events`` with a ``service`` token).
 """
 
 from __future__ import annotations
@@ -20,10 +22,15 @@ import asyncio
 import threading
 from collections.abc import Coroutine, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from jobcast.errors import InvalidInput, PayloadTooLarge
+
+if TYPE_CHECKING:
+    from jobcast.brokers.postgres import PostgresBroker
+    from jobcast.brokers.redis import RedisBroker
+    from jobcast.events import EventDraft
 
 __all__ = ["AsyncPublisher", "Publisher"]
 
@@ -31,42 +38,71 @@ T = TypeVar("T")
 
 
 class AsyncPublisher:
-    """Publishes to a Redis broker from asyncio code; ``await close()`` (or ``async with``)."""
+    """Publishes to a Redis or PostgreSQL broker from asyncio code; ``await close()`` (or
+    ``async with``)."""
 
     def __init__(self, broker_url: str | None = None) -> None:
+        from jobcast.brokers import POSTGRES_SCHEMES
         from jobcast.config import Settings
 
         settings = Settings()
-        url = broker_url or settings.broker_url or ""
-        if urlsplit(url).scheme not in ("redis", "rediss"):
-            raise InvalidInput(
-                "the publisher writes to a shared Redis broker (redis://host:port/db); with the "
-                "embedded default, publish over HTTP: POST /api/events"
-            )
-        from jobcast.brokers.redis import RedisBroker
+        url = broker_url or settings.resolved_broker_url
+        scheme = urlsplit(url).scheme
+        self._broker: RedisBroker | PostgresBroker
+        if scheme.startswith("redis"):  # redis://, rediss://, redis+sentinel://
+            from jobcast.brokers.redis import RedisBroker
 
-        self._broker = RedisBroker(url, settings.retention())
+            self._broker = RedisBroker(url, settings.retention())
+        elif scheme in POSTGRES_SCHEMES:
+            from jobcast.brokers.postgres import PostgresBroker
+
+            self._broker = PostgresBroker(url, settings.retention())
+        else:
+            raise InvalidInput(
+                "the publisher writes to a shared broker (redis://host:port/db or "
+                "postgresql://user@host/db); with the embedded default, publish over HTTP: "
+                "POST /api/events"
+            )
         self._max_event_bytes = settings.max_event_bytes
         self._connected = False
 
     async def publish(self, topic: str, type: str, data: Any = None) -> str:
-        """Publish one event; returns its id once Redis has stored it (else raises
+        """Publish one event; returns its id once the broker has stored it (else raises
         :class:`~jobcast.errors.Unavailable`: never acknowledged and lost)."""
         (event_id,) = await self.publish_many([(topic, type, data)])
         return event_id
 
     async def publish_many(self, events: Sequence[tuple[str, str, Any]]) -> list[str]:
         """Publish several events atomically, in order; returns their ids."""
+        drafts = self._drafts(events)
+        await self._connect()
+        return [event.id for event in await self._broker.publish(drafts)]
+
+    async def publish_in(self, connection: Any, topic: str, type: str, data: Any = None) -> None:
+        """Publish one event in the caller's own PostgreSQL transaction (``connection``: an
+        asyncpg connection, or a SQLAlchemy ``AsyncConnection`` or ``AsyncSession``, on the
+        broker's database). The event exists iff that transaction commits; the instances
+        deliver it after the commit. The PostgreSQL broker only."""
+        drafts = self._drafts([(topic, type, data)])
+        publish_in = getattr(self._broker, "publish_in", None)  # brokers/postgres.G6
+        if publish_in is None:
+            raise InvalidInput("publish_in needs the PostgreSQL broker (postgresql://...)")
+        await self._connect()  # its tables exist before the caller's transaction uses them
+        await publish_in(connection, drafts)
+
+    def _drafts(self, events: Sequence[tuple[str, str, Any]]) -> list[EventDraft]:
         from jobcast.events import EventDraft
 
         drafts = [EventDraft.create(topic, type_, data) for topic, type_, data in events]
         for draft in drafts:
             if len(draft.data_json) > self._max_event_bytes:
                 raise PayloadTooLarge(f"event data is over {self._max_event_bytes} bytes")
+        return drafts
+
+    async def _connect(self) -> None:
         if not self._connected:
             await self._broker.connect()
             self._connected = True
-        return [event.id for event in await self._broker.publish(drafts)]
 
     async def close(self) -> None:
         await self._broker.close()

@@ -1,5 +1,6 @@
-"""Several processes, one scrape: each process's metrics go to the shared Redis, and whichever
-process Prometheus reaches answers for all of them, each series labelled with its ``process``.
+"""Several processes, one scrape: each process's metrics go to the shared broker's Redis (or
+PostgreSQL), and whichever process Prometheus reaches answers for all of them, each series
+labelled with its ``process``.
 Servers (``server/ops/metrics.py``) and ``jobcast worker`` processes (``jobs/worker.py``) share
 theirs alike, so this module depends on neither.
 
@@ -10,7 +11,8 @@ M1. Snapshots in Redis rather than prometheus_client's multiprocess mode. That m
     read from the hub's plain counters at scrape time, which those files cannot hold without a
     write per event or a second copy of every counter. It also needs a directory shared by
     the processes (one machine only) and cleaned at every start. The Redis broker, which
-    several processes need anyway, works across machines and needs nothing else.
+    several processes need anyway, works across machines and needs nothing else; with the
+    PostgreSQL broker, its database holds the snapshots instead (``_postgres_snapshots.py``).
 M2. Each process writes its rendered metrics (the text format) to ``{prefix}metrics:{process}``
     with a time to live, and adds its name to the set ``{prefix}metrics:processes``, every
     ``metrics_snapshot_seconds`` and at each scrape it answers. A process that stops deletes
@@ -30,17 +32,14 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
-from typing import cast
+from collections.abc import Callable
+from typing import Protocol
 
-import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
-from redis.exceptions import RedisError
 
 from jobcast._prometheus import Families
-from jobcast.brokers.redis import shielded, split_url
 
 logger = logging.getLogger("jobcast.metrics")
 
@@ -50,18 +49,41 @@ def process_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+class Snapshots(Protocol):
+    """Where the processes' snapshots live (M2): the broker's Redis or PostgreSQL."""
+
+    #: What a failed call raises; a scrape then answers with this process alone (M4).
+    failures: tuple[type[BaseException], ...]
+
+    async def put(self, process: str, snapshot: bytes, ttl_ms: int) -> None: ...
+
+    async def read_all(self) -> dict[str, bytes]: ...
+
+    async def forget(self, process: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def open_snapshots(broker_url: str) -> Snapshots:
+    """The snapshots beside the broker that ``broker_url`` names (Redis or PostgreSQL)."""
+    if broker_url.startswith(("redis://", "rediss://")):
+        from jobcast._redis_snapshots import RedisSnapshots  # the 'redis' extra
+
+        return RedisSnapshots(broker_url)
+    from jobcast._postgres_snapshots import PostgresSnapshots  # the 'postgres' extra
+
+    return PostgresSnapshots(broker_url)
+
+
 class SharedMetrics:
     """This process's side of the shared snapshots (M2, M3)."""
 
     def __init__(self, broker_url: str, interval: float, render: Callable[[], bytes]) -> None:
-        redis_url, prefix, _ = split_url(broker_url)  # the broker's key prefix
         self.interval = interval
         self.render = render
         self.process = process_name()
         self.ttl_ms = max(1000, int(3 * interval * 1000))
-        self._index = f"{prefix}metrics:processes"
-        self._prefix = f"{prefix}metrics:"
-        self._redis: aioredis.Redis = aioredis.from_url(redis_url, socket_timeout=2)
+        self._snapshots = open_snapshots(broker_url)
         self._task: asyncio.Task[None] | None = None
         self._failing = False
 
@@ -73,18 +95,15 @@ class SharedMetrics:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        with contextlib.suppress(RedisError, OSError):  # M2: leave no stale snapshot behind
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.delete(self._prefix + self.process)
-                pipe.srem(self._index, self.process)
-                await shielded(pipe.execute())
-        await self._redis.aclose()
+        with contextlib.suppress(*self._snapshots.failures):  # M2: leave no stale snapshot
+            await self._snapshots.forget(self.process)
+        await self._snapshots.close()
 
     async def _publish_forever(self) -> None:
         while True:
             try:
-                await shielded(self.publish(self.render()))
-            except (RedisError, OSError) as exc:
+                await self.publish(self.render())
+            except self._snapshots.failures as exc:
                 self._failed(exc)
             else:
                 self._failing = False
@@ -92,35 +111,19 @@ class SharedMetrics:
 
     def _failed(self, exc: BaseException) -> None:
         if not self._failing:  # once per outage, not once per interval
-            logger.warning("metrics: cannot share this process's metrics through Redis: %s", exc)
+            logger.warning("metrics: cannot share this process's metrics: %s", exc)
         self._failing = True
 
     async def publish(self, snapshot: bytes) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(self._prefix + self.process, snapshot, px=self.ttl_ms)
-            pipe.sadd(self._index, self.process)
-            pipe.pexpire(self._index, self.ttl_ms)
-            await pipe.execute()
-
-    async def _read_all(self) -> dict[str, bytes]:
-        # redis-py types its commands for both clients; this one is the asyncio client
-        members = await cast(Awaitable[set[bytes]], self._redis.smembers(self._index))
-        names = sorted(name.decode() for name in members)
-        if not names:
-            return {}
-        values = await self._redis.mget([self._prefix + name for name in names])
-        gone = [name for name, value in zip(names, values, strict=True) if value is None]
-        if gone:  # expired: a process that died (M2)
-            await cast(Awaitable[int], self._redis.srem(self._index, *gone))
-        return {name: value for name, value in zip(names, values, strict=True) if value is not None}
+        await self._snapshots.put(self.process, snapshot, self.ttl_ms)
 
     async def gather(self, own: bytes) -> bytes:
         """Every process's metrics, this one's ``own`` among them, labelled (M3, M4)."""
         snapshots: dict[str, bytes] = {}
         try:
-            await shielded(self.publish(own))
-            snapshots = await shielded(self._read_all())
-        except (RedisError, OSError) as exc:
+            await self.publish(own)
+            snapshots = await self._snapshots.read_all()
+        except self._snapshots.failures as exc:
             self._failed(exc)
         snapshots[self.process] = own
         return merge(snapshots)
@@ -149,7 +152,7 @@ def merge(snapshots: dict[str, bytes]) -> bytes:
             )
     count = GaugeMetricFamily(
         "jobcast_metrics_processes",
-        "Processes whose metrics this answer includes (with the Redis broker, every live one).",
+        "Processes whose metrics this answer includes (with a shared broker, every live one).",
         value=included,
     )
     registry = CollectorRegistry(auto_describe=False)

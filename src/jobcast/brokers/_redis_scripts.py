@@ -6,7 +6,8 @@ topic, same ids), ``p trimmed`` (hash: topic -> newest position retention droppe
 ``p log_trimmed`` (newest position dropped from the log), ``p expired_through`` (topics
 whose history is entirely gone, folded into one watermark; ``p jobs_expired_through`` for job
 topics, so ordinary topics expiring never reset a job's stream) and ``p done`` (sorted set:
-terminal job topics by the time their history may go).
+terminal job topics by the time their history may go), ``p epoch_from`` (the log entry after
+which the current epoch's events begin, when it replaced a history that lost events: X8).
 """
 
 from __future__ import annotations
@@ -87,4 +88,16 @@ for _, topic in ipairs(redis.call('ZRANGEBYSCORE', p .. 'done', '-inf', now, 'LI
   n = n + 1
 end
 return n
+"""
+
+# ARGV: prefix, the epoch seen, the new epoch. X8: replace the epoch only if it is still the
+# one seen, and record where the new one begins; returns the epoch and where it begins.
+NEW_EPOCH = """
+local p = ARGV[1]
+if redis.call('GET', p .. 'epoch') == ARGV[2] then
+  local last = redis.call('XREVRANGE', p .. 'log', '+', '-', 'COUNT', 1)[1]
+  redis.call('SET', p .. 'epoch_from', last and last[1] or '0-0')
+  redis.call('SET', p .. 'epoch', ARGV[3])
+end
+return {redis.call('GET', p .. 'epoch'), redis.call('GET', p .. 'epoch_from') or '0-0'}
 """

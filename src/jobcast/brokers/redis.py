@@ -1,6 +1,6 @@
 """The scale-out broker: history and fan-out in Redis Streams, shared by every instance.
 
-Decisions (cited as X1..X7):
+Decisions (cited as X1..X9):
 
 X1. Order: one Lua script per publish INCRs a global position counter and XADDs each event to
     the global stream ``log`` with the stream id ``{position}-0`` (and to its topic's stream).
@@ -33,6 +33,21 @@ X6. Foreign errors stop here: every redis-py error becomes :class:`Unavailable`.
 X7. Calls made on behalf of a caller run shielded (``shielded``): redis-py on Python 3.11 can
     swallow a cancellation that arrives mid-command, which would leave the caller's task hung
     (a job's progress pump being stopped, a client going away during a replay).
+X8. Failover (``redis+sentinel://``, ``_redis_connect.py``): replication is asynchronous, so a
+    promoted replica may lack the newest events, and would hand their positions out again
+    under the same epoch. An instance that delivered a position above the new primary's
+    counter (checked after every read error and when idle) replaces the epoch, once for all
+    instances (a compare-and-set script that also records where the new epoch begins), and
+    ends its streams: resuming clients are told ``history_lost``, never given other events
+    under ids they saw. ``?wait=N`` (and ``wait_ms``, default 1000) acknowledges a publish
+    only once N replicas have it (``WAIT``), else answers 503: the event may then survive or
+    not, so a client that retries can see it twice, never lose it silently.
+X9. Cluster (``redis+cluster://``): the key prefix becomes one hash tag (``{jobcast}:``), so a
+    deployment's keys share one slot: the publish script's counter, log, topic streams and
+    marks must change together, which Cluster allows only within a slot: one deployment's
+    events are not spread over nodes (a prefix per deployment spreads deployments). Failing
+    over within a Cluster is not verified: a trial did not reach a new primary in 30 s
+    (docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -49,6 +64,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from jobcast.brokers import _redis_scripts as lua
+from jobcast.brokers._redis_connect import CLUSTER_SCHEMES
+from jobcast.brokers._redis_connect import client as redis_client
 from jobcast.brokers._redis_history import READ_BATCH, HistoryReader, event, position
 from jobcast.brokers.base import Deliver, Gap, Replay, Retention, check_position, new_epoch
 from jobcast.errors import Unavailable
@@ -68,7 +85,16 @@ def split_url(url: str) -> tuple[str, str, int]:
     query = dict(parse_qsl(parts.query))
     prefix = query.pop("prefix", "jobcast")
     max_log = int(query.pop("max_log", "100000"))
+    query.pop("wait", None), query.pop("wait_ms", None)  # the broker's (replication)
+    if parts.scheme in CLUSTER_SCHEMES:  # X9: one hash tag, so every key is in one slot
+        prefix = f"{{{prefix}}}"
     return urlunsplit(parts._replace(query=urlencode(query))), f"{prefix}:", max_log
+
+
+def replication(url: str) -> tuple[int, int]:
+    """``?wait=N&wait_ms=T``: the replicas a publish waits for, and for how long (X8)."""
+    query = dict(parse_qsl(urlsplit(url).query))
+    return int(query.get("wait", "0")), int(query.get("wait_ms", "1000"))
 
 
 async def shielded(call: Awaitable[T]) -> T:
@@ -93,14 +119,21 @@ class RedisBroker:
         #: Given by ``start``: called when the history was lost (X4); the hub ends its streams
         #: with a retry hint.
         self.on_history_lost: Callable[[], None] | None = None
-        self._redis: aioredis.Redis = aioredis.from_url(redis_url, socket_timeout=5)
+        self._redis: aioredis.Redis = redis_client(redis_url, socket_timeout=5)
+        self._replicas, self._wait_ms = replication(url)
+        #: X9: the key a script is routed by (a Cluster sends it to that key's node; every
+        #: key the scripts touch shares its slot).
+        self._route = [self._key("position")]
         self._publish = self._redis.register_script(lua.PUBLISH)
+        self._new_epoch = self._redis.register_script(lua.NEW_EPOCH)
         self._trim = self._redis.register_script(lua.TRIM)
         self._history = HistoryReader(self._redis, self._key)
         self._trim_interval = trim_interval
         self._deliver: Deliver | None = None
         self._delivered = 0
         self._last_id = b"0-0"
+        #: Where a replaced epoch's successor begins in the log (X8); else the log's start.
+        self._epoch_from = b"0-0"
         self._caught_up = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
@@ -138,7 +171,9 @@ class RedisBroker:
         self._closing = True  # redis-py may turn a cancelled read into a connection error
         for task in self._tasks:
             task.cancel()
-        await self._redis.connection_pool.disconnect()  # interrupts a blocked XREAD at once
+        pool = getattr(self._redis, "connection_pool", None)  # a Cluster has one per node
+        if pool is not None:
+            await pool.disconnect()  # interrupts a blocked XREAD at once
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -148,14 +183,49 @@ class RedisBroker:
         """Read (or create) the epoch; True when it differs from the one this broker had."""
         key = self._key("epoch")
         await self._redis.set(key, new_epoch(), nx=True)
-        current = (await self._redis.get(key) or b"").decode()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(key)
+            pipe.get(self._key("epoch_from"))
+            current, begins = await pipe.execute()
+        current = (current or b"").decode()
         changed = bool(self.epoch) and current != self.epoch
         self.epoch = current
+        if changed:
+            self._epoch_from = begins or b"0-0"
         return changed
 
-    def _history_lost(self) -> None:  # X4
+    async def _check_history(self) -> None:
+        """X4, X8: notice a lost history (a new epoch) or a failover that lost events."""
+        if await self._adopt_epoch():
+            self._history_lost()
+            return
+        newest = int(await self._redis.get(self._key("position")) or 0)
+        if newest >= self._delivered:
+            return
+        # the primary lacks events this instance delivered: their ids would be handed out again
+        seen = self.epoch
+        current, begins = await self._new_epoch(
+            keys=self._route, args=[self.prefix, seen, new_epoch()]
+        )
+        self.epoch, self._epoch_from = current.decode(), begins
+        logger.warning(
+            "the Redis primary lacks events up to position %d (a failover?); new epoch %s",
+            self._delivered,
+            self.epoch,
+        )
+        self._history_lost()
+
+    async def _diverged(self) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await shielded(self._check_history())
+        raise Unavailable(
+            "the Redis primary lost events in a failover; this publish was not acknowledged"
+        )
+
+    def _history_lost(self) -> None:  # X4, X8
         logger.warning("the Redis event history was lost; new epoch %s", self.epoch)
-        self._last_id, self._delivered = b"0-0", 0
+        self._last_id, self._epoch_from = self._epoch_from, b"0-0"
+        self._delivered = position(self._last_id)  # the new epoch's events come after it
         self._caught_up.set()
         if self.on_history_lost is not None:
             self.on_history_lost()
@@ -175,18 +245,22 @@ class RedisBroker:
             for d in drafts:
                 terminal = d.topic.startswith("jobs/") and d.type in TERMINAL_JOB_TYPES
                 args += [d.topic, d.type, d.data_json, repr(now), "1" if terminal else "0"]
+            delivered_before = self._delivered  # (the read loop may deliver ours before we hear)
             try:
-                positions = await shielded(self._publish(args=args))
+                positions = await shielded(self._store(args))
             except ResponseError as exc:
                 if "JOBCAST_EPOCH" not in str(exc) or attempt:
                     raise Unavailable(f"the Redis event broker refused the events: {exc}") from exc
                 try:
-                    await shielded(self._adopt_epoch())  # the read loop notices it too (X4)
+                    if await shielded(self._adopt_epoch()) and self._deliver is not None:
+                        self._history_lost()  # X4: before positions start over in it
                 except RedisError as again:
                     raise Unavailable(f"the Redis event broker failed: {again}") from again
                 continue
             except RedisError as exc:  # X5, X6
                 raise Unavailable(f"the Redis event broker is unavailable: {exc}") from exc
+            if self._deliver is not None and int(positions[0]) <= delivered_before:
+                await self._diverged()  # X8: a position this instance delivered, handed out again
             events = [
                 Event(self.epoch, int(pos), d.topic, d.type, d.data_json, now)
                 for pos, d in zip(positions, drafts, strict=True)
@@ -195,6 +269,23 @@ class RedisBroker:
         if self._deliver is not None:  # a publish-only process has no read loop to wait for
             await self._catch_up(events[-1].position)
         return events
+
+    async def _store(self, args: list[str | bytes | float]) -> list[int]:
+        """Run the publish script; with ``?wait=N`` (X8) on the same connection as ``WAIT``,
+        which counts the replicas that have this connection's writes."""
+        if not self._replicas:
+            positions: list[int] = await self._publish(keys=self._route, args=args)
+            return positions
+        async with self._redis.pipeline(transaction=False) as pipe:
+            await self._publish(keys=self._route, args=args, client=pipe)
+            pipe.execute_command("WAIT", self._replicas, self._wait_ms)
+            positions, replicas = await pipe.execute()
+        if int(replicas) < self._replicas:
+            raise Unavailable(
+                f"{replicas} of {self._replicas} Redis replicas confirmed the events in "
+                f"{self._wait_ms} ms: not acknowledged (they may still be delivered)"
+            )
+        return [int(p) for p in positions]
 
     async def _catch_up(self, position: int) -> None:
         """Wait (bounded) until this instance delivered ``position`` (X2).
@@ -214,9 +305,8 @@ class RedisBroker:
         while not self._closing:
             try:
                 reply = await self._redis.xread({log: self._last_id}, count=READ_BATCH, block=1000)
-                if not reply:  # idle, or a flushed Redis that will never pass our id (X4)
-                    if await self._adopt_epoch():
-                        self._history_lost()
+                if not reply:  # idle, or a Redis that will never pass our id (X4, X8)
+                    await self._check_history()
                     continue
                 self._deliver_entries(reply[0][1])
                 backoff = 0.05
@@ -229,8 +319,7 @@ class RedisBroker:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 with contextlib.suppress(RedisError, OSError):
-                    if await self._adopt_epoch():
-                        self._history_lost()
+                    await self._check_history()  # X8: a failover may have lost events
 
     def _deliver_entries(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         batch = []
@@ -293,7 +382,8 @@ class RedisBroker:
     async def trim(self) -> None:
         """Apply age retention and the job-topic grace (X3); any instance may run it."""
         cutoff = time.time() - self.retention.max_age_seconds
-        while await self._trim(args=[self.prefix, repr(cutoff), int(time.time() * 1000), 1000]):
+        args: list[str | int] = [self.prefix, repr(cutoff), int(time.time() * 1000), 1000]
+        while await self._trim(keys=self._route, args=args):
             pass  # a full batch was dropped: there may be more
 
     async def _trim_forever(self) -> None:

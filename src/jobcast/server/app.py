@@ -20,7 +20,8 @@ from jobcast._version import __version__
 from jobcast.auth import Principal, TokenAuthority
 from jobcast.brokers import Replay
 from jobcast.config import Settings
-from jobcast.events import Event
+from jobcast.errors import InvalidInput, PayloadTooLarge
+from jobcast.events import Event, EventDraft
 from jobcast.hub import Hub
 from jobcast.jobs.registry import Registry
 from jobcast.jobs.runner import EmbeddedRunner
@@ -97,6 +98,22 @@ class Jobcast:
     @property
     def tokens(self) -> TokenAuthority:
         return self.runtime.tokens
+
+    async def publish_in(self, connection: Any, topic: str, type: str, data: Any = None) -> None:
+        """Publish one event in the application's own PostgreSQL transaction.
+
+        ``connection`` is an asyncpg connection or a SQLAlchemy ``AsyncConnection`` or
+        ``AsyncSession`` on the broker's database. The event exists if and only if that
+        transaction commits; subscribers receive it after the commit (its id is given then).
+        Needs the PostgreSQL broker; else raises :class:`~jobcast.errors.InvalidInput`.
+        """
+        draft = EventDraft.create(topic, type, data)
+        if len(draft.data_json) > self.settings.max_event_bytes:
+            raise PayloadTooLarge(f"event data is over {self.settings.max_event_bytes} bytes")
+        publish_in = getattr(self.hub.broker, "publish_in", None)  # brokers/postgres.G6
+        if publish_in is None:
+            raise InvalidInput("publish_in needs the PostgreSQL broker (postgresql://...)")
+        await publish_in(connection, [draft])
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Any = None) -> AsyncIterator[None]:

@@ -1,21 +1,25 @@
-"""What this process is deployed on, decided once: memory, SQLite, or Redis shared with others.
+"""What this process is deployed on, decided once: memory, SQLite, or Redis or PostgreSQL shared
+with others.
 
 The broker URL decides it. With ``memory://`` or SQLite (the embedded default) one process
 holds everything: rate-limit counters and spent tickets live in memory, metrics are this
 process's own. With Redis, several instances share one deployment, so the counters and the
 spent tickets live in the same Redis (through one connection pool, disconnected when the
-runtime stops), and each process shares its metrics snapshot there. With ``queue_url``, jobs
-run on ``jobcast worker`` processes. No other module asks "is this Redis?".
+runtime stops), and each process shares its metrics snapshot there. With PostgreSQL (given, or
+the store's database by default) the counters, spent tickets and metrics snapshots live in
+that database (``ops/postgres_state.py``, small pools of their own). With
+``queue_url``, jobs run on ``jobcast worker`` processes. No other module asks "is this Redis?".
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from limits.aio.storage import MemoryStorage, Storage
 
-from jobcast.brokers import open_broker
+from jobcast.brokers import POSTGRES_SCHEMES, open_broker
 from jobcast.brokers.base import Broker
 from jobcast.config import Settings
 from jobcast.hub import Hub
@@ -31,11 +35,19 @@ from jobcast.server.ops.shared_state import (
 from jobcast.stores import JobStore
 
 if TYPE_CHECKING:
-    from redis.asyncio import ConnectionPool
+    from redis.asyncio import ConnectionPool, Redis
 
+    from jobcast.server.ops.postgres_state import PostgresState
     from jobcast.shared_metrics import SharedMetrics
 
-REDIS_SCHEMES = ("redis://", "rediss://")
+REDIS_SCHEMES = (
+    "redis://",
+    "rediss://",
+    "redis+sentinel://",
+    "rediss+sentinel://",
+    "redis+cluster://",
+    "rediss+cluster://",
+)
 
 
 class Deployment:
@@ -47,39 +59,61 @@ class Deployment:
         #: The broker's Redis, when instances share one: the shared state lives there too.
         self.redis_url = url if url.startswith(REDIS_SCHEMES) else None
         self._pool: ConnectionPool | None = None
+        self._redis: Redis | None = None  # on the pool, or a Cluster's client (no one pool)
         if self.redis_url is not None:
-            import redis.asyncio as redis
-
+            from jobcast.brokers import _redis_connect as connect
             from jobcast.brokers.redis import split_url
 
-            self._pool = redis.ConnectionPool.from_url(split_url(self.redis_url)[0])
+            redis_url = split_url(self.redis_url)[0]
+            if connect.is_cluster(redis_url):
+                self._redis = connect.client(redis_url)
+            else:
+                import redis.asyncio as redis
+
+                self._pool = connect.pool(redis_url)
+                self._redis = redis.Redis(connection_pool=self._pool)
+        #: The broker's PostgreSQL, when instances share one: tickets and limits live there.
+        self._postgres: PostgresState | None = None
+        if urlsplit(url).scheme in POSTGRES_SCHEMES:
+            from jobcast.server.ops.postgres_state import PostgresState  # the 'postgres' extra
+
+            self._postgres = PostgresState(url)
 
     @property
     def shared(self) -> bool:
         """Whether other instances share this deployment's state."""
-        return self.redis_url is not None
+        return self.redis_url is not None or self._postgres is not None
 
     def open_broker(self) -> Broker:
         return open_broker(self.settings.resolved_broker_url, self.settings.retention())
 
     def rate_limit_storage(self) -> Storage:
-        if self.redis_url is None or self._pool is None:
+        if self._postgres is not None:
+            from jobcast.server.ops.postgres_state import PostgresRateLimitStorage
+
+            return PostgresRateLimitStorage(self._postgres)
+        if self.redis_url is None:
             return MemoryStorage()
         return redis_rate_limit_storage(self.redis_url, self._pool)
 
     def spent_tickets(self) -> SpentTickets:
-        if self.redis_url is None or self._pool is None:
+        if self._postgres is not None:
+            from jobcast.server.ops.postgres_state import PostgresSpentTickets
+
+            return PostgresSpentTickets(self._postgres)
+        if self.redis_url is None or self._redis is None:
             return MemorySpentTickets()
-        return RedisSpentTickets(self.redis_url, self._pool)
+        return RedisSpentTickets(self.redis_url, self._redis)
 
     def shared_metrics(self, own: Callable[[], bytes]) -> SharedMetrics | None:
-        """Every process's metrics, shared through Redis (``None`` when there are no others)."""
+        """Every process's metrics, shared through the broker's Redis or PostgreSQL (``None``
+        when there are no others)."""
         seconds = self.settings.metrics_snapshot_seconds
-        if self.redis_url is None or seconds <= 0:
+        if not self.shared or seconds <= 0:
             return None
         from jobcast.shared_metrics import SharedMetrics
 
-        return SharedMetrics(self.redis_url, seconds, own)
+        return SharedMetrics(self.settings.resolved_broker_url, seconds, own)
 
     def make_runner(self, store: JobStore, hub: Hub, registry: Registry) -> EmbeddedRunner:
         """The embedded runner, or with ``queue_url`` the runner that hands jobs to workers."""
@@ -120,4 +154,10 @@ class Deployment:
 
     async def close(self) -> None:
         if self._pool is not None:
-            await self._pool.disconnect()
+            from jobcast.brokers._redis_connect import close_pool
+
+            await close_pool(self._pool)
+        elif self._redis is not None:  # a Cluster's client
+            await self._redis.aclose()
+        if self._postgres is not None:
+            await self._postgres.close()

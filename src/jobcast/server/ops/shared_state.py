@@ -1,9 +1,11 @@
 """State that must be shared by every instance: rate-limit counters and spent tickets.
 
-One process keeps both in memory. When the broker is Redis (several instances), both live in
-the same Redis, so a limit is a limit for the whole deployment and a ticket opens one stream
-anywhere, once. Both then share one connection pool (``deployment.py`` decides and owns it),
-which is disconnected when the runtime stops, so no socket outlives the app that opened it.
+One process keeps both in memory. When the broker is Redis (several instances; one server,
+Sentinel's primary or a Cluster), both live in the same Redis, so a limit is a limit for the
+whole deployment and a ticket opens one stream anywhere, once. Both then share one connection
+pool (``deployment.py`` decides and owns it; a Cluster's client has one per node), closed when
+the runtime stops, so no socket outlives the app that opened it. With the PostgreSQL broker
+they live in its database instead (``postgres_state.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from limits.aio.storage import Storage
 from jobcast.errors import Unavailable
 
 if TYPE_CHECKING:
-    from redis.asyncio import ConnectionPool
+    from redis.asyncio import ConnectionPool, Redis
 
 
 class SpentTickets(Protocol):
@@ -49,13 +51,12 @@ class MemorySpentTickets:
 
 
 class RedisSpentTickets:
-    def __init__(self, url: str, pool: ConnectionPool) -> None:
-        import redis.asyncio as redis
-
+    def __init__(self, url: str, client: Redis) -> None:
+        """``client``: the deployment's (on its pool, or its Cluster client)."""
         from jobcast.brokers.redis import split_url
 
         _, self._prefix, _ = split_url(url)
-        self._redis = redis.Redis(connection_pool=pool)
+        self._redis = client
 
     async def spend(self, ticket_id: str, expires_at: float) -> bool:
         import redis.exceptions
@@ -68,13 +69,21 @@ class RedisSpentTickets:
             raise Unavailable(f"cannot check the ticket: {exc}") from exc
 
 
-def redis_rate_limit_storage(url: str, pool: ConnectionPool) -> Storage:
-    """Rate-limit counters in the broker's Redis, through ``pool``."""
-    from limits.aio.storage import RedisStorage
+def redis_rate_limit_storage(url: str, pool: ConnectionPool | None) -> Storage:
+    """Rate-limit counters in the broker's Redis, through ``pool`` (a Cluster: its own)."""
+    from limits.aio.storage import RedisClusterStorage, RedisStorage
 
     from jobcast.brokers.redis import split_url
 
     redis_url, prefix, _ = split_url(url)
+    if pool is None:  # redis+cluster://h1:p1,...: limits' Cluster client, one key per counter
+        nodes = redis_url.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0]
+        return RedisClusterStorage(
+            f"async+redis+cluster://{nodes}",
+            implementation="redispy",
+            key_prefix=f"{prefix}limits",
+            wrap_exceptions=True,
+        )
     # wrap_exceptions: every Redis failure arrives as limits' StorageError, which the rate
     # limiter turns into Unavailable (503) instead of letting redis' own errors become a 500.
     options: dict[str, Any] = {"connection_pool": pool}
