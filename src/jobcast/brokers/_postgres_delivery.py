@@ -73,8 +73,10 @@ class InOrder:
     async def catch_up(self, position: int, seconds: float) -> None:
         """Wait (at most ``seconds``) until ``position`` is delivered."""
         if self.delivered < position:
+            # asyncio.timeout: wait_for can lose the caller's cancellation on 3.11 (redis.py)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self.when_delivered(position)), seconds)
+                async with asyncio.timeout(seconds):
+                    await asyncio.shield(self.when_delivered(position))
 
     def release(self) -> None:
         """At close: whoever waits for a committed position is answered."""
