@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import Any
 
+from jobcast.errors import InvalidInput
 from jobcast.jobs import JobContext, Registry, Retry, RetryPolicy
 
 registry = Registry()
@@ -75,3 +76,22 @@ async def flaky(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
             raise Retry(f"attempt {ctx.attempt} asks for a later one", after=float(after))
         raise ConnectionError(f"attempt {ctx.attempt} lost its connection")
     return {"attempt": ctx.attempt}
+
+
+@registry.handler("metadata")
+def metadata(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Updates its metadata in a tight loop (coalesced), then tries to pass the size cap."""
+    count = int(params.get("n", 1000))
+    for index in range(1, count + 1):
+        ctx.metadata.increment("pages")
+        ctx.metadata.set("current", f"page-{index}")
+        if index % 100 == 0:
+            ctx.metadata.append("done", index)
+    ctx.metadata.merge({"language": "fr", "cost": 0.25})
+    ctx.metadata.remove("current")
+    refused = ""
+    try:
+        ctx.metadata.merge({"language": "de", "huge": "x" * 70_000})
+    except InvalidInput as exc:
+        refused = str(exc)
+    return {"refused": refused}

@@ -144,6 +144,14 @@ async def test_a_killed_worker_s_jobs_are_retried_or_failed_never_left_running(
     # Its handler leaves the marker before it reports this stage; killed sooner, the second
     # attempt would find no marker and hang as the first did.
     await wait_running(client, server, safe["id"], stage="first attempt")
+    # metadata is stored within the store interval of its event (live.L2): a move keeps it
+    await poll_json(
+        client,
+        f"{server.url}/api/jobs/{safe['id']}",
+        lambda job: job["metadata"].get("first") == "done",
+        timeout=5,
+        headers=server.auth(),
+    )
 
     # A kind with a retry policy: the killed run counts as an attempt (retry.T2); the same
     # kind with max_attempts=1 for this submission has none left and fails.
@@ -169,6 +177,7 @@ async def test_a_killed_worker_s_jobs_are_retried_or_failed_never_left_running(
     resumed = await poll_json(client, f"{url}/{safe['id']}", terminal, timeout=30, headers=auth)
     assert resumed["state"] == "succeeded" and resumed["result"] == "resumed"
     assert resumed["attempts"] == 2
+    assert resumed["metadata"] == {"attempts_seen": [1, 2], "first": "done"}  # across workers
     again = await poll_json(client, f"{url}/{retried['id']}", terminal, timeout=30, headers=auth)
     assert again["state"] == "succeeded" and again["result"] == 2 and again["attempts"] == 2
     ended = await poll_json(client, f"{url}/{once['id']}", terminal, timeout=30, headers=auth)

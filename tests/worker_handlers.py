@@ -23,8 +23,10 @@ async def hang(ctx: JobContext, params: dict[str, Any]) -> None:
 def resumable(ctx: JobContext, params: dict[str, Any]) -> str:
     """Hangs on its first attempt (leaving a marker file), succeeds on the next."""
     marker = Path(params["marker"])
+    ctx.metadata.append("attempts_seen", ctx.attempt)
     if not marker.exists():
         marker.touch()
+        ctx.metadata.set("first", "done")
         ctx.progress(10, stage="first attempt")
         for _ in range(600):  # until the worker is killed (or the job cancelled)
             ctx.check_cancelled()

@@ -46,6 +46,7 @@ from jobcast.errors import JobcastError
 from jobcast.hub import Hub
 from jobcast.jobs.access import JobAccess
 from jobcast.jobs.live import LiveJob
+from jobcast.jobs.metadata import JobMetadata, MetadataBuffer
 from jobcast.jobs.model import Job, JobState
 from jobcast.jobs.recovery import caught_up
 from jobcast.stores import open_store
@@ -116,6 +117,20 @@ class Reporter:
                 logger.warning("job %s: progress dropped: jobcast could not start it", job_id)
             return
         live.report_progress(percent, message, stage)
+
+    def metadata(self, job_id: str) -> JobMetadata:
+        """The running task's metadata (``ctx.metadata``'s twin): coalesced like progress;
+        updates of a task jobcast could not start are dropped, as its progress is (P3)."""
+
+        def change(update: Callable[[MetadataBuffer], None]) -> None:
+            backend = self._backend if self._pid == os.getpid() else None
+            live = backend.live.get(job_id) if backend is not None else None
+            if live is None:  # P3
+                self.counts["metadata_dropped"] += 1
+                return
+            live.change_metadata(update)
+
+        return JobMetadata(change)
 
     def retrying(self, job_id: str, error: dict[str, str]) -> None:
         self._call("retrying", lambda b: b.retrying(job_id, error))

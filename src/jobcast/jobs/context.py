@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from jobcast.jobs.metadata import JobMetadata, MetadataBuffer
 from jobcast.jobs.model import InputFile
 
 
@@ -22,6 +24,8 @@ class JobSink(Protocol):
     def report_progress(self, progress: float, message: str | None, stage: str | None) -> None: ...
 
     def report_event(self, event_type: str, data: Any) -> None: ...
+
+    def change_metadata(self, update: Callable[[MetadataBuffer], None]) -> None: ...
 
 
 class JobContext:
@@ -58,6 +62,9 @@ class JobContext:
         #: (``retry.py``): a handler may do less on its last attempt, or say so.
         self.attempt = attempt
         self.max_attempts = max_attempts
+        #: The job's metadata (``metadata.py``): ``set``, ``merge``, ``append``,
+        #: ``increment``, ``remove``; coalesced like progress, so cheap in a loop.
+        self.metadata = JobMetadata(self._change_metadata)
 
     @property
     def cancelled(self) -> bool:
@@ -91,6 +98,10 @@ class JobContext:
         """
         self.check_cancelled()
         self._sink.report_event(event_type, data)
+
+    def _change_metadata(self, update: Callable[[MetadataBuffer], None]) -> None:
+        self.check_cancelled()
+        self._sink.change_metadata(update)
 
 
 def _text(value: str | None, limit: int) -> str | None:

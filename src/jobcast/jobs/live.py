@@ -9,7 +9,9 @@ L1. Every change to a job goes through ``_emit`` under one lock: bump ``seq``, p
 L2. Progress reports are coalesced: ``report_progress`` only stores the latest report (from any
     thread) and wakes the pump at most once; the pump publishes at most one ``progress`` event
     per ``progress_interval`` (latest wins) and writes the store at most every
-    ``store_interval``. A handler may report thousands of times a second at no cost.
+    ``store_interval``, and once more when that interval is over if a flush in it was not
+    stored (so the store holds the last report, and metadata, within ``store_interval``
+    even when nothing follows). A handler may report thousands of times a second at no cost.
 L3. Before any state change, pending custom events and progress are flushed, so the terminal
     event is always the last event of a job and its snapshot carries the last progress.
 L4. The terminal event is never dropped: if the broker refuses it, it is retried; the store
@@ -33,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from jobcast.errors import InvalidInput, JobcastError, Unavailable
 from jobcast.events import EventDraft, dumps, validate_type
-from jobcast.jobs.model import JOB_EVENT_TYPES, Job, JobState, job_topic
+from jobcast.jobs.metadata import MetadataBuffer
+from jobcast.jobs.model import JOB_EVENT_TYPES, Job, JobState, iso_time, job_topic
 
 if TYPE_CHECKING:
     from jobcast.hub import Hub
@@ -83,11 +86,14 @@ class LiveJob:
         self._mutex = threading.Lock()
         self._pending: tuple[float, str | None, str | None] | None = None
         self._outbox: collections.deque[tuple[str, bytes]] = collections.deque()
+        self._metadata = MetadataBuffer(job.metadata)  # metadata.M2, under _mutex
         self._armed = False
         self._wake = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
         self._last_progress = 0.0
         self._last_save = 0.0
+        #: A flush published what the store does not hold yet (L2).
+        self._unsaved = False
 
     # -- JobSink: called by the handler's context, from any thread ------------------------
 
@@ -130,6 +136,16 @@ class LiveJob:
             self._armed = True
         self._signal()
 
+    def change_metadata(self, update: Callable[[MetadataBuffer], None]) -> None:
+        """Apply one metadata update (it raises and changes nothing when invalid, metadata.M1);
+        the pump publishes the changed keys (metadata.M2)."""
+        with self._mutex:
+            update(self._metadata)
+            if self._armed or not self._metadata.dirty:
+                return
+            self._armed = True
+        self._signal()
+
     def _signal(self) -> None:
         if threading.get_ident() == self._loop_thread:
             self._wake.set()
@@ -151,7 +167,19 @@ class LiveJob:
 
     async def _pump_forever(self) -> None:
         while True:
-            await self._wake.wait()
+            if self._unsaved:  # a flush skipped its store write: do it when it is due (L2)
+                due = self._last_save + self.store_interval - time.monotonic()
+                try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
+                    async with asyncio.timeout(max(0.0, due)):
+                        await self._wake.wait()
+                except TimeoutError:
+                    with contextlib.suppress(JobcastError):
+                        async with self._lock:
+                            if self._unsaved:
+                                await self._save()
+                    continue
+            else:
+                await self._wake.wait()
             self._wake.clear()
             delay = self._last_progress + self.progress_interval - time.monotonic()
             if delay > 0:
@@ -166,8 +194,9 @@ class LiveJob:
         with self._mutex:
             pending, self._pending = self._pending, None
             outbox, self._outbox = self._outbox, collections.deque()
+            metadata = self._metadata.take()
             self._armed = False
-        if not pending and not outbox:
+        if not pending and not outbox and metadata is None:
             return
         job = self.job
         now = time.time()
@@ -176,6 +205,13 @@ class LiveJob:
             job.seq += 1
             body = b'{"id":"%s","seq":%d,"data":%s}' % (job.id.encode(), job.seq, data_json)
             drafts.append(EventDraft(self.topic, event_type, body))
+        if metadata is not None:  # metadata.M2
+            delta, removed, job.metadata = metadata
+            job.seq += 1
+            job.updated_at = now
+            data = {"id": job.id, "seq": job.seq, "metadata": delta, "removed": removed}
+            data["updated_at"] = iso_time(now)
+            drafts.append(EventDraft(self.topic, "metadata", dumps(data)))
         if pending is not None:
             job.apply_progress(*pending, now)
             job.seq += 1
@@ -185,6 +221,8 @@ class LiveJob:
         self._published(events[-1].id)
         if time.monotonic() - self._last_save >= self.store_interval:
             await self._save()
+        else:
+            self._unsaved = True  # stored once the interval is over, even if nothing follows
 
     # -- state changes (L1, L3) -----------------------------------------------------------
 
@@ -276,6 +314,7 @@ class LiveJob:
 
     async def _save(self) -> None:
         self._last_save = time.monotonic()
+        self._unsaved = False
         await self.store.save(self.published)
 
     async def _save_until_stored(self) -> None:  # L5

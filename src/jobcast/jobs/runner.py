@@ -128,12 +128,14 @@ class EmbeddedRunner:
         scheduled_for: float | None = None,
         max_attempts: int | None = None,
         rerun_of: str | None = None,
+        tags: tuple[str, ...] = (),
+        metadata: dict[str, Any] | None = None,
     ) -> Job:
         """Validate and queue a job; ``upload`` (a temporary file) becomes its input file.
 
         ``scheduled_for`` delays its start; ``max_attempts`` overrides its handler's
         (retry.T3); ``rerun_of`` links a re-run to its original. The routes validate them."""
-        options = SubmitOptions(priority, scheduled_for, max_attempts)
+        options = SubmitOptions(priority, scheduled_for, max_attempts, tags, metadata)
         job, _ = await self.submit_keyed(
             kind,
             params,
@@ -177,6 +179,8 @@ class EmbeddedRunner:
             scheduled_for=options.scheduled_for,
             priority=options.priority,
             rerun_of=rerun_of,
+            tags=list(options.tags),
+            metadata=dict(options.metadata or {}),
         )
         if upload is not None:
             await asyncio.to_thread(upload.rename, self.upload_path(job.id))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from jobcast.jobs.model import Job, JobState
 
@@ -22,6 +22,8 @@ class JobQuery:
     kind: str | None = None
     limit: int = 50
     cursor: str | None = None
+    #: Only jobs with every one of these tags.
+    tags: Collection[str] = ()
 
 
 @dataclass(slots=True)
@@ -96,6 +98,13 @@ class JobStore(Protocol):
 
     async def delete(self, job_id: str) -> bool:
         """Remove a job; False if there was none."""
+
+    async def put_input(self, job_id: str, name: str, value: Any, given_by: str) -> bool:
+        """Store the input ``name`` of a job; False when one was already stored (concurrent
+        answers: exactly one is stored, on every instance)."""
+
+    async def get_input(self, job_id: str, name: str) -> tuple[Any] | None:
+        """The stored input ``name`` of a job, as a one-tuple (its value may be ``null``)."""
 
     async def in_states(self, states: Collection[JobState], limit: int) -> list[Job]:
         """Jobs in any of ``states``, oldest first (recovery at startup)."""

@@ -30,6 +30,12 @@ Q7. Idempotency keys live in a table of their own whose primary key is (owner, k
     owner's keys older than the retention window are deleted first, in the same transaction,
     so an expired key is free again. New tables come from ``create_all``
     (which creates missing tables on an existing database); ``MIGRATIONS`` alters old ones.
+Q8. Tags: the job row keeps its tags (the snapshot), and ``job_tags`` one row per tag, inserted
+    in the job's own transaction, so ``?tag=a&tag=b`` is one indexed ``IN`` per tag (all must
+    match) on SQLite and PostgreSQL alike, with no JSON operators.
+Q9. Input to a running job: ``put_input`` inserts (job, name) with ``ON CONFLICT DO NOTHING``,
+    so of concurrent answers exactly one is stored (the database decides, on every instance);
+    the handler reads it from there, in this process or a worker, now or after a restart.
 
 The tables, and the conversion between a job and its row, are in ``_sql_tables.py``; the
 statements of idempotency keys (Q7) in ``_sql_keys.py``.
@@ -61,11 +67,14 @@ from jobcast.stores._sql_tables import (
     UPDATE_JOB,
     acks_table,
     job_from_row,
+    job_inputs_table,
     job_keys_table,
+    job_tags_table,
     jobs_table,
     meta_table,
     metadata,
     row_values,
+    tag_rows,
 )
 from jobcast.stores.base import JobPage, JobQuery, StoreStats
 
@@ -108,6 +117,7 @@ class SQLJobStore:
         self._sqlite = url.startswith("sqlite")
         self._write_lock = asyncio.Lock()  # Q2
         self._inserts: list[dict[str, Any]] = []
+        self._tags: list[dict[str, str]] = []
         self._updates: dict[str, dict[str, Any]] = {}
         self._batch: asyncio.Future[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -186,6 +196,7 @@ class SQLJobStore:
 
     async def create(self, job: Job) -> None:
         self._inserts.append({"id": job.id, **row_values(job)})
+        self._tags.extend(tag_rows(job))  # Q8
         await self._commit_batch()
 
     async def create_keyed(
@@ -258,11 +269,14 @@ class SQLJobStore:
     async def _flush_batches(self) -> None:
         while self._batch is not None:
             inserts, updates, batch = self._inserts, self._updates, self._batch
+            tags, self._tags = self._tags, []
             self._inserts, self._updates, self._batch = [], {}, None
             try:
                 async with self._write() as conn:
                     if inserts:
                         await conn.execute(jobs_table.insert(), inserts)
+                    if tags:
+                        await conn.execute(job_tags_table.insert(), tags)
                     if updates:
                         await conn.execute(UPDATE_JOB, list(updates.values()))
             except Unavailable as exc:
@@ -283,6 +297,10 @@ class SQLJobStore:
             statement = statement.where(c.kind == query.kind)
         if query.cursor is not None:
             statement = statement.where(c.id < query.cursor)
+        tagged = job_tags_table.c
+        for tag in query.tags:  # Q8: every tag must match
+            with_tag = sa.select(tagged.job_id).where(tagged.tag == tag)
+            statement = statement.where(c.id.in_(with_tag))
         async with self._read() as conn:
             rows = (await conn.execute(statement)).all()
         jobs = [job_from_row(row) for row in rows[: query.limit]]
@@ -294,7 +312,30 @@ class SQLJobStore:
             result = await conn.execute(jobs_table.delete().where(jobs_table.c.id == job_id))
             # its idempotency keys go with it (jobs/idempotency.I4)
             await conn.execute(job_keys_table.delete().where(job_keys_table.c.job_id == job_id))
+            await conn.execute(job_tags_table.delete().where(job_tags_table.c.job_id == job_id))
+            inputs = job_inputs_table
+            await conn.execute(inputs.delete().where(inputs.c.job_id == job_id))
         return bool(result.rowcount)
+
+    async def put_input(self, job_id: str, name: str, value: Any, given_by: str) -> bool:  # Q9
+        row = {
+            "job_id": job_id,
+            "name": name,
+            "value": orjson.dumps(value).decode(),
+            "given_by": given_by,
+            "created_at": time.time(),
+        }
+        insert = _sql_keys.insert_for(self._sqlite)(job_inputs_table).values(**row)
+        async with self._write() as conn:
+            result = await conn.execute(insert.on_conflict_do_nothing())
+        return result.rowcount == 1
+
+    async def get_input(self, job_id: str, name: str) -> tuple[Any] | None:
+        t = job_inputs_table.c
+        query = sa.select(t.value).where((t.job_id == job_id) & (t.name == name))
+        async with self._read() as conn:
+            found = (await conn.execute(query)).scalar()
+        return None if found is None else (orjson.loads(found),)
 
     async def in_states(self, states: Collection[JobState], limit: int) -> list[Job]:
         c = jobs_table.c
