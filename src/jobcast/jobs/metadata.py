@@ -193,3 +193,17 @@ class JobMetadata:
     def remove(self, key: str) -> None:
         """Remove ``key`` (nothing happens if it is not there)."""
         self._change(lambda buffer: buffer.remove(key))
+
+
+def fold_metadata(job: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """A job's snapshot (its dict) after one of its ``metadata`` events (M2), as every client
+    folds them: the changed keys set, the removed ones dropped."""
+    values = {**job.get("metadata", {}), **data.get("metadata", {})}
+    for key in data.get("removed", ()):
+        values.pop(key, None)
+    return {
+        **job,
+        "metadata": values,
+        "seq": data.get("seq", job.get("seq")),
+        "updated_at": data.get("updated_at", job.get("updated_at")),
+    }

@@ -39,6 +39,7 @@ from jobcast.server.http.request_id import RequestIdMiddleware
 from jobcast.server.routes.auth import auth_router
 from jobcast.server.routes.dashboard import dashboard_router
 from jobcast.server.routes.events import events_router
+from jobcast.server.routes.job_lists import job_lists_router
 from jobcast.server.routes.jobs import jobs_router
 from jobcast.server.routes.metrics import metrics_router
 from jobcast.server.routes.service import service_router
@@ -56,7 +57,13 @@ def routers(
     runtime: Runtime, *, dashboard: bool = True, service_routes: bool = True
 ) -> list[APIRouter]:
     """jobcast's routers, one per resource; each holds its routes itself (no nesting)."""
-    found = [auth_router(runtime), events_router(runtime), jobs_router(runtime), ws_router(runtime)]
+    found = [
+        auth_router(runtime),
+        events_router(runtime),
+        job_lists_router(runtime),  # before jobs_router: /api/jobs/live is no job id
+        jobs_router(runtime),
+        ws_router(runtime),
+    ]
     if service_routes:
         found += [metrics_router(runtime.metrics), service_router(runtime)]
     found.append(dashboard_router(page=dashboard))  # /static/jobcast.js in any case
