@@ -6,6 +6,8 @@ import asyncio
 import time
 from typing import Any
 
+from pydantic import BaseModel
+
 from jobcast.errors import InvalidInput
 from jobcast.jobs import JobContext, Registry, Retry, RetryPolicy
 
@@ -95,3 +97,29 @@ def metadata(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
     except InvalidInput as exc:
         refused = str(exc)
     return {"refused": refused}
+
+
+class Approval(BaseModel):
+    approved: bool
+    note: str = ""
+
+
+@registry.handler("approval", retry_safe=True)
+async def approval(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Waits for a person's approval (and, with ``second``, a speaker): input tests."""
+    ctx.progress(10, stage="drafted")
+    extra = {"default": None} if params.get("default") else {}
+    answer = await ctx.wait_for_input(
+        "approve",
+        schema=Approval,
+        prompt="Publish the summary?",
+        timeout=float(params.get("timeout", 30)),
+        **extra,
+    )
+    if answer is None:
+        return {"approved": None}
+    result: dict[str, Any] = {"approved": answer.approved, "note": answer.note}
+    if params.get("second"):
+        schema = {"type": "string", "enum": ["anna", "ben"]}
+        result["speaker"] = await ctx.wait_for_input("speaker", schema=schema, timeout=30)
+    return result

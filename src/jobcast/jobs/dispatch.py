@@ -57,10 +57,14 @@ class Dispatcher:
         slots, registry = self.lifecycle.slots, self.lifecycle.registry
         while True:
             await slots.acquire()  # given back by the lifecycle when the job ends
-            while (job_id := self.schedule.pop(self._full)) is None:
+            if (job_id := self.schedule.pop(self._full)) is None:
+                # Idle: wait without the slot, so a job that waited for input (input_wait.N2)
+                # can take it back to resume.
+                slots.release()
                 with contextlib.suppress(TimeoutError):  # schedule.P4
                     await asyncio.wait_for(self._work.wait(), self.schedule.next_due())
                 self._work.clear()
+                continue
             live = self._live.get(job_id)
             if live is None or live.job.state is not JobState.QUEUED or live.task is not None:
                 slots.release()  # cancelled while queued

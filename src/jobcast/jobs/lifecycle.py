@@ -117,6 +117,7 @@ class JobLifecycle:
             store_interval=options.store_interval,
             max_event_bytes=options.max_event_bytes,
             on_terminal=self.stats.finished,
+            slots=self.slots,
         )
         self.live[job.id] = live
         return live
@@ -175,8 +176,10 @@ class JobLifecycle:
                     error = job_error("InternalError", "the job runner failed; see the server log")
                     await self.finish(live, JobState.FAILED, error=error)
         finally:
-            if not self._threads.keeps_slot(live.job.id):  # else its thread releases it (R2)
+            # else its thread releases it (R2), or it gave it back to wait (input_wait.N2)
+            if live.holds_slot and not self._threads.keeps_slot(live.job.id):
                 self.slots.release()
+            live.holds_slot = True
             if self.waits_for_retry(live) and self._on_retry is not None:
                 live.task = None  # R4: queued again; the runner's schedule runs it next
                 self._on_retry(live)

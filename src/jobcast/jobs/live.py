@@ -65,6 +65,7 @@ class LiveJob:
         store_interval: float,
         max_event_bytes: int,
         on_terminal: Callable[[Job], None] | None = None,
+        slots: asyncio.Semaphore | None = None,
     ) -> None:
         self.job = job
         #: Told once the job reached a terminal state (the job metrics, ``stats.py``).
@@ -76,6 +77,12 @@ class LiveJob:
         self.store_interval = store_interval
         self.max_event_bytes = max_event_bytes
         self.topic = job_topic(job.id)
+        #: The runner's slots: a job waiting for input gives its slot back (input_wait.N2);
+        #: ``holds_slot`` says whether it holds one now.
+        self.slots = slots
+        self.holds_slot = True
+        #: Set when an input for this job was stored by this process (input_wait.N1).
+        self.input_arrived = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         #: Why the job's task was cancelled: "cancel" (a user), "shutdown" or None.
         self.stop_reason: str | None = None
@@ -145,6 +152,22 @@ class LiveJob:
                 return
             self._armed = True
         self._signal()
+
+    async def wait_for_input(
+        self,
+        name: str,
+        schema: dict[str, Any],
+        *,
+        prompt: str | None,
+        seconds: float,
+        default: Any,
+    ) -> Any:
+        """Wait for the input ``name`` (``input_wait.py``)."""
+        from jobcast.jobs import input_wait  # it needs this class: imported on first use
+
+        return await input_wait.wait_for_input(
+            self, name, schema, prompt=prompt, seconds=seconds, default=default
+        )
 
     def _signal(self) -> None:
         if threading.get_ident() == self._loop_thread:
@@ -248,6 +271,7 @@ class LiveJob:
             job.updated_at = now
             if message is not None:
                 job.message = message
+            job.waiting = None  # no longer waiting for input (input_wait.py), whatever came
             if state is JobState.RUNNING:
                 job.started_at = now
                 job.attempts += 1
@@ -282,6 +306,21 @@ class LiveJob:
                 await self._save_until_stored()  # L5
             else:
                 await self._save()
+
+    async def change(self, event_type: str, mutate: Callable[[Job], None]) -> None:
+        """Change a running job and publish it whole as ``event_type`` (``waiting``,
+        ``resumed``): after pending reports (L3), stored at once, like a state change."""
+        async with self._lock:
+            with contextlib.suppress(JobcastError):
+                await self._flush_locked()  # L3
+            job = self.job
+            mutate(job)
+            job.updated_at = time.time()
+            job.seq += 1
+            await self._publish_state(
+                EventDraft(self.topic, event_type, dumps(job.to_dict())), retries=2
+            )
+            await self._save()
 
     async def _publish_state(self, draft: EventDraft, *, retries: int) -> None:
         for attempt in range(retries + 1):

@@ -47,7 +47,7 @@ TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCE
 #: Event types a job's topic carries. The terminal ones are named after the terminal state.
 JOB_EVENT_TYPES = frozenset(
     {"snapshot", "progress", "state", "retrying", *(s.value for s in TERMINAL_STATES)}
-    | {"metadata", "waiting", "input"}  # metadata.py's deltas; input_wait.py's request, answer
+    | {"metadata", "waiting", "resumed"}  # metadata.py's deltas; input_wait.py's request, end
 )
 
 

@@ -292,6 +292,18 @@ class EmbeddedRunner:
         finally:
             self.lifecycle.untrack(live)
 
+    async def give_input(self, job: Job, name: str, value: Any, given_by: str) -> None:
+        """Store the input ``name`` of a job waiting for it (input_wait.N1): 409 when the job
+        no longer waits for it or another answer was stored first. The caller checked it."""
+        waiting = job.waiting
+        if job.terminal or waiting is None or waiting.get("name") != name:
+            raise Conflict(f"job {job.id} is not waiting for input {name!r}")
+        if not await self.store.put_input(job.id, name, value, given_by):
+            raise Conflict(f"input {name!r} of job {job.id} was already given")
+        live = self._live.get(job.id)
+        if live is not None:  # here: wake it now; elsewhere, its worker reads the store
+            live.input_arrived.set()
+
     async def delete(self, job_id: str) -> None:
         job = await self.get(job_id)
         if job is None:

@@ -39,6 +39,7 @@ from jobcast.server.http.request_id import RequestIdMiddleware
 from jobcast.server.routes.auth import auth_router
 from jobcast.server.routes.dashboard import dashboard_router
 from jobcast.server.routes.events import events_router
+from jobcast.server.routes.job_inputs import job_inputs_router
 from jobcast.server.routes.job_lists import job_lists_router
 from jobcast.server.routes.jobs import jobs_router
 from jobcast.server.routes.metrics import metrics_router
@@ -62,6 +63,7 @@ def routers(
         events_router(runtime),
         job_lists_router(runtime),  # before jobs_router: /api/jobs/live is no job id
         jobs_router(runtime),
+        job_inputs_router(runtime),
         ws_router(runtime),
     ]
     if service_routes:
