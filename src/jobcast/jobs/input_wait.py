@@ -32,13 +32,15 @@ import asyncio
 import contextlib
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from jobcast.errors import InvalidInput
+from jobcast.jobs.model import Job
 from jobcast.jobs.retry import Fatal
 
 if TYPE_CHECKING:
-    from jobcast.jobs.live import LiveJob
+    from jobcast.stores.base import JobStore
 
 #: How often a waiting job reads the store for an answer stored by another process (N1).
 POLL_INTERVAL = 0.5
@@ -52,6 +54,18 @@ class InputTimeout(Fatal):
     """No input came in time and the handler gave no default (N4): the job fails."""
 
 
+class Waiter(Protocol):
+    """What waiting needs of a live job (``live.LiveJob``)."""
+
+    job: Job
+    store: JobStore
+    input_arrived: asyncio.Event
+    slots: asyncio.Semaphore | None
+    holds_slot: bool
+
+    async def change(self, event_type: str, mutate: Callable[[Job], None]) -> None: ...
+
+
 def valid_name(name: Any) -> str:
     if not isinstance(name, str) or _NAME.fullmatch(name) is None:
         raise InvalidInput("an input name is 1 to 64 letters, digits or '_.-'")
@@ -59,7 +73,7 @@ def valid_name(name: Any) -> str:
 
 
 async def wait_for_input(
-    live: LiveJob,
+    live: Waiter,
     name: str,
     schema: dict[str, Any],
     *,
@@ -90,7 +104,7 @@ async def wait_for_input(
             raise InputTimeout(f"no input {name!r} came within {seconds:g} seconds")
         return default
 
-    def answered(job: Any) -> None:
+    def answered(job: Job) -> None:
         job.waiting = None
         job.inputs[name] = stored[0]
 
@@ -98,7 +112,7 @@ async def wait_for_input(
     return stored[0]
 
 
-async def _until_answered(live: LiveJob, name: str, timeout_at: float) -> tuple[Any] | None:
+async def _until_answered(live: Waiter, name: str, timeout_at: float) -> tuple[Any] | None:
     while True:
         stored = await live.store.get_input(live.job.id, name)
         if stored is not None:
@@ -113,13 +127,13 @@ async def _until_answered(live: LiveJob, name: str, timeout_at: float) -> tuple[
         live.input_arrived.clear()
 
 
-def _give_slot_back(live: LiveJob) -> None:
+def _give_slot_back(live: Waiter) -> None:
     if live.slots is not None and live.holds_slot:
         live.holds_slot = False
         live.slots.release()
 
 
-async def _take_slot(live: LiveJob) -> None:
+async def _take_slot(live: Waiter) -> None:
     if live.slots is not None and not live.holds_slot:
         await live.slots.acquire()
         live.holds_slot = True

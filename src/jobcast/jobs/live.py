@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from jobcast.errors import InvalidInput, JobcastError, Unavailable
 from jobcast.events import EventDraft, dumps, validate_type
+from jobcast.jobs import input_wait
 from jobcast.jobs.metadata import MetadataBuffer
 from jobcast.jobs.model import JOB_EVENT_TYPES, Job, JobState, iso_time, job_topic
 
@@ -163,8 +164,6 @@ class LiveJob:
         default: Any,
     ) -> Any:
         """Wait for the input ``name`` (``input_wait.py``)."""
-        from jobcast.jobs import input_wait  # it needs this class: imported on first use
-
         return await input_wait.wait_for_input(
             self, name, schema, prompt=prompt, seconds=seconds, default=default
         )
