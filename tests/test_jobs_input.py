@@ -8,7 +8,9 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 
+from jobcast.client import AsyncClient, BadRequest, ConflictError, Event
 from tests.jobs_support import submit, watch
 from tests.support import EventStream, LiveServer
 
@@ -125,3 +127,29 @@ async def test_a_restart_re_runs_the_handler_with_the_given_inputs_replayed(
     assert (await give(client, restarted, job["id"], speaker)).status_code == 202
     events = await watch(client, restarted, job["id"])
     assert events[-1][1]["result"] == {"approved": True, "note": "ok", "speaker": "anna"}
+
+
+async def test_the_python_client_submits_tags_watches_a_list_and_gives_input(
+    make_server: Callable[..., LiveServer],
+) -> None:
+    server = make_server(handlers=["tests.handlers"])
+    async with AsyncClient(server.url, token=server.token("alice")) as jobs:
+        items = jobs.watch_jobs(tag=["review"], state=["running", "succeeded"])
+        first = await anext(items)
+        assert (first.type, first.data) == ("synced", {"count": 0})
+        job = await jobs.submit("approval", tags=["review"], metadata={"doc": "a.pdf"})
+        assert job.tags == ["review"] and job.metadata == {"doc": "a.pdf"}
+        async with asyncio.timeout(10):
+            async for item in items:
+                assert isinstance(item, Event) and item.type == "snapshot"
+                if item.data["waiting"] is not None:
+                    break
+        with pytest.raises(BadRequest):
+            await jobs.give_input(job.id, "approve", {"approved": "maybe"})
+        await jobs.give_input(job.id, "approve", {"approved": True})
+        with pytest.raises(ConflictError):
+            await jobs.give_input(job.id, "approve", {"approved": False})
+        done = await jobs.wait(job.id, timeout=10)
+        assert done.result == {"approved": True, "note": ""} and done.inputs["approve"]
+        assert [j.id for j in (await jobs.list(tag="review")).jobs] == [job.id]
+        await items.aclose()
