@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from jobcast.auth import Principal
+from jobcast.errors import Unauthorized
 from jobcast.events import Event, EventId
 from jobcast.jobs.metadata import fold_metadata
 from jobcast.jobs.model import Job, JobState
@@ -173,7 +174,11 @@ async def open_job_list(
     jc: Runtime, principal: Principal | None, job_filter: JobFilter, limit: int
 ) -> EventStreamResponse:
     """The SSE stream of a live job list (V1-V4)."""
-    scope = jc.policy.job_list_owner(principal)  # V1: as GET /api/jobs
+    # A stream ticket may open it when it covers jobs/* (EventSource sends no header).
+    allow = jc.policy.subscription_filter(principal, JOBS)
+    if principal is None:
+        raise Unauthorized("a job list needs a bearer token", reason="missing_token")
+    scope = None if principal.is_privileged else principal.subject  # V1: as GET /api/jobs
     hub = jc.hub
     head = hub.broker.head
     query = JobQuery(scope, job_filter.states, job_filter.kind, limit, tags=job_filter.tags)
@@ -184,14 +189,12 @@ async def open_job_list(
         if not job.terminal and known is not None and known.epoch == head.epoch:
             start = min(start, known.position)
     start = max(start, head.position - REPLAY_MARGIN, 0)
-    allow = jc.policy.subscription_filter(principal, JOBS)
     subscription, replay = await hub.subscribe(
         JOBS, last_event_id=f"{head.epoch}-{start}", allow=allow, **stream_owner(principal)
     )
     if replay is not None and replay.gap is not None:
         replay = None  # V2: the listing is the best there is
-    subject = principal.subject if principal is not None else None
-    view = JobListView(job_filter, page.jobs, subject=subject, allowed=allow)
+    view = JobListView(job_filter, page.jobs, subject=principal.subject, allowed=allow)
     return stream_response(
         jc,
         subscription,
