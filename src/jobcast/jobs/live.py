@@ -234,6 +234,7 @@ class LiveJob:
             data = {"id": job.id, "seq": job.seq, "metadata": delta, "removed": removed}
             data["updated_at"] = iso_time(now)
             drafts.append(EventDraft(self.topic, "metadata", dumps(data)))
+            self._last_progress = time.monotonic()  # metadata shares progress's rate (M2)
         if pending is not None:
             job.apply_progress(*pending, now)
             job.seq += 1
