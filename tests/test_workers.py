@@ -368,3 +368,25 @@ async def test_a_delayed_job_handed_out_early_waits_for_its_time(
     assert events[-1][0] == "succeeded"
     assert events[-1][1]["started_at"] >= job["scheduled_for"]
     assert events[-1][1]["attempts"] == 1
+
+
+async def test_a_worker_s_job_waits_for_input_given_through_the_server(
+    make_server: Callable[..., LiveServer],
+    procs: Processes,
+    shared: dict[str, Any],
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    procs.worker("w", data_dir=tmp_path / "w", **shared)
+    server = make_server(**shared)
+    job = await submit(client, server, "ask")
+    url, auth = f"{server.url}/api/jobs/{job['id']}", server.auth()
+    waiting = await poll_json(client, url, lambda j: j["waiting"] is not None, headers=auth)
+    assert waiting["waiting"]["schema"] == {"type": "integer"}
+    bad = await client.post(f"{url}/input", json={"name": "answer", "value": "x"}, headers=auth)
+    assert bad.status_code == 422
+    given = await client.post(f"{url}/input", json={"name": "answer", "value": 42}, headers=auth)
+    assert given.status_code == 202, given.text
+    done = await poll_json(client, url, terminal, timeout=15, headers=auth)
+    assert done["state"] == "succeeded" and done["result"] == 42
+    assert done["inputs"] == {"answer": 42} and done["metadata"] == {"asked": True}

@@ -70,3 +70,10 @@ async def hang_once(ctx: JobContext, params: dict[str, Any]) -> int:
     if ctx.attempt == 1:
         await asyncio.sleep(60)
     return ctx.attempt
+
+
+@registry.handler("ask")
+async def ask(ctx: JobContext, params: dict[str, Any]) -> Any:
+    """Waits for an answer given through the server (input_wait.N1: read from the store)."""
+    ctx.metadata.set("asked", True)
+    return await ctx.wait_for_input("answer", schema={"type": "integer"}, timeout=30)
