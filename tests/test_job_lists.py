@@ -9,8 +9,10 @@ from typing import Any
 
 import httpx
 import orjson
+from websockets.asyncio.client import connect
 
 from tests.support import EventStream, LiveServer
+from tests.ws_support import receive, receive_until_closed
 
 
 async def submit(
@@ -131,3 +133,31 @@ async def test_a_list_never_shows_another_user_s_job_even_shared_then_unshared(
             stream, lambda kind, data: data.get("id") == own["id"] and data["state"] == "succeeded"
         )
         assert {data["id"] for _, data in seen} == {own["id"]}
+
+
+async def test_a_live_list_over_a_websocket(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    server = make_server(handlers=["tests.handlers"], heartbeat_interval=0.2, ws_auth_timeout=1)
+    base = f"ws://{server.host}:{server.port}/ws/jobs"
+    old = await submit(client, server, "alice", "demo", tags=["ws"])
+    await submit(client, server, "bob", "demo", tags=["ws"])  # never alice's to see
+    async with connect(f"{base}?tag=ws&token={server.token('alice')}") as ws:
+        opening = [await receive(ws), await receive(ws)]
+        assert [(m["type"], m["data"]["id"]) for m in opening[:1]] == [("snapshot", old["id"])]
+        assert opening[1] == {"type": "synced", "id": None, "data": {"count": 1}}
+        new = await submit(client, server, "alice", "demo", tags=["ws"])
+        async with asyncio.timeout(10):
+            while True:
+                message = await receive(ws)
+                if message.get("op") == "ping":
+                    continue
+                assert message["type"] == "snapshot" and message["data"]["id"] == new["id"]
+                if message["data"]["state"] == "succeeded":
+                    break
+    async with connect(f"{base}?tag=a%20b&token={server.token('alice')}") as ws:
+        refused = await receive_until_closed(ws)
+        assert ws.close_code == 4422 and "a tag is" in refused[0]["message"]
+    async with connect(base) as ws:  # no credential, and none sent within ws_auth_timeout
+        await receive_until_closed(ws)
+        assert ws.close_code == 4401

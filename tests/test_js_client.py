@@ -484,10 +484,12 @@ def test_watch_jobs_keeps_a_live_list_and_give_input_answers_a_waiting_job(
                  window.list = jc.watchJobs({tag: 'review', state: ['queued', 'running']}, {
                    onSynced: () => { synced += 1; },
                    onRemove: (id, reason) => removed.push([id, reason]) }, {token: t});
+                 window.wsList = jc.watchJobs({tag: 'review'}, {
+                   onSynced: () => { synced += 1; } }, {token: t, transport: 'ws'});
                }""",
             token,
         )
-        wait_for(page, "window.synced >= 1")
+        wait_for(page, "window.synced >= 2")
         job_id = page.evaluate(
             """async (t) => (await jc.submitJob('approval', {},
                  {token: t, tags: ['review'], metadata: {doc: 'a.pdf'}})).id""",
@@ -511,6 +513,11 @@ def test_watch_jobs_keeps_a_live_list_and_give_input_answers_a_waiting_job(
         # it succeeds, which leaves the filter (queued, running): removed from the list
         assert wait_for(page, f"removed.find(([id]) => id === '{job_id}')") == [job_id, "filter"]
         assert page.evaluate("list.jobs.size") == 0
-        page.evaluate("list.close()")
+        final = wait_for(
+            page,
+            f"wsList.jobs.get('{job_id}')?.state === 'succeeded' && wsList.jobs.get('{job_id}')",
+        )
+        assert final["inputs"] == {"approve": {"approved": True}}  # as given
+        page.evaluate("list.close(); wsList.close()")
     finally:
         server.stop()

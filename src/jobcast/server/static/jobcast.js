@@ -686,7 +686,7 @@ export function foldMetadata(job, data) {
  * current jobs were sent (after every reconnect too: jobs not sent again are removed).
  * @param {JobFilter} filter
  * @param {JobListHandlers} handlers
- * @param {ClientOptions} [options] the "sse" and "fetch" transports
+ * @param {ClientOptions} [options] any transport ("ws": `/ws/jobs`)
  * @returns {Stream & {jobs: Map<string, any>}}
  */
 export function watchJobs(filter = {}, handlers = {}, options = {}) {
@@ -721,7 +721,6 @@ export function watchJobs(filter = {}, handlers = {}, options = {}) {
       handlers.onJobs?.(jobs, event);
     },
   };
-  const transport = options.transport === "ws" ? "sse" : options.transport; // SSE only
   const stream = new Stream(
     {
       ssePath: "/api/jobs/live",
@@ -731,7 +730,7 @@ export function watchJobs(filter = {}, handlers = {}, options = {}) {
       types: LIST_EVENT_TYPES,
     },
     wrapped,
-    { ...options, transport },
+    options,
   );
   stream.jobs = jobs;
   return stream;

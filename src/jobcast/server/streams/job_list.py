@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from jobcast.auth import Principal
+from jobcast.brokers.base import Replay
 from jobcast.errors import Unauthorized
 from jobcast.events import Event, EventId
 from jobcast.jobs.metadata import fold_metadata
@@ -49,6 +50,7 @@ from jobcast.server.streams.job_plan import WHOLE_JOB_TYPES
 from jobcast.server.streams.sse import EventStreamResponse
 from jobcast.server.streams.topic_stream import stream_response
 from jobcast.stores.base import JobQuery
+from jobcast.subscription import Subscription
 from jobcast.topics import TopicPattern
 from jobcast.wire import HEARTBEAT, ServerSentEvent
 
@@ -56,6 +58,8 @@ if TYPE_CHECKING:
     from jobcast.server.runtime import Runtime
 
 JOBS = (TopicPattern.parse("jobs/*"),)
+#: One thing a list says: ``(type, data, id)``, encoded by each carrier's framing.
+Item = tuple[str, Any, str | None]
 #: How far before the head a list's subscription resumes at most (V2).
 REPLAY_MARGIN = 1000
 #: How often the view re-checks the granted jobs it shows (V3), in seconds.
@@ -103,16 +107,17 @@ class JobListView:
                 self._listed.append(snapshot)
         self._checked = time.monotonic()
 
-    def opening(self) -> bytes:
+    def opening(self) -> list[Item]:
         """The listed jobs and ``synced`` (V1)."""
-        parts = [_frame("snapshot", job, None) for job in self._listed]
-        parts.append(_frame("synced", {"count": len(self._listed)}, None))
+        items: list[Item] = [("snapshot", job, None) for job in self._listed]
+        items.append(("synced", {"count": len(self._listed)}, None))
         self._listed = []
-        return b"".join(parts)
+        return items
 
-    def frame(self, event: Event) -> bytes:
-        """The bytes for one ``jobs/{id}`` event: a snapshot, a removal, or nothing."""
-        removed = self._check_access() if self.allowed is not None else b""
+    def items(self, event: Event) -> list[Item]:
+        """What one ``jobs/{id}`` event means for the list: a snapshot, a removal, or nothing
+        (and removals of jobs the caller lost access to, V3)."""
+        removed = self._check_access() if self.allowed is not None else []
         job_id = event.topic[5:]
         if "/" in job_id:
             return removed
@@ -138,21 +143,21 @@ class JobListView:
             return removed
         if self.filter.matches(job):
             self.jobs[job_id] = job
-            return removed + _frame("snapshot", job, event.id)
+            return [*removed, ("snapshot", job, event.id)]
         if known is not None:
             del self.jobs[job_id]
-            return removed + _frame("removed", {"id": job_id, "reason": "filter"}, event.id)
+            return [*removed, ("removed", {"id": job_id, "reason": "filter"}, event.id)]
         return removed
 
-    def heartbeat(self) -> bytes:
-        removed = self._check_access(force=True) if self.allowed is not None else b""
-        return removed or HEARTBEAT
+    def quiet(self) -> list[Item]:
+        """At a heartbeat: removals of jobs the caller lost access to (V3)."""
+        return self._check_access(force=True) if self.allowed is not None else []
 
-    def _check_access(self, *, force: bool = False) -> bytes:
+    def _check_access(self, *, force: bool = False) -> list[Item]:
         """``removed`` for the granted jobs the caller may no longer read (V3)."""
         now = time.monotonic()
         if not force and now - self._checked < ACCESS_CHECK_INTERVAL:
-            return b""
+            return []
         self._checked = now
         allowed = self.allowed
         assert allowed is not None
@@ -163,17 +168,33 @@ class JobListView:
         ]
         for job_id in gone:
             del self.jobs[job_id]
-        return b"".join(_frame("removed", {"id": i, "reason": "access"}, None) for i in gone)
+        return [("removed", {"id": job_id, "reason": "access"}, None) for job_id in gone]
 
 
-def _frame(event_type: str, data: Any, event_id: str | None) -> bytes:
-    return ServerSentEvent(data=orjson.dumps(data).decode(), event=event_type, id=event_id).encode()
+def sse_bytes(items: list[Item]) -> bytes:
+    """Items as SSE frames."""
+    return b"".join(
+        ServerSentEvent(data=orjson.dumps(data).decode(), event=kind, id=event_id).encode()
+        for kind, data, event_id in items
+    )
 
 
-async def open_job_list(
-    jc: Runtime, principal: Principal | None, job_filter: JobFilter, limit: int
-) -> EventStreamResponse:
-    """The SSE stream of a live job list (V1-V4)."""
+@dataclass(slots=True)
+class JobListPlan:
+    subscription: Subscription
+    replay: Replay | None
+    view: JobListView
+
+
+async def plan_job_list(
+    jc: Runtime,
+    principal: Principal | None,
+    job_filter: JobFilter,
+    limit: int,
+    *,
+    transport: str = "sse",
+) -> JobListPlan:
+    """Authorise the caller, list the matching jobs and subscribe (V1-V3)."""
     # A stream ticket may open it when it covers jobs/* (EventSource sends no header).
     allow = jc.policy.subscription_filter(principal, JOBS)
     if principal is None:
@@ -190,17 +211,30 @@ async def open_job_list(
             start = min(start, known.position)
     start = max(start, head.position - REPLAY_MARGIN, 0)
     subscription, replay = await hub.subscribe(
-        JOBS, last_event_id=f"{head.epoch}-{start}", allow=allow, **stream_owner(principal)
+        JOBS,
+        last_event_id=f"{head.epoch}-{start}",
+        allow=allow,
+        transport=transport,
+        **stream_owner(principal),
     )
     if replay is not None and replay.gap is not None:
         replay = None  # V2: the listing is the best there is
     view = JobListView(job_filter, page.jobs, subject=principal.subject, allowed=allow)
+    return JobListPlan(subscription, replay, view)
+
+
+async def open_job_list(
+    jc: Runtime, principal: Principal | None, job_filter: JobFilter, limit: int
+) -> EventStreamResponse:
+    """The SSE stream of a live job list (V1-V4)."""
+    plan = await plan_job_list(jc, principal, job_filter, limit)
+    view = plan.view
     return stream_response(
         jc,
-        subscription,
-        replay,
+        plan.subscription,
+        plan.replay,
         None,  # V4: a resume starts afresh
-        view.opening(),
-        event_frame=view.frame,
-        heartbeat=view.heartbeat,
+        sse_bytes(view.opening()),
+        event_frame=lambda event: sse_bytes(view.items(event)),
+        heartbeat=lambda: sse_bytes(view.quiet()) or HEARTBEAT,
     )
