@@ -8,6 +8,7 @@ import {
   submitJob,
   subscribe,
   watchJob,
+  watchJobs,
 } from "./jobcast.js";
 
 const $ = (id) => document.getElementById(id);
@@ -120,34 +121,44 @@ function renderRow(job) {
   $("jobs-empty").hidden = true;
 }
 
-async function loadJobs() {
-  try {
-    const page = await listJobs({ limit: 50 }, auth);
-    for (const job of page.jobs) mergeJob(job, true);
-  } catch (error) {
-    if (error.status === 401) signOut("Your token was refused; sign in again.");
+/** The filter box: words are tags (all must match); `kind:NAME` and `state:NAME` too. */
+function parseFilter(text) {
+  const filter = { tag: [], state: [] };
+  for (const word of text.split(/\s+/).filter(Boolean)) {
+    if (word.startsWith("kind:")) filter.kind = word.slice("kind:".length);
+    else if (word.startsWith("state:")) filter.state.push(word.slice("state:".length));
+    else filter.tag.push(word);
   }
+  return filter;
+}
+
+function removeRow(id) {
+  jobs.delete(id);
+  $("jobs-body").querySelector(`tr[data-job-id="${CSS.escape(id)}"]`)?.remove();
+  $("jobs-empty").hidden = jobs.size > 0;
 }
 
 function startJobsStream() {
-  // The server lets through only the jobs this user may see.
-  jobsStream = subscribe(
-    ["jobs/*"],
+  // A live job list (GET /api/jobs/live): the matching jobs, then their changes; the server
+  // lets through only the jobs this user may see.
+  jobsStream?.close();
+  jobs.clear();
+  $("jobs-body").replaceChildren();
+  $("jobs-empty").hidden = false;
+  $("filter-error").textContent = "";
+  jobsStream = watchJobs(
+    parseFilter($("filter").value),
     {
       onConnection: showConnection,
-      onEvent: (event) => {
-        if (event.data && typeof event.data === "object" && event.data.id) {
-          mergeJob(event.data, event.type !== "progress");
-        }
-      },
-      onReset: () => loadJobs(), // the history has a gap: reload instead of guessing
+      onJob: (job) => mergeJob(job, true),
+      onRemove: (id) => removeRow(id),
       onError: (error) => {
         if (error.status === 401) signOut("Your token was refused; sign in again.");
+        else if (error.status === 422) $("filter-error").textContent = error.message;
       },
     },
     auth,
   );
-  loadJobs();
 }
 
 // -- submit -----------------------------------------------------------------------------------
@@ -370,6 +381,10 @@ function start() {
 }
 
 $("signin-form").addEventListener("submit", onSignIn);
+$("filter-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  startJobsStream();
+});
 $("submit-form").addEventListener("submit", onSubmit);
 $("inspect-form").addEventListener("submit", startInspector);
 $("inspect-stop").addEventListener("click", stopInspector);
