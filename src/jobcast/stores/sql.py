@@ -1,6 +1,6 @@
 """The SQL job store: SQLAlchemy 2 Core over asyncio, on SQLite and PostgreSQL.
 
-Decisions (cited as Q1..Q7):
+Decisions (cited as Q1..Q9):
 
 Q1. Portable columns only: times are epoch seconds (floats), JSON values are text written by
     orjson. The same statements run on SQLite (aiosqlite) and PostgreSQL (asyncpg).
