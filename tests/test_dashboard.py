@@ -333,3 +333,29 @@ def test_a_job_page_shows_attempts_and_retries_and_re_runs_a_finished_job(
         expect(page.locator("#job-result")).to_contain_text('"attempt": 2')
     finally:
         server.stop()
+
+
+def test_a_job_waiting_for_input_shows_a_form_from_its_schema(page: Page, tmp_path: Path) -> None:
+    server = start_server(tmp_path / "input", handlers=["tests.handlers"])
+    try:
+        sign_in(page, server, "alice")
+        job = httpx.post(
+            server.url + "/api/jobs",
+            json={"kind": "approval", "params": {"second": True}},
+            headers=server.auth("alice"),
+        ).json()
+        page.goto(f"{server.url}/#/jobs/{job['id']}")
+        expect(page.locator("#job-input")).to_contain_text("Publish the summary?")
+        page.get_by_label("approved").check()
+        page.get_by_label("note").fill("looks good")
+        page.get_by_role("button", name="Send input").click()
+        # the next request: an enum, a single field
+        expect(page.locator("#job-input h3")).to_have_text("Input: speaker")
+        page.get_by_label("Value").select_option(label="ben")
+        page.get_by_role("button", name="Send input").click()
+        expect(page.locator("#job-facts .badge")).to_have_text("succeeded")
+        result = httpx.get(f"{server.url}/api/jobs/{job['id']}", headers=server.auth()).json()
+        assert result["result"] == {"approved": True, "note": "looks good", "speaker": "ben"}
+        expect(page.locator("#job-input")).to_be_hidden()
+    finally:
+        server.stop()

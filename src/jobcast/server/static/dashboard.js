@@ -3,6 +3,7 @@ import {
   State,
   api,
   cancelJob,
+  giveInput,
   listJobs,
   rerunJob,
   submitJob,
@@ -10,6 +11,7 @@ import {
   watchJob,
   watchJobs,
 } from "./jobcast.js";
+import { renderInputForm } from "./input_form.js";
 
 const $ = (id) => document.getElementById(id);
 const store = window.sessionStorage;
@@ -225,6 +227,7 @@ function renderJob(job) {
     dd.append(value ?? "—");
     facts.append(dt, dd);
   }
+  renderWaiting(job);
   $("job-progress").value = job.progress ?? 0;
   $("job-progress-text").textContent = percent(job);
   $("job-cancel").hidden = TERMINAL.has(job.state) || !job.state;
@@ -234,6 +237,21 @@ function renderJob(job) {
   if (job.error) result.textContent = `${job.error.type}: ${job.error.message}`;
   else if (job.state === "succeeded") result.textContent = JSON.stringify(job.result, null, 2);
   else result.textContent = "—";
+}
+
+let shownRequest = null; // the job and input the form is for: re-rendered only when it changes
+
+function renderWaiting(job) {
+  const box = $("job-input");
+  const key = job.waiting ? `${job.id} ${job.waiting.name} ${job.waiting.timeout_at}` : null;
+  if (key === shownRequest) return;
+  shownRequest = key;
+  box.hidden = !job.waiting;
+  if (!job.waiting) {
+    box.replaceChildren();
+    return;
+  }
+  renderInputForm(box, job.waiting, (value) => giveInput(job.id, job.waiting.name, value, auth));
 }
 
 function logLine(text) {
