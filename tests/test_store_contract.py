@@ -69,6 +69,7 @@ async def test_create_then_get_round_trips_every_field(store: JobStore) -> None:
         tags=["customer:42", "batch-7"],
         waiting={"name": "approve", "schema": {"type": "boolean"}, "prompt": "ok?"},
         inputs={"pick": "b"},
+        parent_id="0123abcd",
     )
     await store.create(job)
     assert await store.get(job.id) == job
@@ -240,6 +241,7 @@ async def test_a_schema_2_database_is_brought_forward(store_url: str) -> None:
     engine = store._engine
     assert engine is not None
     async with engine.begin() as conn:  # back to what schema 2 had
+        await conn.execute(sa.text("DROP INDEX jobs_by_parent"))
         for column in (
             "runs_on",
             "max_attempts",
@@ -252,8 +254,10 @@ async def test_a_schema_2_database_is_brought_forward(store_url: str) -> None:
             "tags",
             "waiting",
             "inputs",
+            "parent_id",
         ):
             await conn.execute(sa.text(f"ALTER TABLE jobs DROP COLUMN {column}"))
+        await conn.execute(sa.text("DROP TABLE job_batches"))
         await conn.execute(sa.text("DROP TABLE job_tags"))
         await conn.execute(sa.text("DROP TABLE job_inputs"))
         await conn.execute(sa.text("DROP TABLE job_keys"))

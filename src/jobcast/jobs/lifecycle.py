@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jobcast.errors import JobcastError
+from jobcast.jobs import batches
 from jobcast.jobs.context import JobContext
 from jobcast.jobs.handler_calls import Ending, HandlerCalls, after_interruption, job_error
 from jobcast.jobs.live import LiveJob
@@ -118,9 +119,21 @@ class JobLifecycle:
             max_event_bytes=options.max_event_bytes,
             on_terminal=self.stats.finished,
             slots=self.slots,
+            after_terminal=self._count_in_batch,
         )
         self.live[job.id] = live
         return live
+
+    async def _count_in_batch(self, job: Job) -> None:
+        """A batch's child ended: count it there (batches.G3). Never fails the child's end."""
+        if job.parent_id is None:
+            return
+        try:
+            await batches.child_ended(self.store, self.hub, job)
+        except JobcastError as exc:
+            logger.error(
+                "job %s: could not count its end in batch %s: %s", job.id, job.parent_id, exc
+            )
 
     def untrack(self, live: LiveJob) -> None:
         if live.job.state is JobState.QUEUED and live.stop_reason == "shutdown":

@@ -30,7 +30,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from jobcast.errors import InvalidInput, JobcastError, Unavailable
@@ -67,10 +67,13 @@ class LiveJob:
         max_event_bytes: int,
         on_terminal: Callable[[Job], None] | None = None,
         slots: asyncio.Semaphore | None = None,
+        after_terminal: Callable[[Job], Awaitable[None]] | None = None,
     ) -> None:
         self.job = job
         #: Told once the job reached a terminal state (the job metrics, ``stats.py``).
         self.on_terminal = on_terminal
+        #: Awaited once its terminal state is published and stored (its batch, batches.G3).
+        self.after_terminal = after_terminal
         self.published = job.copy()
         self.hub = hub
         self.store = store
@@ -304,6 +307,8 @@ class LiveJob:
             await self._publish_state(draft, retries=5 if job.terminal else 0)
             if job.terminal:
                 await self._save_until_stored()  # L5
+                if self.after_terminal is not None:
+                    await self.after_terminal(job.copy())
             else:
                 await self._save()
 

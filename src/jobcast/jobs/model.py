@@ -141,6 +141,8 @@ class Job:
     waiting: dict[str, Any] | None = None
     #: The inputs given so far, by name (replayed to a re-run handler).
     inputs: dict[str, Any] = field(default_factory=dict)
+    #: The batch this job belongs to (``batches.py``): a job whose ``runs_on`` is "batch".
+    parent_id: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -192,6 +194,7 @@ class Job:
             "tags": self.tags,
             "waiting": self.waiting,
             "inputs": self.inputs,
+            "parent_id": self.parent_id,
         }
 
     def progress_dict(self) -> dict[str, Any]:

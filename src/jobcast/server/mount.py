@@ -37,6 +37,7 @@ from jobcast.server.http.limits import BodyLimitMiddleware
 from jobcast.server.http.own_paths import ForOwnPaths, OwnPaths, chain_of, conflicts, describe
 from jobcast.server.http.request_id import RequestIdMiddleware
 from jobcast.server.routes.auth import auth_router
+from jobcast.server.routes.batches import batches_router
 from jobcast.server.routes.dashboard import dashboard_router
 from jobcast.server.routes.events import events_router
 from jobcast.server.routes.job_inputs import job_inputs_router
@@ -64,6 +65,7 @@ def routers(
         job_lists_router(runtime),  # before jobs_router: /api/jobs/live is no job id
         jobs_router(runtime),
         job_inputs_router(runtime),
+        batches_router(runtime),
         ws_router(runtime),
     ]
     if service_routes:

@@ -23,11 +23,13 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE jobs ADD COLUMN rerun_of VARCHAR(40)",
     ],
-    4: [  # metadata, tags, input to a running job (job_tags and job_inputs: create_all)
+    4: [  # metadata, tags, input, batches (job_tags, job_inputs, job_batches: create_all)
         "ALTER TABLE jobs ADD COLUMN job_metadata TEXT NOT NULL DEFAULT '{}'",
         "ALTER TABLE jobs ADD COLUMN tags TEXT NOT NULL DEFAULT '[]'",
         "ALTER TABLE jobs ADD COLUMN waiting TEXT",
         "ALTER TABLE jobs ADD COLUMN inputs TEXT NOT NULL DEFAULT '{}'",
+        "ALTER TABLE jobs ADD COLUMN parent_id VARCHAR(40)",
+        "CREATE INDEX jobs_by_parent ON jobs (parent_id, id)",
     ],
 }
 
@@ -74,7 +76,9 @@ jobs_table = sa.Table(
     sa.Column("tags", sa.Text, nullable=False, server_default="[]"),
     sa.Column("waiting", sa.Text),
     sa.Column("inputs", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("parent_id", sa.String(40)),
     sa.Index("jobs_by_owner", "owner", "id"),
+    sa.Index("jobs_by_parent", "parent_id", "id"),
     sa.Index("jobs_by_state", "state", "id"),
     sa.Index("jobs_by_kind", "kind", "id"),
 )
@@ -135,6 +139,19 @@ job_inputs_table = sa.Table(
 )
 
 
+#: A batch's counts (``sql.py`` Q10): one row per batch, updated under a row lock as each child
+#: ends, so exactly one child's end sees the batch complete, on every instance.
+job_batches_table = sa.Table(
+    "job_batches",
+    metadata,
+    sa.Column("batch_id", sa.String(40), primary_key=True),
+    sa.Column("total", sa.Integer, nullable=False),
+    sa.Column("succeeded", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("failed", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("cancelled", sa.Integer, nullable=False, server_default="0"),
+)
+
+
 UPDATE_JOB = jobs_table.update().where(jobs_table.c.id == sa.bindparam("job_id"))
 
 
@@ -174,6 +191,7 @@ def row_values(job: Job) -> dict[str, Any]:
         "tags": orjson.dumps(job.tags).decode(),
         "waiting": _json(job.waiting),
         "inputs": orjson.dumps(job.inputs).decode(),
+        "parent_id": job.parent_id,
     }
 
 
@@ -211,6 +229,7 @@ def job_from_row(row: sa.Row[Any]) -> Job:
         tags=orjson.loads(m["tags"]) if m["tags"] else [],
         waiting=orjson.loads(m["waiting"]) if m["waiting"] else None,
         inputs=orjson.loads(m["inputs"]) if m["inputs"] else {},
+        parent_id=m["parent_id"],
     )
 
 

@@ -1,6 +1,6 @@
 """The SQL job store: SQLAlchemy 2 Core over asyncio, on SQLite and PostgreSQL.
 
-Decisions (cited as Q1..Q9):
+Decisions (cited as Q1..Q10):
 
 Q1. Portable columns only: times are epoch seconds (floats), JSON values are text written by
     orjson. The same statements run on SQLite (aiosqlite) and PostgreSQL (asyncpg).
@@ -36,6 +36,11 @@ Q8. Tags: the job row keeps its tags (the snapshot), and ``job_tags`` one row pe
 Q9. Input to a running job: ``put_input`` inserts (job, name) with ``ON CONFLICT DO NOTHING``,
     so of concurrent answers exactly one is stored (the database decides, on every instance);
     the handler reads it from there, in this process or a worker, now or after a restart.
+Q10. Batches: ``create_batch`` inserts the parent, its children (and their tags) and the
+    batch's counts row in one transaction, so a batch exists whole or not at all.
+    ``end_child`` locks the counts row (``FOR UPDATE``; SQLite's writes are serialised, Q2),
+    counts one end and rewrites the parent from its stored row in the same transaction, so
+    concurrent ends on several instances each see a distinct count and one sees the last.
 
 The tables, and the conversion between a job and its row, are in ``_sql_tables.py``; the
 statements of idempotency keys (Q7) in ``_sql_keys.py``.
@@ -48,7 +53,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +71,7 @@ from jobcast.stores._sql_tables import (
     SCHEMA_VERSION,
     UPDATE_JOB,
     acks_table,
+    job_batches_table,
     job_from_row,
     job_inputs_table,
     job_keys_table,
@@ -297,6 +303,8 @@ class SQLJobStore:
             statement = statement.where(c.kind == query.kind)
         if query.cursor is not None:
             statement = statement.where(c.id < query.cursor)
+        if query.parent is not None:
+            statement = statement.where(c.parent_id == query.parent)
         tagged = job_tags_table.c
         for tag in query.tags:  # Q8: every tag must match
             with_tag = sa.select(tagged.job_id).where(tagged.tag == tag)
@@ -313,6 +321,8 @@ class SQLJobStore:
             # its idempotency keys go with it (jobs/idempotency.I4)
             await conn.execute(job_keys_table.delete().where(job_keys_table.c.job_id == job_id))
             await conn.execute(job_tags_table.delete().where(job_tags_table.c.job_id == job_id))
+            batches = job_batches_table
+            await conn.execute(batches.delete().where(batches.c.batch_id == job_id))
             inputs = job_inputs_table
             await conn.execute(inputs.delete().where(inputs.c.job_id == job_id))
         return bool(result.rowcount)
@@ -329,6 +339,45 @@ class SQLJobStore:
         async with self._write() as conn:
             result = await conn.execute(insert.on_conflict_do_nothing())
         return result.rowcount == 1
+
+    async def create_batch(self, parent: Job, children: list[Job]) -> None:  # Q10
+        rows = [{"id": job.id, **row_values(job)} for job in (parent, *children)]
+        tags = [tag for job in (parent, *children) for tag in tag_rows(job)]
+        counts = {"batch_id": parent.id, "total": len(children)}
+        async with self._write() as conn:
+            await conn.execute(jobs_table.insert(), rows)
+            if tags:
+                await conn.execute(job_tags_table.insert(), tags)
+            await conn.execute(job_batches_table.insert().values(**counts))
+        self.stats.transactions += 1
+        self.stats.rows_written += len(rows)
+
+    async def end_child(
+        self,
+        batch_id: str,
+        state: JobState,
+        count: Callable[[Job, dict[str, int]], bool],
+    ) -> tuple[Job, bool] | None:  # Q10
+        b = job_batches_table
+        mine = b.c.batch_id == batch_id
+        async with self._write() as conn:
+            found = (await conn.execute(sa.select(b).where(mine).with_for_update())).first()
+            parent_row = (
+                await conn.execute(jobs_table.select().where(jobs_table.c.id == batch_id))
+            ).first()
+            if found is None or parent_row is None or state.value not in found._mapping:
+                return None
+            counts = {
+                name: int(found._mapping[name]) for name in ("succeeded", "failed", "cancelled")
+            }
+            counts[state.value] += 1
+            await conn.execute(b.update().where(mine).values(**{state.value: counts[state.value]}))
+            parent = job_from_row(parent_row)
+            complete = count(parent, counts)
+            values = row_values(parent)
+            del values["readers"]  # base.JobStore.save
+            await conn.execute(UPDATE_JOB, [{"job_id": batch_id, **values}])
+        return parent, complete
 
     async def get_input(self, job_id: str, name: str) -> tuple[Any] | None:
         t = job_inputs_table.c

@@ -52,7 +52,7 @@ def job_body(request: Request, job: Job) -> dict[str, Any]:
     return {**job.to_dict(), "links": job_links(request, job.id)}
 
 
-async def _read_json(request: Request, limit: int) -> Any:
+async def read_json(request: Request, limit: int) -> Any:
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
@@ -123,7 +123,7 @@ def jobs_router(jc: "Runtime") -> APIRouter:
                 await received.remove()
                 raise
         elif content_type.startswith("application/json") or not content_type:
-            fields = await _read_json(request, settings.max_body_bytes)
+            fields = await read_json(request, settings.max_body_bytes)
             kind, params, options = _submission(fields)
             key = valid_key(idempotency_header, fields.get("idempotency_key"))
         else:
@@ -166,12 +166,21 @@ def jobs_router(jc: "Runtime") -> APIRouter:
         tag: Annotated[
             list[str] | None, Query(description="Only jobs with every one of these tags.")
         ] = None,
+        parent: Annotated[
+            str | None, Query(max_length=40, description="Only the jobs of this batch.")
+        ] = None,
     ) -> Response:
         scope = jc.policy.job_list_owner(principal)
         if cursor is not None and _CURSOR.fullmatch(cursor) is None:
             raise InvalidInput("invalid cursor")
         query = JobQuery(
-            scope or owner, tuple(state or ()), kind, limit, cursor, tags=query_tags(tag)
+            scope or owner,
+            tuple(state or ()),
+            kind,
+            limit,
+            cursor,
+            tags=query_tags(tag),
+            parent=parent,
         )
         page = await jc.runner.list_jobs(query)
         return JSONResponse(
