@@ -390,3 +390,29 @@ async def test_a_worker_s_job_waits_for_input_given_through_the_server(
     done = await poll_json(client, url, terminal, timeout=15, headers=auth)
     assert done["state"] == "succeeded" and done["result"] == 42
     assert done["inputs"] == {"answer": 42} and done["metadata"] == {"asked": True}
+
+
+async def test_a_batch_on_two_workers_ends_once_after_all_its_jobs(
+    make_server: Callable[..., LiveServer],
+    procs: Processes,
+    shared: dict[str, Any],
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    server = make_server(**shared)
+    jobs = [{"kind": "quick", "params": {"n": n}} for n in range(30)]
+    response = await client.post(
+        f"{server.url}/api/batches", json={"jobs": jobs}, headers=server.auth()
+    )
+    assert response.status_code == 202, response.text
+    batch = response.json()
+    # both workers start on a full queue: their jobs end at the same moments
+    procs.worker("w1", data_dir=tmp_path / "w1", job_concurrency=8, **shared)
+    procs.worker("w2", data_dir=tmp_path / "w2", job_concurrency=8, **shared)
+    events = await watch(client, server, batch["id"], timeout=30)
+    terminal = [kind for kind, _ in events if kind in ("succeeded", "failed", "cancelled")]
+    assert terminal == ["succeeded"]
+    assert events[-1][1]["result"] == {"succeeded": 30, "failed": 0, "cancelled": 0, "total": 30}
+    for child in batch["jobs"][:3]:
+        done = await watch(client, server, child["id"])
+        assert done[-1][1]["finished_at"] <= events[-1][1]["finished_at"]

@@ -77,3 +77,9 @@ async def ask(ctx: JobContext, params: dict[str, Any]) -> Any:
     """Waits for an answer given through the server (input_wait.N1: read from the store)."""
     ctx.metadata.set("asked", True)
     return await ctx.wait_for_input("answer", schema={"type": "integer"}, timeout=30)
+
+
+@registry.handler("quick")
+async def quick(ctx: JobContext, params: dict[str, Any]) -> int:
+    """Ends at once: many of them end on several workers at the same time (batches)."""
+    return int(params.get("n", 0))

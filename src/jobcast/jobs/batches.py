@@ -79,6 +79,8 @@ def new_parent(
 def count_end(parent: Job, counts: dict[str, int]) -> bool:
     """Fold a batch's counts after a child's end into its parent (G3, G4); True when the
     batch is complete (the parent is then terminal)."""
+    if parent.terminal:  # ended already (a store outage lost count?): never a second end
+        return False
     now = time.time()
     total = int(parent.params.get("total", 0))
     ended = sum(counts[name] for name in COUNTS)
@@ -111,6 +113,8 @@ async def child_ended(store: JobStore, hub: Hub, child: Job) -> None:
     if found is None:
         return
     parent, complete = found
+    if parent.terminal and not complete:
+        return
     event_type = parent.state.value if complete else "state"
     await publish(hub, parent, event_type)
 
