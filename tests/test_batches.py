@@ -7,7 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
+from jobcast.client import AsyncClient, BadRequest
 from tests.jobs_support import watch
 from tests.support import LiveServer
 
@@ -48,7 +50,9 @@ async def test_a_batch_ends_once_after_all_its_jobs_with_the_outcome_rule(
     assert final["result"] == {"succeeded": 2, "failed": 1, "cancelled": 0, "total": 3}
     assert final["error"]["type"] == "BatchFailed" and final["progress"] == 100.0
     progress = [data["progress"] for _, data in events]
-    assert progress == sorted(progress)
+    assert progress == sorted(progress)  # published in count order (sql.Q10)
+    seqs = [data["seq"] for _, data in events]
+    assert seqs == sorted(set(seqs))
     for child in children:  # each child ended before the batch did
         child_events = await watch(client, server, child)
         assert child_events[-1][1]["finished_at"] <= final["finished_at"]
@@ -87,3 +91,19 @@ async def test_a_bad_item_creates_nothing_and_cancelling_a_batch_cancels_its_job
         assert (await watch(client, server, child["id"]))[-1][0] == "cancelled"
     other = await client.get(f"{server.url}/api/jobs/{batch['id']}", headers=server.auth("bob"))
     assert other.status_code == 404  # a batch is its owner's, as any job
+
+
+async def test_the_python_client_submits_a_batch_and_lists_its_jobs(
+    make_server: Callable[..., LiveServer],
+) -> None:
+    server = make_server(handlers=["tests.handlers"])
+    async with AsyncClient(server.url, token=server.token("alice")) as jobs:
+        items = [{"kind": "demo", "params": {"steps": 1, "delay": 0}} for _ in range(3)]
+        batch = await jobs.submit_batch(items, tags=["nightly"], metadata={"source": "cron"})
+        assert batch.kind == "batch" and batch.metadata["total"] == 3
+        done = await jobs.wait(batch.id, timeout=10)
+        assert done.state.value == "succeeded" and done.result["succeeded"] == 3
+        children = (await jobs.list(parent=batch.id)).jobs
+        assert len(children) == 3 and all(job.parent_id == batch.id for job in children)
+        with pytest.raises(BadRequest):
+            await jobs.submit_batch([])

@@ -143,10 +143,13 @@ class AsyncClient(BaseClient):
         limit: int | None = None,
         cursor: str | None = None,
         tag: str | Iterable[str] | None = None,
+        parent: str | None = None,
     ) -> JobPage:
-        """One page of jobs, newest first, filtered by state(s), kind, owner and tag(s)
-        (every tag must match)."""
-        return self._page(await self._call(self._list(state, kind, owner, limit, cursor, tag)))
+        """One page of jobs, newest first, filtered by state(s), kind, owner, tag(s) (every
+        tag must match) and batch (``parent``)."""
+        return self._page(
+            await self._call(self._list(state, kind, owner, limit, cursor, tag, parent))
+        )
 
     async def cancel(self, job_id: str) -> Job:
         """Ask a queued or running job to stop (``ConflictError`` once it has finished)."""
@@ -155,6 +158,19 @@ class AsyncClient(BaseClient):
     async def delete(self, job_id: str) -> None:
         """Delete a finished job and its upload."""
         await self._call(Call("DELETE", f"/api/jobs/{job_id}"))
+
+    async def submit_batch(
+        self,
+        jobs: Iterable[Mapping[str, Any]],
+        *,
+        tags: Iterable[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        allow_failures: bool = False,
+    ) -> Job:
+        """Submit jobs (``{"kind", "params", ...}`` each) as one batch, all or none; returns
+        its parent job, which follows them and ends once they all have (``failed`` if any
+        failed, unless ``allow_failures``). Its jobs: ``list(parent=batch.id)``."""
+        return Job.from_dict(await self._call(self._batch(jobs, tags, metadata, allow_failures)))
 
     async def give_input(self, job_id: str, name: str, value: Any) -> Job:
         """Give a job that waits for input ``name`` its value (``ctx.wait_for_input``).

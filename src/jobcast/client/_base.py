@@ -130,8 +130,11 @@ class BaseClient:
         limit: int | None,
         cursor: str | None,
         tag: str | Iterable[str] | None = None,
+        parent: str | None = None,
     ) -> Call:
         params = BaseClient._filter_params(state, kind, tag)
+        if parent is not None:
+            params.append(("parent", parent))
         for name, value in (("owner", owner), ("limit", limit), ("cursor", cursor)):
             if value is not None:
                 params.append((name, str(value)))
@@ -149,6 +152,22 @@ class BaseClient:
         if kind is not None:
             params.append(("kind", kind))
         return params
+
+    @staticmethod
+    def _batch(
+        jobs: Iterable[Mapping[str, Any]],
+        tags: Iterable[str] | None,
+        metadata: Mapping[str, Any] | None,
+        allow_failures: bool,
+    ) -> Call:
+        body: dict[str, Any] = {"jobs": [dict(job) for job in jobs]}
+        if tags is not None:
+            body["tags"] = list(tags)
+        if metadata is not None:
+            body["metadata"] = dict(metadata)
+        if allow_failures:
+            body["allow_failures"] = True
+        return Call("POST", "/api/batches", json=body)
 
     @staticmethod
     def _input(job_id: str, name: str, value: Any) -> Call:

@@ -60,6 +60,8 @@ class Job:
     waiting: dict[str, Any] | None = None
     #: The inputs given so far, by name.
     inputs: dict[str, Any] = field(default_factory=dict)
+    #: The batch this job belongs to.
+    parent_id: str | None = None
 
     @property
     def terminal(self) -> bool:

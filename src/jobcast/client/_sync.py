@@ -147,10 +147,11 @@ class Client(BaseClient):
         limit: int | None = None,
         cursor: str | None = None,
         tag: str | Iterable[str] | None = None,
+        parent: str | None = None,
     ) -> JobPage:
-        """One page of jobs, newest first, filtered by state(s), kind, owner and tag(s)
-        (every tag must match)."""
-        return self._page(self._call(self._list(state, kind, owner, limit, cursor, tag)))
+        """One page of jobs, newest first, filtered by state(s), kind, owner, tag(s) (every
+        tag must match) and batch (``parent``)."""
+        return self._page(self._call(self._list(state, kind, owner, limit, cursor, tag, parent)))
 
     def cancel(self, job_id: str) -> Job:
         """Ask a queued or running job to stop (``ConflictError`` once it has finished)."""
@@ -159,6 +160,19 @@ class Client(BaseClient):
     def delete(self, job_id: str) -> None:
         """Delete a finished job and its upload."""
         self._call(Call("DELETE", f"/api/jobs/{job_id}"))
+
+    def submit_batch(
+        self,
+        jobs: Iterable[Mapping[str, Any]],
+        *,
+        tags: Iterable[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        allow_failures: bool = False,
+    ) -> Job:
+        """Submit jobs (``{"kind", "params", ...}`` each) as one batch, all or none; returns
+        its parent job, which follows them and ends once they all have (``failed`` if any
+        failed, unless ``allow_failures``). Its jobs: ``list(parent=batch.id)``."""
+        return Job.from_dict(self._call(self._batch(jobs, tags, metadata, allow_failures)))
 
     def give_input(self, job_id: str, name: str, value: Any) -> Job:
         """Give a job that waits for input ``name`` its value (``ctx.wait_for_input``).

@@ -12,9 +12,10 @@ G2. Atomic: the items are validated first (kind, params, options; 422 names the 
 G3. Each child's end (its terminal state stored, ``live.after_terminal``) counts in the batch's
     row under a row lock (``store.end_child``, sql.Q10), which updates the parent in the same
     transaction: progress (ended / total), counts in its metadata (``succeeded``, ``failed``,
-    ``cancelled``, ``total``), a message. Exactly one child's end, on whatever worker, sees the
-    batch complete, so the parent's terminal event is published once, and after every child's
-    own terminal event (each child publishes its end before it counts).
+    ``cancelled``, ``total``), a message, and publishes the parent before it commits. Exactly
+    one child's end, on whatever worker, sees the batch complete, so the parent's terminal event
+    is published once, last of the parent's, and after every child's own terminal event (each
+    child publishes its end before it counts).
 G4. The outcome: ``failed`` if any child failed (unless the batch was submitted with
     ``allow_failures``), else ``cancelled`` if any child was cancelled, else ``succeeded``; the
     result holds the counts. Every other end is a ``state`` event of the parent (the whole job).
@@ -109,14 +110,13 @@ async def child_ended(store: JobStore, hub: Hub, child: Job) -> None:
     """Count a child's end in its batch and publish what the parent became (G3)."""
     if child.parent_id is None or not child.terminal:
         return
-    found = await store.end_child(child.parent_id, child.state, count_end)
-    if found is None:
-        return
-    parent, complete = found
-    if parent.terminal and not complete:
-        return
-    event_type = parent.state.value if complete else "state"
-    await publish(hub, parent, event_type)
+
+    async def announce(parent: Job, complete: bool) -> None:
+        if parent.terminal and not complete:
+            return  # it had ended already
+        await publish(hub, parent, parent.state.value if complete else "state")
+
+    await store.end_child(child.parent_id, child.state, count_end, announce)
 
 
 async def publish(hub: Hub, parent: Job, event_type: str) -> None:

@@ -6,7 +6,7 @@ contract tests in ``tests/test_store_contract.py`` run over every store URL.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -114,11 +114,13 @@ class JobStore(Protocol):
         batch_id: str,
         state: JobState,
         count: Callable[[Job, dict[str, int]], bool],
+        announce: Callable[[Job, bool], Awaitable[None]],
     ) -> tuple[Job, bool] | None:
         """Count a child's end (``state``) in batch ``batch_id``: ``count(parent, counts)``
-        updates the parent, stored in the same transaction; the parent and whether the batch
-        is complete, or ``None`` when there is no such batch. Concurrent ends, on any
-        instance, each see their own count (G3)."""
+        updates the parent, stored in the same transaction, and ``announce(parent,
+        complete)`` runs before it commits (the counts stay locked meanwhile); the parent and
+        whether the batch is complete, or ``None`` when there is no such batch. Concurrent
+        ends, on any instance, each see their own count, in order (G3)."""
 
     async def get_input(self, job_id: str, name: str) -> tuple[Any] | None:
         """The stored input ``name`` of a job, as a one-tuple (its value may be ``null``)."""

@@ -40,7 +40,9 @@ Q10. Batches: ``create_batch`` inserts the parent, its children (and their tags)
     batch's counts row in one transaction, so a batch exists whole or not at all.
     ``end_child`` locks the counts row (``FOR UPDATE``; SQLite's writes are serialised, Q2),
     counts one end and rewrites the parent from its stored row in the same transaction, so
-    concurrent ends on several instances each see a distinct count and one sees the last.
+    concurrent ends on several instances each see a distinct count and one sees the last; the
+    parent's event is published before the commit, under the lock, so the parent's events
+    leave in count order on every instance (its ``seq`` never goes back).
 
 The tables, and the conversion between a job and its row, are in ``_sql_tables.py``; the
 statements of idempotency keys (Q7) in ``_sql_keys.py``.
@@ -53,7 +55,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -357,6 +359,7 @@ class SQLJobStore:
         batch_id: str,
         state: JobState,
         count: Callable[[Job, dict[str, int]], bool],
+        announce: Callable[[Job, bool], Awaitable[None]],
     ) -> tuple[Job, bool] | None:  # Q10
         b = job_batches_table
         mine = b.c.batch_id == batch_id
@@ -377,6 +380,8 @@ class SQLJobStore:
             values = row_values(parent)
             del values["readers"]  # base.JobStore.save
             await conn.execute(UPDATE_JOB, [{"job_id": batch_id, **values}])
+            # Q10: published under the row lock, so the parent's events leave in count order
+            await announce(parent, complete)
         return parent, complete
 
     async def get_input(self, job_id: str, name: str) -> tuple[Any] | None:
