@@ -111,27 +111,29 @@ async def child_ended(store: JobStore, hub: Hub, child: Job) -> None:
     if child.parent_id is None or not child.terminal:
         return
 
-    async def announce(parent: Job, complete: bool) -> None:
+    async def announce(parent: Job, complete: bool) -> str | None:
         if parent.terminal and not complete:
-            return  # it had ended already
-        await publish(hub, parent, parent.state.value if complete else "state")
+            return None  # it had ended already
+        return await publish(hub, parent, parent.state.value if complete else "state")
 
     await store.end_child(child.parent_id, child.state, count_end, announce)
 
 
-async def publish(hub: Hub, parent: Job, event_type: str) -> None:
-    """Publish the parent whole; a refused terminal event is retried (as live.L4)."""
+async def publish(hub: Hub, parent: Job, event_type: str) -> str | None:
+    """Publish the parent whole; a refused terminal event is retried (as live.L4). The
+    event's id, or ``None`` when it could not be published."""
     draft = EventDraft(job_topic(parent.id), event_type, dumps(parent.to_dict()))
     retries = 5 if parent.terminal else 0
     for attempt in range(retries + 1):
         try:
-            await hub.publish_many([draft])
-            return
+            (event,) = await hub.publish_many([draft])
+            return event.id
         except JobcastError as exc:
             if attempt == retries:
                 logger.error("batch %s: could not publish %s: %s", parent.id, event_type, exc)
-                return
+                return None
             await asyncio.sleep(0.2 * 2**attempt)
+    return None
 
 
 class Runner(Protocol):

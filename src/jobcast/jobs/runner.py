@@ -260,7 +260,8 @@ class EmbeddedRunner:
                 await self.access.announce(job)
             except JobcastError as exc:
                 logger.warning("job %s: could not announce it: %s", job.id, exc)
-        await batches.publish(self.hub, parent, "state")
+        parent.last_event_id = await batches.publish(self.hub, parent, "state")
+        await self.store.save(parent)  # its stream resumes after that event (no child ran yet)
         queued = []
         for job in children:
             live = self.lifecycle.track(job)

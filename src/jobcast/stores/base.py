@@ -114,11 +114,11 @@ class JobStore(Protocol):
         batch_id: str,
         state: JobState,
         count: Callable[[Job, dict[str, int]], bool],
-        announce: Callable[[Job, bool], Awaitable[None]],
+        announce: Callable[[Job, bool], Awaitable[str | None]],
     ) -> tuple[Job, bool] | None:
         """Count a child's end (``state``) in batch ``batch_id``: ``count(parent, counts)``
-        updates the parent, stored in the same transaction, and ``announce(parent,
-        complete)`` runs before it commits (the counts stay locked meanwhile); the parent and
+        updates the parent, ``announce(parent, complete)`` publishes it (the id of its event is
+        stored with it) before the transaction commits (the counts stay locked); the parent and
         whether the batch is complete, or ``None`` when there is no such batch. Concurrent
         ends, on any instance, each see their own count, in order (G3)."""
 

@@ -359,7 +359,7 @@ class SQLJobStore:
         batch_id: str,
         state: JobState,
         count: Callable[[Job, dict[str, int]], bool],
-        announce: Callable[[Job, bool], Awaitable[None]],
+        announce: Callable[[Job, bool], Awaitable[str | None]],
     ) -> tuple[Job, bool] | None:  # Q10
         b = job_batches_table
         mine = b.c.batch_id == batch_id
@@ -377,11 +377,12 @@ class SQLJobStore:
             await conn.execute(b.update().where(mine).values(**{state.value: counts[state.value]}))
             parent = job_from_row(parent_row)
             complete = count(parent, counts)
+            # Q10: published under the row lock, so the parent's events leave in count order;
+            # its id is stored with the parent, so its stream resumes right after it
+            parent.last_event_id = await announce(parent, complete) or parent.last_event_id
             values = row_values(parent)
             del values["readers"]  # base.JobStore.save
             await conn.execute(UPDATE_JOB, [{"job_id": batch_id, **values}])
-            # Q10: published under the row lock, so the parent's events leave in count order
-            await announce(parent, complete)
         return parent, complete
 
     async def get_input(self, job_id: str, name: str) -> tuple[Any] | None:
