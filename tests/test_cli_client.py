@@ -124,6 +124,13 @@ def test_tags_metadata_and_input_from_the_command_line(
     assert final["metadata"] == {"doc": "a.pdf"} and final["result"]["approved"] is True
     bad = jobcast(env, "submit", "demo", "--metadata", "[1]")
     assert bad.returncode == 2 and "--metadata must be a JSON object" in bad.stderr
+    items = '[{"kind": "demo", "params": {"steps": 1}}, {"kind": "demo", "params": {"steps": 1}}]'
+    batch = jobcast(env, "batch", items, "--tag", "nightly")
+    assert batch.returncode == 0, batch.stderr
+    batch_id = batch.stdout.strip()
+    assert jobcast(env, "watch", batch_id).returncode == 0
+    children = jobcast(env, "jobs", "--parent", batch_id, "--json")
+    assert len(children.stdout.splitlines()) == 2
 
 
 def lines_of(process: subprocess.Popen[str]) -> queue.Queue[str]:

@@ -519,5 +519,15 @@ def test_watch_jobs_keeps_a_live_list_and_give_input_answers_a_waiting_job(
         )
         assert final["inputs"] == {"approve": {"approved": True}}  # as given
         page.evaluate("list.close(); wsList.close()")
+        batch = page.evaluate(
+            """async (t) => {
+                 const batch = await jc.submitBatch([{kind: 'demo', params: {steps: 1}},
+                   {kind: 'demo', params: {steps: 1}}], {token: t, tags: ['js']});
+                 return await new Promise((done) => jc.watchJob(batch.id, {onDone: done},
+                                                                {token: t}));
+               }""",
+            token,
+        )
+        assert batch["kind"] == "batch" and batch["result"]["succeeded"] == 2
     finally:
         server.stop()

@@ -237,7 +237,7 @@ def _version() -> str:
 
 
 register_client_commands(app)  # submit, watch, jobs, cancel, rerun, publish, tail
-register_live_commands(app)  # input, live
+register_live_commands(app)  # input, live, batch
 
 
 def main() -> None:

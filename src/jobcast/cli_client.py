@@ -225,6 +225,7 @@ def jobs(
     tag: Annotated[
         list[str] | None, typer.Option(help="Only jobs with this tag; repeat: all must match.")
     ] = None,
+    parent: Annotated[str | None, typer.Option(help="Only the jobs of this batch.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=200, help="At most this many.")] = 50,
     as_json: JsonOption = False,
     url: UrlOption = None,
@@ -239,7 +240,7 @@ def jobs(
             fail(f"--state {value!r}: use one of {', '.join(states)}", EXIT_USAGE)
     target = Target.resolve(url, token)
     with friendly_errors(target), target.client() as client:
-        page = client.list(state=state, kind=kind, limit=limit, tag=tag)
+        page = client.list(state=state, kind=kind, limit=limit, tag=tag, parent=parent)
         if as_json:
             for job in page.jobs:
                 typer.echo(json.dumps({"id": job.id, "kind": job.kind, "state": job.state.value}))

@@ -1,5 +1,5 @@
-"""Client commands for live jobs: ``jobcast input`` (answer a job that waits for input) and
-``jobcast live`` (a live job list)."""
+"""Client commands for live jobs: ``jobcast input`` (answer a job that waits for input),
+``jobcast live`` (a live job list) and ``jobcast batch`` (submit a batch)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from jobcast.cli_client import JsonOption, TokenOption, UrlOption, parse_value
-from jobcast.cli_context import Target, friendly_errors
+from jobcast.cli_client import JsonOption, TokenOption, UrlOption, load_json, parse_value
+from jobcast.cli_context import EXIT_USAGE, Target, fail, friendly_errors
 from jobcast.cli_render import item_json
 
 
@@ -56,6 +56,34 @@ def live(
                 typer.echo(f"-- {item.data['count']} jobs; following changes", err=True)
 
 
+def batch(
+    jobs_json: Annotated[
+        str, typer.Argument(help='A JSON list: [{"kind": "demo", "params": {...}}, ...]')
+    ],
+    tag: Annotated[list[str] | None, typer.Option(help="A label; repeat for several.")] = None,
+    allow_failures: Annotated[
+        bool, typer.Option(help="End succeeded even if some jobs failed.")
+    ] = False,
+    as_json: JsonOption = False,
+    url: UrlOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Submit jobs as one batch (all or none); prints the batch's id (watch it like a job)."""
+    try:
+        items = load_json(jobs_json)
+    except ValueError as exc:
+        fail(f"JOBS must be a JSON list ({exc})", EXIT_USAGE)
+    if not isinstance(items, list):
+        fail("JOBS must be a JSON list of jobs", EXIT_USAGE)
+    target = Target.resolve(url, token)
+    with friendly_errors(target), target.client() as client:
+        parent = client.submit_batch(items, tags=tag, allow_failures=allow_failures)
+        if as_json:
+            typer.echo(json.dumps({"id": parent.id, "total": parent.metadata.get("total")}))
+        else:
+            typer.echo(parent.id)
+
+
 def _epilog(*examples: str) -> str:
     return "Examples:\n\n" + "\n\n".join(f"  {example}" for example in examples)
 
@@ -71,3 +99,9 @@ def register(app: typer.Typer) -> None:
     app.command(
         epilog=_epilog("jobcast live --tag batch-7", "jobcast live --state running --json")
     )(live)
+    app.command(
+        epilog=_epilog(
+            'jobcast batch \'[{"kind": "demo"}, {"kind": "demo", "params": {"steps": 3}}]\'',
+            "jobcast watch BATCH_ID; jobcast jobs --parent BATCH_ID",
+        )
+    )(batch)

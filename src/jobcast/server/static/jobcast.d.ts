@@ -51,6 +51,8 @@ export interface Job {
   waiting: InputRequest | null;
   /** The inputs given so far, by name. */
   inputs: Record<string, unknown>;
+  /** The batch this job belongs to. */
+  parent_id: string | null;
   links?: { self: string; events: string; ws: string; cancel: string };
 }
 
@@ -182,6 +184,7 @@ export declare function listJobs(
     state?: JobState | JobState[];
     kind?: string;
     tag?: string | string[];
+    parent?: string;
     limit?: number;
     cursor?: string;
   },
@@ -199,6 +202,23 @@ export declare function watchJobs(
   handlers?: JobListHandlers,
   options?: ClientOptions,
 ): Stream & { readonly jobs: Map<string, Job> };
+export interface BatchItem {
+  kind: string;
+  params?: Record<string, unknown>;
+  tags?: string[];
+  metadata?: Record<string, unknown>;
+  priority?: number;
+  delay_seconds?: number;
+  max_attempts?: number;
+}
+export declare function submitBatch(
+  jobs: BatchItem[],
+  options?: ClientOptions & {
+    tags?: string[];
+    metadata?: Record<string, unknown>;
+    allowFailures?: boolean;
+  },
+): Promise<Job & { jobs: Job[] }>;
 export declare function giveInput(
   id: string,
   name: string,
@@ -224,5 +244,6 @@ export declare function createClient(defaults?: ClientOptions): {
   watchJob: typeof watchJob;
   watchJobs: typeof watchJobs;
   giveInput: typeof giveInput;
+  submitBatch: typeof submitBatch;
   subscribe: typeof subscribe;
 };

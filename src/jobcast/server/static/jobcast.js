@@ -165,7 +165,23 @@ export const giveInput = (id, name, value, options) =>
     method: "POST",
     body: { name, value },
   });
-/** A page of jobs; `query` as the API's: `{state, kind, tag, limit, cursor}` (arrays repeat). */
+/**
+ * Submit jobs (`[{kind, params, tags, metadata, priority, ...}]`) as one batch, all or none.
+ * Resolves to its parent job (with `jobs`, the children): watch it like any job; it ends once
+ * every child has (`failed` if any failed, unless `options.allowFailures`).
+ */
+export const submitBatch = (jobs, options = {}) =>
+  api("/api/batches", {
+    ...options,
+    method: "POST",
+    body: {
+      jobs,
+      ...(options.tags ? { tags: options.tags } : {}),
+      ...(options.metadata ? { metadata: options.metadata } : {}),
+      ...(options.allowFailures ? { allow_failures: true } : {}),
+    },
+  });
+/** A page of jobs; `query` as the API's: `{state, kind, tag, parent, limit, cursor}`. */
 export function listJobs(query = {}, options = {}) {
   const params = new URLSearchParams();
   for (const [key, value] of Object.entries(query)) {
@@ -773,6 +789,7 @@ export function createClient(defaults = {}) {
     watchJob: (id, handlers, options) => watchJob(id, handlers, merge(options)),
     watchJobs: (filter, handlers, options) => watchJobs(filter, handlers, merge(options)),
     giveInput: (id, name, value, options) => giveInput(id, name, value, merge(options)),
+    submitBatch: (jobs, options) => submitBatch(jobs, merge(options)),
     subscribe: (topics, handlers, options) => subscribe(topics, handlers, merge(options)),
   };
 }
