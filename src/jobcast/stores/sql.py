@@ -45,7 +45,8 @@ Q10. Batches: ``create_batch`` inserts the parent, its children (and their tags)
     leave in count order on every instance (its ``seq`` never goes back).
 
 The tables, and the conversion between a job and its row, are in ``_sql_tables.py``; the
-statements of idempotency keys (Q7) in ``_sql_keys.py``.
+statements of idempotency keys (Q7) in ``_sql_keys.py``, those of inputs (Q9) and batches
+(Q10) in ``_sql_live.py``.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from jobcast._files import create_private
 from jobcast.errors import InvalidInput, Unavailable
 from jobcast.jobs.model import Job, JobState
-from jobcast.stores import _sql_keys
+from jobcast.stores import _sql_keys, _sql_live
 from jobcast.stores._sql_tables import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -330,29 +331,18 @@ class SQLJobStore:
         return bool(result.rowcount)
 
     async def put_input(self, job_id: str, name: str, value: Any, given_by: str) -> bool:  # Q9
-        row = {
-            "job_id": job_id,
-            "name": name,
-            "value": orjson.dumps(value).decode(),
-            "given_by": given_by,
-            "created_at": time.time(),
-        }
-        insert = _sql_keys.insert_for(self._sqlite)(job_inputs_table).values(**row)
         async with self._write() as conn:
-            result = await conn.execute(insert.on_conflict_do_nothing())
-        return result.rowcount == 1
+            return await _sql_live.put_input(conn, self._sqlite, job_id, name, value, given_by)
+
+    async def get_input(self, job_id: str, name: str) -> tuple[Any] | None:  # Q9
+        async with self._read() as conn:
+            return await _sql_live.get_input(conn, job_id, name)
 
     async def create_batch(self, parent: Job, children: list[Job]) -> None:  # Q10
-        rows = [{"id": job.id, **row_values(job)} for job in (parent, *children)]
-        tags = [tag for job in (parent, *children) for tag in tag_rows(job)]
-        counts = {"batch_id": parent.id, "total": len(children)}
         async with self._write() as conn:
-            await conn.execute(jobs_table.insert(), rows)
-            if tags:
-                await conn.execute(job_tags_table.insert(), tags)
-            await conn.execute(job_batches_table.insert().values(**counts))
+            await _sql_live.create_batch(conn, parent, children)
         self.stats.transactions += 1
-        self.stats.rows_written += len(rows)
+        self.stats.rows_written += 1 + len(children)
 
     async def end_child(
         self,
@@ -361,36 +351,8 @@ class SQLJobStore:
         count: Callable[[Job, dict[str, int]], bool],
         announce: Callable[[Job, bool], Awaitable[str | None]],
     ) -> tuple[Job, bool] | None:  # Q10
-        b = job_batches_table
-        mine = b.c.batch_id == batch_id
         async with self._write() as conn:
-            found = (await conn.execute(sa.select(b).where(mine).with_for_update())).first()
-            parent_row = (
-                await conn.execute(jobs_table.select().where(jobs_table.c.id == batch_id))
-            ).first()
-            if found is None or parent_row is None or state.value not in found._mapping:
-                return None
-            counts = {
-                name: int(found._mapping[name]) for name in ("succeeded", "failed", "cancelled")
-            }
-            counts[state.value] += 1
-            await conn.execute(b.update().where(mine).values(**{state.value: counts[state.value]}))
-            parent = job_from_row(parent_row)
-            complete = count(parent, counts)
-            # Q10: published under the row lock, so the parent's events leave in count order;
-            # its id is stored with the parent, so its stream resumes right after it
-            parent.last_event_id = await announce(parent, complete) or parent.last_event_id
-            values = row_values(parent)
-            del values["readers"]  # base.JobStore.save
-            await conn.execute(UPDATE_JOB, [{"job_id": batch_id, **values}])
-        return parent, complete
-
-    async def get_input(self, job_id: str, name: str) -> tuple[Any] | None:
-        t = job_inputs_table.c
-        query = sa.select(t.value).where((t.job_id == job_id) & (t.name == name))
-        async with self._read() as conn:
-            found = (await conn.execute(query)).scalar()
-        return None if found is None else (orjson.loads(found),)
+            return await _sql_live.end_child(conn, batch_id, state, count, announce)
 
     async def in_states(self, states: Collection[JobState], limit: int) -> list[Job]:
         c = jobs_table.c
