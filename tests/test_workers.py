@@ -416,3 +416,39 @@ async def test_a_batch_on_two_workers_ends_once_after_all_its_jobs(
     for child in batch["jobs"][:3]:
         done = await watch(client, server, child["id"])
         assert done[-1][1]["finished_at"] <= events[-1][1]["finished_at"]
+
+
+async def test_a_waiting_job_whose_worker_is_killed_resumes_with_its_inputs_replayed(
+    make_server: Callable[..., LiveServer],
+    procs: Processes,
+    shared: dict[str, Any],
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    first = procs.worker("first", data_dir=tmp_path / "w1", **shared)
+    server = make_server(**shared)
+    job = await submit(client, server, "ask_twice")
+    url, auth = f"{server.url}/api/jobs/{job['id']}", server.auth()
+
+    def waits_for(name: str) -> Callable[[dict[str, Any]], bool]:
+        return lambda j: (j["waiting"] or {}).get("name") == name
+
+    await poll_json(client, url, waits_for("first"), headers=auth)
+    answer = await client.post(f"{url}/input", json={"name": "first", "value": 1}, headers=auth)
+    assert answer.status_code == 202
+    await poll_json(client, url, waits_for("second"), headers=auth)
+    procs.stop(first, signal.SIGKILL)  # no goodbye: the sweep finds it (worker K4)
+    procs.worker("second", data_dir=tmp_path / "w2", **shared)
+
+    again = await poll_json(
+        client,
+        url,
+        lambda j: waits_for("second")(j) and j["attempts"] == 2,
+        timeout=30,
+        headers=auth,
+    )
+    assert again["inputs"] == {"first": 1}  # replayed, not asked again
+    answer = await client.post(f"{url}/input", json={"name": "second", "value": 2}, headers=auth)
+    assert answer.status_code == 202
+    done = await poll_json(client, url, terminal, timeout=15, headers=auth)
+    assert done["state"] == "succeeded" and done["result"] == [1, 2, 2]

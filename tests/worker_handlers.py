@@ -83,3 +83,11 @@ async def ask(ctx: JobContext, params: dict[str, Any]) -> Any:
 async def quick(ctx: JobContext, params: dict[str, Any]) -> int:
     """Ends at once: many of them end on several workers at the same time (batches)."""
     return int(params.get("n", 0))
+
+
+@registry.handler("ask_twice", retry_safe=True)
+async def ask_twice(ctx: JobContext, params: dict[str, Any]) -> list[Any]:
+    """Waits for two answers; re-run after its worker died, the first is replayed (N3)."""
+    first = await ctx.wait_for_input("first", timeout=60)
+    second = await ctx.wait_for_input("second", timeout=60)
+    return [first, second, ctx.attempt]
