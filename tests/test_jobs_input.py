@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from jobcast.client import AsyncClient, BadRequest, ConflictError, Event
-from tests.jobs_support import submit, watch
+from tests.jobs_support import submit, wait_running, watch
 from tests.support import EventStream, LiveServer
 
 
@@ -153,3 +153,27 @@ async def test_the_python_client_submits_tags_watches_a_list_and_gives_input(
         assert done.result == {"approved": True, "note": ""} and done.inputs["approve"]
         assert [j.id for j in (await jobs.list(tag="review")).jobs] == [job.id]
         await items.aclose()
+
+
+async def test_cancelling_a_waiting_job_ends_it_and_leaves_the_slots_as_they_were(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    server = make_server(handlers=["tests.handlers"], job_concurrency=1)
+    job = await submit(client, server, "approval")
+    await until_waiting(client, server, job["id"], "approve")
+    cancelled = await client.post(
+        f"{server.url}/api/jobs/{job['id']}/cancel", headers=server.auth("alice")
+    )
+    assert cancelled.status_code == 200
+    events = await watch(client, server, job["id"])
+    assert events[-1][0] == "cancelled" and events[-1][1]["waiting"] is None
+    late = await give(client, server, job["id"], {"name": "approve", "value": {"approved": True}})
+    assert late.status_code == 409
+    # one slot, neither lost nor doubled: two jobs still run one after the other
+    first = await submit(client, server, "wait_cancel")
+    second = await submit(client, server, "demo", {"steps": 1, "delay": 0})
+    await wait_running(client, server, first["id"])
+    polled = await client.get(f"{server.url}/api/jobs/{second['id']}", headers=server.auth())
+    assert polled.json()["state"] == "queued"  # the only slot is taken
+    await client.post(f"{server.url}/api/jobs/{first['id']}/cancel", headers=server.auth())
+    assert (await watch(client, server, second["id"]))[-1][0] == "succeeded"
