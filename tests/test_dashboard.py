@@ -359,3 +359,16 @@ def test_a_job_waiting_for_input_shows_a_form_from_its_schema(page: Page, tmp_pa
         expect(page.locator("#job-input")).to_be_hidden()
     finally:
         server.stop()
+
+
+def test_a_batch_page_lists_its_jobs_as_they_end(page: Page, server: LiveServer) -> None:
+    sign_in(page, server, "alice")
+    items = [{"kind": "demo", "params": {"steps": 2, "delay": 0.05}} for _ in range(3)]
+    batch = httpx.post(
+        server.url + "/api/batches", json={"jobs": items}, headers=server.auth("alice")
+    ).json()
+    expect(page.locator(f'tr[data-job-id="{batch["id"]}"] .badge')).to_have_text("succeeded")
+    page.goto(f"{server.url}/#/jobs/{batch['id']}")
+    expect(page.locator("#job-children li")).to_have_count(3)
+    expect(page.locator("#job-children .badge").first).to_have_text("succeeded")
+    expect(page.locator("#job-facts .badge")).to_have_text("succeeded")

@@ -228,6 +228,7 @@ function renderJob(job) {
     facts.append(dt, dd);
   }
   renderWaiting(job);
+  renderChildren(job);
   $("job-progress").value = job.progress ?? 0;
   $("job-progress-text").textContent = percent(job);
   $("job-cancel").hidden = TERMINAL.has(job.state) || !job.state;
@@ -252,6 +253,31 @@ function renderWaiting(job) {
     return;
   }
   renderInputForm(box, job.waiting, (value) => giveInput(job.id, job.waiting.name, value, auth));
+}
+
+let childrenSeq = null; // the batch event the children list was loaded for
+
+/** A batch's page lists its jobs, reloaded whenever the batch moves on (one of them ended). */
+async function renderChildren(job) {
+  const box = $("job-children");
+  box.hidden = job.kind !== "batch";
+  if (job.kind !== "batch" || childrenSeq === `${job.id} ${job.seq}`) return;
+  childrenSeq = `${job.id} ${job.seq}`;
+  try {
+    const page = await listJobs({ parent: job.id, limit: 200 }, auth);
+    const list = document.createElement("ul");
+    for (const child of page.jobs) {
+      const item = document.createElement("li");
+      const link = document.createElement("a");
+      link.href = `#/jobs/${child.id}`;
+      link.textContent = `${child.id.slice(-8)} ${child.kind}`;
+      item.append(link, " ", badge(child.state));
+      list.append(item);
+    }
+    $("job-children-list").replaceChildren(list);
+  } catch (error) {
+    logLine(`jobs of the batch: ${error.message}`);
+  }
 }
 
 function logLine(text) {
