@@ -6,6 +6,9 @@ import asyncio
 import time
 from typing import Any
 
+from pydantic import BaseModel
+
+from jobcast.errors import InvalidInput
 from jobcast.jobs import JobContext, Registry, Retry, RetryPolicy
 
 registry = Registry()
@@ -75,3 +78,48 @@ async def flaky(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
             raise Retry(f"attempt {ctx.attempt} asks for a later one", after=float(after))
         raise ConnectionError(f"attempt {ctx.attempt} lost its connection")
     return {"attempt": ctx.attempt}
+
+
+@registry.handler("metadata")
+def metadata(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Updates its metadata in a tight loop (coalesced), then tries to pass the size cap."""
+    count = int(params.get("n", 1000))
+    for index in range(1, count + 1):
+        ctx.metadata.increment("pages")
+        ctx.metadata.set("current", f"page-{index}")
+        if index % 100 == 0:
+            ctx.metadata.append("done", index)
+    ctx.metadata.merge({"language": "fr", "cost": 0.25})
+    ctx.metadata.remove("current")
+    refused = ""
+    try:
+        ctx.metadata.merge({"language": "de", "huge": "x" * 70_000})
+    except InvalidInput as exc:
+        refused = str(exc)
+    return {"refused": refused}
+
+
+class Approval(BaseModel):
+    approved: bool
+    note: str = ""
+
+
+@registry.handler("approval", retry_safe=True)
+async def approval(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Waits for a person's approval (and, with ``second``, a speaker): input tests."""
+    ctx.progress(10, stage="drafted")
+    extra = {"default": None} if params.get("default") else {}
+    answer = await ctx.wait_for_input(
+        "approve",
+        schema=Approval,
+        prompt="Publish the summary?",
+        timeout=float(params.get("timeout", 30)),
+        **extra,
+    )
+    if answer is None:
+        return {"approved": None}
+    result: dict[str, Any] = {"approved": answer.approved, "note": answer.note}
+    if params.get("second"):
+        schema = {"type": "string", "enum": ["anna", "ben"]}
+        result["speaker"] = await ctx.wait_for_input("speaker", schema=schema, timeout=30)
+    return result

@@ -9,7 +9,7 @@ import os
 
 import redis
 
-from jobcast.integrations.rq import progress
+from jobcast.integrations.rq import metadata, progress
 
 REDIS = os.environ.get("JOBCAST_TEST_RQ_REDIS", "redis://127.0.0.1:6379/15")
 PREFIX = os.environ.get("JOBCAST_TEST_RQ_PREFIX", "jobcast-test-rq")
@@ -34,8 +34,11 @@ class Opaque:
 
 
 def count(steps: int) -> dict[str, int]:
+    meta = metadata()
     for step in range(steps):
         progress(100 * (step + 1) / steps, stage="counting", message=f"{step + 1}/{steps}")
+        if meta is not None:
+            meta.increment("counted")
     return {"steps": steps}
 
 

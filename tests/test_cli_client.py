@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -9,10 +10,11 @@ import queue
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from rich.console import Console
 from typer.testing import CliRunner
@@ -20,7 +22,7 @@ from typer.testing import CliRunner
 from jobcast.cli import app
 from jobcast.cli_render import JobProgress, jobs_table
 from jobcast.client import Event, Job
-from tests.support import LiveServer
+from tests.support import LiveServer, eventually
 from tests.test_client_streams import Proxy, reauthing_server
 
 
@@ -93,6 +95,42 @@ def test_jobs_lists_and_filters(env: dict[str, str]) -> None:
     listed = jobcast(env, "jobs", "--state", "succeeded", "--kind", "demo", "--json")
     assert [json.loads(line)["id"] for line in listed.stdout.splitlines()] == [first]
     assert jobcast(env, "jobs", "--state", "running").stdout.strip() == "no jobs"
+
+
+def test_tags_metadata_and_input_from_the_command_line(
+    make_server: Callable[..., LiveServer], tmp_path: Path
+) -> None:
+    server = make_server(handlers=["tests.handlers"])
+    env = cli_env(server.url, server.token("alice"), tmp_path)
+    tagged = jobcast(
+        env, "submit", "approval", "--tag", "review", "--metadata", '{"doc": "a.pdf"}', "--json"
+    )
+    assert tagged.returncode == 0, tagged.stderr
+    job_id = json.loads(tagged.stdout)["id"]
+    listed = jobcast(env, "jobs", "--tag", "review", "--json")
+    assert [json.loads(line)["id"] for line in listed.stdout.splitlines()] == [job_id]
+
+    def waiting() -> bool:
+        job = httpx.get(f"{server.url}/api/jobs/{job_id}", headers=server.auth("alice")).json()
+        return job["waiting"] is not None
+
+    asyncio.run(eventually(waiting, timeout=10))
+    refused = jobcast(env, "input", job_id, "approve", '{"approved": "maybe"}')
+    assert refused.returncode != 0 and "approved" in refused.stderr
+    given = jobcast(env, "input", job_id, "approve", '{"approved": true}')
+    assert given.returncode == 0, given.stderr
+    watched = jobcast(env, "watch", job_id, "--json")
+    final = json.loads(watched.stdout.splitlines()[-1])["data"]
+    assert final["metadata"] == {"doc": "a.pdf"} and final["result"]["approved"] is True
+    bad = jobcast(env, "submit", "demo", "--metadata", "[1]")
+    assert bad.returncode == 2 and "--metadata must be a JSON object" in bad.stderr
+    items = '[{"kind": "demo", "params": {"steps": 1}}, {"kind": "demo", "params": {"steps": 1}}]'
+    batch = jobcast(env, "batch", items, "--tag", "nightly")
+    assert batch.returncode == 0, batch.stderr
+    batch_id = batch.stdout.strip()
+    assert jobcast(env, "watch", batch_id).returncode == 0
+    children = jobcast(env, "jobs", "--parent", batch_id, "--json")
+    assert len(children.stdout.splitlines()) == 2
 
 
 def lines_of(process: subprocess.Popen[str]) -> queue.Queue[str]:

@@ -204,14 +204,17 @@ def test_a_failed_job_shows_its_error_and_a_running_one_can_be_cancelled(
     expect(page.locator(f'tr[data-job-id="{job_id}"] .badge')).to_have_text("cancelled")
 
 
-def test_progress_of_an_unknown_job_fetches_it_once(page: Page, server: LiveServer) -> None:
+def test_progress_of_an_unknown_job_waits_for_its_snapshot(page: Page, server: LiveServer) -> None:
+    """The table is a live job list: a delta of a job it does not show is skipped (the list
+    has nothing to merge it into), and the job's next whole-job event shows it, with no
+    request of the page's own."""
     page.goto(server.url + "/")
     page.get_by_label("Access token").fill(server.token("root", "admin"))
     page.get_by_role("button", name="Sign in").click()
     expect(page.locator("#connection")).to_have_attribute("data-state", "open")
     job_id = "ffffffffffffffff00000a"
-    held: list[Route] = []  # the snapshot requests, answered only at the end
-    page.route(f"**/api/jobs/{job_id}", lambda route: held.append(route))
+    fetched: list[Route] = []
+    page.route(f"**/api/jobs/{job_id}", lambda route: fetched.append(route))
 
     def publish(type_: str, data: dict[str, object]) -> None:
         httpx.post(
@@ -222,13 +225,37 @@ def test_progress_of_an_unknown_job_fetches_it_once(page: Page, server: LiveServ
 
     for seq in (1, 2, 3):
         publish("progress", {"seq": seq, "progress": 10 * seq})
-    # A full update after them: once its row shows, every progress update was handled.
     created = "2030-01-01T00:00:00Z"
     publish("state", {"seq": 4, "kind": "demo", "state": "running", "created_at": created})
     expect(page.locator(f'tr[data-job-id="{job_id}"] .badge')).to_have_text("running")
-    assert len(held) == 1
-    for route in held:
-        route.fulfill(status=404, json={"error": "not_found", "message": "no such job"})
+    publish("progress", {"seq": 5, "progress": 60})
+    expect(page.locator(f'tr[data-job-id="{job_id}"] .progress-text')).to_contain_text("60")
+    assert fetched == []
+
+
+def test_the_filter_box_shows_only_matching_jobs_live(page: Page, server: LiveServer) -> None:
+    sign_in(page, server, "alice")
+
+    def submit(tags: list[str]) -> str:
+        response = httpx.post(
+            server.url + "/api/jobs",
+            json={"kind": "demo", "params": {"steps": 2, "delay": 0.05}, "tags": tags},
+            headers=server.auth("alice"),
+        )
+        job_id: str = response.json()["id"]
+        return job_id
+
+    other = submit(["batch-8"])
+    expect(page.locator(f'tr[data-job-id="{other}"]')).to_have_count(1)
+    page.get_by_role("searchbox", name="Filter").fill("batch-7 state:succeeded")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.locator(f'tr[data-job-id="{other}"]')).to_have_count(0)
+    tagged = submit(["batch-7", "customer:42"])
+    expect(page.locator(f'tr[data-job-id="{tagged}"] .badge')).to_have_text("succeeded")
+    expect(page.locator("#jobs-body tr")).to_have_count(1)
+    page.get_by_role("searchbox", name="Filter").fill("bad tag!")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.locator("#filter-error")).to_contain_text("a tag is")
 
 
 def test_an_expired_cookie_session_signs_out(page: Page, tmp_path: Path) -> None:
@@ -306,3 +333,42 @@ def test_a_job_page_shows_attempts_and_retries_and_re_runs_a_finished_job(
         expect(page.locator("#job-result")).to_contain_text('"attempt": 2')
     finally:
         server.stop()
+
+
+def test_a_job_waiting_for_input_shows_a_form_from_its_schema(page: Page, tmp_path: Path) -> None:
+    server = start_server(tmp_path / "input", handlers=["tests.handlers"])
+    try:
+        sign_in(page, server, "alice")
+        job = httpx.post(
+            server.url + "/api/jobs",
+            json={"kind": "approval", "params": {"second": True}},
+            headers=server.auth("alice"),
+        ).json()
+        page.goto(f"{server.url}/#/jobs/{job['id']}")
+        expect(page.locator("#job-input")).to_contain_text("Publish the summary?")
+        page.get_by_label("approved").check()
+        page.get_by_label("note").fill("looks good")
+        page.get_by_role("button", name="Send input").click()
+        # the next request: an enum, a single field
+        expect(page.locator("#job-input h3")).to_have_text("Input: speaker")
+        page.get_by_label("Value").select_option(label="ben")
+        page.get_by_role("button", name="Send input").click()
+        expect(page.locator("#job-facts .badge")).to_have_text("succeeded")
+        result = httpx.get(f"{server.url}/api/jobs/{job['id']}", headers=server.auth()).json()
+        assert result["result"] == {"approved": True, "note": "looks good", "speaker": "ben"}
+        expect(page.locator("#job-input")).to_be_hidden()
+    finally:
+        server.stop()
+
+
+def test_a_batch_page_lists_its_jobs_as_they_end(page: Page, server: LiveServer) -> None:
+    sign_in(page, server, "alice")
+    items = [{"kind": "demo", "params": {"steps": 2, "delay": 0.05}} for _ in range(3)]
+    batch = httpx.post(
+        server.url + "/api/batches", json={"jobs": items}, headers=server.auth("alice")
+    ).json()
+    expect(page.locator(f'tr[data-job-id="{batch["id"]}"] .badge')).to_have_text("succeeded")
+    page.goto(f"{server.url}/#/jobs/{batch['id']}")
+    expect(page.locator("#job-children li")).to_have_count(3)
+    expect(page.locator("#job-children .badge").first).to_have_text("succeeded")
+    expect(page.locator("#job-facts .badge")).to_have_text("succeeded")

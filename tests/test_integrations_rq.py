@@ -126,6 +126,7 @@ async def test_an_rq_job_is_a_job_from_queued_to_its_end(
     types = [t for t, _ in events]
     assert types[0] == "snapshot" and types[-1] == "succeeded" and "progress" in types, types
     assert events[-1][1]["result"] == {"steps": 20} and events[-1][1]["attempts"] == 1
+    assert events[-1][1]["metadata"] == {"counted": 20}  # coalesced, final in the snapshot
 
     retried = queue.enqueue(
         rq_tasks.flaky, "flaky", 1, meta=meta, retry=Retry(max=2), failure_ttl=60

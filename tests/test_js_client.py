@@ -468,3 +468,66 @@ def test_submit_options_rerun_and_a_retrying_job(page: Page, tmp_path: Path) -> 
         assert "retrying" in seen and seen[-1] == "succeeded" and attempts == 2
     finally:
         server.stop()
+
+
+def test_watch_jobs_keeps_a_live_list_and_give_input_answers_a_waiting_job(
+    page: Page, tmp_path: Path
+) -> None:
+    server = start_server(tmp_path / "live", handlers=["tests.handlers"])
+    try:
+        page.goto(server.url + "/static/jobcast.js")
+        page.evaluate(SETUP)
+        token = server.token("alice", ttl=3600)
+        page.evaluate(
+            """(t) => {
+                 window.synced = 0; window.removed = [];
+                 window.list = jc.watchJobs({tag: 'review', state: ['queued', 'running']}, {
+                   onSynced: () => { synced += 1; },
+                   onRemove: (id, reason) => removed.push([id, reason]) }, {token: t});
+                 window.wsList = jc.watchJobs({tag: 'review'}, {
+                   onSynced: () => { synced += 1; } }, {token: t, transport: 'ws'});
+               }""",
+            token,
+        )
+        wait_for(page, "window.synced >= 2")
+        job_id = page.evaluate(
+            """async (t) => (await jc.submitJob('approval', {},
+                 {token: t, tags: ['review'], metadata: {doc: 'a.pdf'}})).id""",
+            token,
+        )
+        waiting = wait_for(page, f"list.jobs.get('{job_id}')?.waiting")
+        assert waiting["name"] == "approve" and waiting["prompt"] == "Publish the summary?"
+        assert page.evaluate(f"list.jobs.get('{job_id}').metadata") == {"doc": "a.pdf"}
+        statuses = page.evaluate(
+            """async ([id, t]) => {
+                 const status = async (value) => {
+                   try { await jc.giveInput(id, 'approve', value, {token: t}); return 202; }
+                   catch (e) { return e.status; }
+                 };
+                 return [await status({approved: 'maybe'}), await status({approved: true}),
+                         await status({approved: false})];
+               }""",
+            [job_id, token],
+        )
+        assert statuses == [422, 202, 409]
+        # it succeeds, which leaves the filter (queued, running): removed from the list
+        assert wait_for(page, f"removed.find(([id]) => id === '{job_id}')") == [job_id, "filter"]
+        assert page.evaluate("list.jobs.size") == 0
+        final = wait_for(
+            page,
+            f"wsList.jobs.get('{job_id}')?.state === 'succeeded' && wsList.jobs.get('{job_id}')",
+        )
+        assert final["inputs"] == {"approve": {"approved": True}}  # as given
+        page.evaluate("list.close(); wsList.close()")
+        batch = page.evaluate(
+            """async (t) => {
+                 const batch = await jc.submitBatch([{kind: 'demo', params: {steps: 1}},
+                   {kind: 'demo', params: {steps: 1}}], {token: t, tags: ['js']});
+                 return await new Promise((done) => jc.watchJob(batch.id, {onDone: done},
+                                                                {token: t}));
+               }""",
+            token,
+        )
+        assert batch["kind"] == "batch" and batch["result"]["succeeded"] == 2
+    finally:
+        server.stop()

@@ -65,6 +65,11 @@ async def test_create_then_get_round_trips_every_field(store: JobStore) -> None:
         error={"type": "Boom", "message": "it broke"},
         attempts=2,
         last_event_id="abc-12",
+        metadata={"language": "fr", "pages": [1, 2]},
+        tags=["customer:42", "batch-7"],
+        waiting={"name": "approve", "schema": {"type": "boolean"}, "prompt": "ok?"},
+        inputs={"pick": "b"},
+        parent_id="0123abcd",
     )
     await store.create(job)
     assert await store.get(job.id) == job
@@ -138,6 +143,42 @@ async def test_list_is_newest_first_with_filters_and_cursor(store: JobStore) -> 
     assert (await store.list_jobs(JobQuery(limit=7))).next_cursor is None
 
 
+async def test_tags_filter_lists_jobs_with_every_tag(store: JobStore) -> None:
+    both = make_job(tags=["customer:42", "batch-7"])
+    one = make_job(tags=["customer:42"])
+    other = make_job(tags=["batch-7"], owner="bob")
+    await store.create(both)
+    await store.create(one)
+    assert await store.create_keyed(other, "key", "hash", 60) is None  # keyed: tags too
+
+    async def ids(*tags: str, owner: str | None = None) -> list[str]:
+        page = await store.list_jobs(JobQuery(owner=owner, tags=tags))
+        return [job.id for job in page.jobs]
+
+    assert await ids("customer:42") == [one.id, both.id]
+    assert await ids("customer:42", "batch-7") == [both.id]
+    assert await ids("batch-7") == [other.id, both.id]
+    assert await ids("batch-7", owner="alice") == [both.id]
+    assert await ids("nothing") == []
+    assert await store.delete(both.id)
+    assert await ids("batch-7") == [other.id]
+
+
+async def test_one_of_two_concurrent_inputs_is_stored(store: JobStore) -> None:
+    job = make_job()
+    await store.create(job)
+    assert await store.get_input(job.id, "approve") is None
+    results = await asyncio.gather(
+        store.put_input(job.id, "approve", {"ok": True}, "alice"),
+        store.put_input(job.id, "approve", {"ok": False}, "bob"),
+    )
+    assert sorted(results) == [False, True]
+    stored = await store.get_input(job.id, "approve")
+    assert stored == ({"ok": True},) if results[0] else ({"ok": False},)
+    assert await store.put_input(job.id, "other", None, "alice")
+    assert await store.get_input(job.id, "other") == (None,)
+
+
 async def test_delete(store: JobStore) -> None:
     job = make_job()
     await store.create(job)
@@ -190,9 +231,9 @@ async def test_a_newer_schema_is_refused(store_url: str) -> None:
 
 
 async def test_a_schema_2_database_is_brought_forward(store_url: str) -> None:
-    """A database written before external queues, retries, schedules and keys (schema 2):
-    opening it adds the columns (MIGRATIONS[2] and [3]) and the key tables, and its jobs read
-    with the defaults."""
+    """A database written before external queues, retries, schedules, keys, metadata, tags
+    and inputs (schema 2): opening it adds the columns (MIGRATIONS[2], [3] and [4]) and the
+    key, tag and input tables, and its jobs read with the defaults."""
     store = SQLJobStore(store_url)
     await store.open()
     old = make_job()
@@ -200,6 +241,7 @@ async def test_a_schema_2_database_is_brought_forward(store_url: str) -> None:
     engine = store._engine
     assert engine is not None
     async with engine.begin() as conn:  # back to what schema 2 had
+        await conn.execute(sa.text("DROP INDEX jobs_by_parent"))
         for column in (
             "runs_on",
             "max_attempts",
@@ -208,8 +250,16 @@ async def test_a_schema_2_database_is_brought_forward(store_url: str) -> None:
             "scheduled_for",
             "priority",
             "rerun_of",
+            "job_metadata",
+            "tags",
+            "waiting",
+            "inputs",
+            "parent_id",
         ):
             await conn.execute(sa.text(f"ALTER TABLE jobs DROP COLUMN {column}"))
+        await conn.execute(sa.text("DROP TABLE job_batches"))
+        await conn.execute(sa.text("DROP TABLE job_tags"))
+        await conn.execute(sa.text("DROP TABLE job_inputs"))
         await conn.execute(sa.text("DROP TABLE job_keys"))
         await conn.execute(sa.text("DROP TABLE event_keys"))
         await conn.execute(sa.text("UPDATE jobcast_meta SET value = '2'"))
@@ -222,6 +272,12 @@ async def test_a_schema_2_database_is_brought_forward(store_url: str) -> None:
         assert found is not None
         assert (found.max_attempts, found.priority, found.scheduled_for) == (0, 0, None)
         assert found.runs_on is None
+        assert (found.metadata, found.tags, found.waiting, found.inputs) == ({}, [], None, {})
+        tagged = make_job(tags=["t"], metadata={"k": 1})
+        await store.create(tagged)
+        page = await store.list_jobs(JobQuery(tags=["t"]))
+        assert [job.id for job in page.jobs] == [tagged.id]
+        assert await store.put_input(old.id, "approve", True, "alice")
         keyed = make_job(priority=3, max_attempts=2)
         assert await store.create_keyed(keyed, "k", "hash", 60) is None
         assert await store.create_keyed(make_job(), "k", "hash", 60) == (keyed.id, "hash")

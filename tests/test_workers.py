@@ -144,6 +144,14 @@ async def test_a_killed_worker_s_jobs_are_retried_or_failed_never_left_running(
     # Its handler leaves the marker before it reports this stage; killed sooner, the second
     # attempt would find no marker and hang as the first did.
     await wait_running(client, server, safe["id"], stage="first attempt")
+    # metadata is stored within the store interval of its event (live.L2): a move keeps it
+    await poll_json(
+        client,
+        f"{server.url}/api/jobs/{safe['id']}",
+        lambda job: job["metadata"].get("first") == "done",
+        timeout=5,
+        headers=server.auth(),
+    )
 
     # A kind with a retry policy: the killed run counts as an attempt (retry.T2); the same
     # kind with max_attempts=1 for this submission has none left and fails.
@@ -169,6 +177,7 @@ async def test_a_killed_worker_s_jobs_are_retried_or_failed_never_left_running(
     resumed = await poll_json(client, f"{url}/{safe['id']}", terminal, timeout=30, headers=auth)
     assert resumed["state"] == "succeeded" and resumed["result"] == "resumed"
     assert resumed["attempts"] == 2
+    assert resumed["metadata"] == {"attempts_seen": [1, 2], "first": "done"}  # across workers
     again = await poll_json(client, f"{url}/{retried['id']}", terminal, timeout=30, headers=auth)
     assert again["state"] == "succeeded" and again["result"] == 2 and again["attempts"] == 2
     ended = await poll_json(client, f"{url}/{once['id']}", terminal, timeout=30, headers=auth)
@@ -357,3 +366,87 @@ async def test_a_delayed_job_handed_out_early_waits_for_its_time(
     assert events[-1][0] == "succeeded"
     assert events[-1][1]["started_at"] >= job["scheduled_for"]
     assert events[-1][1]["attempts"] == 1
+
+
+async def test_a_worker_s_job_waits_for_input_given_through_the_server(
+    make_server: Callable[..., LiveServer],
+    procs: Processes,
+    shared: dict[str, Any],
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    procs.worker("w", data_dir=tmp_path / "w", **shared)
+    server = make_server(**shared)
+    job = await submit(client, server, "ask")
+    url, auth = f"{server.url}/api/jobs/{job['id']}", server.auth()
+    waiting = await poll_json(client, url, lambda j: j["waiting"] is not None, headers=auth)
+    assert waiting["waiting"]["schema"] == {"type": "integer"}
+    bad = await client.post(f"{url}/input", json={"name": "answer", "value": "x"}, headers=auth)
+    assert bad.status_code == 422
+    given = await client.post(f"{url}/input", json={"name": "answer", "value": 42}, headers=auth)
+    assert given.status_code == 202, given.text
+    done = await poll_json(client, url, terminal, timeout=15, headers=auth)
+    assert done["state"] == "succeeded" and done["result"] == 42
+    assert done["inputs"] == {"answer": 42} and done["metadata"] == {"asked": True}
+
+
+async def test_a_batch_on_two_workers_ends_once_after_all_its_jobs(
+    make_server: Callable[..., LiveServer],
+    procs: Processes,
+    shared: dict[str, Any],
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    server = make_server(**shared)
+    jobs = [{"kind": "quick", "params": {"n": n}} for n in range(30)]
+    response = await client.post(
+        f"{server.url}/api/batches", json={"jobs": jobs}, headers=server.auth()
+    )
+    assert response.status_code == 202, response.text
+    batch = response.json()
+    # both workers start on a full queue: their jobs end at the same moments
+    procs.worker("w1", data_dir=tmp_path / "w1", job_concurrency=8, **shared)
+    procs.worker("w2", data_dir=tmp_path / "w2", job_concurrency=8, **shared)
+    events = await watch(client, server, batch["id"], timeout=30)
+    terminal = [kind for kind, _ in events if kind in ("succeeded", "failed", "cancelled")]
+    assert terminal == ["succeeded"]
+    assert events[-1][1]["result"] == {"succeeded": 30, "failed": 0, "cancelled": 0, "total": 30}
+    for child in batch["jobs"][:3]:
+        done = await watch(client, server, child["id"])
+        assert done[-1][1]["finished_at"] <= events[-1][1]["finished_at"]
+
+
+async def test_a_waiting_job_whose_worker_is_killed_resumes_with_its_inputs_replayed(
+    make_server: Callable[..., LiveServer],
+    procs: Processes,
+    shared: dict[str, Any],
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    first = procs.worker("first", data_dir=tmp_path / "w1", **shared)
+    server = make_server(**shared)
+    job = await submit(client, server, "ask_twice")
+    url, auth = f"{server.url}/api/jobs/{job['id']}", server.auth()
+
+    def waits_for(name: str) -> Callable[[dict[str, Any]], bool]:
+        return lambda j: (j["waiting"] or {}).get("name") == name
+
+    await poll_json(client, url, waits_for("first"), headers=auth)
+    answer = await client.post(f"{url}/input", json={"name": "first", "value": 1}, headers=auth)
+    assert answer.status_code == 202
+    await poll_json(client, url, waits_for("second"), headers=auth)
+    procs.stop(first, signal.SIGKILL)  # no goodbye: the sweep finds it (worker K4)
+    procs.worker("second", data_dir=tmp_path / "w2", **shared)
+
+    again = await poll_json(
+        client,
+        url,
+        lambda j: waits_for("second")(j) and j["attempts"] == 2,
+        timeout=30,
+        headers=auth,
+    )
+    assert again["inputs"] == {"first": 1}  # replayed, not asked again
+    answer = await client.post(f"{url}/input", json={"name": "second", "value": 2}, headers=auth)
+    assert answer.status_code == 202
+    done = await poll_json(client, url, terminal, timeout=15, headers=auth)
+    assert done["state"] == "succeeded" and done["result"] == [1, 2, 2]

@@ -26,8 +26,10 @@ async def hang(ctx: JobContext, params: dict[str, Any]) -> None:
 def resumable(ctx: JobContext, params: dict[str, Any]) -> str:
     """Hangs on its first attempt (leaving a marker file), succeeds on the next."""
     marker = Path(params["marker"])
+    ctx.metadata.append("attempts_seen", ctx.attempt)
     if not marker.exists():
         marker.touch()
+        ctx.metadata.set("first", "done")
         ctx.progress(10, stage="first attempt")
         for _ in range(600):  # until the worker is killed (or the job cancelled)
             ctx.check_cancelled()
@@ -95,3 +97,24 @@ def counted(ctx: JobContext, params: dict[str, Any]) -> dict[str, int]:
 
 registry.handler("counted")(counted)
 registry.handler("counted_limited", concurrency=2)(counted)
+
+
+@registry.handler("ask")
+async def ask(ctx: JobContext, params: dict[str, Any]) -> Any:
+    """Waits for an answer given through the server (input_wait.N1: read from the store)."""
+    ctx.metadata.set("asked", True)
+    return await ctx.wait_for_input("answer", schema={"type": "integer"}, timeout=30)
+
+
+@registry.handler("quick")
+async def quick(ctx: JobContext, params: dict[str, Any]) -> int:
+    """Ends at once: many of them end on several workers at the same time (batches)."""
+    return int(params.get("n", 0))
+
+
+@registry.handler("ask_twice", retry_safe=True)
+async def ask_twice(ctx: JobContext, params: dict[str, Any]) -> list[Any]:
+    """Waits for two answers; re-run after its worker died, the first is replayed (N3)."""
+    first = await ctx.wait_for_input("first", timeout=60)
+    second = await ctx.wait_for_input("second", timeout=60)
+    return [first, second, ctx.attempt]

@@ -11,6 +11,7 @@ import typer
 
 from jobcast.cli_client import register as register_client_commands
 from jobcast.cli_context import EXIT_USAGE, fail, no_color
+from jobcast.cli_live import register as register_live_commands
 from jobcast.principal import Role
 
 
@@ -236,6 +237,7 @@ def _version() -> str:
 
 
 register_client_commands(app)  # submit, watch, jobs, cancel, rerun, publish, tail
+register_live_commands(app)  # input, live, batch
 
 
 def main() -> None:

@@ -79,16 +79,20 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def parse_object(text: str, option: str) -> dict[str, Any]:
+    try:
+        loaded = load_json(text)
+    except ValueError as exc:
+        fail(f"{option} must be a JSON object ({exc})", EXIT_USAGE)
+    if not isinstance(loaded, dict):
+        fail(f"{option} must be a JSON object", EXIT_USAGE)
+    return loaded
+
+
 def parse_params(pairs: list[str], params_json: str | None) -> dict[str, Any]:
     params: dict[str, Any] = {}
     if params_json:
-        try:
-            loaded = load_json(params_json)
-        except ValueError as exc:
-            fail(f"--params must be a JSON object ({exc})", EXIT_USAGE)
-        if not isinstance(loaded, dict):
-            fail("--params must be a JSON object", EXIT_USAGE)
-        params.update(loaded)
+        params.update(parse_object(params_json, "--params"))
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
@@ -163,6 +167,10 @@ def submit(
     idempotency_key: Annotated[
         str | None, typer.Option(help="Submitting again with this key returns the first job.")
     ] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="A label; repeat for several.")] = None,
+    metadata: Annotated[
+        str | None, typer.Option(help="The job's initial metadata, one JSON object.")
+    ] = None,
     as_json: JsonOption = False,
     url: UrlOption = None,
     token: TokenOption = None,
@@ -172,6 +180,7 @@ def submit(
         fail("--timeout applies to --watch", EXIT_USAGE)
     target = Target.resolve(url, token)
     values = parse_params(param or [], params)
+    initial = parse_object(metadata, "--metadata") if metadata is not None else None
     with friendly_errors(target), target.client() as client:
         job = client.submit(
             kind,
@@ -181,6 +190,8 @@ def submit(
             priority=priority,
             max_attempts=max_attempts,
             idempotency_key=idempotency_key,
+            tags=tag,
+            metadata=initial,
         )
         if as_json and not watch:
             typer.echo(json.dumps({"id": job.id, "kind": job.kind, "state": job.state.value}))
@@ -211,6 +222,10 @@ def jobs(
         list[str] | None, typer.Option(help="queued, running, succeeded, failed, cancelled.")
     ] = None,
     kind: Annotated[str | None, typer.Option(help="Only jobs of this kind.")] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option(help="Only jobs with this tag; repeat: all must match.")
+    ] = None,
+    parent: Annotated[str | None, typer.Option(help="Only the jobs of this batch.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=200, help="At most this many.")] = 50,
     as_json: JsonOption = False,
     url: UrlOption = None,
@@ -225,7 +240,7 @@ def jobs(
             fail(f"--state {value!r}: use one of {', '.join(states)}", EXIT_USAGE)
     target = Target.resolve(url, token)
     with friendly_errors(target), target.client() as client:
-        page = client.list(state=state, kind=kind, limit=limit)
+        page = client.list(state=state, kind=kind, limit=limit, tag=tag, parent=parent)
         if as_json:
             for job in page.jobs:
                 typer.echo(json.dumps({"id": job.id, "kind": job.kind, "state": job.state.value}))

@@ -19,7 +19,7 @@ from jobcast.topics import TopicPattern
 if TYPE_CHECKING:
     from jobcast.jobs.model import Job
 
-JobAction = Literal["submit", "read", "cancel", "delete", "grant", "rerun"]
+JobAction = Literal["submit", "read", "cancel", "delete", "grant", "rerun", "input"]
 JOB_TOPIC_PREFIX = "jobs/"
 
 

@@ -105,14 +105,25 @@ class AsyncClient(BaseClient):
         run_at: datetime | str | None = None,
         priority: int | None = None,
         max_attempts: int | None = None,
+        tags: Iterable[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> Job:
         """Submit a job of ``kind``; with ``file``, upload it (multipart) as the job's input.
 
         ``idempotency_key``: a retried submission with the same key returns the first job;
         ``delay`` (seconds) or ``run_at`` start it later; ``priority`` (-100..100, higher
-        first) orders it among queued jobs; ``max_attempts`` overrides its handler's retries.
+        first) orders it among queued jobs; ``max_attempts`` overrides its handler's retries;
+        ``tags`` (up to 10) label it for filters; ``metadata`` is its initial metadata.
         """
-        options = SubmitOptions(idempotency_key, delay, run_at, priority, max_attempts)
+        options = SubmitOptions(
+            idempotency_key,
+            delay,
+            run_at,
+            priority,
+            max_attempts,
+            tuple(tags) if tags is not None else None,
+            metadata,
+        )
         return Job.from_dict(await self._call(self._submit(kind, params, file, options)))
 
     async def rerun(self, job_id: str) -> Job:
@@ -131,9 +142,14 @@ class AsyncClient(BaseClient):
         owner: str | None = None,
         limit: int | None = None,
         cursor: str | None = None,
+        tag: str | Iterable[str] | None = None,
+        parent: str | None = None,
     ) -> JobPage:
-        """One page of jobs, newest first, filtered by state(s), kind and owner."""
-        return self._page(await self._call(self._list(state, kind, owner, limit, cursor)))
+        """One page of jobs, newest first, filtered by state(s), kind, owner, tag(s) (every
+        tag must match) and batch (``parent``)."""
+        return self._page(
+            await self._call(self._list(state, kind, owner, limit, cursor, tag, parent))
+        )
 
     async def cancel(self, job_id: str) -> Job:
         """Ask a queued or running job to stop (``ConflictError`` once it has finished)."""
@@ -142,6 +158,44 @@ class AsyncClient(BaseClient):
     async def delete(self, job_id: str) -> None:
         """Delete a finished job and its upload."""
         await self._call(Call("DELETE", f"/api/jobs/{job_id}"))
+
+    async def submit_batch(
+        self,
+        jobs: Iterable[Mapping[str, Any]],
+        *,
+        tags: Iterable[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        allow_failures: bool = False,
+    ) -> Job:
+        """Submit jobs (``{"kind", "params", ...}`` each) as one batch, all or none; returns
+        its parent job, which follows them and ends once they all have (``failed`` if any
+        failed, unless ``allow_failures``). Its jobs: ``list(parent=batch.id)``."""
+        return Job.from_dict(await self._call(self._batch(jobs, tags, metadata, allow_failures)))
+
+    async def give_input(self, job_id: str, name: str, value: Any) -> Job:
+        """Give a job that waits for input ``name`` its value (``ctx.wait_for_input``).
+
+        ``BadRequest`` (422) when the value does not fit the request's schema (nothing
+        changes); ``ConflictError`` (409) when the job no longer waits for it (another answer
+        came first, or it timed out)."""
+        return Job.from_dict(await self._call(self._input(job_id, name, value)))
+
+    async def watch_jobs(
+        self,
+        *,
+        tag: str | Iterable[str] | None = None,
+        kind: str | None = None,
+        state: str | Iterable[str] | None = None,
+    ) -> AsyncGenerator[StreamItem, None]:
+        """A live job list, for ever: a ``snapshot`` event for each matching job, ``synced``,
+        then a ``snapshot`` whenever one changes or appears and ``removed`` when one leaves.
+        Keep a map by job id; after a reconnect the list is sent again, then ``synced``."""
+        params = self._filter_params(state, kind, tag)
+        state_ = StreamState(self.reconnect, job=False)
+        path = "/api/jobs/live"
+        async with contextlib.aclosing(self._stream(path, params, state_, None)) as items:
+            async for item in items:
+                yield item
 
     # A cancel scope cannot span an async generator's yields, hence a deadline, not fail_after.
     async def watch(

@@ -47,6 +47,10 @@ class SubmitOptions:
     run_at: datetime | str | None = None
     priority: int | None = None
     max_attempts: int | None = None
+    #: Up to 10 short labels, for ``list(tag=...)`` and ``watch_jobs(tag=...)``.
+    tags: tuple[str, ...] | None = None
+    #: The job's initial metadata (a JSON object).
+    metadata: Mapping[str, Any] | None = None
 
     def fields(self) -> dict[str, Any]:
         """The body fields of ``POST /api/jobs`` for the options that are set."""
@@ -57,6 +61,8 @@ class SubmitOptions:
             "run_at": run_at,
             "priority": self.priority,
             "max_attempts": self.max_attempts,
+            "tags": list(self.tags) if self.tags is not None else None,
+            "metadata": dict(self.metadata) if self.metadata is not None else None,
         }
         return {name: value for name, value in values.items() if value is not None}
 
@@ -104,7 +110,12 @@ class BaseClient:
             body = {"kind": kind, "params": dict(params or {}), **extra}
             return Call("POST", "/api/jobs", json=body)
         data = {"kind": kind, "params": json.dumps(dict(params or {}))}
-        data.update({name: str(value) for name, value in extra.items()})
+        data.update(
+            {
+                name: json.dumps(value) if isinstance(value, list | dict) else str(value)
+                for name, value in extra.items()
+            }
+        )
         return Call("POST", "/api/jobs", data=data, file=file)
 
     @staticmethod
@@ -118,14 +129,49 @@ class BaseClient:
         owner: str | None,
         limit: int | None,
         cursor: str | None,
+        tag: str | Iterable[str] | None = None,
+        parent: str | None = None,
     ) -> Call:
-        params: list[tuple[str, str]] = []
-        states = [state] if isinstance(state, str) else list(state or ())
-        params.extend(("state", str(value)) for value in states)
-        for name, value in (("kind", kind), ("owner", owner), ("limit", limit), ("cursor", cursor)):
+        params = BaseClient._filter_params(state, kind, tag)
+        if parent is not None:
+            params.append(("parent", parent))
+        for name, value in (("owner", owner), ("limit", limit), ("cursor", cursor)):
             if value is not None:
                 params.append((name, str(value)))
         return Call("GET", "/api/jobs", params)
+
+    @staticmethod
+    def _filter_params(
+        state: str | Iterable[str] | None, kind: str | None, tag: str | Iterable[str] | None
+    ) -> list[tuple[str, str]]:
+        """The query of a job filter: any of the states, the kind, every one of the tags."""
+        states = [state] if isinstance(state, str) else list(state or ())
+        tags = [tag] if isinstance(tag, str) else list(tag or ())
+        params = [("state", str(value)) for value in states]
+        params.extend(("tag", value) for value in tags)
+        if kind is not None:
+            params.append(("kind", kind))
+        return params
+
+    @staticmethod
+    def _batch(
+        jobs: Iterable[Mapping[str, Any]],
+        tags: Iterable[str] | None,
+        metadata: Mapping[str, Any] | None,
+        allow_failures: bool,
+    ) -> Call:
+        body: dict[str, Any] = {"jobs": [dict(job) for job in jobs]}
+        if tags is not None:
+            body["tags"] = list(tags)
+        if metadata is not None:
+            body["metadata"] = dict(metadata)
+        if allow_failures:
+            body["allow_failures"] = True
+        return Call("POST", "/api/batches", json=body)
+
+    @staticmethod
+    def _input(job_id: str, name: str, value: Any) -> Call:
+        return Call("POST", f"/api/jobs/{job_id}/input", json={"name": name, "value": value})
 
     @staticmethod
     def _publish(topic: str, type: str, data: Any) -> Call:

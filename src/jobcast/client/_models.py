@@ -53,6 +53,15 @@ class Job:
     priority: int = 0
     #: The job this one re-runs.
     rerun_of: str | None = None
+    #: What the handler reports beyond progress (``ctx.metadata``).
+    metadata: dict[str, Any] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+    #: The input the job waits for (``name``, ``schema``, ``prompt``, ``timeout_at``).
+    waiting: dict[str, Any] | None = None
+    #: The inputs given so far, by name.
+    inputs: dict[str, Any] = field(default_factory=dict)
+    #: The batch this job belongs to.
+    parent_id: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -103,9 +112,10 @@ class Event:
 
     @property
     def job(self) -> Job | None:
-        """The job snapshot carried by ``snapshot``, ``state``, ``retrying`` and terminal
-        events, else ``None``."""
-        carries = self.type in ("snapshot", "state", "retrying") or self.terminal
+        """The job snapshot carried by ``snapshot``, ``state``, ``retrying``, ``waiting``,
+        ``resumed`` and terminal events, else ``None``."""
+        carries = self.type in ("snapshot", "state", "retrying", "waiting", "resumed")
+        carries = carries or self.terminal
         if carries and isinstance(self.data, dict):
             return Job.from_dict(self.data)
         return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from jobcast.brokers.redis import RedisBroker
@@ -23,6 +24,7 @@ from jobcast.stores import open_store
 
 if TYPE_CHECKING:
     from jobcast.integrations._reporter import Reporter
+    from jobcast.jobs.metadata import MetadataBuffer
     from jobcast.shared_metrics import SharedMetrics
 
 logger = logging.getLogger("jobcast.integrations")
@@ -84,6 +86,10 @@ class DirectBackend:
     def progress(self, job_id: str, percent: float, stage: str | None, message: str | None) -> bool:
         jobs = self.jobs
         return jobs is not None and jobs.progress(job_id, percent, stage, message)
+
+    def metadata(self, job_id: str, update: Callable[[MetadataBuffer], None]) -> bool:
+        jobs = self.jobs
+        return jobs is not None and jobs.metadata(job_id, update)
 
     async def retrying(
         self, job_id: str, error: dict[str, str], retry_at: float | None = None

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -37,6 +38,7 @@ from jobcast.jobs.model import Job, JobState
 
 if TYPE_CHECKING:
     from jobcast.integrations._reporter import Reporter
+    from jobcast.jobs.metadata import MetadataBuffer
 
 logger = logging.getLogger("jobcast.integrations")
 
@@ -163,6 +165,10 @@ class HttpBackend:
             with contextlib.suppress(RuntimeError):  # the loop is gone: the process ends
                 self._loop.call_soon_threadsafe(self._wake.set)
         return True
+
+    def metadata(self, job_id: str, update: Callable[[MetadataBuffer], None]) -> bool:
+        """Metadata is not carried over the HTTP API yet: dropped and counted (P3)."""
+        return False
 
     def _forget(self, job_id: str) -> tuple[dict[str, Any] | None, Job | None]:
         """Stop holding a job: its progress not flushed yet, and the job if never acked."""

@@ -42,6 +42,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
+from jobcast.jobs.metadata import JobMetadata, MetadataBuffer
 from jobcast.jobs.model import Job, JobState
 from jobcast.jobs.reported import INTERRUPTED
 
@@ -69,6 +70,10 @@ class Backend(Protocol):
     async def finished(self, job_id: str, state: JobState, **fields: Any) -> None: ...
     async def sweep(self) -> int: ...
     async def start_sweeping(self) -> None: ...
+    def metadata(self, job_id: str, update: Callable[[MetadataBuffer], None]) -> bool:
+        """From any thread; False when the update cannot be taken (dropped, P3)."""
+        ...
+
     def progress_counts(self) -> dict[str, int]: ...
     async def close(self) -> None: ...
 
@@ -152,6 +157,18 @@ class Reporter:
         self.counts["progress_dropped"] += 1  # P3
         if self.counts["progress_dropped"] == 1:
             logger.warning("job %s: progress dropped: jobcast could not start it", job_id)
+
+    def metadata(self, job_id: str) -> JobMetadata:
+        """The running task's metadata (``ctx.metadata``'s twin): coalesced like progress;
+        updates of a task this process holds no running job for are dropped, as its
+        progress is (P3)."""
+
+        def change(update: Callable[[MetadataBuffer], None]) -> None:
+            backend = self._backend if self._pid == os.getpid() else None
+            if backend is None or not backend.metadata(job_id, update):  # P3
+                self.counts["metadata_dropped"] += 1
+
+        return JobMetadata(change)
 
     def retrying(self, job_id: str, error: dict[str, str], retry_at: float | None = None) -> None:
         """The task failed and will run again (at ``retry_at``, epoch seconds, if known)."""

@@ -54,9 +54,10 @@ from celery.exceptions import TaskRevokedError, WorkerLostError
 
 from jobcast.integrations._reporter import INTERRUPTED, Reporter
 from jobcast.integrations._values import error_of, params_of, result_of
+from jobcast.jobs.metadata import JobMetadata
 from jobcast.jobs.model import Job, JobState
 
-__all__ = ["OWNER_HEADER", "jobcast_headers", "progress", "track"]
+__all__ = ["OWNER_HEADER", "jobcast_headers", "metadata", "progress", "track"]
 
 #: The message header that carries the job's owner (a jobcast subject).
 OWNER_HEADER = "jobcast_owner"
@@ -126,6 +127,16 @@ def _epoch(eta: Any) -> float | None:
         return datetime.fromisoformat(eta).timestamp()
     except ValueError:
         return None
+
+
+def metadata(task: Task[Any, Any]) -> JobMetadata | None:
+    """The running task's job metadata (``set``, ``merge``, ``append``, ``increment``,
+    ``remove``), coalesced like ``progress``; ``None`` when called outside a tracked task."""
+    task_id = task.request.id
+    reporter = _REPORTERS.get(task.app)
+    if task_id is None or reporter is None:
+        return None
+    return reporter.metadata(task_id)
 
 
 class _Hooks:

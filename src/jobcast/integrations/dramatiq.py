@@ -47,9 +47,10 @@ from dramatiq.middleware import SkipMessage
 
 from jobcast.integrations._reporter import Reporter
 from jobcast.integrations._values import error_of, params_of, result_of
+from jobcast.jobs.metadata import JobMetadata
 from jobcast.jobs.model import Job, JobState
 
-__all__ = ["OWNER_OPTION", "JobcastMiddleware", "progress"]
+__all__ = ["OWNER_OPTION", "JobcastMiddleware", "metadata", "progress"]
 
 OWNER_OPTION = "jobcast_owner"
 RUNS_ON = "dramatiq"
@@ -63,6 +64,14 @@ def progress(percent: float, *, stage: str | None = None, message: str | None = 
         if isinstance(middleware, JobcastMiddleware):
             middleware.progress(percent, stage, message)
             return
+
+
+def metadata() -> JobMetadata | None:
+    """The current message's job metadata, coalesced like ``progress``; ``None`` outside one."""
+    for middleware in dramatiq.get_broker().middleware:
+        if isinstance(middleware, JobcastMiddleware):
+            return middleware.metadata()
+    return None
 
 
 class JobcastMiddleware(Middleware):
@@ -104,6 +113,10 @@ class JobcastMiddleware(Middleware):
         job_id = getattr(self._current, "job_id", None)
         if job_id is not None:
             self.reporter.progress(job_id, percent, stage, message)
+
+    def metadata(self) -> JobMetadata | None:
+        job_id = getattr(self._current, "job_id", None)
+        return None if job_id is None else self.reporter.metadata(job_id)
 
     def before_enqueue(self, broker: Broker, message: Any, delay: int) -> None:
         if message.options.get("retries"):  # M2: ``retry`` runs in the worker's except block

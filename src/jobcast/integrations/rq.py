@@ -49,6 +49,7 @@ from rq.job import Callback, Job
 
 from jobcast.integrations._reporter import INTERRUPTED, Reporter
 from jobcast.integrations._values import error_of, params_of, result_of
+from jobcast.jobs.metadata import JobMetadata
 from jobcast.jobs.model import Job as JobcastJob
 from jobcast.jobs.model import JobState
 
@@ -58,6 +59,7 @@ __all__ = [
     "TrackedQueue",
     "TrackedWorker",
     "jobcast_meta",
+    "metadata",
     "progress",
 ]
 
@@ -102,6 +104,12 @@ def progress(percent: float, *, stage: str | None = None, message: str | None = 
     job = get_current_job()
     if job is not None:
         _process_reporter().progress(job.id, percent, stage, message)
+
+
+def metadata() -> JobMetadata | None:
+    """The current RQ job's metadata, coalesced like ``progress``; ``None`` outside a job."""
+    job = get_current_job()
+    return None if job is None else _process_reporter().metadata(job.id)
 
 
 # -- the callbacks (Q1, Q2, Q4): run in the work horse, or the worker for a stopped job ---------

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from jobcast.jobs.input_wait import NO_DEFAULT
+from jobcast.jobs.metadata import JobMetadata, MetadataBuffer
 from jobcast.jobs.model import InputFile
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 
 class JobCancelled(Exception):
@@ -22,6 +28,18 @@ class JobSink(Protocol):
     def report_progress(self, progress: float, message: str | None, stage: str | None) -> None: ...
 
     def report_event(self, event_type: str, data: Any) -> None: ...
+
+    def change_metadata(self, update: Callable[[MetadataBuffer], None]) -> None: ...
+
+    async def wait_for_input(
+        self,
+        name: str,
+        schema: dict[str, Any],
+        *,
+        prompt: str | None,
+        seconds: float,
+        default: Any,
+    ) -> Any: ...
 
 
 class JobContext:
@@ -58,6 +76,9 @@ class JobContext:
         #: (``retry.py``): a handler may do less on its last attempt, or say so.
         self.attempt = attempt
         self.max_attempts = max_attempts
+        #: The job's metadata (``metadata.py``): ``set``, ``merge``, ``append``,
+        #: ``increment``, ``remove``; coalesced like progress, so cheap in a loop.
+        self.metadata = JobMetadata(self._change_metadata)
 
     @property
     def cancelled(self) -> bool:
@@ -91,6 +112,43 @@ class JobContext:
         """
         self.check_cancelled()
         self._sink.report_event(event_type, data)
+
+    async def wait_for_input(
+        self,
+        name: str,
+        *,
+        schema: type[BaseModel] | dict[str, Any] | None = None,
+        prompt: str | None = None,
+        timeout: float = 3600.0,  # noqa: ASYNC109 (the request's deadline, stored and shown)
+        default: Any = NO_DEFAULT,
+    ) -> Any:
+        """Wait for a person (or a service) to give the input ``name`` through
+        ``POST /api/jobs/{id}/input``; the job shows the request meanwhile (``waiting``) and
+        gives its runner slot back (``input_wait.py``, N1-N5).
+
+        ``schema``: a pydantic model (the value is returned as one) or a JSON schema (the
+        value as JSON); a value that fails it is refused with 422 and changes nothing.
+        ``timeout``: seconds; then ``default`` is returned if given, else the job fails with
+        :class:`~jobcast.jobs.input_wait.InputTimeout`. After a restart a re-run handler gets
+        the inputs already given at once (N3): declare it ``retry_safe``.
+        """
+        self.check_cancelled()
+        model = schema if isinstance(schema, type) else None
+        json_schema: dict[str, Any] = {}
+        if model is not None:
+            json_schema = model.model_json_schema()
+        elif isinstance(schema, dict):
+            json_schema = dict(schema)
+        value = await self._sink.wait_for_input(
+            name, json_schema, prompt=_text(prompt, 2000), seconds=timeout, default=default
+        )
+        if model is not None and value is not default:
+            return model.model_validate(value)
+        return value
+
+    def _change_metadata(self, update: Callable[[MetadataBuffer], None]) -> None:
+        self.check_cancelled()
+        self._sink.change_metadata(update)
 
 
 def _text(value: str | None, limit: int) -> str | None:

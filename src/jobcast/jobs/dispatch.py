@@ -60,12 +60,16 @@ class Dispatcher:
         slots, registry = self.lifecycle.slots, self.lifecycle.registry
         while True:
             await slots.acquire()  # given back by the lifecycle when the job ends
-            while (job_id := self.schedule.pop(self._full, self._full_owners)) is None:
+            if (job_id := self.schedule.pop(self._full, self._full_owners)) is None:
+                # Idle: wait without the slot, so a job that waited for input (input_wait.N2)
+                # can take it back to resume.
+                slots.release()
                 with contextlib.suppress(TimeoutError):  # schedule.P4
                     # asyncio.timeout: wait_for can lose a cancellation on 3.11 (redis.py).
                     async with asyncio.timeout(self.schedule.next_due()):
                         await self._work.wait()
                 self._work.clear()
+                continue
             live = self._live.get(job_id)
             if live is None or live.job.state is not JobState.QUEUED or live.task is not None:
                 slots.release()  # cancelled while queued

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jobcast.errors import JobcastError
+from jobcast.jobs import batches
 from jobcast.jobs.context import JobContext
 from jobcast.jobs.handler_calls import Ending, HandlerCalls, after_interruption, job_error
 from jobcast.jobs.live import LiveJob
@@ -123,9 +124,22 @@ class JobLifecycle:
             store_interval=options.store_interval,
             max_event_bytes=options.max_event_bytes,
             on_terminal=self.stats.finished,
+            slots=self.slots,
+            after_terminal=self._count_in_batch,
         )
         self.live[job.id] = live
         return live
+
+    async def _count_in_batch(self, job: Job) -> None:
+        """A batch's child ended: count it there (batches.G3). Never fails the child's end."""
+        if job.parent_id is None:
+            return
+        try:
+            await batches.child_ended(self.store, self.hub, job)
+        except JobcastError as exc:
+            logger.error(
+                "job %s: could not count its end in batch %s: %s", job.id, job.parent_id, exc
+            )
 
     def untrack(self, live: LiveJob) -> None:
         if live.job.state is JobState.QUEUED and live.stop_reason == "shutdown":
@@ -189,8 +203,10 @@ class JobLifecycle:
                     error = job_error("InternalError", "the job runner failed; see the server log")
                     await self.finish(live, JobState.FAILED, error=error)
         finally:
-            if not self._threads.keeps_slot(live.job.id):  # else its thread releases it (R2)
+            # else its thread releases it (R2), or it gave it back to wait (input_wait.N2)
+            if live.holds_slot and not self._threads.keeps_slot(live.job.id):
                 self.slots.release()
+            live.holds_slot = True
             if self.waits_for_retry(live) and self._on_retry is not None:
                 live.task = None  # R4: queued again; the runner's schedule runs it next
                 self._on_retry(live)

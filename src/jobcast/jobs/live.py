@@ -9,7 +9,9 @@ L1. Every change to a job goes through ``_emit`` under one lock: bump ``seq``, p
 L2. Progress reports are coalesced: ``report_progress`` only stores the latest report (from any
     thread) and wakes the pump at most once; the pump publishes at most one ``progress`` event
     per ``progress_interval`` (latest wins) and writes the store at most every
-    ``store_interval``. A handler may report thousands of times a second at no cost.
+    ``store_interval``, and once more when that interval is over if a flush in it was not
+    stored (so the store holds the last report, and metadata, within ``store_interval``
+    even when nothing follows). A handler may report thousands of times a second at no cost.
 L3. Before any state change, pending custom events and progress are flushed, so the terminal
     event is always the last event of a job and its snapshot carries the last progress.
 L4. The terminal event is never dropped: if the broker refuses it, it is retried; the store
@@ -28,12 +30,14 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from jobcast.errors import InvalidInput, JobcastError, Unavailable
 from jobcast.events import EventDraft, dumps, validate_type
-from jobcast.jobs.model import JOB_EVENT_TYPES, Job, JobState, job_topic
+from jobcast.jobs import input_wait
+from jobcast.jobs.metadata import MetadataBuffer
+from jobcast.jobs.model import JOB_EVENT_TYPES, Job, JobState, iso_time, job_topic
 
 if TYPE_CHECKING:
     from jobcast.hub import Hub
@@ -62,10 +66,14 @@ class LiveJob:
         store_interval: float,
         max_event_bytes: int,
         on_terminal: Callable[[Job], None] | None = None,
+        slots: asyncio.Semaphore | None = None,
+        after_terminal: Callable[[Job], Awaitable[None]] | None = None,
     ) -> None:
         self.job = job
         #: Told once the job reached a terminal state (the job metrics, ``stats.py``).
         self.on_terminal = on_terminal
+        #: Awaited once its terminal state is published and stored (its batch, batches.G3).
+        self.after_terminal = after_terminal
         self.published = job.copy()
         self.hub = hub
         self.store = store
@@ -73,6 +81,12 @@ class LiveJob:
         self.store_interval = store_interval
         self.max_event_bytes = max_event_bytes
         self.topic = job_topic(job.id)
+        #: The runner's slots: a job waiting for input gives its slot back (input_wait.N2);
+        #: ``holds_slot`` says whether it holds one now.
+        self.slots = slots
+        self.holds_slot = True
+        #: Set when an input for this job was stored by this process (input_wait.N1).
+        self.input_arrived = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         #: Why the job's task was cancelled: "cancel" (a user), "shutdown" or None.
         self.stop_reason: str | None = None
@@ -85,6 +99,7 @@ class LiveJob:
         self._mutex = threading.Lock()
         self._pending: tuple[float, str | None, str | None] | None = None
         self._outbox: collections.deque[tuple[str, bytes]] = collections.deque()
+        self._metadata = MetadataBuffer(job.metadata)  # metadata.M2, under _mutex
         self._armed = False
         self._wake = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
@@ -95,6 +110,8 @@ class LiveJob:
         #: lost because the broker refused them: what ``jobs/reported.py`` counts.
         self.progress_coalesced = 0
         self.progress_unpublished = 0
+        #: A flush published what the store does not hold yet (L2).
+        self._unsaved = False
 
     # -- JobSink: called by the handler's context, from any thread ------------------------
 
@@ -139,6 +156,30 @@ class LiveJob:
             self._armed = True
         self._signal()
 
+    def change_metadata(self, update: Callable[[MetadataBuffer], None]) -> None:
+        """Apply one metadata update (it raises and changes nothing when invalid, metadata.M1);
+        the pump publishes the changed keys (metadata.M2)."""
+        with self._mutex:
+            update(self._metadata)
+            if self._armed or not self._metadata.dirty:
+                return
+            self._armed = True
+        self._signal()
+
+    async def wait_for_input(
+        self,
+        name: str,
+        schema: dict[str, Any],
+        *,
+        prompt: str | None,
+        seconds: float,
+        default: Any,
+    ) -> Any:
+        """Wait for the input ``name`` (``input_wait.py``)."""
+        return await input_wait.wait_for_input(
+            self, name, schema, prompt=prompt, seconds=seconds, default=default
+        )
+
     def _signal(self) -> None:
         if threading.get_ident() == self._loop_thread:
             self._wake.set()
@@ -164,7 +205,19 @@ class LiveJob:
 
     async def _pump_forever(self) -> None:
         while not self._pump_stopping:
-            await self._wake.wait()
+            if self._unsaved:  # a flush skipped its store write: do it when it is due (L2)
+                due = self._last_save + self.store_interval - time.monotonic()
+                try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
+                    async with asyncio.timeout(max(0.0, due)):
+                        await self._wake.wait()
+                except TimeoutError:
+                    with contextlib.suppress(JobcastError):
+                        async with self._lock:
+                            if self._unsaved:
+                                await self._save()
+                    continue
+            else:
+                await self._wake.wait()
             self._wake.clear()
             delay = self._last_progress + self.progress_interval - time.monotonic()
             if delay > 0:
@@ -179,8 +232,9 @@ class LiveJob:
         with self._mutex:
             pending, self._pending = self._pending, None
             outbox, self._outbox = self._outbox, collections.deque()
+            metadata = self._metadata.take()
             self._armed = False
-        if not pending and not outbox:
+        if not pending and not outbox and metadata is None:
             return
         job = self.job
         now = time.time()
@@ -189,6 +243,14 @@ class LiveJob:
             job.seq += 1
             body = b'{"id":"%s","seq":%d,"data":%s}' % (job.id.encode(), job.seq, data_json)
             drafts.append(EventDraft(self.topic, event_type, body))
+        if metadata is not None:  # metadata.M2
+            delta, removed, job.metadata = metadata
+            job.seq += 1
+            job.updated_at = now
+            data = {"id": job.id, "seq": job.seq, "metadata": delta, "removed": removed}
+            data["updated_at"] = iso_time(now)
+            drafts.append(EventDraft(self.topic, "metadata", dumps(data)))
+            self._last_progress = time.monotonic()  # metadata shares progress's rate (M2)
         if pending is not None:
             job.apply_progress(*pending, now)
             job.seq += 1
@@ -203,6 +265,8 @@ class LiveJob:
         self._published(events[-1].id)
         if time.monotonic() - self._last_save >= self.store_interval:
             await self._save()
+        else:
+            self._unsaved = True  # stored once the interval is over, even if nothing follows
 
     # -- state changes (L1, L3) -----------------------------------------------------------
 
@@ -228,6 +292,7 @@ class LiveJob:
             job.updated_at = now
             if message is not None:
                 job.message = message
+            job.waiting = None  # no longer waiting for input (input_wait.py), whatever came
             if state is JobState.RUNNING:
                 job.started_at = now
                 job.attempts += 1
@@ -260,8 +325,25 @@ class LiveJob:
             await self._publish_state(draft, retries=5 if job.terminal else 0)
             if job.terminal:
                 await self._save_until_stored()  # L5
+                if self.after_terminal is not None:
+                    await self.after_terminal(job.copy())
             else:
                 await self._save()
+
+    async def change(self, event_type: str, mutate: Callable[[Job], None]) -> None:
+        """Change a running job and publish it whole as ``event_type`` (``waiting``,
+        ``resumed``): after pending reports (L3), stored at once, like a state change."""
+        async with self._lock:
+            with contextlib.suppress(JobcastError):
+                await self._flush_locked()  # L3
+            job = self.job
+            mutate(job)
+            job.updated_at = time.time()
+            job.seq += 1
+            await self._publish_state(
+                EventDraft(self.topic, event_type, dumps(job.to_dict())), retries=2
+            )
+            await self._save()
 
     async def _publish_state(self, draft: EventDraft, *, retries: int) -> None:
         for attempt in range(retries + 1):
@@ -294,6 +376,7 @@ class LiveJob:
 
     async def _save(self) -> None:
         self._last_save = time.monotonic()
+        self._unsaved = False
         await self.store.save(self.published)
 
     async def _save_until_stored(self) -> None:  # L5

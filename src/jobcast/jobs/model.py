@@ -47,6 +47,7 @@ TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCE
 #: Event types a job's topic carries. The terminal ones are named after the terminal state.
 JOB_EVENT_TYPES = frozenset(
     {"snapshot", "progress", "state", "retrying", *(s.value for s in TERMINAL_STATES)}
+    | {"metadata", "waiting", "resumed"}  # metadata.py's deltas; input_wait.py's request, end
 )
 
 
@@ -130,6 +131,18 @@ class Job:
     #: The task queue that runs this job when it is not jobcast's own ("celery", "rq",
     #: "dramatiq"; ``jobcast.integrations``), so a cancel reaches it there. Not in the snapshot.
     runs_on: str | None = None
+    #: What the handler reports beyond progress (``ctx.metadata``, ``metadata.py``): a JSON
+    #: object, size-capped; a ``metadata`` event carries the keys each update changed.
+    metadata: dict[str, Any] = field(default_factory=dict)
+    #: Short labels given at submit (``tags.py``): ``GET /api/jobs?tag=`` and live lists.
+    tags: list[str] = field(default_factory=list)
+    #: The input the handler waits for (``ctx.wait_for_input``, ``input_wait.py``): its
+    #: ``name``, JSON ``schema``, ``prompt`` and ``timeout_at``; ``None`` when not waiting.
+    waiting: dict[str, Any] | None = None
+    #: The inputs given so far, by name (replayed to a re-run handler).
+    inputs: dict[str, Any] = field(default_factory=dict)
+    #: The batch this job belongs to (``batches.py``): a job whose ``runs_on`` is "batch".
+    parent_id: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -141,7 +154,13 @@ class Job:
         return max(self.scheduled_for or 0.0, self.next_attempt_at or 0.0)
 
     def copy(self) -> Job:
-        return dataclasses.replace(self, readers=list(self.readers))
+        return dataclasses.replace(
+            self,
+            readers=list(self.readers),
+            metadata=dict(self.metadata),  # values are replaced, never changed in place
+            tags=list(self.tags),
+            inputs=dict(self.inputs),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The public snapshot (API responses and event data)."""
@@ -171,6 +190,11 @@ class Job:
             "priority": self.priority,
             "rerun_of": self.rerun_of,
             "readers": self.readers,
+            "metadata": self.metadata,
+            "tags": self.tags,
+            "waiting": self.waiting,
+            "inputs": self.inputs,
+            "parent_id": self.parent_id,
         }
 
     def progress_dict(self) -> dict[str, Any]:
@@ -216,3 +240,7 @@ def _iso(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
     return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+#: A time as the snapshot writes it (ISO 8601, UTC, ``Z``), for events built elsewhere.
+iso_time = _iso

@@ -32,6 +32,7 @@ import collections
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from jobcast.errors import JobcastError
@@ -42,6 +43,7 @@ from jobcast.jobs.recovery import caught_up
 if TYPE_CHECKING:
     from jobcast.hub import Hub
     from jobcast.jobs.access import JobAccess
+    from jobcast.jobs.metadata import MetadataBuffer
     from jobcast.jobs.options import RunnerOptions
     from jobcast.stores.base import JobStore
 
@@ -133,6 +135,15 @@ class ReportedJobs:
         if live is None:
             return False
         live.report_progress(percent, message, stage)
+        return True
+
+    def metadata(self, job_id: str, update: Callable[[MetadataBuffer], None]) -> bool:
+        """Hand a metadata update to its job's coalescing (as ``progress``); it raises and
+        changes nothing when invalid (metadata.M1)."""
+        live = self.live.get(job_id)
+        if live is None:
+            return False
+        live.change_metadata(update)
         return True
 
     async def held(self, job_id: str) -> LiveJob | None:

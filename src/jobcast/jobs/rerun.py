@@ -4,7 +4,8 @@ Decisions (cited as U1..U3):
 
 U1. A re-run is a new job (a new id, its own events, attempts and result), never a reset of
     the old one, whose record stays as it ended; ``rerun_of`` links the new job to it.
-U2. It has the original's kind, params, owner, priority and ``max_attempts``, and a copy of its
+U2. It has the original's kind, params, owner, priority, ``max_attempts`` and tags (not its
+    metadata, which its run wrote), and a copy of its
     uploaded file when the file is still kept (a deleted job's upload is gone; a kind that
     needs a file then cannot be re-run: 409). Not its schedule: it runs now.
 U3. The original may be in any state: re-running a job that is still queued or running is
@@ -48,6 +49,7 @@ async def rerun(runner: EmbeddedRunner, original: Job) -> Job:
             priority=original.priority,
             max_attempts=original.max_attempts or None,
             rerun_of=original.id,
+            tags=tuple(original.tags),
         )
     finally:
         if upload is not None:  # a no-op once the runner took the file

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from jobcast._files import make_private_dir
 from jobcast._lock import ProcessLock
 from jobcast.errors import Conflict, InvalidInput, JobcastError, NotFound, Unavailable
+from jobcast.jobs import batches
 from jobcast.jobs.access import Access, JobAccess
 from jobcast.jobs.dispatch import Dispatcher
 from jobcast.jobs.external import ExternalQueue
@@ -72,8 +73,12 @@ class EmbeddedRunner:
         external: Mapping[str, ExternalQueue] | None = None,
     ) -> None:
         self.store = store
-        #: The task queues that run jobs of other systems, by ``Job.runs_on`` (external.X1).
-        self.external: Mapping[str, ExternalQueue] = external or {}
+        #: The task queues that run jobs of other systems, by ``Job.runs_on`` (external.X1);
+        #: a batch's parent is cancelled through its children (batches.G5).
+        self.external: Mapping[str, ExternalQueue] = {
+            batches.RUNS_ON: batches.BatchChildren(self),
+            **(external or {}),
+        }
         self.hub = hub
         self.registry = registry
         self.options = options
@@ -129,12 +134,14 @@ class EmbeddedRunner:
         scheduled_for: float | None = None,
         max_attempts: int | None = None,
         rerun_of: str | None = None,
+        tags: tuple[str, ...] = (),
+        metadata: dict[str, Any] | None = None,
     ) -> Job:
         """Validate and queue a job; ``upload`` (a temporary file) becomes its input file.
 
         ``scheduled_for`` delays its start; ``max_attempts`` overrides its handler's
         (retry.T3); ``rerun_of`` links a re-run to its original. The routes validate them."""
-        options = SubmitOptions(priority, scheduled_for, max_attempts)
+        options = SubmitOptions(priority, scheduled_for, max_attempts, tags, metadata)
         job, _ = await self.submit_keyed(
             kind,
             params,
@@ -178,6 +185,8 @@ class EmbeddedRunner:
             scheduled_for=options.scheduled_for,
             priority=options.priority,
             rerun_of=rerun_of,
+            tags=list(options.tags),
+            metadata=dict(options.metadata or {}),
         )
         if upload is not None:
             await asyncio.to_thread(upload.rename, self.upload_path(job.id))
@@ -208,6 +217,64 @@ class EmbeddedRunner:
         await live.transition(JobState.QUEUED)
         await self._enqueue(live)
         return live.published.copy(), True
+
+    async def submit_batch(
+        self,
+        owner: str,
+        items: list[tuple[str, Any, SubmitOptions]],
+        *,
+        tags: list[str],
+        metadata: dict[str, Any],
+        allow_failures: bool = False,
+    ) -> tuple[Job, list[Job]]:
+        """Validate every item, store the batch whole (batches.G2), then queue its jobs."""
+        if not 0 < len(items) <= batches.MAX_BATCH:
+            raise InvalidInput(f"a batch holds 1 to {batches.MAX_BATCH} jobs")
+        if len(self._dispatcher) + len(items) > self.options.max_queued:
+            raise Unavailable("too many queued jobs; try again later")
+        parent = batches.new_parent(
+            owner, len(items), tags=tags, metadata=metadata, allow_failures=allow_failures
+        )
+        children = []
+        for index, (kind, params, options) in enumerate(items):
+            try:
+                spec = self.registry.get(kind)
+                if spec.needs_input:
+                    raise InvalidInput(f"jobs of kind {kind!r} need an uploaded file")
+                valid_params = spec.validate_params(params)
+            except InvalidInput as exc:
+                raise InvalidInput(f"jobs[{index}]: {exc.message}") from None
+            children.append(
+                Job(
+                    id=new_job_id(),
+                    kind=kind,
+                    owner=owner,
+                    params=valid_params,
+                    max_attempts=options.max_attempts
+                    or spec.default_max_attempts(self.options.max_attempts),
+                    scheduled_for=options.scheduled_for,
+                    priority=options.priority,
+                    tags=list(options.tags),
+                    metadata=dict(options.metadata or {}),
+                    parent_id=parent.id,
+                )
+            )
+        await self.store.create_batch(parent, children)
+        for job in (parent, *children):
+            self.access.remember(job)
+            try:  # before the jobs' first events (as submit_keyed)
+                await self.access.announce(job)
+            except JobcastError as exc:
+                logger.warning("job %s: could not announce it: %s", job.id, exc)
+        parent.last_event_id = await batches.publish(self.hub, parent, "state")
+        await self.store.save(parent)  # its stream resumes after that event (no child ran yet)
+        queued = []
+        for job in children:
+            live = self.lifecycle.track(job)
+            await live.transition(JobState.QUEUED)
+            await self._enqueue(live)
+            queued.append(live.published.copy())
+        return parent, queued
 
     async def _earlier(self, earlier: tuple[str, str], idempotency: Idempotency | None) -> Job:
         job_id, request_hash = earlier
@@ -294,6 +361,18 @@ class EmbeddedRunner:
             await live.transition(JobState.CANCELLED, message="cancelled before it started")
         finally:
             self.lifecycle.untrack(live)
+
+    async def give_input(self, job: Job, name: str, value: Any, given_by: str) -> None:
+        """Store the input ``name`` of a job waiting for it (input_wait.N1): 409 when the job
+        no longer waits for it or another answer was stored first. The caller checked it."""
+        waiting = job.waiting
+        if job.terminal or waiting is None or waiting.get("name") != name:
+            raise Conflict(f"job {job.id} is not waiting for input {name!r}")
+        if not await self.store.put_input(job.id, name, value, given_by):
+            raise Conflict(f"input {name!r} of job {job.id} was already given")
+        live = self._live.get(job.id)
+        if live is not None:  # here: wake it now; elsewhere, its worker reads the store
+            live.input_arrived.set()
 
     async def delete(self, job_id: str) -> None:
         job = await self.get(job_id)

@@ -1,8 +1,9 @@
 """A submission's scheduling options, validated once for JSON and multipart bodies alike.
 
 ``priority`` (``schedule.MIN_PRIORITY..MAX_PRIORITY``), ``delay_seconds`` or ``run_at`` (an
-ISO 8601 time with its offset), and ``max_attempts`` (retry.T3). Multipart fields arrive as
-text and are read with the same rules.
+ISO 8601 time with its offset), and ``max_attempts`` (retry.T3); ``tags`` (``tags.py``) and
+initial ``metadata`` (``metadata.py``). Multipart fields arrive as text and are read with the
+same rules (``tags`` and ``metadata`` as JSON text).
 """
 
 from __future__ import annotations
@@ -14,14 +15,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from jobcast.errors import InvalidInput
+from jobcast.jobs.metadata import validate_metadata
 from jobcast.jobs.retry import submitted_max_attempts
 from jobcast.jobs.schedule import MAX_PRIORITY, MIN_PRIORITY
+from jobcast.jobs.tags import validate_tags
 
 #: The furthest ahead a job may be scheduled.
 MAX_DELAY = 30 * 24 * 3600.0
 #: The fields this module reads from a submission.
-FIELDS = frozenset({"priority", "delay_seconds", "run_at", "max_attempts"})
+FIELDS = frozenset({"priority", "delay_seconds", "run_at", "max_attempts", "tags", "metadata"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +36,8 @@ class SubmitOptions:
     scheduled_for: float | None = None
     #: ``None``: the handler's policy decides.
     max_attempts: int | None = None
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, Any] | None = None
 
 
 def parse_options(fields: Mapping[str, Any], *, as_text: bool = False) -> SubmitOptions:
@@ -65,6 +72,8 @@ def parse_options(fields: Mapping[str, Any], *, as_text: bool = False) -> Submit
         priority,
         scheduled_for,
         None if attempts is None else submitted_max_attempts(attempts),
+        tuple(validate_tags(values.get("tags"))),
+        validate_metadata(values.get("metadata")) or None,
     )
 
 
@@ -88,6 +97,11 @@ def _run_at(value: Any, now: float) -> float | None:
 def _from_text(name: str, value: Any) -> Any:
     if name == "run_at" or not isinstance(value, str):
         return value
+    if name in ("tags", "metadata"):  # JSON text in a form field
+        try:
+            return orjson.loads(value) if value.strip() else None
+        except orjson.JSONDecodeError:
+            raise InvalidInput(f"{name} must be JSON text") from None
     text = value.strip()
     try:
         return int(text)

@@ -145,6 +145,8 @@ class QueueRunner(EmbeddedRunner):
             raise NotFound(f"no job {job_id!r}")
         if job.terminal:
             raise Conflict(f"job {job_id} is already {job.state.value}")
+        if job.runs_on is not None:  # a batch, or another queue's task (external.X1)
+            return await self._cancel_external(job)
         queued = await queue_call(self.queue.job(job_id))
         if queued is not None and queued.status not in TERMINAL_STATUSES:
             await queue_call(self.queue.abort(queued, "cancelled"))

@@ -37,8 +37,11 @@ from jobcast.server.http.limits import BodyLimitMiddleware
 from jobcast.server.http.own_paths import ForOwnPaths, OwnPaths, chain_of, conflicts, describe
 from jobcast.server.http.request_id import RequestIdMiddleware
 from jobcast.server.routes.auth import auth_router
+from jobcast.server.routes.batches import batches_router
 from jobcast.server.routes.dashboard import dashboard_router
 from jobcast.server.routes.events import events_router
+from jobcast.server.routes.job_inputs import job_inputs_router
+from jobcast.server.routes.job_lists import job_lists_router
 from jobcast.server.routes.job_reports import job_reports_router
 from jobcast.server.routes.jobs import jobs_router
 from jobcast.server.routes.metrics import metrics_router
@@ -57,8 +60,16 @@ def routers(
     runtime: Runtime, *, dashboard: bool = True, service_routes: bool = True
 ) -> list[APIRouter]:
     """jobcast's routers, one per resource; each holds its routes itself (no nesting)."""
-    found = [auth_router(runtime), events_router(runtime), jobs_router(runtime), ws_router(runtime)]
-    found.append(job_reports_router(runtime))  # queue workers reporting over HTTP
+    found = [
+        auth_router(runtime),
+        events_router(runtime),
+        job_lists_router(runtime),  # before jobs_router: /api/jobs/live is no job id
+        jobs_router(runtime),
+        job_inputs_router(runtime),
+        batches_router(runtime),
+        job_reports_router(runtime),  # queue workers reporting over HTTP
+        ws_router(runtime),
+    ]
     if service_routes:
         found += [metrics_router(runtime.metrics), service_router(runtime)]
     found.append(dashboard_router(page=dashboard))  # /static/jobcast.js in any case

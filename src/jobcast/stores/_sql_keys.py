@@ -11,10 +11,17 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jobcast.jobs.model import Job
-from jobcast.stores._sql_tables import event_keys_table, job_keys_table, jobs_table, row_values
+from jobcast.stores._sql_tables import (
+    event_keys_table,
+    job_keys_table,
+    job_tags_table,
+    jobs_table,
+    row_values,
+    tag_rows,
+)
 
 
-def _insert(is_sqlite: bool) -> type[sqlite.Insert] | type[postgresql.Insert]:
+def insert_for(is_sqlite: bool) -> type[sqlite.Insert] | type[postgresql.Insert]:
     """The dialect's INSERT, which has ``on_conflict_do_nothing`` (both spell it alike)."""
     return sqlite.Insert if is_sqlite else postgresql.Insert
 
@@ -30,7 +37,7 @@ async def create_keyed(
     """Insert ``job`` under its owner's ``key``; or the earlier job's id and request hash."""
     keys, now = job_keys_table, time.time()
     row = {"job_id": job.id, "request_hash": request_hash, "created_at": now}
-    claim = _insert(is_sqlite)(keys).values(owner=job.owner, key=key, **row)
+    claim = insert_for(is_sqlite)(keys).values(owner=job.owner, key=key, **row)
     expired = (keys.c.owner == job.owner) & (keys.c.created_at < now - retention)
     await conn.execute(keys.delete().where(expired))  # the owner's old keys are free again
     if (await conn.execute(claim.on_conflict_do_nothing())).rowcount != 1:
@@ -39,6 +46,8 @@ async def create_keyed(
         found = (await conn.execute(earlier)).one()
         return str(found[0]), str(found[1])
     await conn.execute(jobs_table.insert().values(id=job.id, **row_values(job)))
+    if job.tags:  # sql.Q8
+        await conn.execute(job_tags_table.insert(), tag_rows(job))
     return None
 
 
@@ -53,7 +62,7 @@ async def claim_publish(
     """Claim ``subject``'s ``key`` for a publish; or the earlier publish's hash and ids."""
     keys, now = event_keys_table, time.time()
     values = {"subject": subject, "key": key, "request_hash": request_hash, "created_at": now}
-    claim = _insert(is_sqlite)(keys).values(**values).on_conflict_do_nothing()
+    claim = insert_for(is_sqlite)(keys).values(**values).on_conflict_do_nothing()
     expired = (keys.c.subject == subject) & (keys.c.created_at < now - retention)
     await conn.execute(keys.delete().where(expired))
     if (await conn.execute(claim)).rowcount == 1:

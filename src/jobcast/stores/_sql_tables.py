@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from jobcast.jobs.model import InputFile, Job, JobState
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: ``{from_version: [statements]}`` that bring a database from that version to the next (Q3).
 MIGRATIONS: dict[int, list[str]] = {
     1: ["ALTER TABLE jobs ADD COLUMN readers TEXT NOT NULL DEFAULT '[]'"],  # job read grants
@@ -22,6 +22,14 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE jobs ADD COLUMN scheduled_for FLOAT",
         "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE jobs ADD COLUMN rerun_of VARCHAR(40)",
+    ],
+    4: [  # metadata, tags, input, batches (job_tags, job_inputs, job_batches: create_all)
+        "ALTER TABLE jobs ADD COLUMN job_metadata TEXT NOT NULL DEFAULT '{}'",
+        "ALTER TABLE jobs ADD COLUMN tags TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE jobs ADD COLUMN waiting TEXT",
+        "ALTER TABLE jobs ADD COLUMN inputs TEXT NOT NULL DEFAULT '{}'",
+        "ALTER TABLE jobs ADD COLUMN parent_id VARCHAR(40)",
+        "CREATE INDEX jobs_by_parent ON jobs (parent_id, id)",
     ],
 }
 
@@ -64,7 +72,13 @@ jobs_table = sa.Table(
     sa.Column("scheduled_for", sa.Float),
     sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
     sa.Column("rerun_of", sa.String(40)),
+    sa.Column("job_metadata", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("tags", sa.Text, nullable=False, server_default="[]"),
+    sa.Column("waiting", sa.Text),
+    sa.Column("inputs", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("parent_id", sa.String(40)),
     sa.Index("jobs_by_owner", "owner", "id"),
+    sa.Index("jobs_by_parent", "parent_id", "id"),
     sa.Index("jobs_by_state", "state", "id"),
     sa.Index("jobs_by_kind", "kind", "id"),
 )
@@ -104,6 +118,40 @@ event_keys_table = sa.Table(
 )
 
 
+#: A job's tags, one row each (``sql.py`` Q8): ``?tag=a&tag=b`` is one indexed lookup per tag.
+job_tags_table = sa.Table(
+    "job_tags",
+    metadata,
+    sa.Column("tag", sa.String(64), primary_key=True),
+    sa.Column("job_id", sa.String(40), primary_key=True),
+)
+
+#: Inputs given to running jobs (``sql.py`` Q9): the primary key (job, name) lets exactly one
+#: of concurrent answers in, on every instance; a re-run handler reads its answers back.
+job_inputs_table = sa.Table(
+    "job_inputs",
+    metadata,
+    sa.Column("job_id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("given_by", sa.String(255), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+
+#: A batch's counts (``sql.py`` Q10): one row per batch, updated under a row lock as each child
+#: ends, so exactly one child's end sees the batch complete, on every instance.
+job_batches_table = sa.Table(
+    "job_batches",
+    metadata,
+    sa.Column("batch_id", sa.String(40), primary_key=True),
+    sa.Column("total", sa.Integer, nullable=False),
+    sa.Column("succeeded", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("failed", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("cancelled", sa.Integer, nullable=False, server_default="0"),
+)
+
+
 UPDATE_JOB = jobs_table.update().where(jobs_table.c.id == sa.bindparam("job_id"))
 
 
@@ -139,6 +187,11 @@ def row_values(job: Job) -> dict[str, Any]:
         "scheduled_for": job.scheduled_for,
         "priority": job.priority,
         "rerun_of": job.rerun_of,
+        "job_metadata": orjson.dumps(job.metadata).decode(),
+        "tags": orjson.dumps(job.tags).decode(),
+        "waiting": _json(job.waiting),
+        "inputs": orjson.dumps(job.inputs).decode(),
+        "parent_id": job.parent_id,
     }
 
 
@@ -172,4 +225,13 @@ def job_from_row(row: sa.Row[Any]) -> Job:
         scheduled_for=m["scheduled_for"],
         priority=m["priority"],
         rerun_of=m["rerun_of"],
+        metadata=orjson.loads(m["job_metadata"]) if m["job_metadata"] else {},
+        tags=orjson.loads(m["tags"]) if m["tags"] else [],
+        waiting=orjson.loads(m["waiting"]) if m["waiting"] else None,
+        inputs=orjson.loads(m["inputs"]) if m["inputs"] else {},
+        parent_id=m["parent_id"],
     )
+
+
+def tag_rows(job: Job) -> list[dict[str, str]]:
+    return [{"tag": tag, "job_id": job.id} for tag in job.tags]

@@ -6,9 +6,9 @@ contract tests in ``tests/test_store_contract.py`` run over every store URL.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from jobcast.jobs.model import Job, JobState
 
@@ -22,6 +22,10 @@ class JobQuery:
     kind: str | None = None
     limit: int = 50
     cursor: str | None = None
+    #: Only jobs with every one of these tags.
+    tags: Collection[str] = ()
+    #: Only the jobs of this batch (``Job.parent_id``).
+    parent: str | None = None
 
 
 @dataclass(slots=True)
@@ -96,6 +100,30 @@ class JobStore(Protocol):
 
     async def delete(self, job_id: str) -> bool:
         """Remove a job; False if there was none."""
+
+    async def put_input(self, job_id: str, name: str, value: Any, given_by: str) -> bool:
+        """Store the input ``name`` of a job; False when one was already stored (concurrent
+        answers: exactly one is stored, on every instance)."""
+
+    async def create_batch(self, parent: Job, children: list[Job]) -> None:
+        """Insert a batch's parent, its children and its counts in one transaction: all or
+        nothing (``jobs/batches.py`` G2)."""
+
+    async def end_child(
+        self,
+        batch_id: str,
+        state: JobState,
+        count: Callable[[Job, dict[str, int]], bool],
+        announce: Callable[[Job, bool], Awaitable[str | None]],
+    ) -> tuple[Job, bool] | None:
+        """Count a child's end (``state``) in batch ``batch_id``: ``count(parent, counts)``
+        updates the parent, ``announce(parent, complete)`` publishes it (the id of its event is
+        stored with it) before the transaction commits (the counts stay locked); the parent and
+        whether the batch is complete, or ``None`` when there is no such batch. Concurrent
+        ends, on any instance, each see their own count, in order (G3)."""
+
+    async def get_input(self, job_id: str, name: str) -> tuple[Any] | None:
+        """The stored input ``name`` of a job, as a one-tuple (its value may be ``null``)."""
 
     async def in_states(self, states: Collection[JobState], limit: int) -> list[Job]:
         """Jobs in any of ``states``, oldest first (recovery at startup)."""

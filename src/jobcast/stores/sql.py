@@ -1,6 +1,6 @@
 """The SQL job store: SQLAlchemy 2 Core over asyncio, on SQLite and PostgreSQL.
 
-Decisions (cited as Q1..Q7):
+Decisions (cited as Q1..Q10):
 
 Q1. Portable columns only: times are epoch seconds (floats), JSON values are text written by
     orjson. The same statements run on SQLite (aiosqlite) and PostgreSQL (asyncpg).
@@ -30,9 +30,23 @@ Q7. Idempotency keys live in a table of their own whose primary key is (owner, k
     owner's keys older than the retention window are deleted first, in the same transaction,
     so an expired key is free again. New tables come from ``create_all``
     (which creates missing tables on an existing database); ``MIGRATIONS`` alters old ones.
+Q8. Tags: the job row keeps its tags (the snapshot), and ``job_tags`` one row per tag, inserted
+    in the job's own transaction, so ``?tag=a&tag=b`` is one indexed ``IN`` per tag (all must
+    match) on SQLite and PostgreSQL alike, with no JSON operators.
+Q9. Input to a running job: ``put_input`` inserts (job, name) with ``ON CONFLICT DO NOTHING``,
+    so of concurrent answers exactly one is stored (the database decides, on every instance);
+    the handler reads it from there, in this process or a worker, now or after a restart.
+Q10. Batches: ``create_batch`` inserts the parent, its children (and their tags) and the
+    batch's counts row in one transaction, so a batch exists whole or not at all.
+    ``end_child`` locks the counts row (``FOR UPDATE``; SQLite's writes are serialised, Q2),
+    counts one end and rewrites the parent from its stored row in the same transaction, so
+    concurrent ends on several instances each see a distinct count and one sees the last; the
+    parent's event is published before the commit, under the lock, so the parent's events
+    leave in count order on every instance (its ``seq`` never goes back).
 
 The tables, and the conversion between a job and its row, are in ``_sql_tables.py``; the
-statements of idempotency keys (Q7) in ``_sql_keys.py``.
+statements of idempotency keys (Q7) in ``_sql_keys.py``, those of inputs (Q9) and batches
+(Q10) in ``_sql_live.py``.
 """
 
 from __future__ import annotations
@@ -42,7 +56,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -54,18 +68,22 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from jobcast._files import create_private
 from jobcast.errors import InvalidInput, Unavailable
 from jobcast.jobs.model import Job, JobState
-from jobcast.stores import _sql_keys
+from jobcast.stores import _sql_keys, _sql_live
 from jobcast.stores._sql_tables import (
     MIGRATIONS,
     SCHEMA_VERSION,
     UPDATE_JOB,
     acks_table,
+    job_batches_table,
     job_from_row,
+    job_inputs_table,
     job_keys_table,
+    job_tags_table,
     jobs_table,
     meta_table,
     metadata,
     row_values,
+    tag_rows,
 )
 from jobcast.stores.base import JobPage, JobQuery, StoreStats
 
@@ -108,6 +126,7 @@ class SQLJobStore:
         self._sqlite = url.startswith("sqlite")
         self._write_lock = asyncio.Lock()  # Q2
         self._inserts: list[dict[str, Any]] = []
+        self._tags: list[dict[str, str]] = []
         self._updates: dict[str, dict[str, Any]] = {}
         self._batch: asyncio.Future[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -186,6 +205,7 @@ class SQLJobStore:
 
     async def create(self, job: Job) -> None:
         self._inserts.append({"id": job.id, **row_values(job)})
+        self._tags.extend(tag_rows(job))  # Q8
         await self._commit_batch()
 
     async def create_keyed(
@@ -258,11 +278,14 @@ class SQLJobStore:
     async def _flush_batches(self) -> None:
         while self._batch is not None:
             inserts, updates, batch = self._inserts, self._updates, self._batch
+            tags, self._tags = self._tags, []
             self._inserts, self._updates, self._batch = [], {}, None
             try:
                 async with self._write() as conn:
                     if inserts:
                         await conn.execute(jobs_table.insert(), inserts)
+                    if tags:
+                        await conn.execute(job_tags_table.insert(), tags)
                     if updates:
                         await conn.execute(UPDATE_JOB, list(updates.values()))
             except Unavailable as exc:
@@ -283,6 +306,12 @@ class SQLJobStore:
             statement = statement.where(c.kind == query.kind)
         if query.cursor is not None:
             statement = statement.where(c.id < query.cursor)
+        if query.parent is not None:
+            statement = statement.where(c.parent_id == query.parent)
+        tagged = job_tags_table.c
+        for tag in query.tags:  # Q8: every tag must match
+            with_tag = sa.select(tagged.job_id).where(tagged.tag == tag)
+            statement = statement.where(c.id.in_(with_tag))
         async with self._read() as conn:
             rows = (await conn.execute(statement)).all()
         jobs = [job_from_row(row) for row in rows[: query.limit]]
@@ -294,7 +323,36 @@ class SQLJobStore:
             result = await conn.execute(jobs_table.delete().where(jobs_table.c.id == job_id))
             # its idempotency keys go with it (jobs/idempotency.I4)
             await conn.execute(job_keys_table.delete().where(job_keys_table.c.job_id == job_id))
+            await conn.execute(job_tags_table.delete().where(job_tags_table.c.job_id == job_id))
+            batches = job_batches_table
+            await conn.execute(batches.delete().where(batches.c.batch_id == job_id))
+            inputs = job_inputs_table
+            await conn.execute(inputs.delete().where(inputs.c.job_id == job_id))
         return bool(result.rowcount)
+
+    async def put_input(self, job_id: str, name: str, value: Any, given_by: str) -> bool:  # Q9
+        async with self._write() as conn:
+            return await _sql_live.put_input(conn, self._sqlite, job_id, name, value, given_by)
+
+    async def get_input(self, job_id: str, name: str) -> tuple[Any] | None:  # Q9
+        async with self._read() as conn:
+            return await _sql_live.get_input(conn, job_id, name)
+
+    async def create_batch(self, parent: Job, children: list[Job]) -> None:  # Q10
+        async with self._write() as conn:
+            await _sql_live.create_batch(conn, parent, children)
+        self.stats.transactions += 1
+        self.stats.rows_written += 1 + len(children)
+
+    async def end_child(
+        self,
+        batch_id: str,
+        state: JobState,
+        count: Callable[[Job, dict[str, int]], bool],
+        announce: Callable[[Job, bool], Awaitable[str | None]],
+    ) -> tuple[Job, bool] | None:  # Q10
+        async with self._write() as conn:
+            return await _sql_live.end_child(conn, batch_id, state, count, announce)
 
     async def in_states(self, states: Collection[JobState], limit: int) -> list[Job]:
         c = jobs_table.c

@@ -23,6 +23,7 @@ FILES = {
     "jobcast.js": "text/javascript; charset=utf-8",
     "jobcast.d.ts": "text/plain; charset=utf-8",
     "dashboard.js": "text/javascript; charset=utf-8",
+    "input_form.js": "text/javascript; charset=utf-8",
     "dashboard.css": "text/css; charset=utf-8",
 }
 

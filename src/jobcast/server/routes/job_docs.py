@@ -49,6 +49,15 @@ class JobSnapshot(BaseModel):
     priority: int = Field(default=0, description="Higher runs first among queued jobs.")
     rerun_of: str | None = Field(default=None, description="The job this one re-runs.")
     readers: list[str] = Field(default_factory=list, description="Subjects granted read access.")
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="What the handler reports beyond progress."
+    )
+    tags: list[str] = Field(default_factory=list, description="Labels given at submit.")
+    waiting: dict[str, Any] | None = Field(
+        default=None,
+        description="The input the job waits for: name, schema, prompt, timeout_at.",
+    )
+    inputs: dict[str, Any] = Field(default_factory=dict, description="Inputs given, by name.")
     links: JobLinks
 
 
@@ -62,6 +71,12 @@ SCHEDULING: dict[str, Any] = {
     "delay_seconds": {"type": "number", "minimum": 0, "maximum": 2592000},
     "run_at": {"type": "string", "format": "date-time", "description": "With its offset."},
     "max_attempts": {"type": "integer", "minimum": 1, "maximum": 25},
+    "tags": {
+        "type": "array",
+        "maxItems": 10,
+        "items": {"type": "string", "pattern": "^[A-Za-z0-9:._/@=+-]{1,64}$"},
+    },
+    "metadata": {"type": "object", "description": "The job's initial metadata."},
 }
 
 SUBMIT_BODY: dict[str, Any] = {

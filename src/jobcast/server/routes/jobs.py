@@ -14,6 +14,7 @@ from jobcast.jobs.idempotency import REPLAYED_HEADER, Idempotency, request_hash,
 from jobcast.jobs.model import Job, JobState
 from jobcast.jobs.rerun import rerun
 from jobcast.jobs.submit_options import FIELDS, SubmitOptions, parse_options
+from jobcast.jobs.tags import MAX_TAGS, valid_tag
 from jobcast.server.http import exact_json
 from jobcast.server.http.errors import jobcast_router
 from jobcast.server.http.uploads import Received, receive_multipart
@@ -51,7 +52,7 @@ def job_body(request: Request, job: Job) -> dict[str, Any]:
     return {**job.to_dict(), "links": job_links(request, job.id)}
 
 
-async def _read_json(request: Request, limit: int) -> Any:
+async def read_json(request: Request, limit: int) -> Any:
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
@@ -135,7 +136,7 @@ def jobs_router(jc: "Runtime") -> APIRouter:
                 await received.remove()
                 raise
         elif content_type.startswith("application/json") or not content_type:
-            fields = await _read_json(request, settings.max_body_bytes)
+            fields = await read_json(request, settings.max_body_bytes)
             kind, params, options = _submission(fields)
             key = valid_key(idempotency_header, fields.get("idempotency_key"))
         else:
@@ -180,11 +181,25 @@ def jobs_router(jc: "Runtime") -> APIRouter:
         ] = None,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
         cursor: Annotated[str | None, Query(description="`next_cursor` of the last page.")] = None,
+        tag: Annotated[
+            list[str] | None, Query(description="Only jobs with every one of these tags.")
+        ] = None,
+        parent: Annotated[
+            str | None, Query(max_length=40, description="Only the jobs of this batch.")
+        ] = None,
     ) -> Response:
         scope = jc.policy.job_list_owner(principal)
         if cursor is not None and _CURSOR.fullmatch(cursor) is None:
             raise InvalidInput("invalid cursor")
-        query = JobQuery(scope or owner, tuple(state or ()), kind, limit, cursor)
+        query = JobQuery(
+            scope or owner,
+            tuple(state or ()),
+            kind,
+            limit,
+            cursor,
+            tags=query_tags(tag),
+            parent=parent,
+        )
         page = await jc.runner.list_jobs(query)
         return JSONResponse(
             {
@@ -278,6 +293,13 @@ def jobs_router(jc: "Runtime") -> APIRouter:
         return await job_event_stream(jc, job_id, principal, last_event_id_header or last_event_id)
 
     return router
+
+
+def query_tags(tags: list[str] | None) -> tuple[str, ...]:
+    """``?tag=`` values, checked as a submission's are (422 otherwise)."""
+    if tags and len(tags) > MAX_TAGS:
+        raise InvalidInput(f"at most {MAX_TAGS} tags")
+    return tuple(dict.fromkeys(valid_tag(tag) for tag in tags or ()))
 
 
 async def receive_upload(runtime: "Runtime", request: Request) -> Received:

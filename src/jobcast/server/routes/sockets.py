@@ -1,4 +1,5 @@
-"""WebSocket routes: ``/ws/jobs/{id}`` (one job's events) and ``/ws/events`` (the hub).
+"""WebSocket routes: ``/ws/jobs/{id}`` (one job's events), ``/ws/jobs`` (a live job list) and
+``/ws/events`` (the hub).
 
 Messages to the client are JSON text frames. Events have the shape of ``Event.ws_message``
 (``{"id", "topic", "type", "data", "ts"}``); the job socket starts with a ``snapshot`` message
@@ -22,6 +23,7 @@ from fastapi import APIRouter, WebSocket
 from jobcast.server.routes.table import EVENTS_SOCKET, JOB_SOCKET
 from jobcast.server.streams.channel import Caller
 from jobcast.server.streams.event_socket import serve_event_socket
+from jobcast.server.streams.job_list_socket import serve_job_list_socket
 from jobcast.server.streams.job_socket import serve_job_socket
 
 if TYPE_CHECKING:
@@ -48,6 +50,11 @@ def ws_router(jc: "Runtime") -> APIRouter:
         """One job's events, then close 1000 after the terminal event."""
         caller = await overridden_caller(jc, websocket)
         await serve_job_socket(jc, websocket, job_id, caller=caller)
+
+    @router.websocket("/ws/jobs")
+    async def job_list_socket(websocket: WebSocket) -> None:
+        """A live job list (``?tag=&kind=&state=``): snapshots, synced, then changes."""
+        await serve_job_list_socket(jc, websocket, await overridden_caller(jc, websocket))
 
     @router.websocket(EVENTS_SOCKET.path)
     async def events_socket(websocket: WebSocket) -> None:

@@ -3,12 +3,15 @@ import {
   State,
   api,
   cancelJob,
+  giveInput,
   listJobs,
   rerunJob,
   submitJob,
   subscribe,
   watchJob,
+  watchJobs,
 } from "./jobcast.js";
+import { renderInputForm } from "./input_form.js";
 
 const $ = (id) => document.getElementById(id);
 const store = window.sessionStorage;
@@ -120,34 +123,44 @@ function renderRow(job) {
   $("jobs-empty").hidden = true;
 }
 
-async function loadJobs() {
-  try {
-    const page = await listJobs({ limit: 50 }, auth);
-    for (const job of page.jobs) mergeJob(job, true);
-  } catch (error) {
-    if (error.status === 401) signOut("Your token was refused; sign in again.");
+/** The filter box: words are tags (all must match); `kind:NAME` and `state:NAME` too. */
+function parseFilter(text) {
+  const filter = { tag: [], state: [] };
+  for (const word of text.split(/\s+/).filter(Boolean)) {
+    if (word.startsWith("kind:")) filter.kind = word.slice("kind:".length);
+    else if (word.startsWith("state:")) filter.state.push(word.slice("state:".length));
+    else filter.tag.push(word);
   }
+  return filter;
+}
+
+function removeRow(id) {
+  jobs.delete(id);
+  $("jobs-body").querySelector(`tr[data-job-id="${CSS.escape(id)}"]`)?.remove();
+  $("jobs-empty").hidden = jobs.size > 0;
 }
 
 function startJobsStream() {
-  // The server lets through only the jobs this user may see.
-  jobsStream = subscribe(
-    ["jobs/*"],
+  // A live job list (GET /api/jobs/live): the matching jobs, then their changes; the server
+  // lets through only the jobs this user may see.
+  jobsStream?.close();
+  jobs.clear();
+  $("jobs-body").replaceChildren();
+  $("jobs-empty").hidden = false;
+  $("filter-error").textContent = "";
+  jobsStream = watchJobs(
+    parseFilter($("filter").value),
     {
       onConnection: showConnection,
-      onEvent: (event) => {
-        if (event.data && typeof event.data === "object" && event.data.id) {
-          mergeJob(event.data, event.type !== "progress");
-        }
-      },
-      onReset: () => loadJobs(), // the history has a gap: reload instead of guessing
+      onJob: (job) => mergeJob(job, true),
+      onRemove: (id) => removeRow(id),
       onError: (error) => {
         if (error.status === 401) signOut("Your token was refused; sign in again.");
+        else if (error.status === 422) $("filter-error").textContent = error.message;
       },
     },
     auth,
   );
-  loadJobs();
 }
 
 // -- submit -----------------------------------------------------------------------------------
@@ -214,6 +227,8 @@ function renderJob(job) {
     dd.append(value ?? "—");
     facts.append(dt, dd);
   }
+  renderWaiting(job);
+  renderChildren(job);
   $("job-progress").value = job.progress ?? 0;
   $("job-progress-text").textContent = percent(job);
   $("job-cancel").hidden = TERMINAL.has(job.state) || !job.state;
@@ -223,6 +238,46 @@ function renderJob(job) {
   if (job.error) result.textContent = `${job.error.type}: ${job.error.message}`;
   else if (job.state === "succeeded") result.textContent = JSON.stringify(job.result, null, 2);
   else result.textContent = "—";
+}
+
+let shownRequest = null; // the job and input the form is for: re-rendered only when it changes
+
+function renderWaiting(job) {
+  const box = $("job-input");
+  const key = job.waiting ? `${job.id} ${job.waiting.name} ${job.waiting.timeout_at}` : null;
+  if (key === shownRequest) return;
+  shownRequest = key;
+  box.hidden = !job.waiting;
+  if (!job.waiting) {
+    box.replaceChildren();
+    return;
+  }
+  renderInputForm(box, job.waiting, (value) => giveInput(job.id, job.waiting.name, value, auth));
+}
+
+let childrenSeq = null; // the batch event the children list was loaded for
+
+/** A batch's page lists its jobs, reloaded whenever the batch moves on (one of them ended). */
+async function renderChildren(job) {
+  const box = $("job-children");
+  box.hidden = job.kind !== "batch";
+  if (job.kind !== "batch" || childrenSeq === `${job.id} ${job.seq}`) return;
+  childrenSeq = `${job.id} ${job.seq}`;
+  try {
+    const page = await listJobs({ parent: job.id, limit: 200 }, auth);
+    const list = document.createElement("ul");
+    for (const child of page.jobs) {
+      const item = document.createElement("li");
+      const link = document.createElement("a");
+      link.href = `#/jobs/${child.id}`;
+      link.textContent = `${child.id.slice(-8)} ${child.kind}`;
+      item.append(link, " ", badge(child.state));
+      list.append(item);
+    }
+    $("job-children-list").replaceChildren(list);
+  } catch (error) {
+    logLine(`jobs of the batch: ${error.message}`);
+  }
 }
 
 function logLine(text) {
@@ -370,6 +425,10 @@ function start() {
 }
 
 $("signin-form").addEventListener("submit", onSignIn);
+$("filter-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  startJobsStream();
+});
 $("submit-form").addEventListener("submit", onSubmit);
 $("inspect-form").addEventListener("submit", startInspector);
 $("inspect-stop").addEventListener("click", stopInspector);

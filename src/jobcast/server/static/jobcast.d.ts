@@ -9,6 +9,8 @@ export declare const State: Readonly<{
 export type ConnectionState = (typeof State)[keyof typeof State];
 
 export declare const JOB_EVENT_TYPES: string[];
+/** The event types of a live job list: "snapshot", "synced", "removed". */
+export declare const LIST_EVENT_TYPES: string[];
 
 export type JobState = "queued" | "running" | "succeeded" | "failed" | "cancelled";
 
@@ -42,7 +44,32 @@ export interface Job {
   /** The job this one re-runs. */
   rerun_of: string | null;
   readers: string[];
+  /** What the handler reports beyond progress (`ctx.metadata`). */
+  metadata: Record<string, unknown>;
+  tags: string[];
+  /** The input the job waits for, while it waits. */
+  waiting: InputRequest | null;
+  /** The inputs given so far, by name. */
+  inputs: Record<string, unknown>;
+  /** The batch this job belongs to. */
+  parent_id: string | null;
   links?: { self: string; events: string; ws: string; cancel: string };
+}
+
+export interface InputRequest {
+  name: string;
+  /** The JSON schema the value must satisfy (`{}`: any JSON value). */
+  schema: Record<string, unknown>;
+  prompt: string | null;
+  /** Epoch seconds. */
+  timeout_at: number;
+}
+
+/** Which jobs a live list shows: every tag, the kind, any of the states. */
+export interface JobFilter {
+  tag?: string | string[];
+  kind?: string;
+  state?: JobState | JobState[];
 }
 
 export interface Backoff {
@@ -92,6 +119,16 @@ export interface JobHandlers extends StreamHandlers {
   onDone?(job: Job): void;
 }
 
+export interface JobListHandlers extends StreamHandlers {
+  /** After every change: the jobs the list shows now, by id. */
+  onJobs?(jobs: Map<string, Job>, event: StreamEvent): void;
+  onJob?(job: Job, event: StreamEvent): void;
+  /** reason: "filter" (it left the filter), "access" (unshared), "gone" (not re-sent). */
+  onRemove?(id: string, reason: string): void;
+  /** The current jobs were sent (after every reconnect too). */
+  onSynced?(count: number): void;
+}
+
 export interface SubmitOptions {
   /** A retried submission with this key returns the first job (200) instead of a new one. */
   idempotencyKey?: string;
@@ -100,6 +137,10 @@ export interface SubmitOptions {
   /** -100..100; higher runs first among queued jobs. */
   priority?: number;
   maxAttempts?: number;
+  /** Up to 10 short labels (letters, digits, ":._/@=+-"). */
+  tags?: string[];
+  /** The job's initial metadata. */
+  metadata?: Record<string, unknown>;
 }
 
 export interface UploadProgress {
@@ -139,7 +180,14 @@ export declare function getJob(id: string, options?: ClientOptions): Promise<Job
 export declare function cancelJob(id: string, options?: ClientOptions): Promise<Job>;
 export declare function rerunJob(id: string, options?: ClientOptions): Promise<Job>;
 export declare function listJobs(
-  query?: { state?: JobState | JobState[]; kind?: string; limit?: number; cursor?: string },
+  query?: {
+    state?: JobState | JobState[];
+    kind?: string;
+    tag?: string | string[];
+    parent?: string;
+    limit?: number;
+    cursor?: string;
+  },
   options?: ClientOptions,
 ): Promise<{ jobs: Job[]; next_cursor: string | null }>;
 export declare function submitJob(
@@ -149,6 +197,38 @@ export declare function submitJob(
     SubmitOptions & { file?: Blob; onUploadProgress?(progress: UploadProgress): void },
 ): Promise<Job>;
 export declare function watchJob(id: string, handlers?: JobHandlers, options?: ClientOptions): Stream;
+export declare function watchJobs(
+  filter?: JobFilter,
+  handlers?: JobListHandlers,
+  options?: ClientOptions,
+): Stream & { readonly jobs: Map<string, Job> };
+export interface BatchItem {
+  kind: string;
+  params?: Record<string, unknown>;
+  tags?: string[];
+  metadata?: Record<string, unknown>;
+  priority?: number;
+  delay_seconds?: number;
+  max_attempts?: number;
+}
+export declare function submitBatch(
+  jobs: BatchItem[],
+  options?: ClientOptions & {
+    tags?: string[];
+    metadata?: Record<string, unknown>;
+    allowFailures?: boolean;
+  },
+): Promise<Job & { jobs: Job[] }>;
+export declare function giveInput(
+  id: string,
+  name: string,
+  value: unknown,
+  options?: ClientOptions,
+): Promise<Job>;
+export declare function foldMetadata(
+  job: Job,
+  data: { metadata: Record<string, unknown>; removed: string[]; seq: number; updated_at: string },
+): Job;
 export declare function subscribe(
   topics: string[],
   handlers?: StreamHandlers,
@@ -162,5 +242,8 @@ export declare function createClient(defaults?: ClientOptions): {
   rerunJob: typeof rerunJob;
   submitJob: typeof submitJob;
   watchJob: typeof watchJob;
+  watchJobs: typeof watchJobs;
+  giveInput: typeof giveInput;
+  submitBatch: typeof submitBatch;
   subscribe: typeof subscribe;
 };

@@ -48,11 +48,16 @@ export const JOB_EVENT_TYPES = [
   "progress",
   "state",
   "retrying", // an attempt failed; the job is queued again until `next_attempt_at`
+  "metadata", // the keys its handler's metadata changed: `{metadata, removed}`
+  "waiting", // it waits for input (`job.waiting`): answer with giveInput
+  "resumed", // it no longer waits (`job.inputs` holds what was given)
   "succeeded",
   "failed",
   "cancelled",
 ];
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+/** The event types of a live job list (`watchJobs`). */
+export const LIST_EVENT_TYPES = ["snapshot", "synced", "removed"];
 const FATAL_STATUS = new Set([401, 403, 404, 422]);
 /** `reauth`s in a row with an unchanged credential that end the stream (J5). */
 const STALE_REAUTH_LIMIT = 2;
@@ -149,6 +154,34 @@ export const cancelJob = (id, options) =>
 /** Run a job again as a new job linked by `rerun_of` (its owner or an admin). */
 export const rerunJob = (id, options) =>
   api(`/api/jobs/${encodeURIComponent(id)}/rerun`, { ...options, method: "POST" });
+/**
+ * Give a job that waits for input (`job.waiting.name`) its value. Rejects with status 422
+ * when the value does not fit the request's schema (nothing changes), 409 when the job no
+ * longer waits for it (another answer came first, or it timed out).
+ */
+export const giveInput = (id, name, value, options) =>
+  api(`/api/jobs/${encodeURIComponent(id)}/input`, {
+    ...options,
+    method: "POST",
+    body: { name, value },
+  });
+/**
+ * Submit jobs (`[{kind, params, tags, metadata, priority, ...}]`) as one batch, all or none.
+ * Resolves to its parent job (with `jobs`, the children): watch it like any job; it ends once
+ * every child has (`failed` if any failed, unless `options.allowFailures`).
+ */
+export const submitBatch = (jobs, options = {}) =>
+  api("/api/batches", {
+    ...options,
+    method: "POST",
+    body: {
+      jobs,
+      ...(options.tags ? { tags: options.tags } : {}),
+      ...(options.metadata ? { metadata: options.metadata } : {}),
+      ...(options.allowFailures ? { allow_failures: true } : {}),
+    },
+  });
+/** A page of jobs; `query` as the API's: `{state, kind, tag, parent, limit, cursor}`. */
 export function listJobs(query = {}, options = {}) {
   const params = new URLSearchParams();
   for (const [key, value] of Object.entries(query)) {
@@ -165,6 +198,8 @@ function submitFields(options) {
     run_at: options.runAt instanceof Date ? options.runAt.toISOString() : options.runAt,
     priority: options.priority,
     max_attempts: options.maxAttempts,
+    tags: options.tags,
+    metadata: options.metadata,
   };
   return Object.fromEntries(Object.entries(fields).filter(([, value]) => value != null));
 }
@@ -189,7 +224,9 @@ export async function submitJob(kind, params = {}, options = {}) {
   const form = new FormData();
   form.append("kind", kind);
   form.append("params", JSON.stringify(params));
-  for (const [name, value] of Object.entries(fields)) form.append(name, String(value));
+  for (const [name, value] of Object.entries(fields)) {
+    form.append(name, typeof value === "object" ? JSON.stringify(value) : String(value));
+  }
   form.append("file", options.file, options.file.name || "upload");
   return new Promise((done, fail) => {
     const xhr = new XMLHttpRequest();
@@ -621,6 +658,7 @@ export function watchJob(id, handlers = {}, options = {}) {
     ...handlers,
     onEvent(event) {
       if (event.type === "progress") job = { ...job, ...event.data };
+      else if (event.type === "metadata") job = foldMetadata(job, event.data);
       else if (JOB_EVENT_TYPES.includes(event.type)) job = event.data;
       handlers.onEvent?.(event);
       if (job) handlers.onJob?.(job, event);
@@ -648,6 +686,70 @@ export function watchJob(id, handlers = {}, options = {}) {
     wrapped,
     options,
   );
+}
+
+/** A job after one of its `metadata` events: changed keys set, removed ones dropped. */
+export function foldMetadata(job, data) {
+  const metadata = { ...(job?.metadata || {}), ...(data.metadata || {}) };
+  for (const key of data.removed || []) delete metadata[key];
+  return { ...job, metadata, seq: data.seq, updated_at: data.updated_at };
+}
+
+/**
+ * A live job list: every job that matches `filter` (`{tag, kind, state}`; arrays: every tag,
+ * any state), kept in a `Map` by id. `onJobs(jobs, event)` after every change, `onJob(job)`
+ * for each snapshot, `onRemove(id, reason)` when one leaves, `onSynced(count)` once the
+ * current jobs were sent (after every reconnect too: jobs not sent again are removed).
+ * @param {JobFilter} filter
+ * @param {JobListHandlers} handlers
+ * @param {ClientOptions} [options] any transport ("ws": `/ws/jobs`)
+ * @returns {Stream & {jobs: Map<string, any>}}
+ */
+export function watchJobs(filter = {}, handlers = {}, options = {}) {
+  const jobs = new Map();
+  let fresh = null; // the ids sent since this connection opened, until `synced`
+  const query = [];
+  for (const key of ["tag", "kind", "state"]) {
+    for (const value of [].concat(filter[key] ?? [])) query.push([key, value]);
+  }
+  const remove = (id, reason) => {
+    if (jobs.delete(id)) handlers.onRemove?.(id, reason);
+  };
+  const wrapped = {
+    ...handlers,
+    onOpen() {
+      fresh = new Set();
+      handlers.onOpen?.();
+    },
+    onEvent(event) {
+      handlers.onEvent?.(event);
+      if (event.type === "snapshot") {
+        jobs.set(event.data.id, event.data);
+        fresh?.add(event.data.id);
+        handlers.onJob?.(event.data, event);
+      } else if (event.type === "removed") {
+        remove(event.data.id, event.data.reason);
+      } else if (event.type === "synced") {
+        if (fresh) for (const id of [...jobs.keys()]) if (!fresh.has(id)) remove(id, "gone");
+        fresh = null;
+        handlers.onSynced?.(event.data.count);
+      } else return;
+      handlers.onJobs?.(jobs, event);
+    },
+  };
+  const stream = new Stream(
+    {
+      ssePath: "/api/jobs/live",
+      wsPath: "/ws/jobs",
+      topics: ["jobs/*"],
+      query,
+      types: LIST_EVENT_TYPES,
+    },
+    wrapped,
+    options,
+  );
+  stream.jobs = jobs;
+  return stream;
 }
 
 /**
@@ -685,6 +787,9 @@ export function createClient(defaults = {}) {
     rerunJob: (id, options) => rerunJob(id, merge(options)),
     submitJob: (kind, params, options) => submitJob(kind, params, merge(options)),
     watchJob: (id, handlers, options) => watchJob(id, handlers, merge(options)),
+    watchJobs: (filter, handlers, options) => watchJobs(filter, handlers, merge(options)),
+    giveInput: (id, name, value, options) => giveInput(id, name, value, merge(options)),
+    submitBatch: (jobs, options) => submitBatch(jobs, merge(options)),
     subscribe: (topics, handlers, options) => subscribe(topics, handlers, merge(options)),
   };
 }
@@ -733,6 +838,18 @@ export function createClient(defaults = {}) {
  * @property {Date | string} [runAt] or at this time
  * @property {number} [priority] -100..100, higher runs first among queued jobs
  * @property {number} [maxAttempts] runs the job may have in all
+ * @property {string[]} [tags] up to 10 short labels (filters, live lists)
+ * @property {object} [metadata] the job's initial metadata
+ *
+ * @typedef {object} JobFilter
+ * @property {string | string[]} [tag] every one must match
+ * @property {string} [kind]
+ * @property {string | string[]} [state] any one matches
+ *
+ * @typedef {StreamHandlers & {onJobs?: (jobs: Map<string, any>, event: StreamEvent) => void,
+ *   onJob?: (job: any, event: StreamEvent) => void,
+ *   onRemove?: (id: string, reason: string) => void,
+ *   onSynced?: (count: number) => void}} JobListHandlers
  *
  * @typedef {object} StreamTarget
  * @property {string} ssePath

@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 import orjson
 
 from jobcast.events import Event
+from jobcast.jobs.metadata import fold_metadata
 from jobcast.jobs.model import job_topic
 from jobcast.server.streams.job_plan import TERMINAL_TYPES, WHOLE_JOB_TYPES, JobStreamPlan
 from jobcast.wire import ServerSentEvent
@@ -57,6 +58,8 @@ class JobView:
             self.job = data
         elif event_type == "progress" and isinstance(data, dict):
             self.job = {**self.job, **data}
+        elif event_type == "metadata" and isinstance(data, dict):
+            self.job = fold_metadata(self.job, data)
         return JobUpdate(event_type, self.job, data, event_id)
 
 

@@ -42,7 +42,9 @@ if TYPE_CHECKING:
 
 TERMINAL_TYPES = frozenset(state.value for state in TERMINAL_STATES)
 #: Event types whose data is the whole job (a ``progress`` event's data is only what changed).
-WHOLE_JOB_TYPES = frozenset({"snapshot", "state", *TERMINAL_TYPES})
+WHOLE_JOB_TYPES = frozenset(
+    {"snapshot", "state", "retrying", "waiting", "resumed", *TERMINAL_TYPES}
+)
 
 
 def is_terminal_event(event: Event) -> bool:

@@ -1,0 +1,167 @@
+"""Batches: many jobs submitted as one (``POST /api/batches``), followed by a parent job.
+
+Decisions (cited as G1..G5):
+
+G1. A batch is a job: its parent has kind ``batch`` and ``runs_on`` "batch" (no runner runs
+    it, and a restart leaves it alone, external.X2), so its snapshot, its stream
+    (``jobs/{id}``), polls, lists, access rules and cancel are every job's. Its children carry
+    ``parent_id``; ``GET /api/jobs?parent=ID`` lists them.
+G2. Atomic: the items are validated first (kind, params, options; 422 names the item), then the
+    parent, every child and the batch's counts row are inserted in one transaction
+    (``store.create_batch``): all exist or none. Only then are the children queued.
+G3. Each child's end (its terminal state stored, ``live.after_terminal``) counts in the batch's
+    row under a row lock (``store.end_child``, sql.Q10), which updates the parent in the same
+    transaction: progress (ended / total), counts in its metadata (``succeeded``, ``failed``,
+    ``cancelled``, ``total``), a message, and publishes the parent before it commits. Exactly
+    one child's end, on whatever worker, sees the batch complete, so the parent's terminal event
+    is published once, last of the parent's, and after every child's own terminal event (each
+    child publishes its end before it counts).
+G4. The outcome: ``failed`` if any child failed (unless the batch was submitted with
+    ``allow_failures``), else ``cancelled`` if any child was cancelled, else ``succeeded``; the
+    result holds the counts. Every other end is a ``state`` event of the parent (the whole job).
+G5. Cancelling the batch cancels every child not yet ended; the batch then ends ``cancelled``
+    (or ``failed``, by G4) when the last of them does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+from jobcast.errors import Conflict, JobcastError, NotFound
+from jobcast.events import EventDraft, dumps
+from jobcast.jobs.model import Job, JobState, job_topic, new_job_id
+from jobcast.stores.base import JobQuery
+
+if TYPE_CHECKING:
+    from jobcast.hub import Hub
+    from jobcast.stores.base import JobStore
+
+logger = logging.getLogger("jobcast.jobs")
+
+KIND = "batch"
+RUNS_ON = "batch"
+#: The most jobs one batch may hold.
+MAX_BATCH = 1000
+COUNTS = ("succeeded", "failed", "cancelled")
+
+
+def new_parent(
+    owner: str,
+    total: int,
+    *,
+    tags: list[str],
+    metadata: dict[str, Any],
+    allow_failures: bool,
+) -> Job:
+    """The parent of a new batch of ``total`` jobs, running from its creation (G1)."""
+    now = time.time()
+    counts = dict.fromkeys(COUNTS, 0)
+    return Job(
+        id=new_job_id(),
+        kind=KIND,
+        owner=owner,
+        params={"total": total, "allow_failures": allow_failures},
+        state=JobState.RUNNING,
+        seq=1,
+        started_at=now,
+        attempts=1,
+        max_attempts=1,
+        runs_on=RUNS_ON,
+        tags=tags,
+        metadata={**metadata, **counts, "total": total},
+        message=f"0 of {total} jobs ended",
+    )
+
+
+def count_end(parent: Job, counts: dict[str, int]) -> bool:
+    """Fold a batch's counts after a child's end into its parent (G3, G4); True when the
+    batch is complete (the parent is then terminal)."""
+    if parent.terminal:  # ended already (a store outage lost count?): never a second end
+        return False
+    now = time.time()
+    total = int(parent.params.get("total", 0))
+    ended = sum(counts[name] for name in COUNTS)
+    parent.metadata = {**parent.metadata, **{name: counts[name] for name in COUNTS}}
+    parent.progress = round(100.0 * ended / total, 3) if total else 100.0
+    parent.seq += 1
+    parent.updated_at = now
+    failed, cancelled = counts["failed"], counts["cancelled"]
+    parent.message = f"{ended} of {total} jobs ended" + (f", {failed} failed" if failed else "")
+    if ended < total:
+        return False
+    if failed and not parent.params.get("allow_failures"):
+        parent.state = JobState.FAILED
+        parent.error = {"type": "BatchFailed", "message": f"{failed} of {total} jobs failed"}
+    elif cancelled:
+        parent.state = JobState.CANCELLED
+    else:
+        parent.state = JobState.SUCCEEDED
+    parent.finished_at = now
+    parent.eta_seconds = 0.0 if parent.state is JobState.SUCCEEDED else None
+    parent.result = {name: counts[name] for name in COUNTS} | {"total": total}
+    return True
+
+
+async def child_ended(store: JobStore, hub: Hub, child: Job) -> None:
+    """Count a child's end in its batch and publish what the parent became (G3)."""
+    if child.parent_id is None or not child.terminal:
+        return
+
+    async def announce(parent: Job, complete: bool) -> str | None:
+        if parent.terminal and not complete:
+            return None  # it had ended already
+        return await publish(hub, parent, parent.state.value if complete else "state")
+
+    await store.end_child(child.parent_id, child.state, count_end, announce)
+
+
+async def publish(hub: Hub, parent: Job, event_type: str) -> str | None:
+    """Publish the parent whole; a refused terminal event is retried (as live.L4). The
+    event's id, or ``None`` when it could not be published."""
+    draft = EventDraft(job_topic(parent.id), event_type, dumps(parent.to_dict()))
+    retries = 5 if parent.terminal else 0
+    for attempt in range(retries + 1):
+        try:
+            (event,) = await hub.publish_many([draft])
+            return event.id
+        except JobcastError as exc:
+            if attempt == retries:
+                logger.error("batch %s: could not publish %s: %s", parent.id, event_type, exc)
+                return None
+            await asyncio.sleep(0.2 * 2**attempt)
+    return None
+
+
+class Runner(Protocol):
+    """What cancelling a batch needs of the runner."""
+
+    store: JobStore
+
+    async def get(self, job_id: str) -> Job | None: ...
+
+    async def cancel(self, job_id: str) -> Job: ...
+
+
+class BatchChildren:
+    """A batch's parent as an external queue (external.X1): revoking it cancels every child
+    that has not ended, and the last child's end ends the batch (G5)."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    async def revoke(self, job: Job) -> None:
+        runner, cursor = self.runner, None
+        while True:
+            page = await runner.store.list_jobs(JobQuery(parent=job.id, limit=200, cursor=cursor))
+            for child in page.jobs:
+                fresh = await runner.get(child.id)
+                if fresh is not None and not fresh.terminal:
+                    with contextlib.suppress(Conflict, NotFound):
+                        await runner.cancel(child.id)
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor

@@ -1,0 +1,163 @@
+"""Live job lists (``GET /api/jobs/live``): the current matching jobs, then their changes,
+never another user's job."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import orjson
+from websockets.asyncio.client import connect
+
+from tests.support import EventStream, LiveServer
+from tests.ws_support import receive, receive_until_closed
+
+
+async def submit(
+    client: httpx.AsyncClient, server: LiveServer, sub: str, kind: str, **body: Any
+) -> dict[str, Any]:
+    body.setdefault("params", {"steps": 1, "delay": 0} if kind == "demo" else {})
+    response = await client.post(
+        f"{server.url}/api/jobs", json={"kind": kind, **body}, headers=server.auth(sub)
+    )
+    assert response.status_code == 202, response.text
+    job: dict[str, Any] = response.json()
+    return job
+
+
+async def next_event(stream: EventStream) -> tuple[str, Any]:
+    event = await stream.next(timeout=10)
+    return event.event or "", orjson.loads(event.data or "null")
+
+
+async def until(stream: EventStream, done: Callable[[str, Any], bool]) -> list[tuple[str, Any]]:
+    seen = []
+    async with asyncio.timeout(10):
+        while True:
+            seen.append(await next_event(stream))
+            if done(*seen[-1]):
+                return seen
+
+
+async def test_a_list_starts_with_the_matching_jobs_then_follows_them(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    server = make_server(handlers=["tests.handlers"])
+    old = await submit(client, server, "alice", "demo", tags=["batch-7", "customer:42"])
+    await submit(client, server, "alice", "demo", tags=["batch-8"])
+    async with EventStream(
+        client,
+        f"{server.url}/api/jobs/live",
+        params={"tag": "batch-7", "state": ["queued", "running", "succeeded"]},
+        headers=server.auth("alice"),
+    ) as stream:
+        opening = await until(stream, lambda kind, _: kind == "synced")
+        assert [(k, d["id"]) for k, d in opening[:-1]] == [("snapshot", old["id"])]
+        assert opening[-1][1] == {"count": 1}
+
+        new = await submit(client, server, "alice", "demo", tags=["batch-7"], metadata={"n": 1})
+        await submit(client, server, "alice", "demo", tags=["batch-8"])  # not listed
+        seen = await until(
+            stream, lambda kind, data: data["id"] == new["id"] and data["state"] == "succeeded"
+        )
+        assert {data["id"] for _, data in seen} == {new["id"]}
+        assert all(kind == "snapshot" for kind, _ in seen)
+        states = [data["state"] for _, data in seen]
+        assert states[0] == "queued" and states[-1] == "succeeded"
+        assert all(data["metadata"] == {"n": 1} for _, data in seen)  # whole jobs
+        seqs = [data["seq"] for _, data in seen]
+        assert seqs == sorted(set(seqs))  # no repeats, in order
+
+    # a state filter: a job that leaves it is removed
+    async with EventStream(
+        client,
+        f"{server.url}/api/jobs/live",
+        params={"tag": "slow-one", "state": ["queued", "running"]},
+        headers=server.auth("alice"),
+    ) as stream:
+        assert await next_event(stream) == ("synced", {"count": 0})
+        job = await submit(client, server, "alice", "wait_cancel", tags=["slow-one"])
+        await until(stream, lambda kind, data: data.get("state") == "running")
+        cancelled = await client.post(
+            f"{server.url}/api/jobs/{job['id']}/cancel", headers=server.auth("alice")
+        )
+        assert cancelled.status_code == 200
+        _, data = (await until(stream, lambda kind, _: kind == "removed"))[-1]
+        assert data == {"id": job["id"], "reason": "filter"}
+
+    bad = await client.get(
+        f"{server.url}/api/jobs/live", params={"tag": "a b"}, headers=server.auth("alice")
+    )
+    assert bad.status_code == 422
+    assert (await client.get(f"{server.url}/api/jobs/live")).status_code == 401
+
+
+async def test_a_list_never_shows_another_user_s_job_even_shared_then_unshared(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    server = make_server(handlers=["tests.handlers"], heartbeat_interval=0.2)
+    await submit(client, server, "alice", "demo", tags=["shared"])  # alice's, before
+    async with EventStream(
+        client,
+        f"{server.url}/api/jobs/live",
+        params={"tag": "shared"},
+        headers=server.auth("bob"),
+    ) as stream:
+        assert await next_event(stream) == ("synced", {"count": 0})
+        # alice's job with the same tag: bob sees it only once it is shared with him
+        job = await submit(
+            client, server, "alice", "wait_cancel", tags=["shared"], delay_seconds=0.5
+        )
+        granted = await client.put(
+            f"{server.url}/api/jobs/{job['id']}/readers/bob", headers=server.auth("alice")
+        )
+        assert granted.status_code == 200
+        seen = await until(stream, lambda kind, data: data.get("state") == "running")
+        assert {data["id"] for _, data in seen} == {job["id"]}
+
+        revoked = await client.delete(
+            f"{server.url}/api/jobs/{job['id']}/readers/bob", headers=server.auth("alice")
+        )
+        assert revoked.status_code == 200
+        seen = await until(stream, lambda kind, _: kind == "removed")
+        assert seen[-1][1] == {"id": job["id"], "reason": "access"}
+        assert {data["id"] for _, data in seen} == {job["id"]}  # its progress, while shared
+
+        # its end, and another job of alice's with the tag, never reach bob
+        await client.post(f"{server.url}/api/jobs/{job['id']}/cancel", headers=server.auth("alice"))
+        await submit(client, server, "alice", "demo", tags=["shared"])
+        own = await submit(client, server, "bob", "demo", tags=["shared"])
+        seen = await until(
+            stream, lambda kind, data: data.get("id") == own["id"] and data["state"] == "succeeded"
+        )
+        assert {data["id"] for _, data in seen} == {own["id"]}
+
+
+async def test_a_live_list_over_a_websocket(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    server = make_server(handlers=["tests.handlers"], heartbeat_interval=0.2, ws_auth_timeout=1)
+    base = f"ws://{server.host}:{server.port}/ws/jobs"
+    old = await submit(client, server, "alice", "demo", tags=["ws"])
+    await submit(client, server, "bob", "demo", tags=["ws"])  # never alice's to see
+    async with connect(f"{base}?tag=ws&token={server.token('alice')}") as ws:
+        opening = [await receive(ws), await receive(ws)]
+        assert [(m["type"], m["data"]["id"]) for m in opening[:1]] == [("snapshot", old["id"])]
+        assert opening[1] == {"type": "synced", "id": None, "data": {"count": 1}}
+        new = await submit(client, server, "alice", "demo", tags=["ws"])
+        async with asyncio.timeout(10):
+            while True:
+                message = await receive(ws)
+                if message.get("op") == "ping":
+                    continue
+                assert message["type"] == "snapshot" and message["data"]["id"] == new["id"]
+                if message["data"]["state"] == "succeeded":
+                    break
+    async with connect(f"{base}?tag=a%20b&token={server.token('alice')}") as ws:
+        refused = await receive_until_closed(ws)
+        assert ws.close_code == 4422 and "a tag is" in refused[0]["message"]
+    async with connect(base) as ws:  # no credential, and none sent within ws_auth_timeout
+        await receive_until_closed(ws)
+        assert ws.close_code == 4401

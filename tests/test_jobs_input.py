@@ -1,0 +1,179 @@
+"""Input to a running job: the waiting request, validation, one winner, timeouts, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from jobcast.client import AsyncClient, BadRequest, ConflictError, Event
+from tests.jobs_support import submit, wait_running, watch
+from tests.support import EventStream, LiveServer
+
+
+async def until_waiting(
+    client: httpx.AsyncClient, server: LiveServer, job_id: str, name: str
+) -> dict[str, Any]:
+    """The job's snapshot once it waits for ``name`` (from its stream: no sleeping)."""
+    async with EventStream(
+        client, f"{server.url}/api/jobs/{job_id}/events", headers=server.auth("alice")
+    ) as stream:
+        async with asyncio.timeout(10):
+            while True:
+                event = await stream.next()
+                data = orjson.loads(event.data or "null")
+                if (
+                    event.event in ("snapshot", "waiting")
+                    and (data["waiting"] or {}).get("name") == name
+                ):
+                    return dict(data)
+
+
+async def give(
+    client: httpx.AsyncClient, server: LiveServer, job_id: str, body: Any, sub: str = "alice"
+) -> httpx.Response:
+    return await client.post(
+        f"{server.url}/api/jobs/{job_id}/input", json=body, headers=server.auth(sub)
+    )
+
+
+async def test_a_bad_value_changes_nothing_and_of_two_answers_one_wins(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    server = make_server(handlers=["tests.handlers"])
+    job = await submit(client, server, "approval")
+    waiting = await until_waiting(client, server, job["id"], "approve")
+    request = waiting["waiting"]
+    assert waiting["state"] == "running"
+    assert request["prompt"] == "Publish the summary?"
+    assert request["schema"]["properties"]["approved"]["type"] == "boolean"
+
+    refused = await give(client, server, job["id"], {"name": "approve", "value": {"approved": 3}})
+    assert refused.status_code == 422, refused.text
+    assert "approved" in refused.json()["message"]
+    assert (await give(client, server, job["id"], {"name": "other", "value": 1})).status_code == 409
+    assert (await give(client, server, job["id"], {"value": 1})).status_code == 422
+    bob = await give(
+        client, server, job["id"], {"name": "approve", "value": {"approved": True}}, "bob"
+    )
+    assert bob.status_code == 404  # not his job
+    polled = await client.get(f"{server.url}/api/jobs/{job['id']}", headers=server.auth("alice"))
+    assert polled.json()["waiting"]["name"] == "approve"  # still waiting: nothing changed
+    assert polled.json()["inputs"] == {}
+
+    answers = [
+        {"name": "approve", "value": {"approved": True, "note": "first"}},
+        {"name": "approve", "value": {"approved": False, "note": "second"}},
+    ]
+    responses = await asyncio.gather(*(give(client, server, job["id"], a) for a in answers))
+    assert sorted(r.status_code for r in responses) == [202, 409]
+    winner = answers[[r.status_code for r in responses].index(202)]["value"]
+
+    events = await watch(client, server, job["id"])
+    assert events[-1][0] == "succeeded"
+    assert events[-1][1]["result"] == winner
+    assert events[-1][1]["inputs"] == {"approve": winner}
+    assert events[-1][1]["waiting"] is None
+    late = await give(client, server, job["id"], answers[0])
+    assert late.status_code == 409
+
+
+async def test_a_waiting_job_holds_no_slot_and_timeouts_follow_the_handler(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    server = make_server(handlers=["tests.handlers"], job_concurrency=1)
+    waiting = await submit(client, server, "approval")
+    await until_waiting(client, server, waiting["id"], "approve")
+    other = await submit(client, server, "demo", {"steps": 1, "delay": 0})
+    done = await watch(client, server, other["id"])  # runs in the slot the waiting job gave back
+    assert done[-1][0] == "succeeded"
+    answer = {"name": "approve", "value": {"approved": True}}
+    assert (await give(client, server, waiting["id"], answer)).status_code == 202
+    assert (await watch(client, server, waiting["id"]))[-1][0] == "succeeded"
+
+    defaulted = await submit(client, server, "approval", {"timeout": 0.2, "default": True})
+    ended = await watch(client, server, defaulted["id"])
+    assert ended[-1][0] == "succeeded" and ended[-1][1]["result"] == {"approved": None}
+    assert [t for t, _ in ended].count("waiting") <= 1 and ended[-1][1]["waiting"] is None
+    timed_out = await submit(client, server, "approval", {"timeout": 0.2})
+    ended = await watch(client, server, timed_out["id"])
+    assert ended[-1][0] == "failed"
+    assert ended[-1][1]["error"]["type"] == "InputTimeout"
+    assert ended[-1][1]["attempts"] == 1  # not retried: nobody answered
+
+
+async def test_a_restart_re_runs_the_handler_with_the_given_inputs_replayed(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    server = make_server(handlers=["tests.handlers"])
+    job = await submit(client, server, "approval", {"second": True})
+    await until_waiting(client, server, job["id"], "approve")
+    answer = {"name": "approve", "value": {"approved": True, "note": "ok"}}
+    assert (await give(client, server, job["id"], answer)).status_code == 202
+    await until_waiting(client, server, job["id"], "speaker")
+    server.stop()  # interrupted while waiting: retry_safe, so queued again (lifecycle.R3)
+
+    restarted = make_server(handlers=["tests.handlers"])
+    again = await until_waiting(client, restarted, job["id"], "speaker")  # not "approve"
+    assert again["attempts"] == 2
+    assert again["inputs"] == {"approve": {"approved": True, "note": "ok"}}
+    bad = await give(client, restarted, job["id"], {"name": "speaker", "value": "carl"})
+    assert bad.status_code == 422 and "carl" in bad.json()["message"]
+    speaker = {"name": "speaker", "value": "anna"}
+    assert (await give(client, restarted, job["id"], speaker)).status_code == 202
+    events = await watch(client, restarted, job["id"])
+    assert events[-1][1]["result"] == {"approved": True, "note": "ok", "speaker": "anna"}
+
+
+async def test_the_python_client_submits_tags_watches_a_list_and_gives_input(
+    make_server: Callable[..., LiveServer],
+) -> None:
+    server = make_server(handlers=["tests.handlers"])
+    async with AsyncClient(server.url, token=server.token("alice")) as jobs:
+        items = jobs.watch_jobs(tag=["review"], state=["running", "succeeded"])
+        first = await anext(items)
+        assert (first.type, first.data) == ("synced", {"count": 0})
+        job = await jobs.submit("approval", tags=["review"], metadata={"doc": "a.pdf"})
+        assert job.tags == ["review"] and job.metadata == {"doc": "a.pdf"}
+        async with asyncio.timeout(10):
+            async for item in items:
+                assert isinstance(item, Event) and item.type == "snapshot"
+                if item.data["waiting"] is not None:
+                    break
+        with pytest.raises(BadRequest):
+            await jobs.give_input(job.id, "approve", {"approved": "maybe"})
+        await jobs.give_input(job.id, "approve", {"approved": True})
+        with pytest.raises(ConflictError):
+            await jobs.give_input(job.id, "approve", {"approved": False})
+        done = await jobs.wait(job.id, timeout=10)
+        assert done.result == {"approved": True, "note": ""} and done.inputs["approve"]
+        assert [j.id for j in (await jobs.list(tag="review")).jobs] == [job.id]
+        await items.aclose()
+
+
+async def test_cancelling_a_waiting_job_ends_it_and_leaves_the_slots_as_they_were(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    server = make_server(handlers=["tests.handlers"], job_concurrency=1)
+    job = await submit(client, server, "approval")
+    await until_waiting(client, server, job["id"], "approve")
+    cancelled = await client.post(
+        f"{server.url}/api/jobs/{job['id']}/cancel", headers=server.auth("alice")
+    )
+    assert cancelled.status_code == 200
+    events = await watch(client, server, job["id"])
+    assert events[-1][0] == "cancelled" and events[-1][1]["waiting"] is None
+    late = await give(client, server, job["id"], {"name": "approve", "value": {"approved": True}})
+    assert late.status_code == 409
+    # one slot, neither lost nor doubled: two jobs still run one after the other
+    first = await submit(client, server, "wait_cancel")
+    second = await submit(client, server, "demo", {"steps": 1, "delay": 0})
+    await wait_running(client, server, first["id"])
+    polled = await client.get(f"{server.url}/api/jobs/{second['id']}", headers=server.auth())
+    assert polled.json()["state"] == "queued"  # the only slot is taken
+    await client.post(f"{server.url}/api/jobs/{first['id']}/cancel", headers=server.auth())
+    assert (await watch(client, server, second["id"]))[-1][0] == "succeeded"
