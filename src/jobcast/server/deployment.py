@@ -11,6 +11,7 @@ run on ``jobcast worker`` processes. No other module asks "is this Redis?".
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from limits.aio.storage import MemoryStorage, Storage
@@ -22,6 +23,7 @@ from jobcast.hub import Hub
 from jobcast.jobs.external import ExternalQueue
 from jobcast.jobs.registry import Registry
 from jobcast.jobs.runner import EmbeddedRunner
+from jobcast.outputs.store import StreamStore
 from jobcast.server.ops.shared_state import (
     MemorySpentTickets,
     RedisSpentTickets,
@@ -61,6 +63,20 @@ class Deployment:
 
     def open_broker(self) -> Broker:
         return open_broker(self.settings.resolved_broker_url, self.settings.retention())
+
+    def open_stream_store(self) -> StreamStore:
+        """Output streams: a SQLite file next to the event history (in memory with memory://).
+
+        With Redis, each instance still keeps its own file (a Redis backend is to come): run
+        one instance, or route a stream's readers and writers to the same one."""
+        from jobcast.outputs.sqlite import SQLiteStreamStore
+
+        settings = self.settings
+        url = settings.resolved_broker_url
+        path: Path | str = (
+            ":memory:" if url.startswith("memory://") else settings.data_dir / "streams.db"
+        )
+        return SQLiteStreamStore(path, max_stream_bytes=settings.max_stream_bytes)
 
     def rate_limit_storage(self) -> Storage:
         if self.redis_url is None or self._pool is None:

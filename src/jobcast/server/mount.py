@@ -38,6 +38,7 @@ from jobcast.server.http.own_paths import ForOwnPaths, OwnPaths, chain_of, confl
 from jobcast.server.http.request_id import RequestIdMiddleware
 from jobcast.server.routes.auth import auth_router
 from jobcast.server.routes.dashboard import dashboard_router
+from jobcast.server.routes.durable_streams import durable_streams_router
 from jobcast.server.routes.events import events_router
 from jobcast.server.routes.jobs import jobs_router
 from jobcast.server.routes.metrics import metrics_router
@@ -57,6 +58,7 @@ def routers(
 ) -> list[APIRouter]:
     """jobcast's routers, one per resource; each holds its routes itself (no nesting)."""
     found = [auth_router(runtime), events_router(runtime), jobs_router(runtime), ws_router(runtime)]
+    found.append(durable_streams_router(runtime))
     if service_routes:
         found += [metrics_router(runtime.metrics), service_router(runtime)]
     found.append(dashboard_router(page=dashboard))  # /static/jobcast.js in any case
