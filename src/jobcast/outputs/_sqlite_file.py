@@ -11,7 +11,6 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
-from jobcast.errors import PayloadTooLarge
 from jobcast.outputs.model import (
     READ_BUDGET,
     Appended,
@@ -20,11 +19,17 @@ from jobcast.outputs.model import (
     StreamError,
     StreamInfo,
     bad_request,
+    closed_conflict,
     conflict,
     is_json,
     json_messages,
     media_type,
+    new_epoch_seq,
     not_found,
+    seq_conflict,
+    sequence_gap,
+    stale_epoch,
+    too_large,
 )
 
 SCHEMA = """
@@ -188,10 +193,7 @@ class StreamsFile:
                     return Appended(info, fresh=False, producer_seq=producer.seq)
                 if not body and close and producer is None:
                     return Appended(info, fresh=False)  # closing again is idempotent
-                raise conflict(
-                    "the stream is closed",
-                    {"Stream-Closed": "true", "Stream-Next-Offset": info.next_offset},
-                )
+                raise closed_conflict(info.next_offset)
             mismatch = content_type is not None and media_type(content_type) != media_type(
                 info.content_type
             )
@@ -203,7 +205,7 @@ class StreamsFile:
                 if last_seq is not None:
                     return Appended(info, fresh=False, producer_seq=last_seq)
             if seq is not None and info.last_seq is not None and seq <= info.last_seq:
-                raise conflict(f"Stream-Seq {seq!r} is not after {info.last_seq!r}")
+                raise seq_conflict(seq, info.last_seq)
             data = (
                 json_messages(body, allow_empty=False)
                 if body and is_json(info.content_type)
@@ -281,39 +283,24 @@ class StreamsFile:
             if producer.seq == 0:
                 return None
             if row is None:
-                raise _gap(0, producer.seq)
-            raise bad_request("a new Producer-Epoch starts at Producer-Seq 0")
+                raise sequence_gap(0, producer.seq)
+            raise new_epoch_seq()
         epoch, last = row
         if producer.epoch < epoch:
-            raise StreamError(
-                403,
-                "stale_epoch",
-                "a newer producer epoch took over",
-                {"Producer-Epoch": str(epoch)},
-            )
+            raise stale_epoch(epoch)
         if producer.seq <= last:
             return int(last)
         if producer.seq == last + 1:
             return None
-        raise _gap(last + 1, producer.seq)
+        raise sequence_gap(last + 1, producer.seq)
 
     def _check_size(self, tail: int, size: int) -> None:
         if tail + size > self.max_stream_bytes:
-            raise PayloadTooLarge(
-                f"the stream would hold {tail + size} bytes; the limit is "
-                f"{self.max_stream_bytes} (JOBCAST_MAX_STREAM_BYTES)"
-            )
+            raise too_large(tail + size, self.max_stream_bytes)
 
     def _remove(self, incarnation: int) -> None:
         for table in ("ds_chunks", "ds_producers", "ds_streams"):
             self._db.execute(f"DELETE FROM {table} WHERE incarnation = ?", (incarnation,))
-
-
-def _gap(expected: int, received: int) -> StreamError:
-    return conflict(
-        f"Producer-Seq {received} leaves a gap: expected {expected}",
-        {"Producer-Expected-Seq": str(expected), "Producer-Received-Seq": str(received)},
-    )
 
 
 def _info(row: tuple[object, ...]) -> StreamInfo:

@@ -25,7 +25,7 @@ import json
 import re
 from typing import Any
 
-from jobcast.errors import JobcastError
+from jobcast.errors import JobcastError, PayloadTooLarge
 
 OFFSET_RE = re.compile(r"(\d{16})_(\d{16})")
 BEGINNING = "-1"
@@ -57,6 +57,39 @@ def bad_request(message: str) -> StreamError:
 
 def conflict(message: str, headers: dict[str, str] | None = None) -> StreamError:
     return StreamError(409, "conflict", message, headers)
+
+
+def closed_conflict(next_offset: str) -> StreamError:
+    return conflict(
+        "the stream is closed", {"Stream-Closed": "true", "Stream-Next-Offset": next_offset}
+    )
+
+
+def sequence_gap(expected: int, received: int) -> StreamError:
+    return conflict(
+        f"Producer-Seq {received} leaves a gap: expected {expected}",
+        {"Producer-Expected-Seq": str(expected), "Producer-Received-Seq": str(received)},
+    )
+
+
+def stale_epoch(epoch: int) -> StreamError:
+    return StreamError(
+        403, "stale_epoch", "a newer producer epoch took over", {"Producer-Epoch": str(epoch)}
+    )
+
+
+def new_epoch_seq() -> StreamError:
+    return bad_request("a new Producer-Epoch starts at Producer-Seq 0")
+
+
+def seq_conflict(seq: str, last: str) -> StreamError:
+    return conflict(f"Stream-Seq {seq!r} is not after {last!r}")
+
+
+def too_large(size: int, limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the stream would hold {size} bytes; the limit is {limit} (JOBCAST_MAX_STREAM_BYTES)"
+    )
 
 
 def format_offset(incarnation: int, position: int) -> str:

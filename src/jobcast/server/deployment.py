@@ -65,17 +65,24 @@ class Deployment:
         return open_broker(self.settings.resolved_broker_url, self.settings.retention())
 
     def open_stream_store(self) -> StreamStore:
-        """Output streams: a SQLite file next to the event history (in memory with memory://).
+        """Output streams: in the deployment's Redis when instances share one, else a SQLite
+        file next to the event history (in memory with ``memory://``)."""
+        settings = self.settings
+        if self.redis_url is not None and self._pool is not None:
+            import redis.asyncio as redis
 
-        With Redis, each instance still keeps its own file (a Redis backend is to come): run
-        one instance, or route a stream's readers and writers to the same one."""
+            from jobcast.brokers.redis import split_url
+            from jobcast.outputs.redis import RedisStreamStore
+
+            client = redis.Redis(connection_pool=self._pool)
+            prefix = split_url(self.redis_url)[1]
+            return RedisStreamStore(client, prefix, max_stream_bytes=settings.max_stream_bytes)
         from jobcast.outputs.sqlite import SQLiteStreamStore
 
-        settings = self.settings
         url = settings.resolved_broker_url
-        path: Path | str = (
-            ":memory:" if url.startswith("memory://") else settings.data_dir / "streams.db"
-        )
+        path: Path | str = settings.data_dir / "streams.db"
+        if url.startswith("memory://"):
+            path = ":memory:"
         return SQLiteStreamStore(path, max_stream_bytes=settings.max_stream_bytes)
 
     def rate_limit_storage(self) -> Storage:
