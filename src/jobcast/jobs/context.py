@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from jobcast.jobs.model import InputFile
+
+if TYPE_CHECKING:
+    from jobcast.outputs.job_output import JobOutputs, OutputStream
 
 
 class JobCancelled(Exception):
@@ -43,8 +46,10 @@ class JobContext:
         input_path: Path | None = None,
         attempt: int = 1,
         max_attempts: int = 1,
+        outputs: JobOutputs | None = None,
     ) -> None:
         self._sink = sink
+        self._outputs = outputs
         self.job_id = job_id
         self.kind = kind
         self.owner = owner
@@ -91,6 +96,15 @@ class JobContext:
         """
         self.check_cancelled()
         self._sink.report_event(event_type, data)
+
+    def stream(self, name: str = "output", content_type: str = "text/plain") -> OutputStream:
+        """The job's output stream ``name`` (opened on first use): ``write`` text, bytes, or
+        for ``application/json`` JSON values, as often as you like; it closes when the job
+        ends. Readers get it at ``/v1/stream/jobs/{id}/{name}`` (Durable Streams), resuming
+        at any offset, and the job's snapshot lists it (``outputs/job_output.py``)."""
+        if self._outputs is None:
+            raise RuntimeError("output streams are not available where this job runs")
+        return self._outputs.open(name, content_type)
 
 
 def _text(value: str | None, limit: int) -> str | None:

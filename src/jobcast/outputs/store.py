@@ -20,6 +20,8 @@ class StreamStore(Protocol):
     """Where streams live: SQLite (embedded); one contract test suite runs over each."""
 
     wakeups: Wakeups
+    #: Most bytes one stream may hold (``JOBCAST_MAX_STREAM_BYTES``).
+    max_stream_bytes: int
 
     async def open(self) -> None: ...
 

@@ -104,13 +104,19 @@ class Deployment:
 
         return SharedMetrics(self.redis_url, seconds, own)
 
-    def make_runner(self, store: JobStore, hub: Hub, registry: Registry) -> EmbeddedRunner:
+    def make_runner(
+        self,
+        store: JobStore,
+        hub: Hub,
+        registry: Registry,
+        outputs: StreamStore | None = None,
+    ) -> EmbeddedRunner:
         """The embedded runner, or with ``queue_url`` the runner that hands jobs to workers."""
         settings = self.settings
         external = self.external_queues()
         if not settings.queue_url:
             return EmbeddedRunner(
-                store, hub, registry, settings.runner_options(), external=external
+                store, hub, registry, settings.runner_options(), external=external, outputs=outputs
             )
         from jobcast.jobs.worker_queue import QueueRunner  # needs the 'queue' extra
 
@@ -122,6 +128,7 @@ class Deployment:
             queue_url=settings.queue_url,
             heartbeat=settings.worker_heartbeat_seconds,
             external=external,
+            outputs=outputs,
         )
 
     def external_queues(self) -> dict[str, ExternalQueue]:

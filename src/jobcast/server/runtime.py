@@ -117,7 +117,7 @@ class Runtime:
         hub = self._hub = Hub(self.deployment.open_broker(), settings.hub_options())
         store = self._store = open_store(settings.resolved_store_url)
         streams = self._streams = self.deployment.open_stream_store()
-        runner = self._runner = self.deployment.make_runner(store, hub, self.registry)
+        runner = self._runner = self.deployment.make_runner(store, hub, self.registry, streams)
         self.policy.job_access = runner.access_of
         # In order, each on those before it: the hub (its broker, and the runner's job access
         # as its observer), metrics, the store, the runner; stopped in reverse.

@@ -45,6 +45,7 @@ from jobcast.outputs.model import (
 if TYPE_CHECKING:
     from jobcast.server.runtime import Runtime
 
+FIRST = asyncio.FIRST_COMPLETED
 CURSOR_EPOCH = 1728432000.0  # 2024-10-09T00:00:00Z
 CURSOR_INTERVAL = 20
 _LINES = re.compile(r"\r\n|\r|\n")
@@ -112,30 +113,35 @@ async def long_poll(
     jc: Runtime, request: Request, path: str, incarnation: int | None, position: int | None
 ) -> Response:
     """``live=long-poll``: data as soon as there is some, else 204 after the timeout."""
-    store = jc.streams
     deadline = time.monotonic() + jc.settings.stream_long_poll_seconds
-    client_cursor = request.query_params.get("cursor")
-    while True:
-        woken = store.wakeups.watch(path)  # R1
-        try:
-            result = await _read(jc, path, incarnation, position)
-            incarnation, position = result.info.incarnation, result.position
-            remaining = deadline - time.monotonic()
-            if not result.data and not result.info.closed and remaining > 0:
-                await asyncio.wait([woken], timeout=remaining)
-                if woken.done():
-                    continue
-        finally:
-            store.wakeups.forget(path, woken)
-        extra = {"Cache-Control": "no-cache"}
-        if not result.eof:
-            extra["Stream-Cursor"] = cursor(client_cursor)
-        headers = read_headers(result, extra)
-        if result.data:
-            return Response(body_of(result), 200, headers)
-        headers["Stream-Up-To-Date"] = "true"
-        del headers["content-type"]
-        return Response(status_code=204, headers=headers)
+    drained: asyncio.Future[Any] = asyncio.ensure_future(
+        jc.hub.drained.wait()
+    )  # R3: a shutdown ends the wait
+    try:
+        while True:
+            woken = jc.streams.wakeups.watch(path)  # R1
+            try:
+                result = await _read(jc, path, incarnation, position)
+                incarnation, position = result.info.incarnation, result.position
+                remaining = deadline - time.monotonic()
+                if result.data or result.info.closed or remaining <= 0 or drained.done():
+                    break
+                await asyncio.wait([woken, drained], timeout=remaining, return_when=FIRST)
+                if not woken.done():
+                    break  # the timeout, or a shutdown: answer what the read found
+            finally:
+                jc.streams.wakeups.forget(path, woken)
+    finally:
+        drained.cancel()
+    extra = {"Cache-Control": "no-cache"}
+    if not result.eof:
+        extra["Stream-Cursor"] = cursor(request.query_params.get("cursor"))
+    headers = read_headers(result, extra)
+    if result.data:
+        return Response(body_of(result), 200, headers)
+    headers["Stream-Up-To-Date"] = "true"
+    del headers["content-type"]
+    return Response(status_code=204, headers=headers)
 
 
 async def open_sse(
@@ -168,6 +174,9 @@ async def _sse_events(
     client_cursor = request.query_params.get("cursor")
     incarnation, position = result.info.incarnation, result.position
     quiet = jc.settings.heartbeat_interval
+    drained: asyncio.Future[Any] = asyncio.ensure_future(
+        jc.hub.drained.wait()
+    )  # R3: a shutdown ends the stream
     try:
         while True:
             frames = b""
@@ -185,7 +194,11 @@ async def _sse_events(
                     remaining = ends - time.monotonic()
                     if remaining <= 0:
                         return
-                    await asyncio.wait([woken], timeout=min(quiet, remaining))
+                    await asyncio.wait(
+                        [woken, drained], timeout=min(quiet, remaining), return_when=FIRST
+                    )
+                    if drained.done():
+                        return
                     if not woken.done():
                         yield b": ping\n\n"
                 store.wakeups.forget(path, woken)
@@ -194,6 +207,7 @@ async def _sse_events(
     except Exception:  # the stream was deleted or expired: the client's next request says so
         return
     finally:
+        drained.cancel()
         store.wakeups.forget(path, woken)
 
 
