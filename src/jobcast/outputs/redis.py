@@ -55,7 +55,7 @@ class RedisStreamStore:
         self.prefix = prefix
         self.max_stream_bytes = max_stream_bytes
         self.wakeups = Wakeups()
-        self._redis = client
+        self._redis = self.client = client
         self._create = client.register_script(lua.CREATE)
         self._append = client.register_script(lua.APPEND)
         self._load = client.register_script(lua.LOAD)
@@ -69,6 +69,7 @@ class RedisStreamStore:
         self._listener = asyncio.create_task(self._listen(pubsub), name="jobcast-stream-wakeups")
 
     async def close(self) -> None:
+        """Stop listening (the client, and its pool, stay the caller's to close)."""
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):

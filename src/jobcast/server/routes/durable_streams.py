@@ -13,6 +13,7 @@ headers (``outputs/model.O5``).
 # No ``from __future__ import annotations``: FastAPI reads these signatures at runtime.
 
 from typing import TYPE_CHECKING, Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from jobcast.server.runtime import Runtime
 
 PREFIX = "/v1/stream/"
+URL_SAFE = "/:@!$&'()*+,;=-._~"
 PATH = PREFIX + "{path:path}"
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -102,8 +104,8 @@ async def _create(jc: "Runtime", request: Request, path: str) -> Response:
     )
     headers = _state(info, {"content-type": info.content_type})
     if created:
-        url = request.url
-        headers["Location"] = f"{url.scheme}://{url.netloc}{url.path}"
+        url = request.url  # headers are Latin-1: the path as it travels, percent-encoded
+        headers["Location"] = f"{url.scheme}://{url.netloc}{quote(url.path, safe=URL_SAFE)}"
     return Response(status_code=201 if created else 200, headers=headers)
 
 
