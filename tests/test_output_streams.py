@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,10 +15,12 @@ import httpx
 import pytest
 from durable_streams import DurableStream, stream
 
+from jobcast.client import AsyncClient, Client
 from jobcast.wire import SSEDecoder
 from tests.jobs_support import poll_until_done, submit
 from tests.output_handlers import chunk
 from tests.support import LiveServer, eventually
+from tests.test_cli_client import cli_env
 
 HANDLERS = ["tests.output_handlers"]
 
@@ -211,3 +215,48 @@ async def test_offsets_survive_a_restart_and_an_old_incarnation_is_gone(
     assert gone.status_code == 410
     assert gone.json()["error"] == "gone"
     assert (tmp_path / "streams.db").exists()
+
+
+async def test_the_client_reads_output_live_sync_and_async_and_resumes_at_an_offset(
+    server: LiveServer, client: httpx.AsyncClient
+) -> None:
+    expected = "".join(chunk(i) for i in range(3000))
+    job = await submit(client, server, "write_chunks", {"n": 3000, "every": 300, "pause": 0.02})
+
+    def read_sync() -> tuple[str, str]:
+        with Client(server.url, token=server.token()) as jobcast:
+            reading = jobcast.read_stream(job["id"])  # before the job opened it: it waits
+            return "".join(reading), reading.offset
+
+    async def read_async() -> str:
+        async with AsyncClient(server.url, token=server.token()) as jobcast:
+            return "".join([piece async for piece in jobcast.read_stream(job["id"])])
+
+    async with asyncio.timeout(30):
+        (text, end), async_text = await asyncio.gather(asyncio.to_thread(read_sync), read_async())
+    assert text == expected and async_text == expected
+    # A later reader resumes at an offset another one saved, and stops at the tail.
+    with Client(server.url, token=server.token()) as jobcast:
+        middle = jobcast.read_stream(job["id"], live=False)
+        first = next(iter(middle))
+        rest = "".join(jobcast.read_stream(job["id"], offset=middle.offset, live=False))
+        assert first + rest == expected
+        assert list(jobcast.read_stream(job["id"], offset=end)) == []
+        messages = await submit(client, server, "write_messages", {"n": 2})
+        await poll_until_done(client, server, messages["id"])
+        read = list(jobcast.read_stream(messages["id"], "messages"))
+        assert read == [{"step": 0, "text": "step 0"}, {"step": 1, "text": "step 1"}, [1, 2]]
+
+
+def test_jobcast_watch_prints_a_job_s_output_stream(server: LiveServer, tmp_path: Path) -> None:
+    with Client(server.url, token=server.token()) as jobcast:
+        job = jobcast.submit("write_chunks", {"n": 500, "every": 100, "pause": 0.02})
+    env = cli_env(server.url, server.token(), tmp_path)
+    shown = subprocess.run(
+        [sys.executable, "-m", "jobcast", "watch", job.id, "--stream", "output"],
+        capture_output=True,
+        timeout=30,
+        env=env,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.decode() == "".join(chunk(i) for i in range(500))
