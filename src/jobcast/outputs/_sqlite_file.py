@@ -31,6 +31,7 @@ from jobcast.outputs.model import (
     stale_epoch,
     too_large,
 )
+from jobcast.outputs.store import Change
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ds_streams (
@@ -214,8 +215,10 @@ class StreamsFile:
             self._write(info, data, now, close, producer, seq)
         return Appended(self.existing(path, now), producer_seq=producer.seq if producer else None)
 
-    def append_stored(self, writes: Sequence[tuple[str, bytes, bool]], now: float) -> list[str]:
-        """Framed appends in one commit; returns the paths written. A closed or missing stream
+    def append_stored(
+        self, writes: Sequence[tuple[str, bytes, bool]], now: float
+    ) -> list[tuple[str, Change]]:
+        """Framed appends in one commit; returns what changed. A closed or missing stream
         takes nothing (its job's writer was told when it closed)."""
         written = []
         with self._db:
@@ -225,7 +228,8 @@ class StreamsFile:
                 if info is None or info.closed:
                     continue
                 self._write(info, data, now, close, None, None)
-                written.append(path)
+                tail = info.tail + len(data)
+                written.append((path, Change(info.incarnation, info.tail, data, tail, close)))
         return written
 
     def delete(self, path: str, now: float) -> None:

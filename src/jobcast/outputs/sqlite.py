@@ -10,6 +10,7 @@ are woken (``store.Wakeups``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,8 @@ class SQLiteStreamStore:
         self.wakeups = Wakeups()
         self._thread: ThreadPoolExecutor | None = None
         self._file: StreamsFile | None = None
+        self._queued: list[tuple[Sequence[tuple[str, bytes, bool]], asyncio.Future[None]]] = []
+        self._committer: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         if isinstance(self.path, Path):
@@ -83,9 +86,33 @@ class SQLiteStreamStore:
         return appended
 
     async def append_stored(self, writes: Sequence[tuple[str, bytes, bool]]) -> None:
+        """Queued for the next group commit: one transaction for every job's flush that
+        arrived while the previous one committed (brokers/sqlite.py does the same)."""
+        done = asyncio.get_running_loop().create_future()
+        self._queued.append((writes, done))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_queued())
+        await done
+
+    async def _commit_queued(self) -> None:
         file = self._opened()
-        for path in await self._run(lambda: file.append_stored(writes, time.time())):
-            self.wakeups.notify(path)
+        while self._queued:
+            batch, self._queued = self._queued, []
+            writes = [write for flush, _ in batch for write in flush]
+            try:
+                changes = await self._run(
+                    functools.partial(file.append_stored, writes, time.time())
+                )
+            except Exception as exc:  # every flush of the batch learns it (and retries)
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            for path, change in changes:
+                self.wakeups.notify(path, change)  # store.W1
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(None)
 
     async def head(self, path: str) -> StreamInfo:
         file = self._opened()

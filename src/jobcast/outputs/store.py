@@ -5,11 +5,18 @@ append together with the producer state it changes (one transaction: a retry aft
 a duplicate, never a second copy). Reads never wait: a live reader (long-poll, SSE) watches
 the path in :class:`Wakeups` before it reads, and reads again when woken, so an append that
 commits between its read and its wait still wakes it.
+
+W1. A wake-up may carry the change itself (:class:`Change`: the bytes a job's flush appended,
+    where, and the stream's new tail): a reader that stood exactly where they start takes them
+    without reading the store. Wakeups remember each path's last known tail, so a reader that
+    took a change and watches again checks that nothing came in between; anything unknown (a
+    change another instance made, an HTTP append) forgets the tail, and the reader reads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -73,19 +80,36 @@ class StreamStore(Protocol):
         ...
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Change:
+    """Bytes appended to a stream from ``start`` on, and its state after (W1)."""
+
+    incarnation: int
+    start: int
+    data: bytes
+    tail: int
+    closed: bool
+
+
 class Wakeups:
     """Live readers waiting for a path to change (append, close, delete), in this process."""
 
     def __init__(self) -> None:
-        self._waiting: dict[str, set[asyncio.Future[None]]] = {}
+        self._waiting: dict[str, set[asyncio.Future[Change | None]]] = {}
+        self._tails: dict[str, tuple[int, int]] = {}
 
-    def watch(self, path: str) -> asyncio.Future[None]:
-        """A future that completes at the path's next change; pass it to :meth:`forget`."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def watch(self, path: str) -> asyncio.Future[Change | None]:
+        """A future that completes at the path's next change (with the :class:`Change` when
+        known); pass it to :meth:`forget`."""
+        future: asyncio.Future[Change | None] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(path, set()).add(future)
         return future
 
-    def forget(self, path: str, future: asyncio.Future[None]) -> None:
+    def known_tail(self, path: str) -> tuple[int, int] | None:
+        """``(incarnation, tail)`` of the path's last known change, if it is known (W1)."""
+        return self._tails.get(path)
+
+    def forget(self, path: str, future: asyncio.Future[Change | None]) -> None:
         waiting = self._waiting.get(path)
         if waiting is not None:
             waiting.discard(future)
@@ -93,7 +117,13 @@ class Wakeups:
                 del self._waiting[path]
         future.cancel()
 
-    def notify(self, path: str) -> None:
+    def notify(self, path: str, change: Change | None = None) -> None:
+        if change is None:
+            self._tails.pop(path, None)  # unknown: readers must read (W1)
+        elif change.closed:
+            self._tails.pop(path, None)  # nothing follows: no need to remember it
+        else:
+            self._tails[path] = (change.incarnation, change.tail)
         for future in self._waiting.pop(path, ()):
             if not future.done():
-                future.set_result(None)
+                future.set_result(change)

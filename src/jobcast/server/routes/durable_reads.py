@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import math
 import re
@@ -43,6 +44,7 @@ from jobcast.outputs.model import (
 )
 
 if TYPE_CHECKING:
+    from jobcast.outputs.store import Change
     from jobcast.server.runtime import Runtime
 
 FIRST = asyncio.FIRST_COMPLETED
@@ -167,7 +169,11 @@ async def open_sse(
 
 
 async def _sse_events(
-    jc: Runtime, request: Request, path: str, result: ReadResult, woken: asyncio.Future[None]
+    jc: Runtime,
+    request: Request,
+    path: str,
+    result: ReadResult,
+    woken: asyncio.Future[Change | None],
 ) -> AsyncIterator[bytes]:
     store = jc.streams
     ends = time.monotonic() + jc.settings.stream_sse_seconds
@@ -201,14 +207,28 @@ async def _sse_events(
                         return
                     if not woken.done():
                         yield b": ping\n\n"
+                change = woken.result()
                 store.wakeups.forget(path, woken)
                 woken = store.wakeups.watch(path)  # R1: before the read
+                if change is not None and (change.incarnation, change.start) == (
+                    incarnation,
+                    position,
+                ):
+                    result = _taken(result, change, store.wakeups.known_tail(path))
+                    continue
             result = await _read(jc, path, incarnation, position)
     except Exception:  # the stream was deleted or expired: the client's next request says so
         return
     finally:
         drained.cancel()
         store.wakeups.forget(path, woken)
+
+
+def _taken(previous: ReadResult, change: Change, known: tuple[int, int] | None) -> ReadResult:
+    """The read a change stands for (outputs/store.W1): up to date unless more came since."""
+    info = dataclasses.replace(previous.info, tail=change.tail, closed=change.closed)
+    current = change.closed or known == (change.incarnation, change.tail)
+    return ReadResult(info, change.start, change.data, change.tail, current)
 
 
 def _data_event(result: ReadResult) -> bytes:
