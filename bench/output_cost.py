@@ -71,13 +71,17 @@ async def run(base: str, kind: str, jobs: int, rate: float, seconds: float) -> t
     limits = httpx.Limits(max_connections=jobs + 20, max_keepalive_connections=jobs + 20)
     timeout = httpx.Timeout(30, read=60)
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=timeout) as client:
-        headers = {"Authorization": f"Bearer {mint('bench-user')}"}
         started = time.monotonic()
+        # Every job starts at one moment after all are submitted and their readers connected
+        # (a job's event stream starts from its snapshot: earlier custom events are not
+        # replayed, so a reader late to its job would miss chunks).
+        start_at = started + 2 + jobs * 0.02
         readers = []
-        for _ in range(jobs):
-            # Started a moment later, so every reader is there before the first chunk (a job's
-            # event stream starts from its snapshot: earlier custom events are not replayed).
-            body = {"kind": kind, "params": {"n": chunks, "rate": rate}, "delay_seconds": 2}
+        for index in range(jobs):
+            # One user per job, as an application's users are (streams per subject are capped).
+            headers = {"Authorization": f"Bearer {mint(f'bench-user-{index}')}"}
+            delay = round(max(0.0, start_at - time.monotonic()), 3)
+            body = {"kind": kind, "params": {"n": chunks, "rate": rate}, "delay_seconds": delay}
             job = (await client.post("/api/jobs", json=body, headers=headers)).json()
             if kind == "tokens_output":
                 url = f"/v1/stream/jobs/{job['id']}/output"

@@ -260,3 +260,22 @@ def test_jobcast_watch_prints_a_job_s_output_stream(server: LiveServer, tmp_path
     )
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.decode() == "".join(chunk(i) for i in range(500))
+
+
+async def test_live_reads_are_bounded_per_subject_like_event_streams(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    server = make_server(public_stream_prefixes=["open/"], max_streams_per_subject=1)
+    url = f"{server.url}/v1/stream/open/feed"
+    assert (await client.put(url, headers={"Content-Type": "text/plain"})).status_code == 201
+    live = {"offset": "-1", "live": "sse"}
+    async with client.stream("GET", url, params=live, headers=server.auth()) as first:
+        assert first.status_code == 200
+        second = await client.get(url, params=live, headers=server.auth())
+        assert second.status_code == 429
+        assert second.json()["error"] == "rate_limited"
+        other = await client.get(url, params={"offset": "-1"}, headers=server.auth("bob"))
+        assert other.status_code == 200  # catch-up reads hold nothing
+    # The slot is given back when the stream ends.
+    async with client.stream("GET", url, params=live, headers=server.auth()) as again:
+        assert again.status_code == 200

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from jobcast.outputs.model import (
     BEGINNING,
@@ -146,8 +147,27 @@ async def long_poll(
     return Response(status_code=204, headers=headers)
 
 
+class HeldStream(StreamingResponse):
+    """An SSE response that lets go of its live-read slot however it ends (even unstarted)."""
+
+    def __init__(self, body: AsyncIterator[bytes], headers: dict[str, str], hold: Any) -> None:
+        super().__init__(body, headers=headers)
+        self.hold = hold
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.hold.__exit__(None, None, None)
+
+
 async def open_sse(
-    jc: Runtime, request: Request, path: str, incarnation: int | None, position: int | None
+    jc: Runtime,
+    request: Request,
+    path: str,
+    incarnation: int | None,
+    position: int | None,
+    hold: Any,
 ) -> Response:
     """``live=sse``: ``data`` and ``control`` events, live, until R3's end or the close."""
     woken = jc.streams.wakeups.watch(path)  # R1
@@ -165,7 +185,7 @@ async def open_sse(
     if not is_text(content_type):
         headers["stream-sse-data-encoding"] = "base64"
     events = _sse_events(jc, request, path, first, woken)
-    return StreamingResponse(events, headers=headers)
+    return HeldStream(events, headers, hold)
 
 
 async def _sse_events(

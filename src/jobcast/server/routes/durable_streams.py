@@ -81,7 +81,9 @@ async def _answer(
     method = request.method
     if method in ("GET", "HEAD"):
         await access.check_read(jc, principal, path)
-        return await (_read(jc, request, path) if method == "GET" else _head(jc, path))
+        if method == "HEAD":
+            return await _head(jc, path)
+        return await _read(jc, request, path, principal.subject if principal else "")
     access.check_write(jc, principal, path)
     if method == "PUT":
         return await _create(jc, request, path)
@@ -146,15 +148,22 @@ async def _head(jc: "Runtime", path: str) -> Response:
     return Response(status_code=200, headers=headers)
 
 
-async def _read(jc: "Runtime", request: Request, path: str) -> Response:
+async def _read(jc: "Runtime", request: Request, path: str, subject: str) -> Response:
     incarnation, position = reads.start_of(request)
     live = request.query_params.get("live")
     if live is not None and "offset" not in request.query_params:
         raise bad_request("a live read needs an offset")
     if live == "long-poll":
-        return await reads.long_poll(jc, request, path, incarnation, position)
+        with jc.stream_reads.hold(subject):
+            return await reads.long_poll(jc, request, path, incarnation, position)
     if live == "sse":
-        return await reads.open_sse(jc, request, path, incarnation, position)
+        hold = jc.stream_reads.hold(subject)
+        hold.__enter__()  # left when the response ends (reads.HeldStream)
+        try:
+            return await reads.open_sse(jc, request, path, incarnation, position, hold)
+        except BaseException:
+            hold.__exit__(None, None, None)
+            raise
     if live is not None:
         raise bad_request("live is long-poll or sse")
     result = await jc.streams.read(path, incarnation, position)
