@@ -174,7 +174,9 @@ class StreamsFile:
             incarnation = cursor.lastrowid or 0
             if data:
                 self._db.execute("INSERT INTO ds_chunks VALUES (?, 0, ?)", (incarnation, data))
-        return self.existing(path, now), True
+        created = self.load(path, 0.0)  # as written, even if it expires at once
+        assert created is not None  # inserted just above, on this one thread
+        return created, True
 
     def append(
         self,
@@ -231,6 +233,19 @@ class StreamsFile:
                 tail = info.tail + len(data)
                 written.append((path, Change(info.incarnation, info.tail, data, tail, close)))
         return written
+
+    def sweep(self, now: float) -> list[str]:
+        """Remove every stream whose TTL or expiry passed; returns their paths."""
+        rows = self._db.execute(
+            "SELECT incarnation, path FROM ds_streams WHERE expires_at <= ? "
+            "OR (ttl IS NOT NULL AND accessed_at + ttl <= ?)",
+            (now, now),
+        ).fetchall()
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            for incarnation, _ in rows:
+                self._remove(incarnation)
+        return [path for _, path in rows]
 
     def delete(self, path: str, now: float) -> None:
         with self._db:

@@ -51,7 +51,14 @@ Arg = bytes | str | int | float
 
 
 class RedisStreamStore:
-    def __init__(self, client: redis.Redis, prefix: str, *, max_stream_bytes: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str,
+        *,
+        max_stream_bytes: int,
+        sweep_interval: float = 60.0,
+    ) -> None:
         self.prefix = prefix
         self.max_stream_bytes = max_stream_bytes
         self.wakeups = Wakeups()
@@ -61,20 +68,40 @@ class RedisStreamStore:
         self._load = client.register_script(lua.LOAD)
         self._delete = client.register_script(lua.DELETE)
         self._listener: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self.sweep_interval = sweep_interval
         self._channel = f"{prefix}ds:wake"
 
     async def open(self) -> None:
         pubsub = self._redis.pubsub()
         await pubsub.subscribe(self._channel)  # before any write: no wake-up is missed
         self._listener = asyncio.create_task(self._listen(pubsub), name="jobcast-stream-wakeups")
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="jobcast-stream-sweep")
+
+    async def sweep(self) -> None:
+        """Remove every expired stream (the load script removes one it finds expired)."""
+        now = time.time()
+        async for path in self._redis.zscan_iter(f"{self.prefix}ds:paths"):
+            name = path[0].decode() if isinstance(path, tuple) else path.decode()
+            await self._load(keys=[self._meta(name)], args=[self.prefix, name, now, 0])
+
+    async def _sweep_forever(self) -> None:
+        """Expired streams nobody touches again are removed by this pass (as on SQLite)."""
+        while True:
+            await asyncio.sleep(self.sweep_interval)
+            try:
+                await self.sweep()
+            except (redis.RedisError, OSError) as exc:
+                logger.warning("sweeping expired streams failed: %s", exc)
 
     async def close(self) -> None:
         """Stop listening (the client, and its pool, stay the caller's to close)."""
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
+        for task in (self._listener, self._sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._listener = self._sweeper = None
 
     async def create(
         self,

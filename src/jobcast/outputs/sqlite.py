@@ -10,7 +10,10 @@ are woken (``store.Wakeups``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import logging
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,14 +25,19 @@ from jobcast.outputs.model import Appended, Producer, ReadResult, StreamInfo
 from jobcast.outputs.store import Wakeups
 
 T = TypeVar("T")
+logger = logging.getLogger("jobcast.outputs")
 
 
 class SQLiteStreamStore:
-    def __init__(self, path: Path | str, *, max_stream_bytes: int) -> None:
+    def __init__(
+        self, path: Path | str, *, max_stream_bytes: int, sweep_interval: float = 60.0
+    ) -> None:
         #: A file path, or ``:memory:`` (the memory deployment).
         self.path = path
         self.max_stream_bytes = max_stream_bytes
+        self.sweep_interval = sweep_interval
         self.wakeups = Wakeups()
+        self._sweeper: asyncio.Task[None] | None = None
         self._thread: ThreadPoolExecutor | None = None
         self._file: StreamsFile | None = None
         self._queued: list[tuple[Sequence[tuple[str, bytes, bool]], asyncio.Future[None]]] = []
@@ -40,8 +48,25 @@ class SQLiteStreamStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="jobcast-streams")
         self._file = await self._run(lambda: StreamsFile(self.path, self.max_stream_bytes))
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="jobcast-stream-sweep")
+
+    async def _sweep_forever(self) -> None:
+        """Expired streams are removed when next touched, and by this pass otherwise, so a
+        stream nobody asks for again does not stay on disk."""
+        while True:
+            await asyncio.sleep(self.sweep_interval)
+            try:
+                for path in await self._run(lambda: self._opened().sweep(time.time())):
+                    self.wakeups.notify(path)
+            except (sqlite3.Error, RuntimeError) as exc:
+                logger.warning("sweeping expired streams failed: %s", exc)
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         if self._thread is None:
             return
         file, self._file = self._file, None

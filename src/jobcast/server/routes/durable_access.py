@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import time
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
@@ -95,6 +96,8 @@ def ttl_header(request: Request) -> tuple[int | None, float | None]:
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=datetime.UTC)
         expires_at = moment.timestamp()
+        if expires_at <= time.time():
+            raise bad_request("Stream-Expires-At is in the past")
     return ttl, expires_at
 
 
