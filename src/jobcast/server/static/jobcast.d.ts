@@ -149,6 +149,23 @@ export declare function submitJob(
     SubmitOptions & { file?: Blob; onUploadProgress?(progress: UploadProgress): void },
 ): Promise<Job>;
 export declare function watchJob(id: string, handlers?: JobHandlers, options?: ClientOptions): Stream;
+export interface OutputHandlers {
+  onText?(text: string): void;
+  onMessage?(message: any): void;
+  onBytes?(bytes: Uint8Array): void;
+  onDone?(): void;
+  onError?(error: Error): void;
+}
+export interface OutputRead {
+  close(): void;
+  readonly offset: string;
+}
+export declare function readStream(
+  jobId: string,
+  name?: string,
+  handlers?: OutputHandlers,
+  options?: ClientOptions & { offset?: string },
+): OutputRead;
 export declare function subscribe(
   topics: string[],
   handlers?: StreamHandlers,
@@ -162,5 +179,6 @@ export declare function createClient(defaults?: ClientOptions): {
   rerunJob: typeof rerunJob;
   submitJob: typeof submitJob;
   watchJob: typeof watchJob;
+  readStream: typeof readStream;
   subscribe: typeof subscribe;
 };
