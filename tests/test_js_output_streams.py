@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import Browser, Page
 
 from jobcast.client import Client
-from tests.browser_support import chromium, open_page, start_server
+from tests.browser_support import chromium, open_page, sign_in, start_server
 from tests.output_handlers import chunk
 from tests.support import LiveServer
 
@@ -64,3 +64,14 @@ def test_read_stream_follows_a_job_s_output_live_and_resumes(
         {"step": 1, "text": "step 1"},
         [1, 2],
     ]
+
+
+def test_the_dashboard_job_page_shows_its_output_live(page: Page, server: LiveServer) -> None:
+    sign_in(page, server)
+    with Client(server.url, token=server.token("alice")) as client:
+        job = client.submit("write_chunks", {"n": 300, "every": 100, "pause": 0.05})
+    page.goto(f"{server.url}/#/jobs/{job.id}")
+    expected = "".join(chunk(i) for i in range(300))
+    page.wait_for_function(
+        "(expected) => document.getElementById('job-output').textContent === expected", arg=expected
+    )
