@@ -28,8 +28,13 @@ from bench.targets import HOST, JobcastTarget, mint
 MODES = {"output stream (ctx.stream)": "tokens_output", "events (ctx.publish)": "tokens_events"}
 
 
-async def read_output(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> int:
-    """Chunks delivered on a job's output stream, read over SSE until it closes."""
+async def read_output(
+    client: httpx.AsyncClient, url: str, headers: dict[str, str], start_at: float
+) -> int:
+    """Chunks delivered on a job's output stream, read over SSE until it closes. Its reader
+    comes when the job starts (an output stream keeps what came before: nothing is missed),
+    so it does not poll a stream that is not there yet."""
+    await asyncio.sleep(max(0.0, start_at - time.monotonic()))
     received, offset = 0, "-1"
     while True:
         params = {"offset": offset, "live": "sse"}
@@ -85,7 +90,7 @@ async def run(base: str, kind: str, jobs: int, rate: float, seconds: float) -> t
             job = (await client.post("/api/jobs", json=body, headers=headers)).json()
             if kind == "tokens_output":
                 url = f"/v1/stream/jobs/{job['id']}/output"
-                readers.append(read_output(client, url, headers))
+                readers.append(read_output(client, url, headers, start_at))
             else:
                 readers.append(read_events(client, f"/api/jobs/{job['id']}/events", headers))
         delivered = sum(await asyncio.gather(*readers))
