@@ -85,6 +85,8 @@ async def _answer(
             return await _head(jc, path)
         return await _read(jc, request, path, principal.subject if principal else "")
     access.check_write(jc, principal, path)
+    if principal is not None:  # as a publish is (per subject and IP; privileged roles never)
+        await jc.limiter.hit("publish", principal, request)
     if method == "PUT":
         return await _create(jc, request, path)
     if method == "POST":
