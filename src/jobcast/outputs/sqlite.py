@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from jobcast._files import create_private
 from jobcast.outputs._sqlite_file import StreamsFile
 from jobcast.outputs.model import Appended, Producer, ReadResult, StreamInfo
 from jobcast.outputs.store import Wakeups
@@ -45,7 +46,7 @@ class SQLiteStreamStore:
 
     async def open(self) -> None:
         if isinstance(self.path, Path):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            create_private(self.path)  # jobs' output can be private: 0600, as is the history
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="jobcast-streams")
         self._file = await self._run(lambda: StreamsFile(self.path, self.max_stream_bytes))
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="jobcast-stream-sweep")
