@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -205,16 +206,47 @@ def watch(
     job_id: Annotated[str, typer.Argument(help="The job's id.")],
     as_json: JsonOption = False,
     timeout: TimeoutOption = None,
+    stream: Annotated[
+        str | None,
+        typer.Option(
+            "--stream",
+            help="Print this output stream of the job (e.g. output) as it is written, "
+            "instead of its progress.",
+        ),
+    ] = None,
     url: UrlOption = None,
     token: TokenOption = None,
 ) -> None:
     """Follow a job live: progress, stage, message, elapsed and ETA, until it ends.
 
-    Reconnects by itself (and polls if streaming is impossible).
+    Reconnects by itself (and polls if streaming is impossible). With --stream, prints the
+    job's output stream instead, resuming at the exact byte after a reconnect.
     """
     target = Target.resolve(url, token)
     with friendly_errors(target), target.client() as client:
+        if stream is not None:
+            _print_stream(client, job_id, stream)
+            return
         _watch(client, job_id, as_json, timeout)
+
+
+def _print_stream(client: Client, job_id: str, name: str) -> None:
+    """The job's output stream on stdout as it arrives (JSON messages one per line); then the
+    job's outcome as the exit status, as ``watch`` has."""
+    for item in client.read_stream(job_id, name):
+        if isinstance(item, str):
+            sys.stdout.write(item)
+        elif isinstance(item, bytes):
+            sys.stdout.flush()
+            sys.stdout.buffer.write(item)
+        else:
+            sys.stdout.write(json.dumps(item) + "\n")
+        sys.stdout.flush()
+    state = client.get(job_id).state.value
+    if state == "failed":
+        raise typer.Exit(EXIT_JOB_FAILED)
+    if state == "cancelled":
+        raise typer.Exit(EXIT_JOB_CANCELLED)
 
 
 def jobs(
@@ -331,7 +363,11 @@ def register(app: typer.Typer) -> None:
         + _EXITS
     )(submit)
     app.command(
-        epilog=_epilog("jobcast watch 18ea3c2d39569917be5249", "jobcast watch JOB_ID --json | jq .")
+        epilog=_epilog(
+            "jobcast watch 18ea3c2d39569917be5249",
+            "jobcast watch JOB_ID --json | jq .",
+            "jobcast watch JOB_ID --stream output",
+        )
         + "\n\n"
         + _EXITS
     )(watch)

@@ -143,6 +143,27 @@ class Settings(BaseSettings):
         description="Comma-separated patterns anyone may subscribe to without a token.",
     )
 
+    public_stream_prefixes: CommaList = Field(
+        default_factory=list,
+        description="Path prefixes under /v1/stream/ that anyone may create, append to and "
+        "read without a credential (e.g. 'demo/'); every other stream needs one.",
+    )
+    stream_long_poll_seconds: float = Field(
+        20.0, gt=0, description="How long a long-poll read of a stream waits for data (204 after)."
+    )
+    stream_sse_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="An SSE read of a stream ends after this long (the client resumes), so "
+        "caches in front can collapse readers.",
+    )
+    max_stream_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1,
+        description="Most bytes one output stream may hold; an append past it is refused (413), "
+        "and a job's output stream past it raises in the handler.",
+    )
+
     heartbeat_interval: float = Field(15.0, gt=0, description="Seconds between heartbeats.")
     retry_ms: int = Field(3000, ge=0, description="The SSE retry hint sent at stream start.")
     send_timeout: float = Field(30.0, gt=0, description="A write stuck longer ends the stream.")
@@ -290,6 +311,7 @@ class Settings(BaseSettings):
         "jwt_algorithms",
         "cors_origins",
         "csrf_exempt_paths",
+        "public_stream_prefixes",
         mode="before",
     )
     @classmethod

@@ -20,7 +20,7 @@ jobcast's raises ``ProtocolError``. The client never imports the server.
 
 from __future__ import annotations
 
-from jobcast.client._async import AsyncClient
+from jobcast.client._async import AsyncClient, AsyncOutputRead
 from jobcast.client._base import FileSource, TokenSource
 from jobcast.client._errors import (
     AuthError,
@@ -38,11 +38,12 @@ from jobcast.client._errors import (
 )
 from jobcast.client._models import Event, Job, JobPage, Reauth, Reset, StreamItem
 from jobcast.client._policy import ReconnectPolicy
-from jobcast.client._sync import Client
+from jobcast.client._sync import Client, OutputRead
 from jobcast.jobs.model import JobState
 
 __all__ = [
     "AsyncClient",
+    "AsyncOutputRead",
     "AuthError",
     "BadRequest",
     "Client",
@@ -57,6 +58,7 @@ __all__ = [
     "JobPage",
     "JobState",
     "NotFoundError",
+    "OutputRead",
     "ProtocolError",
     "RateLimitedError",
     "Reauth",

@@ -30,6 +30,7 @@ from jobcast.client._errors import (
     translate_transport,
 )
 from jobcast.client._models import Event, Job, JobPage, StreamItem
+from jobcast.client._output import OutputReading
 from jobcast.client._policy import ReconnectPolicy
 from jobcast.client._stream import StreamState
 
@@ -235,6 +236,45 @@ class AsyncClient(BaseClient):
 
     # -- events -----------------------------------------------------------------------------
 
+    def read_stream(
+        self, job_id: str, name: str = "output", *, offset: str = "-1", live: bool = True
+    ) -> AsyncOutputRead:
+        """``Client.read_stream``'s twin: ``async for piece in client.read_stream(job_id)``."""
+        reading = OutputReading(job_id, name, offset, live)
+        return AsyncOutputRead(self._read_output(reading), reading)
+
+    async def _read_output(self, reading: OutputReading) -> AsyncIterator[Any]:
+        failures = 0
+        timeout = httpx.Timeout(self.timeout, read=self.reconnect.read_timeout)
+        while not reading.done:
+            try:
+                with translate_transport(self.url):
+                    response = await self._http.get(
+                        reading.path, params=reading.params(), headers=self._auth(), timeout=timeout
+                    )
+                if response.status_code >= 500:
+                    raise status_error(response, response.content)
+            except (ConnectionFailed, ServerUnavailable):
+                failures += 1
+                if (
+                    self.reconnect.max_attempts is not None
+                    and failures >= self.reconnect.max_attempts
+                ):
+                    raise
+                await anyio.sleep(self.reconnect.delay(failures, None))
+                continue
+            if reading.not_open_yet(response):  # _output.S2
+                if (await self.get(reading.job_id)).terminal:
+                    return
+                failures = min(failures + 1, 4)
+                await anyio.sleep(self.reconnect.delay(failures, None))
+                continue
+            if response.status_code >= 400:
+                raise status_error(response, response.content)
+            failures = 0
+            for item in reading.accept(response):
+                yield item
+
     async def publish(self, topic: str, type: str, data: Any = None) -> str:
         """Publish one event (needs a service or admin token); returns its id."""
         return self._published_id(await self._call(self._publish(topic, type, data)))
@@ -343,3 +383,21 @@ class AsyncClient(BaseClient):
         with anyio.move_on_after(until(deadline, self.timeout)):
             return await self._call(Call("GET", f"/api/jobs/{job_id}"))
         raise ConnectionFailed(f"timed out talking to {self.url} (polling job {job_id})")
+
+
+class AsyncOutputRead:
+    """An output stream being read: ``async for`` it; ``offset`` is where it stands."""
+
+    def __init__(self, items: AsyncIterator[Any], reading: OutputReading) -> None:
+        self._items = items
+        self._reading = reading
+
+    @property
+    def offset(self) -> str:
+        return self._reading.offset
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._items
+
+    async def __anext__(self) -> Any:
+        return await anext(self._items)

@@ -32,6 +32,7 @@ from jobcast.client._errors import (
     translate_transport,
 )
 from jobcast.client._models import Event, Job, JobPage, StreamItem
+from jobcast.client._output import OutputReading
 from jobcast.client._policy import ReconnectPolicy
 from jobcast.client._stream import StreamState
 
@@ -229,7 +230,48 @@ class Client(BaseClient):
         state = StreamState(self.reconnect, job=False, last_event_id=last_event_id)
         return self._stream("/api/events", params, state, None)
 
+    def read_stream(
+        self, job_id: str, name: str = "output", *, offset: str = "-1", live: bool = True
+    ) -> OutputRead:
+        """Iterate a job's output stream (``ctx.stream``): text pieces for ``text/*``, messages
+        for ``application/json``, else bytes, live until the stream closes (``live=False``:
+        what is there now). Resumes by itself across reconnects; ``.offset`` is where the
+        read stands, to pass back as ``offset`` later (``_output.py``)."""
+        reading = OutputReading(job_id, name, offset, live)
+        return OutputRead(self._read_output(reading), reading)
+
     # -- the read loops -----------------------------------------------------------------------
+
+    def _read_output(self, reading: OutputReading) -> Iterator[Any]:
+        failures = 0
+        timeout = httpx.Timeout(self.timeout, read=self.reconnect.read_timeout)
+        while not reading.done:
+            try:
+                with translate_transport(self.url):
+                    response = self._http.get(
+                        reading.path, params=reading.params(), headers=self._auth(), timeout=timeout
+                    )
+                if response.status_code >= 500:
+                    raise status_error(response, response.content)
+            except (ConnectionFailed, ServerUnavailable):
+                failures += 1
+                if (
+                    self.reconnect.max_attempts is not None
+                    and failures >= self.reconnect.max_attempts
+                ):
+                    raise
+                time.sleep(self.reconnect.delay(failures, None))
+                continue
+            if reading.not_open_yet(response):  # _output.S2
+                if self.get(reading.job_id).terminal:
+                    return
+                failures = min(failures + 1, 4)
+                time.sleep(self.reconnect.delay(failures, None))
+                continue
+            if response.status_code >= 400:
+                raise status_error(response, response.content)
+            failures = 0
+            yield from reading.accept(response)
 
     def _job_stream(self, job_id: str, deadline: float | None) -> Iterator[StreamItem]:
         state = StreamState(self.reconnect, job=True)
@@ -368,3 +410,21 @@ class _Watchdog:
 
 def _timed_out(error: ClientError | None) -> bool:
     return isinstance(error, ConnectionFailed) and isinstance(error.__cause__, httpx.ReadTimeout)
+
+
+class OutputRead:
+    """An output stream being read: iterate it; ``offset`` is where it stands (_output.S3)."""
+
+    def __init__(self, items: Iterator[Any], reading: OutputReading) -> None:
+        self._items = items
+        self._reading = reading
+
+    @property
+    def offset(self) -> str:
+        return self._reading.offset
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._items
+
+    def __next__(self) -> Any:
+        return next(self._items)

@@ -13,6 +13,7 @@ from jobcast.jobs.model import InputFile
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
+    from jobcast.outputs.job_output import JobOutputs, OutputStream
 
 
 class JobCancelled(Exception):
@@ -61,8 +62,10 @@ class JobContext:
         input_path: Path | None = None,
         attempt: int = 1,
         max_attempts: int = 1,
+        outputs: JobOutputs | None = None,
     ) -> None:
         self._sink = sink
+        self._outputs = outputs
         self.job_id = job_id
         self.kind = kind
         self.owner = owner
@@ -149,6 +152,15 @@ class JobContext:
     def _change_metadata(self, update: Callable[[MetadataBuffer], None]) -> None:
         self.check_cancelled()
         self._sink.change_metadata(update)
+
+    def stream(self, name: str = "output", content_type: str = "text/plain") -> OutputStream:
+        """The job's output stream ``name`` (opened on first use): ``write`` text, bytes, or
+        for ``application/json`` JSON values, as often as you like; it closes when the job
+        ends. Readers get it at ``/v1/stream/jobs/{id}/{name}`` (Durable Streams), resuming
+        at any offset, and the job's snapshot lists it (``outputs/job_output.py``)."""
+        if self._outputs is None:
+            raise RuntimeError("output streams are not available where this job runs")
+        return self._outputs.open(name, content_type)
 
 
 def _text(value: str | None, limit: int) -> str | None:

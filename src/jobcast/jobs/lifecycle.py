@@ -55,9 +55,11 @@ from jobcast.jobs.registry import HandlerSpec, Registry
 from jobcast.jobs.retry import RetryPolicy
 from jobcast.jobs.stats import JobStats
 from jobcast.jobs.threads import HandlerThreads
+from jobcast.outputs.job_output import JobOutputs
 
 if TYPE_CHECKING:
     from jobcast.hub import Hub
+    from jobcast.outputs.store import StreamStore
     from jobcast.stores.base import JobStore
     from jobcast.tracing import Tracing
 
@@ -83,8 +85,12 @@ class JobLifecycle:
         live: dict[str, LiveJob] | None = None,
         on_untracked: Callable[[Job], None] | None = None,
         on_retry: Callable[[LiveJob], None] | None = None,
+        outputs: StreamStore | None = None,
     ) -> None:
         self.store = store
+        #: Where jobs' output streams go (``ctx.stream``); ``None``: jobs here have none.
+        self.outputs = outputs
+        self._job_outputs: dict[str, JobOutputs] = {}
         self.hub = hub
         self.registry = registry
         self.options = options
@@ -235,8 +241,11 @@ class JobLifecycle:
             input_path=self.upload_path(job.id) if job.input else None,
             attempt=job.attempts,
             max_attempts=self.attempt_limit(job),
+            outputs=self._outputs_of(job.id),
         )
         ending = await self._calls.call(live, spec, ctx)
+        if job.id in self._job_outputs:  # what the handler wrote is stored before its end
+            await self._job_outputs[job.id].flush()
         if ending.state is None:
             await self.interrupted(live, "the server shut down while the job was running")
         elif (
@@ -269,7 +278,19 @@ class JobLifecycle:
 
     async def finish(self, live: LiveJob, state: JobState, **fields: Any) -> None:
         await live.stop_pump()
+        if state.terminal and live.job.id in self._job_outputs:
+            # Closed before the terminal event: a watcher that sees the end finds them closed.
+            await self._job_outputs.pop(live.job.id).close_all()
         await live.transition(state, **fields)
+
+    def _outputs_of(self, job_id: str) -> JobOutputs | None:
+        """The job's output streams (kept across its attempts), if jobs here have them."""
+        if self.outputs is None:
+            return None
+        outputs = self._job_outputs.get(job_id)
+        if outputs is None:
+            outputs = self._job_outputs[job_id] = JobOutputs(self.outputs, job_id)
+        return outputs
 
     async def interrupted(self, live: LiveJob, why: str) -> None:  # R3
         spec = self.registry.find(live.job.kind)

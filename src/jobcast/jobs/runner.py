@@ -51,6 +51,7 @@ from jobcast.stores.base import JobPage, JobQuery, JobStore
 
 if TYPE_CHECKING:
     from jobcast.hub import Hub
+    from jobcast.outputs.store import StreamStore
 
 #: RunnerOptions lives in options.py (the settings build it); it is still importable from here.
 __all__ = ["EmbeddedRunner", "RunnerOptions"]
@@ -71,6 +72,7 @@ class EmbeddedRunner:
         options: RunnerOptions,
         *,
         external: Mapping[str, ExternalQueue] | None = None,
+        outputs: StreamStore | None = None,
     ) -> None:
         self.store = store
         #: The task queues that run jobs of other systems, by ``Job.runs_on`` (external.X1);
@@ -92,6 +94,7 @@ class EmbeddedRunner:
             live=self._live,
             on_untracked=self.access.remember,
             on_retry=self._schedule,
+            outputs=outputs,
         )
         self._dispatcher = Dispatcher(self.lifecycle, self._live)  # D2, D3
         self._lock = ProcessLock(options.uploads_dir.parent / "runner.lock", "the job runner")

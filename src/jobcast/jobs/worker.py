@@ -49,12 +49,13 @@ import logging
 import time
 from typing import Any
 
+import redis.asyncio as redis
 from prometheus_client import CollectorRegistry, generate_latest
 from saq import Worker
 from saq.job import Status
 from saq.types import PartialTimersDict
 
-from jobcast.brokers.redis import RedisBroker, shielded
+from jobcast.brokers.redis import RedisBroker, shielded, split_url
 from jobcast.config import Settings
 from jobcast.errors import InvalidInput
 from jobcast.hub import Hub
@@ -66,6 +67,7 @@ from jobcast.jobs.registry import Registry
 from jobcast.jobs.run_limits import FULL_WAIT, RunLimits
 from jobcast.jobs.sweep import Sweeper
 from jobcast.jobs.worker_queue import TASK, open_queue
+from jobcast.outputs.redis import RedisStreamStore
 from jobcast.shared_metrics import SharedMetrics
 from jobcast.stores import open_store
 from jobcast.stores.base import JobStore
@@ -105,10 +107,18 @@ class JobWorker:
         await broker.connect()  # publish-only: no fan-out in a worker
         hub = Hub(broker, settings.hub_options())
         store = open_store(settings.resolved_store_url)
+        # Jobs' output streams (ctx.stream) go to the deployment's Redis, as the servers'.
+        redis_url, prefix, _ = split_url(settings.resolved_broker_url)
+        outputs = RedisStreamStore(
+            redis.Redis.from_url(redis_url), prefix, max_stream_bytes=settings.max_stream_bytes
+        )
         metrics: SharedMetrics | None = None
         try:
             await store.open()
-            self.jobs = JobLifecycle(store, hub, self.registry, settings.runner_options())
+            await outputs.open()
+            self.jobs = JobLifecycle(
+                store, hub, self.registry, settings.runner_options(), outputs=outputs
+            )
             if settings.metrics_snapshot_seconds > 0:  # K5
                 metrics = self._shared_metrics(store)
                 metrics.start()
@@ -139,6 +149,8 @@ class JobWorker:
         finally:
             if metrics is not None:
                 await metrics.close()
+            await outputs.close()
+            await outputs.client.aclose()
             await store.close()
             await broker.close()
 

@@ -48,6 +48,7 @@ from jobcast.stores.base import JobStore
 
 if TYPE_CHECKING:
     from jobcast.hub import Hub
+    from jobcast.outputs.store import StreamStore
 
 T = TypeVar("T")
 
@@ -108,8 +109,9 @@ class QueueRunner(EmbeddedRunner):
         queue_url: str,
         heartbeat: int,
         external: Mapping[str, ExternalQueue] | None = None,
+        outputs: StreamStore | None = None,
     ) -> None:
-        super().__init__(store, hub, registry, options, external=external)
+        super().__init__(store, hub, registry, options, external=external, outputs=outputs)
         self.queue = open_queue(queue_url)
         self.heartbeat = heartbeat
 

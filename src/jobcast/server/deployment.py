@@ -14,6 +14,7 @@ that database (``ops/postgres_state.py``, small pools of their own). With
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -26,6 +27,7 @@ from jobcast.hub import Hub
 from jobcast.jobs.external import ExternalQueue
 from jobcast.jobs.registry import Registry
 from jobcast.jobs.runner import EmbeddedRunner
+from jobcast.outputs.store import StreamStore
 from jobcast.server.ops.shared_state import (
     MemorySpentTickets,
     RedisSpentTickets,
@@ -87,6 +89,27 @@ class Deployment:
     def open_broker(self) -> Broker:
         return open_broker(self.settings.resolved_broker_url, self.settings.retention())
 
+    def open_stream_store(self) -> StreamStore:
+        """Output streams: in the deployment's Redis when instances share one, else a SQLite
+        file next to the event history (in memory with ``memory://``)."""
+        settings = self.settings
+        if self.redis_url is not None and self._pool is not None:
+            import redis.asyncio as redis
+
+            from jobcast.brokers.redis import split_url
+            from jobcast.outputs.redis import RedisStreamStore
+
+            client = redis.Redis(connection_pool=self._pool)
+            prefix = split_url(self.redis_url)[1]
+            return RedisStreamStore(client, prefix, max_stream_bytes=settings.max_stream_bytes)
+        from jobcast.outputs.sqlite import SQLiteStreamStore
+
+        url = settings.resolved_broker_url
+        path: Path | str = settings.data_dir / "streams.db"
+        if url.startswith("memory://"):
+            path = ":memory:"
+        return SQLiteStreamStore(path, max_stream_bytes=settings.max_stream_bytes)
+
     def rate_limit_storage(self) -> Storage:
         if self._postgres is not None:
             from jobcast.server.ops.postgres_state import PostgresRateLimitStorage
@@ -115,13 +138,19 @@ class Deployment:
 
         return SharedMetrics(self.settings.resolved_broker_url, seconds, own)
 
-    def make_runner(self, store: JobStore, hub: Hub, registry: Registry) -> EmbeddedRunner:
+    def make_runner(
+        self,
+        store: JobStore,
+        hub: Hub,
+        registry: Registry,
+        outputs: StreamStore | None = None,
+    ) -> EmbeddedRunner:
         """The embedded runner, or with ``queue_url`` the runner that hands jobs to workers."""
         settings = self.settings
         external = self.external_queues()
         if not settings.queue_url:
             return EmbeddedRunner(
-                store, hub, registry, settings.runner_options(), external=external
+                store, hub, registry, settings.runner_options(), external=external, outputs=outputs
             )
         from jobcast.jobs.worker_queue import QueueRunner  # needs the 'queue' extra
 
@@ -133,6 +162,7 @@ class Deployment:
             queue_url=settings.queue_url,
             heartbeat=settings.worker_heartbeat_seconds,
             external=external,
+            outputs=outputs,
         )
 
     def external_queues(self) -> dict[str, ExternalQueue]:

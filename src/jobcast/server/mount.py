@@ -39,6 +39,7 @@ from jobcast.server.http.request_id import RequestIdMiddleware
 from jobcast.server.routes.auth import auth_router
 from jobcast.server.routes.batches import batches_router
 from jobcast.server.routes.dashboard import dashboard_router
+from jobcast.server.routes.durable_streams import durable_streams_router
 from jobcast.server.routes.events import events_router
 from jobcast.server.routes.job_inputs import job_inputs_router
 from jobcast.server.routes.job_lists import job_lists_router
@@ -70,6 +71,7 @@ def routers(
         job_reports_router(runtime),  # queue workers reporting over HTTP
         ws_router(runtime),
     ]
+    found.append(durable_streams_router(runtime))
     if service_routes:
         found += [metrics_router(runtime.metrics), service_router(runtime)]
     found.append(dashboard_router(page=dashboard))  # /static/jobcast.js in any case

@@ -26,6 +26,8 @@ from jobcast.hub import Hub
 from jobcast.jobs import builtin
 from jobcast.jobs.registry import Registry
 from jobcast.jobs.runner import EmbeddedRunner
+from jobcast.outputs.readers import LiveReads
+from jobcast.outputs.store import StreamStore
 from jobcast.policy import Policy
 from jobcast.server.deployment import Deployment
 from jobcast.server.http.credentials import Credentials
@@ -68,6 +70,9 @@ class Runtime:
         self._tokens: TokenAuthority | None = None
         self._store: JobStore | None = None
         self._runner: EmbeddedRunner | None = None
+        self._streams: StreamStore | None = None
+        #: Live reads of output streams held at once (long-poll, SSE), bounded like streams.
+        self.stream_reads = LiveReads(settings.max_streams_per_subject, settings.max_streams_total)
 
     @property
     def hub(self) -> Hub:
@@ -93,6 +98,13 @@ class Runtime:
         return self._runner
 
     @property
+    def streams(self) -> StreamStore:
+        """Output streams (``/v1/stream``, ``ctx.stream``)."""
+        if self._streams is None:
+            raise RuntimeError("jobcast is not running: use it inside its lifespan")
+        return self._streams
+
+    @property
     def tokens(self) -> TokenAuthority:
         if self._tokens is None:
             self._tokens = TokenAuthority.from_settings(self.settings)
@@ -107,7 +119,8 @@ class Runtime:
             use_json_logs()
         hub = self._hub = Hub(self.deployment.open_broker(), settings.hub_options())
         store = self._store = open_store(settings.resolved_store_url)
-        runner = self._runner = self.deployment.make_runner(store, hub, self.registry)
+        streams = self._streams = self.deployment.open_stream_store()
+        runner = self._runner = self.deployment.make_runner(store, hub, self.registry, streams)
         self.policy.job_access = runner.access_of
         # In order, each on those before it: the hub (its broker, and the runner's job access
         # as its observer), metrics, the store, the runner; stopped in reverse.
@@ -119,6 +132,8 @@ class Runtime:
             started.push_async_callback(self.metrics.close)
             await store.open()
             started.push_async_callback(store.close)
+            await streams.open()
+            started.push_async_callback(streams.close)
             await runner.start()
             started.push_async_callback(runner.close)
             with drain_on_exit_signals(hub, settings.shutdown_delay_seconds):
@@ -126,6 +141,7 @@ class Runtime:
 
     async def _stopped(self) -> None:
         self._hub = self._store = self._runner = None
+        self._streams = None
         await self.deployment.close()
 
     async def principal(

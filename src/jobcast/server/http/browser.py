@@ -22,6 +22,33 @@ from jobcast.errors import Forbidden
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
+#: The Durable Streams protocol's headers (``/v1/stream``), allowed and exposed to browsers.
+STREAM_REQUEST_HEADERS = (
+    "If-None-Match",
+    "Stream-Seq",
+    "Stream-TTL",
+    "Stream-Expires-At",
+    "Stream-Closed",
+    "Producer-Id",
+    "Producer-Epoch",
+    "Producer-Seq",
+)
+STREAM_RESPONSE_HEADERS = (
+    "ETag",
+    "Location",
+    "Stream-Next-Offset",
+    "Stream-Cursor",
+    "Stream-Up-To-Date",
+    "Stream-Closed",
+    "Stream-TTL",
+    "Stream-Expires-At",
+    "Stream-SSE-Data-Encoding",
+    "Producer-Epoch",
+    "Producer-Seq",
+    "Producer-Expected-Seq",
+    "Producer-Received-Seq",
+)
+
 #: ``JOBCAST_CORS_ORIGINS=dev``: the usual front-end dev servers on this machine.
 DEV_ORIGINS = tuple(
     f"http://{host}:{port}"
@@ -48,15 +75,16 @@ def cors_layer(settings: Settings) -> Callable[[ASGIApp], ASGIApp] | None:
         allow_origins=list(origins),
         # Never "*" together with credentials: a wildcard origin gets no cookies.
         allow_credentials=not wildcard,
-        allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],  # PUT: sharing a job
+        allow_methods=["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"],  # PUT: sharing a job
         allow_headers=[
             "Authorization",
             "Content-Type",
             "Idempotency-Key",
             "Last-Event-ID",
             "X-CSRF-Token",
+            *STREAM_REQUEST_HEADERS,
         ],
-        expose_headers=["X-CSRF-Token", "Retry-After"],
+        expose_headers=["X-CSRF-Token", "Retry-After", *STREAM_RESPONSE_HEADERS],
         max_age=600,
     )
 

@@ -48,6 +48,11 @@ class JobSnapshot(BaseModel):
     scheduled_for: str | None = Field(default=None, description="A delayed job's start time.")
     priority: int = Field(default=0, description="Higher runs first among queued jobs.")
     rerun_of: str | None = Field(default=None, description="The job this one re-runs.")
+    streams: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="`GET /api/jobs/{id}`: its output streams (`ctx.stream`): name, path, "
+        "content_type, length, closed; read at `/v1/stream/{path}`.",
+    )
     readers: list[str] = Field(default_factory=list, description="Subjects granted read access.")
     metadata: dict[str, Any] = Field(
         default_factory=dict, description="What the handler reports beyond progress."

@@ -211,7 +211,10 @@ def jobs_router(jc: "Runtime") -> APIRouter:
     @router.get("/api/jobs/{job_id}", response_model=JobSnapshot, summary="Poll a job")
     async def get_job(job_id: str, request: Request, principal: principal_dep) -> Response:
         jc.policy.refuse_ticket(principal)  # polling is not a stream
-        return JSONResponse(job_body(request, await readable(job_id, principal, "read")))
+        body = job_body(request, await readable(job_id, principal, "read"))
+        # Its output streams (ctx.stream), served at /v1/stream/jobs/{id}/{name}.
+        body["streams"] = [info.describe() for info in await jc.streams.listing(f"jobs/{job_id}/")]
+        return JSONResponse(body)
 
     @router.post(
         "/api/jobs/{job_id}/cancel",
@@ -273,6 +276,8 @@ def jobs_router(jc: "Runtime") -> APIRouter:
     async def delete_job(job_id: str, principal: principal_dep) -> Response:
         await readable(job_id, principal, "delete")
         await jc.runner.delete(job_id)
+        for info in await jc.streams.listing(f"jobs/{job_id}/"):  # its output goes with it
+            await jc.streams.delete(info.path)
         return Response(status_code=204)
 
     @router.get(

@@ -5,6 +5,7 @@ import {
   cancelJob,
   giveInput,
   listJobs,
+  readStream,
   rerunJob,
   submitJob,
   subscribe,
@@ -292,7 +293,26 @@ function openJob(id) {
   $("job-title").textContent = `Job ${id}`;
   $("job-cancel").dataset.jobId = id;
   $("job-rerun").dataset.jobId = id;
-  jobStream = watchJob(
+  $("job-output").textContent = "—";
+  // The job's output stream (ctx.stream("output")), live as the job writes it.
+  const output = readStream(
+    id,
+    "output",
+    {
+      onText: (text) => {
+        const pre = $("job-output");
+        if (pre.textContent === "—") pre.textContent = "";
+        pre.append(text);
+      },
+      onMessage: (message) => {
+        const pre = $("job-output");
+        if (pre.textContent === "—") pre.textContent = "";
+        pre.append(`${JSON.stringify(message)}\n`);
+      },
+    },
+    auth,
+  );
+  const events = watchJob(
     id,
     {
       onEvent: (e) => {
@@ -315,6 +335,12 @@ function openJob(id) {
     },
     auth,
   );
+  jobStream = {
+    close() {
+      events.close();
+      output.close();
+    },
+  };
 }
 
 // -- stream inspector ---------------------------------------------------------------------

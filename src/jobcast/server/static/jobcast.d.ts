@@ -229,6 +229,23 @@ export declare function foldMetadata(
   job: Job,
   data: { metadata: Record<string, unknown>; removed: string[]; seq: number; updated_at: string },
 ): Job;
+export interface OutputHandlers {
+  onText?(text: string): void;
+  onMessage?(message: any): void;
+  onBytes?(bytes: Uint8Array): void;
+  onDone?(): void;
+  onError?(error: Error): void;
+}
+export interface OutputRead {
+  close(): void;
+  readonly offset: string;
+}
+export declare function readStream(
+  jobId: string,
+  name?: string,
+  handlers?: OutputHandlers,
+  options?: ClientOptions & { offset?: string },
+): OutputRead;
 export declare function subscribe(
   topics: string[],
   handlers?: StreamHandlers,
@@ -245,5 +262,6 @@ export declare function createClient(defaults?: ClientOptions): {
   watchJobs: typeof watchJobs;
   giveInput: typeof giveInput;
   submitBatch: typeof submitBatch;
+  readStream: typeof readStream;
   subscribe: typeof subscribe;
 };

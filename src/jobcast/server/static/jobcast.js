@@ -776,6 +776,86 @@ export function subscribe(topics, handlers = {}, options = {}) {
   );
 }
 
+/**
+ * Read a job's output stream (`ctx.stream` in its handler) live, over the Durable Streams
+ * protocol: `onText(text)` for text streams, `onMessage(value)` for `application/json`,
+ * `onBytes(Uint8Array)` otherwise, then `onDone()` once it closed. A dropped connection
+ * resumes at the exact byte (`Stream-Next-Offset`); a stream the job has not opened yet is
+ * waited for. `offset` (a getter) is where the read stands: pass it back as `options.offset`.
+ * @param {string} jobId
+ * @param {string} [name] default "output"
+ * @param {OutputHandlers} [handlers]
+ * @param {ClientOptions & {offset?: string}} [options]
+ * @returns {{close(): void, readonly offset: string}}
+ */
+export function readStream(jobId, name = "output", handlers = {}, options = {}) {
+  const path = `/v1/stream/jobs/${encodeURIComponent(jobId)}/${encodeURIComponent(name)}`;
+  const doFetch = options.fetch || globalThis.fetch.bind(globalThis);
+  const controller = new AbortController();
+  const text = new TextDecoder();
+  const state = { offset: options.offset || "-1", open: false, stopped: false };
+  const pause = (failures) =>
+    new Promise((done) => setTimeout(done, backoffDelay(failures, options.backoff, options.random)));
+  (async () => {
+    let failures = 0;
+    while (!state.stopped) {
+      let response;
+      try {
+        const query = `offset=${encodeURIComponent(state.offset)}&live=long-poll`;
+        response = await doFetch(absolute(`${path}?${query}`, options), {
+          headers: await authHeaders(options, "GET"),
+          signal: controller.signal,
+          credentials: options.withCredentials ? "include" : "same-origin",
+        });
+      } catch (error) {
+        if (state.stopped) return;
+        await pause(++failures); // offline, or the server restarting: resume where we were
+        continue;
+      }
+      if (response.status === 404 && !state.open) {
+        const job = await getJob(jobId, options).catch(() => null);
+        if (job && TERMINAL.has(job.state)) return handlers.onDone?.(); // it wrote nothing
+        await pause(Math.min(++failures, 4)); // not opened yet: the job is queued or starting
+        continue;
+      }
+      if (response.status >= 500) {
+        await pause(++failures);
+        continue;
+      }
+      if (!response.ok) return handlers.onError?.(errorFrom(response.status, await response.text()));
+      failures = 0;
+      state.open = true;
+      state.offset = response.headers.get("Stream-Next-Offset") || state.offset;
+      const closed = response.headers.get("Stream-Closed") === "true";
+      if (response.status === 200) {
+        const type = (response.headers.get("Content-Type") || "").split(";")[0].trim().toLowerCase();
+        const body = new Uint8Array(await response.arrayBuffer());
+        if (type === "application/json") {
+          for (const message of JSON.parse(text.decode(body))) handlers.onMessage?.(message);
+        } else if (type.startsWith("text/")) {
+          const piece = text.decode(body, { stream: !closed }); // a character may span answers
+          if (piece) handlers.onText?.(piece);
+        } else if (body.length) {
+          handlers.onBytes?.(body);
+        }
+      }
+      if (closed) {
+        state.stopped = true;
+        return handlers.onDone?.();
+      }
+    }
+  })().catch((error) => handlers.onError?.(error));
+  return {
+    close() {
+      state.stopped = true;
+      controller.abort();
+    },
+    get offset() {
+      return state.offset;
+    },
+  };
+}
+
 /** Bind options once: `const jc = createClient({token}); jc.watchJob(id, {...})`. */
 export function createClient(defaults = {}) {
   const merge = (options) => ({ ...defaults, ...options });
@@ -791,6 +871,8 @@ export function createClient(defaults = {}) {
     giveInput: (id, name, value, options) => giveInput(id, name, value, merge(options)),
     submitBatch: (jobs, options) => submitBatch(jobs, merge(options)),
     subscribe: (topics, handlers, options) => subscribe(topics, handlers, merge(options)),
+    readStream: (jobId, name, handlers, options) =>
+      readStream(jobId, name, handlers, merge(options)),
   };
 }
 
@@ -829,6 +911,13 @@ export function createClient(defaults = {}) {
  *
  * @typedef {StreamHandlers & {onJob?: (job: any, event: StreamEvent) => void,
  *   onDone?: (job: any) => void}} JobHandlers
+ *
+ * @typedef {object} OutputHandlers
+ * @property {(text: string) => void} [onText]
+ * @property {(message: any) => void} [onMessage]
+ * @property {(bytes: Uint8Array) => void} [onBytes]
+ * @property {() => void} [onDone]
+ * @property {(error: Error) => void} [onError]
  *
  * @typedef {{loaded: number, total: number, fraction: number}} UploadProgress
  *

@@ -1,0 +1,77 @@
+"""``readStream`` of ``jobcast.js`` in a real browser: a job's output, live, resumed at the byte."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page
+
+from jobcast.client import Client
+from tests.browser_support import chromium, open_page, sign_in, start_server
+from tests.output_handlers import chunk
+from tests.support import LiveServer
+
+READ = """async ([id, name, token, offset]) => {
+  const jc = await import('/static/jobcast.js');
+  return await new Promise((resolve, reject) => {
+    const parts = [];
+    const reading = jc.readStream(id, name, {
+      onText: (text) => parts.push(text),
+      onMessage: (message) => parts.push(message),
+      onDone: () => resolve({parts, offset: reading.offset}),
+      onError: reject,
+    }, {token, offset});
+  });
+}"""
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium() as browser:
+        yield browser
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[LiveServer]:
+    server = start_server(tmp_path / "data", handlers=["tests.output_handlers"])
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def page(browser: Browser, server: LiveServer) -> Iterator[Page]:
+    with open_page(browser) as page:
+        page.goto(server.url + "/static/jobcast.js")  # any page of the server's origin
+        yield page
+
+
+def test_read_stream_follows_a_job_s_output_live_and_resumes(
+    page: Page, server: LiveServer
+) -> None:
+    token = server.token("alice", ttl=3600)
+    with Client(server.url, token=token) as client:
+        job = client.submit("write_chunks", {"n": 1500, "every": 300, "pause": 0.02})
+        messages = client.submit("write_messages", {"n": 2})
+    read = page.evaluate(READ, [job.id, "output", token, None])  # opened before the job ran
+    assert "".join(read["parts"]) == "".join(chunk(i) for i in range(1500))
+    again = page.evaluate(READ, [job.id, "output", token, read["offset"]])
+    assert again["parts"] == []  # resumed at its end: nothing more
+    json_read = page.evaluate(READ, [messages.id, "messages", token, None])
+    assert json_read["parts"] == [
+        {"step": 0, "text": "step 0"},
+        {"step": 1, "text": "step 1"},
+        [1, 2],
+    ]
+
+
+def test_the_dashboard_job_page_shows_its_output_live(page: Page, server: LiveServer) -> None:
+    sign_in(page, server)
+    with Client(server.url, token=server.token("alice")) as client:
+        job = client.submit("write_chunks", {"n": 300, "every": 100, "pause": 0.05})
+    page.goto(f"{server.url}/#/jobs/{job.id}")
+    expected = "".join(chunk(i) for i in range(300))
+    page.wait_for_function(
+        "(expected) => document.getElementById('job-output').textContent === expected", arg=expected
+    )

@@ -1,0 +1,127 @@
+"""The output stream backends' contract, run over each (SQLite file, Redis): what the HTTP
+layer and jobs rely on, without a server. (The protocol itself: test_durable_conformance.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as redis
+
+from jobcast.errors import PayloadTooLarge
+from jobcast.outputs.model import Producer, StreamError
+from jobcast.outputs.redis import RedisStreamStore
+from jobcast.outputs.sqlite import SQLiteStreamStore
+from jobcast.outputs.store import StreamStore
+from tests.services import REDIS_URL, delete_prefix, needs_services, unique_prefix
+from tests.support import eventually
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=needs_services)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StreamStore]:
+    made: StreamStore
+    if request.param == "sqlite":
+        made = SQLiteStreamStore(tmp_path / "streams.db", max_stream_bytes=1000)
+        await made.open()
+        yield made
+        await made.close()
+        return
+    prefix = unique_prefix()
+    client = redis.Redis.from_url(REDIS_URL)
+    made = RedisStreamStore(client, f"{prefix}:", max_stream_bytes=1000)
+    await made.open()
+    yield made
+    await made.close()
+    await client.aclose()
+    delete_prefix(prefix)
+
+
+async def test_appends_read_back_from_any_offset(store: StreamStore) -> None:
+    info, created = await store.create(
+        "a/b", "text/plain", ttl=None, expires_at=None, closed=False, body=b"one "
+    )
+    assert created and info.tail == 4
+    await store.append("a/b", b"two ", content_type="text/plain")
+    await store.append_stored([("a/b", b"three", True)])
+    whole = await store.read("a/b", None, 0)
+    assert (whole.data, whole.up_to_date, whole.eof) == (b"one two three", True, True)
+    assert (await store.read("a/b", info.incarnation, 4)).data == b"two three"
+    assert (await store.listing("a/"))[0].describe()["length"] == 13
+
+
+async def test_a_producer_s_retry_is_a_duplicate_and_a_gap_or_stale_epoch_is_refused(
+    store: StreamStore,
+) -> None:
+    await store.create("p", "text/plain", ttl=None, expires_at=None, closed=False, body=b"")
+    first = await store.append("p", b"x", content_type="text/plain", producer=Producer("w", 0, 0))
+    again = await store.append("p", b"x", content_type="text/plain", producer=Producer("w", 0, 0))
+    assert (first.fresh, again.fresh, again.producer_seq) == (True, False, 0)
+    with pytest.raises(StreamError) as gap:
+        await store.append("p", b"y", content_type="text/plain", producer=Producer("w", 0, 2))
+    assert gap.value.headers["Producer-Expected-Seq"] == "1"
+    await store.append("p", b"z", content_type="text/plain", producer=Producer("w", 1, 0))
+    with pytest.raises(StreamError) as stale:
+        await store.append("p", b"!", content_type="text/plain", producer=Producer("w", 0, 1))
+    assert (stale.value.status_code, stale.value.headers["Producer-Epoch"]) == (403, "1")
+    assert (await store.read("p", None, 0)).data == b"xz"
+
+
+async def test_the_size_bound_and_a_removed_incarnation(store: StreamStore) -> None:
+    info, _ = await store.create(
+        "s", "text/plain", ttl=None, expires_at=None, closed=False, body=b""
+    )
+    with pytest.raises(PayloadTooLarge):
+        await store.append("s", b"x" * 1001, content_type="text/plain")
+    await store.delete("s")
+    await store.create("s", "text/plain", ttl=None, expires_at=None, closed=False, body=b"new")
+    with pytest.raises(StreamError) as gone:
+        await store.read("s", info.incarnation, 0)
+    assert gone.value.status_code == 410
+
+
+async def test_a_waiting_reader_is_woken_by_an_append(store: StreamStore) -> None:
+    await store.create("w", "text/plain", ttl=None, expires_at=None, closed=False, body=b"")
+    woken = store.wakeups.watch("w")
+    await store.append_stored([("w", b"hello", False)])
+    async with asyncio.timeout(5):
+        await woken  # redis: the local notify, or the channel's
+    assert (await store.read("w", None, 0)).data == b"hello"
+
+
+async def test_an_expired_stream_is_gone(store: StreamStore) -> None:
+    soon = time.time() + 0.3
+    await store.create("t", "text/plain", ttl=None, expires_at=soon, closed=False, body=b"")
+    await store.create("k", "text/plain", ttl=3600, expires_at=None, closed=False, body=b"")
+    assert (await store.head("t")).expires_at == soon
+
+    async def expired() -> bool:
+        try:
+            await store.head("t")
+        except StreamError as exc:
+            return exc.status_code == 404
+        return False
+
+    await eventually(expired, timeout=5)
+    assert [info.path for info in await store.listing("")] == ["k"]
+
+
+async def test_the_sweep_removes_what_nobody_touches_again(tmp_path: Path) -> None:
+    store = SQLiteStreamStore(tmp_path / "streams.db", max_stream_bytes=100, sweep_interval=0.05)
+    await store.open()
+    try:
+        soon = time.time() + 0.2
+        await store.create("t", "text/plain", ttl=None, expires_at=soon, closed=False, body=b"x")
+
+        def rows() -> int:
+            with contextlib.closing(sqlite3.connect(tmp_path / "streams.db")) as db:
+                return int(db.execute("SELECT count(*) FROM ds_chunks").fetchone()[0])
+
+        assert rows() == 1
+        await eventually(lambda: rows() == 0, timeout=5)  # never read again: swept
+    finally:
+        await store.close()

@@ -1,0 +1,80 @@
+"""A `jobcast worker` job's output stream, read live from a server: the worker writes it into
+the deployment's Redis and the server serves it (outputs/redis.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from jobcast.wire import SSEDecoder
+from tests.jobs_support import poll_until_done, submit
+from tests.output_handlers import chunk
+from tests.scale_support import Processes, processes
+from tests.services import POSTGRES_URL, REDIS_URL, drop_schema, needs_services, redis_prefix
+from tests.services import redis_url as broker_url
+from tests.support import LiveServer, eventually
+
+pytestmark = needs_services
+
+
+@pytest.fixture
+def shared() -> Iterator[dict[str, Any]]:
+    for prefix in redis_prefix():
+        store_url = f"{POSTGRES_URL}?schema=o_{prefix[-12:]}"
+        yield {
+            "broker_url": broker_url(prefix),
+            "queue_url": f"{REDIS_URL}?queue={prefix}",
+            "store_url": store_url,
+            "handlers": "tests.output_handlers",
+        }
+        drop_schema(store_url)
+        from tests.services import delete_prefix
+
+        delete_prefix(f"saq:{prefix}")
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Processes]:
+    with processes(tmp_path) as procs:
+        yield procs
+
+
+async def test_a_worker_job_s_output_is_served_live_by_the_server(
+    make_server: Callable[..., LiveServer],
+    procs: Processes,
+    shared: dict[str, Any],
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    procs.worker("worker", data_dir=tmp_path / "worker", **shared)
+    server = make_server(**shared)
+    job = await submit(client, server, "write_chunks", {"n": 3000, "every": 300, "pause": 0.02})
+    url = f"{server.url}/v1/stream/jobs/{job['id']}/output"
+
+    async def opened() -> bool:
+        return (await client.head(url, headers=server.auth())).status_code == 200
+
+    await eventually(opened, timeout=20)
+    received: list[str] = []
+    async with asyncio.timeout(30):
+        params = {"offset": "-1", "live": "sse"}
+        async with client.stream("GET", url, params=params, headers=server.auth()) as response:
+            decoder, closed = SSEDecoder(), False
+            async for text in response.aiter_text():
+                for event in decoder.feed(text):
+                    if event.event == "data":
+                        received.append(event.data or "")
+                    elif event.event == "control":
+                        closed = json.loads(event.data or "{}").get("streamClosed", False)
+                if closed:
+                    break
+    assert "".join(received) == "".join(chunk(i) for i in range(3000))
+    snapshot = (await poll_until_done(client, server, job["id"]))[-1]
+    assert snapshot["state"] == "succeeded"
+    assert snapshot["streams"][0]["closed"] is True
