@@ -13,6 +13,7 @@ from jobcast.jobs.model import InputFile
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
+
     from jobcast.outputs.job_output import JobOutputs, OutputStream
 
 
