@@ -174,7 +174,9 @@ async def test_a_retry_waiting_across_a_restart_runs_at_its_time(
     make_server: Callable[..., LiveServer], client: httpx.AsyncClient
 ) -> None:
     server = make_server(handlers=["tests.handlers"])
-    job = await submit(client, server, "flaky", {"succeed_on": 2, "after": 1.5})
+    # The retry waits long enough for the server to stop first, even on a loaded machine (a
+    # retry that started before the stop would be interrupted instead: another test's case).
+    job = await submit(client, server, "flaky", {"succeed_on": 2, "after": 4})
     seen = []
     async for event_type, data in stream_until(client, server, job["id"], "retrying"):
         seen.append((event_type, data))
