@@ -5,7 +5,7 @@ inserts everything queued in a single transaction, then delivers the batch and a
 caller. A burst of publishes costs one commit, and an event is delivered (and acknowledged) only
 once it is in the file, so a restart never reuses a position a client has seen.
 
-Decisions (cited as B1..B5):
+Decisions (cited as B1..B6):
 
 B1. Closing never abandons a batch: ``close`` refuses new publishes, wakes the writer and waits
     for it to commit everything queued; a batch that cannot be committed fails its publishers

@@ -1,6 +1,6 @@
 """The embedded runner's queue: which queued job runs next, and when.
 
-Decisions (cited as P1..P5):
+Decisions (cited as P1..P6):
 
 P1. Heaps. Jobs that may start now wait in a heap per group (kind) ordered by priority
     (higher first), then by the order they entered the queue; jobs that must wait (a delayed
