@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import socket
 import threading
@@ -117,6 +118,17 @@ class LiveServer:
 
 
 T = TypeVar("T")
+
+
+async def closed(*writers: asyncio.StreamWriter) -> None:
+    """Close raw connections and wait until they are: a transport whose close is still pending
+    when the test's loop ends leaks its socket, which pytest reports later, against whichever
+    test is running when the collector finds it."""
+    for writer in writers:
+        writer.close()
+    for writer in writers:
+        with contextlib.suppress(OSError):  # reset by the server meanwhile
+            await writer.wait_closed()
 
 
 async def eventually(

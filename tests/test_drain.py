@@ -22,7 +22,7 @@ import orjson
 import pytest
 
 from jobcast.auth import TokenAuthority
-from tests.support import SECRET, EventStream, eventually, make_settings
+from tests.support import SECRET, EventStream, closed, eventually, make_settings
 
 DELAY = 1.5  # JOBCAST_SHUTDOWN_DELAY_SECONDS
 GRACE = 4.0  # JOBCAST_SHUTDOWN_GRACE_SECONDS
@@ -152,7 +152,7 @@ async def test_sigterm_drains_then_exits_within_the_grace_period(
     await writer.drain()
     async with asyncio.timeout(GRACE):
         response = await reader.read()
-    writer.close()
+    await closed(writer)
     head, _, payload = response.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 202"), response
     acknowledged = orjson.loads(payload)["id"]
@@ -187,7 +187,7 @@ async def test_a_request_that_never_finishes_does_not_hold_the_exit_past_the_gra
         # The request is cancelled when the grace, less a reserve for the rest, runs out.
         assert 0.2 + 0.8 < time.monotonic() - signalled < 2.0
     finally:
-        writer.close()
+        await closed(writer)
         served.kill()
 
 

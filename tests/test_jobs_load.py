@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from jobcast.wire import SSEDecoder
-from tests.support import LiveServer
+from tests.support import LiveServer, closed
 
 JOBS = 1000
 
@@ -39,7 +39,7 @@ async def request(server: LiveServer, head: str, body: bytes = b"") -> tuple[byt
         response_head = await reader.readuntil(b"\r\n\r\n")
         response_body = await reader.read()  # until the server closes (a stream: its end)
     finally:
-        writer.close()
+        await closed(writer)
     if b"transfer-encoding: chunked" in response_head.lower():
         response_body = dechunk(response_body)
     return response_head, response_body

@@ -14,7 +14,7 @@ import pytest
 
 from jobcast.server.serving.native import ConnectionSink
 from tests.jobs_support import submit
-from tests.support import EventStream, LiveServer, wait_until
+from tests.support import EventStream, LiveServer, closed, wait_until
 
 
 def server_tasks(server: LiveServer) -> int:
@@ -95,7 +95,7 @@ async def test_a_stream_that_ends_leaves_its_connection_to_a_pipelined_request(
             writer.write(next_request)
             data += await read_until(reader, b'"status":"ok"')
     finally:
-        writer.close()
+        await closed(writer)
     stream, _, after = data.partition(b"\r\n0\r\n\r\n")  # the stream's last chunk
     assert stream.startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"transfer-encoding: chunked\r\n" in stream
@@ -124,7 +124,7 @@ async def test_draining_ends_a_carried_stream_with_its_retry_hint(server: LiveSe
         server.call(server.jc.hub.drain)
         data = opening + await read_until(reader, b"\r\n0\r\n\r\n")
     finally:
-        writer.close()
+        await closed(writer)
     low, high = server.jc.hub.options.drain_retry_ms
     hints = [int(line[7:]) for line in data.split(b"\n") if line.startswith(b"retry: ")]
     assert hints[0] == server.jc.settings.retry_ms  # the opening's
@@ -172,7 +172,7 @@ async def test_a_publish_answered_by_the_connection_keeps_http_semantics(
         async with asyncio.timeout(5):
             assert await reader.read() == b""  # closed after the answer it asked to be last
     finally:
-        writer.close()
+        await closed(writer)
 
 
 async def test_a_stream_request_whose_body_arrives_late_is_served_as_asgi(
@@ -200,4 +200,4 @@ async def test_a_stream_request_whose_body_arrives_late_is_served_as_asgi(
         health = await read_until(reader, b'"status":"draining"')
         assert health.startswith(b"HTTP/1.1 200 OK")
     finally:
-        writer.close()
+        await closed(writer)

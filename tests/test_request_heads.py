@@ -16,7 +16,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from jobcast.server.serving.request_heads import MAX_URL_BYTES
-from tests.support import EventStream, LiveServer
+from tests.support import EventStream, LiveServer, closed
 from tests.test_cli_serve import serve_env, serving
 from tests.ws_support import receive, send
 
@@ -101,7 +101,7 @@ async def drip(port: int, request: bytes, every: float) -> tuple[float, bytes]:
         answer = b""
     finally:
         feeding.cancel()
-        writer.close()
+        await closed(writer)
     return time.monotonic() - started, answer
 
 
@@ -164,7 +164,7 @@ async def test_keep_alive_requests_each_get_the_deadline(
             rest = await reader.read()
         assert b"HTTP/1.1 408 " in rest and time.monotonic() - started < 2.5
     finally:
-        writer.close()
+        await closed(writer)
 
 
 def test_jobcast_serve_applies_the_deadline(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import websockets
 
-from tests.support import EventStream, LiveServer
+from tests.support import EventStream, LiveServer, closed
 from tests.ws_support import receive_until_closed
 
 
@@ -157,8 +157,7 @@ async def test_slow_and_half_open_connections_do_not_starve_others(
         async with asyncio.timeout(5):
             assert b"data: 1" in await streams[7][0].readuntil(b"data: 1\n\n")
     finally:
-        for writer in slow + [w for _, w in streams]:
-            writer.close()
+        await closed(*slow, *(w for _, w in streams))
 
 
 @pytest.mark.parametrize(
@@ -177,7 +176,7 @@ async def test_oversized_request_headers_are_431(server: LiveServer, headers: by
             status = await reader.readline()
         assert status.startswith(b"HTTP/1.1 431")
     finally:
-        writer.close()
+        await closed(writer)
 
 
 def multipart(*part_headers: bytes) -> bytes:
