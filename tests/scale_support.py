@@ -95,6 +95,43 @@ class Processes:
         wait_for_port(port, process)
         return process
 
+    def cluster(
+        self, nodes: int, *, replicas: int = 0, node_timeout_ms: int = 15000
+    ) -> dict[int, subprocess.Popen[bytes]]:
+        """A Redis Cluster of ``nodes`` private redis-servers, ``replicas`` per primary, every
+        slot assigned; returns each node's process by port, once the cluster says ok."""
+        started: dict[int, subprocess.Popen[bytes]] = {}
+        for _ in range(nodes):
+            port = free_port()
+            data = self.tmp / f"node-{port}"
+            data.mkdir()
+            args = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
+            args += ["--cluster-enabled", "yes", "--dir", str(data), "--appendonly", "no"]
+            args += ["--cluster-node-timeout", str(node_timeout_ms)]
+            args += ["--cluster-port", str(free_port())]  # port + 10000 may not exist
+            started[port] = self.spawn(args, dict(os.environ), f"node-{port}")
+            wait_for_port(port, started[port])
+        create = ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in started)]
+        subprocess.run(
+            [*create, "--cluster-replicas", str(replicas), "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        first = next(iter(started))
+
+        def ok() -> bool:
+            info = subprocess.run(
+                ["redis-cli", "-p", str(first), "CLUSTER", "INFO"],
+                capture_output=True,
+                timeout=5,
+                text=True,
+            ).stdout
+            return "cluster_state:ok" in info
+
+        asyncio.run(eventually(ok, timeout=20, interval=0.1))
+        return started
+
     def stop(self, process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
         if process.poll() is None:
             process.send_signal(sig)

@@ -272,3 +272,19 @@ def test_watch_into_a_pipe_closed_early_exits_quietly(server: LiveServer, tmp_pa
     # 141 as for any program stopped by SIGPIPE: not 1, which would say the job failed.
     assert returncode == 141
     assert stderr == ""
+
+
+# -- settings that do not parse ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["serve", "worker", "token"])
+def test_a_setting_that_does_not_parse_is_one_line_naming_it(command: str, tmp_path: Path) -> None:
+    env = {**os.environ, "JOBCAST_DATA_DIR": str(tmp_path), "JOBCAST_RETRY_MS": "soon"}
+    env["JOBCAST_BROKER_URL"] = "redis+cluster://127.0.0.1:7000?wait=1&password=hidden"
+    args = [command] if command != "token" else [command, "--sub", "alice"]
+    result = jobcast(env, *args)
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert "JOBCAST_RETRY_MS: Input should be a valid integer" in line
+    assert "JOBCAST_BROKER_URL: ?wait is not supported on a Redis Cluster URL" in line
+    assert "hidden" not in line  # values are never echoed: they may be secrets

@@ -3,21 +3,17 @@ the broker contract suite runs on it (brokers/redis.X9)."""
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
 
 from jobcast.brokers import Retention
 from jobcast.brokers.base import Broker
 from jobcast.brokers.redis import RedisBroker
 from jobcast.events import Event
-from tests.scale_support import Processes, free_port, processes, wait_for_port
+from tests.scale_support import processes
 from tests.services import needs_services
 from tests.support import EventStream, LiveServer, eventually
 
@@ -39,43 +35,9 @@ pytestmark = needs_services
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Three nodes holding every slot between them; the URL names one of them only."""
-    tmp = tmp_path_factory.mktemp("cluster")
-    with processes(tmp) as procs:
-        ports = [free_port() for _ in range(3)]
-        for port in ports:
-            start_node(procs, tmp, port)
-        nodes = [f"127.0.0.1:{port}" for port in ports]
-        subprocess.run(
-            ["redis-cli", "--cluster", "create", *nodes, "--cluster-yes"],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-        wait_until_ok(ports[0])
-        yield f"redis+cluster://127.0.0.1:{ports[0]}"
-
-
-def start_node(procs: Processes, tmp: Path, port: int) -> None:
-    data = tmp / str(port)
-    data.mkdir()
-    args = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
-    args += ["--cluster-enabled", "yes", "--dir", str(data), "--appendonly", "no"]
-    args += ["--cluster-port", str(free_port())]  # port + 10000 may not exist
-    process = procs.spawn(args, {}, f"node-{port}")
-    wait_for_port(port, process)
-
-
-def wait_until_ok(port: int) -> None:
-    async def ok() -> bool:
-        client = aioredis.Redis(port=port)
-        try:
-            info = await client.execute_command("CLUSTER", "INFO")
-        finally:
-            await client.aclose()
-        text = info.decode() if isinstance(info, bytes) else str(info)
-        return "cluster_state:ok" in text
-
-    asyncio.run(eventually(ok, timeout=20, interval=0.1))
+    with processes(tmp_path_factory.mktemp("cluster")) as procs:
+        first = next(iter(procs.cluster(3)))
+        yield f"redis+cluster://127.0.0.1:{first}"
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from jobcast.brokers._redis_connect import client
-from jobcast.brokers.redis import shielded, split_url
+from jobcast.brokers.redis import shielded
+from jobcast.brokers.redis_urls import split_url
 
 
 class RedisSnapshots:

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from jobcast.cli_client import register as register_client_commands
-from jobcast.cli_context import EXIT_USAGE, fail, no_color
+from jobcast.cli_context import EXIT_USAGE, fail, load_settings, no_color
 from jobcast.cli_live import register as register_live_commands
 from jobcast.principal import Role
 
@@ -102,7 +102,6 @@ def serve(
     ] = None,
 ) -> None:
     """Run the jobcast server (embedded default: SQLite in the data directory, no other service)."""
-    from jobcast.config import Settings
     from jobcast.errors import MissingExtra
     from jobcast.extras import check_server
     from jobcast.server.standalone import ServeOptions
@@ -113,7 +112,7 @@ def serve(
     if handlers is not None:
         os.environ["JOBCAST_HANDLERS"] = handlers
     os.environ["JOBCAST_LOG_FORMAT"] = log_format.value  # the app's settings agree
-    settings = Settings()
+    settings = load_settings()
     try:
         check_server("serve")
         settings.check_extras()
@@ -166,7 +165,6 @@ def worker(
     """Run queued jobs (needs JOBCAST_QUEUE_URL and a Redis JOBCAST_BROKER_URL)."""
     import logging
 
-    from jobcast.config import Settings
     from jobcast.errors import JobcastError
     from jobcast.extras import check_worker
 
@@ -175,8 +173,8 @@ def worker(
     if concurrency is not None:
         os.environ["JOBCAST_JOB_CONCURRENCY"] = str(concurrency)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    settings = load_settings()
     try:
-        settings = Settings()
         # A worker always needs the queue, whether or not JOBCAST_QUEUE_URL is set yet.
         check_worker()
         settings.check_extras()
@@ -211,12 +209,11 @@ def token(
     except MissingExtra as exc:
         fail(exc.message, EXIT_USAGE)
     from jobcast.auth import TokenAuthority
-    from jobcast.config import Settings
     from jobcast.jwt_keys import SECRET_FILE
 
     if data_dir is not None:
         os.environ["JOBCAST_DATA_DIR"] = str(data_dir)
-    settings = Settings()
+    settings = load_settings()
     secret = settings.data_dir / SECRET_FILE
     new_secret = settings.jwt_secret is None and not secret.exists()
     authority = TokenAuthority.from_settings(settings)

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from jobcast.client import Client
+    from jobcast.config import Settings
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -130,6 +131,26 @@ def fail(message: str, code: int) -> NoReturn:
     else:
         typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code)
+
+
+def load_settings() -> Settings:
+    """The server's settings from the environment; a value that does not parse ends the command
+    with one line naming each variable, never a traceback (nor the value: it may be a secret)."""
+    from pydantic import ValidationError
+
+    from jobcast.config import Settings
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            message = error["msg"].removeprefix("Value error, ")
+            if error["loc"]:
+                name = "JOBCAST_" + str(error["loc"][0]).upper()
+                message = f"{name}: {message}"
+            problems.append(" ".join(message.split()))
+        fail("invalid settings: " + "; ".join(problems), EXIT_USAGE)
 
 
 def _silence_stdout() -> None:

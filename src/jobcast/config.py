@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from jobcast.brokers.base import Retention
+from jobcast.brokers.redis_urls import is_redis, replication
 from jobcast.extras import check_backends
 from jobcast.hub import HubOptions
 from jobcast.jobs.options import RunnerOptions
@@ -344,6 +345,13 @@ class Settings(BaseSettings):
         if self.shutdown_delay_seconds >= self.shutdown_grace_seconds:
             raise ValueError("shutdown_delay_seconds must be below shutdown_grace_seconds")
         return self
+
+    @field_validator("broker_url")
+    @classmethod
+    def _valid_broker_url(cls, value: str | None) -> str | None:
+        if value and is_redis(value):
+            replication(value)  # a Cluster URL cannot ask for ``wait``
+        return value
 
     @field_validator("public_topics")
     @classmethod

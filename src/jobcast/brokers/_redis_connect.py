@@ -13,20 +13,20 @@ tickets, metrics) connects through here, so each speaks Sentinel alike.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
+from weakref import WeakSet
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import Connection
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.exceptions import NoScriptError
 
-SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
-CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
-REDIS_SCHEMES = ("redis", "rediss", *SENTINEL_SCHEMES, *CLUSTER_SCHEMES)
-
-
-def is_cluster(url: str) -> bool:
-    return urlsplit(url).scheme in CLUSTER_SCHEMES
+from jobcast.brokers.redis_urls import CLUSTER_SCHEMES, SENTINEL_SCHEMES
 
 
 def _nodes(netloc: str, default_port: int) -> list[tuple[str, int]]:
@@ -69,12 +69,39 @@ async def close_sentinels(sentinel: Sentinel) -> None:
         await connection.aclose()
 
 
+class _Cluster(RedisCluster):
+    """A Cluster client that closes every connection it opened.
+
+    redis-py's client closes the nodes of its current map only: a node object made while the
+    map was rebuilt after a failover, then dropped for the one it already had, kept its open
+    connection, found later by the garbage collector. Each connection made for the map's
+    nodes is remembered here (weakly), and ``aclose`` disconnects those still open."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.opened: WeakSet[Connection] = WeakSet()
+        made = self.nodes_manager.connection_kwargs
+        base: type[Connection] = made.get("connection_class", Connection)
+        opened = self.opened
+
+        class Remembered(base):  # type: ignore[valid-type,misc]
+            def __init__(self, **kwargs: Any) -> None:
+                super().__init__(**kwargs)
+                opened.add(self)
+
+        made["connection_class"] = Remembered
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        await asyncio.gather(*(c.disconnect() for c in list(self.opened)), return_exceptions=True)
+
+
 def _cluster(url: str, options: dict[str, Any]) -> RedisCluster:
     parts = urlsplit(url)
     nodes = [ClusterNode(host, port) for host, port in _nodes(parts.netloc, 6379)]
     if parts.password is not None:
         options = {**options, "password": unquote(parts.password)}
-    return RedisCluster(startup_nodes=nodes, ssl=parts.scheme.startswith("rediss"), **options)
+    return _Cluster(startup_nodes=nodes, ssl=parts.scheme.startswith("rediss"), **options)
 
 
 def client(url: str, **options: Any) -> aioredis.Redis:
@@ -104,3 +131,34 @@ async def close_pool(pool: aioredis.ConnectionPool) -> None:
     await pool.disconnect()
     if isinstance(pool, SentinelConnectionPool):
         await close_sentinels(pool.sentinel_manager)
+
+
+class Script:
+    """A Lua script run by its digest, and sent whole (``EVAL``) when the server has not seen
+    it: a restarted server, or a replica just promoted, starts with an empty script cache.
+
+    redis-py's own fallback loads the script with ``SCRIPT LOAD``, which a Cluster client sends
+    to the primaries it knew: after a failover, not the promoted one, so every call failed
+    until the client next rebuilt its map. ``EVAL`` is routed by the script's keys, like the
+    call itself, and caches the script where they live."""
+
+    __slots__ = ("_client", "_registered")
+
+    def __init__(self, client: aioredis.Redis, source: str) -> None:
+        self._client = client
+        self._registered = client.register_script(source)
+
+    async def __call__(
+        self,
+        keys: Sequence[str | bytes],
+        args: Sequence[str | bytes | float],
+        client: Pipeline | None = None,
+    ) -> Any:
+        if client is not None:  # a pipeline loads its scripts before it runs
+            return await self._registered(keys=keys, args=args, client=client)
+        # redis-py types these for its sync and async clients at once (a str, or an awaitable).
+        redis: Any = self._client
+        try:
+            return await redis.evalsha(self._registered.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await redis.eval(self._registered.script, len(keys), *keys, *args)

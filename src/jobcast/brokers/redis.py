@@ -45,9 +45,10 @@ X8. Failover (``redis+sentinel://``, ``_redis_connect.py``): replication is asyn
 X9. Cluster (``redis+cluster://``): the key prefix becomes one hash tag (``{jobcast}:``), so a
     deployment's keys share one slot: the publish script's counter, log, topic streams and
     marks must change together, which Cluster allows only within a slot: one deployment's
-    events are not spread over nodes (a prefix per deployment spreads deployments). Failing
-    over within a Cluster is not verified: a trial did not reach a new primary in 30 s
-    (docs/deployment.md).
+    events are not spread over nodes (a prefix per deployment spreads deployments). A Cluster
+    fails over as Sentinel does (X8: the epoch check is the same); scripts are sent whole to
+    a node that lacks them (``_redis_connect.Script``); ``?wait`` is refused (its ``WAIT``
+    would go to every primary, not to the connection of the publish).
 """
 
 from __future__ import annotations
@@ -58,16 +59,16 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from jobcast.brokers import _redis_scripts as lua
-from jobcast.brokers._redis_connect import CLUSTER_SCHEMES
+from jobcast.brokers._redis_connect import Script
 from jobcast.brokers._redis_connect import client as redis_client
 from jobcast.brokers._redis_history import READ_BATCH, HistoryReader, event, position
 from jobcast.brokers.base import Deliver, Gap, Replay, Retention, check_position, new_epoch
+from jobcast.brokers.redis_urls import replication, split_url
 from jobcast.errors import Unavailable
 from jobcast.events import Event, EventDraft, EventId
 from jobcast.topics import TopicPattern
@@ -77,24 +78,6 @@ T = TypeVar("T")
 
 TERMINAL_JOB_TYPES = frozenset({"succeeded", "failed", "cancelled"})
 _CATCH_UP_SECONDS = 2.0  # X2: how long a publish or replay waits for this instance's loop
-
-
-def split_url(url: str) -> tuple[str, str, int]:
-    """``redis://h/0?prefix=app&max_log=N`` -> (URL for redis-py, key prefix, log cap)."""
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
-    prefix = query.pop("prefix", "jobcast")
-    max_log = int(query.pop("max_log", "100000"))
-    query.pop("wait", None), query.pop("wait_ms", None)  # the broker's (replication)
-    if parts.scheme in CLUSTER_SCHEMES:  # X9: one hash tag, so every key is in one slot
-        prefix = f"{{{prefix}}}"
-    return urlunsplit(parts._replace(query=urlencode(query))), f"{prefix}:", max_log
-
-
-def replication(url: str) -> tuple[int, int]:
-    """``?wait=N&wait_ms=T``: the replicas a publish waits for, and for how long (X8)."""
-    query = dict(parse_qsl(urlsplit(url).query))
-    return int(query.get("wait", "0")), int(query.get("wait_ms", "1000"))
 
 
 async def shielded(call: Awaitable[T]) -> T:
@@ -124,9 +107,9 @@ class RedisBroker:
         #: X9: the key a script is routed by (a Cluster sends it to that key's node; every
         #: key the scripts touch shares its slot).
         self._route = [self._key("position")]
-        self._publish = self._redis.register_script(lua.PUBLISH)
-        self._new_epoch = self._redis.register_script(lua.NEW_EPOCH)
-        self._trim = self._redis.register_script(lua.TRIM)
+        self._publish = Script(self._redis, lua.PUBLISH)
+        self._new_epoch = Script(self._redis, lua.NEW_EPOCH)
+        self._trim = Script(self._redis, lua.TRIM)
         self._history = HistoryReader(self._redis, self._key)
         self._trim_interval = trim_interval
         self._deliver: Deliver | None = None

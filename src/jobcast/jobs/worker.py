@@ -55,7 +55,8 @@ from saq import Worker
 from saq.job import Status
 from saq.types import PartialTimersDict
 
-from jobcast.brokers.redis import RedisBroker, shielded, split_url
+from jobcast.brokers.redis import RedisBroker, shielded
+from jobcast.brokers.redis_urls import split_url
 from jobcast.config import Settings
 from jobcast.errors import InvalidInput
 from jobcast.hub import Hub

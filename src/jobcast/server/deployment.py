@@ -64,10 +64,10 @@ class Deployment:
         self._redis: Redis | None = None  # on the pool, or a Cluster's client (no one pool)
         if self.redis_url is not None:
             from jobcast.brokers import _redis_connect as connect
-            from jobcast.brokers.redis import split_url
+            from jobcast.brokers.redis_urls import is_cluster, split_url
 
             redis_url = split_url(self.redis_url)[0]
-            if connect.is_cluster(redis_url):
+            if is_cluster(redis_url):
                 self._redis = connect.client(redis_url)
             else:
                 import redis.asyncio as redis
@@ -96,7 +96,7 @@ class Deployment:
         if self.redis_url is not None and self._pool is not None:
             import redis.asyncio as redis
 
-            from jobcast.brokers.redis import split_url
+            from jobcast.brokers.redis_urls import split_url
             from jobcast.outputs.redis import RedisStreamStore
 
             client = redis.Redis(connection_pool=self._pool)

@@ -53,7 +53,7 @@ class MemorySpentTickets:
 class RedisSpentTickets:
     def __init__(self, url: str, client: Redis) -> None:
         """``client``: the deployment's (on its pool, or its Cluster client)."""
-        from jobcast.brokers.redis import split_url
+        from jobcast.brokers.redis_urls import split_url
 
         _, self._prefix, _ = split_url(url)
         self._redis = client
@@ -73,7 +73,7 @@ def redis_rate_limit_storage(url: str, pool: ConnectionPool | None) -> Storage:
     """Rate-limit counters in the broker's Redis, through ``pool`` (a Cluster: its own)."""
     from limits.aio.storage import RedisClusterStorage, RedisStorage
 
-    from jobcast.brokers.redis import split_url
+    from jobcast.brokers.redis_urls import split_url
 
     redis_url, prefix, _ = split_url(url)
     if pool is None:  # redis+cluster://h1:p1,...: limits' Cluster client, one key per counter
