@@ -47,7 +47,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import redis.asyncio as redis
 from prometheus_client import CollectorRegistry, generate_latest
@@ -55,6 +56,7 @@ from saq import Worker
 from saq.job import Status
 from saq.types import PartialTimersDict
 
+from jobcast.brokers import POSTGRES_SCHEMES
 from jobcast.brokers.redis import RedisBroker, shielded, split_url
 from jobcast.config import Settings
 from jobcast.errors import InvalidInput
@@ -63,14 +65,20 @@ from jobcast.jobs import builtin
 from jobcast.jobs.lifecycle import JobLifecycle
 from jobcast.jobs.metrics import JobsCollector
 from jobcast.jobs.model import Job, JobState
+from jobcast.jobs.ready_queue import ReadyQueue
 from jobcast.jobs.registry import Registry
 from jobcast.jobs.run_limits import FULL_WAIT, RunLimits
 from jobcast.jobs.sweep import Sweeper
-from jobcast.jobs.worker_queue import TASK, open_queue
+from jobcast.jobs.worker_queue import TASK, open_job_queue
 from jobcast.outputs.redis import RedisStreamStore
 from jobcast.shared_metrics import SharedMetrics
 from jobcast.stores import open_store
 from jobcast.stores.base import JobStore
+
+if TYPE_CHECKING:
+    from jobcast.brokers.postgres import PostgresBroker
+    from jobcast.jobs.postgres_queue import RowLimits
+    from jobcast.outputs.sqlite import SQLiteStreamStore
 
 logger = logging.getLogger("jobcast.worker")
 
@@ -92,10 +100,13 @@ class JobWorker:
 
     def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
         if not settings.queue_url:
-            raise InvalidInput("set JOBCAST_QUEUE_URL=redis://host:port/db to run a worker")
-        if not settings.resolved_broker_url.startswith(("redis://", "rediss://")):
+            raise InvalidInput(
+                "set JOBCAST_QUEUE_URL=redis://host:port/db or postgresql://... to run a worker"
+            )
+        if not _shared_broker(settings.resolved_broker_url):
             raise InvalidInput(
                 "workers publish through the shared broker: set JOBCAST_BROKER_URL=redis://..."
+                " or postgresql://... (or a PostgreSQL JOBCAST_STORE_URL)"
             )
         self.settings = settings
         self.registry = registry or load_registry(settings)
@@ -103,15 +114,11 @@ class JobWorker:
     async def run(self) -> None:
         """Run until SIGTERM/SIGINT (a graceful stop hands running jobs back: lifecycle.R3)."""
         settings = self.settings
-        broker = RedisBroker(settings.resolved_broker_url, settings.retention())
+        broker = _publisher(settings)
         await broker.connect()  # publish-only: no fan-out in a worker
         hub = Hub(broker, settings.hub_options())
         store = open_store(settings.resolved_store_url)
-        # Jobs' output streams (ctx.stream) go to the deployment's Redis, as the servers'.
-        redis_url, prefix, _ = split_url(settings.resolved_broker_url)
-        outputs = RedisStreamStore(
-            redis.Redis.from_url(redis_url), prefix, max_stream_bytes=settings.max_stream_bytes
-        )
+        outputs = _output_streams(settings)
         metrics: SharedMetrics | None = None
         try:
             await store.open()
@@ -122,14 +129,21 @@ class JobWorker:
             if settings.metrics_snapshot_seconds > 0:  # K5
                 metrics = self._shared_metrics(store)
                 metrics.start()
-            queue = open_queue(settings.queue_url or "")
-            queue.sweep = Sweeper(queue)  # type: ignore[method-assign]  # K4
+            queue = open_job_queue(settings.queue_url or "")
             kinds = self.registry.limits()
             owner_limit = settings.job_owner_concurrency
-            self.limits = RunLimits(  # K7
-                queue.redis, queue.prefix, settings.worker_heartbeat_seconds, kinds, owner_limit
-            )
-            queue.limits, queue.owner_limit, queue.lease = kinds, owner_limit, self.limits.lease
+            queue.limits, queue.owner_limit = kinds, owner_limit
+            if isinstance(queue, ReadyQueue):
+                queue.sweep = Sweeper(queue)  # type: ignore[method-assign]  # K4
+                leases = RunLimits(  # K7
+                    queue.redis, queue.prefix, settings.worker_heartbeat_seconds, kinds, owner_limit
+                )
+                queue.lease = leases.lease
+                self.limits: RunLimits | RowLimits = leases
+            else:  # PostgreSQL: its own sweep, and the rows are the slots (postgres_queue.P2)
+                from jobcast.jobs.postgres_queue import RowLimits
+
+                self.limits = RowLimits(kinds, owner_limit)
             beat = settings.worker_heartbeat_seconds
             timers: PartialTimersDict = {
                 "sweep": beat,
@@ -144,13 +158,18 @@ class JobWorker:
                 timers=timers,
                 cancellation_hard_deadline_s=15.0,
             )
-            logger.info("worker ready: kinds %s", ", ".join(self.registry.kinds))
-            await worker.start()
+            await queue.connect()  # SAQ's worker leaves it to its caller
+            try:
+                logger.info("worker ready: kinds %s", ", ".join(self.registry.kinds))
+                await worker.start()
+            finally:
+                await queue.disconnect()
         finally:
             if metrics is not None:
                 await metrics.close()
             await outputs.close()
-            await outputs.client.aclose()
+            if isinstance(outputs, RedisStreamStore):
+                await outputs.client.aclose()
             await store.close()
             await broker.close()
 
@@ -209,12 +228,12 @@ class JobWorker:
         except asyncio.CancelledError:  # K2
             queue = queued.get_queue()
             current = await shielded(queue.job(queued.key))
-            # The abort's reason is in its key: the job's error is rewritten by our heartbeat.
-            reason = await shielded(queue.redis.get(queued.abort_id))
+            # The abort's reason is kept apart: the job's error is rewritten by our heartbeat.
+            reason = await shielded(queue.abort_reason(queued))
             cancelled = (
                 current is not None
                 and current.status in (Status.ABORTING, Status.ABORTED)
-                and reason != queue.swept_error_message.encode()
+                and reason != queue.swept_error_message
             )
             jobs.stop(live, "cancel" if cancelled else "shutdown")
             await task
@@ -233,6 +252,34 @@ class JobWorker:
             if limited is not None:  # K7: keep the kind's and owner's leases
                 with contextlib.suppress(Exception):
                     await shielded(self.limits.renew(limited.kind, limited.owner, queued.id))
+
+
+def _shared_broker(url: str) -> bool:
+    return url.startswith(("redis://", "rediss://")) or urlsplit(url).scheme in POSTGRES_SCHEMES
+
+
+def _publisher(settings: Settings) -> RedisBroker | PostgresBroker:
+    url = settings.resolved_broker_url
+    if urlsplit(url).scheme in POSTGRES_SCHEMES:
+        from jobcast.brokers.postgres import PostgresBroker  # the 'postgres' extra
+
+        return PostgresBroker(url, settings.retention())
+    return RedisBroker(url, settings.retention())
+
+
+def _output_streams(settings: Settings) -> RedisStreamStore | SQLiteStreamStore:
+    """Jobs' output streams (ctx.stream): in the deployment's Redis, as the servers'; on a
+    PostgreSQL deployment in this worker's data directory, as each server's are there."""
+    url = settings.resolved_broker_url
+    if urlsplit(url).scheme in POSTGRES_SCHEMES:
+        from jobcast.outputs.sqlite import SQLiteStreamStore
+
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        path = settings.data_dir / "streams.db"
+        return SQLiteStreamStore(path, max_stream_bytes=settings.max_stream_bytes)
+    redis_url, prefix, _ = split_url(url)
+    client = redis.Redis.from_url(redis_url)
+    return RedisStreamStore(client, prefix, max_stream_bytes=settings.max_stream_bytes)
 
 
 def run_worker(settings: Settings) -> None:

@@ -1,0 +1,467 @@
+"""The queue of ``jobcast worker`` in PostgreSQL: SAQ's PostgreSQL queue, taken by priority
+within the per-kind and per-owner limits, for a deployment that runs no Redis.
+
+It keeps SAQ's job table, its records and everything that reads them (SAQ's worker, status,
+heartbeats, ``refresh``, worker stats), and replaces how a job is taken, swept and aborted,
+so the guarantees of the Redis queue (``ready_queue.py``, ``run_limits.py``, ``sweep.py``)
+hold here too.
+
+Decisions (cited as P1..P6):
+
+P1. Order: a job's jobcast priority (``rank``) and the exact time it may start (``ready_at``,
+    where SAQ's ``scheduled`` is whole seconds) are columns of its row; a worker takes the
+    highest rank, then the lowest key. Keys are jobcast ids, which grow with their creation
+    time (``model.new_job_id``), so equal ranks start in submission order (schedule.P1).
+P2. Limits: a job holds its kind's and its owner's slots while its row is ``active`` or
+    ``aborting``, so the counts are the rows themselves: no leases to renew. A take counts
+    them and picks the first job whose kind and owner have room, in one transaction under a
+    per-queue advisory lock, so no two workers see one slot free. A dead worker's job holds
+    its slots until the sweep (P4) takes it back, as a lapsed lease does in Redis.
+P3. No polling: a worker with nothing to take waits for a notification on the queue's channel
+    (a job made ready, a limited job ended), held on one ``LISTEN`` connection per worker
+    process, until the next delayed job's time at the latest, and looks again at least every
+    ``WAKE_POLL`` seconds (a missed notification costs that much).
+P4. Sweep: one sweeper at a time (a transaction-scoped advisory lock held while it sweeps,
+    which a dead sweeper's connection gives up). A job is marked swept only if, under its row
+    lock, it is still stuck: a job its worker has just finished or handed back is left alone.
+    The sweep waits ``sweep.ABORT_WAIT`` for the worker's answer, then re-queues the job (or
+    ends it, when SAQ may not retry it).
+P5. Abort: the reason lives in its own column (a worker's heartbeat rewrites SAQ's record,
+    its error included), so a worker tells a user's cancel from a sweep (worker.K2). A job
+    still queued ends here; a running one is marked ``aborting`` for its worker to stop.
+P6. Tables: ``{prefix}_queue_jobs``, ``{prefix}_queue_stats`` and ``{prefix}_queue_versions``
+    (the URL's ``prefix``, as the broker's), created by SAQ's migrations plus jobcast's
+    columns, under a blocking advisory lock, so processes that start together never race.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from psycopg import AsyncConnection, sql
+from psycopg_pool import AsyncConnectionPool
+from saq.job import TERMINAL_STATUSES, Job, Status
+from saq.queue.postgres import PostgresQueue
+from saq.queue.postgres_migrations import get_migrations
+from saq.utils import now, now_seconds
+
+from jobcast.brokers._postgres_sql import parse_url
+from jobcast.jobs.sweep import ABORT_WAIT
+
+logger = logging.getLogger("jobcast.worker")
+
+#: Seconds a worker with nothing to take waits before it looks again anyway (P3).
+WAKE_POLL = 1.0
+_RUNNING = ("active", "aborting")
+
+
+def open_postgres_queue(url: str, name: str) -> PostgresReadyQueue:
+    """``postgresql://.../db?prefix=p&schema=s&pool_size=n`` (as the broker's URL)."""
+    location = parse_url(url)
+    kwargs: dict[str, Any] = {"autocommit": True}
+    if location.schema:
+        kwargs["options"] = f"-c search_path={location.schema}"
+    pool = AsyncConnectionPool(
+        location.dsn, kwargs=kwargs, min_size=1, max_size=location.pool_size + 1, open=False
+    )
+    queue = PostgresReadyQueue(pool, location.prefix, location.dsn, kwargs, name=name)
+    queue.schema = location.schema
+    # per deployment, as the broker's channel: deployments in other schemas do not wake us
+    queue._channel = f"{location.schema or 'public'}.{location.prefix}_queue:{name}"
+    return queue
+
+
+class PostgresReadyQueue(PostgresQueue):
+    """SAQ's PostgreSQL queue, taken by priority within the limits (P1-P6). A worker sets
+    ``limits``, ``owner_limit`` and ``lease`` before it starts, as on ``ReadyQueue``."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        prefix: str,
+        dsn: str,
+        connect_kwargs: Mapping[str, Any],
+        *,
+        name: str,
+    ) -> None:
+        table = f"{prefix}_queue_jobs"
+        super().__init__(
+            pool,
+            name=name,
+            jobs_table=table,
+            stats_table=f"{prefix}_queue_stats",
+            versions_table=f"{prefix}_queue_versions",
+            manage_pool_lifecycle=True,
+        )
+        self.table = table
+        self.prefix = prefix
+        self._dsn, self._connect_kwargs = dsn, dict(connect_kwargs)
+        self.limits: Mapping[str, int] = {}
+        self.owner_limit: int | None = None
+        self.lease = 30.0  # unused here (P2): the rows are the slots
+        self.schema: str | None = None
+        self._wakeup = asyncio.Event()
+        self._listening: asyncio.Task[None] | None = None
+
+    # -- P6 ----------------------------------------------------------------------------------
+
+    async def init_db(self) -> None:
+        t = sql.Identifier(self.table)
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [self.table])
+            if self.schema:
+                await conn.execute(
+                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
+                )
+            await conn.execute(
+                sql.SQL("CREATE TABLE IF NOT EXISTS {} (version INT)").format(self.versions_table)
+            )
+            row = await (
+                await conn.execute(sql.SQL("SELECT version FROM {}").format(self.versions_table))
+            ).fetchone()
+            current = row[0] if row else 0
+            migrations = get_migrations(jobs_table=self.jobs_table, stats_table=self.stats_table)
+            for version, statements in migrations:
+                if version > current:
+                    for statement in statements:
+                        await conn.execute(statement)
+            target = migrations[-1][0]
+            if target != current:
+                await conn.execute(sql.SQL("DELETE FROM {}").format(self.versions_table))
+                await conn.execute(
+                    sql.SQL("INSERT INTO {} VALUES (%s)").format(self.versions_table), [target]
+                )
+            await conn.execute(
+                sql.SQL(
+                    "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS kind text NOT NULL DEFAULT '',"
+                    " ADD COLUMN IF NOT EXISTS owner text NOT NULL DEFAULT '',"
+                    " ADD COLUMN IF NOT EXISTS rank integer NOT NULL DEFAULT 0,"
+                    " ADD COLUMN IF NOT EXISTS ready_at double precision NOT NULL DEFAULT 0,"
+                    " ADD COLUMN IF NOT EXISTS abort_reason text"
+                ).format(t=t)
+            )
+            await conn.execute(
+                sql.SQL(
+                    "CREATE INDEX IF NOT EXISTS {take} ON {t} (queue, rank DESC, key)"
+                    " WHERE status = 'queued';"
+                    "CREATE INDEX IF NOT EXISTS {running} ON {t} (queue, kind, owner)"
+                    " WHERE status IN ('active', 'aborting')"
+                ).format(
+                    t=t,
+                    take=sql.Identifier(f"{self.table}_take"),
+                    running=sql.Identifier(f"{self.table}_running"),
+                )
+            )
+
+    async def disconnect(self) -> None:
+        if self._listening is not None:
+            self._listening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listening
+            self._listening = None
+        await super().disconnect()
+
+    # -- P1: enqueue, retry ------------------------------------------------------------------
+
+    async def _enqueue(self, job: Job) -> Job | None:
+        kind, owner, rank = _meta(job)
+        ready_at = (job.meta or {}).get("not_before") or job.scheduled or 0
+        statement = sql.SQL(
+            "INSERT INTO {t} (key, job, queue, status, priority, scheduled, kind, owner, rank,"
+            " ready_at) VALUES (%(key)s, %(job)s, %(queue)s, %(status)s, 0, %(scheduled)s,"
+            " %(kind)s, %(owner)s, %(rank)s, %(ready_at)s)"
+            " ON CONFLICT (key) DO UPDATE SET job = EXCLUDED.job, status = EXCLUDED.status,"
+            " scheduled = EXCLUDED.scheduled, kind = EXCLUDED.kind, owner = EXCLUDED.owner,"
+            " rank = EXCLUDED.rank, ready_at = EXCLUDED.ready_at, expire_at = NULL,"
+            " abort_reason = NULL"
+            " WHERE {t}.status IN ('aborted', 'complete', 'failed') RETURNING 1"
+        ).format(t=sql.Identifier(self.table))
+        params = {
+            "key": job.key,
+            "job": self.serialize(job),
+            "queue": self.name,
+            "status": job.status,
+            "scheduled": job.scheduled or int(now_seconds()),
+            "kind": kind,
+            "owner": owner,
+            "rank": rank,
+            "ready_at": float(ready_at),
+        }
+        async with self.pool.connection() as conn:
+            if await (await conn.execute(statement, params)).fetchone() is None:
+                return None
+            await self._wake(conn)
+        return job
+
+    async def _retry(self, job: Job, error: str | None) -> None:
+        delay = job.next_retry_delay()
+        ready_at = time.time() + delay if delay else 0.0  # 0: at once, at its place (P1)
+        job.scheduled = int(ready_at)
+        statement = sql.SQL(
+            "UPDATE {t} SET job = %s, status = 'queued', scheduled = %s, ready_at = %s,"
+            " expire_at = NULL, abort_reason = NULL WHERE key = %s"
+        ).format(t=sql.Identifier(self.table))
+        async with self.pool.connection() as conn:
+            await conn.execute(statement, [self.serialize(job), job.scheduled, ready_at, job.key])
+            await self._wake(conn)
+
+    async def _finish(self, job: Job, status: Status, **kwargs: Any) -> None:
+        await super()._finish(job, status, **kwargs)
+        kind, owner, _ = _meta(job)
+        if kind in self.limits or (self.owner_limit and owner):  # its slots are free (P3)
+            await self._wake(kwargs.get("connection"))
+
+    async def schedule(self, lock: int = 1) -> list[str]:
+        return []  # a take starts a job at its exact time (P1)
+
+    # -- P2, P3: take ------------------------------------------------------------------------
+
+    async def dequeue(
+        self,
+        timeout: float = 0.0,  # noqa: ASYNC109  (SAQ's worker passes it)
+        poll_interval: float = 0.0,
+    ) -> Job | None:
+        self._listen()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout if timeout > 0 else None
+        while self._connected:
+            woken = self._wakeup  # before the take: a job made ready during it wakes us
+            job, next_at = await self._take()
+            if job is not None:
+                return job
+            wait = WAKE_POLL if deadline is None else min(WAKE_POLL, deadline - loop.time())
+            if next_at is not None:
+                wait = min(wait, max(0.001, next_at - time.time()))
+            if wait <= 0:
+                return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), wait)
+        return None
+
+    async def _take(self) -> tuple[Job | None, float | None]:
+        limited = list(self.limits)
+        statement = sql.SQL(
+            "WITH running AS (SELECT kind, owner FROM {t} WHERE queue = %(queue)s"
+            " AND status IN ('active', 'aborting')),"
+            " limits AS (SELECT * FROM unnest(%(kinds)s::text[], %(caps)s::int[]) AS l(kind, cap))"
+            " SELECT j.key, j.job FROM {t} j LEFT JOIN limits l ON l.kind = j.kind"
+            " WHERE j.queue = %(queue)s AND j.status = 'queued' AND j.ready_at <= %(now)s"
+            " AND (l.cap IS NULL OR (SELECT count(*) FROM running r WHERE r.kind = j.kind)"
+            " < l.cap)"
+            " AND (%(owner_limit)s = 0 OR j.owner = '' OR (SELECT count(*) FROM running r"
+            " WHERE r.owner = j.owner) < %(owner_limit)s)"
+            " ORDER BY j.rank DESC, j.key LIMIT 1 FOR UPDATE OF j SKIP LOCKED"
+        ).format(t=sql.Identifier(self.table))
+        params = {
+            "queue": self.name,
+            "kinds": limited,
+            "caps": [self.limits[kind] for kind in limited],
+            "owner_limit": self.owner_limit or 0,
+            "now": time.time(),
+        }
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [self._lock("take")])
+            row = await (await conn.execute(statement, params)).fetchone()
+            if row is None:
+                upcoming = sql.SQL(
+                    "SELECT min(ready_at) FROM {t} WHERE queue = %s AND status = 'queued'"
+                    " AND ready_at > %s"
+                ).format(t=sql.Identifier(self.table))
+                found = await (await conn.execute(upcoming, [self.name, time.time()])).fetchone()
+                return None, (found[0] if found else None)
+            job = self.deserialize(row[1], Status.ACTIVE)
+            if job is None:
+                return None, None
+            job.started = job.touched = now()
+            await self._update(job, status=Status.ACTIVE, connection=conn)
+        return job, None
+
+    def _listen(self) -> None:
+        if self._listening is None or self._listening.done():
+            self._listening = asyncio.create_task(
+                self._listen_forever(), name="jobcast-queue-listen"
+            )
+
+    async def _listen_forever(self) -> None:
+        while True:
+            try:
+                conn = await AsyncConnection.connect(self._dsn, **self._connect_kwargs)
+                async with conn:
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                    self._set_wakeup()  # whatever was sent before we listened
+                    async for _ in conn.notifies():
+                        self._set_wakeup()
+            except Exception as exc:
+                logger.warning("queue notifications lost (%s); listening again", exc)
+                await asyncio.sleep(WAKE_POLL)
+
+    def _set_wakeup(self) -> None:
+        self._wakeup.set()
+        self._wakeup = asyncio.Event()
+
+    async def _wake(self, conn: AsyncConnection[Any] | None = None) -> None:
+        notify = sql.SQL("NOTIFY {}").format(sql.Identifier(self._channel))
+        if conn is not None:
+            await conn.execute(notify)
+            return
+        async with self.pool.connection() as own:
+            await own.execute(notify)
+
+    def _lock(self, what: str) -> str:
+        return f"{self.table}:{self.name}:{what}"
+
+    # -- P4, P5: sweep and abort -------------------------------------------------------------
+
+    async def sweep(self, lock: int = 60, abort: float = ABORT_WAIT) -> list[str]:
+        t = sql.Identifier(self.table)
+        swept: list[str] = []
+        async with self.pool.connection() as conn, conn.transaction():
+            got = await (
+                await conn.execute(
+                    "SELECT pg_try_advisory_xact_lock(hashtext(%s))", [self._lock("sweep")]
+                )
+            ).fetchone()
+            if not got or not got[0]:
+                return swept  # another worker is sweeping
+            await conn.execute(
+                sql.SQL(
+                    "DELETE FROM {t} WHERE queue = %s AND status IN ('aborted', 'complete',"
+                    " 'failed') AND expire_at <= %s"
+                ).format(t=t),
+                [self.name, now_seconds()],
+            )
+            await conn.execute(
+                sql.SQL("DELETE FROM {} WHERE expire_at <= %s").format(self.stats_table),
+                [now_seconds()],
+            )
+            rows = await (
+                await conn.execute(
+                    sql.SQL(
+                        "SELECT job, status FROM {t} WHERE queue = %s AND status = ANY(%s)"
+                    ).format(t=t),
+                    [self.name, list(_RUNNING)],
+                )
+            ).fetchall()
+            for record, status in rows:
+                job = self.deserialize(record, status)
+                if job is not None and job.stuck and await self._mark_swept(job):
+                    await self._recover(job, abort)
+                    swept.append(job.key)
+        return swept
+
+    async def _mark_swept(self, job: Job) -> bool:
+        """Ask the worker of ``job`` to stop, if it is still stuck under its row lock (P4)."""
+        error = self.swept_error_message
+        async with self.pool.connection() as conn, conn.transaction():
+            row = await (
+                await conn.execute(
+                    sql.SQL("SELECT job, status FROM {} WHERE key = %s FOR UPDATE").format(
+                        sql.Identifier(self.table)
+                    ),
+                    [job.key],
+                )
+            ).fetchone()
+            current = self.deserialize(*row) if row else None
+            if current is None or current.status not in (Status.ACTIVE, Status.ABORTING):
+                return False
+            if not current.stuck:
+                return False
+            job.replace(current)
+            job.status, job.error = Status.ABORTING, error
+            await self._mark_aborting(conn, job, error)
+        logger.info("sweeping %s", job.info())
+        return True
+
+    async def _recover(self, job: Job, abort_wait: float) -> None:
+        try:
+            await job.refresh(abort_wait)
+        except TimeoutError:
+            logger.info("no answer from the worker of %s: it is gone", job.key)
+        if job.retryable:
+            await self.retry(job, error=self.swept_error_message)
+        else:
+            await self.finish(job, Status.ABORTED, error=self.swept_error_message)
+
+    async def abort(self, job: Job, error: str, ttl: float = 5) -> None:
+        async with self.pool.connection() as conn, conn.transaction():
+            status = await self.get_job_status(job.key, for_update=True, connection=conn)
+            if status in TERMINAL_STATUSES:
+                return
+            if status is None or status is Status.QUEUED:  # nobody runs it: it ends here
+                await self.finish(job, Status.ABORTED, error=error, connection=conn)
+                return
+            job.status, job.error = Status.ABORTING, error
+            job.touched = now()
+            await self._mark_aborting(conn, job, error)
+
+    async def _mark_aborting(self, conn: AsyncConnection[Any], job: Job, error: str) -> None:
+        await conn.execute(
+            sql.SQL(
+                "UPDATE {} SET job = %s, status = 'aborting', abort_reason = %s WHERE key = %s"
+            ).format(sql.Identifier(self.table)),
+            [self.serialize(job), error, job.key],
+        )
+
+    async def abort_reason(self, job: Job) -> str | None:
+        """Why ``job`` was aborted (P5): ``swept_error_message`` when a sweep did it."""
+        async with self.pool.connection() as conn:
+            row = await (
+                await conn.execute(
+                    sql.SQL("SELECT abort_reason FROM {} WHERE key = %s").format(
+                        sql.Identifier(self.table)
+                    ),
+                    [job.key],
+                )
+            ).fetchone()
+        return row[0] if row else None
+
+    async def ready(self) -> list[str]:
+        """The keys of the jobs that may start, in the order they would be taken (P1)."""
+        async with self.pool.connection() as conn:
+            rows = await (
+                await conn.execute(
+                    sql.SQL(
+                        "SELECT key FROM {} WHERE queue = %s AND status = 'queued'"
+                        " ORDER BY rank DESC, key"
+                    ).format(sql.Identifier(self.table)),
+                    [self.name],
+                )
+            ).fetchall()
+        return [row[0] for row in rows]
+
+
+def _meta(job: Job) -> tuple[str, str, int]:
+    meta = job.meta or {}
+    kind, owner, rank = meta.get("kind"), meta.get("owner"), meta.get("priority", 0)
+    return (
+        kind if isinstance(kind, str) else "",
+        owner if isinstance(owner, str) else "",
+        rank if isinstance(rank, int) and not isinstance(rank, bool) else 0,
+    )
+
+
+class RowLimits:
+    """The run limits of a worker on this queue: the take counted the running rows (P2), so a
+    job handed out holds its slots until its row stops being ``active``; nothing to acquire,
+    renew or release, unlike Redis's leases (``run_limits.py``)."""
+
+    def __init__(self, kinds: Mapping[str, int], owner_limit: int | None) -> None:
+        self.kinds = kinds
+        self.owner_limit = owner_limit
+
+    def limited(self, kind: str, owner: str) -> bool:
+        return kind in self.kinds or (self.owner_limit is not None and bool(owner))
+
+    async def acquire(self, kind: str, owner: str, job_id: str) -> bool:
+        return True
+
+    async def renew(self, kind: str, owner: str, job_id: str) -> None:
+        return None
+
+    async def release(self, kind: str, owner: str, job_id: str) -> None:
+        return None
