@@ -69,11 +69,9 @@ def open_postgres_queue(url: str, name: str) -> PostgresReadyQueue:
     pool = AsyncConnectionPool(
         location.dsn, kwargs=kwargs, min_size=1, max_size=location.pool_size + 1, open=False
     )
-    queue = PostgresReadyQueue(pool, location.prefix, location.dsn, kwargs, name=name)
-    queue.schema = location.schema
-    # per deployment, as the broker's channel: deployments in other schemas do not wake us
-    queue._channel = f"{location.schema or 'public'}.{location.prefix}_queue:{name}"
-    return queue
+    return PostgresReadyQueue(
+        pool, location.prefix, location.dsn, kwargs, name=name, schema=location.schema
+    )
 
 
 class PostgresReadyQueue(PostgresQueue):
@@ -88,6 +86,7 @@ class PostgresReadyQueue(PostgresQueue):
         connect_kwargs: Mapping[str, Any],
         *,
         name: str,
+        schema: str | None = None,
     ) -> None:
         table = f"{prefix}_queue_jobs"
         super().__init__(
@@ -104,7 +103,9 @@ class PostgresReadyQueue(PostgresQueue):
         self.limits: Mapping[str, int] = {}
         self.owner_limit: int | None = None
         self.lease = 30.0  # unused here (P2): the rows are the slots
-        self.schema: str | None = None
+        self.schema = schema
+        # per deployment, as the broker's channel: deployments in other schemas do not wake us
+        self._channel = f"{schema or 'public'}.{prefix}_queue:{name}"
         self._wakeup = asyncio.Event()
         self._listening: asyncio.Task[None] | None = None
 
