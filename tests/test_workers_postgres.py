@@ -9,17 +9,22 @@ instrument, not part of the deployment.
 
 from __future__ import annotations
 
+import asyncio
 import signal
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from saq import Job as QueueJob
 from saq.job import Status
+from saq.utils import now
 
 from jobcast.jobs.postgres_queue import PostgresReadyQueue
-from jobcast.jobs.worker_queue import open_job_queue
+from jobcast.jobs.ready_queue import job_meta
+from jobcast.jobs.worker_queue import TASK, open_job_queue
 from tests.jobs_support import submit, wait_running, watch
 from tests.scale_support import Processes, poll_json, processes
 from tests.services import (
@@ -30,7 +35,7 @@ from tests.services import (
     redis_prefix,
     unique_prefix,
 )
-from tests.support import LiveServer
+from tests.support import LiveServer, eventually
 from tests.test_scale_out import auth
 from tests.test_workers import terminal
 
@@ -60,6 +65,27 @@ def procs(tmp_path: Path) -> Iterator[Processes]:
 @pytest.fixture
 def counter_prefix() -> Iterator[str]:
     yield from redis_prefix()
+
+
+@pytest.fixture
+async def queue(pg_shared: dict[str, Any]) -> AsyncIterator[PostgresReadyQueue]:
+    queue = open_job_queue(pg_shared["queue_url"])
+    assert isinstance(queue, PostgresReadyQueue)
+    await queue.connect()
+    yield queue
+    await queue.disconnect()
+
+
+def queued(key: str, kind: str = "demo", owner: str = "ann", priority: int = 0) -> QueueJob:
+    meta = job_meta(kind, owner, priority, 0)
+    return QueueJob(function=TASK, key=key, heartbeat=1, retries=5, meta=meta)
+
+
+async def take_all(queue: PostgresReadyQueue) -> list[str]:
+    taken = []
+    while (job := await queue.dequeue(timeout=0.2)) is not None:
+        taken.append(job.key)
+    return taken
 
 
 def counter(prefix: str, **extra: Any) -> dict[str, Any]:
@@ -184,3 +210,57 @@ class _Base:
 
     def auth(self, sub: str = "alice", role: str = "user") -> dict[str, str]:
         return auth(sub, role)
+
+
+async def test_takes_go_by_priority_then_submission_within_the_kind_and_owner_limits(
+    queue: PostgresReadyQueue,
+) -> None:
+    queue.limits, queue.owner_limit = {"slow": 1}, 2
+    plan = [("k1", "demo", "ann", 0), ("k2", "slow", "bob", 5), ("k3", "slow", "bob", 9)]
+    plan += [("k4", "demo", "ann", 0), ("k5", "demo", "ann", 1), ("k6", "demo", "cat", 0)]
+    for key, kind, owner, priority in plan:
+        await queue.enqueue(queued(key, kind, owner, priority))
+    assert await queue.ready() == ["k3", "k2", "k5", "k1", "k4", "k6"]
+    # slow is full after k3, ann after k5 and k1: their other jobs wait, others go past them
+    assert await take_all(queue) == ["k3", "k5", "k1", "k6"]
+    for key in ("k3", "k5"):
+        job = await queue.job(key)
+        assert job is not None
+        await queue.finish(job, Status.COMPLETE)
+    assert await take_all(queue) == ["k2", "k4"]
+
+
+async def test_a_delayed_job_is_taken_at_its_time_not_before(queue: PostgresReadyQueue) -> None:
+    at = time.time() + 0.5
+    job = QueueJob(function=TASK, key="later", meta=job_meta("demo", "ann", 0, at))
+    await queue.enqueue(job)
+    assert await queue.dequeue(timeout=0.1) is None
+    taken = await queue.dequeue(timeout=5)  # waits until its time, not a whole poll
+    assert taken is not None and taken.key == "later"
+    assert at <= time.time() < at + 1
+
+
+async def test_one_sweep_at_a_time_re_queues_a_dead_worker_s_jobs_and_leaves_live_ones(
+    queue: PostgresReadyQueue,
+) -> None:
+    for key in ("dead-1", "dead-2", "live"):
+        await queue.enqueue(queued(key))
+    for job in [await queue.dequeue(timeout=1) for _ in range(3)]:
+        assert job is not None
+        if job.key != "live":  # its worker stopped touching it five seconds ago
+            job.touched = job.started = now() - 5_000
+            await queue._update(job, status=Status.ACTIVE)
+    first = asyncio.create_task(queue.sweep(1, abort=0.2))
+
+    async def aborting() -> bool:
+        job = await queue.job("dead-1")
+        return job is not None and job.status is Status.ABORTING
+
+    async with asyncio.timeout(10):
+        await eventually(aborting, timeout=10, interval=0.02)
+        assert await queue.sweep(1, abort=0.2) == []  # the first one still sweeps
+        assert sorted(await first) == ["dead-1", "dead-2"]
+    assert await queue.ready() == ["dead-1", "dead-2"]
+    live = await queue.job("live")
+    assert live is not None and live.status is Status.ACTIVE
+    assert await queue.abort_reason(live) is None

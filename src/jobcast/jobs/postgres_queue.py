@@ -29,9 +29,10 @@ P4. Sweep: one sweeper at a time (a transaction-scoped advisory lock held while 
 P5. Abort: the reason lives in its own column (a worker's heartbeat rewrites SAQ's record,
     its error included), so a worker tells a user's cancel from a sweep (worker.K2). A job
     still queued ends here; a running one is marked ``aborting`` for its worker to stop.
-P6. Tables: ``{prefix}_queue_jobs``, ``{prefix}_queue_stats`` and ``{prefix}_queue_versions``
-    (the URL's ``prefix``, as the broker's), created by SAQ's migrations plus jobcast's
-    columns, under a blocking advisory lock, so processes that start together never race.
+P6. Tables: ``{prefix}_queue_jobs`` and ``{prefix}_queue_stats`` (the URL's ``prefix``, as the
+    broker's), with SAQ's columns and jobcast's (``_postgres_queue_sql.py``), created under a
+    blocking advisory lock, so processes that start together never race (SAQ's own creation
+    skips when another process holds its lock, tables made or not).
 """
 
 from __future__ import annotations
@@ -47,17 +48,16 @@ from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
 from saq.job import TERMINAL_STATUSES, Job, Status
 from saq.queue.postgres import PostgresQueue
-from saq.queue.postgres_migrations import get_migrations
 from saq.utils import now, now_seconds
 
 from jobcast.brokers._postgres_sql import parse_url
+from jobcast.jobs._postgres_queue_sql import QueueSql
 from jobcast.jobs.sweep import ABORT_WAIT
 
 logger = logging.getLogger("jobcast.worker")
 
 #: Seconds a worker with nothing to take waits before it looks again anyway (P3).
 WAKE_POLL = 1.0
-_RUNNING = ("active", "aborting")
 
 
 def open_postgres_queue(url: str, name: str) -> PostgresReadyQueue:
@@ -88,16 +88,15 @@ class PostgresReadyQueue(PostgresQueue):
         name: str,
         schema: str | None = None,
     ) -> None:
-        table = f"{prefix}_queue_jobs"
+        statements = QueueSql(prefix, schema)
         super().__init__(
             pool,
             name=name,
-            jobs_table=table,
-            stats_table=f"{prefix}_queue_stats",
-            versions_table=f"{prefix}_queue_versions",
+            jobs_table=statements.jobs_name,
+            stats_table=statements.stats_name,
             manage_pool_lifecycle=True,
         )
-        self.table = table
+        self.sql = statements
         self.prefix = prefix
         self._dsn, self._connect_kwargs = dsn, dict(connect_kwargs)
         self.limits: Mapping[str, int] = {}
@@ -112,52 +111,9 @@ class PostgresReadyQueue(PostgresQueue):
     # -- P6 ----------------------------------------------------------------------------------
 
     async def init_db(self) -> None:
-        t = sql.Identifier(self.table)
         async with self.pool.connection() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [self.table])
-            if self.schema:
-                await conn.execute(
-                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
-                )
-            await conn.execute(
-                sql.SQL("CREATE TABLE IF NOT EXISTS {} (version INT)").format(self.versions_table)
-            )
-            row = await (
-                await conn.execute(sql.SQL("SELECT version FROM {}").format(self.versions_table))
-            ).fetchone()
-            current = row[0] if row else 0
-            migrations = get_migrations(jobs_table=self.jobs_table, stats_table=self.stats_table)
-            for version, statements in migrations:
-                if version > current:
-                    for statement in statements:
-                        await conn.execute(statement)
-            target = migrations[-1][0]
-            if target != current:
-                await conn.execute(sql.SQL("DELETE FROM {}").format(self.versions_table))
-                await conn.execute(
-                    sql.SQL("INSERT INTO {} VALUES (%s)").format(self.versions_table), [target]
-                )
-            await conn.execute(
-                sql.SQL(
-                    "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS kind text NOT NULL DEFAULT '',"
-                    " ADD COLUMN IF NOT EXISTS owner text NOT NULL DEFAULT '',"
-                    " ADD COLUMN IF NOT EXISTS rank integer NOT NULL DEFAULT 0,"
-                    " ADD COLUMN IF NOT EXISTS ready_at double precision NOT NULL DEFAULT 0,"
-                    " ADD COLUMN IF NOT EXISTS abort_reason text"
-                ).format(t=t)
-            )
-            await conn.execute(
-                sql.SQL(
-                    "CREATE INDEX IF NOT EXISTS {take} ON {t} (queue, rank DESC, key)"
-                    " WHERE status = 'queued';"
-                    "CREATE INDEX IF NOT EXISTS {running} ON {t} (queue, kind, owner)"
-                    " WHERE status IN ('active', 'aborting')"
-                ).format(
-                    t=t,
-                    take=sql.Identifier(f"{self.table}_take"),
-                    running=sql.Identifier(f"{self.table}_running"),
-                )
-            )
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [self._lock("schema")])
+            await conn.execute(self.sql.create)
 
     async def disconnect(self) -> None:
         if self._listening is not None:
@@ -172,16 +128,6 @@ class PostgresReadyQueue(PostgresQueue):
     async def _enqueue(self, job: Job) -> Job | None:
         kind, owner, rank = _meta(job)
         ready_at = (job.meta or {}).get("not_before") or job.scheduled or 0
-        statement = sql.SQL(
-            "INSERT INTO {t} (key, job, queue, status, priority, scheduled, kind, owner, rank,"
-            " ready_at) VALUES (%(key)s, %(job)s, %(queue)s, %(status)s, 0, %(scheduled)s,"
-            " %(kind)s, %(owner)s, %(rank)s, %(ready_at)s)"
-            " ON CONFLICT (key) DO UPDATE SET job = EXCLUDED.job, status = EXCLUDED.status,"
-            " scheduled = EXCLUDED.scheduled, kind = EXCLUDED.kind, owner = EXCLUDED.owner,"
-            " rank = EXCLUDED.rank, ready_at = EXCLUDED.ready_at, expire_at = NULL,"
-            " abort_reason = NULL"
-            " WHERE {t}.status IN ('aborted', 'complete', 'failed') RETURNING 1"
-        ).format(t=sql.Identifier(self.table))
         params = {
             "key": job.key,
             "job": self.serialize(job),
@@ -194,7 +140,7 @@ class PostgresReadyQueue(PostgresQueue):
             "ready_at": float(ready_at),
         }
         async with self.pool.connection() as conn:
-            if await (await conn.execute(statement, params)).fetchone() is None:
+            if await (await conn.execute(self.sql.enqueue, params)).fetchone() is None:
                 return None
             await self._wake(conn)
         return job
@@ -203,12 +149,10 @@ class PostgresReadyQueue(PostgresQueue):
         delay = job.next_retry_delay()
         ready_at = time.time() + delay if delay else 0.0  # 0: at once, at its place (P1)
         job.scheduled = int(ready_at)
-        statement = sql.SQL(
-            "UPDATE {t} SET job = %s, status = 'queued', scheduled = %s, ready_at = %s,"
-            " expire_at = NULL, abort_reason = NULL WHERE key = %s"
-        ).format(t=sql.Identifier(self.table))
         async with self.pool.connection() as conn:
-            await conn.execute(statement, [self.serialize(job), job.scheduled, ready_at, job.key])
+            await conn.execute(
+                self.sql.retry, [self.serialize(job), job.scheduled, ready_at, job.key]
+            )
             await self._wake(conn)
 
     async def _finish(self, job: Job, status: Status, **kwargs: Any) -> None:
@@ -246,18 +190,6 @@ class PostgresReadyQueue(PostgresQueue):
 
     async def _take(self) -> tuple[Job | None, float | None]:
         limited = list(self.limits)
-        statement = sql.SQL(
-            "WITH running AS (SELECT kind, owner FROM {t} WHERE queue = %(queue)s"
-            " AND status IN ('active', 'aborting')),"
-            " limits AS (SELECT * FROM unnest(%(kinds)s::text[], %(caps)s::int[]) AS l(kind, cap))"
-            " SELECT j.key, j.job FROM {t} j LEFT JOIN limits l ON l.kind = j.kind"
-            " WHERE j.queue = %(queue)s AND j.status = 'queued' AND j.ready_at <= %(now)s"
-            " AND (l.cap IS NULL OR (SELECT count(*) FROM running r WHERE r.kind = j.kind)"
-            " < l.cap)"
-            " AND (%(owner_limit)s = 0 OR j.owner = '' OR (SELECT count(*) FROM running r"
-            " WHERE r.owner = j.owner) < %(owner_limit)s)"
-            " ORDER BY j.rank DESC, j.key LIMIT 1 FOR UPDATE OF j SKIP LOCKED"
-        ).format(t=sql.Identifier(self.table))
         params = {
             "queue": self.name,
             "kinds": limited,
@@ -267,13 +199,10 @@ class PostgresReadyQueue(PostgresQueue):
         }
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [self._lock("take")])
-            row = await (await conn.execute(statement, params)).fetchone()
+            row = await (await conn.execute(self.sql.take, params)).fetchone()
             if row is None:
-                upcoming = sql.SQL(
-                    "SELECT min(ready_at) FROM {t} WHERE queue = %s AND status = 'queued'"
-                    " AND ready_at > %s"
-                ).format(t=sql.Identifier(self.table))
-                found = await (await conn.execute(upcoming, [self.name, time.time()])).fetchone()
+                upcoming = [self.name, time.time()]
+                found = await (await conn.execute(self.sql.upcoming, upcoming)).fetchone()
                 return None, (found[0] if found else None)
             job = self.deserialize(row[1], Status.ACTIVE)
             if job is None:
@@ -314,40 +243,19 @@ class PostgresReadyQueue(PostgresQueue):
             await own.execute(notify)
 
     def _lock(self, what: str) -> str:
-        return f"{self.table}:{self.name}:{what}"
+        return f"{self.sql.jobs_name}:{self.name}:{what}"
 
     # -- P4, P5: sweep and abort -------------------------------------------------------------
 
     async def sweep(self, lock: int = 60, abort: float = ABORT_WAIT) -> list[str]:
-        t = sql.Identifier(self.table)
         swept: list[str] = []
         async with self.pool.connection() as conn, conn.transaction():
-            got = await (
-                await conn.execute(
-                    "SELECT pg_try_advisory_xact_lock(hashtext(%s))", [self._lock("sweep")]
-                )
-            ).fetchone()
-            if not got or not got[0]:
-                return swept  # another worker is sweeping
-            await conn.execute(
-                sql.SQL(
-                    "DELETE FROM {t} WHERE queue = %s AND status IN ('aborted', 'complete',"
-                    " 'failed') AND expire_at <= %s"
-                ).format(t=t),
-                [self.name, now_seconds()],
-            )
-            await conn.execute(
-                sql.SQL("DELETE FROM {} WHERE expire_at <= %s").format(self.stats_table),
-                [now_seconds()],
-            )
-            rows = await (
-                await conn.execute(
-                    sql.SQL(
-                        "SELECT job, status FROM {t} WHERE queue = %s AND status = ANY(%s)"
-                    ).format(t=t),
-                    [self.name, list(_RUNNING)],
-                )
-            ).fetchall()
+            mine = "SELECT pg_try_advisory_xact_lock(hashtext(%s))"
+            if not await _one(conn, mine, [self._lock("sweep")]):
+                return swept  # another worker is sweeping (P4)
+            await conn.execute(self.sql.delete_ended, [self.name, now_seconds()])
+            await conn.execute(self.sql.delete_stats, [now_seconds()])
+            rows = await (await conn.execute(self.sql.running, [self.name])).fetchall()
             for record, status in rows:
                 job = self.deserialize(record, status)
                 if job is not None and job.stuck and await self._mark_swept(job):
@@ -359,22 +267,15 @@ class PostgresReadyQueue(PostgresQueue):
         """Ask the worker of ``job`` to stop, if it is still stuck under its row lock (P4)."""
         error = self.swept_error_message
         async with self.pool.connection() as conn, conn.transaction():
-            row = await (
-                await conn.execute(
-                    sql.SQL("SELECT job, status FROM {} WHERE key = %s FOR UPDATE").format(
-                        sql.Identifier(self.table)
-                    ),
-                    [job.key],
-                )
-            ).fetchone()
+            row = await (await conn.execute(self.sql.lock_row, [job.key])).fetchone()
             current = self.deserialize(*row) if row else None
             if current is None or current.status not in (Status.ACTIVE, Status.ABORTING):
-                return False
+                return False  # its worker has just finished it or handed it back
             if not current.stuck:
-                return False
+                return False  # its worker has just touched it
             job.replace(current)
             job.status, job.error = Status.ABORTING, error
-            await self._mark_aborting(conn, job, error)
+            await conn.execute(self.sql.mark_aborting, [self.serialize(job), error, job.key])
         logger.info("sweeping %s", job.info())
         return True
 
@@ -398,42 +299,25 @@ class PostgresReadyQueue(PostgresQueue):
                 return
             job.status, job.error = Status.ABORTING, error
             job.touched = now()
-            await self._mark_aborting(conn, job, error)
-
-    async def _mark_aborting(self, conn: AsyncConnection[Any], job: Job, error: str) -> None:
-        await conn.execute(
-            sql.SQL(
-                "UPDATE {} SET job = %s, status = 'aborting', abort_reason = %s WHERE key = %s"
-            ).format(sql.Identifier(self.table)),
-            [self.serialize(job), error, job.key],
-        )
+            await conn.execute(self.sql.mark_aborting, [self.serialize(job), error, job.key])
 
     async def abort_reason(self, job: Job) -> str | None:
         """Why ``job`` was aborted (P5): ``swept_error_message`` when a sweep did it."""
         async with self.pool.connection() as conn:
-            row = await (
-                await conn.execute(
-                    sql.SQL("SELECT abort_reason FROM {} WHERE key = %s").format(
-                        sql.Identifier(self.table)
-                    ),
-                    [job.key],
-                )
-            ).fetchone()
-        return row[0] if row else None
+            reason = await _one(conn, self.sql.abort_reason, [job.key])
+        return reason if isinstance(reason, str) else None
 
     async def ready(self) -> list[str]:
         """The keys of the jobs that may start, in the order they would be taken (P1)."""
         async with self.pool.connection() as conn:
-            rows = await (
-                await conn.execute(
-                    sql.SQL(
-                        "SELECT key FROM {} WHERE queue = %s AND status = 'queued'"
-                        " ORDER BY rank DESC, key"
-                    ).format(sql.Identifier(self.table)),
-                    [self.name],
-                )
-            ).fetchall()
+            rows = await (await conn.execute(self.sql.ready, [self.name])).fetchall()
         return [row[0] for row in rows]
+
+
+async def _one(conn: AsyncConnection[Any], statement: Any, params: list[Any]) -> Any:
+    """The first column of the first row (None without one)."""
+    row = await (await conn.execute(statement, params)).fetchone()
+    return row[0] if row else None
 
 
 def _meta(job: Job) -> tuple[str, str, int]:
