@@ -78,6 +78,7 @@ class QueueSql:
             " OR (SELECT count(*) FROM running r WHERE r.owner = j.owner) < %(owner_limit)s)"
             " ORDER BY j.rank DESC, j.key LIMIT 1 FOR UPDATE OF j SKIP LOCKED"
         ).format(t=t)
+        self.delete = sql.SQL("DELETE FROM {t} WHERE key = %s").format(t=t)
         self.upcoming = sql.SQL(
             "SELECT min(ready_at) FROM {t} WHERE queue = %s AND status = 'queued' AND ready_at > %s"
         ).format(t=t)

@@ -205,8 +205,10 @@ class PostgresReadyQueue(PostgresQueue):
                 found = await (await conn.execute(self.sql.upcoming, upcoming)).fetchone()
                 return None, (found[0] if found else None)
             job = self.deserialize(row[1], Status.ACTIVE)
-            if job is None:
-                return None, None
+            if job is None:  # an unreadable record would stand first for ever: drop it
+                logger.warning("dropping the unreadable queue record of %s", row[0])
+                await conn.execute(self.sql.delete, [row[0]])
+                return None, 0.0
             job.started = job.touched = now()
             await self._update(job, status=Status.ACTIVE, connection=conn)
         return job, None
