@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import time
 import uuid
@@ -26,7 +27,7 @@ from jobcast.jobs.ready_queue import job_meta
 from jobcast.jobs.worker_queue import TASK, open_job_queue
 
 KINDS = {"limited": 2}
-POSTGRES = "postgresql://postgres@127.0.0.1/test"
+POSTGRES = os.environ.get("JOBCAST_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1/test")
 
 
 async def drain(url: str, count: int, owner_limit: int | None) -> tuple[float, float]:
