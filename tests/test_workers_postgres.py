@@ -264,3 +264,22 @@ async def test_one_sweep_at_a_time_re_queues_a_dead_worker_s_jobs_and_leaves_liv
     live = await queue.job("live")
     assert live is not None and live.status is Status.ACTIVE
     assert await queue.abort_reason(live) is None
+
+
+async def test_a_worker_stopped_with_sigterm_hands_its_job_to_another(
+    make_server: Callable[..., LiveServer],
+    procs: Processes,
+    pg_shared: dict[str, Any],
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    """A rolling restart: the stopped worker's retry-safe job runs again on the next one."""
+    first = procs.worker("first", data_dir=tmp_path / "w1", **pg_shared)
+    server = make_server(**pg_shared)
+    safe = await submit(client, server, "resumable", {"marker": str(tmp_path / "marker")})
+    await wait_running(client, server, safe["id"], stage="first attempt")
+    procs.stop(first)  # SIGTERM
+    procs.worker("second", data_dir=tmp_path / "w2", **pg_shared)
+    url, auth_ = f"{server.url}/api/jobs/{safe['id']}", server.auth()
+    resumed = await poll_json(client, url, terminal, timeout=30, headers=auth_)
+    assert resumed["state"] == "succeeded" and resumed["attempts"] == 2, resumed

@@ -220,17 +220,20 @@ class PostgresReadyQueue(PostgresQueue):
             )
 
     async def _listen_forever(self) -> None:
+        backoff = WAKE_POLL
         while True:
             try:
                 conn = await AsyncConnection.connect(self._dsn, **self._connect_kwargs)
                 async with conn:
                     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                    backoff = WAKE_POLL
                     self._set_wakeup()  # whatever was sent before we listened
                     async for _ in conn.notifies():
                         self._set_wakeup()
-            except Exception as exc:
+            except Exception as exc:  # the takes poll meanwhile (P3)
                 logger.warning("queue notifications lost (%s); listening again", exc)
-                await asyncio.sleep(WAKE_POLL)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
 
     def _set_wakeup(self) -> None:
         self._wakeup.set()
