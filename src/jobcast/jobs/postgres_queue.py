@@ -20,7 +20,9 @@ P2. Limits: a job holds its kind's and its owner's slots while its row is ``acti
 P3. No polling: a worker with nothing to take waits for a notification on the queue's channel
     (a job made ready, a limited job ended), held on one ``LISTEN`` connection per worker
     process, until the next delayed job's time at the latest, and looks again at least every
-    ``WAKE_POLL`` seconds (a missed notification costs that much).
+    ``WAKE_POLL`` seconds (a missed notification costs that much). The tasks of one process
+    take one at a time, and a take that found nothing stands for all of them until the next
+    notification, so an idle process asks the database once a second, not once per task.
 P4. Sweep: one sweeper at a time (a transaction-scoped advisory lock held while it sweeps,
     which a dead sweeper's connection gives up). A job is marked swept only if, under its row
     lock, it is still stuck: a job its worker has just finished or handed back is left alone.
@@ -102,6 +104,9 @@ class PostgresReadyQueue(PostgresQueue):
         self.limits: Mapping[str, int] = {}
         self.owner_limit: int | None = None
         self.lease = 30.0  # unused here (P2): the rows are the slots
+        self._taking = asyncio.Lock()
+        #: The last take that found nothing: the wake-up it saw, until when it holds (P3).
+        self._idle: tuple[asyncio.Event, float] | None = None
         self.schema = schema
         # per deployment, as the broker's channel: deployments in other schemas do not wake us
         self._channel = f"{schema or 'public'}.{prefix}_queue:{name}"
@@ -176,17 +181,33 @@ class PostgresReadyQueue(PostgresQueue):
         deadline = loop.time() + timeout if timeout > 0 else None
         while self._connected:
             woken = self._wakeup  # before the take: a job made ready during it wakes us
-            job, next_at = await self._take()
+            job, until = await self._take_once(woken)
             if job is not None:
                 return job
-            wait = WAKE_POLL if deadline is None else min(WAKE_POLL, deadline - loop.time())
-            if next_at is not None:
-                wait = min(wait, max(0.001, next_at - time.time()))
+            wait = max(0.001, until - time.time())
+            if deadline is not None:
+                wait = min(wait, deadline - loop.time())
             if wait <= 0:
                 return None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(woken.wait(), wait)
         return None
+
+    async def _take_once(self, woken: asyncio.Event) -> tuple[Job | None, float]:
+        """A job, or None and the time to look again: one task of this process takes at a
+        time, and after a take that found nothing the others wait for a wake-up instead of
+        asking again (P3), so idle workers cost the database one take a second each."""
+        async with self._taking:
+            if self._idle is not None and self._idle[0] is woken and time.time() < self._idle[1]:
+                return None, self._idle[1]
+            job, next_at = await self._take()
+            if job is not None:
+                return job, 0.0
+            until = time.time() + WAKE_POLL
+            if next_at is not None:
+                until = min(until, next_at)
+            self._idle = (woken, until)
+            return None, until
 
     async def _take(self) -> tuple[Job | None, float | None]:
         limited = list(self.limits)
