@@ -26,7 +26,7 @@ from jobcast.jobs.postgres_queue import PostgresReadyQueue
 from jobcast.jobs.ready_queue import job_meta
 from jobcast.jobs.worker_queue import TASK, open_job_queue
 from tests.jobs_support import submit, wait_running, watch
-from tests.scale_support import Processes, poll_json, processes
+from tests.scale_support import Processes, TcpProxy, poll_json, processes
 from tests.services import (
     POSTGRES_URL,
     REDIS_URL,
@@ -283,3 +283,35 @@ async def test_a_worker_stopped_with_sigterm_hands_its_job_to_another(
     url, auth_ = f"{server.url}/api/jobs/{safe['id']}", server.auth()
     resumed = await poll_json(client, url, terminal, timeout=30, headers=auth_)
     assert resumed["state"] == "succeeded" and resumed["attempts"] == 2, resumed
+
+
+async def test_a_worker_cut_off_from_the_database_takes_jobs_again_once_it_is_back(
+    make_server: Callable[..., LiveServer],
+    procs: Processes,
+    pg_shared: dict[str, Any],
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    """The worker reaches the database through a proxy that drops every connection: its
+    queue listens again once the database is back, and it runs the next job."""
+    proxy = TcpProxy(5432).start()
+    try:
+        url = pg_shared["store_url"].replace("127.0.0.1", f"127.0.0.1:{proxy.port}")
+        through = {**pg_shared, "store_url": url, "queue_url": url}
+        procs.worker("worker", data_dir=tmp_path / "worker", **through)
+        server = make_server(**pg_shared)
+        first = await submit(client, server, "demo", {"steps": 1})
+        url_of, auth_ = f"{server.url}/api/jobs", server.auth()
+        done = await poll_json(client, f"{url_of}/{first['id']}", terminal, headers=auth_)
+        assert done["state"] == "succeeded"
+
+        proxy.cut()
+        await eventually(
+            lambda: "queue notifications lost" in procs.log("worker"), timeout=20, interval=0.1
+        )
+        proxy.resume()
+        job = await submit(client, server, "demo", {"steps": 1})
+        done = await poll_json(client, f"{url_of}/{job['id']}", terminal, timeout=30, headers=auth_)
+        assert done["state"] == "succeeded", done
+    finally:
+        proxy.stop()
