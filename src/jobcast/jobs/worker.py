@@ -4,7 +4,8 @@ A worker takes "run job X" from the SAQ queue (``worker_queue.py``), loads X fro
 store and runs it through the lifecycle engine the embedded runner uses (``lifecycle.py``,
 ``JobLifecycle.claim``): the same handler registry, timeouts, cancellation and coalesced
 progress (``LiveJob``), so a job behaves the same wherever it runs. Its events go to the shared
-Redis broker, so every server instance streams them.
+broker (Redis or PostgreSQL), so every server instance streams them. The queue is Redis's
+(``ready_queue.py``) or PostgreSQL's (``postgres_queue.py``), by ``JOBCAST_QUEUE_URL``.
 
 Decisions (cited as K1..K7):
 
@@ -14,14 +15,15 @@ K1. A heartbeat task touches the SAQ job every third of ``worker_heartbeat_secon
     handler is ``retry_safe`` and attempts remain, else fail it as ``Interrupted``.
 K2. When SAQ cancels our task, the SAQ job tells why: ``aborting`` means a user cancelled
     (the job ends ``cancelled``), unless a sweep aborted it, as the abort's reason says: this
-    worker missed its heartbeats (cut off from Redis, or too busy) and another one takes the
+    worker missed its heartbeats (cut off from the queue, or too busy) and another one takes the
     job over. That, and anything else (this worker shutting down), is one of lifecycle.R3's
     interruptions, never a cancellation nobody asked for. Either way the lifecycle's own task
     publishes the terminal event before we return.
 K3. A job already terminal when it is dequeued (cancelled while queued, or finished by a
     previous attempt) is skipped.
-K4. Every worker sweeps the queue once a heartbeat, with jobcast's sweep (``sweep.py``) in
-    place of SAQ's, whose races could run one job twice.
+K4. Every worker sweeps the queue once a heartbeat, with jobcast's sweep (``sweep.py``; on
+    PostgreSQL the queue's own, postgres_queue.P4) in place of SAQ's, whose races could run
+    one job twice.
 K5. A worker reports its job metrics (durations of the jobs it ran, its store writes and
     errors) as a process of its own in the shared metrics snapshots, so any server's
     ``/metrics`` covers the jobs that ran on workers too.
@@ -29,7 +31,7 @@ K6. A retry (lifecycle.R4) goes back to SAQ, not to a timer in this worker: once
     stored ``queued`` with ``next_attempt_at``, the worker function raises :class:`RetryLater`
     with SAQ's ``retry_delay`` set to the time left, and SAQ re-enqueues the same SAQ job
     scheduled for then. Any worker may take the next attempt; a worker that dies during the
-    wait loses nothing, since the wait lives in Redis and the store. A job dequeued before its
+    wait loses nothing, since the wait lives in the queue and the store. A job dequeued before its
     ``scheduled_for`` or ``next_attempt_at`` (a sweep re-queued it at once) goes back the same
     way, for the time left, without counting as an attempt.
 K7. A kind with a ``concurrency`` limit, and with ``JOBCAST_JOB_OWNER_CONCURRENCY`` an owner,
@@ -37,8 +39,9 @@ K7. A kind with a ``concurrency`` limit, and with ``JOBCAST_JOB_OWNER_CONCURRENC
     across all workers. The queue takes the leases as it hands the job out, by priority
     (``ready_queue.py``), so a job is handed out only when it may run; should its lease have
     lapsed and its slot be taken meanwhile, it goes back to SAQ after ``FULL_WAIT`` without
-    counting as an attempt. Every worker of a deployment should have the same handlers and
-    owner limit: each takes jobs by its own.
+    counting as an attempt. On PostgreSQL a job's running row is its slot, taken and freed
+    with the row (postgres_queue.P2): nothing to renew. Every worker of a deployment should
+    have the same handlers and owner limit: each takes jobs by its own.
 """
 
 from __future__ import annotations
