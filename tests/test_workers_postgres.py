@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -26,7 +28,7 @@ from jobcast.jobs.postgres_queue import PostgresReadyQueue
 from jobcast.jobs.ready_queue import job_meta
 from jobcast.jobs.worker_queue import TASK, open_job_queue
 from tests.jobs_support import submit, wait_running, watch
-from tests.scale_support import Processes, TcpProxy, poll_json, processes
+from tests.scale_support import Processes, TcpProxy, jobcast_env, poll_json, processes
 from tests.services import (
     POSTGRES_URL,
     REDIS_URL,
@@ -315,3 +317,19 @@ async def test_a_worker_cut_off_from_the_database_takes_jobs_again_once_it_is_ba
         assert done["state"] == "succeeded", done
     finally:
         proxy.stop()
+
+
+def test_a_worker_without_a_queue_on_a_postgresql_store_says_which_url_to_set(
+    pg_shared: dict[str, Any], tmp_path: Path
+) -> None:
+    settings = {"store_url": pg_shared["store_url"], "data_dir": tmp_path}
+    done = subprocess.run(
+        [sys.executable, "-m", "jobcast", "worker"],
+        env=jobcast_env(**settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "set JOBCAST_QUEUE_URL to the store's URL (JOBCAST_STORE_URL)" in done.stderr

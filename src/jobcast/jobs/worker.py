@@ -103,6 +103,12 @@ class JobWorker:
 
     def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
         if not settings.queue_url:
+            store = settings.resolved_store_url
+            if urlsplit(store).scheme in POSTGRES_SCHEMES:  # the PostgreSQL-only deployment
+                raise InvalidInput(
+                    "set JOBCAST_QUEUE_URL to the store's URL (JOBCAST_STORE_URL) on every"
+                    " process, servers too, to run jobs on workers from the store's database"
+                )
             raise InvalidInput(
                 "set JOBCAST_QUEUE_URL=redis://host:port/db or postgresql://... to run a worker"
             )
