@@ -78,7 +78,7 @@ def open_postgres_queue(url: str, name: str) -> PostgresReadyQueue:
 
 class PostgresReadyQueue(PostgresQueue):
     """SAQ's PostgreSQL queue, taken by priority within the limits (P1-P6). A worker sets
-    ``limits``, ``owner_limit`` and ``lease`` before it starts, as on ``ReadyQueue``."""
+    ``limits`` and ``owner_limit`` before it starts, as on ``ReadyQueue`` (no lease: P2)."""
 
     def __init__(
         self,
@@ -103,7 +103,6 @@ class PostgresReadyQueue(PostgresQueue):
         self._dsn, self._connect_kwargs = dsn, dict(connect_kwargs)
         self.limits: Mapping[str, int] = {}
         self.owner_limit: int | None = None
-        self.lease = 30.0  # unused here (P2): the rows are the slots
         self._taking = asyncio.Lock()
         #: The last take that found nothing: the wake-up it saw, until when it holds (P3).
         self._idle: tuple[asyncio.Event, float] | None = None
