@@ -85,8 +85,9 @@ def test_the_publish_cost_benchmark_measures_every_server() -> None:
 
 
 @needs_services
-def test_the_take_cost_benchmark_drains_both_rows() -> None:
-    command = [sys.executable, "-m", "bench.take_cost", "--jobs", "300"]
+@pytest.mark.parametrize("module", ["bench.take_cost", "bench.take_cost_postgres"])
+def test_the_take_cost_benchmark_drains_both_rows(module: str) -> None:
+    command = [sys.executable, "-m", module, "--jobs", "300"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("kind limits")]

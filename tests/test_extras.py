@@ -56,6 +56,14 @@ def jobcast(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.Compl
             {"JOBCAST_QUEUE_URL": "redis://127.0.0.1:1/0", "JOBCAST_BROKER_URL": "memory://"},
             "queue",
         ),
+        (
+            "psycopg",
+            {
+                "JOBCAST_QUEUE_URL": "postgresql://app@127.0.0.1:1/jobs",
+                "JOBCAST_BROKER_URL": "memory://",
+            },
+            "postgres",
+        ),
     ],
 )
 def test_serve_without_an_extra_says_which_to_install(
@@ -113,6 +121,7 @@ def test_tracing_without_the_otel_extra_says_so(tmp_path: Path) -> None:
 
 def test_installed_backends_pass_and_unknown_modules_fail() -> None:
     check_backends("redis://127.0.0.1:6379/0", "postgresql://app@db/jobs", "redis://q")
+    check_backends("postgresql://app@db/jobs", "postgresql://app@db/jobs", "postgresql://app@db")
     check_backends("memory://", SQLITE_STORE, None)
     with pytest.raises(MissingExtra) as caught:
         require("jobcast_no_such_module", "fancy", "the fancy backend")

@@ -147,7 +147,10 @@ def serve(
 @app.command(
     epilog="Examples:\n\n  JOBCAST_QUEUE_URL=redis://127.0.0.1:6379/0 "
     "JOBCAST_BROKER_URL=redis://127.0.0.1:6379/0 \\\n"
-    "  JOBCAST_STORE_URL=postgresql://app@db/jobs jobcast worker --handlers mypkg.jobs"
+    "  JOBCAST_STORE_URL=postgresql://app@db/jobs jobcast worker --handlers mypkg.jobs\n\n"
+    "  JOBCAST_STORE_URL=postgresql://app@db/jobs "
+    "JOBCAST_QUEUE_URL=postgresql://app@db/jobs \\\n"
+    "  jobcast worker --handlers mypkg.jobs   # PostgreSQL alone"
 )
 def worker(
     handlers: Annotated[
@@ -162,7 +165,7 @@ def worker(
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
-    """Run queued jobs (needs JOBCAST_QUEUE_URL and a Redis JOBCAST_BROKER_URL)."""
+    """Run queued jobs (needs JOBCAST_QUEUE_URL and a Redis or PostgreSQL broker)."""
     import logging
 
     from jobcast.errors import JobcastError

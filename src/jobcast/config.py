@@ -235,8 +235,8 @@ class Settings(BaseSettings):
     job_concurrency: int = Field(4, ge=1, description="Jobs the embedded runner runs at once.")
     queue_url: str | None = Field(
         None,
-        description="redis://host:port/db: run jobs on `jobcast worker` processes (SAQ queue) "
-        "instead of the embedded runner.",
+        description="redis://host:port/db or postgresql://user@host/db: run jobs on `jobcast "
+        "worker` processes (SAQ queue) instead of the embedded runner.",
     )
     worker_heartbeat_seconds: int = Field(
         10, ge=1, description="A worker silent this long is presumed dead; its job is retried."

@@ -46,6 +46,9 @@ def check_backends(
     if queue_url:
         require("saq", "queue", "the worker queue (JOBCAST_QUEUE_URL)")
         require("redis", "queue", "the worker queue (JOBCAST_QUEUE_URL)")
+        if urlsplit(queue_url).scheme.startswith(("postgresql", "postgres")):
+            require("psycopg", "postgres", "the PostgreSQL worker queue (JOBCAST_QUEUE_URL)")
+            require("psycopg_pool", "postgres", "the PostgreSQL worker queue (JOBCAST_QUEUE_URL)")
     if tracing:
         require("opentelemetry.trace", "otel", "tracing (JOBCAST_OTEL)")
 

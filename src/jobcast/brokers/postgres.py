@@ -208,7 +208,11 @@ class PostgresBroker:
         commit.drafts.extend(drafts)
         if self._order is None:  # publish-only (no writer task): commit it ourselves
             queue.pop()
-            await self._commit(commit)
+            try:
+                await self._commit(commit)
+            finally:  # a caller cancelled mid-commit no longer awaits its outcome
+                if commit.done.done() and not commit.done.cancelled():
+                    commit.done.exception()
         else:
             self._wake_writer.set()
         events = await asyncio.shield(commit.done)

@@ -150,6 +150,12 @@ class ReadyQueue(RedisQueue):
             await self.finish(job, Status.ABORTED, error=error)
             await self.redis.delete(job.abort_id)
 
+    async def abort_reason(self, job: Job) -> str | None:
+        """Why ``job`` was aborted: in its abort key, as its error is rewritten by its
+        worker's heartbeat; ``swept_error_message`` when a sweep did it (worker.K2)."""
+        raw = await self.redis.get(job.abort_id)
+        return raw.decode() if raw else None
+
     async def _retry(self, job: Job, error: str | None) -> None:
         delay = job.next_retry_delay()
         kind, _ = _kind_and_owner(job)

@@ -4,7 +4,8 @@ A worker takes "run job X" from the SAQ queue (``worker_queue.py``), loads X fro
 store and runs it through the lifecycle engine the embedded runner uses (``lifecycle.py``,
 ``JobLifecycle.claim``): the same handler registry, timeouts, cancellation and coalesced
 progress (``LiveJob``), so a job behaves the same wherever it runs. Its events go to the shared
-Redis broker, so every server instance streams them.
+broker (Redis or PostgreSQL), so every server instance streams them. The queue is Redis's
+(``ready_queue.py``) or PostgreSQL's (``postgres_queue.py``), by ``JOBCAST_QUEUE_URL``.
 
 Decisions (cited as K1..K7):
 
@@ -14,14 +15,15 @@ K1. A heartbeat task touches the SAQ job every third of ``worker_heartbeat_secon
     handler is ``retry_safe`` and attempts remain, else fail it as ``Interrupted``.
 K2. When SAQ cancels our task, the SAQ job tells why: ``aborting`` means a user cancelled
     (the job ends ``cancelled``), unless a sweep aborted it, as the abort's reason says: this
-    worker missed its heartbeats (cut off from Redis, or too busy) and another one takes the
+    worker missed its heartbeats (cut off from the queue, or too busy) and another one takes the
     job over. That, and anything else (this worker shutting down), is one of lifecycle.R3's
     interruptions, never a cancellation nobody asked for. Either way the lifecycle's own task
     publishes the terminal event before we return.
 K3. A job already terminal when it is dequeued (cancelled while queued, or finished by a
     previous attempt) is skipped.
-K4. Every worker sweeps the queue once a heartbeat, with jobcast's sweep (``sweep.py``) in
-    place of SAQ's, whose races could run one job twice.
+K4. Every worker sweeps the queue once a heartbeat, with jobcast's sweep (``sweep.py``; on
+    PostgreSQL the queue's own, postgres_queue.P4) in place of SAQ's, whose races could run
+    one job twice.
 K5. A worker reports its job metrics (durations of the jobs it ran, its store writes and
     errors) as a process of its own in the shared metrics snapshots, so any server's
     ``/metrics`` covers the jobs that ran on workers too.
@@ -29,7 +31,7 @@ K6. A retry (lifecycle.R4) goes back to SAQ, not to a timer in this worker: once
     stored ``queued`` with ``next_attempt_at``, the worker function raises :class:`RetryLater`
     with SAQ's ``retry_delay`` set to the time left, and SAQ re-enqueues the same SAQ job
     scheduled for then. Any worker may take the next attempt; a worker that dies during the
-    wait loses nothing, since the wait lives in Redis and the store. A job dequeued before its
+    wait loses nothing, since the wait lives in the queue and the store. A job dequeued before its
     ``scheduled_for`` or ``next_attempt_at`` (a sweep re-queued it at once) goes back the same
     way, for the time left, without counting as an attempt.
 K7. A kind with a ``concurrency`` limit, and with ``JOBCAST_JOB_OWNER_CONCURRENCY`` an owner,
@@ -37,8 +39,9 @@ K7. A kind with a ``concurrency`` limit, and with ``JOBCAST_JOB_OWNER_CONCURRENC
     across all workers. The queue takes the leases as it hands the job out, by priority
     (``ready_queue.py``), so a job is handed out only when it may run; should its lease have
     lapsed and its slot be taken meanwhile, it goes back to SAQ after ``FULL_WAIT`` without
-    counting as an attempt. Every worker of a deployment should have the same handlers and
-    owner limit: each takes jobs by its own.
+    counting as an attempt. On PostgreSQL a job's running row is its slot, taken and freed
+    with the row (postgres_queue.P2): nothing to renew. Every worker of a deployment should
+    have the same handlers and owner limit: each takes jobs by its own.
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import redis.asyncio as redis
 from prometheus_client import CollectorRegistry, generate_latest
@@ -55,6 +59,7 @@ from saq import Worker
 from saq.job import Status
 from saq.types import PartialTimersDict
 
+from jobcast.brokers import POSTGRES_SCHEMES
 from jobcast.brokers.redis import RedisBroker, shielded
 from jobcast.brokers.redis_urls import split_url
 from jobcast.config import Settings
@@ -64,14 +69,20 @@ from jobcast.jobs import builtin
 from jobcast.jobs.lifecycle import JobLifecycle
 from jobcast.jobs.metrics import JobsCollector
 from jobcast.jobs.model import Job, JobState
+from jobcast.jobs.ready_queue import ReadyQueue
 from jobcast.jobs.registry import Registry
 from jobcast.jobs.run_limits import FULL_WAIT, RunLimits
 from jobcast.jobs.sweep import Sweeper
-from jobcast.jobs.worker_queue import TASK, open_queue
+from jobcast.jobs.worker_queue import TASK, open_job_queue
 from jobcast.outputs.redis import RedisStreamStore
 from jobcast.shared_metrics import SharedMetrics
 from jobcast.stores import open_store
 from jobcast.stores.base import JobStore
+
+if TYPE_CHECKING:
+    from jobcast.brokers.postgres import PostgresBroker
+    from jobcast.jobs.postgres_queue import RowLimits
+    from jobcast.outputs.sqlite import SQLiteStreamStore
 
 logger = logging.getLogger("jobcast.worker")
 
@@ -93,10 +104,19 @@ class JobWorker:
 
     def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
         if not settings.queue_url:
-            raise InvalidInput("set JOBCAST_QUEUE_URL=redis://host:port/db to run a worker")
-        if not settings.resolved_broker_url.startswith(("redis://", "rediss://")):
+            store = settings.resolved_store_url
+            if urlsplit(store).scheme in POSTGRES_SCHEMES:  # the PostgreSQL-only deployment
+                raise InvalidInput(
+                    "set JOBCAST_QUEUE_URL to the store's URL (JOBCAST_STORE_URL) on every"
+                    " process, servers too, to run jobs on workers from the store's database"
+                )
+            raise InvalidInput(
+                "set JOBCAST_QUEUE_URL=redis://host:port/db or postgresql://... to run a worker"
+            )
+        if not _shared_broker(settings.resolved_broker_url):
             raise InvalidInput(
                 "workers publish through the shared broker: set JOBCAST_BROKER_URL=redis://..."
+                " or postgresql://... (or a PostgreSQL JOBCAST_STORE_URL)"
             )
         self.settings = settings
         self.registry = registry or load_registry(settings)
@@ -104,15 +124,11 @@ class JobWorker:
     async def run(self) -> None:
         """Run until SIGTERM/SIGINT (a graceful stop hands running jobs back: lifecycle.R3)."""
         settings = self.settings
-        broker = RedisBroker(settings.resolved_broker_url, settings.retention())
+        broker = _publisher(settings)
         await broker.connect()  # publish-only: no fan-out in a worker
         hub = Hub(broker, settings.hub_options())
         store = open_store(settings.resolved_store_url)
-        # Jobs' output streams (ctx.stream) go to the deployment's Redis, as the servers'.
-        redis_url, prefix, _ = split_url(settings.resolved_broker_url)
-        outputs = RedisStreamStore(
-            redis.Redis.from_url(redis_url), prefix, max_stream_bytes=settings.max_stream_bytes
-        )
+        outputs = _output_streams(settings)
         metrics: SharedMetrics | None = None
         try:
             await store.open()
@@ -123,14 +139,21 @@ class JobWorker:
             if settings.metrics_snapshot_seconds > 0:  # K5
                 metrics = self._shared_metrics(store)
                 metrics.start()
-            queue = open_queue(settings.queue_url or "")
-            queue.sweep = Sweeper(queue)  # type: ignore[method-assign]  # K4
+            queue = open_job_queue(settings.queue_url or "")
             kinds = self.registry.limits()
             owner_limit = settings.job_owner_concurrency
-            self.limits = RunLimits(  # K7
-                queue.redis, queue.prefix, settings.worker_heartbeat_seconds, kinds, owner_limit
-            )
-            queue.limits, queue.owner_limit, queue.lease = kinds, owner_limit, self.limits.lease
+            queue.limits, queue.owner_limit = kinds, owner_limit
+            if isinstance(queue, ReadyQueue):
+                queue.sweep = Sweeper(queue)  # type: ignore[method-assign]  # K4
+                leases = RunLimits(  # K7
+                    queue.redis, queue.prefix, settings.worker_heartbeat_seconds, kinds, owner_limit
+                )
+                queue.lease = leases.lease
+                self.limits: RunLimits | RowLimits = leases
+            else:  # PostgreSQL: its own sweep, and the rows are the slots (postgres_queue.P2)
+                from jobcast.jobs.postgres_queue import RowLimits
+
+                self.limits = RowLimits(kinds, owner_limit)
             beat = settings.worker_heartbeat_seconds
             timers: PartialTimersDict = {
                 "sweep": beat,
@@ -145,13 +168,18 @@ class JobWorker:
                 timers=timers,
                 cancellation_hard_deadline_s=15.0,
             )
-            logger.info("worker ready: kinds %s", ", ".join(self.registry.kinds))
-            await worker.start()
+            await queue.connect()  # SAQ's worker leaves it to its caller
+            try:
+                logger.info("worker ready: kinds %s", ", ".join(self.registry.kinds))
+                await worker.start()
+            finally:
+                await queue.disconnect()
         finally:
             if metrics is not None:
                 await metrics.close()
             await outputs.close()
-            await outputs.client.aclose()
+            if isinstance(outputs, RedisStreamStore):
+                await outputs.client.aclose()
             await store.close()
             await broker.close()
 
@@ -210,12 +238,12 @@ class JobWorker:
         except asyncio.CancelledError:  # K2
             queue = queued.get_queue()
             current = await shielded(queue.job(queued.key))
-            # The abort's reason is in its key: the job's error is rewritten by our heartbeat.
-            reason = await shielded(queue.redis.get(queued.abort_id))
+            # The abort's reason is kept apart: the job's error is rewritten by our heartbeat.
+            reason = await shielded(queue.abort_reason(queued))
             cancelled = (
                 current is not None
                 and current.status in (Status.ABORTING, Status.ABORTED)
-                and reason != queue.swept_error_message.encode()
+                and reason != queue.swept_error_message
             )
             jobs.stop(live, "cancel" if cancelled else "shutdown")
             await task
@@ -234,6 +262,34 @@ class JobWorker:
             if limited is not None:  # K7: keep the kind's and owner's leases
                 with contextlib.suppress(Exception):
                     await shielded(self.limits.renew(limited.kind, limited.owner, queued.id))
+
+
+def _shared_broker(url: str) -> bool:
+    return url.startswith(("redis://", "rediss://")) or urlsplit(url).scheme in POSTGRES_SCHEMES
+
+
+def _publisher(settings: Settings) -> RedisBroker | PostgresBroker:
+    url = settings.resolved_broker_url
+    if urlsplit(url).scheme in POSTGRES_SCHEMES:
+        from jobcast.brokers.postgres import PostgresBroker  # the 'postgres' extra
+
+        return PostgresBroker(url, settings.retention())
+    return RedisBroker(url, settings.retention())
+
+
+def _output_streams(settings: Settings) -> RedisStreamStore | SQLiteStreamStore:
+    """Jobs' output streams (ctx.stream): in the deployment's Redis, as the servers'; on a
+    PostgreSQL deployment in this worker's data directory, as each server's are there."""
+    url = settings.resolved_broker_url
+    if urlsplit(url).scheme in POSTGRES_SCHEMES:
+        from jobcast.outputs.sqlite import SQLiteStreamStore
+
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        path = settings.data_dir / "streams.db"
+        return SQLiteStreamStore(path, max_stream_bytes=settings.max_stream_bytes)
+    redis_url, prefix, _ = split_url(url)
+    client = redis.Redis.from_url(redis_url)
+    return RedisStreamStore(client, prefix, max_stream_bytes=settings.max_stream_bytes)
 
 
 def run_worker(settings: Settings) -> None:

@@ -1,4 +1,5 @@
-"""The server side of distributed jobs: submit to a SAQ queue on Redis, read, cancel.
+"""The server side of distributed jobs: submit to a SAQ queue on Redis or PostgreSQL, read,
+cancel.
 
 With ``JOBCAST_QUEUE_URL`` set, a server does not run jobs itself. It validates and stores a
 job exactly as the embedded runner does (the same ``submit``), then enqueues a SAQ job whose key
@@ -17,8 +18,10 @@ W1. The store is the truth about a job; SAQ only carries "run job X" to some wor
     the per-kind and per-owner limits; the SAQ job carries the kind, owner and priority.
 W2. Cancelling a queued job removes it from the queue and cancels it here; cancelling a
     running one asks SAQ to abort it, and the worker running it reports ``cancelled``.
-W3. Redis errors become :class:`Unavailable` (503); a job that cannot be queued is failed at
-    once, so nothing waits forever in ``queued``.
+    On PostgreSQL (``postgresql://...``) the queue is ``postgres_queue.py``, with the same
+    order, limits, sweep and abort.
+W3. Redis or PostgreSQL errors become :class:`Unavailable` (503); a job that cannot be
+    queued is failed at once, so nothing waits forever in ``queued``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from redis.exceptions import RedisError
 from saq import Job as QueueJob
 from saq.job import TERMINAL_STATUSES, Status
 
+from jobcast.brokers import POSTGRES_SCHEMES
 from jobcast.brokers.redis import shielded
 from jobcast.errors import Conflict, NotFound, Unavailable
 from jobcast.jobs.external import ExternalQueue
@@ -48,6 +52,7 @@ from jobcast.stores.base import JobStore
 
 if TYPE_CHECKING:
     from jobcast.hub import Hub
+    from jobcast.jobs.postgres_queue import PostgresReadyQueue
     from jobcast.outputs.store import StreamStore
 
 T = TypeVar("T")
@@ -66,11 +71,33 @@ def open_queue(url: str) -> ReadyQueue:
     return ReadyQueue(redis, name=name)
 
 
+def open_job_queue(url: str) -> ReadyQueue | PostgresReadyQueue:
+    """The queue at ``url``: Redis (:func:`open_queue`) or ``postgresql://.../db`` with the
+    broker URL's ``prefix``, ``schema`` and ``pool_size`` (and ``queue=name``)."""
+    parts = urlsplit(url)
+    if parts.scheme not in POSTGRES_SCHEMES:
+        return open_queue(url)
+    from jobcast.jobs.postgres_queue import open_postgres_queue  # psycopg: 'postgres' extra
+
+    query = dict(parse_qsl(parts.query))
+    name = query.pop("queue", QUEUE_NAME)
+    return open_postgres_queue(urlunsplit(parts._replace(query=urlencode(query))), name)
+
+
+def queue_errors() -> tuple[type[BaseException], ...]:
+    """What a queue call may fail with: the database's errors (W3)."""
+    try:
+        import psycopg
+    except ImportError:
+        return (RedisError, OSError)
+    return (RedisError, OSError, psycopg.Error)
+
+
 async def queue_call(call: Awaitable[T]) -> T:
-    """Await a SAQ call, translating Redis failures (W3)."""
+    """Await a SAQ call, translating Redis or PostgreSQL failures (W3)."""
     try:
         return await shielded(call)  # brokers.redis.X7
-    except (RedisError, OSError) as exc:
+    except queue_errors() as exc:
         raise Unavailable(f"the job queue is unavailable: {exc}") from exc
 
 
@@ -112,7 +139,7 @@ class QueueRunner(EmbeddedRunner):
         outputs: StreamStore | None = None,
     ) -> None:
         super().__init__(store, hub, registry, options, external=external, outputs=outputs)
-        self.queue = open_queue(queue_url)
+        self.queue = open_job_queue(queue_url)
         self.heartbeat = heartbeat
 
     async def start(self) -> None:
@@ -124,7 +151,7 @@ class QueueRunner(EmbeddedRunner):
 
     async def close(self) -> None:
         await super().close()
-        with contextlib.suppress(RedisError, OSError):
+        with contextlib.suppress(*queue_errors()):
             await self.queue.disconnect()
 
     async def _enqueue(self, live: LiveJob) -> None:
