@@ -123,3 +123,17 @@ async def approval(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
         schema = {"type": "string", "enum": ["anna", "ben"]}
         result["speaker"] = await ctx.wait_for_input("speaker", schema=schema, timeout=30)
     return result
+
+
+@registry.handler("fan_out")
+async def fan_out(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Spawns ``children`` (``{"kind", "params"}`` each), reports its own part done, then
+    holds ``hold`` seconds (until cancelled) and fails when ``fail`` is set."""
+    for item in params["children"]:
+        await ctx.spawn(item["kind"], item.get("params"), tags=["child"])
+    ctx.progress(100, stage="spawned")
+    if params.get("hold"):
+        await asyncio.sleep(float(params["hold"]))
+    if params.get("fail"):
+        raise RuntimeError("the parent's own step failed")
+    return {"spawned": len(params["children"])}

@@ -118,3 +118,11 @@ async def ask_twice(ctx: JobContext, params: dict[str, Any]) -> list[Any]:
     first = await ctx.wait_for_input("first", timeout=60)
     second = await ctx.wait_for_input("second", timeout=60)
     return [first, second, ctx.attempt]
+
+
+@registry.handler("fan_out")
+async def fan_out(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Spawns ``count`` demo children on whatever workers take them, then returns at once."""
+    for index in range(int(params["count"])):
+        await ctx.spawn("demo", {"steps": 3, "delay": 0.05}, metadata={"index": index})
+    return {"spawned": int(params["count"])}

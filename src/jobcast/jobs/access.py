@@ -99,10 +99,7 @@ class JobAccess:
         """Tell every instance who may read ``job`` (A1); raises Unavailable."""
         if not self.shared:
             return
-        data = {"id": job.id, "owner": job.owner, "readers": list(job.readers)}
-        # EventDraft's constructor, not create(): the control topic is deliberately not a
-        # valid client topic.
-        await self.hub.publish_many([EventDraft(ACCESS_TOPIC, "access", dumps(data))])
+        await self.hub.publish_many([announcement(job)])
 
     async def change_readers(
         self, job_id: str, *, add: str | None = None, remove: str | None = None, limit: int
@@ -227,3 +224,11 @@ def _job_id(topic: str) -> str | None:
     if not topic.startswith(JOB_TOPIC_PREFIX):
         return None
     return topic[len(JOB_TOPIC_PREFIX) :].partition("/")[0]
+
+
+def announcement(job: Job) -> EventDraft:
+    """The control event that tells every instance who may read ``job`` (A1)."""
+    data = {"id": job.id, "owner": job.owner, "readers": list(job.readers)}
+    # EventDraft's constructor, not create(): the control topic is deliberately not a valid
+    # client topic.
+    return EventDraft(ACCESS_TOPIC, "access", dumps(data))

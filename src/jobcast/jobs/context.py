@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from jobcast.jobs.input_wait import NO_DEFAULT
 from jobcast.jobs.metadata import JobMetadata, MetadataBuffer
-from jobcast.jobs.model import InputFile
+from jobcast.jobs.model import InputFile, Job
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from pydantic import BaseModel
 
     from jobcast.outputs.job_output import JobOutputs, OutputStream
@@ -44,6 +46,25 @@ class JobSink(Protocol):
     ) -> Any: ...
 
 
+class ChildSpawner(Protocol):
+    """What ``ctx.spawn`` needs: ``spawn.Children``, one per run."""
+
+    @property
+    def spawned(self) -> int: ...
+
+    def blend(self, own: float) -> float: ...
+
+    async def spawn(
+        self,
+        kind: str,
+        params: Any = None,
+        *,
+        tags: Sequence[str] = (),
+        metadata: dict[str, Any] | None = None,
+        priority: int = 0,
+    ) -> Job: ...
+
+
 class JobContext:
     """A running job, as its handler sees it. Every method is safe from any thread.
 
@@ -64,9 +85,11 @@ class JobContext:
         attempt: int = 1,
         max_attempts: int = 1,
         outputs: JobOutputs | None = None,
+        children: ChildSpawner | None = None,
     ) -> None:
         self._sink = sink
         self._outputs = outputs
+        self._children = children
         self.job_id = job_id
         self.kind = kind
         self.owner = owner
@@ -107,7 +130,10 @@ class JobContext:
         if not math.isfinite(percent) or not 0 <= percent <= 100:
             raise ValueError(f"progress must be from 0 to 100, not {percent!r}")
         self.check_cancelled()
-        self._sink.report_progress(float(percent), _text(message, 1000), _text(stage, 200))
+        progress = float(percent)
+        if self._children is not None and self._children.spawned:  # batches.G8
+            progress = self._children.blend(progress)
+        self._sink.report_progress(progress, _text(message, 1000), _text(stage, 200))
 
     def publish(self, event_type: str, data: Any = None) -> None:
         """Publish a custom event on the job's topic (``jobs/{id}``), after earlier reports.
@@ -149,6 +175,28 @@ class JobContext:
         if model is not None and value is not default:
             return model.model_validate(value)
         return value
+
+    async def spawn(
+        self,
+        kind: str,
+        params: Any = None,
+        *,
+        tags: Sequence[str] = (),
+        metadata: dict[str, Any] | None = None,
+        priority: int = 0,
+    ) -> Job:
+        """Queue a child job of this one (same owner, ``parent_id`` set) and return its
+        snapshot (``spawn.py``, S1-S4). This job's progress then weighs its children's with
+        its own reports, its metadata counts them by state, and it ends only after every
+        child ended: failed if any failed (``batches.py`` G6-G8). A run after a retry or a
+        restart gets its earlier children back in spawn order instead of new ones (S2).
+        """
+        self.check_cancelled()
+        if self._children is None:
+            raise RuntimeError("jobs cannot spawn children where this job runs")
+        return await self._children.spawn(
+            kind, params, tags=tags, metadata=metadata, priority=priority
+        )
 
     def _change_metadata(self, update: Callable[[MetadataBuffer], None]) -> None:
         self.check_cancelled()

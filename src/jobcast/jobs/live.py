@@ -68,8 +68,12 @@ class LiveJob:
         on_terminal: Callable[[Job], None] | None = None,
         slots: asyncio.Semaphore | None = None,
         after_terminal: Callable[[Job], Awaitable[None]] | None = None,
+        on_saved: Callable[[Job], None] | None = None,
     ) -> None:
         self.job = job
+        #: Told after each store write of a job that is not over (its parent's progress,
+        #: batches.G8).
+        self.on_saved = on_saved
         #: Told once the job reached a terminal state (the job metrics, ``stats.py``).
         self.on_terminal = on_terminal
         #: Awaited once its terminal state is published and stored (its batch, batches.G3).
@@ -330,9 +334,12 @@ class LiveJob:
             else:
                 await self._save()
 
-    async def change(self, event_type: str, mutate: Callable[[Job], None]) -> None:
+    async def change(
+        self, event_type: str, mutate: Callable[[Job], None], *, save: bool = True
+    ) -> None:
         """Change a running job and publish it whole as ``event_type`` (``waiting``,
-        ``resumed``): after pending reports (L3), stored at once, like a state change."""
+        ``resumed``): after pending reports (L3), stored at once, like a state change
+        (``save=False``: the caller stores ``published`` in its own transaction, spawn.S4)."""
         async with self._lock:
             with contextlib.suppress(JobcastError):
                 await self._flush_locked()  # L3
@@ -343,7 +350,8 @@ class LiveJob:
             await self._publish_state(
                 EventDraft(self.topic, event_type, dumps(job.to_dict())), retries=2
             )
-            await self._save()
+            if save:
+                await self._save()
 
     async def _publish_state(self, draft: EventDraft, *, retries: int) -> None:
         for attempt in range(retries + 1):
@@ -378,6 +386,8 @@ class LiveJob:
         self._last_save = time.monotonic()
         self._unsaved = False
         await self.store.save(self.published)
+        if self.on_saved is not None and not self.published.terminal:
+            self.on_saved(self.published)
 
     async def _save_until_stored(self) -> None:  # L5
         delay = SAVE_RETRY_FIRST

@@ -95,6 +95,7 @@ class EmbeddedRunner:
             on_untracked=self.access.remember,
             on_retry=self._schedule,
             outputs=outputs,
+            enqueue=self._spawned,
         )
         self._dispatcher = Dispatcher(self.lifecycle, self._live)  # D2, D3
         self._lock = ProcessLock(options.uploads_dir.parent / "runner.lock", "the job runner")
@@ -279,6 +280,24 @@ class EmbeddedRunner:
             queued.append(live.published.copy())
         return parent, queued
 
+    async def _spawned(self, child: Job) -> Job:
+        """Queue a child a running handler spawned and stored (spawn.S1), as a submission."""
+        self.access.remember(child)
+        try:  # before its first event (as submit_keyed)
+            await self.access.announce(child)
+        except JobcastError as exc:
+            logger.warning("job %s: could not announce it: %s", child.id, exc)
+        live = self.lifecycle.track(child)
+        await live.transition(JobState.QUEUED)
+        await self._enqueue(live)
+        return live.published.copy()
+
+    async def cancel_children(self, job_id: str) -> None:
+        """Cancel the children a cancelled job spawned that have not ended (batches.G5)."""
+        job = await self.get(job_id)
+        if job is not None:
+            await batches.BatchChildren(self).revoke(job)
+
     async def _earlier(self, earlier: tuple[str, str], idempotency: Idempotency | None) -> Job:
         job_id, request_hash = earlier
         if idempotency is None or request_hash != idempotency.request_hash:  # I2
@@ -336,6 +355,7 @@ class EmbeddedRunner:
         with contextlib.suppress(TimeoutError):  # a store outage delays only the store write
             async with asyncio.timeout(self.options.cancel_wait):  # never loses a cancel
                 await asyncio.shield(live.task)
+        await self.cancel_children(job_id)  # it may have spawned some (spawn.S4)
         return live.published.copy()
 
     async def _cancel_external(self, job: Job) -> Job:  # external.X1

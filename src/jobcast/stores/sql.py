@@ -85,7 +85,7 @@ from jobcast.stores._sql_tables import (
     row_values,
     tag_rows,
 )
-from jobcast.stores.base import JobPage, JobQuery, StoreStats
+from jobcast.stores.base import BatchCounts, JobPage, JobQuery, StoreStats
 
 logger = logging.getLogger("jobcast.stores")
 
@@ -348,11 +348,27 @@ class SQLJobStore:
         self,
         batch_id: str,
         state: JobState,
-        count: Callable[[Job, dict[str, int]], bool],
+        count: Callable[[Job, BatchCounts], bool | None],
         announce: Callable[[Job, bool], Awaitable[str | None]],
     ) -> tuple[Job, bool] | None:  # Q10
         async with self._write() as conn:
             return await _sql_live.end_child(conn, batch_id, state, count, announce)
+
+    async def add_child(self, child: Job) -> None:  # Q10
+        async with self._write() as conn:
+            await _sql_live.add_child(conn, self._sqlite, child)
+        self.stats.transactions += 1
+        self.stats.rows_written += 1
+
+    async def batch_counts(self, batch_id: str) -> BatchCounts | None:
+        async with self._read() as conn:
+            return await _sql_live.batch_counts(conn, batch_id)
+
+    async def update_batch(
+        self, batch_id: str, update: Callable[[Job, BatchCounts], Awaitable[Job | None]]
+    ) -> bool:  # Q10
+        async with self._write() as conn:
+            return await _sql_live.update_batch(conn, batch_id, update)
 
     async def in_states(self, states: Collection[JobState], limit: int) -> list[Job]:
         c = jobs_table.c
