@@ -137,3 +137,21 @@ async def fan_out(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
     if params.get("fail"):
         raise RuntimeError("the parent's own step failed")
     return {"spawned": len(params["children"])}
+
+
+@registry.handler("fan_out_flaky", retry=RetryPolicy(max_attempts=2, initial=0.05, max=0.1))
+async def fan_out_flaky(ctx: JobContext, params: dict[str, Any]) -> list[str]:
+    """Spawns two children, then fails its first attempt: the second gets them back."""
+    ids = [(await ctx.spawn("demo", {"steps": 1, "delay": 0})).id for _ in range(2)]
+    if ctx.attempt == 1:
+        raise ConnectionError("lost after spawning")
+    return ids
+
+
+@registry.handler("steady")
+async def steady(ctx: JobContext, params: dict[str, Any]) -> None:
+    """Reports progress ``steps`` times, ``delay`` seconds apart."""
+    steps = int(params.get("steps", 20))
+    for index in range(1, steps + 1):
+        ctx.progress(100 * index / steps)
+        await asyncio.sleep(float(params.get("delay", 0.02)))

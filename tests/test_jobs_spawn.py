@@ -125,3 +125,55 @@ async def test_a_batch_s_progress_weighs_its_children_s_progress(
     await client.post(f"{server.url}/api/jobs/{batch['id']}/cancel", headers=server.auth("alice"))
     events = await watch(client, server, batch["id"], timeout=15)
     assert events[-1][0] == "cancelled"
+
+
+async def test_a_retried_parent_gets_its_children_back_instead_of_new_ones(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    server = make_server(handlers=["tests.handlers"])
+    parent = await submit(client, server, "fan_out_flaky")
+    events = await watch(client, server, parent["id"], timeout=15)
+    assert "retrying" in [kind for kind, _ in events] and events[-1][0] == "succeeded"
+    children = await children_of(client, server, parent["id"])
+    assert sorted(events[-1][1]["result"]) == sorted(child["id"] for child in children)
+    assert len(children) == 2 and events[-1][1]["metadata"]["total"] == 2
+
+
+async def test_spawning_a_kind_that_does_not_exist_fails_the_parent_with_the_reason(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    server = make_server(handlers=["tests.handlers"])
+    parent = await submit(client, server, "fan_out", {"children": [{"kind": "nope"}]})
+    events = await watch(client, server, parent["id"], timeout=15)
+    assert (
+        events[-1][0] == "failed" and "unknown job kind 'nope'" in events[-1][1]["error"]["message"]
+    )
+    assert await children_of(client, server, parent["id"]) == []
+
+
+async def test_many_children_s_progress_costs_one_parent_update_per_interval(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    server = make_server(handlers=["tests.handlers"], job_concurrency=50)
+    jobs = [{"kind": "steady", "params": {"steps": 20, "delay": 0.02}} for _ in range(200)]
+    response = await client.post(
+        f"{server.url}/api/batches", json={"jobs": jobs}, headers=server.auth("alice")
+    )
+    assert response.status_code == 202, response.text
+    batch = response.json()
+    events = await watch(client, server, batch["id"], timeout=60)
+    assert events[-1][0] == "succeeded"
+    moved = [data for kind, data in events if kind == "progress"]
+    # each of 200 children stored its progress several times; the parent moved at most once
+    # a progress interval (0.1 s) of the batch's run
+    started = events[0][1]["updated_at"]
+    seconds = _seconds(events[-1][1]["finished_at"]) - _seconds(started)
+    assert 0 < len(moved) <= seconds / 0.1 + 3, (len(moved), seconds)
+    progress = [data["progress"] for data in moved]
+    assert progress == sorted(progress) and len(set(progress)) == len(progress)
+
+
+def _seconds(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso).timestamp()

@@ -450,3 +450,33 @@ async def test_a_waiting_job_whose_worker_is_killed_resumes_with_its_inputs_repl
     assert answer.status_code == 202
     done = await poll_json(client, url, terminal, timeout=15, headers=auth)
     assert done["state"] == "succeeded" and done["result"] == [1, 2, 2]
+
+
+async def test_a_worker_s_handler_spawns_children_that_other_workers_run(
+    make_server: Callable[..., LiveServer],
+    procs: Processes,
+    shared: dict[str, Any],
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    server = make_server(**shared)
+    procs.worker("w1", data_dir=tmp_path / "w1", job_concurrency=4, **shared)
+    procs.worker("w2", data_dir=tmp_path / "w2", job_concurrency=4, **shared)
+    parent = await submit(client, server, "fan_out", {"count": 12})
+    events = await watch(client, server, parent["id"], timeout=30)
+    terminal = [kind for kind, _ in events if kind in ("succeeded", "failed", "cancelled")]
+    assert terminal == ["succeeded"]
+    final = events[-1][1]
+    assert final["result"] == {"spawned": 12}
+    assert final["metadata"] == {"succeeded": 12, "failed": 0, "cancelled": 0, "total": 12}
+    listed = await client.get(
+        f"{server.url}/api/jobs", params={"parent": parent["id"]}, headers=server.auth()
+    )
+    children = listed.json()["jobs"]
+    assert len(children) == 12
+    assert sorted(child["metadata"]["index"] for child in children) == list(range(12))
+    for child in children:
+        assert child["state"] == "succeeded" and child["owner"] == parent["owner"]
+        assert child["finished_at"] <= final["finished_at"]
+    # its children's streams open on the server, which learned their owner (access.A1)
+    assert (await watch(client, server, children[0]["id"]))[-1][0] == "succeeded"
