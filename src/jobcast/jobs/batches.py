@@ -1,6 +1,7 @@
-"""Batches: many jobs submitted as one (``POST /api/batches``), followed by a parent job.
+"""Batches: many jobs submitted as one (``POST /api/batches``), or spawned by a running
+handler (``ctx.spawn``), followed by a parent job.
 
-Decisions (cited as G1..G5):
+Decisions (cited as G1..G8):
 
 G1. A batch is a job: its parent has kind ``batch`` and ``runs_on`` "batch" (no runner runs
     it, and a restart leaves it alone, external.X2), so its snapshot, its stream
@@ -21,6 +22,23 @@ G4. The outcome: ``failed`` if any child failed (unless the batch was submitted 
     result holds the counts. Every other end is a ``state`` event of the parent (the whole job).
 G5. Cancelling the batch cancels every child not yet ended; the batch then ends ``cancelled``
     (or ``failed``, by G4) when the last of them does.
+G6. A running job's handler may spawn children (``ctx.spawn``, ``spawn.py``): each is stored
+    together with its count (``store.add_child``, which creates the counts row with the
+    first). While the handler runs, the parent's row is its runner's: a child's end only
+    counts (``count_end`` answers ``None``) and the running parent reads its counts itself
+    (spawn.S3). When the handler is done with children still running, the parent is handed
+    over under the counts lock: ``runs_on`` "batch" (so a restart leaves it alone, X2, and
+    cancelling it cancels its children), its handler's result or error kept, and it ends as
+    a batch does, when its last child ends. Every child ended already: it ends at once.
+G7. A spawning parent's outcome: ``failed`` with its handler's error if the handler failed,
+    else ``failed`` (``BatchFailed``) if any child failed, else ``cancelled`` if the handler
+    or a child was cancelled, else ``succeeded``; its result is its handler's return value
+    (the counts are in its metadata).
+G8. Progress is weighted by the children's own: an ended child counts 100, the others their
+    stored progress, a running handler's own reports one child more; never backwards. It
+    reaches a batch (or handed-over parent) through the store, coalesced by
+    ``parent_progress.py``: at most one update per parent per progress interval in each
+    process, however many children report.
 """
 
 from __future__ import annotations

@@ -42,7 +42,9 @@ Q10. Batches: ``create_batch`` inserts the parent, its children (and their tags)
     counts one end and rewrites the parent from its stored row in the same transaction, so
     concurrent ends on several instances each see a distinct count and one sees the last; the
     parent's event is published before the commit, under the lock, so the parent's events
-    leave in count order on every instance (its ``seq`` never goes back).
+    leave in count order on every instance (its ``seq`` never goes back). ``add_child``
+    inserts a spawned child and counts it (creating the row with the first) in one
+    transaction; ``update_batch`` runs a hand-over or a progress update under the same lock.
 
 The tables, and the conversion between a job and its row, are in ``_sql_tables.py``; the
 statements of idempotency keys (Q7) in ``_sql_keys.py``, those of inputs (Q9) and batches
