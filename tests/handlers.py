@@ -155,3 +155,12 @@ async def steady(ctx: JobContext, params: dict[str, Any]) -> None:
     for index in range(1, steps + 1):
         ctx.progress(100 * index / steps)
         await asyncio.sleep(float(params.get("delay", 0.02)))
+
+
+@registry.handler("sync_approval")
+def sync_approval(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+    """A sync handler that waits for input (input_wait.N6): its thread blocks on the answer."""
+    ctx.progress(10, stage="drafted")
+    answer = ctx.wait_for_input("approve", schema=Approval, timeout=30)
+    speaker = ctx.wait_for_input("speaker", schema={"type": "string"}, timeout=0.2, default="-")
+    return {"approved": answer.approved, "speaker": speaker}

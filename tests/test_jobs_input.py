@@ -177,3 +177,29 @@ async def test_cancelling_a_waiting_job_ends_it_and_leaves_the_slots_as_they_wer
     assert polled.json()["state"] == "queued"  # the only slot is taken
     await client.post(f"{server.url}/api/jobs/{first['id']}/cancel", headers=server.auth())
     assert (await watch(client, server, second["id"]))[-1][0] == "succeeded"
+
+
+async def test_a_sync_handler_waits_for_input_in_its_thread_and_can_be_cancelled(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    server = make_server(handlers=["tests.handlers"])
+    job = await submit(client, server, "sync_approval")
+    waiting = await until_waiting(client, server, job["id"], "approve")
+    assert waiting["waiting"]["schema"]["properties"]["approved"]["type"] == "boolean"
+    refused = await give(client, server, job["id"], {"name": "approve", "value": {"approved": 1}})
+    assert refused.status_code == 422
+    given = await give(client, server, job["id"], {"name": "approve", "value": {"approved": True}})
+    assert given.status_code == 202, given.text
+    events = await watch(client, server, job["id"])
+    assert events[-1][0] == "succeeded"
+    assert events[-1][1]["result"] == {"approved": True, "speaker": "-"}  # its default, in time
+    assert events[-1][1]["inputs"] == {"approve": {"approved": True}}
+
+    stuck = await submit(client, server, "sync_approval")
+    await until_waiting(client, server, stuck["id"], "approve")
+    cancelled = await client.post(
+        f"{server.url}/api/jobs/{stuck['id']}/cancel", headers=server.auth("alice")
+    )
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    after = await submit(client, server, "demo", {"steps": 1, "delay": 0})
+    assert (await watch(client, server, after["id"]))[-1][0] == "succeeded"  # its slot is free

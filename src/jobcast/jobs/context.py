@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -17,6 +19,10 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from jobcast.outputs.job_output import JobOutputs, OutputStream
+
+
+#: How often a sync handler waiting for input checks whether its job was cancelled (N6).
+SYNC_CANCEL_CHECK = 0.2
 
 
 class JobCancelled(Exception):
@@ -43,6 +49,7 @@ class JobSink(Protocol):
         prompt: str | None,
         seconds: float,
         default: Any,
+        keep_slot: bool = False,
     ) -> Any: ...
 
 
@@ -88,6 +95,12 @@ class JobContext:
         children: ChildSpawner | None = None,
     ) -> None:
         self._sink = sink
+        # The loop that runs the job: a sync handler's thread waits for input through it.
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+        self._loop_thread = threading.get_ident()
         self._outputs = outputs
         self._children = children
         self.job_id = job_id
@@ -143,18 +156,23 @@ class JobContext:
         self.check_cancelled()
         self._sink.report_event(event_type, data)
 
-    async def wait_for_input(
+    def wait_for_input(
         self,
         name: str,
         *,
         schema: type[BaseModel] | dict[str, Any] | None = None,
         prompt: str | None = None,
-        timeout: float = 3600.0,  # noqa: ASYNC109 (the request's deadline, stored and shown)
+        timeout: float = 3600.0,
         default: Any = NO_DEFAULT,
     ) -> Any:
         """Wait for a person (or a service) to give the input ``name`` through
-        ``POST /api/jobs/{id}/input``; the job shows the request meanwhile (``waiting``) and
-        gives its runner slot back (``input_wait.py``, N1-N5).
+        ``POST /api/jobs/{id}/input``; the job shows the request meanwhile (``waiting``)
+        (``input_wait.py``, N1-N6).
+
+        An ``async`` handler awaits it (``await ctx.wait_for_input(...)``) and gives its runner
+        slot back while it waits; a sync handler calls it (``ctx.wait_for_input(...)``): it
+        blocks its thread until the answer, the timeout or a cancel (:class:`JobCancelled`),
+        keeping its slot (N6).
 
         ``schema``: a pydantic model (the value is returned as one) or a JSON schema (the
         value as JSON); a value that fails it is refused with 422 and changes nothing.
@@ -163,6 +181,29 @@ class JobContext:
         the inputs already given at once (N3): declare it ``retry_safe``.
         """
         self.check_cancelled()
+        loop = self._loop
+        in_thread = loop is not None and threading.get_ident() != self._loop_thread
+        waiting = self._wait_for_input(name, schema, prompt, timeout, default, in_thread)
+        if not in_thread or loop is None:
+            return waiting
+        answer = asyncio.run_coroutine_threadsafe(waiting, loop)
+        while True:  # N6: the thread waits, and notices a cancel within a moment
+            try:
+                return answer.result(timeout=SYNC_CANCEL_CHECK)
+            except TimeoutError:
+                if self._sink.cancel_requested:
+                    answer.cancel()
+                    raise JobCancelled(f"job {self.job_id} was cancelled") from None
+
+    async def _wait_for_input(
+        self,
+        name: str,
+        schema: type[BaseModel] | dict[str, Any] | None,
+        prompt: str | None,
+        seconds: float,
+        default: Any,
+        keep_slot: bool,
+    ) -> Any:
         model = schema if isinstance(schema, type) else None
         json_schema: dict[str, Any] = {}
         if model is not None:
@@ -170,7 +211,12 @@ class JobContext:
         elif isinstance(schema, dict):
             json_schema = dict(schema)
         value = await self._sink.wait_for_input(
-            name, json_schema, prompt=_text(prompt, 2000), seconds=timeout, default=default
+            name,
+            json_schema,
+            prompt=_text(prompt, 2000),
+            seconds=seconds,
+            default=default,
+            keep_slot=keep_slot,
         )
         if model is not None and value is not default:
             return model.model_validate(value)

@@ -178,10 +178,17 @@ class LiveJob:
         prompt: str | None,
         seconds: float,
         default: Any,
+        keep_slot: bool = False,
     ) -> Any:
         """Wait for the input ``name`` (``input_wait.py``)."""
         return await input_wait.wait_for_input(
-            self, name, schema, prompt=prompt, seconds=seconds, default=default
+            self,
+            name,
+            schema,
+            prompt=prompt,
+            seconds=seconds,
+            default=default,
+            keep_slot=keep_slot,
         )
 
     def _signal(self) -> None:
