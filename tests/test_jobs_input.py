@@ -203,3 +203,42 @@ async def test_a_sync_handler_waits_for_input_in_its_thread_and_can_be_cancelled
     assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
     after = await submit(client, server, "demo", {"steps": 1, "delay": 0})
     assert (await watch(client, server, after["id"]))[-1][0] == "succeeded"  # its slot is free
+
+
+async def test_a_reader_gives_input_only_when_shared_with_input(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    server = make_server(handlers=["tests.handlers"])
+    job = await submit(client, server, "approval")
+    await until_waiting(client, server, job["id"], "approve")
+    readers = f"{server.url}/api/jobs/{job['id']}/readers"
+    answer = {"name": "approve", "value": {"approved": True, "note": "by carol"}}
+
+    assert (await client.put(f"{readers}/carol", headers=server.auth("alice"))).status_code == 200
+    refused = await give(client, server, job["id"], answer, "carol")
+    assert refused.status_code == 403, refused.text  # she reads it; answering is not hers
+    assert "input" in refused.json()["message"]
+
+    shared = await client.put(
+        f"{readers}/carol", params={"input": "true"}, headers=server.auth("alice")
+    )
+    assert shared.status_code == 200 and "carol" in shared.json()["readers"]
+    assert (await give(client, server, job["id"], answer, "carol")).status_code == 202
+    events = await watch(client, server, job["id"])
+    assert events[-1][0] == "succeeded" and events[-1][1]["result"]["note"] == "by carol"
+
+    # withdrawing the share takes the permission with it; sharing again restores only reading
+    second = await submit(client, server, "approval")
+    await until_waiting(client, server, second["id"], "approve")
+    readers = f"{server.url}/api/jobs/{second['id']}/readers"
+    await client.put(f"{readers}/carol", params={"input": "true"}, headers=server.auth("alice"))
+    assert (
+        await client.delete(f"{readers}/carol", headers=server.auth("alice"))
+    ).status_code == 200
+    assert (await give(client, server, second["id"], answer, "carol")).status_code == 404
+    await client.put(f"{readers}/carol", headers=server.auth("alice"))
+    assert (await give(client, server, second["id"], answer, "carol")).status_code == 403
+    bad = await client.put(
+        f"{readers}/carol", params={"input": "maybe"}, headers=server.auth("alice")
+    )
+    assert bad.status_code == 422

@@ -408,10 +408,27 @@ class EmbeddedRunner:
         self.access.forget(job_id)
 
     async def change_readers(
-        self, job_id: str, *, add: str | None = None, remove: str | None = None, limit: int
+        self,
+        job_id: str,
+        *,
+        add: str | None = None,
+        remove: str | None = None,
+        limit: int,
+        may_input: bool = False,
     ) -> Job:
-        """Grant or withdraw one subject's read access to a job, live or finished (access.A5)."""
-        return await self.access.change_readers(job_id, add=add, remove=remove, limit=limit)
+        """Grant or withdraw one subject's read access to a job, live or finished (access.A5);
+        ``may_input``: the added reader may also give the job input (the permission is what
+        the latest grant said; a withdrawal takes it too, sql.Q11)."""
+        if remove is not None:  # the permission goes first: never input without reading
+            await self.store.change_responder(job_id, remove, may=False)
+        job = await self.access.change_readers(job_id, add=add, remove=remove, limit=limit)
+        if add is not None:
+            await self.store.change_responder(job_id, add, may=may_input)
+        return job
+
+    async def may_give_input(self, job: Job, subject: str) -> bool:
+        """Whether ``subject``, a reader of ``job``, was granted its input (sql.Q11)."""
+        return subject in job.readers and await self.store.is_responder(job.id, subject)
 
     def owner_of(self, job_id: str) -> str | None:
         """The owner of a job, when known without a query (D1); ``None`` otherwise."""

@@ -115,6 +115,12 @@ class JobStore(Protocol):
         transaction so concurrent changes all take effect; the readers after, or ``None`` if
         there is no such job. Raises :class:`InvalidInput` past ``limit`` readers."""
 
+    async def change_responder(self, job_id: str, subject: str, *, may: bool) -> None:
+        """Let ``subject`` (a reader of the job) give it input, or no longer (sql.Q11)."""
+
+    async def is_responder(self, job_id: str, subject: str) -> bool:
+        """Whether ``subject`` may give the job input as one of its readers."""
+
     async def list_jobs(self, query: JobQuery) -> JobPage: ...
 
     async def delete(self, job_id: str) -> bool:

@@ -1,6 +1,6 @@
 """The SQL job store: SQLAlchemy 2 Core over asyncio, on SQLite and PostgreSQL.
 
-Decisions (cited as Q1..Q10):
+Decisions (cited as Q1..Q11):
 
 Q1. Portable columns only: times are epoch seconds (floats), JSON values are text written by
     orjson. The same statements run on SQLite (aiosqlite) and PostgreSQL (asyncpg).
@@ -46,6 +46,10 @@ Q10. Batches: ``create_batch`` inserts the parent, its children (and their tags)
     inserts a spawned child and counts it (creating the row with the first) in one
     transaction; ``update_batch`` runs a hand-over or a progress update under the same lock.
 
+Q11. Input permissions: the readers a job was shared with "with input" are rows of
+    ``job_responders`` (job, subject), changed only by sharing and removed with the job, so a
+    worker's ``save`` never undoes one.
+
 The tables, and the conversion between a job and its row, are in ``_sql_tables.py``; the
 statements of idempotency keys (Q7) in ``_sql_keys.py``, those of inputs (Q9) and batches
 (Q10) in ``_sql_live.py``.
@@ -80,6 +84,7 @@ from jobcast.stores._sql_tables import (
     job_from_row,
     job_inputs_table,
     job_keys_table,
+    job_responders_table,
     job_tags_table,
     jobs_table,
     meta_table,
@@ -267,6 +272,20 @@ class SQLJobStore:
             await conn.execute(statement, {"job_id": job_id})
         return readers
 
+    async def change_responder(self, job_id: str, subject: str, *, may: bool) -> None:  # Q11
+        t = job_responders_table
+        async with self._write() as conn:
+            mine = (t.c.job_id == job_id) & (t.c.subject == subject)
+            await conn.execute(t.delete().where(mine))
+            if may:
+                await conn.execute(t.insert().values(job_id=job_id, subject=subject))
+
+    async def is_responder(self, job_id: str, subject: str) -> bool:  # Q11
+        t = job_responders_table
+        query = sa.select(t.c.subject).where((t.c.job_id == job_id) & (t.c.subject == subject))
+        async with self._read() as conn:
+            return (await conn.execute(query)).first() is not None
+
     async def _commit_batch(self) -> None:  # Q5
         if self._engine is None:
             raise Unavailable("the job store is closed")
@@ -330,6 +349,8 @@ class SQLJobStore:
             await conn.execute(batches.delete().where(batches.c.batch_id == job_id))
             inputs = job_inputs_table
             await conn.execute(inputs.delete().where(inputs.c.job_id == job_id))
+            responders = job_responders_table
+            await conn.execute(responders.delete().where(responders.c.job_id == job_id))
         return bool(result.rowcount)
 
     async def put_input(self, job_id: str, name: str, value: Any, given_by: str) -> bool:  # Q9
