@@ -177,3 +177,25 @@ def _seconds(iso: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(iso).timestamp()
+
+
+async def test_a_shutdown_ends_an_interrupted_parent_only_after_its_children(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    server = make_server(handlers=["tests.handlers"])
+    waiting = {"kind": "wait_cancel"}
+    parent = await submit(client, server, "fan_out", {"children": [waiting] * 2, "hold": 30})
+
+    async def running() -> bool:
+        return (await snapshot(client, server, parent["id"]))["metadata"].get("total") == 2
+
+    await eventually(running, timeout=10)
+    server.stop()  # neither is retry_safe: all fail as Interrupted (lifecycle.R3)
+
+    restarted = make_server(handlers=["tests.handlers"])
+    final = await snapshot(client, restarted, parent["id"])
+    assert final["state"] == "failed" and final["error"]["type"] == "Interrupted"
+    children = await children_of(client, restarted, parent["id"])
+    assert [child["state"] for child in children] == ["failed", "failed"]
+    assert all(child["finished_at"] <= final["finished_at"] for child in children)
+    assert final["metadata"]["failed"] == 2

@@ -336,7 +336,14 @@ class JobLifecycle:
     async def interrupted(self, live: LiveJob, why: str) -> None:  # R3
         spec = self.registry.find(live.job.kind)
         ending = after_interruption(spec, live.job.attempts, self.attempt_limit(live.job), why)
-        await self.finish(live, ending.state or JobState.FAILED, **ending.fields)
+        state, fields = ending.state or JobState.FAILED, ending.fields
+        if state.terminal:  # it may have spawned children: it ends after them (spawn.S4)
+            children = Children(live, self.registry, None, default_max_attempts=0)
+            settled = await children.settle((state, fields), look=True)
+            if settled is None:
+                return
+            state, fields = settled
+        await self.finish(live, state, **fields)
 
     async def resume_interrupted(self, job: Job, why: str) -> bool:
         """Apply R3 to a job found ``running`` whose process died; True if it may run again."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,8 @@ from jobcast.stores.base import BatchCounts, JobQuery
 if TYPE_CHECKING:
     from jobcast.jobs.live import LiveJob
     from jobcast.jobs.registry import Registry
+
+logger = logging.getLogger("jobcast.jobs")
 
 #: How often a running parent reads its children's counts when nothing woke it (S3).
 POLL_INTERVAL = 0.5
@@ -177,7 +180,12 @@ class Children:
             except JobcastError:
                 continue  # the store is down: the next turn tries again
             if counts is not None:
-                self._fold(counts)
+                try:
+                    self._fold(counts)
+                except InvalidInput as exc:  # its metadata is full: the counts wait
+                    logger.warning(
+                        "job %s: cannot fold its children's counts: %s", self._live.job.id, exc
+                    )
 
     def _fold(self, counts: BatchCounts) -> None:
         with self._mutex:
@@ -203,12 +211,13 @@ class Children:
 
     # -- S4: the end ------------------------------------------------------------------------
 
-    async def settle(self, ending: Ending) -> Ending | None:
+    async def settle(self, ending: Ending, *, look: bool = False) -> Ending | None:
         """After the handler's terminal ``ending``: the ending to finish the parent with now,
-        or ``None`` when it was handed over to its children's ends (S4)."""
+        or ``None`` when it was handed over to its children's ends (S4). ``look``: ask the
+        store even if this run spawned nothing (a run interrupted before this process knew)."""
         await self.stop()
         live = self._live
-        if not self._spawned and live.job.attempts <= 1:
+        if not look and not self._spawned and live.job.attempts <= 1:
             return ending  # no children (an earlier run may have spawned some: S2)
         await live.stop_pump()
         handed_over = False
