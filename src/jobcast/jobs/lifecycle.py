@@ -291,6 +291,8 @@ class JobLifecycle:
             if settled is not None:
                 state, fields = settled
             elif state.terminal:  # handed over: its children's ends end it (spawn.S4)
+                if job.id in self._job_outputs:  # its handler is done writing
+                    await self._job_outputs.pop(job.id).close_all()
                 return
             else:
                 fields = ending.fields
