@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Sequence
@@ -157,8 +158,15 @@ class Children:
         """The parent's progress for its handler's own report ``own`` (batches.G8)."""
         with self._mutex:
             self._own = own
-            counts = self._counts
-        return own if counts is None else batches.weighted_progress(counts, own)
+            counts = self._counts_now()
+        return batches.weighted_progress(counts, own)
+
+    def _counts_now(self) -> BatchCounts:
+        """The counts last read, with the children spawned since (not read yet) at 0."""
+        counts = self._counts or BatchCounts(total=0)
+        if counts.total < self._spawned:
+            counts = dataclasses.replace(counts, total=self._spawned)
+        return counts
 
     def wake(self) -> None:
         """Read the counts now: a child ended or reported in this process."""
@@ -192,6 +200,7 @@ class Children:
             changed = counts != self._counts
             self._counts = counts
             own = self._own
+            counts = self._counts_now()
         if not changed:
             return
         metadata = {**counts.by_state(), "total": counts.total}
