@@ -239,7 +239,14 @@ class LiveJob:
             except JobcastError as exc:  # the broker or store is down: retry on the next report
                 logger.warning("job %s: could not publish progress: %s", self.job.id, exc)
 
-    async def _flush_locked(self) -> None:
+    async def store_now(self) -> None:
+        """Publish pending reports and store the job, whatever the interval (spawn.S4: before
+        its row is written in another transaction, no older write of it is left queued)."""
+        async with self._lock:
+            await self._flush_locked(save=False)
+            await self._save()
+
+    async def _flush_locked(self, *, save: bool = True) -> None:
         with self._mutex:
             pending, self._pending = self._pending, None
             outbox, self._outbox = self._outbox, collections.deque()
@@ -274,7 +281,7 @@ class LiveJob:
                 self.progress_unpublished += 1
             raise
         self._published(events[-1].id)
-        if time.monotonic() - self._last_save >= self.store_interval:
+        if save and time.monotonic() - self._last_save >= self.store_interval:
             await self._save()
         else:
             self._unsaved = True  # stored once the interval is over, even if nothing follows
@@ -349,7 +356,7 @@ class LiveJob:
         (``save=False``: the caller stores ``published`` in its own transaction, spawn.S4)."""
         async with self._lock:
             with contextlib.suppress(JobcastError):
-                await self._flush_locked()  # L3
+                await self._flush_locked(save=save)  # L3
             job = self.job
             mutate(job)
             job.updated_at = time.time()

@@ -229,6 +229,9 @@ class Children:
         if not look and not self._spawned and live.job.attempts <= 1:
             return ending  # no children (an earlier run may have spawned some: S2)
         await live.stop_pump()
+        # Stored now through the store's group commit (Q5), so no older write of the job is
+        # left queued to land after the hand-over's own transaction.
+        await live.store_now()
         handed_over = False
 
         async def update(_: Job, counts: BatchCounts) -> Job | None:
