@@ -480,3 +480,31 @@ async def test_a_worker_s_handler_spawns_children_that_other_workers_run(
         assert child["finished_at"] <= final["finished_at"]
     # its children's streams open on the server, which learned their owner (access.A1)
     assert (await watch(client, server, children[0]["id"]))[-1][0] == "succeeded"
+
+
+async def test_cancelling_a_parent_on_a_worker_cancels_its_children_then_ends_it(
+    make_server: Callable[..., LiveServer],
+    procs: Processes,
+    shared: dict[str, Any],
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    server = make_server(**shared)
+    procs.worker("w1", data_dir=tmp_path / "w1", job_concurrency=4, **shared)
+    parent = await submit(client, server, "fan_out", {"count": 2, "kind": "hang", "hold": 60})
+
+    async def children_hang() -> bool:
+        listed = await client.get(
+            f"{server.url}/api/jobs", params={"parent": parent["id"]}, headers=server.auth()
+        )
+        jobs = listed.json()["jobs"]
+        return len(jobs) == 2 and all(job["state"] == "running" for job in jobs)
+
+    await eventually(children_hang, timeout=15)
+    cancelled = await client.post(
+        f"{server.url}/api/jobs/{parent['id']}/cancel", headers=server.auth()
+    )
+    assert cancelled.status_code == 200, cancelled.text
+    events = await watch(client, server, parent["id"], timeout=30)
+    assert events[-1][0] == "cancelled"
+    assert events[-1][1]["metadata"]["cancelled"] == 2

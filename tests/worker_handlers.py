@@ -122,7 +122,12 @@ async def ask_twice(ctx: JobContext, params: dict[str, Any]) -> list[Any]:
 
 @registry.handler("fan_out")
 async def fan_out(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
-    """Spawns ``count`` demo children on whatever workers take them, then returns at once."""
+    """Spawns ``count`` children (demo, or ``kind``) on whatever workers take them, then
+    returns, or holds ``hold`` seconds (until cancelled)."""
+    kind = params.get("kind", "demo")
+    child = {"steps": 3, "delay": 0.05} if kind == "demo" else {}
     for index in range(int(params["count"])):
-        await ctx.spawn("demo", {"steps": 3, "delay": 0.05}, metadata={"index": index})
+        await ctx.spawn(kind, child, metadata={"index": index})
+    if params.get("hold"):
+        await asyncio.sleep(float(params["hold"]))
     return {"spawned": int(params["count"])}
