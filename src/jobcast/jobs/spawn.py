@@ -18,7 +18,15 @@ S3. While the handler runs, the parent's row is its runner's (batches.G6): it re
 S4. When the handler is done (``settle``), under the counts row's lock: with every child
     ended, the parent ends here at once, its handler's ending combined with its children's
     (batches.G7); otherwise it is handed over (``runs_on`` "batch", its handler's result or
-    error kept) and ends when its last child does, on whatever process that child ends.
+    error kept) and ends when its last child does, on whatever process that child ends. A
+    run interrupted and not run again (lifecycle.R3) settles the same way. Before the locked
+    transaction the parent is stored through the store's group commit, so no older write of
+    it lands after the hand-over, and nothing inside that transaction waits for the group
+    commit (which waits for the same lock).
+
+Not covered: a ``jobcast worker`` that dies between storing a child and queueing it leaves
+that child stored as ``queued`` but in no queue; a re-run of its parent gets it back (S2)
+without queueing it again, so the parent waits for it until it is cancelled.
 """
 
 from __future__ import annotations
