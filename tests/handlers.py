@@ -164,3 +164,9 @@ def sync_approval(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
     answer = ctx.wait_for_input("approve", schema=Approval, timeout=30)
     speaker = ctx.wait_for_input("speaker", schema={"type": "string"}, timeout=0.2, default="-")
     return {"approved": answer.approved, "speaker": speaker}
+
+
+@registry.handler("sync_fan_out")
+def sync_fan_out(ctx: JobContext, params: dict[str, Any]) -> list[str]:
+    """A sync handler that spawns children: each call blocks until the child is queued."""
+    return [ctx.spawn("demo", {"steps": 1, "delay": 0}).id for _ in range(int(params["count"]))]

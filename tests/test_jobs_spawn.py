@@ -199,3 +199,14 @@ async def test_a_shutdown_ends_an_interrupted_parent_only_after_its_children(
     assert [child["state"] for child in children] == ["failed", "failed"]
     assert all(child["finished_at"] <= final["finished_at"] for child in children)
     assert final["metadata"]["failed"] == 2
+
+
+async def test_a_sync_handler_spawns_children_too(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    server = make_server(handlers=["tests.handlers"])
+    parent = await submit(client, server, "sync_fan_out", {"count": 3})
+    events = await watch(client, server, parent["id"], timeout=15)
+    assert events[-1][0] == "succeeded" and events[-1][1]["metadata"]["succeeded"] == 3
+    children = await children_of(client, server, parent["id"])
+    assert sorted(events[-1][1]["result"]) == sorted(child["id"] for child in children)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from jobcast.jobs.input_wait import NO_DEFAULT
 from jobcast.jobs.metadata import JobMetadata, MetadataBuffer
@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
     from jobcast.outputs.job_output import JobOutputs, OutputStream
 
+
+T = TypeVar("T")
 
 #: How often a sync handler waiting for input checks whether its job was cancelled (N6).
 SYNC_CANCEL_CHECK = 0.2
@@ -181,19 +183,9 @@ class JobContext:
         the inputs already given at once (N3): declare it ``retry_safe``.
         """
         self.check_cancelled()
-        loop = self._loop
-        in_thread = loop is not None and threading.get_ident() != self._loop_thread
+        in_thread = self._in_thread()
         waiting = self._wait_for_input(name, schema, prompt, timeout, default, in_thread)
-        if not in_thread or loop is None:
-            return waiting
-        answer = asyncio.run_coroutine_threadsafe(waiting, loop)
-        while True:  # N6: the thread waits, and notices a cancel within a moment
-            try:
-                return answer.result(timeout=SYNC_CANCEL_CHECK)
-            except TimeoutError:
-                if self._sink.cancel_requested:
-                    answer.cancel()
-                    raise JobCancelled(f"job {self.job_id} was cancelled") from None
+        return self._blocking(waiting) if in_thread else waiting  # N6
 
     async def _wait_for_input(
         self,
@@ -222,7 +214,7 @@ class JobContext:
             return model.model_validate(value)
         return value
 
-    async def spawn(
+    def spawn(
         self,
         kind: str,
         params: Any = None,
@@ -230,19 +222,40 @@ class JobContext:
         tags: Sequence[str] = (),
         metadata: dict[str, Any] | None = None,
         priority: int = 0,
-    ) -> Job:
-        """Queue a child job of this one (same owner, ``parent_id`` set) and return its
-        snapshot (``spawn.py``, S1-S4). This job's progress then weighs its children's with
-        its own reports, its metadata counts them by state, and it ends only after every
-        child ended: failed if any failed (``batches.py`` G6-G8). A run after a retry or a
-        restart gets its earlier children back in spawn order instead of new ones (S2).
+    ) -> Any:
+        """Queue a child job of this one (same owner, ``parent_id`` set); its snapshot (a
+        :class:`~jobcast.jobs.model.Job`) is what an ``async`` handler awaits
+        (``await ctx.spawn(...)``) and what a sync handler's call returns (``spawn.py``,
+        S1-S4). This job's progress then weighs its children's with its own reports, its
+        metadata counts them by state, and it ends only after every child ended: failed if any
+        failed (``batches.py`` G6-G8). A run after a retry or a restart gets its earlier
+        children back in spawn order instead of new ones (S2).
         """
         self.check_cancelled()
         if self._children is None:
             raise RuntimeError("jobs cannot spawn children where this job runs")
-        return await self._children.spawn(
+        spawning = self._children.spawn(
             kind, params, tags=tags, metadata=metadata, priority=priority
         )
+        return self._blocking(spawning) if self._in_thread() else spawning
+
+    def _in_thread(self) -> bool:
+        """Whether a sync handler's thread calls (not the job's event loop)."""
+        return self._loop is not None and threading.get_ident() != self._loop_thread
+
+    def _blocking(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run ``work`` on the job's loop and wait for it in this (a sync handler's) thread,
+        noticing a cancel within ``SYNC_CANCEL_CHECK`` seconds (input_wait.N6)."""
+        if self._loop is None:
+            raise RuntimeError("the job's event loop is gone")
+        future = asyncio.run_coroutine_threadsafe(work, self._loop)
+        while True:
+            try:
+                return future.result(timeout=SYNC_CANCEL_CHECK)
+            except TimeoutError:
+                if self._sink.cancel_requested:
+                    future.cancel()
+                    raise JobCancelled(f"job {self.job_id} was cancelled") from None
 
     def _change_metadata(self, update: Callable[[MetadataBuffer], None]) -> None:
         self.check_cancelled()
