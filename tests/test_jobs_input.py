@@ -10,9 +10,9 @@ import httpx
 import orjson
 import pytest
 
-from jobcast.client import AsyncClient, BadRequest, ConflictError, Event
+from jobcast.client import AsyncClient, BadRequest, ConflictError, Event, NotFoundError
 from tests.jobs_support import submit, wait_running, watch
-from tests.support import EventStream, LiveServer
+from tests.support import EventStream, LiveServer, eventually
 
 
 async def until_waiting(
@@ -242,3 +242,26 @@ async def test_a_reader_gives_input_only_when_shared_with_input(
         f"{readers}/carol", params={"input": "maybe"}, headers=server.auth("alice")
     )
     assert bad.status_code == 422
+
+
+async def test_the_python_client_shares_a_job_with_input_and_withdraws_it(
+    make_server: Callable[..., LiveServer],
+) -> None:
+    server = make_server(handlers=["tests.handlers"])
+    async with (
+        AsyncClient(server.url, token=server.token("alice")) as alice,
+        AsyncClient(server.url, token=server.token("carol d")) as carol,
+    ):
+        job = await alice.submit("approval", {})
+        shared = await alice.share(job.id, "carol d", input=True)  # a subject with a space
+        assert shared.id == job.id
+
+        async def waiting() -> bool:
+            return (await carol.get(job.id)).waiting is not None  # she reads it
+
+        await eventually(waiting, timeout=10)
+        await carol.give_input(job.id, "approve", {"approved": True})
+        assert (await carol.wait(job.id, timeout=10)).result["approved"] is True
+        await alice.unshare(job.id, "carol d")
+        with pytest.raises(NotFoundError):
+            await carol.get(job.id)
