@@ -210,3 +210,23 @@ async def test_a_sync_handler_spawns_children_too(
     assert events[-1][0] == "succeeded" and events[-1][1]["metadata"]["succeeded"] == 3
     children = await children_of(client, server, parent["id"])
     assert sorted(events[-1][1]["result"]) == sorted(child["id"] for child in children)
+
+
+async def test_parents_whose_children_end_as_their_handlers_return_each_end_once(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    server = make_server(handlers=["tests.handlers"], job_concurrency=16)
+    quick = demo(1, 0)
+    parents = [
+        await submit(client, server, "fan_out", {"children": [quick] * 4}) for _ in range(12)
+    ]
+    for parent in parents:  # the hand-over and the last child's end race (spawn.S4)
+        events = await watch(client, server, parent["id"], timeout=20)
+        terminal = [kind for kind, _ in events if kind in ("succeeded", "failed", "cancelled")]
+        assert terminal == ["succeeded"], terminal
+        assert events[-1][1]["metadata"] == {
+            "succeeded": 4,
+            "failed": 0,
+            "cancelled": 0,
+            "total": 4,
+        }
