@@ -20,8 +20,10 @@ from saq.job import Status
 from saq.queue.redis import RedisQueue
 from saq.utils import now
 
+from jobcast.jobs.model import Job, new_job_id
 from jobcast.jobs.sweep import Sweeper
 from jobcast.jobs.worker_queue import TASK, open_queue
+from jobcast.stores import open_store
 from tests.jobs_support import submit, wait_running, watch
 from tests.scale_support import Processes, poll_json, processes
 from tests.services import (
@@ -508,3 +510,39 @@ async def test_cancelling_a_parent_on_a_worker_cancels_its_children_then_ends_it
     events = await watch(client, server, parent["id"], timeout=30)
     assert events[-1][0] == "cancelled"
     assert events[-1][1]["metadata"]["cancelled"] == 2
+
+
+async def test_a_replayed_child_stored_but_never_queued_is_queued_again(
+    make_server: Callable[..., LiveServer],
+    procs: Processes,
+    shared: dict[str, Any],
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    server = make_server(**shared)
+    response = await client.post(
+        f"{server.url}/api/jobs",
+        json={"kind": "replaying_parent", "delay_seconds": 0.5},
+        headers=server.auth(),
+    )
+    assert response.status_code == 202, response.text
+    parent = response.json()
+    # what a worker that died between storing a child and queueing it leaves (spawn.py)
+    child = Job(
+        id=new_job_id(),
+        kind="demo",
+        owner=parent["owner"],
+        params={"steps": 1, "delay": 0},
+        max_attempts=1,
+        parent_id=parent["id"],
+    )
+    store = open_store(shared["store_url"])
+    await store.open()
+    try:
+        await store.add_child(child)
+    finally:
+        await store.close()
+    procs.worker("w1", data_dir=tmp_path / "w1", **shared)
+    events = await watch(client, server, parent["id"], timeout=30)
+    assert events[-1][0] == "succeeded" and events[-1][1]["result"] == child.id
+    assert events[-1][1]["metadata"]["succeeded"] == 1

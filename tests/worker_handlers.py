@@ -131,3 +131,11 @@ async def fan_out(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
     if params.get("hold"):
         await asyncio.sleep(float(params["hold"]))
     return {"spawned": int(params["count"])}
+
+
+@registry.handler("replaying_parent", retry=RetryPolicy(max_attempts=2, initial=0.05, max=0.1))
+async def replaying_parent(ctx: JobContext, params: dict[str, Any]) -> str:
+    """Fails its first attempt; the second spawns one child, the one already stored (S2)."""
+    if ctx.attempt == 1:
+        raise ConnectionError("lost before spawning")
+    return str((await ctx.spawn("demo", {"steps": 1, "delay": 0})).id)

@@ -280,8 +280,11 @@ class EmbeddedRunner:
             queued.append(live.published.copy())
         return parent, queued
 
-    async def _spawned(self, child: Job) -> Job:
-        """Queue a child a running handler spawned and stored (spawn.S1), as a submission."""
+    async def _spawned(self, child: Job, replayed: bool) -> Job:
+        """Queue a child a running handler spawned and stored (spawn.S1), as a submission; a
+        replayed one is queued here already (this process queued it, or its start did)."""
+        if replayed:
+            return child
         self.access.remember(child)
         try:  # before its first event (as submit_keyed)
             await self.access.announce(child)

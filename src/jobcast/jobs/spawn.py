@@ -24,9 +24,10 @@ S4. When the handler is done (``settle``), under the counts row's lock: with eve
     it lands after the hand-over, and nothing inside that transaction waits for the group
     commit (which waits for the same lock).
 
-Not covered: a ``jobcast worker`` that dies between storing a child and queueing it leaves
-that child stored as ``queued`` but in no queue; a re-run of its parent gets it back (S2)
-without queueing it again, so the parent waits for it until it is cancelled.
+A process that dies between storing a child and queueing it leaves it stored ``queued``: the
+embedded runner's start queues it (``recovery.py``); on workers, the parent's re-run queues
+every replayed child still ``queued`` again, which the workers' queue ignores for a job it
+holds already (its key is the job id).
 """
 
 from __future__ import annotations
@@ -58,8 +59,9 @@ MAX_CHILDREN = batches.MAX_BATCH
 
 #: How a handler's call ended: its terminal state and the fields of that end (result, error).
 Ending = tuple[JobState, dict[str, Any]]
-#: Queues a new child (stored already) where its parent runs; returns its queued snapshot.
-Enqueue = Callable[[Job], Awaitable[Job]]
+#: Queues a child (stored already) where its parent runs and returns its snapshot; ``True``:
+#: a child an earlier run spawned (S2), to queue again only where that is idempotent.
+Enqueue = Callable[[Job, bool], Awaitable[Job]]
 
 
 class Children:
@@ -108,13 +110,13 @@ class Children:
             if self._earlier is None:
                 self._earlier = await self._children_so_far(parent.id)
             if self._spawned < len(self._earlier):  # S2
-                child = self._earlier[self._spawned]
+                child = await self._enqueue(self._earlier[self._spawned], True)
                 self._spawned += 1
             else:
                 child = self._new_child(parent, kind, params, tags, metadata, priority)
                 await self._live.store.add_child(child)
                 self._spawned += 1
-                child = await self._enqueue(child)
+                child = await self._enqueue(child, False)
         self._start_polling()
         self.wake()
         return child

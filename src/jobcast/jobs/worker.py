@@ -67,7 +67,7 @@ from jobcast.jobs.model import Job, JobState
 from jobcast.jobs.registry import Registry
 from jobcast.jobs.run_limits import FULL_WAIT, RunLimits
 from jobcast.jobs.sweep import Sweeper
-from jobcast.jobs.worker_queue import TASK, enqueue_live, open_queue
+from jobcast.jobs.worker_queue import TASK, enqueue_live, open_queue, queue_call, queue_job
 from jobcast.outputs.redis import RedisStreamStore
 from jobcast.shared_metrics import SharedMetrics
 from jobcast.stores import open_store
@@ -170,9 +170,18 @@ class JobWorker:
             lambda: generate_latest(registry),
         )
 
-    async def _spawned(self, child: Job) -> Job:
-        """Queue a child a handler here spawned (spawn.S1) for any worker, as a server would."""
+    async def _spawned(self, child: Job, replayed: bool) -> Job:
+        """Queue a child a handler here spawned (spawn.S1) for any worker, as a server would;
+        a replayed one still ``queued`` is queued again (the queue ignores a job it holds)."""
         jobs = self.jobs
+        if replayed:
+            if child.state is JobState.QUEUED:
+                spec = self.registry.get(child.kind)
+                timeout = spec.timeout or jobs.options.default_timeout
+                heartbeat = self.settings.worker_heartbeat_seconds
+                queued = queue_job(child, timeout, heartbeat, jobs.options.max_attempts)
+                await queue_call(self.queue.enqueue(queued))
+            return child
         try:  # before its first event, so every server's filters know its owner (access.A1)
             await jobs.hub.publish_many([announcement(child)])
         except JobcastError as exc:
