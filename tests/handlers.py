@@ -123,3 +123,50 @@ async def approval(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
         schema = {"type": "string", "enum": ["anna", "ben"]}
         result["speaker"] = await ctx.wait_for_input("speaker", schema=schema, timeout=30)
     return result
+
+
+@registry.handler("fan_out")
+async def fan_out(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Spawns ``children`` (``{"kind", "params"}`` each), reports its own part done, then
+    holds ``hold`` seconds (until cancelled) and fails when ``fail`` is set."""
+    for item in params["children"]:
+        await ctx.spawn(item["kind"], item.get("params"), tags=["child"])
+    ctx.progress(100, stage="spawned")
+    if params.get("hold"):
+        await asyncio.sleep(float(params["hold"]))
+    if params.get("fail"):
+        raise RuntimeError("the parent's own step failed")
+    return {"spawned": len(params["children"])}
+
+
+@registry.handler("fan_out_flaky", retry=RetryPolicy(max_attempts=2, initial=0.05, max=0.1))
+async def fan_out_flaky(ctx: JobContext, params: dict[str, Any]) -> list[str]:
+    """Spawns two children, then fails its first attempt: the second gets them back."""
+    ids = [(await ctx.spawn("demo", {"steps": 1, "delay": 0})).id for _ in range(2)]
+    if ctx.attempt == 1:
+        raise ConnectionError("lost after spawning")
+    return ids
+
+
+@registry.handler("steady")
+async def steady(ctx: JobContext, params: dict[str, Any]) -> None:
+    """Reports progress ``steps`` times, ``delay`` seconds apart."""
+    steps = int(params.get("steps", 20))
+    for index in range(1, steps + 1):
+        ctx.progress(100 * index / steps)
+        await asyncio.sleep(float(params.get("delay", 0.02)))
+
+
+@registry.handler("sync_approval")
+def sync_approval(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+    """A sync handler that waits for input (input_wait.N6): its thread blocks on the answer."""
+    ctx.progress(10, stage="drafted")
+    answer = ctx.wait_for_input("approve", schema=Approval, timeout=30)
+    speaker = ctx.wait_for_input("speaker", schema={"type": "string"}, timeout=0.2, default="-")
+    return {"approved": answer.approved, "speaker": speaker}
+
+
+@registry.handler("sync_fan_out")
+def sync_fan_out(ctx: JobContext, params: dict[str, Any]) -> list[str]:
+    """A sync handler that spawns children: each call blocks until the child is queued."""
+    return [ctx.spawn("demo", {"steps": 1, "delay": 0}).id for _ in range(int(params["count"]))]

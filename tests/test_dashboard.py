@@ -372,3 +372,21 @@ def test_a_batch_page_lists_its_jobs_as_they_end(page: Page, server: LiveServer)
     expect(page.locator("#job-children li")).to_have_count(3)
     expect(page.locator("#job-children .badge").first).to_have_text("succeeded")
     expect(page.locator("#job-facts .badge")).to_have_text("succeeded")
+
+
+def test_a_job_that_spawned_jobs_lists_them_on_its_page(page: Page, tmp_path: Path) -> None:
+    server = start_server(tmp_path / "spawn", handlers=["tests.handlers"])
+    try:
+        sign_in(page, server, "alice")
+        child = {"kind": "demo", "params": {"steps": 2, "delay": 0.05}}
+        job = httpx.post(
+            server.url + "/api/jobs",
+            json={"kind": "fan_out", "params": {"children": [child, child]}},
+            headers=server.auth("alice"),
+        ).json()
+        page.goto(f"{server.url}/#/jobs/{job['id']}")
+        expect(page.locator("#job-facts .badge")).to_have_text("succeeded")
+        expect(page.locator("#job-children li")).to_have_count(2)
+        expect(page.locator("#job-children .badge").first).to_have_text("succeeded")
+    finally:
+        server.stop()

@@ -11,7 +11,8 @@ import httpx
 import orjson
 from websockets.asyncio.client import connect
 
-from tests.support import EventStream, LiveServer
+from tests.jobs_support import watch
+from tests.support import EventStream, LiveServer, eventually
 from tests.ws_support import receive, receive_until_closed
 
 
@@ -133,6 +134,40 @@ async def test_a_list_never_shows_another_user_s_job_even_shared_then_unshared(
             stream, lambda kind, data: data.get("id") == own["id"] and data["state"] == "succeeded"
         )
         assert {data["id"] for _, data in seen} == {own["id"]}
+
+
+async def test_a_job_shared_while_a_list_is_open_appears_at_once(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    server = make_server(handlers=["tests.handlers"], heartbeat_interval=0.2)
+    running = await submit(client, server, "alice", "wait_cancel", tags=["team"])
+    done = await submit(client, server, "alice", "demo", tags=["team"])
+    await eventually(lambda: _state(client, server, running["id"], "running"))
+    await eventually(lambda: _state(client, server, done["id"], "succeeded"))
+    async with EventStream(
+        client, f"{server.url}/api/jobs/live", params={"tag": "team"}, headers=server.auth("bob")
+    ) as stream:
+        assert await next_event(stream) == ("synced", {"count": 0})
+        for job in (running, done):  # neither changes again: the grant alone shows it
+            granted = await client.put(
+                f"{server.url}/api/jobs/{job['id']}/readers/bob", headers=server.auth("alice")
+            )
+            assert granted.status_code == 200
+            kind, data = await next_event(stream)
+            assert kind == "snapshot" and data["id"] == job["id"] and "bob" in data["readers"]
+        # the job's own stream is unchanged by it: no event after its terminal one
+        events = await watch(client, server, done["id"])
+        assert [kind for kind, _ in events][-1] == "succeeded"
+        await client.post(
+            f"{server.url}/api/jobs/{running['id']}/cancel", headers=server.auth("alice")
+        )
+        seen = await until(stream, lambda _, data: data.get("state") == "cancelled")
+        assert {data["id"] for _, data in seen} == {running["id"]}
+
+
+async def _state(client: httpx.AsyncClient, server: LiveServer, job_id: str, state: str) -> bool:
+    response = await client.get(f"{server.url}/api/jobs/{job_id}", headers=server.auth("alice"))
+    return bool(response.json()["state"] == state)
 
 
 async def test_a_live_list_over_a_websocket(

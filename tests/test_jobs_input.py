@@ -10,9 +10,9 @@ import httpx
 import orjson
 import pytest
 
-from jobcast.client import AsyncClient, BadRequest, ConflictError, Event
+from jobcast.client import AsyncClient, BadRequest, ConflictError, Event, NotFoundError
 from tests.jobs_support import submit, wait_running, watch
-from tests.support import EventStream, LiveServer
+from tests.support import EventStream, LiveServer, eventually
 
 
 async def until_waiting(
@@ -177,3 +177,91 @@ async def test_cancelling_a_waiting_job_ends_it_and_leaves_the_slots_as_they_wer
     assert polled.json()["state"] == "queued"  # the only slot is taken
     await client.post(f"{server.url}/api/jobs/{first['id']}/cancel", headers=server.auth())
     assert (await watch(client, server, second["id"]))[-1][0] == "succeeded"
+
+
+async def test_a_sync_handler_waits_for_input_in_its_thread_and_can_be_cancelled(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    server = make_server(handlers=["tests.handlers"])
+    job = await submit(client, server, "sync_approval")
+    waiting = await until_waiting(client, server, job["id"], "approve")
+    assert waiting["waiting"]["schema"]["properties"]["approved"]["type"] == "boolean"
+    refused = await give(client, server, job["id"], {"name": "approve", "value": {"approved": 1}})
+    assert refused.status_code == 422
+    given = await give(client, server, job["id"], {"name": "approve", "value": {"approved": True}})
+    assert given.status_code == 202, given.text
+    events = await watch(client, server, job["id"])
+    assert events[-1][0] == "succeeded"
+    assert events[-1][1]["result"] == {"approved": True, "speaker": "-"}  # its default, in time
+    assert events[-1][1]["inputs"] == {"approve": {"approved": True}}
+
+    stuck = await submit(client, server, "sync_approval")
+    await until_waiting(client, server, stuck["id"], "approve")
+    cancelled = await client.post(
+        f"{server.url}/api/jobs/{stuck['id']}/cancel", headers=server.auth("alice")
+    )
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    after = await submit(client, server, "demo", {"steps": 1, "delay": 0})
+    assert (await watch(client, server, after["id"]))[-1][0] == "succeeded"  # its slot is free
+
+
+async def test_a_reader_gives_input_only_when_shared_with_input(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    server = make_server(handlers=["tests.handlers"])
+    job = await submit(client, server, "approval")
+    await until_waiting(client, server, job["id"], "approve")
+    readers = f"{server.url}/api/jobs/{job['id']}/readers"
+    answer = {"name": "approve", "value": {"approved": True, "note": "by carol"}}
+
+    assert (await client.put(f"{readers}/carol", headers=server.auth("alice"))).status_code == 200
+    refused = await give(client, server, job["id"], answer, "carol")
+    assert refused.status_code == 403, refused.text  # she reads it; answering is not hers
+    assert "input" in refused.json()["message"]
+
+    shared = await client.put(
+        f"{readers}/carol", params={"input": "true"}, headers=server.auth("alice")
+    )
+    assert shared.status_code == 200 and "carol" in shared.json()["readers"]
+    assert (await give(client, server, job["id"], answer, "carol")).status_code == 202
+    events = await watch(client, server, job["id"])
+    assert events[-1][0] == "succeeded" and events[-1][1]["result"]["note"] == "by carol"
+
+    # withdrawing the share takes the permission with it; sharing again restores only reading
+    second = await submit(client, server, "approval")
+    await until_waiting(client, server, second["id"], "approve")
+    readers = f"{server.url}/api/jobs/{second['id']}/readers"
+    await client.put(f"{readers}/carol", params={"input": "true"}, headers=server.auth("alice"))
+    assert (
+        await client.delete(f"{readers}/carol", headers=server.auth("alice"))
+    ).status_code == 200
+    assert (await give(client, server, second["id"], answer, "carol")).status_code == 404
+    await client.put(f"{readers}/carol", headers=server.auth("alice"))
+    assert (await give(client, server, second["id"], answer, "carol")).status_code == 403
+    bad = await client.put(
+        f"{readers}/carol", params={"input": "maybe"}, headers=server.auth("alice")
+    )
+    assert bad.status_code == 422
+
+
+async def test_the_python_client_shares_a_job_with_input_and_withdraws_it(
+    make_server: Callable[..., LiveServer],
+) -> None:
+    server = make_server(handlers=["tests.handlers"])
+    async with (
+        AsyncClient(server.url, token=server.token("alice")) as alice,
+        AsyncClient(server.url, token=server.token("carol d")) as carol,
+    ):
+        job = await alice.submit("approval", {})
+        shared = await alice.share(job.id, "carol d", input=True)  # a subject with a space
+        assert shared.id == job.id
+
+        async def waiting() -> bool:
+            return (await carol.get(job.id)).waiting is not None  # she reads it
+
+        await eventually(waiting, timeout=10)
+        await carol.give_input(job.id, "approve", {"approved": True})
+        assert (await carol.wait(job.id, timeout=10)).result["approved"] is True
+        await alice.unshare(job.id, "carol d")
+        with pytest.raises(NotFoundError):
+            await carol.get(job.id)

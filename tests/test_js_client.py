@@ -529,5 +529,31 @@ def test_watch_jobs_keeps_a_live_list_and_give_input_answers_a_waiting_job(
             token,
         )
         assert batch["kind"] == "batch" and batch["result"]["succeeded"] == 2
+        # shared "with input", another user answers; unshared, they no longer read it
+        other = server.token("dana", ttl=3600)
+        page.evaluate(
+            """async ([t, other]) => {
+                 const job = await jc.submitJob('approval', {}, {token: t});
+                 window.shared = await jc.shareJob(job.id, 'dana', {token: t, input: true});
+                 window.seen = jc.watchJob(job.id, {onJob: (j) => { window.asked = j.waiting; }},
+                                           {token: other});
+               }""",
+            [token, other],
+        )
+        wait_for(page, "window.asked")  # dana watches it: it waits for input
+        statuses = page.evaluate(
+            """async ([t, other]) => {
+                 const job = window.shared;
+                 await jc.giveInput(job.id, 'approve', {approved: true}, {token: other});
+                 await jc.unshareJob(job.id, 'dana', {token: t});
+                 let after;
+                 try { await jc.getJob(job.id, {token: other}); after = 200; }
+                 catch (e) { after = e.status; }
+                 window.seen.close();
+                 return [job.readers, after];
+               }""",
+            [token, other],
+        )
+        assert statuses == [["dana"], 404]
     finally:
         server.stop()

@@ -20,8 +20,10 @@ from saq.job import Status
 from saq.queue.redis import RedisQueue
 from saq.utils import now
 
+from jobcast.jobs.model import Job, new_job_id
 from jobcast.jobs.sweep import Sweeper
 from jobcast.jobs.worker_queue import TASK, open_queue
+from jobcast.stores import open_store
 from tests.jobs_support import submit, wait_running, watch
 from tests.scale_support import Processes, poll_json, processes
 from tests.services import (
@@ -450,3 +452,97 @@ async def test_a_waiting_job_whose_worker_is_killed_resumes_with_its_inputs_repl
     assert answer.status_code == 202
     done = await poll_json(client, url, terminal, timeout=15, headers=auth)
     assert done["state"] == "succeeded" and done["result"] == [1, 2, 2]
+
+
+async def test_a_worker_s_handler_spawns_children_that_other_workers_run(
+    make_server: Callable[..., LiveServer],
+    procs: Processes,
+    shared: dict[str, Any],
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    server = make_server(**shared)
+    procs.worker("w1", data_dir=tmp_path / "w1", job_concurrency=4, **shared)
+    procs.worker("w2", data_dir=tmp_path / "w2", job_concurrency=4, **shared)
+    parent = await submit(client, server, "fan_out", {"count": 12})
+    events = await watch(client, server, parent["id"], timeout=30)
+    terminal = [kind for kind, _ in events if kind in ("succeeded", "failed", "cancelled")]
+    assert terminal == ["succeeded"]
+    final = events[-1][1]
+    assert final["result"] == {"spawned": 12}
+    assert final["metadata"] == {"succeeded": 12, "failed": 0, "cancelled": 0, "total": 12}
+    listed = await client.get(
+        f"{server.url}/api/jobs", params={"parent": parent["id"]}, headers=server.auth()
+    )
+    children = listed.json()["jobs"]
+    assert len(children) == 12
+    assert sorted(child["metadata"]["index"] for child in children) == list(range(12))
+    for child in children:
+        assert child["state"] == "succeeded" and child["owner"] == parent["owner"]
+        assert child["finished_at"] <= final["finished_at"]
+    # its children's streams open on the server, which learned their owner (access.A1)
+    assert (await watch(client, server, children[0]["id"]))[-1][0] == "succeeded"
+
+
+async def test_cancelling_a_parent_on_a_worker_cancels_its_children_then_ends_it(
+    make_server: Callable[..., LiveServer],
+    procs: Processes,
+    shared: dict[str, Any],
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    server = make_server(**shared)
+    procs.worker("w1", data_dir=tmp_path / "w1", job_concurrency=4, **shared)
+    parent = await submit(client, server, "fan_out", {"count": 2, "kind": "hang", "hold": 60})
+
+    async def children_hang() -> bool:
+        listed = await client.get(
+            f"{server.url}/api/jobs", params={"parent": parent["id"]}, headers=server.auth()
+        )
+        jobs = listed.json()["jobs"]
+        return len(jobs) == 2 and all(job["state"] == "running" for job in jobs)
+
+    await eventually(children_hang, timeout=15)
+    cancelled = await client.post(
+        f"{server.url}/api/jobs/{parent['id']}/cancel", headers=server.auth()
+    )
+    assert cancelled.status_code == 200, cancelled.text
+    events = await watch(client, server, parent["id"], timeout=30)
+    assert events[-1][0] == "cancelled"
+    assert events[-1][1]["metadata"]["cancelled"] == 2
+
+
+async def test_a_replayed_child_stored_but_never_queued_is_queued_again(
+    make_server: Callable[..., LiveServer],
+    procs: Processes,
+    shared: dict[str, Any],
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    server = make_server(**shared)
+    response = await client.post(
+        f"{server.url}/api/jobs",
+        json={"kind": "replaying_parent", "delay_seconds": 0.5},
+        headers=server.auth(),
+    )
+    assert response.status_code == 202, response.text
+    parent = response.json()
+    # what a worker that died between storing a child and queueing it leaves (spawn.py)
+    child = Job(
+        id=new_job_id(),
+        kind="demo",
+        owner=parent["owner"],
+        params={"steps": 1, "delay": 0},
+        max_attempts=1,
+        parent_id=parent["id"],
+    )
+    store = open_store(shared["store_url"])
+    await store.open()
+    try:
+        await store.add_child(child)
+    finally:
+        await store.close()
+    procs.worker("w1", data_dir=tmp_path / "w1", **shared)
+    events = await watch(client, server, parent["id"], timeout=30)
+    assert events[-1][0] == "succeeded" and events[-1][1]["result"] == child.id
+    assert events[-1][1]["metadata"]["succeeded"] == 1

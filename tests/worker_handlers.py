@@ -118,3 +118,24 @@ async def ask_twice(ctx: JobContext, params: dict[str, Any]) -> list[Any]:
     first = await ctx.wait_for_input("first", timeout=60)
     second = await ctx.wait_for_input("second", timeout=60)
     return [first, second, ctx.attempt]
+
+
+@registry.handler("fan_out")
+async def fan_out(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Spawns ``count`` children (demo, or ``kind``) on whatever workers take them, then
+    returns, or holds ``hold`` seconds (until cancelled)."""
+    kind = params.get("kind", "demo")
+    child = {"steps": 3, "delay": 0.05} if kind == "demo" else {}
+    for index in range(int(params["count"])):
+        await ctx.spawn(kind, child, metadata={"index": index})
+    if params.get("hold"):
+        await asyncio.sleep(float(params["hold"]))
+    return {"spawned": int(params["count"])}
+
+
+@registry.handler("replaying_parent", retry=RetryPolicy(max_attempts=2, initial=0.05, max=0.1))
+async def replaying_parent(ctx: JobContext, params: dict[str, Any]) -> str:
+    """Fails its first attempt; the second spawns one child, the one already stored (S2)."""
+    if ctx.attempt == 1:
+        raise ConnectionError("lost before spawning")
+    return str((await ctx.spawn("demo", {"steps": 1, "delay": 0})).id)

@@ -140,6 +140,18 @@ class Policy:
             raise Forbidden(f"{principal.subject!r} may not submit jobs for {job.owner!r}")
         raise NotFound(f"no job {job.id!r}")
 
+    def check_input(self, principal: Principal | None, job: Job, *, responder: bool) -> None:
+        """Allow giving ``job`` input: ``check_job(..., "input")`` (its owner, a service, an
+        admin), or a reader it was shared with "with input" (``responder``, sql.Q11)."""
+        if (
+            responder
+            and principal is not None
+            and principal.ticket_topics is None  # a stream ticket only opens streams
+            and principal.subject in job.readers
+        ):
+            return
+        self.check_job(principal, job, "input")
+
     def _may(self, principal: Principal, job: Job, action: JobAction) -> bool:
         subject = principal.subject
         if action in ("grant", "rerun"):  # sharing and re-running: its owner and admins only

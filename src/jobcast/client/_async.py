@@ -173,6 +173,15 @@ class AsyncClient(BaseClient):
         failed, unless ``allow_failures``). Its jobs: ``list(parent=batch.id)``."""
         return Job.from_dict(await self._call(self._batch(jobs, tags, metadata, allow_failures)))
 
+    async def share(self, job_id: str, subject: str, *, input: bool = False) -> Job:
+        """Let ``subject`` read and watch a job (its owner or an admin may); ``input=True``:
+        and give it input (``give_input``). Sharing again sets the permission anew."""
+        return Job.from_dict(await self._call(self._share(job_id, subject, input=input)))
+
+    async def unshare(self, job_id: str, subject: str) -> Job:
+        """Withdraw a subject's access to a job (and its input permission)."""
+        return Job.from_dict(await self._call(self._share(job_id, subject, input=None)))
+
     async def give_input(self, job_id: str, name: str, value: Any) -> Job:
         """Give a job that waits for input ``name`` its value (``ctx.wait_for_input``).
 

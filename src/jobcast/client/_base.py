@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import quote
 
 import httpx
 
@@ -172,6 +173,14 @@ class BaseClient:
     @staticmethod
     def _input(job_id: str, name: str, value: Any) -> Call:
         return Call("POST", f"/api/jobs/{job_id}/input", json={"name": name, "value": value})
+
+    @staticmethod
+    def _share(job_id: str, subject: str, *, input: bool | None) -> Call:
+        """PUT (``input`` True or False) or DELETE (``None``) a reader of a job."""
+        path = f"/api/jobs/{job_id}/readers/{quote(subject, safe='')}"
+        if input is None:
+            return Call("DELETE", path)
+        return Call("PUT", path, params=[("input", "true")] if input else [])
 
     @staticmethod
     def _publish(topic: str, type: str, data: Any) -> Call:

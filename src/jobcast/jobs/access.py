@@ -3,7 +3,7 @@
 Wildcard subscriptions (``jobs/*``) are filtered per topic by a synchronous function called
 from the hub's fan-out, which cannot query the store. So each instance keeps the owner and
 readers of jobs in memory and keeps them current through the broker, which every instance
-shares. Decisions (cited as A1..A5):
+shares. Decisions (cited as A1..A6):
 
 A1. Control events. With a shared broker, creating a job and changing its readers publish
     ``{"id", "owner", "readers"}`` on ``ACCESS_TOPIC``. The broker orders the announcement
@@ -25,6 +25,11 @@ A4. A replay is resolved before it is filtered: unknown jobs it touches are look
 A5. A grant or a revoke (``change_readers``) is written to the store, then to the job's live
     copy, then to this instance's filters (their cached answers are dropped at once), then
     announced (A1). One process applies its changes in the store's order.
+A6. After a grant, the job's snapshot (its freshest copy here: live, else stored) is published
+    as a ``shared`` event on ``jobs/{id}/shared``, after the announcement, so the new reader's
+    open live lists (``jobs/*``) show the job at once rather than at its next whole-job event.
+    A sub-topic, never the job's own: a job's stream keeps its events (and its terminal event
+    last), and a list that already shows the job skips it (its ``seq`` is not newer).
 """
 
 from __future__ import annotations
@@ -99,10 +104,7 @@ class JobAccess:
         """Tell every instance who may read ``job`` (A1); raises Unavailable."""
         if not self.shared:
             return
-        data = {"id": job.id, "owner": job.owner, "readers": list(job.readers)}
-        # EventDraft's constructor, not create(): the control topic is deliberately not a
-        # valid client topic.
-        await self.hub.publish_many([EventDraft(ACCESS_TOPIC, "access", dumps(data))])
+        await self.hub.publish_many([announcement(job)])
 
     async def change_readers(
         self, job_id: str, *, add: str | None = None, remove: str | None = None, limit: int
@@ -119,6 +121,11 @@ class JobAccess:
         self.remember(job)
         self.hub.forget_access()  # open wildcard streams must see the new grant at once
         await self.announce(job)  # and those on other instances (a 503 here: retry)
+        if add is not None:  # A6: the new reader's open lists show it now
+            try:
+                await self.hub.publish_many([shared_event(job)])
+            except JobcastError as exc:  # it is shared; they see it at its next change
+                logger.warning("job %s: could not tell open lists it was shared: %s", job_id, exc)
         return job
 
     async def warm(self) -> None:
@@ -227,3 +234,20 @@ def _job_id(topic: str) -> str | None:
     if not topic.startswith(JOB_TOPIC_PREFIX):
         return None
     return topic[len(JOB_TOPIC_PREFIX) :].partition("/")[0]
+
+
+def announcement(job: Job) -> EventDraft:
+    """The control event that tells every instance who may read ``job`` (A1)."""
+    data = {"id": job.id, "owner": job.owner, "readers": list(job.readers)}
+    # EventDraft's constructor, not create(): the control topic is deliberately not a valid
+    # client topic.
+    return EventDraft(ACCESS_TOPIC, "access", dumps(data))
+
+
+#: The sub-topic and event type of a job's snapshot after a grant (A6).
+SHARED = "shared"
+
+
+def shared_event(job: Job) -> EventDraft:
+    """The job whole, for the open lists of a subject it was just shared with (A6)."""
+    return EventDraft(f"{JOB_TOPIC_PREFIX}{job.id}/{SHARED}", SHARED, dumps(job.to_dict()))

@@ -1,6 +1,7 @@
-"""Batches: many jobs submitted as one (``POST /api/batches``), followed by a parent job.
+"""Batches: many jobs submitted as one (``POST /api/batches``), or spawned by a running
+handler (``ctx.spawn``), followed by a parent job.
 
-Decisions (cited as G1..G5):
+Decisions (cited as G1..G8):
 
 G1. A batch is a job: its parent has kind ``batch`` and ``runs_on`` "batch" (no runner runs
     it, and a restart leaves it alone, external.X2), so its snapshot, its stream
@@ -21,6 +22,23 @@ G4. The outcome: ``failed`` if any child failed (unless the batch was submitted 
     result holds the counts. Every other end is a ``state`` event of the parent (the whole job).
 G5. Cancelling the batch cancels every child not yet ended; the batch then ends ``cancelled``
     (or ``failed``, by G4) when the last of them does.
+G6. A running job's handler may spawn children (``ctx.spawn``, ``spawn.py``): each is stored
+    together with its count (``store.add_child``, which creates the counts row with the
+    first). While the handler runs, the parent's row is its runner's: a child's end only
+    counts (``count_end`` answers ``None``) and the running parent reads its counts itself
+    (spawn.S3). When the handler is done with children still running, the parent is handed
+    over under the counts lock: ``runs_on`` "batch" (so a restart leaves it alone, X2, and
+    cancelling it cancels its children), its handler's result or error kept, and it ends as
+    a batch does, when its last child ends. Every child ended already: it ends at once.
+G7. A spawning parent's outcome: ``failed`` with its handler's error if the handler failed,
+    else ``failed`` (``BatchFailed``) if any child failed, else ``cancelled`` if the handler
+    or a child was cancelled, else ``succeeded``; its result is its handler's return value
+    (the counts are in its metadata).
+G8. Progress is weighted by the children's own: an ended child counts 100, the others their
+    stored progress, a running handler's own reports one child more; never backwards. It
+    reaches a batch (or handed-over parent) through the store, coalesced by
+    ``parent_progress.py``: at most one update per parent per progress interval in each
+    process, however many children report.
 """
 
 from __future__ import annotations
@@ -34,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from jobcast.errors import Conflict, JobcastError, NotFound
 from jobcast.events import EventDraft, dumps
 from jobcast.jobs.model import Job, JobState, job_topic, new_job_id
-from jobcast.stores.base import JobQuery
+from jobcast.stores.base import BatchCounts, JobQuery
 
 if TYPE_CHECKING:
     from jobcast.hub import Hub
@@ -47,6 +65,8 @@ RUNS_ON = "batch"
 #: The most jobs one batch may hold.
 MAX_BATCH = 1000
 COUNTS = ("succeeded", "failed", "cancelled")
+#: The error a spawning parent's cancelled handler leaves until its children ended (G7).
+CANCELLED_MARK = "Cancelled"
 
 
 def new_parent(
@@ -77,33 +97,64 @@ def new_parent(
     )
 
 
-def count_end(parent: Job, counts: dict[str, int]) -> bool:
-    """Fold a batch's counts after a child's end into its parent (G3, G4); True when the
-    batch is complete (the parent is then terminal)."""
+def weighted_progress(counts: BatchCounts, own: float | None = None) -> float:
+    """The parent's progress from its children's (G8): ended children count 100, the others
+    their own progress; ``own`` (a running handler's report) counts as one child more."""
+    units = counts.total + (own is not None)
+    if not units:
+        return 100.0 if own is None else own
+    done = 100.0 * counts.ended + counts.running_progress + (own or 0.0)
+    return round(min(100.0, done / units), 3)
+
+
+def fold_counts(parent: Job, counts: BatchCounts) -> None:
+    """The counts, in the parent's metadata (G3)."""
+    parent.metadata = {**parent.metadata, **counts.by_state(), "total": counts.total}
+
+
+def count_end(parent: Job, counts: BatchCounts) -> bool | None:
+    """Fold a batch's counts after a child's end into its parent (G3, G4, G7); True when the
+    batch is complete (the parent is then terminal); ``None`` while its handler runs (G6)."""
+    if parent.runs_on != RUNS_ON:
+        return None
     if parent.terminal:  # ended already (a store outage lost count?): never a second end
         return False
     now = time.time()
-    total = int(parent.params.get("total", 0))
-    ended = sum(counts[name] for name in COUNTS)
-    parent.metadata = {**parent.metadata, **{name: counts[name] for name in COUNTS}}
-    parent.progress = round(100.0 * ended / total, 3) if total else 100.0
+    total, ended = counts.total, counts.ended
+    fold_counts(parent, counts)
+    parent.progress = max(parent.progress, weighted_progress(counts))
     parent.seq += 1
     parent.updated_at = now
-    failed, cancelled = counts["failed"], counts["cancelled"]
+    failed = counts.failed
     parent.message = f"{ended} of {total} jobs ended" + (f", {failed} failed" if failed else "")
     if ended < total:
         return False
-    if failed and not parent.params.get("allow_failures"):
-        parent.state = JobState.FAILED
-        parent.error = {"type": "BatchFailed", "message": f"{failed} of {total} jobs failed"}
-    elif cancelled:
-        parent.state = JobState.CANCELLED
-    else:
-        parent.state = JobState.SUCCEEDED
+    spawned = parent.kind != KIND
+    state, error = outcome(parent, counts, spawned)
+    parent.state = state
+    parent.error = error
     parent.finished_at = now
-    parent.eta_seconds = 0.0 if parent.state is JobState.SUCCEEDED else None
-    parent.result = {name: counts[name] for name in COUNTS} | {"total": total}
+    parent.eta_seconds = 0.0 if state is JobState.SUCCEEDED else None
+    if state is JobState.SUCCEEDED:
+        parent.progress = 100.0
+    if not spawned:
+        parent.result = counts.by_state() | {"total": total}
     return True
+
+
+def outcome(
+    parent: Job, counts: BatchCounts, spawned: bool
+) -> tuple[JobState, dict[str, str] | None]:
+    """G4, G7: the state a complete batch (or spawning parent) ends in, and its error."""
+    handler_error = parent.error if spawned else None  # stored at the hand-over (G6)
+    if handler_error is not None and handler_error.get("type") != CANCELLED_MARK:
+        return JobState.FAILED, handler_error
+    if counts.failed and not parent.params.get("allow_failures"):
+        message = f"{counts.failed} of {counts.total} jobs failed"
+        return JobState.FAILED, {"type": "BatchFailed", "message": message}
+    if counts.cancelled or handler_error is not None:
+        return JobState.CANCELLED, None
+    return JobState.SUCCEEDED, None
 
 
 async def child_ended(store: JobStore, hub: Hub, child: Job) -> None:
@@ -117,6 +168,26 @@ async def child_ended(store: JobStore, hub: Hub, child: Job) -> None:
         return await publish(hub, parent, parent.state.value if complete else "state")
 
     await store.end_child(child.parent_id, child.state, count_end, announce)
+
+
+async def refresh_progress(store: JobStore, hub: Hub, parent_id: str) -> None:
+    """Publish a handed-over parent's (or a batch's) progress, weighted by its children's
+    (G8), under the counts lock, if it moved. A parent whose handler runs polls its own."""
+
+    async def update(parent: Job, counts: BatchCounts) -> Job | None:
+        if parent.runs_on != RUNS_ON or parent.terminal:
+            return None
+        progress = weighted_progress(counts)
+        if progress <= parent.progress:
+            return None
+        parent.apply_progress(progress, None, None, time.time())
+        parent.seq += 1
+        draft = EventDraft(job_topic(parent.id), "progress", dumps(parent.progress_dict()))
+        (event,) = await hub.publish_many([draft])
+        parent.last_event_id = event.id
+        return parent
+
+    await store.update_batch(parent_id, update)
 
 
 async def publish(hub: Hub, parent: Job, event_type: str) -> str | None:

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from jobcast.jobs.input_wait import NO_DEFAULT
 from jobcast.jobs.metadata import JobMetadata, MetadataBuffer
-from jobcast.jobs.model import InputFile
+from jobcast.jobs.model import InputFile, Job
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from pydantic import BaseModel
 
     from jobcast.outputs.job_output import JobOutputs, OutputStream
+
+
+T = TypeVar("T")
+
+#: How often a sync handler waiting for input checks whether its job was cancelled (N6).
+SYNC_CANCEL_CHECK = 0.2
 
 
 class JobCancelled(Exception):
@@ -41,7 +51,27 @@ class JobSink(Protocol):
         prompt: str | None,
         seconds: float,
         default: Any,
+        keep_slot: bool = False,
     ) -> Any: ...
+
+
+class ChildSpawner(Protocol):
+    """What ``ctx.spawn`` needs: ``spawn.Children``, one per run."""
+
+    @property
+    def spawned(self) -> int: ...
+
+    def blend(self, own: float) -> float: ...
+
+    async def spawn(
+        self,
+        kind: str,
+        params: Any = None,
+        *,
+        tags: Sequence[str] = (),
+        metadata: dict[str, Any] | None = None,
+        priority: int = 0,
+    ) -> Job: ...
 
 
 class JobContext:
@@ -64,9 +94,17 @@ class JobContext:
         attempt: int = 1,
         max_attempts: int = 1,
         outputs: JobOutputs | None = None,
+        children: ChildSpawner | None = None,
     ) -> None:
         self._sink = sink
+        # The loop that runs the job: a sync handler's thread waits for input through it.
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+        self._loop_thread = threading.get_ident()
         self._outputs = outputs
+        self._children = children
         self.job_id = job_id
         self.kind = kind
         self.owner = owner
@@ -107,7 +145,10 @@ class JobContext:
         if not math.isfinite(percent) or not 0 <= percent <= 100:
             raise ValueError(f"progress must be from 0 to 100, not {percent!r}")
         self.check_cancelled()
-        self._sink.report_progress(float(percent), _text(message, 1000), _text(stage, 200))
+        progress = float(percent)
+        if self._children is not None and self._children.spawned:  # batches.G8
+            progress = self._children.blend(progress)
+        self._sink.report_progress(progress, _text(message, 1000), _text(stage, 200))
 
     def publish(self, event_type: str, data: Any = None) -> None:
         """Publish a custom event on the job's topic (``jobs/{id}``), after earlier reports.
@@ -117,18 +158,23 @@ class JobContext:
         self.check_cancelled()
         self._sink.report_event(event_type, data)
 
-    async def wait_for_input(
+    def wait_for_input(
         self,
         name: str,
         *,
         schema: type[BaseModel] | dict[str, Any] | None = None,
         prompt: str | None = None,
-        timeout: float = 3600.0,  # noqa: ASYNC109 (the request's deadline, stored and shown)
+        timeout: float = 3600.0,
         default: Any = NO_DEFAULT,
     ) -> Any:
         """Wait for a person (or a service) to give the input ``name`` through
-        ``POST /api/jobs/{id}/input``; the job shows the request meanwhile (``waiting``) and
-        gives its runner slot back (``input_wait.py``, N1-N5).
+        ``POST /api/jobs/{id}/input``; the job shows the request meanwhile (``waiting``)
+        (``input_wait.py``, N1-N6).
+
+        An ``async`` handler awaits it (``await ctx.wait_for_input(...)``) and gives its runner
+        slot back while it waits; a sync handler calls it (``ctx.wait_for_input(...)``): it
+        blocks its thread until the answer, the timeout or a cancel (:class:`JobCancelled`),
+        keeping its slot (N6).
 
         ``schema``: a pydantic model (the value is returned as one) or a JSON schema (the
         value as JSON); a value that fails it is refused with 422 and changes nothing.
@@ -137,6 +183,19 @@ class JobContext:
         the inputs already given at once (N3): declare it ``retry_safe``.
         """
         self.check_cancelled()
+        in_thread = self._in_thread()
+        waiting = self._wait_for_input(name, schema, prompt, timeout, default, in_thread)
+        return self._blocking(waiting) if in_thread else waiting  # N6
+
+    async def _wait_for_input(
+        self,
+        name: str,
+        schema: type[BaseModel] | dict[str, Any] | None,
+        prompt: str | None,
+        seconds: float,
+        default: Any,
+        keep_slot: bool,
+    ) -> Any:
         model = schema if isinstance(schema, type) else None
         json_schema: dict[str, Any] = {}
         if model is not None:
@@ -144,11 +203,59 @@ class JobContext:
         elif isinstance(schema, dict):
             json_schema = dict(schema)
         value = await self._sink.wait_for_input(
-            name, json_schema, prompt=_text(prompt, 2000), seconds=timeout, default=default
+            name,
+            json_schema,
+            prompt=_text(prompt, 2000),
+            seconds=seconds,
+            default=default,
+            keep_slot=keep_slot,
         )
         if model is not None and value is not default:
             return model.model_validate(value)
         return value
+
+    def spawn(
+        self,
+        kind: str,
+        params: Any = None,
+        *,
+        tags: Sequence[str] = (),
+        metadata: dict[str, Any] | None = None,
+        priority: int = 0,
+    ) -> Any:
+        """Queue a child job of this one (same owner, ``parent_id`` set); its snapshot (a
+        :class:`~jobcast.jobs.model.Job`) is what an ``async`` handler awaits
+        (``await ctx.spawn(...)``) and what a sync handler's call returns (``spawn.py``,
+        S1-S4). This job's progress then weighs its children's with its own reports, its
+        metadata counts them by state, and it ends only after every child ended: failed if any
+        failed (``batches.py`` G6-G8). A run after a retry or a restart gets its earlier
+        children back in spawn order instead of new ones (S2).
+        """
+        self.check_cancelled()
+        if self._children is None:
+            raise RuntimeError("jobs cannot spawn children where this job runs")
+        spawning = self._children.spawn(
+            kind, params, tags=tags, metadata=metadata, priority=priority
+        )
+        return self._blocking(spawning) if self._in_thread() else spawning
+
+    def _in_thread(self) -> bool:
+        """Whether a sync handler's thread calls (not the job's event loop)."""
+        return self._loop is not None and threading.get_ident() != self._loop_thread
+
+    def _blocking(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run ``work`` on the job's loop and wait for it in this (a sync handler's) thread,
+        noticing a cancel within ``SYNC_CANCEL_CHECK`` seconds (input_wait.N6)."""
+        if self._loop is None:
+            raise RuntimeError("the job's event loop is gone")
+        future = asyncio.run_coroutine_threadsafe(work, self._loop)
+        while True:
+            try:
+                return future.result(timeout=SYNC_CANCEL_CHECK)
+            except TimeoutError:
+                if self._sink.cancel_requested:
+                    future.cancel()
+                    raise JobCancelled(f"job {self.job_id} was cancelled") from None
 
     def _change_metadata(self, update: Callable[[MetadataBuffer], None]) -> None:
         self.check_cancelled()

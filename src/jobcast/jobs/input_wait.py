@@ -1,6 +1,6 @@
 """Input to a running job: ``value = await ctx.wait_for_input("approve", schema=Model)``.
 
-Decisions (cited as N1..N5):
+Decisions (cited as N1..N6):
 
 N1. The answer lives in the store (``job_inputs``, ``sql.py`` Q9), never only in memory:
     ``POST /api/jobs/{id}/input`` checks the value against the request's JSON schema (422,
@@ -24,6 +24,12 @@ N4. A timeout is the handler's choice: ``default=`` is returned when none came, 
     :class:`InputTimeout` fails the job (not retried: nobody answered, another attempt would
     ask again). An answer stored after the timeout is ignored.
 N5. Names are short identifiers; a job waits for one input at a time (the snapshot shows it).
+N6. A sync handler (run in a thread, lifecycle.R2) calls ``ctx.wait_for_input`` without
+    ``await``: the wait runs on the job's event loop as an async handler's does, and the
+    thread blocks on its answer, checking every ``SYNC_CANCEL_CHECK`` seconds whether the job
+    was cancelled (then the wait is cancelled and :class:`JobCancelled` raised). It keeps
+    its runner slot: its thread stays taken, and a slot given back would let another job
+    start with no thread to run it (R2's "never running while queued in the pool").
 """
 
 from __future__ import annotations
@@ -80,8 +86,10 @@ async def wait_for_input(
     prompt: str | None,
     seconds: float,
     default: Any = NO_DEFAULT,
+    keep_slot: bool = False,
 ) -> Any:
-    """The JSON value given for ``name`` (N1), or ``default`` after ``seconds`` (N4)."""
+    """The JSON value given for ``name`` (N1), or ``default`` after ``seconds`` (N4);
+    ``keep_slot``: a sync handler's wait, which keeps its slot (N6)."""
     name = valid_name(name)
     if not 0 < seconds <= MAX_TIMEOUT:
         raise ValueError(f"timeout must be more than 0 and at most {MAX_TIMEOUT:g} seconds")
@@ -95,7 +103,8 @@ async def wait_for_input(
     request = {"name": name, "schema": schema, "prompt": prompt, "timeout_at": timeout_at}
     live.input_arrived.clear()
     await live.change("waiting", lambda job: setattr(job, "waiting", request))
-    _give_slot_back(live)  # N2
+    if not keep_slot:
+        _give_slot_back(live)  # N2
     stored = await _until_answered(live, name, timeout_at)  # cancelled: no slot to take back
     await _take_slot(live)
     if stored is None:

@@ -51,8 +51,10 @@ from jobcast.jobs.handler_calls import Ending, HandlerCalls, after_interruption,
 from jobcast.jobs.live import LiveJob
 from jobcast.jobs.model import Job, JobState
 from jobcast.jobs.options import RunnerOptions
+from jobcast.jobs.parent_progress import ParentProgress
 from jobcast.jobs.registry import HandlerSpec, Registry
 from jobcast.jobs.retry import RetryPolicy
+from jobcast.jobs.spawn import Children, Enqueue
 from jobcast.jobs.stats import JobStats
 from jobcast.jobs.threads import HandlerThreads
 from jobcast.outputs.job_output import JobOutputs
@@ -86,8 +88,14 @@ class JobLifecycle:
         on_untracked: Callable[[Job], None] | None = None,
         on_retry: Callable[[LiveJob], None] | None = None,
         outputs: StreamStore | None = None,
+        enqueue: Enqueue | None = None,
     ) -> None:
         self.store = store
+        #: Queues the children handlers spawn (``spawn.py`` S1); ``None``: they cannot.
+        self._enqueue = enqueue
+        #: The children of the parents running here (spawn.S3), by parent id.
+        self._families: dict[str, Children] = {}
+        self.parents = ParentProgress(self._refresh_parent, options.progress_interval)
         #: Where jobs' output streams go (``ctx.stream``); ``None``: jobs here have none.
         self.outputs = outputs
         self._job_outputs: dict[str, JobOutputs] = {}
@@ -132,6 +140,7 @@ class JobLifecycle:
             on_terminal=self.stats.finished,
             slots=self.slots,
             after_terminal=self._count_in_batch,
+            on_saved=self._child_saved,
         )
         self.live[job.id] = live
         return live
@@ -146,6 +155,21 @@ class JobLifecycle:
             logger.error(
                 "job %s: could not count its end in batch %s: %s", job.id, job.parent_id, exc
             )
+        family = self._families.get(job.parent_id)
+        if family is not None:  # its parent runs here: it reads its counts now (spawn.S3)
+            family.wake()
+
+    def _child_saved(self, job: Job) -> None:
+        """A child's progress is stored: its parent's weighted progress follows (G8)."""
+        if job.parent_id is not None:
+            self.parents.touch(job.parent_id)
+
+    async def _refresh_parent(self, parent_id: str) -> None:
+        family = self._families.get(parent_id)
+        if family is not None:  # its handler runs here and folds its counts itself (S3)
+            family.wake()
+        else:
+            await batches.refresh_progress(self.store, self.hub, parent_id)
 
     def untrack(self, live: LiveJob) -> None:
         if live.job.state is JobState.QUEUED and live.stop_reason == "shutdown":
@@ -231,6 +255,9 @@ class JobLifecycle:
 
     async def _execute(self, live: LiveJob, spec: HandlerSpec) -> None:
         job = live.job
+        children = Children(
+            live, self.registry, self._enqueue, default_max_attempts=self.options.max_attempts
+        )
         ctx = JobContext(
             live,
             job_id=job.id,
@@ -242,8 +269,14 @@ class JobLifecycle:
             attempt=job.attempts,
             max_attempts=self.attempt_limit(job),
             outputs=self._outputs_of(job.id),
+            children=children,
         )
-        ending = await self._calls.call(live, spec, ctx)
+        self._families[job.id] = children
+        try:
+            ending = await self._calls.call(live, spec, ctx)
+        finally:
+            del self._families[job.id]
+            await children.stop()
         if job.id in self._job_outputs:  # what the handler wrote is stored before its end
             await self._job_outputs[job.id].flush()
         if ending.state is None:
@@ -253,7 +286,17 @@ class JobLifecycle:
         ):
             await self._retry_later(live, spec, ending)  # R4
         else:
-            await self.finish(live, ending.state, **ending.fields)
+            state = ending.state
+            settled = await children.settle((state, ending.fields)) if state.terminal else None
+            if settled is not None:
+                state, fields = settled
+            elif state.terminal:  # handed over: its children's ends end it (spawn.S4)
+                if job.id in self._job_outputs:  # its handler is done writing
+                    await self._job_outputs.pop(job.id).close_all()
+                return
+            else:
+                fields = ending.fields
+            await self.finish(live, state, **fields)
 
     async def _retry_later(self, live: LiveJob, spec: HandlerSpec, ending: Ending) -> None:
         job = live.job
@@ -295,7 +338,14 @@ class JobLifecycle:
     async def interrupted(self, live: LiveJob, why: str) -> None:  # R3
         spec = self.registry.find(live.job.kind)
         ending = after_interruption(spec, live.job.attempts, self.attempt_limit(live.job), why)
-        await self.finish(live, ending.state or JobState.FAILED, **ending.fields)
+        state, fields = ending.state or JobState.FAILED, ending.fields
+        if state.terminal:  # it may have spawned children: it ends after them (spawn.S4)
+            children = Children(live, self.registry, None, default_max_attempts=0)
+            settled = await children.settle((state, fields), look=True)
+            if settled is None:
+                return
+            state, fields = settled
+        await self.finish(live, state, **fields)
 
     async def resume_interrupted(self, job: Job, why: str) -> bool:
         """Apply R3 to a job found ``running`` whose process died; True if it may run again."""
@@ -316,4 +366,5 @@ class JobLifecycle:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=1)
+        await self.parents.close()
         self._threads.shutdown()

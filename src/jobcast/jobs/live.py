@@ -68,8 +68,12 @@ class LiveJob:
         on_terminal: Callable[[Job], None] | None = None,
         slots: asyncio.Semaphore | None = None,
         after_terminal: Callable[[Job], Awaitable[None]] | None = None,
+        on_saved: Callable[[Job], None] | None = None,
     ) -> None:
         self.job = job
+        #: Told after each store write of a job that is not over (its parent's progress,
+        #: batches.G8).
+        self.on_saved = on_saved
         #: Told once the job reached a terminal state (the job metrics, ``stats.py``).
         self.on_terminal = on_terminal
         #: Awaited once its terminal state is published and stored (its batch, batches.G3).
@@ -174,10 +178,17 @@ class LiveJob:
         prompt: str | None,
         seconds: float,
         default: Any,
+        keep_slot: bool = False,
     ) -> Any:
         """Wait for the input ``name`` (``input_wait.py``)."""
         return await input_wait.wait_for_input(
-            self, name, schema, prompt=prompt, seconds=seconds, default=default
+            self,
+            name,
+            schema,
+            prompt=prompt,
+            seconds=seconds,
+            default=default,
+            keep_slot=keep_slot,
         )
 
     def _signal(self) -> None:
@@ -228,7 +239,14 @@ class LiveJob:
             except JobcastError as exc:  # the broker or store is down: retry on the next report
                 logger.warning("job %s: could not publish progress: %s", self.job.id, exc)
 
-    async def _flush_locked(self) -> None:
+    async def store_now(self) -> None:
+        """Publish pending reports and store the job, whatever the interval (spawn.S4: before
+        its row is written in another transaction, no older write of it is left queued)."""
+        async with self._lock:
+            await self._flush_locked(save=False)
+            await self._save()
+
+    async def _flush_locked(self, *, save: bool = True) -> None:
         with self._mutex:
             pending, self._pending = self._pending, None
             outbox, self._outbox = self._outbox, collections.deque()
@@ -263,7 +281,7 @@ class LiveJob:
                 self.progress_unpublished += 1
             raise
         self._published(events[-1].id)
-        if time.monotonic() - self._last_save >= self.store_interval:
+        if save and time.monotonic() - self._last_save >= self.store_interval:
             await self._save()
         else:
             self._unsaved = True  # stored once the interval is over, even if nothing follows
@@ -330,12 +348,15 @@ class LiveJob:
             else:
                 await self._save()
 
-    async def change(self, event_type: str, mutate: Callable[[Job], None]) -> None:
+    async def change(
+        self, event_type: str, mutate: Callable[[Job], None], *, save: bool = True
+    ) -> None:
         """Change a running job and publish it whole as ``event_type`` (``waiting``,
-        ``resumed``): after pending reports (L3), stored at once, like a state change."""
+        ``resumed``): after pending reports (L3), stored at once, like a state change
+        (``save=False``: the caller stores ``published`` in its own transaction, spawn.S4)."""
         async with self._lock:
             with contextlib.suppress(JobcastError):
-                await self._flush_locked()  # L3
+                await self._flush_locked(save=save)  # L3
             job = self.job
             mutate(job)
             job.updated_at = time.time()
@@ -343,7 +364,8 @@ class LiveJob:
             await self._publish_state(
                 EventDraft(self.topic, event_type, dumps(job.to_dict())), retries=2
             )
-            await self._save()
+            if save:
+                await self._save()
 
     async def _publish_state(self, draft: EventDraft, *, retries: int) -> None:
         for attempt in range(retries + 1):
@@ -378,6 +400,8 @@ class LiveJob:
         self._last_save = time.monotonic()
         self._unsaved = False
         await self.store.save(self.published)
+        if self.on_saved is not None and not self.published.terminal:
+            self.on_saved(self.published)
 
     async def _save_until_stored(self) -> None:  # L5
         delay = SAVE_RETRY_FIRST

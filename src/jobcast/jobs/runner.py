@@ -95,6 +95,7 @@ class EmbeddedRunner:
             on_untracked=self.access.remember,
             on_retry=self._schedule,
             outputs=outputs,
+            enqueue=self._spawned,
         )
         self._dispatcher = Dispatcher(self.lifecycle, self._live)  # D2, D3
         self._lock = ProcessLock(options.uploads_dir.parent / "runner.lock", "the job runner")
@@ -279,6 +280,27 @@ class EmbeddedRunner:
             queued.append(live.published.copy())
         return parent, queued
 
+    async def _spawned(self, child: Job, replayed: bool) -> Job:
+        """Queue a child a running handler spawned and stored (spawn.S1), as a submission; a
+        replayed one is queued here already (this process queued it, or its start did)."""
+        if replayed:
+            return child
+        self.access.remember(child)
+        try:  # before its first event (as submit_keyed)
+            await self.access.announce(child)
+        except JobcastError as exc:
+            logger.warning("job %s: could not announce it: %s", child.id, exc)
+        live = self.lifecycle.track(child)
+        await live.transition(JobState.QUEUED)
+        await self._enqueue(live)
+        return live.published.copy()
+
+    async def cancel_children(self, job_id: str) -> None:
+        """Cancel the children a cancelled job spawned that have not ended (batches.G5)."""
+        job = await self.get(job_id)
+        if job is not None:
+            await batches.BatchChildren(self).revoke(job)
+
     async def _earlier(self, earlier: tuple[str, str], idempotency: Idempotency | None) -> Job:
         job_id, request_hash = earlier
         if idempotency is None or request_hash != idempotency.request_hash:  # I2
@@ -336,6 +358,7 @@ class EmbeddedRunner:
         with contextlib.suppress(TimeoutError):  # a store outage delays only the store write
             async with asyncio.timeout(self.options.cancel_wait):  # never loses a cancel
                 await asyncio.shield(live.task)
+        await self.cancel_children(job_id)  # it may have spawned some (spawn.S4)
         return live.published.copy()
 
     async def _cancel_external(self, job: Job) -> Job:  # external.X1
@@ -388,10 +411,27 @@ class EmbeddedRunner:
         self.access.forget(job_id)
 
     async def change_readers(
-        self, job_id: str, *, add: str | None = None, remove: str | None = None, limit: int
+        self,
+        job_id: str,
+        *,
+        add: str | None = None,
+        remove: str | None = None,
+        limit: int,
+        may_input: bool = False,
     ) -> Job:
-        """Grant or withdraw one subject's read access to a job, live or finished (access.A5)."""
-        return await self.access.change_readers(job_id, add=add, remove=remove, limit=limit)
+        """Grant or withdraw one subject's read access to a job, live or finished (access.A5);
+        ``may_input``: the added reader may also give the job input (the permission is what
+        the latest grant said; a withdrawal takes it too, sql.Q11)."""
+        if remove is not None:  # the permission goes first: never input without reading
+            await self.store.change_responder(job_id, remove, may=False)
+        job = await self.access.change_readers(job_id, add=add, remove=remove, limit=limit)
+        if add is not None:
+            await self.store.change_responder(job_id, add, may=may_input)
+        return job
+
+    async def may_give_input(self, job: Job, subject: str) -> bool:
+        """Whether ``subject``, a reader of ``job``, was granted its input (sql.Q11)."""
+        return subject in job.readers and await self.store.is_responder(job.id, subject)
 
     def owner_of(self, job_id: str) -> str | None:
         """The owner of a job, when known without a query (D1); ``None`` otherwise."""

@@ -63,9 +63,10 @@ from jobcast.brokers import POSTGRES_SCHEMES
 from jobcast.brokers.redis import RedisBroker, shielded
 from jobcast.brokers.redis_urls import split_url
 from jobcast.config import Settings
-from jobcast.errors import InvalidInput
+from jobcast.errors import InvalidInput, JobcastError
 from jobcast.hub import Hub
 from jobcast.jobs import builtin
+from jobcast.jobs.access import announcement
 from jobcast.jobs.lifecycle import JobLifecycle
 from jobcast.jobs.metrics import JobsCollector
 from jobcast.jobs.model import Job, JobState
@@ -73,7 +74,7 @@ from jobcast.jobs.ready_queue import ReadyQueue
 from jobcast.jobs.registry import Registry
 from jobcast.jobs.run_limits import FULL_WAIT, RunLimits
 from jobcast.jobs.sweep import Sweeper
-from jobcast.jobs.worker_queue import TASK, open_job_queue
+from jobcast.jobs.worker_queue import TASK, enqueue_live, open_job_queue, queue_call, queue_job
 from jobcast.outputs.redis import RedisStreamStore
 from jobcast.shared_metrics import SharedMetrics
 from jobcast.stores import open_store
@@ -133,13 +134,18 @@ class JobWorker:
         try:
             await store.open()
             await outputs.open()
+            queue = self.queue = open_job_queue(settings.queue_url or "")
             self.jobs = JobLifecycle(
-                store, hub, self.registry, settings.runner_options(), outputs=outputs
+                store,
+                hub,
+                self.registry,
+                settings.runner_options(),
+                outputs=outputs,
+                enqueue=self._spawned,
             )
             if settings.metrics_snapshot_seconds > 0:  # K5
                 metrics = self._shared_metrics(store)
                 metrics.start()
-            queue = open_job_queue(settings.queue_url or "")
             kinds = self.registry.limits()
             owner_limit = settings.job_owner_concurrency
             queue.limits, queue.owner_limit = kinds, owner_limit
@@ -192,6 +198,27 @@ class JobWorker:
             settings.metrics_snapshot_seconds,
             lambda: generate_latest(registry),
         )
+
+    async def _spawned(self, child: Job, replayed: bool) -> Job:
+        """Queue a child a handler here spawned (spawn.S1) for any worker, as a server would;
+        a replayed one still ``queued`` is queued again (the queue ignores a job it holds)."""
+        jobs = self.jobs
+        if replayed:
+            if child.state is JobState.QUEUED:
+                spec = self.registry.get(child.kind)
+                timeout = spec.timeout or jobs.options.default_timeout
+                heartbeat = self.settings.worker_heartbeat_seconds
+                queued = queue_job(child, timeout, heartbeat, jobs.options.max_attempts)
+                await queue_call(self.queue.enqueue(queued))
+            return child
+        try:  # before its first event, so every server's filters know its owner (access.A1)
+            await jobs.hub.publish_many([announcement(child)])
+        except JobcastError as exc:
+            logger.warning("job %s: could not announce it: %s", child.id, exc)
+        live = jobs.track(child)
+        await live.transition(JobState.QUEUED)
+        await enqueue_live(self.queue, jobs, live, self.settings.worker_heartbeat_seconds)
+        return live.published.copy()
 
     async def _run_job(
         self, ctx: dict[str, Any], *, job_id: str, trace: dict[str, str] | None = None

@@ -41,6 +41,7 @@ from jobcast.brokers import POSTGRES_SCHEMES
 from jobcast.brokers.redis import shielded
 from jobcast.errors import Conflict, NotFound, Unavailable
 from jobcast.jobs.external import ExternalQueue
+from jobcast.jobs.lifecycle import JobLifecycle
 from jobcast.jobs.live import LiveJob
 from jobcast.jobs.model import Job, JobState
 from jobcast.jobs.options import RunnerOptions
@@ -123,6 +124,25 @@ def queue_job(
     )
 
 
+async def enqueue_live(
+    queue: ReadyQueue | PostgresReadyQueue, lifecycle: JobLifecycle, live: LiveJob, heartbeat: int
+) -> None:
+    """Hand a tracked job, stored and ``queued``, to the workers; a server's submission or a
+    child a worker's handler spawned (spawn.S1). It is untracked here either way."""
+    job, options = live.job, lifecycle.options
+    spec = lifecycle.registry.get(job.kind)
+    timeout = spec.timeout or options.default_timeout
+    queued = queue_job(job, timeout, heartbeat, options.max_attempts, live.trace)
+    try:
+        await queue_call(queue.enqueue(queued))
+    except Unavailable as exc:  # W3
+        error = {"type": "Unavailable", "message": f"could not queue the job: {exc}"}
+        await live.transition(JobState.FAILED, error=error)
+        raise
+    finally:
+        lifecycle.untrack(live)  # the worker owns it from here
+
+
 class QueueRunner(EmbeddedRunner):
     """An :class:`EmbeddedRunner` whose jobs run on queue workers instead of in-process."""
 
@@ -155,18 +175,7 @@ class QueueRunner(EmbeddedRunner):
             await self.queue.disconnect()
 
     async def _enqueue(self, live: LiveJob) -> None:
-        job = live.job
-        spec = self.registry.get(job.kind)
-        timeout = spec.timeout or self.options.default_timeout
-        queued = queue_job(job, timeout, self.heartbeat, self.options.max_attempts, live.trace)
-        try:
-            await queue_call(self.queue.enqueue(queued))
-        except Unavailable as exc:  # W3
-            error = {"type": "Unavailable", "message": f"could not queue the job: {exc}"}
-            await live.transition(JobState.FAILED, error=error)
-            raise
-        finally:
-            self.lifecycle.untrack(live)  # the worker owns it from here
+        await enqueue_live(self.queue, self.lifecycle, live, self.heartbeat)
 
     async def cancel(self, job_id: str) -> Job:  # W2
         job = await self.get(job_id)
@@ -183,6 +192,7 @@ class QueueRunner(EmbeddedRunner):
             if queued.status is not Status.ABORTED:  # running: its worker reports the end
                 with contextlib.suppress(TimeoutError):
                     await queue_call(queued.refresh(until_complete=self.options.cancel_wait))
+                await self.cancel_children(job_id)  # it may have spawned some (spawn.S4)
                 return await self._fresh(job_id)
         fresh = await self._fresh(job_id)
         if not fresh.terminal:  # never started (or its queue entry is gone): end it here

@@ -139,6 +139,16 @@ job_inputs_table = sa.Table(
 )
 
 
+#: The readers of a job who may also give it input (``sql.py`` Q11): one row each, written
+#: only by sharing, so a worker's save of the job never touches them.
+job_responders_table = sa.Table(
+    "job_responders",
+    metadata,
+    sa.Column("job_id", sa.String(40), primary_key=True),
+    sa.Column("subject", sa.String(255), primary_key=True),
+)
+
+
 #: A batch's counts (``sql.py`` Q10): one row per batch, updated under a row lock as each child
 #: ends, so exactly one child's end sees the batch complete, on every instance.
 job_batches_table = sa.Table(

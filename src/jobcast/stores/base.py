@@ -14,6 +14,25 @@ from jobcast.jobs.model import Job, JobState
 
 
 @dataclass(frozen=True, slots=True)
+class BatchCounts:
+    """A parent job's children (``jobs/batches.py``): how many, how many ended in each state,
+    and the sum of the progress of those not ended yet (weighted progress, G6)."""
+
+    total: int
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    running_progress: float = 0.0
+
+    @property
+    def ended(self) -> int:
+        return self.succeeded + self.failed + self.cancelled
+
+    def by_state(self) -> dict[str, int]:
+        return {"succeeded": self.succeeded, "failed": self.failed, "cancelled": self.cancelled}
+
+
+@dataclass(frozen=True, slots=True)
 class JobQuery:
     """A page of jobs, newest first. ``cursor`` is the ``next_cursor`` of the previous page."""
 
@@ -96,6 +115,12 @@ class JobStore(Protocol):
         transaction so concurrent changes all take effect; the readers after, or ``None`` if
         there is no such job. Raises :class:`InvalidInput` past ``limit`` readers."""
 
+    async def change_responder(self, job_id: str, subject: str, *, may: bool) -> None:
+        """Let ``subject`` (a reader of the job) give it input, or no longer (sql.Q11)."""
+
+    async def is_responder(self, job_id: str, subject: str) -> bool:
+        """Whether ``subject`` may give the job input as one of its readers."""
+
     async def list_jobs(self, query: JobQuery) -> JobPage: ...
 
     async def delete(self, job_id: str) -> bool:
@@ -113,14 +138,29 @@ class JobStore(Protocol):
         self,
         batch_id: str,
         state: JobState,
-        count: Callable[[Job, dict[str, int]], bool],
+        count: Callable[[Job, BatchCounts], bool | None],
         announce: Callable[[Job, bool], Awaitable[str | None]],
     ) -> tuple[Job, bool] | None:
         """Count a child's end (``state``) in batch ``batch_id``: ``count(parent, counts)``
-        updates the parent, ``announce(parent, complete)`` publishes it (the id of its event is
-        stored with it) before the transaction commits (the counts stay locked); the parent and
-        whether the batch is complete, or ``None`` when there is no such batch. Concurrent
-        ends, on any instance, each see their own count, in order (G3)."""
+        updates the parent (``None``: leave the parent's row alone, its handler runs),
+        ``announce(parent, complete)`` publishes it (the id of its event is stored with it)
+        before the transaction commits (the counts stay locked); the parent and whether the
+        batch is complete, or ``None`` when there is no such batch. Concurrent ends, on any
+        instance, each see their own count, in order (G3)."""
+
+    async def add_child(self, child: Job) -> None:
+        """Insert ``child`` of the running job ``child.parent_id`` and count it in that job's
+        counts row (created with the first child) in one transaction (G6)."""
+
+    async def batch_counts(self, batch_id: str) -> BatchCounts | None:
+        """A parent's counts now, or ``None`` when it has no children."""
+
+    async def update_batch(
+        self, batch_id: str, update: Callable[[Job, BatchCounts], Awaitable[Job | None]]
+    ) -> bool:
+        """Under the counts row's lock (as :meth:`end_child`): ``update(parent, counts)`` may
+        publish and returns the parent to store, or ``None`` to store nothing. False when
+        there is no such batch."""
 
     async def get_input(self, job_id: str, name: str) -> tuple[Any] | None:
         """The stored input ``name`` of a job, as a one-tuple (its value may be ``null``)."""

@@ -1,6 +1,6 @@
 """The SQL job store: SQLAlchemy 2 Core over asyncio, on SQLite and PostgreSQL.
 
-Decisions (cited as Q1..Q10):
+Decisions (cited as Q1..Q11):
 
 Q1. Portable columns only: times are epoch seconds (floats), JSON values are text written by
     orjson. The same statements run on SQLite (aiosqlite) and PostgreSQL (asyncpg).
@@ -42,7 +42,13 @@ Q10. Batches: ``create_batch`` inserts the parent, its children (and their tags)
     counts one end and rewrites the parent from its stored row in the same transaction, so
     concurrent ends on several instances each see a distinct count and one sees the last; the
     parent's event is published before the commit, under the lock, so the parent's events
-    leave in count order on every instance (its ``seq`` never goes back).
+    leave in count order on every instance (its ``seq`` never goes back). ``add_child``
+    inserts a spawned child and counts it (creating the row with the first) in one
+    transaction; ``update_batch`` runs a hand-over or a progress update under the same lock.
+
+Q11. Input permissions: the readers a job was shared with "with input" are rows of
+    ``job_responders`` (job, subject), changed only by sharing and removed with the job, so a
+    worker's ``save`` never undoes one.
 
 The tables, and the conversion between a job and its row, are in ``_sql_tables.py``; the
 statements of idempotency keys (Q7) in ``_sql_keys.py``, those of inputs (Q9) and batches
@@ -78,6 +84,7 @@ from jobcast.stores._sql_tables import (
     job_from_row,
     job_inputs_table,
     job_keys_table,
+    job_responders_table,
     job_tags_table,
     jobs_table,
     meta_table,
@@ -85,7 +92,7 @@ from jobcast.stores._sql_tables import (
     row_values,
     tag_rows,
 )
-from jobcast.stores.base import JobPage, JobQuery, StoreStats
+from jobcast.stores.base import BatchCounts, JobPage, JobQuery, StoreStats
 
 logger = logging.getLogger("jobcast.stores")
 
@@ -265,6 +272,20 @@ class SQLJobStore:
             await conn.execute(statement, {"job_id": job_id})
         return readers
 
+    async def change_responder(self, job_id: str, subject: str, *, may: bool) -> None:  # Q11
+        t = job_responders_table
+        async with self._write() as conn:
+            mine = (t.c.job_id == job_id) & (t.c.subject == subject)
+            await conn.execute(t.delete().where(mine))
+            if may:
+                await conn.execute(t.insert().values(job_id=job_id, subject=subject))
+
+    async def is_responder(self, job_id: str, subject: str) -> bool:  # Q11
+        t = job_responders_table
+        query = sa.select(t.c.subject).where((t.c.job_id == job_id) & (t.c.subject == subject))
+        async with self._read() as conn:
+            return (await conn.execute(query)).first() is not None
+
     async def _commit_batch(self) -> None:  # Q5
         if self._engine is None:
             raise Unavailable("the job store is closed")
@@ -328,6 +349,8 @@ class SQLJobStore:
             await conn.execute(batches.delete().where(batches.c.batch_id == job_id))
             inputs = job_inputs_table
             await conn.execute(inputs.delete().where(inputs.c.job_id == job_id))
+            responders = job_responders_table
+            await conn.execute(responders.delete().where(responders.c.job_id == job_id))
         return bool(result.rowcount)
 
     async def put_input(self, job_id: str, name: str, value: Any, given_by: str) -> bool:  # Q9
@@ -348,11 +371,27 @@ class SQLJobStore:
         self,
         batch_id: str,
         state: JobState,
-        count: Callable[[Job, dict[str, int]], bool],
+        count: Callable[[Job, BatchCounts], bool | None],
         announce: Callable[[Job, bool], Awaitable[str | None]],
     ) -> tuple[Job, bool] | None:  # Q10
         async with self._write() as conn:
             return await _sql_live.end_child(conn, batch_id, state, count, announce)
+
+    async def add_child(self, child: Job) -> None:  # Q10
+        async with self._write() as conn:
+            await _sql_live.add_child(conn, self._sqlite, child)
+        self.stats.transactions += 1
+        self.stats.rows_written += 1
+
+    async def batch_counts(self, batch_id: str) -> BatchCounts | None:
+        async with self._read() as conn:
+            return await _sql_live.batch_counts(conn, batch_id)
+
+    async def update_batch(
+        self, batch_id: str, update: Callable[[Job, BatchCounts], Awaitable[Job | None]]
+    ) -> bool:  # Q10
+        async with self._write() as conn:
+            return await _sql_live.update_batch(conn, batch_id, update)
 
     async def in_states(self, states: Collection[JobState], limit: int) -> list[Job]:
         c = jobs_table.c

@@ -64,14 +64,18 @@ def job_inputs_router(jc: "Runtime") -> APIRouter:
         "/api/jobs/{job_id}/input",
         status_code=202,
         response_model=JobSnapshot,
-        summary="Give a running job the input it waits for (owner, service or admin)",
+        summary="Give a running job the input it waits for (owner, a reader granted input, "
+        "service or admin)",
         openapi_extra=INPUT_BODY,
     )
     async def give_input(job_id: str, request: Request, principal: principal_dep) -> Response:
         job = await jc.runner.get(job_id)
         if job is None:
             raise NotFound(f"no job {job_id!r}")
-        jc.policy.check_job(principal, job, "input")
+        responder = False  # a reader it was shared with "with input" (sql.Q11)
+        if principal is not None and principal.subject in job.readers:
+            responder = await jc.runner.may_give_input(job, principal.subject)
+        jc.policy.check_input(principal, job, responder=responder)
         body = exact_json.loads(await request.body())
         if not isinstance(body, dict) or set(body) != {"name", "value"}:
             raise InvalidInput('send {"name": "...", "value": ...}')

@@ -243,17 +243,26 @@ def jobs_router(jc: "Runtime") -> APIRouter:
     @router.put(
         "/api/jobs/{job_id}/readers/{subject}",
         response_model=JobSnapshot,
-        summary="Let another subject read and watch this job (owner or admin only)",
+        summary="Let another subject read and watch this job, and with ?input=true give it "
+        "input (owner or admin only)",
     )
     async def grant_reader(
-        job_id: str, subject: str, request: Request, principal: principal_dep
+        job_id: str,
+        subject: str,
+        request: Request,
+        principal: principal_dep,
+        input: Annotated[
+            bool, Query(description="May also answer the job's input requests.")
+        ] = False,
     ) -> Response:
         await readable(job_id, principal, "grant")
         if not 0 < len(subject) <= 255 or not subject.isprintable() or subject.strip() != subject:
             raise InvalidInput(
                 "the subject must be 1 to 255 printable characters, without spaces around it"
             )
-        job = await jc.runner.change_readers(job_id, add=subject, limit=MAX_READERS)
+        job = await jc.runner.change_readers(
+            job_id, add=subject, limit=MAX_READERS, may_input=input
+        )
         return JSONResponse(job_body(request, job))
 
     @router.delete(

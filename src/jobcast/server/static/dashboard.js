@@ -258,11 +258,19 @@ function renderWaiting(job) {
 
 let childrenSeq = null; // the batch event the children list was loaded for
 
+/** Whether a job has jobs of its own: a batch, or a job whose handler spawned some (its
+ * metadata counts them). */
+function hasChildren(job) {
+  if (job.kind === "batch") return true;
+  const counts = ["succeeded", "failed", "cancelled", "total"];
+  return counts.every((key) => typeof (job.metadata || {})[key] === "number");
+}
+
 /** A batch's page lists its jobs, reloaded whenever the batch moves on (one of them ended). */
 async function renderChildren(job) {
   const box = $("job-children");
-  box.hidden = job.kind !== "batch";
-  if (job.kind !== "batch" || childrenSeq === `${job.id} ${job.seq}`) return;
+  box.hidden = !hasChildren(job);
+  if (box.hidden || childrenSeq === `${job.id} ${job.seq}`) return;
   childrenSeq = `${job.id} ${job.seq}`;
   try {
     const page = await listJobs({ parent: job.id, limit: 200 }, auth);

@@ -225,6 +225,16 @@ export declare function giveInput(
   value: unknown,
   options?: ClientOptions,
 ): Promise<Job>;
+export declare function shareJob(
+  id: string,
+  subject: string,
+  options?: ClientOptions & { input?: boolean },
+): Promise<Job>;
+export declare function unshareJob(
+  id: string,
+  subject: string,
+  options?: ClientOptions,
+): Promise<Job>;
 export declare function foldMetadata(
   job: Job,
   data: { metadata: Record<string, unknown>; removed: string[]; seq: number; updated_at: string },
@@ -261,6 +271,8 @@ export declare function createClient(defaults?: ClientOptions): {
   watchJob: typeof watchJob;
   watchJobs: typeof watchJobs;
   giveInput: typeof giveInput;
+  shareJob: typeof shareJob;
+  unshareJob: typeof unshareJob;
   submitBatch: typeof submitBatch;
   readStream: typeof readStream;
   subscribe: typeof subscribe;

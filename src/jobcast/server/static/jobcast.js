@@ -166,6 +166,22 @@ export const giveInput = (id, name, value, options) =>
     body: { name, value },
   });
 /**
+ * Let `subject` read and watch a job (its owner or an admin may); `options.input`: and give
+ * it input (`giveInput`). Sharing again sets the permission anew.
+ */
+export const shareJob = (id, subject, options = {}) =>
+  api(
+    `/api/jobs/${encodeURIComponent(id)}/readers/${encodeURIComponent(subject)}` +
+      (options.input ? "?input=true" : ""),
+    { ...options, method: "PUT" },
+  );
+/** Withdraw a subject's access to a job (and its input permission). */
+export const unshareJob = (id, subject, options) =>
+  api(`/api/jobs/${encodeURIComponent(id)}/readers/${encodeURIComponent(subject)}`, {
+    ...options,
+    method: "DELETE",
+  });
+/**
  * Submit jobs (`[{kind, params, tags, metadata, priority, ...}]`) as one batch, all or none.
  * Resolves to its parent job (with `jobs`, the children): watch it like any job; it ends once
  * every child has (`failed` if any failed, unless `options.allowFailures`).
@@ -869,6 +885,8 @@ export function createClient(defaults = {}) {
     watchJob: (id, handlers, options) => watchJob(id, handlers, merge(options)),
     watchJobs: (filter, handlers, options) => watchJobs(filter, handlers, merge(options)),
     giveInput: (id, name, value, options) => giveInput(id, name, value, merge(options)),
+    shareJob: (id, subject, options) => shareJob(id, subject, merge(options)),
+    unshareJob: (id, subject, options) => unshareJob(id, subject, merge(options)),
     submitBatch: (jobs, options) => submitBatch(jobs, merge(options)),
     subscribe: (topics, handlers, options) => subscribe(topics, handlers, merge(options)),
     readStream: (jobId, name, handlers, options) =>

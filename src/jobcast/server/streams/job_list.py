@@ -19,7 +19,7 @@ V2. No gap between the listing and live events: the subscription resumes from be
     listing is then the best there is.
 V3. Access is the hub's ``jobs/*`` filter (``policy.subscription_filter``): an ordinary user
     receives only events of jobs they own or were granted, including jobs created later. A
-    job shared with the caller appears at its next whole-job event (state change). Unsharing
+    job shared with the caller appears at once (its ``shared`` event, ``access.A6``). Unsharing
     stops its events at once (the hub forgets cached answers); the view also re-checks the
     granted jobs it shows (never the caller's own) at most once a second and on heartbeats,
     and sends ``removed`` with reason ``access``.
@@ -43,6 +43,7 @@ from jobcast.auth import Principal
 from jobcast.brokers.base import Replay
 from jobcast.errors import Unauthorized
 from jobcast.events import Event, EventId
+from jobcast.jobs.access import SHARED
 from jobcast.jobs.metadata import fold_metadata
 from jobcast.jobs.model import Job, JobState
 from jobcast.server.http.credentials import stream_owner
@@ -118,20 +119,21 @@ class JobListView:
         """What one ``jobs/{id}`` event means for the list: a snapshot, a removal, or nothing
         (and removals of jobs the caller lost access to, V3)."""
         removed = self._check_access() if self.allowed is not None else []
-        job_id = event.topic[5:]
-        if "/" in job_id:
+        job_id, _, sub = event.topic[5:].partition("/")
+        shared = sub == SHARED and event.type == SHARED  # access.A6: a grant, V3
+        if sub and (not shared or job_id in self.jobs):
             return removed
         try:
             data = orjson.loads(event.data_json)
         except orjson.JSONDecodeError:
             return removed
-        if not isinstance(data, dict):
+        if not isinstance(data, dict) or (shared and data.get("id") != job_id):
             return removed
         known = self.jobs.get(job_id)
         seq = data.get("seq")
         if known is not None and isinstance(seq, int) and seq <= known.get("seq", 0):
             return removed  # V2: the view already has it
-        if event.type in WHOLE_JOB_TYPES:
+        if event.type in WHOLE_JOB_TYPES or shared:
             job = data
         elif known is not None and event.type == "progress":
             job = {**known, **data}
