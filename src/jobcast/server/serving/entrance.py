@@ -1,11 +1,11 @@
 """The fast entrance: the hottest routes answered in front of the framework.
 
-Streams (``fast_streams.py``), WebSockets and HTTP publishes (``fast_publish.py``) are most of
-what a busy jobcast serves. Through FastAPI each one passes a dozen layers: for a stream or a
-socket, each keeps a suspended frame alive for its whole life; for a publish, routing,
-dependency solving and model validation cost more than publishing. This pure ASGI wrapper
-answers them with the same functions the FastAPI routes call, and hands everything else to
-the app.
+Streams (``fast_streams.py``: event streams and Durable Streams SSE reads), WebSockets and
+HTTP publishes (``fast_publish.py``) are most of what a busy jobcast serves. Through FastAPI
+each one passes a dozen layers: for a stream or a socket, each keeps a suspended frame alive
+for its whole life; for a publish, routing, dependency solving and model validation cost more
+than publishing. This pure ASGI wrapper answers them with the same functions the FastAPI
+routes call, and hands everything else to the app.
 
 Decisions (cited as F1..F5):
 
@@ -36,6 +36,7 @@ from jobcast.server.http.browser import allowed_origins
 from jobcast.server.http.limits import headers_over_limit
 from jobcast.server.http.request_id import HEADER, incoming_id, new_request_id
 from jobcast.server.ops.logs import REQUEST_ID
+from jobcast.server.routes.durable_streams import PREFIX as DURABLE_PREFIX
 from jobcast.server.routes.table import (
     EVENTS_SOCKET,
     EVENTS_STREAM,
@@ -46,8 +47,10 @@ from jobcast.server.routes.table import (
 from jobcast.server.serving.fast_publish import declared_json_body, publish_plain, read_body, replay
 from jobcast.server.serving.fast_streams import (
     carrier,
+    open_durable_sse,
     open_fast_stream,
 )
+from jobcast.server.streams.durable_sse import DurableSseResponse
 from jobcast.server.streams.event_socket import serve_event_socket
 from jobcast.server.streams.job_socket import serve_job_socket
 from jobcast.server.streams.sse import EventStreamResponse
@@ -81,21 +84,26 @@ class FastPaths:
         if method == "POST" and PUBLISH.match(path) is not None:
             await self._publish(scope, receive, send)
             return
-        if method != "GET" or (
-            EVENTS_STREAM.match(path) is None and JOB_STREAM.match(path) is None
-        ):
+        if method != "GET":
+            await self.app(scope, receive, send)
+            return
+        durable = path.startswith(DURABLE_PREFIX) and b"live=sse" in scope["query_string"]
+        if not durable and EVENTS_STREAM.match(path) is None and JOB_STREAM.match(path) is None:
             await self.app(scope, receive, send)
             return
         # A stream, answered in this frame (not a helper's): it lives as long as the stream.
         request_id = incoming_id(scope) or new_request_id()  # F2
         token = REQUEST_ID.set(request_id)
         try:
-            response = await open_fast_stream(self.jc, scope, path)
+            if durable:
+                response = await open_durable_sse(self.jc, scope, path[len(DURABLE_PREFIX) :])
+            else:
+                response = await open_fast_stream(self.jc, scope, path)
             response.raw_headers.append((HEADER, request_id.encode()))
             connection = carrier(scope)
             if (
                 connection is not None
-                and isinstance(response, EventStreamResponse)
+                and isinstance(response, EventStreamResponse | DurableSseResponse)
                 and connection.adopt(scope, response)  # it carries the stream from here: N1
             ):
                 return
