@@ -59,7 +59,11 @@ def cursor(client: str | None) -> str:
 
 def start_of(request: Request) -> tuple[int | None, int | None]:
     """``(incarnation, position)`` to read from; ``(None, None)`` is the tail (``now``)."""
-    values = request.query_params.getlist("offset")
+    return offset_of(request.query_params.getlist("offset"))
+
+
+def offset_of(values: list[str]) -> tuple[int | None, int | None]:
+    """``start_of`` for the ``offset`` values of any URL (a WebSocket's too)."""
     if len(values) > 1:
         raise bad_request("send one offset")
     text = values[0] if values else BEGINNING
@@ -141,6 +145,28 @@ async def long_poll(
     return Response(status_code=204, headers=headers)
 
 
+async def follow(
+    jc: Runtime,
+    path: str,
+    incarnation: int | None,
+    position: int | None,
+    lifetime: float,
+    release: Callable[[], None],
+) -> StoredSource:
+    """A live read of ``path`` from the position on (SSE, WebSocket), its first read done:
+    errors are raised here, before anything is sent. ``release`` gives the live-read slot
+    back, however the read ends (``streams/durable_sse.D5``)."""
+    woken = jc.streams.wakeups.watch(path)  # R1
+    try:
+        first = await _read(jc, path, incarnation, position)
+    except BaseException:
+        jc.streams.wakeups.forget(path, woken)
+        raise
+    settings = jc.settings
+    timing = Timing(settings.heartbeat_interval, lifetime, settings.send_timeout)
+    return StoredSource(jc.streams, path, first, woken, timing, release, jc.hub.drained)
+
+
 async def open_sse(
     jc: Runtime,
     request: Request,
@@ -150,15 +176,10 @@ async def open_sse(
     release: Callable[[], None],
 ) -> Response:
     """``live=sse``: ``data`` and ``control`` events, live, until R3's end or the close, on
-    the one stream writer (``streams/durable_sse.py``). ``release`` gives the live-read slot
-    back, however the stream ends."""
-    woken = jc.streams.wakeups.watch(path)  # R1
-    try:  # errors are answered before the stream starts
-        first = await _read(jc, path, incarnation, position)
-    except BaseException:
-        jc.streams.wakeups.forget(path, woken)
-        raise
-    content_type = first.info.content_type
+    the one stream writer (``streams/durable_sse.py``)."""
+    lifetime = jc.settings.stream_sse_seconds
+    source = await follow(jc, path, incarnation, position, lifetime, release)
+    content_type = source.content_type
     headers = {
         "content-type": "text/event-stream",
         "Cache-Control": "no-cache",
@@ -166,9 +187,6 @@ async def open_sse(
     }
     if not is_text(content_type):
         headers["stream-sse-data-encoding"] = "base64"
-    settings = jc.settings
-    timing = Timing(settings.heartbeat_interval, settings.stream_sse_seconds, settings.send_timeout)
-    source = StoredSource(jc.streams, path, first, woken, timing, release, jc.hub.drained)
     client_cursor = request.query_params.get("cursor")
     return DurableSseResponse(source, headers, content_type, client_cursor, cursor)
 

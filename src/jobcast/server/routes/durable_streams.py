@@ -15,7 +15,7 @@ headers (``outputs/model.O5``).
 from typing import TYPE_CHECKING, Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, WebSocket
 from starlette.responses import Response
 
 from jobcast.auth import Principal
@@ -24,6 +24,8 @@ from jobcast.outputs.model import DEFAULT_CONTENT_TYPE, StreamError, StreamInfo,
 from jobcast.server.http.errors import error_response, jobcast_error_response, jobcast_router
 from jobcast.server.routes import durable_access as access
 from jobcast.server.routes import durable_reads as reads
+from jobcast.server.routes import durable_socket
+from jobcast.server.routes.sockets import overridden_caller
 from jobcast.server.streams.durable_sse import holding
 
 if TYPE_CHECKING:
@@ -54,6 +56,12 @@ def durable_streams_router(jc: "Runtime") -> APIRouter:
 
     async def stream(path: str, request: Request, principal: principal_dep) -> Response:
         return await answer(jc, request, principal, path)
+
+    @router.websocket(durable_socket.PATH)
+    async def stream_socket(websocket: WebSocket, path: str) -> None:
+        """A stream read live from ``?offset=`` (``durable_socket.py``)."""
+        caller = await overridden_caller(jc, websocket)
+        await durable_socket.serve_stream_socket(jc, websocket, path, caller)
 
     for method, (name, summary) in OPERATIONS.items():
         router.add_api_route(

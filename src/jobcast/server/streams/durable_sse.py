@@ -105,6 +105,10 @@ class StoredSource:
             if not first.up_to_date:  # the read budget cut it short: read on at once
                 self._read()
 
+    @property
+    def content_type(self) -> str:
+        return self._last.info.content_type
+
     # -- writer.Source -----------------------------------------------------------------------
 
     def attach(self, writer: Any) -> None:
