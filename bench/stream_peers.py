@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shlex
 import socket
@@ -193,10 +194,8 @@ async def load(base: str, streams: int, seconds: float) -> tuple[int, float, flo
             counter.expected = count
             counter.check()
         waiting = asyncio.gather(*(counter.complete.wait() for counter in counters))
-        try:
+        with contextlib.suppress(TimeoutError):  # what is missing is reported below
             await asyncio.wait_for(waiting, 30)
-        except TimeoutError:
-            pass  # reported below
         delivered_in = time.monotonic() - started
         delivered = sum(c.count for c in counters)
         if delivered != sum(counts):
