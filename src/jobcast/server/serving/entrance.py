@@ -44,10 +44,16 @@ from jobcast.server.routes.table import (
     JOB_STREAM,
     PUBLISH,
 )
-from jobcast.server.serving.fast_publish import declared_json_body, publish_plain, read_body, replay
+from jobcast.server.serving.fast_publish import (
+    declared_body,
+    declared_json_body,
+    publish_plain,
+    read_body,
+    replay,
+)
 from jobcast.server.serving.fast_streams import (
     carrier,
-    open_durable_sse,
+    durable_answer,
     open_fast_stream,
 )
 from jobcast.server.streams.durable_sse import DurableSseResponse
@@ -84,6 +90,9 @@ class FastPaths:
         if method == "POST" and PUBLISH.match(path) is not None:
             await self._publish(scope, receive, send)
             return
+        if method == "POST" and path.startswith(DURABLE_PREFIX):
+            await self._append(path[len(DURABLE_PREFIX) :], scope, receive, send)
+            return
         if method != "GET":
             await self.app(scope, receive, send)
             return
@@ -96,7 +105,8 @@ class FastPaths:
         token = REQUEST_ID.set(request_id)
         try:
             if durable:
-                response = await open_durable_sse(self.jc, scope, path[len(DURABLE_PREFIX) :])
+                stream = path[len(DURABLE_PREFIX) :]
+                response = await durable_answer(self.jc, scope, stream, receive)
             else:
                 response = await open_fast_stream(self.jc, scope, path)
             response.raw_headers.append((HEADER, request_id.encode()))
@@ -141,6 +151,26 @@ class FastPaths:
                 await serve_event_socket(self.jc, websocket)
             else:
                 await serve_job_socket(self.jc, websocket, job_id)
+        finally:
+            REQUEST_ID.reset(token)
+
+    async def _append(self, stream: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """An append to a Durable Stream (``POST /v1/stream/{path}``) with a declared body
+        within the body limit; anything else goes to the app, which enforces its limits."""
+        if not declared_body(scope, self.jc.settings.max_body_bytes):
+            await self.app(scope, receive, send)
+            return
+        body = await read_body(receive)
+        if body is None:
+            return  # the client went away before sending its body
+        request_id = incoming_id(scope) or new_request_id()  # F2
+        token = REQUEST_ID.set(request_id)
+        try:
+            response = await durable_answer(self.jc, scope, stream, replay(body, receive))
+            response.raw_headers.append((HEADER, request_id.encode()))
+            connection = carrier(scope)
+            if connection is None or not connection.reply(scope, response):  # N2: one write
+                await response(scope, receive, send)
         finally:
             REQUEST_ID.reset(token)
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
-from starlette.types import Scope
+from starlette.types import Receive, Scope
 
 from jobcast.errors import JobcastError
 from jobcast.server.http.errors import jobcast_error_response, unexpected_error_response
@@ -54,10 +54,11 @@ async def open_fast_stream(jc: Runtime, scope: Scope, path: str) -> Response:
         return unexpected_error_response(scope["method"], scope["path"])
 
 
-async def open_durable_sse(jc: Runtime, scope: Scope, path: str) -> Response:
-    """``GET /v1/stream/{path}?live=sse``: the stream, or the answer that refuses it (the
-    route's own function, ``durable_streams.answer``)."""
-    request = Request(scope)
+async def durable_answer(jc: Runtime, scope: Scope, path: str, receive: Receive) -> Response:
+    """``GET /v1/stream/{path}?live=sse`` (the stream) and ``POST /v1/stream/{path}`` (an
+    append), or the answer that refuses them: the route's own function
+    (``durable_streams.answer``)."""
+    request = Request(scope, receive)
     try:
         principal = await jc.credentials.resolve(request)
     except JobcastError as exc:
