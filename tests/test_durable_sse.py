@@ -97,3 +97,46 @@ async def test_appends_while_the_reader_is_busy_arrive_whole_and_in_order(
             await appending
     assert received == "".join(parts)
     assert closed_seen
+
+
+@CARRIERS
+async def test_a_reader_that_stops_reading_is_let_go_and_its_slot_given_back(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient, native_streams: bool
+) -> None:
+    server = make_server(
+        native_streams=native_streams,
+        public_stream_prefixes=["open/"],
+        send_timeout=0.5,
+        heartbeat_interval=0.2,
+        max_streams_per_subject=1,
+        max_body_bytes=1 << 20,
+    )
+    url = f"{server.url}/v1/stream/open/flood"
+    assert (await client.put(url, headers={"Content-Type": "text/plain"})).status_code == 201
+    reader, writer = await asyncio.open_connection(server.host, server.port, limit=1 << 20)
+    try:
+        writer.write(sse_request("open/flood"))
+        await read_until(reader, b"event: control")
+        # The reader stops reading; the server's writes back up until its transport pauses.
+        transport = writer.transport
+        transport.pause_reading()
+        body = b"x" * (512 * 1024)
+        for _ in range(40):  # 20 MB: far more than the socket buffers hold
+            answer = await client.post(url, content=body, headers={"Content-Type": "text/plain"})
+            assert answer.status_code == 204
+
+        async def let_in() -> bool:  # the stuck read ended (writer.C3), its slot is free
+            request = client.build_request("GET", url, params={"offset": "now", "live": "sse"})
+            response = await client.send(request, stream=True)
+            try:
+                return response.status_code == 200
+            finally:
+                await response.aclose()
+
+        assert await eventually(let_in, timeout=10)
+        transport.resume_reading()
+        async with asyncio.timeout(10):  # what it had buffered, then the server's close
+            while await reader.read(1 << 20):
+                pass
+    finally:
+        await closed(writer)
