@@ -22,6 +22,8 @@ from tests.test_cli_serve import serve_env, serving
 SUITE = Path(__file__).parent / "conformance"
 #: Groups jobcast leaves out (documented in docs/streams.md).
 LEFT_OUT = ("Fork - ",)
+#: The suite takes about 50 s on two shared cores; its own run is bounded at 300 s.
+pytestmark = pytest.mark.timeout(360)
 
 
 def run_suite(tmp_path: Path, **settings: str) -> dict[str, list[str]]:

@@ -187,15 +187,16 @@ class StreamsFile:
         producer: Producer | None,
         close: bool,
         now: float,
-    ) -> Appended:
+    ) -> tuple[Appended, Change | None]:
+        """The append's outcome, and the change it made when it made one (store.W1)."""
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             info = self.existing(path, now)
             if info.closed:  # the protocol's precedence: closed first
                 if producer is not None and producer == info.closed_by:
-                    return Appended(info, fresh=False, producer_seq=producer.seq)
+                    return Appended(info, fresh=False, producer_seq=producer.seq), None
                 if not body and close and producer is None:
-                    return Appended(info, fresh=False)  # closing again is idempotent
+                    return Appended(info, fresh=False), None  # closing again is idempotent
                 raise closed_conflict(info.next_offset)
             mismatch = content_type is not None and media_type(content_type) != media_type(
                 info.content_type
@@ -206,7 +207,7 @@ class StreamsFile:
             if producer is not None:
                 last_seq = self._producer_seq(info.incarnation, producer)
                 if last_seq is not None:
-                    return Appended(info, fresh=False, producer_seq=last_seq)
+                    return Appended(info, fresh=False, producer_seq=last_seq), None
             if seq is not None and info.last_seq is not None and seq <= info.last_seq:
                 raise seq_conflict(seq, info.last_seq)
             data = (
@@ -215,7 +216,9 @@ class StreamsFile:
                 else body
             )
             self._write(info, data, now, close, producer, seq)
-        return Appended(self.existing(path, now), producer_seq=producer.seq if producer else None)
+        change = Change(info.incarnation, info.tail, data, info.tail + len(data), close)
+        seq_taken = producer.seq if producer else None
+        return Appended(self.existing(path, now), producer_seq=seq_taken), change
 
     def append_stored(
         self, writes: Sequence[tuple[str, bytes, bool]], now: float

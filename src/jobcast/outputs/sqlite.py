@@ -104,11 +104,11 @@ class SQLiteStreamStore:
         close: bool = False,
     ) -> Appended:
         file = self._opened()
-        appended = await self._run(
+        appended, change = await self._run(
             lambda: file.append(path, body, content_type, seq, producer, close, time.time())
         )
         if appended.fresh:
-            self.wakeups.notify(path)
+            self.wakeups.notify(path, change)  # store.W1: live readers need not read
         return appended
 
     async def append_stored(self, writes: Sequence[tuple[str, bytes, bool]]) -> None:

@@ -97,11 +97,17 @@ class Wakeups:
     def __init__(self) -> None:
         self._waiting: dict[str, set[asyncio.Future[Change | None]]] = {}
         self._tails: dict[str, tuple[int, int]] = {}
+        # Looked up once: a live reader watches again at every change, and each lookup of
+        # the running loop costs a system call (getpid).
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def watch(self, path: str) -> asyncio.Future[Change | None]:
         """A future that completes at the path's next change (with the :class:`Change` when
         known); pass it to :meth:`forget`."""
-        future: asyncio.Future[Change | None] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[Change | None] = loop.create_future()
         self._waiting.setdefault(path, set()).add(future)
         return future
 

@@ -18,19 +18,14 @@ R4. Catch-up answers that return data and do not reach the tail never change: th
 from __future__ import annotations
 
 import asyncio
-import base64
-import dataclasses
-import json
 import math
-import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.responses import Response
 
 from jobcast.outputs.model import (
     BEGINNING,
@@ -43,15 +38,14 @@ from jobcast.outputs.model import (
     json_body,
     parse_offset,
 )
+from jobcast.server.streams.durable_sse import DurableSseResponse, StoredSource, Timing
 
 if TYPE_CHECKING:
-    from jobcast.outputs.store import Change
     from jobcast.server.runtime import Runtime
 
 FIRST = asyncio.FIRST_COMPLETED
 CURSOR_EPOCH = 1728432000.0  # 2024-10-09T00:00:00Z
 CURSOR_INTERVAL = 20
-_LINES = re.compile(r"\r\n|\r|\n")
 
 
 def cursor(client: str | None) -> str:
@@ -65,7 +59,11 @@ def cursor(client: str | None) -> str:
 
 def start_of(request: Request) -> tuple[int | None, int | None]:
     """``(incarnation, position)`` to read from; ``(None, None)`` is the tail (``now``)."""
-    values = request.query_params.getlist("offset")
+    return offset_of(request.query_params.getlist("offset"))
+
+
+def offset_of(values: list[str]) -> tuple[int | None, int | None]:
+    """``start_of`` for the ``offset`` values of any URL (a WebSocket's too)."""
     if len(values) > 1:
         raise bad_request("send one offset")
     text = values[0] if values else BEGINNING
@@ -147,18 +145,26 @@ async def long_poll(
     return Response(status_code=204, headers=headers)
 
 
-class HeldStream(StreamingResponse):
-    """An SSE response that lets go of its live-read slot however it ends (even unstarted)."""
-
-    def __init__(self, body: AsyncIterator[bytes], headers: dict[str, str], hold: Any) -> None:
-        super().__init__(body, headers=headers)
-        self.hold = hold
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.hold.__exit__(None, None, None)
+async def follow(
+    jc: Runtime,
+    path: str,
+    incarnation: int | None,
+    position: int | None,
+    lifetime: float,
+    release: Callable[[], None],
+) -> StoredSource:
+    """A live read of ``path`` from the position on (SSE, WebSocket), its first read done:
+    errors are raised here, before anything is sent. ``release`` gives the live-read slot
+    back, however the read ends (``streams/durable_sse.D5``)."""
+    woken = jc.streams.wakeups.watch(path)  # R1
+    try:
+        first = await _read(jc, path, incarnation, position)
+    except BaseException:
+        jc.streams.wakeups.forget(path, woken)
+        raise
+    settings = jc.settings
+    timing = Timing(settings.heartbeat_interval, lifetime, settings.send_timeout)
+    return StoredSource(jc.streams, path, first, woken, timing, release, jc.hub.drained)
 
 
 async def open_sse(
@@ -167,16 +173,13 @@ async def open_sse(
     path: str,
     incarnation: int | None,
     position: int | None,
-    hold: Any,
+    release: Callable[[], None],
 ) -> Response:
-    """``live=sse``: ``data`` and ``control`` events, live, until R3's end or the close."""
-    woken = jc.streams.wakeups.watch(path)  # R1
-    try:  # errors are answered before the stream starts
-        first = await _read(jc, path, incarnation, position)
-    except BaseException:
-        jc.streams.wakeups.forget(path, woken)
-        raise
-    content_type = first.info.content_type
+    """``live=sse``: ``data`` and ``control`` events, live, until R3's end or the close, on
+    the one stream writer (``streams/durable_sse.py``)."""
+    lifetime = jc.settings.stream_sse_seconds
+    source = await follow(jc, path, incarnation, position, lifetime, release)
+    content_type = source.content_type
     headers = {
         "content-type": "text/event-stream",
         "Cache-Control": "no-cache",
@@ -184,96 +187,8 @@ async def open_sse(
     }
     if not is_text(content_type):
         headers["stream-sse-data-encoding"] = "base64"
-    events = _sse_events(jc, request, path, first, woken)
-    return HeldStream(events, headers, hold)
-
-
-async def _sse_events(
-    jc: Runtime,
-    request: Request,
-    path: str,
-    result: ReadResult,
-    woken: asyncio.Future[Change | None],
-) -> AsyncIterator[bytes]:
-    store = jc.streams
-    ends = time.monotonic() + jc.settings.stream_sse_seconds
     client_cursor = request.query_params.get("cursor")
-    incarnation, position = result.info.incarnation, result.position
-    quiet = jc.settings.heartbeat_interval
-    drained: asyncio.Future[Any] = asyncio.ensure_future(
-        jc.hub.drained.wait()
-    )  # R3: a shutdown ends the stream
-    try:
-        while True:
-            frames = b""
-            if result.data:
-                frames += _data_event(result)
-            if result.data or result.up_to_date or result.eof:
-                frames += _control_event(result, client_cursor)
-            if frames:
-                yield frames
-            if result.eof:
-                return
-            position = result.end
-            if result.up_to_date:  # else the budget cut the read short: read on at once
-                while not woken.done():
-                    remaining = ends - time.monotonic()
-                    if remaining <= 0:
-                        return
-                    await asyncio.wait(
-                        [woken, drained], timeout=min(quiet, remaining), return_when=FIRST
-                    )
-                    if drained.done():
-                        return
-                    if not woken.done():
-                        yield b": ping\n\n"
-                change = woken.result()
-                store.wakeups.forget(path, woken)
-                woken = store.wakeups.watch(path)  # R1: before the read
-                if change is not None and (change.incarnation, change.start) == (
-                    incarnation,
-                    position,
-                ):
-                    result = _taken(result, change, store.wakeups.known_tail(path))
-                    continue
-            result = await _read(jc, path, incarnation, position)
-    except Exception:  # the stream was deleted or expired: the client's next request says so
-        return
-    finally:
-        drained.cancel()
-        store.wakeups.forget(path, woken)
-
-
-def _taken(previous: ReadResult, change: Change, known: tuple[int, int] | None) -> ReadResult:
-    """The read a change stands for (outputs/store.W1): up to date unless more came since."""
-    info = dataclasses.replace(previous.info, tail=change.tail, closed=change.closed)
-    current = change.closed or known == (change.incarnation, change.tail)
-    return ReadResult(info, change.start, change.data, change.tail, current)
-
-
-def _data_event(result: ReadResult) -> bytes:
-    content_type = result.info.content_type
-    if is_json(content_type):
-        lines = [json_body(result.data).decode()]
-    elif is_text(content_type):
-        lines = _LINES.split(result.data.decode(errors="replace"))
-    else:
-        lines = [base64.b64encode(result.data).decode()]
-    return ("event: data\n" + "".join(f"data:{line}\n" for line in lines) + "\n").encode()
-
-
-def _control_event(result: ReadResult, client_cursor: str | None) -> bytes:
-    control: dict[str, Any] = {
-        "streamNextOffset": format_offset(result.info.incarnation, result.end)
-    }
-    if result.eof:
-        control["streamClosed"] = True
-        control["upToDate"] = True
-    else:
-        control["streamCursor"] = cursor(client_cursor)
-        if result.up_to_date:
-            control["upToDate"] = True
-    return b"event: control\ndata:" + json.dumps(control, separators=(",", ":")).encode() + b"\n\n"
+    return DurableSseResponse(source, headers, content_type, client_cursor, cursor)
 
 
 async def _read(

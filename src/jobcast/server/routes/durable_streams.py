@@ -15,7 +15,7 @@ headers (``outputs/model.O5``).
 from typing import TYPE_CHECKING, Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, WebSocket
 from starlette.responses import Response
 
 from jobcast.auth import Principal
@@ -24,6 +24,9 @@ from jobcast.outputs.model import DEFAULT_CONTENT_TYPE, StreamError, StreamInfo,
 from jobcast.server.http.errors import error_response, jobcast_error_response, jobcast_router
 from jobcast.server.routes import durable_access as access
 from jobcast.server.routes import durable_reads as reads
+from jobcast.server.routes import durable_socket
+from jobcast.server.routes.sockets import overridden_caller
+from jobcast.server.streams.durable_sse import holding
 
 if TYPE_CHECKING:
     from jobcast.server.runtime import Runtime
@@ -52,16 +55,13 @@ def durable_streams_router(jc: "Runtime") -> APIRouter:
     principal_dep = Annotated[Principal | None, Depends(jc.principal)]
 
     async def stream(path: str, request: Request, principal: principal_dep) -> Response:
-        try:
-            response = await _answer(jc, request, principal, access.stream_path(path))
-        except StreamError as exc:
-            response = error_response(
-                exc.status_code, exc.code, str(exc), headers=dict(exc.headers)
-            )
-        except JobcastError as exc:
-            response = jobcast_error_response(exc, request.scope)
-        response.headers.update(SECURITY_HEADERS)
-        return response
+        return await answer(jc, request, principal, path)
+
+    @router.websocket(durable_socket.PATH)
+    async def stream_socket(websocket: WebSocket, path: str) -> None:
+        """A stream read live from ``?offset=`` (``durable_socket.py``)."""
+        caller = await overridden_caller(jc, websocket)
+        await durable_socket.serve_stream_socket(jc, websocket, path, caller)
 
     for method, (name, summary) in OPERATIONS.items():
         router.add_api_route(
@@ -73,6 +73,21 @@ def durable_streams_router(jc: "Runtime") -> APIRouter:
             response_class=Response,
         )
     return router
+
+
+async def answer(
+    jc: "Runtime", request: Request, principal: Principal | None, path: str
+) -> Response:
+    """The answer to any request for ``/v1/stream/{path}``, errors included (the route's, and
+    the fast entrance's for SSE reads: ``serving/fast_streams.py``)."""
+    try:
+        response = await _answer(jc, request, principal, access.stream_path(path))
+    except StreamError as exc:
+        response = error_response(exc.status_code, exc.code, str(exc), headers=dict(exc.headers))
+    except JobcastError as exc:
+        response = jobcast_error_response(exc, request.scope)
+    response.headers.update(SECURITY_HEADERS)
+    return response
 
 
 async def _answer(
@@ -160,9 +175,9 @@ async def _read(jc: "Runtime", request: Request, path: str, subject: str) -> Res
             return await reads.long_poll(jc, request, path, incarnation, position)
     if live == "sse":
         hold = jc.stream_reads.hold(subject)
-        hold.__enter__()  # left when the response ends (reads.HeldStream)
+        hold.__enter__()  # left when the stream ends (durable_sse.D5)
         try:
-            return await reads.open_sse(jc, request, path, incarnation, position, hold)
+            return await reads.open_sse(jc, request, path, incarnation, position, holding(hold))
         except BaseException:
             hold.__exit__(None, None, None)
             raise

@@ -1,11 +1,11 @@
 """The fast entrance: the hottest routes answered in front of the framework.
 
-Streams (``fast_streams.py``), WebSockets and HTTP publishes (``fast_publish.py``) are most of
-what a busy jobcast serves. Through FastAPI each one passes a dozen layers: for a stream or a
-socket, each keeps a suspended frame alive for its whole life; for a publish, routing,
-dependency solving and model validation cost more than publishing. This pure ASGI wrapper
-answers them with the same functions the FastAPI routes call, and hands everything else to
-the app.
+Streams (``fast_streams.py``: event streams and Durable Streams SSE reads), WebSockets and
+HTTP publishes (``fast_publish.py``) are most of what a busy jobcast serves. Through FastAPI
+each one passes a dozen layers: for a stream or a socket, each keeps a suspended frame alive
+for its whole life; for a publish, routing, dependency solving and model validation cost more
+than publishing. This pure ASGI wrapper answers them with the same functions the FastAPI
+routes call, and hands everything else to the app.
 
 Decisions (cited as F1..F5):
 
@@ -36,6 +36,7 @@ from jobcast.server.http.browser import allowed_origins
 from jobcast.server.http.limits import headers_over_limit
 from jobcast.server.http.request_id import HEADER, incoming_id, new_request_id
 from jobcast.server.ops.logs import REQUEST_ID
+from jobcast.server.routes.durable_streams import PREFIX as DURABLE_PREFIX
 from jobcast.server.routes.table import (
     EVENTS_SOCKET,
     EVENTS_STREAM,
@@ -43,11 +44,19 @@ from jobcast.server.routes.table import (
     JOB_STREAM,
     PUBLISH,
 )
-from jobcast.server.serving.fast_publish import declared_json_body, publish_plain, read_body, replay
+from jobcast.server.serving.fast_publish import (
+    declared_body,
+    declared_json_body,
+    publish_plain,
+    read_body,
+    replay,
+)
 from jobcast.server.serving.fast_streams import (
     carrier,
+    durable_answer,
     open_fast_stream,
 )
+from jobcast.server.streams.durable_sse import DurableSseResponse
 from jobcast.server.streams.event_socket import serve_event_socket
 from jobcast.server.streams.job_socket import serve_job_socket
 from jobcast.server.streams.sse import EventStreamResponse
@@ -81,21 +90,30 @@ class FastPaths:
         if method == "POST" and PUBLISH.match(path) is not None:
             await self._publish(scope, receive, send)
             return
-        if method != "GET" or (
-            EVENTS_STREAM.match(path) is None and JOB_STREAM.match(path) is None
-        ):
+        if method == "POST" and path.startswith(DURABLE_PREFIX):
+            await self._append(path[len(DURABLE_PREFIX) :], scope, receive, send)
+            return
+        if method != "GET":
+            await self.app(scope, receive, send)
+            return
+        durable = path.startswith(DURABLE_PREFIX) and b"live=sse" in scope["query_string"]
+        if not durable and EVENTS_STREAM.match(path) is None and JOB_STREAM.match(path) is None:
             await self.app(scope, receive, send)
             return
         # A stream, answered in this frame (not a helper's): it lives as long as the stream.
         request_id = incoming_id(scope) or new_request_id()  # F2
         token = REQUEST_ID.set(request_id)
         try:
-            response = await open_fast_stream(self.jc, scope, path)
+            if durable:
+                stream = path[len(DURABLE_PREFIX) :]
+                response = await durable_answer(self.jc, scope, stream, receive)
+            else:
+                response = await open_fast_stream(self.jc, scope, path)
             response.raw_headers.append((HEADER, request_id.encode()))
             connection = carrier(scope)
             if (
                 connection is not None
-                and isinstance(response, EventStreamResponse)
+                and isinstance(response, EventStreamResponse | DurableSseResponse)
                 and connection.adopt(scope, response)  # it carries the stream from here: N1
             ):
                 return
@@ -133,6 +151,26 @@ class FastPaths:
                 await serve_event_socket(self.jc, websocket)
             else:
                 await serve_job_socket(self.jc, websocket, job_id)
+        finally:
+            REQUEST_ID.reset(token)
+
+    async def _append(self, stream: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """An append to a Durable Stream (``POST /v1/stream/{path}``) with a declared body
+        within the body limit; anything else goes to the app, which enforces its limits."""
+        if not declared_body(scope, self.jc.settings.max_body_bytes):
+            await self.app(scope, receive, send)
+            return
+        body = await read_body(receive)
+        if body is None:
+            return  # the client went away before sending its body
+        request_id = incoming_id(scope) or new_request_id()  # F2
+        token = REQUEST_ID.set(request_id)
+        try:
+            response = await durable_answer(self.jc, scope, stream, replay(body, receive))
+            response.raw_headers.append((HEADER, request_id.encode()))
+            connection = carrier(scope)
+            if connection is None or not connection.reply(scope, response):  # N2: one write
+                await response(scope, receive, send)
         finally:
             REQUEST_ID.reset(token)
 

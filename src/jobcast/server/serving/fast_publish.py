@@ -48,6 +48,14 @@ def declared_json_body(scope: Scope, limit: int) -> bool:
     return length_ok and json
 
 
+def declared_body(scope: Scope, limit: int) -> bool:
+    """Whether the request declares a body of at most ``limit`` bytes (any type)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return len(value) <= 19 and value.isdigit() and int(value) <= limit
+    return False
+
+
 def plain_items(body: bytes) -> tuple[list[tuple[str, str, Any]], bool] | None:
     """The events of a body in the plain shape, and whether it was a list; else ``None``."""
     if long_digits(body):

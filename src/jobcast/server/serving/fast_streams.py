@@ -1,5 +1,6 @@
-"""The two SSE routes, ``GET /api/events`` and ``GET /api/jobs/{id}/events``, for the fast
-entrance (``fast_paths.py``), and the paths of the two WebSocket routes it answers too.
+"""The SSE routes, ``GET /api/events``, ``GET /api/jobs/{id}/events`` and the Durable Streams
+``GET /v1/stream/{path}?live=sse``, for the fast entrance (``fast_paths.py``), and the paths
+of the two WebSocket routes it answers too.
 
 A stream is a long-lived request, and every layer it passes keeps a suspended frame (and often
 a wrapper around ``send``) alive for as long as the stream lasts: through FastAPI's routing that
@@ -15,16 +16,17 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from starlette.requests import HTTPConnection
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
-from starlette.types import Scope
+from starlette.types import Receive, Scope
 
 from jobcast.errors import JobcastError
 from jobcast.server.http.errors import jobcast_error_response, unexpected_error_response
+from jobcast.server.routes.durable_streams import answer as answer_stream
 from jobcast.server.routes.events import open_events_stream, resume_id
 from jobcast.server.routes.table import JOB_STREAM
 from jobcast.server.streams.job_sse import job_event_stream
-from jobcast.server.streams.sse import EventStreamResponse
+from jobcast.server.streams.writer import StreamWriter
 
 if TYPE_CHECKING:
     from jobcast.server.runtime import Runtime
@@ -52,10 +54,30 @@ async def open_fast_stream(jc: Runtime, scope: Scope, path: str) -> Response:
         return unexpected_error_response(scope["method"], scope["path"])
 
 
+async def durable_answer(jc: Runtime, scope: Scope, path: str, receive: Receive) -> Response:
+    """``GET /v1/stream/{path}?live=sse`` (the stream) and ``POST /v1/stream/{path}`` (an
+    append), or the answer that refuses them: the route's own function
+    (``durable_streams.answer``)."""
+    request = Request(scope, receive)
+    try:
+        principal = await jc.credentials.resolve(request)
+    except JobcastError as exc:
+        return jobcast_error_response(exc, scope)
+    return await answer_stream(jc, request, principal, path)
+
+
+class Carried(Protocol):
+    """An open stream a connection can carry: its headers, and its writer into a sink."""
+
+    raw_headers: list[tuple[bytes, bytes]]
+
+    def writer(self, sink: Any) -> StreamWriter[Any, bytes]: ...
+
+
 class StreamCarrier(Protocol):
     """A connection that writes responses itself (``native_streams.StreamProtocol``)."""
 
-    def adopt(self, scope: MutableMapping[str, Any], response: EventStreamResponse) -> bool: ...
+    def adopt(self, scope: MutableMapping[str, Any], response: Carried) -> bool: ...
 
     def reply(self, scope: MutableMapping[str, Any], response: Response) -> bool: ...
 

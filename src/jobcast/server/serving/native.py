@@ -1,4 +1,5 @@
-"""Open SSE streams carried by the connection itself, without an ASGI task, under ``jobcast serve``.
+"""Open SSE streams carried by the connection itself, without an ASGI task, under ``jobcast serve``
+(event streams, and Durable Streams SSE reads: ``streams/durable_sse.py``).
 
 An ASGI response lives in a task: uvicorn's request cycle, the app's frames down to the
 response's own, and a second task waiting on ``receive()`` to learn of a disconnect. For an
@@ -41,10 +42,8 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
-from jobcast.events import Event
-from jobcast.server.serving.fast_streams import NATIVE_STREAM
+from jobcast.server.serving.fast_streams import NATIVE_STREAM, Carried
 from jobcast.server.serving.request_heads import HeadGuardProtocol
-from jobcast.server.streams.sse import EventStreamResponse
 from jobcast.server.streams.writer import StreamWriter
 from jobcast.subscription import CloseReason
 
@@ -109,7 +108,7 @@ class StreamProtocol(HeadGuardProtocol):  # request heads: deadline, URL limit (
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.stream: StreamWriter[Event, bytes] | None = None
+        self.stream: StreamWriter[Any, bytes] | None = None
         self.held = b""  # what the client sent while its stream was open (N4)
 
     def on_message_begin(self) -> None:
@@ -117,7 +116,7 @@ class StreamProtocol(HeadGuardProtocol):  # request heads: deadline, URL limit (
         # The ASGI spec types extensions as dicts of dicts; this one is the connection.
         self.scope["extensions"] = {NATIVE_STREAM: self}  # type: ignore[dict-item]
 
-    def adopt(self, scope: MutableMapping[str, Any], response: EventStreamResponse) -> bool:
+    def adopt(self, scope: MutableMapping[str, Any], response: Carried) -> bool:
         """Carry ``response`` from now on, so the ASGI task that opened it may return; false
         when the request's body has not all arrived or another request came in the same
         packet (pipelined): uvicorn keeps those in order."""
@@ -243,7 +242,8 @@ class ConnectionSink:
                 transport.write(self.head + LAST_CHUNK)
                 reusable = self.keep_alive
             elif reason is not CloseReason.CLIENT:
-                transport.write(self.head + chunk(closing or b"") + LAST_CHUNK)
+                # an empty closing would be a last chunk of its own (the stream ends twice)
+                transport.write(self.head + (chunk(closing) if closing else b"") + LAST_CHUNK)
                 reusable = self.keep_alive
         done()
         protocol.ended(reusable)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from starlette.responses import Response
@@ -41,7 +41,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from jobcast.brokers.base import Replay
 from jobcast.events import Event
-from jobcast.server.streams.pump import PumpedSink
+from jobcast.server.streams.pump import Guarded, PumpedSink
 from jobcast.server.streams.writer import StreamWriter
 from jobcast.subscription import CloseReason, Subscription
 from jobcast.wire import HEARTBEAT, ServerSentEvent, opening_frame, retry_frame
@@ -168,7 +168,7 @@ class EventStreamResponse(Response):
 class AsgiSink(PumpedSink[bytes]):
     """An ASGI ``send`` as a stream's sink, pumped by the response's own coroutine (E1)."""
 
-    def __init__(self, send: Send, subscription: Subscription) -> None:
+    def __init__(self, send: Send, subscription: Guarded) -> None:
         super().__init__(subscription)
         self._send_message = send
 
@@ -181,6 +181,12 @@ class AsgiSink(PumpedSink[bytes]):
         await self._send_message({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+class Closable(Protocol):
+    """What a client's leaving closes: a subscription, or any other source of a stream."""
+
+    def close(self, reason: CloseReason) -> None: ...
+
+
 class DisconnectWatch:
     """Closes a subscription (``CLIENT``) once ``receive()`` says the client went away (E1).
 
@@ -190,7 +196,7 @@ class DisconnectWatch:
 
     __slots__ = ("_receive", "_subscription", "_task")
 
-    def __init__(self, receive: Receive, subscription: Subscription) -> None:
+    def __init__(self, receive: Receive, subscription: Closable) -> None:
         self._receive = receive
         self._subscription = subscription
         self._task = self._arm()
