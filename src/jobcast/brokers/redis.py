@@ -63,8 +63,8 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from jobcast._lua import Script
 from jobcast.brokers import _redis_scripts as lua
-from jobcast.brokers._redis_connect import Script
 from jobcast.brokers._redis_connect import client as redis_client
 from jobcast.brokers._redis_history import READ_BATCH, HistoryReader, event, position
 from jobcast.brokers.base import Deliver, Gap, Replay, Retention, check_position, new_epoch

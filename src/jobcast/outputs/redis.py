@@ -21,6 +21,7 @@ from typing import Any
 import redis.asyncio as redis
 from redis.asyncio.client import PubSub
 
+from jobcast._lua import Script
 from jobcast.errors import JobcastError
 from jobcast.outputs import _redis_scripts as lua
 from jobcast.outputs.model import (
@@ -63,10 +64,10 @@ class RedisStreamStore:
         self.max_stream_bytes = max_stream_bytes
         self.wakeups = Wakeups()
         self._redis = self.client = client
-        self._create = client.register_script(lua.CREATE)
-        self._append = client.register_script(lua.APPEND)
-        self._load = client.register_script(lua.LOAD)
-        self._delete = client.register_script(lua.DELETE)
+        self._create = Script(client, lua.CREATE)
+        self._append = Script(client, lua.APPEND)
+        self._load = Script(client, lua.LOAD)
+        self._delete = Script(client, lua.DELETE)
         self._listener: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.sweep_interval = sweep_interval
