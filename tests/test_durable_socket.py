@@ -20,7 +20,8 @@ from tests.test_output_streams import HANDLERS, opened
 
 @pytest.fixture
 def server(make_server: Callable[..., LiveServer]) -> LiveServer:
-    return make_server(handlers=HANDLERS, public_stream_prefixes=["open/"])
+    # A socket without a credential is refused once it sent none for ws_auth_timeout.
+    return make_server(handlers=HANDLERS, public_stream_prefixes=["open/"], ws_auth_timeout=1)
 
 
 def socket_url(server: LiveServer, path: str, **query: str) -> str:
