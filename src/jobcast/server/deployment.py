@@ -32,6 +32,7 @@ from jobcast.server.ops.shared_state import (
     MemorySpentTickets,
     RedisSpentTickets,
     SpentTickets,
+    close_rate_limit_storage,
     redis_rate_limit_storage,
 )
 from jobcast.stores import JobStore
@@ -76,6 +77,7 @@ class Deployment:
                 self._redis = redis.Redis(connection_pool=self._pool)
         #: The broker's PostgreSQL, when instances share one: tickets and limits live there.
         self._postgres: PostgresState | None = None
+        self._limits: Storage | None = None  # Redis counters (limits' own client on a Cluster)
         if urlsplit(url).scheme in POSTGRES_SCHEMES:
             from jobcast.server.ops.postgres_state import PostgresState  # the 'postgres' extra
 
@@ -117,7 +119,8 @@ class Deployment:
             return PostgresRateLimitStorage(self._postgres)
         if self.redis_url is None:
             return MemoryStorage()
-        return redis_rate_limit_storage(self.redis_url, self._pool)
+        storage = self._limits = redis_rate_limit_storage(self.redis_url, self._pool)
+        return storage
 
     def spent_tickets(self) -> SpentTickets:
         if self._postgres is not None:
@@ -183,6 +186,8 @@ class Deployment:
         return queues
 
     async def close(self) -> None:
+        if self._limits is not None:
+            await close_rate_limit_storage(self._limits)
         if self._pool is not None:
             from jobcast.brokers._redis_connect import close_pool
 

@@ -94,3 +94,14 @@ def redis_rate_limit_storage(url: str, pool: ConnectionPool | None) -> Storage:
         wrap_exceptions=True,
         **options,
     )
+
+
+async def close_rate_limit_storage(storage: Storage) -> None:
+    """Close the Cluster client that limits made for its counters: limits has no close of its
+    own, and the client's connections (one per node) outlived the server otherwise. On one
+    server or Sentinel, the counters use jobcast's pool, which the deployment closes."""
+    from limits.aio.storage import RedisClusterStorage
+
+    client = getattr(getattr(storage, "bridge", None), "storage", None)  # limits' redis-py client
+    if isinstance(storage, RedisClusterStorage) and client is not None:
+        await client.aclose()
