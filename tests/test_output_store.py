@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as redis
 
+from jobcast.brokers._postgres_sql import parse_url
 from jobcast.errors import PayloadTooLarge
 from jobcast.outputs.model import Producer, StreamError
 from jobcast.outputs.postgres import PostgresStreamStore
@@ -48,7 +49,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         return
     if request.param == "postgres":
         url = postgres_broker_url()
-        made = PostgresStreamStore(url, max_stream_bytes=1000)
+        made = PostgresStreamStore(parse_url(url), max_stream_bytes=1000)
         await made.open()
         yield made
         await made.close()
@@ -153,8 +154,8 @@ async def test_the_sweep_removes_what_nobody_touches_again(tmp_path: Path) -> No
 @needs_services
 async def test_postgres_instances_share_streams_producers_and_wake_ups() -> None:
     url = postgres_broker_url()
-    one = PostgresStreamStore(url, max_stream_bytes=1000)
-    other = PostgresStreamStore(url, max_stream_bytes=1000)
+    one = PostgresStreamStore(parse_url(url), max_stream_bytes=1000)
+    other = PostgresStreamStore(parse_url(url), max_stream_bytes=1000)
     await one.open()
     await other.open()
     try:

@@ -9,7 +9,21 @@ their stream (``ON DELETE CASCADE``), so removing a stream is one row.
 
 from __future__ import annotations
 
-from jobcast.brokers._postgres_sql import Location
+from typing import Protocol
+
+
+class Location(Protocol):
+    """Where the tables are (the broker URL's ``brokers._postgres_sql.Location``)."""
+
+    @property
+    def dsn(self) -> str: ...
+    @property
+    def schema(self) -> str | None: ...
+    @property
+    def prefix(self) -> str: ...
+    @property
+    def pool_size(self) -> int: ...
+
 
 COLUMNS = (
     "incarnation, path, content_type, ttl, expires_at, closed, tail, last_seq, "

@@ -32,9 +32,8 @@ from typing import Any
 
 import asyncpg
 
-from jobcast.brokers._postgres_sql import parse_url
 from jobcast.errors import Unavailable
-from jobcast.outputs._postgres_sql import StreamStatements
+from jobcast.outputs._postgres_sql import Location, StreamStatements
 from jobcast.outputs.model import (
     READ_BUDGET,
     Appended,
@@ -63,8 +62,11 @@ _Flush = tuple[Sequence[tuple[str, bytes, bool]], asyncio.Future[None]]
 
 
 class PostgresStreamStore:
-    def __init__(self, url: str, *, max_stream_bytes: int, sweep_interval: float = 60.0) -> None:
-        self.location = parse_url(url)
+    def __init__(
+        self, location: Location, *, max_stream_bytes: int, sweep_interval: float = 60.0
+    ) -> None:
+        #: The broker's database, schema and table prefix (``brokers._postgres_sql.parse_url``).
+        self.location = location
         self.sql = StreamStatements(self.location)
         self.max_stream_bytes = max_stream_bytes
         self.sweep_interval = sweep_interval
