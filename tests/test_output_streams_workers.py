@@ -1,5 +1,6 @@
 """A `jobcast worker` job's output stream, read live from a server: the worker writes it into
-the deployment's Redis and the server serves it (outputs/redis.py)."""
+the deployment's Redis (outputs/redis.py) or PostgreSQL (outputs/postgres.py) and the server
+serves it."""
 
 from __future__ import annotations
 
@@ -16,15 +17,27 @@ from jobcast.wire import SSEDecoder
 from tests.jobs_support import poll_until_done, submit
 from tests.output_handlers import chunk
 from tests.scale_support import Processes, processes
-from tests.services import POSTGRES_URL, REDIS_URL, drop_schema, needs_services, redis_prefix
+from tests.services import (
+    POSTGRES_URL,
+    REDIS_URL,
+    drop_schema,
+    needs_services,
+    redis_prefix,
+    unique_prefix,
+)
 from tests.services import redis_url as broker_url
 from tests.support import LiveServer, eventually
 
 pytestmark = needs_services
 
 
-@pytest.fixture
-def shared() -> Iterator[dict[str, Any]]:
+@pytest.fixture(params=["redis", "postgres"])
+def shared(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    if request.param == "postgres":  # PostgreSQL only: store, broker, queue and streams
+        store_url = f"{POSTGRES_URL}?schema=o_{unique_prefix()[-12:]}"
+        yield {"store_url": store_url, "queue_url": store_url, "handlers": "tests.output_handlers"}
+        drop_schema(store_url)
+        return
     for prefix in redis_prefix():
         store_url = f"{POSTGRES_URL}?schema=o_{prefix[-12:]}"
         yield {
