@@ -178,3 +178,36 @@ async def test_postgres_instances_share_streams_producers_and_wake_ups() -> None
         await one.close()
         await other.close()
         await drop_postgres_broker_tables(url)
+
+
+@needs_services
+async def test_postgres_wake_ups_come_back_after_the_listening_connection_is_lost() -> None:
+    url = postgres_broker_url()
+    one = PostgresStreamStore(parse_url(url), max_stream_bytes=1000)
+    other = PostgresStreamStore(parse_url(url), max_stream_bytes=1000)
+    await one.open()
+    await other.open()
+    try:
+        await one.create("r", "text/plain", ttl=None, expires_at=None, closed=False, body=b"")
+        lost = one._listener
+        async with other._connection() as conn:  # the database drops one's LISTEN connection
+            await conn.execute("SELECT pg_terminate_backend($1)", lost.get_server_pid())
+        await eventually(lost.is_closed, timeout=5)
+
+        async def woken_by_the_other() -> bool:
+            woken = one.wakeups.watch("r")
+            try:
+                await other.append("r", b".", content_type=None)
+                async with asyncio.timeout(0.5):
+                    await woken
+                return True
+            except TimeoutError:
+                return False
+            finally:
+                one.wakeups.forget("r", woken)
+
+        await eventually(woken_by_the_other, timeout=10)
+    finally:
+        await one.close()
+        await other.close()
+        await drop_postgres_broker_tables(url)

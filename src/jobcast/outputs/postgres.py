@@ -250,6 +250,7 @@ class PostgresStreamStore:
                     continue
                 if info.expired(now):
                     await conn.execute(self.sql.remove, info.incarnation)
+                    await self._announce(conn, path, info.incarnation, -1)
                     del streams[path]
                     continue
                 change = await self._write(conn, info, data, now, close, None, None)
