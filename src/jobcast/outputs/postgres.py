@@ -88,7 +88,7 @@ class PostgresStreamStore:
             self._pool = await asyncpg.create_pool(
                 self.location.dsn,
                 min_size=1,
-                max_size=self.location.pool_size,
+                max_size=2,  # a small pool of its own: jobs' flushes commit in groups (S2)
                 server_settings=settings,
                 command_timeout=15,  # a silent database: 503, not a hang
             )
