@@ -65,20 +65,29 @@ CREATE TABLE IF NOT EXISTS {producers} (
             "accessed_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (path) DO NOTHING "
             f"RETURNING {COLUMNS}"
         )
+        # One append's effects, and its wake-up (S3), in one statement: the chunk (if any),
+        # the producer's state (if any), the stream's row.
+        self.write = f"""
+WITH chunk AS (
+    INSERT INTO {chunks} SELECT $1::bigint, $2::bigint, $3::bytea WHERE length($3::bytea) > 0),
+producer AS (
+    INSERT INTO {producers} SELECT $1::bigint, $9::text, $10::bigint, $11::bigint
+    WHERE $9::text IS NOT NULL ON CONFLICT (incarnation, producer)
+    DO UPDATE SET epoch = EXCLUDED.epoch, last_seq = EXCLUDED.last_seq),
+stream AS (
+    UPDATE {streams} SET tail = tail + length($3::bytea), accessed_at = $4,
+    last_seq = COALESCE($5, last_seq), closed = closed OR $6,
+    closed_by_id = CASE WHEN $6 AND $9::text IS NOT NULL THEN $9::text ELSE closed_by_id END,
+    closed_by_epoch = CASE WHEN $6 AND $9::text IS NOT NULL THEN $10::bigint
+        ELSE closed_by_epoch END,
+    closed_by_seq = CASE WHEN $6 AND $9::text IS NOT NULL THEN $11::bigint
+        ELSE closed_by_seq END
+    WHERE incarnation = $1)
+SELECT pg_notify($7, $8)
+"""
         self.insert_chunk = f"INSERT INTO {chunks} VALUES ($1, $2, $3)"
-        self.update = (
-            f"UPDATE {streams} SET tail = tail + $2, accessed_at = $3, "
-            "last_seq = COALESCE($4, last_seq), closed = closed OR $5, "
-            "closed_by_id = COALESCE($6, closed_by_id), "
-            "closed_by_epoch = COALESCE($7, closed_by_epoch), "
-            "closed_by_seq = COALESCE($8, closed_by_seq) WHERE incarnation = $1"
-        )
         self.producer = (
             f"SELECT epoch, last_seq FROM {producers} WHERE incarnation = $1 AND producer = $2"
-        )
-        self.save_producer = (
-            f"INSERT INTO {producers} VALUES ($1, $2, $3, $4) ON CONFLICT (incarnation, producer) "
-            "DO UPDATE SET epoch = EXCLUDED.epoch, last_seq = EXCLUDED.last_seq"
         )
         self.touch = f"UPDATE {streams} SET accessed_at = $2 WHERE incarnation = $1"
         # The chunk holding ``position`` and those after it, below the tail the read saw.

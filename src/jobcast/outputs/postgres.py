@@ -360,25 +360,20 @@ class PostgresStreamStore:
         tail = info.tail + len(data)
         if tail > self.max_stream_bytes:
             raise too_large(tail, self.max_stream_bytes)
-        if data:
-            await conn.execute(self.sql.insert_chunk, info.incarnation, info.tail, data)
-        closer = producer if close else None
         await conn.execute(
-            self.sql.update,
+            self.sql.write,
             info.incarnation,
-            len(data),
+            info.tail,
+            data,
             now,
             seq,
             close,
-            closer.id if closer else None,
-            closer.epoch if closer else None,
-            closer.seq if closer else None,
+            self.sql.channel,
+            self._payload(info.path, info.incarnation, tail),
+            producer.id if producer else None,
+            producer.epoch if producer else None,
+            producer.seq if producer else None,
         )
-        if producer is not None:
-            await conn.execute(
-                self.sql.save_producer, info.incarnation, producer.id, producer.epoch, producer.seq
-            )
-        await self._announce(conn, info.path, info.incarnation, tail)
         return Change(info.incarnation, info.tail, data, tail, close)
 
     async def _producer_seq(self, conn: Any, incarnation: int, producer: Producer) -> int | None:
@@ -403,8 +398,11 @@ class PostgresStreamStore:
     async def _announce(self, conn: Any, path: str, incarnation: int, tail: int) -> None:
         """S3: sent when the transaction commits, not before."""
         await conn.execute(
-            self.sql.notify, self.sql.channel, f"{self._me} {incarnation} {tail} {path}"
+            self.sql.notify, self.sql.channel, self._payload(path, incarnation, tail)
         )
+
+    def _payload(self, path: str, incarnation: int, tail: int) -> str:
+        return f"{self._me} {incarnation} {tail} {path}"
 
     # -- connections, wake-ups (S3, S4) ------------------------------------------------------
 
