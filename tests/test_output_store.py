@@ -189,8 +189,8 @@ async def test_postgres_wake_ups_come_back_after_the_listening_connection_is_los
     await other.open()
     try:
         await one.create("r", "text/plain", ttl=None, expires_at=None, closed=False, body=b"")
-        lost = one._listener
-        async with other._connection() as conn:  # the database drops one's LISTEN connection
+        lost = one.db.listener
+        async with other.db.connection() as conn:  # the database drops one's LISTEN connection
             await conn.execute("SELECT pg_terminate_backend($1)", lost.get_server_pid())
         await eventually(lost.is_closed, timeout=5)
 

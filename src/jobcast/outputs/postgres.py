@@ -18,6 +18,7 @@ S3. Wake-ups: each write also sends ``pg_notify`` with ``{instance} {incarnation
     A lost LISTEN connection is reopened with backoff, and every waiting reader is woken to
     read what it may have missed.
 S4. Foreign errors stop here: asyncpg and socket errors become :class:`Unavailable` (503).
+The connections and the listening are ``_postgres_db.py``, the statements ``_postgres_sql.py``.
 """
 
 from __future__ import annotations
@@ -26,13 +27,11 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import asyncpg
-
 from jobcast.errors import Unavailable
+from jobcast.outputs._postgres_db import StreamsDatabase
 from jobcast.outputs._postgres_sql import Location, StreamStatements
 from jobcast.outputs.model import (
     READ_BUDGET,
@@ -57,7 +56,6 @@ from jobcast.outputs.model import (
 from jobcast.outputs.store import Change, Wakeups
 
 logger = logging.getLogger("jobcast.outputs")
-FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 _Flush = tuple[Sequence[tuple[str, bytes, bool]], asyncio.Future[None]]
 
 
@@ -71,66 +69,27 @@ class PostgresStreamStore:
         self.max_stream_bytes = max_stream_bytes
         self.sweep_interval = sweep_interval
         self.wakeups = Wakeups()
-        self._me = uuid.uuid4().hex[:12]  # S3: this instance's own notifications
-        self._pool: Any = None  # asyncpg.Pool
-        self._listener: Any = None  # asyncpg.Connection, LISTENing
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.db = StreamsDatabase(location, self.sql, self.wakeups)
+        self._sweeper: asyncio.Task[None] | None = None
         self._queued: list[_Flush] = []
         self._committer: asyncio.Task[None] | None = None
-        self._closing = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def open(self) -> None:
-        schema = self.location.schema
-        settings = {"search_path": schema} if schema else None
-        try:
-            self._pool = await asyncpg.create_pool(
-                self.location.dsn,
-                min_size=1,
-                max_size=2,  # a small pool of its own: jobs' flushes commit in groups (S2)
-                server_settings=settings,
-                command_timeout=15,  # a silent database: 503, not a hang
-            )
-            async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute(
-                    "SELECT pg_advisory_xact_lock(hashtext($1))", self.sql.schema_lock
-                )
-                if schema:
-                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-                await conn.execute(self.sql.create_tables)
-            await self._listen()  # before any write: no wake-up is missed
-        except FAILURES as exc:
-            await self.close()
-            raise Unavailable(f"cannot open output streams in PostgreSQL: {exc}") from exc
-        self._spawn(self._sweep_forever(), "jobcast-stream-sweep")
-
-    async def _listen(self) -> None:
-        schema = self.location.schema
-        conn = await asyncpg.connect(
-            self.location.dsn, server_settings={"search_path": schema} if schema else None
-        )
-        await conn.add_listener(self.sql.channel, self._notified)
-        conn.add_termination_listener(self._listener_lost)
-        self._listener = conn
+        await self.db.open()
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="jobcast-stream-sweep")
 
     async def close(self) -> None:
-        self._closing = True
         if self._committer is not None:
             with contextlib.suppress(Exception):
                 await self._committer  # S2: what was queued commits first
-        for task in list(self._tasks):
-            task.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            with contextlib.suppress(*FAILURES):
-                await listener.close(timeout=2)
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            with contextlib.suppress(*FAILURES):
-                await asyncio.wait_for(pool.close(), 5)
+                await self._sweeper
+            self._sweeper = None
+        await self.db.close()
 
     # -- writes (S1, S2) ---------------------------------------------------------------------
 
@@ -148,7 +107,7 @@ class PostgresStreamStore:
         if len(data) > self.max_stream_bytes:
             raise too_large(len(data), self.max_stream_bytes)
         now = time.time()
-        async with self._transaction() as conn:
+        async with self.db.transaction() as conn:
             info = await self._live(conn, path, now, lock=True)
             if info is None:
                 row = await conn.fetchrow(
@@ -158,7 +117,7 @@ class PostgresStreamStore:
                     created = _info(row)
                     if data:
                         await conn.execute(self.sql.insert_chunk, created.incarnation, 0, data)
-                    await self._announce(conn, path, created.incarnation, -1)
+                    await self.db.announce(conn, path, created.incarnation, -1)
                     self.wakeups.notify(path)
                     return created, True
                 info = await self._live(conn, path, now, lock=True)  # another instance's
@@ -178,7 +137,7 @@ class PostgresStreamStore:
         close: bool = False,
     ) -> Appended:
         now = time.time()
-        async with self._transaction() as conn:
+        async with self.db.transaction() as conn:
             info = await self._live(conn, path, now, lock=True)
             if info is None:
                 raise not_found(path)
@@ -241,7 +200,7 @@ class PostgresStreamStore:
         """A closed or missing stream takes nothing (its job's writer was told it closed)."""
         now = time.time()
         written = []
-        async with self._transaction() as conn:
+        async with self.db.transaction() as conn:
             rows = await conn.fetch(self.sql.lock_many, sorted({path for path, _, _ in writes}))
             streams = {info.path: info for info in map(_info, rows)}
             for path, data, close in writes:
@@ -250,7 +209,7 @@ class PostgresStreamStore:
                     continue
                 if info.expired(now):
                     await conn.execute(self.sql.remove, info.incarnation)
-                    await self._announce(conn, path, info.incarnation, -1)
+                    await self.db.announce(conn, path, info.incarnation, -1)
                     del streams[path]
                     continue
                 change = await self._write(conn, info, data, now, close, None, None)
@@ -259,20 +218,20 @@ class PostgresStreamStore:
         return written
 
     async def delete(self, path: str) -> None:
-        async with self._transaction() as conn:
+        async with self.db.transaction() as conn:
             info = await self._live(conn, path, time.time(), lock=True)
             if info is None:
                 raise not_found(path)
             await conn.execute(self.sql.remove, info.incarnation)
-            await self._announce(conn, path, info.incarnation, -1)
+            await self.db.announce(conn, path, info.incarnation, -1)
         self.wakeups.notify(path)
 
     async def sweep(self) -> None:
         """Remove every expired stream (one found expired when touched goes at once)."""
-        async with self._transaction() as conn:
+        async with self.db.transaction() as conn:
             rows = await conn.fetch(self.sql.sweep, time.time())
             for row in rows:
-                await self._announce(conn, row["path"], row["incarnation"], -1)
+                await self.db.announce(conn, row["path"], row["incarnation"], -1)
         for row in rows:
             self.wakeups.notify(row["path"])
 
@@ -287,7 +246,7 @@ class PostgresStreamStore:
     # -- reads -------------------------------------------------------------------------------
 
     async def head(self, path: str) -> StreamInfo:
-        async with self._connection() as conn:
+        async with self.db.connection() as conn:
             info = await self._live(conn, path, time.time(), lock=False)
         if info is None:
             raise not_found(path)
@@ -297,7 +256,7 @@ class PostgresStreamStore:
         self, path: str, incarnation: int | None, position: int | None, *, touch: bool = True
     ) -> ReadResult:
         now = time.time()
-        async with self._connection() as conn:
+        async with self.db.connection() as conn:
             info = await self._live(conn, path, now, lock=False)
             if info is None:
                 raise not_found(path)
@@ -326,7 +285,7 @@ class PostgresStreamStore:
         return ReadResult(info, position, b"".join(parts), end, end == info.tail)
 
     async def listing(self, prefix: str) -> list[StreamInfo]:
-        async with self._connection() as conn:
+        async with self.db.connection() as conn:
             rows = await conn.fetch(self.sql.listing, prefix)
         now = time.time()
         return [info for info in map(_info, rows) if not info.expired(now)]
@@ -342,7 +301,7 @@ class PostgresStreamStore:
         if info.expired(now):
             async with conn.transaction():
                 await conn.execute(self.sql.remove, info.incarnation)
-                await self._announce(conn, path, info.incarnation, -1)
+                await self.db.announce(conn, path, info.incarnation, -1)
             self.wakeups.notify(path)
             return None
         return info
@@ -369,7 +328,7 @@ class PostgresStreamStore:
             seq,
             close,
             self.sql.channel,
-            self._payload(info.path, info.incarnation, tail),
+            self.db.payload(info.path, info.incarnation, tail),
             producer.id if producer else None,
             producer.epoch if producer else None,
             producer.seq if producer else None,
@@ -394,60 +353,6 @@ class PostgresStreamStore:
         if producer.seq == last + 1:
             return None
         raise sequence_gap(last + 1, producer.seq)
-
-    async def _announce(self, conn: Any, path: str, incarnation: int, tail: int) -> None:
-        """S3: sent when the transaction commits, not before."""
-        await conn.execute(
-            self.sql.notify, self.sql.channel, self._payload(path, incarnation, tail)
-        )
-
-    def _payload(self, path: str, incarnation: int, tail: int) -> str:
-        return f"{self._me} {incarnation} {tail} {path}"
-
-    # -- connections, wake-ups (S3, S4) ------------------------------------------------------
-
-    @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[Any]:
-        if self._pool is None:
-            raise RuntimeError("the stream store is not open")
-        try:
-            async with self._pool.acquire() as conn:
-                yield conn
-        except FAILURES as exc:
-            raise Unavailable(f"the output streams' database failed: {exc}") from exc
-
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[Any]:
-        async with self._connection() as conn, conn.transaction():
-            yield conn
-
-    def _notified(self, conn: object, pid: int, channel: str, payload: str) -> None:
-        sender, _, rest = payload.partition(" ")
-        path = rest.split(" ", 2)[-1]
-        if sender != self._me and path:
-            self.wakeups.notify(path)
-
-    def _listener_lost(self, conn: object) -> None:
-        if not self._closing:
-            self._spawn(self._relisten(), "jobcast-stream-relisten")
-
-    async def _relisten(self) -> None:
-        backoff = 0.05
-        while not self._closing:
-            try:
-                await self._listen()
-            except FAILURES as exc:
-                logger.warning("stream wake-ups lost (%s); retrying in %.2f s", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            self.wakeups.notify_all()  # what changed while nobody listened
-            return
-
-    def _spawn(self, work: Any, name: str) -> None:
-        task = asyncio.create_task(work, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
 
 def _info(row: Any) -> StreamInfo:
