@@ -168,7 +168,15 @@ async def test_postgres_instances_share_streams_producers_and_wake_ups() -> None
             assert await woken is None  # from the other instance: it must read
         retry = await other.append("x", b"[1]", content_type=None, producer=Producer("w", 0, 0))
         assert not retry.fresh  # the producer's state committed with the bytes, for both
-        assert (await other.read("x", info.incarnation, 0)).data == b'1,{"a":2},'
+        # The same next append sent to both instances at once, many times: stored once.
+        racing = [
+            store.append("x", b"[3]", content_type=None, producer=Producer("w", 0, 1))
+            for _ in range(10)
+            for store in (one, other)
+        ]
+        outcomes = await asyncio.gather(*racing)
+        assert sum(appended.fresh for appended in outcomes) == 1
+        assert (await other.read("x", info.incarnation, 0)).data == b'1,{"a":2},3,'
         await other.delete("x")
         await one.create("x", "text/plain", ttl=None, expires_at=None, closed=False, body=b"")
         with pytest.raises(StreamError) as gone:

@@ -107,6 +107,7 @@ class PostgresStreamStore:
         if len(data) > self.max_stream_bytes:
             raise too_large(len(data), self.max_stream_bytes)
         now = time.time()
+        created = None
         async with self.db.transaction() as conn:
             info = await self._live(conn, path, now, lock=True)
             if info is None:
@@ -118,10 +119,13 @@ class PostgresStreamStore:
                     if data:
                         await conn.execute(self.sql.insert_chunk, created.incarnation, 0, data)
                     await self.db.announce(conn, path, created.incarnation, -1)
-                    self.wakeups.notify(path)
-                    return created, True
-                info = await self._live(conn, path, now, lock=True)  # another instance's
-                assert info is not None  # its transaction committed: we waited for it
+                else:
+                    info = await self._live(conn, path, now, lock=True)  # another instance's
+                    assert info is not None  # its transaction committed: we waited for it
+        if created is not None:
+            self.wakeups.notify(path)  # committed
+            return created, True
+        assert info is not None
         if info.same_config(content_type, ttl, expires_at) and info.closed == closed:
             return info, False
         raise conflict("a stream with a different configuration exists at this path")
