@@ -107,4 +107,7 @@ BROKER_TABLES = (
     "tickets",
     "limit_hits",
     "metrics",
+    "stream_producers",  # before the streams they belong to
+    "stream_chunks",
+    "streams",
 )

@@ -16,7 +16,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.services import delete_prefix, needs_services, redis_url, unique_prefix
+from tests.services import (
+    delete_prefix,
+    drop_postgres_broker,
+    needs_services,
+    postgres_broker_url,
+    redis_url,
+    unique_prefix,
+)
 from tests.test_cli_serve import serve_env, serving
 
 SUITE = Path(__file__).parent / "conformance"
@@ -79,3 +86,12 @@ def test_every_test_outside_the_fork_groups_passes_on_redis(tmp_path: Path) -> N
         check(run_suite(tmp_path, broker_url=redis_url(prefix)))
     finally:
         delete_prefix(prefix)
+
+
+@needs_services
+def test_every_test_outside_the_fork_groups_passes_on_postgres(tmp_path: Path) -> None:
+    url = postgres_broker_url()
+    try:
+        check(run_suite(tmp_path, broker_url=url))
+    finally:
+        drop_postgres_broker(url)

@@ -1,5 +1,6 @@
-"""The output stream backends' contract, run over each (SQLite file, Redis): what the HTTP
-layer and jobs rely on, without a server. (The protocol itself: test_durable_conformance.py.)"""
+"""The output stream backends' contract, run over each (SQLite file, Redis, PostgreSQL): what
+the HTTP layer and jobs rely on, without a server.
+(The protocol itself: test_durable_conformance.py.)"""
 
 from __future__ import annotations
 
@@ -13,16 +14,31 @@ from pathlib import Path
 import pytest
 import redis.asyncio as redis
 
+from jobcast.brokers._postgres_sql import parse_url
 from jobcast.errors import PayloadTooLarge
 from jobcast.outputs.model import Producer, StreamError
+from jobcast.outputs.postgres import PostgresStreamStore
 from jobcast.outputs.redis import RedisStreamStore
 from jobcast.outputs.sqlite import SQLiteStreamStore
 from jobcast.outputs.store import StreamStore
-from tests.services import REDIS_URL, delete_prefix, needs_services, unique_prefix
+from tests.services import (
+    REDIS_URL,
+    delete_prefix,
+    drop_postgres_broker_tables,
+    needs_services,
+    postgres_broker_url,
+    unique_prefix,
+)
 from tests.support import eventually
 
 
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=needs_services)])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("redis", marks=needs_services),
+        pytest.param("postgres", marks=needs_services),
+    ]
+)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StreamStore]:
     made: StreamStore
     if request.param == "sqlite":
@@ -30,6 +46,14 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         await made.open()
         yield made
         await made.close()
+        return
+    if request.param == "postgres":
+        url = postgres_broker_url()
+        made = PostgresStreamStore(parse_url(url), max_stream_bytes=1000)
+        await made.open()
+        yield made
+        await made.close()
+        await drop_postgres_broker_tables(url)
         return
     prefix = unique_prefix()
     client = redis.Redis.from_url(REDIS_URL)
@@ -125,3 +149,73 @@ async def test_the_sweep_removes_what_nobody_touches_again(tmp_path: Path) -> No
         await eventually(lambda: rows() == 0, timeout=5)  # never read again: swept
     finally:
         await store.close()
+
+
+@needs_services
+async def test_postgres_instances_share_streams_producers_and_wake_ups() -> None:
+    url = postgres_broker_url()
+    one = PostgresStreamStore(parse_url(url), max_stream_bytes=1000)
+    other = PostgresStreamStore(parse_url(url), max_stream_bytes=1000)
+    await one.open()
+    await other.open()
+    try:
+        info, _ = await one.create(
+            "x", "application/json", ttl=None, expires_at=None, closed=False, body=b""
+        )
+        woken = other.wakeups.watch("x")
+        await one.append("x", b'[1, {"a": 2}]', content_type=None, producer=Producer("w", 0, 0))
+        async with asyncio.timeout(5):
+            assert await woken is None  # from the other instance: it must read
+        retry = await other.append("x", b"[1]", content_type=None, producer=Producer("w", 0, 0))
+        assert not retry.fresh  # the producer's state committed with the bytes, for both
+        # The same next append sent to both instances at once, many times: stored once.
+        racing = [
+            store.append("x", b"[3]", content_type=None, producer=Producer("w", 0, 1))
+            for _ in range(10)
+            for store in (one, other)
+        ]
+        outcomes = await asyncio.gather(*racing)
+        assert sum(appended.fresh for appended in outcomes) == 1
+        assert (await other.read("x", info.incarnation, 0)).data == b'1,{"a":2},3,'
+        await other.delete("x")
+        await one.create("x", "text/plain", ttl=None, expires_at=None, closed=False, body=b"")
+        with pytest.raises(StreamError) as gone:
+            await other.read("x", info.incarnation, 0)
+        assert gone.value.status_code == 410
+    finally:
+        await one.close()
+        await other.close()
+        await drop_postgres_broker_tables(url)
+
+
+@needs_services
+async def test_postgres_wake_ups_come_back_after_the_listening_connection_is_lost() -> None:
+    url = postgres_broker_url()
+    one = PostgresStreamStore(parse_url(url), max_stream_bytes=1000)
+    other = PostgresStreamStore(parse_url(url), max_stream_bytes=1000)
+    await one.open()
+    await other.open()
+    try:
+        await one.create("r", "text/plain", ttl=None, expires_at=None, closed=False, body=b"")
+        lost = one.db.listener
+        async with other.db.connection() as conn:  # the database drops one's LISTEN connection
+            await conn.execute("SELECT pg_terminate_backend($1)", lost.get_server_pid())
+        await eventually(lost.is_closed, timeout=5)
+
+        async def woken_by_the_other() -> bool:
+            woken = one.wakeups.watch("r")
+            try:
+                await other.append("r", b".", content_type=None)
+                async with asyncio.timeout(0.5):
+                    await woken
+                return True
+            except TimeoutError:
+                return False
+            finally:
+                one.wakeups.forget("r", woken)
+
+        await eventually(woken_by_the_other, timeout=10)
+    finally:
+        await one.close()
+        await other.close()
+        await drop_postgres_broker_tables(url)

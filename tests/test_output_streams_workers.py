@@ -1,5 +1,6 @@
 """A `jobcast worker` job's output stream, read live from a server: the worker writes it into
-the deployment's Redis and the server serves it (outputs/redis.py)."""
+the deployment's Redis (outputs/redis.py) or PostgreSQL (outputs/postgres.py) and the server
+serves it."""
 
 from __future__ import annotations
 
@@ -16,15 +17,27 @@ from jobcast.wire import SSEDecoder
 from tests.jobs_support import poll_until_done, submit
 from tests.output_handlers import chunk
 from tests.scale_support import Processes, processes
-from tests.services import POSTGRES_URL, REDIS_URL, drop_schema, needs_services, redis_prefix
+from tests.services import (
+    POSTGRES_URL,
+    REDIS_URL,
+    drop_schema,
+    needs_services,
+    redis_prefix,
+    unique_prefix,
+)
 from tests.services import redis_url as broker_url
 from tests.support import LiveServer, eventually
 
 pytestmark = needs_services
 
 
-@pytest.fixture
-def shared() -> Iterator[dict[str, Any]]:
+@pytest.fixture(params=["redis", "postgres"])
+def shared(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    if request.param == "postgres":  # PostgreSQL only: store, broker, queue and streams
+        store_url = f"{POSTGRES_URL}?schema=o_{unique_prefix()[-12:]}"
+        yield {"store_url": store_url, "queue_url": store_url, "handlers": "tests.output_handlers"}
+        drop_schema(store_url)
+        return
     for prefix in redis_prefix():
         store_url = f"{POSTGRES_URL}?schema=o_{prefix[-12:]}"
         yield {
@@ -78,3 +91,47 @@ async def test_a_worker_job_s_output_is_served_live_by_the_server(
     snapshot = (await poll_until_done(client, server, job["id"]))[-1]
     assert snapshot["state"] == "succeeded"
     assert snapshot["streams"][0]["closed"] is True
+
+
+async def test_instances_on_postgresql_serve_one_another_s_streams_live(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    store_url = f"{POSTGRES_URL}?schema=o_{unique_prefix()[-12:]}"
+    pg_only = {"store_url": store_url, "queue_url": store_url, "public_stream_prefixes": ["open/"]}
+    one, other = make_server(**pg_only), make_server(**pg_only)
+    try:
+        text_plain = {"Content-Type": "text/plain"}
+        created = await client.put(
+            f"{one.url}/v1/stream/open/log", content=b"a", headers=text_plain
+        )
+        assert created.status_code == 201
+        offset = created.headers["stream-next-offset"]
+        url = f"{other.url}/v1/stream/open/log"
+        received = []
+        async with (
+            asyncio.timeout(10),
+            client.stream("GET", url, params={"offset": offset, "live": "sse"}) as response,
+        ):
+            decoder = SSEDecoder()
+            async for text in response.aiter_text():
+                for event in decoder.feed(text):
+                    if event.event == "control" and not received:  # up to date: now waiting
+                        appended = await client.post(
+                            f"{one.url}/v1/stream/open/log", content=b"b", headers=text_plain
+                        )
+                        assert appended.status_code == 204
+                        received.append("")
+                    elif event.event == "data":
+                        received.append(event.data or "")
+                if "b" in received:
+                    break
+        assert received == ["", "b"]  # woken by the other instance's NOTIFY
+        # Deleted on one and made again: the other answers 410 for the old offset.
+        assert (await client.delete(f"{one.url}/v1/stream/open/log")).status_code == 204
+        again = await client.put(f"{one.url}/v1/stream/open/log", headers=text_plain)
+        assert again.status_code == 201
+        assert (await client.get(url, params={"offset": offset})).status_code == 410
+    finally:
+        one.stop()
+        other.stop()
+        await asyncio.to_thread(drop_schema, store_url)

@@ -83,7 +83,7 @@ from jobcast.stores.base import JobStore
 if TYPE_CHECKING:
     from jobcast.brokers.postgres import PostgresBroker
     from jobcast.jobs.postgres_queue import RowLimits
-    from jobcast.outputs.sqlite import SQLiteStreamStore
+    from jobcast.outputs.postgres import PostgresStreamStore
 
 logger = logging.getLogger("jobcast.worker")
 
@@ -304,16 +304,15 @@ def _publisher(settings: Settings) -> RedisBroker | PostgresBroker:
     return RedisBroker(url, settings.retention())
 
 
-def _output_streams(settings: Settings) -> RedisStreamStore | SQLiteStreamStore:
-    """Jobs' output streams (ctx.stream): in the deployment's Redis, as the servers'; on a
-    PostgreSQL deployment in this worker's data directory, as each server's are there."""
+def _output_streams(settings: Settings) -> RedisStreamStore | PostgresStreamStore:
+    """Jobs' output streams (ctx.stream): in the deployment's Redis or PostgreSQL, where the
+    servers serve them."""
     url = settings.resolved_broker_url
     if urlsplit(url).scheme in POSTGRES_SCHEMES:
-        from jobcast.outputs.sqlite import SQLiteStreamStore
+        from jobcast.brokers._postgres_sql import parse_url
+        from jobcast.outputs.postgres import PostgresStreamStore
 
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        path = settings.data_dir / "streams.db"
-        return SQLiteStreamStore(path, max_stream_bytes=settings.max_stream_bytes)
+        return PostgresStreamStore(parse_url(url), max_stream_bytes=settings.max_stream_bytes)
     redis_url, prefix, _ = split_url(url)
     client = redis.Redis.from_url(redis_url)
     return RedisStreamStore(client, prefix, max_stream_bytes=settings.max_stream_bytes)

@@ -24,7 +24,8 @@ from jobcast.outputs.model import Appended, Producer, ReadResult, StreamInfo
 
 
 class StreamStore(Protocol):
-    """Where streams live: SQLite (embedded); one contract test suite runs over each."""
+    """Where streams live: SQLite (embedded), Redis or PostgreSQL; one contract test suite
+    runs over each."""
 
     wakeups: Wakeups
     #: Most bytes one stream may hold (``JOBCAST_MAX_STREAM_BYTES``).
@@ -122,6 +123,11 @@ class Wakeups:
             if not waiting:
                 del self._waiting[path]
         future.cancel()
+
+    def notify_all(self) -> None:
+        """Wake every waiting reader to read (changes may have been missed)."""
+        for path in list(self._waiting):
+            self.notify(path)
 
     def notify(self, path: str, change: Change | None = None) -> None:
         if change is None:

@@ -92,9 +92,14 @@ class Deployment:
         return open_broker(self.settings.resolved_broker_url, self.settings.retention())
 
     def open_stream_store(self) -> StreamStore:
-        """Output streams: in the deployment's Redis when instances share one, else a SQLite
-        file next to the event history (in memory with ``memory://``)."""
+        """Output streams: in the deployment's Redis or PostgreSQL when instances share one,
+        else a SQLite file next to the event history (in memory with ``memory://``)."""
         settings = self.settings
+        if self._postgres is not None:
+            from jobcast.outputs.postgres import PostgresStreamStore
+
+            where = self._postgres.location  # beside the broker's tables
+            return PostgresStreamStore(where, max_stream_bytes=settings.max_stream_bytes)
         if self.redis_url is not None and self._pool is not None:
             import redis.asyncio as redis
 
