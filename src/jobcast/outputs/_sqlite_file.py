@@ -19,16 +19,17 @@ from jobcast.outputs.model import (
     StreamError,
     StreamInfo,
     bad_request,
-    closed_conflict,
-    conflict,
+    check_content_type,
+    check_seq,
+    closed_answer,
+    found_again,
     is_json,
     json_messages,
-    media_type,
     new_epoch_seq,
     not_found,
-    seq_conflict,
     sequence_gap,
     stale_epoch,
+    stored_form,
     too_large,
 )
 from jobcast.outputs.store import Change
@@ -161,9 +162,7 @@ class StreamsFile:
             self._db.execute("BEGIN IMMEDIATE")
             info = self.load(path, now)
             if info is not None:
-                if info.same_config(content_type, ttl, expires_at) and info.closed == closed:
-                    return info, False
-                raise conflict("a stream with a different configuration exists at this path")
+                return found_again(info, content_type, ttl, expires_at, closed)
             data = json_messages(body, allow_empty=True) if body and is_json(content_type) else body
             self._check_size(0, len(data))
             cursor = self._db.execute(
@@ -192,29 +191,16 @@ class StreamsFile:
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             info = self.existing(path, now)
-            if info.closed:  # the protocol's precedence: closed first
-                if producer is not None and producer == info.closed_by:
-                    return Appended(info, fresh=False, producer_seq=producer.seq), None
-                if not body and close and producer is None:
-                    return Appended(info, fresh=False), None  # closing again is idempotent
-                raise closed_conflict(info.next_offset)
-            mismatch = content_type is not None and media_type(content_type) != media_type(
-                info.content_type
-            )
-            if body and mismatch:
-                raise conflict(f"the stream's content type is {info.content_type}")
-            last_seq = None
+            answer = closed_answer(info, body, close=close, producer=producer)
+            if answer is not None:
+                return answer, None
+            check_content_type(info, body, content_type)
             if producer is not None:
                 last_seq = self._producer_seq(info.incarnation, producer)
                 if last_seq is not None:
                     return Appended(info, fresh=False, producer_seq=last_seq), None
-            if seq is not None and info.last_seq is not None and seq <= info.last_seq:
-                raise seq_conflict(seq, info.last_seq)
-            data = (
-                json_messages(body, allow_empty=False)
-                if body and is_json(info.content_type)
-                else body
-            )
+            check_seq(info, seq)
+            data = stored_form(info, body)
             self._write(info, data, now, close, producer, seq)
         change = Change(info.incarnation, info.tail, data, info.tail + len(data), close)
         seq_taken = producer.seq if producer else None

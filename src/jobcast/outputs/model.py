@@ -212,6 +212,52 @@ class Appended:
     producer_seq: int | None = None
 
 
+def found_again(
+    info: StreamInfo, content_type: str, ttl: int | None, expires_at: float | None, closed: bool
+) -> tuple[StreamInfo, bool]:
+    """A create that found ``info`` at its path: the same stream (``False``: not created), or
+    409 when its configuration differs. The rule of every backend."""
+    if info.same_config(content_type, ttl, expires_at) and info.closed == closed:
+        return info, False
+    raise conflict("a stream with a different configuration exists at this path")
+
+
+def closed_answer(
+    info: StreamInfo, body: bytes, *, close: bool, producer: Producer | None
+) -> Appended | None:
+    """An append's answer when its stream is closed (the protocol's precedence: closed first):
+    a duplicate of the closing append, an idempotent close, or 409; ``None`` when open."""
+    if not info.closed:
+        return None
+    if producer is not None and producer == info.closed_by:
+        return Appended(info, fresh=False, producer_seq=producer.seq)
+    if not body and close and producer is None:
+        return Appended(info, fresh=False)  # closing again is idempotent
+    raise closed_conflict(info.next_offset)
+
+
+def check_content_type(info: StreamInfo, body: bytes, content_type: str | None) -> None:
+    """409 for a body whose declared type is not the stream's."""
+    if (
+        body
+        and content_type is not None
+        and media_type(content_type) != media_type(info.content_type)
+    ):
+        raise conflict(f"the stream's content type is {info.content_type}")
+
+
+def check_seq(info: StreamInfo, seq: str | None) -> None:
+    """409 for a ``Stream-Seq`` not above the last one accepted."""
+    if seq is not None and info.last_seq is not None and seq <= info.last_seq:
+        raise seq_conflict(seq, info.last_seq)
+
+
+def stored_form(info: StreamInfo, body: bytes) -> bytes:
+    """What an append stores: a JSON stream's messages framed (one level of an array
+    flattened), any other body as it came."""
+    return json_messages(body, allow_empty=False) if body and is_json(info.content_type) else body
+
+
 @dataclasses.dataclass(frozen=True)
 class Chunk:
     """Stored bytes from ``start`` on."""

@@ -41,16 +41,17 @@ from jobcast.outputs.model import (
     StreamError,
     StreamInfo,
     bad_request,
-    closed_conflict,
-    conflict,
+    check_content_type,
+    check_seq,
+    closed_answer,
+    found_again,
     is_json,
     json_messages,
-    media_type,
     new_epoch_seq,
     not_found,
-    seq_conflict,
     sequence_gap,
     stale_epoch,
+    stored_form,
     too_large,
 )
 from jobcast.outputs.store import Change, Wakeups
@@ -126,9 +127,7 @@ class PostgresStreamStore:
             self.wakeups.notify(path)  # committed
             return created, True
         assert info is not None
-        if info.same_config(content_type, ttl, expires_at) and info.closed == closed:
-            return info, False
-        raise conflict("a stream with a different configuration exists at this path")
+        return found_again(info, content_type, ttl, expires_at, closed)
 
     async def append(
         self,
@@ -145,25 +144,16 @@ class PostgresStreamStore:
             info = await self._live(conn, path, now, lock=True)
             if info is None:
                 raise not_found(path)
-            if info.closed:  # the protocol's precedence: closed first
-                if producer is not None and producer == info.closed_by:
-                    return Appended(info, fresh=False, producer_seq=producer.seq)
-                if not body and close and producer is None:
-                    return Appended(info, fresh=False)  # closing again is idempotent
-                raise closed_conflict(info.next_offset)
-            mismatch = content_type is not None and media_type(content_type) != media_type(
-                info.content_type
-            )
-            if body and mismatch:
-                raise conflict(f"the stream's content type is {info.content_type}")
+            answer = closed_answer(info, body, close=close, producer=producer)
+            if answer is not None:
+                return answer
+            check_content_type(info, body, content_type)
             if producer is not None:
                 last = await self._producer_seq(conn, info.incarnation, producer)
                 if last is not None:
                     return Appended(info, fresh=False, producer_seq=last)
-            if seq is not None and info.last_seq is not None and seq <= info.last_seq:
-                raise seq_conflict(seq, info.last_seq)
-            json = body and is_json(info.content_type)
-            data = json_messages(body, allow_empty=False) if json else body
+            check_seq(info, seq)
+            data = stored_form(info, body)
             change = await self._write(conn, info, data, now, close, producer, seq)
         self.wakeups.notify(path, change)  # store.W1
         info.tail, info.closed, info.accessed_at = change.tail, info.closed or close, now

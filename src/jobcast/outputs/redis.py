@@ -35,6 +35,7 @@ from jobcast.outputs.model import (
     closed_conflict,
     conflict,
     format_offset,
+    found_again,
     is_json,
     json_messages,
     media_type,
@@ -123,10 +124,7 @@ class RedisStreamStore:
         if result[0] == b"created":
             self.wakeups.notify(path)
             return await self.head(path), True
-        info = await self.head(path)
-        if info.same_config(content_type, ttl, expires_at) and info.closed == closed:
-            return info, False
-        raise conflict("a stream with a different configuration exists at this path")
+        return found_again(await self.head(path), content_type, ttl, expires_at, closed)
 
     async def append(
         self,
