@@ -21,7 +21,7 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     def start(*, native_streams: bool = True, **overrides: Any) -> LiveServer:
         overrides.setdefault("data_dir", tmp_path)
         app = create_app(make_settings(**overrides))
-        server = LiveServer(app, native_streams=native_streams).start()
+        server = LiveServer(app, native_streams=native_streams, standalone=True).start()
         servers.append(server)
         return server
 

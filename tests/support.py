@@ -17,6 +17,8 @@ from fastapi import FastAPI
 
 from jobcast.config import Settings
 from jobcast.server.app import Jobcast
+from jobcast.server.serving.entrance import FastPaths
+from jobcast.server.serving.instant_publish import InstantPublish
 from jobcast.server.serving.native import StreamProtocol
 from jobcast.wire import ServerSentEvent, SSEDecoder
 
@@ -35,12 +37,14 @@ class LiveServer:
 
     With ``native_streams`` (the default, as ``jobcast serve`` runs) open streams are carried
     by the connection (``server/serving/native.py``); without, by their ASGI task, as on any
-    other server."""
+    other server. A ``standalone`` app's connections answer plain publishes too (native.N5)."""
 
     app: FastAPI
     host: str = "127.0.0.1"
     port: int = 0
     native_streams: bool = True
+    #: ``app`` is ``create_app``'s, served as ``jobcast serve`` serves it (with native streams).
+    standalone: bool = False
     _server: uvicorn.Server | None = None
     _thread: threading.Thread | None = None
     _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
@@ -64,7 +68,9 @@ class LiveServer:
         if self.native_streams:  # as ``jobcast serve`` configures it
             http = StreamProtocol
             if jc is not None:
-                http = StreamProtocol.configured(
+                if self.standalone:  # plain publishes answered by the connection (native.N5)
+                    http = http.answering(InstantPublish(FastPaths(self.app, jc.runtime)))
+                http = http.configured(
                     jc.settings.header_timeout_seconds, jc.metrics.count_request_timeout
                 )
         config = uvicorn.Config(self.app, log_level="warning", lifespan="on", http=http)

@@ -123,6 +123,11 @@ class TokenAuthority:
 
     # -- verifying -------------------------------------------------------------------------
 
+    def verified(self, token: str) -> Principal | None:
+        """The principal of a bearer token ``verify`` accepted in the last minute, and
+        ``None`` for any other (nothing is verified here)."""
+        return self._verified.get(token, time.time(), "bearer")
+
     async def verify(self, token: str, *, via: str = "bearer") -> Principal:
         """Verify a bearer token (fetching JWKS keys without blocking the event loop when
         needed); one that verified in the last minute is answered from memory, until its

@@ -199,6 +199,17 @@ class Hub:
             self._count_broker_error("publish")
             raise
 
+    def publish_now(self, drafts: Sequence[EventDraft]) -> list[Event] | None:
+        """``publish_many`` without waiting, when the broker can (``Broker.publish_now``);
+        ``None``, with nothing done, when it cannot or a trace must be recorded."""
+        if not drafts or self.tracing is not None:
+            return None
+        try:
+            return self.broker.publish_now(drafts)
+        except Unavailable:
+            self._count_broker_error("publish")
+            raise
+
     def _count_broker_error(self, operation: str) -> None:
         errors = self.stats.broker_errors
         errors[operation] = errors.get(operation, 0) + 1

@@ -71,6 +71,11 @@ class Broker(Protocol):
 
     async def publish(self, drafts: Sequence[EventDraft]) -> list[Event]: ...
 
+    def publish_now(self, drafts: Sequence[EventDraft]) -> list[Event] | None:
+        """Publish without waiting, when this broker can: the events, committed and delivered
+        as ``publish`` would; or ``None``, with nothing done (then ``publish`` must be used)."""
+        ...
+
     async def replay(
         self,
         patterns: Sequence[TopicPattern],

@@ -41,6 +41,9 @@ class MemoryBroker:
                 await self._trimmer
 
     async def publish(self, drafts: Sequence[EventDraft]) -> list[Event]:
+        return self.publish_now(drafts)
+
+    def publish_now(self, drafts: Sequence[EventDraft]) -> list[Event]:
         if self._deliver is None:
             raise RuntimeError("broker not started")
         events = []

@@ -196,6 +196,10 @@ class PostgresBroker:
 
     # -- publishing (G1, G3) -------------------------------------------------------------------
 
+    def publish_now(self, drafts: Sequence[EventDraft]) -> list[Event] | None:
+        """Never at once: every publish is a round trip to PostgreSQL."""
+        return None
+
     async def publish(self, drafts: Sequence[EventDraft]) -> list[Event]:
         if self._closing:
             raise Unavailable("the event history is closed")

@@ -213,6 +213,10 @@ class RedisBroker:
         if self.on_history_lost is not None:
             self.on_history_lost()
 
+    def publish_now(self, drafts: Sequence[EventDraft]) -> list[Event] | None:
+        """Never at once: every publish is a round trip to Redis."""
+        return None
+
     async def publish(self, drafts: Sequence[EventDraft]) -> list[Event]:
         now = time.time()
         events: list[Event] = []

@@ -163,6 +163,37 @@ class SQLiteBroker:
     async def publish(self, drafts: Sequence[EventDraft]) -> list[Event]:
         if self._file is None or self._closing:
             raise Unavailable("the event history is closed")
+        inline = self.publish_now(drafts)  # B6
+        if inline is not None:
+            return inline
+        events = self._number(drafts)
+        queue = self._queue
+        if not queue or len(queue[-1].events) >= COMMIT_EVENTS:  # B5: a publish is not split
+            queue.append(_Commit([], asyncio.get_running_loop().create_future()))
+        done = queue[-1].done
+        queue[-1].events.extend(events)
+        self._wakeup.set()
+        await asyncio.shield(done)
+        return events
+
+    def publish_now(self, drafts: Sequence[EventDraft]) -> list[Event] | None:
+        """A lone small publish, committed on the loop (B6); ``None`` (nothing done) when a
+        commit is queued or under way, the publish is larger, or the file is busy."""
+        if self._file is None or self._closing:
+            raise Unavailable("the event history is closed")
+        if self._queue or self._writing or len(drafts) > INLINE_EVENTS:
+            return None
+        events = self._number(drafts)
+        try:
+            if self._commit_inline(events):
+                return events
+        except Unavailable:
+            self._assigned -= len(events)
+            raise
+        self._assigned -= len(events)  # nothing ran since they were numbered: hand them back
+        return None
+
+    def _number(self, drafts: Sequence[EventDraft]) -> list[Event]:
         now = time.time()
         events = []
         for draft in drafts:
@@ -170,16 +201,6 @@ class SQLiteBroker:
             events.append(
                 Event(self.epoch, self._assigned, draft.topic, draft.type, draft.data_json, now)
             )
-        queue = self._queue
-        inline = not queue and not self._writing and len(events) <= INLINE_EVENTS
-        if inline and self._commit_inline(events):  # B6
-            return events
-        if not queue or len(queue[-1].events) >= COMMIT_EVENTS:  # B5: a publish is not split
-            queue.append(_Commit([], asyncio.get_running_loop().create_future()))
-        done = queue[-1].done
-        queue[-1].events.extend(events)
-        self._wakeup.set()
-        await asyncio.shield(done)
         return events
 
     async def _write_forever(self) -> None:

@@ -28,6 +28,7 @@ from jobcast.config import Settings
 
 if TYPE_CHECKING:
     from jobcast.server.ops.metrics import Metrics
+    from jobcast.server.serving.entrance import FastPaths
 
 logger = logging.getLogger("jobcast")
 
@@ -60,12 +61,13 @@ def serve(settings: Settings, options: ServeOptions) -> None:
     from jobcast.server.serving.entrance import FastPaths
 
     app = create_app(settings)
+    entrance = FastPaths(app, app.state.jobcast.runtime)
     config = uvicorn.Config(
-        FastPaths(app, app.state.jobcast.runtime),  # V1
+        entrance,  # V1
         host=options.host,
         port=options.port,
         log_level=options.log_level,
-        http=_http_protocol(settings, app.state.jobcast.metrics),  # V2
+        http=_http_protocol(settings, app.state.jobcast.metrics, entrance),  # V2
         proxy_headers=True,
         forwarded_allow_ips=options.forwarded_allow_ips,
         root_path=options.root_path,
@@ -91,7 +93,7 @@ def serve(settings: Settings, options: ServeOptions) -> None:
         _exit_past_stuck_handlers()
 
 
-def _http_protocol(settings: Settings, metrics: Metrics) -> Any:
+def _http_protocol(settings: Settings, metrics: Metrics, entrance: FastPaths) -> Any:
     """jobcast's protocol, or uvicorn's own when its internals are not what it needs (V2)."""
     try:
         from jobcast.server.serving import native
@@ -100,7 +102,10 @@ def _http_protocol(settings: Settings, metrics: Metrics) -> Any:
     else:
         missing = native.unsupported()
         if missing is None:  # with this server's request head deadline (request_heads.R1)
-            return native.StreamProtocol.configured(
+            from jobcast.server.serving.instant_publish import InstantPublish
+
+            protocol = native.StreamProtocol.answering(InstantPublish(entrance))  # N5
+            return protocol.configured(
                 settings.header_timeout_seconds, metrics.count_request_timeout
             )
     logger.warning(

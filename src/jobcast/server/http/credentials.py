@@ -50,6 +50,17 @@ class Credentials:
         """The caller of ``connection``, or ``None`` when it carries no credential at all."""
         return await resolve_principal(self, connection)
 
+    def resolve_known(self, connection: HTTPConnection) -> Principal | None:
+        """The caller, when it is a bearer token verified in the last minute; else ``None``
+        (``resolve`` knows every other case, and every refusal)."""
+        header = connection.headers.get("authorization")
+        if header is None:
+            return None
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        return self.tokens().verified(value.strip())
+
 
 async def resolve_principal(
     credentials: Credentials, connection: HTTPConnection

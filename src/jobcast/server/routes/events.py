@@ -163,6 +163,37 @@ async def publish_events(
     whether they are an earlier publish's, answered again for its idempotency key (I5)."""
     if principal is not None:
         await jc.limiter.hit("publish", principal, connection)
+    drafts = checked_drafts(jc, principal, items, batch=batch)
+    key = valid_key(connection.headers.get("idempotency-key"), None)
+    subject = principal.subject if principal else ""
+    if jc.hub.tracing is not None:  # tracing.O5: the caller's trace
+        with jc.hub.tracing.incoming(connection.headers):
+            return await _publish(jc, subject, key, drafts)
+    return await _publish(jc, subject, key, drafts)
+
+
+def publish_now(
+    jc: "Runtime",
+    connection: HTTPConnection,
+    principal: Principal,
+    items: list[tuple[str, str, Any]],
+    *,
+    batch: bool,
+) -> list[str] | None:
+    """``publish_events`` without waiting, where it needs nothing it would wait for: a
+    privileged caller (no rate limit to count), no idempotency key, a broker that can publish
+    at once (``Hub.publish_now``). ``None`` when it cannot, with nothing done: then
+    ``publish_events`` answers."""
+    if not principal.is_privileged or "idempotency-key" in connection.headers:
+        return None
+    events = jc.hub.publish_now(checked_drafts(jc, principal, items, batch=batch))
+    return None if events is None else [event.id for event in events]
+
+
+def checked_drafts(
+    jc: "Runtime", principal: Principal | None, items: list[tuple[str, str, Any]], *, batch: bool
+) -> list[EventDraft]:
+    """The events of a publish, checked against the limits and the caller's publish rights."""
     settings = jc.settings
     if not items:
         raise InvalidInput("the batch is empty")
@@ -179,12 +210,7 @@ async def publish_events(
             )
         jc.policy.check_publish(principal, draft.topic)
         drafts.append(draft)
-    key = valid_key(connection.headers.get("idempotency-key"), None)
-    subject = principal.subject if principal else ""
-    if jc.hub.tracing is not None:  # tracing.O5: the caller's trace
-        with jc.hub.tracing.incoming(connection.headers):
-            return await _publish(jc, subject, key, drafts)
-    return await _publish(jc, subject, key, drafts)
+    return drafts
 
 
 async def _publish(

@@ -76,14 +76,14 @@ class FastPaths:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        path = self._own_path(scope)
+        path = self.own_path(scope)
         if path is None:
             await self.app(scope, receive, send)
             return
         if kind == "websocket" and not headers_over_limit(scope["headers"]):
             await self._socket(path, scope, receive, send)  # no CORS for sockets: F1
             return
-        if kind != "http" or not self._plain(scope):
+        if kind != "http" or not self.plain(scope):
             await self.app(scope, receive, send)
             return
         method = scope["method"]
@@ -121,7 +121,7 @@ class FastPaths:
         finally:
             REQUEST_ID.reset(token)
 
-    def _own_path(self, scope: Scope) -> str | None:
+    def own_path(self, scope: Scope) -> str | None:
         """The path below the prefix (F5); ``None`` when the request is not for this entrance:
         another path, or an application that overrides the principal dependency (F4)."""
         path: str = scope.get("path", "")
@@ -174,7 +174,7 @@ class FastPaths:
         finally:
             REQUEST_ID.reset(token)
 
-    def _plain(self, scope: Scope) -> bool:  # F1
+    def plain(self, scope: Scope) -> bool:  # F1
         headers = scope["headers"]
         if headers_over_limit(headers):
             return False

@@ -8,7 +8,7 @@ uvicorn holds 10 KB, the same stream written from its protocol 4.8 KB). ``jobcas
 therefore runs uvicorn with :class:`StreamProtocol`, its httptools protocol plus one ability:
 taking over a stream once it is open.
 
-Decisions (cited as N1..N4):
+Decisions (cited as N1..N5):
 
 N1. Opening stays ASGI. The fast entrance (``fast_paths.py``) authenticates, subscribes and
     replays exactly as on any server, and answers every refusal through ASGI; only a stream
@@ -27,12 +27,15 @@ N3. The stream's writer is the one every stream has (``streams/writer.py``); thi
 N4. The end is uvicorn's: a closing frame when the stream did not end by itself (sse.py E4),
     the last chunk, then keep-alive (the connection serves its next request) or close. Bytes
     a client sends while its stream is open (a pipelined request) wait for that end.
+N5. A plain publish that needs no waiting is answered here too, without an ASGI request
+    (``instant_publish.py``): the request is held until its body is in, then answered in
+    the parser's callback, or started as the ASGI request it would have been.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from starlette.responses import Response
 from uvicorn.protocols.http.httptools_impl import (
@@ -47,6 +50,11 @@ from jobcast.server.serving.request_heads import HeadGuardProtocol
 from jobcast.server.streams.writer import StreamWriter
 from jobcast.subscription import CloseReason
 
+if TYPE_CHECKING:
+    from starlette.types import Scope
+
+    from jobcast.server.serving.instant_publish import InstantPublish
+
 LAST_CHUNK = b"0\r\n\r\n"
 
 #: What this module uses of uvicorn's protocol and request cycle, beyond their public role: the
@@ -58,10 +66,14 @@ _PROTOCOL_METHODS = (
     "connection_lost",
     "shutdown",
     "on_response_complete",
+    "on_message_complete",
+    "_start_asgi_task",
 )
 _PROTOCOL_STATE = ("cycle", "pipeline", "flow", "transport", "scope", "headers")
 _CYCLE_STATE = (
     "more_body",
+    "body",
+    "waiting_for_100_continue",
     "keep_alive",
     "response_started",
     "response_complete",
@@ -104,12 +116,54 @@ def chunk(body: bytes) -> bytes:
 class StreamProtocol(HeadGuardProtocol):  # request heads: deadline, URL limit (request_heads)
     """uvicorn's httptools protocol, able to carry an open SSE stream by itself (N1)."""
 
-    __slots__ = ("held", "stream")  # the connection's dict stays shared (request_heads)
+    __slots__ = ("held", "stream", "waiting")  # the connection's dict stays shared (request_heads)
+
+    #: The publishes this server answers without an ASGI request (N5), if any.
+    instant: ClassVar[InstantPublish | None] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.stream: StreamWriter[Any, bytes] | None = None
         self.held = b""  # what the client sent while its stream was open (N4)
+        #: A publish held until its body is in (N5), and the app it would go to.
+        self.waiting: tuple[RequestResponseCycle, Any] | None = None
+
+    @classmethod
+    def answering(cls, instant: InstantPublish) -> type[StreamProtocol]:
+        """This protocol class, answering ``instant``'s publishes itself (N5)."""
+        return cast(type[StreamProtocol], type(cls.__name__, (cls,), {"instant": instant}))
+
+    # -- publishes answered without an ASGI request (N5) ---------------------------------------
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        instant = self.instant
+        if (
+            instant is not None
+            and not cycle.waiting_for_100_continue  # its body waits for the app to read
+            and instant.takes(cast("Scope", cycle.scope))
+        ):
+            if cycle.more_body:
+                self.waiting = (cycle, app)  # answered once the body is in
+                return
+            if self._answer_instantly(instant, cycle):
+                return
+        super()._start_asgi_task(cycle, app)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        waiting = self.waiting
+        if waiting is not None and waiting[0] is self.cycle and self.instant is not None:
+            self.waiting = None
+            cycle, app = waiting
+            if not self._answer_instantly(self.instant, cycle):
+                super()._start_asgi_task(cycle, app)
+
+    def _answer_instantly(self, instant: InstantPublish, cycle: RequestResponseCycle) -> bool:
+        return instant.answer(
+            cast("Scope", cycle.scope),  # uvicorn's typed dict, the same mapping
+            bytes(cycle.body),
+            lambda response: self._write_reply(cycle, response),
+        )
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -140,6 +194,10 @@ class StreamProtocol(HeadGuardProtocol):  # request heads: deadline, URL limit (
         cycle = self.cycle
         if cycle is None or cycle.scope is not scope or cycle.response_started:
             return False
+        self._write_reply(cycle, response)
+        return True
+
+    def _write_reply(self, cycle: RequestResponseCycle, response: Response) -> None:
         self._log_access(cycle, response.status_code)
         head = self._head(cycle, response.status_code, response.raw_headers)
         cycle.response_started = cycle.response_complete = True
@@ -148,7 +206,6 @@ class StreamProtocol(HeadGuardProtocol):  # request heads: deadline, URL limit (
         if not cycle.keep_alive:
             self.transport.close()
         cycle.on_response()
-        return True
 
     @staticmethod
     def _head(
@@ -201,6 +258,7 @@ class StreamProtocol(HeadGuardProtocol):  # request heads: deadline, URL limit (
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        self.waiting = None
         if self.stream is not None:
             self.stream.lost()
 
