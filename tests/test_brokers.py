@@ -184,6 +184,84 @@ async def test_sqlite_positions_are_not_reused_after_every_event_is_trimmed(tmp_
         await again.close()
 
 
+OLD_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE events (
+    position INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL, type TEXT NOT NULL, data BLOB NOT NULL, ts REAL NOT NULL
+);
+CREATE INDEX events_by_topic ON events (topic, position);
+CREATE INDEX events_by_ts ON events (ts);
+CREATE TABLE trimmed (topic TEXT PRIMARY KEY, position INTEGER NOT NULL);
+"""
+
+
+async def test_a_history_written_by_an_earlier_version_is_brought_up_to_date(
+    tmp_path: Path,
+) -> None:
+    """A file with the earlier schema (an AUTOINCREMENT counter, an index on ts) keeps its
+    epoch, its events and its marks, and positions go on after its counter."""
+    path = tmp_path / "events.db"
+    old = sqlite3.connect(path)
+    old.executescript(OLD_SCHEMA)
+    old.execute("INSERT INTO meta VALUES ('epoch', 'e0e0e0e0')")
+    for position in range(1, 6):
+        old.execute(
+            "INSERT INTO events (topic, type, data, ts) VALUES (?, 't', ?, ?)",
+            ("a" if position % 2 else "b", b'{"n": %d}' % position, 1e9 + position),
+        )
+    old.execute("DELETE FROM events WHERE position = 5")  # the newest, gone unmarked
+    old.execute("INSERT INTO trimmed VALUES ('b', 2)")
+    old.execute("DELETE FROM events WHERE position = 2")
+    old.commit()
+    old.close()
+
+    broker = SQLiteBroker(path, Retention())
+    await broker.start(lambda events: None)
+    try:
+        assert broker.epoch == "e0e0e0e0"
+        replay = await broker.replay(patterns("a"), EventId("e0e0e0e0", 0), 10)
+        assert [(e.position, e.data) for e in replay.events] == [(1, {"n": 1}), (3, {"n": 3})]
+        assert (await broker.replay(patterns("b"), EventId("e0e0e0e0", 1), 10)).gap == Gap.TRIMMED
+        (later,) = await broker.publish(drafts("a", 1))
+        assert later.position == 6  # after the counter, not after the newest row left
+    finally:
+        await broker.close()
+    check = sqlite3.connect(path)
+    table = check.execute("SELECT sql FROM sqlite_master WHERE name = 'events'").fetchone()[0]
+    indexes = {
+        row[0] for row in check.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+    }
+    check.close()
+    assert "AUTOINCREMENT" not in table and "events_by_ts" not in indexes
+
+
+async def test_sqlite_age_retention_drops_exactly_the_events_past_the_age(tmp_path: Path) -> None:
+    broker = SQLiteBroker(tmp_path / "events.db", Retention(max_age_seconds=3600))
+    await broker.start(lambda events: None)
+    try:
+        old = await broker.publish(drafts("a", 2) + drafts("b", 1))
+        assert broker._file is not None
+        db = broker._file._db
+
+        def age() -> None:  # the events were published two hours ago
+            db.execute("UPDATE events SET ts = ts - 7200")
+            db.commit()
+
+        await broker._run(age)
+        kept = await broker.publish(drafts("a", 1))
+        await broker.trim()
+        start = EventId(broker.epoch, 0)
+        assert (await broker.replay(patterns("a"), start, 10)).gap == Gap.TRIMMED
+        after_old = EventId(broker.epoch, old[-1].position)
+        replay = await broker.replay(patterns("a", "b"), after_old, 10)
+        assert [e.position for e in replay.events] == [kept[0].position]
+        b_gap = await broker.replay(patterns("b"), EventId(broker.epoch, old[0].position), 10)
+        assert b_gap.gap == Gap.TRIMMED
+    finally:
+        await broker.close()
+
+
 async def test_memory_age_retention_expires_topics() -> None:
     broker = MemoryBroker(Retention(max_age_seconds=0.0))
     await broker.start(lambda events: None)

@@ -3,8 +3,10 @@
 A :class:`HistoryFile` is made, used and closed on the broker's history thread alone (see
 ``sqlite.py``, B4): each method is one whole operation, so operations never interleave. The
 order of statements inside them carries decisions B2 (retention marks before it deletes;
-a read takes the events before the marks) and B3 (a read stops at its byte budget). An
-:class:`InlineWriter` is the event loop's own connection for a lone small commit (B6).
+a read takes the events before the marks) and B3 (a read stops at its byte budget); the
+schema carries S1-S3 (an insert writes few pages; age retention walks positions; older files
+are brought up to date at open). An :class:`InlineWriter` is the event loop's own connection
+for a lone small commit (B6).
 """
 
 from __future__ import annotations
@@ -20,19 +22,43 @@ Row = tuple[int, str, str, bytes, float]  # position, topic, type, data, ts
 
 _INSERT = "INSERT INTO events (position, topic, type, data, ts) VALUES (?, ?, ?, ?, ?)"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+# S1. An insert writes as few pages as it can: positions are the broker's (no AUTOINCREMENT
+#     counter page to update), and no index on ``ts`` (age retention walks positions, S2).
+#     The newest position ever stored is then the largest of the events', the marks' and the
+#     watermark: retention marks every position before it drops it (B2), so a history
+#     emptied by retention still knows where it stood.
+_EVENTS = """
 CREATE TABLE IF NOT EXISTS events (
-    position INTEGER PRIMARY KEY AUTOINCREMENT,
+    position INTEGER PRIMARY KEY,
     topic TEXT NOT NULL,
     type TEXT NOT NULL,
     data BLOB NOT NULL,
     ts REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_topic ON events (topic, position);
-CREATE INDEX IF NOT EXISTS events_by_ts ON events (ts);
+"""
+_SCHEMA = (
+    """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS trimmed (topic TEXT PRIMARY KEY, position INTEGER NOT NULL);
 """
+    + _EVENTS
+)
+# S2. (``HistoryFile.trim``) Age retention finds the expired events by position, not by an
+#     index on ``ts``.
+# S3. A file written before S1 is brought to it once, at open, in one transaction.
+_MIGRATE = (
+    """
+DROP INDEX IF EXISTS events_by_ts;
+ALTER TABLE events RENAME TO events_before;
+DROP INDEX IF EXISTS events_by_topic;
+"""
+    + _EVENTS
+    + """
+INSERT INTO events SELECT position, topic, type, data, ts FROM events_before;
+DROP TABLE events_before;
+"""
+)
 
 
 def topic_filter(patterns: Sequence[TopicPattern], column: str = "topic") -> tuple[str, list[str]]:
@@ -61,16 +87,41 @@ class HistoryFile:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
+            newest = self._migrate()
             db.executescript(_SCHEMA)
             self.epoch = self._meta("epoch") or self._set_meta("epoch", new_epoch())
             # Every position up to here was dropped by age from topics that have no event left.
             self.expired_through = int(self._meta("expired_through") or 0)
-            row = db.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
+            newest = max(newest, self.expired_through, *self._newest_positions())
             db.commit()
         except BaseException:
             db.close()
             raise
-        self.newest: int = int(row[0]) if row else 0  # the newest position ever stored
+        self.newest: int = newest  # the newest position ever stored (S1)
+
+    def _migrate(self) -> int:
+        """Bring a file written before S1 to it (S3); the position its counter had reached
+        (the positions it held and its marks say as much, S1: this is only a floor)."""
+        db = self._db
+        row = db.execute("SELECT sql FROM sqlite_master WHERE name = 'events'").fetchone()
+        if row is None or "AUTOINCREMENT" not in row[0].upper():
+            return 0
+        db.execute("BEGIN IMMEDIATE")
+        counter = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        for statement in _MIGRATE.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.commit()
+        return 0 if counter is None else int(counter[0])
+
+    def newest_stored(self) -> int:
+        """The largest position in the table (0 when it is empty)."""
+        row = self._db.execute("SELECT MAX(position) FROM events").fetchone()
+        return 0 if row[0] is None else int(row[0])
+
+    def _newest_positions(self) -> list[int]:
+        marked = self._db.execute("SELECT MAX(position) FROM trimmed").fetchone()[0]
+        return [self.newest_stored(), 0 if marked is None else int(marked)]
 
     def close(self) -> None:
         self._db.close()
@@ -130,17 +181,24 @@ class HistoryFile:
                     "DELETE FROM events WHERE topic = ? AND position <= ?",
                     (topic, newest_dropped[0]),
                 )
+        # S2: events are stored in the order of their times, so those older than the cutoff
+        # are the positions before the first one that is not (found by walking from the
+        # oldest: as many rows as expired). Should the clock step back, an older event
+        # stored after a newer one waits for the newer one to expire.
+        first_kept = db.execute(
+            "SELECT position FROM events WHERE ts >= ? ORDER BY position LIMIT 1", (cutoff,)
+        ).fetchone()
+        before = first_kept[0] if first_kept is not None else self.newest_stored() + 1
         expired: dict[str, int] = dict(
             db.execute(
-                "SELECT topic, MAX(position) FROM events WHERE ts < ? GROUP BY topic", (cutoff,)
+                "SELECT topic, MAX(position) FROM events WHERE position < ? GROUP BY topic",
+                (before,),
             ).fetchall()
         )
         if expired:
             for topic, position in expired.items():
                 self._mark_trimmed(topic, position)
-            db.execute(
-                "DELETE FROM events WHERE ts < ? AND position <= ?", (cutoff, max(expired.values()))
-            )
+            db.execute("DELETE FROM events WHERE position <= ?", (max(expired.values()),))
             for topic, position in expired.items():
                 if db.execute("SELECT 1 FROM events WHERE topic = ? LIMIT 1", (topic,)).fetchone():
                     continue
