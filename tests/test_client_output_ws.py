@@ -5,6 +5,8 @@ and refusals as the client's typed errors."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +19,7 @@ from jobcast.server.app import create_app
 from tests.jobs_support import poll_until_done, submit
 from tests.output_handlers import chunk
 from tests.support import LiveServer, make_settings, wait_until
+from tests.test_extras import without
 from tests.test_output_streams import HANDLERS
 
 #: Reconnects after a cut come quickly, so that a test with many cuts stays short.
@@ -158,3 +161,29 @@ async def test_an_offset_of_data_no_longer_kept_is_gone_on_both_transports(
             with pytest.raises(HTTPStatusError) as caught:
                 list(jobcast.read_stream(new["id"], offset=stale, transport=transport))
             assert (caught.value.status, caught.value.error) == (410, "gone"), transport
+
+
+def test_websockets_is_loaded_only_by_a_socket_read_and_its_absence_names_the_extra(
+    tmp_path: Path,
+) -> None:
+    def run(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, env=env
+        )
+
+    loaded = run("import sys, jobcast.client; print('websockets' in sys.modules)")
+    assert loaded.stdout.strip() == "False", loaded.stderr
+    # Without the library (the base install): the call says which extra to install, before
+    # anything is sent; the HTTP read needs nothing more.
+    code = (
+        "from jobcast.client import Client\n"
+        "client = Client('http://127.0.0.1:9')\n"
+        "client.read_stream('job', transport='http')\n"
+        "try:\n"
+        "    client.read_stream('job', transport='ws')\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    missing = run(code, without(tmp_path, "websockets"))
+    assert missing.returncode == 0, missing.stderr
+    assert "pip install 'jobcast[ws]'" in missing.stdout

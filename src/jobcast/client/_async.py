@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
@@ -259,6 +260,8 @@ class AsyncClient(BaseClient):
         ``transport="ws"`` needs asyncio (not trio) and the ``ws`` extra (``_sockets``)."""
         reading = OutputReading(job_id, name, offset, live)
         if check_transport(transport) == "ws":
+            from jobcast.client import _sockets  # noqa: F401 - a missing extra fails here, not later
+
             return AsyncOutputRead(self._read_output_socket(reading), reading)
         return AsyncOutputRead(self._read_output(reading), reading)
 
@@ -297,6 +300,10 @@ class AsyncClient(BaseClient):
     async def _read_output_socket(self, reading: OutputReading) -> AsyncGenerator[Any, None]:
         from jobcast.client import _sockets  # the ws extra, loaded when used
 
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # _sockets.W2
+            raise RuntimeError("read_stream(transport='ws') needs asyncio: use 'http'") from None
         failures = 0
         while True:
             url = _sockets.socket_url(self.url, reading.socket_target())

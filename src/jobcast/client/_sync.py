@@ -256,6 +256,8 @@ class Client(BaseClient):
         items, the same resume (``_output.S4``)."""
         reading = OutputReading(job_id, name, offset, live)
         if check_transport(transport) == "ws":
+            from jobcast.client import _sockets  # noqa: F401 - a missing extra fails here, not later
+
             return OutputRead(self._read_output_socket(reading), reading)
         return OutputRead(self._read_output(reading), reading)
 
