@@ -76,6 +76,9 @@ def test_read_stream_follows_a_job_s_output_live_and_resumes(
         assert "".join(reading) and read["offset"] == reading.offset
     unknown = page.evaluate(READ, ["no-such-job", "output", token, None, transport])
     assert unknown["error"][0] == 404
+    # An offset of another stream names data this one does not keep: gone.
+    gone = page.evaluate(READ, [messages.id, "messages", token, read["offset"], transport])
+    assert gone["error"][0] == 410
     if transport == "ws":
         assert read["sockets"] >= 1 and again["sockets"] == 1
 

@@ -27,7 +27,7 @@ try:
     from websockets import exceptions as ws_errors
     from websockets.asyncio.client import connect as connect_async
     from websockets.sync.client import connect as connect_sync
-except ImportError as exc:  # pragma: no cover - the extra is installed where tests run
+except ImportError as exc:  # the base install: say which extra brings it
     raise ImportError(
         "read_stream(transport='ws') needs the 'websockets' package, which is not installed: "
         "pip install 'jobcast[ws]'",
