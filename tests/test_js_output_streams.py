@@ -114,3 +114,37 @@ def test_the_dashboard_job_page_shows_its_output_live(page: Page, server: LiveSe
     page.wait_for_function(
         "(expected) => document.getElementById('job-output').textContent === expected", arg=expected
     )
+
+
+RESTART = """async ([id, token]) => {
+  const jc = await import('/static/jobcast.js');
+  window.fetches = 0;
+  const counting = (url, init) => { window.fetches += 1; return fetch(url, init); };
+  window.pending = new Promise((resolve) => {
+    const parts = [];
+    jc.readStream(id, 'output', {
+      onText: (text) => parts.push(text),
+      onDone: () => resolve(parts.join('')),
+      onError: (e) => resolve({error: e.status}),
+    }, {token, transport: 'ws', fetch: counting, backoff: {initialMs: 50, maxMs: 300}});
+  });
+}"""
+
+
+def test_a_websocket_read_waits_out_a_restart_and_reads_everything(
+    page: Page, server: LiveServer, tmp_path: Path
+) -> None:
+    token = server.token("alice", ttl=3600)
+    with Client(server.url, token=token) as client:
+        job = client.submit("write_chunks", {"n": 300})
+        client.wait(job.id, timeout=20)
+    page.evaluate("import('/static/jobcast.js')")  # loaded while the server is up
+    port = server.port
+    server.stop()
+    page.evaluate(RESTART, [job.id, token])
+    page.wait_for_function("window.fetches >= 3")  # its tickets refused: backing off
+    restarted = start_server(tmp_path / "data", port=port, handlers=["tests.output_handlers"])
+    try:
+        assert page.evaluate("window.pending") == "".join(chunk(i) for i in range(300))
+    finally:
+        restarted.stop()
