@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
@@ -30,7 +31,7 @@ from jobcast.client._errors import (
     translate_transport,
 )
 from jobcast.client._models import Event, Job, JobPage, StreamItem
-from jobcast.client._output import OutputReading
+from jobcast.client._output import OutputReading, OutputTransport, SocketEnd, check_transport
 from jobcast.client._policy import ReconnectPolicy
 from jobcast.client._stream import StreamState
 
@@ -246,13 +247,25 @@ class AsyncClient(BaseClient):
     # -- events -----------------------------------------------------------------------------
 
     def read_stream(
-        self, job_id: str, name: str = "output", *, offset: str = "-1", live: bool = True
+        self,
+        job_id: str,
+        name: str = "output",
+        *,
+        offset: str = "-1",
+        live: bool = True,
+        transport: OutputTransport = "http",
     ) -> AsyncOutputRead:
-        """``Client.read_stream``'s twin: ``async for piece in client.read_stream(job_id)``."""
+        """``Client.read_stream``'s twin: ``async for piece in client.read_stream(job_id)``.
+
+        ``transport="ws"`` needs asyncio (not trio) and the ``ws`` extra (``_sockets``)."""
         reading = OutputReading(job_id, name, offset, live)
+        if check_transport(transport) == "ws":
+            from jobcast.client import _sockets  # noqa: F401 - a missing extra fails here, not later
+
+            return AsyncOutputRead(self._read_output_socket(reading), reading)
         return AsyncOutputRead(self._read_output(reading), reading)
 
-    async def _read_output(self, reading: OutputReading) -> AsyncIterator[Any]:
+    async def _read_output(self, reading: OutputReading) -> AsyncGenerator[Any, None]:
         failures = 0
         timeout = httpx.Timeout(self.timeout, read=self.reconnect.read_timeout)
         while not reading.done:
@@ -283,6 +296,45 @@ class AsyncClient(BaseClient):
             failures = 0
             for item in reading.accept(response):
                 yield item
+
+    async def _read_output_socket(self, reading: OutputReading) -> AsyncGenerator[Any, None]:
+        from jobcast.client import _sockets  # the ws extra, loaded when used
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # _sockets.W2
+            raise RuntimeError("read_stream(transport='ws') needs asyncio: use 'http'") from None
+        failures = 0
+        while True:
+            url = _sockets.socket_url(self.url, reading.socket_target())
+            options = _sockets.connect_options({**self._headers, **self._auth()}, self.timeout)
+            try:
+                with _sockets.translated(url) as closed:
+                    async with _sockets.connect_async(url, **options) as ws:
+                        while not reading.done:
+                            # No yield inside a cancel scope: only the receive is bounded.
+                            with anyio.fail_after(self.reconnect.read_timeout):
+                                message = await ws.recv()
+                            for item in reading.receive(message):
+                                yield item
+            except (ConnectionFailed, ServerUnavailable):
+                failures = 1 if reading.delivered else failures + 1
+                limit = self.reconnect.max_attempts
+                if limit is not None and failures >= limit:
+                    raise
+                await anyio.sleep(self.reconnect.delay(failures, None))
+                continue
+            end = reading.socket_closed(closed.code)  # _output.S4
+            if end is SocketEnd.DONE:
+                return
+            if end is SocketEnd.NOT_OPEN_YET:  # _output.S2
+                if (await self.get(reading.job_id)).terminal:
+                    return
+                failures = min(failures + 1, 4)
+            else:
+                failures = 0 if reading.delivered else failures + 1
+                reading.check_attempts(failures, self.reconnect.max_attempts)
+            await anyio.sleep(self.reconnect.delay(failures, None))
 
     async def publish(self, topic: str, type: str, data: Any = None) -> str:
         """Publish one event (needs a service or admin token); returns its id."""
@@ -397,13 +449,17 @@ class AsyncClient(BaseClient):
 class AsyncOutputRead:
     """An output stream being read: ``async for`` it; ``offset`` is where it stands."""
 
-    def __init__(self, items: AsyncIterator[Any], reading: OutputReading) -> None:
+    def __init__(self, items: AsyncGenerator[Any, None], reading: OutputReading) -> None:
         self._items = items
         self._reading = reading
 
     @property
     def offset(self) -> str:
         return self._reading.offset
+
+    async def aclose(self) -> None:
+        """Stop reading before the end: the connection (a socket, say) is closed now."""
+        await self._items.aclose()
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._items

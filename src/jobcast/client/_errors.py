@@ -1,4 +1,5 @@
-"""The client's exception tree, and the one seam where httpx errors are translated.
+"""The client's exception tree, and the seam where httpx errors are translated (the
+WebSocket library's are translated in ``_sockets``, which is loaded only when used).
 
     ClientError                   base of everything the client raises
     ├── ConnectionFailed          the server could not be reached (refused, DNS, timeout)
@@ -123,11 +124,22 @@ def status_error(response: httpx.Response, body: bytes) -> HTTPStatusError:
     fields = payload if isinstance(payload, dict) else {}
     error = str(fields.get("error") or response.reason_phrase or "http_error")
     message = str(fields.get("message") or body[:200].decode(errors="replace") or error)
+    return typed_error(status, error, message, payload, _retry_after(response))
+
+
+def typed_error(
+    status: int, error: str, message: str, payload: Any = None, retry_after: float = 1.0
+) -> HTTPStatusError:
+    """The :class:`HTTPStatusError` subclass for ``status``, carrying the server's fields.
+
+    Shared by HTTP answers and WebSocket closes (``4000 + status``, ``_sockets``).
+    """
+    fields = payload if isinstance(payload, dict) else {}
     reason = fields.get("reason")
     kwargs: dict[str, Any] = {"reason": str(reason) if reason else None, "body": payload}
     cls = _BY_STATUS.get(status)
     if cls is RateLimitedError:
-        kwargs["retry_after"] = _retry_after(response)
+        kwargs["retry_after"] = retry_after
     if cls is None:
         cls = ServerUnavailable if status >= 500 else HTTPStatusError
     return cls(status, error, message, **kwargs)

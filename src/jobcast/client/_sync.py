@@ -7,7 +7,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -32,7 +32,7 @@ from jobcast.client._errors import (
     translate_transport,
 )
 from jobcast.client._models import Event, Job, JobPage, StreamItem
-from jobcast.client._output import OutputReading
+from jobcast.client._output import OutputReading, OutputTransport, SocketEnd, check_transport
 from jobcast.client._policy import ReconnectPolicy
 from jobcast.client._stream import StreamState
 
@@ -240,18 +240,30 @@ class Client(BaseClient):
         return self._stream("/api/events", params, state, None)
 
     def read_stream(
-        self, job_id: str, name: str = "output", *, offset: str = "-1", live: bool = True
+        self,
+        job_id: str,
+        name: str = "output",
+        *,
+        offset: str = "-1",
+        live: bool = True,
+        transport: OutputTransport = "http",
     ) -> OutputRead:
         """Iterate a job's output stream (``ctx.stream``): text pieces for ``text/*``, messages
         for ``application/json``, else bytes, live until the stream closes (``live=False``:
         what is there now). Resumes by itself across reconnects; ``.offset`` is where the
-        read stands, to pass back as ``offset`` later (``_output.py``)."""
+        read stands, to pass back as ``offset`` later (``_output.py``). ``transport="ws"``
+        reads it over a WebSocket (the ``ws`` extra) instead of HTTP long-polls: the same
+        items, the same resume (``_output.S4``)."""
         reading = OutputReading(job_id, name, offset, live)
+        if check_transport(transport) == "ws":
+            from jobcast.client import _sockets  # noqa: F401 - a missing extra fails here, not later
+
+            return OutputRead(self._read_output_socket(reading), reading)
         return OutputRead(self._read_output(reading), reading)
 
     # -- the read loops -----------------------------------------------------------------------
 
-    def _read_output(self, reading: OutputReading) -> Iterator[Any]:
+    def _read_output(self, reading: OutputReading) -> Generator[Any, None, None]:
         failures = 0
         timeout = httpx.Timeout(self.timeout, read=self.reconnect.read_timeout)
         while not reading.done:
@@ -281,6 +293,40 @@ class Client(BaseClient):
                 raise status_error(response, response.content)
             failures = 0
             yield from reading.accept(response)
+
+    def _read_output_socket(self, reading: OutputReading) -> Generator[Any, None, None]:
+        from jobcast.client import _sockets  # the ws extra, loaded when used
+
+        failures = 0
+        while True:
+            url = _sockets.socket_url(self.url, reading.socket_target())
+            options = _sockets.connect_options({**self._headers, **self._auth()}, self.timeout)
+            try:
+                with (
+                    _sockets.translated(url) as closed,
+                    _sockets.connect_sync(url, **options) as ws,
+                ):
+                    while not reading.done:
+                        message = ws.recv(timeout=self.reconnect.read_timeout)
+                        yield from reading.receive(message)
+            except (ConnectionFailed, ServerUnavailable):
+                failures = 1 if reading.delivered else failures + 1
+                limit = self.reconnect.max_attempts
+                if limit is not None and failures >= limit:
+                    raise
+                time.sleep(self.reconnect.delay(failures, None))
+                continue
+            end = reading.socket_closed(closed.code)  # _output.S4
+            if end is SocketEnd.DONE:
+                return
+            if end is SocketEnd.NOT_OPEN_YET:  # _output.S2
+                if self.get(reading.job_id).terminal:
+                    return
+                failures = min(failures + 1, 4)
+            else:
+                failures = 0 if reading.delivered else failures + 1
+                reading.check_attempts(failures, self.reconnect.max_attempts)
+            time.sleep(self.reconnect.delay(failures, None))
 
     def _job_stream(self, job_id: str, deadline: float | None) -> Iterator[StreamItem]:
         state = StreamState(self.reconnect, job=True)
@@ -424,13 +470,17 @@ def _timed_out(error: ClientError | None) -> bool:
 class OutputRead:
     """An output stream being read: iterate it; ``offset`` is where it stands (_output.S3)."""
 
-    def __init__(self, items: Iterator[Any], reading: OutputReading) -> None:
+    def __init__(self, items: Generator[Any, None, None], reading: OutputReading) -> None:
         self._items = items
         self._reading = reading
 
     @property
     def offset(self) -> str:
         return self._reading.offset
+
+    def close(self) -> None:
+        """Stop reading before the end: the connection (a socket, say) is closed now."""
+        self._items.close()
 
     def __iter__(self) -> Iterator[Any]:
         return self._items

@@ -248,13 +248,21 @@ export interface OutputHandlers {
 }
 export interface OutputRead {
   close(): void;
+  /** Where the read stands: pass it back as `options.offset` to resume there. */
   readonly offset: string;
+}
+export interface OutputOptions extends ClientOptions {
+  /** Where to start: "-1" (the beginning, the default) or a saved `OutputRead.offset`. */
+  offset?: string;
+  /** "ws": read over a WebSocket (`/ws/stream/...`); otherwise HTTP long-polls. Either way
+   * the same handlers, offsets and resume. */
+  transport?: "sse" | "fetch" | "ws";
 }
 export declare function readStream(
   jobId: string,
   name?: string,
   handlers?: OutputHandlers,
-  options?: ClientOptions & { offset?: string },
+  options?: OutputOptions,
 ): OutputRead;
 export declare function subscribe(
   topics: string[],

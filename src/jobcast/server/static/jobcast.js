@@ -32,6 +32,8 @@
  *     CSRF token); if not, it backs off, and a second `reauth` in a row with the same
  *     credential ends the stream with a 401: an expired credential the server still accepts
  *     for a moment (clock-skew leeway) must not cause a reconnect storm.
+ * J6. `readStream` over a WebSocket resumes at the offset of the last data message, after
+ *     any end but a refusal (see `readOverSocket`).
  */
 
 /** Connection states, for status indicators. */
@@ -798,6 +800,8 @@ export function subscribe(topics, handlers = {}, options = {}) {
  * `onBytes(Uint8Array)` otherwise, then `onDone()` once it closed. A dropped connection
  * resumes at the exact byte (`Stream-Next-Offset`); a stream the job has not opened yet is
  * waited for. `offset` (a getter) is where the read stands: pass it back as `options.offset`.
+ * HTTP long-polls by default; `options.transport: "ws"` reads `/ws/stream/...` instead (J6),
+ * with the same handlers, offsets and resume.
  * @param {string} jobId
  * @param {string} [name] default "output"
  * @param {OutputHandlers} [handlers]
@@ -805,37 +809,66 @@ export function subscribe(topics, handlers = {}, options = {}) {
  * @returns {{close(): void, readonly offset: string}}
  */
 export function readStream(jobId, name = "output", handlers = {}, options = {}) {
-  const path = `/v1/stream/jobs/${encodeURIComponent(jobId)}/${encodeURIComponent(name)}`;
+  const path = `jobs/${encodeURIComponent(jobId)}/${encodeURIComponent(name)}`;
+  const state = { offset: options.offset || "-1", open: false, stopped: false };
+  const read = options.transport === "ws" ? readOverSocket : readOverHttp;
+  const stop = read(jobId, path, handlers, options, state);
+  return {
+    close() {
+      state.stopped = true;
+      stop();
+    },
+    get offset() {
+      return state.offset;
+    },
+  };
+}
+
+/** Wait before the next attempt of an output read (J2). */
+function outputPause(failures, options) {
+  return new Promise((done) => setTimeout(done, backoffDelay(failures, options.backoff, options.random)));
+}
+
+/**
+ * Whether the job ended (so a stream it has not opened never will be). Throws the
+ * JobcastError of a job that cannot be read (404: none, or not yours) (J4).
+ */
+async function jobEnded(jobId, options) {
+  try {
+    return TERMINAL.has((await getJob(jobId, options)).state);
+  } catch (error) {
+    if (error instanceof JobcastError && error.fatal) throw error;
+    return false; // offline, or the server restarting: ask again after the next attempt
+  }
+}
+
+function readOverHttp(jobId, path, handlers, options, state) {
   const doFetch = options.fetch || globalThis.fetch.bind(globalThis);
   const controller = new AbortController();
   const text = new TextDecoder();
-  const state = { offset: options.offset || "-1", open: false, stopped: false };
-  const pause = (failures) =>
-    new Promise((done) => setTimeout(done, backoffDelay(failures, options.backoff, options.random)));
   (async () => {
     let failures = 0;
     while (!state.stopped) {
       let response;
       try {
         const query = `offset=${encodeURIComponent(state.offset)}&live=long-poll`;
-        response = await doFetch(absolute(`${path}?${query}`, options), {
+        response = await doFetch(absolute(`/v1/stream/${path}?${query}`, options), {
           headers: await authHeaders(options, "GET"),
           signal: controller.signal,
           credentials: options.withCredentials ? "include" : "same-origin",
         });
       } catch (error) {
         if (state.stopped) return;
-        await pause(++failures); // offline, or the server restarting: resume where we were
+        await outputPause(++failures, options); // offline, or the server restarting
         continue;
       }
       if (response.status === 404 && !state.open) {
-        const job = await getJob(jobId, options).catch(() => null);
-        if (job && TERMINAL.has(job.state)) return handlers.onDone?.(); // it wrote nothing
-        await pause(Math.min(++failures, 4)); // not opened yet: the job is queued or starting
+        if (await jobEnded(jobId, options)) return handlers.onDone?.(); // it wrote nothing
+        await outputPause(Math.min(++failures, 4), options); // not opened yet: queued or starting
         continue;
       }
       if (response.status >= 500) {
-        await pause(++failures);
+        await outputPause(++failures, options);
         continue;
       }
       if (!response.ok) return handlers.onError?.(errorFrom(response.status, await response.text()));
@@ -861,15 +894,101 @@ export function readStream(jobId, name = "output", handlers = {}, options = {}) 
       }
     }
   })().catch((error) => handlers.onError?.(error));
-  return {
-    close() {
-      state.stopped = true;
-      controller.abort();
-    },
-    get offset() {
-      return state.offset;
-    },
+  return () => controller.abort();
+}
+
+/**
+ * J6. Over a WebSocket every `{"op": "data"}` message carries the offset where the next one
+ * starts, so a socket that ends for any reason but a refusal (1012: the server restarts or
+ * the read reached its lifetime; a network fault) is reopened at that offset after a backoff,
+ * with a fresh ticket (J3): nothing is missed, nothing repeated. A close `4000 + status` is
+ * that HTTP status, as over HTTP: 4404 before the stream was seen means not opened yet,
+ * anything else ends the read with `onError` (4410: the offset's data is no longer kept).
+ * The socket does not name the content type; the data's shape does (text, a list of
+ * messages, base64 with `"encoding": "base64"`).
+ */
+function readOverSocket(jobId, path, handlers, options, state) {
+  const WS = options.WebSocket || globalThis.WebSocket;
+  let socket = null;
+  let failures = 0;
+  const fail = (error) => {
+    state.stopped = true;
+    handlers.onError?.(error);
   };
+  const retry = async (wait) => {
+    await outputPause(wait, options);
+    connect();
+  };
+  const connect = async () => {
+    if (state.stopped) return;
+    const query = new URLSearchParams({ offset: state.offset });
+    try {
+      const token = await resolve(options.token);
+      if (token) {
+        const { ticket } = await api("/api/auth/ticket", {
+          ...options,
+          token,
+          method: "POST",
+          body: { topics: [`jobs/${jobId}`] },
+        }); // J3: one per connection, so the token never goes in a URL
+        query.set("ticket", ticket);
+      }
+    } catch (error) {
+      if (error instanceof JobcastError && error.fatal) return fail(error);
+      return retry(++failures);
+    }
+    if (state.stopped) return;
+    const url = new URL(absolute(`/ws/stream/${path}?${query}`, options));
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    const ws = (socket = new WS(url));
+    let delivered = false;
+    let refusal = null; // the {"op": "error"} sent before a close with a code
+    ws.onmessage = (event) => {
+      const m = JSON.parse(event.data);
+      if (m.op === "error") refusal = m;
+      if (state.stopped || (m.op !== "data" && m.op !== "closed")) return; // "ping"
+      delivered = state.open = true;
+      state.offset = m.offset || state.offset;
+      if (Array.isArray(m.data)) {
+        for (const message of m.data) handlers.onMessage?.(message);
+      } else if (m.encoding === "base64") {
+        handlers.onBytes?.(Uint8Array.from(atob(m.data), (c) => c.charCodeAt(0)));
+      } else if (m.data) {
+        handlers.onText?.(m.data);
+      }
+      if (m.op === "closed") {
+        state.stopped = true;
+        ws.close();
+        handlers.onDone?.();
+      }
+    };
+    ws.onclose = async (event) => {
+      if (socket === ws) socket = null;
+      if (state.stopped) return;
+      const status = event.code >= 4000 && event.code < 5000 ? event.code - 4000 : 0;
+      if (status === 404 && !state.open) {
+        let ended = false;
+        try {
+          ended = await jobEnded(jobId, options);
+        } catch (error) {
+          return fail(error); // no such job, or not ours
+        }
+        if (ended) {
+          state.stopped = true;
+          return handlers.onDone?.(); // it wrote nothing
+        }
+        return retry(Math.min(++failures, 4)); // not opened yet: queued or starting
+      }
+      if (status) {
+        const message = refusal?.message || `the server closed the stream (${event.code})`;
+        return fail(new JobcastError(message, status, refusal));
+      }
+      failures = delivered ? 0 : failures + 1;
+      return retry(failures);
+    };
+  };
+  connect();
+  return () => socket?.close();
 }
 
 /** Bind options once: `const jc = createClient({token}); jc.watchJob(id, {...})`. */
@@ -902,7 +1021,8 @@ export function createClient(defaults = {}) {
  *   a function returning a current one; streams exchange it for a ticket per connection
  * @property {string | (() => string | null)} [csrfToken] for cookie sessions: sent on POST/DELETE
  * @property {boolean} [withCredentials] send cookies cross-origin
- * @property {"sse" | "fetch" | "ws"} [transport] default "sse" (EventSource)
+ * @property {"sse" | "fetch" | "ws"} [transport] default "sse" (EventSource); `readStream`
+ *   reads over HTTP (long-polls) unless it is "ws"
  * @property {string[]} [types] extra event types for the EventSource transport
  * @property {string} [lastEventId] resume after this id
  * @property {{initialMs?: number, maxMs?: number, factor?: number}} [backoff] J2
