@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from tests.jobs_support import watch
+from tests.output_support import CAP, CHUNKS, assert_task_outputs
 from tests.scale_support import Processes, TcpProxy, free_port, jobcast_env, processes
 from tests.services import (
     POSTGRES_URL,
@@ -180,6 +181,31 @@ async def test_a_tracked_task_is_a_job_from_queued_to_its_end(
     assert (await job(client, server, opaque.id, sub="root", role="admin"))["state"] == "succeeded"
     stranger = await client.get(f"{server.url}/api/jobs/{opaque.id}", headers=server.auth("bob"))
     assert stranger.status_code in (403, 404)
+
+
+async def test_a_tracked_task_writes_output_streams(
+    tasks: ModuleType,
+    queue: str,
+    procs: Processes,
+    server: LiveServer,
+    client: httpx.AsyncClient,
+) -> None:
+    from jobcast.integrations.celery import jobcast_headers
+
+    start_worker(procs, queue, "prefork", "w1", JOBCAST_MAX_STREAM_BYTES=str(CAP))
+    headers = jobcast_headers("alice")
+    written = tasks.write_lines.apply_async((CHUNKS,), queue=queue, headers=headers)
+    failed = tasks.write_then_fail.apply_async((20,), queue=queue, headers=headers)
+    too_much = tasks.write_too_much.apply_async((CAP,), queue=queue, headers=headers)
+    events = await watch(client, server, written.id, timeout=30)
+    assert events[-1][0] == "succeeded" and events[-1][1]["result"] == CHUNKS
+    events = await watch(client, server, failed.id, timeout=30)
+    assert events[-1][0] == "failed" and events[-1][1]["error"]["type"] == "RuntimeError"
+    events = await watch(client, server, too_much.id, timeout=30)
+    assert events[-1][0] == "failed"
+    error = events[-1][1]["error"]
+    assert error["type"] == "PayloadTooLarge" and f"the limit is {CAP}" in error["message"]
+    await assert_task_outputs(client, server, written.id, failed.id, too_much.id)
 
 
 @pytest.mark.parametrize("pool", ["prefork", "threads"])

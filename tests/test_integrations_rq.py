@@ -22,6 +22,7 @@ from rq import Retry
 from jobcast.integrations.rq import TrackedQueue, jobcast_meta
 from tests import rq_tasks
 from tests.jobs_support import watch
+from tests.output_support import CAP, CHUNKS, assert_task_outputs
 from tests.scale_support import Processes, jobcast_env, processes
 from tests.services import (
     POSTGRES_URL,
@@ -149,6 +150,29 @@ async def test_an_rq_job_is_a_job_from_queued_to_its_end(
     assert events[-1][0] == "succeeded" and final["result"] == "{5}"
     assert final["params"] == {"repr": "((Opaque(5),), {})", "not_json": True}
     assert final["owner"] == "service:rq"
+
+
+async def test_an_rq_job_writes_output_streams(
+    queue: TrackedQueue,
+    shared: dict[str, str],
+    procs: Processes,
+    server: LiveServer,
+    client: httpx.AsyncClient,
+) -> None:
+    start_worker(procs, queue, shared, "w1", max_stream_bytes=CAP)
+    meta = jobcast_meta("alice")
+    written = queue.enqueue(rq_tasks.write_lines, CHUNKS, meta=meta, failure_ttl=60)
+    failed = queue.enqueue(rq_tasks.write_then_fail, 20, meta=meta, failure_ttl=60)
+    too_much = queue.enqueue(rq_tasks.write_too_much, CAP, meta=meta, failure_ttl=60)
+    events = await watch(client, server, written.id, timeout=30)
+    assert events[-1][0] == "succeeded" and events[-1][1]["result"] == CHUNKS
+    events = await watch(client, server, failed.id, timeout=30)
+    assert events[-1][0] == "failed" and events[-1][1]["error"]["type"] == "RuntimeError"
+    events = await watch(client, server, too_much.id, timeout=30)
+    assert events[-1][0] == "failed"
+    error = events[-1][1]["error"]
+    assert error["type"] == "PayloadTooLarge" and f"the limit is {CAP}" in error["message"]
+    await assert_task_outputs(client, server, written.id, failed.id, too_much.id)
 
 
 async def test_cancelling_an_rq_job_cancels_or_stops_it(
