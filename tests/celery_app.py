@@ -97,6 +97,12 @@ def gate_late(self: Task[Any, Any], name: str) -> str:
     return _gate(self, name)
 
 
+@app.task(bind=True)
+def gate_writing(self: Task[Any, Any], name: str) -> str:
+    stream(self).write("started\n")
+    return _gate(self, name)
+
+
 def _gate(self: Task[Any, Any], name: str) -> str:
     """Report, tell the test it runs, then wait for its go (short waits, so a revoke in a
     thread pool lands at the next ``progress``)."""

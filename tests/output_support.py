@@ -104,3 +104,12 @@ async def assert_task_outputs(
 
     data, closed = await read_output(client, server, too_much)
     assert data == b"kept\n" and closed  # the write past the cap kept nothing of itself
+
+
+async def written(
+    client: httpx.AsyncClient, server: LiveServer, job_id: str, text: str, name: str = "output"
+) -> bool:
+    """Whether the stream holds ``text`` (for ``eventually``: a running task's write)."""
+    url = f"{server.url}/v1/stream/jobs/{job_id}/{name}"
+    answer = await client.get(url, params={"offset": "-1"}, headers=server.auth())
+    return answer.status_code == 200 and answer.text == text

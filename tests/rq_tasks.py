@@ -69,6 +69,11 @@ def gate(name: str) -> str:
     return "released"
 
 
+def gate_writing(name: str) -> str:
+    stream().write("started\n")
+    return gate(name)
+
+
 def release(name: str) -> None:
     _redis().rpush(_key(f"{name}:go"), 1)
 

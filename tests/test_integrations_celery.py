@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from tests.jobs_support import watch
-from tests.output_support import CAP, CHUNKS, assert_task_outputs
+from tests.output_support import CAP, CHUNKS, assert_task_outputs, read_output, written
 from tests.scale_support import Processes, TcpProxy, free_port, jobcast_env, processes
 from tests.services import (
     POSTGRES_URL,
@@ -239,6 +239,33 @@ async def test_cancelling_a_tracked_task_revokes_it(
     assert events[-1][0] == "cancelled", events[-1]
     final = await job(client, server, waiting.id)
     assert final["state"] == "cancelled" and final["attempts"] == 0  # it never ran
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+async def test_a_revoked_task_s_output_streams_are_closed(
+    tasks: ModuleType,
+    queue: str,
+    procs: Processes,
+    server: LiveServer,
+    client: httpx.AsyncClient,
+    pool: str,
+) -> None:
+    """Prefork: the revoke terminates the pool child that wrote the stream, and the main
+    process closes it; threads: the task stops at its next ``progress``, in the process that
+    wrote it (``_direct_streams.S3``)."""
+    from jobcast.integrations.celery import jobcast_headers
+
+    start_worker(procs, queue, pool, "w1")
+    name = f"writing-{pool}"
+    sent = tasks.gate_writing.apply_async((name,), queue=queue, headers=jobcast_headers("alice"))
+    await gate_running(tasks, name)
+    await eventually(lambda: written(client, server, sent.id, "started\n"), timeout=20)
+    response = await client.post(f"{server.url}/api/jobs/{sent.id}/cancel", headers=server.auth())
+    assert response.status_code == 200, response.text
+    events = await watch(client, server, sent.id, timeout=30)
+    assert events[-1][0] == "cancelled", events[-1]
+    data, closed = await read_output(client, server, sent.id)
+    assert data == b"started\n" and closed
 
 
 async def test_a_store_outage_during_a_task_never_fails_it(

@@ -22,7 +22,7 @@ from rq import Retry
 from jobcast.integrations.rq import TrackedQueue, jobcast_meta
 from tests import rq_tasks
 from tests.jobs_support import watch
-from tests.output_support import CAP, CHUNKS, assert_task_outputs
+from tests.output_support import CAP, CHUNKS, assert_task_outputs, read_output, written
 from tests.scale_support import Processes, jobcast_env, processes
 from tests.services import (
     POSTGRES_URL,
@@ -32,7 +32,7 @@ from tests.services import (
     needs_services,
     unique_prefix,
 )
-from tests.support import LiveServer
+from tests.support import LiveServer, eventually
 
 pytestmark = [needs_services, pytest.mark.timeout(120)]
 
@@ -201,6 +201,29 @@ async def test_cancelling_an_rq_job_cancels_or_stops_it(
     assert response.status_code == 200, response.text
     events = await watch(client, server, running.id, timeout=30)
     assert events[-1][0] == "cancelled", events[-1]
+
+
+async def test_a_stopped_rq_job_s_output_streams_are_closed(
+    queue: TrackedQueue,
+    shared: dict[str, str],
+    procs: Processes,
+    server: LiveServer,
+    client: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The stop kills the work horse that wrote the stream; the worker closes it when it
+    reports the job cancelled (``_direct_streams.S3``)."""
+    monkeypatch.setattr(rq_tasks, "PREFIX", shared["prefix"])
+    start_worker(procs, queue, shared, "w1")
+    sent = queue.enqueue(rq_tasks.gate_writing, "writing", meta=jobcast_meta("alice"))
+    await asyncio.to_thread(rq_tasks.running_pid, "writing")
+    await eventually(lambda: written(client, server, sent.id, "started\n"), timeout=20)
+    response = await client.post(f"{server.url}/api/jobs/{sent.id}/cancel", headers=server.auth())
+    assert response.status_code == 200, response.text
+    events = await watch(client, server, sent.id, timeout=30)
+    assert events[-1][0] == "cancelled", events[-1]
+    data, closed = await read_output(client, server, sent.id)
+    assert data == b"started\n" and closed
 
 
 async def test_a_killed_rq_worker_leaves_no_job_running(
