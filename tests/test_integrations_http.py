@@ -380,6 +380,12 @@ async def test_output_written_while_the_server_is_down_arrives_once_and_in_order
         await eventually(first_half, timeout=20, interval=0.05)  # its first answer was lost
         for i in range(half, CHUNKS):
             out.write(line(i))
+        # A stream of the job another process opened (an earlier attempt): closed at the end.
+        other = await client.put(
+            f"{server.url}/v1/stream/jobs/{job_id}/earlier",
+            headers={"content-type": "text/plain", "authorization": f"Bearer {token}"},
+        )
+        assert other.status_code == 201, other.text
         await asyncio.to_thread(reporter.finished, job_id, JobState.SUCCEEDED, result="ok")
 
         async def ended() -> bool:
@@ -391,6 +397,7 @@ async def test_output_written_while_the_server_is_down_arrives_once_and_in_order
         data, closed = await read_output(client, server, job_id)
         assert data.decode() == all_lines() and closed
         assert losing.lost >= 2  # both halves were stored, then their answers lost
+        assert await read_output(client, server, job_id, "earlier") == (b"", True)
     finally:
         await asyncio.to_thread(reporter.close)
         if server is not None:

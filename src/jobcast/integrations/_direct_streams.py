@@ -97,12 +97,15 @@ class DirectStreams:
 
     async def end(self, job_id: str) -> None:  # S3
         outputs = self._jobs.pop(job_id, None)
+        mine: set[str] = set()
         if outputs is not None:
+            mine = {stream.path for stream in outputs.streams.values()}
             await self._bounded(job_id, outputs.close_all())
         try:
             found = await self.store.listing(f"jobs/{job_id}/")
             for info in found:
-                if not info.closed:
+                # Ours close with their last bytes, even when that takes longer than the wait.
+                if not info.closed and info.path not in mine:
                     await self.store.append(info.path, b"", content_type=None, close=True)
         except (JobcastError, redis.RedisError, OSError) as exc:
             logger.warning("job %s: its other output streams were not closed: %s", job_id, exc)
