@@ -146,6 +146,14 @@ def write_then_fail(self: Task[Any, Any], n: int) -> None:
     raise RuntimeError("failed after writing")
 
 
+@app.task(bind=True, autoretry_for=(OSError,), max_retries=3, default_retry_delay=0)
+def write_and_retry(self: Task[Any, Any], name: str, failures: int) -> str:
+    stream(self).write(f"attempt {self.request.retries + 1}\n")
+    if _redis().incr(_key(name)) <= failures:
+        raise OSError(f"attempt {self.request.retries + 1} failed")
+    return "ok"
+
+
 @app.task(bind=True)
 def write_too_much(self: Task[Any, Any], size: int) -> None:
     out = stream(self)

@@ -207,6 +207,14 @@ async def test_a_tracked_task_writes_output_streams(
     assert error["type"] == "PayloadTooLarge" and f"the limit is {CAP}" in error["message"]
     await assert_task_outputs(client, server, written.id, failed.id, too_much.id)
 
+    # A retried task's streams stay open: each attempt (maybe in another pool process)
+    # appends to them, and they close at its final end.
+    retried = tasks.write_and_retry.apply_async(("retried-writer", 2), queue=queue, headers=headers)
+    events = await watch(client, server, retried.id, timeout=30)
+    assert events[-1][0] == "succeeded" and events[-1][1]["attempts"] == 3
+    data, closed = await read_output(client, server, retried.id)
+    assert data == b"attempt 1\nattempt 2\nattempt 3\n" and closed
+
 
 @pytest.mark.parametrize("pool", ["prefork", "threads"])
 async def test_cancelling_a_tracked_task_revokes_it(

@@ -23,6 +23,7 @@ S4. A retried task's streams are flushed, not closed: the next attempt, here or 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -124,5 +125,9 @@ class DirectStreams:
         """At process exit: what is pending gets a last bounded wait (``_reporter.P2``). The
         streams of tasks that did not end stay open: another worker may run them again."""
         for job_id in list(self._jobs):
-            await self.retrying(job_id)
-        await self.store.client.aclose()
+            try:
+                await self.retrying(job_id)
+            except Exception as exc:  # the reporter's other connections close in any case
+                logger.warning("job %s: its output was not flushed at exit: %s", job_id, exc)
+        with contextlib.suppress(redis.RedisError, OSError):
+            await self.store.client.aclose()

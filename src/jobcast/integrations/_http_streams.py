@@ -331,7 +331,10 @@ class HttpStreams:
     async def close(self) -> None:
         """At process exit: what is pending gets a last bounded wait; streams stay open."""
         for job_id in list(self._jobs):
-            await self.retrying(job_id)
+            try:
+                await self.retrying(job_id)
+            except Exception as exc:  # the reporter's client closes in any case
+                logger.warning("job %s: its output was not flushed at exit: %s", job_id, exc)
 
 
 class _JobStreams:
