@@ -260,7 +260,7 @@ async def test_a_revoked_task_s_output_streams_are_closed(
 ) -> None:
     """Prefork: the revoke terminates the pool child that wrote the stream, and the main
     process closes it; threads: the task stops at its next ``progress``, in the process that
-    wrote it (``_direct_streams.S3``)."""
+    wrote it (``_stream_writer.T5``)."""
     from jobcast.integrations.celery import jobcast_headers
 
     start_worker(procs, queue, pool, "w1")

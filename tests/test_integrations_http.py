@@ -348,7 +348,7 @@ async def test_output_written_while_the_server_is_down_arrives_once_and_in_order
     """A task writes while jobcast is unreachable: nothing waits and nothing is dropped. Once
     the server is back, half of the appends' answers are lost after they were stored: the
     retries are duplicates (the idempotent producer), so every chunk is stored exactly once
-    (``integrations._http_streams`` T1, T2, T5)."""
+    (``integrations._stream_writer`` T1, T2, T5)."""
     from jobcast.integrations._reporter import Reporter
     from jobcast.jobs.model import Job, JobState
     from jobcast.server.app import create_app

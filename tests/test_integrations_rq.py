@@ -212,7 +212,7 @@ async def test_a_stopped_rq_job_s_output_streams_are_closed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The stop kills the work horse that wrote the stream; the worker closes it when it
-    reports the job cancelled (``_direct_streams.S3``)."""
+    reports the job cancelled (``_stream_writer.T5``)."""
     monkeypatch.setattr(rq_tasks, "PREFIX", shared["prefix"])
     start_worker(procs, queue, shared, "w1")
     sent = queue.enqueue(rq_tasks.gate_writing, "writing", meta=jobcast_meta("alice"))

@@ -1,4 +1,4 @@
-"""A queue task's output streams at the reporter (``integrations._streams``, ``_http_streams``,
+"""A queue task's output streams at the reporter (``integrations._streams``, ``_stream_writer``,
 ``_direct_streams``): what a task gets back for bad requests, JSON messages over HTTP, and the
 stand-in when jobcast cannot be reached. The workers' end-to-end tests are in
 ``test_integrations_{celery,rq,dramatiq,http}.py``."""

@@ -17,8 +17,9 @@ from jobcast.brokers.redis import RedisBroker
 from jobcast.config import Settings
 from jobcast.errors import JobcastError
 from jobcast.hub import Hub
-from jobcast.integrations._direct_streams import DirectStreams, open_worker_streams
+from jobcast.integrations._direct_streams import StoreSink, open_worker_streams
 from jobcast.integrations._metrics import shared_metrics
+from jobcast.integrations._stream_writer import ProducerStreams
 from jobcast.jobs.access import JobAccess
 from jobcast.jobs.model import Job, JobState
 from jobcast.jobs.reported import ReportedJobs
@@ -50,13 +51,13 @@ class DirectBackend:
         self._tasks: list[asyncio.Task[None]] = []
         self._sweeping = False
         self._opening = asyncio.Lock()
-        store = open_worker_streams(
-            self.settings.resolved_broker_url, self.settings.max_stream_bytes
-        )
+        limit = self.settings.max_stream_bytes
+        self._sink = StoreSink(open_worker_streams(self.settings.resolved_broker_url, limit))
         #: The tasks' output streams, in the broker's Redis (``_direct_streams.py``).
-        self.streams = DirectStreams(store, reporter.exit_wait)
+        self.streams = ProducerStreams(self._sink, limit, reporter.exit_wait, reporter.counts)
 
     async def open(self) -> None:
+        self.streams.attach(asyncio.get_running_loop())
         async with self._opening:  # one opening, however many reports wait for it
             if self.jobs is None:
                 await self._connect()
@@ -109,7 +110,7 @@ class DirectBackend:
         await self._jobs().retrying(job_id, error, retry_at)
 
     async def finished(self, job_id: str, state: JobState, **fields: Any) -> None:
-        await self.streams.end(job_id)  # closed before the terminal event (_direct_streams.S3)
+        await self.streams.end(job_id)  # closed before the terminal event (_stream_writer.T5)
         await self._jobs().finished(job_id, state, **fields)
 
     async def sweep(self) -> int:
@@ -146,6 +147,7 @@ class DirectBackend:
 
     async def close(self) -> None:
         await self.streams.close()
+        await self._sink.close()
         jobs = self.jobs
         if jobs is not None:
             await jobs.close(self.reporter.exit_wait)

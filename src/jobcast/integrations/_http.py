@@ -20,7 +20,8 @@ H4. Each post carries ``dropped``: progress reports dropped here since the last 
 H5. The server's answer for a ``running`` report is ``terminal`` when the job ended before
     its task started (cancelled while queued): the worker skips the task (P4).
 H6. A task's output streams are appended to ``/v1/stream/jobs/{id}/{name}`` by idempotent
-    producers (``_http_streams.py``), closed before the terminal report is sent.
+    producers (``_http_streams.py``, ``_stream_writer.py``), closed before the terminal
+    report is sent.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ import orjson
 
 from jobcast.config import Settings
 from jobcast.errors import InvalidInput, JobcastError, Unavailable
-from jobcast.integrations._http_streams import HttpStreams
+from jobcast.integrations._http_streams import HttpSink
+from jobcast.integrations._stream_writer import ProducerStreams
 from jobcast.jobs.model import Job, JobState
 
 if TYPE_CHECKING:
@@ -89,9 +91,8 @@ class HttpBackend:
         self._endings: set[asyncio.Task[None]] = set()
         self._sweeping = False
         #: The tasks' output streams, appended to ``/v1/stream`` (``_http_streams.py``).
-        self.streams = HttpStreams(
-            self.url,
-            self._http,
+        self.streams = ProducerStreams(
+            HttpSink(self.url, self._http),
             Settings().max_stream_bytes,  # the servers' JOBCAST_MAX_STREAM_BYTES (T4)
             reporter.exit_wait,
             reporter.counts,
@@ -221,7 +222,7 @@ class HttpBackend:
         await asyncio.shield(task)
 
     async def _end(self, job_id: str, reports: list[dict[str, Any]]) -> None:
-        # The streams are closed before the terminal report (_http_streams.T5).
+        # The streams are closed before the terminal report (_stream_writer.T5).
         await self.streams.end(job_id)
         await self._until_taken(reports)
 

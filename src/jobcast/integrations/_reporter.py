@@ -27,10 +27,11 @@ P5. While a task runs, its job is stored every third of ``heartbeat`` seconds wi
     ``updated_at``. ``sweep`` fails as ``Interrupted`` this queue's jobs left ``running`` and
     silent for longer than ``heartbeat`` (``jobs/reported.R4``): their worker died and
     nothing re-delivers them (a queue without late acknowledgement).
-P6. A task's output streams (``stream``) are written as a native job's are: the native
-    writers on the direct path (``_direct_streams.py``), idempotent producers appending to
-    ``/v1/stream`` on the HTTP path (``_http_streams.py``); closed when the task ends, before
-    its terminal report, and flushed (left open) when it will run again. Opening a stream
+P6. A task's output streams (``stream``) behave as a native job's (``ctx.stream``): written
+    by idempotent producers (``_stream_writer.py``) into the broker's Redis on the direct
+    path (``_direct_streams.py``) or to ``/v1/stream`` on the HTTP path
+    (``_http_streams.py``); closed when the task ends, before its terminal report, and
+    flushed (left open) when it will run again. Opening a stream
     waits for the reporter at most ``wait`` seconds; when jobcast cannot be reached it hands
     back a stand-in whose writes are dropped and counted (``output_dropped``, P3).
 """
