@@ -9,6 +9,7 @@ timeout, never on a sleep.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -99,11 +100,14 @@ def gate_late(self: Task[Any, Any], name: str) -> str:
 
 @app.task(bind=True)
 def gate_writing(self: Task[Any, Any], name: str) -> str:
-    stream(self).write("started\n")
-    return _gate(self, name)
+    """``gate`` that writes its output stream: ``started``, ``waiting`` at every wait,
+    ``released``."""
+    out = stream(self)
+    out.write("started\n")
+    return _gate(self, name, out.write)
 
 
-def _gate(self: Task[Any, Any], name: str) -> str:
+def _gate(self: Task[Any, Any], name: str, write: Callable[[str], None] = lambda text: None) -> str:
     """Report, tell the test it runs, then wait for its go (short waits, so a revoke in a
     thread pool lands at the next ``progress``)."""
     client = _redis()
@@ -112,8 +116,10 @@ def _gate(self: Task[Any, Any], name: str) -> str:
     for _ in range(300):
         if client.blpop([_key(f"{name}:go")], timeout=0.1) is not None:
             progress(self, 90, stage="released")
+            write("released\n")
             return "released"
         progress(self, 10, stage="waiting")
+        write("waiting\n")
     raise TimeoutError("the test never released the task")
 
 

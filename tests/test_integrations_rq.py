@@ -217,7 +217,7 @@ async def test_a_stopped_rq_job_s_output_streams_are_closed(
     start_worker(procs, queue, shared, "w1")
     sent = queue.enqueue(rq_tasks.gate_writing, "writing", meta=jobcast_meta("alice"))
     await asyncio.to_thread(rq_tasks.running_pid, "writing")
-    await eventually(lambda: written(client, server, sent.id, "started\n"), timeout=20)
+    await eventually(lambda: written(client, server, sent.id, b"started\n"), timeout=20)
     response = await client.post(f"{server.url}/api/jobs/{sent.id}/cancel", headers=server.auth())
     assert response.status_code == 200, response.text
     events = await watch(client, server, sent.id, timeout=30)
