@@ -17,7 +17,6 @@ from jobcast.errors import InvalidInput
 from jobcast.integrations._reporter import Reporter
 from jobcast.jobs.model import Job, JobState
 from tests.output_support import read_json_output, read_output
-from tests.services import needs_services
 from tests.support import LiveServer, eventually
 
 pytestmark = [pytest.mark.timeout(60)]
@@ -74,7 +73,6 @@ async def test_a_task_s_bad_stream_calls_raise_in_the_task(
     )
 
 
-@needs_services
 async def test_a_task_whose_jobcast_is_unreachable_still_writes(tmp_path: Path) -> None:
     """Nothing listens at the broker's address: the task gets a stream whose writes are
     dropped and counted (``_reporter.P6``), and goes on."""
