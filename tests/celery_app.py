@@ -9,12 +9,14 @@ timeout, never on a sleep.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import redis
 from celery import Celery, Task
 
-from jobcast.integrations.celery import progress, track
+from jobcast.integrations.celery import progress, stream, track
+from tests.output_support import line
 
 REDIS = os.environ.get("JOBCAST_TEST_CELERY_REDIS", "redis://127.0.0.1:6379/15")
 PREFIX = os.environ.get("JOBCAST_TEST_CELERY_PREFIX", "jobcast-test-celery")
@@ -96,7 +98,16 @@ def gate_late(self: Task[Any, Any], name: str) -> str:
     return _gate(self, name)
 
 
-def _gate(self: Task[Any, Any], name: str) -> str:
+@app.task(bind=True)
+def gate_writing(self: Task[Any, Any], name: str) -> str:
+    """``gate`` that writes its output stream: ``started``, ``waiting`` at every wait,
+    ``released``."""
+    out = stream(self)
+    out.write("started\n")
+    return _gate(self, name, out.write)
+
+
+def _gate(self: Task[Any, Any], name: str, write: Callable[[str], None] = lambda text: None) -> str:
     """Report, tell the test it runs, then wait for its go (short waits, so a revoke in a
     thread pool lands at the next ``progress``)."""
     client = _redis()
@@ -105,8 +116,10 @@ def _gate(self: Task[Any, Any], name: str) -> str:
     for _ in range(300):
         if client.blpop([_key(f"{name}:go")], timeout=0.1) is not None:
             progress(self, 90, stage="released")
+            write("released\n")
             return "released"
         progress(self, 10, stage="waiting")
+        write("waiting\n")
     raise TimeoutError("the test never released the task")
 
 
@@ -120,3 +133,35 @@ def running_pid(name: str, timeout: float = 20) -> int:
     if found is None:
         raise TimeoutError(f"gate({name!r}) did not start within {timeout} s")
     return int(found[1])
+
+
+@app.task(bind=True)
+def write_lines(self: Task[Any, Any], n: int) -> int:
+    out = stream(self)
+    for i in range(n):
+        out.write(line(i))
+    return n
+
+
+@app.task(bind=True)
+def write_then_fail(self: Task[Any, Any], n: int) -> None:
+    out, events = stream(self), stream(self, "events", content_type="application/json")
+    for i in range(n):
+        out.write(line(i))
+        events.write({"i": i})
+    raise RuntimeError("failed after writing")
+
+
+@app.task(bind=True, autoretry_for=(OSError,), max_retries=3, default_retry_delay=0)
+def write_and_retry(self: Task[Any, Any], name: str, failures: int) -> str:
+    stream(self).write(f"attempt {self.request.retries + 1}\n")
+    if _redis().incr(_key(name)) <= failures:
+        raise OSError(f"attempt {self.request.retries + 1} failed")
+    return "ok"
+
+
+@app.task(bind=True)
+def write_too_much(self: Task[Any, Any], size: int) -> None:
+    out = stream(self)
+    out.write("kept\n")
+    out.write("x" * size)  # past JOBCAST_MAX_STREAM_BYTES: PayloadTooLarge

@@ -13,7 +13,8 @@ from typing import Any
 import redis
 from celery import Celery, Task
 
-from jobcast.integrations.celery import progress, track
+from jobcast.integrations.celery import progress, stream, track
+from tests.output_support import line
 
 REDIS = os.environ.get("JOBCAST_TEST_CELERY_REDIS", "redis://127.0.0.1:6379/15")
 PREFIX = os.environ.get("JOBCAST_TEST_CELERY_PREFIX", "jobcast-test-celery-http")
@@ -55,3 +56,27 @@ def flaky(self: Task[Any, Any], name: str, failures: int) -> str:
 @app.task
 def broken() -> None:
     raise ValueError("bad input")
+
+
+@app.task(bind=True)
+def write_lines(self: Task[Any, Any], n: int) -> int:
+    out = stream(self)
+    for i in range(n):
+        out.write(line(i))
+    return n
+
+
+@app.task(bind=True)
+def write_then_fail(self: Task[Any, Any], n: int) -> None:
+    out, events = stream(self), stream(self, "events", content_type="application/json")
+    for i in range(n):
+        out.write(line(i))
+        events.write({"i": i})
+    raise RuntimeError("failed after writing")
+
+
+@app.task(bind=True)
+def write_too_much(self: Task[Any, Any], size: int) -> None:
+    out = stream(self)
+    out.write("kept\n")
+    out.write("x" * size)  # past JOBCAST_MAX_STREAM_BYTES: PayloadTooLarge

@@ -12,7 +12,8 @@ import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from jobcast.integrations.dramatiq import JobcastMiddleware, progress
+from jobcast.integrations.dramatiq import JobcastMiddleware, progress, stream
+from tests.output_support import line
 
 REDIS = os.environ.get("JOBCAST_TEST_DRAMATIQ_REDIS", "redis://127.0.0.1:6379/15")
 PREFIX = os.environ.get("JOBCAST_TEST_DRAMATIQ_PREFIX", "jobcast-test-dramatiq")
@@ -75,3 +76,27 @@ def release(name: str) -> None:
 def wait_running(name: str, timeout: float = 20) -> None:
     if redis.Redis.from_url(REDIS).blpop([_key(f"{name}:running")], timeout=timeout) is None:
         raise TimeoutError(f"gate({name!r}) did not start within {timeout} s")
+
+
+@dramatiq.actor(max_retries=0)
+def write_lines(n: int) -> int:
+    out = stream()
+    for i in range(n):
+        out.write(line(i))
+    return n
+
+
+@dramatiq.actor(max_retries=0)
+def write_then_fail(n: int) -> None:
+    out, events = stream(), stream("events", content_type="application/json")
+    for i in range(n):
+        out.write(line(i))
+        events.write({"i": i})
+    raise RuntimeError("failed after writing")
+
+
+@dramatiq.actor(max_retries=0)
+def write_too_much(size: int) -> None:
+    out = stream()
+    out.write("kept\n")
+    out.write("x" * size)  # past JOBCAST_MAX_STREAM_BYTES: PayloadTooLarge

@@ -9,7 +9,8 @@ import os
 
 import redis
 
-from jobcast.integrations.rq import metadata, progress
+from jobcast.integrations.rq import metadata, progress, stream
+from tests.output_support import line
 
 REDIS = os.environ.get("JOBCAST_TEST_RQ_REDIS", "redis://127.0.0.1:6379/15")
 PREFIX = os.environ.get("JOBCAST_TEST_RQ_PREFIX", "jobcast-test-rq")
@@ -68,6 +69,11 @@ def gate(name: str) -> str:
     return "released"
 
 
+def gate_writing(name: str) -> str:
+    stream().write("started\n")
+    return gate(name)
+
+
 def release(name: str) -> None:
     _redis().rpush(_key(f"{name}:go"), 1)
 
@@ -77,3 +83,24 @@ def running_pid(name: str, timeout: float = 20) -> int:
     if found is None:
         raise TimeoutError(f"gate({name!r}) did not start within {timeout} s")
     return int(found[1])
+
+
+def write_lines(n: int) -> int:
+    out = stream()
+    for i in range(n):
+        out.write(line(i))
+    return n
+
+
+def write_then_fail(n: int) -> None:
+    out, events = stream(), stream("events", content_type="application/json")
+    for i in range(n):
+        out.write(line(i))
+        events.write({"i": i})
+    raise RuntimeError("failed after writing")
+
+
+def write_too_much(size: int) -> None:
+    out = stream()
+    out.write("kept\n")
+    out.write("x" * size)  # past JOBCAST_MAX_STREAM_BYTES: PayloadTooLarge

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import httpx
 import pytest
 
 from tests.jobs_support import watch
+from tests.output_support import CAP, CHUNKS, assert_task_outputs, read_output, written
 from tests.scale_support import Processes, TcpProxy, free_port, jobcast_env, processes
 from tests.services import (
     POSTGRES_URL,
@@ -182,6 +184,39 @@ async def test_a_tracked_task_is_a_job_from_queued_to_its_end(
     assert stranger.status_code in (403, 404)
 
 
+async def test_a_tracked_task_writes_output_streams(
+    tasks: ModuleType,
+    queue: str,
+    procs: Processes,
+    server: LiveServer,
+    client: httpx.AsyncClient,
+) -> None:
+    from jobcast.integrations.celery import jobcast_headers
+
+    start_worker(procs, queue, "prefork", "w1", JOBCAST_MAX_STREAM_BYTES=str(CAP))
+    headers = jobcast_headers("alice")
+    written = tasks.write_lines.apply_async((CHUNKS,), queue=queue, headers=headers)
+    failed = tasks.write_then_fail.apply_async((20,), queue=queue, headers=headers)
+    too_much = tasks.write_too_much.apply_async((CAP,), queue=queue, headers=headers)
+    events = await watch(client, server, written.id, timeout=30)
+    assert events[-1][0] == "succeeded" and events[-1][1]["result"] == CHUNKS
+    events = await watch(client, server, failed.id, timeout=30)
+    assert events[-1][0] == "failed" and events[-1][1]["error"]["type"] == "RuntimeError"
+    events = await watch(client, server, too_much.id, timeout=30)
+    assert events[-1][0] == "failed"
+    error = events[-1][1]["error"]
+    assert error["type"] == "PayloadTooLarge" and f"the limit is {CAP}" in error["message"]
+    await assert_task_outputs(client, server, written.id, failed.id, too_much.id)
+
+    # A retried task's streams stay open: each attempt (maybe in another pool process)
+    # appends to them, and they close at its final end.
+    retried = tasks.write_and_retry.apply_async(("retried-writer", 2), queue=queue, headers=headers)
+    events = await watch(client, server, retried.id, timeout=30)
+    assert events[-1][0] == "succeeded" and events[-1][1]["attempts"] == 3
+    data, closed = await read_output(client, server, retried.id)
+    assert data == b"attempt 1\nattempt 2\nattempt 3\n" and closed
+
+
 @pytest.mark.parametrize("pool", ["prefork", "threads"])
 async def test_cancelling_a_tracked_task_revokes_it(
     tasks: ModuleType,
@@ -213,6 +248,33 @@ async def test_cancelling_a_tracked_task_revokes_it(
     assert events[-1][0] == "cancelled", events[-1]
     final = await job(client, server, waiting.id)
     assert final["state"] == "cancelled" and final["attempts"] == 0  # it never ran
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+async def test_a_revoked_task_s_output_streams_are_closed(
+    tasks: ModuleType,
+    queue: str,
+    procs: Processes,
+    server: LiveServer,
+    client: httpx.AsyncClient,
+    pool: str,
+) -> None:
+    """Prefork: the revoke terminates the pool child that wrote the stream, and the main
+    process closes it; threads: the task stops at its next ``progress``, in the process that
+    wrote it (``_stream_writer.T5``)."""
+    from jobcast.integrations.celery import jobcast_headers
+
+    start_worker(procs, queue, pool, "w1")
+    name = f"writing-{pool}"
+    sent = tasks.gate_writing.apply_async((name,), queue=queue, headers=jobcast_headers("alice"))
+    await gate_running(tasks, name)
+    await eventually(lambda: written(client, server, sent.id, b"started\n"), timeout=20)
+    response = await client.post(f"{server.url}/api/jobs/{sent.id}/cancel", headers=server.auth())
+    assert response.status_code == 200, response.text
+    events = await watch(client, server, sent.id, timeout=30)
+    assert events[-1][0] == "cancelled", events[-1]
+    data, closed = await read_output(client, server, sent.id)
+    assert re.fullmatch(rb"started\n(waiting\n)*", data) and closed
 
 
 async def test_a_store_outage_during_a_task_never_fails_it(
@@ -333,7 +395,9 @@ async def test_a_broker_outage_during_a_task_never_fails_it(
         JOBCAST_TEST_CELERY_JOBCAST=broker,
         JOBCAST_METRICS_SNAPSHOT_SECONDS="0.5",
     )
-    sent = tasks.gate.apply_async(("redis-down",), queue=queue, headers=jobcast_headers("alice"))
+    sent = tasks.gate_writing.apply_async(
+        ("redis-down",), queue=queue, headers=jobcast_headers("alice")
+    )
     await gate_running(tasks, "redis-down")
     procs.stop(redis_server)  # SIGTERM: it writes its append-only file, as a restart would
     await eventually(lambda: "could not publish progress" in procs.log("w1"), timeout=20)
@@ -347,6 +411,9 @@ async def test_a_broker_outage_during_a_task_never_fails_it(
     await eventually(stored, timeout=20, interval=0.1)
     events = await watch(client, server, sent.id, timeout=20)
     assert events[-1][0] == "succeeded" and events[-1][1]["result"] == "released"
+    # Its output written while Redis was down was kept and retried: all of it, once, in order.
+    data, closed = await read_output(client, server, sent.id)
+    assert re.fullmatch(rb"started\n(waiting\n)+released\n", data) and closed
 
     async def dropped() -> float:  # the worker's count, shared through Redis
         text = (await client.get(f"{server.url}/metrics")).text

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tests.jobs_support import watch
+from tests.output_support import CAP, CHUNKS, assert_task_outputs
 from tests.scale_support import Processes, jobcast_env, processes
 from tests.services import (
     POSTGRES_URL,
@@ -118,6 +119,25 @@ async def test_a_dramatiq_message_is_a_job_from_queued_to_its_end(
     events = await watch(client, server, opaque.message_id, headers=admin, timeout=30)
     assert events[-1][0] == "succeeded" and events[-1][1]["result"] == "{5}"
     assert events[-1][1]["owner"] == "service:dramatiq"
+
+
+async def test_a_dramatiq_message_writes_output_streams(
+    actors: ModuleType, procs: Processes, server: LiveServer, client: httpx.AsyncClient
+) -> None:
+    start_worker(procs, "w1", JOBCAST_MAX_STREAM_BYTES=str(CAP))
+    written = actors.write_lines.send_with_options(args=(CHUNKS,), jobcast_owner="alice")
+    failed = actors.write_then_fail.send_with_options(args=(20,), jobcast_owner="alice")
+    too_much = actors.write_too_much.send_with_options(args=(CAP,), jobcast_owner="alice")
+    events = await watch(client, server, written.message_id, timeout=30)
+    assert events[-1][0] == "succeeded" and events[-1][1]["result"] == CHUNKS
+    events = await watch(client, server, failed.message_id, timeout=30)
+    assert events[-1][0] == "failed" and events[-1][1]["error"]["type"] == "RuntimeError"
+    events = await watch(client, server, too_much.message_id, timeout=30)
+    assert events[-1][0] == "failed"
+    error = events[-1][1]["error"]
+    assert error["type"] == "PayloadTooLarge" and f"the limit is {CAP}" in error["message"]
+    ids = (written.message_id, failed.message_id, too_much.message_id)
+    await assert_task_outputs(client, server, *ids)
 
 
 async def test_a_queued_dramatiq_message_is_cancelled_a_running_one_is_not(

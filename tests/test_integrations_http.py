@@ -19,6 +19,7 @@ import orjson
 import pytest
 
 from tests.jobs_support import watch
+from tests.output_support import CAP, CHUNKS, all_lines, assert_task_outputs, line, read_output
 from tests.scale_support import Processes, jobcast_env, processes
 from tests.services import REDIS_URL, delete_prefix, needs_services, unique_prefix
 from tests.support import LiveServer, eventually
@@ -197,7 +198,7 @@ async def test_a_celery_worker_reports_over_http(
         assert queued.json()["state"] == "queued"  # reported before apply_async returned
 
         worker_env = jobcast_env()
-        worker_env.update(env, C_FORCE_ROOT="1")
+        worker_env.update(env, C_FORCE_ROOT="1", JOBCAST_MAX_STREAM_BYTES=str(CAP))
         args = [sys.executable, "-m", "celery", "-A", "tests.celery_http_app", "worker"]
         args += ["-P", "threads", "-c", "2", "-Q", queue, "-n", f"http-{PREFIX}@%h"]
         args += ["--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "info"]
@@ -222,6 +223,19 @@ async def test_a_celery_worker_reports_over_http(
         events = await watch(client, server, failed.id, timeout=30)
         assert events[-1][0] == "failed"
         assert events[-1][1]["error"] == {"type": "ValueError", "message": "bad input"}
+
+        # Output streams, appended to /v1/stream by idempotent producers (_http_streams).
+        headers = jobcast_headers("alice")
+        written = tasks.write_lines.apply_async((CHUNKS,), queue=queue, headers=headers)
+        failed = tasks.write_then_fail.apply_async((20,), queue=queue, headers=headers)
+        too_much = tasks.write_too_much.apply_async((CAP,), queue=queue, headers=headers)
+        events = await watch(client, server, written.id, timeout=30)
+        assert events[-1][0] == "succeeded" and events[-1][1]["result"] == CHUNKS
+        events = await watch(client, server, failed.id, timeout=30)
+        assert events[-1][0] == "failed" and events[-1][1]["error"]["type"] == "RuntimeError"
+        events = await watch(client, server, too_much.id, timeout=30)
+        assert events[-1][1]["error"]["type"] == "PayloadTooLarge"
+        await assert_task_outputs(client, server, written.id, failed.id, too_much.id)
     finally:
         with tasks.app.connection_for_write() as conn:
             conn.default_channel.queue_delete(queue)
@@ -297,3 +311,94 @@ async def test_a_worker_whose_server_is_down_reports_once_it_is_back(
             server.stop()
     finally:
         await asyncio.to_thread(reporter.close)
+
+
+class LoseEveryOtherAppendAnswer:
+    """ASGI middleware: every other append to a stream, the first one first, is stored and its
+    answer replaced by a 503, as when the connection drops after the server committed."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.state = app.state  # what LiveServer reads of its app
+        self.appends = 0
+        self.lost = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        appending = scope["type"] == "http" and scope["method"] == "POST"
+        if not (appending and scope["path"].startswith("/v1/stream/")):
+            await self.app(scope, receive, send)
+            return
+        self.appends += 1
+        if self.appends % 2 == 0:
+            await self.app(scope, receive, send)
+            return
+
+        async def dropped(message: Any) -> None:
+            return None
+
+        await self.app(scope, receive, dropped)  # stored: the answer never reaches the worker
+        self.lost += 1
+        await send({"type": "http.response.start", "status": 503, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+async def test_output_written_while_the_server_is_down_arrives_once_and_in_order(
+    tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    """A task writes while jobcast is unreachable: nothing waits and nothing is dropped. Once
+    the server is back, half of the appends' answers are lost after they were stored: the
+    retries are duplicates (the idempotent producer), so every chunk is stored exactly once
+    (``integrations._stream_writer`` T1, T2, T5)."""
+    from jobcast.integrations._reporter import Reporter
+    from jobcast.jobs.model import Job, JobState
+    from jobcast.server.app import create_app
+    from tests.scale_support import free_port
+    from tests.support import make_settings
+
+    port = free_port()
+    app = create_app(make_settings(data_dir=tmp_path))
+    losing = LoseEveryOtherAppendAnswer(app)  # in front of every entrance of the app
+    token = app.state.jobcast.tokens.mint("celery-workers", role="service")
+    reporter = Reporter("celery", jobcast=f"http://127.0.0.1:{port}", token=token, wait=0.5)
+    job_id = f"o-{uuid.uuid4().hex[:8]}"
+    job = Job(id=job_id, kind="media.transcribe", owner="alice", runs_on="celery")
+    server = None
+    try:
+        assert await asyncio.to_thread(reporter.started, job)  # nobody answers: it runs
+        out = await asyncio.to_thread(reporter.stream, job_id, "output", "text/plain")
+        half = CHUNKS // 2
+        for i in range(half):  # no thread hop, no wait: the server is still down
+            out.write(line(i))
+        server = LiveServer(losing, port=port, native_streams=False)  # type: ignore[arg-type]
+        server.start()  # jobcast is back
+        url = f"{server.url}/v1/stream/jobs/{job_id}/output"
+
+        async def first_half() -> bool:
+            answer = await client.get(url, params={"offset": "-1"}, headers=server.auth())
+            return answer.status_code == 200 and answer.text == all_lines(half)
+
+        await eventually(first_half, timeout=20, interval=0.05)  # its first answer was lost
+        for i in range(half, CHUNKS):
+            out.write(line(i))
+        # A stream of the job another process opened (an earlier attempt): closed at the end.
+        other = await client.put(
+            f"{server.url}/v1/stream/jobs/{job_id}/earlier",
+            headers={"content-type": "text/plain", "authorization": f"Bearer {token}"},
+        )
+        assert other.status_code == 201, other.text
+        await asyncio.to_thread(reporter.finished, job_id, JobState.SUCCEEDED, result="ok")
+
+        async def ended() -> bool:
+            url = f"{server.url}/api/jobs/{job_id}"
+            answer = await client.get(url, headers=server.auth("alice"))
+            return answer.status_code == 200 and answer.json()["state"] == "succeeded"
+
+        await eventually(ended, timeout=20, interval=0.1)
+        data, closed = await read_output(client, server, job_id)
+        assert data.decode() == all_lines() and closed
+        assert losing.lost >= 2  # both halves were stored, then their answers lost
+        assert await read_output(client, server, job_id, "earlier") == (b"", True)
+    finally:
+        await asyncio.to_thread(reporter.close)
+        if server is not None:
+            server.stop()

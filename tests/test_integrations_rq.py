@@ -22,6 +22,7 @@ from rq import Retry
 from jobcast.integrations.rq import TrackedQueue, jobcast_meta
 from tests import rq_tasks
 from tests.jobs_support import watch
+from tests.output_support import CAP, CHUNKS, assert_task_outputs, read_output, written
 from tests.scale_support import Processes, jobcast_env, processes
 from tests.services import (
     POSTGRES_URL,
@@ -31,7 +32,7 @@ from tests.services import (
     needs_services,
     unique_prefix,
 )
-from tests.support import LiveServer
+from tests.support import LiveServer, eventually
 
 pytestmark = [needs_services, pytest.mark.timeout(120)]
 
@@ -151,6 +152,29 @@ async def test_an_rq_job_is_a_job_from_queued_to_its_end(
     assert final["owner"] == "service:rq"
 
 
+async def test_an_rq_job_writes_output_streams(
+    queue: TrackedQueue,
+    shared: dict[str, str],
+    procs: Processes,
+    server: LiveServer,
+    client: httpx.AsyncClient,
+) -> None:
+    start_worker(procs, queue, shared, "w1", max_stream_bytes=CAP)
+    meta = jobcast_meta("alice")
+    written = queue.enqueue(rq_tasks.write_lines, CHUNKS, meta=meta, failure_ttl=60)
+    failed = queue.enqueue(rq_tasks.write_then_fail, 20, meta=meta, failure_ttl=60)
+    too_much = queue.enqueue(rq_tasks.write_too_much, CAP, meta=meta, failure_ttl=60)
+    events = await watch(client, server, written.id, timeout=30)
+    assert events[-1][0] == "succeeded" and events[-1][1]["result"] == CHUNKS
+    events = await watch(client, server, failed.id, timeout=30)
+    assert events[-1][0] == "failed" and events[-1][1]["error"]["type"] == "RuntimeError"
+    events = await watch(client, server, too_much.id, timeout=30)
+    assert events[-1][0] == "failed"
+    error = events[-1][1]["error"]
+    assert error["type"] == "PayloadTooLarge" and f"the limit is {CAP}" in error["message"]
+    await assert_task_outputs(client, server, written.id, failed.id, too_much.id)
+
+
 async def test_cancelling_an_rq_job_cancels_or_stops_it(
     queue: TrackedQueue,
     shared: dict[str, str],
@@ -177,6 +201,29 @@ async def test_cancelling_an_rq_job_cancels_or_stops_it(
     assert response.status_code == 200, response.text
     events = await watch(client, server, running.id, timeout=30)
     assert events[-1][0] == "cancelled", events[-1]
+
+
+async def test_a_stopped_rq_job_s_output_streams_are_closed(
+    queue: TrackedQueue,
+    shared: dict[str, str],
+    procs: Processes,
+    server: LiveServer,
+    client: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The stop kills the work horse that wrote the stream; the worker closes it when it
+    reports the job cancelled (``_stream_writer.T5``)."""
+    monkeypatch.setattr(rq_tasks, "PREFIX", shared["prefix"])
+    start_worker(procs, queue, shared, "w1")
+    sent = queue.enqueue(rq_tasks.gate_writing, "writing", meta=jobcast_meta("alice"))
+    await asyncio.to_thread(rq_tasks.running_pid, "writing")
+    await eventually(lambda: written(client, server, sent.id, b"started\n"), timeout=20)
+    response = await client.post(f"{server.url}/api/jobs/{sent.id}/cancel", headers=server.auth())
+    assert response.status_code == 200, response.text
+    events = await watch(client, server, sent.id, timeout=30)
+    assert events[-1][0] == "cancelled", events[-1]
+    data, closed = await read_output(client, server, sent.id)
+    assert data == b"started\n" and closed
 
 
 async def test_a_killed_rq_worker_leaves_no_job_running(

@@ -2,7 +2,8 @@
 
 The jobs are applied here, in the worker's process (``jobs/reported.py``). With the broker's
 Redis at hand, the process also shares its metrics there (``shared_metrics.py``), so any
-server's ``/metrics`` shows what its reports cost (``_metrics.py``).
+server's ``/metrics`` shows what its reports cost (``_metrics.py``), and writes its tasks'
+output streams there (``_direct_streams.py``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from jobcast.brokers.redis import RedisBroker
 from jobcast.config import Settings
 from jobcast.errors import JobcastError
 from jobcast.hub import Hub
+from jobcast.integrations._direct_streams import StoreSink, open_worker_streams
 from jobcast.integrations._metrics import shared_metrics
+from jobcast.integrations._stream_writer import ProducerStreams
 from jobcast.jobs.access import JobAccess
 from jobcast.jobs.model import Job, JobState
 from jobcast.jobs.reported import ReportedJobs
@@ -24,6 +27,7 @@ from jobcast.stores import open_store
 
 if TYPE_CHECKING:
     from jobcast.integrations._reporter import Reporter
+    from jobcast.integrations._streams import JobStreams
     from jobcast.jobs.metadata import MetadataBuffer
     from jobcast.shared_metrics import SharedMetrics
 
@@ -47,8 +51,13 @@ class DirectBackend:
         self._tasks: list[asyncio.Task[None]] = []
         self._sweeping = False
         self._opening = asyncio.Lock()
+        limit = self.settings.max_stream_bytes
+        self._sink = StoreSink(open_worker_streams(self.settings.resolved_broker_url, limit))
+        #: The tasks' output streams, in the broker's Redis (``_direct_streams.py``).
+        self.streams = ProducerStreams(self._sink, limit, reporter.exit_wait, reporter.counts)
 
     async def open(self) -> None:
+        self.streams.attach(asyncio.get_running_loop())
         async with self._opening:  # one opening, however many reports wait for it
             if self.jobs is None:
                 await self._connect()
@@ -87,6 +96,9 @@ class DirectBackend:
         jobs = self.jobs
         return jobs is not None and jobs.progress(job_id, percent, stage, message)
 
+    async def outputs(self, job_id: str) -> JobStreams:
+        return self.streams.of(job_id)
+
     def metadata(self, job_id: str, update: Callable[[MetadataBuffer], None]) -> bool:
         jobs = self.jobs
         return jobs is not None and jobs.metadata(job_id, update)
@@ -94,9 +106,11 @@ class DirectBackend:
     async def retrying(
         self, job_id: str, error: dict[str, str], retry_at: float | None = None
     ) -> None:
+        await self.streams.retrying(job_id)  # stored before the next attempt appends
         await self._jobs().retrying(job_id, error, retry_at)
 
     async def finished(self, job_id: str, state: JobState, **fields: Any) -> None:
+        await self.streams.end(job_id)  # closed before the terminal event (_stream_writer.T5)
         await self._jobs().finished(job_id, state, **fields)
 
     async def sweep(self) -> int:
@@ -132,6 +146,8 @@ class DirectBackend:
             await self._jobs().beat()
 
     async def close(self) -> None:
+        await self.streams.close()
+        await self._sink.close()
         jobs = self.jobs
         if jobs is not None:
             await jobs.close(self.reporter.exit_wait)

@@ -3,7 +3,7 @@
 For workers that cannot reach the broker and the job store: the server applies each report
 with the same ``jobs/reported.py`` the direct path uses (``server/routes/job_reports.py``).
 
-Decisions (cited as H1..H5):
+Decisions (cited as H1..H6):
 
 H1. Progress is coalesced here first: the latest report of each running job waits for the
     next flush, at most one ``POST /api/job-reports`` per ``flush_interval`` for all of this
@@ -19,6 +19,9 @@ H4. Each post carries ``dropped``: progress reports dropped here since the last 
     server took, so the server's ``/metrics`` counts them (``_metrics.py``).
 H5. The server's answer for a ``running`` report is ``terminal`` when the job ended before
     its task started (cancelled while queued): the worker skips the task (P4).
+H6. A task's output streams are appended to ``/v1/stream/jobs/{id}/{name}`` by idempotent
+    producers (``_http_streams.py``, ``_stream_writer.py``), closed before the terminal
+    report is sent.
 """
 
 from __future__ import annotations
@@ -33,11 +36,15 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import orjson
 
+from jobcast.config import Settings
 from jobcast.errors import InvalidInput, JobcastError, Unavailable
+from jobcast.integrations._http_streams import HttpSink
+from jobcast.integrations._stream_writer import ProducerStreams
 from jobcast.jobs.model import Job, JobState
 
 if TYPE_CHECKING:
     from jobcast.integrations._reporter import Reporter
+    from jobcast.integrations._streams import JobStreams
     from jobcast.jobs.metadata import MetadataBuffer
 
 logger = logging.getLogger("jobcast.integrations")
@@ -83,10 +90,23 @@ class HttpBackend:
         self._tasks: list[asyncio.Task[None]] = []
         self._endings: set[asyncio.Task[None]] = set()
         self._sweeping = False
+        #: The tasks' output streams, appended to ``/v1/stream`` (``_http_streams.py``).
+        self.streams = ProducerStreams(
+            HttpSink(self.url, self._http),
+            Settings().max_stream_bytes,  # the servers' JOBCAST_MAX_STREAM_BYTES (T4)
+            reporter.exit_wait,
+            reporter.counts,
+        )
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise RuntimeError("the reporter is not connected")  # open() runs first
+        return self._client
 
     async def open(self) -> None:
         if self._client is None:
             self._loop = asyncio.get_running_loop()
+            self.streams.attach(self._loop)
             self._client = httpx.AsyncClient(
                 headers={
                     "authorization": f"Bearer {self.token}",
@@ -166,6 +186,9 @@ class HttpBackend:
                 self._loop.call_soon_threadsafe(self._wake.set)
         return True
 
+    async def outputs(self, job_id: str) -> JobStreams:
+        return self.streams.of(job_id)
+
     def metadata(self, job_id: str, update: Callable[[MetadataBuffer], None]) -> bool:
         """Metadata is not carried over the HTTP API yet: dropped and counted (P3)."""
         return False
@@ -182,6 +205,7 @@ class HttpBackend:
         self, job_id: str, error: dict[str, str], retry_at: float | None = None
     ) -> None:
         self._forget(job_id)  # progress restarts with the next attempt
+        await self.streams.retrying(job_id)  # stored before the next attempt appends
         report = {"type": "retrying", "id": job_id, "error": error, "retry_at": retry_at}
         await self._report([report])
 
@@ -192,10 +216,15 @@ class HttpBackend:
         if unacked is not None:  # H3
             ending["job"] = job_fields(unacked)
         reports.append(ending)
-        task = asyncio.create_task(self._until_taken(reports))
+        task = asyncio.create_task(self._end(job_id, reports))
         self._endings.add(task)
         task.add_done_callback(self._endings.discard)
         await asyncio.shield(task)
+
+    async def _end(self, job_id: str, reports: list[dict[str, Any]]) -> None:
+        # The streams are closed before the terminal report (_stream_writer.T5).
+        await self.streams.end(job_id)
+        await self._until_taken(reports)
 
     async def _until_taken(self, reports: list[dict[str, Any]]) -> None:  # H3
         delay = RETRY_FIRST
@@ -283,6 +312,8 @@ class HttpBackend:
     async def close(self) -> None:
         if self._endings:
             await asyncio.wait(list(self._endings), timeout=self.reporter.exit_wait)
+        if self._client is not None:
+            await self.streams.close()
         for task in self._tasks:
             task.cancel()
         if self._client is not None:

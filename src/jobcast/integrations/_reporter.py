@@ -10,7 +10,7 @@ work on an event loop thread of its own, through one of two paths:
   (``_http.py``), for workers that cannot reach the broker and store; the server applies
   the reports with the same ``jobs/reported.py``.
 
-Decisions (cited as P1..P5):
+Decisions (cited as P1..P6):
 
 P1. One loop thread per process, started at first use and again after a fork (a prefork
     pool's children inherit the object, not the thread): its connections are its own.
@@ -27,6 +27,13 @@ P5. While a task runs, its job is stored every third of ``heartbeat`` seconds wi
     ``updated_at``. ``sweep`` fails as ``Interrupted`` this queue's jobs left ``running`` and
     silent for longer than ``heartbeat`` (``jobs/reported.R4``): their worker died and
     nothing re-delivers them (a queue without late acknowledgement).
+P6. A task's output streams (``stream``) behave as a native job's (``ctx.stream``): written
+    by idempotent producers (``_stream_writer.py``) into the broker's Redis on the direct
+    path (``_direct_streams.py``) or to ``/v1/stream`` on the HTTP path
+    (``_http_streams.py``); closed when the task ends, before its terminal report, and
+    flushed (left open) when it will run again. Opening a stream
+    waits for the reporter at most ``wait`` seconds; when jobcast cannot be reached it hands
+    back a stand-in whose writes are dropped and counted (``output_dropped``, P3).
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
+from jobcast.integrations._streams import DroppedStream, JobStreams, OutputWriter, check_name
 from jobcast.jobs.metadata import JobMetadata, MetadataBuffer
 from jobcast.jobs.model import Job, JobState
 from jobcast.jobs.reported import INTERRUPTED
@@ -75,6 +83,10 @@ class Backend(Protocol):
         ...
 
     def progress_counts(self) -> dict[str, int]: ...
+    async def outputs(self, job_id: str) -> JobStreams:
+        """The job's output streams in this process (P6)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -169,6 +181,16 @@ class Reporter:
                 self.counts["metadata_dropped"] += 1
 
         return JobMetadata(change)
+
+    def stream(self, job_id: str, name: str, content_type: str) -> OutputWriter:
+        """The task's output stream ``name`` (opened on first use), ``ctx.stream``'s twin:
+        ``write`` never waits, the stream closes when the task ends (P6). A bad name, or a
+        name already open with another content type, raises ``InvalidInput``."""
+        check_name(name)
+        streams: JobStreams | None = self._call("stream", lambda b: b.outputs(job_id))
+        if streams is None:  # P3
+            return DroppedStream(self.counts, job_id, name, content_type)
+        return streams.open(name, content_type)
 
     def retrying(self, job_id: str, error: dict[str, str], retry_at: float | None = None) -> None:
         """The task failed and will run again (at ``retry_at``, epoch seconds, if known)."""

@@ -2,7 +2,7 @@
 
 ::
 
-    from jobcast.integrations.celery import jobcast_headers, progress, track
+    from jobcast.integrations.celery import jobcast_headers, progress, stream, track
 
     app = Celery("media", broker="amqp://...", backend="redis://...")
     track(app, jobcast="redis://127.0.0.1:6379/0", store="postgresql://...")
@@ -12,6 +12,8 @@
     @app.task(bind=True)
     def transcribe(self, video_id: int) -> dict:
         progress(self, 50, stage="transcribing")
+        out = stream(self)  # the job's output stream, as ``ctx.stream("output")``
+        out.write("first words\n")
         ...
 
     transcribe.apply_async((42,), headers=jobcast_headers(principal.subject))
@@ -53,11 +55,12 @@ from celery import Celery, Task, signals
 from celery.exceptions import TaskRevokedError, WorkerLostError
 
 from jobcast.integrations._reporter import INTERRUPTED, Reporter
+from jobcast.integrations._streams import OutputWriter
 from jobcast.integrations._values import error_of, params_of, result_of
 from jobcast.jobs.metadata import JobMetadata
 from jobcast.jobs.model import Job, JobState
 
-__all__ = ["OWNER_HEADER", "jobcast_headers", "metadata", "progress", "track"]
+__all__ = ["OWNER_HEADER", "jobcast_headers", "metadata", "progress", "stream", "track"]
 
 #: The message header that carries the job's owner (a jobcast subject).
 OWNER_HEADER = "jobcast_owner"
@@ -137,6 +140,21 @@ def metadata(task: Task[Any, Any]) -> JobMetadata | None:
     if task_id is None or reporter is None:
         return None
     return reporter.metadata(task_id)
+
+
+def stream(
+    task: Task[Any, Any], name: str = "output", content_type: str = "text/plain"
+) -> OutputWriter:
+    """The running task's output stream ``name`` (``ctx.stream``'s twin): ``write`` text,
+    bytes, or JSON values for ``application/json``; cheap, never waits, closed when the task
+    ends (``_reporter.P6``). Readers get it at ``/v1/stream/jobs/{task id}/{name}``.
+
+    Raises ``RuntimeError`` outside a task of a tracked app."""
+    task_id = task.request.id
+    reporter = _REPORTERS.get(task.app)
+    if task_id is None or reporter is None:
+        raise RuntimeError("output streams are for the running task of a tracked Celery app")
+    return reporter.stream(str(task_id), name, content_type)
 
 
 class _Hooks:

@@ -2,7 +2,7 @@
 
 ::
 
-    from jobcast.integrations.dramatiq import JobcastMiddleware, progress
+    from jobcast.integrations.dramatiq import JobcastMiddleware, progress, stream
 
     broker = RedisBroker(url="redis://127.0.0.1:6379/2")
     broker.add_middleware(JobcastMiddleware(jobcast="redis://.../0", store="postgresql://..."))
@@ -11,6 +11,7 @@
     @dramatiq.actor(max_retries=3)
     def transcribe(video_id: int) -> None:
         progress(50, stage="transcribing")
+        stream().write("first words\n")  # the job's output stream, as ``ctx.stream``
 
     transcribe.send_with_options(args=(42,), jobcast_owner=principal.subject)
 
@@ -46,11 +47,12 @@ from dramatiq import Broker, Middleware
 from dramatiq.middleware import SkipMessage
 
 from jobcast.integrations._reporter import Reporter
+from jobcast.integrations._streams import OutputWriter
 from jobcast.integrations._values import error_of, params_of, result_of
 from jobcast.jobs.metadata import JobMetadata
 from jobcast.jobs.model import Job, JobState
 
-__all__ = ["OWNER_OPTION", "JobcastMiddleware", "metadata", "progress"]
+__all__ = ["OWNER_OPTION", "JobcastMiddleware", "metadata", "progress", "stream"]
 
 OWNER_OPTION = "jobcast_owner"
 RUNS_ON = "dramatiq"
@@ -72,6 +74,15 @@ def metadata() -> JobMetadata | None:
         if isinstance(middleware, JobcastMiddleware):
             return middleware.metadata()
     return None
+
+
+def stream(name: str = "output", content_type: str = "text/plain") -> OutputWriter:
+    """The current message's output stream ``name`` (``ctx.stream``'s twin): cheap writes,
+    closed when the message's job ends (``_reporter.P6``). ``RuntimeError`` outside one."""
+    for middleware in dramatiq.get_broker().middleware:
+        if isinstance(middleware, JobcastMiddleware):
+            return middleware.stream(name, content_type)
+    raise RuntimeError("output streams need the broker's JobcastMiddleware")
 
 
 class JobcastMiddleware(Middleware):
@@ -117,6 +128,12 @@ class JobcastMiddleware(Middleware):
     def metadata(self) -> JobMetadata | None:
         job_id = getattr(self._current, "job_id", None)
         return None if job_id is None else self.reporter.metadata(job_id)
+
+    def stream(self, name: str, content_type: str) -> OutputWriter:
+        job_id = getattr(self._current, "job_id", None)
+        if job_id is None:
+            raise RuntimeError("output streams are for the message a worker is processing")
+        return self.reporter.stream(job_id, name, content_type)
 
     def before_enqueue(self, broker: Broker, message: Any, delay: int) -> None:
         if message.options.get("retries"):  # M2: ``retry`` runs in the worker's except block

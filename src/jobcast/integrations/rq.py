@@ -2,13 +2,14 @@
 
 ::
 
-    from jobcast.integrations.rq import TrackedQueue, jobcast_meta, progress
+    from jobcast.integrations.rq import TrackedQueue, jobcast_meta, progress, stream
 
     queue = TrackedQueue("media", connection=redis, jobcast="redis://.../0", store="postgresql://...")
     job = queue.enqueue(transcribe, 42, meta=jobcast_meta(principal.subject))
 
     def transcribe(video_id: int) -> dict:
         progress(50, stage="transcribing")
+        stream().write("first words\n")  # the job's output stream, as ``ctx.stream``
         ...
 
     # workers: rq worker -w jobcast.integrations.rq.TrackedWorker \\
@@ -48,6 +49,7 @@ from rq.exceptions import AbandonedJobError
 from rq.job import Callback, Job
 
 from jobcast.integrations._reporter import INTERRUPTED, Reporter
+from jobcast.integrations._streams import OutputWriter
 from jobcast.integrations._values import error_of, params_of, result_of
 from jobcast.jobs.metadata import JobMetadata
 from jobcast.jobs.model import Job as JobcastJob
@@ -61,6 +63,7 @@ __all__ = [
     "jobcast_meta",
     "metadata",
     "progress",
+    "stream",
 ]
 
 OWNER_META = "jobcast_owner"
@@ -110,6 +113,15 @@ def metadata() -> JobMetadata | None:
     """The current RQ job's metadata, coalesced like ``progress``; ``None`` outside a job."""
     job = get_current_job()
     return None if job is None else _process_reporter().metadata(job.id)
+
+
+def stream(name: str = "output", content_type: str = "text/plain") -> OutputWriter:
+    """The current RQ job's output stream ``name`` (``ctx.stream``'s twin): cheap writes,
+    closed when the job ends (``_reporter.P6``). ``RuntimeError`` outside a job."""
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("output streams are for the running job of an RQ worker")
+    return _process_reporter().stream(job.id, name, content_type)
 
 
 # -- the callbacks (Q1, Q2, Q4): run in the work horse, or the worker for a stopped job ---------
