@@ -333,3 +333,33 @@ def test_a_worker_without_a_queue_on_a_postgresql_store_says_which_url_to_set(
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert "set JOBCAST_QUEUE_URL to the store's URL (JOBCAST_STORE_URL)" in done.stderr
+
+
+async def test_a_parked_job_frees_its_slot_and_its_answer_or_cancel_reaches_it(
+    make_server: Callable[..., LiveServer],
+    procs: Processes,
+    pg_shared: dict[str, Any],
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    """worker.K8 on the PostgreSQL queue (postgres_queue.P7): with one slot, a job queued
+    after the parked one runs; the answer makes it due at once; a parked job cancels."""
+    procs.worker("w", data_dir=tmp_path / "w", job_concurrency=1, **pg_shared)
+    server = make_server(**pg_shared)
+    parked = await submit(client, server, "ask_park")
+    doomed = await submit(client, server, "ask_park")
+    api, headers = f"{server.url}/api/jobs", server.auth()
+    for job in (parked, doomed):
+        await poll_json(
+            client, f"{api}/{job['id']}", lambda j: j["waiting"] is not None, headers=headers
+        )
+    other = await submit(client, server, "demo", {"steps": 1, "delay": 0})
+    assert (await watch(client, server, other["id"], timeout=15))[-1][0] == "succeeded"
+
+    url = f"{api}/{parked['id']}"
+    given = await client.post(f"{url}/input", json={"name": "answer", "value": 5}, headers=headers)
+    assert given.status_code == 202, given.text
+    done = await poll_json(client, url, terminal, timeout=15, headers=headers)
+    assert done["state"] == "succeeded" and done["result"] == {"answer": 5, "attempt": 1}
+    cancelled = await client.post(f"{api}/{doomed['id']}/cancel", headers=headers)
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"

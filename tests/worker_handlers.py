@@ -147,5 +147,7 @@ async def ask_park(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
     ctx.progress(10, stage="asked")
     extra = {"default": params["default"]} if "default" in params else {}
     timeout = float(params.get("timeout", 60))
-    answer = await ctx.wait_for_input("answer", schema={"type": "integer"}, timeout=timeout, **extra)
+    answer = await ctx.wait_for_input(
+        "answer", schema={"type": "integer"}, timeout=timeout, **extra
+    )
     return {"answer": answer, "attempt": ctx.attempt}

@@ -225,9 +225,12 @@ class QueueRunner(EmbeddedRunner):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.cancel_wait
         while (left := deadline - loop.time()) > 0:
-            with contextlib.suppress(TimeoutError):
-                await queue_call(queued.refresh(until_complete=min(left, 0.25)))
-            await queue_call(queued.refresh())
+            try:  # TimeoutError is an OSError: caught before queue_call would translate it
+                await shielded(queued.refresh(until_complete=min(left, 0.25)))
+            except TimeoutError:
+                await queue_call(queued.refresh())
+            except queue_errors() as exc:
+                raise Unavailable(f"the job queue is unavailable: {exc}") from exc
             if queued.status in TERMINAL_STATUSES:  # its worker ended it
                 return False
             if queued.status is not Status.ABORTING:  # taken back: the abort was lost
