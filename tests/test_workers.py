@@ -21,6 +21,7 @@ from saq.queue.redis import RedisQueue
 from saq.utils import now
 
 from jobcast.jobs.model import Job, new_job_id
+from jobcast.jobs.ready_queue import job_meta
 from jobcast.jobs.sweep import Sweeper
 from jobcast.jobs.worker_queue import TASK, open_queue
 from jobcast.stores import open_store
@@ -261,6 +262,37 @@ async def test_a_job_dequeued_a_moment_ago_is_not_swept(shared: dict[str, Any]) 
         assert await queue.redis.lrange(queue.namespace("active"), 0, -1) == [job.id.encode()]
         assert await sweeper(0, 0.1) == [job.id]  # not marked a heartbeat later: its worker died
         assert await queue.ready() == [job.id]
+    finally:
+        await queue.disconnect()
+
+
+async def test_a_job_handed_back_for_later_is_made_due_now_and_a_running_one_is_not(
+    shared: dict[str, Any],
+) -> None:
+    """ready_queue.Q7: ``due_now`` moves a job waiting for a later time (a parked job) to
+    now; a job being run, or already due, is left alone; ``on_retried`` follows a retry."""
+    queue = open_queue(shared["queue_url"])
+    retried: list[str] = []
+
+    async def on_retried(job: QueueJob) -> None:
+        retried.append(job.key)
+
+    queue.on_retried = on_retried
+    await queue.connect()
+    try:
+        meta = job_meta("demo", "ann", 0, 0)
+        await queue.enqueue(QueueJob(function=TASK, key="parked", retries=5, meta=meta))
+        taken = await queue.dequeue(timeout=1)
+        assert taken is not None
+        assert not await queue.due_now("parked")  # being run: not waiting for a time
+        taken.retry_delay, taken.retry_backoff = 3600, False
+        await queue.retry(taken, "parked")  # as a parked job goes back (worker.K8)
+        assert retried == ["parked"]
+        assert await queue.dequeue(timeout=0.2) is None  # not before its time
+        assert await queue.due_now("parked")
+        again = await queue.dequeue(timeout=1)
+        assert again is not None and again.key == "parked"
+        assert not await queue.due_now("missing")
     finally:
         await queue.disconnect()
 

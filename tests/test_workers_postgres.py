@@ -242,6 +242,31 @@ async def test_a_delayed_job_is_taken_at_its_time_not_before(queue: PostgresRead
     assert at <= time.time() < at + 1
 
 
+async def test_a_job_handed_back_for_later_is_made_due_now_and_a_running_one_is_not(
+    queue: PostgresReadyQueue,
+) -> None:
+    """postgres_queue.P7: ``due_now`` moves a job waiting for a later time (a parked job) to
+    now; a job being run, or already due, is left alone; ``on_retried`` follows a retry."""
+    retried: list[str] = []
+
+    async def on_retried(job: QueueJob) -> None:
+        retried.append(job.key)
+
+    queue.on_retried = on_retried
+    await queue.enqueue(queued("parked"))
+    taken = await queue.dequeue(timeout=1)
+    assert taken is not None
+    assert not await queue.due_now("parked")  # being run: not waiting for a time
+    taken.retry_delay, taken.retry_backoff = 3600, False
+    await queue.retry(taken, "parked")  # as a parked job goes back (worker.K8)
+    assert retried == ["parked"]
+    assert await queue.dequeue(timeout=0.2) is None  # not before its time
+    assert await queue.due_now("parked")
+    again = await queue.dequeue(timeout=1)
+    assert again is not None and again.key == "parked"
+    assert not await queue.due_now("missing")
+
+
 async def test_one_sweep_at_a_time_re_queues_a_dead_worker_s_jobs_and_leaves_live_ones(
     queue: PostgresReadyQueue,
 ) -> None:

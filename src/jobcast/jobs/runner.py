@@ -339,6 +339,8 @@ class EmbeddedRunner:
             self._wake(job_id)
             return
         delay = min(parked_for_now(live.job), PARK_RECHECK)
+        if (earlier := self._wakes.pop(job_id, None)) is not None:
+            earlier.cancel()
         self._wakes[job_id] = asyncio.get_running_loop().call_later(delay, self._wake, job_id)
 
     def _wake(self, job_id: str) -> None:
