@@ -233,7 +233,11 @@ class JobLifecycle:
                 )
                 return
             if live.job.state is JobState.RUNNING:  # parked: the same attempt goes on (R5)
-                if await input_wait.parked_for(self.store, live.job) is not None:
+                if (
+                    live.stop_reason is None
+                    and await input_wait.parked_for(self.store, live.job) is not None
+                    and live.stop_reason is None  # a stop meanwhile: the call below ends it
+                ):
                     live.parked = True  # a stale wake: parked again, nothing ran
                     return
                 live.parked = False
