@@ -177,6 +177,8 @@ def sync_park(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
     """A re-runnable sync handler that waits for input: it parks (input_wait.N7), so its
     thread and slot are free until the answer or the timeout runs it again."""
     ctx.progress(10, stage="asked")
+    if params.get("stream"):
+        ctx.stream("output").write("asked\n")
     extra = {"default": params["default"]} if "default" in params else {}
     timeout = float(params.get("timeout", 30))
     answer = ctx.wait_for_input("approve", schema={"type": "boolean"}, timeout=timeout, **extra)

@@ -319,7 +319,7 @@ async def test_cancelling_a_parked_job_ends_it_without_a_run(
     make_server: Callable[..., LiveServer], client: httpx.AsyncClient
 ) -> None:
     server = make_server(handlers=["tests.handlers"], job_concurrency=1)
-    job = await submit(client, server, "sync_park")
+    job = await submit(client, server, "sync_park", {"stream": True})
     await until_waiting(client, server, job["id"], "approve")
     cancelled = await client.post(
         f"{server.url}/api/jobs/{job['id']}/cancel", headers=server.auth("alice")
@@ -327,6 +327,8 @@ async def test_cancelling_a_parked_job_ends_it_without_a_run(
     assert cancelled.status_code == 200, cancelled.text
     assert cancelled.json()["state"] == "cancelled" and cancelled.json()["waiting"] is None
     assert cancelled.json()["message"] == "cancelled"
+    polled = await client.get(f"{server.url}/api/jobs/{job['id']}", headers=server.auth())
+    assert [s["closed"] for s in polled.json()["streams"]] == [True]  # closed with its end
     late = await give(client, server, job["id"], {"name": "approve", "value": True})
     assert late.status_code == 409
     after = await submit(client, server, "demo", {"steps": 1, "delay": 0})

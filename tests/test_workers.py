@@ -635,9 +635,10 @@ async def test_cancelling_a_parked_job_on_a_worker_ends_it(
 ) -> None:
     procs.worker("w", data_dir=tmp_path / "w", job_concurrency=1, **shared)
     server = make_server(**shared)
-    parked = await submit(client, server, "ask_park")
+    parked = await submit(client, server, "ask_park", {"stream": True})
     url, auth = f"{server.url}/api/jobs/{parked['id']}", server.auth()
-    await poll_json(client, url, lambda j: j["waiting"] is not None, headers=auth)
+    waiting = await poll_json(client, url, lambda j: j["waiting"] is not None, headers=auth)
+    assert [s["closed"] for s in waiting["streams"]] == [False]
     cancelled = await client.post(f"{url}/cancel", headers=auth)
     assert cancelled.status_code == 200, cancelled.text
     assert cancelled.json()["state"] == "cancelled" and cancelled.json()["waiting"] is None
@@ -645,4 +646,6 @@ async def test_cancelling_a_parked_job_on_a_worker_ends_it(
     assert late.status_code == 409
     after = await submit(client, server, "demo", {"steps": 1, "delay": 0})
     assert (await watch(client, server, after["id"], timeout=15))[-1][0] == "succeeded"
-    assert (await client.get(url, headers=auth)).json()["state"] == "cancelled"  # never re-run
+    ended = (await client.get(url, headers=auth)).json()
+    assert ended["state"] == "cancelled"  # never re-run
+    assert [s["closed"] for s in ended["streams"]] == [True]  # closed with its end

@@ -33,13 +33,15 @@ R4. Retries: an attempt that failed in a way its handler's policy retries (``ret
     attempts of one job never run at once (except a sync handler's thread that ignores
     cancellation after a timeout, as R2 describes, which can no longer report anything).
 R5. Parking (input_wait.N7-N10): a run that parks in a wait for input ends with no terminal
-    state; its pending reports are published and the job stored ``running`` and waiting,
-    its slot (or thread) given back, and ``on_park`` told (the embedded runner arms its
-    wake; a worker hands the SAQ job back). A parked job handed to ``run`` again is the same
-    attempt going on: no ``running`` event, ``attempts`` unchanged, and it runs only if due
-    (``input_wait.parked_for``); a stale wake parks it again at once. A shutdown that
+    state: its pending reports and output are stored, the job stays ``running`` and waiting,
+    its slot (or thread) is given back, and ``on_park`` is told (the embedded runner arms
+    its wake; a worker hands the SAQ job back). A parked job handed to ``run`` again is the
+    same attempt going on: no ``running`` event, ``attempts`` unchanged, and it runs only if
+    due (``input_wait.parked_for``); a stale wake parks it again at once. A shutdown that
     interrupts a waiting re-runnable job parks it instead of applying R3 (nothing is lost:
     the re-run replays its inputs), and a user's cancel of a parking run ends it cancelled.
+    A parked job that ends without a run (a cancel) has its output streams closed, whichever
+    run opened them.
 """
 
 from __future__ import annotations
@@ -374,7 +376,19 @@ class JobLifecycle:
         if state.terminal and live.job.id in self._job_outputs:
             # Closed before the terminal event: a watcher that sees the end finds them closed.
             await self._job_outputs.pop(live.job.id).close_all()
+        elif state.terminal and live.parked:  # R5: a run here or elsewhere opened them
+            await self._close_left_open(live.job.id)
         await live.transition(state, **fields)
+
+    async def _close_left_open(self, job_id: str) -> None:
+        """Close the output streams of a parked job that ends without a run (a cancel)."""
+        if self.outputs is None:
+            return
+        with contextlib.suppress(JobcastError):  # its end never waits on its streams
+            listed = await self.outputs.listing(f"jobs/{job_id}/")
+            left = [(info.path, b"", True) for info in listed if not info.closed]
+            if left:
+                await self.outputs.append_stored(left)
 
     def _outputs_of(self, job_id: str) -> JobOutputs | None:
         """The job's output streams (kept across its attempts), if jobs here have them."""

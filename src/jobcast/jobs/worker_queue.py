@@ -210,9 +210,9 @@ class QueueRunner(EmbeddedRunner):
         if not fresh.terminal:  # never started, parked (W4), or its queue entry is gone
             live = self.lifecycle.track(fresh)
             live.request_cancel()
-            started = fresh.state is JobState.RUNNING
+            started = live.parked = fresh.state is JobState.RUNNING
             message = "cancelled" if started else "cancelled before it started"
-            await live.transition(JobState.CANCELLED, message=message)
+            await self.lifecycle.finish(live, JobState.CANCELLED, message=message)
             self.lifecycle.untrack(live)
             if started:  # a parked job may have spawned some (spawn.S4)
                 await self.cancel_children(job_id)
