@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from psycopg import sql
 from saq import Job as QueueJob
 from saq.job import Status
 from saq.utils import now
@@ -27,6 +28,7 @@ from saq.utils import now
 from jobcast.jobs.postgres_queue import PostgresReadyQueue
 from jobcast.jobs.ready_queue import job_meta
 from jobcast.jobs.worker_queue import TASK, open_job_queue
+from jobcast.stores import open_store
 from tests.jobs_support import submit, wait_running, watch
 from tests.scale_support import Processes, TcpProxy, jobcast_env, poll_json, processes
 from tests.services import (
@@ -388,3 +390,42 @@ async def test_a_parked_job_frees_its_slot_and_its_answer_or_cancel_reaches_it(
     assert done["state"] == "succeeded" and done["result"] == {"answer": 5, "attempt": 1}
     cancelled = await client.post(f"{api}/{doomed['id']}/cancel", headers=headers)
     assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+
+
+async def test_an_answer_that_races_the_park_wakes_the_job_through_its_worker(
+    make_server: Callable[..., LiveServer],
+    procs: Processes,
+    pg_shared: dict[str, Any],
+    queue: PostgresReadyQueue,
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    """worker.K8: an answer stored after the handler found none but before SAQ holds the job
+    again (its row is held here, so the hand-back waits) wakes the job through the worker's
+    look at the store once the hand-back is done; nothing else wakes it (the answer goes
+    straight to the store: no server's ``due_now``), and the look-again is a minute away."""
+    slow_sweep = {**pg_shared, "worker_heartbeat_seconds": 5}  # the held row is not swept
+    procs.worker("w", data_dir=tmp_path / "w", **slow_sweep)
+    server = make_server(**slow_sweep)
+    job = await submit(client, server, "ask_park", {"pause": 0.5})
+    url, headers = f"{server.url}/api/jobs/{job['id']}", server.auth()
+
+    async def running() -> bool:
+        queued = await queue.job(job["id"])
+        return queued is not None and queued.status is Status.ACTIVE
+
+    await eventually(running, timeout=10, interval=0.02)
+    hold = sql.SQL("SELECT 1 FROM {} WHERE key = %s FOR UPDATE").format(
+        sql.Identifier(queue.sql.jobs_name)
+    )
+    async with queue.pool.connection() as conn, conn.transaction():
+        await conn.execute(hold, [job["id"]])  # the worker's hand-back waits for this row
+        await poll_json(client, url, lambda j: j["waiting"] is not None, headers=headers)
+        store = open_store(pg_shared["store_url"])
+        await store.open()
+        try:
+            assert await store.put_input(job["id"], "answer", 9, "alice")
+        finally:
+            await store.close()
+    done = await poll_json(client, url, terminal, timeout=15, headers=headers)
+    assert done["state"] == "succeeded" and done["result"] == {"answer": 9, "attempt": 1}

@@ -148,6 +148,7 @@ async def ask_park(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
     ctx.progress(10, stage="asked")
     if params.get("stream"):
         ctx.stream("output").write("asked\n")
+    await asyncio.sleep(float(params.get("pause", 0)))  # a moment before it asks
     extra = {"default": params["default"]} if "default" in params else {}
     timeout = float(params.get("timeout", 60))
     answer = await ctx.wait_for_input(
