@@ -169,7 +169,7 @@ class JobContext:
     ) -> Any:
         """Wait for a person (or a service) to give the input ``name`` through
         ``POST /api/jobs/{id}/input``; the job shows the request meanwhile (``waiting``)
-        (``input_wait.py``, N1-N6).
+        (``input_wait.py``, N1-N10).
 
         An ``async`` handler awaits it (``await ctx.wait_for_input(...)``) and gives its runner
         slot back while it waits; a sync handler calls it (``ctx.wait_for_input(...)``): it
