@@ -22,7 +22,8 @@ N3. Restarts: a waiting job is a running job to the restart rule (lifecycle.R3).
     ``Interrupted``, as any interrupted job does; one that is waits parked (N8).
 N4. A timeout is the handler's choice: ``default=`` is returned when none came, otherwise
     :class:`InputTimeout` fails the job (not retried: nobody answered, another attempt would
-    ask again). An answer stored after the timeout is ignored.
+    ask again). An answer given after ``timeout_at`` is refused (409), so a parked job's
+    timeout run (N10) never finds one.
 N5. Names are short identifiers; a job waits for one input at a time (the snapshot shows it).
 N6. A sync handler (run in a thread, lifecycle.R2) calls ``ctx.wait_for_input`` without
     ``await``: the wait runs on the job's event loop as an async handler's does, and the

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -435,6 +436,9 @@ class EmbeddedRunner:
         waiting = job.waiting
         if job.terminal or waiting is None or waiting.get("name") != name:
             raise Conflict(f"job {job.id} is not waiting for input {name!r}")
+        timeout_at = waiting.get("timeout_at")
+        if isinstance(timeout_at, int | float) and time.time() > timeout_at:  # input_wait.N4
+            raise Conflict(f"job {job.id} no longer waits for input {name!r}: it timed out")
         if not await self.store.put_input(job.id, name, value, given_by):
             raise Conflict(f"input {name!r} of job {job.id} was already given")
         live = self._live.get(job.id)
