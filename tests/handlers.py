@@ -170,3 +170,16 @@ def sync_approval(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
 def sync_fan_out(ctx: JobContext, params: dict[str, Any]) -> list[str]:
     """A sync handler that spawns children: each call blocks until the child is queued."""
     return [ctx.spawn("demo", {"steps": 1, "delay": 0}).id for _ in range(int(params["count"]))]
+
+
+@registry.handler("sync_park", retry_safe=True)
+def sync_park(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+    """A re-runnable sync handler that waits for input: it parks (input_wait.N7), so its
+    thread and slot are free until the answer or the timeout runs it again."""
+    ctx.progress(10, stage="asked")
+    if params.get("stream"):
+        ctx.stream("output").write("asked\n")
+    extra = {"default": params["default"]} if "default" in params else {}
+    timeout = float(params.get("timeout", 30))
+    answer = ctx.wait_for_input("approve", schema={"type": "boolean"}, timeout=timeout, **extra)
+    return {"approved": answer, "attempt": ctx.attempt}

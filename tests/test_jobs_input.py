@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,6 +14,7 @@ import pytest
 
 from jobcast.client import AsyncClient, BadRequest, ConflictError, Event, NotFoundError
 from tests.jobs_support import submit, wait_running, watch
+from tests.scale_support import processes
 from tests.support import EventStream, LiveServer, eventually
 
 
@@ -114,12 +117,13 @@ async def test_a_restart_re_runs_the_handler_with_the_given_inputs_replayed(
     await until_waiting(client, server, job["id"], "approve")
     answer = {"name": "approve", "value": {"approved": True, "note": "ok"}}
     assert (await give(client, server, job["id"], answer)).status_code == 202
-    await until_waiting(client, server, job["id"], "speaker")
-    server.stop()  # interrupted while waiting: retry_safe, so queued again (lifecycle.R3)
+    speaker_asked = await until_waiting(client, server, job["id"], "speaker")
+    server.stop()  # stopped while waiting: retry_safe, so it stays parked (lifecycle.R5)
 
     restarted = make_server(handlers=["tests.handlers"])
     again = await until_waiting(client, restarted, job["id"], "speaker")  # not "approve"
-    assert again["attempts"] == 2
+    assert again["attempts"] == 1  # parked by the shutdown, not interrupted (N8)
+    assert again["waiting"]["timeout_at"] == speaker_asked["waiting"]["timeout_at"]
     assert again["inputs"] == {"approve": {"approved": True, "note": "ok"}}
     bad = await give(client, restarted, job["id"], {"name": "speaker", "value": "carl"})
     assert bad.status_code == 422 and "carl" in bad.json()["message"]
@@ -265,3 +269,100 @@ async def test_the_python_client_shares_a_job_with_input_and_withdraws_it(
         await alice.unshare(job.id, "carol d")
         with pytest.raises(NotFoundError):
             await carol.get(job.id)
+
+
+async def test_a_re_runnable_sync_handler_parks_and_frees_its_thread_and_slot(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    """input_wait.N7: with one slot, a job queued after the parked one runs while it waits;
+    the answer re-runs the parked one, in the same attempt, with one waiting/resumed pair."""
+    server = make_server(handlers=["tests.handlers"], job_concurrency=1)
+    parked = await submit(client, server, "sync_park")
+    whole = asyncio.create_task(watch(client, server, parked["id"], timeout=20))
+    waiting = await until_waiting(client, server, parked["id"], "approve")
+    assert waiting["state"] == "running"
+    other = await submit(client, server, "demo", {"steps": 1, "delay": 0})
+    assert (await watch(client, server, other["id"]))[-1][0] == "succeeded"
+    polled = await client.get(f"{server.url}/api/jobs/{parked['id']}", headers=server.auth())
+    assert polled.json()["state"] == "running" and polled.json()["waiting"]["name"] == "approve"
+
+    given = await give(client, server, parked["id"], {"name": "approve", "value": True})
+    assert given.status_code == 202, given.text
+    events = await whole
+    types = [t for t, _ in events]
+    assert types[-1] == "succeeded", types
+    assert events[-1][1]["result"] == {"approved": True, "attempt": 1}
+    assert events[-1][1]["attempts"] == 1 and events[-1][1]["inputs"] == {"approve": True}
+    # asked once (the stream's snapshot may already show the request), resumed once
+    asked = types.index("waiting") if "waiting" in types else 0
+    assert types.count("waiting") + (events[0][1]["waiting"] is not None) == 1, types
+    assert types.count("resumed") == 1 and asked < types.index("resumed"), types
+    assert "state" not in types[asked:], types  # no second start
+
+
+async def test_a_parked_job_s_timeout_fires_with_and_without_a_default(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    server = make_server(handlers=["tests.handlers"], job_concurrency=1)
+    defaulted = await submit(client, server, "sync_park", {"timeout": 0.5, "default": False})
+    timed_out = await submit(client, server, "sync_park", {"timeout": 0.5})
+    ended = await watch(client, server, defaulted["id"])
+    assert ended[-1][0] == "succeeded", ended[-1]
+    assert ended[-1][1]["result"] == {"approved": False, "attempt": 1}
+    assert ended[-1][1]["waiting"] is None and ended[-1][1]["attempts"] == 1
+    ended = await watch(client, server, timed_out["id"])
+    assert ended[-1][0] == "failed" and ended[-1][1]["error"]["type"] == "InputTimeout"
+    assert ended[-1][1]["attempts"] == 1
+
+
+async def test_cancelling_a_parked_job_ends_it_without_a_run(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    server = make_server(handlers=["tests.handlers"], job_concurrency=1)
+    job = await submit(client, server, "sync_park", {"stream": True})
+    await until_waiting(client, server, job["id"], "approve")
+    cancelled = await client.post(
+        f"{server.url}/api/jobs/{job['id']}/cancel", headers=server.auth("alice")
+    )
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["state"] == "cancelled" and cancelled.json()["waiting"] is None
+    assert cancelled.json()["message"] == "cancelled"
+    polled = await client.get(f"{server.url}/api/jobs/{job['id']}", headers=server.auth())
+    assert [s["closed"] for s in polled.json()["streams"]] == [True]  # closed with its end
+    late = await give(client, server, job["id"], {"name": "approve", "value": True})
+    assert late.status_code == 409
+    after = await submit(client, server, "demo", {"steps": 1, "delay": 0})
+    assert (await watch(client, server, after["id"]))[-1][0] == "succeeded"  # its slot is free
+
+
+async def test_a_parked_job_survives_a_sigkill_of_its_server(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """input_wait.N8: nothing holds a parked job, so a server killed with SIGKILL leaves it
+    stored as it waits; the next start keeps it parked and the answer resumes it."""
+    data_dir = tmp_path / "app"
+    minting = make_server(data_dir=tmp_path / "tokens")  # the same secret: its tokens do
+    auth = minting.auth("alice")
+    with processes(tmp_path) as procs:
+        base = procs.serve("app", data_dir=data_dir, handlers="tests.handlers")
+        response = await client.post(
+            f"{base}/api/jobs", json={"kind": "sync_park", "params": {}}, headers=auth
+        )
+        assert response.status_code == 202, response.text
+        job_id = response.json()["id"]
+
+        async def parked() -> bool:
+            polled = await client.get(f"{base}/api/jobs/{job_id}", headers=auth)
+            return (polled.json()["waiting"] or {}).get("name") == "approve"
+
+        await eventually(parked, timeout=10)
+        procs.stop(procs.started[-1], signal.SIGKILL)
+
+    restarted = make_server(data_dir=data_dir, handlers=["tests.handlers"])
+    again = await until_waiting(client, restarted, job_id, "approve")
+    assert again["state"] == "running" and again["attempts"] == 1
+    given = await give(client, restarted, job_id, {"name": "approve", "value": True})
+    assert given.status_code == 202, given.text
+    events = await watch(client, restarted, job_id)
+    assert events[-1][0] == "succeeded"
+    assert events[-1][1]["result"] == {"approved": True, "attempt": 1}

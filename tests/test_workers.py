@@ -21,6 +21,7 @@ from saq.queue.redis import RedisQueue
 from saq.utils import now
 
 from jobcast.jobs.model import Job, new_job_id
+from jobcast.jobs.ready_queue import job_meta
 from jobcast.jobs.sweep import Sweeper
 from jobcast.jobs.worker_queue import TASK, open_queue
 from jobcast.stores import open_store
@@ -265,6 +266,37 @@ async def test_a_job_dequeued_a_moment_ago_is_not_swept(shared: dict[str, Any]) 
         await queue.disconnect()
 
 
+async def test_a_job_handed_back_for_later_is_made_due_now_and_a_running_one_is_not(
+    shared: dict[str, Any],
+) -> None:
+    """ready_queue.Q7: ``due_now`` moves a job waiting for a later time (a parked job) to
+    now; a job being run, or already due, is left alone; ``on_retried`` follows a retry."""
+    queue = open_queue(shared["queue_url"])
+    retried: list[str] = []
+
+    async def on_retried(job: QueueJob) -> None:
+        retried.append(job.key)
+
+    queue.on_retried = on_retried
+    await queue.connect()
+    try:
+        meta = job_meta("demo", "ann", 0, 0)
+        await queue.enqueue(QueueJob(function=TASK, key="parked", retries=5, meta=meta))
+        taken = await queue.dequeue(timeout=1)
+        assert taken is not None
+        assert not await queue.due_now("parked")  # being run: not waiting for a time
+        taken.retry_delay, taken.retry_backoff = 3600, False
+        await queue.retry(taken, "parked")  # as a parked job goes back (worker.K8)
+        assert retried == ["parked"]
+        assert await queue.dequeue(timeout=0.2) is None  # not before its time
+        assert await queue.due_now("parked")
+        again = await queue.dequeue(timeout=1)
+        assert again is not None and again.key == "parked"
+        assert not await queue.due_now("missing")
+    finally:
+        await queue.disconnect()
+
+
 async def taken_by_a_dead_worker(queue: RedisQueue, key: str) -> str:
     """A job dequeued and marked running by a worker that then stopped touching it."""
     await queue.enqueue(QueueJob(function=TASK, key=key, heartbeat=1, retries=5))
@@ -418,7 +450,7 @@ async def test_a_batch_on_two_workers_ends_once_after_all_its_jobs(
         assert done[-1][1]["finished_at"] <= events[-1][1]["finished_at"]
 
 
-async def test_a_waiting_job_whose_worker_is_killed_resumes_with_its_inputs_replayed(
+async def test_a_parked_job_whose_worker_is_killed_resumes_with_its_inputs_replayed(
     make_server: Callable[..., LiveServer],
     procs: Processes,
     shared: dict[str, Any],
@@ -437,21 +469,16 @@ async def test_a_waiting_job_whose_worker_is_killed_resumes_with_its_inputs_repl
     answer = await client.post(f"{url}/input", json={"name": "first", "value": 1}, headers=auth)
     assert answer.status_code == 202
     await poll_json(client, url, waits_for("second"), headers=auth)
-    procs.stop(first, signal.SIGKILL)  # no goodbye: the sweep finds it (worker K4)
+    procs.stop(first, signal.SIGKILL)  # parked: its SAQ job waits in the queue (worker.K8)
     procs.worker("second", data_dir=tmp_path / "w2", **shared)
 
-    again = await poll_json(
-        client,
-        url,
-        lambda j: waits_for("second")(j) and j["attempts"] == 2,
-        timeout=30,
-        headers=auth,
-    )
+    again = await poll_json(client, url, waits_for("second"), timeout=30, headers=auth)
     assert again["inputs"] == {"first": 1}  # replayed, not asked again
+    assert again["attempts"] == 1  # it was parked (worker.K8): nothing was interrupted
     answer = await client.post(f"{url}/input", json={"name": "second", "value": 2}, headers=auth)
     assert answer.status_code == 202
     done = await poll_json(client, url, terminal, timeout=15, headers=auth)
-    assert done["state"] == "succeeded" and done["result"] == [1, 2, 2]
+    assert done["state"] == "succeeded" and done["result"] == [1, 2, 1]
 
 
 async def test_a_worker_s_handler_spawns_children_that_other_workers_run(
@@ -546,3 +573,79 @@ async def test_a_replayed_child_stored_but_never_queued_is_queued_again(
     events = await watch(client, server, parent["id"], timeout=30)
     assert events[-1][0] == "succeeded" and events[-1][1]["result"] == child.id
     assert events[-1][1]["metadata"]["succeeded"] == 1
+
+
+async def test_a_parked_job_holds_no_worker_slot_and_resumes_with_its_answer(
+    make_server: Callable[..., LiveServer],
+    procs: Processes,
+    shared: dict[str, Any],
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    """worker.K8: with one SAQ slot, a job queued after the parked one runs while it waits;
+    the answer makes the parked one due at once and it ends with the value, same attempt."""
+    procs.worker("w", data_dir=tmp_path / "w", job_concurrency=1, **shared)
+    server = make_server(**shared)
+    parked = await submit(client, server, "ask_park")
+    url, auth = f"{server.url}/api/jobs/{parked['id']}", server.auth()
+    waiting = await poll_json(client, url, lambda j: j["waiting"] is not None, headers=auth)
+    assert waiting["state"] == "running" and waiting["waiting"]["name"] == "answer"
+    other = await submit(client, server, "demo", {"steps": 1, "delay": 0})
+    assert (await watch(client, server, other["id"], timeout=15))[-1][0] == "succeeded"
+    polled = (await client.get(url, headers=auth)).json()
+    assert polled["state"] == "running" and polled["waiting"]["name"] == "answer"
+
+    whole = asyncio.create_task(watch(client, server, parked["id"], timeout=15))
+    given = await client.post(f"{url}/input", json={"name": "answer", "value": 7}, headers=auth)
+    assert given.status_code == 202, given.text
+    events = await whole
+    types = [t for t, _ in events]
+    assert types[-1] == "succeeded", types
+    assert events[-1][1]["result"] == {"answer": 7, "attempt": 1}
+    assert events[-1][1]["attempts"] == 1 and events[-1][1]["inputs"] == {"answer": 7}
+    assert types.count("resumed") == 1 and "waiting" not in types, types
+
+
+async def test_a_parked_job_times_out_on_a_worker_with_and_without_a_default(
+    make_server: Callable[..., LiveServer],
+    procs: Processes,
+    shared: dict[str, Any],
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    procs.worker("w", data_dir=tmp_path / "w", job_concurrency=1, **shared)
+    server = make_server(**shared)
+    defaulted = await submit(client, server, "ask_park", {"timeout": 1, "default": -1})
+    timed_out = await submit(client, server, "ask_park", {"timeout": 1})
+    url, auth = f"{server.url}/api/jobs", server.auth()
+    done = await poll_json(client, f"{url}/{defaulted['id']}", terminal, timeout=20, headers=auth)
+    assert done["state"] == "succeeded", done
+    assert done["result"] == {"answer": -1, "attempt": 1} and done["waiting"] is None
+    done = await poll_json(client, f"{url}/{timed_out['id']}", terminal, timeout=20, headers=auth)
+    assert done["state"] == "failed" and done["error"]["type"] == "InputTimeout", done
+    assert done["attempts"] == 1
+
+
+async def test_cancelling_a_parked_job_on_a_worker_ends_it(
+    make_server: Callable[..., LiveServer],
+    procs: Processes,
+    shared: dict[str, Any],
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    procs.worker("w", data_dir=tmp_path / "w", job_concurrency=1, **shared)
+    server = make_server(**shared)
+    parked = await submit(client, server, "ask_park", {"stream": True})
+    url, auth = f"{server.url}/api/jobs/{parked['id']}", server.auth()
+    waiting = await poll_json(client, url, lambda j: j["waiting"] is not None, headers=auth)
+    assert [s["closed"] for s in waiting["streams"]] == [False]
+    cancelled = await client.post(f"{url}/cancel", headers=auth)
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["state"] == "cancelled" and cancelled.json()["waiting"] is None
+    late = await client.post(f"{url}/input", json={"name": "answer", "value": 1}, headers=auth)
+    assert late.status_code == 409
+    after = await submit(client, server, "demo", {"steps": 1, "delay": 0})
+    assert (await watch(client, server, after["id"], timeout=15))[-1][0] == "succeeded"
+    ended = (await client.get(url, headers=auth)).json()
+    assert ended["state"] == "cancelled"  # never re-run
+    assert [s["closed"] for s in ended["streams"]] == [True]  # closed with its end

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from psycopg import sql
 from saq import Job as QueueJob
 from saq.job import Status
 from saq.utils import now
@@ -27,6 +28,7 @@ from saq.utils import now
 from jobcast.jobs.postgres_queue import PostgresReadyQueue
 from jobcast.jobs.ready_queue import job_meta
 from jobcast.jobs.worker_queue import TASK, open_job_queue
+from jobcast.stores import open_store
 from tests.jobs_support import submit, wait_running, watch
 from tests.scale_support import Processes, TcpProxy, jobcast_env, poll_json, processes
 from tests.services import (
@@ -242,6 +244,31 @@ async def test_a_delayed_job_is_taken_at_its_time_not_before(queue: PostgresRead
     assert at <= time.time() < at + 1
 
 
+async def test_a_job_handed_back_for_later_is_made_due_now_and_a_running_one_is_not(
+    queue: PostgresReadyQueue,
+) -> None:
+    """postgres_queue.P7: ``due_now`` moves a job waiting for a later time (a parked job) to
+    now; a job being run, or already due, is left alone; ``on_retried`` follows a retry."""
+    retried: list[str] = []
+
+    async def on_retried(job: QueueJob) -> None:
+        retried.append(job.key)
+
+    queue.on_retried = on_retried
+    await queue.enqueue(queued("parked"))
+    taken = await queue.dequeue(timeout=1)
+    assert taken is not None
+    assert not await queue.due_now("parked")  # being run: not waiting for a time
+    taken.retry_delay, taken.retry_backoff = 3600, False
+    await queue.retry(taken, "parked")  # as a parked job goes back (worker.K8)
+    assert retried == ["parked"]
+    assert await queue.dequeue(timeout=0.2) is None  # not before its time
+    assert await queue.due_now("parked")
+    again = await queue.dequeue(timeout=1)
+    assert again is not None and again.key == "parked"
+    assert not await queue.due_now("missing")
+
+
 async def test_one_sweep_at_a_time_re_queues_a_dead_worker_s_jobs_and_leaves_live_ones(
     queue: PostgresReadyQueue,
 ) -> None:
@@ -333,3 +360,72 @@ def test_a_worker_without_a_queue_on_a_postgresql_store_says_which_url_to_set(
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert "set JOBCAST_QUEUE_URL to the store's URL (JOBCAST_STORE_URL)" in done.stderr
+
+
+async def test_a_parked_job_frees_its_slot_and_its_answer_or_cancel_reaches_it(
+    make_server: Callable[..., LiveServer],
+    procs: Processes,
+    pg_shared: dict[str, Any],
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    """worker.K8 on the PostgreSQL queue (postgres_queue.P7): with one slot, a job queued
+    after the parked one runs; the answer makes it due at once; a parked job cancels."""
+    procs.worker("w", data_dir=tmp_path / "w", job_concurrency=1, **pg_shared)
+    server = make_server(**pg_shared)
+    parked = await submit(client, server, "ask_park")
+    doomed = await submit(client, server, "ask_park")
+    api, headers = f"{server.url}/api/jobs", server.auth()
+    for job in (parked, doomed):
+        await poll_json(
+            client, f"{api}/{job['id']}", lambda j: j["waiting"] is not None, headers=headers
+        )
+    other = await submit(client, server, "demo", {"steps": 1, "delay": 0})
+    assert (await watch(client, server, other["id"], timeout=15))[-1][0] == "succeeded"
+
+    url = f"{api}/{parked['id']}"
+    given = await client.post(f"{url}/input", json={"name": "answer", "value": 5}, headers=headers)
+    assert given.status_code == 202, given.text
+    done = await poll_json(client, url, terminal, timeout=15, headers=headers)
+    assert done["state"] == "succeeded" and done["result"] == {"answer": 5, "attempt": 1}
+    cancelled = await client.post(f"{api}/{doomed['id']}/cancel", headers=headers)
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+
+
+async def test_an_answer_that_races_the_park_wakes_the_job_through_its_worker(
+    make_server: Callable[..., LiveServer],
+    procs: Processes,
+    pg_shared: dict[str, Any],
+    queue: PostgresReadyQueue,
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    """worker.K8: an answer stored after the handler found none but before SAQ holds the job
+    again (its row is held here, so the hand-back waits) wakes the job through the worker's
+    look at the store once the hand-back is done; nothing else wakes it (the answer goes
+    straight to the store: no server's ``due_now``), and the look-again is a minute away."""
+    slow_sweep = {**pg_shared, "worker_heartbeat_seconds": 5}  # the held row is not swept
+    procs.worker("w", data_dir=tmp_path / "w", **slow_sweep)
+    server = make_server(**slow_sweep)
+    job = await submit(client, server, "ask_park", {"pause": 0.5})
+    url, headers = f"{server.url}/api/jobs/{job['id']}", server.auth()
+
+    async def running() -> bool:
+        queued = await queue.job(job["id"])
+        return queued is not None and queued.status is Status.ACTIVE
+
+    await eventually(running, timeout=10, interval=0.02)
+    hold = sql.SQL("SELECT 1 FROM {} WHERE key = %s FOR UPDATE").format(
+        sql.Identifier(queue.sql.jobs_name)
+    )
+    async with queue.pool.connection() as conn, conn.transaction():
+        await conn.execute(hold, [job["id"]])  # the worker's hand-back waits for this row
+        await poll_json(client, url, lambda j: j["waiting"] is not None, headers=headers)
+        store = open_store(pg_shared["store_url"])
+        await store.open()
+        try:
+            assert await store.put_input(job["id"], "answer", 9, "alice")
+        finally:
+            await store.close()
+    done = await poll_json(client, url, terminal, timeout=15, headers=headers)
+    assert done["state"] == "succeeded" and done["result"] == {"answer": 9, "attempt": 1}

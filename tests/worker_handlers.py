@@ -139,3 +139,19 @@ async def replaying_parent(ctx: JobContext, params: dict[str, Any]) -> str:
     if ctx.attempt == 1:
         raise ConnectionError("lost before spawning")
     return str((await ctx.spawn("demo", {"steps": 1, "delay": 0})).id)
+
+
+@registry.handler("ask_park", retry_safe=True)
+async def ask_park(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+    """A re-runnable handler that waits for input on a worker: it parks (worker.K8); with
+    ``stream``, it writes a line to its output stream first."""
+    ctx.progress(10, stage="asked")
+    if params.get("stream"):
+        ctx.stream("output").write("asked\n")
+    await asyncio.sleep(float(params.get("pause", 0)))  # a moment before it asks
+    extra = {"default": params["default"]} if "default" in params else {}
+    timeout = float(params.get("timeout", 60))
+    answer = await ctx.wait_for_input(
+        "answer", schema={"type": "integer"}, timeout=timeout, **extra
+    )
+    return {"answer": answer, "attempt": ctx.attempt}

@@ -50,6 +50,11 @@ class QueueSql:
             running=sql.Identifier(f"{self.jobs_name}_running"),
             ended=sql.Identifier(f"{self.jobs_name}_ended"),
         )
+        #: P7: a job waiting for a later time, due now.
+        self.due_now = sql.SQL(
+            "UPDATE {t} SET ready_at = 0, scheduled = %s WHERE key = %s AND queue = %s"
+            " AND status = 'queued' AND ready_at > %s RETURNING 1"
+        ).format(t=t)
         #: P1: a job, or a job that ended and is queued again under its key.
         self.enqueue = sql.SQL(
             "INSERT INTO {t} (key, job, queue, status, scheduled, kind, owner, rank, ready_at)"

@@ -51,6 +51,20 @@ return 1
 """
 )
 
+# KEYS: incomplete, job id. ARGV: prefix, wake max. A job scheduled for later, due now (Q7).
+DUE_NOW = (
+    _COMMON
+    + """
+local score = redis.call('ZSCORE', KEYS[1], KEYS[2])
+if not score or tonumber(score) <= 0 then return 0 end
+local record = redis.call('GET', KEYS[2])
+if not record then return 0 end
+redis.call('ZADD', KEYS[1], 0, KEYS[2])
+make_ready(KEYS[2], meta_of(record))
+return 1
+"""
+)
+
 # KEYS: schedule lock, incomplete. ARGV: prefix, wake max, lock seconds, now.
 SCHEDULE = (
     _COMMON

@@ -169,18 +169,21 @@ class JobContext:
     ) -> Any:
         """Wait for a person (or a service) to give the input ``name`` through
         ``POST /api/jobs/{id}/input``; the job shows the request meanwhile (``waiting``)
-        (``input_wait.py``, N1-N6).
+        (``input_wait.py``, N1-N10).
 
         An ``async`` handler awaits it (``await ctx.wait_for_input(...)``) and gives its runner
         slot back while it waits; a sync handler calls it (``ctx.wait_for_input(...)``): it
         blocks its thread until the answer, the timeout or a cancel (:class:`JobCancelled`),
-        keeping its slot (N6).
+        keeping its slot (N6). A re-runnable handler (``retry_safe``, or a retry policy) on
+        ``jobcast worker``, or a sync one, parks instead (N7): its run ends here and the
+        answer or the timeout runs it again from the start, every given input replayed.
 
         ``schema``: a pydantic model (the value is returned as one) or a JSON schema (the
         value as JSON); a value that fails it is refused with 422 and changes nothing.
         ``timeout``: seconds; then ``default`` is returned if given, else the job fails with
         :class:`~jobcast.jobs.input_wait.InputTimeout`. After a restart a re-run handler gets
-        the inputs already given at once (N3): declare it ``retry_safe``.
+        the inputs already given at once (N3): declare it ``retry_safe``. Do not catch
+        :class:`~jobcast.jobs.input_wait.Parked` (a ``BaseException``, as a cancel is).
         """
         self.check_cancelled()
         in_thread = self._in_thread()

@@ -71,7 +71,13 @@ class Dispatcher:
                 self._work.clear()
                 continue
             live = self._live.get(job_id)
-            if live is None or live.job.state is not JobState.QUEUED or live.task is not None:
+            if (
+                live is None
+                or live.task is not None
+                or not (
+                    live.job.state is JobState.QUEUED or live.parked  # input_wait.N8: woken
+                )
+            ):
                 slots.release()  # cancelled while queued
                 continue
             kind = live.job.kind

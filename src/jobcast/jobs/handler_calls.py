@@ -13,6 +13,7 @@ from typing import Any
 from jobcast.errors import InvalidInput
 from jobcast.events import dumps
 from jobcast.jobs.context import JobCancelled, JobContext
+from jobcast.jobs.input_wait import Parked
 from jobcast.jobs.live import LiveJob
 from jobcast.jobs.model import JobState
 from jobcast.jobs.registry import HandlerSpec
@@ -29,8 +30,9 @@ def job_error(kind: str, message: str) -> dict[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class Ending:
-    """How a handler call ended: the job's terminal state and its fields, or ``None`` for a
-    call a shutdown interrupted (the lifecycle engine applies R3).
+    """How a handler call ended: the job's terminal state and its fields, ``None`` for a
+    call a shutdown interrupted (the lifecycle engine applies R3), or ``RUNNING`` for a run
+    that parked in a wait for input (input_wait.N7).
 
     A failure says whether its handler's retry policy lets it retry (``retryable``, retry.T4)
     and, when the handler raised ``Retry(after=...)``, after how long."""
@@ -42,6 +44,7 @@ class Ending:
 
 
 INTERRUPTED = Ending(None)
+PARKED = Ending(JobState.RUNNING)
 
 
 def after_interruption(
@@ -111,6 +114,8 @@ def _ending(live: LiveJob, spec: HandlerSpec, task: asyncio.Future[Any]) -> Endi
             return INTERRUPTED
         return Ending(JobState.CANCELLED, {"message": "cancelled"})
     if (exc := task.exception()) is not None:
+        if isinstance(exc, Parked):  # input_wait.N7
+            return PARKED
         if not isinstance(exc, Exception):
             raise exc
         logger.info("job %s failed", live.job.id, exc_info=exc)

@@ -5,7 +5,7 @@ The embedded runner (``runner.py``) hands it the jobs it dispatches; ``jobcast w
 registry, timeouts, cancellation and coalesced progress (``live.py``), and the terminal record
 is never lost.
 
-Decisions (cited as R1..R4):
+Decisions (cited as R1..R5):
 
 R1. Each running job is two tasks: an outer one that owns the job's lifecycle and an inner one
     that runs the handler. Cancellation, timeouts and shutdown only ever cancel the inner task,
@@ -32,6 +32,16 @@ R4. Retries: an attempt that failed in a way its handler's policy retries (``ret
     delay). The attempt's handler call has ended before the retry is published, so two
     attempts of one job never run at once (except a sync handler's thread that ignores
     cancellation after a timeout, as R2 describes, which can no longer report anything).
+R5. Parking (input_wait.N7-N10): a run that parks in a wait for input ends with no terminal
+    state: its pending reports and output are stored, the job stays ``running`` and waiting,
+    its slot (or thread) is given back, and ``on_park`` is told (the embedded runner arms
+    its wake; a worker hands the SAQ job back). A parked job handed to ``run`` again is the
+    same attempt going on: no ``running`` event, ``attempts`` unchanged, and it runs only if
+    due (``input_wait.parked_for``); a stale wake parks it again at once. A shutdown that
+    interrupts a waiting re-runnable job parks it instead of applying R3 (nothing is lost:
+    the re-run replays its inputs), and a user's cancel of a parking run ends it cancelled.
+    A parked job that ends without a run (a cancel) has its output streams closed, whichever
+    run opened them.
 """
 
 from __future__ import annotations
@@ -45,9 +55,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jobcast.errors import JobcastError
-from jobcast.jobs import batches
+from jobcast.jobs import batches, input_wait
 from jobcast.jobs.context import JobContext
-from jobcast.jobs.handler_calls import Ending, HandlerCalls, after_interruption, job_error
+from jobcast.jobs.handler_calls import (
+    PARKED,
+    Ending,
+    HandlerCalls,
+    after_interruption,
+    job_error,
+)
 from jobcast.jobs.live import LiveJob
 from jobcast.jobs.model import Job, JobState
 from jobcast.jobs.options import RunnerOptions
@@ -74,7 +90,9 @@ class JobLifecycle:
 
     ``live`` is the map of tracked jobs, shared with whoever must read it without I/O (the
     embedded runner's reads and stream filters); ``on_untracked`` is told of each job that
-    leaves it.
+    leaves it; ``on_park`` of each job that parked and stays tracked here (R5; ``None``:
+    it is untracked, as a worker's), and ``park_async``: whether async handlers park too
+    (a worker's, input_wait.N7), not only sync ones.
     """
 
     def __init__(
@@ -89,8 +107,12 @@ class JobLifecycle:
         on_retry: Callable[[LiveJob], None] | None = None,
         outputs: StreamStore | None = None,
         enqueue: Enqueue | None = None,
+        on_park: Callable[[LiveJob], None] | None = None,
+        park_async: bool = False,
     ) -> None:
         self.store = store
+        self._on_park = on_park
+        self._park_async = park_async
         #: Queues the children handlers spawn (``spawn.py`` S1); ``None``: they cannot.
         self._enqueue = enqueue
         #: The children of the parents running here (spawn.S3), by parent id.
@@ -212,7 +234,18 @@ class JobLifecycle:
                     ),
                 )
                 return
-            await live.transition(JobState.RUNNING)
+            if live.job.state is JobState.RUNNING:  # parked: the same attempt goes on (R5)
+                if (
+                    live.stop_reason is None
+                    and await input_wait.parked_for(self.store, live.job) is not None
+                    and live.stop_reason is None  # a stop meanwhile: the call below ends it
+                ):
+                    live.parked = True  # a stale wake: parked again, nothing ran
+                    return
+                live.parked = False
+                live.rearm()
+            else:
+                await live.transition(JobState.RUNNING)
             live.start_pump()
             await self._execute(live, spec)
             if live.job.state is JobState.QUEUED and live.stop_reason == "cancel":
@@ -237,7 +270,10 @@ class JobLifecycle:
             if live.holds_slot and not self._threads.keeps_slot(live.job.id):
                 self.slots.release()
             live.holds_slot = True
-            if self.waits_for_retry(live) and self._on_retry is not None:
+            if live.parked and self._on_park is not None:  # R5: it stays tracked here
+                live.task = None
+                self._on_park(live)
+            elif self.waits_for_retry(live) and self._on_retry is not None:
                 live.task = None  # R4: queued again; the runner's schedule runs it next
                 self._on_retry(live)
             else:
@@ -272,6 +308,7 @@ class JobLifecycle:
             children=children,
         )
         self._families[job.id] = children
+        live.parks = spec.rerunnable and (self._park_async or not spec.is_async)  # N7
         try:
             ending = await self._calls.call(live, spec, ctx)
         finally:
@@ -279,7 +316,14 @@ class JobLifecycle:
             await children.stop()
         if job.id in self._job_outputs:  # what the handler wrote is stored before its end
             await self._job_outputs[job.id].flush()
-        if ending.state is None:
+        if ending is PARKED or (
+            ending.state is None and input_wait.is_parked(job, spec.rerunnable)
+        ):
+            if live.stop_reason == "cancel":  # cancelled as it parked
+                await self.finish(live, JobState.CANCELLED, message="cancelled")
+            else:
+                await self._park(live)  # R5
+        elif ending.state is None:
             await self.interrupted(live, "the server shut down while the job was running")
         elif (
             ending.retryable and live.stop_reason is None and job.attempts < self.attempt_limit(job)
@@ -297,6 +341,14 @@ class JobLifecycle:
             else:
                 fields = ending.fields
             await self.finish(live, state, **fields)
+
+    async def _park(self, live: LiveJob) -> None:
+        """End a run that parked (R5): its reports published, the job stored as it waits."""
+        await live.stop_pump()
+        await live.store_now()
+        live.parked = True
+        if self._on_park is None:  # it resumes elsewhere, with output streams of its own
+            self._job_outputs.pop(live.job.id, None)
 
     async def _retry_later(self, live: LiveJob, spec: HandlerSpec, ending: Ending) -> None:
         job = live.job
@@ -324,7 +376,19 @@ class JobLifecycle:
         if state.terminal and live.job.id in self._job_outputs:
             # Closed before the terminal event: a watcher that sees the end finds them closed.
             await self._job_outputs.pop(live.job.id).close_all()
+        elif state.terminal and live.parked:  # R5: a run here or elsewhere opened them
+            await self._close_left_open(live.job.id)
         await live.transition(state, **fields)
+
+    async def _close_left_open(self, job_id: str) -> None:
+        """Close the output streams of a parked job that ends without a run (a cancel)."""
+        if self.outputs is None:
+            return
+        with contextlib.suppress(JobcastError):  # its end never waits on its streams
+            listed = await self.outputs.listing(f"jobs/{job_id}/")
+            left = [(info.path, b"", True) for info in listed if not info.closed]
+            if left:
+                await self.outputs.append_stored(left)
 
     def _outputs_of(self, job_id: str) -> JobOutputs | None:
         """The job's output streams (kept across its attempts), if jobs here have them."""

@@ -89,6 +89,10 @@ class LiveJob:
         #: ``holds_slot`` says whether it holds one now.
         self.slots = slots
         self.holds_slot = True
+        #: Whether a wait with no answer parks this run (input_wait.N7), and whether the job
+        #: is parked now: no task runs it until its answer or its timeout (N8).
+        self.parks = False
+        self.parked = False
         #: Set when an input for this job was stored by this process (input_wait.N1).
         self.input_arrived = asyncio.Event()
         self.task: asyncio.Task[None] | None = None

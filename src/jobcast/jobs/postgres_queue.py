@@ -6,7 +6,7 @@ heartbeats, ``refresh``, worker stats), and replaces how a job is taken, swept a
 so the guarantees of the Redis queue (``ready_queue.py``, ``run_limits.py``, ``sweep.py``)
 hold here too.
 
-Decisions (cited as P1..P6):
+Decisions (cited as P1..P7):
 
 P1. Order: a job's jobcast priority (``rank``) and the exact time it may start (``ready_at``,
     where SAQ's ``scheduled`` is whole seconds) are columns of its row; a worker takes the
@@ -35,6 +35,9 @@ P6. Tables: ``{prefix}_queue_jobs`` and ``{prefix}_queue_stats`` (the URL's ``pr
     broker's), with SAQ's columns and jobcast's (``_postgres_queue_sql.py``), created under a
     blocking advisory lock, so processes that start together never race (SAQ's own creation
     skips when another process holds its lock, tables made or not).
+P7. A job handed back for later (a parked job, input_wait.N7) is made due at once by
+    ``due_now`` (only a row still ``queued`` with a later ``ready_at``), and ``on_retried`` is
+    awaited after each retry is committed, as on Redis (ready_queue.Q7, worker.K8).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from psycopg import AsyncConnection, sql
@@ -103,6 +106,8 @@ class PostgresReadyQueue(PostgresQueue):
         self._dsn, self._connect_kwargs = dsn, dict(connect_kwargs)
         self.limits: Mapping[str, int] = {}
         self.owner_limit: int | None = None
+        #: Awaited after each retry, the job back in the queue (P7).
+        self.on_retried: Callable[[Job], Awaitable[None]] | None = None
         self._taking = asyncio.Lock()
         #: The last take that found nothing: the wake-up it saw, until when it holds (P3).
         self._idle: tuple[asyncio.Event, float] | None = None
@@ -158,6 +163,19 @@ class PostgresReadyQueue(PostgresQueue):
                 self.sql.retry, [self.serialize(job), job.scheduled, ready_at, job.key]
             )
             await self._wake(conn)
+        if self.on_retried is not None:  # P7
+            await self.on_retried(job)
+
+    async def due_now(self, key: str) -> bool:
+        """Make the job ``key``, waiting for a later time, due now (P7); False if it was not
+        waiting for one."""
+        at = time.time()
+        async with self.pool.connection() as conn:
+            row = await _one(conn, self.sql.due_now, [int(at), key, self.name, at])
+            if row is None:
+                return False
+            await self._wake(conn)
+        return True
 
     async def _finish(self, job: Job, status: Status, **kwargs: Any) -> None:
         await super()._finish(job, status, **kwargs)

@@ -6,7 +6,7 @@ queue has). This queue keeps SAQ's job records, its ``incomplete`` set, its ``ac
 and everything that reads them (SAQ's worker, jobcast's sweep, aborts), and replaces the
 ``queued`` list by sorted sets that a worker takes from with one script.
 
-Decisions (cited as Q1..Q6):
+Decisions (cited as Q1..Q7):
 
 Q1. Jobs that may start wait in one sorted set per kind (``ready:{kind}``), scored by minus
     their priority. Members are SAQ job ids, ``saq:job:{queue}:{jobcast id}``, and jobcast ids
@@ -37,13 +37,18 @@ Q5. Taking never polls Redis in a loop: a worker with nothing to take blocks on 
     where SAQ's scheduler, a timer of whole seconds, could be two seconds late.
 Q6. Jobs queued by an earlier version in SAQ's ``queued`` list are taken after the sorted
     sets are empty, first in, first out, so an upgrade loses none.
+Q7. A job handed back for later (a parked job, input_wait.N7) is made due at once by
+    ``due_now`` when its answer comes (one script: only if it still waits in ``incomplete``
+    with a time, so a job running or already ready is left alone), and ``on_retried``, when a
+    worker sets it, is awaited after each hand-back, once the job waits in the queue again:
+    the worker's look at the store then (worker.K8) closes the gap with a racing answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
 import orjson
@@ -51,7 +56,7 @@ from saq.job import Job, Status
 from saq.queue.redis import RedisQueue
 from saq.utils import now_seconds
 
-from jobcast.jobs._ready_scripts import ABORT, ENQUEUE, SCHEDULE, TAKE
+from jobcast.jobs._ready_scripts import ABORT, DUE_NOW, ENQUEUE, SCHEDULE, TAKE
 
 #: Tokens kept on the wake list (Q5): more than the waiting workers' tasks ever need.
 WAKE_MAX = 1024
@@ -78,6 +83,8 @@ class ReadyQueue(RedisQueue):
         self.limits: Mapping[str, int] = {}
         self.owner_limit: int | None = None
         self.lease = 30.0
+        #: Awaited after each retry, the job back in the queue (Q7).
+        self.on_retried: Callable[[Job], Awaitable[None]] | None = None
         self._scripts: dict[str, Any] = {}
 
     def _script(self, source: str) -> Any:
@@ -174,6 +181,15 @@ class ReadyQueue(RedisQueue):
             pipe.set(job.id, self.serialize(job))
             await pipe.execute()
         await self.notify(job)
+        if self.on_retried is not None:  # Q7
+            await self.on_retried(job)
+
+    async def due_now(self, key: str) -> bool:
+        """Make the job ``key``, waiting for a later time, due now (Q7); False if it was not
+        waiting for one."""
+        keys = [self._incomplete, self.job_id(key)]
+        async with self._op_sem:
+            return bool(await self._script(DUE_NOW)(keys=keys, args=[self.prefix, WAKE_MAX]))
 
     async def ready(self) -> list[str]:
         """The SAQ ids of the jobs that may start (parked ones included), in the order they

@@ -4,7 +4,7 @@ It answers the routes (submit, read, list, cancel, delete, share) and hands each
 dispatches to the lifecycle engine (``lifecycle.py``), which runs it. At its start it recovers
 the jobs a previous process left behind (``recovery.py``); reader grants are ``access.py``'s.
 
-Decisions (cited as D1..D3):
+Decisions (cited as D1..D4):
 
 D1. The runner keeps every queued and running job in memory (bounded by ``max_queued`` plus
     ``concurrency``): reads of live jobs never touch the store, and the owner of any job that
@@ -20,6 +20,11 @@ D3. A kind with a ``concurrency`` limit that has that many jobs running is skipp
     dispatcher (schedule.P5) until one of them ends; its queued jobs keep their places, and
     jobs of other kinds take the free slots meanwhile. An owner with ``owner_concurrency``
     jobs running (``JOBCAST_JOB_OWNER_CONCURRENCY``) is passed over the same way (schedule.P6).
+D4. A parked job (input_wait.N7-N10) stays tracked, with one wake timer: at its wait's
+    ``timeout_at``, or ``input_wait.PARK_RECHECK`` seconds at most. An answer given here
+    (``give_input``) fires it at once, and so does an answer that came while the job was
+    parking (``input_arrived``, checked on the same event loop as it parks). A fired wake
+    queues it in the dispatcher like any job; cancelling it ends it without a run.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +45,7 @@ from jobcast.jobs.access import Access, JobAccess
 from jobcast.jobs.dispatch import Dispatcher
 from jobcast.jobs.external import ExternalQueue
 from jobcast.jobs.idempotency import Idempotency
+from jobcast.jobs.input_wait import PARK_RECHECK, parked_for_now
 from jobcast.jobs.lifecycle import JobLifecycle
 from jobcast.jobs.live import LiveJob
 from jobcast.jobs.model import InputFile, Job, JobState, new_job_id
@@ -96,7 +103,9 @@ class EmbeddedRunner:
             on_retry=self._schedule,
             outputs=outputs,
             enqueue=self._spawned,
+            on_park=self._parked,
         )
+        self._wakes: dict[str, asyncio.TimerHandle] = {}  # D4
         self._dispatcher = Dispatcher(self.lifecycle, self._live)  # D2, D3
         self._lock = ProcessLock(options.uploads_dir.parent / "runner.lock", "the job runner")
 
@@ -111,8 +120,11 @@ class EmbeddedRunner:
         make_private_dir(self.options.uploads_dir)
         self._lock.acquire()  # D2
         try:
-            for job_id in await recover(self.lifecycle):
+            queued, parked = await recover(self.lifecycle)
+            for job_id in queued:
                 self._schedule(self._live[job_id])  # schedule.P2
+            for job_id in parked:
+                self._parked(self._live[job_id])  # recovery.C3
         except BaseException:
             self._lock.release()
             raise
@@ -120,7 +132,10 @@ class EmbeddedRunner:
 
     async def close(self) -> None:
         await self._dispatcher.close()
-        await self.lifecycle.close()
+        await self.lifecycle.close()  # a job it interrupts as it waits parks (lifecycle.R5)
+        for wake in self._wakes.values():  # D4: parked jobs stay stored as they wait
+            wake.cancel()
+        self._wakes.clear()
         await self.access.close()
         self._lock.release()
 
@@ -317,6 +332,27 @@ class EmbeddedRunner:
         """Hand a new queued job to what runs it: here, this runner's dispatcher."""
         self._schedule(live)
 
+    def _parked(self, live: LiveJob) -> None:
+        """Arm a parked job's wake (D4)."""
+        job_id = live.job.id
+        if live.input_arrived.is_set():  # answered while it parked (input_wait.N9)
+            live.input_arrived.clear()
+            self._wake(job_id)
+            return
+        delay = min(parked_for_now(live.job), PARK_RECHECK)
+        if (earlier := self._wakes.pop(job_id, None)) is not None:
+            earlier.cancel()
+        self._wakes[job_id] = asyncio.get_running_loop().call_later(delay, self._wake, job_id)
+
+    def _wake(self, job_id: str) -> None:
+        """Queue a parked job to run (D4): answered, timed out, or to look again."""
+        wake = self._wakes.pop(job_id, None)
+        if wake is not None:
+            wake.cancel()
+        live = self._live.get(job_id)
+        if live is not None and live.parked and live.task is None:
+            self._dispatcher.push(live)
+
     def _schedule(self, live: LiveJob) -> None:
         """Queue a tracked job at its priority, no earlier than its time (D2, lifecycle.R4)."""
         self._dispatcher.push(live)
@@ -384,6 +420,12 @@ class EmbeddedRunner:
 
     async def _cancel_queued(self, live: LiveJob) -> None:
         try:
+            if live.parked:  # D4: nothing runs it; it ends as a cancelled run does
+                wake = self._wakes.pop(live.job.id, None)
+                if wake is not None:
+                    wake.cancel()
+                await self.lifecycle.finish(live, JobState.CANCELLED, message="cancelled")
+                return
             await live.transition(JobState.CANCELLED, message="cancelled before it started")
         finally:
             self.lifecycle.untrack(live)
@@ -394,11 +436,17 @@ class EmbeddedRunner:
         waiting = job.waiting
         if job.terminal or waiting is None or waiting.get("name") != name:
             raise Conflict(f"job {job.id} is not waiting for input {name!r}")
+        timeout_at = waiting.get("timeout_at")
+        if isinstance(timeout_at, int | float) and time.time() > timeout_at:  # input_wait.N4
+            raise Conflict(f"job {job.id} no longer waits for input {name!r}: it timed out")
         if not await self.store.put_input(job.id, name, value, given_by):
             raise Conflict(f"input {name!r} of job {job.id} was already given")
         live = self._live.get(job.id)
         if live is not None:  # here: wake it now; elsewhere, its worker reads the store
             live.input_arrived.set()
+            if live.parked and live.task is None:  # D4
+                live.input_arrived.clear()
+                self._wake(job.id)
 
     async def delete(self, job_id: str) -> None:
         job = await self.get(job_id)

@@ -7,7 +7,7 @@ progress (``LiveJob``), so a job behaves the same wherever it runs. Its events g
 broker (Redis or PostgreSQL), so every server instance streams them. The queue is Redis's
 (``ready_queue.py``) or PostgreSQL's (``postgres_queue.py``), by ``JOBCAST_QUEUE_URL``.
 
-Decisions (cited as K1..K7):
+Decisions (cited as K1..K8):
 
 K1. A heartbeat task touches the SAQ job every third of ``worker_heartbeat_seconds``; a worker
     that dies stops touching it, the sweep (K4, run by every other worker) re-queues it, and the
@@ -42,6 +42,16 @@ K7. A kind with a ``concurrency`` limit, and with ``JOBCAST_JOB_OWNER_CONCURRENC
     counting as an attempt. On PostgreSQL a job's running row is its slot, taken and freed
     with the row (postgres_queue.P2): nothing to renew. Every worker of a deployment should
     have the same handlers and owner limit: each takes jobs by its own.
+K8. Parking (input_wait.N7-N10): every re-runnable handler here parks, async ones too, so a
+    job waiting for input holds no SAQ task. A run that parked hands its SAQ job back as a
+    retry (K6's way, not an attempt) for its wait's ``timeout_at``, or
+    ``input_wait.PARK_RECHECK`` seconds at most; a server that stores the answer makes it
+    due at once (``due_now``, ready_queue.Q7). Once SAQ holds it again (the queue's
+    ``on_retried``), this worker reads the store: an answer that raced the park makes it
+    due itself. A parked job dequeued before it is due (a look-again, a stale wake) goes
+    back for the time left without running its handler, holding no lease; a due one runs
+    on, ``attempts`` unchanged. One found ``running`` whose worker died while it parked is
+    parked, not interrupted (K1 does not apply).
 """
 
 from __future__ import annotations
@@ -65,7 +75,7 @@ from jobcast.brokers.redis_urls import split_url
 from jobcast.config import Settings
 from jobcast.errors import InvalidInput, JobcastError
 from jobcast.hub import Hub
-from jobcast.jobs import builtin
+from jobcast.jobs import builtin, input_wait
 from jobcast.jobs.access import announcement
 from jobcast.jobs.lifecycle import JobLifecycle
 from jobcast.jobs.metrics import JobsCollector
@@ -142,10 +152,13 @@ class JobWorker:
                 settings.runner_options(),
                 outputs=outputs,
                 enqueue=self._spawned,
+                park_async=True,  # K8
             )
             if settings.metrics_snapshot_seconds > 0:  # K5
                 metrics = self._shared_metrics(store)
                 metrics.start()
+            self._parking: set[str] = set()  # K8: SAQ keys handed back by a park
+            queue.on_retried = self._retried
             kinds = self.registry.limits()
             owner_limit = settings.job_owner_concurrency
             queue.limits, queue.owner_limit = kinds, owner_limit
@@ -231,6 +244,10 @@ class JobWorker:
             if job is None or job.terminal:  # K3
                 return
             kind, owner = job.kind, job.owner
+            if self._parked(job):  # K8: run it only once it is due
+                left = await input_wait.parked_for(self.jobs.store, job)
+                if left is not None:
+                    self._hand_back(queued, left)
             early = job.not_before - time.time() if job.state is JobState.QUEUED else 0.0
             if early > 0:  # K6: handed out before its time (a sweep re-queued it): not yet
                 queued.retries += 1
@@ -251,7 +268,7 @@ class JobWorker:
         self, job: Job, queued: Any, *, limited: bool, trace: dict[str, str] | None = None
     ) -> None:
         jobs = self.jobs
-        if job.state is JobState.RUNNING:  # K1: its previous worker died
+        if job.state is JobState.RUNNING and not self._parked(job):  # K1: its worker died
             why = "the worker running it stopped"
             if not await jobs.resume_interrupted(job, why):
                 return
@@ -276,10 +293,44 @@ class JobWorker:
             await task
         finally:
             beat.cancel()
+        if live.parked:  # K8
+            left = input_wait.parked_for_now(live.job)
+            self._parking.add(queued.key)
+            self._hand_back(queued, left)
         if jobs.waits_for_retry(live) and live.job.next_attempt_at is not None:  # K6
             queued.retry_delay = max(0.0, live.job.next_attempt_at - time.time())
             queued.retry_backoff = False
             raise RetryLater(f"attempt {live.job.attempts} failed; retrying")
+
+    def _parked(self, job: Job) -> bool:
+        spec = self.registry.find(job.kind)
+        return input_wait.is_parked(job, spec is not None and spec.rerunnable)
+
+    @staticmethod
+    def _hand_back(queued: Any, left: float) -> None:
+        """Give a parked job's SAQ job back until it is due (K8): not an attempt."""
+        queued.retries += 1
+        queued.retry_delay = min(left, input_wait.PARK_RECHECK)
+        queued.retry_backoff = False
+        raise RetryLater(f"job {queued.key} waits for input")
+
+    async def _retried(self, queued: Any) -> None:
+        """SAQ holds a job again; one this worker parked is made due if its answer raced
+        the park (K8). A failure here costs only a look-again's delay."""
+        if queued.key not in self._parking:
+            return
+        self._parking.discard(queued.key)
+        try:
+            job = await self.jobs.store.get(queued.key)
+            store = self.jobs.store
+            if (
+                job is not None
+                and self._parked(job)
+                and await input_wait.parked_for(store, job) is None
+            ):
+                await self.queue.due_now(queued.key)
+        except Exception as exc:  # the store or queue failed: PARK_RECHECK still looks
+            logger.warning("job %s: could not look for its answer: %s", queued.key, exc)
 
     async def _heartbeat(self, queued: Any, limited: Job | None) -> None:  # K1
         while True:

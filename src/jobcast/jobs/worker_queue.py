@@ -6,7 +6,7 @@ job exactly as the embedded runner does (the same ``submit``), then enqueues a S
 is the job id; ``jobcast worker`` processes on any machine run it (``worker.py``). Reads come
 from the shared store, which the workers keep current, and events from the shared broker.
 
-Decisions (cited as W1..W3):
+Decisions (cited as W1..W4):
 
 W1. The store is the truth about a job; SAQ only carries "run job X" to some worker, with a
     heartbeat so a dead worker's job is swept and handed to another one, which then applies
@@ -22,14 +22,24 @@ W2. Cancelling a queued job removes it from the queue and cancels it here; cance
     order, limits, sweep and abort.
 W3. Redis or PostgreSQL errors become :class:`Unavailable` (503); a job that cannot be
     queued is failed at once, so nothing waits forever in ``queued``.
+W4. Parked jobs (input_wait.N7, worker.K8) wait in the queue for a later time. An answer
+    stored here makes the job's SAQ job due now (``due_now``); should the queue fail then,
+    the answer is kept (202) and the worker's look-again finds it (input_wait.N9).
+    Cancelling one aborts its SAQ job, which ends at once as nothing runs it, and the job
+    ends ``cancelled`` here. An abort that meets a run as it parks (or as it retries, K6) is
+    lost when SAQ takes the job back: the cancel sees the SAQ job no longer ``aborting``,
+    aborts it again, and ends the job here once nothing runs it, so a park never undoes a
+    cancel.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import math
 from collections.abc import Awaitable, Mapping
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis.asyncio import Redis
@@ -41,6 +51,7 @@ from jobcast.brokers import POSTGRES_SCHEMES
 from jobcast.brokers.redis import shielded
 from jobcast.errors import Conflict, NotFound, Unavailable
 from jobcast.jobs.external import ExternalQueue
+from jobcast.jobs.input_wait import is_parked
 from jobcast.jobs.lifecycle import JobLifecycle
 from jobcast.jobs.live import LiveJob
 from jobcast.jobs.model import Job, JobState
@@ -57,6 +68,8 @@ if TYPE_CHECKING:
     from jobcast.outputs.store import StreamStore
 
 T = TypeVar("T")
+
+logger = logging.getLogger("jobcast.jobs")
 
 #: The one SAQ function every jobcast job goes through (the kind is in the store).
 TASK = "jobcast.run"
@@ -189,19 +202,53 @@ class QueueRunner(EmbeddedRunner):
         if queued is not None and queued.status not in TERMINAL_STATUSES:
             await queue_call(self.queue.abort(queued, "cancelled"))
             await queue_call(queued.refresh())
-            if queued.status is not Status.ABORTED:  # running: its worker reports the end
-                with contextlib.suppress(TimeoutError):
-                    await queue_call(queued.refresh(until_complete=self.options.cancel_wait))
+            if queued.status is not Status.ABORTED and not await self._aborted_later(queued):
+                # running: its worker reported the end (or will)
                 await self.cancel_children(job_id)  # it may have spawned some (spawn.S4)
                 return await self._fresh(job_id)
         fresh = await self._fresh(job_id)
-        if not fresh.terminal:  # never started (or its queue entry is gone): end it here
+        if not fresh.terminal:  # never started, parked (W4), or its queue entry is gone
             live = self.lifecycle.track(fresh)
             live.request_cancel()
-            await live.transition(JobState.CANCELLED, message="cancelled before it started")
+            started = live.parked = fresh.state is JobState.RUNNING
+            message = "cancelled" if started else "cancelled before it started"
+            await self.lifecycle.finish(live, JobState.CANCELLED, message=message)
             self.lifecycle.untrack(live)
+            if started:  # a parked job may have spawned some (spawn.S4)
+                await self.cancel_children(job_id)
             return live.published.copy()
         return fresh
+
+    async def _aborted_later(self, queued: Any) -> bool:
+        """Wait for a running job's worker to end it; True when its abort was lost to a park
+        or a retry and a second one ended its SAQ job with nothing running it (W4)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.cancel_wait
+        while (left := deadline - loop.time()) > 0:
+            try:  # TimeoutError is an OSError: caught before queue_call would translate it
+                await shielded(queued.refresh(until_complete=min(left, 0.25)))
+            except TimeoutError:
+                await queue_call(queued.refresh())
+            except queue_errors() as exc:
+                raise Unavailable(f"the job queue is unavailable: {exc}") from exc
+            if queued.status in TERMINAL_STATUSES:  # its worker ended it
+                return False
+            if queued.status is not Status.ABORTING:  # taken back: the abort was lost
+                await queue_call(self.queue.abort(queued, "cancelled"))
+                await queue_call(queued.refresh())
+                if queued.status is Status.ABORTED:
+                    return True
+        return False
+
+    async def give_input(self, job: Job, name: str, value: Any, given_by: str) -> None:
+        """Store the answer, then make a parked job due at once (W4)."""
+        await super().give_input(job, name, value, given_by)
+        spec = self.registry.find(job.kind)
+        if is_parked(job, spec is not None and spec.rerunnable):
+            try:
+                await queue_call(self.queue.due_now(job.id))
+            except Unavailable as exc:  # kept: a look-again finds it (input_wait.N9)
+                logger.warning("job %s: could not wake it for its input: %s", job.id, exc)
 
     async def _fresh(self, job_id: str) -> Job:
         job = await self.get(job_id)

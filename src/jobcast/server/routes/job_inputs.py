@@ -1,5 +1,6 @@
 """``POST /api/jobs/{id}/input``: answer a running job that waits for input
-(``jobs/input_wait.py``, N1)."""
+(``jobs/input_wait.py``, N1); the runner's ``give_input`` stores it and wakes the job if it is
+parked (N9)."""
 
 # No ``from __future__ import annotations``: FastAPI reads these signatures at runtime.
 
