@@ -9,9 +9,13 @@ served, so the suite's fork groups fail; every other test must pass.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -29,7 +33,8 @@ from tests.test_cli_serve import serve_env, serving
 SUITE = Path(__file__).parent / "conformance"
 #: Groups jobcast leaves out (documented in docs/streams.md).
 LEFT_OUT = ("Fork - ",)
-#: The suite takes about 50 s on two shared cores; its own run is bounded at 300 s.
+#: The suite takes about 50 s on two shared cores (the three backends' runs overlap); its own
+#: run is bounded at 300 s.
 pytestmark = pytest.mark.timeout(360)
 
 
@@ -75,23 +80,48 @@ def check(results: dict[str, list[str]]) -> None:
     assert len(results["passed"]) >= 275
 
 
-def test_every_test_outside_the_fork_groups_passes_on_sqlite(tmp_path: Path) -> None:
-    check(run_suite(tmp_path))
-
-
-@needs_services
-def test_every_test_outside_the_fork_groups_passes_on_redis(tmp_path: Path) -> None:
+def on_redis(tmp_path: Path) -> dict[str, list[str]]:
     prefix = unique_prefix()
     try:
-        check(run_suite(tmp_path, broker_url=redis_url(prefix)))
+        return run_suite(tmp_path, broker_url=redis_url(prefix))
     finally:
         delete_prefix(prefix)
 
 
-@needs_services
-def test_every_test_outside_the_fork_groups_passes_on_postgres(tmp_path: Path) -> None:
+def on_postgres(tmp_path: Path) -> dict[str, list[str]]:
     url = postgres_broker_url()
     try:
-        check(run_suite(tmp_path, broker_url=url))
+        return run_suite(tmp_path, broker_url=url)
     finally:
         drop_postgres_broker(url)
+
+
+@pytest.fixture(scope="module")
+def suites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future[Any]]]:
+    """The suite on every backend at once: a run mostly waits (long polls, timeouts), so the
+    three overlap well (about 15 s of CPU in 50 s each); each test reads its backend's."""
+    runs: dict[str, Callable[[Path], dict[str, list[str]]]] = {"sqlite": run_suite}
+    if os.environ.get("JOBCAST_TEST_NO_SERVICES") != "1":
+        runs |= {"redis": on_redis, "postgres": on_postgres}
+    with ThreadPoolExecutor(len(runs)) as pool:
+        yield {name: pool.submit(run, tmp_path_factory.mktemp(name)) for name, run in runs.items()}
+
+
+def test_every_test_outside_the_fork_groups_passes_on_sqlite(
+    suites: dict[str, Future[Any]],
+) -> None:
+    check(suites["sqlite"].result(timeout=330))
+
+
+@needs_services
+def test_every_test_outside_the_fork_groups_passes_on_redis(
+    suites: dict[str, Future[Any]],
+) -> None:
+    check(suites["redis"].result(timeout=330))
+
+
+@needs_services
+def test_every_test_outside_the_fork_groups_passes_on_postgres(
+    suites: dict[str, Future[Any]],
+) -> None:
+    check(suites["postgres"].result(timeout=330))
