@@ -35,7 +35,6 @@ import orjson
 
 from jobcast.wire import ServerSentEvent
 
-
 #: Where the JSON starts in an opening frame (S4).
 _DATA_AT = len(b"event: snapshot\ndata: ")
 

@@ -28,13 +28,13 @@ V4. A resume (``Last-Event-ID``) starts afresh (V1): a list is state, not a log,
     both exact and bounded, where replaying every job event since the id would not be.
 V5. The view keeps a reference to each shown job's snapshot, shared with every other open
     list that shows the same job at the same ``seq`` (``jobs/snapshots.py``, S1-S4): what a
-    watcher holds of its own is one dict slot per job (about 50 bytes), so 100 watchers of
-    the same 10,000 jobs hold one copy of them. Jobs that appear later add to it and those
-    removed leave it.
+    watcher holds of its own is one dict slot per job (about 210 KiB for 10,000 jobs), and
+    100 watchers of the same 10,000 jobs hold one copy of them (``bench.list_cost``). Jobs
+    that appear later add to it and those removed leave it.
 V6. The listing is bounded by ``limit``, at most ``MAX_LIST_JOBS`` (10,000); at the limit the
     newest jobs are listed and ``synced`` says how many (older ones are read by paging
     ``GET /api/jobs``). A ``limit`` past it is refused (422). A list of 10,000 costs about
-    1 s of one core to open (the store query most of it, ``bench.list_cost``).
+    0.4 s of one core to open, the store's query and its rows most of it (``bench.list_cost``).
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ class JobListView:
         #: The hub's uncached access filter (None: the caller sees every job).
         self.allowed = allowed
         self._share = snapshots.share
-        #: The shown jobs, by id: shared snapshots, never changed in place (V5, S2).
+        #: The shown jobs, by id: shared snapshots, never changed in place (V5, snapshots.S2).
         self.jobs: dict[str, Snapshot] = {}
         self._listed: list[Snapshot] = []
         for job in jobs:
@@ -130,7 +130,8 @@ class JobListView:
         return items
 
     def close(self) -> None:
-        """Let go of the shown jobs (their shared snapshots go with the last list, S3)."""
+        """Let go of the shown jobs: their shared snapshots go with the last list that holds
+        them (snapshots.S3)."""
         self.jobs.clear()
         self._listed = []
 
@@ -160,7 +161,7 @@ class JobListView:
             job = fold_metadata(known, data)
         else:  # a custom event, or a delta of a job the view does not show
             if known is not None and isinstance(seq, int):
-                self._show(job_id, self._share({**known, "seq": seq}))  # S2: a new one
+                self._show(job_id, self._share({**known, "seq": seq}))  # snapshots.S2: a new one
             return removed
         if self.filter.matches(job):
             shown = self._show(job_id, self._share(job))
@@ -200,7 +201,7 @@ class JobListView:
 
 
 def sse_bytes(items: list[Item]) -> bytes:
-    """Items as SSE frames; a shared snapshot's encoded once (S4)."""
+    """Items as SSE frames; a shared snapshot's encoded once (snapshots.S4)."""
     return b"".join(_sse_frame(kind, data, event_id) for kind, data, event_id in items)
 
 
@@ -213,7 +214,7 @@ def _sse_frame(kind: str, data: Any, event_id: str | None) -> bytes:
 
 
 def item_json(data: Any) -> str:
-    """An item's data as JSON; a shared snapshot's encoded once (S4)."""
+    """An item's data as JSON; a shared snapshot's encoded once (snapshots.S4)."""
     return data.json if isinstance(data, Snapshot) else orjson.dumps(data).decode()
 
 
