@@ -4,6 +4,7 @@ never another user's job."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +12,9 @@ import httpx
 import orjson
 from websockets.asyncio.client import connect
 
+from jobcast.jobs.model import Job, JobState, new_job_id
+from jobcast.jobs.snapshots import JobSnapshots
+from jobcast.stores import open_store
 from tests.jobs_support import watch
 from tests.support import EventStream, LiveServer, eventually
 from tests.ws_support import receive, receive_until_closed
@@ -196,3 +200,62 @@ async def test_a_live_list_over_a_websocket(
     async with connect(base) as ws:  # no credential, and none sent within ws_auth_timeout
         await receive_until_closed(ws)
         assert ws.close_code == 4401
+
+
+async def test_a_list_of_more_than_a_thousand_jobs_opens_with_all_and_shares_their_snapshots(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    server = make_server(handlers=["tests.handlers"])
+    store = open_store(server.jc.runtime.settings.resolved_store_url)  # the server's own file
+    await store.open()
+    try:
+        for first in range(0, 1200, 300):
+            jobs = []
+            for index in range(first, first + 300):
+                job = Job(id=new_job_id(), kind="demo", owner="alice", tags=["many"])
+                job.state = JobState.SUCCEEDED
+                job.metadata = {"index": index}
+                jobs.append(store.create(job))
+            await asyncio.gather(*jobs)
+    finally:
+        await store.close()
+    await submit(client, server, "bob", "demo", tags=["many"])  # never alice's to see
+    snapshots = server.jc.runtime.job_snapshots
+    url = f"{server.url}/api/jobs/live"
+    params = {"tag": "many", "limit": "10000"}
+    async with (
+        EventStream(client, url, params=params, headers=server.auth("alice")) as one,
+        EventStream(client, url, params=params, headers=server.auth("alice")) as two,
+    ):
+        for stream in (one, two):
+            opening = await until(stream, lambda kind, _: kind == "synced")
+            assert opening[-1] == ("synced", {"count": 1200})
+            indexes = [data["metadata"]["index"] for _, data in opening[:-1]]
+            assert sorted(indexes) == list(range(1200))  # all of them, each once
+        assert len(snapshots) == 1200  # one per job, shared by both lists (snapshots.S1)
+    # the last list closed: nothing is held for it any more (snapshots.S3)
+    await eventually(lambda: gc.collect() >= 0 and len(snapshots) == 0)
+
+    too_many = await client.get(
+        url, params={"tag": "many", "limit": "10001"}, headers=server.auth("alice")
+    )
+    assert too_many.status_code == 422
+
+
+def test_a_shared_snapshot_is_only_ever_the_one_a_list_computed_itself() -> None:
+    table = JobSnapshots()
+    first = table.share({"id": "j1", "seq": 5, "readers": []})
+    again = table.share({"id": "j1", "seq": 5, "readers": []})
+    assert again is first and len(table) == 1
+    # the same seq with another content (a grant changes readers): never swapped for it
+    granted = table.share({"id": "j1", "seq": 5, "readers": ["bob"]})
+    assert granted is not first and granted["readers"] == ["bob"]
+    # a lagging list keeps its older version; the table keeps the newest
+    newer = table.share({"id": "j1", "seq": 9, "readers": []})
+    older = table.share({"id": "j1", "seq": 6, "readers": []})
+    assert older["seq"] == 6 and table.share({"id": "j1", "seq": 9, "readers": []}) is newer
+    assert orjson.loads(newer.json) == newer
+    assert newer.opening_frame == b"event: snapshot\ndata: " + newer.json.encode() + b"\n\n"
+    del first, again, granted, newer, older
+    gc.collect()
+    assert len(table) == 0  # held only while a list holds it

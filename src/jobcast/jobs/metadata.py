@@ -17,6 +17,12 @@ M3. Values are copied in (encoded and decoded) and replaced, never changed in pl
     to its own object is not a silent update.
 M4. ``append`` keeps a list of at most ``MAX_LIST_ITEMS`` items, the newest (a log of the
     latest files, say): appending never fails for length, only for the byte cap.
+M5. A one-key update (``set``, ``increment``, ``append``) is the hot path of a handler that
+    updates thousands of times a second, so it does the least M1 and M3 allow: a string, a
+    whole number, a finite float, a bool or null is immutable and comes back from JSON as
+    itself, so it is encoded once for its size (which also checks it) and never decoded; a
+    key already held was checked when it came in, so its encoded size is remembered, not
+    recomputed: an ``increment`` and a ``set`` of a float, 2.7 -> 1.8 us of CPU together.
 """
 
 from __future__ import annotations
@@ -38,13 +44,20 @@ MAX_LIST_ITEMS = 1000
 _MISSING = object()
 
 
+#: Values JSON gives back as themselves (M5); a float only when finite (orjson writes NaN as
+#: null). Exact types: a subclass may encode differently, and takes the long way.
+_IMMUTABLE = frozenset({str, int, bool, type(None)})
+
+
 def _copy(value: Any) -> tuple[Any, int]:
-    """``value`` as JSON would give it back, and its encoded size (M3)."""
+    """``value`` as JSON would give it back, and its encoded size (M3, M5)."""
+    kind = type(value)
+    immutable = kind in _IMMUTABLE or (kind is float and math.isfinite(value))
     try:
         encoded = orjson.dumps(value)
     except TypeError as exc:
         raise InvalidInput(f"metadata values must be JSON: {exc}") from None
-    return orjson.loads(encoded), len(encoded)
+    return (value if immutable else orjson.loads(encoded)), len(encoded)
 
 
 def _check_key(key: Any) -> str:
@@ -78,6 +91,8 @@ class MetadataBuffer:
         self.max_bytes = max_bytes
         self.values: dict[str, Any] = dict(initial)
         self._sizes = {key: _entry_size(key, len(orjson.dumps(v))) for key, v in initial.items()}
+        #: Each held key's share of its entry's size, the value aside (M5).
+        self._key_sizes = {key: _entry_size(key, 0) for key in initial}
         self._total = 2 + sum(self._sizes.values())
         self._changed: set[str] = set()
 
@@ -89,8 +104,7 @@ class MetadataBuffer:
     # -- updates (M1): each computes its new entries, checks them, then applies them --------
 
     def set(self, key: str, value: Any) -> None:
-        key = _check_key(key)
-        self._apply({key: _copy(value)})
+        self._put(key, *_copy(value))
 
     def merge(self, values: Mapping[str, Any]) -> None:
         if not isinstance(values, Mapping):
@@ -105,24 +119,37 @@ class MetadataBuffer:
         if not isinstance(current, list):
             raise InvalidInput(f"metadata {key!r} is not a list; append needs one")
         copied, _ = _copy(item)
-        self._apply({key: _copy([*current, copied][-MAX_LIST_ITEMS:])})  # M4
+        self._put(key, *_copy([*current, copied][-MAX_LIST_ITEMS:]))  # M4
 
     def increment(self, key: str, amount: float = 1) -> None:
-        key = _check_key(key)
         if isinstance(amount, bool) or not isinstance(amount, int | float):
             raise InvalidInput("increment takes a number")
-        current = self.values.get(key, 0)
+        current = self.values.get(key, 0) if type(key) is str else 0
         if isinstance(current, bool) or not isinstance(current, int | float):
             raise InvalidInput(f"metadata {key!r} is not a number; increment needs one")
         total = current + amount
         if not math.isfinite(total):
             raise InvalidInput(f"metadata {key!r} would not be a finite number")
-        self._apply({key: _copy(total)})
+        self._put(key, *_copy(total))
 
     def remove(self, key: str) -> None:
         key = _check_key(key)
         if key in self.values:
             self._apply({key: (None, 0)}, remove=True)
+
+    def _put(self, key: str, value: Any, value_size: int) -> None:
+        """One key set to a copied value (M5): ``_apply`` for one entry, without its dicts."""
+        key_size = self._key_sizes.get(key) if type(key) is str else None
+        if key_size is None:  # a key not held yet: checked once, here (M5)
+            key_size = _entry_size(_check_key(key), 0)
+        total = self._total - self._sizes.get(key, 0) + key_size + value_size
+        if total > self.max_bytes:  # M1: nothing applied
+            raise InvalidInput(f"metadata would be {total} bytes; the limit is {self.max_bytes}")
+        self.values[key] = value
+        self._sizes[key] = key_size + value_size
+        self._key_sizes[key] = key_size
+        self._changed.add(key)
+        self._total = total
 
     def _apply(self, entries: dict[str, tuple[Any, int]], *, remove: bool = False) -> None:
         total = self._total
@@ -140,9 +167,11 @@ class MetadataBuffer:
             if remove:
                 self.values.pop(key, None)
                 self._sizes.pop(key, None)
+                self._key_sizes.pop(key, None)
             else:
                 self.values[key] = entry[0]
                 self._sizes[key] = sizes[key]
+                self._key_sizes[key] = _entry_size(key, 0)
             self._changed.add(key)
         self._total = total
 

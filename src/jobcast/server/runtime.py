@@ -26,6 +26,7 @@ from jobcast.hub import Hub
 from jobcast.jobs import builtin
 from jobcast.jobs.registry import Registry
 from jobcast.jobs.runner import EmbeddedRunner
+from jobcast.jobs.snapshots import JobSnapshots
 from jobcast.outputs.readers import LiveReads
 from jobcast.outputs.store import StreamStore
 from jobcast.policy import Policy
@@ -73,6 +74,8 @@ class Runtime:
         self._streams: StreamStore | None = None
         #: Live reads of output streams held at once (long-poll, SSE), bounded like streams.
         self.stream_reads = LiveReads(settings.max_streams_per_subject, settings.max_streams_total)
+        #: The job snapshots open live lists share (``jobs/snapshots.py``).
+        self.job_snapshots = JobSnapshots()
 
     @property
     def hub(self) -> Hub:

@@ -11,7 +11,7 @@ from jobcast.auth import Principal
 from jobcast.jobs.model import JobState
 from jobcast.server.http.errors import jobcast_router
 from jobcast.server.routes.jobs import query_tags
-from jobcast.server.streams.job_list import JobFilter, open_job_list
+from jobcast.server.streams.job_list import MAX_LIST_JOBS, JobFilter, open_job_list
 from jobcast.server.streams.sse import EventStreamResponse
 
 if TYPE_CHECKING:
@@ -43,7 +43,9 @@ def job_lists_router(jc: "Runtime") -> APIRouter:
         tag: Annotated[list[str] | None, Query(description="Every one must match.")] = None,
         kind: Annotated[str | None, Query(max_length=64)] = None,
         state: Annotated[list[JobState] | None, Query(description="Any one matches.")] = None,
-        limit: Annotated[int, Query(ge=1, le=1000, description="Jobs listed at start.")] = 200,
+        limit: Annotated[
+            int, Query(ge=1, le=MAX_LIST_JOBS, description="Jobs listed at start (newest).")
+        ] = 200,
     ) -> Response:
         job_filter = JobFilter(query_tags(tag), kind, tuple(state or ()))
         return await open_job_list(jc, principal, job_filter, limit)

@@ -27,9 +27,11 @@ from jobcast.server.streams.channel import (
     error_message,
 )
 from jobcast.server.streams.job_list import (
+    MAX_LIST_JOBS,
     Item,
     JobFilter,
     JobListPlan,
+    item_json,
     plan_job_list,
 )
 from jobcast.server.streams.job_socket import SocketSink
@@ -39,7 +41,7 @@ from jobcast.subscription import CloseReason, Subscription
 if TYPE_CHECKING:
     from jobcast.server.runtime import Runtime
 
-MAX_LIMIT = 1000
+MAX_LIMIT = MAX_LIST_JOBS
 
 
 def filter_of(websocket: WebSocket) -> tuple[JobFilter, int]:
@@ -63,8 +65,9 @@ def filter_of(websocket: WebSocket) -> tuple[JobFilter, int]:
 
 
 def _messages(items: list[Item]) -> list[str]:
-    return [
-        orjson.dumps({"type": kind, "id": event_id, "data": data}).decode()
+    return [  # a shared snapshot's JSON is encoded once (snapshots.S4)
+        f'{{"type":{orjson.dumps(kind).decode()},"id":{orjson.dumps(event_id).decode()},'
+        f'"data":{item_json(data)}}}'
         for kind, data, event_id in items
     ]
 
