@@ -181,7 +181,7 @@ async def test_sqlite_appends_go_to_the_thread_while_the_file_is_busy(tmp_path: 
 async def test_sqlite_the_log_written_on_the_loop_is_folded_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("jobcast.outputs.sqlite.INLINE_CHECKPOINT", 50)
+    monkeypatch.setattr("jobcast.outputs.sqlite.INLINE_CHECKPOINT", 50)  # 200: a few MB
     path = tmp_path / "streams.db"
     store = SQLiteStreamStore(path, max_stream_bytes=10_000_000)
     await store.open()

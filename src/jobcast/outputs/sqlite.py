@@ -8,13 +8,15 @@ are woken (``store.Wakeups``).
 
 Decisions (cited as O1):
 
-O1. A lone write is committed on the event loop itself, as the event history's are
-    (brokers/sqlite.B6): an append, or a job's flush of at most ``INLINE_WRITES`` streams,
-    when no write is on the store's thread (handed over and not yet done), goes through the
-    loop's own connection (``StreamsFile(inline=True)``): a WAL append, with no hop to the
-    thread and back, whose two wake-ups cost more than the commit. A busy file (the thread
-    holds it) sends it to the thread as before. With no write on the thread, the wake-ups
-    still reach readers in commit order (store.W1). The loop's connection never checkpoints:
+O1. An append (``POST /v1/stream/...``, one a request) is committed on the event loop
+    itself, as the event history's lone publishes are (brokers/sqlite.B6): when no write is
+    on the store's thread (handed over and not yet done), it goes through the loop's own
+    connection (``StreamsFile(inline=True)``), a WAL append with no hop to the thread and
+    back, whose two wake-ups cost more than the commit. A busy file (the thread holds it)
+    sends it to the thread as before. With no write on the thread, the wake-ups still reach
+    readers in commit order (store.W1). Jobs' flushes (``append_stored``) stay group
+    commits on the thread: many jobs' flushes share one commit there, which measured
+    cheaper than one commit each on the loop. The loop's connection never checkpoints:
     after every ``INLINE_CHECKPOINT`` of its commits the thread folds the log back.
 """
 
@@ -39,10 +41,8 @@ from jobcast.outputs.store import Wakeups
 T = TypeVar("T")
 logger = logging.getLogger("jobcast.outputs")
 
-#: A job's flush of at most this many streams may be committed on the event loop (O1).
-INLINE_WRITES = 32
-#: The thread folds the log back after this many commits on the loop (O1).
-INLINE_CHECKPOINT = 1000
+#: The thread folds the log back after this many commits on the loop (O1): a few MB of log.
+INLINE_CHECKPOINT = 200
 
 
 class _Busy:
@@ -152,15 +152,8 @@ class SQLiteStreamStore:
 
     async def append_stored(self, writes: Sequence[tuple[str, bytes, bool]]) -> None:
         """Queued for the next group commit: one transaction for every job's flush that
-        arrived while the previous one committed (brokers/sqlite.py does the same); a lone
-        small one is committed here (O1)."""
-        if not self._queued and len(writes) <= INLINE_WRITES:
-            now = time.time()
-            changes = self._write_inline(lambda file: file.append_stored(writes, now))
-            if not isinstance(changes, _Busy):
-                for path, change in changes:
-                    self.wakeups.notify(path, change)  # store.W1
-                return
+        arrived while the previous one committed (brokers/sqlite.py does the same). Never on
+        the loop (O1): at the rates jobs write, group commits cost less."""
         done = asyncio.get_running_loop().create_future()
         self._queued.append((writes, done))
         if self._committer is None or self._committer.done():
