@@ -137,14 +137,37 @@ class SQLiteStreamStore:
         producer: Producer | None = None,
         close: bool = False,
     ) -> Appended:
+        inline = self.append_now(
+            path, body, content_type=content_type, seq=seq, producer=producer, close=close
+        )
+        if inline is not None:
+            return inline
+        now = time.time()
+        appended, change = await self._write(
+            lambda file: file.append(path, body, content_type, seq, producer, close, now)
+        )
+        if appended.fresh:
+            self.wakeups.notify(path, change)  # store.W1: live readers need not read
+        return appended
+
+    def append_now(
+        self,
+        path: str,
+        body: bytes,
+        *,
+        content_type: str | None,
+        seq: str | None = None,
+        producer: Producer | None = None,
+        close: bool = False,
+    ) -> Appended | None:
+        """The append on the loop's own connection (O1), or ``None`` when a write is on the
+        thread or the thread holds the file."""
         now = time.time()
         done = self._write_inline(
             lambda file: file.append(path, body, content_type, seq, producer, close, now)
         )
         if isinstance(done, _Busy):
-            done = await self._write(
-                lambda file: file.append(path, body, content_type, seq, producer, close, now)
-            )
+            return None
         appended, change = done
         if appended.fresh:
             self.wakeups.notify(path, change)  # store.W1: live readers need not read
