@@ -3,7 +3,7 @@
 The twins (``read_stream`` of ``Client`` and ``AsyncClient``) long-poll the stream: each answer
 carries ``Stream-Next-Offset``, the next request asks from there, so a reconnect (a dropped
 connection, a server restart) continues at the exact byte; the read ends at
-``Stream-Closed``. Decisions (cited as S1..S3):
+``Stream-Closed``. Decisions (cited as S1..S4):
 
 S1. Text is decoded with an incremental UTF-8 decoder, so a character split between two answers
     is never mangled; ``application/json`` streams yield their messages, other types bytes.

@@ -1,6 +1,6 @@
 """Job metadata: a JSON object a handler updates while its job runs (``ctx.metadata``).
 
-Decisions (cited as M1..M4):
+Decisions (cited as M1..M5):
 
 M1. An update is checked whole before anything changes: a key that is not a short string, a
     value that is not JSON, an ``increment`` of a non-number, an ``append`` to a non-list, or

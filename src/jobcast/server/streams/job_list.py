@@ -4,7 +4,7 @@
 other (the hub's replay-then-live, its access filter, heartbeats, eviction), framed by
 :class:`JobListView`, which turns each job event into the whole job after it.
 
-Decisions (cited as V1..V5):
+Decisions (cited as V1..V6):
 
 V1. The stream starts with the current matching jobs (the same query as ``GET /api/jobs``:
     the caller's own jobs, every job for a service or admin), newest first, each as a
