@@ -198,6 +198,7 @@ def checks(scale: Scale) -> list[Check]:
     )
     jobs, slow = f"jobs-{scale.jobs}", f"slow-{scale.slow}"
     redis = f"fanout-{scale.redis_subscribers}-burst-redis2"
+    postgres = f"fanout-{scale.redis_subscribers}-burst-postgres2"
     scraped = f"fanout-{middle}-burst-scraped"
     found += [
         Check(
@@ -293,6 +294,14 @@ def checks(scale: Scale) -> list[Check]:
             "events/s vs embedded",
             ">= 0.7x embedded",
             lambda r: ratio(redis, "delivered_per_s", (burst, "jobcast"))(r) >= 0.7,
+            reference=(burst, "jobcast"),
+        ),
+        Check(
+            postgres,
+            "delivered_per_s",
+            "events/s vs embedded",
+            ">= 0.7x embedded",
+            lambda r: ratio(postgres, "delivered_per_s", (burst, "jobcast"))(r) >= 0.7,
             reference=(burst, "jobcast"),
         ),
         Check(

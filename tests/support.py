@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from jobcast.config import Settings
 from jobcast.server.app import Jobcast
 from jobcast.server.serving.entrance import FastPaths
-from jobcast.server.serving.instant_publish import InstantPublish
+from jobcast.server.serving.instant_writes import InstantWrites
 from jobcast.server.serving.native import StreamProtocol
 from jobcast.wire import ServerSentEvent, SSEDecoder
 
@@ -69,7 +69,7 @@ class LiveServer:
             http = StreamProtocol
             if jc is not None:
                 if self.standalone:  # plain publishes answered by the connection (native.N5)
-                    http = http.answering(InstantPublish(FastPaths(self.app, jc.runtime)))
+                    http = http.answering(InstantWrites(FastPaths(self.app, jc.runtime)))
                 http = http.configured(
                     jc.settings.header_timeout_seconds, jc.metrics.count_request_timeout
                 )

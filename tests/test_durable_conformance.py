@@ -97,13 +97,18 @@ def on_postgres(tmp_path: Path) -> dict[str, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def suites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future[Any]]]:
-    """The suite on every backend at once: a run mostly waits (long polls, timeouts), so the
-    three overlap well (about 15 s of CPU in 50 s each); each test reads its backend's."""
-    runs: dict[str, Callable[[Path], dict[str, list[str]]]] = {"sqlite": run_suite}
+def suites(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Future[Any]]]:
+    """The suite on every selected backend at once: a run mostly waits (long polls,
+    timeouts), so they overlap well (about 15 s of CPU in 50 s each); each test reads its
+    backend's."""
+    every: dict[str, Callable[[Path], dict[str, list[str]]]] = {"sqlite": run_suite}
     if os.environ.get("JOBCAST_TEST_NO_SERVICES") != "1":
-        runs |= {"redis": on_redis, "postgres": on_postgres}
-    with ThreadPoolExecutor(len(runs)) as pool:
+        every |= {"redis": on_redis, "postgres": on_postgres}
+    selected = {item.name for item in request.session.items if item.module is request.module}
+    runs = {name: run for name, run in every.items() if any(t.endswith(name) for t in selected)}
+    with ThreadPoolExecutor(max(1, len(runs))) as pool:
         yield {name: pool.submit(run, tmp_path_factory.mktemp(name)) for name, run in runs.items()}
 
 

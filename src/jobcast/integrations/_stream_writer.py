@@ -38,15 +38,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import logging
 import threading
 import uuid
 from typing import Any, Protocol
 
-from jobcast.errors import InvalidInput, PayloadTooLarge
+from jobcast.errors import InvalidInput
 from jobcast.integrations._streams import check_name
-from jobcast.outputs.model import Producer, is_json, media_type
+from jobcast.outputs.model import Producer, check_room, framed_write, is_json, media_type
 
 logger = logging.getLogger("jobcast.integrations")
 
@@ -119,17 +118,7 @@ class ProducerStream:
         self._queue(b"", close=True)
 
     def _frame(self, chunk: Any) -> bytes:
-        if self._json:  # counted as stored: compact JSON and a comma (outputs/model.O3)
-            try:
-                text = json.dumps(chunk, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-            except (TypeError, ValueError) as exc:
-                raise TypeError(f"a JSON stream takes JSON values: {exc}") from None
-            return text.encode() + b","
-        if isinstance(chunk, str):
-            return chunk.encode()
-        if isinstance(chunk, bytes | bytearray | memoryview):
-            return bytes(chunk)
-        raise TypeError(f"write text or bytes to a {self.content_type} stream")
+        return framed_write(chunk, self.content_type, as_json=self._json)
 
     def _queue(self, data: bytes, *, close: bool) -> None:
         with self._mutex:
@@ -137,12 +126,7 @@ class ProducerStream:
                 if close:
                     return
                 raise ValueError(f"output stream {self.name!r} is closed")
-            limit = self._streams.limit
-            if self.length + len(data) > limit:  # T4
-                raise PayloadTooLarge(
-                    f"output stream {self.name!r} would hold {self.length + len(data)} "
-                    f"bytes; the limit is {limit} (JOBCAST_MAX_STREAM_BYTES)"
-                )
+            check_room(self.name, self.length, len(data), self._streams.limit)  # T4
             self.length += len(data)
             if data:
                 self._parts.append(data)

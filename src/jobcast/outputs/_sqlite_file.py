@@ -71,12 +71,24 @@ _COLUMNS = (
 
 
 class StreamsFile:
-    def __init__(self, path: Path | str, max_stream_bytes: int) -> None:
+    def __init__(self, path: Path | str, max_stream_bytes: int, *, inline: bool = False) -> None:
+        """The store's connection (on its thread), or with ``inline`` the event loop's own
+        for lone small writes (``sqlite.py`` O1): that one never waits for the file (a busy
+        file raises at once) and never checkpoints (the store's thread does)."""
         self.max_stream_bytes = max_stream_bytes
+        if inline:
+            self._db = db = sqlite3.connect(path, timeout=0, isolation_level=None)
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA wal_autocheckpoint=0")
+            return
         self._db = db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(SCHEMA)
+
+    def checkpoint(self) -> None:
+        """Fold the write-ahead log back into the file (the inline connection never does)."""
+        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def close(self) -> None:
         self._db.close()

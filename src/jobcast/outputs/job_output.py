@@ -21,15 +21,14 @@ J4. A flush the backend refuses for a while (``Unavailable``) is retried with ba
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobcast.errors import InvalidInput, JobcastError, PayloadTooLarge
-from jobcast.outputs.model import is_json, media_type
+from jobcast.errors import InvalidInput, JobcastError
+from jobcast.outputs.model import check_room, framed_write, is_json, media_type
 from jobcast.outputs.store import StreamStore
 
 logger = logging.getLogger("jobcast.outputs")
@@ -70,17 +69,7 @@ class OutputStream:
         self._outputs.queue(self, b"", close=True)
 
     def _frame(self, chunk: Any) -> bytes:
-        if self._json:
-            try:
-                text = json.dumps(chunk, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-            except (TypeError, ValueError) as exc:
-                raise TypeError(f"a JSON stream takes JSON values: {exc}") from None
-            return text.encode() + b","
-        if isinstance(chunk, str):
-            return chunk.encode()
-        if isinstance(chunk, bytes | bytearray | memoryview):
-            return bytes(chunk)
-        raise TypeError(f"write text or bytes to a {self.content_type} stream")
+        return framed_write(chunk, self.content_type, as_json=self._json)
 
 
 class JobOutputs:
@@ -118,12 +107,7 @@ class JobOutputs:
                 if close:
                     return
                 raise ValueError(f"output stream {stream.name!r} is closed")
-            limit = self.store.max_stream_bytes
-            if stream.length + len(data) > limit:  # J2
-                raise PayloadTooLarge(
-                    f"output stream {stream.name!r} would hold {stream.length + len(data)} "
-                    f"bytes; the limit is {limit} (JOBCAST_MAX_STREAM_BYTES)"
-                )
+            check_room(stream.name, stream.length, len(data), self.store.max_stream_bytes)  # J2
             stream.length += len(data)
             pending = self._pending.setdefault(stream.path, _Pending())
             if data:

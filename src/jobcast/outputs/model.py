@@ -252,6 +252,32 @@ def check_seq(info: StreamInfo, seq: str | None) -> None:
         raise seq_conflict(seq, info.last_seq)
 
 
+def framed_write(chunk: Any, content_type: str, *, as_json: bool) -> bytes:
+    """One ``write`` of a job's (or a task's) output stream, as stored: for a JSON stream
+    (``as_json``, known to its writer) any JSON value, compact and followed by a comma (O3);
+    else text (UTF-8) or bytes."""
+    if as_json:
+        try:
+            text = json.dumps(chunk, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"a JSON stream takes JSON values: {exc}") from None
+        return text.encode() + b","
+    if isinstance(chunk, str):
+        return chunk.encode()
+    if isinstance(chunk, bytes | bytearray | memoryview):
+        return bytes(chunk)
+    raise TypeError(f"write text or bytes to a {content_type} stream")
+
+
+def check_room(name: str, length: int, added: int, limit: int) -> None:
+    """Refuse a write that would take a stream of ``length`` bytes past ``limit``."""
+    if length + added > limit:
+        raise PayloadTooLarge(
+            f"output stream {name!r} would hold {length + added} bytes; the limit is {limit}"
+            " (JOBCAST_MAX_STREAM_BYTES)"
+        )
+
+
 def stored_form(info: StreamInfo, body: bytes) -> bytes:
     """What an append stores: a JSON stream's messages framed (one level of an array
     flattened), any other body as it came."""

@@ -129,6 +129,19 @@ class PostgresStreamStore:
         assert info is not None
         return found_again(info, content_type, ttl, expires_at, closed)
 
+    def append_now(
+        self,
+        path: str,
+        body: bytes,
+        *,
+        content_type: str | None,
+        seq: str | None = None,
+        producer: Producer | None = None,
+        close: bool = False,
+    ) -> Appended | None:
+        """Never at once: every append is a round trip to PostgreSQL."""
+        return None
+
     async def append(
         self,
         path: str,

@@ -126,6 +126,19 @@ class RedisStreamStore:
             return await self.head(path), True
         return found_again(await self.head(path), content_type, ttl, expires_at, closed)
 
+    def append_now(
+        self,
+        path: str,
+        body: bytes,
+        *,
+        content_type: str | None,
+        seq: str | None = None,
+        producer: Producer | None = None,
+        close: bool = False,
+    ) -> Appended | None:
+        """Never at once: every append is a round trip to Redis."""
+        return None
+
     async def append(
         self,
         path: str,

@@ -61,6 +61,20 @@ class StreamStore(Protocol):
         """Append ``body`` (validated and framed for the stream's type), optionally closing."""
         ...
 
+    def append_now(
+        self,
+        path: str,
+        body: bytes,
+        *,
+        content_type: str | None,
+        seq: str | None = None,
+        producer: Producer | None = None,
+        close: bool = False,
+    ) -> Appended | None:
+        """``append`` without waiting, when this store can; ``None``, with nothing done,
+        when it cannot (then ``append`` must be used)."""
+        ...
+
     async def append_stored(self, writes: Sequence[tuple[str, bytes, bool]]) -> None:
         """Several already framed appends ``(path, bytes, close)`` in one commit (job output)."""
         ...

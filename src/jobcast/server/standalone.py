@@ -102,9 +102,9 @@ def _http_protocol(settings: Settings, metrics: Metrics, entrance: FastPaths) ->
     else:
         missing = native.unsupported()
         if missing is None:  # with this server's request head deadline (request_heads.R1)
-            from jobcast.server.serving.instant_publish import InstantPublish
+            from jobcast.server.serving.instant_writes import InstantWrites
 
-            protocol = native.StreamProtocol.answering(InstantPublish(entrance))  # N5
+            protocol = native.StreamProtocol.answering(InstantWrites(entrance))  # N5
             return protocol.configured(
                 settings.header_timeout_seconds, metrics.count_request_timeout
             )

@@ -35,6 +35,13 @@ CSRF_HEADER = "x-csrf-token"
 STALE_SESSION = "jobcast.stale_session"
 
 
+class Unresolved:
+    """A caller ``Credentials.resolve_known`` cannot tell without waiting."""
+
+
+UNRESOLVED = Unresolved()
+
+
 class Credentials:
     """Resolves who is calling, for every route, stream and socket."""
 
@@ -50,16 +57,21 @@ class Credentials:
         """The caller of ``connection``, or ``None`` when it carries no credential at all."""
         return await resolve_principal(self, connection)
 
-    def resolve_known(self, connection: HTTPConnection) -> Principal | None:
-        """The caller, when it is a bearer token verified in the last minute; else ``None``
+    def resolve_known(self, connection: HTTPConnection) -> Principal | Unresolved | None:
+        """The caller, when it is known without waiting: a bearer token verified in the last
+        minute, or ``None`` for a request with no credential at all; else :data:`UNRESOLVED`
         (``resolve`` knows every other case, and every refusal)."""
         header = connection.headers.get("authorization")
         if header is None:
+            scope = connection.scope
+            if scope["query_string"] or any(name == b"cookie" for name, _ in scope["headers"]):
+                return UNRESOLVED  # perhaps a ticket, a token or a session: resolve's
             return None
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "bearer":
-            return None
-        return self.tokens().verified(value.strip())
+            return UNRESOLVED
+        principal = self.tokens().verified(value.strip())
+        return UNRESOLVED if principal is None else principal
 
 
 async def resolve_principal(

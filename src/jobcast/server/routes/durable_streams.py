@@ -20,7 +20,14 @@ from starlette.responses import Response
 
 from jobcast.auth import Principal
 from jobcast.errors import JobcastError
-from jobcast.outputs.model import DEFAULT_CONTENT_TYPE, StreamError, StreamInfo, bad_request
+from jobcast.outputs.model import (
+    DEFAULT_CONTENT_TYPE,
+    Appended,
+    Producer,
+    StreamError,
+    StreamInfo,
+    bad_request,
+)
 from jobcast.server.http.errors import error_response, jobcast_error_response, jobcast_router
 from jobcast.server.routes import durable_access as access
 from jobcast.server.routes import durable_reads as reads
@@ -128,15 +135,53 @@ async def _create(jc: "Runtime", request: Request, path: str) -> Response:
     return Response(status_code=201 if created else 200, headers=headers)
 
 
-async def _append(jc: "Runtime", request: Request, path: str) -> Response:
+def append_now(
+    jc: "Runtime", request: Request, principal: Principal | None, path: str, body: bytes
+) -> Response | None:
+    """``answer`` for an append (``body`` read already) that needs nothing it would wait
+    for: no rate limit to count (a privileged caller, or none on a public prefix), a store
+    that commits at once (``StreamStore.append_now``). ``None`` when it cannot be answered
+    so, with nothing done: then ``answer`` answers."""
+    if principal is not None and not principal.is_privileged:
+        return None
+    try:
+        path = access.stream_path(path)
+        access.check_write(jc, principal, path)
+        producer, close, content_type = _append_headers(request, body)
+        appended = jc.streams.append_now(
+            path,
+            body,
+            content_type=content_type,
+            seq=request.headers.get("stream-seq"),
+            producer=producer,
+            close=close,
+        )
+        if appended is None:
+            return None
+        response = _appended(appended, producer, body)
+    except StreamError as exc:
+        response = error_response(exc.status_code, exc.code, str(exc), headers=dict(exc.headers))
+    except JobcastError as exc:
+        response = jobcast_error_response(exc, request.scope)
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def _append_headers(request: Request, body: bytes) -> tuple[Producer | None, bool, str | None]:
+    """An append's producer, ``Stream-Closed`` and content type, checked against its body."""
     producer = access.producer_headers(request)
     close = access.closed_header(request)
-    body = await request.body()
     content_type = request.headers.get("content-type")
     if not body and not close:
         raise bad_request("an append needs a body (or Stream-Closed: true to close)")
     if body and not content_type:
         raise bad_request("an append needs a Content-Type")
+    return producer, close, content_type
+
+
+async def _append(jc: "Runtime", request: Request, path: str) -> Response:
+    body = await request.body()
+    producer, close, content_type = _append_headers(request, body)
     appended = await jc.streams.append(
         path,
         body,
@@ -145,6 +190,10 @@ async def _append(jc: "Runtime", request: Request, path: str) -> Response:
         producer=producer,
         close=close,
     )
+    return _appended(appended, producer, body)
+
+
+def _appended(appended: Appended, producer: Producer | None, body: bytes) -> Response:
     headers = _state(appended.info, {})
     if producer is None:
         return Response(status_code=204, headers=headers)

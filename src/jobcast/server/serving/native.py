@@ -28,7 +28,7 @@ N4. The end is uvicorn's: a closing frame when the stream did not end by itself 
     the last chunk, then keep-alive (the connection serves its next request) or close. Bytes
     a client sends while its stream is open (a pipelined request) wait for that end.
 N5. A plain publish that needs no waiting is answered here too, without an ASGI request
-    (``instant_publish.py``): the request is held until its body is in, then answered in
+    (``instant_writes.py``): the request is held until its body is in, then answered in
     the parser's callback, or started as the ASGI request it would have been.
 """
 
@@ -53,7 +53,7 @@ from jobcast.subscription import CloseReason
 if TYPE_CHECKING:
     from starlette.types import Scope
 
-    from jobcast.server.serving.instant_publish import InstantPublish
+    from jobcast.server.serving.instant_writes import InstantWrites
 
 LAST_CHUNK = b"0\r\n\r\n"
 
@@ -119,7 +119,7 @@ class StreamProtocol(HeadGuardProtocol):  # request heads: deadline, URL limit (
     __slots__ = ("held", "stream", "waiting")  # the connection's dict stays shared (request_heads)
 
     #: The publishes this server answers without an ASGI request (N5), if any.
-    instant: ClassVar[InstantPublish | None] = None
+    instant: ClassVar[InstantWrites | None] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -129,7 +129,7 @@ class StreamProtocol(HeadGuardProtocol):  # request heads: deadline, URL limit (
         self.waiting: tuple[RequestResponseCycle, Any] | None = None
 
     @classmethod
-    def answering(cls, instant: InstantPublish) -> type[StreamProtocol]:
+    def answering(cls, instant: InstantWrites) -> type[StreamProtocol]:
         """This protocol class, answering ``instant``'s publishes itself (N5)."""
         return cast(type[StreamProtocol], type(cls.__name__, (cls,), {"instant": instant}))
 
@@ -158,7 +158,7 @@ class StreamProtocol(HeadGuardProtocol):  # request heads: deadline, URL limit (
             if not self._answer_instantly(self.instant, cycle):
                 super()._start_asgi_task(cycle, app)
 
-    def _answer_instantly(self, instant: InstantPublish, cycle: RequestResponseCycle) -> bool:
+    def _answer_instantly(self, instant: InstantWrites, cycle: RequestResponseCycle) -> bool:
         return instant.answer(
             cast("Scope", cycle.scope),  # uvicorn's typed dict, the same mapping
             bytes(cycle.body),

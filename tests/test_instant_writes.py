@@ -1,4 +1,4 @@
-"""Plain publishes answered by the connection itself (``serving/instant_publish.py``,
+"""Publishes and stream appends answered by the connection itself (``serving/instant_writes.py``,
 native.N5), on a real uvicorn with the protocol ``jobcast serve`` runs."""
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ import httpx
 import orjson
 import pytest
 
-from jobcast.server.serving.instant_publish import InstantPublish
+from jobcast.server.serving.instant_writes import InstantWrites
 from tests.support import EventStream, LiveServer, wait_until
 
 
 def count_answers(server: LiveServer) -> list[int]:
     """A list that grows by one for each publish the connection answered itself."""
     assert server._server is not None
-    instant: InstantPublish = server._server.config.http_protocol_class.instant
+    instant: InstantWrites = server._server.config.http_protocol_class.instant
     answered: list[int] = []
     answer = instant.answer
 
@@ -216,3 +216,51 @@ async def test_what_needs_waiting_goes_the_usual_way(
         assert second.status_code == 200 and second.json() == first.json()
     else:
         assert second.status_code == 202
+
+
+async def test_stream_appends_are_answered_by_the_connection_as_the_entrance_would(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    server = make_server(public_stream_prefixes=["pub/"])
+    service = server.auth("worker", "service")
+    for path, headers in (("svc/out", service), ("pub/out", {})):
+        url = f"{server.url}/v1/stream/{path}"
+        created = await client.put(url, headers={**service, "Content-Type": "text/plain"})
+        assert created.status_code == 201
+        first = await client.post(
+            url, content=b"one ", headers={**headers, "Content-Type": "text/plain"}
+        )
+        answered = count_answers(server)  # from here on: the service's token is known
+        producer = {"Producer-Id": "p", "Producer-Epoch": "0", "Producer-Seq": "0"}
+        second = await client.post(
+            url, content=b"two", headers={**headers, **producer, "Content-Type": "text/plain"}
+        )
+        again = await client.post(
+            url, content=b"two", headers={**headers, **producer, "Content-Type": "text/plain"}
+        )
+        closed = await client.post(url, headers={**headers, "Stream-Closed": "true"})
+        refused = await client.post(
+            url, content=b"x", headers={**headers, "Content-Type": "text/plain"}
+        )
+        assert len(answered) == 4, path
+        assert (first.status_code, second.status_code, again.status_code) == (204, 200, 204)
+        assert closed.status_code == 204 and refused.status_code == 409
+        assert refused.json()["error"] and "x-request-id" in refused.headers
+        assert set(first.headers) == set(again.headers) - {"producer-epoch", "producer-seq"}
+        read = await client.get(url, params={"offset": "-1"}, headers=service)
+        assert read.text == "one two" and read.headers["stream-closed"] == "true"
+
+
+async def test_a_user_s_append_goes_the_usual_way(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    server = make_server(rate_limit_publish="2/minute")
+    user = server.auth("alice", "user", grants=["notes/*"])
+    url = f"{server.url}/v1/stream/notes/a"
+    assert (
+        await client.put(url, headers={**user, "Content-Type": "text/plain"})
+    ).status_code == 201
+    answered = count_answers(server)
+    first = await client.post(url, content=b"a", headers={**user, "Content-Type": "text/plain"})
+    second = await client.post(url, content=b"b", headers={**user, "Content-Type": "text/plain"})
+    assert answered == [] and (first.status_code, second.status_code) == (204, 429)
