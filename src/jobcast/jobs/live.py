@@ -1,13 +1,13 @@
 """One queued or running job held by this process: its state, events and store writes.
 
-Decisions (cited in the code as L1..L5):
+Decisions (cited in the code as L1..L6):
 
 L1. Every change to a job goes through ``_emit`` under one lock: bump ``seq``, publish the
     event, then remember the published copy together with its event id. A stream that starts
     from that pair and resumes the hub after that id sees every later event exactly once
     (``server/streams/job_plan.py``).
 L2. Progress reports are coalesced: ``report_progress`` only stores the latest report (from any
-    thread) and wakes the pump at most once; the pump publishes at most one ``progress`` event
+    thread) and arms the pump at most once; the pump publishes at most one ``progress`` event
     per ``progress_interval`` (latest wins) and writes the store at most every
     ``store_interval``, and once more when that interval is over if a flush in it was not
     stored (so the store holds the last report, and metadata, within ``store_interval``
@@ -20,6 +20,12 @@ L5. A terminal state is always stored: while the store refuses it, the write is 
     backoff (capped at ``SAVE_RETRY_MAX`` seconds) until it succeeds or the runner shuts down.
     The job stays tracked meanwhile, so reads and streams see the terminal state from memory,
     and a restart never finds it ``running``.
+L6. The pump is not a task of the job's own: ``start_pump`` hands the job to its hub's
+    flusher (``flusher.py``), which publishes the coalesced reports of every due job in one
+    ``publish_many`` per pass and hands their due store writes to the store together. A pass
+    holds the lock of each job it flushes until its events are recorded, exactly as the job's
+    own methods do, so L1 and L3 hold across the two; a pass leaves out a job whose lock is
+    held, and the job hands itself back to the flusher when its lock is released.
 """
 
 from __future__ import annotations
@@ -30,12 +36,13 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from jobcast.errors import InvalidInput, JobcastError, Unavailable
-from jobcast.events import EventDraft, dumps, validate_type
+from jobcast.events import Event, EventDraft, dumps, validate_type
 from jobcast.jobs import input_wait
+from jobcast.jobs.flusher import Flusher
 from jobcast.jobs.metadata import MetadataBuffer
 from jobcast.jobs.model import JOB_EVENT_TYPES, Job, JobState, iso_time, job_topic
 
@@ -101,7 +108,9 @@ class LiveJob:
         #: The trace context of its submission, with tracing on (tracing.O3).
         self.trace: dict[str, str] | None = None
         self._cancel = threading.Event()
-        self._lock = asyncio.Lock()
+        #: Held by whatever publishes for the job: its own methods, or a flusher pass (L6).
+        self.lock = asyncio.Lock()
+        self._lock_users = 0
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._mutex = threading.Lock()
@@ -109,9 +118,8 @@ class LiveJob:
         self._outbox: collections.deque[tuple[str, bytes]] = collections.deque()
         self._metadata = MetadataBuffer(job.metadata)  # metadata.M2, under _mutex
         self._armed = False
-        self._wake = asyncio.Event()
-        self._pump: asyncio.Task[None] | None = None
-        self._pump_stopping = False
+        self._flusher = Flusher.of(hub)  # L6
+        self._pumping = False
         self._last_progress = 0.0
         self._last_save = 0.0
         #: Progress reports replaced by a later one before publishing (L2), and reports
@@ -120,6 +128,8 @@ class LiveJob:
         self.progress_unpublished = 0
         #: A flush published what the store does not hold yet (L2).
         self._unsaved = False
+        #: The last drafts taken carry a progress report (counted if they are lost).
+        self._taken_progress = False
 
     # -- JobSink: called by the handler's context, from any thread ------------------------
 
@@ -197,69 +207,69 @@ class LiveJob:
 
     def _signal(self) -> None:
         if threading.get_ident() == self._loop_thread:
-            self._wake.set()
+            self._flusher.arm(self)
         else:
             with contextlib.suppress(RuntimeError):  # the loop is gone: the job is over anyway
-                self._loop.call_soon_threadsafe(self._wake.set)
+                self._loop.call_soon_threadsafe(self._flusher.arm, self)
 
-    # -- the pump (L2) --------------------------------------------------------------------
+    # -- the pump: the hub's flusher (L2, L6) ------------------------------------------------
 
     def start_pump(self) -> None:
-        self._pump_stopping = False
-        self._pump = asyncio.create_task(self._pump_forever(), name=f"job-pump-{self.job.id}")
+        """Have the hub's flusher publish and store this job's reports (L6)."""
+        self._pumping = True
+        self._flusher.join(self)
+        self._hand_back()
 
     async def stop_pump(self) -> None:
-        if self._pump is not None:
-            # The flag too: a cancellation that something below swallows still ends the loop
-            # at its next turn, so the job's end never waits on its pump for ever.
-            self._pump_stopping = True
-            self._pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump
-            self._pump = None
+        """Take the job out of the flusher; once this returns no flush of it is under way and
+        none starts (flusher.F6). Reports stay pending for the next state change (L3)."""
+        if self._pumping:
+            self._pumping = False
+            await self._flusher.leave(self)
 
-    async def _pump_forever(self) -> None:
-        while not self._pump_stopping:
-            if self._unsaved:  # a flush skipped its store write: do it when it is due (L2)
-                due = self._last_save + self.store_interval - time.monotonic()
-                try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
-                    async with asyncio.timeout(max(0.0, due)):
-                        await self._wake.wait()
-                except TimeoutError:
-                    with contextlib.suppress(JobcastError):
-                        async with self._lock:
-                            if self._unsaved:
-                                await self._save()
-                    continue
-            else:
-                await self._wake.wait()
-            self._wake.clear()
-            delay = self._last_progress + self.progress_interval - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            try:
-                async with self._lock:
-                    await self._flush_locked()
-            except JobcastError as exc:  # the broker or store is down: retry on the next report
-                logger.warning("job %s: could not publish progress: %s", self.job.id, exc)
+    @contextlib.asynccontextmanager
+    async def _locked(self) -> AsyncIterator[None]:
+        """The job's lock; when released, what a flusher pass left out while it was held is
+        handed back to the flusher (flusher.F2)."""
+        self._lock_users += 1
+        try:
+            async with self.lock:
+                yield
+        finally:
+            self._lock_users -= 1
+            self._hand_back()
 
-    async def store_now(self) -> None:
-        """Publish pending reports and store the job, whatever the interval (spawn.S4: before
-        its row is written in another transaction, no older write of it is left queued)."""
-        async with self._lock:
-            await self._flush_locked(save=False)
-            await self._save()
+    def busy(self) -> bool:
+        """Whether the lock is held or awaited (a pass leaves the job out: it never waits)."""
+        return self._lock_users > 0 or self.lock.locked()
 
-    async def _flush_locked(self, *, save: bool = True) -> None:
+    def _hand_back(self) -> None:
+        if not self._pumping:
+            return
+        if self._armed:
+            self._flusher.arm(self)
+        if self._unsaved:
+            self._flusher.unsaved(self)
+
+    # -- flusher.Flushable: called by the flusher, on the loop's thread ---------------------
+
+    def publish_at(self) -> float:
+        return self._last_progress + self.progress_interval
+
+    def save_at(self) -> float | None:
+        return self._last_save + self.store_interval if self._unsaved else None
+
+    def take_drafts(self, now: float) -> list[EventDraft]:
+        self._taken_progress = False
         with self._mutex:
             pending, self._pending = self._pending, None
             outbox, self._outbox = self._outbox, collections.deque()
             metadata = self._metadata.take()
             self._armed = False
         if not pending and not outbox and metadata is None:
-            return
+            return []
         job = self.job
-        now = time.time()
+        wall = time.time()
         drafts = []
         for event_type, data_json in outbox:
             job.seq += 1
@@ -268,24 +278,58 @@ class LiveJob:
         if metadata is not None:  # metadata.M2
             delta, removed, job.metadata = metadata
             job.seq += 1
-            job.updated_at = now
+            job.updated_at = wall
             data = {"id": job.id, "seq": job.seq, "metadata": delta, "removed": removed}
-            data["updated_at"] = iso_time(now)
+            data["updated_at"] = iso_time(wall)
             drafts.append(EventDraft(self.topic, "metadata", dumps(data)))
-            self._last_progress = time.monotonic()  # metadata shares progress's rate (M2)
+            self._last_progress = now  # metadata shares progress's rate (M2)
         if pending is not None:
-            job.apply_progress(*pending, now)
+            job.apply_progress(*pending, wall)
             job.seq += 1
             drafts.append(EventDraft(self.topic, "progress", dumps(job.progress_dict())))
-            self._last_progress = time.monotonic()
+            self._last_progress = now
+            self._taken_progress = True
+        return drafts
+
+    def drafts_published(self, events: list[Event]) -> None:
+        self._published(events[-1].id)
+
+    def drafts_lost(self) -> None:
+        if self._taken_progress:
+            self.progress_unpublished += 1
+
+    def save_due(self, now: float) -> bool:
+        if now - self._last_save >= self.store_interval:
+            return True
+        self._unsaved = True  # stored once the interval is over, even if nothing follows (L2)
+        return False
+
+    def leave_unsaved(self) -> None:
+        self._unsaved = True
+
+    async def save(self, now: float) -> None:
+        await self._save(now)
+
+    async def store_now(self) -> None:
+        """Publish pending reports and store the job, whatever the interval (spawn.S4: before
+        its row is written in another transaction, no older write of it is left queued)."""
+        async with self._locked():
+            await self._flush_locked(save=False)
+            await self._save()
+
+    async def _flush_locked(self, *, save: bool = True) -> None:
+        """Publish this job's pending reports now, on its own (its lock held: L3)."""
+        now = time.monotonic()
+        drafts = self.take_drafts(now)
+        if not drafts:
+            return
         try:
             events = await self.hub.publish_many(drafts)
         except JobcastError:
-            if pending is not None:
-                self.progress_unpublished += 1
+            self.drafts_lost()
             raise
-        self._published(events[-1].id)
-        if save and time.monotonic() - self._last_save >= self.store_interval:
+        self.drafts_published(events)
+        if save and now - self._last_save >= self.store_interval:
             await self._save()
         else:
             self._unsaved = True  # stored once the interval is over, even if nothing follows
@@ -305,7 +349,7 @@ class LiveJob:
 
         ``retry_at`` (with ``QUEUED`` and the failed attempt's ``error``) is a retry: the event
         is ``retrying`` and the snapshot carries ``next_attempt_at`` and ``last_error``."""
-        async with self._lock:
+        async with self._locked():
             with contextlib.suppress(JobcastError):
                 await self._flush_locked()  # L3
             job = self.job
@@ -358,7 +402,7 @@ class LiveJob:
         """Change a running job and publish it whole as ``event_type`` (``waiting``,
         ``resumed``): after pending reports (L3), stored at once, like a state change
         (``save=False``: the caller stores ``published`` in its own transaction, spawn.S4)."""
-        async with self._lock:
+        async with self._locked():
             with contextlib.suppress(JobcastError):
                 await self._flush_locked(save=save)  # L3
             job = self.job
@@ -388,7 +432,7 @@ class LiveJob:
     async def beat(self) -> None:
         """Store the job with a fresh ``updated_at``: a sign of life for a job whose runner
         is another system's worker (``jobcast.integrations``), whose silence means it died."""
-        async with self._lock:
+        async with self._locked():
             if self.job.terminal:
                 return
             now = time.time()
@@ -400,8 +444,8 @@ class LiveJob:
         self.job.last_event_id = event_id
         self.published = self.job.copy()  # L1
 
-    async def _save(self) -> None:
-        self._last_save = time.monotonic()
+    async def _save(self, now: float | None = None) -> None:
+        self._last_save = time.monotonic() if now is None else now
         self._unsaved = False
         await self.store.save(self.published)
         if self.on_saved is not None and not self.published.terminal:
