@@ -240,9 +240,7 @@ class Flusher:
                 try:
                     events = await published[0][0].hub.publish_many(drafts)  # F2
                 except JobcastError as exc:  # F5
-                    logger.warning(
-                        "could not publish the reports of %d jobs: %s", len(published), exc
-                    )
+                    logger.warning("could not publish progress of %d jobs: %s", len(published), exc)
                     for job, _ in published:
                         job.drafts_lost()
                 else:
