@@ -123,6 +123,9 @@ class Hub:
         self._ticker: asyncio.Task[None] | None = None
         #: Given by ``start``: sees every delivered batch before the per-topic filters.
         self.observer: Observer | None = None
+        #: The flusher of this hub's live jobs (``jobs/flusher.py``, F1), made by that layer on
+        #: first use: one per hub, held here rather than in module state.
+        self.job_flusher: object | None = None
         self.tracing: Tracing | None = None
         if self.options.tracing:  # tracing.O1: imported only when on
             from jobcast.tracing import Tracing

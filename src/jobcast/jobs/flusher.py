@@ -6,10 +6,10 @@ flusher turns them into events and store writes for all the jobs of its hub at o
 Decisions (cited in the code as F1..F6):
 
 F1. One flusher per hub (so one per runner or worker process), made on first use
-    (``Flusher.of``); its task runs while a job has its pump started and ends with the last
-    ``leave``, so nothing has to create or close it. One pump task per job cost a task, a
-    wake-up, a sleep, a broker commit and a store write per job and interval: about 140 us per
-    event, a full core at 7,000 events a second.
+    (``Flusher.of``) and held by the hub; its task runs while a job has its pump started and
+    ends with the last ``leave``, so nothing has to create or close it. One pump task per job
+    cost a task, a wake-up, a sleep, a broker commit and a store write per job and interval:
+    about 140 us per event, a full core at 7,000 events a second.
 F2. A pass takes every job that is due (its ``progress_interval`` over since its last
     coalesced event), builds their drafts under each job's lock, and publishes all of them in
     ONE ``publish_many`` (one broker commit; the broker and the hub keep their order, so each
@@ -45,7 +45,6 @@ import asyncio
 import logging
 import math
 import time
-import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -108,18 +107,15 @@ class _Pass:
     inherited: list[Flushable] = field(default_factory=list)
 
 
-_flushers: weakref.WeakKeyDictionary[Hub, Flusher] = weakref.WeakKeyDictionary()
-
-
 class Flusher:
     """Publishes and stores the coalesced reports of a hub's live jobs (F1-F6)."""
 
     @classmethod
     def of(cls, hub: Hub) -> Flusher:
         """The hub's flusher (F1)."""
-        flusher = _flushers.get(hub)
-        if flusher is None:
-            flusher = _flushers[hub] = cls()
+        flusher = hub.job_flusher
+        if not isinstance(flusher, Flusher):
+            flusher = hub.job_flusher = cls()
         return flusher
 
     def __init__(self) -> None:
