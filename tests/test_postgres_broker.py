@@ -162,6 +162,32 @@ async def test_a_burst_of_concurrent_publishes_is_group_committed(url: str) -> N
         await broker.close()
 
 
+async def test_a_publisher_that_leaves_before_its_commit_answers_costs_the_others_nothing(
+    url: str,
+) -> None:
+    # Publishes share a commit (G3); one caller cancelled while it waits (its client
+    # left) must neither fail the others nor lose its own event, which was committed.
+    broker = PostgresBroker(url, Retention())
+    delivered: list[Event] = []
+    await broker.start(delivered.extend)
+    try:
+        async with asyncio.timeout(10):
+            publishes = [
+                asyncio.create_task(broker.publish([draft("shared", n=n)])) for n in range(5)
+            ]
+            await asyncio.sleep(0)  # all five are queued in one commit
+            publishes[2].cancel()
+            done = await asyncio.gather(*publishes, return_exceptions=True)
+            assert isinstance(done[2], asyncio.CancelledError)
+            assert [e[0].data for i, e in enumerate(done) if i != 2] == [  # type: ignore[index]
+                {"n": n} for n in (0, 1, 3, 4)
+            ]
+            await eventually(lambda: len(delivered) == 5)
+        assert [e.data for e in delivered] == [{"n": n} for n in range(5)]
+    finally:
+        await broker.close()
+
+
 async def test_a_publisher_outside_jobcast_reaches_running_instances(
     pair: tuple[PostgresBroker, PostgresBroker, list[Event]], url: str
 ) -> None:
