@@ -35,7 +35,8 @@ class InOrder:
         self.delivered = 0  # newest position handed to the hub
         self.known = 0  # newest position known to be committed
         self._local: dict[int, list[Event]] = {}  # first position -> committed here
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        #: Whom to call once a position is delivered: called in the turn that delivers it.
+        self._waiters: list[tuple[int, Callable[[], None]]] = []
         self._reading = False
         self.wake = asyncio.Event()
 
@@ -62,13 +63,17 @@ class InOrder:
             self.wake.set()
 
     def when_delivered(self, position: int) -> asyncio.Future[None]:
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append((position, waiter))
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.on_delivered(position, lambda: None if waiter.done() else waiter.set_result(None))
+        return waiter
+
+    def on_delivered(self, position: int, call: Callable[[], None]) -> None:
+        """Call ``call`` once ``position`` is delivered, in the same turn of the loop."""
+        self._waiters.append((position, call))
         if position <= self.delivered:
             self._resolve_waiters()
         else:
             self.announce(position)
-        return waiter
 
     async def catch_up(self, position: int, seconds: float) -> None:
         """Wait (at most ``seconds``) until ``position`` is delivered."""
@@ -81,9 +86,8 @@ class InOrder:
     def release(self) -> None:
         """At close: whoever waits for a committed position is answered."""
         waiters, self._waiters = self._waiters, []
-        for _, waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        for _, call in waiters:
+            call()
 
     async def read(self) -> None:
         """Deliver everything up to ``known``, reading from the table what is not in hand."""
@@ -123,11 +127,11 @@ class InOrder:
 
     def _resolve_waiters(self) -> None:
         waiters, self._waiters = self._waiters, []
-        for position, waiter in waiters:
+        for position, call in waiters:
             if position > self.delivered:
-                self._waiters.append((position, waiter))
-            elif not waiter.done():
-                waiter.set_result(None)
+                self._waiters.append((position, call))
+            else:
+                call()
 
 
 def _holes(events: Sequence[Any]) -> bool:

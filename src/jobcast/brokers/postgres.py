@@ -270,12 +270,7 @@ class PostgresBroker:
         # Acknowledged once delivered here (read-your-writes: G2). Mostly that is at once, and
         # the callers are answered in this turn of the loop: under a burst every turn is long
         # (it writes to every stream), so each turn a publisher waits is a smaller batch.
-        if order.delivered >= events[-1].position:
-            commit.settle(events)
-        else:
-            order.when_delivered(events[-1].position).add_done_callback(
-                lambda _: commit.settle(events)
-            )
+        order.on_delivered(events[-1].position, lambda: commit.settle(events))
 
     async def _insert(self, drafts: list[EventDraft]) -> list[Event]:
         now = time.time()
