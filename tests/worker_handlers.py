@@ -126,8 +126,11 @@ async def fan_out(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
     returns, or holds ``hold`` seconds (until cancelled)."""
     kind = params.get("kind", "demo")
     child = {"steps": 3, "delay": 0.05} if kind == "demo" else {}
+    if params.get("allow_failures"):  # the children in ``failing`` fail without failing it
+        ctx.allow_child_failures()
     for index in range(int(params["count"])):
-        await ctx.spawn(kind, child, metadata={"index": index})
+        fail = {"fail_at": 2} if index in params.get("failing", ()) else {}
+        await ctx.spawn(kind, {**child, **fail}, metadata={"index": index})
     if params.get("hold"):
         await asyncio.sleep(float(params["hold"]))
     return {"spawned": int(params["count"])}
