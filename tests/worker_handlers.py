@@ -144,6 +144,20 @@ async def replaying_parent(ctx: JobContext, params: dict[str, Any]) -> str:
     return str((await ctx.spawn("demo", {"steps": 1, "delay": 0})).id)
 
 
+@registry.handler(
+    "tolerant_replaying_parent", retry=RetryPolicy(max_attempts=2, initial=0.05, max=0.1)
+)
+async def tolerant_replaying_parent(ctx: JobContext, params: dict[str, Any]) -> str:
+    """Lets its children fail on its first attempt only, spawns a failing child and fails
+    that attempt; the second gets the child back (S2) and returns its id."""
+    if ctx.attempt == 1:
+        ctx.allow_child_failures()
+    child = await ctx.spawn("demo", {"steps": 1, "delay": 0, "fail_at": 1})
+    if ctx.attempt == 1:
+        raise ConnectionError("lost after spawning")
+    return str(child.id)
+
+
 @registry.handler("ask_park", retry_safe=True)
 async def ask_park(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
     """A re-runnable handler that waits for input on a worker: it parks (worker.K8); with

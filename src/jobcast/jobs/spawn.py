@@ -240,12 +240,23 @@ class Children:
             self._live.report_progress(progress, None, None)
 
     async def stop(self) -> None:
-        """Stop reading the counts: the handler's call is over."""
+        """Stop reading the counts: the handler's call is over. A switch (S5) the last fold
+        missed goes into the metadata now, so whatever state change follows (a retry, an
+        interruption, the end) stores it."""
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
             self._poller = None
+        with self._mutex:
+            allow, counts = self._allow_failures, self._counts_now()
+        if allow and self._spawned and (self._entry or {}).get("allow_failures") is not True:
+            entry = batches.children_entry(counts, allow)
+            try:
+                self._live.change_metadata(lambda buffer: buffer.set(batches.CHILDREN, entry))
+                self._entry = entry
+            except InvalidInput as exc:  # its metadata is full
+                logger.warning("job %s: cannot keep its switch: %s", self._live.job.id, exc)
 
     # -- S4: the end ------------------------------------------------------------------------
 
