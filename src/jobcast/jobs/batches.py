@@ -1,7 +1,7 @@
 """Batches: many jobs submitted as one (``POST /api/batches``), or spawned by a running
 handler (``ctx.spawn``), followed by a parent job.
 
-Decisions (cited as G1..G8):
+Decisions (cited as G1..G10):
 
 G1. A batch is a job: its parent has kind ``batch`` and ``runs_on`` "batch" (no runner runs
     it, and a restart leaves it alone, external.X2), so its snapshot, its stream

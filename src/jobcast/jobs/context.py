@@ -233,12 +233,12 @@ class JobContext:
         """Queue a child job of this one (same owner, ``parent_id`` set); its snapshot (a
         :class:`~jobcast.jobs.model.Job`) is what an ``async`` handler awaits
         (``await ctx.spawn(...)``) and what a sync handler's call returns (``spawn.py``,
-        S1-S4). This job's progress then weighs its children's with its own reports, its
-        metadata counts them by state, and it ends only after every child ended: failed if any
-        failed (``batches.py`` G6-G8). A run after a retry or a restart gets its earlier
-        children back in spawn order instead of new ones (S2). The counts are in its metadata
-        under ``children`` (``{"succeeded", "failed", "cancelled", "total",
-        "allow_failures"}``, batches.G9), a key only jobcast writes.
+        S1-S5). This job's progress then weighs its children's with its own reports, its
+        metadata counts them under ``children`` (``{"succeeded", "failed", "cancelled",
+        "total", "allow_failures"}``, a key only jobcast writes: batches.G9), and it ends only
+        after every child ended: failed if any failed, unless :meth:`allow_child_failures`
+        (``batches.py`` G6-G10). A run after a retry or a restart gets its earlier children
+        back in spawn order instead of new ones (S2).
         """
         self.check_cancelled()
         if self._children is None:

@@ -75,7 +75,7 @@ Enqueue = Callable[[Job, bool], Awaitable[Job]]
 
 
 class Children:
-    """The children one run of a parent spawned, and its view of their counts (S1-S4)."""
+    """The children one run of a parent spawned, and its view of their counts (S1-S5)."""
 
     def __init__(
         self,
