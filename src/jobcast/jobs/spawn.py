@@ -31,8 +31,9 @@ S5. ``ctx.allow_child_failures()``: a failed child no longer fails this parent (
     (it rides in the parent's ``children`` entry); a per-child flag would need every child's
     flag in the counts row. It composes with replay (S2): a switch once stored stays on (a
     re-run starts from the stored entry), and a deterministic handler calls it again anyway.
-    It may be called before or after the spawns, from any thread; it reaches the store with
-    the next counts fold (``POLL_INTERVAL``) and at the latest with the hand-over (S4).
+    It may be called before or after the spawns, from any thread; it reaches the metadata
+    with the next counts fold (``POLL_INTERVAL``), at the latest when the handler's call
+    ends (``stop``), so the retry, interruption or hand-over that follows stores it.
 
 A process that dies between storing a child and queueing it leaves it stored ``queued``: the
 embedded runner's start queues it (``recovery.py``); on workers, the parent's re-run queues
