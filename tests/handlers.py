@@ -139,6 +139,25 @@ async def fan_out(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
     return {"spawned": len(params["children"])}
 
 
+@registry.handler("tolerant_fan_out", retry_safe=True)
+async def tolerant_fan_out(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Spawns ``children`` and lets them fail (``ctx.allow_child_failures``; only on its first
+    run when ``allow_once``), keeps metadata keys of its own that the counts also name, then
+    holds ``hold`` seconds on its first run."""
+    ctx.metadata.merge({"succeeded": "mine", "total": 99})
+    try:
+        ctx.metadata.set("children", "mine")
+    except InvalidInput as exc:
+        ctx.metadata.set("refused", exc.message)
+    if ctx.attempt == 1 or not params.get("allow_once"):
+        ctx.allow_child_failures()
+    for item in params["children"]:
+        await ctx.spawn(item["kind"], item.get("params"), tags=["child"])
+    if params.get("hold") and ctx.attempt == 1:
+        await asyncio.sleep(float(params["hold"]))
+    return {"spawned": len(params["children"]), "attempt": ctx.attempt}
+
+
 @registry.handler("fan_out_flaky", retry=RetryPolicy(max_attempts=2, initial=0.05, max=0.1))
 async def fan_out_flaky(ctx: JobContext, params: dict[str, Any]) -> list[str]:
     """Spawns two children, then fails its first attempt: the second gets them back."""

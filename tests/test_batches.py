@@ -40,7 +40,9 @@ async def test_a_batch_ends_once_after_all_its_jobs_with_the_outcome_rule(
     assert response.status_code == 202, response.text
     batch = response.json()
     assert batch["kind"] == "batch" and batch["state"] == "running"
-    assert batch["metadata"] == {"succeeded": 0, "failed": 0, "cancelled": 0, "total": 3}
+    counts = {"succeeded": 0, "failed": 0, "cancelled": 0, "total": 3}
+    # the counts where a spawning parent has them too, and where a batch always had them
+    assert batch["metadata"] == {**counts, "children": {**counts, "allow_failures": False}}
     children = [job["id"] for job in batch["jobs"]]
     assert all(job["parent_id"] == batch["id"] for job in batch["jobs"])
 
@@ -49,6 +51,7 @@ async def test_a_batch_ends_once_after_all_its_jobs_with_the_outcome_rule(
     final = events[-1][1]
     assert final["result"] == {"succeeded": 2, "failed": 1, "cancelled": 0, "total": 3}
     assert final["error"]["type"] == "BatchFailed" and final["progress"] == 100.0
+    assert final["metadata"]["children"] == {**final["result"], "allow_failures": False}
     progress = [data["progress"] for _, data in events]
     assert progress == sorted(progress)  # published in count order (sql.Q10)
     seqs = [data["seq"] for _, data in events]
@@ -62,6 +65,7 @@ async def test_a_batch_ends_once_after_all_its_jobs_with_the_outcome_rule(
     allowed = await post_batch(client, server, {"jobs": [failing], "allow_failures": True})
     ended = await watch(client, server, allowed.json()["id"])
     assert ended[-1][0] == "succeeded" and ended[-1][1]["result"]["failed"] == 1
+    assert ended[-1][1]["metadata"]["children"]["allow_failures"] is True
 
 
 async def test_a_bad_item_creates_nothing_and_cancelling_a_batch_cancels_its_jobs(

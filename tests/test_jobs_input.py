@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -313,6 +314,40 @@ async def test_a_parked_job_s_timeout_fires_with_and_without_a_default(
     ended = await watch(client, server, timed_out["id"])
     assert ended[-1][0] == "failed" and ended[-1][1]["error"]["type"] == "InputTimeout"
     assert ended[-1][1]["attempts"] == 1
+
+
+async def test_an_answer_past_timeout_at_is_refused_with_409_and_not_stored(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    # One slot, held by a job that runs until cancelled: the parked job's timeout wake
+    # (input_wait.N10) cannot run it, so it still shows its request after ``timeout_at``.
+    server = make_server(handlers=["tests.handlers"], job_concurrency=1)
+    job = await submit(client, server, "sync_park", {"timeout": 2})
+    asked = await until_waiting(client, server, job["id"], "approve")
+    blocker = await submit(client, server, "wait_cancel")
+    await wait_running(client, server, blocker["id"], stage="waiting")
+    timeout_at = float(asked["waiting"]["timeout_at"])
+    await eventually(lambda: time.time() > timeout_at + 0.05, timeout=5)
+    polled = await client.get(f"{server.url}/api/jobs/{job['id']}", headers=server.auth())
+    assert polled.json()["state"] == "running"
+    assert polled.json()["waiting"]["name"] == "approve"  # still shown as waiting
+
+    late = await give(client, server, job["id"], {"name": "approve", "value": True})
+    assert late.status_code == 409, late.text
+    assert "timed out" in late.json()["message"]
+    assert "Traceback" not in late.text
+    async with AsyncClient(server.url, token=server.token("alice")) as api:
+        with pytest.raises(ConflictError):
+            await api.give_input(job["id"], "approve", True)
+
+    cancelled = await client.post(
+        f"{server.url}/api/jobs/{blocker['id']}/cancel", headers=server.auth("alice")
+    )
+    assert cancelled.status_code == 200, cancelled.text
+    ended = await watch(client, server, job["id"])
+    # The refused answer was not stored: the re-run's wait timed out (N4), no value replayed.
+    assert ended[-1][0] == "failed" and ended[-1][1]["error"]["type"] == "InputTimeout"
+    assert ended[-1][1]["inputs"] == {}
 
 
 async def test_cancelling_a_parked_job_ends_it_without_a_run(

@@ -497,7 +497,8 @@ async def test_a_worker_s_handler_spawns_children_that_other_workers_run(
     assert terminal == ["succeeded"]
     final = events[-1][1]
     assert final["result"] == {"spawned": 12}
-    assert final["metadata"] == {"succeeded": 12, "failed": 0, "cancelled": 0, "total": 12}
+    counts = {"succeeded": 12, "failed": 0, "cancelled": 0, "total": 12}
+    assert final["metadata"] == {"children": {**counts, "allow_failures": False}}
     listed = await client.get(
         f"{server.url}/api/jobs", params={"parent": parent["id"]}, headers=server.auth()
     )
@@ -536,7 +537,7 @@ async def test_cancelling_a_parent_on_a_worker_cancels_its_children_then_ends_it
     assert cancelled.status_code == 200, cancelled.text
     events = await watch(client, server, parent["id"], timeout=30)
     assert events[-1][0] == "cancelled"
-    assert events[-1][1]["metadata"]["cancelled"] == 2
+    assert events[-1][1]["metadata"]["children"]["cancelled"] == 2
 
 
 async def test_a_replayed_child_stored_but_never_queued_is_queued_again(
@@ -572,7 +573,7 @@ async def test_a_replayed_child_stored_but_never_queued_is_queued_again(
     procs.worker("w1", data_dir=tmp_path / "w1", **shared)
     events = await watch(client, server, parent["id"], timeout=30)
     assert events[-1][0] == "succeeded" and events[-1][1]["result"] == child.id
-    assert events[-1][1]["metadata"]["succeeded"] == 1
+    assert events[-1][1]["metadata"]["children"]["succeeded"] == 1
 
 
 async def test_a_parked_job_holds_no_worker_slot_and_resumes_with_its_answer(
@@ -649,3 +650,45 @@ async def test_cancelling_a_parked_job_on_a_worker_ends_it(
     ended = (await client.get(url, headers=auth)).json()
     assert ended["state"] == "cancelled"  # never re-run
     assert [s["closed"] for s in ended["streams"]] == [True]  # closed with its end
+
+
+async def test_a_parent_on_workers_that_allows_child_failures_succeeds_even_after_a_retry(
+    make_server: Callable[..., LiveServer],
+    procs: Processes,
+    shared: dict[str, Any],
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    server = make_server(**shared)
+    procs.worker("w1", data_dir=tmp_path / "w1", job_concurrency=4, **shared)
+    procs.worker("w2", data_dir=tmp_path / "w2", job_concurrency=4, **shared)
+    allowing = {"count": 6, "failing": [1, 4], "allow_failures": True}
+    tolerant = await submit(client, server, "fan_out", allowing)
+    strict = await submit(client, server, "fan_out", {"count": 3, "failing": [1]})
+    # allows failures on its first attempt only, then fails it; the second gets its child
+    # back (spawn.S2) and the stored switch (S5)
+    retried = await submit(client, server, "tolerant_replaying_parent")
+
+    events = await watch(client, server, tolerant["id"], timeout=30)
+    assert [kind for kind, _ in events if kind in ("succeeded", "failed", "cancelled")] == [
+        "succeeded"
+    ]
+    final = events[-1][1]
+    assert final["result"] == {"spawned": 6} and final["error"] is None
+    counts = {"succeeded": 4, "failed": 2, "cancelled": 0, "total": 6}
+    assert final["metadata"] == {"children": {**counts, "allow_failures": True}}
+
+    events = await watch(client, server, strict["id"], timeout=30)
+    assert events[-1][0] == "failed" and events[-1][1]["error"]["type"] == "BatchFailed"
+    assert events[-1][1]["metadata"]["children"]["allow_failures"] is False
+
+    events = await watch(client, server, retried["id"], timeout=30)
+    assert events[-1][0] == "succeeded", events[-1]
+    assert events[-1][1]["attempts"] == 2  # it was retried
+    counts = {"succeeded": 0, "failed": 1, "cancelled": 0, "total": 1}
+    assert events[-1][1]["metadata"]["children"] == {**counts, "allow_failures": True}
+    listed = await client.get(
+        f"{server.url}/api/jobs", params={"parent": retried["id"]}, headers=server.auth()
+    )
+    (child,) = listed.json()["jobs"]
+    assert child["state"] == "failed" and events[-1][1]["result"] == child["id"]

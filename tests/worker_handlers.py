@@ -126,8 +126,11 @@ async def fan_out(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
     returns, or holds ``hold`` seconds (until cancelled)."""
     kind = params.get("kind", "demo")
     child = {"steps": 3, "delay": 0.05} if kind == "demo" else {}
+    if params.get("allow_failures"):  # the children in ``failing`` fail without failing it
+        ctx.allow_child_failures()
     for index in range(int(params["count"])):
-        await ctx.spawn(kind, child, metadata={"index": index})
+        fail = {"fail_at": 2} if index in params.get("failing", ()) else {}
+        await ctx.spawn(kind, {**child, **fail}, metadata={"index": index})
     if params.get("hold"):
         await asyncio.sleep(float(params["hold"]))
     return {"spawned": int(params["count"])}
@@ -139,6 +142,20 @@ async def replaying_parent(ctx: JobContext, params: dict[str, Any]) -> str:
     if ctx.attempt == 1:
         raise ConnectionError("lost before spawning")
     return str((await ctx.spawn("demo", {"steps": 1, "delay": 0})).id)
+
+
+@registry.handler(
+    "tolerant_replaying_parent", retry=RetryPolicy(max_attempts=2, initial=0.05, max=0.1)
+)
+async def tolerant_replaying_parent(ctx: JobContext, params: dict[str, Any]) -> str:
+    """Lets its children fail on its first attempt only, spawns a failing child and fails
+    that attempt; the second gets the child back (S2) and returns its id."""
+    if ctx.attempt == 1:
+        ctx.allow_child_failures()
+    child = await ctx.spawn("demo", {"steps": 1, "delay": 0, "fail_at": 1})
+    if ctx.attempt == 1:
+        raise ConnectionError("lost after spawning")
+    return str(child.id)
 
 
 @registry.handler("ask_park", retry_safe=True)

@@ -1,7 +1,7 @@
 """Batches: many jobs submitted as one (``POST /api/batches``), or spawned by a running
 handler (``ctx.spawn``), followed by a parent job.
 
-Decisions (cited as G1..G8):
+Decisions (cited as G1..G10):
 
 G1. A batch is a job: its parent has kind ``batch`` and ``runs_on`` "batch" (no runner runs
     it, and a restart leaves it alone, external.X2), so its snapshot, its stream
@@ -12,14 +12,14 @@ G2. Atomic: the items are validated first (kind, params, options; 422 names the 
     (``store.create_batch``): all exist or none. Only then are the children queued.
 G3. Each child's end (its terminal state stored, ``live.after_terminal``) counts in the batch's
     row under a row lock (``store.end_child``, sql.Q10), which updates the parent in the same
-    transaction: progress (ended / total), counts in its metadata (``succeeded``, ``failed``,
-    ``cancelled``, ``total``), a message, and publishes the parent before it commits. Exactly
+    transaction: progress (ended / total), counts in its metadata (G9), a message, and
+    publishes the parent before it commits. Exactly
     one child's end, on whatever worker, sees the batch complete, so the parent's terminal event
     is published once, last of the parent's, and after every child's own terminal event (each
     child publishes its end before it counts).
-G4. The outcome: ``failed`` if any child failed (unless the batch was submitted with
-    ``allow_failures``), else ``cancelled`` if any child was cancelled, else ``succeeded``; the
-    result holds the counts. Every other end is a ``state`` event of the parent (the whole job).
+G4. The outcome: ``failed`` if any child failed (unless failures are allowed, G10), else
+    ``cancelled`` if any child was cancelled, else ``succeeded``; the result holds the counts.
+    Every other end is a ``state`` event of the parent (the whole job).
 G5. Cancelling the batch cancels every child not yet ended; the batch then ends ``cancelled``
     (or ``failed``, by G4) when the last of them does.
 G6. A running job's handler may spawn children (``ctx.spawn``, ``spawn.py``): each is stored
@@ -31,14 +31,26 @@ G6. A running job's handler may spawn children (``ctx.spawn``, ``spawn.py``): ea
     cancelling it cancels its children), its handler's result or error kept, and it ends as
     a batch does, when its last child ends. Every child ended already: it ends at once.
 G7. A spawning parent's outcome: ``failed`` with its handler's error if the handler failed,
-    else ``failed`` (``BatchFailed``) if any child failed, else ``cancelled`` if the handler
-    or a child was cancelled, else ``succeeded``; its result is its handler's return value
-    (the counts are in its metadata).
+    else ``failed`` (``BatchFailed``) if any child failed (unless failures are allowed, G10),
+    else ``cancelled`` if the handler or a child was cancelled, else ``succeeded``; its result
+    is its handler's return value (the counts are in its metadata, G9).
 G8. Progress is weighted by the children's own: an ended child counts 100, the others their
     stored progress, a running handler's own reports one child more; never backwards. It
     reaches a batch (or handed-over parent) through the store, coalesced by
     ``parent_progress.py``: at most one update per parent per progress interval in each
     process, however many children report.
+G9. The counts have one place of their own, the same on a batch and on a spawning parent: the
+    metadata key ``children`` (``CHILDREN``), ``{"succeeded", "failed", "cancelled", "total",
+    "allow_failures"}``, which only jobcast writes (``ctx.metadata`` refuses the key). So a
+    handler's own ``ctx.metadata.set("succeeded", ...)`` neither clobbers its counts nor is
+    clobbered by them. A batch also keeps the counts as top-level metadata keys, as it always
+    had (it has no handler to collide with, and clients read them there); a spawning parent
+    has them only under ``children``.
+G10. Failures allowed: a batch says so at submission (``allow_failures``, kept in its
+    ``params``); a spawning parent's handler says so with ``ctx.allow_child_failures()``
+    (``spawn.S5``), kept in its ``children`` entry, so the outcome is decided from the stored
+    parent and counts row on whatever process ends the last child. Failed children are still
+    counted; they only stop failing the parent.
 """
 
 from __future__ import annotations
@@ -67,6 +79,8 @@ MAX_BATCH = 1000
 COUNTS = ("succeeded", "failed", "cancelled")
 #: The error a spawning parent's cancelled handler leaves until its children ended (G7).
 CANCELLED_MARK = "Cancelled"
+#: The metadata key of a parent's counts (G9), which handlers may not write.
+CHILDREN = "children"
 
 
 def new_parent(
@@ -92,7 +106,12 @@ def new_parent(
         max_attempts=1,
         runs_on=RUNS_ON,
         tags=tags,
-        metadata={**metadata, **counts, "total": total},
+        metadata={
+            **metadata,
+            **counts,
+            "total": total,
+            CHILDREN: children_entry(BatchCounts(total=total), allow_failures),
+        },
         message=f"0 of {total} jobs ended",
     )
 
@@ -107,9 +126,27 @@ def weighted_progress(counts: BatchCounts, own: float | None = None) -> float:
     return round(min(100.0, done / units), 3)
 
 
-def fold_counts(parent: Job, counts: BatchCounts) -> None:
-    """The counts, in the parent's metadata (G3)."""
-    parent.metadata = {**parent.metadata, **counts.by_state(), "total": counts.total}
+def children_entry(counts: BatchCounts, allow_failures: bool) -> dict[str, Any]:
+    """The parent's ``children`` metadata entry (G9)."""
+    return {**counts.by_state(), "total": counts.total, "allow_failures": allow_failures}
+
+
+def allows_failures(parent: Job) -> bool:
+    """Whether a failed child leaves the parent's outcome alone (G10)."""
+    if parent.kind == KIND:
+        return bool(parent.params.get("allow_failures"))
+    entry = parent.metadata.get(CHILDREN)
+    return isinstance(entry, dict) and entry.get("allow_failures") is True
+
+
+def fold_counts(parent: Job, counts: BatchCounts, allow_failures: bool | None = None) -> None:
+    """The counts, in the parent's metadata (G3, G9); ``allow_failures``: the parent's G10
+    switch when its caller knows it better than the stored parent does."""
+    allow = allows_failures(parent) if allow_failures is None else allow_failures
+    metadata = {**parent.metadata, CHILDREN: children_entry(counts, allow)}
+    if parent.kind == KIND:  # where a batch always had them (G9)
+        metadata.update(counts.by_state(), total=counts.total)
+    parent.metadata = metadata
 
 
 def count_end(parent: Job, counts: BatchCounts) -> bool | None:
@@ -149,7 +186,7 @@ def outcome(
     handler_error = parent.error if spawned else None  # stored at the hand-over (G6)
     if handler_error is not None and handler_error.get("type") != CANCELLED_MARK:
         return JobState.FAILED, handler_error
-    if counts.failed and not parent.params.get("allow_failures"):
+    if counts.failed and not allows_failures(parent):  # G10
         message = f"{counts.failed} of {counts.total} jobs failed"
         return JobState.FAILED, {"type": "BatchFailed", "message": message}
     if counts.cancelled or handler_error is not None:

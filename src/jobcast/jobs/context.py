@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from jobcast.errors import InvalidInput
+from jobcast.jobs.batches import CHILDREN
 from jobcast.jobs.input_wait import NO_DEFAULT
 from jobcast.jobs.metadata import JobMetadata, MetadataBuffer
 from jobcast.jobs.model import InputFile, Job
@@ -62,6 +64,8 @@ class ChildSpawner(Protocol):
     def spawned(self) -> int: ...
 
     def blend(self, own: float) -> float: ...
+
+    def allow_failures(self) -> None: ...
 
     async def spawn(
         self,
@@ -120,7 +124,7 @@ class JobContext:
         self.max_attempts = max_attempts
         #: The job's metadata (``metadata.py``): ``set``, ``merge``, ``append``,
         #: ``increment``, ``remove``; coalesced like progress, so cheap in a loop.
-        self.metadata = JobMetadata(self._change_metadata)
+        self.metadata: JobMetadata = _HandlerMetadata(self._change_metadata)
 
     @property
     def cancelled(self) -> bool:
@@ -229,10 +233,12 @@ class JobContext:
         """Queue a child job of this one (same owner, ``parent_id`` set); its snapshot (a
         :class:`~jobcast.jobs.model.Job`) is what an ``async`` handler awaits
         (``await ctx.spawn(...)``) and what a sync handler's call returns (``spawn.py``,
-        S1-S4). This job's progress then weighs its children's with its own reports, its
-        metadata counts them by state, and it ends only after every child ended: failed if any
-        failed (``batches.py`` G6-G8). A run after a retry or a restart gets its earlier
-        children back in spawn order instead of new ones (S2).
+        S1-S5). This job's progress then weighs its children's with its own reports, its
+        metadata counts them under ``children`` (``{"succeeded", "failed", "cancelled",
+        "total", "allow_failures"}``, a key only jobcast writes: batches.G9), and it ends only
+        after every child ended: failed if any failed, unless :meth:`allow_child_failures`
+        (``batches.py`` G6-G10). A run after a retry or a restart gets its earlier children
+        back in spawn order instead of new ones (S2).
         """
         self.check_cancelled()
         if self._children is None:
@@ -241,6 +247,15 @@ class JobContext:
             kind, params, tags=tags, metadata=metadata, priority=priority
         )
         return self._blocking(spawning) if self._in_thread() else spawning
+
+    def allow_child_failures(self) -> None:
+        """Let this job's children fail without failing it (``spawn.S5``, batches.G10), as a
+        batch's ``allow_failures`` does: it ends ``succeeded`` (if its handler did) with the
+        failed children counted in ``metadata["children"]["failed"]``. Call it before or after
+        spawning, from any thread; once stored it stays on for the job's later runs."""
+        if self._children is None:
+            raise RuntimeError("jobs cannot spawn children where this job runs")
+        self._children.allow_failures()
 
     def _in_thread(self) -> bool:
         """Whether a sync handler's thread calls (not the job's event loop)."""
@@ -272,6 +287,34 @@ class JobContext:
         if self._outputs is None:
             raise RuntimeError("output streams are not available where this job runs")
         return self._outputs.open(name, content_type)
+
+
+class _HandlerMetadata(JobMetadata):
+    """``ctx.metadata``, with the key of the job's children's counts left to jobcast
+    (batches.G9): a handler's keys and the counts never overwrite each other."""
+
+    def set(self, key: str, value: Any) -> None:
+        super().set(_own_key(key), value)
+
+    def merge(self, values: Mapping[str, Any]) -> None:
+        if isinstance(values, Mapping) and CHILDREN in values:
+            _own_key(CHILDREN)
+        super().merge(values)
+
+    def append(self, key: str, item: Any) -> None:
+        super().append(_own_key(key), item)
+
+    def increment(self, key: str, amount: float = 1) -> None:
+        super().increment(_own_key(key), amount)
+
+    def remove(self, key: str) -> None:
+        super().remove(_own_key(key))
+
+
+def _own_key(key: str) -> str:
+    if key == CHILDREN:
+        raise InvalidInput(f"the metadata key {CHILDREN!r} holds the counts of the job's children")
+    return key
 
 
 def _text(value: str | None, limit: int) -> str | None:

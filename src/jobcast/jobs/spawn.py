@@ -1,6 +1,6 @@
-"""Children of a running job: ``child = await ctx.spawn(kind, params)`` (batches.G6-G8).
+"""Children of a running job: ``child = await ctx.spawn(kind, params)`` (batches.G6-G10).
 
-Decisions (cited as S1..S4):
+Decisions (cited as S1..S5):
 
 S1. A child is a job of its parent's owner with ``parent_id`` set: it is stored together with
     its count in the parent's counts row (``store.add_child``), then queued like a submitted
@@ -13,8 +13,9 @@ S2. Replay: a parent run again (a retry, lifecycle.R4; a restart, R3) gets its e
 S3. While the handler runs, the parent's row is its runner's (batches.G6): it reads its
     counts from the store (``store.batch_counts``) every ``POLL_INTERVAL`` (at once after a
     spawn, or when a child ends or reports in this process) and folds them in as any report,
-    coalesced (live.L2): the counts in its metadata, its progress weighted by its children's
-    (batches.G8) with the handler's own reports counted as one child more.
+    coalesced (live.L2): the counts in its metadata's ``children`` entry (batches.G9), its
+    progress weighted by its children's (batches.G8) with the handler's own reports counted
+    as one child more.
 S4. When the handler is done (``settle``), under the counts row's lock: with every child
     ended, the parent ends here at once, its handler's ending combined with its children's
     (batches.G7); otherwise it is handed over (``runs_on`` "batch", its handler's result or
@@ -23,6 +24,16 @@ S4. When the handler is done (``settle``), under the counts row's lock: with eve
     transaction the parent is stored through the store's group commit, so no older write of
     it lands after the hand-over, and nothing inside that transaction waits for the group
     commit (which waits for the same lock).
+S5. ``ctx.allow_child_failures()``: a failed child no longer fails this parent (batches.G10,
+    as ``allow_failures`` does for a batch). It is one switch per parent, not per child: the
+    outcome is decided from the stored parent and its counts row by whichever process ends
+    the last child (a server, another worker), and both hold the switch with no schema change
+    (it rides in the parent's ``children`` entry); a per-child flag would need every child's
+    flag in the counts row. It composes with replay (S2): a switch once stored stays on (a
+    re-run starts from the stored entry), and a deterministic handler calls it again anyway.
+    It may be called before or after the spawns, from any thread; it reaches the metadata
+    with the next counts fold (``POLL_INTERVAL``), at the latest when the handler's call
+    ends (``stop``), so the retry, interruption or hand-over that follows stores it.
 
 A process that dies between storing a child and queueing it leaves it stored ``queued``: the
 embedded runner's start queues it (``recovery.py``); on workers, the parent's re-run queues
@@ -65,7 +76,7 @@ Enqueue = Callable[[Job, bool], Awaitable[Job]]
 
 
 class Children:
-    """The children one run of a parent spawned, and its view of their counts (S1-S4)."""
+    """The children one run of a parent spawned, and its view of their counts (S1-S5)."""
 
     def __init__(
         self,
@@ -85,6 +96,8 @@ class Children:
         self._mutex = threading.Lock()  # the handler's own progress, from any thread
         self._own = 0.0
         self._counts: BatchCounts | None = None
+        self._allow_failures = batches.allows_failures(live.job)  # S5: as stored
+        self._entry: dict[str, Any] | None = None  # the ``children`` entry last folded
         self._reported = -1.0
         self._wake = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
@@ -92,6 +105,11 @@ class Children:
     @property
     def spawned(self) -> int:
         return self._spawned
+
+    def allow_failures(self) -> None:
+        """A failed child no longer fails the parent (S5); safe from any thread."""
+        with self._mutex:
+            self._allow_failures = True
 
     async def spawn(
         self,
@@ -211,22 +229,35 @@ class Children:
             self._counts = counts
             own = self._own
             counts = self._counts_now()
+            entry = batches.children_entry(counts, self._allow_failures)
+        if entry != self._entry:  # batches.G9: only jobcast writes this key
+            self._live.change_metadata(lambda buffer: buffer.set(batches.CHILDREN, entry))
+            self._entry = entry  # after: a refused update (metadata full) is tried again
         if not changed:
             return
-        metadata = {**counts.by_state(), "total": counts.total}
-        self._live.change_metadata(lambda buffer: buffer.merge(metadata))
         progress = batches.weighted_progress(counts, own)
         if progress > self._reported:
             self._reported = progress
             self._live.report_progress(progress, None, None)
 
     async def stop(self) -> None:
-        """Stop reading the counts: the handler's call is over."""
+        """Stop reading the counts: the handler's call is over. A switch (S5) the last fold
+        missed goes into the metadata now, so whatever state change follows (a retry, an
+        interruption, the end) stores it."""
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
             self._poller = None
+        with self._mutex:
+            allow, counts = self._allow_failures, self._counts_now()
+        if allow and self._spawned and (self._entry or {}).get("allow_failures") is not True:
+            entry = batches.children_entry(counts, allow)
+            try:
+                self._live.change_metadata(lambda buffer: buffer.set(batches.CHILDREN, entry))
+                self._entry = entry
+            except InvalidInput as exc:  # its metadata is full
+                logger.warning("job %s: cannot keep its switch: %s", self._live.job.id, exc)
 
     # -- S4: the end ------------------------------------------------------------------------
 
@@ -250,7 +281,10 @@ class Children:
             if counts.ended >= counts.total:
                 return None  # every child ended: the parent ends here, after the commit
             handed_over = True
-            await live.change("state", lambda job: _hand_over(job, counts, ending), save=False)
+            allow = self._allow_failures
+            await live.change(
+                "state", lambda job: _hand_over(job, counts, ending, allow), save=False
+            )
             return live.published
 
         if not await live.store.update_batch(live.job.id, update):
@@ -260,14 +294,14 @@ class Children:
         counts = self._counts
         if counts is None:
             return ending
-        metadata = {**counts.by_state(), "total": counts.total}
-        live.change_metadata(lambda buffer: buffer.merge(metadata))
-        return _combined(ending, counts)
+        entry = batches.children_entry(counts, self._allow_failures)
+        live.change_metadata(lambda buffer: buffer.set(batches.CHILDREN, entry))
+        return _combined(ending, counts, self._allow_failures)
 
 
-def _hand_over(job: Job, counts: BatchCounts, ending: Ending) -> None:
+def _hand_over(job: Job, counts: BatchCounts, ending: Ending, allow_failures: bool) -> None:
     """The parent becomes a batch of its children until the last one ends (batches.G6)."""
-    batches.fold_counts(job, counts)
+    batches.fold_counts(job, counts, allow_failures)
     job.progress = max(job.progress, batches.weighted_progress(counts))
     job.runs_on = batches.RUNS_ON
     state, fields = ending
@@ -279,11 +313,12 @@ def _hand_over(job: Job, counts: BatchCounts, ending: Ending) -> None:
     job.message = f"{counts.ended} of {counts.total} jobs ended; waiting for {left} more"
 
 
-def _combined(ending: Ending, counts: BatchCounts) -> Ending:
-    """The parent's ending when its children had all ended before its handler (G7)."""
+def _combined(ending: Ending, counts: BatchCounts, allow_failures: bool) -> Ending:
+    """The parent's ending when its children had all ended before its handler (G7, G10)."""
     if ending[0] is not JobState.SUCCEEDED:
         return ending
-    parent = Job(id="", kind="", owner="")
+    entry = batches.children_entry(counts, allow_failures)
+    parent = Job(id="", kind="", owner="", metadata={batches.CHILDREN: entry})
     state, error = batches.outcome(parent, counts, spawned=True)
     if state is JobState.SUCCEEDED:
         return ending

@@ -259,11 +259,11 @@ function renderWaiting(job) {
 let childrenSeq = null; // the batch event the children list was loaded for
 
 /** Whether a job has jobs of its own: a batch, or a job whose handler spawned some (its
- * metadata counts them). */
+ * metadata counts them under `children`). */
 function hasChildren(job) {
   if (job.kind === "batch") return true;
-  const counts = ["succeeded", "failed", "cancelled", "total"];
-  return counts.every((key) => typeof (job.metadata || {})[key] === "number");
+  const counts = (job.metadata || {}).children;
+  return typeof counts === "object" && counts !== null && counts.total > 0;
 }
 
 /** A batch's page lists its jobs, reloaded whenever the batch moves on (one of them ended). */
