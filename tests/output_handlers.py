@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from jobcast.errors import PayloadTooLarge
-from jobcast.jobs import JobContext, Registry
+from jobcast.jobs import JobContext, Registry, RetryPolicy
 
 registry = Registry()
 
@@ -71,3 +71,10 @@ async def write_each_attempt(ctx: JobContext, params: dict[str, Any]) -> int:
     if ctx.attempt == 1:
         await asyncio.sleep(3600)
     return ctx.attempt
+
+
+@registry.handler("write_then_fail", retry=RetryPolicy(max_attempts=2, initial=60, max=60))
+async def write_then_fail(ctx: JobContext, params: dict[str, Any]) -> None:
+    """Writes a line and fails: its retry waits a minute (long enough to be cancelled)."""
+    ctx.stream("output", content_type="text/plain").write(f"attempt {ctx.attempt}\n")
+    raise ConnectionError("lost")

@@ -252,3 +252,26 @@ async def test_a_job_recovered_as_interrupted_after_a_sigkill_closes_its_stream(
         assert read.text == "before the kill\n" and read.headers["stream-closed"] == "true"
     job = (await client.get(f"{restarted.url}/api/jobs/{job_id}", headers=auth)).json()
     assert job["state"] == "failed" and job["error"]["type"] == "Interrupted", job
+
+
+async def test_a_job_cancelled_while_its_retry_waits_closes_its_stream(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    """A cancel ends a queued job without a run (lifecycle.R6's ``after_terminal`` case): the
+    stream its failed attempt wrote is closed too."""
+    server = make_server(handlers=["tests.output_handlers"])
+    job = await submit(client, server, "write_then_fail")
+    url, auth = f"{server.url}/api/jobs/{job['id']}", server.auth()
+    await poll_json(client, url, lambda j: j["next_attempt_at"] is not None, headers=auth)
+    stream = f"{server.url}/v1/stream/jobs/{job['id']}/output"
+    await eventually(lambda: _has(client, stream, auth, "attempt 1\n"), timeout=10)
+    async with asyncio.timeout(20):
+        reading = asyncio.create_task(sse_until_closed(client, stream, auth))
+        cancelled = await client.post(f"{url}/cancel", headers=auth)
+        assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+        assert await reading == "attempt 1\n"
+
+
+async def _has(client: httpx.AsyncClient, url: str, auth: dict[str, str], text: str) -> bool:
+    read = await client.get(url, headers=auth)
+    return read.status_code == 200 and read.text == text

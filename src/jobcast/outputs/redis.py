@@ -12,11 +12,11 @@ E1. The instance that wrote wakes its own live readers with the change itself (s
     bytes it appended, where they start, the stream's new tail), as SQLite and PostgreSQL
     do: a reader that stood where they start takes them without reading Redis back. That
     holds for HTTP appends (``append``) and jobs' flushes (``append_stored``) alike.
-E2. The script also publishes a wake message on a channel every instance listens to:
-    ``{instance}\0{path}``, the writer's instance id (random, per store) then the path. An
-    instance skips its own messages (E1 woke its readers already) and wakes its readers of
-    the path for any other instance's, with no change: they read the stream themselves. A
-    reader never depends on the channel past a wake-up, since it reads the stream itself.
+E2. The script also publishes a wake message on a channel every instance listens to: the
+    writer's instance id (random, per store), a NUL, then the path. An instance skips its
+    own messages (E1 woke its readers already) and wakes its readers of the path for any
+    other instance's, with no change: they read the stream themselves. A reader never
+    depends on the channel past a wake-up, since it reads the stream itself.
 E3. Rolling upgrades: an instance of an earlier release publishes the bare path. A path
     never holds a control character (the HTTP layer refuses them), so a message with no
     NUL is that older form and wakes the path's readers here as any other instance's
