@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from jobcast.errors import PayloadTooLarge
-from jobcast.jobs import JobContext, Registry
+from jobcast.jobs import JobContext, Registry, RetryPolicy
 
 registry = Registry()
 
@@ -53,3 +53,28 @@ def write_too_much(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
             written += 100
     except PayloadTooLarge as exc:
         return {"written": written, "error": str(exc)}
+
+
+@registry.handler("write_then_hang")
+async def write_then_hang(ctx: JobContext, params: dict[str, Any]) -> None:
+    """Writes a line, then waits for a SIGKILL (not retry-safe: it ends ``Interrupted``)."""
+    ctx.stream("output", content_type="text/plain").write("before the kill\n")
+    ctx.progress(10, stage="written")
+    await asyncio.sleep(3600)
+
+
+@registry.handler("write_each_attempt", retry_safe=True)
+async def write_each_attempt(ctx: JobContext, params: dict[str, Any]) -> int:
+    """Writes a line per attempt; its first attempt then waits for a SIGKILL, the next ends."""
+    ctx.stream("output", content_type="text/plain").write(f"attempt {ctx.attempt}\n")
+    ctx.progress(10, stage=f"attempt {ctx.attempt}")
+    if ctx.attempt == 1:
+        await asyncio.sleep(3600)
+    return ctx.attempt
+
+
+@registry.handler("write_then_fail", retry=RetryPolicy(max_attempts=2, initial=60, max=60))
+async def write_then_fail(ctx: JobContext, params: dict[str, Any]) -> None:
+    """Writes a line and fails: its retry waits a minute (long enough to be cancelled)."""
+    ctx.stream("output", content_type="text/plain").write(f"attempt {ctx.attempt}\n")
+    raise ConnectionError("lost")

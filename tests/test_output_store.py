@@ -117,6 +117,32 @@ async def test_a_waiting_reader_is_woken_by_an_append(store: StreamStore) -> Non
     assert (await store.read("w", None, 0)).data == b"hello"
 
 
+async def test_a_local_reader_gets_an_append_s_bytes_with_its_wake_up(store: StreamStore) -> None:
+    """store.W1 on every backend: the instance that wrote hands its live readers the bytes,
+    where they start and the new tail, so they need not read the store back (redis.E1)."""
+    info, _ = await store.create(
+        "c", "application/json", ttl=None, expires_at=None, closed=False, body=b"[0]"
+    )
+    woken = store.wakeups.watch("c")
+    await store.append("c", b"[1, 2]", content_type="application/json")  # an HTTP append
+    async with asyncio.timeout(5):
+        change = await woken
+    assert change is not None
+    assert (change.incarnation, change.start, change.data, change.tail, change.closed) == (
+        info.incarnation,
+        2,
+        b"1,2,",
+        6,
+        False,
+    )
+    assert store.wakeups.known_tail("c") == (info.incarnation, 6)
+    woken = store.wakeups.watch("c")
+    await store.append_stored([("c", b"3,", True)])  # a job's flush, closing
+    async with asyncio.timeout(5):
+        change = await woken
+    assert change is not None and (change.start, change.data, change.closed) == (6, b"3,", True)
+
+
 async def test_an_expired_stream_is_gone(store: StreamStore) -> None:
     soon = time.time() + 0.3
     await store.create("t", "text/plain", ttl=None, expires_at=soon, closed=False, body=b"")
@@ -270,3 +296,45 @@ async def test_postgres_wake_ups_come_back_after_the_listening_connection_is_los
         await one.close()
         await other.close()
         await drop_postgres_broker_tables(url)
+
+
+@needs_services
+async def test_redis_instances_wake_one_another_and_skip_their_own_echo() -> None:
+    """redis.E2, E3: an append wakes the other instance's readers through the channel (they
+    read), the writer's own readers only with the change it handed them, and a bare path
+    (an older release's message) still wakes readers."""
+    prefix = unique_prefix()
+    client = redis.Redis.from_url(REDIS_URL)
+    one = RedisStreamStore(client, f"{prefix}:", max_stream_bytes=1000)
+    other = RedisStreamStore(client, f"{prefix}:", max_stream_bytes=1000)
+    await one.open()
+    await other.open()
+    try:
+        info, _ = await one.create(
+            "x", "text/plain", ttl=None, expires_at=None, closed=False, body=b""
+        )
+        mine, theirs = one.wakeups.watch("x"), other.wakeups.watch("x")
+        await one.append("x", b"abc", content_type="text/plain")
+        async with asyncio.timeout(5):
+            assert await theirs is None  # from the other instance: it must read
+            change = await mine
+        assert change is not None and (change.start, change.data) == (0, b"abc")
+        # one's own message came back on the channel after the append: a bare path sent
+        # after it reaches one's listener after it (one connection, in order), so once
+        # that wakes its readers, the echo has been handled, and it woke nobody.
+        again, marker = one.wakeups.watch("x"), one.wakeups.watch("marker")
+        await client.publish(f"{prefix}:ds:wake", "marker")  # an older release's form
+        async with asyncio.timeout(5):
+            assert await marker is None
+        assert not again.done()
+        assert one.wakeups.known_tail("x") == (info.incarnation, 3)
+        # ... and other's writes wake one through the channel.
+        await other.append("x", b"d", content_type="text/plain")
+        async with asyncio.timeout(5):
+            assert await again is None
+        assert (await one.read("x", info.incarnation, 0)).data == b"abcd"
+    finally:
+        await one.close()
+        await other.close()
+        await client.aclose()
+        delete_prefix(prefix)

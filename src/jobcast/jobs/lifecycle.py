@@ -5,7 +5,7 @@ The embedded runner (``runner.py``) hands it the jobs it dispatches; ``jobcast w
 registry, timeouts, cancellation and coalesced progress (``live.py``), and the terminal record
 is never lost.
 
-Decisions (cited as R1..R5):
+Decisions (cited as R1..R6):
 
 R1. Each running job is two tasks: an outer one that owns the job's lifecycle and an inner one
     that runs the handler. Cancellation, timeouts and shutdown only ever cancel the inner task,
@@ -41,7 +41,19 @@ R5. Parking (input_wait.N7-N10): a run that parks in a wait for input ends with 
     interrupts a waiting re-runnable job parks it instead of applying R3 (nothing is lost:
     the re-run replays its inputs), and a user's cancel of a parking run ends it cancelled.
     A parked job that ends without a run (a cancel) has its output streams closed, whichever
-    run opened them.
+    run opened them (R6).
+R6. Every terminal state closes the job's output streams, whoever ends it: a run here closes
+    the streams it wrote (``JobOutputs.close_all``), before the terminal event; a job whose
+    streams other runs opened too (a run on a worker that was SIGKILLed and swept, one a
+    crash interrupted before a restart, a parked run resumed elsewhere) or that ends without
+    a run here (``interrupted`` by R3, a cancel) has every stream still open under its path
+    closed as well (a listing of the store), so a Durable Streams reader sees
+    ``Stream-Closed`` instead of waiting for ever. ``finish`` does it before the terminal
+    event; the terminal transitions that do not go through ``finish`` (a queued job
+    cancelled, say one waiting for its retry) do it once the terminal state is stored (the
+    job's ``after_terminal``). A job re-queued by R3 keeps its streams open: the next
+    attempt, here or on any worker, appends to them where the interrupted one stopped
+    (outputs/job_output.J3) and the job's end closes them.
 """
 
 from __future__ import annotations
@@ -121,6 +133,8 @@ class JobLifecycle:
         #: Where jobs' output streams go (``ctx.stream``); ``None``: jobs here have none.
         self.outputs = outputs
         self._job_outputs: dict[str, JobOutputs] = {}
+        #: Jobs whose streams ``finish`` closed, for their ``after_terminal`` to skip (R6).
+        self._outputs_closed: set[str] = set()
         self.hub = hub
         self.registry = registry
         self.options = options
@@ -161,11 +175,20 @@ class JobLifecycle:
             max_event_bytes=options.max_event_bytes,
             on_terminal=self.stats.finished,
             slots=self.slots,
-            after_terminal=self._count_in_batch,
+            after_terminal=self._after_terminal,
             on_saved=self._child_saved,
         )
         self.live[job.id] = live
         return live
+
+    async def _after_terminal(self, job: Job) -> None:
+        """A job's terminal state is stored: its streams are closed if ``finish`` did not
+        (R6), and a batch's child is counted."""
+        if job.id in self._outputs_closed:
+            self._outputs_closed.discard(job.id)
+        else:
+            await self._close_outputs(job.id)
+        await self._count_in_batch(job)
 
     async def _count_in_batch(self, job: Job) -> None:
         """A batch's child ended: count it there (batches.G3). Never fails the child's end."""
@@ -244,10 +267,12 @@ class JobLifecycle:
                     return
                 live.parked = False
                 live.rearm()
+                resumed = True
             else:
                 await live.transition(JobState.RUNNING)
+                resumed = False
             live.start_pump()
-            await self._execute(live, spec)
+            await self._execute(live, spec, resumed=resumed)
             if live.job.state is JobState.QUEUED and live.stop_reason == "cancel":
                 # cancelled while its retry was being published (R4): end it now
                 await self.finish(live, JobState.CANCELLED, message="cancelled")
@@ -289,7 +314,7 @@ class JobLifecycle:
             and live.stop_reason is None
         )
 
-    async def _execute(self, live: LiveJob, spec: HandlerSpec) -> None:
+    async def _execute(self, live: LiveJob, spec: HandlerSpec, *, resumed: bool) -> None:
         job = live.job
         children = Children(
             live, self.registry, self._enqueue, default_max_attempts=self.options.max_attempts
@@ -304,7 +329,8 @@ class JobLifecycle:
             input_path=self.upload_path(job.id) if job.input else None,
             attempt=job.attempts,
             max_attempts=self.attempt_limit(job),
-            outputs=self._outputs_of(job.id),
+            # R6: its first run's streams are all its streams; any other run's may not be
+            outputs=self._outputs_of(job.id, whole=job.attempts <= 1 and not resumed),
             children=children,
         )
         self._families[job.id] = children
@@ -373,30 +399,38 @@ class JobLifecycle:
 
     async def finish(self, live: LiveJob, state: JobState, **fields: Any) -> None:
         await live.stop_pump()
-        if state.terminal and live.job.id in self._job_outputs:
+        if state.terminal:
             # Closed before the terminal event: a watcher that sees the end finds them closed.
-            await self._job_outputs.pop(live.job.id).close_all()
-        elif state.terminal and live.parked:  # R5: a run here or elsewhere opened them
-            await self._close_left_open(live.job.id)
+            await self._close_outputs(live.job.id)
+            self._outputs_closed.add(live.job.id)  # its after_terminal need not (R6)
         await live.transition(state, **fields)
 
-    async def _close_left_open(self, job_id: str) -> None:
-        """Close the output streams of a parked job that ends without a run (a cancel)."""
+    async def _close_outputs(self, job_id: str) -> None:
+        """Close every output stream of a job that ended (R6): the ones its run here wrote,
+        and, unless that run was its only one, any other still open under its path."""
+        outputs = self._job_outputs.pop(job_id, None)
+        if outputs is not None:
+            await outputs.close_all()
+            if outputs.whole:
+                return  # nothing but this run wrote its streams: no listing needed
         if self.outputs is None:
             return
-        with contextlib.suppress(JobcastError):  # its end never waits on its streams
+        try:
             listed = await self.outputs.listing(f"jobs/{job_id}/")
             left = [(info.path, b"", True) for info in listed if not info.closed]
             if left:
                 await self.outputs.append_stored(left)
+        except Exception as exc:  # its end never fails on its streams, whatever the backend
+            logger.warning("job %s: could not close its output streams: %s", job_id, exc)
 
-    def _outputs_of(self, job_id: str) -> JobOutputs | None:
-        """The job's output streams (kept across its attempts), if jobs here have them."""
+    def _outputs_of(self, job_id: str, *, whole: bool) -> JobOutputs | None:
+        """The job's output streams (kept across its attempts), if jobs here have them;
+        ``whole``: this run is the job's first, so no other run opened any (R6)."""
         if self.outputs is None:
             return None
         outputs = self._job_outputs.get(job_id)
         if outputs is None:
-            outputs = self._job_outputs[job_id] = JobOutputs(self.outputs, job_id)
+            outputs = self._job_outputs[job_id] = JobOutputs(self.outputs, job_id, whole=whole)
         return outputs
 
     async def interrupted(self, live: LiveJob, why: str) -> None:  # R3

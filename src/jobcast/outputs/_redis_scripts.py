@@ -4,7 +4,8 @@ Keys, under the deployment's prefix ``P``: ``P ds:m:{path}`` the stream's metada
 ``P ds:z:{incarnation}`` the chunk starts (a sorted set), ``P ds:d:{incarnation}`` the chunks
 (a hash, start -> bytes), ``P ds:p:{incarnation}`` producers (id -> "epoch seq"),
 ``P ds:next`` the incarnation counter, ``P ds:paths`` every path (for listings). Every write
-publishes the path on ``P ds:wake`` inside the script, so every instance wakes its readers.
+publishes its wake message (the writing instance's id and the path: redis.E2) on
+``P ds:wake`` inside the script, so every instance wakes its readers.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ local function store(prefix, h, data)
 end
 """
 
-# KEYS: meta. ARGV: prefix, path, content_type, ttl, expires_at, closed, data, now.
+# KEYS: meta. ARGV: prefix, path, content_type, ttl, expires_at, closed, data, now, wake message.
 CREATE = (
     _HELPERS
     + """
@@ -68,14 +69,14 @@ redis.call('HSET', KEYS[1], 'incarnation', inc, 'path', path, 'content_type', AR
   'ttl', ARGV[4], 'expires_at', ARGV[5], 'closed', ARGV[6], 'tail', #ARGV[7],
   'last_seq', '', 'closed_by', '', 'accessed_at', ARGV[8])
 redis.call('ZADD', prefix .. 'ds:paths', 0, path)
-redis.call('PUBLISH', prefix .. 'ds:wake', path)
+redis.call('PUBLISH', prefix .. 'ds:wake', ARGV[9])
 return {'created'}
 """
 )
 
 # KEYS: meta. ARGV: prefix, path, now, data, refusal ('' or why the body was refused), seq,
 # producer id ('' for none), epoch, producer seq, close ('1'/'0'), max bytes, stored ('1': a
-# job's framed write, dropped when the stream is closed).
+# job's framed write, dropped when the stream is closed), wake message.
 APPEND = (
     _HELPERS
     + """
@@ -134,7 +135,7 @@ if close then
     redis.call('HSET', KEYS[1], 'closed_by', pid .. ' ' .. ARGV[8] .. ' ' .. ARGV[9])
   end
 end
-redis.call('PUBLISH', prefix .. 'ds:wake', path)
+redis.call('PUBLISH', prefix .. 'ds:wake', ARGV[13])
 return {'ok', state[1], tostring(tail), close and '1' or h.closed}
 """
 )
@@ -150,14 +151,14 @@ return redis.call('HGETALL', KEYS[1])
 """
 )
 
-# KEYS: meta. ARGV: prefix, path, now.
+# KEYS: meta. ARGV: prefix, path, now, wake message.
 DELETE = (
     _HELPERS
     + """
 local h = live(ARGV[1], KEYS[1], tonumber(ARGV[3]))
 if not h then return 0 end
 remove(ARGV[1], KEYS[1], h)
-redis.call('PUBLISH', ARGV[1] .. 'ds:wake', ARGV[2])
+redis.call('PUBLISH', ARGV[1] .. 'ds:wake', ARGV[4])
 return 1
 """
 )

@@ -13,7 +13,10 @@ J2. A stream's size is bounded by the store's ``max_stream_bytes``, counted at `
 J3. Streams are ``jobs/{job id}/{name}``. They are created at the first flush after ``stream``
     (so a job's snapshot lists a stream as soon as the job opened it) and closed when the
     job ends (``close_all``, before its terminal event); a handler may close one earlier.
-    A retried job's next attempt appends to the same streams.
+    A retried job's next attempt appends to the same streams, also when the attempt before
+    it ran on a worker that died or in a server that crashed (what it stored stays, and the
+    next attempt's writes follow it); a stream that attempt closed takes nothing more. A job
+    that ends with streams its own run did not open (lifecycle.R6) has them closed too.
 J4. A flush the backend refuses for a while (``Unavailable``) is retried with backoff, the
     bytes kept; a stream deleted meanwhile takes nothing more.
 """
@@ -75,9 +78,12 @@ class OutputStream:
 class JobOutputs:
     """The output streams of one job, and their flushes (J1)."""
 
-    def __init__(self, store: StreamStore, job_id: str) -> None:
+    def __init__(self, store: StreamStore, job_id: str, *, whole: bool = True) -> None:
         self.store = store
         self.job_id = job_id
+        #: Whether these are all the job's streams: made for its first run, no other run of
+        #: it (an earlier attempt on a worker that died, a run before a park) opened any.
+        self.whole = whole
         self.streams: dict[str, OutputStream] = {}
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()

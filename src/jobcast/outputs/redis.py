@@ -3,10 +3,27 @@
 Each write is one Lua script (``_redis_scripts.py``): its checks (expired? closed? producer
 epoch and seq? ``Stream-Seq``? size?) and effects (bytes, producer state, metadata) are
 atomic, so an idempotent producer's retry on any instance is a duplicate, never a second copy.
-The script publishes the path on a channel every instance listens to, and each wakes its own
-live readers (``store.Wakeups``); a reader never depends on the channel for correctness past a
-wake-up, since it reads the stream itself. JSON framing happens here before the script; the
-script reports a refused body only after the closed check (the protocol's precedence).
+JSON framing happens here before the script; the script reports a refused body only after the
+closed check (the protocol's precedence).
+
+Decisions (cited as E1..E3):
+
+E1. The instance that wrote wakes its own live readers with the change itself (store.W1: the
+    bytes it appended, where they start, the stream's new tail), as SQLite and PostgreSQL
+    do: a reader that stood where they start takes them without reading Redis back. That
+    holds for HTTP appends (``append``) and jobs' flushes (``append_stored``) alike.
+E2. The script also publishes a wake message on a channel every instance listens to: the
+    writer's instance id (random, per store), a NUL, then the path. An instance skips its
+    own messages (E1 woke its readers already) and wakes its readers of the path for any
+    other instance's, with no change: they read the stream themselves. A reader never
+    depends on the channel past a wake-up, since it reads the stream itself.
+E3. Rolling upgrades: an instance of an earlier release publishes the bare path. A path
+    never holds a control character (the HTTP layer refuses them), so a message with no
+    NUL is that older form and wakes the path's readers here as any other instance's
+    message does. An older instance reads a newer one's message as a path nobody follows:
+    while both run side by side, its live readers are not woken by the newer instances'
+    writes, and see them at their next read (a long-poll's timeout, an SSE connection's
+    end at ``stream_sse_seconds``), late but never lost. Upgrade every instance to end it.
 """
 
 from __future__ import annotations
@@ -15,6 +32,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,7 +64,7 @@ from jobcast.outputs.model import (
     stale_epoch,
     too_large,
 )
-from jobcast.outputs.store import Wakeups
+from jobcast.outputs.store import Change, Wakeups
 
 logger = logging.getLogger("jobcast.outputs")
 Arg = bytes | str | int | float
@@ -73,6 +91,9 @@ class RedisStreamStore:
         self._sweeper: asyncio.Task[None] | None = None
         self.sweep_interval = sweep_interval
         self._channel = f"{prefix}ds:wake"
+        #: This store's id in its wake messages, and the messages' prefix (E2).
+        self.instance = uuid.uuid4().hex[:12]
+        self._signed = f"{self.instance}\0"
 
     async def open(self) -> None:
         pubsub = self._redis.pubsub()
@@ -119,7 +140,7 @@ class RedisStreamStore:
         if len(data) > self.max_stream_bytes:
             raise too_large(len(data), self.max_stream_bytes)
         args: list[Arg] = [self.prefix, path, content_type, _text(ttl), _text(expires_at)]
-        args += [int(closed), data, time.time()]
+        args += [int(closed), data, time.time(), self._signed + path]
         result = await self._create(keys=[self._meta(path)], args=args)
         if result[0] == b"created":
             self.wakeups.notify(path)
@@ -161,8 +182,8 @@ class RedisStreamStore:
         result = await self._run_append(path, data, refusal, seq, producer, close, stored=False)
         status = result[0].decode()
         if status == "ok":
-            self.wakeups.notify(path)
             info.tail, info.closed = int(result[2]), result[3] == b"1"
+            self.wakeups.notify(path, _change(result, data))  # E1
             return Appended(info, producer_seq=producer.seq if producer else None)
         if status == "duplicate":
             info.tail, info.closed = int(result[2]), result[4] == b"1"
@@ -174,7 +195,7 @@ class RedisStreamStore:
         for path, data, close in writes:
             result = await self._run_append(path, data, "", None, None, close, stored=True)
             if result[0] == b"ok":
-                self.wakeups.notify(path)
+                self.wakeups.notify(path, _change(result, data))  # E1
             elif result[0] == b"toolarge":
                 raise self._refusal(path, "toolarge", result, None)
 
@@ -218,7 +239,8 @@ class RedisStreamStore:
         return ReadResult(info, position, b"".join(parts), end, end == info.tail)
 
     async def delete(self, path: str) -> None:
-        deleted = await self._delete(keys=[self._meta(path)], args=[self.prefix, path, time.time()])
+        args: list[Arg] = [self.prefix, path, time.time(), self._signed + path]
+        deleted = await self._delete(keys=[self._meta(path)], args=args)
         if not deleted:
             raise not_found(path)
         self.wakeups.notify(path)
@@ -278,7 +300,7 @@ class RedisStreamStore:
             args += ["", 0, 0]
         else:
             args += [producer.id, producer.epoch, producer.seq]
-        args += [int(close), self.max_stream_bytes, int(stored)]
+        args += [int(close), self.max_stream_bytes, int(stored), self._signed + path]
         result: list[Any] = await self._append(keys=[self._meta(path)], args=args)
         return result
 
@@ -307,7 +329,7 @@ class RedisStreamStore:
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
                     if message is not None:
-                        self.wakeups.notify(message["data"].decode())
+                        self._woken(message["data"])
             except (redis.RedisError, OSError) as exc:
                 logger.warning("stream wake-ups from Redis interrupted (%s); resubscribing", exc)
                 await asyncio.sleep(0.5)
@@ -320,6 +342,18 @@ class RedisStreamStore:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                 raise
+
+    def _woken(self, data: bytes) -> None:
+        """A wake message: another instance's (E2) or an older release's bare path (E3)."""
+        sender, signed, path = data.decode().rpartition("\0")
+        if not signed or sender != self.instance:
+            self.wakeups.notify(path)
+
+
+def _change(result: list[Any], data: bytes) -> Change:
+    """What an ``ok`` append script stored (E1): ``ok``, incarnation, new tail, closed."""
+    tail = int(result[2])
+    return Change(int(result[1]), tail - len(data), data, tail, result[3] == b"1")
 
 
 def _text(value: float | None) -> str:

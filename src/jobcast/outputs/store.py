@@ -10,7 +10,9 @@ W1. A wake-up may carry the change itself (:class:`Change`: the bytes a job's fl
     where, and the stream's new tail): a reader that stood exactly where they start takes them
     without reading the store. Wakeups remember each path's last known tail, so a reader that
     took a change and watches again checks that nothing came in between; anything unknown (a
-    change another instance made, an HTTP append) forgets the tail, and the reader reads.
+    change another instance made, a create or a delete) forgets the tail, and the reader
+    reads. Every backend hands over the changes its own appends made, HTTP appends and jobs'
+    flushes alike.
 """
 
 from __future__ import annotations
