@@ -75,7 +75,8 @@ class DirectBackend:
         self._broker = broker
         hub = Hub(broker, settings.hub_options())
         access = JobAccess(store, hub, lambda job_id: None)
-        self.jobs = ReportedJobs(hub, store, access, settings.runner_options())
+        options = settings.runner_options()  # and the tasks' streams (reported.R6)
+        self.jobs = ReportedJobs(hub, store, access, options, outputs=self._sink.store)
         self._tasks.append(asyncio.create_task(self._beat_forever()))
         if settings.metrics_snapshot_seconds > 0:
             self._metrics = shared_metrics(self.reporter, settings, lambda: store)
@@ -147,10 +148,10 @@ class DirectBackend:
 
     async def close(self) -> None:
         await self.streams.close()
-        await self._sink.close()
         jobs = self.jobs
         if jobs is not None:
-            await jobs.close(self.reporter.exit_wait)
+            await jobs.close(self.reporter.exit_wait)  # endings close streams (reported.R6)
+        await self._sink.close()
         for task in self._tasks:
             task.cancel()
         if self._metrics is not None:

@@ -85,7 +85,7 @@ from jobcast.jobs.retry import RetryPolicy
 from jobcast.jobs.spawn import Children, Enqueue
 from jobcast.jobs.stats import JobStats
 from jobcast.jobs.threads import HandlerThreads
-from jobcast.outputs.job_output import JobOutputs
+from jobcast.outputs.job_output import JobOutputs, close_left_open
 
 if TYPE_CHECKING:
     from jobcast.hub import Hub
@@ -413,15 +413,8 @@ class JobLifecycle:
             await outputs.close_all()
             if outputs.whole:
                 return  # nothing but this run wrote its streams: no listing needed
-        if self.outputs is None:
-            return
-        try:
-            listed = await self.outputs.listing(f"jobs/{job_id}/")
-            left = [(info.path, b"", True) for info in listed if not info.closed]
-            if left:
-                await self.outputs.append_stored(left)
-        except Exception as exc:  # its end never fails on its streams, whatever the backend
-            logger.warning("job %s: could not close its output streams: %s", job_id, exc)
+        if self.outputs is not None:
+            await close_left_open(self.outputs, job_id)
 
     def _outputs_of(self, job_id: str, *, whole: bool) -> JobOutputs | None:
         """The job's output streams (kept across its attempts), if jobs here have them;

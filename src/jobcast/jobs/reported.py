@@ -8,7 +8,7 @@ one: a worker's reporter that reaches the broker and store itself
 (``jobcast.integrations._reporter``), and a server that takes reports over HTTP
 (``server/routes/job_reports.py``), so both paths mean the same thing.
 
-Decisions (cited as R1..R5):
+Decisions (cited as R1..R6):
 
 R1. A job that is already terminal when its task starts (cancelled while queued) is not
     reported again: ``started`` says so, and the worker skips the task. A job found
@@ -23,6 +23,14 @@ R4. ``sweep`` fails as ``Interrupted`` one queue's jobs left ``running`` and sil
 R5. What progress cost is counted (``counts``): reports coalesced away before they were
     published (``coalesced``) and reports lost because the broker refused them
     (``unpublished``), summed over the jobs that ended here and those still held.
+R6. Every terminal state closes the job's output streams still open, before its terminal
+    event, as a native job's end does (lifecycle.R6), so a Durable Streams reader sees
+    ``Stream-Closed`` instead of waiting for ever. Above all a sweep (R4): the process that
+    wrote them is dead and nothing else would close them. A task's end has its worker close
+    them first (integrations/_stream_writer.T5); what is still open after that (the close
+    failed, the reporter does not close) is closed here. A retry leaves them open: the next
+    attempt appends to them (outputs/job_output.J3). They are those of ``outputs``, the
+    deployment's stream store (``None``: none to close).
 """
 
 from __future__ import annotations
@@ -39,12 +47,14 @@ from jobcast.errors import JobcastError
 from jobcast.jobs.live import LiveJob
 from jobcast.jobs.model import Job, JobState
 from jobcast.jobs.recovery import caught_up
+from jobcast.outputs.job_output import close_left_open
 
 if TYPE_CHECKING:
     from jobcast.hub import Hub
     from jobcast.jobs.access import JobAccess
     from jobcast.jobs.metadata import MetadataBuffer
     from jobcast.jobs.options import RunnerOptions
+    from jobcast.outputs.store import StreamStore
     from jobcast.stores.base import JobStore
 
 logger = logging.getLogger("jobcast.jobs")
@@ -55,13 +65,21 @@ SWEEP_LIMIT = 10_000
 
 
 class ReportedJobs:
-    """Applies task reports to their jobs, on one event loop (R1-R5)."""
+    """Applies task reports to their jobs, on one event loop (R1-R6)."""
 
     def __init__(
-        self, hub: Hub, store: JobStore, access: JobAccess | None, options: RunnerOptions
+        self,
+        hub: Hub,
+        store: JobStore,
+        access: JobAccess | None,
+        options: RunnerOptions,
+        *,
+        outputs: StreamStore | None = None,
     ) -> None:
         self.hub = hub
         self.store = store
+        #: The jobs' output streams, closed when they end (R6); ``None``: none here.
+        self.outputs = outputs
         self.access = access
         self.options = options
         self.live: dict[str, LiveJob] = {}
@@ -202,7 +220,13 @@ class ReportedJobs:
     async def _end(self, live: LiveJob, state: JobState, fields: dict[str, Any]) -> None:
         if live.job.id in self._unstored:
             await self._create_late(live)
+        await self._close_outputs(live.job.id)
         await live.transition(state, **fields)  # stored until it sticks (live.L5)
+
+    async def _close_outputs(self, job_id: str) -> None:
+        """Before the terminal event: a watcher that sees the end finds them closed (R6)."""
+        if self.outputs is not None:
+            await close_left_open(self.outputs, job_id)
 
     async def _create_late(self, live: LiveJob) -> None:  # R2
         with contextlib.suppress(JobcastError):
@@ -236,6 +260,7 @@ class ReportedJobs:
             live = await self._take(job.id)
             if live is not None:
                 await live.stop_pump()
+                await self._close_outputs(job.id)  # R6: their writer is gone
                 await live.transition(JobState.FAILED, error=dict(INTERRUPTED))
                 swept += 1
         return swept

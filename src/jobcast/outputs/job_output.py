@@ -16,7 +16,9 @@ J3. Streams are ``jobs/{job id}/{name}``. They are created at the first flush af
     A retried job's next attempt appends to the same streams, also when the attempt before
     it ran on a worker that died or in a server that crashed (what it stored stays, and the
     next attempt's writes follow it); a stream that attempt closed takes nothing more. A job
-    that ends with streams its own run did not open (lifecycle.R6) has them closed too.
+    that ends with streams its own run did not open (lifecycle.R6), or with no run here at
+    all (a queue task's job, jobs/reported.R6), has every one still open under its path
+    closed too (``close_left_open``).
 J4. A flush the backend refuses for a while (``Unavailable``) is retried with backoff, the
     bytes kept; a stream deleted meanwhile takes nothing more.
 """
@@ -183,3 +185,16 @@ class JobOutputs:
                 logger.warning("job %s: storing its output failed (%s); retrying", self.job_id, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
+
+
+async def close_left_open(store: StreamStore, job_id: str) -> None:
+    """Close every stream of the job still open under ``jobs/{job_id}/`` (J3), in one commit,
+    whoever opened them. Never raises: a job's end never fails on its streams, whatever the
+    backend (lifecycle.R6, jobs/reported.R6)."""
+    try:
+        listed = await store.listing(f"jobs/{job_id}/")
+        left = [(info.path, b"", True) for info in listed if not info.closed]
+        if left:
+            await store.append_stored(left)
+    except Exception as exc:
+        logger.warning("job %s: could not close its output streams: %s", job_id, exc)

@@ -187,8 +187,12 @@ class _Reports(Collector):
     def held(self) -> ReportedJobs:
         jc = self.jc
         if self.jobs is None or self.jobs.hub is not jc.hub:  # a new lifespan: a new hub
-            self.jobs = ReportedJobs(
-                jc.hub, jc.store, jc.runner.access, jc.settings.runner_options()
+            self.jobs = ReportedJobs(  # a new lifespan's stream store too (reported.R6)
+                jc.hub,
+                jc.store,
+                jc.runner.access,
+                jc.settings.runner_options(),
+                outputs=jc.streams,
             )
         return self.jobs
 
