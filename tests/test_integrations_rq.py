@@ -19,6 +19,7 @@ import pytest
 import redis
 from rq import Retry
 
+from jobcast.client import AsyncClient
 from jobcast.integrations.rq import TrackedQueue, jobcast_meta
 from tests import rq_tasks
 from tests.jobs_support import watch
@@ -245,3 +246,34 @@ async def test_a_killed_rq_worker_leaves_no_job_running(
     events = await watch(client, server, sent.id, timeout=30)
     assert events[-1][0] == "failed"
     assert events[-1][1]["error"]["type"] == "Interrupted"
+
+
+async def test_a_killed_rq_worker_s_output_stream_is_closed_for_its_reader(
+    queue: TrackedQueue,
+    shared: dict[str, str],
+    procs: Processes,
+    server: LiveServer,
+    client: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker and the work horse that wrote the stream are SIGKILLed: nobody reports the
+    task's end. The next worker's sweep fails the job and closes the stream (reported.R6),
+    so a reader waiting at its tail ends with what was written."""
+    monkeypatch.setattr(rq_tasks, "PREFIX", shared["prefix"])
+    doomed = start_worker(procs, queue, shared, "w1", worker_heartbeat_seconds=1)
+    sent = queue.enqueue(rq_tasks.gate_writing, "writing", meta=jobcast_meta("alice"))
+    horse = await asyncio.to_thread(rq_tasks.running_pid, "writing")
+    await eventually(lambda: written(client, server, sent.id, b"started\n"), timeout=20)
+    async with AsyncClient(server.url, token=server.token()) as jobcast:
+        reading = jobcast.read_stream(sent.id)  # live: waits at the tail until the stream ends
+        async with asyncio.timeout(60):
+            first = await anext(aiter(reading))
+            os.killpg(doomed.pid, signal.SIGKILL)  # the worker, mid-job,
+            os.kill(horse, signal.SIGKILL)  # and its work horse (a session of its own)
+            await asyncio.to_thread(doomed.wait, 10)
+            start_worker(procs, queue, shared, "w2", worker_heartbeat_seconds=1)
+            rest = [piece async for piece in reading]
+    assert first + "".join(rest) == "started\n"
+    assert await read_output(client, server, sent.id) == (b"started\n", True)
+    events = await watch(client, server, sent.id, timeout=30)
+    assert events[-1][0] == "failed" and events[-1][1]["error"]["type"] == "Interrupted"
