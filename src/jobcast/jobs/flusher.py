@@ -18,7 +18,8 @@ F2. A pass takes every job that is due (its ``progress_interval`` over since its
     held or awaited by its own methods (a state change under way) is left out, never waited
     for; it is handed back to the flusher when its lock is released.
 F3. Passes are at least the shortest ``progress_interval`` of the armed jobs apart, and every
-    job published in a pass is stamped with the pass's start: jobs that report continuously
+    job published in a pass is stamped with the pass's start (its ``updated_at`` too: one
+    time of day, written once for the pass's events): jobs that report continuously
     stay in step and leave together, so a process publishes about once per interval whatever
     its number of jobs. A job that reports after the flusher was idle for an interval is
     published at once; otherwise it joins the next pass, at most one interval later.
@@ -73,8 +74,9 @@ class Flushable(Protocol):
     def save_at(self) -> float | None:
         """When its unstored flush must be stored; ``None`` when the store holds it."""
 
-    def take_drafts(self, now: float) -> list[EventDraft]:
-        """Its pending reports as drafts (its lock held), stamped ``now``."""
+    def take_drafts(self, now: float, wall: float | None = None) -> list[EventDraft]:
+        """Its pending reports as drafts (its lock held), stamped ``now`` (and ``wall``, the
+        time of day, for the events' ``updated_at``)."""
 
     def drafts_published(self, events: list[Event]) -> None: ...
 
@@ -214,6 +216,7 @@ class Flusher:
             published: list[tuple[Flushable, int]] = []
             drafts: list[EventDraft] = []
             armed, self._armed = self._armed, {}
+            wall = time.time()  # F3: one time of day for every job of the pass
             for job in armed:
                 if job.publish_at() > now:
                     self._armed[job] = None
@@ -226,7 +229,7 @@ class Flusher:
                     await job.lock.acquire()  # free: returns without yielding
                     owned.append(job)
                 current.jobs.add(job)
-                taken = job.take_drafts(now)
+                taken = job.take_drafts(now, wall)
                 if taken:
                     drafts.extend(taken)
                     published.append((job, len(taken)))

@@ -211,12 +211,18 @@ class MetadataBuffer:
     def take(self) -> tuple[dict[str, Any], list[str], dict[str, Any]] | None:
         """What changed since the last call (values of changed keys, removed keys) and the
         whole object now; ``None`` when nothing changed."""
-        if not self._changed:
+        changed = self._changed
+        if not changed:
             return None
-        changed, self._changed = self._changed, set()
+        self._changed = set()
         values = self.values
-        delta = {key: values[key] for key in sorted(changed) if key in values}
-        removed = sorted(key for key in changed if key not in values)
+        delta: dict[str, Any] = {}
+        removed: list[str] = []
+        for key in sorted(changed):  # one pass, no comprehension frames: once per job a pass
+            if key in values:
+                delta[key] = values[key]
+            else:
+                removed.append(key)
         return delta, removed, dict(values)
 
 
