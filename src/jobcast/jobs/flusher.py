@@ -47,7 +47,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, Self
 
 from jobcast.errors import JobcastError
 from jobcast.events import Event, EventDraft
@@ -88,7 +88,8 @@ class Flushable(Protocol):
     def leave_unsaved(self) -> None:
         """Its flush is not stored now: store it when its interval is over."""
 
-    async def save(self, now: float) -> None: ...
+    async def save_all(self, jobs: list[Self], now: float) -> list[BaseException]:
+        """Store ``jobs`` (this one among them) together; the failures, to log (F4, F5)."""
 
 
 @dataclass(slots=True)
@@ -287,14 +288,11 @@ class Flusher:
         """Store a pass's due jobs together (F4), their locks held, while passes go on."""
         self.stats.saves += len(saves)
         try:
-            results = await asyncio.gather(
-                *(job.save(now) for job in saves), return_exceptions=True
-            )
-            for result in results:
-                if isinstance(result, JobcastError):
-                    logger.warning("could not store a job's reports: %s", result)
-                elif isinstance(result, BaseException):
-                    logger.error("could not store a job's reports", exc_info=result)
+            for failure in await saves[0].save_all(saves, now):  # F4
+                if isinstance(failure, JobcastError):
+                    logger.warning("could not store a job's reports: %s", failure)
+                else:
+                    logger.error("could not store a job's reports", exc_info=failure)
         finally:
             self._storing = None
             running = self._pass

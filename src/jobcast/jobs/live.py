@@ -1,6 +1,6 @@
 """One queued or running job held by this process: its state, events and store writes.
 
-Decisions (cited in the code as L1..L7):
+Decisions (cited in the code as L1..L8):
 
 L1. Every change to a job goes through ``_emit`` under one lock: bump ``seq``, publish the
     event, then remember the published copy together with its event id. A stream that starts
@@ -30,6 +30,12 @@ L7. The published copy of L1 is made after every flush of every job (1,000 jobs 
     continuously: 10,000 copies a second), so it is ``Job.copy`` without
     ``dataclasses.replace``'s per-field lookups and keywords (``published_copy``, the same
     copy: every field, its lists and dicts not shared): 6.9 -> 1.7 us.
+L8. The flusher's due store writes (flusher.F4) go to the store in one ``save_many`` call
+    when the store's class has one (the SQL store, sql.Q5): a thousand ``save`` calls side by
+    side cost the loop a task, a coroutine and a shield each: with the store's rows (sql.Q12)
+    43 -> 13 ms of the loop's CPU to store 1,000 jobs. The class's own method, not any attribute: a wrapper that forwards other calls to
+    a real store must not have its ``save`` bypassed. Failing, it fails for all of them, as
+    their shared transaction does.
 """
 
 from __future__ import annotations
@@ -342,8 +348,36 @@ class LiveJob:
     def leave_unsaved(self) -> None:
         self._unsaved = True
 
-    async def save(self, now: float) -> None:
-        await self._save(now)
+    async def save_all(self, jobs: list[LiveJob], now: float) -> list[BaseException]:
+        """Store ``jobs``' flushes (this job's among them) together (flusher.F4, L8); the
+        failures, one per job whose write failed (the store says why)."""
+        stores: dict[int, list[LiveJob]] = {}
+        for job in jobs:
+            job._last_save = now
+            job._unsaved = False
+            stores.setdefault(id(job.store), []).append(job)
+        failures: list[BaseException] = []
+        for group in stores.values():
+            store = group[0].store
+            save_many = getattr(type(store), "save_many", None)  # the class's own: L8
+            results: list[BaseException | None]
+            if save_many is None:
+                results = await asyncio.gather(
+                    *(job.store.save(job.published) for job in group), return_exceptions=True
+                )
+            else:
+                try:
+                    await save_many(store, [job.published for job in group])
+                except Exception as exc:  # their one transaction failed: one failure to log
+                    failures.append(exc)
+                    continue
+                results = [None] * len(group)
+            for job, result in zip(group, results, strict=True):
+                if result is not None:
+                    failures.append(result)
+                elif job.on_saved is not None and not job.published.terminal:
+                    job.on_saved(job.published)
+        return failures
 
     async def store_now(self) -> None:
         """Publish pending reports and store the job, whatever the interval (spawn.S4: before
