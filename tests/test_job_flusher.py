@@ -16,6 +16,7 @@ from jobcast.brokers.sqlite import SQLiteBroker
 from jobcast.errors import Unavailable
 from jobcast.events import Event, EventDraft
 from jobcast.hub import Hub, HubOptions
+from jobcast.jobs import flusher
 from jobcast.jobs.flusher import Flusher
 from jobcast.jobs.live import LiveJob
 from jobcast.jobs.metadata import MetadataBuffer
@@ -26,6 +27,14 @@ from jobcast.subscription import Subscription
 from jobcast.topics import TopicPattern
 
 INTERVAL = 0.1
+
+
+@pytest.fixture(autouse=True, params=["slices", "a-slice-per-job"])
+def slices(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test also runs with passes that give the loop back between any two jobs (F7), so
+    whatever happens meanwhile (reports, ends, leaves, a store batch ending) meets a pass."""
+    if request.param == "a-slice-per-job":
+        monkeypatch.setattr(flusher, "SLICE", 0.0)
 
 
 class CountingBroker(SQLiteBroker):

@@ -23,6 +23,8 @@ M5. A one-key update (``set``, ``increment``, ``append``) is the hot path of a h
     itself, so it is encoded once for its size (which also checks it) and never decoded; a
     key already held was checked when it came in, so its encoded size is remembered, not
     recomputed: an ``increment`` and a ``set`` of a float, 2.7 -> 1.8 us of CPU together.
+    The two are written out for their exact types (no ``_copy`` call, no ``isinstance`` of a
+    union, a held key's value size the only size looked up): 2.3 -> 1.05 us together.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ _MISSING = object()
 #: Values JSON gives back as themselves (M5); a float only when finite (orjson writes NaN as
 #: null). Exact types: a subclass may encode differently, and takes the long way.
 _IMMUTABLE = frozenset({str, int, bool, type(None)})
+_dumps = orjson.dumps
 
 
 def _copy(value: Any) -> tuple[Any, int]:
@@ -54,10 +57,14 @@ def _copy(value: Any) -> tuple[Any, int]:
     kind = type(value)
     immutable = kind in _IMMUTABLE or (kind is float and math.isfinite(value))
     try:
-        encoded = orjson.dumps(value)
+        encoded = _dumps(value)
     except TypeError as exc:
         raise InvalidInput(f"metadata values must be JSON: {exc}") from None
     return (value if immutable else orjson.loads(encoded)), len(encoded)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _check_key(key: Any) -> str:
@@ -67,7 +74,7 @@ def _check_key(key: Any) -> str:
 
 
 def _entry_size(key: str, value_size: int) -> int:
-    return len(orjson.dumps(key)) + 1 + value_size + 1  # "key":value,
+    return len(_dumps(key)) + 1 + value_size + 1  # "key":value,
 
 
 def validate_metadata(value: Any) -> dict[str, Any]:
@@ -87,13 +94,14 @@ class MetadataBuffer:
     Not thread-safe by itself: its owner (``LiveJob``) calls it under its own lock.
     """
 
+    __slots__ = ("_changed", "_total", "_value_sizes", "max_bytes", "values")
+
     def __init__(self, initial: Mapping[str, Any], *, max_bytes: int = MAX_METADATA_BYTES) -> None:
         self.max_bytes = max_bytes
         self.values: dict[str, Any] = dict(initial)
-        self._sizes = {key: _entry_size(key, len(orjson.dumps(v))) for key, v in initial.items()}
-        #: Each held key's share of its entry's size, the value aside (M5).
-        self._key_sizes = {key: _entry_size(key, 0) for key in initial}
-        self._total = 2 + sum(self._sizes.values())
+        #: Each held key's encoded value size; its entry adds the key's own share (M5).
+        self._value_sizes = {key: len(_dumps(value)) for key, value in initial.items()}
+        self._total = 2 + sum(_entry_size(k, n) for k, n in self._value_sizes.items())
         self._changed: set[str] = set()
 
     @property
@@ -104,7 +112,15 @@ class MetadataBuffer:
     # -- updates (M1): each computes its new entries, checks them, then applies them --------
 
     def set(self, key: str, value: Any) -> None:
-        self._put(key, *_copy(value))
+        kind = type(value)
+        if kind in _IMMUTABLE or (kind is float and value - value == 0.0):  # M5: finite
+            try:
+                value_size = len(_dumps(value))
+            except TypeError as exc:  # an int past 64 bits, a lone surrogate
+                raise InvalidInput(f"metadata values must be JSON: {exc}") from None
+        else:
+            value, value_size = _copy(value)
+        self._put(key, value, value_size)
 
     def merge(self, values: Mapping[str, Any]) -> None:
         if not isinstance(values, Mapping):
@@ -122,15 +138,24 @@ class MetadataBuffer:
         self._put(key, *_copy([*current, copied][-MAX_LIST_ITEMS:]))  # M4
 
     def increment(self, key: str, amount: float = 1) -> None:
-        if isinstance(amount, bool) or not isinstance(amount, int | float):
+        kind = type(amount)  # M5: the exact types first, then subclasses (never a bool)
+        if (kind is not int and kind is not float) and not _number(amount):
             raise InvalidInput("increment takes a number")
         current = self.values.get(key, 0) if type(key) is str else 0
-        if isinstance(current, bool) or not isinstance(current, int | float):
+        kind = type(current)
+        if (kind is not int and kind is not float) and not _number(current):
             raise InvalidInput(f"metadata {key!r} is not a number; increment needs one")
         total = current + amount
-        if not math.isfinite(total):
+        if type(total) is float and total - total != 0.0:  # inf - inf and nan - nan are nan
             raise InvalidInput(f"metadata {key!r} would not be a finite number")
-        self._put(key, *_copy(total))
+        if type(total) is int or type(total) is float:  # M5: comes back from JSON as itself
+            try:
+                total_size = len(_dumps(total))
+            except TypeError as exc:  # an int past 64 bits
+                raise InvalidInput(f"metadata values must be JSON: {exc}") from None
+            self._put(key, total, total_size)
+        else:  # a subclass's sum
+            self._put(key, *_copy(total))
 
     def remove(self, key: str) -> None:
         key = _check_key(key)
@@ -139,26 +164,30 @@ class MetadataBuffer:
 
     def _put(self, key: str, value: Any, value_size: int) -> None:
         """One key set to a copied value (M5): ``_apply`` for one entry, without its dicts."""
-        key_size = self._key_sizes.get(key) if type(key) is str else None
-        if key_size is None:  # a key not held yet: checked once, here (M5)
-            key_size = _entry_size(_check_key(key), 0)
-        total = self._total - self._sizes.get(key, 0) + key_size + value_size
+        sizes = self._value_sizes
+        held = sizes.get(key) if type(key) is str else None
+        if held is not None:  # a key held was checked when it came in (M5)
+            total = self._total - held + value_size
+        else:
+            key = _check_key(key)
+            total = self._total + _entry_size(key, value_size)
+            if key in sizes:  # a str subclass equal to a held key
+                total -= _entry_size(key, sizes[key])
         if total > self.max_bytes:  # M1: nothing applied
             raise InvalidInput(f"metadata would be {total} bytes; the limit is {self.max_bytes}")
         self.values[key] = value
-        self._sizes[key] = key_size + value_size
-        self._key_sizes[key] = key_size
+        sizes[key] = value_size
         self._changed.add(key)
         self._total = total
 
     def _apply(self, entries: dict[str, tuple[Any, int]], *, remove: bool = False) -> None:
         total = self._total
-        sizes: dict[str, int] = {}
+        sizes = self._value_sizes
         for key, entry in entries.items():
-            total -= self._sizes.get(key, 0)
+            if key in sizes:
+                total -= _entry_size(key, sizes[key])
             if not remove:
-                sizes[key] = _entry_size(key, entry[1])
-                total += sizes[key]
+                total += _entry_size(key, entry[1])
         if total > self.max_bytes:  # M1: nothing applied
             raise InvalidInput(
                 f"metadata would be {total} bytes; the limit is {self.max_bytes}",
@@ -166,12 +195,10 @@ class MetadataBuffer:
         for key, entry in entries.items():
             if remove:
                 self.values.pop(key, None)
-                self._sizes.pop(key, None)
-                self._key_sizes.pop(key, None)
+                sizes.pop(key, None)
             else:
                 self.values[key] = entry[0]
-                self._sizes[key] = sizes[key]
-                self._key_sizes[key] = _entry_size(key, 0)
+                sizes[key] = entry[1]
             self._changed.add(key)
         self._total = total
 
@@ -184,12 +211,18 @@ class MetadataBuffer:
     def take(self) -> tuple[dict[str, Any], list[str], dict[str, Any]] | None:
         """What changed since the last call (values of changed keys, removed keys) and the
         whole object now; ``None`` when nothing changed."""
-        if not self._changed:
+        changed = self._changed
+        if not changed:
             return None
-        changed, self._changed = self._changed, set()
+        self._changed = set()
         values = self.values
-        delta = {key: values[key] for key in sorted(changed) if key in values}
-        removed = sorted(key for key in changed if key not in values)
+        delta: dict[str, Any] = {}
+        removed: list[str] = []
+        for key in sorted(changed):  # one pass, no comprehension frames: once per job a pass
+            if key in values:
+                delta[key] = values[key]
+            else:
+                removed.append(key)
         return delta, removed, dict(values)
 
 
