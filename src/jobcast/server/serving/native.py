@@ -36,6 +36,7 @@ N6. While a stream is open the connection keeps only what the stream uses. The H
     dropped when it is adopted, and made again, as uvicorn makes them, when it ends on a
     connection that serves another request: an idle stream is mostly connections, and this
     was a third of one. A stream is adopted only when nothing of a next request was parsed.
+    The response's headers, once written, are let go of too.
 """
 
 from __future__ import annotations
@@ -209,6 +210,7 @@ class StreamProtocol(HeadGuardProtocol):  # request heads: deadline, URL limit (
             return False
         self._log_access(cycle, 200)
         head = self._head(cycle, 200, response.raw_headers) + b"transfer-encoding: chunked\r\n\r\n"
+        response.raw_headers.clear()  # written: the open stream holds none of them (N6)
         # The cycle's task ends now: its checks must see a complete response. The protocol
         # lets go of the cycle, the scope and the headers (the stream needs none of them).
         cycle.response_started = cycle.response_complete = True
