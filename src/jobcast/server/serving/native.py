@@ -197,8 +197,8 @@ class StreamProtocol(HeadGuardProtocol):  # request heads: deadline, URL limit (
 
     def adopt(self, scope: MutableMapping[str, Any], response: Carried) -> bool:
         """Carry ``response`` from now on, so the ASGI task that opened it may return; false
-        when the request's body has not all arrived or another request came in the same
-        packet (pipelined): uvicorn keeps those in order."""
+        when the request's body has not all arrived or another request, or the start of one,
+        came in the same packet (pipelined): uvicorn keeps those in order."""
         cycle = self.cycle
         if (
             cycle is None
