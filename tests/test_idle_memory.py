@@ -55,6 +55,7 @@ async def test_an_idle_carried_stream_keeps_only_what_it_uses(
         subscription = stream.source
         assert type(subscription) is Subscription
         assert subscription._allowed is None and subscription._conflatable is None
+        await wait_until(lambda: subscription._waiter is not None)  # after the opening's write
         waiter: Any = subscription._waiter
         assert [callback for callback, _ in waiter._callbacks] == [stream]  # no bound method
 
@@ -67,12 +68,11 @@ async def test_an_idle_carried_stream_keeps_only_what_it_uses(
         await read_until(reader, b"data: 3")
         server.call(server.jc.hub.drain)  # the stream ends; the connection serves on
         await read_until(reader, b"\r\n0\r\n\r\n")
-        await wait_until(lambda: protocol.stream is None)  # the server's thread ended it
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        await read_until(reader, b'"status":"draining"')  # answered: the state is made again
         assert type(protocol.flow) is FlowControl and isinstance(protocol.pipeline, deque)
         assert protocol.parser is not None
         assert protocol.client is not None and protocol.server is not None
-        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        await read_until(reader, b'"status":"draining"')
     finally:
         await closed(writer)
 
