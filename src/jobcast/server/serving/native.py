@@ -30,20 +30,35 @@ N4. The end is uvicorn's: a closing frame when the stream did not end by itself 
 N5. A plain publish that needs no waiting is answered here too, without an ASGI request
     (``instant_writes.py``): the request is held until its body is in, then answered in
     the parser's callback, or started as the ASGI request it would have been.
+N6. While a stream is open the connection keeps only what the stream uses. The HTTP parser
+    (about 900 bytes with the callbacks it binds), the empty pipeline queue and the flow
+    control's event (a deque each, about 750 bytes), and the two socket addresses are
+    dropped when it is adopted, and made again, as uvicorn makes them, when it ends on a
+    connection that serves another request: an idle stream is mostly connections, and this
+    was a third of one. A stream is adopted only when nothing of a next request was parsed.
+    The response's headers, once written, are let go of too.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
+import httptools
 from starlette.responses import Response
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
     HttpToolsProtocol,
     RequestResponseCycle,
 )
-from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
+from uvicorn.protocols.utils import (
+    get_client_addr,
+    get_local_addr,
+    get_path_with_query_string,
+    get_remote_addr,
+)
 
 from jobcast.server.serving.fast_streams import NATIVE_STREAM, Carried
 from jobcast.server.serving.request_heads import HeadGuardProtocol
@@ -69,7 +84,17 @@ _PROTOCOL_METHODS = (
     "on_message_complete",
     "_start_asgi_task",
 )
-_PROTOCOL_STATE = ("cycle", "pipeline", "flow", "transport", "scope", "headers")
+_PROTOCOL_STATE = (
+    "cycle",
+    "pipeline",
+    "flow",
+    "transport",
+    "scope",
+    "headers",
+    "parser",
+    "server",
+    "client",
+)
 _CYCLE_STATE = (
     "more_body",
     "body",
@@ -172,21 +197,51 @@ class StreamProtocol(HeadGuardProtocol):  # request heads: deadline, URL limit (
 
     def adopt(self, scope: MutableMapping[str, Any], response: Carried) -> bool:
         """Carry ``response`` from now on, so the ASGI task that opened it may return; false
-        when the request's body has not all arrived or another request came in the same
-        packet (pipelined): uvicorn keeps those in order."""
+        when the request's body has not all arrived or another request, or the start of one,
+        came in the same packet (pipelined): uvicorn keeps those in order."""
         cycle = self.cycle
-        if cycle is None or cycle.scope is not scope or cycle.more_body or self.pipeline:
+        if (
+            cycle is None
+            or cycle.scope is not scope
+            or cycle.more_body
+            or self.pipeline
+            or self.scope is not scope  # a next request's head began in the same packet (N6)
+        ):
             return False
         self._log_access(cycle, 200)
         head = self._head(cycle, 200, response.raw_headers) + b"transfer-encoding: chunked\r\n\r\n"
+        response.raw_headers.clear()  # written: the open stream holds none of them (N6)
         # The cycle's task ends now: its checks must see a complete response. The protocol
         # lets go of the cycle, the scope and the headers (the stream needs none of them).
         cycle.response_started = cycle.response_complete = True
         sink = ConnectionSink(self, head, keep_alive=cycle.keep_alive)
         stream = self.stream = response.writer(sink)
         self.cycle = self.scope = self.headers = None  # type: ignore[assignment]
+        self._lean()
         stream.start()
         return True
+
+    def _lean(self) -> None:
+        """Let go of what an open stream does not use (N6); :meth:`_restore` makes it again."""
+        self.parser = self.pipeline = None  # type: ignore[assignment]
+        self.server = self.client = None
+        flow = self.flow
+        self.flow = StreamFlow(self.transport)  # type: ignore[assignment]
+        self.flow.read_paused, self.flow.write_paused = flow.read_paused, flow.write_paused
+
+    def _restore(self) -> None:
+        """The connection's state for its next request, as uvicorn makes it (N6)."""
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn's
+        self.pipeline = deque()
+        transport = self.transport
+        self.server = get_local_addr(transport)
+        self.client = get_remote_addr(transport)
+        lean, flow = self.flow, FlowControl(transport)
+        flow.read_paused = lean.read_paused
+        if lean.write_paused:
+            flow.pause_writing()
+        self.flow = flow
 
     def reply(self, scope: MutableMapping[str, Any], response: Response) -> bool:
         """Write a whole small response (a publish's answer) in one write, as uvicorn's ``send``
@@ -237,6 +292,7 @@ class StreamProtocol(HeadGuardProtocol):  # request heads: deadline, URL limit (
         if not reusable or self.transport.is_closing():
             self.transport.close()
             return
+        self._restore()
         self.on_response_complete()
         held, self.held = self.held, b""
         if held:
@@ -270,6 +326,34 @@ class StreamProtocol(HeadGuardProtocol):  # request heads: deadline, URL limit (
         if isinstance(sink, ConnectionSink):
             sink.keep_alive = False
         self.stream.subscription.close(CloseReason.DRAIN)  # the hub has drained it already
+
+
+class StreamFlow:
+    """The flow control of a connection that carries a stream (N6): uvicorn's without the
+    event an ASGI ``send`` waits on, since nothing does."""
+
+    __slots__ = ("read_paused", "transport", "write_paused")
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.read_paused = False
+        self.write_paused = False
+
+    def pause_reading(self) -> None:
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
 
 
 class ConnectionSink:

@@ -27,6 +27,8 @@ E5. An application may write events and heartbeats in its own format (``event_fr
     ``heartbeat``) to keep the wire its front end already parses. The default path writes each
     event's shared, encoded-once frame; a custom ``event_frame`` runs once per event and
     subscriber, so it should be cheap (formatting bytes, no I/O).
+E6. The opening is written once: the replay and the prelude (a job's snapshot) are let go of
+    as soon as their bytes are made, rather than held for the stream's whole life.
 """
 
 from __future__ import annotations
@@ -150,6 +152,7 @@ class EventStreamResponse(Response):
                         events, finished = events[: index + 1], True
                         break
                 parts.append(self.frames(events))
+        self.replay, self.prelude = None, b""  # E6
         return b"".join(parts), finished
 
     def frames(self, events: list[Event]) -> bytes:

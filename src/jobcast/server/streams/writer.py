@@ -27,6 +27,8 @@ C4. The end says what to do next: after the final event (a job's terminal event)
     closing chunk first (a ``retry`` hint, ``reauth``, an error message: sse.E4); a client that
     left gets nothing. The writer then hands the subscription back (``on_close``), once.
 C5. The sink reports the client's leaving (:meth:`lost`): a closed connection, a failed send.
+C6. The writer is itself the callback its source's waiter calls (``__call__``): a bound method
+    would be one more object for every idle stream, and one more allocation per wake-up.
 """
 
 from __future__ import annotations
@@ -169,7 +171,7 @@ class StreamWriter(Generic[Item, Chunk]):
                 return
             waiter = source.waiter()
             if waiter is not None:
-                waiter.add_done_callback(self._proceed)
+                waiter.add_done_callback(self)  # C6
                 return
             items = source.take()
             finished = False
@@ -191,6 +193,8 @@ class StreamWriter(Generic[Item, Chunk]):
             if finished:
                 self._end(finished=True)
                 return
+
+    __call__ = _proceed  # the source's waiter calls the writer back (C6)
 
     def _write(self, chunk: Chunk) -> None:
         if not chunk:
