@@ -7,6 +7,7 @@ interleave with another append: the producer state commits with the bytes (store
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -213,10 +214,10 @@ class StreamsFile:
                     return Appended(info, fresh=False, producer_seq=last_seq), None
             check_seq(info, seq)
             data = stored_form(info, body)
-            self._write(info, data, now, close, producer, seq)
-        change = Change(info.incarnation, info.tail, data, info.tail + len(data), close)
+            after = self._write(info, data, now, close, producer, seq)
+        change = Change(info.incarnation, info.tail, data, after.tail, after.closed)
         seq_taken = producer.seq if producer else None
-        return Appended(self.existing(path, now), producer_seq=seq_taken), change
+        return Appended(after, producer_seq=seq_taken), change
 
     def append_stored(
         self, writes: Sequence[tuple[str, bytes, bool]], now: float
@@ -263,7 +264,9 @@ class StreamsFile:
         close: bool,
         producer: Producer | None,
         seq: str | None,
-    ) -> None:
+    ) -> StreamInfo:
+        """Store ``data`` after ``info``'s tail; the stream as the write leaves it (as a read
+        after the commit would find it, without that read)."""
         self._check_size(info.tail, len(data))
         if data:
             self._db.execute(
@@ -291,6 +294,14 @@ class StreamsFile:
                 "INSERT OR REPLACE INTO ds_producers VALUES (?, ?, ?, ?)",
                 (info.incarnation, producer.id, producer.epoch, producer.seq),
             )
+        return dataclasses.replace(
+            info,
+            tail=info.tail + len(data),
+            accessed_at=now,
+            last_seq=info.last_seq if seq is None else seq,
+            closed=info.closed or close,
+            closed_by=info.closed_by if closer is None else closer,
+        )
 
     def _producer_seq(self, incarnation: int, producer: Producer) -> int | None:
         """Check a producer's epoch and seq (protocol 5.2.1): ``None`` to accept, the last
