@@ -71,6 +71,16 @@ _COLUMNS = (
 )
 
 
+#: A job's flushed bytes taken by an open, live stream with room for them, in one statement
+#: that also says where they go (``append_stored``); no row when it is not such a stream.
+_STORED = (
+    "UPDATE ds_streams SET tail = tail + ?1, accessed_at = ?2, closed = ?3 "
+    "WHERE path = ?4 AND closed = 0 AND tail + ?1 <= ?5 "
+    "AND (expires_at IS NULL OR expires_at > ?2) AND (ttl IS NULL OR accessed_at + ttl > ?2) "
+    "RETURNING incarnation, tail"
+)
+
+
 class StreamsFile:
     def __init__(self, path: Path | str, max_stream_bytes: int, *, inline: bool = False) -> None:
         """The store's connection (on its thread), or with ``inline`` the event loop's own
@@ -225,15 +235,26 @@ class StreamsFile:
         """Framed appends in one commit; returns what changed. A closed or missing stream
         takes nothing (its job's writer was told when it closed)."""
         written = []
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
+        db = self._db
+        with db:
+            db.execute("BEGIN IMMEDIATE")
             for path, data, close in writes:
-                info = self.load(path, now)
-                if info is None or info.closed:
-                    continue
-                self._write(info, data, now, close, None, None)
-                tail = info.tail + len(data)
-                written.append((path, Change(info.incarnation, info.tail, data, tail, close)))
+                size = len(data)
+                row = db.execute(
+                    _STORED, (size, now, int(close), path, self.max_stream_bytes)
+                ).fetchone()
+                if row is None:  # closed, missing, expired or too large: the long way
+                    info = self.load(path, now)
+                    if info is None or info.closed:
+                        continue
+                    self._write(info, data, now, close, None, None)  # raises if too large
+                    row = (info.incarnation, info.tail + size)
+                elif data:
+                    db.execute(
+                        "INSERT INTO ds_chunks VALUES (?, ?, ?)", (row[0], row[1] - size, data)
+                    )
+                incarnation, tail = row
+                written.append((path, Change(incarnation, tail - size, data, tail, close)))
         return written
 
     def sweep(self, now: float) -> list[str]:
