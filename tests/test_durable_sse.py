@@ -99,6 +99,47 @@ async def test_appends_while_the_reader_is_busy_arrive_whole_and_in_order(
     assert closed_seen
 
 
+async def test_appends_during_a_reader_s_store_reads_arrive_once_each_and_in_order(
+    make_server: Callable[..., LiveServer], client: httpx.AsyncClient
+) -> None:
+    """A reader catching up on many reads' worth reads the store while appends come in:
+    what they carry is taken after each read (D1), none lost, none twice."""
+    server = make_server(public_stream_prefixes=["open/"])
+    url = f"{server.url}/v1/stream/open/behind"
+    headers = {"Content-Type": "text/plain"}
+    assert (await client.put(url, headers=headers)).status_code == 201
+    backlog = [("x" * 99 + "\n") * 4000 for _ in range(12)]  # 400 KB each: reads cut it
+    for block in backlog:
+        assert (await client.post(url, content=block, headers=headers)).status_code == 204
+    parts = [f"part {i};" for i in range(300)]
+    received: list[str] = []
+
+    async def append_all() -> None:
+        async with httpx.AsyncClient(timeout=10) as writer:
+            for part in parts:
+                answer = await writer.post(url, content=part, headers=headers)
+                assert answer.status_code == 204
+            done = await writer.post(url, headers={"Stream-Closed": "true"})
+            assert done.status_code == 204
+
+    async with asyncio.timeout(30):
+        appending = asyncio.create_task(append_all())  # while the reader reads the backlog
+        live = {"offset": "-1", "live": "sse"}
+        async with client.stream("GET", url, params=live) as response:
+            assert response.status_code == 200
+            event, lines = "", []
+            async for line in response.aiter_lines():
+                if line.startswith("event:"):
+                    event, lines = line[6:].strip(), []
+                elif line.startswith("data:") and event == "data":
+                    lines.append(line[5:])
+                elif not line and event == "data":
+                    received.append("\n".join(lines))  # a data event's lines are one text
+                    event = ""
+        await appending
+    assert "".join(received) == "".join(backlog) + "".join(parts)
+
+
 @CARRIERS
 async def test_a_reader_that_stops_reading_is_let_go_and_its_slot_given_back(
     make_server: Callable[..., LiveServer], client: httpx.AsyncClient, native_streams: bool

@@ -143,6 +143,26 @@ async def test_a_local_reader_gets_an_append_s_bytes_with_its_wake_up(store: Str
     assert change is not None and (change.start, change.data, change.closed) == (6, b"3,", True)
 
 
+async def test_a_flush_appends_to_open_streams_only_and_wakes_with_what_it_wrote(
+    store: StreamStore,
+) -> None:
+    await store.create("f/open", "text/plain", ttl=None, expires_at=None, closed=False, body=b"ab")
+    await store.create("f/shut", "text/plain", ttl=None, expires_at=None, closed=True, body=b"x")
+    woken = store.wakeups.watch("f/open")
+    flush = [("f/open", b"cd", False), ("f/shut", b"y", False), ("f/none", b"z", False)]
+    await store.append_stored([*flush, ("f/open", b"ef", True)])
+    async with asyncio.timeout(5):
+        change = await woken
+    if change is not None:  # a wake-up may carry what was appended (store.W1)
+        assert (change.start, change.data, change.tail) == (2, b"cd", 4)
+    opened = await store.read("f/open", None, 0)
+    assert (opened.data, opened.eof, opened.info.tail) == (b"abcdef", True, 6)
+    assert (await store.read("f/shut", None, 0)).data == b"x"
+    with pytest.raises(StreamError) as missing:
+        await store.head("f/none")
+    assert missing.value.status_code == 404
+
+
 async def test_an_expired_stream_is_gone(store: StreamStore) -> None:
     soon = time.time() + 0.3
     await store.create("t", "text/plain", ttl=None, expires_at=soon, closed=False, body=b"")

@@ -7,6 +7,7 @@ interleave with another append: the producer state commits with the bytes (store
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,6 +68,16 @@ CREATE TABLE IF NOT EXISTS ds_producers (
 _COLUMNS = (
     "incarnation, path, content_type, ttl, expires_at, closed, tail, last_seq, "
     "closed_by_id, closed_by_epoch, closed_by_seq, accessed_at"
+)
+
+
+#: A job's flushed bytes taken by an open, live stream with room for them, in one statement
+#: that also says where they go (``append_stored``); no row when it is not such a stream.
+_STORED = (
+    "UPDATE ds_streams SET tail = tail + ?1, accessed_at = ?2, closed = ?3 "
+    "WHERE path = ?4 AND closed = 0 AND tail + ?1 <= ?5 "
+    "AND (expires_at IS NULL OR expires_at > ?2) AND (ttl IS NULL OR accessed_at + ttl > ?2) "
+    "RETURNING incarnation, tail"
 )
 
 
@@ -213,10 +224,10 @@ class StreamsFile:
                     return Appended(info, fresh=False, producer_seq=last_seq), None
             check_seq(info, seq)
             data = stored_form(info, body)
-            self._write(info, data, now, close, producer, seq)
-        change = Change(info.incarnation, info.tail, data, info.tail + len(data), close)
+            after = self._write(info, data, now, close, producer, seq)
+        change = Change(info.incarnation, info.tail, data, after.tail, after.closed)
         seq_taken = producer.seq if producer else None
-        return Appended(self.existing(path, now), producer_seq=seq_taken), change
+        return Appended(after, producer_seq=seq_taken), change
 
     def append_stored(
         self, writes: Sequence[tuple[str, bytes, bool]], now: float
@@ -224,15 +235,26 @@ class StreamsFile:
         """Framed appends in one commit; returns what changed. A closed or missing stream
         takes nothing (its job's writer was told when it closed)."""
         written = []
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
+        db = self._db
+        with db:
+            db.execute("BEGIN IMMEDIATE")
             for path, data, close in writes:
-                info = self.load(path, now)
-                if info is None or info.closed:
-                    continue
-                self._write(info, data, now, close, None, None)
-                tail = info.tail + len(data)
-                written.append((path, Change(info.incarnation, info.tail, data, tail, close)))
+                size = len(data)
+                row = db.execute(
+                    _STORED, (size, now, int(close), path, self.max_stream_bytes)
+                ).fetchone()
+                if row is None:  # closed, missing, expired or too large: the long way
+                    info = self.load(path, now)
+                    if info is None or info.closed:
+                        continue
+                    self._write(info, data, now, close, None, None)  # raises if too large
+                    row = (info.incarnation, info.tail + size)
+                elif data:
+                    db.execute(
+                        "INSERT INTO ds_chunks VALUES (?, ?, ?)", (row[0], row[1] - size, data)
+                    )
+                incarnation, tail = row
+                written.append((path, Change(incarnation, tail - size, data, tail, close)))
         return written
 
     def sweep(self, now: float) -> list[str]:
@@ -263,7 +285,9 @@ class StreamsFile:
         close: bool,
         producer: Producer | None,
         seq: str | None,
-    ) -> None:
+    ) -> StreamInfo:
+        """Store ``data`` after ``info``'s tail; the stream as the write leaves it (as a read
+        after the commit would find it, without that read)."""
         self._check_size(info.tail, len(data))
         if data:
             self._db.execute(
@@ -291,6 +315,14 @@ class StreamsFile:
                 "INSERT OR REPLACE INTO ds_producers VALUES (?, ?, ?, ?)",
                 (info.incarnation, producer.id, producer.epoch, producer.seq),
             )
+        return dataclasses.replace(
+            info,
+            tail=info.tail + len(data),
+            accessed_at=now,
+            last_seq=info.last_seq if seq is None else seq,
+            closed=info.closed or close,
+            closed_by=info.closed_by if closer is None else closer,
+        )
 
     def _producer_seq(self, incarnation: int, producer: Producer) -> int | None:
         """Check a producer's epoch and seq (protocol 5.2.1): ``None`` to accept, the last

@@ -8,9 +8,12 @@ connection carries it (``serving/native.py``), as it carries an event stream.
 Decisions (cited as D1..D5; durable_reads R1-R3 hold as before):
 
 D1. A wake-up that carries the change where the reader stands (outputs/store.W1) becomes an
-    item at once, with no task and no store read; anything else starts one read task, and a
-    wake-up during that read makes it read once more. The path is watched again before any
-    read (R1).
+    item at once, with no task and no store read; anything else starts one read task. The
+    wake-ups during that read are kept: once it is in, those it found are dropped and those
+    that carry the bytes from where it ended become items; any other (no change, a gap)
+    makes it read once more. (Reading again for every wake-up during a read kept a reader
+    of a busy stream reading the store for as long as appends came faster than its reads.)
+    The path is watched again before any read (R1).
 D2. Everything pending when the writer wakes is written as one ``data`` event and one
     ``control`` event (writer.C2): contiguous reads are joined before they are encoded.
 D3. Pending bytes are bounded (``MAX_PENDING``): past it, live changes are not kept and the
@@ -83,7 +86,7 @@ class StoredSource:
         self._pending: list[ReadResult] = [first]
         self._pending_bytes = len(first.data)
         self._stale = False  # D3: changes were let go; read them
-        self._again = False  # D1: a wake-up came during a read
+        self._held: list[Change | None] = []  # D1: wake-ups during a read
         self._reading: asyncio.Task[None] | None = None
         self._woken: asyncio.Future[Change | None] | None = woken
         self._waiter: asyncio.Future[None] | None = None
@@ -166,19 +169,11 @@ class StoredSource:
         change = woken.result()
         self._watch()  # R1: before anything is read
         if self._reading is not None:
-            self._again = True
+            self._held.append(change)  # D1: taken when the read is in
             return
-        if (
-            change is not None
-            and not self._stale
-            and (change.incarnation, change.start) == (self._incarnation, self._position)
-            and self._pending_bytes + len(change.data) <= MAX_PENDING
-        ):
-            info = dataclasses.replace(self._last.info, tail=change.tail, closed=change.closed)
-            known = self._store.wakeups.known_tail(self._path)
-            current = change.closed or known == (change.incarnation, change.tail)
-            self._push(ReadResult(info, change.start, change.data, change.tail, current))
-            if not current:
+        if self._follows(change):
+            assert change is not None
+            if not self._push_change(change):
                 self._read()
             return
         if self._pending_bytes >= MAX_PENDING:
@@ -186,13 +181,49 @@ class StoredSource:
             return
         self._read()
 
+    def _follows(self, change: Change | None) -> bool:
+        """Whether ``change`` carries the bytes from where the reader stands (D1)."""
+        return (
+            change is not None
+            and not self._stale
+            and change.incarnation == self._incarnation
+            and change.start == self._position
+            and self._pending_bytes + len(change.data) <= MAX_PENDING
+        )
+
+    def _push_change(self, change: Change) -> bool:
+        """Push what ``change`` carries; whether the reader is then at the known tail."""
+        info = dataclasses.replace(self._last.info, tail=change.tail, closed=change.closed)
+        known = self._store.wakeups.known_tail(self._path)
+        current = change.closed or known == (change.incarnation, change.tail)
+        self._push(ReadResult(info, change.start, change.data, change.tail, current))
+        return current
+
+    def _take_held(self) -> bool:
+        """Apply the wake-ups that came during a read (D1); whether all were known, so that
+        nothing is left to read."""
+        held, self._held = self._held, []
+        for change in held:
+            if (
+                change is not None
+                and change.incarnation == self._incarnation
+                and change.tail <= self._position
+            ):
+                continue  # the read found it already
+            if not self._follows(change):
+                return False
+            assert change is not None
+            if not self._push_change(change):
+                return False
+        return True
+
     def _read(self) -> None:
         self._reading = self._loop.create_task(self._read_on())
 
     async def _read_on(self) -> None:
         try:
             while self.close_reason is None:
-                self._again = False
+                self._held = []  # what came before the read is in it
                 result = await self._store.read(self._path, self._incarnation, self._position)
                 if result.data or result.eof:
                     self._push(result)
@@ -201,7 +232,7 @@ class StoredSource:
                 if self._pending_bytes >= MAX_PENDING:
                     self._stale = True  # D3
                     return
-                if result.up_to_date and not self._again:
+                if result.up_to_date and self._take_held():
                     return
         except Exception:  # deleted or expired: end as R3 does; the next request says why
             self.close(CloseReason.TIME_LIMIT)
