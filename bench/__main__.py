@@ -205,8 +205,8 @@ def checks(scale: Scale) -> list[Check]:
             idle,
             "kb_per_connection",
             "KB per connection",
-            "<= 10 KB",
-            lambda r: r.median(idle, "jobcast", "kb_per_connection") <= 10,
+            "<= 5 KB",
+            lambda r: r.median(idle, "jobcast", "kb_per_connection") <= 5,
         ),
         Check(
             connect,
