@@ -17,9 +17,6 @@ M2. Each process writes its rendered metrics (the text format) to ``{prefix}metr
     with a time to live, and adds its name to the set ``{prefix}metrics:processes``, every
     ``metrics_snapshot_seconds`` and at each scrape it answers. A process that stops deletes
     its snapshot; one that dies is forgotten when its snapshot expires (three intervals).
-    The delete waits for the writes still under way: a write is never cut off midway (the
-    backends shield it from cancellation), so one that finished after the delete would
-    bring the stopped process back for three intervals.
 M3. A scrape writes this process's fresh snapshot, reads every other one, and renders them all
     with a ``process`` label (``host:pid``), so the answer has the same series whichever process
     gives it: ``sum without (process) (...)`` is the deployment's total. Other processes'
@@ -89,20 +86,15 @@ class SharedMetrics:
         self._snapshots = open_snapshots(broker_url)
         self._task: asyncio.Task[None] | None = None
         self._failing = False
-        self._closing = False
-        self._writes: set[asyncio.Future[None]] = set()  # M2: what close waits for
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._publish_forever(), name="jobcast-metrics")
 
     async def close(self) -> None:
-        self._closing = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._writes:  # M2: a write that lands after the delete would undo it
-            await asyncio.wait(self._writes, timeout=5)
         with contextlib.suppress(*self._snapshots.failures):  # M2: leave no stale snapshot
             await self._snapshots.forget(self.process)
         await self._snapshots.close()
@@ -123,17 +115,7 @@ class SharedMetrics:
         self._failing = True
 
     async def publish(self, snapshot: bytes) -> None:
-        if self._closing:
-            return
-        write = asyncio.ensure_future(self._snapshots.put(self.process, snapshot, self.ttl_ms))
-        self._writes.add(write)
-        write.add_done_callback(self._written)
-        await asyncio.shield(write)  # a cancelled caller leaves it to finish, and close waits
-
-    def _written(self, write: asyncio.Future[None]) -> None:
-        self._writes.discard(write)
-        if not write.cancelled():
-            write.exception()  # its caller reports it, if it still waits
+        await self._snapshots.put(self.process, snapshot, self.ttl_ms)
 
     async def gather(self, own: bytes) -> bytes:
         """Every process's metrics, this one's ``own`` among them, labelled (M3, M4)."""
