@@ -1,6 +1,6 @@
 """One subscriber's bounded buffer between the hub and its connection.
 
-Decisions (cited in the code as S1..S4):
+Decisions (cited in the code as S1..S5):
 
 S1. The publisher never waits for a subscriber. ``offer`` appends to a list and, if the writer
     is asleep, wakes it; it never awaits. The writer takes everything pending in one go and

@@ -8,7 +8,7 @@ uvicorn holds 10 KB, the same stream written from its protocol 4.8 KB). ``jobcas
 therefore runs uvicorn with :class:`StreamProtocol`, its httptools protocol plus one ability:
 taking over a stream once it is open.
 
-Decisions (cited as N1..N5):
+Decisions (cited as N1..N6):
 
 N1. Opening stays ASGI. The fast entrance (``fast_paths.py``) authenticates, subscribes and
     replays exactly as on any server, and answers every refusal through ASGI; only a stream

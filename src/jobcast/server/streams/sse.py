@@ -5,7 +5,7 @@ opening, frames, heartbeat and closing) and the ASGI response that writes it thr
 :class:`AsgiSink`, on any server. Under ``jobcast serve`` the connection itself takes an open
 stream over (``serving/native.py``) and the same writer writes the same framing into it.
 
-Decisions (cited as E1..E5):
+Decisions (cited as E1..E6):
 
 E1. As ASGI, the response's own coroutine pumps ``send``; a second, tiny task waits on
     ``receive()`` only to learn that the client went away, so a vanished client is

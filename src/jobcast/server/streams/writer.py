@@ -7,7 +7,7 @@ WebSocket). This module is the loop between them, written once. Its :class:`Sour
 subscription (``subscription.py``), or what merges several with control messages
 (``socket_feed.py``).
 
-Decisions (cited as C1..C5):
+Decisions (cited as C1..C6):
 
 C1. Callbacks, not a task. The subscription's waiter future calls the writer back when there is
     something to do, so an idle stream keeps no coroutine frame of its own. A sink either takes
